@@ -1,0 +1,206 @@
+//! Identifier newtypes: node, client and user ids, action ids and channels.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest node id we accept, in bytes. Real ids are `user:8chars:8chars`.
+pub const NODE_ID_BYTES_MAX: usize = 256;
+
+/// A node id: `user:client:tab` for clients, `server:<id>` for servers.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+/// A client id: the first two parts of a node id (`user:client`), shared by all tabs.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(Arc<str>);
+
+/// A user id: the first part of a node id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+/// A channel name, such as `users/10` or `counter/1`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Channel(Arc<str>);
+
+macro_rules! string_id {
+    ($ty:ident) => {
+        impl $ty {
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+        impl From<&str> for $ty {
+            fn from(s: &str) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+        impl From<String> for $ty {
+            fn from(s: String) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+        impl std::borrow::Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+string_id!(NodeId);
+string_id!(ClientId);
+string_id!(UserId);
+string_id!(Channel);
+
+impl NodeId {
+    /// Checks the node id the way the Logux `Log` does (no spaces) plus a size limit.
+    pub fn parse(s: &str) -> Option<NodeId> {
+        if s.is_empty() || s.len() > NODE_ID_BYTES_MAX || s.contains(' ') {
+            return None;
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return None;
+        }
+        Some(NodeId::from(s))
+    }
+
+    /// The user part, when the node id has a `:` (the `parseId` rule of Logux).
+    pub fn user_id(&self) -> Option<UserId> {
+        self.0.split_once(':').map(|(user, _)| UserId::from(user))
+    }
+
+    /// The client id: `user:client` for `user:client:tab`, the whole id otherwise.
+    pub fn client_id(&self) -> ClientId {
+        client_part(&self.0)
+    }
+}
+
+/// The client id of a node id string (`user:client` of `user:client:tab`).
+pub fn client_part(node: &str) -> ClientId {
+    let mut parts = node.splitn(3, ':');
+    match (parts.next(), parts.next()) {
+        (Some(user), Some(client)) => ClientId::from(&node[..user.len() + 1 + client.len()]),
+        _ => ClientId::from(node),
+    }
+}
+
+/// An action id, `"<ms> <nodeId> <seq>"` in full.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActionId {
+    /// Creation time in the author's clock, in ms.
+    pub ms: i64,
+    /// The author node.
+    pub node: NodeId,
+    /// Sequence number within one ms.
+    pub seq: u64,
+}
+
+impl ActionId {
+    /// Parses the full string form `"<ms> <nodeId> <seq>"`.
+    pub fn parse(s: &str) -> Option<ActionId> {
+        let (ms, rest) = s.split_once(' ')?;
+        let (node, seq) = rest.rsplit_once(' ')?;
+        Some(ActionId { ms: ms.parse().ok()?, node: NodeId::parse(node)?, seq: seq.parse().ok()? })
+    }
+
+    /// The client that authored this action.
+    pub fn client_id(&self) -> ClientId {
+        self.node.client_id()
+    }
+}
+
+impl fmt::Display for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.ms, self.node, self.seq)
+    }
+}
+
+impl fmt::Debug for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Generates the ids of one node's own actions, the way `Log.generateId` does:
+/// the same or an earlier ms reuses the last ms and bumps the sequence number.
+#[derive(Debug)]
+pub struct IdGenerator {
+    node: NodeId,
+    last_ms: i64,
+    seq: u64,
+}
+
+impl IdGenerator {
+    /// A generator for `node`'s actions.
+    pub fn new(node: NodeId) -> Self {
+        IdGenerator { node, last_ms: 0, seq: 0 }
+    }
+
+    /// The next id at time `now_ms`; strictly greater than every id generated before.
+    pub fn next(&mut self, now_ms: i64) -> ActionId {
+        if now_ms <= self.last_ms {
+            self.seq += 1;
+        } else {
+            self.last_ms = now_ms;
+            self.seq = 0;
+        }
+        ActionId { ms: self.last_ms, node: self.node.clone(), seq: self.seq }
+    }
+
+    /// The node whose ids this generator makes.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_parts() {
+        let n = NodeId::parse("10:abc:tab").unwrap();
+        assert_eq!(n.user_id().unwrap().as_str(), "10");
+        assert_eq!(n.client_id().as_str(), "10:abc");
+        let n = NodeId::parse("10:abc").unwrap();
+        assert_eq!(n.client_id().as_str(), "10:abc");
+        let n = NodeId::parse("anon").unwrap();
+        assert_eq!(n.client_id().as_str(), "anon");
+        assert!(n.user_id().is_none());
+        assert!(NodeId::parse("a b").is_none());
+        assert!(NodeId::parse("").is_none());
+    }
+
+    #[test]
+    fn action_id_round_trip() {
+        let id = ActionId::parse("1795692083947 10:QNzaL4cH:d8Kgi9Ai 3").unwrap();
+        assert_eq!(id.ms, 1795692083947);
+        assert_eq!(id.node.as_str(), "10:QNzaL4cH:d8Kgi9Ai");
+        assert_eq!(id.seq, 3);
+        assert_eq!(id.to_string(), "1795692083947 10:QNzaL4cH:d8Kgi9Ai 3");
+        assert!(ActionId::parse("x y 1").is_none());
+        assert!(ActionId::parse("1 y").is_none());
+    }
+
+    #[test]
+    fn generator_is_monotonic() {
+        let mut g = IdGenerator::new(NodeId::from("server:x"));
+        let a = g.next(10);
+        let b = g.next(10);
+        let c = g.next(5);
+        let d = g.next(11);
+        assert!(a < b && b < c && c < d);
+        assert_eq!((c.ms, c.seq), (10, 2));
+        assert_eq!((d.ms, d.seq), (11, 0));
+    }
+}

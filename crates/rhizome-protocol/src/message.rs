@@ -1,0 +1,669 @@
+//! Protocol 5 messages: parsing with the reference validator's rules, and encoding.
+//!
+//! Parsing borrows the frame text and keeps every action as its raw JSON text, so the server can
+//! store and forward actions without serialising them again.
+
+use crate::ids::{ActionId, NodeId};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL: u32 = 5;
+
+/// Why a frame was refused; each maps to one `["error", …]` answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame is not JSON, or a message has the wrong shape. Carries the offending text.
+    #[error("wrong format: {0}")]
+    WrongFormat(String),
+    /// A message name the protocol does not have.
+    #[error("unknown message: {0}")]
+    UnknownMessage(String),
+}
+
+impl ProtocolError {
+    /// The `["error", type, options]` frame answering this error.
+    pub fn to_frame(&self) -> String {
+        match self {
+            ProtocolError::WrongFormat(text) => {
+                encode_error("wrong-format", Some(&Value::String(text.clone())))
+            }
+            ProtocolError::UnknownMessage(name) => {
+                encode_error("unknown-message", Some(&Value::String(name.clone())))
+            }
+        }
+    }
+}
+
+/// An action: its JSON text as received, and its fields.
+#[derive(Debug, Clone)]
+pub struct Action {
+    json: Arc<str>,
+    fields: Map<String, Value>,
+}
+
+impl Action {
+    /// Builds an action from its fields; it must have a string `type`.
+    pub fn from_fields(fields: Map<String, Value>) -> Option<Action> {
+        if !matches!(fields.get("type"), Some(Value::String(_))) {
+            return None;
+        }
+        let json = Value::Object(fields.clone()).to_string();
+        Some(Action { json: Arc::from(json), fields })
+    }
+
+    /// Parses an action from JSON text; it must be an object with a string `type`.
+    pub fn from_json(json: &str) -> Option<Action> {
+        match serde_json::from_str::<Value>(json) {
+            Ok(Value::Object(fields)) if matches!(fields.get("type"), Some(Value::String(_))) => {
+                Some(Action { json: Arc::from(json), fields })
+            }
+            _ => None,
+        }
+    }
+
+    /// The action's `type`.
+    pub fn kind(&self) -> &str {
+        match self.fields.get("type") {
+            Some(Value::String(s)) => s,
+            _ => "",
+        }
+    }
+
+    /// The action as JSON text.
+    pub fn json(&self) -> &Arc<str> {
+        &self.json
+    }
+
+    /// The action's fields.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+
+    /// A string field.
+    pub fn str_field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+}
+
+/// An action id as it travels in `sync`, relative to `baseTime`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireId {
+    /// `shift`: the sender's own action, sequence 0.
+    Own(i64),
+    /// `[shift, seq]`: the sender's own action.
+    OwnSeq(i64, u64),
+    /// `[shift, node, seq]`: another node's action.
+    Full(i64, String, u64),
+}
+
+/// Meta of one action in a `sync`, before decompression.
+#[derive(Debug, Clone)]
+pub struct WireMeta {
+    /// The compressed id.
+    pub id: WireId,
+    /// `time - baseTime`.
+    pub time: i64,
+    /// The action's subprotocol, when the sender gave one.
+    pub subprotocol: Option<u64>,
+    /// Meta keys other than `id`, `time` and `subprotocol` (refused by the server).
+    pub extra_keys: Vec<String>,
+}
+
+/// One `[action, meta]` pair of a `sync`.
+#[derive(Debug, Clone)]
+pub struct WireEntry {
+    /// The action.
+    pub action: Action,
+    /// Its meta, still compressed.
+    pub meta: WireMeta,
+}
+
+/// Options of `connect`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// The credentials.
+    pub token: Option<String>,
+    /// The application subprotocol; absent means 0.
+    pub subprotocol: u64,
+}
+
+/// A parsed protocol 5 message.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// `["connect", protocol, nodeId, synced, options?]`
+    Connect {
+        /// Protocol version of the peer.
+        protocol: u32,
+        /// Node id of the peer (unchecked text).
+        node_id: String,
+        /// Last `added` the peer received from us.
+        synced: u64,
+        /// Token and subprotocol.
+        options: ConnectOptions,
+    },
+    /// `["connected", protocol, nodeId, [start, end], options?]`
+    Connected {
+        /// Protocol version of the peer.
+        protocol: u32,
+        /// Node id of the peer.
+        node_id: String,
+        /// `[start, end]` server times; `end` is `baseTime`.
+        time: [i64; 2],
+        /// Options object, if any.
+        options: Map<String, Value>,
+    },
+    /// `["headers", object]`
+    Headers(Map<String, Value>),
+    /// `["ping", added]`
+    Ping(u64),
+    /// `["pong", added]`
+    Pong(u64),
+    /// `["sync", added, action, meta, …]`
+    Sync {
+        /// Biggest `added` among the actions.
+        added: u64,
+        /// The actions.
+        entries: Vec<WireEntry>,
+    },
+    /// `["synced", added]`
+    Synced(u64),
+    /// `["error", type, options?]`
+    Error {
+        /// Error type.
+        kind: String,
+        /// Error options.
+        options: Option<Value>,
+    },
+    /// `["debug", "error", text]`
+    Debug(String),
+    /// `["duilian", text]`
+    Duilian(String),
+}
+
+fn wrong(text: &str) -> ProtocolError {
+    ProtocolError::WrongFormat(text.to_owned())
+}
+
+/// Reads a JSON number as an integer. JavaScript numbers reach us as integers, but a whole
+/// float such as `1e3` is accepted too.
+fn int(v: &Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
+        Some(f as i64)
+    } else {
+        None
+    }
+}
+
+fn uint(v: &Value) -> Option<u64> {
+    int(v).and_then(|i| u64::try_from(i).ok())
+}
+
+fn parse_raw(raw: &RawValue) -> Option<Value> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// Parses one frame. Every error carries what the peer should be told.
+pub fn parse(text: &str) -> Result<Message, ProtocolError> {
+    let parts: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| wrong(text))?;
+    let name: String = match parts.first() {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| wrong(text))?,
+        None => return Err(wrong(text)),
+    };
+    let value = |i: usize| parts.get(i).and_then(|raw| parse_raw(raw));
+    let len = parts.len();
+    match name.as_str() {
+        "connect" => {
+            if len != 4 && len != 5 {
+                return Err(wrong(text));
+            }
+            let protocol = value(1).as_ref().and_then(uint).ok_or_else(|| wrong(text))?;
+            let node_id = match value(2) {
+                Some(Value::String(s)) => s,
+                _ => return Err(wrong(text)),
+            };
+            let synced = value(3).as_ref().and_then(int).ok_or_else(|| wrong(text))?;
+            let mut options = ConnectOptions::default();
+            if len == 5 {
+                let Some(Value::Object(map)) = value(4) else {
+                    return Err(wrong(text));
+                };
+                options.token = match map.get("token") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(_) => return Err(wrong(text)),
+                };
+                options.subprotocol = match map.get("subprotocol") {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => uint(v).ok_or_else(|| wrong(text))?,
+                };
+            }
+            Ok(Message::Connect {
+                protocol: u32::try_from(protocol).unwrap_or(u32::MAX),
+                node_id,
+                synced: u64::try_from(synced).unwrap_or(0),
+                options,
+            })
+        }
+        "connected" => {
+            if len != 4 && len != 5 {
+                return Err(wrong(text));
+            }
+            let protocol = value(1).as_ref().and_then(uint).ok_or_else(|| wrong(text))?;
+            let Some(Value::String(node_id)) = value(2) else {
+                return Err(wrong(text));
+            };
+            let time = match value(3) {
+                Some(Value::Array(t)) if t.len() == 2 => match (int(&t[0]), int(&t[1])) {
+                    (Some(a), Some(b)) => [a, b],
+                    _ => return Err(wrong(text)),
+                },
+                _ => return Err(wrong(text)),
+            };
+            let options = match value(4) {
+                None => Map::new(),
+                Some(Value::Object(m)) => m,
+                Some(_) => return Err(wrong(text)),
+            };
+            Ok(Message::Connected {
+                protocol: u32::try_from(protocol).unwrap_or(u32::MAX),
+                node_id,
+                time,
+                options,
+            })
+        }
+        "ping" | "pong" | "synced" => {
+            if len != 2 {
+                return Err(wrong(text));
+            }
+            let n = value(1).as_ref().and_then(int).ok_or_else(|| wrong(text))?;
+            let n = u64::try_from(n).unwrap_or(0);
+            Ok(match name.as_str() {
+                "ping" => Message::Ping(n),
+                "pong" => Message::Pong(n),
+                _ => Message::Synced(n),
+            })
+        }
+        "headers" => match (len, value(1)) {
+            (2, Some(Value::Object(m))) => Ok(Message::Headers(m)),
+            _ => Err(wrong(text)),
+        },
+        "error" => {
+            if len != 2 && len != 3 {
+                return Err(wrong(text));
+            }
+            let Some(Value::String(kind)) = value(1) else {
+                return Err(wrong(text));
+            };
+            Ok(Message::Error { kind, options: value(2) })
+        }
+        "debug" => match (len, value(1), value(2)) {
+            (3, Some(Value::String(t)), Some(Value::String(s))) if t == "error" => Ok(Message::Debug(s)),
+            _ => Err(wrong(text)),
+        },
+        "duilian" => match (len, value(1)) {
+            (2, Some(Value::String(s))) => Ok(Message::Duilian(s)),
+            _ => Err(wrong(text)),
+        },
+        "sync" => {
+            if len < 4 || len % 2 != 0 {
+                return Err(wrong(text));
+            }
+            let added = value(1).as_ref().and_then(int).ok_or_else(|| wrong(text))?;
+            let mut entries = Vec::with_capacity((len - 2) / 2);
+            for pair in parts[2..].chunks_exact(2) {
+                let action = Action::from_json(pair[0].get()).ok_or_else(|| wrong(text))?;
+                let meta = parse_meta(pair[1]).ok_or_else(|| wrong(text))?;
+                entries.push(WireEntry { action, meta });
+            }
+            Ok(Message::Sync { added: u64::try_from(added).unwrap_or(0), entries })
+        }
+        _ => Err(ProtocolError::UnknownMessage(name)),
+    }
+}
+
+fn parse_meta(raw: &RawValue) -> Option<WireMeta> {
+    let Value::Object(map) = parse_raw(raw)? else {
+        return None;
+    };
+    let time = int(map.get("time")?)?;
+    let id = match map.get("id")? {
+        Value::Array(a) if a.len() == 2 => WireId::OwnSeq(int(&a[0])?, uint(&a[1])?),
+        Value::Array(a) if a.len() == 3 => WireId::Full(int(&a[0])?, a[1].as_str()?.to_owned(), uint(&a[2])?),
+        v => WireId::Own(int(v)?),
+    };
+    let subprotocol = match map.get("subprotocol") {
+        None => None,
+        Some(v) => Some(uint(v)?),
+    };
+    let extra_keys =
+        map.keys().filter(|k| !matches!(k.as_str(), "id" | "time" | "subprotocol")).cloned().collect();
+    Some(WireMeta { id, time, subprotocol, extra_keys })
+}
+
+/// Per-connection id/time compression state: `baseTime` and the two node ids.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    /// The `baseTime` of this connection (the `end` time of `connected`).
+    pub base_time: i64,
+    /// Our node id: ids of our own actions are sent compressed.
+    pub local: NodeId,
+    /// The peer's node id: compressed ids we receive are the peer's.
+    pub remote: NodeId,
+}
+
+impl Codec {
+    /// Decompresses an incoming id. Fails when a `Full` id carries an invalid node id.
+    pub fn decode_id(&self, id: &WireId) -> Option<ActionId> {
+        Some(match id {
+            WireId::Own(shift) => ActionId { ms: shift + self.base_time, node: self.remote.clone(), seq: 0 },
+            WireId::OwnSeq(shift, seq) => {
+                ActionId { ms: shift + self.base_time, node: self.remote.clone(), seq: *seq }
+            }
+            WireId::Full(shift, node, seq) => {
+                ActionId { ms: shift + self.base_time, node: NodeId::parse(node)?, seq: *seq }
+            }
+        })
+    }
+
+    /// Converts an incoming `time` to our clock.
+    pub fn decode_time(&self, time: i64) -> i64 {
+        time + self.base_time
+    }
+
+    /// Appends the compressed meta object of one outgoing action to `out`.
+    pub fn encode_meta(&self, out: &mut String, id: &ActionId, time: i64, subprotocol: Option<u64>) {
+        let shift = id.ms - self.base_time;
+        out.push_str("{\"id\":");
+        if id.node == self.local {
+            if id.seq == 0 {
+                let _ = write!(out, "{shift}");
+            } else {
+                let _ = write!(out, "[{shift},{}]", id.seq);
+            }
+        } else {
+            let _ = write!(out, "[{shift},");
+            push_json_str(out, id.node.as_str());
+            let _ = write!(out, ",{}]", id.seq);
+        }
+        let _ = write!(out, ",\"time\":{}", time - self.base_time);
+        if let Some(sub) = subprotocol {
+            let _ = write!(out, ",\"subprotocol\":{sub}");
+        }
+        out.push('}');
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(s.to_owned()).to_string());
+    }
+}
+
+/// Builds one outgoing `sync` frame from already-encoded pairs.
+#[derive(Debug)]
+pub struct SyncBuilder {
+    out: String,
+    count: usize,
+}
+
+impl Default for SyncBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyncBuilder {
+    /// An empty `sync`.
+    pub fn new() -> Self {
+        SyncBuilder { out: String::with_capacity(128), count: 0 }
+    }
+
+    /// Adds one action with meta encoded for `codec`'s peer.
+    pub fn push(
+        &mut self,
+        codec: &Codec,
+        action_json: &str,
+        id: &ActionId,
+        time: i64,
+        subprotocol: Option<u64>,
+    ) {
+        self.out.push(',');
+        self.out.push_str(action_json);
+        self.out.push(',');
+        codec.encode_meta(&mut self.out, id, time, subprotocol);
+        self.count += 1;
+    }
+
+    /// Number of actions added.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no action was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Encoded bytes so far.
+    pub fn bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The finished frame, `["sync", added, …]`.
+    pub fn finish(self, added: u64) -> String {
+        let mut frame = String::with_capacity(self.out.len() + 24);
+        let _ = write!(frame, "[\"sync\",{added}");
+        frame.push_str(&self.out);
+        frame.push(']');
+        frame
+    }
+}
+
+/// `["error", kind, options?]`
+pub fn encode_error(kind: &str, options: Option<&Value>) -> String {
+    let mut arr = vec![Value::from("error"), Value::from(kind)];
+    if let Some(o) = options {
+        arr.push(o.clone());
+    }
+    Value::Array(arr).to_string()
+}
+
+/// `["connect", 5, nodeId, synced, options?]`
+pub fn encode_connect(node_id: &str, synced: u64, token: Option<&str>, subprotocol: u64) -> String {
+    let mut out = String::from("[\"connect\",5,");
+    push_json_str(&mut out, node_id);
+    let _ = write!(out, ",{synced}");
+    if token.is_some() || subprotocol != 0 {
+        out.push_str(",{");
+        if let Some(t) = token {
+            out.push_str("\"token\":");
+            push_json_str(&mut out, t);
+            if subprotocol != 0 {
+                out.push(',');
+            }
+        }
+        if subprotocol != 0 {
+            let _ = write!(out, "\"subprotocol\":{subprotocol}");
+        }
+        out.push('}');
+    }
+    out.push(']');
+    out
+}
+
+/// `["connected", 5, nodeId, [start, end], {subprotocol}]`
+pub fn encode_connected(node_id: &str, start: i64, end: i64, subprotocol: u64) -> String {
+    let mut out = String::from("[\"connected\",5,");
+    push_json_str(&mut out, node_id);
+    let _ = write!(out, ",[{start},{end}],{{\"subprotocol\":{subprotocol}}}]");
+    out
+}
+
+/// `["headers", data]`
+pub fn encode_headers(data: &Map<String, Value>) -> String {
+    Value::Array(vec![Value::from("headers"), Value::Object(data.clone())]).to_string()
+}
+
+/// `["ping", added]`
+pub fn encode_ping(added: u64) -> String {
+    format!("[\"ping\",{added}]")
+}
+
+/// `["pong", added]`
+pub fn encode_pong(added: u64) -> String {
+    format!("[\"pong\",{added}]")
+}
+
+/// `["synced", added]`
+pub fn encode_synced(added: u64) -> String {
+    format!("[\"synced\",{added}]")
+}
+
+/// `["debug", "error", text]`
+pub fn encode_debug(text: &str) -> String {
+    Value::Array(vec![Value::from("debug"), Value::from("error"), Value::from(text)]).to_string()
+}
+
+/// `["duilian", text]`
+pub fn encode_duilian(text: &str) -> String {
+    Value::Array(vec![Value::from("duilian"), Value::from(text)]).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> Codec {
+        Codec {
+            base_time: 1_795_692_083_921,
+            local: NodeId::from("server:abc"),
+            remote: NodeId::from("10:QNzaL4cH:d8Kgi9Ai"),
+        }
+    }
+
+    #[test]
+    fn parses_connect_like_the_real_client() {
+        let m =
+            parse(r#"["connect",5,"10:QNzaL4cH:d8Kgi9Ai",0,{"token":"any-token","subprotocol":1}]"#).unwrap();
+        match m {
+            Message::Connect { protocol, node_id, synced, options } => {
+                assert_eq!(protocol, 5);
+                assert_eq!(node_id, "10:QNzaL4cH:d8Kgi9Ai");
+                assert_eq!(synced, 0);
+                assert_eq!(options.token.as_deref(), Some("any-token"));
+                assert_eq!(options.subprotocol, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"["connect",5,"u:c:t",3]"#).unwrap() {
+            Message::Connect { options, synced, .. } => {
+                assert_eq!(options.subprotocol, 0);
+                assert_eq!(synced, 3);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_wrong_shapes_with_the_reference_answers() {
+        let cases = [
+            "hello",
+            "{}",
+            "[]",
+            "[1]",
+            r#"["connect","5","u:c:t",0]"#,
+            r#"["connect",5,"u:c:t"]"#,
+            r#"["connect",5,"u:c:t",0,[]]"#,
+            r#"["ping"]"#,
+            r#"["ping","1"]"#,
+            r#"["sync",1,{"type":"a"}]"#,
+            r#"["sync",1,{"no":"type"},{"id":1,"time":1}]"#,
+            r#"["sync",1,{"type":"a"},{"id":1}]"#,
+            r#"["sync",1,{"type":"a"},{"id":"1","time":1}]"#,
+            r#"["sync",1,{"type":1},{"id":1,"time":1}]"#,
+            r#"["headers",[]]"#,
+            r#"["debug","warn","x"]"#,
+        ];
+        for text in cases {
+            assert_eq!(parse(text).unwrap_err(), ProtocolError::WrongFormat(text.to_owned()), "{text}");
+        }
+        assert_eq!(parse(r#"["foo",1]"#).unwrap_err(), ProtocolError::UnknownMessage("foo".into()));
+        assert_eq!(
+            ProtocolError::WrongFormat("hello".into()).to_frame(),
+            r#"["error","wrong-format","hello"]"#
+        );
+        assert_eq!(
+            ProtocolError::UnknownMessage("foo".into()).to_frame(),
+            r#"["error","unknown-message","foo"]"#
+        );
+    }
+
+    #[test]
+    fn decodes_all_three_id_forms_and_negative_shifts() {
+        let c = codec();
+        let m = parse(
+            r#"["sync",3,{"type":"a"},{"id":-94,"time":-94},{"type":"b"},{"id":[5,2],"time":5,"subprotocol":2},{"type":"c"},{"id":[26,"x:y:z",0],"time":26,"reasons":[]}]"#,
+        )
+        .unwrap();
+        let Message::Sync { added, entries } = m else { panic!() };
+        assert_eq!(added, 3);
+        let ids: Vec<String> = entries.iter().map(|e| c.decode_id(&e.meta.id).unwrap().to_string()).collect();
+        assert_eq!(
+            ids,
+            [
+                "1795692083827 10:QNzaL4cH:d8Kgi9Ai 0",
+                "1795692083926 10:QNzaL4cH:d8Kgi9Ai 2",
+                "1795692083947 x:y:z 0"
+            ]
+        );
+        assert_eq!(c.decode_time(entries[0].meta.time), 1_795_692_083_827);
+        assert_eq!(entries[1].meta.subprotocol, Some(2));
+        assert_eq!(entries[2].meta.extra_keys, ["reasons"]);
+        assert_eq!(entries[0].action.kind(), "a");
+    }
+
+    #[test]
+    fn encodes_meta_like_the_reference() {
+        let c = codec();
+        let mut b = SyncBuilder::new();
+        let other = ActionId::parse("1795692083947 10:QNzaL4cH:d8Kgi9Ai 0").unwrap();
+        b.push(&c, r#"{"type":"inc","id":"1"}"#, &other, 1795692083948, Some(1));
+        let own = ActionId { ms: 1795692083935, node: NodeId::from("server:abc"), seq: 0 };
+        b.push(&c, r#"{"type":"x"}"#, &own, 1795692083935, None);
+        let own1 = ActionId { ms: 1795692083936, node: NodeId::from("server:abc"), seq: 1 };
+        b.push(&c, r#"{"type":"y"}"#, &own1, 1795692083936, Some(1));
+        assert_eq!(
+            b.finish(7),
+            r#"["sync",7,{"type":"inc","id":"1"},{"id":[26,"10:QNzaL4cH:d8Kgi9Ai",0],"time":27,"subprotocol":1},{"type":"x"},{"id":14,"time":14},{"type":"y"},{"id":[15,1],"time":15,"subprotocol":1}]"#
+        );
+    }
+
+    #[test]
+    fn encodes_handshake_frames() {
+        assert_eq!(
+            encode_connected("server:V0jMeesT", 1, 2, 1),
+            r#"["connected",5,"server:V0jMeesT",[1,2],{"subprotocol":1}]"#
+        );
+        assert_eq!(
+            encode_connect("u:c:t", 0, Some("tok"), 1),
+            r#"["connect",5,"u:c:t",0,{"token":"tok","subprotocol":1}]"#
+        );
+        assert_eq!(encode_connect("u:c:t", 0, None, 0), r#"["connect",5,"u:c:t",0]"#);
+        assert_eq!(
+            encode_error("wrong-protocol", Some(&serde_json::json!({"supported":5,"used":4}))),
+            r#"["error","wrong-protocol",{"supported":5,"used":4}]"#
+        );
+    }
+}
