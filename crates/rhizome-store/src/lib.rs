@@ -1,1 +1,110 @@
-//! placeholder
+//! Rhizome's durable action log.
+//!
+//! [`Store`] is what the server needs from a log: atomic, durable batch appends that refuse a
+//! second entry with the same action id, and reads by channel or by target from a position.
+//! [`SqliteStore`] is the embedded implementation (WAL, `synchronous=FULL`).
+
+mod sqlite;
+
+pub use sqlite::{SqliteStore, SqliteWriter};
+
+use rhizome_core::{AppendOutcome, NewEntry, Position, Status, StoredEntry};
+use rhizome_protocol::{Channel, NodeId};
+
+/// Errors of the store. The server logs them and refuses the affected writes; a store error
+/// never acknowledges an action.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The data directory could not be prepared.
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// A row could not be decoded (the file was changed by something else).
+    #[error("corrupt row at position {0}")]
+    Corrupt(Position),
+}
+
+/// One atomic write: appends, status changes and subscription acknowledgements.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Entries to append, in order.
+    pub appends: Vec<NewEntry>,
+    /// Status changes of existing entries, by action id.
+    pub statuses: Vec<(String, Status)>,
+    /// Subscription acknowledgements: the id of a `logux/processed` answering a subscription,
+    /// and the log position the subscriber had received everything up to.
+    pub acks: Vec<(String, Position)>,
+}
+
+impl WriteBatch {
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.statuses.is_empty() && self.acks.is_empty()
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// One outcome per append, in order.
+    pub outcomes: Vec<AppendOutcome>,
+    /// The entries actually written, in position order.
+    pub entries: Vec<StoredEntry>,
+}
+
+/// The writing side of a log. One writer exists per log; it is not shared between threads.
+pub trait LogWriter: Send {
+    /// Applies the batches in one transaction and makes it durable before returning.
+    fn commit(&mut self, batches: &mut [WriteBatch], now_ms: i64) -> Result<Vec<Committed>, StoreError>;
+
+    /// Marks entries left `Waiting` by a crash as undone with reason `error`: their `process`
+    /// may or may not have run, and running it again could process an action twice.
+    fn recover_interrupted(&mut self) -> Result<usize, StoreError>;
+}
+
+/// The reading side of a log, shared by every task.
+pub trait Store: Send + Sync + 'static {
+    /// The writer type.
+    type Writer: LogWriter;
+
+    /// Opens the one writer.
+    fn writer(&self) -> Result<Self::Writer, StoreError>;
+
+    /// The last position written.
+    fn last_position(&self) -> Result<Position, StoreError>;
+
+    /// Entries on `channel` with `after < added <= upto`, oldest first, at most `limit`.
+    fn read_channel(
+        &self,
+        channel: &Channel,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError>;
+
+    /// Entries addressed to `node` (by node, its client or its user) with `after < added <= upto`,
+    /// oldest first, at most `limit` rows examined. Returns the entries that really target the
+    /// node and the last position examined.
+    fn read_targeted(
+        &self,
+        node: &NodeId,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<(Vec<StoredEntry>, Position), StoreError>;
+
+    /// The position meant by a subscription's `since.id`: an entry's own position, or the
+    /// position recorded with a subscription acknowledgement.
+    fn position_of_id(&self, id: &str) -> Result<Option<Position>, StoreError>;
+
+    /// The last position committed before `time_ms` (server clock).
+    fn position_before_time(&self, time_ms: i64) -> Result<Position, StoreError>;
+
+    /// The status of an action id, if the log has it.
+    fn status_of(&self, id: &str) -> Result<Option<Status>, StoreError>;
+
+    /// Number of entries in the log.
+    fn count(&self) -> Result<u64, StoreError>;
+}

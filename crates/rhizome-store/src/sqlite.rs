@@ -1,0 +1,359 @@
+//! The SQLite log: one writer connection, a small pool of reader connections, WAL mode.
+
+use crate::{Committed, LogWriter, Store, StoreError, WriteBatch};
+use rhizome_core::{AppendOutcome, Position, Routing, Status, StoredEntry};
+use rhizome_protocol::{ActionId, Channel, NodeId};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log(
+    added INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    time INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    subprotocol INTEGER NOT NULL,
+    routing TEXT,
+    status INTEGER NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS log_received ON log(received);
+CREATE TABLE IF NOT EXISTS log_channels(
+    channel TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(channel, added)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_targets(
+    target TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(target, added)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscription_acks(
+    id TEXT PRIMARY KEY, position INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+const READERS: usize = 4;
+
+/// The SQLite log in `<data dir>/rhizome.db`.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    readers: Arc<Vec<Mutex<Connection>>>,
+}
+
+/// The writer of a [`SqliteStore`].
+#[derive(Debug)]
+pub struct SqliteWriter {
+    conn: Connection,
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the log in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("rhizome.db");
+        let conn = open(&path, OpenFlags::default())?;
+        conn.execute_batch(SCHEMA)?;
+        drop(conn);
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+            readers.push(Mutex::new(conn));
+        }
+        Ok(SqliteStore { path, readers: Arc::new(readers) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // Take the first free reader; when all are busy, wait on one picked by thread id.
+        for r in self.readers.iter() {
+            if let Ok(conn) = r.try_lock() {
+                return f(&conn);
+            }
+        }
+        let i = thread_slot() % self.readers.len();
+        let conn = self.readers[i].lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+}
+
+fn thread_slot() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    h.finish() as usize
+}
+
+fn routing_json(r: &Routing) -> Option<String> {
+    if r.is_empty() && r.exclude_clients.is_empty() {
+        return None;
+    }
+    let list = |v: Vec<&str>| Value::from(v);
+    Some(
+        json!({
+            "c": list(r.channels.iter().map(|c| c.as_str()).collect()),
+            "u": list(r.users.iter().map(|c| c.as_str()).collect()),
+            "k": list(r.clients.iter().map(|c| c.as_str()).collect()),
+            "n": list(r.nodes.iter().map(|c| c.as_str()).collect()),
+            "x": list(r.exclude_clients.iter().map(|c| c.as_str()).collect()),
+        })
+        .to_string(),
+    )
+}
+
+fn routing_from_json(text: Option<String>) -> Option<Routing> {
+    let Some(text) = text else {
+        return Some(Routing::default());
+    };
+    let v: Value = serde_json::from_str(&text).ok()?;
+    fn strs<T: From<&'static str> + From<String>>(v: &Value, key: &str) -> Vec<T> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str()).map(|s| T::from(s.to_owned())).collect())
+            .unwrap_or_default()
+    }
+    Some(Routing {
+        channels: strs(&v, "c"),
+        users: strs(&v, "u"),
+        clients: strs(&v, "k"),
+        nodes: strs(&v, "n"),
+        exclude_clients: strs(&v, "x"),
+    })
+}
+
+const ENTRY_COLUMNS: &str = "added, id, time, action, subprotocol, routing";
+
+fn row_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredEntry, StoreError>> {
+    let added: i64 = row.get(0)?;
+    let id: String = row.get(1)?;
+    let time: i64 = row.get(2)?;
+    let action: String = row.get(3)?;
+    let subprotocol: i64 = row.get(4)?;
+    let routing: Option<String> = row.get(5)?;
+    let added = added as Position;
+    let (Some(id), Some(routing)) = (ActionId::parse(&id), routing_from_json(routing)) else {
+        return Ok(Err(StoreError::Corrupt(added)));
+    };
+    Ok(Ok(StoredEntry {
+        added,
+        id,
+        time,
+        action_json: Arc::from(action),
+        subprotocol: subprotocol as u64,
+        routing,
+    }))
+}
+
+fn collect(
+    rows: impl Iterator<Item = rusqlite::Result<Result<StoredEntry, StoreError>>>,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    type Writer = SqliteWriter;
+
+    fn writer(&self) -> Result<SqliteWriter, StoreError> {
+        let conn = open(&self.path, OpenFlags::default())?;
+        Ok(SqliteWriter { conn })
+    }
+
+    fn last_position(&self) -> Result<Position, StoreError> {
+        self.with_reader(|c| {
+            let seq: Option<i64> = c
+                .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'log'", [], |r| r.get(0))
+                .optional()?;
+            Ok(seq.unwrap_or(0) as Position)
+        })
+    }
+
+    fn read_channel(
+        &self,
+        channel: &Channel,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM log WHERE added IN (
+                    SELECT added FROM log_channels WHERE channel = ?1 AND added > ?2 AND added <= ?3
+                    ORDER BY added LIMIT ?4)
+                 ORDER BY added"
+            ))?;
+            let rows = stmt
+                .query_map(params![channel.as_str(), after as i64, upto as i64, limit as i64], row_entry)?;
+            collect(rows)
+        })
+    }
+
+    fn read_targeted(
+        &self,
+        node: &NodeId,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<(Vec<StoredEntry>, Position), StoreError> {
+        let client = node.client_id();
+        let user = node.user_id();
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM log WHERE added IN (
+                    SELECT DISTINCT added FROM log_targets
+                    WHERE target IN (?1, ?2, ?3) AND added > ?4 AND added <= ?5
+                    ORDER BY added LIMIT ?6)
+                 ORDER BY added"
+            ))?;
+            let user_key = user.map(|u| format!("u:{u}")).unwrap_or_default();
+            let rows = stmt.query_map(
+                params![
+                    format!("n:{node}"),
+                    format!("c:{client}"),
+                    user_key,
+                    after as i64,
+                    upto as i64,
+                    limit as i64
+                ],
+                row_entry,
+            )?;
+            let rows = collect(rows)?;
+            let examined = if rows.len() < limit { upto } else { rows.last().map_or(upto, |e| e.added) };
+            let entries =
+                rows.into_iter().filter(|e| e.routing.targets(Some(&e.id.client_id()), node)).collect();
+            Ok((entries, examined))
+        })
+    }
+
+    fn position_of_id(&self, id: &str) -> Result<Option<Position>, StoreError> {
+        self.with_reader(|c| {
+            let own: Option<i64> =
+                c.query_row("SELECT added FROM log WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+            if let Some(p) = own {
+                return Ok(Some(p as Position));
+            }
+            let ack: Option<i64> = c
+                .query_row("SELECT position FROM subscription_acks WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            Ok(ack.map(|p| p as Position))
+        })
+    }
+
+    fn position_before_time(&self, time_ms: i64) -> Result<Position, StoreError> {
+        self.with_reader(|c| {
+            let p: Option<i64> =
+                c.query_row("SELECT max(added) FROM log WHERE received < ?1", [time_ms], |r| r.get(0))?;
+            Ok(p.unwrap_or(0) as Position)
+        })
+    }
+
+    fn status_of(&self, id: &str) -> Result<Option<Status>, StoreError> {
+        self.with_reader(|c| {
+            let row: Option<(i64, Option<String>)> = c
+                .query_row("SELECT status, reason FROM log WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            Ok(row.map(|(code, reason)| Status::from_parts(code, reason)))
+        })
+    }
+
+    fn count(&self) -> Result<u64, StoreError> {
+        self.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))? as u64))
+    }
+}
+
+impl LogWriter for SqliteWriter {
+    fn commit(&mut self, batches: &mut [WriteBatch], now_ms: i64) -> Result<Vec<Committed>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut results = Vec::with_capacity(batches.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO log(id, time, received, action, subprotocol, routing, status, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
+            )?;
+            let mut existing = tx.prepare_cached("SELECT status, reason FROM log WHERE id = ?1")?;
+            let mut channel =
+                tx.prepare_cached("INSERT OR IGNORE INTO log_channels(channel, added) VALUES (?1, ?2)")?;
+            let mut target =
+                tx.prepare_cached("INSERT OR IGNORE INTO log_targets(target, added) VALUES (?1, ?2)")?;
+            let mut status = tx.prepare_cached("UPDATE log SET status = ?2, reason = ?3 WHERE id = ?1")?;
+            let mut ack =
+                tx.prepare_cached("INSERT OR REPLACE INTO subscription_acks(id, position) VALUES (?1, ?2)")?;
+            for batch in batches.iter_mut() {
+                let mut committed = Committed::default();
+                for entry in batch.appends.drain(..) {
+                    let id = entry.id.to_string();
+                    let routing = routing_json(&entry.routing);
+                    let n = insert.execute(params![
+                        id,
+                        entry.time,
+                        now_ms,
+                        &**entry.action.json(),
+                        entry.subprotocol as i64,
+                        routing,
+                        entry.status.code(),
+                        entry.status.reason(),
+                    ])?;
+                    if n == 0 {
+                        let (code, reason): (i64, Option<String>) =
+                            existing.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        committed.outcomes.push(AppendOutcome::Duplicate(Status::from_parts(code, reason)));
+                        continue;
+                    }
+                    let added = tx.last_insert_rowid();
+                    for c in &entry.routing.channels {
+                        channel.execute(params![c.as_str(), added])?;
+                    }
+                    for u in &entry.routing.users {
+                        target.execute(params![format!("u:{u}"), added])?;
+                    }
+                    for c in &entry.routing.clients {
+                        target.execute(params![format!("c:{c}"), added])?;
+                    }
+                    for n in &entry.routing.nodes {
+                        target.execute(params![format!("n:{n}"), added])?;
+                    }
+                    committed.outcomes.push(AppendOutcome::Added(added as Position));
+                    committed.entries.push(StoredEntry {
+                        added: added as Position,
+                        time: entry.time,
+                        action_json: entry.action.json().clone(),
+                        subprotocol: entry.subprotocol,
+                        routing: entry.routing,
+                        id: entry.id,
+                    });
+                }
+                for (id, s) in batch.statuses.drain(..) {
+                    status.execute(params![id, s.code(), s.reason()])?;
+                }
+                for (id, position) in batch.acks.drain(..) {
+                    ack.execute(params![id, position as i64])?;
+                }
+                results.push(committed);
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    fn recover_interrupted(&mut self) -> Result<usize, StoreError> {
+        Ok(self.conn.execute("UPDATE log SET status = 2, reason = 'error' WHERE status = 0", [])?)
+    }
+}
