@@ -1,1 +1,233 @@
-//! placeholder
+//! Rhizome's network layer: the WebSocket transport (Logux protocol 5), `GET /health`, the hub
+//! that routes committed actions, the group-commit writer, JWT authentication and config rules.
+//!
+//! [`Server::start`] runs a server in the current tokio runtime and returns a handle.
+
+pub mod config;
+mod hub;
+pub mod jwt;
+mod outbox;
+mod pipeline;
+pub mod rules;
+mod shared;
+mod writer;
+mod ws;
+
+pub use hub::HubStats;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rhizome_core::{App, HandshakeConfig, Limits};
+use rhizome_protocol::NodeId;
+use rhizome_store::{SqliteStore, Store, StoreError};
+use shared::Shared;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+/// Everything needed to start a server.
+#[derive(Debug)]
+pub struct ServerOptions {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory of the SQLite log.
+    pub data_dir: PathBuf,
+    /// Our subprotocol.
+    pub subprotocol: u64,
+    /// Lowest client subprotocol accepted.
+    pub min_subprotocol: u64,
+    /// Development mode.
+    pub development: bool,
+    /// Limits.
+    pub limits: Limits,
+    /// Application rules and authenticator.
+    pub app: App,
+}
+
+/// Errors starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The log could not be opened.
+    #[error("opening the log: {0}")]
+    Store(#[from] StoreError),
+    /// The address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("starting the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    done: oneshot::Receiver<()>,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    shared: Arc<Shared>,
+    open: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+}
+
+fn random_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-";
+    let mut rng = rand::thread_rng();
+    (0..8).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+impl Server {
+    /// Opens the log, starts the writer thread and the hub, and listens.
+    pub async fn start(options: ServerOptions) -> Result<Server, StartError> {
+        let store = SqliteStore::open(&options.data_dir)?;
+        let mut writer = store.writer()?;
+        let interrupted = rhizome_store::LogWriter::recover_interrupted(&mut writer)?;
+        if interrupted > 0 {
+            tracing::warn!(
+                count = interrupted,
+                "actions whose processing was interrupted by a crash are answered with undo `error`"
+            );
+        }
+        let position = store.last_position()?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let (writer_tx, writer_rx) = mpsc::channel(1024);
+        let (hub_tx, hub_rx) = mpsc::channel(4096);
+        let config = HandshakeConfig {
+            server_node: NodeId::from(format!("server:{}", random_id())),
+            subprotocol: options.subprotocol,
+            min_subprotocol: options.min_subprotocol,
+            development: options.development,
+        };
+        let shared =
+            Arc::new(Shared::new(config, options.limits, options.app, store, writer_tx, hub_tx.clone(), position));
+        let hub_for_writer = hub_tx.clone();
+        std::thread::Builder::new()
+            .name("rhizome-writer".into())
+            .spawn(move || writer::run(writer, writer_rx, hub_for_writer))
+            .map_err(StartError::Thread)?;
+        tokio::spawn(hub::run(shared.clone(), hub_tx, hub_rx));
+
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: options.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let state = HttpState {
+            shared: shared.clone(),
+            open: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(Notify::new()),
+            stop: stop_rx.clone(),
+        };
+        let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(state.clone());
+        let (done_tx, done) = oneshot::channel();
+        let mut stop_signal = stop_rx;
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_signal.wait_for(|s| *s).await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "server stopped with an error");
+            }
+            // Connections were told to close; wait for them to finish their in-flight writes.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while state.open.load(Ordering::Acquire) > 0 {
+                if tokio::time::timeout_at(deadline, state.closed.notified()).await.is_err() {
+                    tracing::warn!(open = state.open.load(Ordering::Acquire), "connections still open at shutdown");
+                    break;
+                }
+            }
+            let _ = done_tx.send(());
+        });
+        tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
+        Ok(Server { addr, shared, stop, done })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's node id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.shared.config.server_node
+    }
+
+    /// Counters of the hub.
+    pub async fn stats(&self) -> Option<HubStats> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.hub.send(hub::HubMessage::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops accepting, closes every socket with 1001 after its in-flight writes, and returns
+    /// when all connections are gone (or after 10 s).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+}
+
+async fn health() -> &'static str {
+    "Rhizome: OK\n"
+}
+
+async fn upgrade(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (StatusCode::NOT_FOUND, "Not found\n").into_response();
+    };
+    let limits = &state.shared.limits;
+    if state.open.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
+        state.open.fetch_sub(1, Ordering::AcqRel);
+        return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections\n").into_response();
+    }
+    let cookie = headers.get("cookie").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let ws = ws
+        .max_message_size(limits.frame_bytes_max)
+        .max_frame_size(limits.frame_bytes_max)
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let guard = OpenGuard { open: state.open.clone(), closed: state.closed.clone() };
+    let shared = state.shared.clone();
+    let stop = state.stop.clone();
+    ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let _guard = guard;
+            ws::serve(socket, shared, peer.ip(), cookie, stop).await;
+        })
+}
+
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.closed.notify_waiters();
+    }
+}

@@ -66,12 +66,6 @@ pub trait LogWriter: Send {
 
 /// The reading side of a log, shared by every task.
 pub trait Store: Send + Sync + 'static {
-    /// The writer type.
-    type Writer: LogWriter;
-
-    /// Opens the one writer.
-    fn writer(&self) -> Result<Self::Writer, StoreError>;
-
     /// The last position written.
     fn last_position(&self) -> Result<Position, StoreError>;
 

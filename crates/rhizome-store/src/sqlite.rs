@@ -167,13 +167,15 @@ fn collect(
     Ok(out)
 }
 
-impl Store for SqliteStore {
-    type Writer = SqliteWriter;
-
-    fn writer(&self) -> Result<SqliteWriter, StoreError> {
+impl SqliteStore {
+    /// Opens the one writer of this log.
+    pub fn writer(&self) -> Result<SqliteWriter, StoreError> {
         let conn = open(&self.path, OpenFlags::default())?;
         Ok(SqliteWriter { conn })
     }
+}
+
+impl Store for SqliteStore {
 
     fn last_position(&self) -> Result<Position, StoreError> {
         self.with_reader(|c| {

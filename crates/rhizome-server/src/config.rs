@@ -1,0 +1,213 @@
+//! The config file (TOML) of the `rhizome` binary. Every section is optional.
+
+use crate::jwt::{JwtAuth, OpenAuth};
+use crate::rules::{build_app, ActionRule, ChannelRule};
+use rhizome_core::{App, Limits};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors in the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[auth]`
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[[channel]]`
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelRule>,
+    /// `[[action]]`
+    #[serde(default, rename = "action")]
+    pub actions: Vec<ActionRule>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on (`127.0.0.1:31337`).
+    pub listen: Option<String>,
+    /// Data directory (`./rhizome-data`).
+    pub data_dir: Option<PathBuf>,
+    /// Our subprotocol (1).
+    pub subprotocol: Option<u64>,
+    /// Lowest client subprotocol accepted (0).
+    pub min_subprotocol: Option<u64>,
+    /// Send `headers {env: "development"}` and `debug` frames (false).
+    pub development: Option<bool>,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everybody is let in (development).
+    #[default]
+    Open,
+    /// A JWT in `connect`'s token.
+    Jwt,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// `open` or `jwt`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// Name of an environment variable holding the HS256 secret.
+    pub jwt_secret_env: Option<String>,
+    /// RS256 public key file (PEM), relative to the config file.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Clock leeway for `exp`, in seconds (5).
+    pub leeway_secs: Option<u64>,
+}
+
+/// `[limits]`: see [`Limits`] for each meaning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct LimitsSection {
+    pub frame_bytes_max: Option<usize>,
+    pub actions_per_sync_max: Option<usize>,
+    pub connections_max: Option<usize>,
+    pub unauthenticated_timeout_ms: Option<u64>,
+    pub pre_auth_messages_max: Option<usize>,
+    pub outbound_queue_bytes_max: Option<usize>,
+    pub inflight_syncs_max: Option<usize>,
+    pub catch_up_chunk_actions: Option<usize>,
+    pub auth_failures_max: Option<usize>,
+    pub auth_failure_window_ms: Option<u64>,
+    pub ping_interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+}
+
+impl LimitsSection {
+    /// The limits, defaults filled in.
+    pub fn to_limits(&self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let ms = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
+        let limits = Limits {
+            frame_bytes_max: self.frame_bytes_max.unwrap_or(d.frame_bytes_max),
+            actions_per_sync_max: self.actions_per_sync_max.unwrap_or(d.actions_per_sync_max),
+            connections_max: self.connections_max.unwrap_or(d.connections_max),
+            unauthenticated_timeout: ms(self.unauthenticated_timeout_ms, d.unauthenticated_timeout),
+            pre_auth_messages_max: self.pre_auth_messages_max.unwrap_or(d.pre_auth_messages_max),
+            outbound_queue_bytes_max: self.outbound_queue_bytes_max.unwrap_or(d.outbound_queue_bytes_max),
+            inflight_syncs_max: self.inflight_syncs_max.unwrap_or(d.inflight_syncs_max),
+            catch_up_chunk_actions: self.catch_up_chunk_actions.unwrap_or(d.catch_up_chunk_actions),
+            auth_failures_max: self.auth_failures_max.unwrap_or(d.auth_failures_max),
+            auth_failure_window: ms(self.auth_failure_window_ms, d.auth_failure_window),
+            ping_interval: ms(self.ping_interval_ms, d.ping_interval),
+            timeout: ms(self.timeout_ms, d.timeout),
+            write_timeout: ms(self.write_timeout_ms, d.write_timeout),
+        };
+        let positive = [
+            ("frame_bytes_max", limits.frame_bytes_max),
+            ("actions_per_sync_max", limits.actions_per_sync_max),
+            ("connections_max", limits.connections_max),
+            ("outbound_queue_bytes_max", limits.outbound_queue_bytes_max),
+            ("inflight_syncs_max", limits.inflight_syncs_max),
+            ("catch_up_chunk_actions", limits.catch_up_chunk_actions),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("limits.{name} must be positive")));
+        }
+        Ok(limits)
+    }
+}
+
+impl FileConfig {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config: FileConfig = toml::from_str(&text)?;
+        if let (Some(key), Some(dir)) = (&config.auth.jwt_public_key_file, path.parent()) {
+            config.auth.jwt_public_key_file = Some(dir.join(key));
+        }
+        Ok(config)
+    }
+
+    /// The application: authenticator plus rules.
+    pub fn app(&self) -> Result<App, ConfigError> {
+        let leeway = self.auth.leeway_secs.unwrap_or(5);
+        let app = match self.auth.mode {
+            AuthMode::Open => build_app(OpenAuth, &self.channels, &self.actions),
+            AuthMode::Jwt => {
+                let auth = if let Some(file) = &self.auth.jwt_public_key_file {
+                    let pem = std::fs::read(file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+                    JwtAuth::rs256(&pem, leeway).map_err(|e| ConfigError::Invalid(format!("jwt public key: {e}")))?
+                } else {
+                    let secret = match (&self.auth.jwt_secret, &self.auth.jwt_secret_env) {
+                        (Some(s), _) => s.clone(),
+                        (None, Some(var)) => std::env::var(var)
+                            .map_err(|_| ConfigError::Invalid(format!("environment variable {var} is not set")))?,
+                        (None, None) => {
+                            return Err(ConfigError::Invalid(
+                                "auth.mode = \"jwt\" needs jwt_secret, jwt_secret_env or jwt_public_key_file".into(),
+                            ))
+                        }
+                    };
+                    if secret.len() < 8 {
+                        return Err(ConfigError::Invalid("the JWT secret must be at least 8 bytes".into()));
+                    }
+                    JwtAuth::hs256(secret.as_bytes(), leeway)
+                };
+                build_app(auth, &self.channels, &self.actions)
+            }
+        };
+        app.map_err(ConfigError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../examples/rhizome.toml");
+        let config: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.auth.mode, AuthMode::Jwt);
+        assert!(config.channels.len() >= 3);
+        config.limits.to_limits().unwrap();
+        std::env::set_var("RHIZOME_JWT_SECRET", "example-secret");
+        config.app().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<FileConfig>("[server]\nlisten_on = \"x\"").is_err());
+        let zero: FileConfig = toml::from_str("[limits]\nframe_bytes_max = 0").unwrap();
+        assert!(zero.limits.to_limits().is_err());
+    }
+}

@@ -1,0 +1,481 @@
+//! The hub: one task that owns every routing table (connections by client, user and node;
+//! subscribers by channel) and delivers committed log entries, in log order.
+//!
+//! Catch-up (offline delivery by `synced`, channel history by `since`) runs in separate jobs
+//! that read the log in chunks. While a job runs, live delivery to that connection (or that
+//! subscription) is paused; when it reports where it stopped, the hub either starts another job
+//! for what was committed meanwhile or switches to live delivery. Nothing is skipped because
+//! every entry is either at or below the job's range or above it, never neither.
+
+use crate::outbox::{Closed, Outbox};
+use crate::shared::Shared;
+use crate::writer::WriteRequest;
+use rhizome_core::app::filter_accepts;
+use rhizome_core::{Position, StoredEntry};
+use rhizome_protocol::{Action, ActionId, Channel, ClientId, Codec, NodeId, SyncBuilder, UserId};
+use rhizome_store::WriteBatch;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Identifies one connection for the lifetime of the process.
+pub type ConnId = u64;
+
+/// Actions per live `sync` frame at most; a bigger committed batch is split.
+const LIVE_FRAME_ACTIONS_MAX: usize = 1000;
+
+/// Who a registered connection is.
+#[derive(Debug)]
+pub struct ConnIdentity {
+    /// Node id.
+    pub node_id: NodeId,
+    /// Client id.
+    pub client_id: ClientId,
+    /// User id.
+    pub user_id: Option<UserId>,
+    /// Compression state.
+    pub codec: Codec,
+}
+
+/// What catch-up a job did.
+#[derive(Debug, Clone)]
+pub enum CatchUp {
+    /// Entries addressed to the connection by users/clients/nodes.
+    Targeted,
+    /// One channel's entries.
+    Channel(Channel),
+}
+
+/// Messages the hub handles.
+#[derive(Debug)]
+pub enum HubMessage {
+    /// Entries just made durable, in position order.
+    Committed(Vec<StoredEntry>),
+    /// A connection authenticated.
+    Register {
+        /// Its id.
+        conn: ConnId,
+        /// Who it is.
+        identity: Arc<ConnIdentity>,
+        /// Where its frames go.
+        outbox: Arc<Outbox>,
+        /// The `synced` of its `connect`.
+        synced: Position,
+    },
+    /// A connection closed.
+    Unregister {
+        /// Its id.
+        conn: ConnId,
+    },
+    /// A subscription passed access.
+    Subscribe {
+        /// The connection.
+        conn: ConnId,
+        /// The channel.
+        channel: Channel,
+        /// Field-equality filter of the subscription.
+        filter: Option<Map<String, Value>>,
+        /// Catch up from this position when given.
+        since: Option<Position>,
+        /// The `logux/subscribe` action id, answered with `logux/processed` once live.
+        ack: ActionId,
+    },
+    /// A subscription ended.
+    Unsubscribe {
+        /// The connection.
+        conn: ConnId,
+        /// The channel.
+        channel: Channel,
+    },
+    /// A catch-up job stopped after `through`.
+    CatchUpDone {
+        /// The connection.
+        conn: ConnId,
+        /// What was caught up.
+        what: CatchUp,
+        /// Everything up to this position was read.
+        through: Position,
+    },
+    /// Reports counters, for tests and metrics.
+    Stats(oneshot::Sender<HubStats>),
+}
+
+/// Counters of the hub.
+#[derive(Debug, Clone, Default)]
+pub struct HubStats {
+    /// Registered connections.
+    pub connections: usize,
+    /// Subscriptions.
+    pub subscriptions: usize,
+    /// Last position routed.
+    pub position: Position,
+}
+
+struct Sub {
+    filter: Option<Map<String, Value>>,
+    live: bool,
+    ack: Option<ActionId>,
+}
+
+struct Conn {
+    identity: Arc<ConnIdentity>,
+    outbox: Arc<Outbox>,
+    targeted_live: bool,
+    channels: Vec<Channel>,
+}
+
+struct Hub {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<HubMessage>,
+    conns: HashMap<ConnId, Conn>,
+    by_client: HashMap<ClientId, ConnId>,
+    by_user: HashMap<UserId, Vec<ConnId>>,
+    by_node: HashMap<NodeId, ConnId>,
+    channels: HashMap<Channel, HashMap<ConnId, Sub>>,
+    position: Position,
+}
+
+/// Runs the hub until every sender is gone.
+pub async fn run(shared: Arc<Shared>, tx: mpsc::Sender<HubMessage>, mut rx: mpsc::Receiver<HubMessage>) {
+    let position = shared.position.load(std::sync::atomic::Ordering::Acquire);
+    let mut hub = Hub {
+        shared,
+        tx,
+        conns: HashMap::new(),
+        by_client: HashMap::new(),
+        by_user: HashMap::new(),
+        by_node: HashMap::new(),
+        channels: HashMap::new(),
+        position,
+    };
+    while let Some(message) = rx.recv().await {
+        hub.handle(message);
+    }
+}
+
+impl Hub {
+    fn handle(&mut self, message: HubMessage) {
+        match message {
+            HubMessage::Committed(entries) => self.route(&entries),
+            HubMessage::Register { conn, identity, outbox, synced } => self.register(conn, identity, outbox, synced),
+            HubMessage::Unregister { conn } => self.unregister(conn),
+            HubMessage::Subscribe { conn, channel, filter, since, ack } => {
+                self.subscribe(conn, channel, filter, since, ack)
+            }
+            HubMessage::Unsubscribe { conn, channel } => self.unsubscribe(conn, &channel),
+            HubMessage::CatchUpDone { conn, what, through } => self.catch_up_done(conn, what, through),
+            HubMessage::Stats(reply) => {
+                let _ = reply.send(HubStats {
+                    connections: self.conns.len(),
+                    subscriptions: self.channels.values().map(HashMap::len).sum(),
+                    position: self.position,
+                });
+            }
+        }
+    }
+
+    fn register(&mut self, id: ConnId, identity: Arc<ConnIdentity>, outbox: Arc<Outbox>, synced: Position) {
+        if let Some(old) = self.by_client.get(&identity.client_id).copied() {
+            // A second connection of the same client replaces the first (the first is a zombie).
+            if let Some(c) = self.conns.get(&old) {
+                c.outbox.close(Closed::Replaced);
+            }
+            self.unregister(old);
+        }
+        let catching_up = synced < self.position;
+        self.by_client.insert(identity.client_id.clone(), id);
+        self.by_node.insert(identity.node_id.clone(), id);
+        if let Some(user) = &identity.user_id {
+            self.by_user.entry(user.clone()).or_default().push(id);
+        }
+        if !catching_up {
+            outbox.raise_safe_added(self.position);
+        }
+        self.conns.insert(
+            id,
+            Conn { identity: identity.clone(), outbox: outbox.clone(), targeted_live: !catching_up, channels: Vec::new() },
+        );
+        if catching_up {
+            self.spawn_catch_up(id, CatchUp::Targeted, synced);
+        }
+    }
+
+    fn unregister(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let ident = &conn.identity;
+        if self.by_client.get(&ident.client_id) == Some(&id) {
+            self.by_client.remove(&ident.client_id);
+        }
+        if self.by_node.get(&ident.node_id) == Some(&id) {
+            self.by_node.remove(&ident.node_id);
+        }
+        if let Some(user) = &ident.user_id {
+            if let Some(list) = self.by_user.get_mut(user) {
+                list.retain(|c| *c != id);
+                if list.is_empty() {
+                    self.by_user.remove(user);
+                }
+            }
+        }
+        for channel in &conn.channels {
+            if let Some(subs) = self.channels.get_mut(channel) {
+                subs.remove(&id);
+                if subs.is_empty() {
+                    self.channels.remove(channel);
+                }
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        id: ConnId,
+        channel: Channel,
+        filter: Option<Map<String, Value>>,
+        since: Option<Position>,
+        ack: ActionId,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let catch_up_from = since.filter(|s| *s < self.position);
+        let subs = self.channels.entry(channel.clone()).or_default();
+        if !conn.channels.contains(&channel) {
+            conn.channels.push(channel.clone());
+        }
+        let live = catch_up_from.is_none();
+        // Several filters per channel are not kept: the newest subscription replaces the older.
+        subs.insert(id, Sub { filter, live, ack: Some(ack) });
+        match catch_up_from {
+            Some(from) => self.spawn_catch_up(id, CatchUp::Channel(channel), from),
+            None => self.went_live(id, &channel),
+        }
+    }
+
+    fn unsubscribe(&mut self, id: ConnId, channel: &Channel) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.channels.retain(|c| c != channel);
+        }
+        if let Some(subs) = self.channels.get_mut(channel) {
+            subs.remove(&id);
+            if subs.is_empty() {
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    /// Sends the pending `logux/processed` of a subscription that now receives live entries,
+    /// and records which position it answers for (so a later `since` can resume there).
+    fn went_live(&mut self, id: ConnId, channel: &Channel) {
+        let Some(sub) = self.channels.get_mut(channel).and_then(|s| s.get_mut(&id)) else {
+            return;
+        };
+        sub.live = true;
+        let Some(ack) = sub.ack.take() else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let processed_id = self.shared.next_server_id();
+        let mut b = SyncBuilder::new();
+        let json = crate::pipeline::processed_json(&ack);
+        b.push(&conn.identity.codec, &json, &processed_id, processed_id.ms, Some(self.shared.config.subprotocol));
+        conn.outbox.push(b.finish(reported_added(conn, self.position)));
+        let batch = WriteBatch { acks: vec![(processed_id.to_string(), self.position)], ..WriteBatch::default() };
+        let (reply, _) = oneshot::channel();
+        if self.shared.writer.try_send(WriteRequest { batch, reply }).is_err() {
+            tracing::debug!("writer busy; a subscription acknowledgement was not recorded");
+        }
+    }
+
+    fn catch_up_done(&mut self, id: ConnId, what: CatchUp, through: Position) {
+        if !self.conns.contains_key(&id) {
+            return;
+        }
+        if through < self.position {
+            return self.spawn_catch_up(id, what, through);
+        }
+        match what {
+            CatchUp::Targeted => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.targeted_live = true;
+                    conn.outbox.raise_safe_added(self.position);
+                }
+            }
+            CatchUp::Channel(channel) => self.went_live(id, &channel),
+        }
+    }
+
+    fn spawn_catch_up(&self, id: ConnId, what: CatchUp, from: Position) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let job = CatchUpJob {
+            shared: self.shared.clone(),
+            hub: self.tx.clone(),
+            conn: id,
+            identity: conn.identity.clone(),
+            outbox: conn.outbox.clone(),
+            filter: match &what {
+                CatchUp::Channel(c) => self.channels.get(c).and_then(|s| s.get(&id)).and_then(|s| s.filter.clone()),
+                CatchUp::Targeted => None,
+            },
+            what,
+            from,
+            upto: self.position,
+        };
+        tokio::spawn(job.run());
+    }
+
+    fn route(&mut self, entries: &[StoredEntry]) {
+        let mut frames: HashMap<ConnId, SyncBuilder> = HashMap::new();
+        let mut recipients: Vec<ConnId> = Vec::new();
+        for entry in entries {
+            recipients.clear();
+            let author = entry.id.client_id();
+            let routing = &entry.routing;
+            if routing.is_targeted() {
+                let mut candidates: Vec<ConnId> = Vec::new();
+                candidates.extend(routing.nodes.iter().filter_map(|n| self.by_node.get(n)));
+                candidates.extend(routing.clients.iter().filter_map(|c| self.by_client.get(c)));
+                for user in &routing.users {
+                    if let Some(list) = self.by_user.get(user) {
+                        candidates.extend(list);
+                    }
+                }
+                for c in candidates {
+                    let Some(conn) = self.conns.get(&c) else { continue };
+                    if conn.targeted_live
+                        && !recipients.contains(&c)
+                        && routing.targets(Some(&author), &conn.identity.node_id)
+                    {
+                        recipients.push(c);
+                    }
+                }
+            }
+            let mut fields: Option<Option<Action>> = None;
+            for channel in &routing.channels {
+                let Some(subs) = self.channels.get(channel) else { continue };
+                for (c, sub) in subs {
+                    if !sub.live || recipients.contains(c) {
+                        continue;
+                    }
+                    let Some(conn) = self.conns.get(c) else { continue };
+                    let client = &conn.identity.client_id;
+                    if *client == author || routing.exclude_clients.contains(client) {
+                        continue;
+                    }
+                    if let Some(filter) = &sub.filter {
+                        let action = fields.get_or_insert_with(|| Action::from_json(&entry.action_json));
+                        if !action.as_ref().is_some_and(|a| filter_accepts(filter, a)) {
+                            continue;
+                        }
+                    }
+                    recipients.push(*c);
+                }
+            }
+            for c in &recipients {
+                let Some(conn) = self.conns.get(c) else { continue };
+                let builder = frames.entry(*c).or_default();
+                builder.push(&conn.identity.codec, &entry.action_json, &entry.id, entry.time, Some(entry.subprotocol));
+                if builder.len() >= LIVE_FRAME_ACTIONS_MAX {
+                    let full = std::mem::take(builder);
+                    conn.outbox.push(full.finish(reported_added(conn, entry.added)));
+                }
+            }
+            self.position = entry.added;
+        }
+        self.shared.position.store(self.position, std::sync::atomic::Ordering::Release);
+        for (c, builder) in frames {
+            if builder.is_empty() {
+                continue;
+            }
+            if let Some(conn) = self.conns.get(&c) {
+                conn.outbox.push(builder.finish(reported_added(conn, self.position)));
+            }
+        }
+    }
+}
+
+/// The `added` a frame to `conn` may carry: the client remembers it and resumes offline
+/// delivery after it, so it must never pass an undelivered entry addressed to the client.
+fn reported_added(conn: &Conn, position: Position) -> Position {
+    if conn.targeted_live {
+        conn.outbox.raise_safe_added(position);
+    }
+    conn.outbox.safe_added()
+}
+
+struct CatchUpJob {
+    shared: Arc<Shared>,
+    hub: mpsc::Sender<HubMessage>,
+    conn: ConnId,
+    identity: Arc<ConnIdentity>,
+    outbox: Arc<Outbox>,
+    filter: Option<Map<String, Value>>,
+    what: CatchUp,
+    from: Position,
+    upto: Position,
+}
+
+impl CatchUpJob {
+    async fn run(self) {
+        let chunk = self.shared.limits.catch_up_chunk_actions;
+        let mut after = self.from;
+        while after < self.upto {
+            if self.outbox.closed().is_some() {
+                return;
+            }
+            let store = self.shared.store.clone();
+            let (what, node, upto) = (self.what.clone(), self.identity.node_id.clone(), self.upto);
+            let read = tokio::task::spawn_blocking(move || match &what {
+                CatchUp::Targeted => store.read_targeted(&node, after, upto, chunk),
+                CatchUp::Channel(channel) => store.read_channel(channel, after, upto, chunk).map(|entries| {
+                    let examined = if entries.len() < chunk { upto } else { entries.last().map_or(upto, |e| e.added) };
+                    (entries, examined)
+                }),
+            })
+            .await;
+            let (entries, examined) = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, conn = self.conn, "catch-up read failed; closing the connection");
+                    self.outbox.close(Closed::Overflow);
+                    return;
+                }
+                Err(_) => return,
+            };
+            let mut b = SyncBuilder::new();
+            for e in &entries {
+                if let CatchUp::Channel(_) = self.what {
+                    let author = e.id.client_id();
+                    if author == self.identity.client_id || e.routing.exclude_clients.contains(&self.identity.client_id) {
+                        continue;
+                    }
+                    if let Some(filter) = &self.filter {
+                        if !Action::from_json(&e.action_json).is_some_and(|a| filter_accepts(filter, &a)) {
+                            continue;
+                        }
+                    }
+                }
+                b.push(&self.identity.codec, &e.action_json, &e.id, e.time, Some(e.subprotocol));
+            }
+            let targeted = matches!(self.what, CatchUp::Targeted);
+            let stamp = if targeted { examined.max(self.outbox.safe_added()) } else { self.outbox.safe_added() };
+            if !b.is_empty() && !self.outbox.push(b.finish(stamp)) {
+                return;
+            }
+            // Raised only once the chunk is queued, so no other frame can report it earlier.
+            if targeted {
+                self.outbox.raise_safe_added(examined);
+            }
+            after = examined;
+        }
+        let _ = self.hub.send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through: self.upto }).await;
+    }
+}
+

@@ -1,0 +1,329 @@
+//! The action pipeline of one connection: meta rules → access → resend → durable append →
+//! `synced` → process → `logux/processed` or `logux/undo`.
+//!
+//! Actions of one connection go through in order. Appends are handed to the group-commit writer
+//! without waiting, so a client that pipelines many `sync` messages fills one transaction; their
+//! answers are sent in the order the messages arrived.
+
+use crate::hub::{ConnId, HubMessage};
+use crate::outbox::Outbox;
+use crate::shared::Shared;
+use crate::writer::{WriteFailed, WriteRequest};
+use rhizome_core::{ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Routing, Status};
+use rhizome_protocol::message::{encode_synced, push_json_str};
+use rhizome_protocol::{Action, ActionId, Channel, Codec, SyncBuilder};
+use rhizome_store::{Committed, WriteBatch};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// How far before a `since.time` catch-up starts when `since.id` is unknown to the log.
+/// Clock offsets between client and server are far smaller; duplicates beat losses.
+const SINCE_TIME_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+/// `{"type":"logux/processed","id":"<id>"}`
+pub fn processed_json(id: &ActionId) -> String {
+    let mut s = String::from("{\"type\":\"logux/processed\",\"id\":");
+    push_json_str(&mut s, &id.to_string());
+    s.push('}');
+    s
+}
+
+/// `{"type":"logux/undo","id":…,"action":…,"reason":…, …extra}`
+pub fn undo_json(id: &ActionId, action_json: &str, reason: &str, extra: &Map<String, Value>) -> String {
+    let mut s = String::from("{\"type\":\"logux/undo\",\"id\":");
+    push_json_str(&mut s, &id.to_string());
+    s.push_str(",\"action\":");
+    s.push_str(action_json);
+    s.push_str(",\"reason\":");
+    push_json_str(&mut s, reason);
+    for (k, v) in extra {
+        if matches!(k.as_str(), "type" | "id" | "action" | "reason") {
+            continue;
+        }
+        s.push(',');
+        push_json_str(&mut s, k);
+        s.push(':');
+        s.push_str(&v.to_string());
+    }
+    s.push('}');
+    s
+}
+
+enum Answer {
+    Processed(ActionId),
+    Undo { id: ActionId, action: Action, reason: String, extra: Map<String, Value> },
+    Stored { index: usize, action: Action, meta: Meta, rules: Arc<dyn ActionType> },
+    Nothing,
+}
+
+/// The answers owed for one `sync`, waiting for its commit.
+pub struct Pending {
+    added: u64,
+    answers: Vec<Answer>,
+    commit: Option<oneshot::Receiver<Result<Committed, WriteFailed>>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("added", &self.added).field("answers", &self.answers.len()).finish()
+    }
+}
+
+impl Pending {
+    /// Waits for the commit of this `sync`.
+    pub async fn committed(mut self) -> (Self, Result<Committed, WriteFailed>) {
+        let result = match self.commit.take() {
+            Some(rx) => rx.await.unwrap_or(Err(WriteFailed)),
+            None => Ok(Committed::default()),
+        };
+        (self, result)
+    }
+}
+
+/// One authenticated connection's view of the pipeline.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    ctx: Context,
+    codec: Codec,
+    outbox: Arc<Outbox>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("conn", &self.conn).field("node", &self.ctx.node_id).finish()
+    }
+}
+
+fn undo(id: &ActionId, action: Action, reason: &str) -> Answer {
+    Answer::Undo { id: id.clone(), action, reason: reason.to_owned(), extra: Map::new() }
+}
+
+fn hook_undo(id: &ActionId, action: Action, error: HookError) -> Answer {
+    if let HookError::Failed(text) = &error {
+        tracing::warn!(action = %id, error = %text, "application hook failed");
+    }
+    match error {
+        HookError::Undo { reason, extra } => Answer::Undo { id: id.clone(), action, reason, extra },
+        other => undo(id, action, other.reason()),
+    }
+}
+
+impl Pipeline {
+    /// A pipeline for an authenticated connection.
+    pub fn new(shared: Arc<Shared>, conn: ConnId, ctx: Context, codec: Codec, outbox: Arc<Outbox>) -> Self {
+        Pipeline { shared, conn, ctx, codec, outbox }
+    }
+
+    /// Runs access and resend for the actions of one `sync` and hands the accepted ones to the
+    /// writer. Does not wait for the commit.
+    pub async fn accept(&self, added: u64, actions: Vec<Incoming>) -> Pending {
+        let mut batch = WriteBatch::default();
+        let mut answers = Vec::with_capacity(actions.len());
+        for incoming in actions {
+            let Incoming { id, time, action, subprotocol, refused } = incoming;
+            if refused {
+                self.debug(&format!("Action \"{id}\" was denied"));
+                answers.push(undo(&id, action, "denied"));
+                continue;
+            }
+            let meta = Meta { id, time, subprotocol };
+            let kind = action.kind();
+            if kind == "logux/subscribe" {
+                answers.push(self.subscribe(action, meta).await);
+                continue;
+            }
+            if kind == "logux/unsubscribe" {
+                if let Some(channel) = action.str_field("channel") {
+                    let channel = Channel::from(channel);
+                    let _ = self.shared.hub.send(HubMessage::Unsubscribe { conn: self.conn, channel }).await;
+                }
+                answers.push(Answer::Processed(meta.id));
+                continue;
+            }
+            let rules = match self.shared.app.find_type(kind) {
+                Some(rules) if !kind.starts_with("logux/") => rules.clone(),
+                _ => {
+                    self.debug(&format!("Action with unknown type {kind}"));
+                    answers.push(undo(&meta.id, action, "unknownType"));
+                    continue;
+                }
+            };
+            match rules.access(&self.ctx, &action, &meta).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.debug(&format!("Action \"{}\" was denied", meta.id));
+                    answers.push(undo(&meta.id, action, "denied"));
+                    continue;
+                }
+                Err(e) => {
+                    answers.push(hook_undo(&meta.id, action, e));
+                    continue;
+                }
+            }
+            let routing = match rules.resend(&self.ctx, &action, &meta).await {
+                Ok(r) => r,
+                Err(e) => {
+                    answers.push(hook_undo(&meta.id, action, e));
+                    continue;
+                }
+            };
+            let status = if rules.processes() { Status::Waiting } else { Status::Processed };
+            answers.push(Answer::Stored { index: batch.appends.len(), action: action.clone(), meta: meta.clone(), rules });
+            batch.appends.push(NewEntry { id: meta.id, time: meta.time, action, subprotocol: meta.subprotocol, routing, status });
+        }
+        let commit = if batch.appends.is_empty() { None } else { Some(self.write(batch).await) };
+        Pending { added, answers, commit }
+    }
+
+    async fn write(&self, batch: WriteBatch) -> oneshot::Receiver<Result<Committed, WriteFailed>> {
+        let (reply, rx) = oneshot::channel();
+        if self.shared.writer.send(WriteRequest { batch, reply }).await.is_err() {
+            // The writer is gone (shutdown): the dropped reply reads as a failed write.
+            tracing::debug!("writer stopped; write refused");
+        }
+        rx
+    }
+
+    /// Sends the answers of a committed `sync`: `synced`, then processed/undo, running
+    /// `process` for the actions that have one.
+    pub async fn finish(&self, pending: Pending, committed: Committed) -> Result<(), WriteFailed> {
+        self.outbox.push(encode_synced(pending.added));
+        let mut frame = SyncBuilder::new();
+        let sub = Some(self.shared.config.subprotocol);
+        for answer in pending.answers {
+            let json = match answer {
+                Answer::Nothing => continue,
+                Answer::Processed(id) => processed_json(&id),
+                Answer::Undo { id, action, reason, extra } => undo_json(&id, action.json(), &reason, &extra),
+                Answer::Stored { index, action, meta, rules } => match committed.outcomes.get(index) {
+                    Some(AppendOutcome::Added(_)) if !rules.processes() => processed_json(&meta.id),
+                    Some(AppendOutcome::Added(_)) => match self.process(&*rules, action, meta).await? {
+                        Some(json) => json,
+                        None => continue,
+                    },
+                    Some(AppendOutcome::Duplicate(Status::Processed)) => processed_json(&meta.id),
+                    Some(AppendOutcome::Duplicate(Status::Undone(reason))) => {
+                        undo_json(&meta.id, action.json(), reason, &Map::new())
+                    }
+                    // Still being processed by an earlier connection of this client.
+                    Some(AppendOutcome::Duplicate(Status::Waiting)) | None => continue,
+                },
+            };
+            let id = self.shared.next_server_id();
+            frame.push(&self.codec, &json, &id, id.ms, sub);
+        }
+        if !frame.is_empty() {
+            self.outbox.push(frame.finish(self.outbox.safe_added()));
+        }
+        Ok(())
+    }
+
+    /// Runs `process`, records its outcome durably, and returns the `logux/processed` to send;
+    /// `None` when an undo was appended to the log (it reaches the author and the same
+    /// audience through routing).
+    async fn process(&self, rules: &dyn ActionType, action: Action, meta: Meta) -> Result<Option<String>, WriteFailed> {
+        match rules.process(&self.ctx, &action, &meta).await {
+            Ok(()) => {
+                let batch = WriteBatch { statuses: vec![(meta.id.to_string(), Status::Processed)], ..WriteBatch::default() };
+                self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;
+                Ok(Some(processed_json(&meta.id)))
+            }
+            Err(error) => {
+                if let HookError::Failed(text) = &error {
+                    tracing::warn!(action = %meta.id, error = %text, "process failed");
+                }
+                let (reason, extra) = match error {
+                    HookError::Undo { reason, extra } => (reason, extra),
+                    other => (other.reason().to_owned(), Map::new()),
+                };
+                let undo_id = self.shared.next_server_id();
+                let undo = undo_json(&meta.id, action.json(), &reason, &extra);
+                // The undo of a failed `process` is kept in the log and addressed to the
+                // author, so it arrives even if the author disconnects meanwhile.
+                let routing = Routing { clients: vec![self.ctx.client_id.clone()], ..Routing::default() };
+                let entry = NewEntry {
+                    time: undo_id.ms,
+                    id: undo_id,
+                    action: Action::from_json(&undo).ok_or(WriteFailed)?,
+                    subprotocol: self.shared.config.subprotocol,
+                    routing,
+                    status: Status::Processed,
+                };
+                let batch = WriteBatch {
+                    appends: vec![entry],
+                    statuses: vec![(meta.id.to_string(), Status::Undone(reason))],
+                    ..WriteBatch::default()
+                };
+                self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn subscribe(&self, action: Action, meta: Meta) -> Answer {
+        let Some(name) = action.str_field("channel").map(str::to_owned) else {
+            return undo(&meta.id, action, "wrongChannel");
+        };
+        let Some((rules, params)) = self.shared.app.find_channel(&name) else {
+            self.debug(&format!("Wrong channel name {name}"));
+            return undo(&meta.id, action, "wrongChannel");
+        };
+        let rules = rules.clone();
+        match rules.access(&self.ctx, &params, &action, &meta).await {
+            Ok(true) => {}
+            Ok(false) => return undo(&meta.id, action, "denied"),
+            Err(e) => return hook_undo(&meta.id, action, e),
+        }
+        match rules.load(&self.ctx, &params, &action, &meta).await {
+            Ok(loaded) if !loaded.is_empty() => {
+                let mut b = SyncBuilder::new();
+                for a in &loaded {
+                    let id = self.shared.next_server_id();
+                    b.push(&self.codec, a.json(), &id, id.ms, Some(self.shared.config.subprotocol));
+                }
+                self.outbox.push(b.finish(self.outbox.safe_added()));
+            }
+            Ok(_) => {}
+            Err(e) => return hook_undo(&meta.id, action, e),
+        }
+        let since = match action.fields().get("since") {
+            Some(Value::Object(since)) => self.resolve_since(since).await,
+            _ => None,
+        };
+        let filter = match action.fields().get("filter") {
+            Some(Value::Object(f)) => Some(f.clone()),
+            _ => None,
+        };
+        let message = HubMessage::Subscribe { conn: self.conn, channel: Channel::from(name), filter, since, ack: meta.id };
+        let _ = self.shared.hub.send(message).await;
+        Answer::Nothing
+    }
+
+    /// The log position a `since` refers to: the position answered by the `logux/processed`
+    /// whose id the client remembers, or (when the log does not know that id) a position
+    /// safely before `since.time`.
+    async fn resolve_since(&self, since: &Map<String, Value>) -> Option<u64> {
+        let id = since.get("id").and_then(Value::as_str).map(str::to_owned);
+        let time = since.get("time").and_then(Value::as_i64);
+        let store = self.shared.store.clone();
+        let found = tokio::task::spawn_blocking(move || -> Option<u64> {
+            if let Some(id) = id {
+                if let Ok(Some(p)) = store.position_of_id(&id) {
+                    return Some(p);
+                }
+            }
+            let time = time?;
+            store.position_before_time(time - SINCE_TIME_MARGIN_MS).ok()
+        })
+        .await;
+        found.ok().flatten()
+    }
+
+    fn debug(&self, text: &str) {
+        if self.shared.config.development {
+            self.outbox.push(rhizome_protocol::message::encode_debug(text));
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! State shared by every task of one server: settings, the application, the store handles.
+
+use crate::hub::HubMessage;
+use crate::writer::{now_ms, WriteRequest};
+use rhizome_core::{App, HandshakeConfig, Limits, Position};
+use rhizome_protocol::{ActionId, IdGenerator};
+use rhizome_store::Store;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Everything the connection tasks, the hub and catch-up jobs share.
+pub struct Shared {
+    /// Handshake settings.
+    pub config: Arc<HandshakeConfig>,
+    /// Limits.
+    pub limits: Arc<Limits>,
+    /// The application rules.
+    pub app: App,
+    /// Reads of the log.
+    pub store: Arc<dyn Store>,
+    /// Writes to the log (group commit thread).
+    pub writer: mpsc::Sender<WriteRequest>,
+    /// The hub.
+    pub hub: mpsc::Sender<HubMessage>,
+    /// Last position routed by the hub.
+    pub position: AtomicU64,
+    /// Ids of the server's own actions.
+    ids: Mutex<IdGenerator>,
+    /// Failed authentications per address, for the brute-force guard.
+    auth_failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    /// Connection ids.
+    next_conn: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("node", &self.config.server_node).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Assembles the shared state.
+    pub fn new(
+        config: HandshakeConfig,
+        limits: Limits,
+        app: App,
+        store: Arc<dyn Store>,
+        writer: mpsc::Sender<WriteRequest>,
+        hub: mpsc::Sender<HubMessage>,
+        position: Position,
+    ) -> Self {
+        let ids = IdGenerator::new(config.server_node.clone());
+        Shared {
+            config: Arc::new(config),
+            limits: Arc::new(limits),
+            app,
+            store,
+            writer,
+            hub,
+            position: AtomicU64::new(position),
+            ids: Mutex::new(ids),
+            auth_failures: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh id for an action of the server itself.
+    pub fn next_server_id(&self) -> ActionId {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms())
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `ip` has failed authentication too often recently.
+    pub fn auth_blocked(&self, ip: IpAddr) -> bool {
+        let mut map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let window = self.limits.auth_failure_window;
+        let Some(list) = map.get_mut(&ip) else {
+            return false;
+        };
+        while list.front().is_some_and(|t| t.elapsed() > window) {
+            list.pop_front();
+        }
+        if list.is_empty() {
+            map.remove(&ip);
+            return false;
+        }
+        list.len() >= self.limits.auth_failures_max
+    }
+
+    /// Counts a failed authentication from `ip`.
+    pub fn auth_failed(&self, ip: IpAddr) {
+        let mut map = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+        // Bound the table itself: under a flood from many addresses, forget the oldest.
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        let list = map.entry(ip).or_default();
+        list.push_back(Instant::now());
+        if list.len() > self.limits.auth_failures_max * 4 {
+            list.pop_front();
+        }
+    }
+}
