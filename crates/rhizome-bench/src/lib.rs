@@ -106,7 +106,8 @@ impl Client {
     async fn connect(args: &BenchArgs, user: &str) -> Result<Client, BenchError> {
         let (mut ws, _) = tokio_tungstenite::connect_async(args.url.as_str()).await?;
         let node = NodeId::from(format!("{user}:{}:{}", random_part(), random_part()));
-        ws.send(WsMessage::text(encode_connect(node.as_str(), 0, Some(&args.token), args.subprotocol))).await?;
+        ws.send(WsMessage::text(encode_connect(node.as_str(), 0, Some(&args.token), args.subprotocol)))
+            .await?;
         loop {
             let Some(msg) = ws.next().await else {
                 return Err(BenchError::Protocol("closed during handshake".into()));
@@ -114,7 +115,8 @@ impl Client {
             let WsMessage::Text(text) = msg? else { continue };
             match parse(text.as_str()) {
                 Ok(Message::Connected { node_id, time, .. }) => {
-                    let codec = Codec { base_time: time[1], local: node.clone(), remote: NodeId::from(node_id) };
+                    let codec =
+                        Codec { base_time: time[1], local: node.clone(), remote: NodeId::from(node_id) };
                     return Ok(Client { ws, codec, ids: IdGenerator::new(node), added: 0 });
                 }
                 Ok(Message::Error { kind, options }) => {
@@ -139,7 +141,11 @@ impl Client {
             if id.seq == 0 {
                 frame.push_str(&format!("{{\"id\":{shift},\"time\":{}}}", now - self.codec.base_time));
             } else {
-                frame.push_str(&format!("{{\"id\":[{shift},{}],\"time\":{}}}", id.seq, now - self.codec.base_time));
+                frame.push_str(&format!(
+                    "{{\"id\":[{shift},{}],\"time\":{}}}",
+                    id.seq,
+                    now - self.codec.base_time
+                ));
             }
             ids.push(id);
         }
@@ -170,7 +176,9 @@ async fn on_frame(client: &mut Client, text: &str, seen: &mut Seen) -> Result<()
             }
             client.ws.send(WsMessage::text(encode_synced(added))).await?;
         }
-        Ok(Message::Ping(_)) => client.ws.send(WsMessage::text(format!("[\"pong\",{}]", client.added))).await?,
+        Ok(Message::Ping(_)) => {
+            client.ws.send(WsMessage::text(format!("[\"pong\",{}]", client.added))).await?
+        }
         Ok(Message::Error { kind, options }) => {
             return Err(BenchError::Protocol(format!("server error {kind} {options:?}")))
         }
@@ -185,7 +193,9 @@ async fn next_text(client: &mut Client) -> Result<String, BenchError> {
         match client.ws.next().await {
             None => return Err(BenchError::Protocol("connection closed".into())),
             Some(Ok(WsMessage::Text(t))) => return Ok(t.as_str().to_owned()),
-            Some(Ok(WsMessage::Close(f))) => return Err(BenchError::Protocol(format!("closed by server: {f:?}"))),
+            Some(Ok(WsMessage::Close(f))) => {
+                return Err(BenchError::Protocol(format!("closed by server: {f:?}")))
+            }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e.into()),
         }
@@ -214,7 +224,11 @@ struct ProducerResult {
     undone: usize,
 }
 
-async fn producer(args: Arc<BenchArgs>, index: usize, start: Arc<tokio::sync::Barrier>) -> Result<ProducerResult, BenchError> {
+async fn producer(
+    args: Arc<BenchArgs>,
+    index: usize,
+    start: Arc<tokio::sync::Barrier>,
+) -> Result<ProducerResult, BenchError> {
     let mut client = Client::connect(&args, &format!("p{index}")).await?;
     let counter = match args.channel {
         ChannelMode::Own => format!("p{index}"),

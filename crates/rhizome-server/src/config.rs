@@ -149,7 +149,8 @@ impl LimitsSection {
 impl FileConfig {
     /// Reads a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut config: FileConfig = toml::from_str(&text)?;
         if let (Some(key), Some(dir)) = (&config.auth.jwt_public_key_file, path.parent()) {
             config.auth.jwt_public_key_file = Some(dir.join(key));
@@ -164,19 +165,22 @@ impl FileConfig {
             AuthMode::Open => build_app(OpenAuth, &self.channels, &self.actions),
             AuthMode::Jwt => {
                 let auth = if let Some(file) = &self.auth.jwt_public_key_file {
-                    let pem = std::fs::read(file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
-                    JwtAuth::rs256(&pem, leeway).map_err(|e| ConfigError::Invalid(format!("jwt public key: {e}")))?
+                    let pem = std::fs::read(file)
+                        .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+                    JwtAuth::rs256(&pem, leeway)
+                        .map_err(|e| ConfigError::Invalid(format!("jwt public key: {e}")))?
                 } else {
-                    let secret = match (&self.auth.jwt_secret, &self.auth.jwt_secret_env) {
-                        (Some(s), _) => s.clone(),
-                        (None, Some(var)) => std::env::var(var)
-                            .map_err(|_| ConfigError::Invalid(format!("environment variable {var} is not set")))?,
-                        (None, None) => {
-                            return Err(ConfigError::Invalid(
-                                "auth.mode = \"jwt\" needs jwt_secret, jwt_secret_env or jwt_public_key_file".into(),
-                            ))
-                        }
-                    };
+                    let secret =
+                        match (&self.auth.jwt_secret, &self.auth.jwt_secret_env) {
+                            (Some(s), _) => s.clone(),
+                            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                                ConfigError::Invalid(format!("environment variable {var} is not set"))
+                            })?,
+                            (None, None) => return Err(ConfigError::Invalid(
+                                "auth.mode = \"jwt\" needs jwt_secret, jwt_secret_env or jwt_public_key_file"
+                                    .into(),
+                            )),
+                        };
                     if secret.len() < 8 {
                         return Err(ConfigError::Invalid("the JWT secret must be at least 8 bytes".into()));
                     }

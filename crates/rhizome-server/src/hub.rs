@@ -158,7 +158,9 @@ impl Hub {
     fn handle(&mut self, message: HubMessage) {
         match message {
             HubMessage::Committed(entries) => self.route(&entries),
-            HubMessage::Register { conn, identity, outbox, synced } => self.register(conn, identity, outbox, synced),
+            HubMessage::Register { conn, identity, outbox, synced } => {
+                self.register(conn, identity, outbox, synced)
+            }
             HubMessage::Unregister { conn } => self.unregister(conn),
             HubMessage::Subscribe { conn, channel, filter, since, ack } => {
                 self.subscribe(conn, channel, filter, since, ack)
@@ -194,7 +196,12 @@ impl Hub {
         }
         self.conns.insert(
             id,
-            Conn { identity: identity.clone(), outbox: outbox.clone(), targeted_live: !catching_up, channels: Vec::new() },
+            Conn {
+                identity: identity.clone(),
+                outbox: outbox.clone(),
+                targeted_live: !catching_up,
+                channels: Vec::new(),
+            },
         );
         if catching_up {
             self.spawn_catch_up(id, CatchUp::Targeted, synced);
@@ -283,9 +290,16 @@ impl Hub {
         let processed_id = self.shared.next_server_id();
         let mut b = SyncBuilder::new();
         let json = crate::pipeline::processed_json(&ack);
-        b.push(&conn.identity.codec, &json, &processed_id, processed_id.ms, Some(self.shared.config.subprotocol));
+        b.push(
+            &conn.identity.codec,
+            &json,
+            &processed_id,
+            processed_id.ms,
+            Some(self.shared.config.subprotocol),
+        );
         conn.outbox.push(b.finish(reported_added(conn, self.position)));
-        let batch = WriteBatch { acks: vec![(processed_id.to_string(), self.position)], ..WriteBatch::default() };
+        let batch =
+            WriteBatch { acks: vec![(processed_id.to_string(), self.position)], ..WriteBatch::default() };
         let (reply, _) = oneshot::channel();
         if self.shared.writer.try_send(WriteRequest { batch, reply }).is_err() {
             tracing::debug!("writer busy; a subscription acknowledgement was not recorded");
@@ -321,7 +335,9 @@ impl Hub {
             identity: conn.identity.clone(),
             outbox: conn.outbox.clone(),
             filter: match &what {
-                CatchUp::Channel(c) => self.channels.get(c).and_then(|s| s.get(&id)).and_then(|s| s.filter.clone()),
+                CatchUp::Channel(c) => {
+                    self.channels.get(c).and_then(|s| s.get(&id)).and_then(|s| s.filter.clone())
+                }
                 CatchUp::Targeted => None,
             },
             what,
@@ -381,7 +397,13 @@ impl Hub {
             for c in &recipients {
                 let Some(conn) = self.conns.get(c) else { continue };
                 let builder = frames.entry(*c).or_default();
-                builder.push(&conn.identity.codec, &entry.action_json, &entry.id, entry.time, Some(entry.subprotocol));
+                builder.push(
+                    &conn.identity.codec,
+                    &entry.action_json,
+                    &entry.id,
+                    entry.time,
+                    Some(entry.subprotocol),
+                );
                 if builder.len() >= LIVE_FRAME_ACTIONS_MAX {
                     let full = std::mem::take(builder);
                     conn.outbox.push(full.finish(reported_added(conn, entry.added)));
@@ -435,7 +457,8 @@ impl CatchUpJob {
             let read = tokio::task::spawn_blocking(move || match &what {
                 CatchUp::Targeted => store.read_targeted(&node, after, upto, chunk),
                 CatchUp::Channel(channel) => store.read_channel(channel, after, upto, chunk).map(|entries| {
-                    let examined = if entries.len() < chunk { upto } else { entries.last().map_or(upto, |e| e.added) };
+                    let examined =
+                        if entries.len() < chunk { upto } else { entries.last().map_or(upto, |e| e.added) };
                     (entries, examined)
                 }),
             })
@@ -453,7 +476,9 @@ impl CatchUpJob {
             for e in &entries {
                 if let CatchUp::Channel(_) = self.what {
                     let author = e.id.client_id();
-                    if author == self.identity.client_id || e.routing.exclude_clients.contains(&self.identity.client_id) {
+                    if author == self.identity.client_id
+                        || e.routing.exclude_clients.contains(&self.identity.client_id)
+                    {
                         continue;
                     }
                     if let Some(filter) = &self.filter {
@@ -465,7 +490,8 @@ impl CatchUpJob {
                 b.push(&self.identity.codec, &e.action_json, &e.id, e.time, Some(e.subprotocol));
             }
             let targeted = matches!(self.what, CatchUp::Targeted);
-            let stamp = if targeted { examined.max(self.outbox.safe_added()) } else { self.outbox.safe_added() };
+            let stamp =
+                if targeted { examined.max(self.outbox.safe_added()) } else { self.outbox.safe_added() };
             if !b.is_empty() && !self.outbox.push(b.finish(stamp)) {
                 return;
             }
@@ -475,7 +501,9 @@ impl CatchUpJob {
             }
             after = examined;
         }
-        let _ = self.hub.send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through: self.upto }).await;
+        let _ = self
+            .hub
+            .send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through: self.upto })
+            .await;
     }
 }
-

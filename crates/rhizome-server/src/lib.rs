@@ -116,8 +116,15 @@ impl Server {
             min_subprotocol: options.min_subprotocol,
             development: options.development,
         };
-        let shared =
-            Arc::new(Shared::new(config, options.limits, options.app, store, writer_tx, hub_tx.clone(), position));
+        let shared = Arc::new(Shared::new(
+            config,
+            options.limits,
+            options.app,
+            store,
+            writer_tx,
+            hub_tx.clone(),
+            position,
+        ));
         let hub_for_writer = hub_tx.clone();
         std::thread::Builder::new()
             .name("rhizome-writer".into())
@@ -128,7 +135,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| StartError::Bind { addr: options.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
+        let addr =
+            listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let state = HttpState {
             shared: shared.clone(),
@@ -151,7 +159,10 @@ impl Server {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while state.open.load(Ordering::Acquire) > 0 {
                 if tokio::time::timeout_at(deadline, state.closed.notified()).await.is_err() {
-                    tracing::warn!(open = state.open.load(Ordering::Acquire), "connections still open at shutdown");
+                    tracing::warn!(
+                        open = state.open.load(Ordering::Acquire),
+                        "connections still open at shutdown"
+                    );
                     break;
                 }
             }
@@ -213,11 +224,12 @@ async fn upgrade(
     let guard = OpenGuard { open: state.open.clone(), closed: state.closed.clone() };
     let shared = state.shared.clone();
     let stop = state.stop.clone();
-    ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed"))
-        .on_upgrade(move |socket| async move {
+    ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed")).on_upgrade(
+        move |socket| async move {
             let _guard = guard;
             ws::serve(socket, shared, peer.ip(), cookie, stop).await;
-        })
+        },
+    )
 }
 
 struct OpenGuard {

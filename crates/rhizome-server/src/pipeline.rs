@@ -9,7 +9,9 @@ use crate::hub::{ConnId, HubMessage};
 use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::writer::{WriteFailed, WriteRequest};
-use rhizome_core::{ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Routing, Status};
+use rhizome_core::{
+    ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Routing, Status,
+};
 use rhizome_protocol::message::{encode_synced, push_json_str};
 use rhizome_protocol::{Action, ActionId, Channel, Codec, SyncBuilder};
 use rhizome_store::{Committed, WriteBatch};
@@ -170,8 +172,20 @@ impl Pipeline {
                 }
             };
             let status = if rules.processes() { Status::Waiting } else { Status::Processed };
-            answers.push(Answer::Stored { index: batch.appends.len(), action: action.clone(), meta: meta.clone(), rules });
-            batch.appends.push(NewEntry { id: meta.id, time: meta.time, action, subprotocol: meta.subprotocol, routing, status });
+            answers.push(Answer::Stored {
+                index: batch.appends.len(),
+                action: action.clone(),
+                meta: meta.clone(),
+                rules,
+            });
+            batch.appends.push(NewEntry {
+                id: meta.id,
+                time: meta.time,
+                action,
+                subprotocol: meta.subprotocol,
+                routing,
+                status,
+            });
         }
         let commit = if batch.appends.is_empty() { None } else { Some(self.write(batch).await) };
         Pending { added, answers, commit }
@@ -223,10 +237,18 @@ impl Pipeline {
     /// Runs `process`, records its outcome durably, and returns the `logux/processed` to send;
     /// `None` when an undo was appended to the log (it reaches the author and the same
     /// audience through routing).
-    async fn process(&self, rules: &dyn ActionType, action: Action, meta: Meta) -> Result<Option<String>, WriteFailed> {
+    async fn process(
+        &self,
+        rules: &dyn ActionType,
+        action: Action,
+        meta: Meta,
+    ) -> Result<Option<String>, WriteFailed> {
         match rules.process(&self.ctx, &action, &meta).await {
             Ok(()) => {
-                let batch = WriteBatch { statuses: vec![(meta.id.to_string(), Status::Processed)], ..WriteBatch::default() };
+                let batch = WriteBatch {
+                    statuses: vec![(meta.id.to_string(), Status::Processed)],
+                    ..WriteBatch::default()
+                };
                 self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;
                 Ok(Some(processed_json(&meta.id)))
             }
@@ -296,7 +318,13 @@ impl Pipeline {
             Some(Value::Object(f)) => Some(f.clone()),
             _ => None,
         };
-        let message = HubMessage::Subscribe { conn: self.conn, channel: Channel::from(name), filter, since, ack: meta.id };
+        let message = HubMessage::Subscribe {
+            conn: self.conn,
+            channel: Channel::from(name),
+            filter,
+            since,
+            ack: meta.id,
+        };
         let _ = self.shared.hub.send(message).await;
         Answer::Nothing
     }

@@ -2,7 +2,9 @@
 //! action types go to which channels. This is what the `rhizome` binary runs without any Rust.
 
 use async_trait::async_trait;
-use rhizome_core::{ActionType, App, Authenticator, ChannelPattern, ChannelType, Context, HookError, Meta, Params, Routing};
+use rhizome_core::{
+    ActionType, App, Authenticator, ChannelPattern, ChannelType, Context, HookError, Meta, Params, Routing,
+};
 use rhizome_protocol::{Action, Channel};
 use serde::Deserialize;
 use serde_json::Value;
@@ -49,9 +51,7 @@ impl Who {
         match self {
             Who::Everyone => true,
             Who::Nobody => false,
-            Who::Param(name) => {
-                params.iter().any(|(k, v)| k == name && Some(v.as_str()) == user)
-            }
+            Who::Param(name) => params.iter().any(|(k, v)| k == name && Some(v.as_str()) == user),
             Who::Users(list) => user.is_some_and(|u| list.iter().any(|x| x == u)),
         }
     }
@@ -216,7 +216,8 @@ pub fn build_app(
     }
     let mut parsed = Vec::with_capacity(channels.len());
     for rule in channels {
-        let pattern = ChannelPattern::parse(&rule.pattern).ok_or_else(|| format!("bad channel pattern {:?}", rule.pattern))?;
+        let pattern = ChannelPattern::parse(&rule.pattern)
+            .ok_or_else(|| format!("bad channel pattern {:?}", rule.pattern))?;
         parsed.push((pattern.clone(), rule.clone()));
         app = app.channel_pattern(pattern, Arc::new(ConfiguredChannel { rule: rule.clone() }));
     }

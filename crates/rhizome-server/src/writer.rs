@@ -71,4 +71,3 @@ pub fn run(
     }
     tracing::debug!("writer stopped");
 }
-

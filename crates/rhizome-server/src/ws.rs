@@ -31,7 +31,9 @@ mod code {
     pub const SLOW: u16 = 4002;
 }
 
-type Commit = Pin<Box<dyn Future<Output = (Pending, Result<rhizome_store::Committed, crate::writer::WriteFailed>)> + Send>>;
+type Commit = Pin<
+    Box<dyn Future<Output = (Pending, Result<rhizome_store::Committed, crate::writer::WriteFailed>)> + Send>,
+>;
 
 struct Session {
     shared: Arc<Shared>,
@@ -51,7 +53,13 @@ enum Next {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer: IpAddr,
+    cookie: Option<String>,
+    shutdown: watch::Receiver<bool>,
+) {
     let now = now_ms();
     let state = Connection::new(shared.config.clone(), shared.limits.clone(), now);
     let outbox = Arc::new(Outbox::new(shared.limits.outbound_queue_bytes_max));
@@ -172,7 +180,8 @@ impl Session {
         }
         if let Some((code, reason)) = close {
             let frame = CloseFrame { code, reason: reason.into() };
-            let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
         }
     }
 
@@ -182,7 +191,11 @@ impl Session {
         self.handle(out).await
     }
 
-    async fn finish(&mut self, pending: Pending, result: Result<rhizome_store::Committed, crate::writer::WriteFailed>) -> Next {
+    async fn finish(
+        &mut self,
+        pending: Pending,
+        result: Result<rhizome_store::Committed, crate::writer::WriteFailed>,
+    ) -> Next {
         let Some(pipeline) = &self.pipeline else {
             return Next::Continue;
         };
@@ -245,8 +258,13 @@ impl Session {
                         return Next::Close(code::GOING_AWAY, "server shutting down");
                     }
                     self.registered = true;
-                    self.pipeline =
-                        Some(Pipeline::new(self.shared.clone(), self.conn, ctx, identity.codec, self.outbox.clone()));
+                    self.pipeline = Some(Pipeline::new(
+                        self.shared.clone(),
+                        self.conn,
+                        ctx,
+                        identity.codec,
+                        self.outbox.clone(),
+                    ));
                 }
                 Output::Sync { added, actions } => {
                     let Some(pipeline) = &self.pipeline else { continue };
@@ -264,7 +282,9 @@ impl Session {
                     return match reason {
                         CloseReason::Timeout => Next::Close(code::GOING_AWAY, "timeout"),
                         CloseReason::Refused => Next::Close(code::NORMAL, "refused"),
-                        CloseReason::ProtocolError | CloseReason::Flood => Next::Close(code::POLICY, "protocol error"),
+                        CloseReason::ProtocolError | CloseReason::Flood => {
+                            Next::Close(code::POLICY, "protocol error")
+                        }
                     };
                 }
             }

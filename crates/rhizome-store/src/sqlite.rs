@@ -176,7 +176,6 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-
     fn last_position(&self) -> Result<Position, StoreError> {
         self.with_reader(|c| {
             let seq: Option<i64> = c

@@ -63,7 +63,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some(text)) => text.parse().with_context(|| format!("server.listen {text:?}"))?,
         (None, None) => SocketAddr::from(([127, 0, 0, 1], 31337)),
     };
-    let data_dir = args.data_dir.or_else(|| file.server.data_dir.clone()).unwrap_or_else(|| "rhizome-data".into());
+    let data_dir =
+        args.data_dir.or_else(|| file.server.data_dir.clone()).unwrap_or_else(|| "rhizome-data".into());
     let options = ServerOptions {
         listen,
         data_dir,

@@ -1,0 +1,188 @@
+//! SIGKILL during heavy ingest: every action acknowledged with `synced` survives, exactly
+//! once, and re-sending everything after the restart processes nothing twice.
+
+use crate::support::ServerProcess;
+use futures_util::{SinkExt, StreamExt};
+use rhizome_protocol::message::encode_connect;
+use rhizome_protocol::{parse, ActionId, IdGenerator, Message, NodeId};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+const CONFIG: &str = r#"
+[auth]
+mode = "open"
+[[channel]]
+pattern = "counter/:id"
+write = "everyone"
+[[action]]
+type = "inc"
+channel = "counter/{id}"
+"#;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// Every action sent: id and creation time.
+    sent: Vec<(ActionId, i64)>,
+    /// `added` of each sync → the ids in it.
+    syncs: HashMap<u64, Vec<String>>,
+    /// Ids whose sync was answered with `synced`.
+    acked: HashSet<String>,
+    /// Ids answered with `logux/processed`.
+    processed: HashSet<String>,
+}
+
+type Stream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, node: &str) -> (Stream, i64) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    ws.send(Ws::text(encode_connect(node, 0, Some("t"), 1))).await.expect("send connect");
+    loop {
+        let msg = ws.next().await.expect("open").expect("frame");
+        if let Ws::Text(t) = msg {
+            if let Ok(Message::Connected { time, .. }) = parse(t.as_str()) {
+                return (ws, time[1]);
+            }
+        }
+    }
+}
+
+fn encode(batch: &[(ActionId, i64)], base: i64, added: u64) -> String {
+    let mut frame = format!("[\"sync\",{added}");
+    for (id, time) in batch {
+        let shift = id.ms - base;
+        let wire = if id.seq == 0 { shift.to_string() } else { format!("[{shift},{}]", id.seq) };
+        frame.push_str(&format!(
+            ",{{\"type\":\"inc\",\"id\":\"c\",\"n\":{}}},{{\"id\":{wire},\"time\":{}}}",
+            id.seq,
+            time - base
+        ));
+    }
+    frame.push(']');
+    frame
+}
+
+/// Reads answers into the ledger until the socket dies.
+async fn read_answers(mut rx: futures_util::stream::SplitStream<Stream>, ledger: Arc<Mutex<Ledger>>) {
+    while let Some(Ok(msg)) = rx.next().await {
+        let Ws::Text(text) = msg else { continue };
+        let mut l = ledger.lock().expect("ledger");
+        match parse(text.as_str()) {
+            Ok(Message::Synced(added)) => {
+                if let Some(ids) = l.syncs.get(&added).cloned() {
+                    l.acked.extend(ids);
+                }
+            }
+            Ok(Message::Sync { entries, .. }) => {
+                for e in entries {
+                    if e.action.kind() == "logux/processed" {
+                        if let Some(id) = e.action.str_field("id") {
+                            l.processed.insert(id.to_owned());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sends batches of 200 actions as fast as the server takes them until the socket dies.
+async fn ingest(url: String, node: String, ledger: Arc<Mutex<Ledger>>) {
+    let (ws, base) = connect(&url, &node).await;
+    let (mut tx, rx) = ws.split();
+    let reader = tokio::spawn(read_answers(rx, ledger.clone()));
+    let mut ids = IdGenerator::new(NodeId::from(node.as_str()));
+    let mut added = 0;
+    loop {
+        let batch: Vec<(ActionId, i64)> = (0..200).map(|_| (ids.next(now_ms()), now_ms())).collect();
+        added += 1;
+        let frame = encode(&batch, base, added);
+        {
+            let mut l = ledger.lock().expect("ledger");
+            l.syncs.insert(added, batch.iter().map(|(id, _)| id.to_string()).collect());
+            l.sent.extend(batch);
+        }
+        if tx.send(Ws::text(frame)).await.is_err() {
+            break;
+        }
+    }
+    let _ = reader.await;
+}
+
+fn count_ids(db: &std::path::Path, ids: &[String]) -> HashMap<String, i64> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open db");
+    let mut stmt = conn.prepare("SELECT count(*) FROM log WHERE id = ?1").expect("prepare");
+    ids.iter().map(|id| (id.clone(), stmt.query_row([id], |r| r.get(0)).expect("count"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_loses_no_acknowledged_action_and_processes_none_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("rhizome.toml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let data = dir.path().join("data");
+    let db = data.join("rhizome.db");
+    let mut total_acked = 0;
+    for (round, kill_after_ms) in [400u64, 900, 1500].into_iter().enumerate() {
+        let node = format!("crash:r{round}:t");
+        let server = ServerProcess::start(&config, &data);
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let writer = tokio::spawn(ingest(server.url.clone(), node.clone(), ledger.clone()));
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        tokio::task::spawn_blocking(move || server.kill()).await.expect("kill");
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("client stops")
+            .expect("client task");
+
+        let (acked, sent): (Vec<String>, Vec<(ActionId, i64)>) = {
+            let l = ledger.lock().expect("ledger");
+            (l.acked.iter().cloned().collect(), l.sent.clone())
+        };
+        assert!(
+            acked.len() >= 200,
+            "round {round}: the server acknowledged too little to test ({})",
+            acked.len()
+        );
+        total_acked += acked.len();
+
+        // Restart and check the file: every acknowledged id is there exactly once.
+        let server = ServerProcess::start(&config, &data);
+        for (id, n) in count_ids(&db, &acked) {
+            assert_eq!(n, 1, "round {round}: acknowledged action {id} is stored {n} times");
+        }
+
+        // The client re-sends everything it sent (it cannot know what was committed).
+        let ledger2 = Arc::new(Mutex::new(Ledger::default()));
+        let (ws, base) = connect(&server.url, &node).await;
+        let (mut tx, rx) = ws.split();
+        let reader = tokio::spawn(read_answers(rx, ledger2.clone()));
+        for (i, chunk) in sent.chunks(500).enumerate() {
+            tx.send(Ws::text(encode(chunk, base, i as u64 + 1))).await.expect("re-send");
+        }
+        let all: HashSet<String> = sent.iter().map(|(id, _)| id.to_string()).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while ledger2.lock().expect("ledger").processed.len() < all.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: re-sent actions were not all answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(tx);
+        reader.abort();
+        let ids: Vec<String> = all.into_iter().collect();
+        for (id, n) in count_ids(&db, &ids) {
+            assert_eq!(n, 1, "round {round}: action {id} is stored {n} times after re-sending");
+        }
+        server.kill();
+    }
+    eprintln!("crash test: {total_acked} acknowledged actions survived 3 SIGKILLs");
+}
