@@ -219,7 +219,7 @@ async fn upgrade(
     let ws = ws
         .max_message_size(limits.frame_bytes_max)
         .max_frame_size(limits.frame_bytes_max)
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0);
     let guard = OpenGuard { open: state.open.clone(), closed: state.closed.clone() };
     let shared = state.shared.clone();

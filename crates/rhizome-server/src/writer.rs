@@ -51,8 +51,9 @@ pub fn run(
         }
         let mut batches: Vec<WriteBatch> = pending.iter_mut().map(|r| std::mem::take(&mut r.batch)).collect();
         match writer.commit(&mut batches, now_ms()) {
-            Ok(results) => {
-                let entries: Vec<_> = results.iter().flat_map(|c| c.entries.iter().cloned()).collect();
+            Ok(mut results) => {
+                let entries: Vec<_> =
+                    results.iter_mut().flat_map(|c| std::mem::take(&mut c.entries)).collect();
                 // Hub first: by the time a client hears `synced`, the entries are being routed.
                 if !entries.is_empty() && hub.blocking_send(HubMessage::Committed(entries)).is_err() {
                     tracing::debug!("hub is gone; committed entries are not routed");

@@ -96,10 +96,10 @@ impl Session {
                 _ = shutdown.changed() => Next::Close(code::GOING_AWAY, "server shutting down"),
                 _ = self.outbox.notified() => Next::Continue,
                 Some((pending, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.finish(pending, result).await
+                    Box::pin(self.finish(pending, result)).await
                 }
                 message = socket.recv(), if self.inflight.len() < inflight_max => match message {
-                    Some(Ok(Message::Text(text))) => self.on_frame(text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => Box::pin(self.on_frame(text.as_str())).await,
                     Some(Ok(Message::Binary(_))) => {
                         self.outbox.push(rhizome_protocol::message::encode_error(
                             "wrong-format",
@@ -127,7 +127,7 @@ impl Session {
                 _ = sleep_until(wake) => {
                     let mut out = Vec::new();
                     self.state.on_tick(now_ms(), &mut out);
-                    self.handle(out).await
+                    Box::pin(self.handle(out)).await
                 }
             };
             // Write whatever is queued, whatever happened.

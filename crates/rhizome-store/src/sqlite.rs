@@ -2,9 +2,10 @@
 
 use crate::{Committed, LogWriter, Store, StoreError, WriteBatch};
 use rhizome_core::{AppendOutcome, Position, Routing, Status, StoredEntry};
+use rhizome_protocol::message::push_json_str;
 use rhizome_protocol::{ActionId, Channel, NodeId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +21,6 @@ CREATE TABLE IF NOT EXISTS log(
     status INTEGER NOT NULL,
     reason TEXT
 );
-CREATE INDEX IF NOT EXISTS log_received ON log(received);
 CREATE TABLE IF NOT EXISTS log_channels(
     channel TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(channel, added)
 ) WITHOUT ROWID;
@@ -52,6 +52,8 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 10000)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }
@@ -101,17 +103,33 @@ fn routing_json(r: &Routing) -> Option<String> {
     if r.is_empty() && r.exclude_clients.is_empty() {
         return None;
     }
-    let list = |v: Vec<&str>| Value::from(v);
-    Some(
-        json!({
-            "c": list(r.channels.iter().map(|c| c.as_str()).collect()),
-            "u": list(r.users.iter().map(|c| c.as_str()).collect()),
-            "k": list(r.clients.iter().map(|c| c.as_str()).collect()),
-            "n": list(r.nodes.iter().map(|c| c.as_str()).collect()),
-            "x": list(r.exclude_clients.iter().map(|c| c.as_str()).collect()),
-        })
-        .to_string(),
-    )
+    // Written by hand: this runs once per appended action on the writer thread.
+    let mut out = String::with_capacity(64);
+    out.push('{');
+    let lists: [(&str, Vec<&str>); 5] = [
+        ("c", r.channels.iter().map(|c| c.as_str()).collect()),
+        ("u", r.users.iter().map(|c| c.as_str()).collect()),
+        ("k", r.clients.iter().map(|c| c.as_str()).collect()),
+        ("n", r.nodes.iter().map(|c| c.as_str()).collect()),
+        ("x", r.exclude_clients.iter().map(|c| c.as_str()).collect()),
+    ];
+    for (key, list) in lists.iter().filter(|(_, l)| !l.is_empty()) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":[");
+        for (i, item) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(&mut out, item);
+        }
+        out.push(']');
+    }
+    out.push('}');
+    Some(out)
 }
 
 fn routing_from_json(text: Option<String>) -> Option<Routing> {
@@ -257,10 +275,30 @@ impl Store for SqliteStore {
     }
 
     fn position_before_time(&self, time_ms: i64) -> Result<Position, StoreError> {
+        // `received` never decreases along `added` (one writer, commit time), so a binary
+        // search over the primary key finds the boundary without an index on `received`.
         self.with_reader(|c| {
-            let p: Option<i64> =
-                c.query_row("SELECT max(added) FROM log WHERE received < ?1", [time_ms], |r| r.get(0))?;
-            Ok(p.unwrap_or(0) as Position)
+            let bounds: (Option<i64>, Option<i64>) =
+                c.query_row("SELECT min(added), max(added) FROM log", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (Some(mut lo), Some(mut hi)) = bounds else {
+                return Ok(0);
+            };
+            let mut stmt =
+                c.prepare_cached("SELECT added, received FROM log WHERE added >= ?1 ORDER BY added LIMIT 1")?;
+            let mut answer = lo - 1;
+            while lo <= hi {
+                let mid = lo + (hi - lo) / 2;
+                let row: Option<(i64, i64)> =
+                    stmt.query_row([mid], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                match row {
+                    Some((added, received)) if received < time_ms => {
+                        answer = added;
+                        lo = added + 1;
+                    }
+                    _ => hi = mid - 1,
+                }
+            }
+            Ok(answer.max(0) as Position)
         })
     }
 

@@ -7,6 +7,11 @@ use rhizome_server::{Server, ServerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+// mimalloc: fewer cycles per allocation on the hot path and less fragmentation with many
+// connections than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "rhizome", version, about = "Offline-first sync server speaking Logux protocol 5")]
 struct Cli {

@@ -1,0 +1,11 @@
+//! Integration tests of the server over real sockets: a server runs in-process on port 0 with a
+//! temporary log, and each test talks protocol 5 to it with tokio-tungstenite.
+//!
+//! Every test that feeds the server bad input also checks that a fresh client is still served.
+
+mod access;
+mod auth;
+mod bad_input;
+mod delivery;
+mod load;
+mod support;

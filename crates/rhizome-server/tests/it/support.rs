@@ -1,0 +1,408 @@
+//! Test support: an in-process server on port 0 with a temporary log, JWTs, and a small
+//! protocol-5 client over a real WebSocket in which every read has a timeout.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures_util::{SinkExt, StreamExt};
+use rhizome_server::config::FileConfig;
+use rhizome_server::{Server, ServerOptions};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single read may wait.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The HS256 secret of the test config.
+pub const SECRET: &str = "interop-secret";
+
+/// The rules of `interop/rhizome.toml`; each test appends its own `[limits]`.
+const RULES: &str = r#"
+[server]
+subprotocol = 1
+min_subprotocol = 1
+
+[auth]
+mode = "jwt"
+jwt_secret = "interop-secret"
+leeway_secs = 0
+
+[[channel]]
+pattern = "counter/:id"
+subscribe = "everyone"
+write = "everyone"
+
+[[channel]]
+pattern = "users/:user"
+subscribe = ":user"
+write = ":user"
+
+[[channel]]
+pattern = "news"
+subscribe = "everyone"
+write = "nobody"
+
+[[action]]
+type = "inc"
+channel = "counter/{id}"
+
+[[action]]
+type = "post"
+channel = "{channel}"
+"#;
+
+/// Limits most tests run with: small enough that each limit is reachable from a test.
+pub const DEFAULT_LIMITS: &str = r#"
+frame_bytes_max = 65536
+actions_per_sync_max = 100
+unauthenticated_timeout_ms = 3000
+auth_failure_window_ms = 1000
+"#;
+
+/// A running server and its data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    server: Option<Server>,
+    _dir: TempDir,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a server with the test rules and `limits` (the body of a `[limits]` section).
+    pub async fn start(limits: &str) -> Result<TestServer> {
+        let text = format!("{RULES}\n[limits]\n{limits}\n");
+        let file: FileConfig = toml::from_str(&text).context("test config")?;
+        let dir = tempfile::tempdir()?;
+        let options = ServerOptions {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: dir.path().into(),
+            subprotocol: 1,
+            min_subprotocol: 1,
+            development: false,
+            limits: file.limits.to_limits()?,
+            app: file.app()?,
+        };
+        let server = Server::start(options).await?;
+        let addr = server.local_addr();
+        Ok(TestServer { server: Some(server), _dir: dir, addr })
+    }
+
+    /// Starts a server with [`DEFAULT_LIMITS`].
+    pub async fn default() -> Result<TestServer> {
+        Self::start(DEFAULT_LIMITS).await
+    }
+
+    /// Stops the server and waits for its connections to end.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Opens a socket without sending anything.
+    pub async fn open(&self) -> Result<Client> {
+        Client::open(self.addr).await
+    }
+
+    /// Opens a socket and authenticates `node` with a valid token.
+    pub async fn login(&self, node: &str) -> Result<Client> {
+        let mut c = self.open().await?;
+        c.connect(node, &token(user_of(node))).await?;
+        Ok(c)
+    }
+
+    /// Checks that the server still serves: a fresh client connects, sends an action and gets
+    /// `logux/processed` for it.
+    pub async fn assert_healthy(&self) -> Result<()> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let node = format!("healthy:h{n}:t");
+        let mut c = self.login(&node).await.context("a fresh client could not connect")?;
+        let id = c.send_action(json!({"type": "inc", "id": "health"})).await?;
+        c.wait_processed(&id).await.context("a fresh client's action was not processed")?;
+        c.close().await;
+        Ok(())
+    }
+}
+
+/// The user part of a node id.
+pub fn user_of(node: &str) -> &str {
+    node.split(':').next().unwrap_or(node)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn sign(secret: &str, sub: &str, exp: u64) -> String {
+    let claims = json!({"sub": sub, "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
+}
+
+/// A valid HS256 token for `user`, good for an hour.
+pub fn token(user: &str) -> String {
+    sign(SECRET, user, now_secs() + 3600)
+}
+
+/// A token signed with another secret.
+pub fn token_bad_signature(user: &str) -> String {
+    sign("not-the-interop-secret", user, now_secs() + 3600)
+}
+
+/// A token that expired a minute ago.
+pub fn token_expired(user: &str) -> String {
+    sign(SECRET, user, now_secs() - 60)
+}
+
+/// What a read produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A text frame.
+    Text(String),
+    /// A close frame, with its code if it had one.
+    Close(Option<u16>),
+    /// The stream ended without a close frame.
+    End,
+    /// The socket failed (e.g. reset by the peer).
+    Error(String),
+}
+
+/// A raw protocol-5 client.
+#[derive(Debug)]
+pub struct Client {
+    /// The socket.
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Our node id, once `connect` was sent.
+    pub node: String,
+    /// The server's `baseTime` from `connected`.
+    pub base_time: i64,
+    /// The `added` of our last `sync`.
+    pub added: u64,
+    next_ms: i64,
+}
+
+/// The `[action, meta]` pairs of a `sync` message (none for anything else).
+pub fn sync_pairs(message: &Value) -> Vec<(Value, Value)> {
+    match message.as_array() {
+        Some(a) if a.first().and_then(Value::as_str) == Some("sync") => {
+            a[2..].chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The actions of a `sync` message.
+pub fn sync_actions(message: &Value) -> Vec<Value> {
+    sync_pairs(message).into_iter().map(|(a, _)| a).collect()
+}
+
+/// Whether `message` is a `sync` carrying an action of type `kind` with `id`.
+pub fn has_answer(message: &Value, kind: &str, id: &str) -> bool {
+    sync_actions(message).iter().any(|a| a["type"] == kind && a["id"] == id)
+}
+
+impl Client {
+    /// Opens a socket to `addr`.
+    pub async fn open(addr: SocketAddr) -> Result<Client> {
+        let url = format!("ws://{addr}/");
+        let (ws, _) = tokio::time::timeout(READ_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| anyhow!("WebSocket upgrade timed out"))??;
+        Ok(Client { ws, node: String::new(), base_time: 0, added: 0, next_ms: 0 })
+    }
+
+    /// Sends a text frame.
+    pub async fn send(&mut self, text: impl Into<String>) -> Result<()> {
+        let text: String = text.into();
+        self.ws.send(Message::text(text)).await.context("send")?;
+        Ok(())
+    }
+
+    /// Sends a JSON message.
+    pub async fn send_json(&mut self, message: &Value) -> Result<()> {
+        self.send(message.to_string()).await
+    }
+
+    /// Sends `connect` without waiting for the answer.
+    pub async fn send_connect(&mut self, node: &str, token: &str) -> Result<()> {
+        self.node = node.to_owned();
+        self.send_json(&json!(["connect", 5, node, 0, {"token": token, "subprotocol": 1}])).await
+    }
+
+    /// Sends `connect` and expects `connected`; records `baseTime`.
+    pub async fn connect(&mut self, node: &str, token: &str) -> Result<()> {
+        self.send_connect(node, token).await?;
+        let answer = self.next_json().await?;
+        self.on_connected(&answer)
+    }
+
+    /// Checks a `connected` answer and takes its `baseTime`.
+    pub fn on_connected(&mut self, answer: &Value) -> Result<()> {
+        let ok = answer[0] == "connected"
+            && answer[1] == 5
+            && answer[2].as_str().is_some_and(|s| s.starts_with("server:"))
+            && answer[4] == json!({"subprotocol": 1});
+        if !ok {
+            bail!("expected connected, got {answer}");
+        }
+        let start = answer[3][0].as_i64().ok_or_else(|| anyhow!("no start in {answer}"))?;
+        let base = answer[3][1].as_i64().ok_or_else(|| anyhow!("no baseTime in {answer}"))?;
+        if start > base {
+            bail!("start after baseTime in {answer}");
+        }
+        self.base_time = base;
+        // Our ids are created after baseTime and grow by one ms each, so they never repeat.
+        self.next_ms = self.next_ms.max(base + 1);
+        Ok(())
+    }
+
+    /// A fresh absolute id time for an action of ours.
+    pub fn next_id_ms(&mut self) -> i64 {
+        let ms = self.next_ms;
+        self.next_ms += 1;
+        ms
+    }
+
+    /// The full id of our action created at `ms` with sequence 0.
+    pub fn full_id(&self, ms: i64) -> String {
+        format!("{ms} {} 0", self.node)
+    }
+
+    /// Sends one action with a fresh id in its own `sync`; returns the action's full id.
+    pub async fn send_action(&mut self, action: Value) -> Result<String> {
+        let ms = self.next_id_ms();
+        self.send_action_at(action, ms).await
+    }
+
+    /// Sends one action whose id is `"<ms> <our node> 0"`; returns the full id.
+    pub async fn send_action_at(&mut self, action: Value, ms: i64) -> Result<String> {
+        let shift = ms - self.base_time;
+        self.added += 1;
+        self.send_json(&json!(["sync", self.added, action, {"id": shift, "time": shift}])).await?;
+        Ok(self.full_id(ms))
+    }
+
+    /// The next event, or an error after [`READ_TIMEOUT`]. Pings and pongs of the WebSocket
+    /// layer are skipped.
+    pub async fn next_event(&mut self) -> Result<Event> {
+        self.next_event_within(READ_TIMEOUT).await
+    }
+
+    /// The next event, or an error after `timeout`.
+    pub async fn next_event_within(&mut self, timeout: Duration) -> Result<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no frame within {timeout:?}"))?;
+            return Ok(match next {
+                None => Event::End,
+                Some(Err(e)) => Event::Error(e.to_string()),
+                Some(Ok(Message::Text(t))) => Event::Text(t.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => Event::Close(frame.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Binary(b))) => Event::Text(format!("<binary {} bytes>", b.len())),
+                Some(Ok(_)) => continue,
+            });
+        }
+    }
+
+    /// The next text frame.
+    pub async fn next_text(&mut self) -> Result<String> {
+        match self.next_event().await? {
+            Event::Text(t) => Ok(t),
+            other => bail!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next text frame, parsed.
+    pub async fn next_json(&mut self) -> Result<Value> {
+        let text = self.next_text().await?;
+        serde_json::from_str(&text).with_context(|| format!("server sent invalid JSON: {text}"))
+    }
+
+    /// Reads messages until one satisfies `pred`; returns it.
+    pub async fn until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Result<Value> {
+        loop {
+            let m = self.next_json().await?;
+            if pred(&m) {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// Reads messages until one satisfies `pred`; returns every message read, that one last.
+    pub async fn collect_until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Result<Vec<Value>> {
+        let mut seen = Vec::new();
+        loop {
+            let m = self.next_json().await?;
+            let done = pred(&m);
+            seen.push(m);
+            if done {
+                return Ok(seen);
+            }
+        }
+    }
+
+    /// Waits for `logux/processed` of `id`; fails on its `logux/undo`.
+    pub async fn wait_processed(&mut self, id: &str) -> Result<()> {
+        let m =
+            self.until(|m| has_answer(m, "logux/processed", id) || has_answer(m, "logux/undo", id)).await?;
+        if has_answer(&m, "logux/undo", id) {
+            bail!("{id} was undone: {m}");
+        }
+        Ok(())
+    }
+
+    /// Waits for `logux/undo` of `id`; returns the undo action. Fails on `logux/processed`.
+    pub async fn wait_undo(&mut self, id: &str) -> Result<Value> {
+        let m =
+            self.until(|m| has_answer(m, "logux/processed", id) || has_answer(m, "logux/undo", id)).await?;
+        sync_actions(&m)
+            .into_iter()
+            .find(|a| a["type"] == "logux/undo" && a["id"] == id)
+            .ok_or_else(|| anyhow!("{id} was processed, not undone: {m}"))
+    }
+
+    /// Subscribes to `channel` and waits for its `logux/processed`.
+    pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
+        let id = self.send_action(json!({"type": "logux/subscribe", "channel": channel})).await?;
+        self.wait_processed(&id).await
+    }
+
+    /// Expects the next text frame to be exactly `expected` (compared as JSON).
+    pub async fn expect(&mut self, expected: &Value) -> Result<()> {
+        let got = self.next_json().await?;
+        if &got != expected {
+            bail!("expected {expected}, got {got}");
+        }
+        Ok(())
+    }
+
+    /// Expects the server to close the socket next (no more text frames); returns the close
+    /// code, `None` when the stream ended without a close frame.
+    pub async fn expect_close(&mut self) -> Result<Option<u16>> {
+        match self.next_event().await? {
+            Event::Close(code) => Ok(code),
+            Event::End | Event::Error(_) => Ok(None),
+            Event::Text(t) => bail!("expected the socket to close, got {t}"),
+        }
+    }
+
+    /// Expects exactly `["error", …]` equal to `expected`, then the close.
+    pub async fn expect_error_and_close(&mut self, expected: &Value) -> Result<Option<u16>> {
+        self.expect(expected).await?;
+        self.expect_close().await
+    }
+
+    /// Closes our side politely.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    }
+}
