@@ -16,7 +16,7 @@
 #   d  idle connections        : --idle 2000 --pid <server pid>
 # After each scenario the script records the server's peak RSS (VmHWM, which only ever grows during
 # one server run) and the CPU seconds the server used during that scenario.
-# Each server process is started once per side and runs all four scenarios in order.
+# Each server process is started once per side and runs the scenarios in the order d, a, b, c.
 #
 # Environment (all optional):
 #   ONLY=rhizome|reference    run one side only
@@ -216,10 +216,12 @@ bench_side() {
     return 0
   fi
   R[$side.pid]=$SERVER_PID
+  # Idle connections first, on the fresh server: after the load scenarios, memory they freed
+  # would be reused by the idle connections and hide what a connection costs.
+  run_scenario "$side" d --idle "$IDLE" --pid "$SERVER_PID"
   run_scenario "$side" a --connections 1 --actions "$actions_a" --batch 100 --window 5000 --channel own
   run_scenario "$side" b --connections 8 --actions 20000 --batch 100 --window 5000 --channel own
   run_scenario "$side" c --connections 1 --actions 20000 --batch 100 --window 2000 --channel shared --subscribers 7
-  run_scenario "$side" d --idle "$IDLE" --pid "$SERVER_PID"
   stop_server
 }
 
@@ -289,7 +291,7 @@ d_label="d: $IDLE idle subscribed conns"
   cat "$OUT_DIR/header.txt"
   echo "# For actions/s and deliveries/s a ratio above 1 means Rhizome is faster."
   echo "# For latency, RSS and CPU a ratio below 1 means Rhizome is better."
-  echo "# rss_mib is peak RSS (VmHWM) after the scenario; it only grows, since each server runs a→d."
+  echo "# rss_mib is peak RSS (VmHWM) after the scenario; it only grows, since each server runs d, a, b, c in that order."
   echo "# cpu_s is the server's user+system CPU during the scenario."
   echo
   echo '| scenario | metric | rhizome | reference | rhizome/reference |'

@@ -137,6 +137,13 @@ impl Server {
             .map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
+        // Answers are small frames written one after another; Nagle's algorithm would hold each
+        // second one until the client's delayed ACK (~40 ms per round trip).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let (stop, stop_rx) = watch::channel(false);
         let state = HttpState {
             shared: shared.clone(),

@@ -182,6 +182,17 @@ impl Session {
             let frame = CloseFrame { code, reason: reason.into() };
             let _ =
                 tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+            // Read (and drop) what the client still sends until it answers the close, briefly:
+            // closing a socket with unread input makes the kernel send a reset, and the client
+            // would lose the close frame and its code.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(message)) = socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
     }
 

@@ -109,9 +109,6 @@ async fn oversized_frame_is_refused_and_others_are_unaffected() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "server bug: ws.rs Session::run drops the TCP socket right after queueing the 1009 close \
-            frame while the rest of the oversized frame is still unread, so the kernel sends RST and \
-            the client sees `Connection reset by peer` instead of close code 1009"]
 async fn oversized_frame_close_code_reaches_the_client() -> Result<()> {
     let server = TestServer::default().await?;
     for authenticated in [false, true] {
