@@ -70,7 +70,7 @@ pub struct BenchArgs {
 pub enum BenchError {
     /// WebSocket failure.
     #[error("websocket: {0}")]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    Ws(Box<tokio_tungstenite::tungstenite::Error>),
     /// The server broke the protocol or refused us.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -80,6 +80,12 @@ pub enum BenchError {
     /// Reading /proc failed.
     #[error("reading server memory: {0}")]
     Memory(std::io::Error),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for BenchError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        BenchError::Ws(Box::new(e))
+    }
 }
 
 fn now_ms() -> i64 {

@@ -312,7 +312,7 @@ pub fn parse(text: &str) -> Result<Message, ProtocolError> {
             _ => Err(wrong(text)),
         },
         "sync" => {
-            if len < 4 || len % 2 != 0 {
+            if len < 4 || !len.is_multiple_of(2) {
                 return Err(wrong(text));
             }
             let added = value(1).as_ref().and_then(int).ok_or_else(|| wrong(text))?;
