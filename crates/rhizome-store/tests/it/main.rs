@@ -1,0 +1,147 @@
+//! Conformance tests of the log, run against the SQLite store. A new backend (PostgreSQL) must
+//! pass the same `conformance` functions.
+
+use rhizome_core::{AppendOutcome, NewEntry, Routing, Status};
+use rhizome_protocol::{Action, ActionId, Channel, NodeId};
+use rhizome_store::{LogWriter, SqliteStore, Store, WriteBatch};
+
+fn entry(id: &str, routing: Routing, status: Status) -> NewEntry {
+    let id = ActionId::parse(id).expect("id");
+    NewEntry {
+        time: id.ms,
+        id,
+        action: Action::from_json(r#"{"type":"inc","id":"1"}"#).expect("action"),
+        subprotocol: 1,
+        routing,
+        status,
+    }
+}
+
+fn batch(entries: Vec<NewEntry>) -> WriteBatch {
+    WriteBatch { appends: entries, ..WriteBatch::default() }
+}
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    (dir, store)
+}
+
+#[test]
+fn appends_get_increasing_positions_and_duplicates_return_their_status() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let mut batches = vec![batch(vec![
+        entry("1 a:b:c 0", Routing::channel("counter/1"), Status::Processed),
+        entry("1 a:b:c 1", Routing::default(), Status::Waiting),
+    ])];
+    let done = w.commit(&mut batches, 100).expect("commit");
+    assert_eq!(done[0].outcomes, [AppendOutcome::Added(1), AppendOutcome::Added(2)]);
+    assert_eq!(done[0].entries.len(), 2);
+    let mut again = vec![batch(vec![
+        entry("1 a:b:c 0", Routing::default(), Status::Processed),
+        entry("1 a:b:c 1", Routing::default(), Status::Processed),
+        entry("2 a:b:c 0", Routing::default(), Status::Processed),
+    ])];
+    let done = w.commit(&mut again, 101).expect("commit");
+    assert_eq!(
+        done[0].outcomes[..2],
+        [AppendOutcome::Duplicate(Status::Processed), AppendOutcome::Duplicate(Status::Waiting)]
+    );
+    // Positions only grow; a refused duplicate may leave a gap, never a reuse.
+    let AppendOutcome::Added(third) = done[0].outcomes[2] else { panic!("{:?}", done[0].outcomes) };
+    assert!(third > 2);
+    assert_eq!(store.count().expect("count"), 3);
+    assert_eq!(store.last_position().expect("position"), third);
+}
+
+#[test]
+fn status_changes_and_crash_recovery() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let mut b = vec![batch(vec![
+        entry("1 a:b:c 0", Routing::default(), Status::Waiting),
+        entry("1 a:b:c 1", Routing::default(), Status::Waiting),
+    ])];
+    w.commit(&mut b, 1).expect("commit");
+    let mut s =
+        vec![WriteBatch { statuses: vec![("1 a:b:c 0".into(), Status::Processed)], ..WriteBatch::default() }];
+    w.commit(&mut s, 2).expect("commit");
+    assert_eq!(w.recover_interrupted().expect("recover"), 1);
+    assert_eq!(store.status_of("1 a:b:c 0").expect("status"), Some(Status::Processed));
+    assert_eq!(store.status_of("1 a:b:c 1").expect("status"), Some(Status::Undone("error".into())));
+    assert_eq!(store.status_of("9 a:b:c 1").expect("status"), None);
+}
+
+#[test]
+fn reads_by_channel_and_target_respect_ranges_limits_and_exclusions() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let to_bob = Routing { users: vec!["bob".into()], ..Routing::default() };
+    let to_bob_but_not_b1 =
+        Routing { users: vec!["bob".into()], exclude_clients: vec!["bob:b1".into()], ..Routing::default() };
+    let mut b = vec![batch(vec![
+        entry("1 alice:a1:t 0", Routing::channel("c/1"), Status::Processed),
+        entry("1 alice:a1:t 1", to_bob.clone(), Status::Processed),
+        entry("1 alice:a1:t 2", Routing::channel("c/2"), Status::Processed),
+        entry("1 alice:a1:t 3", to_bob_but_not_b1, Status::Processed),
+        entry("1 bob:b1:t 0", to_bob, Status::Processed),
+        entry("1 alice:a1:t 4", Routing::channel("c/1"), Status::Processed),
+    ])];
+    w.commit(&mut b, 1).expect("commit");
+    let c1 = Channel::from("c/1");
+    let all: Vec<u64> = store.read_channel(&c1, 0, 6, 100).expect("read").iter().map(|e| e.added).collect();
+    assert_eq!(all, [1, 6]);
+    let after: Vec<u64> = store.read_channel(&c1, 1, 6, 100).expect("read").iter().map(|e| e.added).collect();
+    assert_eq!(after, [6]);
+    let capped: Vec<u64> =
+        store.read_channel(&c1, 0, 5, 100).expect("read").iter().map(|e| e.added).collect();
+    assert_eq!(capped, [1]);
+    assert_eq!(store.read_channel(&c1, 0, 6, 1).expect("read").len(), 1);
+
+    let (entries, examined) = store.read_targeted(&NodeId::from("bob:b1:t"), 0, 6, 100).expect("read");
+    let got: Vec<u64> = entries.iter().map(|e| e.added).collect();
+    assert_eq!(got, [2], "excluded client and the author's own action are skipped");
+    assert_eq!(examined, 6);
+    let (entries, _) = store.read_targeted(&NodeId::from("bob:b2:t"), 0, 6, 100).expect("read");
+    let got: Vec<u64> = entries.iter().map(|e| e.added).collect();
+    assert_eq!(got, [2, 4, 5]);
+    let (entries, examined) = store.read_targeted(&NodeId::from("bob:b2:t"), 0, 6, 2).expect("read");
+    assert_eq!((entries.len(), examined), (2, 4), "a chunk reports how far it examined");
+    assert_eq!(entries[0].routing.users, ["bob".into()] as [rhizome_protocol::UserId; 1]);
+}
+
+#[test]
+fn since_positions_come_from_ids_acks_or_time() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let mut b = vec![batch(vec![entry("1 a:b:c 0", Routing::default(), Status::Processed)])];
+    w.commit(&mut b, 1_000).expect("commit");
+    let mut b = vec![batch(vec![entry("2 a:b:c 0", Routing::default(), Status::Processed)])];
+    w.commit(&mut b, 2_000).expect("commit");
+    let mut b = vec![WriteBatch { acks: vec![("5 server:x 0".into(), 1)], ..WriteBatch::default() }];
+    w.commit(&mut b, 3_000).expect("commit");
+    assert_eq!(store.position_of_id("2 a:b:c 0").expect("id"), Some(2));
+    assert_eq!(store.position_of_id("5 server:x 0").expect("ack"), Some(1));
+    assert_eq!(store.position_of_id("6 server:x 0").expect("none"), None);
+    assert_eq!(store.position_before_time(500).expect("time"), 0);
+    assert_eq!(store.position_before_time(1_500).expect("time"), 1);
+    assert_eq!(store.position_before_time(9_000).expect("time"), 2);
+}
+
+#[test]
+fn reopening_keeps_everything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = SqliteStore::open(dir.path()).expect("open");
+        let mut w = store.writer().expect("writer");
+        let mut b = vec![batch(vec![entry("1 a:b:c 0", Routing::channel("x"), Status::Processed)])];
+        w.commit(&mut b, 1).expect("commit");
+    }
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.last_position().expect("position"), 1);
+    let e = &store.read_channel(&Channel::from("x"), 0, 1, 10).expect("read")[0];
+    assert_eq!(e.id.to_string(), "1 a:b:c 0");
+    assert_eq!(&*e.action_json, r#"{"type":"inc","id":"1"}"#);
+    assert_eq!(e.routing.channels, [Channel::from("x")]);
+}
