@@ -4,7 +4,8 @@ use crate::routing::Routing;
 use rhizome_protocol::{Action, ActionId, ClientId};
 use std::sync::Arc;
 
-/// Position of an entry in the log, assigned by the store; strictly increasing, never reused.
+/// Position of an entry in the log, assigned by the store; strictly increasing, never reused
+/// (there may be gaps).
 pub type Position = u64;
 
 /// How far an action got through the pipeline.
