@@ -297,7 +297,7 @@ impl Hub {
             processed_id.ms,
             Some(self.shared.config.subprotocol),
         );
-        conn.outbox.push(b.finish(reported_added(conn, self.position)));
+        push_stamped(conn, b, self.position);
         let batch =
             WriteBatch { acks: vec![(processed_id.to_string(), self.position)], ..WriteBatch::default() };
         let (reply, _) = oneshot::channel();
@@ -406,7 +406,7 @@ impl Hub {
                 );
                 if builder.len() >= LIVE_FRAME_ACTIONS_MAX {
                     let full = std::mem::take(builder);
-                    conn.outbox.push(full.finish(reported_added(conn, entry.added)));
+                    push_stamped(conn, full, entry.added);
                 }
             }
             self.position = entry.added;
@@ -417,19 +417,23 @@ impl Hub {
                 continue;
             }
             if let Some(conn) = self.conns.get(&c) {
-                conn.outbox.push(builder.finish(reported_added(conn, self.position)));
+                push_stamped(conn, builder, self.position);
             }
         }
     }
 }
 
-/// The `added` a frame to `conn` may carry: the client remembers it and resumes offline
-/// delivery after it, so it must never pass an undelivered entry addressed to the client.
-fn reported_added(conn: &Conn, position: Position) -> Position {
+/// Queues a frame for `conn` stamped with the `added` it may carry: the client remembers it and
+/// resumes offline delivery after it, so it must never pass an undelivered entry addressed to
+/// the client. The safe position is raised only after the frame is queued, so that no frame
+/// queued by another task (the connection's own answers) can report it first.
+fn push_stamped(conn: &Conn, frame: SyncBuilder, position: Position) {
+    let stamp =
+        if conn.targeted_live { position.max(conn.outbox.safe_added()) } else { conn.outbox.safe_added() };
+    conn.outbox.push(frame.finish(stamp));
     if conn.targeted_live {
         conn.outbox.raise_safe_added(position);
     }
-    conn.outbox.safe_added()
 }
 
 struct CatchUpJob {
