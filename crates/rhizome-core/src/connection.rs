@@ -7,9 +7,7 @@
 
 use crate::app::AuthRequest;
 use crate::limits::Limits;
-use rhizome_protocol::message::{
-    encode_connected, encode_debug, encode_duilian, encode_error, encode_headers,
-};
+use rhizome_protocol::message::{encode_connected, encode_duilian, encode_error, encode_headers};
 use rhizome_protocol::{parse, Action, ActionId, ClientId, Codec, Message, NodeId, UserId, PROTOCOL};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
@@ -135,19 +133,6 @@ impl Connection {
             opened_ms: now_ms,
             last_activity_ms: now_ms,
             ping_sent_ms: None,
-        }
-    }
-
-    /// Whether authentication has succeeded.
-    pub fn is_authenticated(&self) -> bool {
-        matches!(self.phase, Phase::Authenticated { .. })
-    }
-
-    /// The compression state, once authenticated.
-    pub fn codec(&self) -> Option<&Codec> {
-        match &self.phase {
-            Phase::Authenticated { codec, .. } => Some(codec),
-            _ => None,
         }
     }
 
@@ -392,11 +377,6 @@ impl Connection {
             }
             Phase::Closed => {}
         }
-    }
-
-    /// A `debug` frame, for development mode.
-    pub fn debug_frame(&self, text: &str) -> Option<String> {
-        self.config.development.then(|| encode_debug(text))
     }
 }
 

@@ -137,8 +137,12 @@ struct Hub {
 }
 
 /// Runs the hub until every sender is gone.
-pub async fn run(shared: Arc<Shared>, tx: mpsc::Sender<HubMessage>, mut rx: mpsc::Receiver<HubMessage>) {
-    let position = shared.position.load(std::sync::atomic::Ordering::Acquire);
+pub async fn run(
+    shared: Arc<Shared>,
+    position: Position,
+    tx: mpsc::Sender<HubMessage>,
+    mut rx: mpsc::Receiver<HubMessage>,
+) {
     let mut hub = Hub {
         shared,
         tx,
@@ -411,7 +415,6 @@ impl Hub {
             }
             self.position = entry.added;
         }
-        self.shared.position.store(self.position, std::sync::atomic::Ordering::Release);
         for (c, builder) in frames {
             if builder.is_empty() {
                 continue;

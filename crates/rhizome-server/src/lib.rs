@@ -116,21 +116,14 @@ impl Server {
             min_subprotocol: options.min_subprotocol,
             development: options.development,
         };
-        let shared = Arc::new(Shared::new(
-            config,
-            options.limits,
-            options.app,
-            store,
-            writer_tx,
-            hub_tx.clone(),
-            position,
-        ));
+        let shared =
+            Arc::new(Shared::new(config, options.limits, options.app, store, writer_tx, hub_tx.clone()));
         let hub_for_writer = hub_tx.clone();
         std::thread::Builder::new()
             .name("rhizome-writer".into())
             .spawn(move || writer::run(writer, writer_rx, hub_for_writer))
             .map_err(StartError::Thread)?;
-        tokio::spawn(hub::run(shared.clone(), hub_tx, hub_rx));
+        tokio::spawn(hub::run(shared.clone(), position, hub_tx, hub_rx));
 
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await

@@ -2,7 +2,7 @@
 
 use crate::hub::HubMessage;
 use crate::writer::{now_ms, WriteRequest};
-use rhizome_core::{App, HandshakeConfig, Limits, Position};
+use rhizome_core::{App, HandshakeConfig, Limits};
 use rhizome_protocol::{ActionId, IdGenerator};
 use rhizome_store::Store;
 use std::collections::{HashMap, VecDeque};
@@ -26,8 +26,6 @@ pub struct Shared {
     pub writer: mpsc::Sender<WriteRequest>,
     /// The hub.
     pub hub: mpsc::Sender<HubMessage>,
-    /// Last position routed by the hub.
-    pub position: AtomicU64,
     /// Ids of the server's own actions.
     ids: Mutex<IdGenerator>,
     /// Failed authentications per address, for the brute-force guard.
@@ -51,7 +49,6 @@ impl Shared {
         store: Arc<dyn Store>,
         writer: mpsc::Sender<WriteRequest>,
         hub: mpsc::Sender<HubMessage>,
-        position: Position,
     ) -> Self {
         let ids = IdGenerator::new(config.server_node.clone());
         Shared {
@@ -61,7 +58,6 @@ impl Shared {
             store,
             writer,
             hub,
-            position: AtomicU64::new(position),
             ids: Mutex::new(ids),
             auth_failures: Mutex::default(),
             next_conn: AtomicU64::new(1),
