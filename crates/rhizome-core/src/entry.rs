@@ -1,7 +1,7 @@
 //! Log entries: what the store keeps for every accepted action.
 
 use crate::routing::Routing;
-use rhizome_protocol::{Action, ActionId, ClientId};
+use rhizome_protocol::{ActionId, ClientId};
 use std::sync::Arc;
 
 /// Position of an entry in the log, assigned by the store; strictly increasing, never reused
@@ -54,8 +54,8 @@ pub struct NewEntry {
     pub id: ActionId,
     /// Creation time, in the server's clock.
     pub time: i64,
-    /// The action.
-    pub action: Action,
+    /// The action as JSON text.
+    pub action_json: Arc<str>,
     /// The action's subprotocol.
     pub subprotocol: u64,
     /// Who receives it.

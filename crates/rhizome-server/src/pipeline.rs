@@ -14,7 +14,7 @@ use rhizome_core::{
 };
 use rhizome_protocol::message::{encode_synced, push_json_str};
 use rhizome_protocol::{Action, ActionId, Channel, Codec, SyncBuilder};
-use rhizome_store::{Committed, WriteBatch};
+use rhizome_store::{Append, Committed, WriteBatch};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -172,20 +172,16 @@ impl Pipeline {
                 }
             };
             let status = if rules.processes() { Status::Waiting } else { Status::Processed };
-            answers.push(Answer::Stored {
-                index: batch.appends.len(),
-                action: action.clone(),
-                meta: meta.clone(),
-                rules,
-            });
-            batch.appends.push(NewEntry {
-                id: meta.id,
+            let entry = NewEntry {
+                id: meta.id.clone(),
                 time: meta.time,
-                action,
+                action_json: action.json().clone(),
                 subprotocol: meta.subprotocol,
                 routing,
                 status,
-            });
+            };
+            answers.push(Answer::Stored { index: batch.appends.len(), action, meta, rules });
+            batch.appends.push(Append::new(entry));
         }
         let commit = if batch.appends.is_empty() { None } else { Some(self.write(batch).await) };
         Pending { added, answers, commit }
@@ -268,13 +264,13 @@ impl Pipeline {
                 let entry = NewEntry {
                     time: undo_id.ms,
                     id: undo_id,
-                    action: Action::from_json(&undo).ok_or(WriteFailed)?,
+                    action_json: Arc::from(undo),
                     subprotocol: self.shared.config.subprotocol,
                     routing,
                     status: Status::Processed,
                 };
                 let batch = WriteBatch {
-                    appends: vec![entry],
+                    appends: vec![Append::new(entry)],
                     statuses: vec![(meta.id.to_string(), Status::Undone(reason))],
                     ..WriteBatch::default()
                 };

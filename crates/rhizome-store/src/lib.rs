@@ -30,7 +30,7 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     /// Entries to append, in order.
-    pub appends: Vec<NewEntry>,
+    pub appends: Vec<Append>,
     /// Status changes of existing entries, by action id.
     pub statuses: Vec<(String, Status)>,
     /// Subscription acknowledgements: the id of a `logux/processed` answering a subscription,
@@ -42,6 +42,35 @@ impl WriteBatch {
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
         self.appends.is_empty() && self.statuses.is_empty() && self.acks.is_empty()
+    }
+}
+
+/// An entry to append, with its storage encoding done by the caller's thread, so the single
+/// writer thread only runs the database.
+#[derive(Debug)]
+pub struct Append {
+    entry: NewEntry,
+    id_text: String,
+    routing_text: Option<String>,
+}
+
+impl Append {
+    /// Encodes `entry` for storage.
+    pub fn new(entry: NewEntry) -> Append {
+        let id_text = entry.id.to_string();
+        let routing_text = sqlite::routing_json(&entry.routing);
+        Append { entry, id_text, routing_text }
+    }
+
+    /// The entry.
+    pub fn entry(&self) -> &NewEntry {
+        &self.entry
+    }
+}
+
+impl From<NewEntry> for Append {
+    fn from(entry: NewEntry) -> Append {
+        Append::new(entry)
     }
 }
 

@@ -1,13 +1,14 @@
 //! The SQLite log: one writer connection, a small pool of reader connections, WAL mode.
 
-use crate::{Committed, LogWriter, Store, StoreError, WriteBatch};
+use crate::{Append, Committed, LogWriter, Store, StoreError, WriteBatch};
 use rhizome_core::{AppendOutcome, Position, Routing, Status, StoredEntry};
 use rhizome_protocol::message::push_json_str;
 use rhizome_protocol::{ActionId, Channel, NodeId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log(
@@ -42,9 +43,46 @@ pub struct SqliteStore {
 }
 
 /// The writer of a [`SqliteStore`].
+///
+/// It does not checkpoint the WAL itself: a checkpointer thread with its own connection copies
+/// committed pages into the database file while the writer goes on appending, woken after
+/// commits and at most every [`CHECKPOINT_INTERVAL`]. It stops with a last checkpoint when the
+/// writer is dropped.
 #[derive(Debug)]
 pub struct SqliteWriter {
     conn: Connection,
+    checkpointer: Option<mpsc::SyncSender<()>>,
+    checkpoint_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Least time between two WAL checkpoints.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+fn run_checkpointer(conn: Connection, wake: mpsc::Receiver<()>) {
+    let checkpoint = |mode: &str| {
+        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    };
+    let mut last = Instant::now();
+    while wake.recv().is_ok() {
+        let wait = CHECKPOINT_INTERVAL.saturating_sub(last.elapsed());
+        if !wait.is_zero() && wake.recv_timeout(wait) == Err(mpsc::RecvTimeoutError::Disconnected) {
+            break;
+        }
+        checkpoint("PASSIVE");
+        last = Instant::now();
+    }
+    checkpoint("TRUNCATE");
+}
+
+impl Drop for SqliteWriter {
+    fn drop(&mut self) {
+        self.checkpointer.take();
+        if let Some(thread) = self.checkpoint_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
@@ -99,7 +137,7 @@ fn thread_slot() -> usize {
     h.finish() as usize
 }
 
-fn routing_json(r: &Routing) -> Option<String> {
+pub(crate) fn routing_json(r: &Routing) -> Option<String> {
     if r.is_empty() && r.exclude_clients.is_empty() {
         return None;
     }
@@ -189,7 +227,13 @@ impl SqliteStore {
     /// Opens the one writer of this log.
     pub fn writer(&self) -> Result<SqliteWriter, StoreError> {
         let conn = open(&self.path, OpenFlags::default())?;
-        Ok(SqliteWriter { conn })
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoint_conn = open(&self.path, OpenFlags::default())?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("rhizome-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpoint_conn, rx))?;
+        Ok(SqliteWriter { conn, checkpointer: Some(tx), checkpoint_thread: Some(thread) })
     }
 }
 
@@ -337,14 +381,12 @@ impl LogWriter for SqliteWriter {
                 tx.prepare_cached("INSERT OR REPLACE INTO subscription_acks(id, position) VALUES (?1, ?2)")?;
             for batch in batches.iter_mut() {
                 let mut committed = Committed::default();
-                for entry in batch.appends.drain(..) {
-                    let id = entry.id.to_string();
-                    let routing = routing_json(&entry.routing);
+                for Append { entry, id_text: id, routing_text: routing } in batch.appends.drain(..) {
                     let n = insert.execute(params![
                         id,
                         entry.time,
                         now_ms,
-                        &**entry.action.json(),
+                        &*entry.action_json,
                         entry.subprotocol as i64,
                         routing,
                         entry.status.code(),
@@ -373,7 +415,7 @@ impl LogWriter for SqliteWriter {
                     committed.entries.push(StoredEntry {
                         added: added as Position,
                         time: entry.time,
-                        action_json: entry.action.json().clone(),
+                        action_json: entry.action_json,
                         subprotocol: entry.subprotocol,
                         routing: entry.routing,
                         id: entry.id,
@@ -389,6 +431,10 @@ impl LogWriter for SqliteWriter {
             }
         }
         tx.commit()?;
+        if let Some(checkpointer) = &self.checkpointer {
+            // Full means a checkpoint is already due.
+            let _ = checkpointer.try_send(());
+        }
         Ok(results)
     }
 

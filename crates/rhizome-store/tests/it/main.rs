@@ -2,15 +2,16 @@
 //! pass the same `conformance` functions.
 
 use rhizome_core::{AppendOutcome, NewEntry, Routing, Status};
-use rhizome_protocol::{Action, ActionId, Channel, NodeId};
-use rhizome_store::{LogWriter, SqliteStore, Store, WriteBatch};
+use rhizome_protocol::{ActionId, Channel, NodeId};
+use rhizome_store::{Append, LogWriter, SqliteStore, Store, WriteBatch};
+use std::sync::Arc;
 
 fn entry(id: &str, routing: Routing, status: Status) -> NewEntry {
     let id = ActionId::parse(id).expect("id");
     NewEntry {
         time: id.ms,
         id,
-        action: Action::from_json(r#"{"type":"inc","id":"1"}"#).expect("action"),
+        action_json: Arc::from(r#"{"type":"inc","id":"1"}"#),
         subprotocol: 1,
         routing,
         status,
@@ -18,7 +19,7 @@ fn entry(id: &str, routing: Routing, status: Status) -> NewEntry {
 }
 
 fn batch(entries: Vec<NewEntry>) -> WriteBatch {
-    WriteBatch { appends: entries, ..WriteBatch::default() }
+    WriteBatch { appends: entries.into_iter().map(Append::new).collect(), ..WriteBatch::default() }
 }
 
 fn open() -> (tempfile::TempDir, SqliteStore) {
