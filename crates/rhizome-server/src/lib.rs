@@ -4,6 +4,7 @@
 //! [`Server::start`] runs a server in the current tokio runtime and returns a handle.
 
 pub mod config;
+mod http;
 mod hub;
 pub mod jwt;
 mod outbox;
@@ -15,12 +16,13 @@ mod ws;
 
 pub use hub::HubStats;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::TokioIo;
 use rhizome_core::{App, HandshakeConfig, Limits};
 use rhizome_protocol::NodeId;
 use rhizome_store::{SqliteStore, Store, StoreError};
@@ -30,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 /// Everything needed to start a server.
@@ -130,13 +133,6 @@ impl Server {
             .map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
-        // Answers are small frames written one after another; Nagle's algorithm would hold each
-        // second one until the client's delayed ACK (~40 ms per round trip).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
         let (stop, stop_rx) = watch::channel(false);
         let state = HttpState {
             shared: shared.clone(),
@@ -146,15 +142,8 @@ impl Server {
         };
         let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(state.clone());
         let (done_tx, done) = oneshot::channel();
-        let mut stop_signal = stop_rx;
         tokio::spawn(async move {
-            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stop_signal.wait_for(|s| *s).await;
-                });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "server stopped with an error");
-            }
+            http::accept(listener, router, stop_rx).await;
             // Connections were told to close; wait for them to finish their in-flight writes.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while state.open.load(Ordering::Acquire) > 0 {
@@ -201,35 +190,79 @@ async fn health() -> &'static str {
     "Rhizome: OK\n"
 }
 
+/// Answers a WebSocket handshake (RFC 6455, section 4.2) and hands the socket to [`ws::serve`].
+/// Any other request that reaches this fallback is not found.
 async fn upgrade(
     State(state): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
-    let Ok(ws) = ws else {
-        return (StatusCode::NOT_FOUND, "Not found\n").into_response();
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
-    let limits = &state.shared.limits;
-    if state.open.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
+    if request.method() != Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+    {
+        return (StatusCode::NOT_FOUND, "Not found\n").into_response();
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "WebSocket version 13 only\n",
+        )
+            .into_response();
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing\n").into_response();
+    };
+    let accept = rhizome_websocket::accept_key(key.as_bytes());
+    let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::BAD_REQUEST, "This connection cannot be upgraded\n").into_response();
+    };
+    if state.open.fetch_add(1, Ordering::AcqRel) >= state.shared.limits.connections_max {
         state.open.fetch_sub(1, Ordering::AcqRel);
         return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections\n").into_response();
     }
-    let cookie = headers.get("cookie").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let ws = ws
-        .max_message_size(limits.frame_bytes_max)
-        .max_frame_size(limits.frame_bytes_max)
-        .read_buffer_size(1024)
-        .write_buffer_size(0);
     let guard = OpenGuard { open: state.open.clone(), closed: state.closed.clone() };
     let shared = state.shared.clone();
     let stop = state.stop.clone();
-    ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed")).on_upgrade(
-        move |socket| async move {
-            let _guard = guard;
-            ws::serve(socket, shared, peer.ip(), cookie, stop).await;
-        },
-    )
+    let task = async move {
+        let _guard = guard;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Copy the bytes read past the handshake (usually none): the `Bytes` would keep
+                // the HTTP layer's whole read buffer alive for the life of the socket.
+                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                let pre_read = read_buf.to_vec();
+                drop(read_buf);
+                ws::serve(io.into_inner(), pre_read, shared, peer.ip(), cookie, stop).await
+            }
+            Err(_) => tracing::error!("an upgraded connection is not a TCP stream"),
+        }
+    };
+    tokio::spawn(task);
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 struct OpenGuard {

@@ -82,15 +82,15 @@ impl Outbox {
         self.lock().closed
     }
 
-    /// Takes every queued frame into `into`; returns why the outbox is closed, if it is.
-    pub fn drain(&self, into: &mut Vec<String>) -> Option<Closed> {
+    /// Hands every queued frame to `each`, in order; returns why the outbox is closed, if it is.
+    pub fn drain_each(&self, mut each: impl FnMut(String)) -> Option<Closed> {
         let mut s = self.lock();
-        into.extend(s.frames.drain(..));
+        let frames = std::mem::take(&mut s.frames);
         s.bytes = 0;
-        if s.frames.capacity() > 64 {
-            s.frames.shrink_to(16);
-        }
-        s.closed
+        let closed = s.closed;
+        drop(s);
+        frames.into_iter().for_each(&mut each);
+        closed
     }
 
     /// Waits until something is pushed or the outbox is closed.
@@ -121,7 +121,7 @@ mod tests {
         assert!(!o.push("1".into()));
         assert_eq!(o.closed(), Some(Closed::Overflow));
         let mut v = Vec::new();
-        assert_eq!(o.drain(&mut v), Some(Closed::Overflow));
+        assert_eq!(o.drain_each(|f| v.push(f)), Some(Closed::Overflow));
         assert!(v.is_empty(), "an overflowing consumer gets nothing more");
     }
 
@@ -130,8 +130,8 @@ mod tests {
         let o = Outbox::new(10);
         assert!(o.push("1234567890".into()));
         let mut v = Vec::new();
-        assert_eq!(o.drain(&mut v), None);
+        assert_eq!(o.drain_each(|f| v.push(f)), None);
         assert!(o.push("1234567890".into()));
-        assert_eq!(v.len(), 1);
+        assert_eq!(v, ["1234567890"]);
     }
 }

@@ -1,35 +1,42 @@
 //! One WebSocket connection: a single task that reads frames, feeds the protocol state machine
 //! and the pipeline, and writes the outbox, with the connection's timers.
+//!
+//! The task owns the bare `TcpStream` and keeps no buffer while the connection is idle: bytes are
+//! read into a stack buffer and decoded in place ([`rhizome_websocket::Decoder`] copies only a
+//! frame cut in half by the network), and the write buffer is freed once written. An idle
+//! subscribed connection costs its task, its socket registration, its protocol state and its
+//! routing entries.
 
 use crate::hub::{ConnIdentity, HubMessage};
 use crate::outbox::{Closed, Outbox};
 use crate::pipeline::{Pending, Pipeline};
 use crate::shared::Shared;
 use crate::writer::now_ms;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rhizome_core::{CloseReason, Connection, Context, Output};
-use rhizome_protocol::message::{encode_ping, encode_pong};
+use rhizome_protocol::message::{encode_error, encode_ping, encode_pong};
+use rhizome_websocket::{close_code as code, encode_close, encode_text, Decoder, Message, Violation};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
-/// Close codes sent to clients.
-mod code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const REPLACED: u16 = 4001;
-    pub const SLOW: u16 = 4002;
-}
+/// Rhizome's own close codes.
+const REPLACED: u16 = 4001;
+const SLOW: u16 = 4002;
+
+/// Bytes read from the socket at once, into a buffer on the stack.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// How long the closing handshake may take: our close frame out, the client's back.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Commit = Pin<
     Box<dyn Future<Output = (Pending, Result<rhizome_store::Committed, crate::writer::WriteFailed>)> + Send>,
@@ -45,16 +52,40 @@ struct Session {
     conn: u64,
     registered: bool,
     inflight: FuturesOrdered<Commit>,
+    decoder: Decoder,
+    /// Encoded frames not yet written; empty and unallocated between writes.
+    unsent: Vec<u8>,
 }
 
 enum Next {
     Continue,
     Close(u16, &'static str),
+    End(End),
 }
 
-/// Serves one upgraded socket until it closes.
+/// How the loop of one connection ended.
+enum End {
+    /// The client closed its side (close frame or end of stream); we answer with a close frame
+    /// when it sent one.
+    ByClient { answer: bool },
+    /// We close, with this code; the client's close frame is then awaited briefly.
+    ByServer(u16, &'static str),
+    /// The socket failed; nothing more can be sent.
+    Broken,
+}
+
+/// What one read produced.
+#[derive(Default)]
+struct Read {
+    outputs: Vec<Output>,
+    end: Option<End>,
+}
+
+/// Serves one upgraded socket until it closes. `pre_read` holds bytes the HTTP layer read past
+/// the handshake.
 pub async fn serve(
-    socket: WebSocket,
+    stream: TcpStream,
+    mut pre_read: Vec<u8>,
     shared: Arc<Shared>,
     peer: IpAddr,
     cookie: Option<String>,
@@ -64,6 +95,7 @@ pub async fn serve(
     let state = Connection::new(shared.config.clone(), shared.limits.clone(), now);
     let outbox = Arc::new(Outbox::new(shared.limits.outbound_queue_bytes_max));
     let conn = shared.next_conn_id();
+    let decoder = Decoder::new(shared.limits.frame_bytes_max);
     let mut session = Session {
         shared,
         peer,
@@ -74,8 +106,15 @@ pub async fn serve(
         conn,
         registered: false,
         inflight: FuturesOrdered::new(),
+        decoder,
+        unsent: Vec::new(),
     };
-    session.run(socket, shutdown).await;
+    let mut first = Read::default();
+    if !pre_read.is_empty() {
+        session.decode(&mut pre_read, &mut first);
+    }
+    drop(pre_read);
+    session.run(&stream, first, shutdown).await;
     if session.registered {
         let _ = session.shared.hub.send(HubMessage::Unregister { conn: session.conn }).await;
     }
@@ -87,83 +126,74 @@ fn deadline(ms: i64) -> Instant {
 }
 
 impl Session {
-    async fn run(&mut self, mut socket: WebSocket, mut shutdown: watch::Receiver<bool>) {
-        let mut frames: Vec<String> = Vec::new();
-        let close = loop {
-            let inflight_max = self.shared.limits.inflight_syncs_max;
-            let wake = deadline(self.state.deadline_ms());
-            let next = tokio::select! {
-                _ = shutdown.changed() => Next::Close(code::GOING_AWAY, "server shutting down"),
-                _ = self.outbox.notified() => Next::Continue,
-                Some((pending, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    Box::pin(self.finish(pending, result)).await
-                }
-                message = socket.recv(), if self.inflight.len() < inflight_max => match message {
-                    Some(Ok(Message::Text(text))) => Box::pin(self.on_frame(text.as_str())).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        self.outbox.push(rhizome_protocol::message::encode_error(
-                            "wrong-format",
-                            Some(&serde_json::Value::from("binary frames are not supported")),
-                        ));
-                        Next::Close(code::POLICY, "binary frame")
+    async fn run(&mut self, stream: &TcpStream, first: Read, mut shutdown: watch::Receiver<bool>) {
+        let mut read = Some(first);
+        let end = loop {
+            // What the last read decoded is handled before anything else happens.
+            let next = match read.take() {
+                Some(Read { outputs, end }) => {
+                    let next = Box::pin(self.handle(outputs)).await;
+                    match (next, end) {
+                        (Next::Continue, Some(end)) => Next::End(end),
+                        (next, _) => next,
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Next::Continue,
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(e)) => {
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-                            let limit = self.shared.limits.frame_bytes_max;
-                            self.outbox.push(rhizome_protocol::message::encode_error(
-                                "wrong-format",
-                                Some(&serde_json::Value::from(format!("frame larger than {limit} bytes"))),
-                            ));
-                            Next::Close(code::TOO_BIG, "frame too large")
-                        } else {
-                            tracing::debug!(error = %text, "socket read failed");
-                            break None;
+                }
+                None => {
+                    let inflight_max = self.shared.limits.inflight_syncs_max;
+                    let wake = deadline(self.state.deadline_ms());
+                    tokio::select! {
+                        _ = shutdown.changed() => Next::Close(code::GOING_AWAY, "server shutting down"),
+                        _ = self.outbox.notified() => Next::Continue,
+                        Some((pending, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                            Box::pin(self.finish(pending, result)).await
+                        }
+                        ready = stream.readable(), if self.inflight.len() < inflight_max => match ready {
+                            Ok(()) => {
+                                read = Some(self.read(stream));
+                                Next::Continue
+                            }
+                            Err(_) => break End::Broken,
+                        },
+                        _ = sleep_until(wake) => {
+                            let mut out = Vec::new();
+                            self.state.on_tick(now_ms(), &mut out);
+                            Box::pin(self.handle(out)).await
                         }
                     }
-                },
-                _ = sleep_until(wake) => {
-                    let mut out = Vec::new();
-                    self.state.on_tick(now_ms(), &mut out);
-                    Box::pin(self.handle(out)).await
                 }
             };
             // Write whatever is queued, whatever happened.
-            let closed = self.outbox.drain(&mut frames);
-            if !frames.is_empty() {
-                let write_timeout = self.shared.limits.write_timeout;
-                let written = tokio::time::timeout(write_timeout, async {
-                    for f in frames.drain(..) {
-                        socket.feed(Message::Text(f.into())).await?;
-                    }
-                    socket.flush().await
-                })
-                .await;
-                frames.clear();
-                match written {
-                    Ok(Ok(())) => self.state.note_sent(now_ms()),
-                    Ok(Err(_)) => break None,
-                    Err(_) => {
-                        tracing::info!(conn = self.conn, "write timed out; dropping a slow client");
-                        break None;
-                    }
+            let closed = self.take_outbox();
+            if !self.unsent.is_empty() {
+                if let Err(e) = self.write(stream).await {
+                    tracing::info!(conn = self.conn, error = %e, "write failed; dropping the client");
+                    break End::Broken;
                 }
+                self.state.note_sent(now_ms());
             }
             match closed {
                 Some(Closed::Overflow) => {
                     tracing::info!(conn = self.conn, "outbound queue full; dropping a slow client");
-                    break Some((code::SLOW, "too slow"));
+                    break End::ByServer(SLOW, "too slow");
                 }
-                Some(Closed::Replaced) => break Some((code::REPLACED, "replaced by a newer connection")),
+                Some(Closed::Replaced) => break End::ByServer(REPLACED, "replaced by a newer connection"),
                 None => {}
             }
-            if let Next::Close(code, reason) = next {
-                break Some((code, reason));
+            match next {
+                Next::Continue => {}
+                Next::Close(code, reason) => break End::ByServer(code, reason),
+                Next::End(end) => break end,
             }
         };
-        // Finish in-flight writes so their clients get `synced` for what was made durable.
+        if matches!(end, End::Broken) {
+            return;
+        }
+        Box::pin(self.close(stream, end)).await;
+    }
+
+    /// Finishes in-flight writes, so their clients get `synced` for what was made durable, then
+    /// runs the closing handshake.
+    async fn close(&mut self, stream: &TcpStream, end: End) {
         if !self.inflight.is_empty() {
             let drain = async {
                 while let Some((pending, result)) = self.inflight.next().await {
@@ -171,35 +201,136 @@ impl Session {
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-            self.outbox.drain(&mut frames);
-            for f in frames.drain(..) {
-                if socket.feed(Message::Text(f.into())).await.is_err() {
-                    break;
+            self.take_outbox();
+        }
+        let (code, reason, wait_for_client) = match end {
+            End::ByClient { answer: true } => (code::NORMAL, "", false),
+            End::ByClient { answer: false } | End::Broken => (0, "", false),
+            End::ByServer(code, reason) => (code, reason, true),
+        };
+        if code != 0 {
+            encode_close(&mut self.unsent, code, reason);
+        }
+        if self.write(stream).await.is_err() || !wait_for_client {
+            return;
+        }
+        // Read (and drop) what the client still sends until it answers the close, briefly:
+        // closing a socket with unread input makes the kernel send a reset, and the client
+        // would lose the close frame and its code.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while !self.decoder.is_closed() && stream.readable().await.is_ok() {
+                let mut buf = [0u8; 4096];
+                match stream.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if self.decoder.feed(&mut buf[..n], |_| {}).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
+        })
+        .await;
+    }
+
+    /// Reads what the socket has and decodes it.
+    fn read(&mut self, stream: &TcpStream) -> Read {
+        let mut buf = [0u8; READ_CHUNK_BYTES];
+        let mut read = Read::default();
+        match stream.try_read(&mut buf) {
+            Ok(0) => read.end = Some(End::ByClient { answer: false }),
+            Ok(n) => self.decode(&mut buf[..n], &mut read),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                tracing::debug!(conn = self.conn, error = %e, "socket read failed");
+                read.end = Some(End::Broken);
+            }
         }
-        if let Some((code, reason)) = close {
-            let frame = CloseFrame { code, reason: reason.into() };
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
-            // Read (and drop) what the client still sends until it answers the close, briefly:
-            // closing a socket with unread input makes the kernel send a reset, and the client
-            // would lose the close frame and its code.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Some(Ok(message)) = socket.recv().await {
-                    if matches!(message, Message::Close(_)) {
-                        break;
-                    }
+        read
+    }
+
+    /// Decodes `bytes` into protocol outputs; control frames are answered here.
+    fn decode(&mut self, bytes: &mut [u8], read: &mut Read) {
+        let now = now_ms();
+        let Session { decoder, state, unsent, .. } = self;
+        let result = decoder.feed(bytes, |message| {
+            if read.end.is_some() {
+                return;
+            }
+            match message {
+                Message::Text(text) => state.on_frame(text, now, &mut read.outputs),
+                Message::Binary(_) => {
+                    let why = serde_json::Value::from("binary frames are not supported");
+                    read.outputs.push(Output::Send(encode_error("wrong-format", Some(&why))));
+                    read.end = Some(End::ByServer(code::UNSUPPORTED, "binary frame"));
                 }
-            })
-            .await;
+                Message::Ping(payload) => rhizome_websocket::encode_pong(unsent, payload),
+                Message::Pong(_) => {}
+                Message::Close { .. } => read.end = Some(End::ByClient { answer: true }),
+            }
+        });
+        if let Err(violation) = result {
+            if read.end.is_none() {
+                read.end = Some(self.violation(violation, &mut read.outputs));
+            }
         }
     }
 
-    async fn on_frame(&mut self, text: &str) -> Next {
-        let mut out = Vec::new();
-        self.state.on_frame(text, now_ms(), &mut out);
-        self.handle(out).await
+    fn violation(&self, violation: Violation, outputs: &mut Vec<Output>) -> End {
+        tracing::debug!(conn = self.conn, %violation, "WebSocket protocol violation");
+        match violation {
+            Violation::TooBig(limit) => {
+                let why = serde_json::Value::from(format!("frame larger than {limit} bytes"));
+                outputs.push(Output::Send(encode_error("wrong-format", Some(&why))));
+                End::ByServer(code::TOO_BIG, "frame too large")
+            }
+            Violation::InvalidUtf8 => End::ByServer(code::INVALID_DATA, "invalid UTF-8"),
+            Violation::Protocol(_) => End::ByServer(code::PROTOCOL, "WebSocket protocol error"),
+        }
+    }
+
+    /// Moves queued frames into the write buffer; returns why the outbox is closed, if it is.
+    fn take_outbox(&mut self) -> Option<Closed> {
+        let unsent = &mut self.unsent;
+        self.outbox.drain_each(|frame| encode_text(unsent, &frame))
+    }
+
+    /// Writes the buffer out within the write timeout, then frees it.
+    async fn write(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let mut written = 0;
+        // Most writes fit in the socket buffer at once; only a full buffer needs the timer.
+        loop {
+            match stream.try_write(&self.unsent[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+            if written == self.unsent.len() {
+                self.unsent = Vec::new();
+                return Ok(());
+            }
+        }
+        let rest = async {
+            while written < self.unsent.len() {
+                stream.writable().await?;
+                match stream.try_write(&self.unsent[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout(self.shared.limits.write_timeout, rest).await {
+            Ok(result) => result,
+            Err(_) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out: the client does not read"))
+            }
+        };
+        self.unsent = Vec::new();
+        result
     }
 
     async fn finish(

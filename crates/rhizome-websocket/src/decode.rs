@@ -101,7 +101,11 @@ impl Decoder {
     /// Decodes `input` (which it may change: payloads are unmasked in place), calling
     /// `on_message` for every complete message, in order. Bytes of an incomplete frame are
     /// kept for the next call. After an error the connection must be closed.
-    pub fn feed(&mut self, input: &mut [u8], mut on_message: impl FnMut(Message<'_>)) -> Result<(), Violation> {
+    pub fn feed(
+        &mut self,
+        input: &mut [u8],
+        mut on_message: impl FnMut(Message<'_>),
+    ) -> Result<(), Violation> {
         if self.closed {
             return Ok(());
         }
@@ -123,7 +127,11 @@ impl Decoder {
     }
 
     /// Decodes the complete frames at the start of `buf`; returns how many bytes they took.
-    fn frames(&mut self, buf: &mut [u8], on_message: &mut impl FnMut(Message<'_>)) -> Result<usize, Violation> {
+    fn frames(
+        &mut self,
+        buf: &mut [u8],
+        on_message: &mut impl FnMut(Message<'_>),
+    ) -> Result<usize, Violation> {
         let mut pos = 0;
         while !self.closed {
             let Some(header) = self.header(&buf[pos..])? else { break };
@@ -337,27 +345,36 @@ mod tests {
     fn violations() {
         let cases: Vec<(Vec<u8>, Violation)> = vec![
             (vec![0x81, 0x01, b'a'], Violation::Protocol("client frames must be masked")),
-            ({
-                let mut f = frame(true, OP_TEXT, b"a");
-                f[0] |= 0x40;
-                f
-            }, Violation::Protocol("reserved bits set without an extension")),
+            (
+                {
+                    let mut f = frame(true, OP_TEXT, b"a");
+                    f[0] |= 0x40;
+                    f
+                },
+                Violation::Protocol("reserved bits set without an extension"),
+            ),
             (frame(true, 3, b""), Violation::Protocol("unknown opcode")),
             (frame(false, OP_PING, b""), Violation::Protocol("fragmented control frame")),
             (frame(true, OP_PING, &[0; 126]), Violation::Protocol("control frame longer than 125 bytes")),
             (frame(true, OP_CONTINUATION, b"a"), Violation::Protocol("continuation frame without a message")),
-            ({
-                let mut f = frame(false, OP_TEXT, b"a");
-                f.extend(frame(true, OP_TEXT, b"b"));
-                f
-            }, Violation::Protocol("new data frame inside a fragmented message")),
+            (
+                {
+                    let mut f = frame(false, OP_TEXT, b"a");
+                    f.extend(frame(true, OP_TEXT, b"b"));
+                    f
+                },
+                Violation::Protocol("new data frame inside a fragmented message"),
+            ),
             (frame(true, OP_TEXT, &[0xff, 0xfe]), Violation::InvalidUtf8),
             (frame(true, OP_TEXT, &[b'a'; 11]), Violation::TooBig(10)),
-            ({
-                let mut f = frame(false, OP_TEXT, &[b'a'; 6]);
-                f.extend(frame(true, OP_CONTINUATION, &[b'a'; 6]));
-                f
-            }, Violation::TooBig(10)),
+            (
+                {
+                    let mut f = frame(false, OP_TEXT, &[b'a'; 6]);
+                    f.extend(frame(true, OP_CONTINUATION, &[b'a'; 6]));
+                    f
+                },
+                Violation::TooBig(10),
+            ),
             (frame(true, OP_CLOSE, &[3]), Violation::Protocol("close frame with a one-byte payload")),
             (frame(true, OP_CLOSE, &1005u16.to_be_bytes()), Violation::Protocol("invalid close code")),
         ];

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 // mimalloc: fewer cycles per allocation on the hot path and less fragmentation with many
-// connections than glibc malloc.
+// connections than glibc malloc. Without transparent huge pages: a 2 MiB page committed for one
+// live allocation would dominate the memory of idle connections. Build with
+// `--no-default-features` for glibc malloc (heap profilers such as heaptrack need it).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
