@@ -87,7 +87,6 @@ struct HttpState {
     shared: Arc<Shared>,
     open: Arc<AtomicUsize>,
     closed: Arc<Notify>,
-    stop: watch::Receiver<bool>,
 }
 
 fn random_id() -> String {
@@ -138,12 +137,12 @@ impl Server {
             shared: shared.clone(),
             open: Arc::new(AtomicUsize::new(0)),
             closed: Arc::new(Notify::new()),
-            stop: stop_rx.clone(),
         };
         let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(state.clone());
         let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {
             http::accept(listener, router, stop_rx).await;
+            state.shared.outboxes.close_all(outbox::Closed::Shutdown);
             // Connections were told to close; wait for them to finish their in-flight writes.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while state.open.load(Ordering::Acquire) > 0 {
@@ -233,7 +232,6 @@ async fn upgrade(
     }
     let guard = OpenGuard { open: state.open.clone(), closed: state.closed.clone() };
     let shared = state.shared.clone();
-    let stop = state.stop.clone();
     let task = async move {
         let _guard = guard;
         let upgraded = match on_upgrade.await {
@@ -250,7 +248,7 @@ async fn upgrade(
                 let hyper::upgrade::Parts { io, read_buf, .. } = parts;
                 let pre_read = read_buf.to_vec();
                 drop(read_buf);
-                ws::serve(io.into_inner(), pre_read, shared, peer.ip(), cookie, stop).await
+                ws::serve(io.into_inner(), pre_read, shared, peer.ip(), cookie).await
             }
             Err(_) => tracing::error!("an upgraded connection is not a TCP stream"),
         }

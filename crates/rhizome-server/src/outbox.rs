@@ -4,10 +4,11 @@
 //! connection task drains it. A consumer that falls `outbound_queue_bytes_max` behind is closed:
 //! a client that does not read is disconnected, not buffered forever.
 
-use std::collections::VecDeque;
+use futures_util::task::AtomicWaker;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 
 #[derive(Debug, Default)]
 struct State {
@@ -23,13 +24,16 @@ pub enum Closed {
     Overflow,
     /// Another connection with the same client id took over.
     Replaced,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// One connection's outgoing frames.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
+    /// The connection task, woken when something is pushed or the outbox is closed.
+    waker: AtomicWaker,
     bytes_max: usize,
     /// Highest `added` such that every entry addressed to this client by users/clients/nodes up
     /// to it has been queued here: what `ping`/`pong` and `sync` frames may report.
@@ -39,7 +43,7 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox holding at most `bytes_max` bytes.
     pub fn new(bytes_max: usize) -> Self {
-        Outbox { state: Mutex::default(), notify: Notify::new(), bytes_max, safe_added: AtomicU64::new(0) }
+        Outbox { state: Mutex::default(), waker: AtomicWaker::new(), bytes_max, safe_added: AtomicU64::new(0) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -58,12 +62,12 @@ impl Outbox {
             s.frames.clear();
             s.bytes = 0;
             drop(s);
-            self.notify.notify_one();
+            self.waker.wake();
             return false;
         }
         s.frames.push_back(frame);
         drop(s);
-        self.notify.notify_one();
+        self.waker.wake();
         true
     }
 
@@ -74,7 +78,7 @@ impl Outbox {
             s.closed = Some(why);
         }
         drop(s);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
     /// Whether and why the outbox was closed.
@@ -93,9 +97,15 @@ impl Outbox {
         closed
     }
 
-    /// Waits until something is pushed or the outbox is closed.
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    /// Ready when frames are queued or the outbox is closed; otherwise wakes the task later.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        let s = self.lock();
+        if s.frames.is_empty() && s.closed.is_none() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 
     /// See [`Outbox::safe_added`]'s field doc.
@@ -106,6 +116,52 @@ impl Outbox {
     /// Raises the safe `added` (never lowers it).
     pub fn raise_safe_added(&self, added: u64) {
         self.safe_added.fetch_max(added, Ordering::AcqRel);
+    }
+}
+
+/// The outboxes of every open connection, so that shutdown reaches each of them.
+#[derive(Debug, Default)]
+pub struct Outboxes {
+    inner: Mutex<OutboxesInner>,
+}
+
+#[derive(Debug, Default)]
+struct OutboxesInner {
+    open: HashMap<u64, Weak<Outbox>>,
+    shut: bool,
+}
+
+impl Outboxes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxesInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the outbox of connection `conn`; after [`Outboxes::close_all`] it is closed at once.
+    pub fn insert(&self, conn: u64, outbox: &Arc<Outbox>) {
+        let mut inner = self.lock();
+        if inner.shut {
+            outbox.close(Closed::Shutdown);
+        } else {
+            inner.open.insert(conn, Arc::downgrade(outbox));
+        }
+    }
+
+    /// Forgets connection `conn`.
+    pub fn remove(&self, conn: u64) {
+        let mut inner = self.lock();
+        inner.open.remove(&conn);
+        if inner.open.capacity() > 64 && inner.open.len() < inner.open.capacity() / 4 {
+            inner.open.shrink_to_fit();
+        }
+    }
+
+    /// Closes every outbox, now and from now on, with `why`.
+    pub fn close_all(&self, why: Closed) {
+        let mut inner = self.lock();
+        inner.shut = true;
+        for outbox in inner.open.drain().filter_map(|(_, o)| o.upgrade()) {
+            outbox.close(why);
+        }
     }
 }
 
@@ -133,5 +189,21 @@ mod tests {
         assert_eq!(o.drain_each(|f| v.push(f)), None);
         assert!(o.push("1234567890".into()));
         assert_eq!(v, ["1234567890"]);
+    }
+
+    #[test]
+    fn shutdown_reaches_open_and_later_outboxes() {
+        let all = Outboxes::default();
+        let open = Arc::new(Outbox::new(10));
+        all.insert(1, &open);
+        let gone = Arc::new(Outbox::new(10));
+        all.insert(2, &gone);
+        all.remove(2);
+        all.close_all(Closed::Shutdown);
+        assert_eq!(open.closed(), Some(Closed::Shutdown));
+        assert_eq!(gone.closed(), None, "a removed outbox is not touched");
+        let late = Arc::new(Outbox::new(10));
+        all.insert(3, &late);
+        assert_eq!(late.closed(), Some(Closed::Shutdown), "a connection that opens during shutdown is closed");
     }
 }

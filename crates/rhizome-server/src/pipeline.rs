@@ -16,7 +16,10 @@ use rhizome_protocol::message::{encode_synced, push_json_str};
 use rhizome_protocol::{Action, ActionId, Channel, Codec, SyncBuilder};
 use rhizome_store::{Append, Committed, WriteBatch};
 use serde_json::{Map, Value};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::sync::oneshot;
 
 /// How far before a `since.time` catch-up starts when `since.id` is unknown to the log.
@@ -73,13 +76,12 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Pending {
-    /// Waits for the commit of this `sync`.
-    pub async fn committed(mut self) -> (Self, Result<Committed, WriteFailed>) {
-        let result = match self.commit.take() {
-            Some(rx) => rx.await.unwrap_or(Err(WriteFailed)),
-            None => Ok(Committed::default()),
-        };
-        (self, result)
+    /// Polls for the commit of this `sync`, in place (the connection task keeps no future for it).
+    pub fn poll_committed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Committed, WriteFailed>> {
+        match &mut self.commit {
+            Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(WriteFailed))),
+            None => Poll::Ready(Ok(Committed::default())),
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Shared {
     auth_failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
     /// Connection ids.
     next_conn: AtomicU64,
+    /// Outboxes of the open connections.
+    pub outboxes: crate::outbox::Outboxes,
 }
 
 impl std::fmt::Debug for Shared {
@@ -61,6 +63,7 @@ impl Shared {
             ids: Mutex::new(ids),
             auth_failures: Mutex::default(),
             next_conn: AtomicU64::new(1),
+            outboxes: crate::outbox::Outboxes::default(),
         }
     }
 

@@ -12,21 +12,19 @@ use crate::outbox::{Closed, Outbox};
 use crate::pipeline::{Pending, Pipeline};
 use crate::shared::Shared;
 use crate::writer::now_ms;
-use futures_util::stream::FuturesOrdered;
-use futures_util::StreamExt;
 use rhizome_core::{CloseReason, Connection, Context, Output};
 use rhizome_protocol::message::{encode_error, encode_ping, encode_pong};
 use rhizome_websocket::{close_code as code, encode_close, encode_text, Decoder, Message, Violation};
 use std::collections::VecDeque;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 /// Rhizome's own close codes.
 const REPLACED: u16 = 4001;
@@ -38,10 +36,6 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long the closing handshake may take: our close frame out, the client's back.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Commit = Pin<
-    Box<dyn Future<Output = (Pending, Result<rhizome_store::Committed, crate::writer::WriteFailed>)> + Send>,
->;
-
 struct Session {
     shared: Arc<Shared>,
     peer: IpAddr,
@@ -51,7 +45,8 @@ struct Session {
     pipeline: Option<Pipeline>,
     conn: u64,
     registered: bool,
-    inflight: FuturesOrdered<Commit>,
+    /// `sync`s handed to the writer, oldest first, answered in this order.
+    inflight: VecDeque<Pending>,
     decoder: Decoder,
     /// Encoded frames not yet written; empty and unallocated between writes.
     unsent: Vec<u8>,
@@ -74,6 +69,20 @@ enum End {
     Broken,
 }
 
+/// What woke the connection.
+enum Event {
+    /// Frames were queued, or the outbox was closed.
+    Outbox,
+    /// The oldest in-flight `sync` was committed (or failed).
+    Committed(Pending, Result<rhizome_store::Committed, crate::writer::WriteFailed>),
+    /// The socket has bytes (or an end) to read.
+    Readable,
+    /// The socket failed.
+    Broken,
+    /// The protocol deadline passed.
+    Tick,
+}
+
 /// What one read produced.
 #[derive(Default)]
 struct Read {
@@ -89,7 +98,6 @@ pub async fn serve(
     shared: Arc<Shared>,
     peer: IpAddr,
     cookie: Option<String>,
-    shutdown: watch::Receiver<bool>,
 ) {
     let now = now_ms();
     let state = Connection::new(shared.config.clone(), shared.limits.clone(), now);
@@ -105,7 +113,7 @@ pub async fn serve(
         pipeline: None,
         conn,
         registered: false,
-        inflight: FuturesOrdered::new(),
+        inflight: VecDeque::new(),
         decoder,
         unsent: Vec::new(),
     };
@@ -114,7 +122,9 @@ pub async fn serve(
         session.decode(&mut pre_read, &mut first);
     }
     drop(pre_read);
-    session.run(&stream, first, shutdown).await;
+    session.shared.outboxes.insert(session.conn, &session.outbox);
+    session.run(&stream, first).await;
+    session.shared.outboxes.remove(session.conn);
     if session.registered {
         let _ = session.shared.hub.send(HubMessage::Unregister { conn: session.conn }).await;
     }
@@ -126,8 +136,11 @@ fn deadline(ms: i64) -> Instant {
 }
 
 impl Session {
-    async fn run(&mut self, stream: &TcpStream, first: Read, mut shutdown: watch::Receiver<bool>) {
+    async fn run(&mut self, stream: &TcpStream, first: Read) {
         let mut read = Some(first);
+        let mut deadline_ms = self.state.deadline_ms();
+        let sleep = sleep_until(deadline(deadline_ms));
+        tokio::pin!(sleep);
         let end = loop {
             // What the last read decoded is handled before anything else happens.
             let next = match read.take() {
@@ -139,22 +152,21 @@ impl Session {
                     }
                 }
                 None => {
-                    let inflight_max = self.shared.limits.inflight_syncs_max;
-                    let wake = deadline(self.state.deadline_ms());
-                    tokio::select! {
-                        _ = shutdown.changed() => Next::Close(code::GOING_AWAY, "server shutting down"),
-                        _ = self.outbox.notified() => Next::Continue,
-                        Some((pending, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                            Box::pin(self.finish(pending, result)).await
+                    let current = self.state.deadline_ms();
+                    if current != deadline_ms {
+                        deadline_ms = current;
+                        sleep.as_mut().reset(deadline(current));
+                    }
+                    // Polled in place: waiting holds no future but the timer.
+                    match poll_fn(|cx| self.poll_event(cx, stream, sleep.as_mut())).await {
+                        Event::Outbox => Next::Continue,
+                        Event::Committed(pending, result) => Box::pin(self.finish(pending, result)).await,
+                        Event::Readable => {
+                            read = Some(self.read(stream));
+                            Next::Continue
                         }
-                        ready = stream.readable(), if self.inflight.len() < inflight_max => match ready {
-                            Ok(()) => {
-                                read = Some(self.read(stream));
-                                Next::Continue
-                            }
-                            Err(_) => break End::Broken,
-                        },
-                        _ = sleep_until(wake) => {
+                        Event::Broken => break End::Broken,
+                        Event::Tick => {
                             let mut out = Vec::new();
                             self.state.on_tick(now_ms(), &mut out);
                             Box::pin(self.handle(out)).await
@@ -177,6 +189,7 @@ impl Session {
                     break End::ByServer(SLOW, "too slow");
                 }
                 Some(Closed::Replaced) => break End::ByServer(REPLACED, "replaced by a newer connection"),
+                Some(Closed::Shutdown) => break End::ByServer(code::GOING_AWAY, "server shutting down"),
                 None => {}
             }
             match next {
@@ -191,12 +204,37 @@ impl Session {
         Box::pin(self.close(stream, end)).await;
     }
 
+    /// The next thing to do. Commits are answered first, then input is read (while fewer than
+    /// `inflight_syncs_max` syncs wait for the writer), then timers; queued frames are written
+    /// after every event anyway, so the outbox only needs to wake an otherwise idle task.
+    fn poll_event(&mut self, cx: &mut TaskContext<'_>, stream: &TcpStream, sleep: Pin<&mut Sleep>) -> Poll<Event> {
+        if let Some(oldest) = self.inflight.front_mut() {
+            if let Poll::Ready(result) = oldest.poll_committed(cx) {
+                if let Some(pending) = self.inflight.pop_front() {
+                    return Poll::Ready(Event::Committed(pending, result));
+                }
+            }
+        }
+        if self.inflight.len() < self.shared.limits.inflight_syncs_max {
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
+                Poll::Ready(Err(_)) => return Poll::Ready(Event::Broken),
+                Poll::Pending => {}
+            }
+        }
+        if sleep.poll(cx).is_ready() {
+            return Poll::Ready(Event::Tick);
+        }
+        self.outbox.poll_ready(cx).map(|()| Event::Outbox)
+    }
+
     /// Finishes in-flight writes, so their clients get `synced` for what was made durable, then
     /// runs the closing handshake.
     async fn close(&mut self, stream: &TcpStream, end: End) {
         if !self.inflight.is_empty() {
             let drain = async {
-                while let Some((pending, result)) = self.inflight.next().await {
+                while let Some(mut pending) = self.inflight.pop_front() {
+                    let result = poll_fn(|cx| pending.poll_committed(cx)).await;
                     let _ = self.finish(pending, result).await;
                 }
             };
@@ -299,38 +337,38 @@ impl Session {
 
     /// Writes the buffer out within the write timeout, then frees it.
     async fn write(&mut self, stream: &TcpStream) -> io::Result<()> {
-        let mut written = 0;
         // Most writes fit in the socket buffer at once; only a full buffer needs the timer.
-        loop {
+        let written = self.write_now(stream, 0)?;
+        if written < self.unsent.len() {
+            let timeout = self.shared.limits.write_timeout;
+            let rest = tokio::time::timeout(timeout, Box::pin(self.write_rest(stream, written))).await;
+            self.unsent = Vec::new();
+            return rest.unwrap_or_else(|_| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out: the client does not read"))
+            });
+        }
+        self.unsent = Vec::new();
+        Ok(())
+    }
+
+    /// Writes what the socket takes without waiting; returns the bytes written so far.
+    fn write_now(&mut self, stream: &TcpStream, mut written: usize) -> io::Result<usize> {
+        while written < self.unsent.len() {
             match stream.try_write(&self.unsent[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
-            if written == self.unsent.len() {
-                self.unsent = Vec::new();
-                return Ok(());
-            }
         }
-        let rest = async {
-            while written < self.unsent.len() {
-                stream.writable().await?;
-                match stream.try_write(&self.unsent[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        };
-        let result = match tokio::time::timeout(self.shared.limits.write_timeout, rest).await {
-            Ok(result) => result,
-            Err(_) => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out: the client does not read"))
-            }
-        };
-        self.unsent = Vec::new();
-        result
+        Ok(written)
+    }
+
+    async fn write_rest(&mut self, stream: &TcpStream, mut written: usize) -> io::Result<()> {
+        while written < self.unsent.len() {
+            stream.writable().await?;
+            written = self.write_now(stream, written)?;
+        }
+        Ok(())
     }
 
     async fn finish(
@@ -411,7 +449,7 @@ impl Session {
                 Output::Sync { added, actions } => {
                     let Some(pipeline) = &self.pipeline else { continue };
                     let pending = pipeline.accept(added, actions).await;
-                    self.inflight.push_back(Box::pin(pending.committed()));
+                    self.inflight.push_back(pending);
                 }
                 Output::Synced(_) => {}
                 Output::Pong => {
