@@ -50,6 +50,9 @@ struct Session {
     decoder: Decoder,
     /// Encoded frames not yet written; empty and unallocated between writes.
     unsent: Vec<u8>,
+    /// The protocol's next deadline (ping, timeout), and its timer.
+    timer_ms: i64,
+    timer: Pin<Box<Sleep>>,
 }
 
 enum Next {
@@ -116,6 +119,8 @@ pub async fn serve(
         inflight: VecDeque::new(),
         decoder,
         unsent: Vec::new(),
+        timer_ms: i64::MAX,
+        timer: Box::pin(sleep_until(deadline(i64::MAX))),
     };
     let mut first = Read::default();
     if !pre_read.is_empty() {
@@ -136,78 +141,78 @@ fn deadline(ms: i64) -> Instant {
 }
 
 impl Session {
+    /// The connection's loop. While idle it waits in `poll_event`, holding nothing but the
+    /// session; each event is handled in a boxed future that lives only while it runs.
     async fn run(&mut self, stream: &TcpStream, first: Read) {
-        let mut read = Some(first);
-        let mut deadline_ms = self.state.deadline_ms();
-        let sleep = sleep_until(deadline(deadline_ms));
-        tokio::pin!(sleep);
-        let end = loop {
-            // What the last read decoded is handled before anything else happens.
-            let next = match read.take() {
-                Some(Read { outputs, end }) => {
-                    let next = Box::pin(self.handle(outputs)).await;
-                    match (next, end) {
-                        (Next::Continue, Some(end)) => Next::End(end),
-                        (next, _) => next,
-                    }
-                }
-                None => {
-                    let current = self.state.deadline_ms();
-                    if current != deadline_ms {
-                        deadline_ms = current;
-                        sleep.as_mut().reset(deadline(current));
-                    }
-                    // Polled in place: waiting holds no future but the timer.
-                    match poll_fn(|cx| self.poll_event(cx, stream, sleep.as_mut())).await {
-                        Event::Outbox => Next::Continue,
-                        Event::Committed(pending, result) => Box::pin(self.finish(pending, result)).await,
-                        Event::Readable => {
-                            read = Some(self.read(stream));
-                            Next::Continue
-                        }
-                        Event::Broken => break End::Broken,
-                        Event::Tick => {
-                            let mut out = Vec::new();
-                            self.state.on_tick(now_ms(), &mut out);
-                            Box::pin(self.handle(out)).await
-                        }
-                    }
-                }
-            };
-            // Write whatever is queued, whatever happened.
-            let closed = self.take_outbox();
-            if !self.unsent.is_empty() {
-                if let Err(e) = self.write(stream).await {
-                    tracing::info!(conn = self.conn, error = %e, "write failed; dropping the client");
-                    break End::Broken;
-                }
-                self.state.note_sent(now_ms());
+        let mut end = Box::pin(self.after_read(stream, first)).await;
+        while end.is_none() {
+            let event = poll_fn(|cx| self.poll_event(cx, stream)).await;
+            end = Box::pin(self.on_event(event, stream)).await;
+        }
+        match end {
+            Some(End::Broken) | None => {}
+            Some(end) => Box::pin(self.close(stream, end)).await,
+        }
+    }
+
+    /// Handles one event, then writes what is queued. `Some` ends the connection.
+    async fn on_event(&mut self, event: Event, stream: &TcpStream) -> Option<End> {
+        let next = match event {
+            Event::Outbox => Next::Continue,
+            Event::Committed(pending, result) => self.finish(pending, result).await,
+            Event::Readable => {
+                let read = self.read(stream);
+                return self.after_read(stream, read).await;
             }
-            match closed {
-                Some(Closed::Overflow) => {
-                    tracing::info!(conn = self.conn, "outbound queue full; dropping a slow client");
-                    break End::ByServer(SLOW, "too slow");
-                }
-                Some(Closed::Replaced) => break End::ByServer(REPLACED, "replaced by a newer connection"),
-                Some(Closed::Shutdown) => break End::ByServer(code::GOING_AWAY, "server shutting down"),
-                None => {}
-            }
-            match next {
-                Next::Continue => {}
-                Next::Close(code, reason) => break End::ByServer(code, reason),
-                Next::End(end) => break end,
+            Event::Broken => return Some(End::Broken),
+            Event::Tick => {
+                let mut out = Vec::new();
+                self.state.on_tick(now_ms(), &mut out);
+                self.handle(out).await
             }
         };
-        if matches!(end, End::Broken) {
-            return;
+        self.flush(stream, next).await
+    }
+
+    /// Handles what a read decoded, then writes what is queued.
+    async fn after_read(&mut self, stream: &TcpStream, read: Read) -> Option<End> {
+        let next = match (self.handle(read.outputs).await, read.end) {
+            (Next::Continue, Some(end)) => Next::End(end),
+            (next, _) => next,
+        };
+        self.flush(stream, next).await
+    }
+
+    /// Writes whatever is queued, whatever happened, and decides whether to go on.
+    async fn flush(&mut self, stream: &TcpStream, next: Next) -> Option<End> {
+        let closed = self.take_outbox();
+        if !self.unsent.is_empty() {
+            if let Err(e) = self.write(stream).await {
+                tracing::info!(conn = self.conn, error = %e, "write failed; dropping the client");
+                return Some(End::Broken);
+            }
+            self.state.note_sent(now_ms());
         }
-        Box::pin(self.close(stream, end)).await;
+        match closed {
+            Some(Closed::Overflow) => {
+                tracing::info!(conn = self.conn, "outbound queue full; dropping a slow client");
+                return Some(End::ByServer(SLOW, "too slow"));
+            }
+            Some(Closed::Replaced) => return Some(End::ByServer(REPLACED, "replaced by a newer connection")),
+            Some(Closed::Shutdown) => return Some(End::ByServer(code::GOING_AWAY, "server shutting down")),
+            None => {}
+        }
+        match next {
+            Next::Continue => None,
+            Next::Close(code, reason) => Some(End::ByServer(code, reason)),
+            Next::End(end) => Some(end),
+        }
     }
 
     /// The next thing to do. Commits are answered first, then input is read (while fewer than
     /// `inflight_syncs_max` syncs wait for the writer), then timers; queued frames are written
     /// after every event anyway, so the outbox only needs to wake an otherwise idle task.
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>, stream: &TcpStream, sleep: Pin<&mut Sleep>) -> Poll<Event> {
+    fn poll_event(&mut self, cx: &mut TaskContext<'_>, stream: &TcpStream) -> Poll<Event> {
         if let Some(oldest) = self.inflight.front_mut() {
             if let Poll::Ready(result) = oldest.poll_committed(cx) {
                 if let Some(pending) = self.inflight.pop_front() {
@@ -222,7 +227,12 @@ impl Session {
                 Poll::Pending => {}
             }
         }
-        if sleep.poll(cx).is_ready() {
+        let deadline_ms = self.state.deadline_ms();
+        if deadline_ms != self.timer_ms {
+            self.timer_ms = deadline_ms;
+            self.timer.as_mut().reset(deadline(deadline_ms));
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Event::Tick);
         }
         self.outbox.poll_ready(cx).map(|()| Event::Outbox)
@@ -339,16 +349,19 @@ impl Session {
     async fn write(&mut self, stream: &TcpStream) -> io::Result<()> {
         // Most writes fit in the socket buffer at once; only a full buffer needs the timer.
         let written = self.write_now(stream, 0)?;
-        if written < self.unsent.len() {
+        let result = if written < self.unsent.len() {
             let timeout = self.shared.limits.write_timeout;
-            let rest = tokio::time::timeout(timeout, Box::pin(self.write_rest(stream, written))).await;
-            self.unsent = Vec::new();
-            return rest.unwrap_or_else(|_| {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out: the client does not read"))
-            });
-        }
+            Box::pin(async {
+                tokio::time::timeout(timeout, self.write_rest(stream, written)).await.unwrap_or_else(|_| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out: the client does not read"))
+                })
+            })
+            .await
+        } else {
+            Ok(())
+        };
         self.unsent = Vec::new();
-        Ok(())
+        result
     }
 
     /// Writes what the socket takes without waiting; returns the bytes written so far.
