@@ -22,18 +22,15 @@ use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::TokioIo;
 use rhizome_core::{App, HandshakeConfig, Limits};
 use rhizome_protocol::NodeId;
 use rhizome_store::{SqliteStore, Store, StoreError};
 use shared::Shared;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Everything needed to start a server.
 #[derive(Debug)]
@@ -85,8 +82,6 @@ pub struct Server {
 #[derive(Clone)]
 struct HttpState {
     shared: Arc<Shared>,
-    open: Arc<AtomicUsize>,
-    closed: Arc<Notify>,
 }
 
 fn random_id() -> String {
@@ -133,11 +128,8 @@ impl Server {
         let addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let (stop, stop_rx) = watch::channel(false);
-        let state = HttpState {
-            shared: shared.clone(),
-            open: Arc::new(AtomicUsize::new(0)),
-            closed: Arc::new(Notify::new()),
-        };
+        let state = HttpState { shared: shared.clone() };
+        tokio::spawn(tick(shared.clone()));
         let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(state.clone());
         let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {
@@ -145,10 +137,10 @@ impl Server {
             state.shared.outboxes.close_all(outbox::Closed::Shutdown);
             // Connections were told to close; wait for them to finish their in-flight writes.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while state.open.load(Ordering::Acquire) > 0 {
-                if tokio::time::timeout_at(deadline, state.closed.notified()).await.is_err() {
+            while state.shared.open_connections() > 0 {
+                if tokio::time::timeout_at(deadline, state.shared.some_connection_closed()).await.is_err() {
                     tracing::warn!(
-                        open = state.open.load(Ordering::Acquire),
+                        open = state.shared.open_connections(),
                         "connections still open at shutdown"
                     );
                     break;
@@ -182,6 +174,21 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.done.await;
+    }
+}
+
+/// How often connection deadlines (pings, timeouts) are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Wakes the connections whose protocol deadline passed, until shutdown.
+async fn tick(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        if !shared.outboxes.wake_due(writer::now_ms()) {
+            break;
+        }
     }
 }
 
@@ -226,34 +233,12 @@ async fn upgrade(
     let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::BAD_REQUEST, "This connection cannot be upgraded\n").into_response();
     };
-    if state.open.fetch_add(1, Ordering::AcqRel) >= state.shared.limits.connections_max {
-        state.open.fetch_sub(1, Ordering::AcqRel);
+    if !state.shared.try_open_connection() {
         return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections\n").into_response();
     }
-    let guard = OpenGuard { open: state.open.clone(), closed: state.closed.clone() };
-    let shared = state.shared.clone();
-    let task = async move {
-        let _guard = guard;
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                // Copy the bytes read past the handshake (usually none): the `Bytes` would keep
-                // the HTTP layer's whole read buffer alive for the life of the socket.
-                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-                let pre_read = read_buf.to_vec();
-                drop(read_buf);
-                ws::serve(io.into_inner(), pre_read, shared, peer.ip(), cookie).await
-            }
-            Err(_) => tracing::error!("an upgraded connection is not a TCP stream"),
-        }
-    };
-    tokio::spawn(task);
+    // The session owns the slot from here: dropping it (also unpolled) gives the slot back.
+    let session = ws::session(state.shared.clone(), peer.ip(), cookie);
+    tokio::spawn(session.serve(on_upgrade));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
@@ -261,16 +246,4 @@ async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-struct OpenGuard {
-    open: Arc<AtomicUsize>,
-    closed: Arc<Notify>,
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.closed.notify_waiters();
-    }
 }

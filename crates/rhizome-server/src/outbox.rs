@@ -6,8 +6,8 @@
 
 use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 #[derive(Debug, Default)]
@@ -38,12 +38,20 @@ pub struct Outbox {
     /// Highest `added` such that every entry addressed to this client by users/clients/nodes up
     /// to it has been queued here: what `ping`/`pong` and `sync` frames may report.
     safe_added: AtomicU64,
+    /// When the connection's protocol state next needs it (ping, timeout), in ms since the epoch.
+    deadline_ms: AtomicI64,
 }
 
 impl Outbox {
     /// An empty outbox holding at most `bytes_max` bytes.
     pub fn new(bytes_max: usize) -> Self {
-        Outbox { state: Mutex::default(), waker: AtomicWaker::new(), bytes_max, safe_added: AtomicU64::new(0) }
+        Outbox {
+            state: Mutex::default(),
+            waker: AtomicWaker::new(),
+            bytes_max,
+            safe_added: AtomicU64::new(0),
+            deadline_ms: AtomicI64::new(i64::MAX),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -108,6 +116,11 @@ impl Outbox {
         }
     }
 
+    /// Records the connection's next deadline, for [`Outboxes::wake_due`].
+    pub fn set_deadline_ms(&self, ms: i64) {
+        self.deadline_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// See [`Outbox::safe_added`]'s field doc.
     pub fn safe_added(&self) -> u64 {
         self.safe_added.load(Ordering::Acquire)
@@ -119,7 +132,8 @@ impl Outbox {
     }
 }
 
-/// The outboxes of every open connection, so that shutdown reaches each of them.
+/// The outboxes of every open connection, so that shutdown reaches each of them and one ticker
+/// serves the timers of all (an idle connection owns no timer).
 #[derive(Debug, Default)]
 pub struct Outboxes {
     inner: Mutex<OutboxesInner>,
@@ -127,7 +141,7 @@ pub struct Outboxes {
 
 #[derive(Debug, Default)]
 struct OutboxesInner {
-    open: HashMap<u64, Weak<Outbox>>,
+    open: HashMap<u64, Arc<Outbox>>,
     shut: bool,
 }
 
@@ -142,7 +156,7 @@ impl Outboxes {
         if inner.shut {
             outbox.close(Closed::Shutdown);
         } else {
-            inner.open.insert(conn, Arc::downgrade(outbox));
+            inner.open.insert(conn, outbox.clone());
         }
     }
 
@@ -159,9 +173,21 @@ impl Outboxes {
     pub fn close_all(&self, why: Closed) {
         let mut inner = self.lock();
         inner.shut = true;
-        for outbox in inner.open.drain().filter_map(|(_, o)| o.upgrade()) {
+        for (_, outbox) in inner.open.drain() {
             outbox.close(why);
         }
+    }
+
+    /// Wakes every connection whose deadline is at or before `now_ms`. Returns `false` once
+    /// the server is shutting down.
+    pub fn wake_due(&self, now_ms: i64) -> bool {
+        let inner = self.lock();
+        for outbox in inner.open.values() {
+            if outbox.deadline_ms.load(Ordering::Relaxed) <= now_ms {
+                outbox.waker.wake();
+            }
+        }
+        !inner.shut
     }
 }
 
@@ -204,6 +230,10 @@ mod tests {
         assert_eq!(gone.closed(), None, "a removed outbox is not touched");
         let late = Arc::new(Outbox::new(10));
         all.insert(3, &late);
-        assert_eq!(late.closed(), Some(Closed::Shutdown), "a connection that opens during shutdown is closed");
+        assert_eq!(
+            late.closed(),
+            Some(Closed::Shutdown),
+            "a connection that opens during shutdown is closed"
+        );
     }
 }

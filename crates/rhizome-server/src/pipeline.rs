@@ -77,7 +77,10 @@ impl std::fmt::Debug for Pending {
 
 impl Pending {
     /// Polls for the commit of this `sync`, in place (the connection task keeps no future for it).
-    pub fn poll_committed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Committed, WriteFailed>> {
+    pub fn poll_committed(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Committed, WriteFailed>> {
         match &mut self.commit {
             Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(WriteFailed))),
             None => Poll::Ready(Ok(Committed::default())),

@@ -7,7 +7,7 @@ use rhizome_protocol::{ActionId, IdGenerator};
 use rhizome_store::Store;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -34,6 +34,10 @@ pub struct Shared {
     next_conn: AtomicU64,
     /// Outboxes of the open connections.
     pub outboxes: crate::outbox::Outboxes,
+    /// Open WebSocket connections (handshake answered, socket not yet closed).
+    open_connections: AtomicUsize,
+    /// Notified whenever a connection closes.
+    connection_closed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -43,6 +47,31 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Takes a connection slot; `false` when `connections_max` are open.
+    pub fn try_open_connection(&self) -> bool {
+        if self.open_connections.fetch_add(1, Ordering::AcqRel) >= self.limits.connections_max {
+            self.open_connections.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Gives a connection slot back.
+    pub fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.connection_closed.notify_waiters();
+    }
+
+    /// Open connections.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Acquire)
+    }
+
+    /// Waits until a connection closes.
+    pub async fn some_connection_closed(&self) {
+        self.connection_closed.notified().await
+    }
+
     /// Assembles the shared state.
     pub fn new(
         config: HandshakeConfig,
@@ -64,6 +93,8 @@ impl Shared {
             auth_failures: Mutex::default(),
             next_conn: AtomicU64::new(1),
             outboxes: crate::outbox::Outboxes::default(),
+            open_connections: AtomicUsize::new(0),
+            connection_closed: tokio::sync::Notify::new(),
         }
     }
 

@@ -12,19 +12,18 @@ use crate::outbox::{Closed, Outbox};
 use crate::pipeline::{Pending, Pipeline};
 use crate::shared::Shared;
 use crate::writer::now_ms;
+use hyper_util::rt::TokioIo;
 use rhizome_core::{CloseReason, Connection, Context, Output};
 use rhizome_protocol::message::{encode_error, encode_ping, encode_pong};
 use rhizome_websocket::{close_code as code, encode_close, encode_text, Decoder, Message, Violation};
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant, Sleep};
 
 /// Rhizome's own close codes.
 const REPLACED: u16 = 4001;
@@ -36,7 +35,8 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long the closing handshake may take: our close frame out, the client's back.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-struct Session {
+/// One WebSocket connection.
+pub struct Session {
     shared: Arc<Shared>,
     peer: IpAddr,
     cookie: Option<String>,
@@ -50,9 +50,6 @@ struct Session {
     decoder: Decoder,
     /// Encoded frames not yet written; empty and unallocated between writes.
     unsent: Vec<u8>,
-    /// The protocol's next deadline (ping, timeout), and its timer.
-    timer_ms: i64,
-    timer: Pin<Box<Sleep>>,
 }
 
 enum Next {
@@ -93,21 +90,16 @@ struct Read {
     end: Option<End>,
 }
 
-/// Serves one upgraded socket until it closes. `pre_read` holds bytes the HTTP layer read past
-/// the handshake.
-pub async fn serve(
-    stream: TcpStream,
-    mut pre_read: Vec<u8>,
-    shared: Arc<Shared>,
-    peer: IpAddr,
-    cookie: Option<String>,
-) {
+/// A WebSocket connection whose handshake was answered; [`Session::serve`] runs it once the
+/// HTTP layer hands over the socket. Built before the upgrade, so the task holds one copy of
+/// everything.
+pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Session {
     let now = now_ms();
     let state = Connection::new(shared.config.clone(), shared.limits.clone(), now);
     let outbox = Arc::new(Outbox::new(shared.limits.outbound_queue_bytes_max));
     let conn = shared.next_conn_id();
     let decoder = Decoder::new(shared.limits.frame_bytes_max);
-    let mut session = Session {
+    Session {
         shared,
         peer,
         cookie,
@@ -119,28 +111,56 @@ pub async fn serve(
         inflight: VecDeque::new(),
         decoder,
         unsent: Vec::new(),
-        timer_ms: i64::MAX,
-        timer: Box::pin(sleep_until(deadline(i64::MAX))),
-    };
-    let mut first = Read::default();
-    if !pre_read.is_empty() {
-        session.decode(&mut pre_read, &mut first);
-    }
-    drop(pre_read);
-    session.shared.outboxes.insert(session.conn, &session.outbox);
-    session.run(&stream, first).await;
-    session.shared.outboxes.remove(session.conn);
-    if session.registered {
-        let _ = session.shared.hub.send(HubMessage::Unregister { conn: session.conn }).await;
     }
 }
 
-fn deadline(ms: i64) -> Instant {
-    let delta = ms.saturating_sub(now_ms()).clamp(0, 24 * 3600 * 1000) as u64;
-    Instant::now() + Duration::from_millis(delta)
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.outboxes.remove(self.conn);
+        self.shared.connection_closed();
+    }
 }
 
 impl Session {
+    /// Waits for the upgrade, then serves the socket until it closes.
+    pub fn serve(
+        mut self,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        // Not an `async fn`: those keep a second copy of a by-value `self` in their state
+        // (rust-lang/rust#62958), which would double the memory of every idle connection.
+        async move { self.upgraded(on_upgrade).await }
+    }
+
+    async fn upgraded(&mut self, on_upgrade: hyper::upgrade::OnUpgrade) {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("an upgraded connection is not a TCP stream");
+            return;
+        };
+        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        let mut first = Read::default();
+        if !read_buf.is_empty() {
+            // Bytes the HTTP layer read past the handshake, copied: the `Bytes` would keep the
+            // HTTP layer's whole read buffer alive for the life of the socket.
+            let mut bytes = read_buf.to_vec();
+            self.decode(&mut bytes, &mut first);
+        }
+        drop(read_buf);
+        let stream = io.into_inner();
+        self.shared.outboxes.insert(self.conn, &self.outbox);
+        self.run(&stream, first).await;
+        if self.registered {
+            let _ = Box::pin(self.shared.hub.send(HubMessage::Unregister { conn: self.conn })).await;
+        }
+    }
+
     /// The connection's loop. While idle it waits in `poll_event`, holding nothing but the
     /// session; each event is handled in a boxed future that lives only while it runs.
     async fn run(&mut self, stream: &TcpStream, first: Read) {
@@ -227,12 +247,10 @@ impl Session {
                 Poll::Pending => {}
             }
         }
+        // No timer per connection: the server's ticker wakes connections whose deadline passed.
         let deadline_ms = self.state.deadline_ms();
-        if deadline_ms != self.timer_ms {
-            self.timer_ms = deadline_ms;
-            self.timer.as_mut().reset(deadline(deadline_ms));
-        }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        self.outbox.set_deadline_ms(deadline_ms);
+        if now_ms() >= deadline_ms {
             return Poll::Ready(Event::Tick);
         }
         self.outbox.poll_ready(cx).map(|()| Event::Outbox)
