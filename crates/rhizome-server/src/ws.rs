@@ -55,6 +55,8 @@ struct Session {
     decoder: Decoder,
     /// Encoded frames not yet written; empty and unallocated between writes.
     unsent: Vec<u8>,
+    /// Highest `added` the client confirmed with `synced`, reported to the hub at the end.
+    client_synced: u64,
 }
 
 enum Next {
@@ -108,6 +110,7 @@ pub async fn serve(
         inflight: FuturesOrdered::new(),
         decoder,
         unsent: Vec::new(),
+        client_synced: 0,
     };
     let mut first = Read::default();
     if !pre_read.is_empty() {
@@ -116,7 +119,8 @@ pub async fn serve(
     drop(pre_read);
     session.run(&stream, first, shutdown).await;
     if session.registered {
-        let _ = session.shared.hub.send(HubMessage::Unregister { conn: session.conn }).await;
+        let unregister = HubMessage::Unregister { conn: session.conn, client_synced: session.client_synced };
+        let _ = session.shared.hub.send(unregister).await;
     }
 }
 
@@ -413,7 +417,7 @@ impl Session {
                     let pending = pipeline.accept(added, actions).await;
                     self.inflight.push_back(Box::pin(pending.committed()));
                 }
-                Output::Synced(_) => {}
+                Output::Synced(added) => self.client_synced = self.client_synced.max(added),
                 Output::Pong => {
                     self.outbox.push(encode_pong(self.outbox.safe_added()));
                 }
