@@ -69,6 +69,7 @@ function onFrame(ws, dir, raw) {
     } else if (msg[0] === 'error') {
       tap.errors.push({ type: msg[1], options: msg[2] })
     } else if (msg[0] === 'sync') {
+      tap.syncAdded = Math.max(tap.syncAdded, msg[1])
       for (let i = 2; i + 1 < msg.length; i += 2) {
         let action = msg[i]
         let meta = msg[i + 1]
@@ -81,6 +82,8 @@ function onFrame(ws, dir, raw) {
     }
   } else if (msg[0] === 'connect') {
     tap.connectCount += 1
+  } else if (msg[0] === 'synced') {
+    tap.syncedSent = Math.max(tap.syncedSent, msg[1])
   } else if (msg[0] === 'sync') {
     for (let i = 2; i + 1 < msg.length; i += 2) {
       tap.sent.push({
@@ -142,6 +145,8 @@ export function makeClient(url, userId, opts = {}) {
     connectCount: 0, // `connect` messages sent (= connection attempts that opened)
     connectedCount: 0, // `connected` answers received
     received: [], // every action the server sent: {action, id, connection}
+    syncAdded: 0, // the highest `added` of a server `sync`
+    syncedSent: 0, // the highest `added` this client confirmed with `synced`
     sent: [], // every action this client sent: {action, id, connection}
     errors: [], // `error` messages received
     garbage: []

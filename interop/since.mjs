@@ -1,15 +1,18 @@
 // since: a subscriber that was offline gets the channel actions it missed
-// when the real client automatically re-subscribes with `since`.
+// when the real client automatically re-subscribes with `since`, and none of
+// those it had already received live (it confirmed them with `synced` before
+// its socket dropped, so the server resumes after them).
 //   node interop/since.mjs ws://127.0.0.1:31337
 //
 // This tests a Rhizome feature the reference @logux/server 0.14.0 does NOT
 // have: it keeps no log and ignores `since` (channels have no `load` here), so
 // this script is EXPECTED TO FAIL against reference-server.mjs.
 // Observed against reference-server.mjs (@logux/server 0.14.0):
-//   exit 1; 11 checks pass (connect, subscribe, 20 live actions received,
-//   200 offline actions processed, the client re-subscribes with
-//   since = {id, time} of the subscription's logux/processed and the server
-//   answers logux/processed) and exactly one fails:
+//   exit 1; 14 checks pass (connect, subscribe, 20 live actions received and
+//   confirmed with synced, 200 offline actions processed, the client
+//   re-subscribes with since = {id, time} of the subscription's
+//   logux/processed and the server answers logux/processed, no live action
+//   re-sent since nothing is replayed at all) and exactly one fails:
 //     not ok - bob receives all 200 actions he missed (got 0)
 //     # bob saw 20 inc frames, 20 distinct, 0 duplicates (0 re-sent live actions)
 import {
@@ -53,6 +56,11 @@ await run('since', async url => {
   await waitUntil(() => new Set(bobInc().map(r => r.id)).size >= LIVE, 5000)
   let liveSeen = new Set(bobInc().map(r => r.id)).size
   check(liveSeen === LIVE, `bob receives the ${LIVE} live actions`, `got ${liveSeen}`)
+  // The client answers each `sync` with `synced` as it handles it. Those frames are written
+  // before the socket is destroyed below, so the server reads them before the end of stream.
+  let confirmed = await waitUntil(() => bob.tap.syncedSent >= bob.tap.syncAdded, 5000)
+  check(confirmed, 'bob confirms with synced every sync he received',
+    `synced ${bob.tap.syncedSent}, last added ${bob.tap.syncAdded}`)
 
   // 2. bob drops off (Reconnect paused so he stays offline while alice writes)
   let down = bob.waitFor('disconnected')
@@ -107,6 +115,12 @@ await run('since', async url => {
   let liveAgain = all.filter(r => r.action.phase === 'live' && r.connection >= 2).length
   note(`bob saw ${all.length} inc frames, ${distinct.size} distinct, ` +
     `${all.length - distinct.size} duplicates (${liveAgain} re-sent live actions)`)
+  // The server noticed the dropped socket (within the 200 ms above) long before bob came
+  // back, and raised his subscription's acknowledgement to his last `synced` through the
+  // writer ahead of alice's missed actions; so the re-subscription resumes after it.
+  check(liveAgain === 0, 'bob receives none of the live actions again', `${liveAgain} re-sent`)
+  check(all.length === distinct.size, 'bob receives no action twice',
+    `${all.length - distinct.size} duplicates`)
   let echoed = received(alice, (a, id) => a.type === 'inc' && fromAlice(id))
   check(echoed.length === 0, 'alice does not receive her own actions back', `${echoed.length} echoed`)
 })

@@ -6,6 +6,11 @@
 //! subscription) is paused; when it reports where it stopped, the hub either starts another job
 //! for what was committed meanwhile or switches to live delivery. Nothing is skipped because
 //! every entry is either at or below the job's range or above it, never neither.
+//!
+//! A subscription's `logux/processed` stands for the position it went live at (what a later
+//! `since` with its id resumes from). When the connection closes, that position is raised to
+//! the highest `added` the client confirmed with `synced`, so a re-subscription does not replay
+//! what the client already received live.
 
 use crate::outbox::{Closed, Outbox};
 use crate::shared::Shared;
@@ -67,6 +72,9 @@ pub enum HubMessage {
     Unregister {
         /// Its id.
         conn: ConnId,
+        /// The highest `added` its client confirmed with `synced`: it received every frame
+        /// queued for it up to the one stamped with that value.
+        client_synced: Position,
     },
     /// A subscription passed access.
     Subscribe {
@@ -115,7 +123,11 @@ pub struct HubStats {
 struct Sub {
     filter: Option<Map<String, Value>>,
     live: bool,
+    /// The `logux/subscribe` id, until its `logux/processed` is sent.
     ack: Option<ActionId>,
+    /// Once live: the id of the `logux/processed` that answered the subscription (what the
+    /// client sends back as `since.id`) and the hub position it went live at.
+    processed: Option<(ActionId, Position)>,
 }
 
 struct Conn {
@@ -165,7 +177,10 @@ impl Hub {
             HubMessage::Register { conn, identity, outbox, synced } => {
                 self.register(conn, identity, outbox, synced)
             }
-            HubMessage::Unregister { conn } => self.unregister(conn),
+            HubMessage::Unregister { conn, client_synced } => {
+                self.record_received(conn, client_synced);
+                self.unregister(conn)
+            }
             HubMessage::Subscribe { conn, channel, filter, since, ack } => {
                 self.subscribe(conn, channel, filter, since, ack)
             }
@@ -184,6 +199,10 @@ impl Hub {
     fn register(&mut self, id: ConnId, identity: Arc<ConnIdentity>, outbox: Arc<Outbox>, synced: Position) {
         if let Some(old) = self.by_client.get(&identity.client_id).copied() {
             // A second connection of the same client replaces the first (the first is a zombie).
+            // What its client confirmed with `synced` is known only to its task, which reports
+            // it in its `Unregister` after the hub has forgotten the connection; so the
+            // acknowledgements of its subscriptions are not raised. That costs duplicates, never
+            // a loss: a re-subscription with their `since` replays from where they went live.
             if let Some(c) = self.conns.get(&old) {
                 c.outbox.close(Closed::Replaced);
             }
@@ -259,7 +278,7 @@ impl Hub {
         }
         let live = catch_up_from.is_none();
         // Several filters per channel are not kept: the newest subscription replaces the older.
-        subs.insert(id, Sub { filter, live, ack: Some(ack) });
+        subs.insert(id, Sub { filter, live, ack: Some(ack), processed: None });
         match catch_up_from {
             Some(from) => self.spawn_catch_up(id, CatchUp::Channel(channel), from),
             None => self.went_live(id, &channel),
@@ -302,8 +321,49 @@ impl Hub {
             Some(self.shared.config.subprotocol),
         );
         push_stamped(conn, b, self.position);
-        let batch =
-            WriteBatch { acks: vec![(processed_id.to_string(), self.position)], ..WriteBatch::default() };
+        let ack = (processed_id.to_string(), self.position);
+        sub.processed = Some((processed_id, self.position));
+        self.write_acks(vec![ack]);
+    }
+
+    /// Raises the acknowledgement of each live subscription of a closing connection to
+    /// `client_synced`, so that a re-subscription with its `since` does not replay what the
+    /// client already received.
+    ///
+    /// Why that is safe: a frame stamped `n` is queued only after the hub has routed every
+    /// entry up to `n`, so after every live frame carrying such an entry to this connection.
+    /// The hub stamps with its position once the entries are routed ([`push_stamped`]), a
+    /// targeted catch-up job with at most the position the hub had when it started the job,
+    /// and everything else (answers, channel catch-up) with the safe `added`, which is raised
+    /// only after the entries up to it are queued. The outbox is written in order, so a
+    /// client that confirmed `n` received every frame queued before the one stamped `n`. A
+    /// subscription live since position `l < n` had its channel's entries in `(l, n]` routed
+    /// to it live (filter, author and `excludeClients` applied), hence received; the entries
+    /// up to `l` are what its acknowledgement already stands for.
+    fn record_received(&self, id: ConnId, client_synced: Position) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        // The client can only confirm stamps it was sent, none above the hub position; a
+        // client confirming more than that would only skip its own entries, but a recorded
+        // position beyond the log is never right.
+        let through = client_synced.min(self.position);
+        let acks: Vec<(String, Position)> = conn
+            .channels
+            .iter()
+            .filter_map(|c| self.channels.get(c)?.get(&id)?.processed.as_ref())
+            .filter(|(_, live_at)| *live_at < through)
+            .map(|(processed_id, _)| (processed_id.to_string(), through))
+            .collect();
+        if !acks.is_empty() {
+            self.write_acks(acks);
+        }
+    }
+
+    /// Queues subscription acknowledgements to the writer without waiting: the hub never
+    /// blocks on the writer. A dropped write only makes a later `since` replay more.
+    fn write_acks(&self, acks: Vec<(String, Position)>) {
+        let batch = WriteBatch { acks, ..WriteBatch::default() };
         let (reply, _) = oneshot::channel();
         if self.shared.writer.try_send(WriteRequest { batch, reply }).is_err() {
             tracing::debug!("writer busy; a subscription acknowledgement was not recorded");

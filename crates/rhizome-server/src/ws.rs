@@ -50,6 +50,8 @@ pub struct Session {
     decoder: Decoder,
     /// Encoded frames not yet written; empty and unallocated between writes.
     unsent: Vec<u8>,
+    /// Highest `added` the client confirmed with `synced`, reported to the hub at the end.
+    client_synced: u64,
 }
 
 enum Next {
@@ -111,6 +113,7 @@ pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Ses
         inflight: VecDeque::new(),
         decoder,
         unsent: Vec::new(),
+        client_synced: 0,
     }
 }
 
@@ -123,6 +126,7 @@ impl Drop for Session {
 
 impl Session {
     /// Waits for the upgrade, then serves the socket until it closes.
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see below
     pub fn serve(
         mut self,
         on_upgrade: hyper::upgrade::OnUpgrade,
@@ -157,7 +161,8 @@ impl Session {
         self.shared.outboxes.insert(self.conn, &self.outbox);
         self.run(&stream, first).await;
         if self.registered {
-            let _ = Box::pin(self.shared.hub.send(HubMessage::Unregister { conn: self.conn })).await;
+            let unregister = HubMessage::Unregister { conn: self.conn, client_synced: self.client_synced };
+            let _ = Box::pin(self.shared.hub.send(unregister)).await;
         }
     }
 
@@ -482,7 +487,7 @@ impl Session {
                     let pending = pipeline.accept(added, actions).await;
                     self.inflight.push_back(pending);
                 }
-                Output::Synced(_) => {}
+                Output::Synced(added) => self.client_synced = self.client_synced.max(added),
                 Output::Pong => {
                     self.outbox.push(encode_pong(self.outbox.safe_added()));
                 }

@@ -34,7 +34,8 @@ pub struct WriteBatch {
     /// Status changes of existing entries, by action id.
     pub statuses: Vec<(String, Status)>,
     /// Subscription acknowledgements: the id of a `logux/processed` answering a subscription,
-    /// and the log position the subscriber had received everything up to.
+    /// and the log position the subscriber had received everything up to. A position already
+    /// recorded for the id is only ever raised, never lowered.
     pub acks: Vec<(String, Position)>,
 }
 

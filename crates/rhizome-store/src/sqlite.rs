@@ -377,8 +377,12 @@ impl LogWriter for SqliteWriter {
             let mut target =
                 tx.prepare_cached("INSERT OR IGNORE INTO log_targets(target, added) VALUES (?1, ?2)")?;
             let mut status = tx.prepare_cached("UPDATE log SET status = ?2, reason = ?3 WHERE id = ?1")?;
-            let mut ack =
-                tx.prepare_cached("INSERT OR REPLACE INTO subscription_acks(id, position) VALUES (?1, ?2)")?;
+            // An acknowledgement only rises: the hub raises it to what the subscriber confirmed
+            // receiving, and a late or repeated write must not move a re-subscription back.
+            let mut ack = tx.prepare_cached(
+                "INSERT INTO subscription_acks(id, position) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET position = max(position, excluded.position)",
+            )?;
             for batch in batches.iter_mut() {
                 let mut committed = Committed::default();
                 for Append { entry, id_text: id, routing_text: routing } in batch.appends.drain(..) {

@@ -8,4 +8,5 @@ mod auth;
 mod bad_input;
 mod delivery;
 mod load;
+mod since;
 mod support;

@@ -104,6 +104,24 @@ impl TestServer {
         }
     }
 
+    /// Waits until the hub counts `n` connections. A closed connection stops being counted when
+    /// the hub handles its `Unregister`, so whatever that queued to the writer is queued before
+    /// any write requested after this returns.
+    pub async fn wait_connections(&self, n: usize) -> Result<()> {
+        let server = self.server.as_ref().ok_or_else(|| anyhow!("server stopped"))?;
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        loop {
+            let stats = server.stats().await.ok_or_else(|| anyhow!("hub is gone"))?;
+            if stats.connections == n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{} connections instead of {n} after {READ_TIMEOUT:?}", stats.connections);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Opens a socket without sending anything.
     pub async fn open(&self) -> Result<Client> {
         Client::open(self.addr).await
@@ -183,6 +201,8 @@ pub struct Client {
     pub node: String,
     /// The server's `baseTime` from `connected`.
     pub base_time: i64,
+    /// The server's node id from `connected`.
+    pub server_node: String,
     /// The `added` of our last `sync`.
     pub added: u64,
     next_ms: i64,
@@ -215,7 +235,7 @@ impl Client {
         let (ws, _) = tokio::time::timeout(READ_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
             .map_err(|_| anyhow!("WebSocket upgrade timed out"))??;
-        Ok(Client { ws, node: String::new(), base_time: 0, added: 0, next_ms: 0 })
+        Ok(Client { ws, node: String::new(), base_time: 0, server_node: String::new(), added: 0, next_ms: 0 })
     }
 
     /// Sends a text frame.
@@ -258,6 +278,7 @@ impl Client {
             bail!("start after baseTime in {answer}");
         }
         self.base_time = base;
+        self.server_node = answer[2].as_str().unwrap_or_default().to_owned();
         // Our ids are created after baseTime and grow by one ms each, so they never repeat.
         self.next_ms = self.next_ms.max(base + 1);
         Ok(())
@@ -273,6 +294,28 @@ impl Client {
     /// The full id of our action created at `ms` with sequence 0.
     pub fn full_id(&self, ms: i64) -> String {
         format!("{ms} {} 0", self.node)
+    }
+
+    /// The full id of a `sync` meta's `id` as the server compressed it for us: a number is a
+    /// shift with the server's node and sequence 0, a pair adds the sequence, a triple names
+    /// the node.
+    pub fn decode_id(&self, id: &Value) -> Result<String> {
+        let shift = |v: &Value| v.as_i64().map(|s| s + self.base_time);
+        let decoded = match id {
+            Value::Number(_) => shift(id).map(|ms| format!("{ms} {} 0", self.server_node)),
+            Value::Array(a) => match a.as_slice() {
+                [ms, seq] => {
+                    shift(ms).zip(seq.as_u64()).map(|(ms, seq)| format!("{ms} {} {seq}", self.server_node))
+                }
+                [ms, node, seq] => shift(ms)
+                    .zip(node.as_str())
+                    .zip(seq.as_u64())
+                    .map(|((ms, node), seq)| format!("{ms} {node} {seq}")),
+                _ => None,
+            },
+            _ => None,
+        };
+        decoded.ok_or_else(|| anyhow!("not a compressed id: {id}"))
     }
 
     /// Sends one action with a fresh id in its own `sync`; returns the action's full id.

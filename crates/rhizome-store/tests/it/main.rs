@@ -131,6 +131,32 @@ fn since_positions_come_from_ids_acks_or_time() {
 }
 
 #[test]
+fn subscription_acks_are_raised_and_never_lowered() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let ack =
+        |position| WriteBatch { acks: vec![("7 server:x 0".into(), position)], ..WriteBatch::default() };
+    let mut b = vec![ack(3)];
+    w.commit(&mut b, 1).expect("commit");
+    assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(3));
+    let mut b = vec![ack(10)];
+    w.commit(&mut b, 2).expect("commit");
+    assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(10), "raised");
+    // A lower or equal position (a late write, the original acknowledgement again) changes
+    // nothing, in its own transaction or in the same one as a raise.
+    let mut b = vec![ack(4)];
+    w.commit(&mut b, 3).expect("commit");
+    assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(10), "never lowered");
+    let mut b = vec![ack(12), ack(5), ack(12)];
+    w.commit(&mut b, 4).expect("commit");
+    assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(12));
+    // A raise for an id never recorded (its first write was dropped) records it.
+    let mut b = vec![WriteBatch { acks: vec![("8 server:x 0".into(), 6)], ..WriteBatch::default() }];
+    w.commit(&mut b, 5).expect("commit");
+    assert_eq!(store.position_of_id("8 server:x 0").expect("ack"), Some(6));
+}
+
+#[test]
 fn reopening_keeps_everything() {
     let dir = tempfile::tempdir().expect("temp dir");
     {

@@ -1,0 +1,168 @@
+//! Re-subscription with `since`: a subscriber gets exactly the channel actions it did not
+//! confirm with `synced`, nothing it already received live and nothing less.
+
+use crate::support::{has_answer, sync_pairs, Client, TestServer};
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+
+const CHANNEL: &str = "counter/s";
+const ALICE: &str = "alice:a1:t1";
+const BOB: &str = "bob:b1:t1";
+
+/// Subscribes to [`CHANNEL`] and returns the `since` a real client would send when it
+/// re-subscribes: `{id, time}` of the meta of the `logux/processed` that answered it.
+async fn subscribe_for_since(c: &mut Client) -> Result<Value> {
+    let id = c.send_action(json!({"type": "logux/subscribe", "channel": CHANNEL})).await?;
+    let m = c.until(|m| has_answer(m, "logux/processed", &id)).await?;
+    acknowledge(c, &m).await?;
+    let (_, meta) = sync_pairs(&m)
+        .into_iter()
+        .find(|(a, _)| a["type"] == "logux/processed" && a["id"] == id)
+        .ok_or_else(|| anyhow!("no processed in {m}"))?;
+    let time = meta["time"].as_i64().ok_or_else(|| anyhow!("no time in {meta}"))? + c.base_time;
+    Ok(json!({"id": c.decode_id(&meta["id"])?, "time": time}))
+}
+
+/// Answers a `sync` frame with `synced`, as a real client does once it stored the actions.
+async fn acknowledge(c: &mut Client, frame: &Value) -> Result<()> {
+    if frame[0] == "sync" {
+        c.send_json(&json!(["synced", frame[1]])).await?;
+    }
+    Ok(())
+}
+
+/// alice's `inc` actions numbered `ns`, each processed before the next is sent.
+async fn send_incs(alice: &mut Client, ns: impl IntoIterator<Item = i64>) -> Result<()> {
+    for n in ns {
+        let id = alice.send_action(json!({"type": "inc", "id": "s", "n": n})).await?;
+        alice.wait_processed(&id).await?;
+    }
+    Ok(())
+}
+
+/// The `n` of every `inc` in `frames`, in order.
+fn incs(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .flat_map(sync_pairs)
+        .filter(|(a, _)| a["type"] == "inc")
+        .filter_map(|(a, _)| a["n"].as_i64())
+        .collect()
+}
+
+/// Reads `bob`'s frames until the `inc` numbered `last`; acknowledges those carrying only
+/// `inc`s numbered up to `ack_through`. Returns the numbers read.
+async fn receive_live(bob: &mut Client, last: i64, ack_through: i64) -> Result<Vec<i64>> {
+    let mut seen = Vec::new();
+    loop {
+        let frame = bob.next_json().await?;
+        let ns = incs(std::slice::from_ref(&frame));
+        if ns.iter().all(|n| *n <= ack_through) {
+            acknowledge(bob, &frame).await?;
+        }
+        seen.extend(&ns);
+        if ns.contains(&last) {
+            return Ok(seen);
+        }
+    }
+}
+
+/// Reconnects bob, re-subscribes with `since` and returns the `inc` numbers he receives up to
+/// alice's marker action sent after the re-subscription was answered (so late copies count).
+async fn resubscribe(
+    server: &TestServer,
+    alice: &mut Client,
+    since: &Value,
+    marker: i64,
+) -> Result<Vec<i64>> {
+    let mut bob = server.login(BOB).await?;
+    let action = json!({"type": "logux/subscribe", "channel": CHANNEL, "since": since});
+    let id = bob.send_action(action).await?;
+    let mut frames = bob.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
+    send_incs(alice, [marker]).await?;
+    frames.extend(bob.collect_until(|m| incs(std::slice::from_ref(m)).contains(&marker)).await?);
+    bob.close().await;
+    let mut got = incs(&frames);
+    assert_eq!(got.pop(), Some(marker), "{frames:?}");
+    Ok(got)
+}
+
+#[tokio::test]
+async fn resubscribing_with_since_skips_what_the_client_acknowledged() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut bob = server.login(BOB).await?;
+    let since = subscribe_for_since(&mut bob).await?;
+    let mut alice = server.login(ALICE).await?;
+
+    send_incs(&mut alice, 1..=5).await?;
+    assert_eq!(receive_live(&mut bob, 5, 5).await?, [1, 2, 3, 4, 5]);
+    // `synced` goes before the close on the same socket, so the server has read it.
+    bob.close().await;
+    // Once the hub forgot bob, the raise is queued to the writer ahead of alice's next writes,
+    // so it is committed before they are processed and before bob re-subscribes.
+    server.wait_connections(1).await?;
+    send_incs(&mut alice, 6..=8).await?;
+
+    let got = resubscribe(&server, &mut alice, &since, 100).await?;
+    assert_eq!(got, [6, 7, 8], "exactly the missed actions, none received live before");
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn resubscribing_with_since_resends_what_the_client_did_not_acknowledge() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login(ALICE).await?;
+
+    // Never a `synced` after the subscription's answer: the replay starts where it went live.
+    let mut bob = server.login(BOB).await?;
+    let since = subscribe_for_since(&mut bob).await?;
+    send_incs(&mut alice, 1..=3).await?;
+    assert_eq!(receive_live(&mut bob, 3, 0).await?, [1, 2, 3]);
+    bob.close().await;
+    server.wait_connections(1).await?;
+    send_incs(&mut alice, 4..=5).await?;
+    let got = resubscribe(&server, &mut alice, &since, 100).await?;
+    assert_eq!(got, [1, 2, 3, 4, 5], "nothing unconfirmed is lost");
+
+    // Some frames confirmed, the last ones not: only the unconfirmed ones come back.
+    server.wait_connections(1).await?;
+    let mut bob = server.login(BOB).await?;
+    let since = subscribe_for_since(&mut bob).await?;
+    send_incs(&mut alice, 11..=15).await?;
+    assert_eq!(receive_live(&mut bob, 15, 12).await?, [11, 12, 13, 14, 15]);
+    bob.close().await;
+    server.wait_connections(1).await?;
+    send_incs(&mut alice, 16..=17).await?;
+    let got = resubscribe(&server, &mut alice, &since, 200).await?;
+    assert_eq!(got, [13, 14, 15, 16, 17]);
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn resubscribing_after_a_replaced_connection_loses_nothing() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login(ALICE).await?;
+    let mut bob = server.login(BOB).await?;
+    let since = subscribe_for_since(&mut bob).await?;
+    send_incs(&mut alice, 1..=3).await?;
+    assert_eq!(receive_live(&mut bob, 3, 3).await?, [1, 2, 3]);
+    // bob's next connection arrives while the first is still registered: the first is
+    // replaced, and the hub cannot learn what it confirmed. Duplicates are allowed there,
+    // losses are not.
+    let replacement = server.login(BOB).await?;
+    assert_eq!(bob.expect_close().await?, Some(4001));
+    replacement.close().await;
+    server.wait_connections(1).await?;
+    send_incs(&mut alice, 4..=5).await?;
+    let got = resubscribe(&server, &mut alice, &since, 100).await?;
+    assert!(got.ends_with(&[4, 5]), "{got:?}");
+    let mut distinct = got.clone();
+    distinct.dedup();
+    assert_eq!(distinct, got, "each action at most once: {got:?}");
+    server.stop().await;
+    Ok(())
+}
