@@ -14,13 +14,14 @@
 
 use crate::outbox::{Closed, Outbox};
 use crate::shared::Shared;
+use crate::subscribers::Subscribers;
 use crate::writer::WriteRequest;
 use rhizome_core::app::filter_accepts;
 use rhizome_core::{Position, StoredEntry};
 use rhizome_protocol::{Action, ActionId, Channel, ClientId, Codec, NodeId, SyncBuilder, UserId};
 use rhizome_store::WriteBatch;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -121,7 +122,7 @@ pub struct HubStats {
 }
 
 struct Sub {
-    filter: Option<Map<String, Value>>,
+    filter: Option<Box<Map<String, Value>>>,
     live: bool,
     /// The `logux/subscribe` id, until its `logux/processed` is sent.
     ack: Option<ActionId>,
@@ -144,7 +145,7 @@ struct Hub {
     by_client: HashMap<ClientId, ConnId>,
     by_user: HashMap<UserId, Vec<ConnId>>,
     by_node: HashMap<NodeId, ConnId>,
-    channels: HashMap<Channel, HashMap<ConnId, Sub>>,
+    channels: HashMap<Channel, Subscribers<ConnId, Sub>>,
     position: Position,
 }
 
@@ -189,7 +190,7 @@ impl Hub {
             HubMessage::Stats(reply) => {
                 let _ = reply.send(HubStats {
                     connections: self.conns.len(),
-                    subscriptions: self.channels.values().map(HashMap::len).sum(),
+                    subscriptions: self.channels.values().map(Subscribers::len).sum(),
                     position: self.position,
                 });
             }
@@ -212,7 +213,9 @@ impl Hub {
         self.by_client.insert(identity.client_id.clone(), id);
         self.by_node.insert(identity.node_id.clone(), id);
         if let Some(user) = &identity.user_id {
-            self.by_user.entry(user.clone()).or_default().push(id);
+            let list = self.by_user.entry(user.clone()).or_default();
+            list.reserve_exact(1);
+            list.push(id);
         }
         if !catching_up {
             outbox.raise_safe_added(self.position);
@@ -274,11 +277,12 @@ impl Hub {
         let catch_up_from = since.filter(|s| *s < self.position);
         let subs = self.channels.entry(channel.clone()).or_default();
         if !conn.channels.contains(&channel) {
+            conn.channels.reserve_exact(1);
             conn.channels.push(channel.clone());
         }
         let live = catch_up_from.is_none();
         // Several filters per channel are not kept: the newest subscription replaces the older.
-        subs.insert(id, Sub { filter, live, ack: Some(ack), processed: None });
+        subs.insert(id, Sub { filter: filter.map(Box::new), live, ack: Some(ack), processed: None });
         match catch_up_from {
             Some(from) => self.spawn_catch_up(id, CatchUp::Channel(channel), from),
             None => self.went_live(id, &channel),
@@ -400,7 +404,7 @@ impl Hub {
             outbox: conn.outbox.clone(),
             filter: match &what {
                 CatchUp::Channel(c) => {
-                    self.channels.get(c).and_then(|s| s.get(&id)).and_then(|s| s.filter.clone())
+                    self.channels.get(c).and_then(|s| s.get(&id)).and_then(|s| s.filter.as_deref().cloned())
                 }
                 CatchUp::Targeted => None,
             },
@@ -438,10 +442,15 @@ impl Hub {
                 }
             }
             let mut fields: Option<Option<Action>> = None;
+            // A recipient can only repeat when it was targeted or is on two of the channels;
+            // then a set keeps the check cheap for crowded channels.
+            let dedup = !recipients.is_empty() || routing.channels.len() > 1;
+            let mut seen: HashSet<ConnId> =
+                if dedup { recipients.iter().copied().collect() } else { HashSet::new() };
             for channel in &routing.channels {
                 let Some(subs) = self.channels.get(channel) else { continue };
-                for (c, sub) in subs {
-                    if !sub.live || recipients.contains(c) {
+                for (c, sub) in subs.iter() {
+                    if !sub.live || (dedup && seen.contains(c)) {
                         continue;
                     }
                     let Some(conn) = self.conns.get(c) else { continue };
@@ -454,6 +463,9 @@ impl Hub {
                         if !action.as_ref().is_some_and(|a| filter_accepts(filter, a)) {
                             continue;
                         }
+                    }
+                    if dedup {
+                        seen.insert(*c);
                     }
                     recipients.push(*c);
                 }

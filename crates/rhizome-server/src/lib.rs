@@ -11,6 +11,7 @@ mod outbox;
 mod pipeline;
 pub mod rules;
 mod shared;
+mod subscribers;
 mod writer;
 mod ws;
 

@@ -241,6 +241,10 @@ impl Session {
         if let Some(oldest) = self.inflight.front_mut() {
             if let Poll::Ready(result) = oldest.poll_committed(cx) {
                 if let Some(pending) = self.inflight.pop_front() {
+                    if self.inflight.is_empty() {
+                        // Free the queue: an idle connection keeps no buffer.
+                        self.inflight = VecDeque::new();
+                    }
                     return Poll::Ready(Event::Committed(pending, result));
                 }
             }
