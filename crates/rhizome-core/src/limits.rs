@@ -31,6 +31,10 @@ pub struct Limits {
     pub timeout: Duration,
     /// Time a write to a socket may block before the connection is dropped.
     pub write_timeout: Duration,
+    /// Time of quiet after which a connection is parked: its task and its socket's runtime
+    /// registration are released, and its socket waits in one shared poller until it has input,
+    /// output or a timer. A parked connection costs its protocol state only.
+    pub park_after: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +53,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(20),
             timeout: Duration::from_secs(70),
             write_timeout: Duration::from_secs(30),
+            park_after: Duration::from_secs(1),
         }
     }
 }

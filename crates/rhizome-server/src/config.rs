@@ -109,6 +109,7 @@ pub struct LimitsSection {
     pub ping_interval_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub write_timeout_ms: Option<u64>,
+    pub park_after_ms: Option<u64>,
 }
 
 impl LimitsSection {
@@ -130,6 +131,7 @@ impl LimitsSection {
             ping_interval: ms(self.ping_interval_ms, d.ping_interval),
             timeout: ms(self.timeout_ms, d.timeout),
             write_timeout: ms(self.write_timeout_ms, d.write_timeout),
+            park_after: ms(self.park_after_ms, d.park_after),
         };
         let positive = [
             ("frame_bytes_max", limits.frame_bytes_max),

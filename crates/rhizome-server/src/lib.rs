@@ -8,6 +8,7 @@ mod http;
 mod hub;
 pub mod jwt;
 mod outbox;
+mod park;
 mod pipeline;
 pub mod rules;
 mod shared;
@@ -67,7 +68,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A thread could not be started.
-    #[error("starting the writer thread: {0}")]
+    #[error("starting a thread: {0}")]
     Thread(std::io::Error),
 }
 
@@ -114,8 +115,16 @@ impl Server {
             min_subprotocol: options.min_subprotocol,
             development: options.development,
         };
-        let shared =
-            Arc::new(Shared::new(config, options.limits, options.app, store, writer_tx, hub_tx.clone()));
+        let parking = park::Parking::start(tokio::runtime::Handle::current()).map_err(StartError::Thread)?;
+        let shared = Arc::new(Shared::new(
+            config,
+            options.limits,
+            options.app,
+            store,
+            writer_tx,
+            hub_tx.clone(),
+            parking,
+        ));
         let hub_for_writer = hub_tx.clone();
         std::thread::Builder::new()
             .name("rhizome-writer".into())
@@ -147,6 +156,7 @@ impl Server {
                     break;
                 }
             }
+            state.shared.parking.stop();
             let _ = done_tx.send(());
         });
         tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
@@ -161,6 +171,11 @@ impl Server {
     /// The server's node id.
     pub fn node_id(&self) -> &NodeId {
         &self.shared.config.server_node
+    }
+
+    /// Connections parked off the runtime because they are quiet.
+    pub fn parked_connections(&self) -> usize {
+        self.shared.parking.len()
     }
 
     /// Counters of the hub.

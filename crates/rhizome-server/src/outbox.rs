@@ -108,12 +108,27 @@ impl Outbox {
     /// Ready when frames are queued or the outbox is closed; otherwise wakes the task later.
     pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.waker.register(cx.waker());
-        let s = self.lock();
-        if s.frames.is_empty() && s.closed.is_none() {
-            Poll::Pending
-        } else {
+        if self.is_ready() {
             Poll::Ready(())
+        } else {
+            Poll::Pending
         }
+    }
+
+    /// Replaces the waker of the connection (a parked connection leaves one that resumes it).
+    pub fn set_waker(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Whether frames are queued or the outbox is closed.
+    pub fn is_ready(&self) -> bool {
+        let s = self.lock();
+        !s.frames.is_empty() || s.closed.is_some()
+    }
+
+    /// The connection's next deadline, in ms since the epoch.
+    pub fn deadline_ms(&self) -> i64 {
+        self.deadline_ms.load(Ordering::Relaxed)
     }
 
     /// Records the connection's next deadline, for [`Outboxes::wake_due`].

@@ -34,6 +34,8 @@ pub struct Shared {
     next_conn: AtomicU64,
     /// Outboxes of the open connections.
     pub outboxes: crate::outbox::Outboxes,
+    /// Quiet connections, parked off the runtime.
+    pub parking: crate::park::Parking,
     /// Open WebSocket connections (handshake answered, socket not yet closed).
     open_connections: AtomicUsize,
     /// Notified whenever a connection closes.
@@ -80,6 +82,7 @@ impl Shared {
         store: Arc<dyn Store>,
         writer: mpsc::Sender<WriteRequest>,
         hub: mpsc::Sender<HubMessage>,
+        parking: crate::park::Parking,
     ) -> Self {
         let ids = IdGenerator::new(config.server_node.clone());
         Shared {
@@ -93,6 +96,7 @@ impl Shared {
             auth_failures: Mutex::default(),
             next_conn: AtomicU64::new(1),
             outboxes: crate::outbox::Outboxes::default(),
+            parking,
             open_connections: AtomicUsize::new(0),
             connection_closed: tokio::sync::Notify::new(),
         }

@@ -52,6 +52,8 @@ pub struct Session {
     unsent: Vec<u8>,
     /// Highest `added` the client confirmed with `synced`, reported to the hub at the end.
     client_synced: u64,
+    /// When the last event was handled; quiet for `park_after` parks the connection.
+    quiet_since_ms: i64,
 }
 
 enum Next {
@@ -83,6 +85,16 @@ enum Event {
     Broken,
     /// The protocol deadline passed.
     Tick,
+    /// Quiet for `park_after` with nothing buffered: the connection can be parked.
+    Park,
+}
+
+/// How [`Session::run`] returned.
+enum Ran {
+    /// The socket is closed.
+    Closed,
+    /// The connection is quiet and may be parked.
+    Park,
 }
 
 /// What one read produced.
@@ -95,13 +107,14 @@ struct Read {
 /// A WebSocket connection whose handshake was answered; [`Session::serve`] runs it once the
 /// HTTP layer hands over the socket. Built before the upgrade, so the task holds one copy of
 /// everything.
-pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Session {
+pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Box<Session> {
     let now = now_ms();
     let state = Connection::new(shared.config.clone(), shared.limits.clone(), now);
     let outbox = Arc::new(Outbox::new(shared.limits.outbound_queue_bytes_max));
     let conn = shared.next_conn_id();
     let decoder = Decoder::new(shared.limits.frame_bytes_max);
-    Session {
+    Box::new(Session {
+        quiet_since_ms: now,
         shared,
         peer,
         cookie,
@@ -114,6 +127,12 @@ pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Ses
         decoder,
         unsent: Vec::new(),
         client_synced: 0,
+    })
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("conn", &self.conn).field("peer", &self.peer).finish_non_exhaustive()
     }
 }
 
@@ -125,18 +144,8 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// Waits for the upgrade, then serves the socket until it closes.
-    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see below
-    pub fn serve(
-        mut self,
-        on_upgrade: hyper::upgrade::OnUpgrade,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        // Not an `async fn`: those keep a second copy of a by-value `self` in their state
-        // (rust-lang/rust#62958), which would double the memory of every idle connection.
-        async move { self.upgraded(on_upgrade).await }
-    }
-
-    async fn upgraded(&mut self, on_upgrade: hyper::upgrade::OnUpgrade) {
+    /// Waits for the upgrade, then serves the socket until it closes or parks.
+    pub async fn serve(mut self: Box<Self>, on_upgrade: hyper::upgrade::OnUpgrade) {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -157,27 +166,65 @@ impl Session {
             self.decode(&mut bytes, &mut first);
         }
         drop(read_buf);
-        let stream = io.into_inner();
         self.shared.outboxes.insert(self.conn, &self.outbox);
-        self.run(&stream, first).await;
-        if self.registered {
-            let unregister = HubMessage::Unregister { conn: self.conn, client_synced: self.client_synced };
-            let _ = Box::pin(self.shared.hub.send(unregister)).await;
+        Session::live(self, io.into_inner(), Some(first)).await;
+    }
+
+    /// Serves a connection coming back from the parking lot.
+    pub async fn resume(mut session: Box<Self>, stream: TcpStream) {
+        // Whatever woke it may not have reached the new registration yet (the runtime learns
+        // of input on its next poll of the socket): stay awake at least `park_after`.
+        session.quiet_since_ms = now_ms();
+        Session::live(session, stream, None).await;
+    }
+
+    /// Runs the connection until it closes (then tells the hub) or parks.
+    async fn live(mut session: Box<Self>, stream: TcpStream, first: Option<Read>) {
+        match session.run(&stream, first).await {
+            Ran::Park => {
+                let shared = session.shared.clone();
+                shared.parking.park(session, stream);
+            }
+            Ran::Closed => {
+                if session.registered {
+                    let unregister =
+                        HubMessage::Unregister { conn: session.conn, client_synced: session.client_synced };
+                    let _ = Box::pin(session.shared.hub.send(unregister)).await;
+                }
+            }
         }
+    }
+
+    /// Its connection id.
+    pub fn conn_id(&self) -> u64 {
+        self.conn
+    }
+
+    /// Its outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// The connection's loop. While idle it waits in `poll_event`, holding nothing but the
     /// session; each event is handled in a boxed future that lives only while it runs.
-    async fn run(&mut self, stream: &TcpStream, first: Read) {
-        let mut end = Box::pin(self.after_read(stream, first)).await;
+    async fn run(&mut self, stream: &TcpStream, first: Option<Read>) -> Ran {
+        let mut end = match first {
+            Some(read) => Box::pin(self.after_read(stream, read)).await,
+            None => None,
+        };
         while end.is_none() {
             let event = poll_fn(|cx| self.poll_event(cx, stream)).await;
+            if matches!(event, Event::Park) {
+                return Ran::Park;
+            }
+            self.quiet_since_ms = now_ms();
             end = Box::pin(self.on_event(event, stream)).await;
         }
         match end {
             Some(End::Broken) | None => {}
             Some(end) => Box::pin(self.close(stream, end)).await,
         }
+        Ran::Closed
     }
 
     /// Handles one event, then writes what is queued. `Some` ends the connection.
@@ -190,6 +237,7 @@ impl Session {
                 return self.after_read(stream, read).await;
             }
             Event::Broken => return Some(End::Broken),
+            Event::Park => Next::Continue,
             Event::Tick => {
                 let mut out = Vec::new();
                 self.state.on_tick(now_ms(), &mut out);
@@ -257,12 +305,31 @@ impl Session {
             }
         }
         // No timer per connection: the server's ticker wakes connections whose deadline passed.
+        let now = now_ms();
         let deadline_ms = self.state.deadline_ms();
-        self.outbox.set_deadline_ms(deadline_ms);
-        if now_ms() >= deadline_ms {
+        if now >= deadline_ms {
             return Poll::Ready(Event::Tick);
         }
-        self.outbox.poll_ready(cx).map(|()| Event::Outbox)
+        if self.outbox.poll_ready(cx).is_ready() {
+            return Poll::Ready(Event::Outbox);
+        }
+        let quiet = self.inflight.is_empty()
+            && self.unsent.is_empty()
+            && self.decoder.buffered_bytes() == 0
+            && !self.decoder.is_closed();
+        if quiet {
+            let park_at =
+                self.quiet_since_ms.saturating_add(self.shared.limits.park_after.as_millis() as i64);
+            if now >= park_at {
+                // Parked, only the protocol's own deadline may wake it.
+                self.outbox.set_deadline_ms(deadline_ms);
+                return Poll::Ready(Event::Park);
+            }
+            self.outbox.set_deadline_ms(deadline_ms.min(park_at));
+        } else {
+            self.outbox.set_deadline_ms(deadline_ms);
+        }
+        Poll::Pending
     }
 
     /// Finishes in-flight writes, so their clients get `synced` for what was made durable, then

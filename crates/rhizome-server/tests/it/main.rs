@@ -8,5 +8,6 @@ mod auth;
 mod bad_input;
 mod delivery;
 mod load;
+mod park;
 mod since;
 mod support;

@@ -122,6 +122,27 @@ impl TestServer {
         }
     }
 
+    /// Waits until at least `n` connections are parked.
+    pub async fn wait_parked(&self, n: usize) -> Result<()> {
+        let server = self.server.as_ref().ok_or_else(|| anyhow!("server stopped"))?;
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        while server.parked_connections() < n {
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} parked connections instead of {n} after {READ_TIMEOUT:?}",
+                    server.parked_connections()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Connections parked now.
+    pub fn parked(&self) -> usize {
+        self.server.as_ref().map_or(0, Server::parked_connections)
+    }
+
     /// Opens a socket without sending anything.
     pub async fn open(&self) -> Result<Client> {
         Client::open(self.addr).await
