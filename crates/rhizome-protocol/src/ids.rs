@@ -117,11 +117,52 @@ impl ActionId {
     pub fn client_id(&self) -> ClientId {
         self.node.client_id()
     }
+
+    /// Appends the full string form to `out` (faster than `Display` on hot paths).
+    pub fn push_to(&self, out: &mut String) {
+        push_int(out, self.ms);
+        out.push(' ');
+        out.push_str(self.node.as_str());
+        out.push(' ');
+        push_uint(out, self.seq);
+    }
+
+    /// The full string form, `"<ms> <nodeId> <seq>"`.
+    pub fn text(&self) -> String {
+        let mut out = String::with_capacity(self.node.as_str().len() + 24);
+        self.push_to(&mut out);
+        out
+    }
+}
+
+/// Appends the decimal form of `v` to `out`.
+pub fn push_uint(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(char::from(*d));
+    }
+}
+
+/// Appends the decimal form of `v` to `out`.
+pub fn push_int(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_uint(out, v.unsigned_abs());
 }
 
 impl fmt::Display for ActionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.ms, self.node, self.seq)
+        f.write_str(&self.text())
     }
 }
 
@@ -202,5 +243,20 @@ mod tests {
         assert!(a < b && b < c && c < d);
         assert_eq!((c.ms, c.seq), (10, 2));
         assert_eq!((d.ms, d.seq), (11, 0));
+    }
+
+    #[test]
+    fn integers_and_ids_print_like_display() {
+        for v in [0i64, 7, -7, 10, 1_795_692_443_710, i64::MIN, i64::MAX] {
+            let mut out = String::new();
+            push_int(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+        let mut out = String::new();
+        push_uint(&mut out, u64::MAX);
+        assert_eq!(out, u64::MAX.to_string());
+        let id = ActionId { ms: 1_795_692_443_710, node: NodeId::from("10:abc:t"), seq: 12 };
+        assert_eq!(id.text(), "1795692443710 10:abc:t 12");
+        assert_eq!(format!("{id}"), id.text());
     }
 }

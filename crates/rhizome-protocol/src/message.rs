@@ -3,7 +3,7 @@
 //! Parsing borrows the frame text and keeps every action as its raw JSON text, so the server can
 //! store and forward actions without serialising them again.
 
-use crate::ids::{ActionId, NodeId};
+use crate::ids::{push_int, push_uint, ActionId, NodeId};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
@@ -381,20 +381,24 @@ impl Codec {
     pub fn encode_meta(&self, out: &mut String, id: &ActionId, time: i64, subprotocol: Option<u64>) {
         let shift = id.ms - self.base_time;
         out.push_str("{\"id\":");
-        if id.node == self.local {
-            if id.seq == 0 {
-                let _ = write!(out, "{shift}");
-            } else {
-                let _ = write!(out, "[{shift},{}]", id.seq);
-            }
+        if id.node == self.local && id.seq == 0 {
+            push_int(out, shift);
         } else {
-            let _ = write!(out, "[{shift},");
-            push_json_str(out, id.node.as_str());
-            let _ = write!(out, ",{}]", id.seq);
+            out.push('[');
+            push_int(out, shift);
+            out.push(',');
+            if id.node != self.local {
+                push_json_str(out, id.node.as_str());
+                out.push(',');
+            }
+            push_uint(out, id.seq);
+            out.push(']');
         }
-        let _ = write!(out, ",\"time\":{}", time - self.base_time);
+        out.push_str(",\"time\":");
+        push_int(out, time - self.base_time);
         if let Some(sub) = subprotocol {
-            let _ = write!(out, ",\"subprotocol\":{sub}");
+            out.push_str(",\"subprotocol\":");
+            push_uint(out, sub);
         }
         out.push('}');
     }
@@ -464,7 +468,8 @@ impl SyncBuilder {
     /// The finished frame, `["sync", added, …]`.
     pub fn finish(self, added: u64) -> String {
         let mut frame = String::with_capacity(self.out.len() + 24);
-        let _ = write!(frame, "[\"sync\",{added}");
+        frame.push_str("[\"sync\",");
+        push_uint(&mut frame, added);
         frame.push_str(&self.out);
         frame.push(']');
         frame

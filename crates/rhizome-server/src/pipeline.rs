@@ -29,7 +29,7 @@ const SINCE_TIME_MARGIN_MS: i64 = 5 * 60 * 1000;
 /// `{"type":"logux/processed","id":"<id>"}`
 pub fn processed_json(id: &ActionId) -> String {
     let mut s = String::from("{\"type\":\"logux/processed\",\"id\":");
-    push_json_str(&mut s, &id.to_string());
+    push_json_str(&mut s, &id.text());
     s.push('}');
     s
 }
@@ -37,7 +37,7 @@ pub fn processed_json(id: &ActionId) -> String {
 /// `{"type":"logux/undo","id":…,"action":…,"reason":…, …extra}`
 pub fn undo_json(id: &ActionId, action_json: &str, reason: &str, extra: &Map<String, Value>) -> String {
     let mut s = String::from("{\"type\":\"logux/undo\",\"id\":");
-    push_json_str(&mut s, &id.to_string());
+    push_json_str(&mut s, &id.text());
     s.push_str(",\"action\":");
     s.push_str(action_json);
     s.push_str(",\"reason\":");
@@ -247,7 +247,7 @@ impl Pipeline {
         match rules.process(&self.ctx, &action, &meta).await {
             Ok(()) => {
                 let batch = WriteBatch {
-                    statuses: vec![(meta.id.to_string(), Status::Processed)],
+                    statuses: vec![(meta.id.text(), Status::Processed)],
                     ..WriteBatch::default()
                 };
                 self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;
@@ -276,7 +276,7 @@ impl Pipeline {
                 };
                 let batch = WriteBatch {
                     appends: vec![Append::new(entry)],
-                    statuses: vec![(meta.id.to_string(), Status::Undone(reason))],
+                    statuses: vec![(meta.id.text(), Status::Undone(reason))],
                     ..WriteBatch::default()
                 };
                 self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;

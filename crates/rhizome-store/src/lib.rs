@@ -58,7 +58,7 @@ pub struct Append {
 impl Append {
     /// Encodes `entry` for storage.
     pub fn new(entry: NewEntry) -> Append {
-        let id_text = entry.id.to_string();
+        let id_text = entry.id.text();
         let routing_text = sqlite::routing_json(&entry.routing);
         Append { entry, id_text, routing_text }
     }
