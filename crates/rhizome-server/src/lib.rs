@@ -4,6 +4,7 @@
 //! [`Server::start`] runs a server in the current tokio runtime and returns a handle.
 
 pub mod config;
+mod handshake;
 mod http;
 mod hub;
 pub mod jwt;
@@ -20,7 +21,7 @@ pub use hub::HubStats;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -143,7 +144,7 @@ impl Server {
         let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(state.clone());
         let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {
-            http::accept(listener, router, stop_rx).await;
+            http::accept(listener, router, stop_rx, state.shared.clone()).await;
             state.shared.outboxes.close_all(outbox::Closed::Shutdown);
             // Connections were told to close; wait for them to finish their in-flight writes.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -208,6 +209,22 @@ async fn tick(shared: Arc<Shared>) {
     }
 }
 
+/// The HTTP answer to a refused WebSocket handshake.
+fn refused(refusal: handshake::Refusal) -> Response {
+    match refusal {
+        handshake::Refusal::NotWebSocket => (StatusCode::NOT_FOUND, "Not found\n").into_response(),
+        handshake::Refusal::WrongVersion => (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "WebSocket version 13 only\n",
+        )
+            .into_response(),
+        handshake::Refusal::MissingKey => {
+            (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing\n").into_response()
+        }
+    }
+}
+
 async fn health() -> &'static str {
     "Rhizome: OK\n"
 }
@@ -219,33 +236,12 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
 ) -> Response {
-    let headers = request.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    let headers: Vec<(&str, &[u8])> =
+        request.headers().iter().map(|(name, value)| (name.as_str(), value.as_bytes())).collect();
+    let handshake::Accepted { accept, cookie } = match handshake::check(request.method().as_str(), &headers) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refused(refusal),
     };
-    if request.method() != Method::GET
-        || !has_token(header::CONNECTION, "upgrade")
-        || !has_token(header::UPGRADE, "websocket")
-    {
-        return (StatusCode::NOT_FOUND, "Not found\n").into_response();
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return (
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::SEC_WEBSOCKET_VERSION, "13")],
-            "WebSocket version 13 only\n",
-        )
-            .into_response();
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing\n").into_response();
-    };
-    let accept = rhizome_websocket::accept_key(key.as_bytes());
-    let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::BAD_REQUEST, "This connection cannot be upgraded\n").into_response();
     };

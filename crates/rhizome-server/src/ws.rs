@@ -170,6 +170,12 @@ impl Session {
         Session::live(self, io.into_inner(), Some(first)).await;
     }
 
+    /// Serves a socket whose handshake was answered directly (without hyper).
+    pub async fn serve_socket(self: Box<Self>, stream: TcpStream) {
+        self.shared.outboxes.insert(self.conn, &self.outbox);
+        Session::live(self, stream, None).await;
+    }
+
     /// Serves a connection coming back from the parking lot.
     pub async fn resume(mut session: Box<Self>, stream: TcpStream) {
         // Whatever woke it may not have reached the new registration yet (the runtime learns

@@ -7,6 +7,7 @@ mod access;
 mod auth;
 mod bad_input;
 mod delivery;
+mod handshake;
 mod load;
 mod park;
 mod since;
