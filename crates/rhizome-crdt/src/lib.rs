@@ -12,9 +12,11 @@
 
 mod causal;
 mod counter;
+mod register;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
+pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
 
 /// A join-semilattice: the state of a CRDT.
