@@ -4,3 +4,4 @@
 mod causal;
 mod counter;
 mod gossip;
+mod register;
