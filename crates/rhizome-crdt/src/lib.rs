@@ -11,8 +11,12 @@
 //! no gaps), so a [`CausalContext`] summarises "everything node n did up to c" in one integer.
 
 mod causal;
+mod counter;
+mod register;
 
 pub use causal::{CausalContext, Dot, VersionVector};
+pub use counter::{PnCounter, PnEntry};
+pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
 
 /// A join-semilattice: the state of a CRDT.

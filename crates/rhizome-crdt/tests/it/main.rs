@@ -2,3 +2,6 @@
 //! duplication and grouping, and folding.
 
 mod causal;
+mod counter;
+mod gossip;
+mod register;
