@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Dot {
     /// The node that made the event.
     pub node: NodeId,
-    /// Its counter: the node's n-th event on this object (or on all objects, if the node
-    /// counts globally; either works as long as it has no gaps).
+    /// Its counter: the node's n-th event on this object, from 1 with no gaps (a context
+    /// compacts a node's dots into one integer only when they are dense). Counter 0 means
+    /// "no event": it is in every context and is never stored.
     pub counter: u64,
 }
 
@@ -120,11 +121,19 @@ impl CausalContext {
 
     /// Adds `dot`.
     pub fn insert(&mut self, dot: Dot) {
-        if self.vv.contains(&dot) {
+        let known = self.vv.get(&dot.node);
+        if dot.counter <= known {
             return;
         }
-        self.cloud.insert(dot);
-        self.compact();
+        if dot.counter == known + 1 {
+            // The common case, a node's next event: no cloud to rebuild unless it has dots.
+            self.vv.raise(&dot.node, dot.counter);
+            if !self.cloud.is_empty() {
+                self.compact();
+            }
+        } else {
+            self.cloud.insert(dot);
+        }
     }
 
     /// The next dot of `node`: one past the highest counter of `node` in the context.
