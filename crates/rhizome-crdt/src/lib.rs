@@ -11,8 +11,10 @@
 //! no gaps), so a [`CausalContext`] summarises "everything node n did up to c" in one integer.
 
 mod causal;
+mod list;
 
 pub use causal::{CausalContext, Dot, VersionVector};
+pub use list::Rga;
 pub use rhizome_protocol::NodeId;
 
 /// A join-semilattice: the state of a CRDT.
