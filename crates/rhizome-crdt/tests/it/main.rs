@@ -2,3 +2,4 @@
 //! duplication and grouping, and folding.
 
 mod causal;
+mod list;
