@@ -270,6 +270,99 @@ mod tests {
         list.iter().collect()
     }
 
+    /// RGA's order computed from its definition, independently of the tree: the elements
+    /// form a tree by origin (skipping elements not after their origin in time), walked in
+    /// pre-order with each node's children in descending timestamp order.
+    fn canonical_order<T: Clone + PartialEq>(list: &Rga<T>) -> Vec<usize> {
+        let mut children: HashMap<Option<&Dot>, Vec<usize>> = HashMap::new();
+        for (i, e) in list.elems.iter().enumerate() {
+            let valid =
+                e.origin.as_ref().is_none_or(|o| list.ids.get(o).is_some_and(|&p| list.elems[p].seq < e.seq));
+            if valid {
+                children.entry(e.origin.as_ref()).or_default().push(i);
+            }
+        }
+        for kids in children.values_mut() {
+            // Ascending, so that popping from the stack visits the greatest first.
+            kids.sort_by(|&x, &y| {
+                (list.elems[x].seq, &list.elems[x].id).cmp(&(list.elems[y].seq, &list.elems[y].id))
+            });
+        }
+        let mut order = Vec::new();
+        let mut stack: Vec<usize> = children.get(&None).cloned().unwrap_or_default();
+        while let Some(i) = stack.pop() {
+            order.push(i);
+            stack.extend(children.get(&Some(&list.elems[i].id)).into_iter().flatten());
+        }
+        order
+    }
+
+    /// Checks the tree against the definition: order, visibility, and what is left unplaced.
+    fn check_against_definition(list: &Rga<u32>) {
+        let placed: Vec<usize> = list.tree.iter().map(|e| e.elem).collect();
+        assert_eq!(placed, canonical_order(list));
+        for e in list.tree.iter() {
+            assert_eq!(e.visible, !list.tombstones.contains(&list.elems[e.elem].id));
+        }
+    }
+
+    /// A small deterministic generator.
+    fn next(x: &mut u64) -> usize {
+        *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*x >> 33) as usize
+    }
+
+    #[test]
+    fn large_concurrent_histories_follow_the_definition_in_any_delivery_order() {
+        let mut x = 1;
+        let nodes = ["a", "b", "c"];
+        let mut replicas = vec![Rga::new(); 3];
+        let mut counters = [0u64; 3];
+        let mut deltas = Vec::new();
+        let mut last_at = [0usize; 3];
+        for n in 0..4000u32 {
+            let r = next(&mut x) % 3;
+            let list = &replicas[r];
+            let roll = next(&mut x) % 100;
+            let delta = if roll < 20 && !list.is_empty() {
+                list.delete(next(&mut x) % list.len())
+            } else {
+                // Random positions, runs typed left to right, and typing backwards at the head.
+                let at = match roll {
+                    20..=49 => (last_at[r] + 1).min(list.len()),
+                    50..=59 => 0,
+                    _ => next(&mut x) % (list.len() + 1),
+                };
+                last_at[r] = at;
+                counters[r] += 1;
+                list.insert(at, Dot::new(nodes[r], counters[r]), n)
+            };
+            replicas[r].join(&delta);
+            deltas.push(delta);
+            if next(&mut x).is_multiple_of(400) {
+                let from = replicas[next(&mut x) % 3].clone();
+                replicas[next(&mut x) % 3].join(&from);
+            }
+        }
+        let all = crate::fold(deltas.iter().cloned());
+        assert!(all.tree.total() > 3000, "several tree levels");
+        check_against_definition(&all);
+        for _ in 0..3 {
+            for i in (1..deltas.len()).rev() {
+                deltas.swap(i, next(&mut x) % (i + 1));
+            }
+            let shuffled = crate::fold(deltas.iter().cloned());
+            check_against_definition(&shuffled);
+            assert_eq!(shuffled, all);
+            assert_eq!(shuffled.to_vec(), all.to_vec());
+        }
+        for replica in &mut replicas {
+            check_against_definition(replica);
+            replica.join(&all);
+            assert_eq!(replica.to_vec(), all.to_vec());
+        }
+    }
+
     #[test]
     fn inserts_and_deletes_by_visible_index() {
         let mut l = Rga::new();
