@@ -123,7 +123,11 @@ impl<T: Clone + PartialEq> Rga<T> {
             .checked_sub(1)
             .and_then(|left| self.tree.nth_visible(left))
             .map(|i| self.elems[i].id.clone());
-        delta.add(Elem { id: dot, origin, seq: self.max_seq + 1, value, deleted: false });
+        // Saturating: a state from a hostile peer could carry `u64::MAX`. Inserts then share
+        // that seq (one after such an element is left unplaced by the rule in `place`), which
+        // degrades the order but does not panic. Bounding seqs belongs to the decoder.
+        let seq = self.max_seq.saturating_add(1);
+        delta.add(Elem { id: dot, origin, seq, value, deleted: false });
         delta
     }
 
