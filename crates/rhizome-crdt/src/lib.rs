@@ -12,10 +12,12 @@
 
 mod causal;
 mod counter;
+mod list;
 mod register;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
+pub use list::Rga;
 pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
 
