@@ -126,13 +126,22 @@ impl CausalContext {
             return;
         }
         if dot.counter == known + 1 {
-            // The common case, a node's next event: no cloud to rebuild unless it has dots.
+            // A node's next event: it extends the prefix, and so may the node's cloud dots.
             self.vv.raise(&dot.node, dot.counter);
-            if !self.cloud.is_empty() {
-                self.compact();
-            }
+            self.absorb(&dot.node);
         } else {
             self.cloud.insert(dot);
+        }
+    }
+
+    /// Moves `node`'s cloud dots that now extend its prefix into the vector.
+    fn absorb(&mut self, node: &NodeId) {
+        loop {
+            let next = Dot { node: node.clone(), counter: self.vv.get(node) + 1 };
+            if !self.cloud.remove(&next) {
+                break;
+            }
+            self.vv.raise(node, next.counter);
         }
     }
 
