@@ -123,12 +123,18 @@ pub struct HubStats {
 
 struct Sub {
     filter: Option<Box<Map<String, Value>>>,
-    live: bool,
-    /// The `logux/subscribe` id, until its `logux/processed` is sent.
-    ack: Option<ActionId>,
-    /// Once live: the id of the `logux/processed` that answered the subscription (what the
-    /// client sends back as `since.id`) and the hub position it went live at.
-    processed: Option<(ActionId, Position)>,
+    /// While catching up: the `logux/subscribe` id, answered when the subscription goes live.
+    /// Once live: the id of the `logux/processed` that answered it (what the client sends back
+    /// as `since.id`).
+    id: ActionId,
+    /// The hub position at which it went live; `None` while catching up.
+    live_at: Option<Position>,
+}
+
+impl Sub {
+    fn live(&self) -> bool {
+        self.live_at.is_some()
+    }
 }
 
 struct Conn {
@@ -144,7 +150,6 @@ struct Hub {
     conns: HashMap<ConnId, Conn>,
     by_client: HashMap<ClientId, ConnId>,
     by_user: HashMap<UserId, Vec<ConnId>>,
-    by_node: HashMap<NodeId, ConnId>,
     channels: HashMap<Channel, Subscribers<ConnId, Sub>>,
     position: Position,
 }
@@ -162,7 +167,6 @@ pub async fn run(
         conns: HashMap::new(),
         by_client: HashMap::new(),
         by_user: HashMap::new(),
-        by_node: HashMap::new(),
         channels: HashMap::new(),
         position,
     };
@@ -211,7 +215,6 @@ impl Hub {
         }
         let catching_up = synced < self.position;
         self.by_client.insert(identity.client_id.clone(), id);
-        self.by_node.insert(identity.node_id.clone(), id);
         if let Some(user) = &identity.user_id {
             let list = self.by_user.entry(user.clone()).or_default();
             list.reserve_exact(1);
@@ -241,9 +244,6 @@ impl Hub {
         let ident = &conn.identity;
         if self.by_client.get(&ident.client_id) == Some(&id) {
             self.by_client.remove(&ident.client_id);
-        }
-        if self.by_node.get(&ident.node_id) == Some(&id) {
-            self.by_node.remove(&ident.node_id);
         }
         if let Some(user) = &ident.user_id {
             if let Some(list) = self.by_user.get_mut(user) {
@@ -280,9 +280,8 @@ impl Hub {
             conn.channels.reserve_exact(1);
             conn.channels.push(channel.clone());
         }
-        let live = catch_up_from.is_none();
         // Several filters per channel are not kept: the newest subscription replaces the older.
-        subs.insert(id, Sub { filter: filter.map(Box::new), live, ack: Some(ack), processed: None });
+        subs.insert(id, Sub { filter: filter.map(Box::new), id: ack, live_at: None });
         match catch_up_from {
             Some(from) => self.spawn_catch_up(id, CatchUp::Channel(channel), from),
             None => self.went_live(id, &channel),
@@ -307,10 +306,10 @@ impl Hub {
         let Some(sub) = self.channels.get_mut(channel).and_then(|s| s.get_mut(&id)) else {
             return;
         };
-        sub.live = true;
-        let Some(ack) = sub.ack.take() else {
+        if sub.live() {
             return;
-        };
+        }
+        let ack = sub.id.clone();
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -326,7 +325,8 @@ impl Hub {
         );
         push_stamped(conn, b, self.position);
         let ack = (processed_id.to_string(), self.position);
-        sub.processed = Some((processed_id, self.position));
+        sub.id = processed_id;
+        sub.live_at = Some(self.position);
         self.write_acks(vec![ack]);
     }
 
@@ -355,9 +355,9 @@ impl Hub {
         let acks: Vec<(String, Position)> = conn
             .channels
             .iter()
-            .filter_map(|c| self.channels.get(c)?.get(&id)?.processed.as_ref())
-            .filter(|(_, live_at)| *live_at < through)
-            .map(|(processed_id, _)| (processed_id.to_string(), through))
+            .filter_map(|c| self.channels.get(c)?.get(&id))
+            .filter(|sub| sub.live_at.is_some_and(|live_at| live_at < through))
+            .map(|sub| (sub.id.text(), through))
             .collect();
         if !acks.is_empty() {
             self.write_acks(acks);
@@ -424,7 +424,11 @@ impl Hub {
             let routing = &entry.routing;
             if routing.is_targeted() {
                 let mut candidates: Vec<ConnId> = Vec::new();
-                candidates.extend(routing.nodes.iter().filter_map(|n| self.by_node.get(n)));
+                // One connection per client: a node's connection is its client's, if it is that node.
+                candidates.extend(routing.nodes.iter().filter_map(|n| {
+                    let c = *self.by_client.get(&n.client_id())?;
+                    (self.conns.get(&c)?.identity.node_id == *n).then_some(c)
+                }));
                 candidates.extend(routing.clients.iter().filter_map(|c| self.by_client.get(c)));
                 for user in &routing.users {
                     if let Some(list) = self.by_user.get(user) {
@@ -450,7 +454,7 @@ impl Hub {
             for channel in &routing.channels {
                 let Some(subs) = self.channels.get(channel) else { continue };
                 for (c, sub) in subs.iter() {
-                    if !sub.live || (dedup && seen.contains(c)) {
+                    if !sub.live() || (dedup && seen.contains(c)) {
                         continue;
                     }
                     let Some(conn) = self.conns.get(c) else { continue };

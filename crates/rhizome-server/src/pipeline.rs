@@ -5,7 +5,7 @@
 //! without waiting, so a client that pipelines many `sync` messages fills one transaction; their
 //! answers are sent in the order the messages arrived.
 
-use crate::hub::{ConnId, HubMessage};
+use crate::hub::{ConnId, ConnIdentity, HubMessage};
 use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::writer::{WriteFailed, WriteRequest};
@@ -13,7 +13,7 @@ use rhizome_core::{
     ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Routing, Status,
 };
 use rhizome_protocol::message::{encode_synced, push_json_str};
-use rhizome_protocol::{Action, ActionId, Channel, Codec, SyncBuilder};
+use rhizome_protocol::{Action, ActionId, Channel, SyncBuilder};
 use rhizome_store::{Append, Committed, WriteBatch};
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -89,17 +89,36 @@ impl Pending {
 }
 
 /// One authenticated connection's view of the pipeline.
+///
+/// It keeps the connection's identity as the `Arc` the hub also holds, and builds the
+/// application's [`Context`] per `sync` from it: an idle connection stores its ids once.
 pub struct Pipeline {
     shared: Arc<Shared>,
     conn: ConnId,
-    ctx: Context,
-    codec: Codec,
+    identity: Arc<ConnIdentity>,
+    subprotocol: u64,
+    headers: Arc<Map<String, Value>>,
     outbox: Arc<Outbox>,
+}
+
+/// What a [`Pipeline`] is built from.
+#[derive(Debug)]
+pub struct PipelineParts {
+    /// The connection.
+    pub conn: ConnId,
+    /// Who it is (shared with the hub).
+    pub identity: Arc<ConnIdentity>,
+    /// The client's subprotocol.
+    pub subprotocol: u64,
+    /// The Logux headers the client sent.
+    pub headers: Arc<Map<String, Value>>,
+    /// Where its frames go.
+    pub outbox: Arc<Outbox>,
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("conn", &self.conn).field("node", &self.ctx.node_id).finish()
+        f.debug_struct("Pipeline").field("conn", &self.conn).field("node", &self.identity.node_id).finish()
     }
 }
 
@@ -119,13 +138,26 @@ fn hook_undo(id: &ActionId, action: Action, error: HookError) -> Answer {
 
 impl Pipeline {
     /// A pipeline for an authenticated connection.
-    pub fn new(shared: Arc<Shared>, conn: ConnId, ctx: Context, codec: Codec, outbox: Arc<Outbox>) -> Self {
-        Pipeline { shared, conn, ctx, codec, outbox }
+    pub fn new(shared: Arc<Shared>, parts: PipelineParts) -> Self {
+        let PipelineParts { conn, identity, subprotocol, headers, outbox } = parts;
+        Pipeline { shared, conn, identity, subprotocol, headers, outbox }
+    }
+
+    /// What the application's hooks see.
+    fn context(&self) -> Context {
+        Context {
+            user_id: self.identity.user_id.clone(),
+            client_id: self.identity.client_id.clone(),
+            node_id: self.identity.node_id.clone(),
+            subprotocol: self.subprotocol,
+            headers: self.headers.clone(),
+        }
     }
 
     /// Runs access and resend for the actions of one `sync` and hands the accepted ones to the
     /// writer. Does not wait for the commit.
     pub async fn accept(&self, added: u64, actions: Vec<Incoming>) -> Pending {
+        let ctx = self.context();
         let mut batch = WriteBatch::default();
         let mut answers = Vec::with_capacity(actions.len());
         for incoming in actions {
@@ -138,7 +170,7 @@ impl Pipeline {
             let meta = Meta { id, time, subprotocol };
             let kind = action.kind();
             if kind == "logux/subscribe" {
-                answers.push(self.subscribe(action, meta).await);
+                answers.push(self.subscribe(&ctx, action, meta).await);
                 continue;
             }
             if kind == "logux/unsubscribe" {
@@ -157,7 +189,7 @@ impl Pipeline {
                     continue;
                 }
             };
-            match rules.access(&self.ctx, &action, &meta).await {
+            match rules.access(&ctx, &action, &meta).await {
                 Ok(true) => {}
                 Ok(false) => {
                     self.debug(&format!("Action \"{}\" was denied", meta.id));
@@ -169,7 +201,7 @@ impl Pipeline {
                     continue;
                 }
             }
-            let routing = match rules.resend(&self.ctx, &action, &meta).await {
+            let routing = match rules.resend(&ctx, &action, &meta).await {
                 Ok(r) => r,
                 Err(e) => {
                     answers.push(hook_undo(&meta.id, action, e));
@@ -227,7 +259,7 @@ impl Pipeline {
                 },
             };
             let id = self.shared.next_server_id();
-            frame.push(&self.codec, &json, &id, id.ms, sub);
+            frame.push(&self.identity.codec, &json, &id, id.ms, sub);
         }
         if !frame.is_empty() {
             self.outbox.push(frame.finish(self.outbox.safe_added()));
@@ -244,7 +276,7 @@ impl Pipeline {
         action: Action,
         meta: Meta,
     ) -> Result<Option<String>, WriteFailed> {
-        match rules.process(&self.ctx, &action, &meta).await {
+        match rules.process(&self.context(), &action, &meta).await {
             Ok(()) => {
                 let batch = WriteBatch {
                     statuses: vec![(meta.id.text(), Status::Processed)],
@@ -265,7 +297,8 @@ impl Pipeline {
                 let undo = undo_json(&meta.id, action.json(), &reason, &extra);
                 // The undo of a failed `process` is kept in the log and addressed to the
                 // author, so it arrives even if the author disconnects meanwhile.
-                let routing = Routing { clients: vec![self.ctx.client_id.clone()], ..Routing::default() };
+                let routing =
+                    Routing { clients: vec![self.identity.client_id.clone()], ..Routing::default() };
                 let entry = NewEntry {
                     time: undo_id.ms,
                     id: undo_id,
@@ -285,7 +318,7 @@ impl Pipeline {
         }
     }
 
-    async fn subscribe(&self, action: Action, meta: Meta) -> Answer {
+    async fn subscribe(&self, ctx: &Context, action: Action, meta: Meta) -> Answer {
         let Some(name) = action.str_field("channel").map(str::to_owned) else {
             return undo(&meta.id, action, "wrongChannel");
         };
@@ -294,17 +327,17 @@ impl Pipeline {
             return undo(&meta.id, action, "wrongChannel");
         };
         let rules = rules.clone();
-        match rules.access(&self.ctx, &params, &action, &meta).await {
+        match rules.access(ctx, &params, &action, &meta).await {
             Ok(true) => {}
             Ok(false) => return undo(&meta.id, action, "denied"),
             Err(e) => return hook_undo(&meta.id, action, e),
         }
-        match rules.load(&self.ctx, &params, &action, &meta).await {
+        match rules.load(ctx, &params, &action, &meta).await {
             Ok(loaded) if !loaded.is_empty() => {
                 let mut b = SyncBuilder::new();
                 for a in &loaded {
                     let id = self.shared.next_server_id();
-                    b.push(&self.codec, a.json(), &id, id.ms, Some(self.shared.config.subprotocol));
+                    b.push(&self.identity.codec, a.json(), &id, id.ms, Some(self.shared.config.subprotocol));
                 }
                 self.outbox.push(b.finish(self.outbox.safe_added()));
             }

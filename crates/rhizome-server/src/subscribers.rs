@@ -12,8 +12,9 @@ const FEW_MAX: usize = 8;
 pub enum Subscribers<K, V> {
     /// Few: scanned linearly, allocated exactly.
     Few(Vec<(K, V)>),
-    /// Many.
-    Many(HashMap<K, V>),
+    /// Many (boxed, so a channel's entry in the hub stays small).
+    #[allow(clippy::box_collection)] // the box keeps every channel's entry at a vector's size
+    Many(Box<HashMap<K, V>>),
 }
 
 impl<K, V> Default for Subscribers<K, V> {
@@ -52,7 +53,7 @@ impl<K: Copy + Eq + std::hash::Hash, V> Subscribers<K, V> {
                 } else {
                     let mut m: HashMap<K, V> = std::mem::take(v).into_iter().collect();
                     m.insert(key, value);
-                    *self = Subscribers::Many(m);
+                    *self = Subscribers::Many(Box::new(m));
                 }
             }
             Subscribers::Many(m) => {
@@ -71,7 +72,7 @@ impl<K: Copy + Eq + std::hash::Hash, V> Subscribers<K, V> {
             Subscribers::Many(m) => {
                 m.remove(key);
                 if m.len() <= FEW_MAX / 2 {
-                    *self = Subscribers::Few(std::mem::take(m).into_iter().collect());
+                    *self = Subscribers::Few(std::mem::take(m.as_mut()).into_iter().collect());
                 }
             }
         }

@@ -9,11 +9,11 @@
 
 use crate::hub::{ConnIdentity, HubMessage};
 use crate::outbox::{Closed, Outbox};
-use crate::pipeline::{Pending, Pipeline};
+use crate::pipeline::{Pending, Pipeline, PipelineParts};
 use crate::shared::Shared;
 use crate::writer::now_ms;
 use hyper_util::rt::TokioIo;
-use rhizome_core::{CloseReason, Connection, Context, Output};
+use rhizome_core::{CloseReason, Connection, Output};
 use rhizome_protocol::message::{encode_error, encode_ping, encode_pong};
 use rhizome_websocket::{close_code as code, encode_close, encode_text, Decoder, Message, Violation};
 use std::collections::VecDeque;
@@ -527,23 +527,16 @@ impl Session {
                     queue.extend(more);
                 }
                 Output::Authenticated(identity) => {
-                    let ctx = Context {
-                        user_id: identity.user_id.clone(),
-                        client_id: identity.client_id.clone(),
-                        node_id: identity.node_id.clone(),
-                        subprotocol: identity.subprotocol,
-                        headers: identity.headers.clone(),
-                    };
                     tracing::debug!(conn = self.conn, node = %identity.node_id, "authenticated");
-                    let hub_identity = Arc::new(ConnIdentity {
-                        node_id: identity.node_id.clone(),
-                        client_id: identity.client_id.clone(),
-                        user_id: identity.user_id.clone(),
-                        codec: identity.codec.clone(),
+                    let shared_identity = Arc::new(ConnIdentity {
+                        node_id: identity.node_id,
+                        client_id: identity.client_id,
+                        user_id: identity.user_id,
+                        codec: identity.codec,
                     });
                     let message = HubMessage::Register {
                         conn: self.conn,
-                        identity: hub_identity,
+                        identity: shared_identity.clone(),
                         outbox: self.outbox.clone(),
                         synced: identity.synced,
                     };
@@ -551,13 +544,14 @@ impl Session {
                         return Next::Close(code::GOING_AWAY, "server shutting down");
                     }
                     self.registered = true;
-                    self.pipeline = Some(Pipeline::new(
-                        self.shared.clone(),
-                        self.conn,
-                        ctx,
-                        identity.codec,
-                        self.outbox.clone(),
-                    ));
+                    let parts = PipelineParts {
+                        conn: self.conn,
+                        identity: shared_identity,
+                        subprotocol: identity.subprotocol,
+                        headers: identity.headers,
+                        outbox: self.outbox.clone(),
+                    };
+                    self.pipeline = Some(Pipeline::new(self.shared.clone(), parts));
                 }
                 Output::Sync { added, actions } => {
                     let Some(pipeline) = &self.pipeline else { continue };
