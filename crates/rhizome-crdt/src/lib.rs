@@ -11,8 +11,12 @@
 //! no gaps), so a [`CausalContext`] summarises "everything node n did up to c" in one integer.
 
 mod causal;
+mod map;
 
 pub use causal::{CausalContext, Dot, VersionVector};
+pub use map::{
+    join_causal, DotFun, DotMap, DotSet, DotStore, Kind, MapError, OrMap, Scalar, Value, ValueDelta, ValueRef,
+};
 pub use rhizome_protocol::NodeId;
 
 /// A join-semilattice: the state of a CRDT.
