@@ -12,12 +12,14 @@
 
 mod causal;
 mod map;
+mod set;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use map::{
     join_causal, DotFun, DotMap, DotSet, DotStore, Kind, MapError, OrMap, Scalar, Value, ValueDelta, ValueRef,
 };
 pub use rhizome_protocol::NodeId;
+pub use set::{ClSet, Orswot};
 
 /// A join-semilattice: the state of a CRDT.
 pub trait Lattice: Clone + PartialEq {
