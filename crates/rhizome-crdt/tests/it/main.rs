@@ -2,3 +2,5 @@
 //! duplication and grouping, and folding.
 
 mod causal;
+mod delivery;
+mod set;
