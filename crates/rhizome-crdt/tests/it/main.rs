@@ -3,4 +3,5 @@
 
 mod causal;
 mod delivery;
+mod map;
 mod set;
