@@ -13,13 +13,19 @@
 mod causal;
 mod counter;
 mod list;
+mod map;
 mod register;
+mod set;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
 pub use list::Rga;
+pub use map::{
+    join_causal, DotFun, DotMap, DotSet, DotStore, Kind, MapError, OrMap, Scalar, Value, ValueDelta, ValueRef,
+};
 pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
+pub use set::{ClSet, Orswot};
 
 /// A join-semilattice: the state of a CRDT.
 pub trait Lattice: Clone + PartialEq {

@@ -3,6 +3,9 @@
 
 mod causal;
 mod counter;
+mod delivery;
 mod gossip;
 mod list;
+mod map;
 mod register;
+mod set;

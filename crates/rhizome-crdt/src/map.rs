@@ -1,0 +1,756 @@
+//! Dot stores (DotSet, DotFun, DotMap) with their causal join, and the observed-remove map
+//! built from them: a JSON-document shape whose values are nested maps, sets and
+//! multi-value registers, all sharing the map's one causal context (Almeida, Shoker,
+//! Baquero 2018, section 6).
+//!
+//! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
+//! context every dot the replica has seen. A dot the context has seen but the store lacks was
+//! removed, which is how removal works without tombstones. The join keeps a dot if both
+//! sides have it, or one side has it and the other has never seen it.
+
+use crate::{CausalContext, Dot, Lattice};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The store half of a causal CRDT: a set of dots with data attached, joined under the two
+/// sides' causal contexts.
+pub trait DotStore: Clone + PartialEq + Default {
+    /// Whether the store holds no dot (the bottom store).
+    fn is_empty(&self) -> bool;
+
+    /// Appends every dot held by the store to `out`.
+    fn dots_into(&self, out: &mut Vec<Dot>);
+
+    /// Joins `(other, other_context)` into `(self, context)`, store half only: keeps what
+    /// both hold, and what one holds that the other's context has not seen. `context` is
+    /// `self`'s context before the join; the caller joins the contexts afterwards.
+    fn join_store(&mut self, context: &CausalContext, other: &Self, other_context: &CausalContext);
+}
+
+/// Joins the causal pair `(other, other_context)` into `(store, context)`.
+pub fn join_causal<S: DotStore>(
+    store: &mut S,
+    context: &mut CausalContext,
+    other: &S,
+    other_context: &CausalContext,
+) {
+    store.join_store(context, other, other_context);
+    context.join(other_context);
+}
+
+/// A set of dots: the store of an add-wins flag, and per element of an ORSWOT.
+pub type DotSet = BTreeSet<Dot>;
+
+/// A map from keys to nested dot stores; a key is present while its store holds a dot.
+pub type DotMap<K, S> = BTreeMap<K, S>;
+
+impl DotStore for DotSet {
+    fn is_empty(&self) -> bool {
+        BTreeSet::is_empty(self)
+    }
+
+    fn dots_into(&self, out: &mut Vec<Dot>) {
+        out.extend(self.iter().cloned());
+    }
+
+    fn join_store(&mut self, context: &CausalContext, other: &Self, other_context: &CausalContext) {
+        self.retain(|dot| other.contains(dot) || !other_context.contains(dot));
+        for dot in other {
+            if !context.contains(dot) {
+                self.insert(dot.clone());
+            }
+        }
+    }
+}
+
+impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
+    fn is_empty(&self) -> bool {
+        BTreeMap::is_empty(self)
+    }
+
+    fn dots_into(&self, out: &mut Vec<Dot>) {
+        for store in self.values() {
+            store.dots_into(out);
+        }
+    }
+
+    fn join_store(&mut self, context: &CausalContext, other: &Self, other_context: &CausalContext) {
+        let empty = S::default();
+        for (key, mine) in self.iter_mut() {
+            // A key only we hold still loses the dots the other side has seen removed.
+            let theirs = other.get(key).unwrap_or(&empty);
+            mine.join_store(context, theirs, other_context);
+        }
+        self.retain(|_, store| !store.is_empty());
+        for (key, theirs) in other {
+            if !self.contains_key(key) {
+                let mut joined = S::default();
+                joined.join_store(context, theirs, other_context);
+                if !joined.is_empty() {
+                    self.insert(key.clone(), joined);
+                }
+            }
+        }
+    }
+}
+
+/// A map from dots to values: the store of a multi-value register (each concurrent write
+/// keeps its own dot). A dot always carries the value written with it; should two stores
+/// disagree on a dot's value (a forged or corrupt delta), the join keeps the greater one so
+/// that it stays deterministic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DotFun<V>(BTreeMap<Dot, V>);
+
+impl<V> Default for DotFun<V> {
+    fn default() -> Self {
+        DotFun(BTreeMap::new())
+    }
+}
+
+impl<V> DotFun<V> {
+    /// The empty store.
+    pub fn new() -> DotFun<V> {
+        DotFun::default()
+    }
+
+    /// Sets the value of `dot`.
+    pub fn insert(&mut self, dot: Dot, value: V) {
+        self.0.insert(dot, value);
+    }
+
+    /// The value of `dot`.
+    pub fn get(&self, dot: &Dot) -> Option<&V> {
+        self.0.get(dot)
+    }
+
+    /// Dots and values, in dot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Dot, &V)> {
+        self.0.iter()
+    }
+
+    /// Number of dots.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no dot is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<V: Ord + Clone> DotStore for DotFun<V> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn dots_into(&self, out: &mut Vec<Dot>) {
+        out.extend(self.0.keys().cloned());
+    }
+
+    fn join_store(&mut self, context: &CausalContext, other: &Self, other_context: &CausalContext) {
+        self.0.retain(|dot, _| other.0.contains_key(dot) || !other_context.contains(dot));
+        for (dot, theirs) in &other.0 {
+            match self.0.get_mut(dot) {
+                Some(mine) => {
+                    if *theirs > *mine {
+                        *mine = theirs.clone();
+                    }
+                }
+                None => {
+                    if !context.contains(dot) {
+                        self.0.insert(dot.clone(), theirs.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The delta of adding `elem` with the fresh `dot` to the set `entries`: the element with
+/// just that dot, and a context of that dot plus the element's current dots, so the add
+/// also retires them. A dot the context has already seen gives the bottom delta: it is the
+/// same add applied again.
+pub(crate) fn set_add<E: Ord + Clone>(
+    entries: &DotMap<E, DotSet>,
+    context: &CausalContext,
+    dot: Dot,
+    elem: E,
+) -> (DotMap<E, DotSet>, CausalContext) {
+    if context.contains(&dot) {
+        return (DotMap::new(), CausalContext::new());
+    }
+    let mut seen = Vec::new();
+    if let Some(dots) = entries.get(&elem) {
+        dots.dots_into(&mut seen);
+    }
+    seen.push(dot.clone());
+    (DotMap::from([(elem, DotSet::from([dot]))]), seen.into_iter().collect())
+}
+
+/// The delta of removing `elem` from the set `entries`: no entries, and a context of exactly
+/// the element's current dots, so a concurrent add (a dot not seen here) survives.
+pub(crate) fn set_remove<E: Ord>(
+    entries: &DotMap<E, DotSet>,
+    elem: &E,
+) -> (DotMap<E, DotSet>, CausalContext) {
+    let context = entries.get(elem).into_iter().flatten().cloned().collect();
+    (DotMap::new(), context)
+}
+
+/// A JSON-like scalar held by a register or a set. Floats are kept as their IEEE-754 bits,
+/// so equality and order are total (and bitwise: `-0.0 != 0.0`, each NaN is itself).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scalar {
+    /// JSON `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float, as the bits of an `f64` (see [`Scalar::float`]).
+    Float(u64),
+    /// A string.
+    Str(String),
+}
+
+impl Scalar {
+    /// A float scalar.
+    pub fn float(value: f64) -> Scalar {
+        Scalar::Float(value.to_bits())
+    }
+
+    /// The float, when this is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Scalar::Float(bits) => Some(f64::from_bits(*bits)),
+            _ => None,
+        }
+    }
+}
+
+impl From<bool> for Scalar {
+    fn from(value: bool) -> Self {
+        Scalar::Bool(value)
+    }
+}
+
+impl From<i64> for Scalar {
+    fn from(value: i64) -> Self {
+        Scalar::Int(value)
+    }
+}
+
+impl From<f64> for Scalar {
+    fn from(value: f64) -> Self {
+        Scalar::float(value)
+    }
+}
+
+impl From<&str> for Scalar {
+    fn from(value: &str) -> Self {
+        Scalar::Str(value.to_owned())
+    }
+}
+
+impl From<String> for Scalar {
+    fn from(value: String) -> Self {
+        Scalar::Str(value)
+    }
+}
+
+/// The kinds of value an [`OrMap`] key can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// A nested map.
+    Map,
+    /// An add-wins set of scalars (ORSWOT).
+    Set,
+    /// A multi-value register of scalars.
+    Register,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Map => "map",
+            Kind::Set => "set",
+            Kind::Register => "register",
+        })
+    }
+}
+
+/// Why a map mutator refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The mutator is for one kind of value, and the key holds another one (and not that one).
+    TypeMismatch {
+        /// The kind the mutator works on.
+        expected: Kind,
+        /// A kind the key holds.
+        found: Kind,
+    },
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapError::TypeMismatch { expected, found } => {
+                write!(f, "expected a {expected} at this key, found a {found}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MapError {}
+
+/// The value at one key of an [`OrMap`]: one dot store per [`Kind`].
+///
+/// Normally exactly one kind is non-empty. Two replicas that write different kinds to the
+/// same key concurrently (say a set and a register) both keep their write: the join is
+/// per kind, so nothing is lost and the result does not depend on delivery order, and
+/// [`Value::kinds`] then lists both. Local mutators refuse a kind the key does not hold
+/// while it holds another ([`MapError::TypeMismatch`]); removing the key clears every kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value<K> {
+    map: DotMap<K, Value<K>>,
+    set: DotMap<Scalar, DotSet>,
+    register: DotFun<Scalar>,
+}
+
+impl<K> Default for Value<K> {
+    fn default() -> Self {
+        Value { map: DotMap::new(), set: DotMap::new(), register: DotFun::new() }
+    }
+}
+
+impl<K: Ord + Clone> DotStore for Value<K> {
+    fn is_empty(&self) -> bool {
+        self.map.is_empty() && self.set.is_empty() && self.register.is_empty()
+    }
+
+    fn dots_into(&self, out: &mut Vec<Dot>) {
+        self.map.dots_into(out);
+        self.set.dots_into(out);
+        self.register.dots_into(out);
+    }
+
+    fn join_store(&mut self, context: &CausalContext, other: &Self, other_context: &CausalContext) {
+        self.map.join_store(context, &other.map, other_context);
+        self.set.join_store(context, &other.set, other_context);
+        self.register.join_store(context, &other.register, other_context);
+    }
+}
+
+impl<K: Ord + Clone> Value<K> {
+    /// The kinds this value holds: one, or several after concurrent writes of different kinds.
+    pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
+        [Kind::Map, Kind::Set, Kind::Register].into_iter().filter(|kind| self.holds(*kind))
+    }
+
+    /// Whether this value holds `kind`.
+    pub fn holds(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Map => !self.map.is_empty(),
+            Kind::Set => !self.set.is_empty(),
+            Kind::Register => !self.register.is_empty(),
+        }
+    }
+
+    /// The value at `key` of the nested map.
+    pub fn get(&self, key: &K) -> Option<&Value<K>> {
+        self.map.get(key)
+    }
+
+    /// The keys and values of the nested map, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&K, &Value<K>)> {
+        self.map.iter()
+    }
+
+    /// Whether the set holds `elem`.
+    pub fn contains(&self, elem: &Scalar) -> bool {
+        self.set.contains_key(elem)
+    }
+
+    /// The elements of the set, in order.
+    pub fn elements(&self) -> impl Iterator<Item = &Scalar> {
+        self.set.keys()
+    }
+
+    /// The register's values: one, or several after concurrent assignments (distinct, in order).
+    pub fn values(&self) -> BTreeSet<&Scalar> {
+        self.register.iter().map(|(_, value)| value).collect()
+    }
+}
+
+/// The value at one key read together with the map's causal context: what a delta mutator
+/// of [`OrMap::update`] works on. Its mutators return the delta of the value, never change it.
+#[derive(Debug)]
+pub struct ValueRef<'a, K> {
+    value: Option<&'a Value<K>>,
+    context: &'a CausalContext,
+}
+
+impl<K> Clone for ValueRef<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for ValueRef<'_, K> {}
+
+/// The delta produced by a mutator of a [`ValueRef`]: a value and the causal context it
+/// covers (the dots it creates plus the dots it retires).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueDelta<K> {
+    value: Value<K>,
+    context: CausalContext,
+}
+
+impl<K: Ord + Clone> ValueDelta<K> {
+    /// The delta's value.
+    pub fn value(&self) -> &Value<K> {
+        &self.value
+    }
+
+    /// The delta's causal context.
+    pub fn context(&self) -> &CausalContext {
+        &self.context
+    }
+}
+
+impl<'a, K: Ord + Clone> ValueRef<'a, K> {
+    /// The value, or `None` when the key is absent.
+    pub fn value(&self) -> Option<&'a Value<K>> {
+        self.value
+    }
+
+    /// The map's causal context (shared by every nested value).
+    pub fn context(&self) -> &'a CausalContext {
+        self.context
+    }
+
+    /// The value at `key` of the nested map, with the same context.
+    pub fn get(&self, key: &K) -> ValueRef<'a, K> {
+        ValueRef { value: self.value.and_then(|v| v.map.get(key)), context: self.context }
+    }
+
+    /// Checks that a mutator of `expected` may run: the key is absent, or holds that kind.
+    fn expect(&self, expected: Kind) -> Result<(), MapError> {
+        let Some(value) = self.value else { return Ok(()) };
+        if value.holds(expected) {
+            return Ok(());
+        }
+        match value.kinds().next() {
+            Some(found) => Err(MapError::TypeMismatch { expected, found }),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds `elem` to the set with the fresh `dot` (see [`crate::Orswot::add`]).
+    pub fn set_add(&self, dot: Dot, elem: impl Into<Scalar>) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Set)?;
+        let empty = DotMap::new();
+        let entries = self.value.map_or(&empty, |v| &v.set);
+        let (set, context) = set_add(entries, self.context, dot, elem.into());
+        Ok(ValueDelta { value: Value { set, ..Value::default() }, context })
+    }
+
+    /// Removes `elem` from the set, observed-remove (see [`crate::Orswot::remove`]).
+    pub fn set_remove(&self, elem: &Scalar) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Set)?;
+        let empty = DotMap::new();
+        let entries = self.value.map_or(&empty, |v| &v.set);
+        let (set, context) = set_remove(entries, elem);
+        Ok(ValueDelta { value: Value { set, ..Value::default() }, context })
+    }
+
+    /// Assigns the register with the fresh `dot`: replaces every value seen here; values
+    /// assigned concurrently stay beside it. A dot already seen gives the bottom delta.
+    pub fn assign(&self, dot: Dot, scalar: impl Into<Scalar>) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Register)?;
+        if self.context.contains(&dot) {
+            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
+        }
+        let mut seen = Vec::new();
+        if let Some(value) = self.value {
+            value.register.dots_into(&mut seen);
+        }
+        seen.push(dot.clone());
+        let mut register = DotFun::new();
+        register.insert(dot, scalar.into());
+        Ok(ValueDelta { value: Value { register, ..Value::default() }, context: seen.into_iter().collect() })
+    }
+
+    /// Applies the delta mutator `f` to the value at `key` of the nested map.
+    pub fn map_update<F>(&self, key: K, f: F) -> Result<ValueDelta<K>, MapError>
+    where
+        F: FnOnce(ValueRef<'_, K>) -> Result<ValueDelta<K>, MapError>,
+    {
+        self.expect(Kind::Map)?;
+        let (map, context) = map_update(self.value.map(|v| &v.map), self.context, key, f)?;
+        Ok(ValueDelta { value: Value { map, ..Value::default() }, context })
+    }
+
+    /// Removes `key` from the nested map, observed-remove (see [`OrMap::remove`]).
+    pub fn map_remove(&self, key: &K) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Map)?;
+        let (map, context) = map_remove(self.value.map(|v| &v.map), key);
+        Ok(ValueDelta { value: Value { map, ..Value::default() }, context })
+    }
+}
+
+/// The delta of applying `f` to the value at `key` of `entries`.
+fn map_update<K, F>(
+    entries: Option<&DotMap<K, Value<K>>>,
+    context: &CausalContext,
+    key: K,
+    f: F,
+) -> Result<(DotMap<K, Value<K>>, CausalContext), MapError>
+where
+    K: Ord + Clone,
+    F: FnOnce(ValueRef<'_, K>) -> Result<ValueDelta<K>, MapError>,
+{
+    let delta = f(ValueRef { value: entries.and_then(|e| e.get(&key)), context })?;
+    let mut map = DotMap::new();
+    if !delta.value.is_empty() {
+        map.insert(key, delta.value);
+    }
+    Ok((map, delta.context))
+}
+
+/// The delta of removing `key` from `entries`: the context of every dot under the key.
+fn map_remove<K: Ord + Clone>(
+    entries: Option<&DotMap<K, Value<K>>>,
+    key: &K,
+) -> (DotMap<K, Value<K>>, CausalContext) {
+    let mut seen = Vec::new();
+    if let Some(value) = entries.and_then(|e| e.get(key)) {
+        value.dots_into(&mut seen);
+    }
+    (DotMap::new(), seen.into_iter().collect())
+}
+
+/// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets and
+/// multi-value registers, with one causal context for the whole document.
+///
+/// A key is present while its value holds a dot. Removing a key retires exactly the dots
+/// seen under it, so a concurrent update inside the key survives (with only what that
+/// update wrote).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrMap<K> {
+    entries: DotMap<K, Value<K>>,
+    context: CausalContext,
+}
+
+impl<K> Default for OrMap<K> {
+    fn default() -> Self {
+        OrMap { entries: DotMap::new(), context: CausalContext::new() }
+    }
+}
+
+impl<K: Ord + Clone> OrMap<K> {
+    /// The empty map.
+    pub fn new() -> OrMap<K> {
+        OrMap::default()
+    }
+
+    /// Applies the delta mutator `f` to the value at `key` (absent keys read as empty) and
+    /// returns the map's delta; `f`'s error (a [`MapError::TypeMismatch`]) is passed on.
+    pub fn update<F>(&self, key: K, f: F) -> Result<OrMap<K>, MapError>
+    where
+        F: FnOnce(ValueRef<'_, K>) -> Result<ValueDelta<K>, MapError>,
+    {
+        let (entries, context) = map_update(Some(&self.entries), &self.context, key, f)?;
+        Ok(OrMap { entries, context })
+    }
+
+    /// Removes `key`: the delta retires every dot seen under it, whatever its kind.
+    pub fn remove(&self, key: &K) -> OrMap<K> {
+        let (entries, context) = map_remove(Some(&self.entries), key);
+        OrMap { entries, context }
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &K) -> Option<&Value<K>> {
+        self.entries.get(key)
+    }
+
+    /// The value at `key` with the map's context, for reading before a mutation.
+    pub fn entry(&self, key: &K) -> ValueRef<'_, K> {
+        ValueRef { value: self.entries.get(key), context: &self.context }
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Keys and values, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<K>)> {
+        self.entries.iter()
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.keys()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is present.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every dot this map has seen.
+    pub fn context(&self) -> &CausalContext {
+        &self.context
+    }
+}
+
+impl<K: Ord + Clone> Lattice for OrMap<K> {
+    fn bottom() -> Self {
+        OrMap::new()
+    }
+
+    fn join(&mut self, other: &Self) {
+        join_causal(&mut self.entries, &mut self.context, &other.entries, &other.context);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeId;
+
+    fn apply(map: &mut OrMap<&'static str>, delta: &OrMap<&'static str>) {
+        map.join(delta);
+    }
+
+    fn next(map: &OrMap<&'static str>, node: &str) -> Dot {
+        map.context().next_dot(&NodeId::from(node))
+    }
+
+    #[test]
+    fn dot_set_join_keeps_common_and_unseen_dots() {
+        let (a1, a2, b1) = (Dot::new("a", 1), Dot::new("a", 2), Dot::new("b", 1));
+        let mut left = DotSet::from([a1.clone(), a2.clone()]);
+        let left_ctx: CausalContext = [a1.clone(), a2.clone()].into_iter().collect();
+        // The right side saw a1 and a2 but kept only a2 (it removed a1), and added b1.
+        let right = DotSet::from([a2.clone(), b1.clone()]);
+        let right_ctx: CausalContext = [a1, a2.clone(), b1.clone()].into_iter().collect();
+        left.join_store(&left_ctx, &right, &right_ctx);
+        assert_eq!(left, DotSet::from([a2, b1]));
+    }
+
+    #[test]
+    fn dot_fun_join_keeps_the_greater_value_of_a_disputed_dot() {
+        let dot = Dot::new("a", 1);
+        let ctx: CausalContext = [dot.clone()].into_iter().collect();
+        let mut left = DotFun::new();
+        left.insert(dot.clone(), Scalar::Int(1));
+        let mut right = DotFun::new();
+        right.insert(dot.clone(), Scalar::Int(2));
+        let mut right_first = right.clone();
+        right_first.join_store(&ctx, &left, &ctx);
+        left.join_store(&ctx, &right, &ctx);
+        assert_eq!(left, right_first);
+        assert_eq!(left.get(&dot), Some(&Scalar::Int(2)));
+    }
+
+    #[test]
+    fn nested_values_are_written_and_read() {
+        let mut doc = OrMap::new();
+        let d = doc.update("title", |v| v.assign(next(&doc, "a"), "Buy milk")).unwrap();
+        apply(&mut doc, &d);
+        let d = doc.update("tags", |v| v.set_add(next(&doc, "a"), "urgent")).unwrap();
+        apply(&mut doc, &d);
+        let d = doc
+            .update("meta", |v| v.map_update("owner", |o| o.assign(next(&doc, "a"), Scalar::Int(7))))
+            .unwrap();
+        apply(&mut doc, &d);
+        assert_eq!(doc.len(), 3);
+        let title = doc.get(&"title").unwrap();
+        assert_eq!(title.values().into_iter().collect::<Vec<_>>(), [&Scalar::from("Buy milk")]);
+        assert!(doc.get(&"tags").unwrap().contains(&"urgent".into()));
+        let owner = doc.get(&"meta").unwrap().get(&"owner").unwrap();
+        assert_eq!(owner.kinds().collect::<Vec<_>>(), [Kind::Register]);
+        assert_eq!(doc.context().vv().get(&"a".into()), 3);
+    }
+
+    #[test]
+    fn a_mutator_of_another_kind_is_refused() {
+        let mut doc = OrMap::new();
+        let d = doc.update("x", |v| v.assign(next(&doc, "a"), true)).unwrap();
+        apply(&mut doc, &d);
+        let err = doc.update("x", |v| v.set_add(next(&doc, "a"), 1i64)).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Set, found: Kind::Register });
+        assert_eq!(err.to_string(), "expected a set at this key, found a register");
+        // Removing the key first makes room for the other kind.
+        let removal = doc.remove(&"x");
+        apply(&mut doc, &removal);
+        assert!(doc.update("x", |v| v.set_add(next(&doc, "a"), 1i64)).is_ok());
+    }
+
+    #[test]
+    fn concurrent_writes_of_different_kinds_both_survive() {
+        let base = OrMap::new();
+        let as_set = base.update("x", |v| v.set_add(Dot::new("a", 1), 1i64)).unwrap();
+        let as_register = base.update("x", |v| v.assign(Dot::new("b", 1), 2i64)).unwrap();
+        let mut left = as_set.clone();
+        left.join(&as_register);
+        let mut right = as_register;
+        right.join(&as_set);
+        assert_eq!(left, right);
+        let kinds: Vec<_> = left.get(&"x").unwrap().kinds().collect();
+        assert_eq!(kinds, [Kind::Set, Kind::Register]);
+        // Each kind can still be mutated; another kind is refused with the first one found.
+        assert!(left.update("x", |v| v.assign(Dot::new("a", 2), 3i64)).is_ok());
+        let err = left.update("x", |v| v.map_remove(&"y")).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Map, found: Kind::Set });
+    }
+
+    #[test]
+    fn removing_a_key_keeps_a_concurrent_nested_update() {
+        let mut a = OrMap::new();
+        let d = a.update("tags", |v| v.set_add(next(&a, "a"), "old")).unwrap();
+        apply(&mut a, &d);
+        let mut b = a.clone();
+        let removal = a.remove(&"tags");
+        apply(&mut a, &removal);
+        let added = b.update("tags", |v| v.set_add(next(&b, "b"), "new")).unwrap();
+        apply(&mut b, &added);
+        a.join(&b);
+        b.join(&removal);
+        assert_eq!(a, b);
+        let tags: Vec<_> = a.get(&"tags").unwrap().elements().collect();
+        assert_eq!(tags, [&Scalar::from("new")]);
+    }
+
+    #[test]
+    fn an_assignment_replaces_what_it_saw() {
+        let mut doc = OrMap::new();
+        let d1 = doc.update("x", |v| v.assign(next(&doc, "a"), 1i64)).unwrap();
+        let concurrent = doc.update("x", |v| v.assign(Dot::new("b", 1), 2i64)).unwrap();
+        apply(&mut doc, &d1);
+        apply(&mut doc, &concurrent);
+        assert_eq!(doc.get(&"x").unwrap().values().len(), 2, "siblings");
+        let d2 = doc.update("x", |v| v.assign(next(&doc, "a"), 3i64)).unwrap();
+        apply(&mut doc, &d2);
+        assert_eq!(doc.get(&"x").unwrap().values().into_iter().collect::<Vec<_>>(), [&Scalar::Int(3)]);
+        // The same assignment again (a seen dot) changes nothing.
+        let again = doc.update("x", |v| v.assign(Dot::new("a", 1), 9i64)).unwrap();
+        assert!(again.is_bottom());
+    }
+
+    #[test]
+    fn floats_keep_their_bits() {
+        assert_eq!(Scalar::float(1.5).as_f64(), Some(1.5));
+        assert_ne!(Scalar::float(0.0), Scalar::float(-0.0));
+        assert_eq!(Scalar::Int(1).as_f64(), None);
+    }
+}

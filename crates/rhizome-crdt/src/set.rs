@@ -1,0 +1,262 @@
+//! Sets: the add-wins observed-remove set without tombstones (ORSWOT, as a causal δ-CRDT)
+//! and the causal-length set (Yu & Rostad 2020).
+
+use crate::map::{join_causal, set_add, set_remove, DotMap, DotSet};
+use crate::{CausalContext, Dot, Lattice};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// An add-wins observed-remove set without tombstones: each element keeps the dots of the
+/// adds that made it present, and one causal context covers the whole set.
+///
+/// A remove retires exactly the dots it saw, so an add concurrent with it (a dot it did not
+/// see) keeps the element. A removed element leaves nothing behind but its dots in the
+/// context, which compacts to one counter per node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Orswot<E> {
+    entries: DotMap<E, DotSet>,
+    context: CausalContext,
+}
+
+impl<E> Default for Orswot<E> {
+    fn default() -> Self {
+        Orswot { entries: DotMap::new(), context: CausalContext::new() }
+    }
+}
+
+impl<E: Ord + Clone> Orswot<E> {
+    /// The empty set.
+    pub fn new() -> Orswot<E> {
+        Orswot::default()
+    }
+
+    /// Delta of adding `elem` with the fresh `dot` (normally `context().next_dot(me)`): the
+    /// element with that dot, and a context of that dot plus the element's current dots,
+    /// which the add replaces. A dot already in the context gives the bottom delta (it is
+    /// the same add again).
+    pub fn add(&self, dot: Dot, elem: E) -> Orswot<E> {
+        let (entries, context) = set_add(&self.entries, &self.context, dot, elem);
+        Orswot { entries, context }
+    }
+
+    /// Delta of removing `elem`: no entries, and a context of the element's current dots.
+    /// Removing an absent element gives the bottom delta.
+    pub fn remove(&self, elem: &E) -> Orswot<E> {
+        let (entries, context) = set_remove(&self.entries, elem);
+        Orswot { entries, context }
+    }
+
+    /// Whether `elem` is in the set.
+    pub fn contains(&self, elem: &E) -> bool {
+        self.entries.contains_key(elem)
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &E> {
+        self.entries.keys()
+    }
+
+    /// The elements, cloned into a set.
+    pub fn elements(&self) -> BTreeSet<E> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// The dots that keep `elem` present (none when absent).
+    pub fn dots(&self, elem: &E) -> impl Iterator<Item = &Dot> {
+        self.entries.get(elem).into_iter().flatten()
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every dot this set has seen.
+    pub fn context(&self) -> &CausalContext {
+        &self.context
+    }
+}
+
+impl<E: Ord + Clone> Lattice for Orswot<E> {
+    fn bottom() -> Self {
+        Orswot::new()
+    }
+
+    fn join(&mut self, other: &Self) {
+        join_causal(&mut self.entries, &mut self.context, &other.entries, &other.context);
+    }
+}
+
+/// A causal-length set: each element ever added keeps one counter, its causal length; odd
+/// means present. Add and remove each lengthen an element by one, only when that changes
+/// its presence; the join is the pointwise maximum, so the longer history wins, and
+/// concurrent identical changes (two adds of an absent element) agree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClSet<E> {
+    lengths: BTreeMap<E, u64>,
+}
+
+impl<E> Default for ClSet<E> {
+    fn default() -> Self {
+        ClSet { lengths: BTreeMap::new() }
+    }
+}
+
+impl<E: Ord + Clone> ClSet<E> {
+    /// The empty set.
+    pub fn new() -> ClSet<E> {
+        ClSet::default()
+    }
+
+    /// Delta of adding `elem`: its length plus one when absent, the bottom delta when present.
+    pub fn add(&self, elem: E) -> ClSet<E> {
+        let length = self.length(&elem);
+        if is_present(length) {
+            return ClSet::new();
+        }
+        ClSet { lengths: BTreeMap::from([(elem, length + 1)]) }
+    }
+
+    /// Delta of removing `elem`: its length plus one when present, the bottom delta when absent.
+    pub fn remove(&self, elem: &E) -> ClSet<E> {
+        let length = self.length(elem);
+        if !is_present(length) {
+            return ClSet::new();
+        }
+        ClSet { lengths: BTreeMap::from([(elem.clone(), length + 1)]) }
+    }
+
+    /// The causal length of `elem` (0 when never added).
+    pub fn length(&self, elem: &E) -> u64 {
+        self.lengths.get(elem).copied().unwrap_or(0)
+    }
+
+    /// Whether `elem` is in the set.
+    pub fn contains(&self, elem: &E) -> bool {
+        is_present(self.length(elem))
+    }
+
+    /// The present elements, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &E> {
+        self.lengths.iter().filter(|(_, length)| is_present(**length)).map(|(elem, _)| elem)
+    }
+
+    /// Every element ever added with its causal length, in order.
+    pub fn lengths(&self) -> impl Iterator<Item = (&E, u64)> {
+        self.lengths.iter().map(|(elem, length)| (elem, *length))
+    }
+}
+
+/// Whether a causal length means present: odd lengths end with an add.
+fn is_present(length: u64) -> bool {
+    length % 2 == 1
+}
+
+impl<E: Ord + Clone> Lattice for ClSet<E> {
+    fn bottom() -> Self {
+        ClSet::new()
+    }
+
+    fn join(&mut self, other: &Self) {
+        for (elem, length) in &other.lengths {
+            // A zero length is the bottom of that element; storing it would make equal
+            // sets compare unequal.
+            if *length == 0 {
+                continue;
+            }
+            let mine = self.lengths.entry(elem.clone()).or_insert(0);
+            *mine = (*mine).max(*length);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeId;
+
+    fn next(set: &Orswot<&'static str>, node: &str) -> Dot {
+        set.context().next_dot(&NodeId::from(node))
+    }
+
+    #[test]
+    fn add_then_remove() {
+        let mut s = Orswot::new();
+        let d = s.add(next(&s, "a"), "x");
+        s.join(&d);
+        assert!(s.contains(&"x"));
+        assert_eq!(s.len(), 1);
+        let d = s.remove(&"x");
+        s.join(&d);
+        assert!(!s.contains(&"x"));
+        assert!(s.is_empty());
+        assert_eq!(s.context().vv().get(&"a".into()), 1, "the dot stays in the context");
+    }
+
+    #[test]
+    fn an_add_replaces_the_elements_older_dots() {
+        let mut s = Orswot::new();
+        let d1 = s.add(Dot::new("a", 1), "x");
+        let d2 = s.add(Dot::new("b", 1), "x");
+        s.join(&d1);
+        s.join(&d2);
+        assert_eq!(s.dots(&"x").count(), 2);
+        let d3 = s.add(next(&s, "a"), "x");
+        s.join(&d3);
+        assert_eq!(s.dots(&"x").collect::<Vec<_>>(), [&Dot::new("a", 2)]);
+    }
+
+    #[test]
+    fn a_concurrent_add_wins_over_a_remove() {
+        let mut a = Orswot::new();
+        let d = a.add(next(&a, "a"), "x");
+        a.join(&d);
+        let mut b = a.clone();
+        let removal = a.remove(&"x");
+        a.join(&removal);
+        let re_add = b.add(next(&b, "b"), "x");
+        b.join(&re_add);
+        a.join(&b);
+        b.join(&removal);
+        assert_eq!(a, b);
+        assert!(a.contains(&"x"));
+    }
+
+    #[test]
+    fn a_replayed_add_is_a_no_op() {
+        let mut s = Orswot::new();
+        let dot = next(&s, "a");
+        let d = s.add(dot.clone(), "x");
+        s.join(&d);
+        let removal = s.remove(&"x");
+        s.join(&removal);
+        assert!(s.add(dot, "x").is_bottom());
+    }
+
+    #[test]
+    fn causal_lengths_follow_presence() {
+        let mut s = ClSet::new();
+        assert!(s.remove(&"x").is_bottom(), "removing an absent element does nothing");
+        let d = s.add("x");
+        s.join(&d);
+        assert_eq!(s.length(&"x"), 1);
+        assert!(s.add("x").is_bottom(), "adding a present element does nothing");
+        let d = s.remove(&"x");
+        s.join(&d);
+        assert_eq!(s.length(&"x"), 2);
+        assert!(!s.contains(&"x"));
+        assert_eq!(s.iter().count(), 0);
+        assert_eq!(s.lengths().collect::<Vec<_>>(), [(&"x", 2)]);
+    }
+
+    #[test]
+    fn a_zero_length_is_bottom() {
+        let mut s: ClSet<&str> = ClSet::new();
+        s.join(&ClSet { lengths: BTreeMap::from([("x", 0)]) });
+        assert!(s.is_bottom());
+    }
+}
