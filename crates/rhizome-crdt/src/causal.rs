@@ -5,6 +5,9 @@ use rhizome_protocol::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One event of one node: the node and its dense per-node counter (starting at 1).
+///
+/// The derived order is (node, counter), field order matters: contexts rely on a node's dots
+/// being adjacent and ascending.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Dot {
     /// The node that made the event.
@@ -149,7 +152,9 @@ impl CausalContext {
     pub fn next_dot(&self, node: &NodeId) -> Dot {
         let in_cloud = self.cloud.range(Dot::new(node.clone(), 0)..).take_while(|d| d.node == *node).last();
         let highest = in_cloud.map_or(self.vv.get(node), |d| d.counter);
-        Dot { node: node.clone(), counter: highest + 1 }
+        // Saturates rather than wrapping to 0 (which every context contains): a counter near
+        // u64::MAX only comes from a forged dot, and its node then stops making progress.
+        Dot { node: node.clone(), counter: highest.saturating_add(1) }
     }
 
     /// The contiguous prefix per node.
