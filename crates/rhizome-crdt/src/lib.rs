@@ -12,10 +12,14 @@
 
 mod causal;
 mod counter;
+pub mod object;
+pub mod ops;
 mod register;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
+pub use object::{Kind, Object};
+pub use ops::OpError;
 pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
 
