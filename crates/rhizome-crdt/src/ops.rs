@@ -360,6 +360,60 @@ fn too_high_counter() -> OpError {
     OpError::TooBig { what: "events of one node on one object", max: COUNTER_MAX as usize }
 }
 
+/// Folds a client's queue of operations before sending: each run of consecutive operations on
+/// the same key and of the same kind becomes as few operations as give the same result, and
+/// everything else keeps its order.
+///
+/// - counter: the run's increments add up into one `inc` and its decrements into one `dec`
+///   (in the order of their first appearance; a sum over [`BY_MAX`] is split into several
+///   operations). The server ends at the same state: totals only add up (and saturate alike).
+/// - lww, mv: the last write of the run. A client's writes follow each other, so each
+///   supersedes the one before; the server ends at the same value, with fewer dots.
+///
+/// Operations on one key separated by another key's are not folded together, so the folded
+/// queue shows other clients the same order of changes across objects.
+pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
+    let mut folded = Vec::with_capacity(ops.len());
+    let mut rest = ops;
+    while let Some(first) = rest.first() {
+        let run_len = rest.iter().take_while(|op| op.key == first.key && op.kind() == first.kind()).count();
+        let (run, tail) = rest.split_at(run_len);
+        match first.kind() {
+            Kind::Counter => fold_counter_run(run, &mut folded),
+            Kind::Lww | Kind::Mv => folded.extend(run.last().cloned()),
+        }
+        rest = tail;
+    }
+    folded
+}
+
+/// Appends the folded increments and decrements of `run`, counter operations on one key.
+fn fold_counter_run(run: &[Op], folded: &mut Vec<Op>) {
+    let Some(first) = run.first() else { return };
+    // A u128 holds any run: fewer than 2^64 operations of at most 2^53 each.
+    let (mut inc, mut dec) = (0u128, 0u128);
+    for op in run {
+        match op.change {
+            Change::CounterInc { by } => inc += u128::from(by),
+            Change::CounterDec { by } => dec += u128::from(by),
+            _ => {}
+        }
+    }
+    let inc = (inc, (|by| Change::CounterInc { by }) as fn(u64) -> Change);
+    let dec = (dec, (|by| Change::CounterDec { by }) as fn(u64) -> Change);
+    let totals = match first.change {
+        Change::CounterDec { .. } => [dec, inc],
+        _ => [inc, dec],
+    };
+    for (mut total, change) in totals {
+        while total > 0 {
+            let by = u64::try_from(total.min(u128::from(BY_MAX))).unwrap_or(BY_MAX);
+            folded.push(Op { key: first.key.clone(), change: change(by) });
+            total -= u128::from(by);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,5 +635,46 @@ mod tests {
         let set = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1}));
         assert_eq!(apply(&state, &set, &node("new"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
         assert!(apply(&state, &set, &node("n7"), 0).is_ok());
+    }
+
+    fn actions(ops: &[Op]) -> Vec<Value> {
+        ops.iter().map(|op| Value::Object(op.to_action())).collect()
+    }
+
+    #[test]
+    fn fold_counter_runs_into_one_inc_and_one_dec() {
+        let inc = |key: &str, by: u64| op(json!({"type": "crdt/counter/inc", "key": key, "by": by}));
+        let dec = |key: &str, by: u64| op(json!({"type": "crdt/counter/dec", "key": key, "by": by}));
+        let ones: Vec<Op> = (0..1000).map(|_| inc("k", 1)).collect();
+        assert_eq!(fold_queue(&ones), [inc("k", 1000)]);
+        let mixed = [dec("k", 2), inc("k", 1), dec("k", 3), inc("k", 4), inc("j", 1), inc("k", 1)];
+        assert_eq!(
+            actions(&fold_queue(&mixed)),
+            actions(&[dec("k", 5), inc("k", 5), inc("j", 1), inc("k", 1)]),
+            "the first kind of change first; another key in between stops the run"
+        );
+        let big = [inc("k", BY_MAX), inc("k", BY_MAX), inc("k", 5)];
+        assert_eq!(fold_queue(&big), [inc("k", BY_MAX), inc("k", BY_MAX), inc("k", 5)], "split at 2^53");
+        assert_eq!(fold_queue(&[]), []);
+    }
+
+    #[test]
+    fn fold_register_runs_keep_the_last_write() {
+        let lww = |key: &str, v: i32| op(json!({"type": "crdt/lww/set", "key": key, "value": v}));
+        let mv = |key: &str, v: i32| op(json!({"type": "crdt/mv/set", "key": key, "value": v}));
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        let queue = [lww("k", 1), lww("k", 2), mv("m", 1), mv("m", 2), mv("m", 3), lww("k", 3)];
+        assert_eq!(fold_queue(&queue), [lww("k", 2), mv("m", 3), lww("k", 3)]);
+        let kinds = [lww("k", 1), mv("k", 2), mv("k", 3), inc.clone(), inc.clone(), lww("k", 4)];
+        assert_eq!(
+            actions(&fold_queue(&kinds)),
+            actions(&[
+                lww("k", 1),
+                mv("k", 3),
+                op(json!({"type": "crdt/counter/inc", "key": "k", "by": 2})),
+                lww("k", 4)
+            ]),
+            "a change of kind on one key stops the run: the server refuses all but one kind"
+        );
     }
 }
