@@ -4,4 +4,5 @@
 mod causal;
 mod counter;
 mod gossip;
+mod ops;
 mod register;
