@@ -526,8 +526,7 @@ mod tests {
         let value = "x".repeat(VALUE_BYTES_MAX);
         assert_eq!(reason(json!({"type": "crdt/lww/set", "key": "k", "value": value})), "crdtTooBig");
         assert_eq!(reason(json!({"type": "crdt/mv/set", "key": "k", "value": [value]})), "crdtTooBig");
-        let key = Key::parse("k").map_err(|e| e.reason());
-        let key = key.unwrap_or_else(|e| panic!("{e}"));
+        let key = Key::parse("k").unwrap();
         assert_eq!(Op::new(key, Change::CounterInc { by: 0 }).map_err(|e| e.reason()), Err("crdtWrongShape"));
     }
 
@@ -547,8 +546,8 @@ mod tests {
 
     /// Applies `op` as `author` at `time_ms` and joins the delta into `state`; returns the delta.
     fn step(state: &mut Object, v: Value, author: &str, time_ms: i64) -> Object {
-        let delta = apply(state, &op(v), &node(author), time_ms).unwrap_or_else(|e| panic!("{e}"));
-        state.join(&delta).unwrap_or_else(|e| panic!("{e}"));
+        let delta = apply(state, &op(v), &node(author), time_ms).unwrap();
+        state.join(&delta).unwrap();
         delta
     }
 
@@ -631,7 +630,7 @@ mod tests {
 
         let vv: VersionVector = (0..NODES_MAX).map(|i| (node(&format!("n{i}")), 1)).collect();
         let full = MvRegister::from_parts(Default::default(), CausalContext::from_vv(vv));
-        let state = Object::Mv(full.unwrap_or_else(|| panic!("no values, valid")));
+        let state = Object::Mv(full.unwrap());
         let set = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1}));
         assert_eq!(apply(&state, &set, &node("new"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
         assert!(apply(&state, &set, &node("n7"), 0).is_ok());
