@@ -160,7 +160,7 @@ fn counter_to_json(counter: &PnCounter) -> Value {
 fn counter_from_json(doc: &Value) -> Result<PnCounter, OpError> {
     let map = doc.as_object().ok_or(OpError::WrongShape("a counter must be an object"))?;
     if map.len() > NODES_MAX {
-        return Err(OpError::TooBig { what: "nodes in an object", max: NODES_MAX });
+        return Err(OpError::TooBig { what: "nodes in an object", max: NODES_MAX as u64 });
     }
     let mut entries = Vec::with_capacity(map.len());
     for (node, totals) in map {
@@ -223,7 +223,7 @@ fn mv_from_json(doc: &Value) -> Result<MvRegister<Value>, OpError> {
     };
     let values_doc = values_doc.as_array().ok_or(OpError::WrongShape("MV values must be an array"))?;
     if values_doc.len() > MV_VALUES_MAX {
-        return Err(OpError::TooBig { what: "values in an MV register", max: MV_VALUES_MAX });
+        return Err(OpError::TooBig { what: "values in an MV register", max: MV_VALUES_MAX as u64 });
     }
     let mut values = BTreeMap::new();
     for entry in values_doc {
@@ -245,7 +245,7 @@ fn context_from_json(doc: &Value) -> Result<CausalContext, OpError> {
     let vv_doc = map.get("vv").and_then(Value::as_object);
     let vv_doc = vv_doc.ok_or(OpError::WrongShape("a causal context needs a vv object"))?;
     if vv_doc.len() > NODES_MAX {
-        return Err(OpError::TooBig { what: "nodes in an object", max: NODES_MAX });
+        return Err(OpError::TooBig { what: "nodes in an object", max: NODES_MAX as u64 });
     }
     let mut vv = Vec::with_capacity(vv_doc.len());
     for (node, counter) in vv_doc {
@@ -257,7 +257,7 @@ fn context_from_json(doc: &Value) -> Result<CausalContext, OpError> {
         Some(cloud) => cloud.as_array().ok_or(OpError::WrongShape("a cloud must be an array of dots"))?,
     };
     if cloud_doc.len() > CLOUD_DOTS_MAX {
-        return Err(OpError::TooBig { what: "dots in a causal context's cloud", max: CLOUD_DOTS_MAX });
+        return Err(OpError::TooBig { what: "dots in a causal context's cloud", max: CLOUD_DOTS_MAX as u64 });
     }
     let mut cloud = Vec::with_capacity(cloud_doc.len());
     for dot in cloud_doc {
@@ -320,7 +320,7 @@ pub(crate) fn check_value_size(value: &Value) -> Result<(), OpError> {
     }
     // Writing a `Value` fails only when the meter stops it.
     serde_json::to_writer(&mut Meter(0), value)
-        .map_err(|_| OpError::TooBig { what: "bytes of a JSON value", max: VALUE_BYTES_MAX })
+        .map_err(|_| OpError::TooBig { what: "bytes of a JSON value", max: VALUE_BYTES_MAX as u64 })
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub enum OpError {
         /// What was counted.
         what: &'static str,
         /// The limit.
-        max: usize,
+        max: u64,
     },
     /// An operation or delta of one kind on an object of another.
     #[error("a {found} operation on a {expected} object")]
@@ -83,7 +83,7 @@ impl Key {
             return Err(OpError::WrongShape("`key` must not be empty"));
         }
         if key.len() > KEY_BYTES_MAX {
-            return Err(OpError::TooBig { what: "bytes of a key", max: KEY_BYTES_MAX });
+            return Err(OpError::TooBig { what: "bytes of a key", max: KEY_BYTES_MAX as u64 });
         }
         Ok(Key(Arc::from(key)))
     }
@@ -327,15 +327,15 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             if dot.counter > COUNTER_MAX {
                 return Err(too_high_counter());
             }
-            let known = context.vv().get(author);
-            if known == 0 && dot.counter == 1 && context.vv().len() >= NODES_MAX {
+            // Counter 1: the author is not in the context yet.
+            if dot.counter == 1 && context.vv().len() >= NODES_MAX {
                 return Err(too_many_nodes());
             }
             // A dot that does not extend the author's prefix lands in the cloud.
-            if dot.counter != known + 1 && context.cloud().count() >= CLOUD_DOTS_MAX {
+            if dot.counter != context.vv().get(author) + 1 && context.cloud().count() >= CLOUD_DOTS_MAX {
                 return Err(OpError::TooBig {
                     what: "dots in a causal context's cloud",
-                    max: CLOUD_DOTS_MAX,
+                    max: CLOUD_DOTS_MAX as u64,
                 });
             }
             Ok(Object::Mv(register.write(dot, value.clone())))
@@ -353,11 +353,11 @@ fn check_counter_nodes(counter: &PnCounter, author: &NodeId) -> Result<(), OpErr
 }
 
 fn too_many_nodes() -> OpError {
-    OpError::TooBig { what: "nodes in an object", max: NODES_MAX }
+    OpError::TooBig { what: "nodes in an object", max: NODES_MAX as u64 }
 }
 
 fn too_high_counter() -> OpError {
-    OpError::TooBig { what: "events of one node on one object", max: COUNTER_MAX as usize }
+    OpError::TooBig { what: "events of one node on one object", max: COUNTER_MAX }
 }
 
 /// Folds a client's queue of operations before sending: each run of consecutive operations on
@@ -399,12 +399,12 @@ fn fold_counter_run(run: &[Op], folded: &mut Vec<Op>) {
             _ => {}
         }
     }
-    let inc = (inc, (|by| Change::CounterInc { by }) as fn(u64) -> Change);
-    let dec = (dec, (|by| Change::CounterDec { by }) as fn(u64) -> Change);
-    let totals = match first.change {
-        Change::CounterDec { .. } => [dec, inc],
-        _ => [inc, dec],
-    };
+    let inc_op: fn(u64) -> Change = |by| Change::CounterInc { by };
+    let dec_op: fn(u64) -> Change = |by| Change::CounterDec { by };
+    let mut totals = [(inc, inc_op), (dec, dec_op)];
+    if matches!(first.change, Change::CounterDec { .. }) {
+        totals.reverse();
+    }
     for (mut total, change) in totals {
         while total > 0 {
             let by = u64::try_from(total.min(u128::from(BY_MAX))).unwrap_or(BY_MAX);
