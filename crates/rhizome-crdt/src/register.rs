@@ -125,6 +125,15 @@ impl<T: Clone + PartialEq> MvRegister<T> {
         MvRegister { values: BTreeMap::from([(dot, value)]), context }
     }
 
+    /// A register from its parts, as read back from storage or the network; `None` unless
+    /// every dot in `values` is a real event (counter above 0) recorded in `context`. A value
+    /// whose dot the context lacks would break the join, which reads "in the context, not in
+    /// the store" as "overwritten".
+    pub fn from_parts(values: BTreeMap<Dot, T>, context: CausalContext) -> Option<MvRegister<T>> {
+        let valid = values.keys().all(|dot| dot.counter > 0 && context.contains(dot));
+        valid.then_some(MvRegister { values, context })
+    }
+
     /// The concurrent values, in dot order: one after a write that observed everything, none
     /// before the first write.
     pub fn values(&self) -> Vec<&T> {
@@ -269,6 +278,17 @@ mod tests {
         assert!(r.write(Dot::new("a", 0), 9).is_bottom());
         assert!(r.write(Dot::new("a", 1), 9).is_bottom());
         assert!(!r.write(Dot::new("a", 2), 9).is_bottom());
+    }
+
+    #[test]
+    fn mv_from_parts_requires_every_dot_in_the_context() {
+        let context: CausalContext = [Dot::new("a", 1), Dot::new("b", 3)].into_iter().collect();
+        let ok = MvRegister::from_parts(BTreeMap::from([(Dot::new("b", 3), 1)]), context.clone());
+        assert_eq!(ok.map(|r| r.values().len()), Some(1));
+        let unseen = BTreeMap::from([(Dot::new("b", 2), 1)]);
+        assert_eq!(MvRegister::from_parts(unseen, context.clone()), None);
+        let zero = BTreeMap::from([(Dot::new("a", 0), 1)]);
+        assert_eq!(MvRegister::from_parts(zero, context), None, "counter 0 is no event");
     }
 
     #[test]

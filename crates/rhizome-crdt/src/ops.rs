@@ -1,0 +1,679 @@
+//! The JSON action vocabulary of CRDT objects: `crdt/…` actions parsed into [`Op`]s
+//! ([`parse`]), applied by the server, which assigns their dots ([`apply`]), and folded in a
+//! client's offline queue ([`fold_queue`]).
+//!
+//! | action | fields |
+//! |---|---|
+//! | `crdt/counter/inc`, `crdt/counter/dec` | `key`, `by` (an integer from 1 to 2^53, default 1) |
+//! | `crdt/lww/set`, `crdt/mv/set` | `key`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes) |
+//!
+//! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
+//! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
+
+use crate::object::{check_value_size, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX, NODES_MAX};
+use crate::{Dot, Lattice, LwwRegister, NodeId, PnCounter, PnEntry, Stamp};
+use rhizome_protocol::Channel;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+
+pub use crate::object::VALUE_BYTES_MAX;
+
+/// Longest object key, in bytes.
+pub const KEY_BYTES_MAX: usize = 512;
+
+/// Largest `by` of one counter operation: 2^53, the largest integer a JavaScript client sends
+/// exactly.
+pub const BY_MAX: u64 = 1 << 53;
+
+/// How much of an unknown action type an error quotes, in bytes.
+const QUOTED_TYPE_BYTES_MAX: usize = 64;
+
+/// Why an action or a document was refused. [`OpError::reason`] is the stable reason for
+/// `logux/undo`; the `Display` text is for people (logs), and quotes no more of the input
+/// than a truncated action type.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// The action type is not one of the vocabulary's (truncated to 64 bytes).
+    #[error("unknown CRDT action type {0:?}")]
+    UnknownType(String),
+    /// A field is missing, unknown or of the wrong type or range, or a document is malformed.
+    #[error("wrong shape: {0}")]
+    WrongShape(&'static str),
+    /// Something is over its size limit.
+    #[error("too big: more than {max} {what}")]
+    TooBig {
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
+        max: u64,
+    },
+    /// An operation or delta of one kind on an object of another.
+    #[error("a {found} operation on a {expected} object")]
+    TypeMismatch {
+        /// The object's kind.
+        expected: Kind,
+        /// The operation's or delta's kind.
+        found: Kind,
+    },
+}
+
+impl OpError {
+    /// The stable camelCase reason for `logux/undo`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OpError::UnknownType(_) => "crdtUnknownType",
+            OpError::WrongShape(_) => "crdtWrongShape",
+            OpError::TooBig { .. } => "crdtTooBig",
+            OpError::TypeMismatch { .. } => "crdtTypeMismatch",
+        }
+    }
+}
+
+/// The key of a CRDT object: 1 to [`KEY_BYTES_MAX`] bytes. The object's channel is
+/// `crdt/<key>`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    /// Checks a key: not empty, at most [`KEY_BYTES_MAX`] bytes.
+    pub fn parse(key: &str) -> Result<Key, OpError> {
+        if key.is_empty() {
+            return Err(OpError::WrongShape("`key` must not be empty"));
+        }
+        if key.len() > KEY_BYTES_MAX {
+            return Err(OpError::TooBig { what: "bytes of a key", max: KEY_BYTES_MAX as u64 });
+        }
+        Ok(Key(Arc::from(key)))
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// What an operation does to its object. New kinds add new variants.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `crdt/counter/inc`: add `by`.
+    CounterInc {
+        /// How much, from 1 to [`BY_MAX`].
+        by: u64,
+    },
+    /// `crdt/counter/dec`: subtract `by`.
+    CounterDec {
+        /// How much, from 1 to [`BY_MAX`].
+        by: u64,
+    },
+    /// `crdt/lww/set`: write `value` into a last-writer-wins register.
+    LwwSet {
+        /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/mv/set`: write `value` into a multi-value register.
+    MvSet {
+        /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+}
+
+impl Change {
+    /// The kind of object the change applies to.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::CounterInc { .. } | Change::CounterDec { .. } => Kind::Counter,
+            Change::LwwSet { .. } => Kind::Lww,
+            Change::MvSet { .. } => Kind::Mv,
+        }
+    }
+
+    /// The action type, such as `crdt/counter/inc`.
+    pub fn action_type(&self) -> &'static str {
+        match self {
+            Change::CounterInc { .. } => "crdt/counter/inc",
+            Change::CounterDec { .. } => "crdt/counter/dec",
+            Change::LwwSet { .. } => "crdt/lww/set",
+            Change::MvSet { .. } => "crdt/mv/set",
+        }
+    }
+
+    /// The fields its action may have.
+    fn fields(&self) -> &'static [&'static str] {
+        match self {
+            Change::CounterInc { .. } | Change::CounterDec { .. } => &["type", "key", "by"],
+            Change::LwwSet { .. } | Change::MvSet { .. } => &["type", "key", "value"],
+        }
+    }
+
+    fn check(&self) -> Result<(), OpError> {
+        match self {
+            Change::CounterInc { by } | Change::CounterDec { by } => check_by(*by),
+            Change::LwwSet { value } | Change::MvSet { value } => check_value_size(value),
+        }
+    }
+}
+
+fn check_by(by: u64) -> Result<(), OpError> {
+    if (1..=BY_MAX).contains(&by) {
+        Ok(())
+    } else {
+        Err(OpError::WrongShape("`by` must be an integer from 1 to 2^53"))
+    }
+}
+
+/// One operation on one object, always within the vocabulary's limits: what [`parse`] reads
+/// from an action and [`Op::to_action`] writes back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    key: Key,
+    change: Change,
+}
+
+impl Op {
+    /// An operation, checked against the limits an action is (`by` from 1 to [`BY_MAX`], a
+    /// value of at most [`VALUE_BYTES_MAX`] bytes).
+    pub fn new(key: Key, change: Change) -> Result<Op, OpError> {
+        change.check()?;
+        Ok(Op { key, change })
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// What the operation does.
+    pub fn change(&self) -> &Change {
+        &self.change
+    }
+
+    /// The kind of object it applies to.
+    pub fn kind(&self) -> Kind {
+        self.change.kind()
+    }
+
+    /// The object's channel, `crdt/<key>`.
+    pub fn channel(&self) -> Channel {
+        Channel::from(format!("crdt/{}", self.key))
+    }
+
+    /// The action, such as `{"type": "crdt/counter/inc", "key": "posts/7/likes", "by": 1}`.
+    pub fn to_action(&self) -> Map<String, Value> {
+        let mut action = Map::new();
+        action.insert("type".to_owned(), self.change.action_type().into());
+        action.insert("key".to_owned(), self.key.as_str().into());
+        match &self.change {
+            Change::CounterInc { by } | Change::CounterDec { by } => {
+                action.insert("by".to_owned(), (*by).into())
+            }
+            Change::LwwSet { value } | Change::MvSet { value } => {
+                action.insert("value".to_owned(), value.clone())
+            }
+        };
+        action
+    }
+}
+
+/// Reads a `crdt/…` action. Refuses, never panics on, anything outside the vocabulary: an
+/// unknown type, a missing, unknown or mistyped field, a value over its size limit.
+pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
+    let Some(Value::String(action_type)) = action.get("type") else {
+        return Err(OpError::WrongShape("`type` must be a string"));
+    };
+    let change = match action_type.as_str() {
+        "crdt/counter/inc" => Change::CounterInc { by: by_field(action)? },
+        "crdt/counter/dec" => Change::CounterDec { by: by_field(action)? },
+        "crdt/lww/set" => Change::LwwSet { value: value_field(action)? },
+        "crdt/mv/set" => Change::MvSet { value: value_field(action)? },
+        other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
+    };
+    if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
+        return Err(OpError::WrongShape("unknown field"));
+    }
+    let Some(Value::String(key)) = action.get("key") else {
+        return Err(OpError::WrongShape("`key` must be a string"));
+    };
+    Op::new(Key::parse(key)?, change)
+}
+
+/// `by`: 1 when absent.
+fn by_field(action: &Map<String, Value>) -> Result<u64, OpError> {
+    match action.get("by") {
+        None => Ok(1),
+        // The range is checked with the rest of the op, by `Op::new`.
+        Some(by) => by.as_u64().ok_or(OpError::WrongShape("`by` must be an integer from 1 to 2^53")),
+    }
+}
+
+/// `value`: required, may be `null` (its size is checked by `Op::new`).
+fn value_field(action: &Map<String, Value>) -> Result<Value, OpError> {
+    action.get("value").cloned().ok_or(OpError::WrongShape("`value` is missing"))
+}
+
+/// The longest prefix of `s` of at most `bytes_max` bytes that ends on a character boundary.
+fn truncate(s: &str, bytes_max: usize) -> &str {
+    let mut end = s.len().min(bytes_max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The server side of an operation: given the object's current state (the bottom of the op's
+/// kind for a new object), returns the delta to join into it and ship to subscribers. The
+/// server assigns the dots, as `author` (a node id as [`NodeId::parse`] accepts it):
+///
+/// - counter: [`crate::PnCounter::inc`] or [`crate::PnCounter::dec`] as `author`.
+/// - lww: the stamp is `(time_ms, (author, n))`, with `n` one past the current stamp's counter
+///   when the current value is `author`'s, else 1. A write whose stamp is not above the
+///   current one loses, and its delta is the bottom; so every stamp that is shipped is above
+///   all stamps the object held, which include all of `author`'s earlier writes (they went
+///   through this state), and no stamp is ever shipped twice with different values.
+/// - mv: the write under `state.context().next_dot(author)`, which supersedes every value the
+///   state holds.
+///
+/// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
+/// a node beyond [`NODES_MAX`] or a dot counter beyond [`COUNTER_MAX`] (`crdtTooBig`); an
+/// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
+/// on one server therefore stays within what [`Object::from_json`] reads back.
+pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
+    if state.kind() != op.kind() {
+        return Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() });
+    }
+    if NodeId::parse(author.as_str()).is_none() {
+        return Err(OpError::WrongShape("the author must be a node id without spaces, of 1 to 256 bytes"));
+    }
+    match (state, &op.change) {
+        (Object::Counter(counter), Change::CounterInc { by }) => {
+            check_counter_nodes(counter, author)?;
+            Ok(Object::Counter(counter.inc(author, *by)))
+        }
+        (Object::Counter(counter), Change::CounterDec { by }) => {
+            check_counter_nodes(counter, author)?;
+            Ok(Object::Counter(counter.dec(author, *by)))
+        }
+        (Object::Lww(register), Change::LwwSet { value }) => {
+            let counter = match register.stamp() {
+                Some(current) if current.dot.node == *author => current.dot.counter.saturating_add(1),
+                _ => 1,
+            };
+            if counter > COUNTER_MAX {
+                return Err(too_high_counter());
+            }
+            let stamp = Stamp::new(time_ms, Dot { node: author.clone(), counter });
+            if register.stamp().is_some_and(|current| stamp <= *current) {
+                return Ok(Object::Lww(LwwRegister::bottom()));
+            }
+            Ok(Object::Lww(register.set(value.clone(), stamp)))
+        }
+        (Object::Mv(register), Change::MvSet { value }) => {
+            let context = register.context();
+            let dot = context.next_dot(author);
+            if dot.counter > COUNTER_MAX {
+                return Err(too_high_counter());
+            }
+            // Counter 1: the author is not in the context yet.
+            if dot.counter == 1 && context.vv().len() >= NODES_MAX {
+                return Err(too_many_nodes());
+            }
+            // A dot that does not extend the author's prefix lands in the cloud.
+            if dot.counter != context.vv().get(author) + 1 && context.cloud().count() >= CLOUD_DOTS_MAX {
+                return Err(OpError::TooBig {
+                    what: "dots in a causal context's cloud",
+                    max: CLOUD_DOTS_MAX as u64,
+                });
+            }
+            Ok(Object::Mv(register.write(dot, value.clone())))
+        }
+        _ => Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() }),
+    }
+}
+
+/// Refuses a new node on a counter that has [`NODES_MAX`] already.
+fn check_counter_nodes(counter: &PnCounter, author: &NodeId) -> Result<(), OpError> {
+    if counter.entry(author) == PnEntry::default() && counter.node_count() >= NODES_MAX {
+        return Err(too_many_nodes());
+    }
+    Ok(())
+}
+
+fn too_many_nodes() -> OpError {
+    OpError::TooBig { what: "nodes in an object", max: NODES_MAX as u64 }
+}
+
+fn too_high_counter() -> OpError {
+    OpError::TooBig { what: "events of one node on one object", max: COUNTER_MAX }
+}
+
+/// Folds a client's queue of operations before sending: each run of consecutive operations on
+/// the same key and of the same kind becomes as few operations as give the same result, and
+/// everything else keeps its order.
+///
+/// - counter: the run's increments add up into one `inc` and its decrements into one `dec`
+///   (in the order of their first appearance; a sum over [`BY_MAX`] is split into several
+///   operations). The server ends at the same state: totals only add up (and saturate alike).
+/// - lww, mv: the last write of the run. A client's writes follow each other, so each
+///   supersedes the one before; the server ends at the same value, with fewer dots.
+///
+/// Operations on one key separated by another key's are not folded together, so the folded
+/// queue shows other clients the same order of changes across objects.
+pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
+    let mut folded = Vec::with_capacity(ops.len());
+    let mut rest = ops;
+    while let Some(first) = rest.first() {
+        let run_len = rest.iter().take_while(|op| op.key == first.key && op.kind() == first.kind()).count();
+        let (run, tail) = rest.split_at(run_len);
+        match first.kind() {
+            Kind::Counter => fold_counter_run(run, &mut folded),
+            Kind::Lww | Kind::Mv => folded.extend(run.last().cloned()),
+        }
+        rest = tail;
+    }
+    folded
+}
+
+/// Appends the folded increments and decrements of `run`, counter operations on one key.
+fn fold_counter_run(run: &[Op], folded: &mut Vec<Op>) {
+    let Some(first) = run.first() else { return };
+    // A u128 holds any run: fewer than 2^64 operations of at most 2^53 each.
+    let (mut inc, mut dec) = (0u128, 0u128);
+    for op in run {
+        match op.change {
+            Change::CounterInc { by } => inc += u128::from(by),
+            Change::CounterDec { by } => dec += u128::from(by),
+            _ => {}
+        }
+    }
+    let inc_op: fn(u64) -> Change = |by| Change::CounterInc { by };
+    let dec_op: fn(u64) -> Change = |by| Change::CounterDec { by };
+    let mut totals = [(inc, inc_op), (dec, dec_op)];
+    if matches!(first.change, Change::CounterDec { .. }) {
+        totals.reverse();
+    }
+    for (mut total, change) in totals {
+        while total > 0 {
+            let by = u64::try_from(total.min(u128::from(BY_MAX))).unwrap_or(BY_MAX);
+            folded.push(Op { key: first.key.clone(), change: change(by) });
+            total -= u128::from(by);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CausalContext, MvRegister, VersionVector};
+    use serde_json::json;
+
+    fn action(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn reason(v: Value) -> &'static str {
+        match parse(&action(v.clone())) {
+            Ok(op) => panic!("{v} parsed as {op:?}"),
+            Err(e) => e.reason(),
+        }
+    }
+
+    fn op(v: Value) -> Op {
+        match parse(&action(v.clone())) {
+            Ok(op) => op,
+            Err(e) => panic!("{v} refused: {e}"),
+        }
+    }
+
+    fn node(s: &str) -> NodeId {
+        NodeId::from(s)
+    }
+
+    #[test]
+    fn parses_every_action_type() {
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "posts/7/likes", "by": 3}));
+        assert_eq!(inc.key().as_str(), "posts/7/likes");
+        assert_eq!(inc.change(), &Change::CounterInc { by: 3 });
+        assert_eq!(inc.kind(), Kind::Counter);
+        assert_eq!(inc.channel(), Channel::from("crdt/posts/7/likes"));
+        let dec = op(json!({"type": "crdt/counter/dec", "key": "k"}));
+        assert_eq!(dec.change(), &Change::CounterDec { by: 1 }, "by defaults to 1");
+        let most = op(json!({"type": "crdt/counter/inc", "key": "k", "by": BY_MAX}));
+        assert_eq!(most.change(), &Change::CounterInc { by: BY_MAX });
+        let lww = op(json!({"type": "crdt/lww/set", "key": "k", "value": {"a": [1, null]}}));
+        assert_eq!(lww.change(), &Change::LwwSet { value: json!({"a": [1, null]}) });
+        assert_eq!(lww.kind(), Kind::Lww);
+        let mv = op(json!({"type": "crdt/mv/set", "key": "k", "value": null}));
+        assert_eq!(mv.change(), &Change::MvSet { value: Value::Null });
+        assert_eq!(mv.kind(), Kind::Mv);
+        let longest = "k".repeat(KEY_BYTES_MAX);
+        assert_eq!(op(json!({"type": "crdt/mv/set", "key": longest, "value": 1})).key().as_str(), longest);
+    }
+
+    #[test]
+    fn to_action_parses_back() {
+        for v in [
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 3}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": 1}),
+            json!({"type": "crdt/lww/set", "key": "k", "value": [1]}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": "x"}),
+        ] {
+            let op = op(v.clone());
+            assert_eq!(Value::Object(op.to_action()), v);
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+    }
+
+    #[test]
+    fn unknown_types() {
+        for t in ["crdt/set/add", "crdt/counter/mul", "crdt/counter", "", "logux/subscribe", "CRDT/LWW/SET"] {
+            assert_eq!(reason(json!({"type": t, "key": "k"})), "crdtUnknownType", "{t}");
+        }
+        let long = format!("{}é", "x".repeat(63));
+        let err = parse(&action(json!({"type": long, "key": "k"}))).err();
+        assert_eq!(err, Some(OpError::UnknownType("x".repeat(63))), "cut before a split character");
+    }
+
+    #[test]
+    fn wrong_shapes() {
+        for v in [
+            json!({"key": "k"}),
+            json!({"type": 1, "key": "k"}),
+            json!({"type": null, "key": "k"}),
+            json!({"type": "crdt/counter/inc"}),
+            json!({"type": "crdt/counter/inc", "key": 7}),
+            json!({"type": "crdt/counter/inc", "key": ["k"]}),
+            json!({"type": "crdt/counter/inc", "key": ""}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 0}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": -1}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 1.5}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 1.0}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": "1"}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": null}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": BY_MAX + 1}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": u64::MAX}),
+            json!({"type": "crdt/counter/inc", "key": "k", "bye": 5}),
+            json!({"type": "crdt/counter/inc", "key": "k", "value": 5}),
+            json!({"type": "crdt/lww/set", "key": "k"}),
+            json!({"type": "crdt/lww/set", "key": "k", "value": 1, "by": 1}),
+            json!({"type": "crdt/mv/set", "value": 1}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": {}}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+    }
+
+    #[test]
+    fn too_big() {
+        let key = "k".repeat(KEY_BYTES_MAX + 1);
+        assert_eq!(reason(json!({"type": "crdt/counter/inc", "key": key})), "crdtTooBig");
+        let value = "x".repeat(VALUE_BYTES_MAX);
+        assert_eq!(reason(json!({"type": "crdt/lww/set", "key": "k", "value": value})), "crdtTooBig");
+        assert_eq!(reason(json!({"type": "crdt/mv/set", "key": "k", "value": [value]})), "crdtTooBig");
+        let key = Key::parse("k").unwrap();
+        assert_eq!(Op::new(key, Change::CounterInc { by: 0 }).map_err(|e| e.reason()), Err("crdtWrongShape"));
+    }
+
+    #[test]
+    fn errors_read_well() {
+        assert_eq!(OpError::UnknownType("crdt/x".into()).to_string(), "unknown CRDT action type \"crdt/x\"");
+        assert_eq!(
+            OpError::TooBig { what: "bytes of a key", max: 512 }.to_string(),
+            "too big: more than 512 bytes of a key"
+        );
+        assert_eq!(
+            OpError::TypeMismatch { expected: Kind::Counter, found: Kind::Mv }.to_string(),
+            "a mv operation on a counter object"
+        );
+        assert_eq!(OpError::WrongShape("`value` is missing").to_string(), "wrong shape: `value` is missing");
+    }
+
+    /// Applies `op` as `author` at `time_ms` and joins the delta into `state`; returns the delta.
+    fn step(state: &mut Object, v: Value, author: &str, time_ms: i64) -> Object {
+        let delta = apply(state, &op(v), &node(author), time_ms).unwrap();
+        state.join(&delta).unwrap();
+        delta
+    }
+
+    #[test]
+    fn apply_counter() {
+        let mut state = Object::bottom(Kind::Counter);
+        step(&mut state, json!({"type": "crdt/counter/inc", "key": "k", "by": 5}), "a", 0);
+        let delta = step(&mut state, json!({"type": "crdt/counter/dec", "key": "k", "by": 2}), "a", 0);
+        assert_eq!(delta.to_json(), json!({"a": [0, 2]}), "the author's new total of decrements");
+        step(&mut state, json!({"type": "crdt/counter/dec", "key": "k"}), "b", 0);
+        assert_eq!(state.to_json(), json!({"a": [5, 2], "b": [0, 1]}));
+    }
+
+    #[test]
+    fn apply_lww_numbers_the_authors_writes_and_drops_losers() {
+        let set = |v: i32| json!({"type": "crdt/lww/set", "key": "k", "value": v});
+        let mut state = Object::bottom(Kind::Lww);
+        let d = step(&mut state, set(1), "a", 10);
+        assert_eq!(d.to_json(), json!({"time": 10, "dot": ["a", 1], "value": 1}));
+        let d = step(&mut state, set(2), "a", 10);
+        assert_eq!(d.to_json(), json!({"time": 10, "dot": ["a", 2], "value": 2}), "same ms: next counter");
+        let d = step(&mut state, set(3), "b", 10);
+        assert_eq!(d.to_json(), json!({"time": 10, "dot": ["b", 1], "value": 3}), "b > a breaks the tie");
+        let d = step(&mut state, set(4), "a", 10);
+        assert!(d.is_bottom(), "(10, a, 1) is below (10, b, 1): the write loses, nothing is shipped");
+        let d = step(&mut state, set(5), "a", 9);
+        assert!(d.is_bottom(), "an earlier time loses");
+        let d = step(&mut state, set(6), "a", 11);
+        assert_eq!(d.to_json(), json!({"time": 11, "dot": ["a", 1], "value": 6}));
+        assert_eq!(state.to_json(), d.to_json());
+    }
+
+    #[test]
+    fn apply_lww_refuses_a_counter_past_the_limit() {
+        let top = LwwRegister::new().set(json!(0), Stamp::new(5, Dot::new("a", COUNTER_MAX)));
+        let state = Object::Lww(top);
+        let set = op(json!({"type": "crdt/lww/set", "key": "k", "value": 1}));
+        assert_eq!(apply(&state, &set, &node("a"), 6).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &set, &node("b"), 6).is_ok(), "another author starts at 1");
+    }
+
+    #[test]
+    fn apply_mv_supersedes_what_the_server_holds() {
+        let set = |v: i32| json!({"type": "crdt/mv/set", "key": "k", "value": v});
+        let mut state = Object::bottom(Kind::Mv);
+        step(&mut state, set(1), "a", 0);
+        step(&mut state, set(2), "b", 0);
+        let d = step(&mut state, set(3), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"values": [["a", 2, 3]], "context": {"vv": {"b": 1}, "cloud": [["a", 2]]}})
+        );
+        assert_eq!(state.to_json(), json!({"values": [["a", 2, 3]], "context": {"vv": {"a": 2, "b": 1}}}));
+    }
+
+    #[test]
+    fn apply_refuses_another_kind_and_bad_authors() {
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        for kind in [Kind::Lww, Kind::Mv] {
+            let err = apply(&Object::bottom(kind), &inc, &node("a"), 0).err();
+            assert_eq!(err, Some(OpError::TypeMismatch { expected: kind, found: Kind::Counter }));
+        }
+        let set = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1}));
+        let err = apply(&Object::bottom(Kind::Counter), &set, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+        for author in ["", "a b", "a\n"] {
+            let err = apply(&Object::bottom(Kind::Counter), &inc, &node(author), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtWrongShape"), "{author:?}");
+        }
+    }
+
+    #[test]
+    fn apply_refuses_a_node_beyond_the_limit() {
+        let full =
+            PnCounter::from_entries((0..NODES_MAX).map(|i| (node(&format!("n{i}")), PnEntry { p: 1, n: 0 })));
+        let state = Object::Counter(full);
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        assert_eq!(apply(&state, &inc, &node("new"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &inc, &node("n7"), 0).is_ok(), "a known node may go on");
+
+        let vv: VersionVector = (0..NODES_MAX).map(|i| (node(&format!("n{i}")), 1)).collect();
+        let full = MvRegister::from_parts(Default::default(), CausalContext::from_vv(vv));
+        let state = Object::Mv(full.unwrap());
+        let set = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1}));
+        assert_eq!(apply(&state, &set, &node("new"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &set, &node("n7"), 0).is_ok());
+    }
+
+    fn actions(ops: &[Op]) -> Vec<Value> {
+        ops.iter().map(|op| Value::Object(op.to_action())).collect()
+    }
+
+    #[test]
+    fn fold_counter_runs_into_one_inc_and_one_dec() {
+        let inc = |key: &str, by: u64| op(json!({"type": "crdt/counter/inc", "key": key, "by": by}));
+        let dec = |key: &str, by: u64| op(json!({"type": "crdt/counter/dec", "key": key, "by": by}));
+        let ones: Vec<Op> = (0..1000).map(|_| inc("k", 1)).collect();
+        assert_eq!(fold_queue(&ones), [inc("k", 1000)]);
+        let mixed = [dec("k", 2), inc("k", 1), dec("k", 3), inc("k", 4), inc("j", 1), inc("k", 1)];
+        assert_eq!(
+            actions(&fold_queue(&mixed)),
+            actions(&[dec("k", 5), inc("k", 5), inc("j", 1), inc("k", 1)]),
+            "the first kind of change first; another key in between stops the run"
+        );
+        let big = [inc("k", BY_MAX), inc("k", BY_MAX), inc("k", 5)];
+        assert_eq!(fold_queue(&big), [inc("k", BY_MAX), inc("k", BY_MAX), inc("k", 5)], "split at 2^53");
+        assert_eq!(fold_queue(&[]), []);
+    }
+
+    #[test]
+    fn fold_register_runs_keep_the_last_write() {
+        let lww = |key: &str, v: i32| op(json!({"type": "crdt/lww/set", "key": key, "value": v}));
+        let mv = |key: &str, v: i32| op(json!({"type": "crdt/mv/set", "key": key, "value": v}));
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        let queue = [lww("k", 1), lww("k", 2), mv("m", 1), mv("m", 2), mv("m", 3), lww("k", 3)];
+        assert_eq!(fold_queue(&queue), [lww("k", 2), mv("m", 3), lww("k", 3)]);
+        let kinds = [lww("k", 1), mv("k", 2), mv("k", 3), inc.clone(), inc.clone(), lww("k", 4)];
+        assert_eq!(
+            actions(&fold_queue(&kinds)),
+            actions(&[
+                lww("k", 1),
+                mv("k", 3),
+                op(json!({"type": "crdt/counter/inc", "key": "k", "by": 2})),
+                lww("k", 4)
+            ]),
+            "a change of kind on one key stops the run: the server refuses all but one kind"
+        );
+    }
+}
