@@ -93,6 +93,9 @@ pub struct StoredEntry {
 pub enum AppendOutcome {
     /// Stored at this position.
     Added(Position),
+    /// Stored at this position, but undone with this reason by the store itself (a CRDT
+    /// operation that its object refused); nobody receives it.
+    Undone(Position, String),
     /// The id was already in the log, with this status: nothing was written.
     Duplicate(Status),
 }

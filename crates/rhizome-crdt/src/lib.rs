@@ -12,6 +12,7 @@
 
 mod causal;
 mod counter;
+mod delta;
 mod list;
 mod map;
 pub mod object;
@@ -21,6 +22,7 @@ mod set;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
+pub use delta::{delta_action, DELTA_TYPE};
 pub use list::Rga;
 pub use map::{
     join_causal, DotFun, DotMap, DotSet, DotStore, Kind as ValueKind, MapError, OrMap, Scalar, Value,
