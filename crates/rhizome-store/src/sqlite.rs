@@ -215,6 +215,7 @@ fn row_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredEntry, St
         action_json: Arc::from(action),
         subprotocol: subprotocol as u64,
         routing,
+        crdt: None,
     }))
 }
 
@@ -453,7 +454,7 @@ impl LogWriter for SqliteWriter {
                             Ok((state, delta)) => {
                                 entry.action_json =
                                     Arc::from(rhizome_crdt::delta_action(op.key().as_str(), &delta));
-                                object_update = Some((op.key().as_str().to_owned(), state));
+                                object_update = Some((op.key().as_str().to_owned(), state, delta));
                             }
                             Err(reason) => {
                                 entry.status = Status::Undone(reason);
@@ -479,13 +480,15 @@ impl LogWriter for SqliteWriter {
                         continue;
                     }
                     let added = tx.last_insert_rowid();
-                    if let Some((key, state)) = object_update {
+                    let mut shipped = None;
+                    if let Some((key, state, delta)) = object_update {
                         object.execute(params![
                             key,
                             state.kind().name(),
                             state.to_json().to_string(),
                             added
                         ])?;
+                        shipped = Some(Arc::new((key, delta)));
                     }
                     if let Status::Undone(reason) = &entry.status {
                         if crdt.is_some() {
@@ -513,6 +516,7 @@ impl LogWriter for SqliteWriter {
                         subprotocol: entry.subprotocol,
                         routing: entry.routing,
                         id: entry.id,
+                        crdt: shipped,
                     });
                 }
                 for (id, s) in batch.statuses.drain(..) {

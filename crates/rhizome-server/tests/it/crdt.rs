@@ -117,3 +117,35 @@ async fn bad_operations_are_undone_with_their_reason_and_resent_ones_apply_once(
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_burst_of_operations_reaches_a_live_subscriber_as_few_joined_deltas() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    assert!(subscribe_object(&mut bob, "posts/9/likes").await?.is_empty(), "a new object has no state");
+    let mut alice = server.login("alice:c1:t1").await?;
+    // 10 `sync` messages of 100 increments each, pipelined.
+    for batch in 1..=10i64 {
+        let mut message = vec![json!("sync"), json!(batch)];
+        for i in 0..100 {
+            message.push(json!({"type": "crdt/counter/inc", "key": "posts/9/likes", "by": 1}));
+            message.push(json!({"id": [batch, i], "time": batch}));
+        }
+        alice.send_json(&Value::from(message)).await?;
+    }
+    alice.until(|m| *m == json!(["synced", 10])).await?;
+
+    let mut deltas = Vec::new();
+    let mut value = 0;
+    while value < 1000 {
+        let m = bob.next_json().await?;
+        for delta in sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta") {
+            value = counter_value(&delta["delta"])?;
+            deltas.push(delta);
+        }
+    }
+    assert_eq!(value, 1000, "the last delta carries alice's total");
+    assert!(deltas.len() <= 10, "1000 operations arrived as {} deltas", deltas.len());
+    server.stop().await;
+    Ok(())
+}
