@@ -6,18 +6,25 @@
 //! |---|---|
 //! | `crdt/counter/inc`, `crdt/counter/dec` | `key`, `by` (an integer from 1 to 2^53, default 1) |
 //! | `crdt/lww/set`, `crdt/mv/set` | `key`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/set/add` | `key`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
+//! | `crdt/set/remove` | `key`, `elem`, optional `seen` (a version vector `{"<node>": n}`) |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
 
-use crate::object::{check_value_size, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX, NODES_MAX};
-use crate::{Dot, Lattice, LwwRegister, NodeId, PnCounter, PnEntry, Stamp};
+use crate::object::{
+    check_value_size, elem_from_json, vv_from_json, vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX,
+    NODES_MAX, SET_ELEMS_MAX,
+};
+use crate::{
+    CausalContext, Dot, Lattice, LwwRegister, NodeId, PnCounter, PnEntry, Scalar, Stamp, VersionVector,
+};
 use rhizome_protocol::Channel;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::object::VALUE_BYTES_MAX;
+pub use crate::object::{ELEM_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// Longest object key, in bytes.
 pub const KEY_BYTES_MAX: usize = 512;
@@ -130,6 +137,19 @@ pub enum Change {
         /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
         value: Value,
     },
+    /// `crdt/set/add`: add `elem` to an add-wins set.
+    SetAdd {
+        /// The element: a scalar of at most [`ELEM_BYTES_MAX`] bytes of JSON, no NaN or infinity.
+        elem: Scalar,
+    },
+    /// `crdt/set/remove`: remove `elem` from an add-wins set.
+    SetRemove {
+        /// The element.
+        elem: Scalar,
+        /// What the remover had seen of the object: only the element's adds it covers (and
+        /// the author's own) are removed. `None`: every add the server holds.
+        seen: Option<VersionVector>,
+    },
 }
 
 impl Change {
@@ -139,6 +159,7 @@ impl Change {
             Change::CounterInc { .. } | Change::CounterDec { .. } => Kind::Counter,
             Change::LwwSet { .. } => Kind::Lww,
             Change::MvSet { .. } => Kind::Mv,
+            Change::SetAdd { .. } | Change::SetRemove { .. } => Kind::Set,
         }
     }
 
@@ -149,6 +170,8 @@ impl Change {
             Change::CounterDec { .. } => "crdt/counter/dec",
             Change::LwwSet { .. } => "crdt/lww/set",
             Change::MvSet { .. } => "crdt/mv/set",
+            Change::SetAdd { .. } => "crdt/set/add",
+            Change::SetRemove { .. } => "crdt/set/remove",
         }
     }
 
@@ -157,6 +180,8 @@ impl Change {
         match self {
             Change::CounterInc { .. } | Change::CounterDec { .. } => &["type", "key", "by"],
             Change::LwwSet { .. } | Change::MvSet { .. } => &["type", "key", "value"],
+            Change::SetAdd { .. } => &["type", "key", "elem"],
+            Change::SetRemove { .. } => &["type", "key", "elem", "seen"],
         }
     }
 
@@ -164,8 +189,34 @@ impl Change {
         match self {
             Change::CounterInc { by } | Change::CounterDec { by } => check_by(*by),
             Change::LwwSet { value } | Change::MvSet { value } => check_value_size(value),
+            Change::SetAdd { elem } => check_elem(elem),
+            Change::SetRemove { elem, seen } => {
+                check_elem(elem)?;
+                seen.as_ref().map_or(Ok(()), check_seen)
+            }
         }
     }
+}
+
+/// An element as an action carries it: a finite float (JSON has no other), within
+/// [`ELEM_BYTES_MAX`] bytes.
+fn check_elem(elem: &Scalar) -> Result<(), OpError> {
+    if elem.as_f64().is_some_and(|f| !f.is_finite()) {
+        return Err(OpError::WrongShape("an element must not be NaN or infinite"));
+    }
+    elem_from_json(&elem.to_json()).map(drop)
+}
+
+/// A `seen` version vector as an action carries it: at most [`NODES_MAX`] nodes, counters up
+/// to [`COUNTER_MAX`].
+fn check_seen(seen: &VersionVector) -> Result<(), OpError> {
+    if seen.len() > NODES_MAX {
+        return Err(too_many_nodes());
+    }
+    if seen.iter().any(|(_, counter)| counter > COUNTER_MAX) {
+        return Err(OpError::WrongShape("a dot counter must be an integer from 1 to 2^53"));
+    }
+    Ok(())
 }
 
 fn check_by(by: u64) -> Result<(), OpError> {
@@ -224,6 +275,13 @@ impl Op {
             Change::LwwSet { value } | Change::MvSet { value } => {
                 action.insert("value".to_owned(), value.clone())
             }
+            Change::SetAdd { elem } => action.insert("elem".to_owned(), elem.to_json()),
+            Change::SetRemove { elem, seen } => {
+                if let Some(seen) = seen {
+                    action.insert("seen".to_owned(), vv_to_json(seen));
+                }
+                action.insert("elem".to_owned(), elem.to_json())
+            }
         };
         action
     }
@@ -240,6 +298,8 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/counter/dec" => Change::CounterDec { by: by_field(action)? },
         "crdt/lww/set" => Change::LwwSet { value: value_field(action)? },
         "crdt/mv/set" => Change::MvSet { value: value_field(action)? },
+        "crdt/set/add" => Change::SetAdd { elem: elem_field(action)? },
+        "crdt/set/remove" => Change::SetRemove { elem: elem_field(action)?, seen: seen_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -265,6 +325,16 @@ fn value_field(action: &Map<String, Value>) -> Result<Value, OpError> {
     action.get("value").cloned().ok_or(OpError::WrongShape("`value` is missing"))
 }
 
+/// `elem`: required, a JSON scalar.
+fn elem_field(action: &Map<String, Value>) -> Result<Scalar, OpError> {
+    elem_from_json(action.get("elem").ok_or(OpError::WrongShape("`elem` is missing"))?)
+}
+
+/// `seen`: optional, a version vector.
+fn seen_field(action: &Map<String, Value>) -> Result<Option<VersionVector>, OpError> {
+    action.get("seen").map(vv_from_json).transpose()
+}
+
 /// The longest prefix of `s` of at most `bytes_max` bytes that ends on a character boundary.
 fn truncate(s: &str, bytes_max: usize) -> &str {
     let mut end = s.len().min(bytes_max);
@@ -286,9 +356,13 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   through this state), and no stamp is ever shipped twice with different values.
 /// - mv: the write under `state.context().next_dot(author)`, which supersedes every value the
 ///   state holds.
+/// - set: an add under `state.context().next_dot(author)`, which replaces the element's dots; a
+///   remove deletes the element's dots that `seen` covers (all of them without `seen`). An
+///   author has seen its own earlier operations, so its own dots count as covered.
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
-/// a node beyond [`NODES_MAX`] or a dot counter beyond [`COUNTER_MAX`] (`crdtTooBig`); an
+/// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
+/// [`CLOUD_DOTS_MAX`] or a set element beyond [`SET_ELEMS_MAX`] (`crdtTooBig`); an
 /// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
 /// on one server therefore stays within what [`Object::from_json`] reads back.
 pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
@@ -322,26 +396,48 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             Ok(Object::Lww(register.set(value.clone(), stamp)))
         }
         (Object::Mv(register), Change::MvSet { value }) => {
-            let context = register.context();
-            let dot = context.next_dot(author);
-            if dot.counter > COUNTER_MAX {
-                return Err(too_high_counter());
-            }
-            // Counter 1: the author is not in the context yet.
-            if dot.counter == 1 && context.vv().len() >= NODES_MAX {
-                return Err(too_many_nodes());
-            }
-            // A dot that does not extend the author's prefix lands in the cloud.
-            if dot.counter != context.vv().get(author) + 1 && context.cloud().count() >= CLOUD_DOTS_MAX {
-                return Err(OpError::TooBig {
-                    what: "dots in a causal context's cloud",
-                    max: CLOUD_DOTS_MAX as u64,
-                });
-            }
+            let dot = fresh_dot(register.context(), author)?;
             Ok(Object::Mv(register.write(dot, value.clone())))
         }
+        (Object::Set(set), Change::SetAdd { elem }) => {
+            let dot = fresh_dot(set.context(), author)?;
+            if !set.contains(elem) && set.len() >= SET_ELEMS_MAX {
+                return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
+            }
+            Ok(Object::Set(set.add(dot, elem.clone())))
+        }
+        (Object::Set(set), Change::SetRemove { elem, seen }) => Ok(Object::Set(match seen {
+            None => set.remove(elem),
+            Some(seen) => set.remove_seen(elem, &with_own_events(seen, author)),
+        })),
         _ => Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() }),
     }
+}
+
+/// The author's next dot in `context`, within the limits: a counter up to [`COUNTER_MAX`], a
+/// new node only below [`NODES_MAX`], a cloud dot only below [`CLOUD_DOTS_MAX`].
+fn fresh_dot(context: &CausalContext, author: &NodeId) -> Result<Dot, OpError> {
+    let dot = context.next_dot(author);
+    if dot.counter > COUNTER_MAX {
+        return Err(too_high_counter());
+    }
+    // Counter 1: the author is not in the context yet.
+    if dot.counter == 1 && context.vv().len() >= NODES_MAX {
+        return Err(too_many_nodes());
+    }
+    // A dot that does not extend the author's prefix lands in the cloud.
+    if dot.counter != context.vv().get(author) + 1 && context.cloud().count() >= CLOUD_DOTS_MAX {
+        return Err(OpError::TooBig { what: "dots in a causal context's cloud", max: CLOUD_DOTS_MAX as u64 });
+    }
+    Ok(dot)
+}
+
+/// `seen` plus every event of `author`: an author has seen its own earlier operations (the
+/// server applied them in order), even those still queued when it read `seen`.
+fn with_own_events(seen: &VersionVector, author: &NodeId) -> VersionVector {
+    let mut seen = seen.clone();
+    seen.raise(author, u64::MAX);
+    seen
 }
 
 /// Refuses a new node on a counter that has [`NODES_MAX`] already.
@@ -369,6 +465,9 @@ fn too_high_counter() -> OpError {
 ///   operations). The server ends at the same state: totals only add up (and saturate alike).
 /// - lww, mv: the last write of the run. A client's writes follow each other, so each
 ///   supersedes the one before; the server ends at the same value, with fewer dots.
+/// - set: kept as they are. A remove without `seen` removes what the server holds when it
+///   applies it, adds from others included, so dropping an add and a remove that cancel out
+///   is not equivalent.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
 /// queue shows other clients the same order of changes across objects.
@@ -381,6 +480,7 @@ pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
         match first.kind() {
             Kind::Counter => fold_counter_run(run, &mut folded),
             Kind::Lww | Kind::Mv => folded.extend(run.last().cloned()),
+            Kind::Set => folded.extend(run.iter().cloned()),
         }
         rest = tail;
     }
@@ -482,7 +582,7 @@ mod tests {
 
     #[test]
     fn unknown_types() {
-        for t in ["crdt/set/add", "crdt/counter/mul", "crdt/counter", "", "logux/subscribe", "CRDT/LWW/SET"] {
+        for t in ["crdt/set/put", "crdt/counter/mul", "crdt/counter", "", "logux/subscribe", "CRDT/LWW/SET"] {
             assert_eq!(reason(json!({"type": t, "key": "k"})), "crdtUnknownType", "{t}");
         }
         let long = format!("{}é", "x".repeat(63));
@@ -513,7 +613,7 @@ mod tests {
             json!({"type": "crdt/lww/set", "key": "k"}),
             json!({"type": "crdt/lww/set", "key": "k", "value": 1, "by": 1}),
             json!({"type": "crdt/mv/set", "value": 1}),
-            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": {}}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "by": 1}),
         ] {
             assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
         }
@@ -634,6 +734,136 @@ mod tests {
         let set = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1}));
         assert_eq!(apply(&state, &set, &node("new"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
         assert!(apply(&state, &set, &node("n7"), 0).is_ok());
+    }
+
+    #[test]
+    fn parses_set_actions() {
+        let add = op(json!({"type": "crdt/set/add", "key": "boards/3/tags", "elem": "urgent"}));
+        assert_eq!(add.change(), &Change::SetAdd { elem: Scalar::from("urgent") });
+        assert_eq!(add.kind(), Kind::Set);
+        for (elem, scalar) in [
+            (json!(null), Scalar::Null),
+            (json!(false), Scalar::Bool(false)),
+            (json!(-7), Scalar::Int(-7)),
+            (json!(0.5), Scalar::float(0.5)),
+        ] {
+            let add = op(json!({"type": "crdt/set/add", "key": "k", "elem": elem}));
+            assert_eq!(add.change(), &Change::SetAdd { elem: scalar });
+        }
+        let remove = op(json!({"type": "crdt/set/remove", "key": "k", "elem": 1}));
+        assert_eq!(remove.change(), &Change::SetRemove { elem: Scalar::Int(1), seen: None });
+        let remove = op(json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": 2, "b": 1}}));
+        let seen: VersionVector = [(node("a"), 2), (node("b"), 1)].into_iter().collect();
+        assert_eq!(remove.change(), &Change::SetRemove { elem: Scalar::Int(1), seen: Some(seen) });
+        let longest = json!("x".repeat(ELEM_BYTES_MAX - 2));
+        assert!(parse(&action(json!({"type": "crdt/set/add", "key": "k", "elem": longest}))).is_ok());
+        for v in [
+            json!({"type": "crdt/set/add", "key": "k", "elem": 1.5}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": "x"}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": "x", "seen": {}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": null, "seen": {"a": 3}}),
+        ] {
+            assert_eq!(Value::Object(op(v.clone()).to_action()), v);
+        }
+    }
+
+    #[test]
+    fn set_actions_of_the_wrong_shape() {
+        for v in [
+            json!({"type": "crdt/set/add", "key": "k"}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": [1]}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": {"a": 1}}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": u64::MAX}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": 1, "seen": {"a": 1}}),
+            json!({"type": "crdt/set/add", "key": "k", "value": 1}),
+            json!({"type": "crdt/set/remove", "key": "k"}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": [["a", 1]]}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": 0}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": -1}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": COUNTER_MAX + 1}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a b": 1}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": null}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let key = Key::parse("k").unwrap();
+        let nan = Change::SetAdd { elem: Scalar::float(f64::NAN) };
+        assert_eq!(Op::new(key.clone(), nan).map_err(|e| e.reason()), Err("crdtWrongShape"));
+        let high: VersionVector = [(node("a"), COUNTER_MAX + 1)].into_iter().collect();
+        let remove = Change::SetRemove { elem: Scalar::Null, seen: Some(high) };
+        assert_eq!(Op::new(key, remove).map_err(|e| e.reason()), Err("crdtWrongShape"));
+    }
+
+    #[test]
+    fn set_actions_too_big() {
+        let elem = "x".repeat(ELEM_BYTES_MAX - 1);
+        assert_eq!(reason(json!({"type": "crdt/set/add", "key": "k", "elem": elem})), "crdtTooBig");
+        assert_eq!(reason(json!({"type": "crdt/set/remove", "key": "k", "elem": elem})), "crdtTooBig");
+        let seen: Map<String, Value> = (0..=NODES_MAX).map(|i| (format!("n{i}"), json!(1))).collect();
+        let remove = json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": seen});
+        assert_eq!(reason(remove), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_set_adds_and_removes() {
+        let add = |e: &str| json!({"type": "crdt/set/add", "key": "k", "elem": e});
+        let remove = |e: &str| json!({"type": "crdt/set/remove", "key": "k", "elem": e});
+        let mut state = Object::bottom(Kind::Set);
+        let d = step(&mut state, add("x"), "a", 0);
+        assert_eq!(d.to_json(), json!({"elems": [["x", "a", 1]], "context": {"vv": {"a": 1}}}));
+        step(&mut state, add("y"), "b", 0);
+        let d = step(&mut state, add("x"), "b", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"elems": [["x", "b", 2]], "context": {"vv": {"a": 1}, "cloud": [["b", 2]]}}),
+            "a re-add replaces the element's dots"
+        );
+        let d = step(&mut state, remove("x"), "c", 0);
+        assert_eq!(d.to_json(), json!({"elems": [], "context": {"vv": {}, "cloud": [["b", 2]]}}));
+        assert!(step(&mut state, remove("x"), "c", 0).is_bottom(), "an absent element");
+        assert_eq!(state.to_json(), json!({"elems": [["y", "b", 1]], "context": {"vv": {"a": 1, "b": 2}}}));
+    }
+
+    #[test]
+    fn apply_set_remove_with_seen_keeps_adds_it_did_not_see() {
+        let add = json!({"type": "crdt/set/add", "key": "k", "elem": "x"});
+        let mut state = Object::bottom(Kind::Set);
+        step(&mut state, add.clone(), "a", 0);
+        // b saw a's add (a: 1); c adds x concurrently on another server; b's remove leaves
+        // c's add.
+        let concurrent = apply(&Object::bottom(Kind::Set), &op(add), &node("c"), 0).unwrap();
+        state.join(&concurrent).unwrap();
+        let remove = json!({"type": "crdt/set/remove", "key": "k", "elem": "x", "seen": {"a": 1}});
+        let d = step(&mut state, remove, "b", 0);
+        assert_eq!(d.to_json(), json!({"elems": [], "context": {"vv": {"a": 1}}}), "only what b saw");
+        let Object::Set(set) = &state else { panic!("a set") };
+        assert!(set.contains(&Scalar::from("x")), "add wins");
+        assert_eq!(set.dots(&Scalar::from("x")).collect::<Vec<_>>(), [&Dot::new("c", 1)]);
+        // An author's own adds count as seen, even ones its `seen` does not cover.
+        let remove = json!({"type": "crdt/set/remove", "key": "k", "elem": "x", "seen": {}});
+        step(&mut state, remove, "c", 0);
+        assert_eq!(state.to_json(), json!({"elems": [], "context": {"vv": {"a": 1, "c": 1}}}));
+    }
+
+    #[test]
+    fn apply_set_refuses_an_element_beyond_the_limit() {
+        let entries = (1..=SET_ELEMS_MAX as u64).map(|i| (Scalar::Int(i as i64), [Dot::new("a", i)].into()));
+        let context = CausalContext::from_vv([(node("a"), SET_ELEMS_MAX as u64)].into_iter().collect());
+        let state = Object::Set(crate::Orswot::from_parts(entries.collect(), context).unwrap());
+        let add = |e: i64| op(json!({"type": "crdt/set/add", "key": "k", "elem": e}));
+        let err = apply(&state, &add(-1), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
+        assert!(apply(&state, &add(7), &node("a"), 0).is_ok(), "a present element may be added again");
+        let err = apply(&Object::bottom(Kind::Mv), &add(1), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+    }
+
+    #[test]
+    fn fold_keeps_set_runs_as_they_are() {
+        let add = op(json!({"type": "crdt/set/add", "key": "k", "elem": 1}));
+        let remove = op(json!({"type": "crdt/set/remove", "key": "k", "elem": 1}));
+        let queue = [add.clone(), remove.clone(), add.clone(), add];
+        assert_eq!(fold_queue(&queue), queue);
     }
 
     fn actions(ops: &[Op]) -> Vec<Value> {
