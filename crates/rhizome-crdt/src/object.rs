@@ -12,6 +12,8 @@
 //!   as a version vector plus the dots beyond it (`cloud`, left out when empty).
 //! - set: `{"elems": [[<scalar>, "<node>", n], …], "context": {…}}`, each element with each
 //!   dot that keeps it present (usually one), in element order, and the context as for mv.
+//! - clset: `{"elems": [[<scalar>, length], …]}`, every element ever added with its causal
+//!   length (odd: present), in element order.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -19,8 +21,8 @@
 
 use crate::ops::OpError;
 use crate::{
-    CausalContext, Dot, DotSet, Lattice, LwwRegister, MvRegister, NodeId, Orswot, PnCounter, PnEntry, Scalar,
-    Stamp, VersionVector,
+    CausalContext, ClSet, Dot, DotSet, Lattice, LwwRegister, MvRegister, NodeId, Orswot, PnCounter, PnEntry,
+    Scalar, Stamp, VersionVector,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -68,11 +70,13 @@ pub enum Kind {
     Mv,
     /// An add-wins observed-remove set of JSON scalars (`"set"`).
     Set,
+    /// A causal-length set of JSON scalars (`"clset"`).
+    ClSet,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: &'static [Kind] = &[Kind::Counter, Kind::Lww, Kind::Mv, Kind::Set];
+    pub const ALL: &'static [Kind] = &[Kind::Counter, Kind::Lww, Kind::Mv, Kind::Set, Kind::ClSet];
 
     /// The kind's name, such as `"counter"`.
     pub fn name(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Kind {
             Kind::Lww => "lww",
             Kind::Mv => "mv",
             Kind::Set => "set",
+            Kind::ClSet => "clset",
         }
     }
 
@@ -108,6 +113,8 @@ pub enum Object {
     Mv(MvRegister<Value>),
     /// An add-wins observed-remove set (ORSWOT).
     Set(Orswot<Scalar>),
+    /// A causal-length set.
+    ClSet(ClSet<Scalar>),
 }
 
 impl Object {
@@ -118,6 +125,7 @@ impl Object {
             Kind::Lww => Object::Lww(LwwRegister::bottom()),
             Kind::Mv => Object::Mv(MvRegister::bottom()),
             Kind::Set => Object::Set(Orswot::bottom()),
+            Kind::ClSet => Object::ClSet(ClSet::bottom()),
         }
     }
 
@@ -128,6 +136,7 @@ impl Object {
             Object::Lww(_) => Kind::Lww,
             Object::Mv(_) => Kind::Mv,
             Object::Set(_) => Kind::Set,
+            Object::ClSet(_) => Kind::ClSet,
         }
     }
 
@@ -138,6 +147,7 @@ impl Object {
             Object::Lww(r) => r.is_bottom(),
             Object::Mv(r) => r.is_bottom(),
             Object::Set(s) => s.is_bottom(),
+            Object::ClSet(s) => s.is_bottom(),
         }
     }
 
@@ -150,6 +160,7 @@ impl Object {
             (Object::Lww(ours), Object::Lww(theirs)) => ours.join(theirs),
             (Object::Mv(ours), Object::Mv(theirs)) => ours.join(theirs),
             (Object::Set(ours), Object::Set(theirs)) => ours.join(theirs),
+            (Object::ClSet(ours), Object::ClSet(theirs)) => ours.join(theirs),
             (ours, theirs) => {
                 return Err(OpError::TypeMismatch { expected: ours.kind(), found: theirs.kind() })
             }
@@ -164,6 +175,7 @@ impl Object {
             Object::Lww(r) => lww_to_json(r),
             Object::Mv(r) => mv_to_json(r),
             Object::Set(s) => set_to_json(s),
+            Object::ClSet(s) => clset_to_json(s),
         }
     }
 
@@ -175,6 +187,7 @@ impl Object {
             Kind::Lww => lww_from_json(doc).map(Object::Lww),
             Kind::Mv => mv_from_json(doc).map(Object::Mv),
             Kind::Set => set_from_json(doc).map(Object::Set),
+            Kind::ClSet => clset_from_json(doc).map(Object::ClSet),
         }
     }
 }
@@ -301,6 +314,33 @@ fn set_from_json(doc: &Value) -> Result<Orswot<Scalar>, OpError> {
     let context = context_from_json(context_doc)?;
     Orswot::from_parts(entries, context)
         .ok_or(OpError::WrongShape("a set's dot is not in its context, or under two elements"))
+}
+
+fn clset_to_json(set: &ClSet<Scalar>) -> Value {
+    let elems: Vec<Value> = set.lengths().map(|(elem, length)| json!([elem.to_json(), length])).collect();
+    json!({"elems": elems})
+}
+
+fn clset_from_json(doc: &Value) -> Result<ClSet<Scalar>, OpError> {
+    let map = object_with(doc, &["elems"], "a causal-length set must be an object")?;
+    let elems_doc = map.get("elems").and_then(Value::as_array);
+    let elems_doc = elems_doc.ok_or(OpError::WrongShape("a causal-length set needs an elems array"))?;
+    if elems_doc.len() > SET_ELEMS_MAX {
+        return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
+    }
+    let mut lengths = BTreeMap::new();
+    for entry in elems_doc {
+        let [elem, length] = entry.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err(OpError::WrongShape("a causal-length entry must be [element, length]"));
+        };
+        let length = length.as_u64().filter(|l| (1..=COUNTER_MAX).contains(l));
+        let length =
+            length.ok_or(OpError::WrongShape("a causal length must be an integer from 1 to 2^53"))?;
+        if lengths.insert(elem_from_json(elem)?, length).is_some() {
+            return Err(OpError::WrongShape("a causal-length set holds one element twice"));
+        }
+    }
+    ClSet::from_lengths(lengths).ok_or(OpError::WrongShape("a causal length must not be 0"))
 }
 
 /// A set element: a JSON scalar of at most [`ELEM_BYTES_MAX`] bytes.
@@ -437,7 +477,7 @@ mod tests {
     #[test]
     fn kinds_have_stable_names() {
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names, ["counter", "lww", "mv", "set"]);
+        assert_eq!(names, ["counter", "lww", "mv", "set", "clset"]);
         for kind in Kind::ALL {
             assert_eq!(Kind::from_name(kind.name()), Some(*kind));
             assert_eq!(Object::bottom(*kind).kind(), *kind);
@@ -651,6 +691,46 @@ mod tests {
         let many: Vec<Value> = (1..=SET_ENTRIES_MAX as u64 + 1).map(|i| json!([0, "a", i])).collect();
         let ctx = json!({"vv": {"a": SET_ENTRIES_MAX + 1}});
         assert_eq!(reason(Kind::Set, json!({"elems": many, "context": ctx})), "crdtTooBig");
+    }
+
+    #[test]
+    fn clset_document() {
+        let mut s = ClSet::new();
+        for delta in [s.add(Scalar::from("x")), s.add(Scalar::Int(1))] {
+            s.join(&delta);
+        }
+        let removal = s.remove(&Scalar::from("x"));
+        s.join(&removal);
+        let doc = Object::ClSet(s.clone()).to_json();
+        assert_eq!(doc, json!({"elems": [[1, 1], ["x", 2]]}));
+        assert_eq!(Object::from_json(Kind::ClSet, &doc), Ok(Object::ClSet(s)));
+        let bottom = Object::bottom(Kind::ClSet).to_json();
+        assert_eq!(bottom, json!({"elems": []}));
+        assert_eq!(Object::from_json(Kind::ClSet, &bottom), Ok(Object::bottom(Kind::ClSet)));
+    }
+
+    #[test]
+    fn bad_clset_documents() {
+        for doc in [
+            json!([]),
+            json!({}),
+            json!({"elems": {}}),
+            json!({"elems": [], "context": {}}),
+            json!({"elems": [["x"]]}),
+            json!({"elems": [["x", 1, 2]]}),
+            json!({"elems": [["x", 0]]}),
+            json!({"elems": [["x", -1]]}),
+            json!({"elems": [["x", 1.5]]}),
+            json!({"elems": [["x", COUNTER_MAX + 1]]}),
+            json!({"elems": [[[1], 1]]}),
+            json!({"elems": [["x", 1], ["x", 2]]}),
+        ] {
+            assert_eq!(reason(Kind::ClSet, doc), "crdtWrongShape");
+        }
+        let long = "x".repeat(ELEM_BYTES_MAX);
+        assert_eq!(reason(Kind::ClSet, json!({"elems": [[long, 1]]})), "crdtTooBig");
+        let many: Vec<Value> = (0..=SET_ELEMS_MAX as u64).map(|i| json!([i, 1])).collect();
+        assert_eq!(reason(Kind::ClSet, json!({"elems": many})), "crdtTooBig");
     }
 
     #[test]

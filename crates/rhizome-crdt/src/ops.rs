@@ -8,6 +8,7 @@
 //! | `crdt/lww/set`, `crdt/mv/set` | `key`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes) |
 //! | `crdt/set/add` | `key`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
 //! | `crdt/set/remove` | `key`, `elem`, optional `seen` (a version vector `{"<node>": n}`) |
+//! | `crdt/clset/add`, `crdt/clset/remove` | `key`, `elem` |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -150,6 +151,16 @@ pub enum Change {
         /// the author's own) are removed. `None`: every add the server holds.
         seen: Option<VersionVector>,
     },
+    /// `crdt/clset/add`: add `elem` to a causal-length set.
+    ClSetAdd {
+        /// The element, as for [`Change::SetAdd`].
+        elem: Scalar,
+    },
+    /// `crdt/clset/remove`: remove `elem` from a causal-length set.
+    ClSetRemove {
+        /// The element.
+        elem: Scalar,
+    },
 }
 
 impl Change {
@@ -160,6 +171,7 @@ impl Change {
             Change::LwwSet { .. } => Kind::Lww,
             Change::MvSet { .. } => Kind::Mv,
             Change::SetAdd { .. } | Change::SetRemove { .. } => Kind::Set,
+            Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => Kind::ClSet,
         }
     }
 
@@ -172,6 +184,8 @@ impl Change {
             Change::MvSet { .. } => "crdt/mv/set",
             Change::SetAdd { .. } => "crdt/set/add",
             Change::SetRemove { .. } => "crdt/set/remove",
+            Change::ClSetAdd { .. } => "crdt/clset/add",
+            Change::ClSetRemove { .. } => "crdt/clset/remove",
         }
     }
 
@@ -180,7 +194,9 @@ impl Change {
         match self {
             Change::CounterInc { .. } | Change::CounterDec { .. } => &["type", "key", "by"],
             Change::LwwSet { .. } | Change::MvSet { .. } => &["type", "key", "value"],
-            Change::SetAdd { .. } => &["type", "key", "elem"],
+            Change::SetAdd { .. } | Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => {
+                &["type", "key", "elem"]
+            }
             Change::SetRemove { .. } => &["type", "key", "elem", "seen"],
         }
     }
@@ -189,7 +205,9 @@ impl Change {
         match self {
             Change::CounterInc { by } | Change::CounterDec { by } => check_by(*by),
             Change::LwwSet { value } | Change::MvSet { value } => check_value_size(value),
-            Change::SetAdd { elem } => check_elem(elem),
+            Change::SetAdd { elem } | Change::ClSetAdd { elem } | Change::ClSetRemove { elem } => {
+                check_elem(elem)
+            }
             Change::SetRemove { elem, seen } => {
                 check_elem(elem)?;
                 seen.as_ref().map_or(Ok(()), check_seen)
@@ -275,7 +293,9 @@ impl Op {
             Change::LwwSet { value } | Change::MvSet { value } => {
                 action.insert("value".to_owned(), value.clone())
             }
-            Change::SetAdd { elem } => action.insert("elem".to_owned(), elem.to_json()),
+            Change::SetAdd { elem } | Change::ClSetAdd { elem } | Change::ClSetRemove { elem } => {
+                action.insert("elem".to_owned(), elem.to_json())
+            }
             Change::SetRemove { elem, seen } => {
                 if let Some(seen) = seen {
                     action.insert("seen".to_owned(), vv_to_json(seen));
@@ -300,6 +320,8 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/mv/set" => Change::MvSet { value: value_field(action)? },
         "crdt/set/add" => Change::SetAdd { elem: elem_field(action)? },
         "crdt/set/remove" => Change::SetRemove { elem: elem_field(action)?, seen: seen_field(action)? },
+        "crdt/clset/add" => Change::ClSetAdd { elem: elem_field(action)? },
+        "crdt/clset/remove" => Change::ClSetRemove { elem: elem_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -359,6 +381,8 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 /// - set: an add under `state.context().next_dot(author)`, which replaces the element's dots; a
 ///   remove deletes the element's dots that `seen` covers (all of them without `seen`). An
 ///   author has seen its own earlier operations, so its own dots count as covered.
+/// - clset: [`crate::ClSet::add`] or [`crate::ClSet::remove`]: the element's causal length
+///   plus one when that changes its presence, else the bottom.
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
@@ -410,8 +434,28 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             None => set.remove(elem),
             Some(seen) => set.remove_seen(elem, &with_own_events(seen, author)),
         })),
+        (Object::ClSet(set), Change::ClSetAdd { elem }) => {
+            let length = set.length(elem);
+            if length == 0 && set.element_count() >= SET_ELEMS_MAX {
+                return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
+            }
+            check_causal_length(length)?;
+            Ok(Object::ClSet(set.add(elem.clone())))
+        }
+        (Object::ClSet(set), Change::ClSetRemove { elem }) => {
+            check_causal_length(set.length(elem))?;
+            Ok(Object::ClSet(set.remove(elem)))
+        }
         _ => Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() }),
     }
+}
+
+/// Refuses lengthening a causal length past [`COUNTER_MAX`] (what a document reads back).
+fn check_causal_length(length: u64) -> Result<(), OpError> {
+    if length >= COUNTER_MAX {
+        return Err(OpError::TooBig { what: "adds and removes of one set element", max: COUNTER_MAX });
+    }
+    Ok(())
 }
 
 /// The author's next dot in `context`, within the limits: a counter up to [`COUNTER_MAX`], a
@@ -468,6 +512,8 @@ fn too_high_counter() -> OpError {
 /// - set: kept as they are. A remove without `seen` removes what the server holds when it
 ///   applies it, adds from others included, so dropping an add and a remove that cancel out
 ///   is not equivalent.
+/// - clset: kept as they are. Whether an add or a remove lengthens an element depends on its
+///   presence when the server applies it, and the lengths decide concurrent merges.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
 /// queue shows other clients the same order of changes across objects.
@@ -480,7 +526,7 @@ pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
         match first.kind() {
             Kind::Counter => fold_counter_run(run, &mut folded),
             Kind::Lww | Kind::Mv => folded.extend(run.last().cloned()),
-            Kind::Set => folded.extend(run.iter().cloned()),
+            Kind::Set | Kind::ClSet => folded.extend(run.iter().cloned()),
         }
         rest = tail;
     }
@@ -864,6 +910,54 @@ mod tests {
         let remove = op(json!({"type": "crdt/set/remove", "key": "k", "elem": 1}));
         let queue = [add.clone(), remove.clone(), add.clone(), add];
         assert_eq!(fold_queue(&queue), queue);
+    }
+
+    #[test]
+    fn parses_clset_actions() {
+        let add = op(json!({"type": "crdt/clset/add", "key": "k", "elem": "x"}));
+        assert_eq!(add.change(), &Change::ClSetAdd { elem: Scalar::from("x") });
+        assert_eq!(add.kind(), Kind::ClSet);
+        let remove = op(json!({"type": "crdt/clset/remove", "key": "k", "elem": 2}));
+        assert_eq!(remove.change(), &Change::ClSetRemove { elem: Scalar::Int(2) });
+        for op in [add, remove] {
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        for v in [
+            json!({"type": "crdt/clset/add", "key": "k"}),
+            json!({"type": "crdt/clset/add", "key": "k", "elem": [1]}),
+            json!({"type": "crdt/clset/remove", "key": "k", "elem": 1, "seen": {"a": 1}}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let elem = "x".repeat(ELEM_BYTES_MAX);
+        assert_eq!(reason(json!({"type": "crdt/clset/add", "key": "k", "elem": elem})), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_clset_lengthens_only_on_a_change_of_presence() {
+        let add = json!({"type": "crdt/clset/add", "key": "k", "elem": "x"});
+        let remove = json!({"type": "crdt/clset/remove", "key": "k", "elem": "x"});
+        let mut state = Object::bottom(Kind::ClSet);
+        assert!(step(&mut state, remove.clone(), "a", 0).is_bottom(), "absent");
+        assert_eq!(step(&mut state, add.clone(), "a", 0).to_json(), json!({"elems": [["x", 1]]}));
+        assert!(step(&mut state, add.clone(), "b", 0).is_bottom(), "present");
+        assert_eq!(step(&mut state, remove.clone(), "b", 0).to_json(), json!({"elems": [["x", 2]]}));
+        assert_eq!(state.to_json(), json!({"elems": [["x", 2]]}));
+    }
+
+    #[test]
+    fn apply_clset_refuses_beyond_the_limits() {
+        let full = (0..SET_ELEMS_MAX as i64).map(|i| (Scalar::Int(i), 2)).collect();
+        let state = Object::ClSet(crate::ClSet::from_lengths(full).unwrap());
+        let add = |e: i64| op(json!({"type": "crdt/clset/add", "key": "k", "elem": e}));
+        assert_eq!(apply(&state, &add(-1), &node("a"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &add(3), &node("a"), 0).is_ok(), "an element added before may come back");
+        let long = crate::ClSet::from_lengths([(Scalar::Null, COUNTER_MAX)].into()).unwrap();
+        let remove = op(json!({"type": "crdt/clset/remove", "key": "k", "elem": null}));
+        let err = apply(&Object::ClSet(long), &remove, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
+        let err = apply(&Object::bottom(Kind::Set), &add(1), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
     }
 
     fn actions(ops: &[Op]) -> Vec<Value> {

@@ -45,13 +45,15 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 6] = [
+    const KNOWN: [&str; 8] = [
         "crdt/counter/inc",
         "crdt/counter/dec",
         "crdt/lww/set",
         "crdt/mv/set",
         "crdt/set/add",
         "crdt/set/remove",
+        "crdt/clset/add",
+        "crdt/clset/remove",
     ];
     const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
@@ -154,6 +156,11 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
             (elem(), prop::option::of(seen())).prop_map(|(elem, seen)| Change::SetRemove { elem, seen })
         ]
         .boxed(),
+        Kind::ClSet => prop_oneof![
+            elem().prop_map(|elem| Change::ClSetAdd { elem }),
+            elem().prop_map(|elem| Change::ClSetRemove { elem })
+        ]
+        .boxed(),
         other => panic!("no changes for {other} yet"),
     }
 }
@@ -236,6 +243,7 @@ fn value(object: &Object) -> Value {
         Object::Lww(r) => r.value().cloned().unwrap_or(Value::Null),
         Object::Mv(r) => Value::from(r.values().into_iter().cloned().collect::<Vec<_>>()),
         Object::Set(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
+        Object::ClSet(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
         other => panic!("no value for {other:?} yet"),
     }
 }
