@@ -5,7 +5,8 @@
 //! | action | fields |
 //! |---|---|
 //! | `crdt/counter/inc`, `crdt/counter/dec` | `key`, `by` (an integer from 1 to 2^53, default 1) |
-//! | `crdt/lww/set`, `crdt/mv/set` | `key`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/lww/set` | `key`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/mv/set` | `key`, `value`, optional `seen` (a version vector `{"<node>": n}`) |
 //! | `crdt/set/add` | `key`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
 //! | `crdt/set/remove` | `key`, `elem`, optional `seen` (a version vector `{"<node>": n}`) |
 //! | `crdt/clset/add`, `crdt/clset/remove` | `key`, `elem` |
@@ -137,6 +138,9 @@ pub enum Change {
     MvSet {
         /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
         value: Value,
+        /// What the writer had seen of the object: the write supersedes only the values it
+        /// covers (and the author's own). `None`: every value the server holds.
+        seen: Option<VersionVector>,
     },
     /// `crdt/set/add`: add `elem` to an add-wins set.
     SetAdd {
@@ -193,7 +197,8 @@ impl Change {
     fn fields(&self) -> &'static [&'static str] {
         match self {
             Change::CounterInc { .. } | Change::CounterDec { .. } => &["type", "key", "by"],
-            Change::LwwSet { .. } | Change::MvSet { .. } => &["type", "key", "value"],
+            Change::LwwSet { .. } => &["type", "key", "value"],
+            Change::MvSet { .. } => &["type", "key", "value", "seen"],
             Change::SetAdd { .. } | Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => {
                 &["type", "key", "elem"]
             }
@@ -204,7 +209,11 @@ impl Change {
     fn check(&self) -> Result<(), OpError> {
         match self {
             Change::CounterInc { by } | Change::CounterDec { by } => check_by(*by),
-            Change::LwwSet { value } | Change::MvSet { value } => check_value_size(value),
+            Change::LwwSet { value } => check_value_size(value),
+            Change::MvSet { value, seen } => {
+                check_value_size(value)?;
+                seen.as_ref().map_or(Ok(()), check_seen)
+            }
             Change::SetAdd { elem } | Change::ClSetAdd { elem } | Change::ClSetRemove { elem } => {
                 check_elem(elem)
             }
@@ -290,7 +299,11 @@ impl Op {
             Change::CounterInc { by } | Change::CounterDec { by } => {
                 action.insert("by".to_owned(), (*by).into())
             }
-            Change::LwwSet { value } | Change::MvSet { value } => {
+            Change::LwwSet { value } => action.insert("value".to_owned(), value.clone()),
+            Change::MvSet { value, seen } => {
+                if let Some(seen) = seen {
+                    action.insert("seen".to_owned(), vv_to_json(seen));
+                }
                 action.insert("value".to_owned(), value.clone())
             }
             Change::SetAdd { elem } | Change::ClSetAdd { elem } | Change::ClSetRemove { elem } => {
@@ -317,7 +330,7 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/counter/inc" => Change::CounterInc { by: by_field(action)? },
         "crdt/counter/dec" => Change::CounterDec { by: by_field(action)? },
         "crdt/lww/set" => Change::LwwSet { value: value_field(action)? },
-        "crdt/mv/set" => Change::MvSet { value: value_field(action)? },
+        "crdt/mv/set" => Change::MvSet { value: value_field(action)?, seen: seen_field(action)? },
         "crdt/set/add" => Change::SetAdd { elem: elem_field(action)? },
         "crdt/set/remove" => Change::SetRemove { elem: elem_field(action)?, seen: seen_field(action)? },
         "crdt/clset/add" => Change::ClSetAdd { elem: elem_field(action)? },
@@ -377,7 +390,8 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   all stamps the object held, which include all of `author`'s earlier writes (they went
 ///   through this state), and no stamp is ever shipped twice with different values.
 /// - mv: the write under `state.context().next_dot(author)`, which supersedes every value the
-///   state holds.
+///   state holds, or with `seen` only the values `seen` covers and the author's own (so two
+///   clients' concurrent offline writes both survive).
 /// - set: an add under `state.context().next_dot(author)`, which replaces the element's dots; a
 ///   remove deletes the element's dots that `seen` covers (all of them without `seen`). An
 ///   author has seen its own earlier operations, so its own dots count as covered.
@@ -419,9 +433,12 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             }
             Ok(Object::Lww(register.set(value.clone(), stamp)))
         }
-        (Object::Mv(register), Change::MvSet { value }) => {
+        (Object::Mv(register), Change::MvSet { value, seen }) => {
             let dot = fresh_dot(register.context(), author)?;
-            Ok(Object::Mv(register.write(dot, value.clone())))
+            Ok(Object::Mv(match seen {
+                None => register.write(dot, value.clone()),
+                Some(seen) => register.write_seen(dot, value.clone(), &with_own_events(seen, author)),
+            }))
         }
         (Object::Set(set), Change::SetAdd { elem }) => {
             let dot = fresh_dot(set.context(), author)?;
@@ -507,8 +524,12 @@ fn too_high_counter() -> OpError {
 /// - counter: the run's increments add up into one `inc` and its decrements into one `dec`
 ///   (in the order of their first appearance; a sum over [`BY_MAX`] is split into several
 ///   operations). The server ends at the same state: totals only add up (and saturate alike).
-/// - lww, mv: the last write of the run. A client's writes follow each other, so each
-///   supersedes the one before; the server ends at the same value, with fewer dots.
+/// - lww: the last write of the run. A client's writes follow each other, so each supersedes
+///   the one before; the server ends at the same value, with fewer dots.
+/// - mv: a write is dropped when a later write of the run supersedes at least what it did:
+///   the later one has no `seen`, or both have one and the earlier's is below the later's.
+///   The later write supersedes the earlier's value (an author's own) and every value the
+///   earlier one did, so the server ends at the same values.
 /// - set: kept as they are. A remove without `seen` removes what the server holds when it
 ///   applies it, adds from others included, so dropping an add and a remove that cancel out
 ///   is not equivalent.
@@ -525,12 +546,35 @@ pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
         let (run, tail) = rest.split_at(run_len);
         match first.kind() {
             Kind::Counter => fold_counter_run(run, &mut folded),
-            Kind::Lww | Kind::Mv => folded.extend(run.last().cloned()),
+            Kind::Lww => folded.extend(run.last().cloned()),
+            Kind::Mv => fold_mv_run(run, &mut folded),
             Kind::Set | Kind::ClSet => folded.extend(run.iter().cloned()),
         }
         rest = tail;
     }
     folded
+}
+
+/// Appends the writes of `run` (mv writes on one key) that no later write supersedes.
+fn fold_mv_run(run: &[Op], folded: &mut Vec<Op>) {
+    let start = folded.len();
+    for op in run {
+        while folded.len() > start && folded.last().is_some_and(|earlier| mv_covers(op, earlier)) {
+            folded.pop();
+        }
+        folded.push(op.clone());
+    }
+}
+
+/// Whether the mv write `later` supersedes every value the earlier write `earlier` did.
+fn mv_covers(later: &Op, earlier: &Op) -> bool {
+    match (&later.change, &earlier.change) {
+        (Change::MvSet { seen: None, .. }, _) => true,
+        (Change::MvSet { seen: Some(later), .. }, Change::MvSet { seen: Some(earlier), .. }) => {
+            earlier.le(later)
+        }
+        _ => false,
+    }
 }
 
 /// Appends the folded increments and decrements of `run`, counter operations on one key.
@@ -606,7 +650,11 @@ mod tests {
         assert_eq!(lww.change(), &Change::LwwSet { value: json!({"a": [1, null]}) });
         assert_eq!(lww.kind(), Kind::Lww);
         let mv = op(json!({"type": "crdt/mv/set", "key": "k", "value": null}));
-        assert_eq!(mv.change(), &Change::MvSet { value: Value::Null });
+        assert_eq!(mv.change(), &Change::MvSet { value: Value::Null, seen: None });
+        let mv = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": {"a": 2}}));
+        let seen = Some([(node("a"), 2)].into_iter().collect());
+        assert_eq!(mv.change(), &Change::MvSet { value: json!(1), seen });
+        assert_eq!(parse(&mv.to_action()), Ok(mv.clone()));
         assert_eq!(mv.kind(), Kind::Mv);
         let longest = "k".repeat(KEY_BYTES_MAX);
         assert_eq!(op(json!({"type": "crdt/mv/set", "key": longest, "value": 1})).key().as_str(), longest);
@@ -660,6 +708,9 @@ mod tests {
             json!({"type": "crdt/lww/set", "key": "k", "value": 1, "by": 1}),
             json!({"type": "crdt/mv/set", "value": 1}),
             json!({"type": "crdt/mv/set", "key": "k", "value": 1, "by": 1}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": [["a", 1]]}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": {"a": 0}}),
+            json!({"type": "crdt/lww/set", "key": "k", "value": 1, "seen": {"a": 1}}),
         ] {
             assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
         }
@@ -747,6 +798,30 @@ mod tests {
             json!({"values": [["a", 2, 3]], "context": {"vv": {"b": 1}, "cloud": [["a", 2]]}})
         );
         assert_eq!(state.to_json(), json!({"values": [["a", 2, 3]], "context": {"vv": {"a": 2, "b": 1}}}));
+    }
+
+    #[test]
+    fn apply_mv_with_seen_keeps_concurrent_writes() {
+        let set = |v: i32, seen: Value| json!({"type": "crdt/mv/set", "key": "k", "value": v, "seen": seen});
+        let mut state = Object::bottom(Kind::Mv);
+        step(&mut state, json!({"type": "crdt/mv/set", "key": "k", "value": 0}), "a", 0);
+        // b and c both read {a: 1} and wrote offline; both writes survive on one server.
+        step(&mut state, set(1, json!({"a": 1})), "b", 0);
+        let d = step(&mut state, set(2, json!({"a": 1})), "c", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"values": [["c", 1, 2]], "context": {"vv": {"c": 1}}}),
+            "b's write already superseded (a, 1), and c's does not supersede b's"
+        );
+        assert_eq!(
+            state.to_json(),
+            json!({"values": [["b", 1, 1], ["c", 1, 2]], "context": {"vv": {"a": 1, "b": 1, "c": 1}}})
+        );
+        // An author's own earlier writes count as seen; a write that saw both replaces them.
+        step(&mut state, set(3, json!({"a": 1})), "b", 0);
+        assert_eq!(state.to_json()["values"], json!([["b", 2, 3], ["c", 1, 2]]));
+        step(&mut state, set(4, json!({"b": 2, "c": 1})), "a", 0);
+        assert_eq!(state.to_json()["values"], json!([["a", 2, 4]]));
     }
 
     #[test]
@@ -902,6 +977,30 @@ mod tests {
         assert!(apply(&state, &add(7), &node("a"), 0).is_ok(), "a present element may be added again");
         let err = apply(&Object::bottom(Kind::Mv), &add(1), &node("a"), 0).map_err(|e| e.reason());
         assert_eq!(err, Err("crdtTypeMismatch"));
+    }
+
+    #[test]
+    fn fold_mv_drops_writes_a_later_one_covers() {
+        let mv = |v: i32, seen: Option<Value>| {
+            let mut action = json!({"type": "crdt/mv/set", "key": "k", "value": v});
+            if let Some(seen) = seen {
+                action["seen"] = seen;
+            }
+            op(action)
+        };
+        let a1 = Some(json!({"a": 1}));
+        let a2b1 = Some(json!({"a": 2, "b": 1}));
+        let b1 = Some(json!({"b": 1}));
+        let queue = [mv(1, a1.clone()), mv(2, a2b1.clone()), mv(3, None)];
+        assert_eq!(fold_queue(&queue), [mv(3, None)], "no seen covers everything");
+        let queue = [mv(1, a1.clone()), mv(2, a2b1.clone())];
+        assert_eq!(fold_queue(&queue), [mv(2, a2b1.clone())]);
+        let queue = [mv(1, None), mv(2, a2b1.clone())];
+        assert_eq!(fold_queue(&queue), queue, "a seen does not cover everything");
+        let queue = [mv(1, a1.clone()), mv(2, b1.clone())];
+        assert_eq!(fold_queue(&queue), queue, "incomparable views");
+        let queue = [mv(1, a1.clone()), mv(2, b1.clone()), mv(3, a2b1.clone())];
+        assert_eq!(fold_queue(&queue), [mv(3, a2b1)], "covers both");
     }
 
     #[test]

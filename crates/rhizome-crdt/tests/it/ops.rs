@@ -150,7 +150,9 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
         ]
         .boxed(),
         Kind::Lww => json(false).prop_map(|value| Change::LwwSet { value }).boxed(),
-        Kind::Mv => json(false).prop_map(|value| Change::MvSet { value }).boxed(),
+        Kind::Mv => (json(false), prop::option::of(seen()))
+            .prop_map(|(value, seen)| Change::MvSet { value, seen })
+            .boxed(),
         Kind::Set => prop_oneof![
             elem().prop_map(|elem| Change::SetAdd { elem }),
             (elem(), prop::option::of(seen())).prop_map(|(elem, seen)| Change::SetRemove { elem, seen })
@@ -398,5 +400,51 @@ proptest! {
         }
         prop_assert!(elements(&one).contains(&elem), "add wins on one server");
         prop_assert_eq!(elements(&one), elements(&left));
+    }
+}
+
+/// The MV register object's values.
+fn mv_values(object: &Object) -> Vec<Value> {
+    match object {
+        Object::Mv(r) => r.values().into_iter().cloned().collect(),
+        other => panic!("not an MV register: {other:?}"),
+    }
+}
+
+proptest! {
+    /// Authors 1 and 2 read the register in the same state and write offline with `seen`:
+    /// both values survive, whether their servers differ or one server applies both.
+    #[test]
+    fn two_concurrent_mv_writes_with_seen_both_survive(
+        before in prop::collection::vec((0..AUTHORS, change(Kind::Mv)), 0..10),
+        (v1, v2) in (any::<i64>(), any::<i64>()),
+    ) {
+        let mut base = Object::bottom(Kind::Mv);
+        for (author, change) in before {
+            let delta = ops::apply(&base, &op("k", change), &node(author), 0).expect("applied");
+            base.join(&delta).expect("same kind");
+        }
+        let Object::Mv(register) = &base else { panic!("an MV register") };
+        let seen = Some(register.context().vv().clone());
+        let w1 = op("k", Change::MvSet { value: Value::from(v1), seen: seen.clone() });
+        let w2 = op("k", Change::MvSet { value: Value::from(v2), seen });
+        let expected = vec![Value::from(v1), Value::from(v2)];
+
+        let mut one = base.clone();
+        for (w, author) in [(&w1, 1), (&w2, 2)] {
+            let delta = ops::apply(&one, w, &node(author), 0).expect("applied");
+            one.join(&delta).expect("same kind");
+        }
+        prop_assert_eq!(mv_values(&one), expected.clone(), "one server");
+
+        let (mut left, mut right) = (base.clone(), base);
+        let d1 = ops::apply(&left, &w1, &node(1), 0).expect("applied");
+        let d2 = ops::apply(&right, &w2, &node(2), 0).expect("applied");
+        left.join(&d1).expect("same kind");
+        right.join(&d2).expect("same kind");
+        left.join(&d2).expect("same kind");
+        right.join(&d1).expect("same kind");
+        prop_assert_eq!(&left, &right);
+        prop_assert_eq!(mv_values(&left), expected, "two servers");
     }
 }
