@@ -10,13 +10,20 @@
 //! - mv: `{"values": [["<node>", n, <JSON>], …], "context": {"vv": {"<node>": n, …},
 //!   "cloud": [["<node>", n], …]}}`, each surviving value with its dot, and the causal context
 //!   as a version vector plus the dots beyond it (`cloud`, left out when empty).
+//! - set: `{"elems": [[<scalar>, "<node>", n], …], "context": {…}}`, each element with each
+//!   dot that keeps it present (usually one), in element order, and the context as for mv.
+//! - clset: `{"elems": [[<scalar>, length], …]}`, every element ever added with its causal
+//!   length (odd: present), in element order.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
 //! within `u64`, every stored dot in the context, no unknown fields, and the size limits below.
 
 use crate::ops::OpError;
-use crate::{CausalContext, Dot, Lattice, LwwRegister, MvRegister, NodeId, PnCounter, PnEntry, Stamp};
+use crate::{
+    CausalContext, ClSet, Dot, DotSet, Lattice, LwwRegister, MvRegister, NodeId, Orswot, PnCounter, PnEntry,
+    Scalar, Stamp, VersionVector,
+};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,6 +46,17 @@ pub const COUNTER_MAX: u64 = 1 << 53;
 /// Largest JSON value a register holds, in bytes of compact JSON (64 KiB).
 pub const VALUE_BYTES_MAX: usize = 64 * 1024;
 
+/// Largest set element (a JSON scalar), in bytes of compact JSON.
+pub const ELEM_BYTES_MAX: usize = 1024;
+
+/// Most elements a set holds. [`crate::ops::apply`] refuses adding a new one beyond it.
+pub const SET_ELEMS_MAX: usize = 65_536;
+
+/// Most `(element, dot)` pairs a set document may hold. A server's own adds leave one dot
+/// per element (an add replaces the element's dots); more come only from adds of the same
+/// element assigned concurrently by different servers.
+pub const SET_ENTRIES_MAX: usize = 4 * SET_ELEMS_MAX;
+
 /// The kind of a CRDT object. Its name is the middle part of the action types that act on it
 /// (`crdt/<name>/…`). New kinds are added as new variants.
 #[non_exhaustive]
@@ -50,18 +68,24 @@ pub enum Kind {
     Lww,
     /// A multi-value register of JSON values (`"mv"`).
     Mv,
+    /// An add-wins observed-remove set of JSON scalars (`"set"`).
+    Set,
+    /// A causal-length set of JSON scalars (`"clset"`).
+    ClSet,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: &'static [Kind] = &[Kind::Counter, Kind::Lww, Kind::Mv];
+    pub const ALL: &'static [Kind] = &[Kind::Counter, Kind::Lww, Kind::Mv, Kind::Set, Kind::ClSet];
 
-    /// The kind's name: `"counter"`, `"lww"` or `"mv"`.
+    /// The kind's name, such as `"counter"`.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
             Kind::Lww => "lww",
             Kind::Mv => "mv",
+            Kind::Set => "set",
+            Kind::ClSet => "clset",
         }
     }
 
@@ -87,6 +111,10 @@ pub enum Object {
     Lww(LwwRegister<Value>),
     /// A multi-value register.
     Mv(MvRegister<Value>),
+    /// An add-wins observed-remove set (ORSWOT).
+    Set(Orswot<Scalar>),
+    /// A causal-length set.
+    ClSet(ClSet<Scalar>),
 }
 
 impl Object {
@@ -96,6 +124,8 @@ impl Object {
             Kind::Counter => Object::Counter(PnCounter::bottom()),
             Kind::Lww => Object::Lww(LwwRegister::bottom()),
             Kind::Mv => Object::Mv(MvRegister::bottom()),
+            Kind::Set => Object::Set(Orswot::bottom()),
+            Kind::ClSet => Object::ClSet(ClSet::bottom()),
         }
     }
 
@@ -105,6 +135,8 @@ impl Object {
             Object::Counter(_) => Kind::Counter,
             Object::Lww(_) => Kind::Lww,
             Object::Mv(_) => Kind::Mv,
+            Object::Set(_) => Kind::Set,
+            Object::ClSet(_) => Kind::ClSet,
         }
     }
 
@@ -114,6 +146,8 @@ impl Object {
             Object::Counter(c) => c.is_bottom(),
             Object::Lww(r) => r.is_bottom(),
             Object::Mv(r) => r.is_bottom(),
+            Object::Set(s) => s.is_bottom(),
+            Object::ClSet(s) => s.is_bottom(),
         }
     }
 
@@ -125,6 +159,8 @@ impl Object {
             (Object::Counter(ours), Object::Counter(theirs)) => ours.join(theirs),
             (Object::Lww(ours), Object::Lww(theirs)) => ours.join(theirs),
             (Object::Mv(ours), Object::Mv(theirs)) => ours.join(theirs),
+            (Object::Set(ours), Object::Set(theirs)) => ours.join(theirs),
+            (Object::ClSet(ours), Object::ClSet(theirs)) => ours.join(theirs),
             (ours, theirs) => {
                 return Err(OpError::TypeMismatch { expected: ours.kind(), found: theirs.kind() })
             }
@@ -138,6 +174,8 @@ impl Object {
             Object::Counter(c) => counter_to_json(c),
             Object::Lww(r) => lww_to_json(r),
             Object::Mv(r) => mv_to_json(r),
+            Object::Set(s) => set_to_json(s),
+            Object::ClSet(s) => clset_to_json(s),
         }
     }
 
@@ -148,6 +186,8 @@ impl Object {
             Kind::Counter => counter_from_json(doc).map(Object::Counter),
             Kind::Lww => lww_from_json(doc).map(Object::Lww),
             Kind::Mv => mv_from_json(doc).map(Object::Mv),
+            Kind::Set => set_from_json(doc).map(Object::Set),
+            Kind::ClSet => clset_from_json(doc).map(Object::ClSet),
         }
     }
 }
@@ -206,14 +246,110 @@ fn lww_from_json(doc: &Value) -> Result<LwwRegister<Value>, OpError> {
 fn mv_to_json(register: &MvRegister<Value>) -> Value {
     let values: Vec<Value> =
         register.entries().map(|(dot, value)| json!([dot.node.as_str(), dot.counter, value])).collect();
-    let context = register.context();
-    let vv: Map<String, Value> = context.vv().iter().map(|(node, c)| (node.to_string(), c.into())).collect();
-    let mut context_doc = Map::from_iter([("vv".to_owned(), Value::Object(vv))]);
+    json!({"values": values, "context": context_to_json(register.context())})
+}
+
+/// `{"vv": {"<node>": n, …}, "cloud": [["<node>", n], …]}`, without `cloud` when it is empty.
+fn context_to_json(context: &CausalContext) -> Value {
+    let mut doc = Map::from_iter([("vv".to_owned(), vv_to_json(context.vv()))]);
     let cloud: Vec<Value> = context.cloud().map(dot_to_json).collect();
     if !cloud.is_empty() {
-        context_doc.insert("cloud".to_owned(), Value::Array(cloud));
+        doc.insert("cloud".to_owned(), Value::Array(cloud));
     }
-    json!({"values": values, "context": context_doc})
+    Value::Object(doc)
+}
+
+/// `{"<node>": n, …}`.
+pub(crate) fn vv_to_json(vv: &VersionVector) -> Value {
+    Value::Object(vv.iter().map(|(node, c)| (node.to_string(), c.into())).collect())
+}
+
+/// A version vector `{"<node>": n, …}`: at most [`NODES_MAX`] nodes, counters from 1 to 2^53.
+pub(crate) fn vv_from_json(doc: &Value) -> Result<VersionVector, OpError> {
+    let map = doc.as_object().ok_or(OpError::WrongShape("a version vector must be an object"))?;
+    if map.len() > NODES_MAX {
+        return Err(OpError::TooBig { what: "nodes in an object", max: NODES_MAX as u64 });
+    }
+    let mut vv = Vec::with_capacity(map.len());
+    for (node, counter) in map {
+        let dot = dot_from_json(&Value::String(node.clone()), counter)?;
+        vv.push((dot.node, dot.counter));
+    }
+    Ok(vv.into_iter().collect())
+}
+
+fn set_to_json(set: &Orswot<Scalar>) -> Value {
+    let elems: Vec<Value> = set
+        .iter()
+        .flat_map(|elem| {
+            set.dots(elem).map(move |dot| json!([elem.to_json(), dot.node.as_str(), dot.counter]))
+        })
+        .collect();
+    json!({"elems": elems, "context": context_to_json(set.context())})
+}
+
+fn set_from_json(doc: &Value) -> Result<Orswot<Scalar>, OpError> {
+    let map = object_with(doc, &["elems", "context"], "a set must be an object")?;
+    let (Some(elems_doc), Some(context_doc)) = (map.get("elems"), map.get("context")) else {
+        return Err(OpError::WrongShape("a set needs elems and context"));
+    };
+    let elems_doc = elems_doc.as_array().ok_or(OpError::WrongShape("set elems must be an array"))?;
+    if elems_doc.len() > SET_ENTRIES_MAX {
+        return Err(OpError::TooBig { what: "(element, dot) pairs in a set", max: SET_ENTRIES_MAX as u64 });
+    }
+    let mut entries: BTreeMap<Scalar, DotSet> = BTreeMap::new();
+    for entry in elems_doc {
+        let [elem, node, counter] = entry.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err(OpError::WrongShape("a set entry must be [element, node, counter]"));
+        };
+        let elem = elem_from_json(elem)?;
+        let dot = dot_from_json(node, counter)?;
+        if !entries.contains_key(&elem) && entries.len() >= SET_ELEMS_MAX {
+            return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
+        }
+        if !entries.entry(elem).or_default().insert(dot) {
+            return Err(OpError::WrongShape("a set holds one element twice under one dot"));
+        }
+    }
+    let context = context_from_json(context_doc)?;
+    Orswot::from_parts(entries, context)
+        .ok_or(OpError::WrongShape("a set's dot is not in its context, or under two elements"))
+}
+
+fn clset_to_json(set: &ClSet<Scalar>) -> Value {
+    let elems: Vec<Value> = set.lengths().map(|(elem, length)| json!([elem.to_json(), length])).collect();
+    json!({"elems": elems})
+}
+
+fn clset_from_json(doc: &Value) -> Result<ClSet<Scalar>, OpError> {
+    let map = object_with(doc, &["elems"], "a causal-length set must be an object")?;
+    let elems_doc = map.get("elems").and_then(Value::as_array);
+    let elems_doc = elems_doc.ok_or(OpError::WrongShape("a causal-length set needs an elems array"))?;
+    if elems_doc.len() > SET_ELEMS_MAX {
+        return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
+    }
+    let mut lengths = BTreeMap::new();
+    for entry in elems_doc {
+        let [elem, length] = entry.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err(OpError::WrongShape("a causal-length entry must be [element, length]"));
+        };
+        let length = length.as_u64().filter(|l| (1..=COUNTER_MAX).contains(l));
+        let length =
+            length.ok_or(OpError::WrongShape("a causal length must be an integer from 1 to 2^53"))?;
+        if lengths.insert(elem_from_json(elem)?, length).is_some() {
+            return Err(OpError::WrongShape("a causal-length set holds one element twice"));
+        }
+    }
+    ClSet::from_lengths(lengths).ok_or(OpError::WrongShape("a causal length must not be 0"))
+}
+
+/// A set element: a JSON scalar of at most [`ELEM_BYTES_MAX`] bytes.
+pub(crate) fn elem_from_json(doc: &Value) -> Result<Scalar, OpError> {
+    let elem = Scalar::from_json(doc).ok_or(OpError::WrongShape(
+        "an element must be null, a boolean, a number within i64 or a float, or a string",
+    ))?;
+    check_json_size(doc, ELEM_BYTES_MAX, "bytes of a set element")?;
+    Ok(elem)
 }
 
 fn mv_from_json(doc: &Value) -> Result<MvRegister<Value>, OpError> {
@@ -242,16 +378,8 @@ fn mv_from_json(doc: &Value) -> Result<MvRegister<Value>, OpError> {
 
 fn context_from_json(doc: &Value) -> Result<CausalContext, OpError> {
     let map = object_with(doc, &["vv", "cloud"], "a causal context must be an object")?;
-    let vv_doc = map.get("vv").and_then(Value::as_object);
-    let vv_doc = vv_doc.ok_or(OpError::WrongShape("a causal context needs a vv object"))?;
-    if vv_doc.len() > NODES_MAX {
-        return Err(OpError::TooBig { what: "nodes in an object", max: NODES_MAX as u64 });
-    }
-    let mut vv = Vec::with_capacity(vv_doc.len());
-    for (node, counter) in vv_doc {
-        let dot = dot_from_json(&Value::String(node.clone()), counter)?;
-        vv.push((dot.node, dot.counter));
-    }
+    let vv_doc = map.get("vv").filter(|vv| vv.is_object());
+    let vv = vv_from_json(vv_doc.ok_or(OpError::WrongShape("a causal context needs a vv object"))?)?;
     let cloud_doc = match map.get("cloud") {
         None => &[][..],
         Some(cloud) => cloud.as_array().ok_or(OpError::WrongShape("a cloud must be an array of dots"))?,
@@ -267,7 +395,7 @@ fn context_from_json(doc: &Value) -> Result<CausalContext, OpError> {
         cloud.push(dot_from_json(node, counter)?);
     }
     // Joining a context built from the cloud compacts it once, whatever order the dots come in.
-    let mut context = CausalContext::from_vv(vv.into_iter().collect());
+    let mut context = CausalContext::from_vv(vv);
     context.join(&cloud.into_iter().collect());
     Ok(context)
 }
@@ -302,14 +430,22 @@ fn object_with<'a>(
     Ok(map)
 }
 
-/// Refuses a value over [`VALUE_BYTES_MAX`] bytes of compact JSON. Counts while writing and
-/// stops at the limit, so a huge value is never written out in full.
+/// Refuses a value over [`VALUE_BYTES_MAX`] bytes of compact JSON.
 pub(crate) fn check_value_size(value: &Value) -> Result<(), OpError> {
-    struct Meter(usize);
+    check_json_size(value, VALUE_BYTES_MAX, "bytes of a JSON value")
+}
+
+/// Refuses a value over `bytes_max` bytes of compact JSON. Counts while writing and stops at
+/// the limit, so a huge value is never written out in full.
+pub(crate) fn check_json_size(value: &Value, bytes_max: usize, what: &'static str) -> Result<(), OpError> {
+    struct Meter {
+        bytes: usize,
+        bytes_max: usize,
+    }
     impl io::Write for Meter {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0 += buf.len();
-            if self.0 > VALUE_BYTES_MAX {
+            self.bytes += buf.len();
+            if self.bytes > self.bytes_max {
                 return Err(io::Error::other("over the limit"));
             }
             Ok(buf.len())
@@ -319,8 +455,8 @@ pub(crate) fn check_value_size(value: &Value) -> Result<(), OpError> {
         }
     }
     // Writing a `Value` fails only when the meter stops it.
-    serde_json::to_writer(&mut Meter(0), value)
-        .map_err(|_| OpError::TooBig { what: "bytes of a JSON value", max: VALUE_BYTES_MAX as u64 })
+    serde_json::to_writer(&mut Meter { bytes: 0, bytes_max }, value)
+        .map_err(|_| OpError::TooBig { what, max: bytes_max as u64 })
 }
 
 #[cfg(test)]
@@ -341,13 +477,13 @@ mod tests {
     #[test]
     fn kinds_have_stable_names() {
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names, ["counter", "lww", "mv"]);
+        assert_eq!(names, ["counter", "lww", "mv", "set", "clset"]);
         for kind in Kind::ALL {
             assert_eq!(Kind::from_name(kind.name()), Some(*kind));
             assert_eq!(Object::bottom(*kind).kind(), *kind);
             assert!(Object::bottom(*kind).is_bottom());
         }
-        assert_eq!(Kind::from_name("set"), None);
+        assert_eq!(Kind::from_name("sets"), None);
     }
 
     #[test]
@@ -495,6 +631,106 @@ mod tests {
         assert_eq!(reason(Kind::Mv, doc), "crdtTooBig");
         let huge = json!({"values": [["a", 1, "x".repeat(VALUE_BYTES_MAX)]], "context": {"vv": {"a": 1}}});
         assert_eq!(reason(Kind::Mv, huge), "crdtTooBig");
+    }
+
+    #[test]
+    fn set_document() {
+        let mut s = Orswot::new();
+        for (dot, elem) in [(Dot::new("a", 1), Scalar::from("x")), (Dot::new("b", 1), Scalar::Int(2))] {
+            let d = s.add(dot, elem);
+            s.join(&d);
+        }
+        let d = s.add(Dot::new("c", 2), Scalar::Int(2));
+        let mut other = s.clone();
+        other.join(&s.add(Dot::new("c", 3), Scalar::Null));
+        s.join(&d);
+        let doc = Object::Set(s.clone()).to_json();
+        assert_eq!(
+            doc,
+            json!({
+                "elems": [[2, "c", 2], ["x", "a", 1]],
+                "context": {"vv": {"a": 1, "b": 1}, "cloud": [["c", 2]]}
+            }),
+            "elements in scalar order (numbers before strings)"
+        );
+        assert_eq!(Object::from_json(Kind::Set, &doc), Ok(Object::Set(s.clone())));
+        s.join(&other);
+        let doc = Object::Set(s.clone()).to_json();
+        assert_eq!(doc["elems"], json!([[null, "c", 3], [2, "c", 2], ["x", "a", 1]]));
+        assert_eq!(Object::from_json(Kind::Set, &doc), Ok(Object::Set(s)));
+        let bottom = Object::bottom(Kind::Set).to_json();
+        assert_eq!(bottom, json!({"elems": [], "context": {"vv": {}}}));
+        assert_eq!(Object::from_json(Kind::Set, &bottom), Ok(Object::bottom(Kind::Set)));
+    }
+
+    #[test]
+    fn bad_set_documents() {
+        let ctx = json!({"vv": {"a": 2}});
+        for doc in [
+            json!([]),
+            json!({"elems": []}),
+            json!({"elems": {}, "context": ctx}),
+            json!({"elems": [], "context": ctx, "values": []}),
+            json!({"elems": [["x", "a"]], "context": ctx}),
+            json!({"elems": [[["x"], "a", 1]], "context": ctx}),
+            json!({"elems": [[{}, "a", 1]], "context": ctx}),
+            json!({"elems": [[u64::MAX, "a", 1]], "context": ctx}),
+            json!({"elems": [["x", "a", 3]], "context": ctx}),
+            json!({"elems": [["x", "a", 0]], "context": ctx}),
+            json!({"elems": [["x", "a", 1], ["x", "a", 1]], "context": ctx}),
+            json!({"elems": [["x", "a", 1], ["y", "a", 1]], "context": ctx}),
+            json!({"elems": [], "context": {"vv": {"a": 0}}}),
+        ] {
+            assert_eq!(reason(Kind::Set, doc), "crdtWrongShape");
+        }
+        let long = "x".repeat(ELEM_BYTES_MAX);
+        assert_eq!(reason(Kind::Set, json!({"elems": [[long, "a", 1]], "context": ctx})), "crdtTooBig");
+        let many: Vec<Value> = (1..=SET_ELEMS_MAX as u64 + 1).map(|i| json!([i, "a", i])).collect();
+        let ctx = json!({"vv": {"a": SET_ELEMS_MAX + 1}});
+        assert_eq!(reason(Kind::Set, json!({"elems": many, "context": ctx})), "crdtTooBig");
+        let many: Vec<Value> = (1..=SET_ENTRIES_MAX as u64 + 1).map(|i| json!([0, "a", i])).collect();
+        let ctx = json!({"vv": {"a": SET_ENTRIES_MAX + 1}});
+        assert_eq!(reason(Kind::Set, json!({"elems": many, "context": ctx})), "crdtTooBig");
+    }
+
+    #[test]
+    fn clset_document() {
+        let mut s = ClSet::new();
+        for delta in [s.add(Scalar::from("x")), s.add(Scalar::Int(1))] {
+            s.join(&delta);
+        }
+        let removal = s.remove(&Scalar::from("x"));
+        s.join(&removal);
+        let doc = Object::ClSet(s.clone()).to_json();
+        assert_eq!(doc, json!({"elems": [[1, 1], ["x", 2]]}));
+        assert_eq!(Object::from_json(Kind::ClSet, &doc), Ok(Object::ClSet(s)));
+        let bottom = Object::bottom(Kind::ClSet).to_json();
+        assert_eq!(bottom, json!({"elems": []}));
+        assert_eq!(Object::from_json(Kind::ClSet, &bottom), Ok(Object::bottom(Kind::ClSet)));
+    }
+
+    #[test]
+    fn bad_clset_documents() {
+        for doc in [
+            json!([]),
+            json!({}),
+            json!({"elems": {}}),
+            json!({"elems": [], "context": {}}),
+            json!({"elems": [["x"]]}),
+            json!({"elems": [["x", 1, 2]]}),
+            json!({"elems": [["x", 0]]}),
+            json!({"elems": [["x", -1]]}),
+            json!({"elems": [["x", 1.5]]}),
+            json!({"elems": [["x", COUNTER_MAX + 1]]}),
+            json!({"elems": [[[1], 1]]}),
+            json!({"elems": [["x", 1], ["x", 2]]}),
+        ] {
+            assert_eq!(reason(Kind::ClSet, doc), "crdtWrongShape");
+        }
+        let long = "x".repeat(ELEM_BYTES_MAX);
+        assert_eq!(reason(Kind::ClSet, json!({"elems": [[long, 1]]})), "crdtTooBig");
+        let many: Vec<Value> = (0..=SET_ELEMS_MAX as u64).map(|i| json!([i, 1])).collect();
+        assert_eq!(reason(Kind::ClSet, json!({"elems": many})), "crdtTooBig");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use crate::gossip::{node, Rng};
 use proptest::prelude::*;
 use proptest::sample::select;
-use rhizome_crdt::ops::{self, Change, Key, Op, BY_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use rhizome_crdt::{Kind, Object};
+use rhizome_crdt::ops::{self, Change, Key, Op, BY_MAX, ELEM_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use rhizome_crdt::{Kind, Object, Scalar, VersionVector};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -45,8 +45,17 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 4] = ["crdt/counter/inc", "crdt/counter/dec", "crdt/lww/set", "crdt/mv/set"];
-    const UNKNOWN: [&str; 5] = ["crdt/set/add", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
+    const KNOWN: [&str; 8] = [
+        "crdt/counter/inc",
+        "crdt/counter/dec",
+        "crdt/lww/set",
+        "crdt/mv/set",
+        "crdt/set/add",
+        "crdt/set/remove",
+        "crdt/clset/add",
+        "crdt/clset/remove",
+    ];
+    const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
         4 => select(&KNOWN[..]).prop_map(Value::from),
         1 => select(&UNKNOWN[..]).prop_map(Value::from),
@@ -66,8 +75,17 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         1 => json(true),
     ];
     let value = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(VALUE_BYTES_MAX)))];
+    let elem = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(ELEM_BYTES_MAX)))];
+    let seen = prop_oneof![
+        4 => prop::collection::btree_map("[a-c]|a b|", 0u64..4, 0..3)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k, Value::from(v))).collect())),
+        1 => json(true),
+    ];
     let extra = (
-        prop_oneof![select(&["type", "key", "by", "value"][..]).prop_map(String::from), "[a-z]{1,4}"],
+        prop_oneof![
+            select(&["type", "key", "by", "value", "elem", "seen"][..]).prop_map(String::from),
+            "[a-z]{1,4}"
+        ],
         json(true),
     );
     let fields = (
@@ -76,11 +94,20 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         prop::option::weighted(0.9, key),
         prop::option::weighted(0.35, by),
         prop::option::weighted(0.45, value),
+        prop::option::weighted(0.45, elem),
+        prop::option::weighted(0.2, seen),
         prop::option::weighted(0.1, extra),
     );
-    fields.prop_map(|(action_type, key, by, value, extra)| {
+    fields.prop_map(|(action_type, key, by, value, elem, seen, extra)| {
         let mut action = Map::new();
-        let named = [("type", action_type), ("key", key), ("by", by), ("value", value)];
+        let named = [
+            ("type", action_type),
+            ("key", key),
+            ("by", by),
+            ("value", value),
+            ("elem", elem),
+            ("seen", seen),
+        ];
         for (name, field) in named {
             if let Some(field) = field {
                 action.insert(name.to_owned(), field);
@@ -98,6 +125,22 @@ fn by() -> impl Strategy<Value = u64> {
     prop_oneof![8 => 1u64..5, 1 => Just(BY_MAX), 1 => 1..=BY_MAX]
 }
 
+/// A set element: a few small scalars, so that adds and removes meet.
+fn elem() -> impl Strategy<Value = Scalar> {
+    prop_oneof![
+        (0i64..3).prop_map(Scalar::Int),
+        select(&["x", "y"][..]).prop_map(Scalar::from),
+        Just(Scalar::Null),
+        Just(Scalar::float(0.5)),
+    ]
+}
+
+/// What a client may have seen: a few of the history's authors, small counters.
+fn seen() -> impl Strategy<Value = VersionVector> {
+    prop::collection::vec((0..AUTHORS, 1u64..4), 0..3)
+        .prop_map(|entries| entries.into_iter().map(|(author, counter)| (node(author), counter)).collect())
+}
+
 /// A change on an object of `kind`.
 fn change(kind: Kind) -> BoxedStrategy<Change> {
     match kind {
@@ -107,7 +150,19 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
         ]
         .boxed(),
         Kind::Lww => json(false).prop_map(|value| Change::LwwSet { value }).boxed(),
-        Kind::Mv => json(false).prop_map(|value| Change::MvSet { value }).boxed(),
+        Kind::Mv => (json(false), prop::option::of(seen()))
+            .prop_map(|(value, seen)| Change::MvSet { value, seen })
+            .boxed(),
+        Kind::Set => prop_oneof![
+            elem().prop_map(|elem| Change::SetAdd { elem }),
+            (elem(), prop::option::of(seen())).prop_map(|(elem, seen)| Change::SetRemove { elem, seen })
+        ]
+        .boxed(),
+        Kind::ClSet => prop_oneof![
+            elem().prop_map(|elem| Change::ClSetAdd { elem }),
+            elem().prop_map(|elem| Change::ClSetRemove { elem })
+        ]
+        .boxed(),
         other => panic!("no changes for {other} yet"),
     }
 }
@@ -189,6 +244,8 @@ fn value(object: &Object) -> Value {
         Object::Counter(c) => Value::from(c.value().to_string()),
         Object::Lww(r) => r.value().cloned().unwrap_or(Value::Null),
         Object::Mv(r) => Value::from(r.values().into_iter().cloned().collect::<Vec<_>>()),
+        Object::Set(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
+        Object::ClSet(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
         other => panic!("no value for {other:?} yet"),
     }
 }
@@ -288,5 +345,106 @@ proptest! {
                 prop_assert_eq!(ours, theirs);
             }
         }
+    }
+}
+
+/// The set object's elements.
+fn elements(object: &Object) -> Vec<Scalar> {
+    match object {
+        Object::Set(s) => s.iter().cloned().collect(),
+        other => panic!("not a set: {other:?}"),
+    }
+}
+
+/// What a server has seen of a set object.
+fn set_seen(object: &Object) -> VersionVector {
+    match object {
+        Object::Set(s) => s.context().vv().clone(),
+        other => panic!("not a set: {other:?}"),
+    }
+}
+
+proptest! {
+    /// Author 0 adds `x` on server 0 while author 1, on server 1, removes `x` with `seen`
+    /// from its own view, which lacks the add: once the servers exchange their deltas, both
+    /// hold `x` (add wins), whether the remove is applied on another server or, as an
+    /// offline client's queued remove, on the same server after the add.
+    #[test]
+    fn a_remove_with_seen_does_not_remove_an_add_it_did_not_see(
+        before in prop::collection::vec((0..AUTHORS, change(Kind::Set)), 0..10),
+        elem in elem(),
+    ) {
+        let mut base = Object::bottom(Kind::Set);
+        for (author, change) in before {
+            if let Ok(delta) = ops::apply(&base, &op("k", change), &node(author), 0) {
+                base.join(&delta).expect("same kind");
+            }
+        }
+        let add = op("k", Change::SetAdd { elem: elem.clone() });
+        let remove = op("k", Change::SetRemove { elem: elem.clone(), seen: Some(set_seen(&base)) });
+
+        let (mut left, mut right) = (base.clone(), base.clone());
+        let added = ops::apply(&left, &add, &node(0), 0).expect("applied");
+        left.join(&added).expect("same kind");
+        let removed = ops::apply(&right, &remove, &node(1), 0).expect("applied");
+        right.join(&removed).expect("same kind");
+        left.join(&removed).expect("same kind");
+        right.join(&added).expect("same kind");
+        prop_assert_eq!(&left, &right);
+        prop_assert!(elements(&left).contains(&elem), "add wins across servers");
+
+        let mut one = base;
+        for (op, author) in [(&add, 0), (&remove, 1)] {
+            let delta = ops::apply(&one, op, &node(author), 0).expect("applied");
+            one.join(&delta).expect("same kind");
+        }
+        prop_assert!(elements(&one).contains(&elem), "add wins on one server");
+        prop_assert_eq!(elements(&one), elements(&left));
+    }
+}
+
+/// The MV register object's values.
+fn mv_values(object: &Object) -> Vec<Value> {
+    match object {
+        Object::Mv(r) => r.values().into_iter().cloned().collect(),
+        other => panic!("not an MV register: {other:?}"),
+    }
+}
+
+proptest! {
+    /// Authors 1 and 2 read the register in the same state and write offline with `seen`:
+    /// both values survive, whether their servers differ or one server applies both.
+    #[test]
+    fn two_concurrent_mv_writes_with_seen_both_survive(
+        before in prop::collection::vec((0..AUTHORS, change(Kind::Mv)), 0..10),
+        (v1, v2) in (any::<i64>(), any::<i64>()),
+    ) {
+        let mut base = Object::bottom(Kind::Mv);
+        for (author, change) in before {
+            let delta = ops::apply(&base, &op("k", change), &node(author), 0).expect("applied");
+            base.join(&delta).expect("same kind");
+        }
+        let Object::Mv(register) = &base else { panic!("an MV register") };
+        let seen = Some(register.context().vv().clone());
+        let w1 = op("k", Change::MvSet { value: Value::from(v1), seen: seen.clone() });
+        let w2 = op("k", Change::MvSet { value: Value::from(v2), seen });
+        let expected = vec![Value::from(v1), Value::from(v2)];
+
+        let mut one = base.clone();
+        for (w, author) in [(&w1, 1), (&w2, 2)] {
+            let delta = ops::apply(&one, w, &node(author), 0).expect("applied");
+            one.join(&delta).expect("same kind");
+        }
+        prop_assert_eq!(mv_values(&one), expected.clone(), "one server");
+
+        let (mut left, mut right) = (base.clone(), base);
+        let d1 = ops::apply(&left, &w1, &node(1), 0).expect("applied");
+        let d2 = ops::apply(&right, &w2, &node(2), 0).expect("applied");
+        left.join(&d1).expect("same kind");
+        right.join(&d2).expect("same kind");
+        left.join(&d2).expect("same kind");
+        right.join(&d1).expect("same kind");
+        prop_assert_eq!(&left, &right);
+        prop_assert_eq!(mv_values(&left), expected, "two servers");
     }
 }
