@@ -149,3 +149,26 @@ async fn a_burst_of_operations_reaches_a_live_subscriber_as_few_joined_deltas() 
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn sets_are_add_wins_objects_with_server_dots() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    for action in [
+        json!({"type": "crdt/set/add", "key": "boards/3/tags", "elem": "urgent"}),
+        json!({"type": "crdt/set/add", "key": "boards/3/tags", "elem": "later"}),
+        json!({"type": "crdt/set/remove", "key": "boards/3/tags", "elem": "urgent"}),
+        json!({"type": "crdt/clset/add", "key": "rooms/9/members", "elem": "u5"}),
+    ] {
+        let id = alice.send_action(action).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let mut bob = server.login("bob:c2:t1").await?;
+    let set = subscribe_object(&mut bob, "boards/3/tags").await?;
+    assert_eq!(set[0]["kind"], "set");
+    assert_eq!(set[0]["delta"]["elems"], json!([["later", "alice:c1:t1", 2]]), "{}", set[0]);
+    let clset = subscribe_object(&mut bob, "rooms/9/members").await?;
+    assert_eq!(clset[0]["delta"]["elems"], json!([["u5", 1]]));
+    server.stop().await;
+    Ok(())
+}
