@@ -14,6 +14,10 @@
 //!   dot that keeps it present (usually one), in element order, and the context as for mv.
 //! - clset: `{"elems": [[<scalar>, length], …]}`, every element ever added with its causal
 //!   length (odd: present), in element order.
+//! - list: `{"elems": [["<node>", n, origin, seq, <JSON>], …], "deleted": [["<node>", n], …]}`:
+//!   every element, deleted ones included, with its id, its origin (`["<node>", n]` or `null`
+//!   for the head) and its Lamport `seq`, in list order (then those whose origin is not in the
+//!   document, as in a delta, by `(seq, id)`); and every tombstone, in dot order.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -21,8 +25,8 @@
 
 use crate::ops::OpError;
 use crate::{
-    CausalContext, ClSet, Dot, DotSet, Lattice, LwwRegister, MvRegister, NodeId, Orswot, PnCounter, PnEntry,
-    Scalar, Stamp, VersionVector,
+    CausalContext, ClSet, Dot, DotSet, Lattice, ListPartsError, LwwRegister, MvRegister, NodeId, Orswot,
+    PnCounter, PnEntry, Rga, Scalar, Stamp, VersionVector,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -57,6 +61,15 @@ pub const SET_ELEMS_MAX: usize = 65_536;
 /// element assigned concurrently by different servers.
 pub const SET_ENTRIES_MAX: usize = 4 * SET_ELEMS_MAX;
 
+/// Most elements a list holds, deleted ones included (a deleted element stays, as a
+/// tombstone, because concurrent inserts may name it as their origin); also the most
+/// tombstones a list document may hold. [`crate::ops::apply`] refuses an insert beyond it.
+pub const LIST_ELEMS_MAX: usize = 65_536;
+
+/// Largest list element, in bytes of compact JSON (1 KiB): a list holds up to
+/// [`LIST_ELEMS_MAX`] of them forever, so a list of large records is better a list of ids.
+pub const LIST_VALUE_BYTES_MAX: usize = 1024;
+
 /// The kind of a CRDT object. Its name is the middle part of the action types that act on it
 /// (`crdt/<name>/…`). New kinds are added as new variants.
 #[non_exhaustive]
@@ -72,11 +85,14 @@ pub enum Kind {
     Set,
     /// A causal-length set of JSON scalars (`"clset"`).
     ClSet,
+    /// An ordered list (RGA) of JSON values (`"list"`).
+    List,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: &'static [Kind] = &[Kind::Counter, Kind::Lww, Kind::Mv, Kind::Set, Kind::ClSet];
+    pub const ALL: &'static [Kind] =
+        &[Kind::Counter, Kind::Lww, Kind::Mv, Kind::Set, Kind::ClSet, Kind::List];
 
     /// The kind's name, such as `"counter"`.
     pub fn name(self) -> &'static str {
@@ -86,6 +102,7 @@ impl Kind {
             Kind::Mv => "mv",
             Kind::Set => "set",
             Kind::ClSet => "clset",
+            Kind::List => "list",
         }
     }
 
@@ -115,6 +132,8 @@ pub enum Object {
     Set(Orswot<Scalar>),
     /// A causal-length set.
     ClSet(ClSet<Scalar>),
+    /// An ordered list (RGA), boxed: its indexes make it several times larger than the rest.
+    List(Box<Rga<Value>>),
 }
 
 impl Object {
@@ -126,6 +145,7 @@ impl Object {
             Kind::Mv => Object::Mv(MvRegister::bottom()),
             Kind::Set => Object::Set(Orswot::bottom()),
             Kind::ClSet => Object::ClSet(ClSet::bottom()),
+            Kind::List => Object::List(Box::default()),
         }
     }
 
@@ -137,6 +157,7 @@ impl Object {
             Object::Mv(_) => Kind::Mv,
             Object::Set(_) => Kind::Set,
             Object::ClSet(_) => Kind::ClSet,
+            Object::List(_) => Kind::List,
         }
     }
 
@@ -148,6 +169,7 @@ impl Object {
             Object::Mv(r) => r.is_bottom(),
             Object::Set(s) => s.is_bottom(),
             Object::ClSet(s) => s.is_bottom(),
+            Object::List(l) => l.is_bottom(),
         }
     }
 
@@ -161,6 +183,7 @@ impl Object {
             (Object::Mv(ours), Object::Mv(theirs)) => ours.join(theirs),
             (Object::Set(ours), Object::Set(theirs)) => ours.join(theirs),
             (Object::ClSet(ours), Object::ClSet(theirs)) => ours.join(theirs),
+            (Object::List(ours), Object::List(theirs)) => ours.join(theirs),
             (ours, theirs) => {
                 return Err(OpError::TypeMismatch { expected: ours.kind(), found: theirs.kind() })
             }
@@ -176,6 +199,7 @@ impl Object {
             Object::Mv(r) => mv_to_json(r),
             Object::Set(s) => set_to_json(s),
             Object::ClSet(s) => clset_to_json(s),
+            Object::List(l) => list_to_json(l),
         }
     }
 
@@ -188,6 +212,7 @@ impl Object {
             Kind::Mv => mv_from_json(doc).map(Object::Mv),
             Kind::Set => set_from_json(doc).map(Object::Set),
             Kind::ClSet => clset_from_json(doc).map(Object::ClSet),
+            Kind::List => list_from_json(doc).map(|l| Object::List(Box::new(l))),
         }
     }
 }
@@ -343,6 +368,62 @@ fn clset_from_json(doc: &Value) -> Result<ClSet<Scalar>, OpError> {
     ClSet::from_lengths(lengths).ok_or(OpError::WrongShape("a causal length must not be 0"))
 }
 
+fn list_to_json(list: &Rga<Value>) -> Value {
+    let elems: Vec<Value> = list
+        .elements()
+        .map(|e| json!([e.id.node.as_str(), e.id.counter, e.origin.map(dot_to_json), e.seq, e.value]))
+        .collect();
+    let deleted: Vec<Value> = list.tombstones().map(dot_to_json).collect();
+    json!({"elems": elems, "deleted": deleted})
+}
+
+fn list_from_json(doc: &Value) -> Result<Rga<Value>, OpError> {
+    let map = object_with(doc, &["elems", "deleted"], "a list must be an object")?;
+    let (Some(Value::Array(elems_doc)), Some(Value::Array(deleted_doc))) =
+        (map.get("elems"), map.get("deleted"))
+    else {
+        return Err(OpError::WrongShape("a list needs elems and deleted arrays"));
+    };
+    if elems_doc.len() > LIST_ELEMS_MAX || deleted_doc.len() > LIST_ELEMS_MAX {
+        return Err(OpError::TooBig { what: "elements in a list", max: LIST_ELEMS_MAX as u64 });
+    }
+    let mut elems = Vec::with_capacity(elems_doc.len());
+    for entry in elems_doc {
+        let [node, counter, origin, seq, value] = entry.as_array().map(Vec::as_slice).unwrap_or_default()
+        else {
+            return Err(OpError::WrongShape("a list element must be [node, counter, origin, seq, value]"));
+        };
+        let origin = match origin {
+            Value::Null => None,
+            Value::Array(dot) => match dot.as_slice() {
+                [node, counter] => Some(dot_from_json(node, counter)?),
+                _ => return Err(OpError::WrongShape("a dot must be [node, counter]")),
+            },
+            _ => return Err(OpError::WrongShape("a list element's origin must be a dot or null")),
+        };
+        let seq = seq.as_u64().filter(|s| (1..=COUNTER_MAX).contains(s));
+        let seq = seq.ok_or(OpError::WrongShape("a list element's seq must be an integer from 1 to 2^53"))?;
+        check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")?;
+        elems.push((dot_from_json(node, counter)?, origin, seq, value.clone()));
+    }
+    let mut deleted = Vec::with_capacity(deleted_doc.len());
+    for dot in deleted_doc {
+        let [node, counter] = dot.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err(OpError::WrongShape("a dot must be [node, counter]"));
+        };
+        deleted.push(dot_from_json(node, counter)?);
+    }
+    Rga::from_parts(elems, deleted).map_err(|e| {
+        OpError::WrongShape(match e {
+            ListPartsError::DuplicateId => "a list holds two elements with one id",
+            ListPartsError::DuplicateTombstone => "a list holds one tombstone twice",
+            ListPartsError::OwnOrigin => "a list element is its own origin",
+            ListPartsError::NotAfterOrigin => "a list element's seq is not above its origin's",
+            ListPartsError::Zero => "a list element's dot or seq is 0",
+        })
+    })
+}
+
 /// A set element: a JSON scalar of at most [`ELEM_BYTES_MAX`] bytes.
 pub(crate) fn elem_from_json(doc: &Value) -> Result<Scalar, OpError> {
     let elem = Scalar::from_json(doc).ok_or(OpError::WrongShape(
@@ -477,7 +558,7 @@ mod tests {
     #[test]
     fn kinds_have_stable_names() {
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names, ["counter", "lww", "mv", "set", "clset"]);
+        assert_eq!(names, ["counter", "lww", "mv", "set", "clset", "list"]);
         for kind in Kind::ALL {
             assert_eq!(Kind::from_name(kind.name()), Some(*kind));
             assert_eq!(Object::bottom(*kind).kind(), *kind);
@@ -739,5 +820,76 @@ mod tests {
         assert_eq!(check_value_size(&just), Ok(()), "two quotes plus the characters");
         let over = Value::String("x".repeat(VALUE_BYTES_MAX - 1));
         assert_eq!(check_value_size(&over).map_err(|e| e.reason()), Err("crdtTooBig"));
+    }
+    #[test]
+    fn list_document() {
+        let mut l = Rga::new();
+        for (index, counter, value) in [(0, 1, json!("b")), (0, 2, json!({"t": 1})), (2, 3, json!(null))] {
+            l.join(&l.insert(index, Dot::new("a", counter), value));
+        }
+        l.join(&l.delete(1));
+        let doc = Object::List(Box::new(l.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({
+                "elems": [["a", 2, null, 2, {"t": 1}], ["a", 1, null, 1, "b"], ["a", 3, ["a", 1], 3, null]],
+                "deleted": [["a", 1]]
+            })
+        );
+        assert_eq!(Object::from_json(Kind::List, &doc), Ok(Object::List(Box::new(l.clone()))));
+        let delta = l.delete(0);
+        let doc = Object::List(Box::new(delta.clone())).to_json();
+        assert_eq!(doc, json!({"elems": [], "deleted": [["a", 2]]}));
+        assert_eq!(Object::from_json(Kind::List, &doc), Ok(Object::List(Box::new(delta))));
+        let delta = l.insert(1, Dot::new("b", 1), json!(7));
+        let doc = Object::List(Box::new(delta.clone())).to_json();
+        assert_eq!(doc, json!({"elems": [["b", 1, ["a", 2], 4, 7]], "deleted": []}), "origin not here");
+        assert_eq!(Object::from_json(Kind::List, &doc), Ok(Object::List(Box::new(delta))));
+        let bottom = Object::bottom(Kind::List).to_json();
+        assert_eq!(bottom, json!({"elems": [], "deleted": []}));
+        assert_eq!(Object::from_json(Kind::List, &bottom), Ok(Object::bottom(Kind::List)));
+    }
+
+    #[test]
+    fn bad_list_documents() {
+        let e = |origin: Value, seq: Value| json!(["a", 2, origin, seq, 0]);
+        for doc in [
+            json!([]),
+            json!({"elems": []}),
+            json!({"deleted": []}),
+            json!({"elems": {}, "deleted": []}),
+            json!({"elems": [], "deleted": {}}),
+            json!({"elems": [], "deleted": [], "context": {}}),
+            json!({"elems": [["a", 1, null, 1]], "deleted": []}),
+            json!({"elems": [["a", 1, null, 1, 0, 0]], "deleted": []}),
+            json!({"elems": [["a", 0, null, 1, 0]], "deleted": []}),
+            json!({"elems": [["a b", 1, null, 1, 0]], "deleted": []}),
+            json!({"elems": [[1, 1, null, 1, 0]], "deleted": []}),
+            json!({"elems": [e(json!(["a"]), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!("a"), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!(["a", 0]), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!(["a", 2]), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(0))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(-1))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(1.5))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(COUNTER_MAX + 1))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(1)), e(json!(null), json!(2))], "deleted": []}),
+            json!({"elems": [["a", 1, null, 2, 0], e(json!(["a", 1]), json!(2))], "deleted": []}),
+            json!({"elems": [], "deleted": [["a", 1], ["a", 1]]}),
+            json!({"elems": [], "deleted": [["a", 0]]}),
+            json!({"elems": [], "deleted": [["a"]]}),
+            json!({"elems": [], "deleted": ["a", 1]}),
+        ] {
+            assert_eq!(reason(Kind::List, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let long = "x".repeat(LIST_VALUE_BYTES_MAX);
+        assert_eq!(
+            reason(Kind::List, json!({"elems": [["a", 1, null, 1, long]], "deleted": []})),
+            "crdtTooBig"
+        );
+        let many: Vec<Value> = (1..=LIST_ELEMS_MAX as u64 + 1).map(|i| json!(["a", i, null, 1, 0])).collect();
+        assert_eq!(reason(Kind::List, json!({"elems": many, "deleted": []})), "crdtTooBig");
+        let many: Vec<Value> = (1..=LIST_ELEMS_MAX as u64 + 1).map(|i| json!(["a", i])).collect();
+        assert_eq!(reason(Kind::List, json!({"elems": [], "deleted": many})), "crdtTooBig");
     }
 }

@@ -10,23 +10,25 @@
 //! | `crdt/set/add` | `key`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
 //! | `crdt/set/remove` | `key`, `elem`, optional `seen` (a version vector `{"<node>": n}`) |
 //! | `crdt/clset/add`, `crdt/clset/remove` | `key`, `elem` |
+//! | `crdt/list/insert` | `key`, `index` (a non-negative integer), `value` (JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/list/delete` | `key`, `index` |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
 
 use crate::object::{
-    check_value_size, elem_from_json, vv_from_json, vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX,
-    NODES_MAX, SET_ELEMS_MAX,
+    check_json_size, check_value_size, elem_from_json, vv_from_json, vv_to_json, Kind, Object,
+    CLOUD_DOTS_MAX, COUNTER_MAX, NODES_MAX, SET_ELEMS_MAX,
 };
 use crate::{
-    CausalContext, Dot, Lattice, LwwRegister, NodeId, PnCounter, PnEntry, Scalar, Stamp, VersionVector,
+    CausalContext, Dot, Lattice, LwwRegister, NodeId, PnCounter, PnEntry, Rga, Scalar, Stamp, VersionVector,
 };
 use rhizome_protocol::Channel;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::object::{ELEM_BYTES_MAX, VALUE_BYTES_MAX};
+pub use crate::object::{ELEM_BYTES_MAX, LIST_ELEMS_MAX, LIST_VALUE_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// Longest object key, in bytes.
 pub const KEY_BYTES_MAX: usize = 512;
@@ -165,6 +167,19 @@ pub enum Change {
         /// The element.
         elem: Scalar,
     },
+    /// `crdt/list/insert`: insert `value` at `index` among the visible elements as the server
+    /// holds them when it applies the action (past the end: at the end).
+    ListInsert {
+        /// Where, among visible elements.
+        index: u64,
+        /// The value, at most [`LIST_VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/list/delete`: delete the visible element at `index` (out of range: nothing).
+    ListDelete {
+        /// Which, among visible elements.
+        index: u64,
+    },
 }
 
 impl Change {
@@ -176,6 +191,7 @@ impl Change {
             Change::MvSet { .. } => Kind::Mv,
             Change::SetAdd { .. } | Change::SetRemove { .. } => Kind::Set,
             Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => Kind::ClSet,
+            Change::ListInsert { .. } | Change::ListDelete { .. } => Kind::List,
         }
     }
 
@@ -190,6 +206,8 @@ impl Change {
             Change::SetRemove { .. } => "crdt/set/remove",
             Change::ClSetAdd { .. } => "crdt/clset/add",
             Change::ClSetRemove { .. } => "crdt/clset/remove",
+            Change::ListInsert { .. } => "crdt/list/insert",
+            Change::ListDelete { .. } => "crdt/list/delete",
         }
     }
 
@@ -203,6 +221,8 @@ impl Change {
                 &["type", "key", "elem"]
             }
             Change::SetRemove { .. } => &["type", "key", "elem", "seen"],
+            Change::ListInsert { .. } => &["type", "key", "index", "value"],
+            Change::ListDelete { .. } => &["type", "key", "index"],
         }
     }
 
@@ -221,6 +241,10 @@ impl Change {
                 check_elem(elem)?;
                 seen.as_ref().map_or(Ok(()), check_seen)
             }
+            Change::ListInsert { value, .. } => {
+                check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")
+            }
+            Change::ListDelete { .. } => Ok(()),
         }
     }
 }
@@ -315,6 +339,11 @@ impl Op {
                 }
                 action.insert("elem".to_owned(), elem.to_json())
             }
+            Change::ListInsert { index, value } => {
+                action.insert("index".to_owned(), (*index).into());
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::ListDelete { index } => action.insert("index".to_owned(), (*index).into()),
         };
         action
     }
@@ -335,6 +364,8 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/set/remove" => Change::SetRemove { elem: elem_field(action)?, seen: seen_field(action)? },
         "crdt/clset/add" => Change::ClSetAdd { elem: elem_field(action)? },
         "crdt/clset/remove" => Change::ClSetRemove { elem: elem_field(action)? },
+        "crdt/list/insert" => Change::ListInsert { index: index_field(action)?, value: value_field(action)? },
+        "crdt/list/delete" => Change::ListDelete { index: index_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -353,6 +384,12 @@ fn by_field(action: &Map<String, Value>) -> Result<u64, OpError> {
         // The range is checked with the rest of the op, by `Op::new`.
         Some(by) => by.as_u64().ok_or(OpError::WrongShape("`by` must be an integer from 1 to 2^53")),
     }
+}
+
+/// `index`: required, a non-negative integer (any: past the end means at the end).
+fn index_field(action: &Map<String, Value>) -> Result<u64, OpError> {
+    let index = action.get("index").and_then(Value::as_u64);
+    index.ok_or(OpError::WrongShape("`index` must be a non-negative integer"))
 }
 
 /// `value`: required, may be `null` (its size is checked by `Op::new`).
@@ -397,10 +434,14 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   author has seen its own earlier operations, so its own dots count as covered.
 /// - clset: [`crate::ClSet::add`] or [`crate::ClSet::remove`]: the element's causal length
 ///   plus one when that changes its presence, else the bottom.
+/// - list: [`crate::Rga::insert`] at `index` under `state.next_dot(author)` (one past the
+///   author's highest counter among the elements), or [`crate::Rga::delete`] at `index`,
+///   whose delta is the element's tombstone (the bottom when `index` is out of range).
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
-/// [`CLOUD_DOTS_MAX`] or a set element beyond [`SET_ELEMS_MAX`] (`crdtTooBig`); an
+/// [`CLOUD_DOTS_MAX`], a set element beyond [`SET_ELEMS_MAX`], a list element beyond
+/// [`LIST_ELEMS_MAX`] or a list `seq` beyond [`COUNTER_MAX`] (`crdtTooBig`); an
 /// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
 /// on one server therefore stays within what [`Object::from_json`] reads back.
 pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
@@ -462,6 +503,26 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
         (Object::ClSet(set), Change::ClSetRemove { elem }) => {
             check_causal_length(set.length(elem))?;
             Ok(Object::ClSet(set.remove(elem)))
+        }
+        (Object::List(list), Change::ListInsert { index, value }) => {
+            if list.element_count() >= LIST_ELEMS_MAX {
+                return Err(OpError::TooBig {
+                    what: "elements in a list, deleted ones included",
+                    max: LIST_ELEMS_MAX as u64,
+                });
+            }
+            let dot = list.next_dot(author);
+            if dot.counter > COUNTER_MAX || list.max_seq() >= COUNTER_MAX {
+                return Err(too_high_counter());
+            }
+            // An index beyond `usize` is past the end like any other.
+            let index = usize::try_from(*index).unwrap_or(usize::MAX);
+            Ok(Object::List(Box::new(list.insert(index, dot, value.clone()))))
+        }
+        (Object::List(list), Change::ListDelete { index }) => {
+            // An index beyond `usize` is out of range like any other.
+            let delta = usize::try_from(*index).map_or_else(|_| Rga::bottom(), |index| list.delete(index));
+            Ok(Object::List(Box::new(delta)))
         }
         _ => Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() }),
     }
@@ -535,6 +596,9 @@ fn too_high_counter() -> OpError {
 ///   is not equivalent.
 /// - clset: kept as they are. Whether an add or a remove lengthens an element depends on its
 ///   presence when the server applies it, and the lengths decide concurrent merges.
+/// - list: kept as they are. An index means a position in the list as the server holds it
+///   when it applies the action, which other authors' inserts and deletes may have changed in
+///   between, so an insert and a later delete of the same index need not cancel out.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
 /// queue shows other clients the same order of changes across objects.
@@ -548,7 +612,7 @@ pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
             Kind::Counter => fold_counter_run(run, &mut folded),
             Kind::Lww => folded.extend(run.last().cloned()),
             Kind::Mv => fold_mv_run(run, &mut folded),
-            Kind::Set | Kind::ClSet => folded.extend(run.iter().cloned()),
+            Kind::Set | Kind::ClSet | Kind::List => folded.extend(run.iter().cloned()),
         }
         rest = tail;
     }
@@ -1098,5 +1162,110 @@ mod tests {
             ]),
             "a change of kind on one key stops the run: the server refuses all but one kind"
         );
+    }
+    #[test]
+    fn parses_list_actions() {
+        let insert =
+            op(json!({"type": "crdt/list/insert", "key": "todo", "index": 2, "value": {"t": "milk"}}));
+        assert_eq!(insert.change(), &Change::ListInsert { index: 2, value: json!({"t": "milk"}) });
+        assert_eq!(insert.kind(), Kind::List);
+        let delete = op(json!({"type": "crdt/list/delete", "key": "todo", "index": 0}));
+        assert_eq!(delete.change(), &Change::ListDelete { index: 0 });
+        let far = op(json!({"type": "crdt/list/insert", "key": "k", "index": u64::MAX, "value": null}));
+        assert_eq!(far.change(), &Change::ListInsert { index: u64::MAX, value: Value::Null });
+        for op in [insert, delete, far] {
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        let longest = "x".repeat(LIST_VALUE_BYTES_MAX - 2);
+        assert!(parse(&action(
+            json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": longest})
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn list_actions_of_the_wrong_shape_or_too_big() {
+        for v in [
+            json!({"type": "crdt/list/insert", "key": "k", "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": 0}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": -1, "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": 1.5, "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": "0", "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": 1, "after": ["a", 1]}),
+            json!({"type": "crdt/list/delete", "key": "k"}),
+            json!({"type": "crdt/list/delete", "key": "k", "index": null}),
+            json!({"type": "crdt/list/delete", "key": "k", "index": 0, "value": 1}),
+            json!({"type": "crdt/list/delete", "index": 0}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let value = "x".repeat(LIST_VALUE_BYTES_MAX - 1);
+        assert_eq!(
+            reason(json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": value})),
+            "crdtTooBig"
+        );
+        assert_eq!(reason(json!({"type": "crdt/list/move", "key": "k", "index": 0})), "crdtUnknownType");
+    }
+
+    #[test]
+    fn apply_list_inserts_and_deletes_by_visible_index() {
+        let insert =
+            |index: u64, v: &str| json!({"type": "crdt/list/insert", "key": "k", "index": index, "value": v});
+        let delete = |index: u64| json!({"type": "crdt/list/delete", "key": "k", "index": index});
+        let mut state = Object::bottom(Kind::List);
+        let d = step(&mut state, insert(0, "b"), "a", 0);
+        assert_eq!(d.to_json(), json!({"elems": [["a", 1, null, 1, "b"]], "deleted": []}));
+        step(&mut state, insert(0, "a"), "b", 0);
+        let d = step(&mut state, insert(99, "c"), "a", 0);
+        assert_eq!(d.to_json(), json!({"elems": [["a", 2, ["a", 1], 3, "c"]], "deleted": []}), "appended");
+        step(&mut state, insert(u64::MAX, "d"), "b", 0);
+        let d = step(&mut state, delete(1), "c", 0);
+        assert_eq!(d.to_json(), json!({"elems": [], "deleted": [["a", 1]]}));
+        assert!(step(&mut state, delete(3), "c", 0).is_bottom(), "out of range");
+        assert!(step(&mut state, delete(u64::MAX), "c", 0).is_bottom());
+        let Object::List(list) = &state else { panic!("a list") };
+        assert_eq!(list.to_vec(), [json!("a"), json!("c"), json!("d")]);
+        assert_eq!(list.next_dot(&node("b")), Dot::new("b", 3));
+        let d = step(&mut state, insert(1, "x"), "b", 0);
+        assert_eq!(
+            d.to_json()["elems"],
+            json!([["b", 3, ["b", 1], 5, "x"]]),
+            "after the visible element to its left"
+        );
+    }
+
+    #[test]
+    fn apply_list_refuses_beyond_the_limits() {
+        let insert = op(json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": 1}));
+        let delete = op(json!({"type": "crdt/list/delete", "key": "k", "index": 0}));
+        let elems = (1..=LIST_ELEMS_MAX as u64).map(|i| (Dot::new("a", i), None, i, json!(i)));
+        let full = Object::List(Box::new(Rga::from_parts(elems, [Dot::new("a", 1)]).unwrap()));
+        assert_eq!(apply(&full, &insert, &node("b"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&full, &delete, &node("b"), 0).is_ok_and(|d| !d.is_bottom()), "deletes go on");
+        let high = Rga::from_parts([(Dot::new("a", COUNTER_MAX), None, 1, json!(0))], []).unwrap();
+        let err = apply(&Object::List(Box::new(high)), &insert, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"), "the author's counter");
+        let late = Rga::from_parts([(Dot::new("a", 1), None, COUNTER_MAX, json!(0))], []).unwrap();
+        let err = apply(&Object::List(Box::new(late)), &insert, &node("b"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"), "the seq");
+        let err = apply(&Object::bottom(Kind::Set), &insert, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+        let err = apply(
+            &Object::bottom(Kind::List),
+            &op(json!({"type": "crdt/set/add", "key": "k", "elem": 1})),
+            &node("a"),
+            0,
+        );
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTypeMismatch"));
+    }
+
+    #[test]
+    fn fold_keeps_list_runs_as_they_are() {
+        // Inserting past the end and deleting that index do not cancel out: the insert
+        // appends, the delete is out of range.
+        let insert = op(json!({"type": "crdt/list/insert", "key": "k", "index": 9, "value": 1}));
+        let delete = op(json!({"type": "crdt/list/delete", "key": "k", "index": 9}));
+        let queue = [insert.clone(), delete.clone(), insert, delete];
+        assert_eq!(fold_queue(&queue), queue);
     }
 }

@@ -45,7 +45,7 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 10] = [
         "crdt/counter/inc",
         "crdt/counter/dec",
         "crdt/lww/set",
@@ -54,6 +54,8 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         "crdt/set/remove",
         "crdt/clset/add",
         "crdt/clset/remove",
+        "crdt/list/insert",
+        "crdt/list/delete",
     ];
     const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
@@ -76,6 +78,12 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
     ];
     let value = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(VALUE_BYTES_MAX)))];
     let elem = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(ELEM_BYTES_MAX)))];
+    let index = prop_oneof![
+        4 => (0u64..4).prop_map(Value::from),
+        1 => Just(Value::from(u64::MAX)),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => json(true),
+    ];
     let seen = prop_oneof![
         4 => prop::collection::btree_map("[a-c]|a b|", 0u64..4, 0..3)
             .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k, Value::from(v))).collect())),
@@ -83,7 +91,7 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
     ];
     let extra = (
         prop_oneof![
-            select(&["type", "key", "by", "value", "elem", "seen"][..]).prop_map(String::from),
+            select(&["type", "key", "by", "value", "elem", "seen", "index"][..]).prop_map(String::from),
             "[a-z]{1,4}"
         ],
         json(true),
@@ -96,9 +104,10 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         prop::option::weighted(0.45, value),
         prop::option::weighted(0.45, elem),
         prop::option::weighted(0.2, seen),
+        prop::option::weighted(0.35, index),
         prop::option::weighted(0.1, extra),
     );
-    fields.prop_map(|(action_type, key, by, value, elem, seen, extra)| {
+    fields.prop_map(|(action_type, key, by, value, elem, seen, index, extra)| {
         let mut action = Map::new();
         let named = [
             ("type", action_type),
@@ -107,6 +116,7 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
             ("value", value),
             ("elem", elem),
             ("seen", seen),
+            ("index", index),
         ];
         for (name, field) in named {
             if let Some(field) = field {
@@ -163,8 +173,18 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
             elem().prop_map(|elem| Change::ClSetRemove { elem })
         ]
         .boxed(),
+        Kind::List => prop_oneof![
+            2 => (list_index(), json(false)).prop_map(|(index, value)| Change::ListInsert { index, value }),
+            1 => list_index().prop_map(|index| Change::ListDelete { index })
+        ]
+        .boxed(),
         other => panic!("no changes for {other} yet"),
     }
+}
+
+/// A list index: mostly within a short list, sometimes far past its end.
+fn list_index() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => 0u64..6, 1 => Just(u64::MAX)]
 }
 
 /// A change on an object of any kind.
@@ -246,6 +266,7 @@ fn value(object: &Object) -> Value {
         Object::Mv(r) => Value::from(r.values().into_iter().cloned().collect::<Vec<_>>()),
         Object::Set(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
         Object::ClSet(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
+        Object::List(l) => Value::from(l.to_vec()),
         other => panic!("no value for {other:?} yet"),
     }
 }
