@@ -612,7 +612,7 @@ pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
             Kind::Counter => fold_counter_run(run, &mut folded),
             Kind::Lww => folded.extend(run.last().cloned()),
             Kind::Mv => fold_mv_run(run, &mut folded),
-            Kind::Set | Kind::ClSet | Kind::List => folded.extend(run.iter().cloned()),
+            Kind::Set | Kind::ClSet | Kind::List | Kind::Map => folded.extend(run.iter().cloned()),
         }
         rest = tail;
     }
