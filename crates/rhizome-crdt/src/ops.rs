@@ -21,8 +21,8 @@
 
 use crate::object::{
     check_json_size, check_map_key, check_value_size, elem_from_json, map_scalar_from_json, vv_from_json,
-    vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX, MAP_DOTS_MAX, MAP_KEYS_MAX, NODES_MAX,
-    SET_ELEMS_MAX,
+    vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX, MAP_DOTS_MAX, MAP_KEYS_MAX, MV_VALUES_MAX,
+    NODES_MAX, SET_ELEMS_MAX,
 };
 use crate::{
     CausalContext, Dot, Lattice, LwwRegister, MapError, NodeId, OrMap, PnCounter, PnEntry, Rga, Scalar,
@@ -610,10 +610,18 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
         }
         (Object::Mv(register), Change::MvSet { value, seen }) => {
             let dot = fresh_dot(register.context(), author)?;
-            Ok(Object::Mv(match seen {
+            let delta = match seen {
                 None => register.write(dot, value.clone()),
                 Some(seen) => register.write_seen(dot, value.clone(), &with_own_events(seen, author)),
-            }))
+            };
+            // Never build a state its own document cannot hold: concurrent writes that keep
+            // every sibling are bounded like the document is.
+            let mut after = register.clone();
+            after.join(&delta);
+            if after.values().len() > MV_VALUES_MAX {
+                return Err(OpError::TooBig { what: "values in an MV register", max: MV_VALUES_MAX as u64 });
+            }
+            Ok(Object::Mv(delta))
         }
         (Object::Set(set), Change::SetAdd { elem }) => {
             let dot = fresh_dot(set.context(), author)?;

@@ -396,9 +396,19 @@ fn apply_crdt(
     op: &Op,
     entry: &NewEntry,
 ) -> Result<Result<(Object, Object), String>, StoreError> {
-    let mut state = match read_object(tx, op.key().as_str())? {
-        Some((state, _)) => state,
-        None => Object::bottom(op.kind()),
+    let mut state = match read_object(tx, op.key().as_str()) {
+        Ok(Some((state, _))) => state,
+        Ok(None) => Object::bottom(op.kind()),
+        // One unreadable object refuses its own operations, not the whole transaction.
+        Err(StoreError::Corrupt(position)) => {
+            tracing::error!(
+                key = op.key().as_str(),
+                position,
+                "a CRDT object's stored state does not decode"
+            );
+            return Ok(Err("error".to_owned()));
+        }
+        Err(e) => return Err(e),
     };
     let delta = match ops::apply(&state, op, &entry.id.node, entry.time) {
         Ok(delta) => delta,

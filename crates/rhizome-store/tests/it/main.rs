@@ -223,3 +223,30 @@ fn crdt_operations_are_applied_once_in_the_append_and_stored_as_deltas() {
         serde_json::json!({"a:b:c": [4, 0]})
     );
 }
+
+#[test]
+fn an_unreadable_object_refuses_its_own_operations_and_nothing_else() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    w.commit(
+        &mut [WriteBatch { appends: vec![crdt_append("1 a:b:c 0", inc.clone())], ..WriteBatch::default() }],
+        1,
+    )
+    .expect("commit");
+    // Something else damages the stored state.
+    let raw = rusqlite::Connection::open(store.path()).expect("open");
+    raw.execute("UPDATE crdt_objects SET state = '{\"a:b:c\": \"oops\"}' WHERE key = 'k'", [])
+        .expect("damage");
+    drop(raw);
+    let mut batches = vec![WriteBatch {
+        appends: vec![
+            crdt_append("2 a:b:c 0", inc),
+            Append::new(entry("3 a:b:c 0", Routing::channel("c"), Status::Processed)),
+        ],
+        ..WriteBatch::default()
+    }];
+    let done = w.commit(&mut batches, 2).expect("the transaction still commits");
+    assert_eq!(done[0].outcomes[0], AppendOutcome::Undone(2, "error".into()));
+    assert_eq!(done[0].outcomes[1], AppendOutcome::Added(3));
+}
