@@ -15,6 +15,8 @@
 //!
 //! usage: `cargo run --release [-- counter|set|list ...]`; env `RUNS=n`, `ONLY=ours,yrs,...`
 //! (library name prefixes), `AUTOMERGE_COUNTER_N=n` (default 10,000; see `counter_automerge`).
+//! Two probes: `-- scale` (how our set's and list's times grow with size) and `-- semantics`
+//! (what each set analogue does with an add concurrent with a remove).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -68,6 +70,14 @@ impl XorShift {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let wants = |w: &str| args.is_empty() || args.iter().any(|a| a == w);
+    if args.iter().any(|a| a == "scale") {
+        scale();
+        return;
+    }
+    if args.iter().any(|a| a == "semantics") {
+        semantics();
+        return;
+    }
     let runs: usize = std::env::var("RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     let only = std::env::var("ONLY").ok();
     let lib = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| name.starts_with(p)));
@@ -117,7 +127,8 @@ fn main() {
         bench("counter", &name, "save()", n * counter_action().len(), &|| counter_automerge(n));
     }
     if wants("set") {
-        let (wa, wb) = (set_workload(1), set_workload(2));
+        let (wa, wb) =
+            (set_workload(1, SET_OPS / 2, SET_UNIVERSE), set_workload(2, SET_OPS / 2, SET_UNIVERSE));
         let chain = set_op_chain_bytes(&wa) + set_op_chain_bytes(&wb);
         bench("set", "ours Orswot<u32>", "compact JSON written in the bench", chain, &|| set_ours(&wa, &wb));
         bench("set", "ours ClSet<u32> (causal length)", "compact JSON {elem:length}", chain, &|| {
@@ -129,8 +140,8 @@ fn main() {
         bench("set", "automerge Map as set", "save()", chain, &|| set_automerge(&wa, &wb));
     }
     if wants("list") {
-        let (wa, wb) = (list_workload(1), list_workload(2));
-        let chain = list_op_chain_bytes(&wa, 0) + list_op_chain_bytes(&wb, HALF_LIST);
+        let (wa, wb) = (list_workload(1, LIST_OPS / 2), list_workload(2, LIST_OPS / 2));
+        let chain = list_op_chain_bytes(&wa, 0) + list_op_chain_bytes(&wb, first_b(&wa));
         let estimate = list_ours_state_estimate(&wa, &wb);
         let ours = || Sample { state_bytes: estimate, ..list_ours(&wa, &wb) };
         bench("list", "ours Rga<u32>", "estimate: compact JSON per element", chain, &ours);
@@ -160,6 +171,52 @@ fn main() {
             r.encoding,
             r.check
         );
+    }
+}
+
+/// How our types' times grow with the workload (`cargo run --release -- scale`): one run per
+/// size, ours next to `crdts` for the set. The set's universe grows with the operations (one
+/// tenth, as in the main workload), so the set's size does too.
+fn scale() {
+    println!("| workload | library | operations | ops (ms) | ns per op | merge (ms) |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let line = |workload: &str, library: &str, n: usize, s: &Sample| {
+        let per_op_ns = s.ops.as_secs_f64() * 1e9 / n as f64;
+        println!("| {workload} | {library} | {n} | {:.1} | {per_op_ns:.0} | {:.1} |", ms(s.ops), ms(s.merge));
+        assert!(s.ok, "{workload} / {library} at {n}: {}", s.check);
+    };
+    for n in [12_500, 25_000, 50_000, 100_000, 200_000] {
+        let universe = n as u64 / 10;
+        let (wa, wb) = (set_workload(1, n / 2, universe), set_workload(2, n / 2, universe));
+        line("set", "ours Orswot", n, &set_ours(&wa, &wb));
+        line("set", "crdts Orswot", n, &set_crdts(&wa, &wb));
+    }
+    for n in [25_000, 50_000, 100_000, 200_000, 400_000] {
+        let (wa, wb) = (list_workload(1, n / 2), list_workload(2, n / 2));
+        line("list", "ours Rga", n, &list_ours(&wa, &wb));
+    }
+}
+
+/// What each set analogue does with an add concurrent with a remove
+/// (`cargo run --release -- semantics`): one replica adds then removes element 7, the other
+/// adds it concurrently; after the merge, is 7 present? Run with either replica removing,
+/// since some libraries order concurrent writes by replica id.
+fn semantics() {
+    let remover = [(true, 7), (false, 7)];
+    let adder = [(true, 7)];
+    println!("| library | A removes, B adds | B removes, A adds |");
+    println!("|---|---|---|");
+    let present = |s: Sample| if s.check.contains(" 1 elements") { "present" } else { "absent" };
+    let cases: [(&str, fn(&[(bool, u32)], &[(bool, u32)]) -> Sample); 6] = [
+        ("ours Orswot", set_ours),
+        ("ours ClSet", set_ours_clset),
+        ("crdts Orswot", set_crdts),
+        ("yrs Map", set_yrs),
+        ("loro Map", set_loro),
+        ("automerge Map", set_automerge),
+    ];
+    for (name, f) in cases {
+        println!("| {name} | {} | {} |", present(f(&remover, &adder)), present(f(&adder, &remover)));
     }
 }
 
@@ -329,12 +386,12 @@ fn counter_automerge(n: usize) -> Sample {
 
 /// One replica's set operations: `(add, element)`. An operation removes the element if the
 /// replica holds it, else adds it, so every operation changes the replica (about half adds).
-fn set_workload(seed: u64) -> Vec<(bool, u32)> {
+fn set_workload(seed: u64, ops: usize, universe: u64) -> Vec<(bool, u32)> {
     let mut rng = XorShift::new(seed);
     let mut held = BTreeSet::new();
-    (0..SET_OPS / 2)
+    (0..ops)
         .map(|_| {
-            let e = (rng.next() % SET_UNIVERSE) as u32;
+            let e = (rng.next() % universe) as u32;
             let add = held.insert(e);
             if !add {
                 held.remove(&e);
@@ -366,10 +423,29 @@ fn set_op_chain_bytes(w: &[(bool, u32)]) -> usize {
         .sum()
 }
 
-fn set_check(a: &BTreeSet<u32>, b: &BTreeSet<u32>, expected: Option<&BTreeSet<u32>>) -> (String, bool) {
-    let ok = a == b && expected.is_none_or(|x| x == a);
-    let what = if expected.is_some() { "A = B = add-wins expectation" } else { "A = B" };
-    (format!("{what}, {} elements", a.len()), ok)
+/// How a set resolves an add concurrent with a remove of the same element.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// The add wins: checked against [`set_expected`].
+    AddWins,
+    /// The longer toggle history wins: checked against the expectation passed in.
+    CausalLength,
+    /// One write per key wins (by Lamport time or client id): only A = B is checked, and the
+    /// add-wins expectation passed in is shown for comparison.
+    LastWriterWins,
+}
+
+fn set_check(a: &BTreeSet<u32>, b: &BTreeSet<u32>, expected: &BTreeSet<u32>, rule: Rule) -> (String, bool) {
+    let n = a.len();
+    match rule {
+        Rule::AddWins => (format!("A = B = add-wins expectation, {n} elements"), a == b && a == expected),
+        Rule::CausalLength => {
+            (format!("A = B = causal-length expectation, {n} elements"), a == b && a == expected)
+        }
+        Rule::LastWriterWins => {
+            (format!("A = B, {n} elements (add-wins would keep {})", expected.len()), a == b)
+        }
+    }
 }
 
 fn set_ours(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
@@ -389,7 +465,7 @@ fn set_ours(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
     a.join(&b);
     b.join(&a_before);
     let merge = t.elapsed();
-    let (check, ok) = set_check(&a.elements(), &b.elements(), Some(&set_expected(wa, wb)));
+    let (check, ok) = set_check(&a.elements(), &b.elements(), &set_expected(wa, wb), Rule::AddWins);
     Sample { ops, merge, state_bytes: orswot_json(&a).len(), check, ok: ok && a == b }
 }
 
@@ -439,11 +515,10 @@ fn set_ours_clset(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
         .copied()
         .collect();
     let read = |s: &ClSet<u32>| s.iter().copied().collect::<BTreeSet<u32>>();
-    let (check, ok) = set_check(&read(&a), &read(&b), None);
-    let check = check.replace("A = B", "A = B = causal-length expectation");
+    let (check, ok) = set_check(&read(&a), &read(&b), &expected, Rule::CausalLength);
     let json: Vec<String> = a.lengths().map(|(e, n)| format!("\"{e}\":{n}")).collect();
     let state_bytes = format!("{{{}}}", json.join(",")).len();
-    Sample { ops, merge, state_bytes, check, ok: ok && read(&a) == expected && a == b }
+    Sample { ops, merge, state_bytes, check, ok: ok && a == b }
 }
 
 fn set_crdts(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
@@ -467,12 +542,13 @@ fn set_crdts(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
     b.merge(a_before);
     let merge = t.elapsed();
     let read = |s: &Orswot<u32, u8>| s.read().val.into_iter().collect::<BTreeSet<u32>>();
-    let (check, ok) = set_check(&read(&a), &read(&b), Some(&set_expected(wa, wb)));
+    let (check, ok) = set_check(&read(&a), &read(&b), &set_expected(wa, wb), Rule::AddWins);
     Sample { ops, merge, state_bytes: serde_json::to_vec(&a).expect("Orswot to JSON").len(), check, ok }
 }
 
-/// A yrs map key → true. Yjs map keys resolve concurrent writes by client id, but a remove
-/// only deletes the entries it saw, so a concurrent add survives: add-wins here.
+/// A yrs map key → true. Concurrent writes to one key are ordered by client id and the
+/// winning write's state, present or deleted, is the key's state, so a remove can beat a
+/// concurrent add: this is not add-wins (crdt.md §5.2 calls it add-wins; the check says not).
 fn set_yrs(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
     use yrs::{Doc, Map, Transact};
     let (a, b) = (Doc::with_client_id(1), Doc::with_client_id(2));
@@ -496,7 +572,7 @@ fn set_yrs(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
         let txn = doc.transact();
         map.keys(&txn).filter_map(|k| k.parse().ok()).collect::<BTreeSet<u32>>()
     };
-    let (check, ok) = set_check(&read(&a), &read(&b), Some(&set_expected(wa, wb)));
+    let (check, ok) = set_check(&read(&a), &read(&b), &set_expected(wa, wb), Rule::LastWriterWins);
     Sample { ops, merge, state_bytes: yrs_state_bytes(&a), check, ok }
 }
 
@@ -528,7 +604,7 @@ fn set_loro(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
         });
         keys
     };
-    let (check, ok) = set_check(&read(&a), &read(&b), None);
+    let (check, ok) = set_check(&read(&a), &read(&b), &set_expected(wa, wb), Rule::LastWriterWins);
     Sample { ops, merge, state_bytes: loro_state_bytes(&a), check, ok }
 }
 
@@ -552,7 +628,7 @@ fn set_automerge(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
     let ops = t.elapsed();
     let merge = automerge_sync(&mut a, &mut b);
     let read = |doc: &automerge::AutoCommit| doc.keys(&obj).filter_map(|k| k.parse().ok()).collect();
-    let (check, ok) = set_check(&read(&a), &read(&b), Some(&set_expected(wa, wb)));
+    let (check, ok) = set_check(&read(&a), &read(&b), &set_expected(wa, wb), Rule::AddWins);
     Sample { ops, merge, state_bytes: a.save().len(), check, ok }
 }
 
@@ -560,14 +636,17 @@ fn set_automerge(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
 // List: 100,000 inserts at random positions, 50k per replica, then merged both ways.
 // ---------------------------------------------------------------------------------------------
 
-const HALF_LIST: u32 = (LIST_OPS / 2) as u32;
-
 /// One replica's random numbers; the i-th insert goes to `r % (i + 1)` (the replica holds i
-/// elements then). Replica A inserts the values 0.., replica B the values 50000.., so every
-/// value is unique.
-fn list_workload(seed: u64) -> Vec<u64> {
+/// elements then). Replica A inserts the values 0.., replica B the values `first_b(A)`.., so
+/// every value is unique.
+fn list_workload(seed: u64, ops: usize) -> Vec<u64> {
     let mut rng = XorShift::new(seed + 100);
-    (0..LIST_OPS / 2).map(|_| rng.next()).collect()
+    (0..ops).map(|_| rng.next()).collect()
+}
+
+/// The first value replica B inserts: one past replica A's last.
+fn first_b(wa: &[u64]) -> u32 {
+    wa.len() as u32
 }
 
 fn list_pos(r: u64, i: usize) -> usize {
@@ -589,8 +668,8 @@ fn list_op_chain_bytes(w: &[u64], first_value: u32) -> usize {
         .sum()
 }
 
-fn list_check<T: PartialEq>(a: &[T], b: &[T]) -> (String, bool) {
-    (format!("A = B, {} elements", a.len()), a == b && a.len() == LIST_OPS)
+fn list_check<T: PartialEq>(a: &[T], b: &[T], inserts: usize) -> (String, bool) {
+    (format!("A = B, {} elements", a.len()), a == b && a.len() == inserts)
 }
 
 fn list_ours(wa: &[u64], wb: &[u64]) -> Sample {
@@ -598,7 +677,7 @@ fn list_ours(wa: &[u64], wb: &[u64]) -> Sample {
     let nodes = [NodeId::from("a"), NodeId::from("b")];
     let (mut a, mut b) = (Rga::<u32>::new(), Rga::<u32>::new());
     let t = Instant::now();
-    for (list, w, node, first) in [(&mut a, wa, &nodes[0], 0), (&mut b, wb, &nodes[1], HALF_LIST)] {
+    for (list, w, node, first) in [(&mut a, wa, &nodes[0], 0), (&mut b, wb, &nodes[1], first_b(wa))] {
         for (i, &r) in w.iter().enumerate() {
             let delta = list.insert(list_pos(r, i), Dot::new(node.clone(), i as u64 + 1), first + i as u32);
             list.join(&delta);
@@ -610,7 +689,7 @@ fn list_ours(wa: &[u64], wb: &[u64]) -> Sample {
     a.join(&b);
     b.join(&a_before);
     let merge = t.elapsed();
-    let (check, ok) = list_check(&a.to_vec(), &b.to_vec());
+    let (check, ok) = list_check(&a.to_vec(), &b.to_vec(), wa.len() + wb.len());
     Sample { ops, merge, state_bytes: 0, check, ok: ok && a == b }
 }
 
@@ -622,7 +701,7 @@ fn list_ours(wa: &[u64], wb: &[u64]) -> Sample {
 fn list_ours_state_estimate(wa: &[u64], wb: &[u64]) -> usize {
     let mut elems = Vec::new();
     let mut dot_of_value: HashMap<u32, (usize, u64)> = HashMap::new();
-    for (node, w, first) in [(0usize, wa, 0u32), (1, wb, HALF_LIST)] {
+    for (node, w, first) in [(0usize, wa, 0u32), (1, wb, first_b(wa))] {
         let mut order: Vec<u32> = Vec::new();
         for (i, &r) in w.iter().enumerate() {
             let (pos, value, counter) = (list_pos(r, i), first + i as u32, i as u64 + 1);
@@ -643,7 +722,7 @@ fn list_yrs_array(wa: &[u64], wb: &[u64]) -> Sample {
     use yrs::{Array, Doc, Transact};
     let (a, b) = (Doc::with_client_id(1), Doc::with_client_id(2));
     let t = Instant::now();
-    for (doc, w, first) in [(&a, wa, 0), (&b, wb, HALF_LIST)] {
+    for (doc, w, first) in [(&a, wa, 0), (&b, wb, first_b(wa))] {
         let array = doc.get_or_insert_array("l");
         for (i, &r) in w.iter().enumerate() {
             let mut txn = doc.transact_mut();
@@ -657,7 +736,7 @@ fn list_yrs_array(wa: &[u64], wb: &[u64]) -> Sample {
         let txn = doc.transact();
         array.iter(&txn).map(|v| v.to_string(&txn)).collect::<Vec<String>>()
     };
-    let (check, ok) = list_check(&read(&a), &read(&b));
+    let (check, ok) = list_check(&read(&a), &read(&b), wa.len() + wb.len());
     Sample { ops, merge, state_bytes: yrs_state_bytes(&a), check, ok }
 }
 
@@ -665,7 +744,7 @@ fn list_yrs_text(wa: &[u64], wb: &[u64]) -> Sample {
     use yrs::{Doc, GetString, Text, Transact};
     let (a, b) = (Doc::with_client_id(1), Doc::with_client_id(2));
     let t = Instant::now();
-    for (doc, w, first) in [(&a, wa, 0), (&b, wb, HALF_LIST)] {
+    for (doc, w, first) in [(&a, wa, 0), (&b, wb, first_b(wa))] {
         let text = doc.get_or_insert_text("t");
         let mut buf = [0u8; 4];
         for (i, &r) in w.iter().enumerate() {
@@ -676,14 +755,14 @@ fn list_yrs_text(wa: &[u64], wb: &[u64]) -> Sample {
     let ops = t.elapsed();
     let merge = yrs_sync(&a, &b);
     let read = |doc: &Doc| doc.get_or_insert_text("t").get_string(&doc.transact()).into_bytes();
-    let (check, ok) = list_check(&read(&a), &read(&b));
+    let (check, ok) = list_check(&read(&a), &read(&b), wa.len() + wb.len());
     Sample { ops, merge, state_bytes: yrs_state_bytes(&a), check, ok }
 }
 
 fn list_loro_list(wa: &[u64], wb: &[u64]) -> Sample {
     let (a, b) = loro_pair();
     let t = Instant::now();
-    for (doc, w, first) in [(&a, wa, 0), (&b, wb, HALF_LIST)] {
+    for (doc, w, first) in [(&a, wa, 0), (&b, wb, first_b(wa))] {
         let list = doc.get_list("l");
         for (i, &r) in w.iter().enumerate() {
             list.insert(list_pos(r, i), i64::from(first + i as u32)).expect("loro list insert");
@@ -692,14 +771,14 @@ fn list_loro_list(wa: &[u64], wb: &[u64]) -> Sample {
     }
     let ops = t.elapsed();
     let merge = loro_sync(&a, &b);
-    let (check, ok) = list_check(&a.get_list("l").to_vec(), &b.get_list("l").to_vec());
+    let (check, ok) = list_check(&a.get_list("l").to_vec(), &b.get_list("l").to_vec(), wa.len() + wb.len());
     Sample { ops, merge, state_bytes: loro_state_bytes(&a), check, ok }
 }
 
 fn list_loro_text(wa: &[u64], wb: &[u64]) -> Sample {
     let (a, b) = loro_pair();
     let t = Instant::now();
-    for (doc, w, first) in [(&a, wa, 0), (&b, wb, HALF_LIST)] {
+    for (doc, w, first) in [(&a, wa, 0), (&b, wb, first_b(wa))] {
         let text = doc.get_text("t");
         let mut buf = [0u8; 4];
         for (i, &r) in w.iter().enumerate() {
@@ -710,7 +789,7 @@ fn list_loro_text(wa: &[u64], wb: &[u64]) -> Sample {
     let ops = t.elapsed();
     let merge = loro_sync(&a, &b);
     let read = |doc: &loro::LoroDoc| doc.get_text("t").to_string().into_bytes();
-    let (check, ok) = list_check(&read(&a), &read(&b));
+    let (check, ok) = list_check(&read(&a), &read(&b), wa.len() + wb.len());
     Sample { ops, merge, state_bytes: loro_state_bytes(&a), check, ok }
 }
 
@@ -719,7 +798,7 @@ fn list_automerge(wa: &[u64], wb: &[u64]) -> Sample {
     let (mut a, mut b, obj) =
         automerge_pair(|doc| doc.put_object(ROOT, "l", ObjType::List).expect("automerge list"));
     let t = Instant::now();
-    for (doc, w, first) in [(&mut a, wa, 0), (&mut b, wb, HALF_LIST)] {
+    for (doc, w, first) in [(&mut a, wa, 0), (&mut b, wb, first_b(wa))] {
         for (i, &r) in w.iter().enumerate() {
             doc.insert(&obj, list_pos(r, i), u64::from(first + i as u32)).expect("automerge insert");
             doc.commit();
@@ -728,7 +807,7 @@ fn list_automerge(wa: &[u64], wb: &[u64]) -> Sample {
     let ops = t.elapsed();
     let merge = automerge_sync(&mut a, &mut b);
     let read = |doc: &automerge::AutoCommit| doc.values(&obj).map(|(v, _)| v.as_i64()).collect::<Vec<_>>();
-    let (check, ok) = list_check(&read(&a), &read(&b));
+    let (check, ok) = list_check(&read(&a), &read(&b), wa.len() + wb.len());
     Sample { ops, merge, state_bytes: a.save().len(), check, ok }
 }
 
@@ -739,7 +818,7 @@ fn list_crdts(wa: &[u64], wb: &[u64]) -> Sample {
     let (mut log_a, mut log_b): (Vec<Op<u32, u8>>, Vec<Op<u32, u8>>) = (Vec::new(), Vec::new());
     let t = Instant::now();
     for (list, w, actor, first, log) in
-        [(&mut a, wa, 1u8, 0, &mut log_a), (&mut b, wb, 2u8, HALF_LIST, &mut log_b)]
+        [(&mut a, wa, 1u8, 0, &mut log_a), (&mut b, wb, 2u8, first_b(wa), &mut log_b)]
     {
         for (i, &r) in w.iter().enumerate() {
             let op = list.insert_index(list_pos(r, i), first + i as u32, actor);
@@ -756,7 +835,7 @@ fn list_crdts(wa: &[u64], wb: &[u64]) -> Sample {
         b.apply(op);
     }
     let merge = t.elapsed();
-    let (check, ok) = list_check(&a.read::<Vec<&u32>>(), &b.read::<Vec<&u32>>());
+    let (check, ok) = list_check(&a.read::<Vec<&u32>>(), &b.read::<Vec<&u32>>(), wa.len() + wb.len());
     // List's serde form is a map keyed by identifiers, which JSON cannot hold: size the entries.
     let state_bytes =
         serde_json::to_vec(&a.iter_entries().collect::<Vec<_>>()).expect("entries to JSON").len();
