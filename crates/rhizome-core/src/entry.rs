@@ -86,6 +86,9 @@ pub struct StoredEntry {
     pub subprotocol: u64,
     /// Who receives it.
     pub routing: Routing,
+    /// For a CRDT operation just applied: the object's key and the delta, so that deltas of
+    /// one object delivered together can be joined into one. `None` for entries read back.
+    pub crdt: Option<Arc<(String, rhizome_crdt::Object)>>,
 }
 
 /// What an append did with one entry.
@@ -93,6 +96,9 @@ pub struct StoredEntry {
 pub enum AppendOutcome {
     /// Stored at this position.
     Added(Position),
+    /// Stored at this position, but undone with this reason by the store itself (a CRDT
+    /// operation that its object refused); nobody receives it.
+    Undone(Position, String),
     /// The id was already in the log, with this status: nothing was written.
     Duplicate(Status),
 }

@@ -67,6 +67,22 @@ impl PnCounter {
         PnCounter::single(node, PnEntry { p: 0, n })
     }
 
+    /// A counter from per-node totals, as read back from storage or the network. Any input
+    /// gives a valid counter: zero entries are dropped, and a node given twice keeps the
+    /// larger of each total (the join of the two entries).
+    pub fn from_entries(entries: impl IntoIterator<Item = (NodeId, PnEntry)>) -> PnCounter {
+        let mut counter = PnCounter::new();
+        for (node, entry) in entries {
+            counter.join(&PnCounter::single(&node, entry));
+        }
+        counter
+    }
+
+    /// Number of nodes that touched the counter (its non-zero entries).
+    pub fn node_count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// `node`'s totals (both zero when the node never touched the counter).
     pub fn entry(&self, node: &NodeId) -> PnEntry {
         self.entries.get(node).copied().unwrap_or_default()
@@ -166,6 +182,18 @@ mod tests {
         assert!(c.inc(&node("a"), 0).is_bottom());
         assert!(c.dec(&node("a"), 0).is_bottom());
         assert_eq!(c.inc(&node("a"), 0), PnCounter::bottom());
+    }
+
+    #[test]
+    fn from_entries_drops_zeros_and_joins_repeated_nodes() {
+        let c = PnCounter::from_entries([
+            (node("a"), PnEntry { p: 3, n: 0 }),
+            (node("z"), PnEntry::default()),
+            (node("a"), PnEntry { p: 1, n: 2 }),
+        ]);
+        assert_eq!(c.node_count(), 1);
+        assert_eq!(c.entry(&node("a")), PnEntry { p: 3, n: 2 });
+        assert!(PnCounter::from_entries([(node("a"), PnEntry::default())]).is_bottom());
     }
 
     #[test]

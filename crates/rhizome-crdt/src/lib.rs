@@ -12,17 +12,24 @@
 
 mod causal;
 mod counter;
+mod delta;
 mod list;
 mod map;
+pub mod object;
+pub mod ops;
 mod register;
 mod set;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
+pub use delta::{delta_action, DELTA_TYPE};
 pub use list::Rga;
 pub use map::{
-    join_causal, DotFun, DotMap, DotSet, DotStore, Kind, MapError, OrMap, Scalar, Value, ValueDelta, ValueRef,
+    join_causal, DotFun, DotMap, DotSet, DotStore, Kind as ValueKind, MapError, OrMap, Scalar, Value,
+    ValueDelta, ValueRef,
 };
+pub use object::{Kind, Object};
+pub use ops::OpError;
 pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
 pub use set::{ClSet, Orswot};

@@ -227,6 +227,34 @@ impl Scalar {
             _ => None,
         }
     }
+
+    /// The scalar as JSON. A NaN or infinite float, which JSON cannot write and
+    /// [`Scalar::from_json`] never reads, becomes `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match self {
+            Scalar::Null => Json::Null,
+            Scalar::Bool(b) => Json::Bool(*b),
+            Scalar::Int(i) => Json::from(*i),
+            Scalar::Float(bits) => Json::from(f64::from_bits(*bits)),
+            Scalar::Str(s) => Json::String(s.clone()),
+        }
+    }
+
+    /// The scalar of a JSON `null`, boolean, number or string; `None` for an array, an object
+    /// or an integer beyond `i64` (JSON floats read as [`Scalar::Float`], integers as
+    /// [`Scalar::Int`], so `1` and `1.0` are different scalars).
+    pub fn from_json(value: &serde_json::Value) -> Option<Scalar> {
+        use serde_json::Value as Json;
+        match value {
+            Json::Null => Some(Scalar::Null),
+            Json::Bool(b) => Some(Scalar::Bool(*b)),
+            Json::Number(n) if n.is_f64() => n.as_f64().map(Scalar::float),
+            Json::Number(n) => n.as_i64().map(Scalar::Int),
+            Json::String(s) => Some(Scalar::Str(s.clone())),
+            Json::Array(_) | Json::Object(_) => None,
+        }
+    }
 }
 
 impl From<bool> for Scalar {
@@ -745,6 +773,27 @@ mod tests {
         // The same assignment again (a seen dot) changes nothing.
         let again = doc.update("x", |v| v.assign(Dot::new("a", 1), 9i64)).unwrap();
         assert!(again.is_bottom());
+    }
+
+    #[test]
+    fn scalars_convert_to_and_from_json() {
+        use serde_json::json;
+        for (doc, scalar) in [
+            (json!(null), Scalar::Null),
+            (json!(true), Scalar::Bool(true)),
+            (json!(-3), Scalar::Int(-3)),
+            (json!(1.5), Scalar::float(1.5)),
+            (json!(1.0), Scalar::float(1.0)),
+            (json!("x"), Scalar::from("x")),
+        ] {
+            assert_eq!(Scalar::from_json(&doc), Some(scalar.clone()), "{doc}");
+            assert_eq!(scalar.to_json(), doc);
+        }
+        assert_ne!(Scalar::from_json(&json!(1)), Scalar::from_json(&json!(1.0)));
+        for doc in [json!([]), json!({}), json!(u64::MAX)] {
+            assert_eq!(Scalar::from_json(&doc), None, "{doc}");
+        }
+        assert_eq!(Scalar::float(f64::NAN).to_json(), json!(null));
     }
 
     #[test]

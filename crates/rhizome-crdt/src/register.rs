@@ -1,6 +1,6 @@
 //! Registers: last-writer-wins ([`LwwRegister`]) and multi-value ([`MvRegister`]).
 
-use crate::{CausalContext, Dot, Lattice};
+use crate::{CausalContext, Dot, Lattice, VersionVector};
 use std::collections::BTreeMap;
 
 /// The timestamp of a [`LwwRegister`] write, totally ordered: by `time_ms`, then by the dot's
@@ -123,6 +123,27 @@ impl<T: Clone + PartialEq> MvRegister<T> {
         }
         let context = self.values.keys().cloned().chain([dot.clone()]).collect();
         MvRegister { values: BTreeMap::from([(dot, value)]), context }
+    }
+
+    /// Delta mutator: the write of `value` under `dot` by someone whose view was `seen`. Like
+    /// [`MvRegister::write`], except that it supersedes only the values whose dots `seen`
+    /// covers: values written concurrently with what the writer saw survive beside it.
+    pub fn write_seen(&self, dot: Dot, value: T, seen: &VersionVector) -> MvRegister<T> {
+        if self.context.contains(&dot) {
+            return MvRegister::new();
+        }
+        let observed = self.values.keys().filter(|d| seen.contains(d)).cloned();
+        let context = observed.chain([dot.clone()]).collect();
+        MvRegister { values: BTreeMap::from([(dot, value)]), context }
+    }
+
+    /// A register from its parts, as read back from storage or the network; `None` unless
+    /// every dot in `values` is a real event (counter above 0) recorded in `context`. A value
+    /// whose dot the context lacks would break the join, which reads "in the context, not in
+    /// the store" as "overwritten".
+    pub fn from_parts(values: BTreeMap<Dot, T>, context: CausalContext) -> Option<MvRegister<T>> {
+        let valid = values.keys().all(|dot| dot.counter > 0 && context.contains(dot));
+        valid.then_some(MvRegister { values, context })
     }
 
     /// The concurrent values, in dot order: one after a write that observed everything, none
@@ -269,6 +290,34 @@ mod tests {
         assert!(r.write(Dot::new("a", 0), 9).is_bottom());
         assert!(r.write(Dot::new("a", 1), 9).is_bottom());
         assert!(!r.write(Dot::new("a", 2), 9).is_bottom());
+    }
+
+    #[test]
+    fn mv_from_parts_requires_every_dot_in_the_context() {
+        let context: CausalContext = [Dot::new("a", 1), Dot::new("b", 3)].into_iter().collect();
+        let ok = MvRegister::from_parts(BTreeMap::from([(Dot::new("b", 3), 1)]), context.clone());
+        assert_eq!(ok.map(|r| r.values().len()), Some(1));
+        let unseen = BTreeMap::from([(Dot::new("b", 2), 1)]);
+        assert_eq!(MvRegister::from_parts(unseen, context.clone()), None);
+        let zero = BTreeMap::from([(Dot::new("a", 0), 1)]);
+        assert_eq!(MvRegister::from_parts(zero, context), None, "counter 0 is no event");
+    }
+
+    #[test]
+    fn mv_write_seen_supersedes_only_what_was_seen() {
+        let mut r = MvRegister::new();
+        for dot in [Dot::new("a", 1), Dot::new("b", 1)] {
+            let d = r.write(dot, 0);
+            r.join(&d);
+        }
+        let mut concurrent = MvRegister::new();
+        concurrent.join(&concurrent.write(Dot::new("b", 1), 0));
+        r.join(&concurrent);
+        let seen: VersionVector = [(node("a"), 1)].into_iter().collect();
+        let d = r.write_seen(Dot::new("c", 1), 1, &seen);
+        r.join(&d);
+        assert_eq!(r.entries().collect::<Vec<_>>(), [(&Dot::new("b", 1), &0), (&Dot::new("c", 1), &1)]);
+        assert!(r.write_seen(Dot::new("c", 1), 2, &seen).is_bottom(), "a seen dot");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and the causal-length set (Yu & Rostad 2020).
 
 use crate::map::{join_causal, set_add, set_remove, DotMap, DotSet};
-use crate::{CausalContext, Dot, Lattice};
+use crate::{CausalContext, Dot, Lattice, VersionVector};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// An add-wins observed-remove set without tombstones: each element keeps the dots of the
@@ -43,6 +43,26 @@ impl<E: Ord + Clone> Orswot<E> {
     pub fn remove(&self, elem: &E) -> Orswot<E> {
         let (entries, context) = set_remove(&self.entries, elem);
         Orswot { entries, context }
+    }
+
+    /// Delta of removing `elem` as seen by someone whose view is `seen`: a context of the
+    /// element's current dots that `seen` covers. Dots it does not cover are adds that the
+    /// remover had not seen, and they keep the element (add wins).
+    pub fn remove_seen(&self, elem: &E, seen: &VersionVector) -> Orswot<E> {
+        let context = self.dots(elem).filter(|dot| seen.contains(dot)).cloned().collect();
+        Orswot { entries: DotMap::new(), context }
+    }
+
+    /// A set from its parts, as read back from storage or the network; `None` unless every
+    /// element has at least one dot, every dot is a real event (counter above 0) recorded in
+    /// `context`, and no dot is under two elements (one add adds one element).
+    pub fn from_parts(entries: BTreeMap<E, DotSet>, context: CausalContext) -> Option<Orswot<E>> {
+        let mut seen = BTreeSet::new();
+        let valid = entries.values().all(|dots| {
+            !dots.is_empty()
+                && dots.iter().all(|dot| dot.counter > 0 && context.contains(dot) && seen.insert(dot))
+        });
+        valid.then_some(Orswot { entries, context })
     }
 
     /// Whether `elem` is in the set.
@@ -128,6 +148,17 @@ impl<E: Ord + Clone> ClSet<E> {
             return ClSet::new();
         }
         ClSet { lengths: BTreeMap::from([(elem.clone(), length + 1)]) }
+    }
+
+    /// A set from every element ever added with its causal length, as read back from storage
+    /// or the network; `None` if a length is 0 (the bottom of an element, never stored).
+    pub fn from_lengths(lengths: BTreeMap<E, u64>) -> Option<ClSet<E>> {
+        lengths.values().all(|length| *length > 0).then_some(ClSet { lengths })
+    }
+
+    /// Number of elements ever added, present or not.
+    pub fn element_count(&self) -> usize {
+        self.lengths.len()
     }
 
     /// The causal length of `elem` (0 when never added).
@@ -235,6 +266,40 @@ mod tests {
         let removal = s.remove(&"x");
         s.join(&removal);
         assert!(s.add(dot, "x").is_bottom());
+    }
+
+    #[test]
+    fn a_remove_seen_keeps_the_adds_it_did_not_see() {
+        let mut s = Orswot::new();
+        for dot in [Dot::new("a", 1), Dot::new("b", 1)] {
+            let d = s.add(dot, "x");
+            s.join(&d);
+        }
+        let seen: VersionVector = [("a".into(), 1)].into_iter().collect();
+        let d = s.remove_seen(&"x", &seen);
+        s.join(&d);
+        assert_eq!(s.dots(&"x").collect::<Vec<_>>(), [&Dot::new("b", 1)]);
+        assert!(s.remove_seen(&"y", &seen).is_bottom());
+    }
+
+    #[test]
+    fn from_parts_checks_the_dots() {
+        let context: CausalContext = [Dot::new("a", 1), Dot::new("a", 2)].into_iter().collect();
+        let ok = BTreeMap::from([("x", DotSet::from([Dot::new("a", 1)]))]);
+        assert!(Orswot::from_parts(ok, context.clone()).is_some());
+        for bad in [
+            BTreeMap::from([("x", DotSet::new())]),
+            BTreeMap::from([("x", DotSet::from([Dot::new("a", 3)]))]),
+            BTreeMap::from([("x", DotSet::from([Dot::new("a", 0)]))]),
+            BTreeMap::from([
+                ("x", DotSet::from([Dot::new("a", 1)])),
+                ("y", DotSet::from([Dot::new("a", 1)])),
+            ]),
+        ] {
+            assert_eq!(Orswot::from_parts(bad, context.clone()), None);
+        }
+        assert!(ClSet::from_lengths(BTreeMap::from([("x", 0)])).is_none());
+        assert_eq!(ClSet::from_lengths(BTreeMap::from([("x", 2)])).map(|s| s.element_count()), Some(1));
     }
 
     #[test]

@@ -137,6 +137,15 @@ impl Sub {
     }
 }
 
+/// CRDT deltas of one object for one connection, joined while routing one commit.
+struct Folded {
+    delta: rhizome_crdt::Object,
+    /// The last joined entry's id, time and subprotocol.
+    id: ActionId,
+    time: i64,
+    subprotocol: u64,
+}
+
 struct Conn {
     identity: Arc<ConnIdentity>,
     outbox: Arc<Outbox>,
@@ -417,6 +426,9 @@ impl Hub {
 
     fn route(&mut self, entries: &[StoredEntry]) {
         let mut frames: HashMap<ConnId, SyncBuilder> = HashMap::new();
+        // Deltas of one CRDT object for one connection in this pass join into one delta, sent
+        // with the id of the last of them: a burst of operations costs a subscriber one delta.
+        let mut folded: HashMap<(ConnId, String), Folded> = HashMap::new();
         let mut recipients: Vec<ConnId> = Vec::new();
         for entry in entries {
             recipients.clear();
@@ -476,6 +488,29 @@ impl Hub {
             }
             for c in &recipients {
                 let Some(conn) = self.conns.get(c) else { continue };
+                if let Some(crdt) = &entry.crdt {
+                    let (key, delta) = &**crdt;
+                    match folded.entry((*c, key.clone())) {
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(Folded {
+                                delta: delta.clone(),
+                                id: entry.id.clone(),
+                                time: entry.time,
+                                subprotocol: entry.subprotocol,
+                            });
+                            continue;
+                        }
+                        std::collections::hash_map::Entry::Occupied(mut slot) => {
+                            let f = slot.get_mut();
+                            if f.delta.join(delta).is_ok() {
+                                f.id = entry.id.clone();
+                                f.time = entry.time;
+                                f.subprotocol = entry.subprotocol;
+                                continue;
+                            }
+                        }
+                    }
+                }
                 let builder = frames.entry(*c).or_default();
                 builder.push(
                     &conn.identity.codec,
@@ -490,6 +525,12 @@ impl Hub {
                 }
             }
             self.position = entry.added;
+        }
+        for ((c, key), f) in folded {
+            let Some(conn) = self.conns.get(&c) else { continue };
+            let json = rhizome_crdt::delta_action(&key, &f.delta);
+            let builder = frames.entry(c).or_default();
+            builder.push(&conn.identity.codec, &json, &f.id, f.time, Some(f.subprotocol));
         }
         for (c, builder) in frames {
             if builder.is_empty() {

@@ -22,6 +22,12 @@ use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::oneshot;
 
+/// Action types that are CRDT operations (`crdt/counter/inc`, …), applied by the store.
+const CRDT_ACTION_PREFIX: &str = "crdt/";
+
+/// Channels of CRDT objects: `crdt/<key>`.
+const CRDT_CHANNEL_PREFIX: &str = "crdt/";
+
 /// How far before a `since.time` catch-up starts when `since.id` is unknown to the log.
 /// Clock offsets between client and server are far smaller; duplicates beat losses.
 const SINCE_TIME_MARGIN_MS: i64 = 5 * 60 * 1000;
@@ -201,13 +207,32 @@ impl Pipeline {
                     continue;
                 }
             }
-            let routing = match rules.resend(&ctx, &action, &meta).await {
+            let mut routing = match rules.resend(&ctx, &action, &meta).await {
                 Ok(r) => r,
                 Err(e) => {
                     answers.push(hook_undo(&meta.id, action, e));
                     continue;
                 }
             };
+            let crdt = if kind.starts_with(CRDT_ACTION_PREFIX) {
+                match rhizome_crdt::ops::parse(action.fields()) {
+                    Ok(op) => Some(op),
+                    Err(e) => {
+                        self.debug(&format!("Action \"{}\" is not a CRDT operation: {e}", meta.id));
+                        answers.push(undo(&meta.id, action, e.reason()));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(op) = &crdt {
+                // An object's deltas always reach its channel, whatever else the rules add.
+                let channel = op.channel();
+                if !routing.channels.contains(&channel) {
+                    routing.channels.push(channel);
+                }
+            }
             let status = if rules.processes() { Status::Waiting } else { Status::Processed };
             let entry = NewEntry {
                 id: meta.id.clone(),
@@ -218,7 +243,10 @@ impl Pipeline {
                 status,
             };
             answers.push(Answer::Stored { index: batch.appends.len(), action, meta, rules });
-            batch.appends.push(Append::new(entry));
+            batch.appends.push(match crdt {
+                Some(op) => Append::crdt(entry, op),
+                None => Append::new(entry),
+            });
         }
         let commit = if batch.appends.is_empty() { None } else { Some(self.write(batch).await) };
         Pending { added, answers, commit }
@@ -250,6 +278,9 @@ impl Pipeline {
                         Some(json) => json,
                         None => continue,
                     },
+                    Some(AppendOutcome::Undone(_, reason)) => {
+                        undo_json(&meta.id, action.json(), reason, &Map::new())
+                    }
                     Some(AppendOutcome::Duplicate(Status::Processed)) => processed_json(&meta.id),
                     Some(AppendOutcome::Duplicate(Status::Undone(reason))) => {
                         undo_json(&meta.id, action.json(), reason, &Map::new())
@@ -344,9 +375,18 @@ impl Pipeline {
             Ok(_) => {}
             Err(e) => return hook_undo(&meta.id, action, e),
         }
-        let since = match action.fields().get("since") {
-            Some(Value::Object(since)) => self.resolve_since(since).await,
-            _ => None,
+        let since = if let Some(key) = name.strip_prefix(CRDT_CHANNEL_PREFIX) {
+            // A CRDT object: its whole state in one delta, then what is committed after it.
+            // The client's `since` is not needed: joining the state is idempotent.
+            match self.object_snapshot(key).await {
+                Ok(position) => Some(position),
+                Err(()) => return undo(&meta.id, action, "error"),
+            }
+        } else {
+            match action.fields().get("since") {
+                Some(Value::Object(since)) => self.resolve_since(since).await,
+                _ => None,
+            }
         };
         let filter = match action.fields().get("filter") {
             Some(Value::Object(f)) => Some(f.clone()),
@@ -361,6 +401,38 @@ impl Pipeline {
         };
         let _ = self.shared.hub.send(message).await;
         Answer::Nothing
+    }
+
+    /// Queues the state of the CRDT object at `key` as one `crdt/delta` (nothing when it does
+    /// not exist yet) and returns the log position the subscription goes on from.
+    async fn object_snapshot(&self, key: &str) -> Result<u64, ()> {
+        let store = self.shared.store.clone();
+        let owned = key.to_owned();
+        let read = tokio::task::spawn_blocking(move || {
+            // The position first: whatever is committed after it is caught up, so an object
+            // created between the two reads is not missed.
+            let position = store.last_position()?;
+            let object = store.read_object(&owned)?;
+            Ok::<_, rhizome_store::StoreError>((position, object))
+        })
+        .await;
+        let (position, object) = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, key, "reading a CRDT object failed");
+                return Err(());
+            }
+            Err(_) => return Err(()),
+        };
+        let Some((state, at)) = object else {
+            return Ok(position);
+        };
+        let id = self.shared.next_server_id();
+        let mut b = SyncBuilder::new();
+        let json = rhizome_crdt::delta_action(key, &state);
+        b.push(&self.identity.codec, &json, &id, id.ms, Some(self.shared.config.subprotocol));
+        self.outbox.push(b.finish(self.outbox.safe_added()));
+        Ok(at.max(position))
     }
 
     /// The log position a `since` refers to: the position answered by the `logux/processed`

@@ -103,8 +103,13 @@ pub fn expand(template: &str, action: &Action) -> Option<String> {
         out.push_str(&rest[..start]);
         let end = rest[start..].find('}')? + start;
         let field = &rest[start + 1..end];
+        // A value is one path segment, except in a placeholder that ends the template
+        // (`crdt/{key}`): there it can only lengthen the name, whose own channel rule decides.
+        let trailing = end + 1 == rest.len();
         let value = match action.fields().get(field)? {
-            Value::String(s) if !s.is_empty() && !s.contains('/') || field == "channel" => s.clone(),
+            Value::String(s) if !s.is_empty() && (trailing || !s.contains('/')) || field == "channel" => {
+                s.clone()
+            }
             Value::Number(n) => n.to_string(),
             _ => return None,
         };
@@ -244,7 +249,12 @@ mod tests {
         assert_eq!(expand("{channel}", &a).as_deref(), Some("users/bob"));
         assert_eq!(expand("counter/{missing}", &a), None);
         let b = Action::from_json(r#"{"type":"inc","id":"a/b"}"#).unwrap();
-        assert_eq!(expand("counter/{id}", &b), None, "a field cannot smuggle a path");
+        assert_eq!(expand("c/{id}/x", &b), None, "a field inside a template cannot smuggle a path");
+        assert_eq!(
+            expand("counter/{id}", &b).as_deref(),
+            Some("counter/a/b"),
+            "a trailing field only lengthens the name; that channel's own rule decides"
+        );
     }
 
     #[test]

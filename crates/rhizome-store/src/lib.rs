@@ -53,6 +53,7 @@ pub struct Append {
     entry: NewEntry,
     id_text: String,
     routing_text: Option<String>,
+    crdt: Option<rhizome_crdt::ops::Op>,
 }
 
 impl Append {
@@ -60,7 +61,17 @@ impl Append {
     pub fn new(entry: NewEntry) -> Append {
         let id_text = entry.id.text();
         let routing_text = sqlite::routing_json(&entry.routing);
-        Append { entry, id_text, routing_text }
+        Append { entry, id_text, routing_text, crdt: None }
+    }
+
+    /// An entry that carries a CRDT operation: in the same transaction as the append, the
+    /// store applies it to the object's state (assigning its dots) and stores, in place of the
+    /// operation, the `crdt/delta` action it produced, which is what subscribers receive. An
+    /// operation the object refuses (another kind) is stored undone with its reason.
+    pub fn crdt(entry: NewEntry, op: rhizome_crdt::ops::Op) -> Append {
+        let mut append = Append::new(entry);
+        append.crdt = Some(op);
+        append
     }
 
     /// The entry.
@@ -131,4 +142,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of entries in the log.
     fn count(&self) -> Result<u64, StoreError>;
+
+    /// The state of the CRDT object at `key` and the log position of the last operation
+    /// applied to it, if it exists.
+    fn read_object(&self, key: &str) -> Result<Option<(rhizome_crdt::Object, Position)>, StoreError>;
 }

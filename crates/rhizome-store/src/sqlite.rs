@@ -1,7 +1,9 @@
 //! The SQLite log: one writer connection, a small pool of reader connections, WAL mode.
 
 use crate::{Append, Committed, LogWriter, Store, StoreError, WriteBatch};
-use rhizome_core::{AppendOutcome, Position, Routing, Status, StoredEntry};
+use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEntry};
+use rhizome_crdt::ops::{self, Op};
+use rhizome_crdt::{Kind, Object};
 use rhizome_protocol::message::push_json_str;
 use rhizome_protocol::{ActionId, Channel, NodeId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -30,6 +32,9 @@ CREATE TABLE IF NOT EXISTS log_targets(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subscription_acks(
     id TEXT PRIMARY KEY, position INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS crdt_objects(
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -210,6 +215,7 @@ fn row_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredEntry, St
         action_json: Arc::from(action),
         subprotocol: subprotocol as u64,
         routing,
+        crdt: None,
     }))
 }
 
@@ -357,9 +363,51 @@ impl Store for SqliteStore {
         })
     }
 
+    fn read_object(&self, key: &str) -> Result<Option<(Object, Position)>, StoreError> {
+        self.with_reader(|c| read_object(c, key))
+    }
+
     fn count(&self) -> Result<u64, StoreError> {
         self.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))? as u64))
     }
+}
+
+/// Reads an object's state and position from `conn`; a stored document that does not decode
+/// is corrupt.
+fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position)>, StoreError> {
+    let row: Option<(String, String, i64)> = conn
+        .prepare_cached("SELECT kind, state, position FROM crdt_objects WHERE key = ?1")?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((kind, state, position)) = row else {
+        return Ok(None);
+    };
+    let position = position as Position;
+    let kind = Kind::from_name(&kind).ok_or(StoreError::Corrupt(position))?;
+    let doc: Value = serde_json::from_str(&state).map_err(|_| StoreError::Corrupt(position))?;
+    let object = Object::from_json(kind, &doc).map_err(|_| StoreError::Corrupt(position))?;
+    Ok(Some((object, position)))
+}
+
+/// Applies `op` by `entry`'s author to the object's current state: the new state and the
+/// delta to ship, or the undo reason when the object refuses it.
+fn apply_crdt(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    entry: &NewEntry,
+) -> Result<Result<(Object, Object), String>, StoreError> {
+    let mut state = match read_object(tx, op.key().as_str())? {
+        Some((state, _)) => state,
+        None => Object::bottom(op.kind()),
+    };
+    let delta = match ops::apply(&state, op, &entry.id.node, entry.time) {
+        Ok(delta) => delta,
+        Err(e) => return Ok(Err(e.reason().to_owned())),
+    };
+    if let Err(e) = state.join(&delta) {
+        return Ok(Err(e.reason().to_owned()));
+    }
+    Ok(Ok((state, delta)))
 }
 
 impl LogWriter for SqliteWriter {
@@ -372,6 +420,11 @@ impl LogWriter for SqliteWriter {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
             )?;
             let mut existing = tx.prepare_cached("SELECT status, reason FROM log WHERE id = ?1")?;
+            let mut object = tx.prepare_cached(
+                "INSERT INTO crdt_objects(key, kind, state, position) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state,
+                 position = excluded.position",
+            )?;
             let mut channel =
                 tx.prepare_cached("INSERT OR IGNORE INTO log_channels(channel, added) VALUES (?1, ?2)")?;
             let mut target =
@@ -385,14 +438,38 @@ impl LogWriter for SqliteWriter {
             )?;
             for batch in batches.iter_mut() {
                 let mut committed = Committed::default();
-                for Append { entry, id_text: id, routing_text: routing } in batch.appends.drain(..) {
+                for Append { mut entry, id_text: id, mut routing_text, crdt } in batch.appends.drain(..) {
+                    // A CRDT operation must not be applied twice: look before applying. Other
+                    // entries rely on the insert's conflict check alone.
+                    if crdt.is_some() && existing.exists([&id])? {
+                        let (code, reason): (i64, Option<String>) =
+                            existing.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        committed.outcomes.push(AppendOutcome::Duplicate(Status::from_parts(code, reason)));
+                        continue;
+                    }
+                    // A CRDT operation becomes its delta, or is refused, before it is stored.
+                    let mut object_update = None;
+                    if let Some(op) = &crdt {
+                        match apply_crdt(&tx, op, &entry)? {
+                            Ok((state, delta)) => {
+                                entry.action_json =
+                                    Arc::from(rhizome_crdt::delta_action(op.key().as_str(), &delta));
+                                object_update = Some((op.key().as_str().to_owned(), state, delta));
+                            }
+                            Err(reason) => {
+                                entry.status = Status::Undone(reason);
+                                entry.routing = Routing::default();
+                                routing_text = None;
+                            }
+                        }
+                    }
                     let n = insert.execute(params![
                         id,
                         entry.time,
                         now_ms,
                         &*entry.action_json,
                         entry.subprotocol as i64,
-                        routing,
+                        routing_text,
                         entry.status.code(),
                         entry.status.reason(),
                     ])?;
@@ -403,6 +480,22 @@ impl LogWriter for SqliteWriter {
                         continue;
                     }
                     let added = tx.last_insert_rowid();
+                    let mut shipped = None;
+                    if let Some((key, state, delta)) = object_update {
+                        object.execute(params![
+                            key,
+                            state.kind().name(),
+                            state.to_json().to_string(),
+                            added
+                        ])?;
+                        shipped = Some(Arc::new((key, delta)));
+                    }
+                    if let Status::Undone(reason) = &entry.status {
+                        if crdt.is_some() {
+                            committed.outcomes.push(AppendOutcome::Undone(added as Position, reason.clone()));
+                            continue;
+                        }
+                    }
                     for c in &entry.routing.channels {
                         channel.execute(params![c.as_str(), added])?;
                     }
@@ -423,6 +516,7 @@ impl LogWriter for SqliteWriter {
                         subprotocol: entry.subprotocol,
                         routing: entry.routing,
                         id: entry.id,
+                        crdt: shipped,
                     });
                 }
                 for (id, s) in batch.statuses.drain(..) {

@@ -7,5 +7,6 @@ mod delivery;
 mod gossip;
 mod list;
 mod map;
+mod ops;
 mod register;
 mod set;

@@ -4,7 +4,9 @@
 
 use crate::delivery::{generic_laws, node, Replicated, Run, Step};
 use proptest::prelude::*;
-use rhizome_crdt::{Kind, Lattice, MapError, NodeId, OrMap, Scalar, Value, ValueDelta, ValueRef};
+use rhizome_crdt::{
+    Lattice, MapError, NodeId, OrMap, Scalar, Value, ValueDelta, ValueKind as Kind, ValueRef,
+};
 use std::collections::{BTreeSet, HashSet};
 
 /// An op on a map of small integer keys: on a set, a register or a nested map at a key.

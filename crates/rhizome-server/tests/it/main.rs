@@ -6,6 +6,7 @@
 mod access;
 mod auth;
 mod bad_input;
+mod crdt;
 mod delivery;
 mod handshake;
 mod load;

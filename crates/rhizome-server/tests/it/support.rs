@@ -53,6 +53,15 @@ channel = "counter/{id}"
 [[action]]
 type = "post"
 channel = "{channel}"
+
+[[channel]]
+pattern = "crdt/*"
+subscribe = "everyone"
+write = "everyone"
+
+[[action]]
+type = "crdt/*"
+channel = "crdt/{key}"
 "#;
 
 /// Limits most tests run with: small enough that each limit is reachable from a test.

@@ -172,3 +172,54 @@ fn reopening_keeps_everything() {
     assert_eq!(&*e.action_json, r#"{"type":"inc","id":"1"}"#);
     assert_eq!(e.routing.channels, [Channel::from("x")]);
 }
+
+fn crdt_append(id: &str, action: serde_json::Value) -> Append {
+    let fields = action.as_object().expect("object").clone();
+    let op = rhizome_crdt::ops::parse(&fields).expect("op");
+    let mut e = entry(id, Routing::channel(op.channel().as_str()), Status::Processed);
+    e.action_json = Arc::from(action.to_string());
+    Append::crdt(e, op)
+}
+
+#[test]
+fn crdt_operations_are_applied_once_in_the_append_and_stored_as_deltas() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 2});
+    let mut batches = vec![WriteBatch {
+        appends: vec![
+            crdt_append("1 a:b:c 0", inc.clone()),
+            crdt_append("2 a:b:c 0", inc.clone()),
+            // The same id again in the same transaction: a duplicate, not applied.
+            crdt_append("2 a:b:c 0", inc.clone()),
+            crdt_append("3 a:b:c 0", serde_json::json!({"type": "crdt/lww/set", "key": "k", "value": 1})),
+        ],
+        ..WriteBatch::default()
+    }];
+    let done = w.commit(&mut batches, 10).expect("commit");
+    let outcomes = &done[0].outcomes;
+    assert_eq!(outcomes[0], AppendOutcome::Added(1));
+    assert_eq!(outcomes[1], AppendOutcome::Added(2));
+    assert_eq!(outcomes[2], AppendOutcome::Duplicate(Status::Processed));
+    assert_eq!(outcomes[3], AppendOutcome::Undone(3, "crdtTypeMismatch".into()));
+    // What is stored and routed is the delta: the author's new total.
+    let delta: serde_json::Value = serde_json::from_str(&done[0].entries[1].action_json).expect("json");
+    assert_eq!(
+        delta,
+        serde_json::json!({"type": "crdt/delta", "key": "k", "kind": "counter", "delta": {"a:b:c": [4, 0]}})
+    );
+    assert_eq!(done[0].entries.len(), 2, "the refused operation is not routed");
+    let (object, position) = store.read_object("k").expect("read").expect("object");
+    assert_eq!(position, 2);
+    assert_eq!(object.to_json(), serde_json::json!({"a:b:c": [4, 0]}));
+    assert!(store.read_object("missing").expect("read").is_none());
+    // Re-sent after the commit: still a duplicate, the state unchanged.
+    let mut again =
+        vec![WriteBatch { appends: vec![crdt_append("1 a:b:c 0", inc)], ..WriteBatch::default() }];
+    let done = w.commit(&mut again, 11).expect("commit");
+    assert_eq!(done[0].outcomes[0], AppendOutcome::Duplicate(Status::Processed));
+    assert_eq!(
+        store.read_object("k").expect("read").expect("object").0.to_json(),
+        serde_json::json!({"a:b:c": [4, 0]})
+    );
+}

@@ -44,3 +44,8 @@ fn real_client_delivers_actions_made_offline_after_reconnecting() {
 fn real_client_resubscribing_with_since_gets_what_it_missed() {
     run_script("since");
 }
+
+#[test]
+fn real_client_crdt_operations_converge_on_a_subscriber_after_disconnections() {
+    run_script("crdt");
+}

@@ -1,0 +1,35 @@
+//! The `crdt/delta` action: how the server ships a delta (or a whole state) of one object.
+
+use crate::Object;
+use serde_json::{Map, Value};
+
+/// The action type of a shipped delta.
+pub const DELTA_TYPE: &str = "crdt/delta";
+
+/// `{"type": "crdt/delta", "key": …, "kind": …, "delta": …}`: a delta of `object`'s kind (or
+/// its whole state) that a client joins into its copy of the object at `key`.
+pub fn delta_action(key: &str, delta: &Object) -> String {
+    let mut action = Map::new();
+    action.insert("type".to_owned(), DELTA_TYPE.into());
+    action.insert("key".to_owned(), key.into());
+    action.insert("kind".to_owned(), delta.kind().name().into());
+    action.insert("delta".to_owned(), delta.to_json());
+    Value::Object(action).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Kind, Lattice, PnCounter};
+
+    #[test]
+    fn a_delta_action_carries_key_kind_and_document() {
+        let delta = PnCounter::bottom().inc(&"a:1:1".into(), 3);
+        let text = delta_action("posts/7/likes", &Object::Counter(delta));
+        let v: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["type"], "crdt/delta");
+        assert_eq!(v["key"], "posts/7/likes");
+        assert_eq!(v["kind"], Kind::Counter.name());
+        assert_eq!(v["delta"]["a:1:1"], serde_json::json!([3, 0]));
+    }
+}

@@ -1,0 +1,1102 @@
+//! The JSON action vocabulary of CRDT objects: `crdt/…` actions parsed into [`Op`]s
+//! ([`parse`]), applied by the server, which assigns their dots ([`apply`]), and folded in a
+//! client's offline queue ([`fold_queue`]).
+//!
+//! | action | fields |
+//! |---|---|
+//! | `crdt/counter/inc`, `crdt/counter/dec` | `key`, `by` (an integer from 1 to 2^53, default 1) |
+//! | `crdt/lww/set` | `key`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/mv/set` | `key`, `value`, optional `seen` (a version vector `{"<node>": n}`) |
+//! | `crdt/set/add` | `key`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
+//! | `crdt/set/remove` | `key`, `elem`, optional `seen` (a version vector `{"<node>": n}`) |
+//! | `crdt/clset/add`, `crdt/clset/remove` | `key`, `elem` |
+//!
+//! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
+//! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
+
+use crate::object::{
+    check_value_size, elem_from_json, vv_from_json, vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX,
+    NODES_MAX, SET_ELEMS_MAX,
+};
+use crate::{
+    CausalContext, Dot, Lattice, LwwRegister, NodeId, PnCounter, PnEntry, Scalar, Stamp, VersionVector,
+};
+use rhizome_protocol::Channel;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+
+pub use crate::object::{ELEM_BYTES_MAX, VALUE_BYTES_MAX};
+
+/// Longest object key, in bytes.
+pub const KEY_BYTES_MAX: usize = 512;
+
+/// Largest `by` of one counter operation: 2^53, the largest integer a JavaScript client sends
+/// exactly.
+pub const BY_MAX: u64 = 1 << 53;
+
+/// How much of an unknown action type an error quotes, in bytes.
+const QUOTED_TYPE_BYTES_MAX: usize = 64;
+
+/// Why an action or a document was refused. [`OpError::reason`] is the stable reason for
+/// `logux/undo`; the `Display` text is for people (logs), and quotes no more of the input
+/// than a truncated action type.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// The action type is not one of the vocabulary's (truncated to 64 bytes).
+    #[error("unknown CRDT action type {0:?}")]
+    UnknownType(String),
+    /// A field is missing, unknown or of the wrong type or range, or a document is malformed.
+    #[error("wrong shape: {0}")]
+    WrongShape(&'static str),
+    /// Something is over its size limit.
+    #[error("too big: more than {max} {what}")]
+    TooBig {
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
+        max: u64,
+    },
+    /// An operation or delta of one kind on an object of another.
+    #[error("a {found} operation on a {expected} object")]
+    TypeMismatch {
+        /// The object's kind.
+        expected: Kind,
+        /// The operation's or delta's kind.
+        found: Kind,
+    },
+}
+
+impl OpError {
+    /// The stable camelCase reason for `logux/undo`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OpError::UnknownType(_) => "crdtUnknownType",
+            OpError::WrongShape(_) => "crdtWrongShape",
+            OpError::TooBig { .. } => "crdtTooBig",
+            OpError::TypeMismatch { .. } => "crdtTypeMismatch",
+        }
+    }
+}
+
+/// The key of a CRDT object: 1 to [`KEY_BYTES_MAX`] bytes. The object's channel is
+/// `crdt/<key>`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    /// Checks a key: not empty, at most [`KEY_BYTES_MAX`] bytes.
+    pub fn parse(key: &str) -> Result<Key, OpError> {
+        if key.is_empty() {
+            return Err(OpError::WrongShape("`key` must not be empty"));
+        }
+        if key.len() > KEY_BYTES_MAX {
+            return Err(OpError::TooBig { what: "bytes of a key", max: KEY_BYTES_MAX as u64 });
+        }
+        Ok(Key(Arc::from(key)))
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// What an operation does to its object. New kinds add new variants.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `crdt/counter/inc`: add `by`.
+    CounterInc {
+        /// How much, from 1 to [`BY_MAX`].
+        by: u64,
+    },
+    /// `crdt/counter/dec`: subtract `by`.
+    CounterDec {
+        /// How much, from 1 to [`BY_MAX`].
+        by: u64,
+    },
+    /// `crdt/lww/set`: write `value` into a last-writer-wins register.
+    LwwSet {
+        /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/mv/set`: write `value` into a multi-value register.
+    MvSet {
+        /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+        /// What the writer had seen of the object: the write supersedes only the values it
+        /// covers (and the author's own). `None`: every value the server holds.
+        seen: Option<VersionVector>,
+    },
+    /// `crdt/set/add`: add `elem` to an add-wins set.
+    SetAdd {
+        /// The element: a scalar of at most [`ELEM_BYTES_MAX`] bytes of JSON, no NaN or infinity.
+        elem: Scalar,
+    },
+    /// `crdt/set/remove`: remove `elem` from an add-wins set.
+    SetRemove {
+        /// The element.
+        elem: Scalar,
+        /// What the remover had seen of the object: only the element's adds it covers (and
+        /// the author's own) are removed. `None`: every add the server holds.
+        seen: Option<VersionVector>,
+    },
+    /// `crdt/clset/add`: add `elem` to a causal-length set.
+    ClSetAdd {
+        /// The element, as for [`Change::SetAdd`].
+        elem: Scalar,
+    },
+    /// `crdt/clset/remove`: remove `elem` from a causal-length set.
+    ClSetRemove {
+        /// The element.
+        elem: Scalar,
+    },
+}
+
+impl Change {
+    /// The kind of object the change applies to.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::CounterInc { .. } | Change::CounterDec { .. } => Kind::Counter,
+            Change::LwwSet { .. } => Kind::Lww,
+            Change::MvSet { .. } => Kind::Mv,
+            Change::SetAdd { .. } | Change::SetRemove { .. } => Kind::Set,
+            Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => Kind::ClSet,
+        }
+    }
+
+    /// The action type, such as `crdt/counter/inc`.
+    pub fn action_type(&self) -> &'static str {
+        match self {
+            Change::CounterInc { .. } => "crdt/counter/inc",
+            Change::CounterDec { .. } => "crdt/counter/dec",
+            Change::LwwSet { .. } => "crdt/lww/set",
+            Change::MvSet { .. } => "crdt/mv/set",
+            Change::SetAdd { .. } => "crdt/set/add",
+            Change::SetRemove { .. } => "crdt/set/remove",
+            Change::ClSetAdd { .. } => "crdt/clset/add",
+            Change::ClSetRemove { .. } => "crdt/clset/remove",
+        }
+    }
+
+    /// The fields its action may have.
+    fn fields(&self) -> &'static [&'static str] {
+        match self {
+            Change::CounterInc { .. } | Change::CounterDec { .. } => &["type", "key", "by"],
+            Change::LwwSet { .. } => &["type", "key", "value"],
+            Change::MvSet { .. } => &["type", "key", "value", "seen"],
+            Change::SetAdd { .. } | Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => {
+                &["type", "key", "elem"]
+            }
+            Change::SetRemove { .. } => &["type", "key", "elem", "seen"],
+        }
+    }
+
+    fn check(&self) -> Result<(), OpError> {
+        match self {
+            Change::CounterInc { by } | Change::CounterDec { by } => check_by(*by),
+            Change::LwwSet { value } => check_value_size(value),
+            Change::MvSet { value, seen } => {
+                check_value_size(value)?;
+                seen.as_ref().map_or(Ok(()), check_seen)
+            }
+            Change::SetAdd { elem } | Change::ClSetAdd { elem } | Change::ClSetRemove { elem } => {
+                check_elem(elem)
+            }
+            Change::SetRemove { elem, seen } => {
+                check_elem(elem)?;
+                seen.as_ref().map_or(Ok(()), check_seen)
+            }
+        }
+    }
+}
+
+/// An element as an action carries it: a finite float (JSON has no other), within
+/// [`ELEM_BYTES_MAX`] bytes.
+fn check_elem(elem: &Scalar) -> Result<(), OpError> {
+    if elem.as_f64().is_some_and(|f| !f.is_finite()) {
+        return Err(OpError::WrongShape("an element must not be NaN or infinite"));
+    }
+    elem_from_json(&elem.to_json()).map(drop)
+}
+
+/// A `seen` version vector as an action carries it: at most [`NODES_MAX`] nodes, counters up
+/// to [`COUNTER_MAX`].
+fn check_seen(seen: &VersionVector) -> Result<(), OpError> {
+    if seen.len() > NODES_MAX {
+        return Err(too_many_nodes());
+    }
+    if seen.iter().any(|(_, counter)| counter > COUNTER_MAX) {
+        return Err(OpError::WrongShape("a dot counter must be an integer from 1 to 2^53"));
+    }
+    Ok(())
+}
+
+fn check_by(by: u64) -> Result<(), OpError> {
+    if (1..=BY_MAX).contains(&by) {
+        Ok(())
+    } else {
+        Err(OpError::WrongShape("`by` must be an integer from 1 to 2^53"))
+    }
+}
+
+/// One operation on one object, always within the vocabulary's limits: what [`parse`] reads
+/// from an action and [`Op::to_action`] writes back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    key: Key,
+    change: Change,
+}
+
+impl Op {
+    /// An operation, checked against the limits an action is (`by` from 1 to [`BY_MAX`], a
+    /// value of at most [`VALUE_BYTES_MAX`] bytes).
+    pub fn new(key: Key, change: Change) -> Result<Op, OpError> {
+        change.check()?;
+        Ok(Op { key, change })
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// What the operation does.
+    pub fn change(&self) -> &Change {
+        &self.change
+    }
+
+    /// The kind of object it applies to.
+    pub fn kind(&self) -> Kind {
+        self.change.kind()
+    }
+
+    /// The object's channel, `crdt/<key>`.
+    pub fn channel(&self) -> Channel {
+        Channel::from(format!("crdt/{}", self.key))
+    }
+
+    /// The action, such as `{"type": "crdt/counter/inc", "key": "posts/7/likes", "by": 1}`.
+    pub fn to_action(&self) -> Map<String, Value> {
+        let mut action = Map::new();
+        action.insert("type".to_owned(), self.change.action_type().into());
+        action.insert("key".to_owned(), self.key.as_str().into());
+        match &self.change {
+            Change::CounterInc { by } | Change::CounterDec { by } => {
+                action.insert("by".to_owned(), (*by).into())
+            }
+            Change::LwwSet { value } => action.insert("value".to_owned(), value.clone()),
+            Change::MvSet { value, seen } => {
+                if let Some(seen) = seen {
+                    action.insert("seen".to_owned(), vv_to_json(seen));
+                }
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::SetAdd { elem } | Change::ClSetAdd { elem } | Change::ClSetRemove { elem } => {
+                action.insert("elem".to_owned(), elem.to_json())
+            }
+            Change::SetRemove { elem, seen } => {
+                if let Some(seen) = seen {
+                    action.insert("seen".to_owned(), vv_to_json(seen));
+                }
+                action.insert("elem".to_owned(), elem.to_json())
+            }
+        };
+        action
+    }
+}
+
+/// Reads a `crdt/…` action. Refuses, never panics on, anything outside the vocabulary: an
+/// unknown type, a missing, unknown or mistyped field, a value over its size limit.
+pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
+    let Some(Value::String(action_type)) = action.get("type") else {
+        return Err(OpError::WrongShape("`type` must be a string"));
+    };
+    let change = match action_type.as_str() {
+        "crdt/counter/inc" => Change::CounterInc { by: by_field(action)? },
+        "crdt/counter/dec" => Change::CounterDec { by: by_field(action)? },
+        "crdt/lww/set" => Change::LwwSet { value: value_field(action)? },
+        "crdt/mv/set" => Change::MvSet { value: value_field(action)?, seen: seen_field(action)? },
+        "crdt/set/add" => Change::SetAdd { elem: elem_field(action)? },
+        "crdt/set/remove" => Change::SetRemove { elem: elem_field(action)?, seen: seen_field(action)? },
+        "crdt/clset/add" => Change::ClSetAdd { elem: elem_field(action)? },
+        "crdt/clset/remove" => Change::ClSetRemove { elem: elem_field(action)? },
+        other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
+    };
+    if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
+        return Err(OpError::WrongShape("unknown field"));
+    }
+    let Some(Value::String(key)) = action.get("key") else {
+        return Err(OpError::WrongShape("`key` must be a string"));
+    };
+    Op::new(Key::parse(key)?, change)
+}
+
+/// `by`: 1 when absent.
+fn by_field(action: &Map<String, Value>) -> Result<u64, OpError> {
+    match action.get("by") {
+        None => Ok(1),
+        // The range is checked with the rest of the op, by `Op::new`.
+        Some(by) => by.as_u64().ok_or(OpError::WrongShape("`by` must be an integer from 1 to 2^53")),
+    }
+}
+
+/// `value`: required, may be `null` (its size is checked by `Op::new`).
+fn value_field(action: &Map<String, Value>) -> Result<Value, OpError> {
+    action.get("value").cloned().ok_or(OpError::WrongShape("`value` is missing"))
+}
+
+/// `elem`: required, a JSON scalar.
+fn elem_field(action: &Map<String, Value>) -> Result<Scalar, OpError> {
+    elem_from_json(action.get("elem").ok_or(OpError::WrongShape("`elem` is missing"))?)
+}
+
+/// `seen`: optional, a version vector.
+fn seen_field(action: &Map<String, Value>) -> Result<Option<VersionVector>, OpError> {
+    action.get("seen").map(vv_from_json).transpose()
+}
+
+/// The longest prefix of `s` of at most `bytes_max` bytes that ends on a character boundary.
+fn truncate(s: &str, bytes_max: usize) -> &str {
+    let mut end = s.len().min(bytes_max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The server side of an operation: given the object's current state (the bottom of the op's
+/// kind for a new object), returns the delta to join into it and ship to subscribers. The
+/// server assigns the dots, as `author` (a node id as [`NodeId::parse`] accepts it):
+///
+/// - counter: [`crate::PnCounter::inc`] or [`crate::PnCounter::dec`] as `author`.
+/// - lww: the stamp is `(time_ms, (author, n))`, with `n` one past the current stamp's counter
+///   when the current value is `author`'s, else 1. A write whose stamp is not above the
+///   current one loses, and its delta is the bottom; so every stamp that is shipped is above
+///   all stamps the object held, which include all of `author`'s earlier writes (they went
+///   through this state), and no stamp is ever shipped twice with different values.
+/// - mv: the write under `state.context().next_dot(author)`, which supersedes every value the
+///   state holds, or with `seen` only the values `seen` covers and the author's own (so two
+///   clients' concurrent offline writes both survive).
+/// - set: an add under `state.context().next_dot(author)`, which replaces the element's dots; a
+///   remove deletes the element's dots that `seen` covers (all of them without `seen`). An
+///   author has seen its own earlier operations, so its own dots count as covered.
+/// - clset: [`crate::ClSet::add`] or [`crate::ClSet::remove`]: the element's causal length
+///   plus one when that changes its presence, else the bottom.
+///
+/// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
+/// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
+/// [`CLOUD_DOTS_MAX`] or a set element beyond [`SET_ELEMS_MAX`] (`crdtTooBig`); an
+/// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
+/// on one server therefore stays within what [`Object::from_json`] reads back.
+pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
+    if state.kind() != op.kind() {
+        return Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() });
+    }
+    if NodeId::parse(author.as_str()).is_none() {
+        return Err(OpError::WrongShape("the author must be a node id without spaces, of 1 to 256 bytes"));
+    }
+    match (state, &op.change) {
+        (Object::Counter(counter), Change::CounterInc { by }) => {
+            check_counter_nodes(counter, author)?;
+            Ok(Object::Counter(counter.inc(author, *by)))
+        }
+        (Object::Counter(counter), Change::CounterDec { by }) => {
+            check_counter_nodes(counter, author)?;
+            Ok(Object::Counter(counter.dec(author, *by)))
+        }
+        (Object::Lww(register), Change::LwwSet { value }) => {
+            let counter = match register.stamp() {
+                Some(current) if current.dot.node == *author => current.dot.counter.saturating_add(1),
+                _ => 1,
+            };
+            if counter > COUNTER_MAX {
+                return Err(too_high_counter());
+            }
+            let stamp = Stamp::new(time_ms, Dot { node: author.clone(), counter });
+            if register.stamp().is_some_and(|current| stamp <= *current) {
+                return Ok(Object::Lww(LwwRegister::bottom()));
+            }
+            Ok(Object::Lww(register.set(value.clone(), stamp)))
+        }
+        (Object::Mv(register), Change::MvSet { value, seen }) => {
+            let dot = fresh_dot(register.context(), author)?;
+            Ok(Object::Mv(match seen {
+                None => register.write(dot, value.clone()),
+                Some(seen) => register.write_seen(dot, value.clone(), &with_own_events(seen, author)),
+            }))
+        }
+        (Object::Set(set), Change::SetAdd { elem }) => {
+            let dot = fresh_dot(set.context(), author)?;
+            if !set.contains(elem) && set.len() >= SET_ELEMS_MAX {
+                return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
+            }
+            Ok(Object::Set(set.add(dot, elem.clone())))
+        }
+        (Object::Set(set), Change::SetRemove { elem, seen }) => Ok(Object::Set(match seen {
+            None => set.remove(elem),
+            Some(seen) => set.remove_seen(elem, &with_own_events(seen, author)),
+        })),
+        (Object::ClSet(set), Change::ClSetAdd { elem }) => {
+            let length = set.length(elem);
+            if length == 0 && set.element_count() >= SET_ELEMS_MAX {
+                return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
+            }
+            check_causal_length(length)?;
+            Ok(Object::ClSet(set.add(elem.clone())))
+        }
+        (Object::ClSet(set), Change::ClSetRemove { elem }) => {
+            check_causal_length(set.length(elem))?;
+            Ok(Object::ClSet(set.remove(elem)))
+        }
+        _ => Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() }),
+    }
+}
+
+/// Refuses lengthening a causal length past [`COUNTER_MAX`] (what a document reads back).
+fn check_causal_length(length: u64) -> Result<(), OpError> {
+    if length >= COUNTER_MAX {
+        return Err(OpError::TooBig { what: "adds and removes of one set element", max: COUNTER_MAX });
+    }
+    Ok(())
+}
+
+/// The author's next dot in `context`, within the limits: a counter up to [`COUNTER_MAX`], a
+/// new node only below [`NODES_MAX`], a cloud dot only below [`CLOUD_DOTS_MAX`].
+fn fresh_dot(context: &CausalContext, author: &NodeId) -> Result<Dot, OpError> {
+    let dot = context.next_dot(author);
+    if dot.counter > COUNTER_MAX {
+        return Err(too_high_counter());
+    }
+    // Counter 1: the author is not in the context yet.
+    if dot.counter == 1 && context.vv().len() >= NODES_MAX {
+        return Err(too_many_nodes());
+    }
+    // A dot that does not extend the author's prefix lands in the cloud.
+    if dot.counter != context.vv().get(author) + 1 && context.cloud().count() >= CLOUD_DOTS_MAX {
+        return Err(OpError::TooBig { what: "dots in a causal context's cloud", max: CLOUD_DOTS_MAX as u64 });
+    }
+    Ok(dot)
+}
+
+/// `seen` plus every event of `author`: an author has seen its own earlier operations (the
+/// server applied them in order), even those still queued when it read `seen`.
+fn with_own_events(seen: &VersionVector, author: &NodeId) -> VersionVector {
+    let mut seen = seen.clone();
+    seen.raise(author, u64::MAX);
+    seen
+}
+
+/// Refuses a new node on a counter that has [`NODES_MAX`] already.
+fn check_counter_nodes(counter: &PnCounter, author: &NodeId) -> Result<(), OpError> {
+    if counter.entry(author) == PnEntry::default() && counter.node_count() >= NODES_MAX {
+        return Err(too_many_nodes());
+    }
+    Ok(())
+}
+
+fn too_many_nodes() -> OpError {
+    OpError::TooBig { what: "nodes in an object", max: NODES_MAX as u64 }
+}
+
+fn too_high_counter() -> OpError {
+    OpError::TooBig { what: "events of one node on one object", max: COUNTER_MAX }
+}
+
+/// Folds a client's queue of operations before sending: each run of consecutive operations on
+/// the same key and of the same kind becomes as few operations as give the same result, and
+/// everything else keeps its order.
+///
+/// - counter: the run's increments add up into one `inc` and its decrements into one `dec`
+///   (in the order of their first appearance; a sum over [`BY_MAX`] is split into several
+///   operations). The server ends at the same state: totals only add up (and saturate alike).
+/// - lww: the last write of the run. A client's writes follow each other, so each supersedes
+///   the one before; the server ends at the same value, with fewer dots.
+/// - mv: a write is dropped when a later write of the run supersedes at least what it did:
+///   the later one has no `seen`, or both have one and the earlier's is below the later's.
+///   The later write supersedes the earlier's value (an author's own) and every value the
+///   earlier one did, so the server ends at the same values.
+/// - set: kept as they are. A remove without `seen` removes what the server holds when it
+///   applies it, adds from others included, so dropping an add and a remove that cancel out
+///   is not equivalent.
+/// - clset: kept as they are. Whether an add or a remove lengthens an element depends on its
+///   presence when the server applies it, and the lengths decide concurrent merges.
+///
+/// Operations on one key separated by another key's are not folded together, so the folded
+/// queue shows other clients the same order of changes across objects.
+pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
+    let mut folded = Vec::with_capacity(ops.len());
+    let mut rest = ops;
+    while let Some(first) = rest.first() {
+        let run_len = rest.iter().take_while(|op| op.key == first.key && op.kind() == first.kind()).count();
+        let (run, tail) = rest.split_at(run_len);
+        match first.kind() {
+            Kind::Counter => fold_counter_run(run, &mut folded),
+            Kind::Lww => folded.extend(run.last().cloned()),
+            Kind::Mv => fold_mv_run(run, &mut folded),
+            Kind::Set | Kind::ClSet => folded.extend(run.iter().cloned()),
+        }
+        rest = tail;
+    }
+    folded
+}
+
+/// Appends the writes of `run` (mv writes on one key) that no later write supersedes.
+fn fold_mv_run(run: &[Op], folded: &mut Vec<Op>) {
+    let start = folded.len();
+    for op in run {
+        while folded.len() > start && folded.last().is_some_and(|earlier| mv_covers(op, earlier)) {
+            folded.pop();
+        }
+        folded.push(op.clone());
+    }
+}
+
+/// Whether the mv write `later` supersedes every value the earlier write `earlier` did.
+fn mv_covers(later: &Op, earlier: &Op) -> bool {
+    match (&later.change, &earlier.change) {
+        (Change::MvSet { seen: None, .. }, _) => true,
+        (Change::MvSet { seen: Some(later), .. }, Change::MvSet { seen: Some(earlier), .. }) => {
+            earlier.le(later)
+        }
+        _ => false,
+    }
+}
+
+/// Appends the folded increments and decrements of `run`, counter operations on one key.
+fn fold_counter_run(run: &[Op], folded: &mut Vec<Op>) {
+    let Some(first) = run.first() else { return };
+    // A u128 holds any run: fewer than 2^64 operations of at most 2^53 each.
+    let (mut inc, mut dec) = (0u128, 0u128);
+    for op in run {
+        match op.change {
+            Change::CounterInc { by } => inc += u128::from(by),
+            Change::CounterDec { by } => dec += u128::from(by),
+            _ => {}
+        }
+    }
+    let inc_op: fn(u64) -> Change = |by| Change::CounterInc { by };
+    let dec_op: fn(u64) -> Change = |by| Change::CounterDec { by };
+    let mut totals = [(inc, inc_op), (dec, dec_op)];
+    if matches!(first.change, Change::CounterDec { .. }) {
+        totals.reverse();
+    }
+    for (mut total, change) in totals {
+        while total > 0 {
+            let by = u64::try_from(total.min(u128::from(BY_MAX))).unwrap_or(BY_MAX);
+            folded.push(Op { key: first.key.clone(), change: change(by) });
+            total -= u128::from(by);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CausalContext, MvRegister, VersionVector};
+    use serde_json::json;
+
+    fn action(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn reason(v: Value) -> &'static str {
+        match parse(&action(v.clone())) {
+            Ok(op) => panic!("{v} parsed as {op:?}"),
+            Err(e) => e.reason(),
+        }
+    }
+
+    fn op(v: Value) -> Op {
+        match parse(&action(v.clone())) {
+            Ok(op) => op,
+            Err(e) => panic!("{v} refused: {e}"),
+        }
+    }
+
+    fn node(s: &str) -> NodeId {
+        NodeId::from(s)
+    }
+
+    #[test]
+    fn parses_every_action_type() {
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "posts/7/likes", "by": 3}));
+        assert_eq!(inc.key().as_str(), "posts/7/likes");
+        assert_eq!(inc.change(), &Change::CounterInc { by: 3 });
+        assert_eq!(inc.kind(), Kind::Counter);
+        assert_eq!(inc.channel(), Channel::from("crdt/posts/7/likes"));
+        let dec = op(json!({"type": "crdt/counter/dec", "key": "k"}));
+        assert_eq!(dec.change(), &Change::CounterDec { by: 1 }, "by defaults to 1");
+        let most = op(json!({"type": "crdt/counter/inc", "key": "k", "by": BY_MAX}));
+        assert_eq!(most.change(), &Change::CounterInc { by: BY_MAX });
+        let lww = op(json!({"type": "crdt/lww/set", "key": "k", "value": {"a": [1, null]}}));
+        assert_eq!(lww.change(), &Change::LwwSet { value: json!({"a": [1, null]}) });
+        assert_eq!(lww.kind(), Kind::Lww);
+        let mv = op(json!({"type": "crdt/mv/set", "key": "k", "value": null}));
+        assert_eq!(mv.change(), &Change::MvSet { value: Value::Null, seen: None });
+        let mv = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": {"a": 2}}));
+        let seen = Some([(node("a"), 2)].into_iter().collect());
+        assert_eq!(mv.change(), &Change::MvSet { value: json!(1), seen });
+        assert_eq!(parse(&mv.to_action()), Ok(mv.clone()));
+        assert_eq!(mv.kind(), Kind::Mv);
+        let longest = "k".repeat(KEY_BYTES_MAX);
+        assert_eq!(op(json!({"type": "crdt/mv/set", "key": longest, "value": 1})).key().as_str(), longest);
+    }
+
+    #[test]
+    fn to_action_parses_back() {
+        for v in [
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 3}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": 1}),
+            json!({"type": "crdt/lww/set", "key": "k", "value": [1]}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": "x"}),
+        ] {
+            let op = op(v.clone());
+            assert_eq!(Value::Object(op.to_action()), v);
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+    }
+
+    #[test]
+    fn unknown_types() {
+        for t in ["crdt/set/put", "crdt/counter/mul", "crdt/counter", "", "logux/subscribe", "CRDT/LWW/SET"] {
+            assert_eq!(reason(json!({"type": t, "key": "k"})), "crdtUnknownType", "{t}");
+        }
+        let long = format!("{}é", "x".repeat(63));
+        let err = parse(&action(json!({"type": long, "key": "k"}))).err();
+        assert_eq!(err, Some(OpError::UnknownType("x".repeat(63))), "cut before a split character");
+    }
+
+    #[test]
+    fn wrong_shapes() {
+        for v in [
+            json!({"key": "k"}),
+            json!({"type": 1, "key": "k"}),
+            json!({"type": null, "key": "k"}),
+            json!({"type": "crdt/counter/inc"}),
+            json!({"type": "crdt/counter/inc", "key": 7}),
+            json!({"type": "crdt/counter/inc", "key": ["k"]}),
+            json!({"type": "crdt/counter/inc", "key": ""}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 0}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": -1}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 1.5}),
+            json!({"type": "crdt/counter/inc", "key": "k", "by": 1.0}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": "1"}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": null}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": BY_MAX + 1}),
+            json!({"type": "crdt/counter/dec", "key": "k", "by": u64::MAX}),
+            json!({"type": "crdt/counter/inc", "key": "k", "bye": 5}),
+            json!({"type": "crdt/counter/inc", "key": "k", "value": 5}),
+            json!({"type": "crdt/lww/set", "key": "k"}),
+            json!({"type": "crdt/lww/set", "key": "k", "value": 1, "by": 1}),
+            json!({"type": "crdt/mv/set", "value": 1}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "by": 1}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": [["a", 1]]}),
+            json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": {"a": 0}}),
+            json!({"type": "crdt/lww/set", "key": "k", "value": 1, "seen": {"a": 1}}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+    }
+
+    #[test]
+    fn too_big() {
+        let key = "k".repeat(KEY_BYTES_MAX + 1);
+        assert_eq!(reason(json!({"type": "crdt/counter/inc", "key": key})), "crdtTooBig");
+        let value = "x".repeat(VALUE_BYTES_MAX);
+        assert_eq!(reason(json!({"type": "crdt/lww/set", "key": "k", "value": value})), "crdtTooBig");
+        assert_eq!(reason(json!({"type": "crdt/mv/set", "key": "k", "value": [value]})), "crdtTooBig");
+        let key = Key::parse("k").unwrap();
+        assert_eq!(Op::new(key, Change::CounterInc { by: 0 }).map_err(|e| e.reason()), Err("crdtWrongShape"));
+    }
+
+    #[test]
+    fn errors_read_well() {
+        assert_eq!(OpError::UnknownType("crdt/x".into()).to_string(), "unknown CRDT action type \"crdt/x\"");
+        assert_eq!(
+            OpError::TooBig { what: "bytes of a key", max: 512 }.to_string(),
+            "too big: more than 512 bytes of a key"
+        );
+        assert_eq!(
+            OpError::TypeMismatch { expected: Kind::Counter, found: Kind::Mv }.to_string(),
+            "a mv operation on a counter object"
+        );
+        assert_eq!(OpError::WrongShape("`value` is missing").to_string(), "wrong shape: `value` is missing");
+    }
+
+    /// Applies `op` as `author` at `time_ms` and joins the delta into `state`; returns the delta.
+    fn step(state: &mut Object, v: Value, author: &str, time_ms: i64) -> Object {
+        let delta = apply(state, &op(v), &node(author), time_ms).unwrap();
+        state.join(&delta).unwrap();
+        delta
+    }
+
+    #[test]
+    fn apply_counter() {
+        let mut state = Object::bottom(Kind::Counter);
+        step(&mut state, json!({"type": "crdt/counter/inc", "key": "k", "by": 5}), "a", 0);
+        let delta = step(&mut state, json!({"type": "crdt/counter/dec", "key": "k", "by": 2}), "a", 0);
+        assert_eq!(delta.to_json(), json!({"a": [0, 2]}), "the author's new total of decrements");
+        step(&mut state, json!({"type": "crdt/counter/dec", "key": "k"}), "b", 0);
+        assert_eq!(state.to_json(), json!({"a": [5, 2], "b": [0, 1]}));
+    }
+
+    #[test]
+    fn apply_lww_numbers_the_authors_writes_and_drops_losers() {
+        let set = |v: i32| json!({"type": "crdt/lww/set", "key": "k", "value": v});
+        let mut state = Object::bottom(Kind::Lww);
+        let d = step(&mut state, set(1), "a", 10);
+        assert_eq!(d.to_json(), json!({"time": 10, "dot": ["a", 1], "value": 1}));
+        let d = step(&mut state, set(2), "a", 10);
+        assert_eq!(d.to_json(), json!({"time": 10, "dot": ["a", 2], "value": 2}), "same ms: next counter");
+        let d = step(&mut state, set(3), "b", 10);
+        assert_eq!(d.to_json(), json!({"time": 10, "dot": ["b", 1], "value": 3}), "b > a breaks the tie");
+        let d = step(&mut state, set(4), "a", 10);
+        assert!(d.is_bottom(), "(10, a, 1) is below (10, b, 1): the write loses, nothing is shipped");
+        let d = step(&mut state, set(5), "a", 9);
+        assert!(d.is_bottom(), "an earlier time loses");
+        let d = step(&mut state, set(6), "a", 11);
+        assert_eq!(d.to_json(), json!({"time": 11, "dot": ["a", 1], "value": 6}));
+        assert_eq!(state.to_json(), d.to_json());
+    }
+
+    #[test]
+    fn apply_lww_refuses_a_counter_past_the_limit() {
+        let top = LwwRegister::new().set(json!(0), Stamp::new(5, Dot::new("a", COUNTER_MAX)));
+        let state = Object::Lww(top);
+        let set = op(json!({"type": "crdt/lww/set", "key": "k", "value": 1}));
+        assert_eq!(apply(&state, &set, &node("a"), 6).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &set, &node("b"), 6).is_ok(), "another author starts at 1");
+    }
+
+    #[test]
+    fn apply_mv_supersedes_what_the_server_holds() {
+        let set = |v: i32| json!({"type": "crdt/mv/set", "key": "k", "value": v});
+        let mut state = Object::bottom(Kind::Mv);
+        step(&mut state, set(1), "a", 0);
+        step(&mut state, set(2), "b", 0);
+        let d = step(&mut state, set(3), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"values": [["a", 2, 3]], "context": {"vv": {"b": 1}, "cloud": [["a", 2]]}})
+        );
+        assert_eq!(state.to_json(), json!({"values": [["a", 2, 3]], "context": {"vv": {"a": 2, "b": 1}}}));
+    }
+
+    #[test]
+    fn apply_mv_with_seen_keeps_concurrent_writes() {
+        let set = |v: i32, seen: Value| json!({"type": "crdt/mv/set", "key": "k", "value": v, "seen": seen});
+        let mut state = Object::bottom(Kind::Mv);
+        step(&mut state, json!({"type": "crdt/mv/set", "key": "k", "value": 0}), "a", 0);
+        // b and c both read {a: 1} and wrote offline; both writes survive on one server.
+        step(&mut state, set(1, json!({"a": 1})), "b", 0);
+        let d = step(&mut state, set(2, json!({"a": 1})), "c", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"values": [["c", 1, 2]], "context": {"vv": {"c": 1}}}),
+            "b's write already superseded (a, 1), and c's does not supersede b's"
+        );
+        assert_eq!(
+            state.to_json(),
+            json!({"values": [["b", 1, 1], ["c", 1, 2]], "context": {"vv": {"a": 1, "b": 1, "c": 1}}})
+        );
+        // An author's own earlier writes count as seen; a write that saw both replaces them.
+        step(&mut state, set(3, json!({"a": 1})), "b", 0);
+        assert_eq!(state.to_json()["values"], json!([["b", 2, 3], ["c", 1, 2]]));
+        step(&mut state, set(4, json!({"b": 2, "c": 1})), "a", 0);
+        assert_eq!(state.to_json()["values"], json!([["a", 2, 4]]));
+    }
+
+    #[test]
+    fn apply_refuses_another_kind_and_bad_authors() {
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        for kind in [Kind::Lww, Kind::Mv] {
+            let err = apply(&Object::bottom(kind), &inc, &node("a"), 0).err();
+            assert_eq!(err, Some(OpError::TypeMismatch { expected: kind, found: Kind::Counter }));
+        }
+        let set = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1}));
+        let err = apply(&Object::bottom(Kind::Counter), &set, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+        for author in ["", "a b", "a\n"] {
+            let err = apply(&Object::bottom(Kind::Counter), &inc, &node(author), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtWrongShape"), "{author:?}");
+        }
+    }
+
+    #[test]
+    fn apply_refuses_a_node_beyond_the_limit() {
+        let full =
+            PnCounter::from_entries((0..NODES_MAX).map(|i| (node(&format!("n{i}")), PnEntry { p: 1, n: 0 })));
+        let state = Object::Counter(full);
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        assert_eq!(apply(&state, &inc, &node("new"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &inc, &node("n7"), 0).is_ok(), "a known node may go on");
+
+        let vv: VersionVector = (0..NODES_MAX).map(|i| (node(&format!("n{i}")), 1)).collect();
+        let full = MvRegister::from_parts(Default::default(), CausalContext::from_vv(vv));
+        let state = Object::Mv(full.unwrap());
+        let set = op(json!({"type": "crdt/mv/set", "key": "k", "value": 1}));
+        assert_eq!(apply(&state, &set, &node("new"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &set, &node("n7"), 0).is_ok());
+    }
+
+    #[test]
+    fn parses_set_actions() {
+        let add = op(json!({"type": "crdt/set/add", "key": "boards/3/tags", "elem": "urgent"}));
+        assert_eq!(add.change(), &Change::SetAdd { elem: Scalar::from("urgent") });
+        assert_eq!(add.kind(), Kind::Set);
+        for (elem, scalar) in [
+            (json!(null), Scalar::Null),
+            (json!(false), Scalar::Bool(false)),
+            (json!(-7), Scalar::Int(-7)),
+            (json!(0.5), Scalar::float(0.5)),
+        ] {
+            let add = op(json!({"type": "crdt/set/add", "key": "k", "elem": elem}));
+            assert_eq!(add.change(), &Change::SetAdd { elem: scalar });
+        }
+        let remove = op(json!({"type": "crdt/set/remove", "key": "k", "elem": 1}));
+        assert_eq!(remove.change(), &Change::SetRemove { elem: Scalar::Int(1), seen: None });
+        let remove = op(json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": 2, "b": 1}}));
+        let seen: VersionVector = [(node("a"), 2), (node("b"), 1)].into_iter().collect();
+        assert_eq!(remove.change(), &Change::SetRemove { elem: Scalar::Int(1), seen: Some(seen) });
+        let longest = json!("x".repeat(ELEM_BYTES_MAX - 2));
+        assert!(parse(&action(json!({"type": "crdt/set/add", "key": "k", "elem": longest}))).is_ok());
+        for v in [
+            json!({"type": "crdt/set/add", "key": "k", "elem": 1.5}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": "x"}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": "x", "seen": {}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": null, "seen": {"a": 3}}),
+        ] {
+            assert_eq!(Value::Object(op(v.clone()).to_action()), v);
+        }
+    }
+
+    #[test]
+    fn set_actions_of_the_wrong_shape() {
+        for v in [
+            json!({"type": "crdt/set/add", "key": "k"}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": [1]}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": {"a": 1}}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": u64::MAX}),
+            json!({"type": "crdt/set/add", "key": "k", "elem": 1, "seen": {"a": 1}}),
+            json!({"type": "crdt/set/add", "key": "k", "value": 1}),
+            json!({"type": "crdt/set/remove", "key": "k"}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": [["a", 1]]}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": 0}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": -1}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a": COUNTER_MAX + 1}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": {"a b": 1}}),
+            json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": null}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let key = Key::parse("k").unwrap();
+        let nan = Change::SetAdd { elem: Scalar::float(f64::NAN) };
+        assert_eq!(Op::new(key.clone(), nan).map_err(|e| e.reason()), Err("crdtWrongShape"));
+        let high: VersionVector = [(node("a"), COUNTER_MAX + 1)].into_iter().collect();
+        let remove = Change::SetRemove { elem: Scalar::Null, seen: Some(high) };
+        assert_eq!(Op::new(key, remove).map_err(|e| e.reason()), Err("crdtWrongShape"));
+    }
+
+    #[test]
+    fn set_actions_too_big() {
+        let elem = "x".repeat(ELEM_BYTES_MAX - 1);
+        assert_eq!(reason(json!({"type": "crdt/set/add", "key": "k", "elem": elem})), "crdtTooBig");
+        assert_eq!(reason(json!({"type": "crdt/set/remove", "key": "k", "elem": elem})), "crdtTooBig");
+        let seen: Map<String, Value> = (0..=NODES_MAX).map(|i| (format!("n{i}"), json!(1))).collect();
+        let remove = json!({"type": "crdt/set/remove", "key": "k", "elem": 1, "seen": seen});
+        assert_eq!(reason(remove), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_set_adds_and_removes() {
+        let add = |e: &str| json!({"type": "crdt/set/add", "key": "k", "elem": e});
+        let remove = |e: &str| json!({"type": "crdt/set/remove", "key": "k", "elem": e});
+        let mut state = Object::bottom(Kind::Set);
+        let d = step(&mut state, add("x"), "a", 0);
+        assert_eq!(d.to_json(), json!({"elems": [["x", "a", 1]], "context": {"vv": {"a": 1}}}));
+        step(&mut state, add("y"), "b", 0);
+        let d = step(&mut state, add("x"), "b", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"elems": [["x", "b", 2]], "context": {"vv": {"a": 1}, "cloud": [["b", 2]]}}),
+            "a re-add replaces the element's dots"
+        );
+        let d = step(&mut state, remove("x"), "c", 0);
+        assert_eq!(d.to_json(), json!({"elems": [], "context": {"vv": {}, "cloud": [["b", 2]]}}));
+        assert!(step(&mut state, remove("x"), "c", 0).is_bottom(), "an absent element");
+        assert_eq!(state.to_json(), json!({"elems": [["y", "b", 1]], "context": {"vv": {"a": 1, "b": 2}}}));
+    }
+
+    #[test]
+    fn apply_set_remove_with_seen_keeps_adds_it_did_not_see() {
+        let add = json!({"type": "crdt/set/add", "key": "k", "elem": "x"});
+        let mut state = Object::bottom(Kind::Set);
+        step(&mut state, add.clone(), "a", 0);
+        // b saw a's add (a: 1); c adds x concurrently on another server; b's remove leaves
+        // c's add.
+        let concurrent = apply(&Object::bottom(Kind::Set), &op(add), &node("c"), 0).unwrap();
+        state.join(&concurrent).unwrap();
+        let remove = json!({"type": "crdt/set/remove", "key": "k", "elem": "x", "seen": {"a": 1}});
+        let d = step(&mut state, remove, "b", 0);
+        assert_eq!(d.to_json(), json!({"elems": [], "context": {"vv": {"a": 1}}}), "only what b saw");
+        let Object::Set(set) = &state else { panic!("a set") };
+        assert!(set.contains(&Scalar::from("x")), "add wins");
+        assert_eq!(set.dots(&Scalar::from("x")).collect::<Vec<_>>(), [&Dot::new("c", 1)]);
+        // An author's own adds count as seen, even ones its `seen` does not cover.
+        let remove = json!({"type": "crdt/set/remove", "key": "k", "elem": "x", "seen": {}});
+        step(&mut state, remove, "c", 0);
+        assert_eq!(state.to_json(), json!({"elems": [], "context": {"vv": {"a": 1, "c": 1}}}));
+    }
+
+    #[test]
+    fn apply_set_refuses_an_element_beyond_the_limit() {
+        let entries = (1..=SET_ELEMS_MAX as u64).map(|i| (Scalar::Int(i as i64), [Dot::new("a", i)].into()));
+        let context = CausalContext::from_vv([(node("a"), SET_ELEMS_MAX as u64)].into_iter().collect());
+        let state = Object::Set(crate::Orswot::from_parts(entries.collect(), context).unwrap());
+        let add = |e: i64| op(json!({"type": "crdt/set/add", "key": "k", "elem": e}));
+        let err = apply(&state, &add(-1), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
+        assert!(apply(&state, &add(7), &node("a"), 0).is_ok(), "a present element may be added again");
+        let err = apply(&Object::bottom(Kind::Mv), &add(1), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+    }
+
+    #[test]
+    fn fold_mv_drops_writes_a_later_one_covers() {
+        let mv = |v: i32, seen: Option<Value>| {
+            let mut action = json!({"type": "crdt/mv/set", "key": "k", "value": v});
+            if let Some(seen) = seen {
+                action["seen"] = seen;
+            }
+            op(action)
+        };
+        let a1 = Some(json!({"a": 1}));
+        let a2b1 = Some(json!({"a": 2, "b": 1}));
+        let b1 = Some(json!({"b": 1}));
+        let queue = [mv(1, a1.clone()), mv(2, a2b1.clone()), mv(3, None)];
+        assert_eq!(fold_queue(&queue), [mv(3, None)], "no seen covers everything");
+        let queue = [mv(1, a1.clone()), mv(2, a2b1.clone())];
+        assert_eq!(fold_queue(&queue), [mv(2, a2b1.clone())]);
+        let queue = [mv(1, None), mv(2, a2b1.clone())];
+        assert_eq!(fold_queue(&queue), queue, "a seen does not cover everything");
+        let queue = [mv(1, a1.clone()), mv(2, b1.clone())];
+        assert_eq!(fold_queue(&queue), queue, "incomparable views");
+        let queue = [mv(1, a1.clone()), mv(2, b1.clone()), mv(3, a2b1.clone())];
+        assert_eq!(fold_queue(&queue), [mv(3, a2b1)], "covers both");
+    }
+
+    #[test]
+    fn fold_keeps_set_runs_as_they_are() {
+        let add = op(json!({"type": "crdt/set/add", "key": "k", "elem": 1}));
+        let remove = op(json!({"type": "crdt/set/remove", "key": "k", "elem": 1}));
+        let queue = [add.clone(), remove.clone(), add.clone(), add];
+        assert_eq!(fold_queue(&queue), queue);
+    }
+
+    #[test]
+    fn parses_clset_actions() {
+        let add = op(json!({"type": "crdt/clset/add", "key": "k", "elem": "x"}));
+        assert_eq!(add.change(), &Change::ClSetAdd { elem: Scalar::from("x") });
+        assert_eq!(add.kind(), Kind::ClSet);
+        let remove = op(json!({"type": "crdt/clset/remove", "key": "k", "elem": 2}));
+        assert_eq!(remove.change(), &Change::ClSetRemove { elem: Scalar::Int(2) });
+        for op in [add, remove] {
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        for v in [
+            json!({"type": "crdt/clset/add", "key": "k"}),
+            json!({"type": "crdt/clset/add", "key": "k", "elem": [1]}),
+            json!({"type": "crdt/clset/remove", "key": "k", "elem": 1, "seen": {"a": 1}}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let elem = "x".repeat(ELEM_BYTES_MAX);
+        assert_eq!(reason(json!({"type": "crdt/clset/add", "key": "k", "elem": elem})), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_clset_lengthens_only_on_a_change_of_presence() {
+        let add = json!({"type": "crdt/clset/add", "key": "k", "elem": "x"});
+        let remove = json!({"type": "crdt/clset/remove", "key": "k", "elem": "x"});
+        let mut state = Object::bottom(Kind::ClSet);
+        assert!(step(&mut state, remove.clone(), "a", 0).is_bottom(), "absent");
+        assert_eq!(step(&mut state, add.clone(), "a", 0).to_json(), json!({"elems": [["x", 1]]}));
+        assert!(step(&mut state, add.clone(), "b", 0).is_bottom(), "present");
+        assert_eq!(step(&mut state, remove.clone(), "b", 0).to_json(), json!({"elems": [["x", 2]]}));
+        assert_eq!(state.to_json(), json!({"elems": [["x", 2]]}));
+    }
+
+    #[test]
+    fn apply_clset_refuses_beyond_the_limits() {
+        let full = (0..SET_ELEMS_MAX as i64).map(|i| (Scalar::Int(i), 2)).collect();
+        let state = Object::ClSet(crate::ClSet::from_lengths(full).unwrap());
+        let add = |e: i64| op(json!({"type": "crdt/clset/add", "key": "k", "elem": e}));
+        assert_eq!(apply(&state, &add(-1), &node("a"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&state, &add(3), &node("a"), 0).is_ok(), "an element added before may come back");
+        let long = crate::ClSet::from_lengths([(Scalar::Null, COUNTER_MAX)].into()).unwrap();
+        let remove = op(json!({"type": "crdt/clset/remove", "key": "k", "elem": null}));
+        let err = apply(&Object::ClSet(long), &remove, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
+        let err = apply(&Object::bottom(Kind::Set), &add(1), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+    }
+
+    fn actions(ops: &[Op]) -> Vec<Value> {
+        ops.iter().map(|op| Value::Object(op.to_action())).collect()
+    }
+
+    #[test]
+    fn fold_counter_runs_into_one_inc_and_one_dec() {
+        let inc = |key: &str, by: u64| op(json!({"type": "crdt/counter/inc", "key": key, "by": by}));
+        let dec = |key: &str, by: u64| op(json!({"type": "crdt/counter/dec", "key": key, "by": by}));
+        let ones: Vec<Op> = (0..1000).map(|_| inc("k", 1)).collect();
+        assert_eq!(fold_queue(&ones), [inc("k", 1000)]);
+        let mixed = [dec("k", 2), inc("k", 1), dec("k", 3), inc("k", 4), inc("j", 1), inc("k", 1)];
+        assert_eq!(
+            actions(&fold_queue(&mixed)),
+            actions(&[dec("k", 5), inc("k", 5), inc("j", 1), inc("k", 1)]),
+            "the first kind of change first; another key in between stops the run"
+        );
+        let big = [inc("k", BY_MAX), inc("k", BY_MAX), inc("k", 5)];
+        assert_eq!(fold_queue(&big), [inc("k", BY_MAX), inc("k", BY_MAX), inc("k", 5)], "split at 2^53");
+        assert_eq!(fold_queue(&[]), []);
+    }
+
+    #[test]
+    fn fold_register_runs_keep_the_last_write() {
+        let lww = |key: &str, v: i32| op(json!({"type": "crdt/lww/set", "key": key, "value": v}));
+        let mv = |key: &str, v: i32| op(json!({"type": "crdt/mv/set", "key": key, "value": v}));
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        let queue = [lww("k", 1), lww("k", 2), mv("m", 1), mv("m", 2), mv("m", 3), lww("k", 3)];
+        assert_eq!(fold_queue(&queue), [lww("k", 2), mv("m", 3), lww("k", 3)]);
+        let kinds = [lww("k", 1), mv("k", 2), mv("k", 3), inc.clone(), inc.clone(), lww("k", 4)];
+        assert_eq!(
+            actions(&fold_queue(&kinds)),
+            actions(&[
+                lww("k", 1),
+                mv("k", 3),
+                op(json!({"type": "crdt/counter/inc", "key": "k", "by": 2})),
+                lww("k", 4)
+            ]),
+            "a change of kind on one key stops the run: the server refuses all but one kind"
+        );
+    }
+}

@@ -1,0 +1,450 @@
+//! The action vocabulary: `parse` on arbitrary JSON, JSON documents of every reachable state,
+//! folding a client's queue, and the deltas `apply` produces.
+
+use crate::gossip::{node, Rng};
+use proptest::prelude::*;
+use proptest::sample::select;
+use rhizome_crdt::ops::{self, Change, Key, Op, BY_MAX, ELEM_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use rhizome_crdt::{Kind, Object, Scalar, VersionVector};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Servers in a history. Author `a` is served by server `a % SERVERS`, so one server assigns
+/// all of an author's dots, as in Rhizome.
+const SERVERS: usize = 3;
+
+/// Authors in a history.
+const AUTHORS: usize = 6;
+
+/// Any JSON, small; with floats or without (a float may not survive a trip through text).
+fn json(floats: bool) -> impl Strategy<Value = Value> {
+    let number = if floats {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from)
+        ]
+        .boxed()
+    } else {
+        prop_oneof![any::<i64>().prop_map(Value::from), any::<u64>().prop_map(Value::from)].boxed()
+    };
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        number,
+        ".{0,6}".prop_map(Value::from)
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map("[a-z]{0,3}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A map shaped like a CRDT action, each field present or not and of the right type or not.
+fn action() -> impl Strategy<Value = Map<String, Value>> {
+    const KNOWN: [&str; 8] = [
+        "crdt/counter/inc",
+        "crdt/counter/dec",
+        "crdt/lww/set",
+        "crdt/mv/set",
+        "crdt/set/add",
+        "crdt/set/remove",
+        "crdt/clset/add",
+        "crdt/clset/remove",
+    ];
+    const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
+    let action_type = prop_oneof![
+        4 => select(&KNOWN[..]).prop_map(Value::from),
+        1 => select(&UNKNOWN[..]).prop_map(Value::from),
+        1 => json(true),
+    ];
+    let key = prop_oneof![
+        4 => "[a-z0-9/]{0,8}".prop_map(Value::from),
+        1 => Just(Value::from("k".repeat(KEY_BYTES_MAX))),
+        1 => Just(Value::from("k".repeat(KEY_BYTES_MAX + 1))),
+        1 => json(true),
+    ];
+    let by = prop_oneof![
+        4 => (0u64..4).prop_map(Value::from),
+        1 => select(&[BY_MAX, BY_MAX + 1, u64::MAX][..]).prop_map(Value::from),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => any::<f64>().prop_map(Value::from),
+        1 => json(true),
+    ];
+    let value = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(VALUE_BYTES_MAX)))];
+    let elem = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(ELEM_BYTES_MAX)))];
+    let seen = prop_oneof![
+        4 => prop::collection::btree_map("[a-c]|a b|", 0u64..4, 0..3)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k, Value::from(v))).collect())),
+        1 => json(true),
+    ];
+    let extra = (
+        prop_oneof![
+            select(&["type", "key", "by", "value", "elem", "seen"][..]).prop_map(String::from),
+            "[a-z]{1,4}"
+        ],
+        json(true),
+    );
+    let fields = (
+        // Weighted so that about one action in five is well-formed.
+        prop::option::weighted(0.95, action_type),
+        prop::option::weighted(0.9, key),
+        prop::option::weighted(0.35, by),
+        prop::option::weighted(0.45, value),
+        prop::option::weighted(0.45, elem),
+        prop::option::weighted(0.2, seen),
+        prop::option::weighted(0.1, extra),
+    );
+    fields.prop_map(|(action_type, key, by, value, elem, seen, extra)| {
+        let mut action = Map::new();
+        let named = [
+            ("type", action_type),
+            ("key", key),
+            ("by", by),
+            ("value", value),
+            ("elem", elem),
+            ("seen", seen),
+        ];
+        for (name, field) in named {
+            if let Some(field) = field {
+                action.insert(name.to_owned(), field);
+            }
+        }
+        if let Some((name, field)) = extra {
+            action.insert(name, field);
+        }
+        action
+    })
+}
+
+/// `by`: mostly small, sometimes the largest.
+fn by() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => 1u64..5, 1 => Just(BY_MAX), 1 => 1..=BY_MAX]
+}
+
+/// A set element: a few small scalars, so that adds and removes meet.
+fn elem() -> impl Strategy<Value = Scalar> {
+    prop_oneof![
+        (0i64..3).prop_map(Scalar::Int),
+        select(&["x", "y"][..]).prop_map(Scalar::from),
+        Just(Scalar::Null),
+        Just(Scalar::float(0.5)),
+    ]
+}
+
+/// What a client may have seen: a few of the history's authors, small counters.
+fn seen() -> impl Strategy<Value = VersionVector> {
+    prop::collection::vec((0..AUTHORS, 1u64..4), 0..3)
+        .prop_map(|entries| entries.into_iter().map(|(author, counter)| (node(author), counter)).collect())
+}
+
+/// A change on an object of `kind`.
+fn change(kind: Kind) -> BoxedStrategy<Change> {
+    match kind {
+        Kind::Counter => prop_oneof![
+            by().prop_map(|by| Change::CounterInc { by }),
+            by().prop_map(|by| Change::CounterDec { by })
+        ]
+        .boxed(),
+        Kind::Lww => json(false).prop_map(|value| Change::LwwSet { value }).boxed(),
+        Kind::Mv => (json(false), prop::option::of(seen()))
+            .prop_map(|(value, seen)| Change::MvSet { value, seen })
+            .boxed(),
+        Kind::Set => prop_oneof![
+            elem().prop_map(|elem| Change::SetAdd { elem }),
+            (elem(), prop::option::of(seen())).prop_map(|(elem, seen)| Change::SetRemove { elem, seen })
+        ]
+        .boxed(),
+        Kind::ClSet => prop_oneof![
+            elem().prop_map(|elem| Change::ClSetAdd { elem }),
+            elem().prop_map(|elem| Change::ClSetRemove { elem })
+        ]
+        .boxed(),
+        other => panic!("no changes for {other} yet"),
+    }
+}
+
+/// A change on an object of any kind.
+fn any_change() -> impl Strategy<Value = Change> {
+    select(Kind::ALL).prop_flat_map(change)
+}
+
+fn op(key: &str, change: Change) -> Op {
+    Op::new(Key::parse(key).expect("a valid key"), change).expect("a valid op")
+}
+
+/// One step of a history of one object over [`SERVERS`] servers.
+#[derive(Clone, Debug)]
+enum Step {
+    /// The author's server applies its change at `time_ms` (in a small range, so that equal
+    /// times are common).
+    Apply { author: usize, change: Change, time_ms: i64 },
+    /// Server `to` joins some of the deltas server `from` produced, in a seeded order (so
+    /// contexts get clouds).
+    Gossip { from: usize, to: usize, seed: u64 },
+}
+
+fn steps(kind: Kind) -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        3 => (0..AUTHORS, change(kind), 0i64..4)
+            .prop_map(|(author, change, time_ms)| Step::Apply { author, change, time_ms }),
+        1 => (0..SERVERS, 0..SERVERS, any::<u64>()).prop_map(|(from, to, seed)| Step::Gossip { from, to, seed }),
+    ];
+    prop::collection::vec(step, 0..30)
+}
+
+/// A history of one object of some kind.
+fn history() -> impl Strategy<Value = (Kind, Vec<Step>)> {
+    select(Kind::ALL).prop_flat_map(|kind| (Just(kind), steps(kind)))
+}
+
+/// What a history met: every state, and every `apply` with the state it applied to.
+#[derive(Debug, Default)]
+struct Met {
+    states: Vec<Object>,
+    applied: Vec<(Object, Object)>,
+}
+
+fn run(kind: Kind, steps: &[Step]) -> Met {
+    let mut servers = vec![Object::bottom(kind); SERVERS];
+    let mut produced: Vec<Vec<Object>> = vec![Vec::new(); SERVERS];
+    let mut met = Met { states: vec![Object::bottom(kind)], applied: Vec::new() };
+    for step in steps {
+        match step {
+            Step::Apply { author, change, time_ms } => {
+                let server = author % SERVERS;
+                let state = &mut servers[server];
+                let delta =
+                    ops::apply(state, &op("k", change.clone()), &node(*author), *time_ms).expect("applied");
+                met.applied.push((state.clone(), delta.clone()));
+                state.join(&delta).expect("same kind");
+                produced[server].push(delta);
+                met.states.push(state.clone());
+            }
+            Step::Gossip { from, to, seed } => {
+                let mut rng = Rng::new(*seed);
+                let mut some: Vec<&Object> = produced[*from].iter().filter(|_| rng.below(2) == 0).collect();
+                rng.shuffle(&mut some);
+                for delta in some {
+                    servers[*to].join(delta).expect("same kind");
+                    met.states.push(servers[*to].clone());
+                }
+            }
+        }
+    }
+    met
+}
+
+/// The value a user sees, without the metadata: a counter's sum, a register's value(s).
+fn value(object: &Object) -> Value {
+    match object {
+        Object::Counter(c) => Value::from(c.value().to_string()),
+        Object::Lww(r) => r.value().cloned().unwrap_or(Value::Null),
+        Object::Mv(r) => Value::from(r.values().into_iter().cloned().collect::<Vec<_>>()),
+        Object::Set(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
+        Object::ClSet(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
+        other => panic!("no value for {other:?} yet"),
+    }
+}
+
+/// A server's objects by key; an op that the server refuses changes nothing.
+fn serve(objects: &mut BTreeMap<Key, Object>, op: &Op, author: usize, time_ms: i64) {
+    let state = objects.get(op.key()).cloned().unwrap_or_else(|| Object::bottom(op.kind()));
+    if let Ok(delta) = ops::apply(&state, op, &node(author), time_ms) {
+        let mut state = state;
+        state.join(&delta).expect("same kind");
+        objects.insert(op.key().clone(), state);
+    }
+}
+
+proptest! {
+    #[test]
+    fn parse_never_panics_and_reads_back_what_it_accepts(action in action()) {
+        match ops::parse(&action) {
+            Ok(op) => {
+                prop_assert_eq!(ops::parse(&op.to_action()), Ok(op.clone()));
+                prop_assert!(!op.key().as_str().is_empty() && op.key().as_str().len() <= KEY_BYTES_MAX);
+                prop_assert_eq!(op.channel().to_string(), format!("crdt/{}", op.key()));
+            }
+            Err(e) => {
+                let reasons = ["crdtUnknownType", "crdtWrongShape", "crdtTooBig"];
+                prop_assert!(reasons.contains(&e.reason()), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn parse_reads_every_op_it_writes(key in "[a-z0-9/]{1,12}", change in any_change()) {
+        let op = op(&key, change);
+        prop_assert_eq!(ops::parse(&op.to_action()), Ok(op));
+    }
+
+    #[test]
+    fn every_reachable_state_and_delta_round_trips_through_json((kind, steps) in history()) {
+        let met = run(kind, &steps);
+        let deltas = met.applied.iter().map(|(_, delta)| delta);
+        for object in met.states.iter().chain(deltas) {
+            let doc = object.to_json();
+            prop_assert_eq!(&Object::from_json(kind, &doc), &Ok(object.clone()), "{}", doc);
+            let text = serde_json::to_string(&doc).expect("a Value always writes");
+            let reread: Value = serde_json::from_str(&text).expect("what serde_json wrote");
+            prop_assert_eq!(Object::from_json(kind, &reread), Ok(object.clone()), "through text");
+        }
+    }
+
+    #[test]
+    fn deltas_of_apply_join_idempotently((kind, steps) in history()) {
+        for (state, delta) in run(kind, &steps).applied {
+            let mut once = state.clone();
+            once.join(&delta).expect("same kind");
+            let mut twice = once.clone();
+            twice.join(&delta).expect("same kind");
+            prop_assert_eq!(&twice, &once, "joined twice");
+            let mut doubled = delta.clone();
+            doubled.join(&delta).expect("same kind");
+            prop_assert_eq!(&doubled, &delta, "a delta joined with itself");
+            let mut other_way = delta.clone();
+            other_way.join(&state).expect("same kind");
+            prop_assert_eq!(&other_way, &once, "delta ⊔ state = state ⊔ delta");
+        }
+    }
+
+    /// A client's queue (author `client`, three keys of mixed kinds) served op by op or folded
+    /// leaves every object with the same value, and every counter in the same state.
+    #[test]
+    fn a_folded_queue_gives_the_same_objects(
+        before in prop::collection::vec((0..3usize, 0..AUTHORS, any_change(), 0i64..4), 0..12),
+        client in 0..AUTHORS,
+        queue in prop::collection::vec((0..3usize, any_change()), 0..24),
+        time_ms in 0i64..4,
+    ) {
+        let mut objects = BTreeMap::new();
+        for (key, author, change, time_ms) in before {
+            serve(&mut objects, &op(&format!("k{key}"), change), author, time_ms);
+        }
+        let queue: Vec<Op> = queue.into_iter().map(|(key, change)| op(&format!("k{key}"), change)).collect();
+        let folded = ops::fold_queue(&queue);
+        prop_assert!(folded.len() <= queue.len());
+
+        let (mut one_by_one, mut at_once) = (objects.clone(), objects);
+        for op in &queue {
+            serve(&mut one_by_one, op, client, time_ms);
+        }
+        for op in &folded {
+            serve(&mut at_once, op, client, time_ms);
+        }
+        prop_assert_eq!(one_by_one.keys().collect::<Vec<_>>(), at_once.keys().collect::<Vec<_>>());
+        for (key, ours) in &one_by_one {
+            let theirs = &at_once[key];
+            prop_assert_eq!(ours.kind(), theirs.kind());
+            prop_assert_eq!(value(ours), value(theirs), "{:?}", key);
+            if ours.kind() == Kind::Counter {
+                prop_assert_eq!(ours, theirs);
+            }
+        }
+    }
+}
+
+/// The set object's elements.
+fn elements(object: &Object) -> Vec<Scalar> {
+    match object {
+        Object::Set(s) => s.iter().cloned().collect(),
+        other => panic!("not a set: {other:?}"),
+    }
+}
+
+/// What a server has seen of a set object.
+fn set_seen(object: &Object) -> VersionVector {
+    match object {
+        Object::Set(s) => s.context().vv().clone(),
+        other => panic!("not a set: {other:?}"),
+    }
+}
+
+proptest! {
+    /// Author 0 adds `x` on server 0 while author 1, on server 1, removes `x` with `seen`
+    /// from its own view, which lacks the add: once the servers exchange their deltas, both
+    /// hold `x` (add wins), whether the remove is applied on another server or, as an
+    /// offline client's queued remove, on the same server after the add.
+    #[test]
+    fn a_remove_with_seen_does_not_remove_an_add_it_did_not_see(
+        before in prop::collection::vec((0..AUTHORS, change(Kind::Set)), 0..10),
+        elem in elem(),
+    ) {
+        let mut base = Object::bottom(Kind::Set);
+        for (author, change) in before {
+            if let Ok(delta) = ops::apply(&base, &op("k", change), &node(author), 0) {
+                base.join(&delta).expect("same kind");
+            }
+        }
+        let add = op("k", Change::SetAdd { elem: elem.clone() });
+        let remove = op("k", Change::SetRemove { elem: elem.clone(), seen: Some(set_seen(&base)) });
+
+        let (mut left, mut right) = (base.clone(), base.clone());
+        let added = ops::apply(&left, &add, &node(0), 0).expect("applied");
+        left.join(&added).expect("same kind");
+        let removed = ops::apply(&right, &remove, &node(1), 0).expect("applied");
+        right.join(&removed).expect("same kind");
+        left.join(&removed).expect("same kind");
+        right.join(&added).expect("same kind");
+        prop_assert_eq!(&left, &right);
+        prop_assert!(elements(&left).contains(&elem), "add wins across servers");
+
+        let mut one = base;
+        for (op, author) in [(&add, 0), (&remove, 1)] {
+            let delta = ops::apply(&one, op, &node(author), 0).expect("applied");
+            one.join(&delta).expect("same kind");
+        }
+        prop_assert!(elements(&one).contains(&elem), "add wins on one server");
+        prop_assert_eq!(elements(&one), elements(&left));
+    }
+}
+
+/// The MV register object's values.
+fn mv_values(object: &Object) -> Vec<Value> {
+    match object {
+        Object::Mv(r) => r.values().into_iter().cloned().collect(),
+        other => panic!("not an MV register: {other:?}"),
+    }
+}
+
+proptest! {
+    /// Authors 1 and 2 read the register in the same state and write offline with `seen`:
+    /// both values survive, whether their servers differ or one server applies both.
+    #[test]
+    fn two_concurrent_mv_writes_with_seen_both_survive(
+        before in prop::collection::vec((0..AUTHORS, change(Kind::Mv)), 0..10),
+        (v1, v2) in (any::<i64>(), any::<i64>()),
+    ) {
+        let mut base = Object::bottom(Kind::Mv);
+        for (author, change) in before {
+            let delta = ops::apply(&base, &op("k", change), &node(author), 0).expect("applied");
+            base.join(&delta).expect("same kind");
+        }
+        let Object::Mv(register) = &base else { panic!("an MV register") };
+        let seen = Some(register.context().vv().clone());
+        let w1 = op("k", Change::MvSet { value: Value::from(v1), seen: seen.clone() });
+        let w2 = op("k", Change::MvSet { value: Value::from(v2), seen });
+        let expected = vec![Value::from(v1), Value::from(v2)];
+
+        let mut one = base.clone();
+        for (w, author) in [(&w1, 1), (&w2, 2)] {
+            let delta = ops::apply(&one, w, &node(author), 0).expect("applied");
+            one.join(&delta).expect("same kind");
+        }
+        prop_assert_eq!(mv_values(&one), expected.clone(), "one server");
+
+        let (mut left, mut right) = (base.clone(), base);
+        let d1 = ops::apply(&left, &w1, &node(1), 0).expect("applied");
+        let d2 = ops::apply(&right, &w2, &node(2), 0).expect("applied");
+        left.join(&d1).expect("same kind");
+        right.join(&d2).expect("same kind");
+        left.join(&d2).expect("same kind");
+        right.join(&d1).expect("same kind");
+        prop_assert_eq!(&left, &right);
+        prop_assert_eq!(mv_values(&left), expected, "two servers");
+    }
+}

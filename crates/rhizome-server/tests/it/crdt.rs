@@ -1,0 +1,174 @@
+//! CRDT objects in the server: operations are applied by the store in the append's
+//! transaction, subscribers get the object's state as one delta and then live deltas, bad
+//! operations are undone with their reason, and a re-sent operation is applied once.
+
+use crate::support::{has_answer, sync_actions, Client, TestServer, DEFAULT_LIMITS};
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
+
+/// Subscribes to the object at `key`; returns the `crdt/delta` actions received with the
+/// answer (the snapshot).
+async fn subscribe_object(c: &mut Client, key: &str) -> Result<Vec<Value>> {
+    let id = c.send_action(json!({"type": "logux/subscribe", "channel": format!("crdt/{key}")})).await?;
+    let seen = c.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
+    Ok(seen.iter().flat_map(sync_actions).filter(|a| a["type"] == "crdt/delta").collect())
+}
+
+/// The value of a counter document `{node: [p, n]}`.
+fn counter_value(doc: &Value) -> Result<i64> {
+    let mut total = 0;
+    for (_, pn) in doc.as_object().context("counter document")? {
+        total += pn[0].as_i64().context("p")? - pn[1].as_i64().context("n")?;
+    }
+    Ok(total)
+}
+
+#[tokio::test]
+async fn operations_fold_into_the_object_and_subscribers_get_one_delta_then_live_ones() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    for _ in 0..300 {
+        alice.send_action(json!({"type": "crdt/counter/inc", "key": "posts/7/likes", "by": 1})).await?;
+    }
+    let id = alice.send_action(json!({"type": "crdt/counter/dec", "key": "posts/7/likes", "by": 2})).await?;
+    alice.wait_processed(&id).await?;
+
+    // One delta carries the whole state, not 301 operations.
+    let mut bob = server.login("bob:c2:t1").await?;
+    let snapshot = subscribe_object(&mut bob, "posts/7/likes").await?;
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(snapshot[0]["kind"], "counter");
+    assert_eq!(snapshot[0]["delta"], json!({"alice:c1:t1": [300, 2]}));
+    assert_eq!(counter_value(&snapshot[0]["delta"])?, 298);
+
+    // Then each new operation arrives as its delta: alice's new totals.
+    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "posts/7/likes", "by": 5})).await?;
+    alice.wait_processed(&id).await?;
+    let live = bob.until(|m| sync_actions(m).iter().any(|a| a["type"] == "crdt/delta")).await?;
+    let delta = sync_actions(&live).into_iter().find(|a| a["type"] == "crdt/delta").context("delta")?;
+    assert_eq!(delta["key"], "posts/7/likes");
+    assert_eq!(delta["delta"], json!({"alice:c1:t1": [305, 0]}), "the author's new increment total");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn registers_assign_dots_on_the_server() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    let id =
+        alice.send_action(json!({"type": "crdt/mv/set", "key": "tasks/1/owner", "value": "alice"})).await?;
+    alice.wait_processed(&id).await?;
+    let id = alice
+        .send_action(json!({"type": "crdt/lww/set", "key": "tasks/1/title", "value": "Buy milk"}))
+        .await?;
+    alice.wait_processed(&id).await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    let mv = subscribe_object(&mut bob, "tasks/1/owner").await?;
+    assert_eq!(mv[0]["kind"], "mv");
+    assert_eq!(mv[0]["delta"]["values"], json!([["alice:c1:t1", 1, "alice"]]), "{}", mv[0]);
+    let lww = subscribe_object(&mut bob, "tasks/1/title").await?;
+    assert_eq!(lww[0]["kind"], "lww");
+    assert_eq!(lww[0]["delta"]["value"], "Buy milk");
+    assert_eq!(lww[0]["delta"]["dot"], json!(["alice:c1:t1", 1]));
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_operations_are_undone_with_their_reason_and_resent_ones_apply_once() -> Result<()> {
+    let limits = DEFAULT_LIMITS.replace("frame_bytes_max = 65536", "frame_bytes_max = 200000");
+    let server = TestServer::start(&limits).await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    let cases = [
+        (json!({"type": "crdt/counter/mul", "key": "k", "by": 2}), "crdtUnknownType"),
+        (json!({"type": "crdt/counter/inc", "key": "k", "by": "two"}), "crdtWrongShape"),
+        (json!({"type": "crdt/counter/inc", "key": "k", "by": 1, "bye": 1}), "crdtWrongShape"),
+        (json!({"type": "crdt/lww/set", "key": "k", "value": "x".repeat(70_000)}), "crdtTooBig"),
+    ];
+    for (action, reason) in cases {
+        let id = alice.send_action(action).await?;
+        let undo = alice.wait_undo(&id).await?;
+        assert_eq!(undo["reason"], reason, "{undo}");
+    }
+
+    // The object at "k" becomes a counter; a register write to it is refused, durably.
+    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "k"})).await?;
+    alice.wait_processed(&id).await?;
+    let ms = alice.next_id_ms();
+    let wrong = json!({"type": "crdt/lww/set", "key": "k", "value": 1});
+    for _ in 0..2 {
+        let id = alice.send_action_at(wrong.clone(), ms).await?;
+        let undo = alice.wait_undo(&id).await?;
+        assert_eq!(undo["reason"], "crdtTypeMismatch", "{undo}");
+    }
+
+    // The same increment sent twice (same id) counts once.
+    let ms = alice.next_id_ms();
+    let inc = json!({"type": "crdt/counter/inc", "key": "k", "by": 10});
+    for _ in 0..2 {
+        let id = alice.send_action_at(inc.clone(), ms).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let mut bob = server.login("bob:c2:t1").await?;
+    let snapshot = subscribe_object(&mut bob, "k").await?;
+    assert_eq!(counter_value(&snapshot[0]["delta"])?, 11);
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_of_operations_reaches_a_live_subscriber_as_few_joined_deltas() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    assert!(subscribe_object(&mut bob, "posts/9/likes").await?.is_empty(), "a new object has no state");
+    let mut alice = server.login("alice:c1:t1").await?;
+    // 10 `sync` messages of 100 increments each, pipelined.
+    for batch in 1..=10i64 {
+        let mut message = vec![json!("sync"), json!(batch)];
+        for i in 0..100 {
+            message.push(json!({"type": "crdt/counter/inc", "key": "posts/9/likes", "by": 1}));
+            message.push(json!({"id": [batch, i], "time": batch}));
+        }
+        alice.send_json(&Value::from(message)).await?;
+    }
+    alice.until(|m| *m == json!(["synced", 10])).await?;
+
+    let mut deltas = Vec::new();
+    let mut value = 0;
+    while value < 1000 {
+        let m = bob.next_json().await?;
+        for delta in sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta") {
+            value = counter_value(&delta["delta"])?;
+            deltas.push(delta);
+        }
+    }
+    assert_eq!(value, 1000, "the last delta carries alice's total");
+    assert!(deltas.len() <= 10, "1000 operations arrived as {} deltas", deltas.len());
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sets_are_add_wins_objects_with_server_dots() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    for action in [
+        json!({"type": "crdt/set/add", "key": "boards/3/tags", "elem": "urgent"}),
+        json!({"type": "crdt/set/add", "key": "boards/3/tags", "elem": "later"}),
+        json!({"type": "crdt/set/remove", "key": "boards/3/tags", "elem": "urgent"}),
+        json!({"type": "crdt/clset/add", "key": "rooms/9/members", "elem": "u5"}),
+    ] {
+        let id = alice.send_action(action).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let mut bob = server.login("bob:c2:t1").await?;
+    let set = subscribe_object(&mut bob, "boards/3/tags").await?;
+    assert_eq!(set[0]["kind"], "set");
+    assert_eq!(set[0]["delta"]["elems"], json!([["later", "alice:c1:t1", 2]]), "{}", set[0]);
+    let clset = subscribe_object(&mut bob, "rooms/9/members").await?;
+    assert_eq!(clset[0]["delta"]["elems"], json!([["u5", 1]]));
+    server.stop().await;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+// crdt: the real client sends CRDT operations (crdt/counter/inc, crdt/lww/set) as
+// ordinary Logux actions, online and while offline; a second client subscribes to the
+// objects' channels and, joining the crdt/delta actions it receives, holds the merged state,
+// including after both clients lost their connections.
+//   node interop/crdt.mjs ws://127.0.0.1:31337
+//
+// A Rhizome feature: the reference @logux/server 0.14.0 has no CRDT objects.
+import {
+  check,
+  dropConnection,
+  makeClient,
+  received,
+  reconnect,
+  run,
+  settle,
+  sleep,
+  startClient,
+  waitUntil,
+  withTimeout
+} from './lib.mjs'
+
+const LIKES = 'posts/1/likes'
+const TITLE = 'posts/1/title'
+const ONLINE = 20
+const OFFLINE = 30
+
+// Bob's copies of the objects, built only from the crdt/delta actions he receives.
+function joinCounter(state, delta) {
+  for (let [node, [p, n]] of Object.entries(delta)) {
+    let [p0, n0] = state[node] ?? [0, 0]
+    state[node] = [Math.max(p0, p), Math.max(n0, n)]
+  }
+}
+function counterValue(state) {
+  return Object.values(state).reduce((sum, [p, n]) => sum + p - n, 0)
+}
+function joinLww(state, delta) {
+  if (delta.dot === undefined) return state
+  if (!state.dot) return delta
+  let later =
+    delta.time > state.time ||
+    (delta.time === state.time &&
+      (delta.dot[0] > state.dot[0] || (delta.dot[0] === state.dot[0] && delta.dot[1] > state.dot[1])))
+  return later ? delta : state
+}
+
+await run('crdt', async url => {
+  let alice = makeClient(url, 'alice', { minDelay: 800, maxDelay: 1500 })
+  let bob = makeClient(url, 'bob')
+  let started = await settle(Promise.all([startClient(alice), startClient(bob)]), 12000, 'connect')
+  check(started.ok, 'alice and bob connect', started.error?.message)
+  if (!started.ok) return
+
+  let likes = {}
+  let title = {}
+  let deltas = () => received(bob, a => a.type === 'crdt/delta')
+  let applied = 0
+  let fold = () => {
+    let all = deltas()
+    for (let { action } of all.slice(applied)) {
+      if (action.key === LIKES) joinCounter(likes, action.delta)
+      if (action.key === TITLE) title = joinLww(title, action.delta)
+    }
+    applied = all.length
+  }
+
+  let subs = await settle(
+    Promise.all([
+      bob.sync({ type: 'logux/subscribe', channel: `crdt/${LIKES}` }),
+      bob.sync({ type: 'logux/subscribe', channel: `crdt/${TITLE}` })
+    ]),
+    10000,
+    'subscribe'
+  )
+  check(subs.ok, 'bob subscribes to both objects', subs.error?.message)
+  if (!subs.ok) return
+
+  // 1. online operations
+  let online = []
+  for (let i = 0; i < ONLINE; i++) online.push(alice.sync({ type: 'crdt/counter/inc', key: LIKES, by: 1 }))
+  online.push(alice.sync({ type: 'crdt/lww/set', key: TITLE, value: 'first' }))
+  let ok = await settle(Promise.all(online), 10000, 'online operations')
+  check(ok.ok, `alice's ${ONLINE + 1} online operations are processed`, ok.error?.message)
+  await waitUntil(() => (fold(), counterValue(likes) === ONLINE), 5000)
+  check(counterValue(likes) === ONLINE, `bob's counter reaches ${ONLINE} from the deltas`, counterValue(likes))
+
+  // 2. both lose their connections; alice keeps working offline
+  let bobDown = bob.waitFor('disconnected')
+  dropConnection(bob, { reconnect: false })
+  await withTimeout(bobDown, 5000, 'bob noticing the dropped connection')
+  let aliceDown = alice.waitFor('disconnected')
+  dropConnection(alice)
+  await withTimeout(aliceDown, 5000, 'alice noticing the dropped connection')
+  let offline = []
+  for (let i = 0; i < OFFLINE; i++) offline.push(alice.sync({ type: 'crdt/counter/inc', key: LIKES, by: 1 }))
+  offline.push(alice.sync({ type: 'crdt/counter/dec', key: LIKES, by: 5 }))
+  offline.push(alice.sync({ type: 'crdt/lww/set', key: TITLE, value: 'written offline' }))
+  let back = await settle(Promise.all(offline), 20000, 'offline operations')
+  check(back.ok, `alice's ${OFFLINE + 2} offline operations are processed after she reconnects`, back.error?.message)
+
+  // 3. bob comes back: his client re-subscribes, and each object's state arrives as a delta
+  await sleep(200)
+  reconnect(bob)
+  let synced = await settle(bob.waitFor('synchronized'), 10000, 'bob reconnecting')
+  check(synced.ok, 'bob reconnects', synced.error?.message)
+  let expected = ONLINE + OFFLINE - 5
+  await waitUntil(() => (fold(), counterValue(likes) === expected && title.value === 'written offline'), 8000)
+  check(counterValue(likes) === expected, `bob's counter converges to ${expected}`, counterValue(likes))
+  check(title.value === 'written offline', "bob's title converges to alice's last write", JSON.stringify(title))
+  let undos = received(alice, a => a.type === 'logux/undo')
+  check(undos.length === 0, 'no logux/undo', undos.map(u => u.action.reason).join(','))
+  let afterReconnect = deltas().filter(d => d.connection >= 2).length
+  check(afterReconnect <= 4, 'the re-subscriptions bring one delta per object, not the operation chain',
+    `${afterReconnect} deltas after reconnecting`)
+})
