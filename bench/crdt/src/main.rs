@@ -118,7 +118,7 @@ fn main() {
 
     if wants("counter") {
         let chain = COUNTER_OPS * counter_action().len();
-        bench("counter", "ours PnCounter", "compact JSON {node:[p,n]}", chain, &counter_ours);
+        bench("counter", "ours PnCounter", "JSON document", chain, &counter_ours);
         bench("counter", "crdts PNCounter", "serde JSON of the state", chain, &counter_crdts);
         bench("counter", "yrs Map as G-counter", "update v1", chain, &counter_yrs);
         bench("counter", "loro LoroCounter", "snapshot", chain, &counter_loro);
@@ -130,8 +130,8 @@ fn main() {
         let (wa, wb) =
             (set_workload(1, SET_OPS / 2, SET_UNIVERSE), set_workload(2, SET_OPS / 2, SET_UNIVERSE));
         let chain = set_op_chain_bytes(&wa) + set_op_chain_bytes(&wb);
-        bench("set", "ours Orswot<u32>", "compact JSON written in the bench", chain, &|| set_ours(&wa, &wb));
-        bench("set", "ours ClSet<u32> (causal length)", "compact JSON {elem:length}", chain, &|| {
+        bench("set", "ours Orswot<Scalar>", "JSON document", chain, &|| set_ours(&wa, &wb));
+        bench("set", "ours ClSet<Scalar> (causal length)", "JSON document", chain, &|| {
             set_ours_clset(&wa, &wb)
         });
         bench("set", "crdts Orswot", "serde JSON of the state", chain, &|| set_crdts(&wa, &wb));
@@ -256,10 +256,7 @@ fn counter_ours() -> Sample {
     a.join(&b);
     b.join(&a_before);
     let merge = t.elapsed();
-    // PnCounter has no encoder yet: the compact JSON a `crdt/delta` could carry.
-    let entries: Vec<String> =
-        a.entries().map(|(node, e)| format!("{:?}:[{},{}]", node.as_str(), e.p, e.n)).collect();
-    let state_bytes = format!("{{{}}}", entries.join(",")).len();
+    let state_bytes = document_bytes(rhizome_crdt::Object::Counter(a.clone()));
     let value = a.value();
     Sample {
         ops,
@@ -448,13 +445,18 @@ fn set_check(a: &BTreeSet<u32>, b: &BTreeSet<u32>, expected: &BTreeSet<u32>, rul
     }
 }
 
+/// Our sets hold [`Scalar`]s, as the server's set objects do (`Object::Set`), so the state is
+/// measured with the server's JSON document.
+///
+/// [`Scalar`]: rhizome_crdt::Scalar
 fn set_ours(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
-    use rhizome_crdt::{Lattice, NodeId, Orswot};
+    use rhizome_crdt::{Lattice, NodeId, Orswot, Scalar};
     let nodes = [NodeId::from("a"), NodeId::from("b")];
-    let (mut a, mut b) = (Orswot::<u32>::new(), Orswot::<u32>::new());
+    let (mut a, mut b) = (Orswot::<Scalar>::new(), Orswot::<Scalar>::new());
     let t = Instant::now();
     for (set, w, node) in [(&mut a, wa, &nodes[0]), (&mut b, wb, &nodes[1])] {
         for &(add, e) in w {
+            let e = Scalar::Int(i64::from(e));
             let delta = if add { set.add(set.context().next_dot(node), e) } else { set.remove(&e) };
             set.join(&delta);
         }
@@ -465,31 +467,33 @@ fn set_ours(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
     a.join(&b);
     b.join(&a_before);
     let merge = t.elapsed();
-    let (check, ok) = set_check(&a.elements(), &b.elements(), &set_expected(wa, wb), Rule::AddWins);
-    Sample { ops, merge, state_bytes: orswot_json(&a).len(), check, ok: ok && a == b }
+    let read = |s: &Orswot<Scalar>| s.iter().filter_map(scalar_u32).collect::<BTreeSet<u32>>();
+    let (check, ok) = set_check(&read(&a), &read(&b), &set_expected(wa, wb), Rule::AddWins);
+    let state_bytes = document_bytes(rhizome_crdt::Object::Set(a.clone()));
+    Sample { ops, merge, state_bytes, check, ok: ok && a == b }
 }
 
-/// `Orswot` has no encoder yet: the compact JSON a `crdt/delta` could carry,
-/// `{"elems":{"e":{"node":counter,…},…},"vv":{"node":counter,…},"cloud":[["node",counter],…]}`.
-fn orswot_json(set: &rhizome_crdt::Orswot<u32>) -> String {
-    let dots = |it: &mut dyn Iterator<Item = &rhizome_crdt::Dot>| {
-        it.map(|d| format!("{:?}:{}", d.node.as_str(), d.counter)).collect::<Vec<_>>().join(",")
-    };
-    let elems: Vec<String> = set.iter().map(|e| format!("\"{e}\":{{{}}}", dots(&mut set.dots(e)))).collect();
-    let vv: Vec<String> = set.context().vv().iter().map(|(n, c)| format!("{:?}:{c}", n.as_str())).collect();
-    let cloud: Vec<String> =
-        set.context().cloud().map(|d| format!("[{:?},{}]", d.node.as_str(), d.counter)).collect();
-    format!(r#"{{"elems":{{{}}},"vv":{{{}}},"cloud":[{}]}}"#, elems.join(","), vv.join(","), cloud.join(","))
+fn scalar_u32(s: &rhizome_crdt::Scalar) -> Option<u32> {
+    match s {
+        rhizome_crdt::Scalar::Int(i) => u32::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+/// Bytes of an object's JSON document, as the server stores it and ships it in a `crdt/delta`.
+fn document_bytes(object: rhizome_crdt::Object) -> usize {
+    object.to_json().to_string().len()
 }
 
 /// The causal-length set is not add-wins: each element's toggle count joins by maximum, odd
 /// means present. Its expectation: the longer of the two replicas' toggle histories decides.
 fn set_ours_clset(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
-    use rhizome_crdt::{ClSet, Lattice};
-    let (mut a, mut b) = (ClSet::<u32>::new(), ClSet::<u32>::new());
+    use rhizome_crdt::{ClSet, Lattice, Scalar};
+    let (mut a, mut b) = (ClSet::<Scalar>::new(), ClSet::<Scalar>::new());
     let t = Instant::now();
     for (set, w) in [(&mut a, wa), (&mut b, wb)] {
         for &(add, e) in w {
+            let e = Scalar::Int(i64::from(e));
             let delta = if add { set.add(e) } else { set.remove(&e) };
             set.join(&delta);
         }
@@ -514,10 +518,9 @@ fn set_ours_clset(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
         .filter(|e| ta.get(e).copied().unwrap_or(0).max(tb.get(e).copied().unwrap_or(0)) % 2 == 1)
         .copied()
         .collect();
-    let read = |s: &ClSet<u32>| s.iter().copied().collect::<BTreeSet<u32>>();
+    let read = |s: &ClSet<Scalar>| s.iter().filter_map(scalar_u32).collect::<BTreeSet<u32>>();
     let (check, ok) = set_check(&read(&a), &read(&b), &expected, Rule::CausalLength);
-    let json: Vec<String> = a.lengths().map(|(e, n)| format!("\"{e}\":{n}")).collect();
-    let state_bytes = format!("{{{}}}", json.join(",")).len();
+    let state_bytes = document_bytes(rhizome_crdt::Object::ClSet(a.clone()));
     Sample { ops, merge, state_bytes, check, ok: ok && a == b }
 }
 
