@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// Send CRDT counter increments (`crdt/counter/inc` on the object `bench/<counter>`)
+    /// instead of `inc` actions (needs a server with CRDT rules; not with `--subscribers`).
+    #[arg(long)]
+    pub crdt: bool,
 }
 
 /// Why a run failed.
@@ -240,8 +244,13 @@ async fn producer(
         ChannelMode::Own => format!("p{index}"),
         ChannelMode::Shared => "1".to_owned(),
     };
-    subscribe(&mut client, &format!("counter/{counter}")).await?;
-    let action = format!("{{\"type\":\"inc\",\"id\":\"{counter}\"}}");
+    let action = if args.crdt {
+        subscribe(&mut client, &format!("crdt/bench/{counter}")).await?;
+        format!("{{\"type\":\"crdt/counter/inc\",\"key\":\"bench/{counter}\",\"by\":1}}")
+    } else {
+        subscribe(&mut client, &format!("counter/{counter}")).await?;
+        format!("{{\"type\":\"inc\",\"id\":\"{counter}\"}}")
+    };
     start.wait().await;
     let mut pending: HashMap<String, Instant> = HashMap::with_capacity(args.window * 2);
     let mut latencies_us = Vec::with_capacity(args.actions);
@@ -367,6 +376,9 @@ async fn run_inner(args: BenchArgs) -> Result<(), BenchError> {
     if let Some(count) = args.idle {
         return idle(&args, count).await;
     }
+    if args.crdt && args.subscribers > 0 {
+        return Err(BenchError::Protocol("--crdt counts no deliveries: use it without --subscribers".into()));
+    }
     let args = Arc::new(args);
     let start = Arc::new(tokio::sync::Barrier::new(args.connections + args.subscribers + 1));
     let received = Arc::new(AtomicU64::new(0));
@@ -400,13 +412,14 @@ async fn run_inner(args: BenchArgs) -> Result<(), BenchError> {
     let processed = latencies.len();
     let deliveries = received.load(Ordering::Relaxed);
     println!(
-        "bench: connections={} actions={} batch={} window={} channel={:?} subscribers={} processed={processed} undone={undone} \
+        "bench: connections={} actions={} batch={} window={} channel={:?} crdt={} subscribers={} processed={processed} undone={undone} \
          secs={produce_secs:.3} actions/s={:.0} deliveries={deliveries} deliveries/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         args.connections,
         args.actions,
         args.batch,
         args.window,
         args.channel,
+        args.crdt,
         args.subscribers,
         processed as f64 / produce_secs,
         deliveries as f64 / all_secs,

@@ -23,7 +23,7 @@ mod set;
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
 pub use delta::{delta_action, DELTA_TYPE};
-pub use list::Rga;
+pub use list::{ListElem, PartsError as ListPartsError, Rga};
 pub use map::{
     join_causal, DotFun, DotMap, DotSet, DotStore, Kind as ValueKind, MapError, OrMap, Scalar, Value,
     ValueDelta, ValueRef,

@@ -23,13 +23,19 @@
 //! map, so finding the n-th visible element, locating an origin and integrating a remote
 //! insert or delete each take O(log n), not a scan of the list.
 //!
+//! Deletes carry no dot: a tombstone is the deleted element's id, and a list has no causal
+//! context. So a version vector (the max counter per node of the elements, see
+//! [`Rga::next_dot`]) summarises a replica's inserts but not its deletes: a sync that ships
+//! "the delta since this version vector" must ship every tombstone (or the whole state), not
+//! only the new ones. Giving deletes their own dots would fix that, at one dot per delete.
+//!
 //! The design leaves room for run-length encoding (Yjs-style items holding runs of
 //! consecutive dots typed left to right): the tree's leaves would hold runs instead of
 //! single elements and the id map would point at the run.
 
 mod tree;
 
-use crate::{Dot, Lattice};
+use crate::{Dot, Lattice, NodeId};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use tree::{Entry, Tree};
@@ -66,6 +72,39 @@ pub struct Rga<T> {
     tree: Tree,
     /// The highest `seq` of any element received.
     max_seq: u64,
+    /// Node → the highest counter of its elements' ids, for [`Rga::next_dot`].
+    counters: HashMap<NodeId, u64>,
+}
+
+/// One element of a list as [`Rga::elements`] shows it, tombstoned or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListElem<'a, T> {
+    /// Its identity.
+    pub id: &'a Dot,
+    /// The element it was inserted after; `None` for the head of the list.
+    pub origin: Option<&'a Dot>,
+    /// Its Lamport number: its timestamp is `(seq, id)`.
+    pub seq: u64,
+    /// Its value.
+    pub value: &'a T,
+    /// Whether a tombstone hides it.
+    pub deleted: bool,
+}
+
+/// Why [`Rga::from_parts`] refused its parts.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartsError {
+    /// Two elements share an id.
+    DuplicateId,
+    /// A tombstone is listed twice.
+    DuplicateTombstone,
+    /// A dot counter or a `seq` is 0.
+    Zero,
+    /// An element names itself as its origin.
+    OwnOrigin,
+    /// An element's `seq` is not above its origin's, which [`Rga::insert`] never makes.
+    NotAfterOrigin,
 }
 
 impl<T: Clone + PartialEq> Rga<T> {
@@ -78,7 +117,98 @@ impl<T: Clone + PartialEq> Rga<T> {
             waiting: HashMap::new(),
             tree: Tree::default(),
             max_seq: 0,
+            counters: HashMap::new(),
         }
+    }
+
+    /// A list from its elements `(id, origin, seq, value)`, in any order, and its tombstones
+    /// (which may name elements that are not among them, as a delete's delta does). Refuses
+    /// what no history of [`Rga::insert`], [`Rga::delete`] and joins could build: an id or a
+    /// tombstone listed twice, a counter or `seq` of 0, an element that is its own origin or
+    /// whose `seq` is not above its origin's (when the origin is among the elements).
+    pub fn from_parts(
+        elems: impl IntoIterator<Item = (Dot, Option<Dot>, u64, T)>,
+        tombstones: impl IntoIterator<Item = Dot>,
+    ) -> Result<Rga<T>, PartsError> {
+        let mut list = Rga::new();
+        for id in tombstones {
+            if id.counter == 0 {
+                return Err(PartsError::Zero);
+            }
+            if list.tombstones.contains(&id) {
+                return Err(PartsError::DuplicateTombstone);
+            }
+            list.tombstone(&id);
+        }
+        for (id, origin, seq, value) in elems {
+            if id.counter == 0 || seq == 0 || origin.as_ref().is_some_and(|o| o.counter == 0) {
+                return Err(PartsError::Zero);
+            }
+            if origin.as_ref() == Some(&id) {
+                return Err(PartsError::OwnOrigin);
+            }
+            if list.ids.contains_key(&id) {
+                return Err(PartsError::DuplicateId);
+            }
+            list.add(Elem { id, origin, seq, value, deleted: false });
+        }
+        let misplaced = list.elems.iter().any(|e| {
+            e.origin.as_ref().and_then(|o| list.ids.get(o)).is_some_and(|&o| list.elems[o].seq >= e.seq)
+        });
+        if misplaced {
+            return Err(PartsError::NotAfterOrigin);
+        }
+        Ok(list)
+    }
+
+    /// Every element, tombstoned ones included: the placed ones in list order, then those
+    /// waiting for an origin that has not arrived (as in a delta), by timestamp.
+    pub fn elements(&self) -> impl Iterator<Item = ListElem<'_, T>> + '_ {
+        let mut unplaced = Vec::new();
+        if self.tree.total() < self.elems.len() {
+            let mut placed = vec![false; self.elems.len()];
+            for e in self.tree.iter() {
+                placed[e.elem] = true;
+            }
+            unplaced = (0..self.elems.len()).filter(|&i| !placed[i]).collect();
+            unplaced.sort_by(|&x, &y| {
+                (self.elems[x].seq, &self.elems[x].id).cmp(&(self.elems[y].seq, &self.elems[y].id))
+            });
+        }
+        self.tree.iter().map(|e| e.elem).chain(unplaced).map(|i| {
+            let e = &self.elems[i];
+            ListElem { id: &e.id, origin: e.origin.as_ref(), seq: e.seq, value: &e.value, deleted: e.deleted }
+        })
+    }
+
+    /// Every tombstone, including those of elements not received yet, in dot order.
+    pub fn tombstones(&self) -> impl Iterator<Item = &Dot> + '_ {
+        let mut tombstones: Vec<&Dot> = self.tombstones.iter().collect();
+        tombstones.sort();
+        tombstones.into_iter()
+    }
+
+    /// Number of elements, tombstoned ones included (they stay forever).
+    pub fn element_count(&self) -> usize {
+        self.elems.len()
+    }
+
+    /// Number of tombstones.
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// The highest `seq` of any element (0 for an empty list): the next insert's is one more.
+    pub fn max_seq(&self) -> u64 {
+        self.max_seq
+    }
+
+    /// The dot for `node`'s next insert: one past the highest counter of `node`'s elements.
+    /// A list has no causal context; elements are never dropped, so this only grows, and on
+    /// the server that applies all of `node`'s inserts it is dense.
+    pub fn next_dot(&self, node: &NodeId) -> Dot {
+        let counter = self.counters.get(node).copied().unwrap_or(0).saturating_add(1);
+        Dot { node: node.clone(), counter }
     }
 
     /// Number of visible elements.
@@ -146,6 +276,8 @@ impl<T: Clone + PartialEq> Rga<T> {
     fn add(&mut self, mut elem: Elem<T>) {
         elem.deleted = self.tombstones.contains(&elem.id);
         self.max_seq = self.max_seq.max(elem.seq);
+        let counter = self.counters.entry(elem.id.node.clone()).or_insert(0);
+        *counter = (*counter).max(elem.id.counter);
         let index = self.elems.len();
         self.ids.insert(elem.id.clone(), index);
         self.elems.push(elem);
@@ -247,6 +379,8 @@ impl<T: Clone + PartialEq> PartialEq for Rga<T> {
             })
     }
 }
+
+impl<T: Clone + Eq> Eq for Rga<T> {}
 
 impl<T: Clone + PartialEq + fmt::Debug> fmt::Debug for Rga<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -479,5 +613,97 @@ mod tests {
         deleted.join(&source.delete(0));
         assert_ne!(deleted, source);
         assert_eq!(crate::fold(deltas), source);
+    }
+    /// Elements `(id, origin, seq, value)`, as [`Rga::from_parts`] takes them.
+    type ElemParts<T> = Vec<(Dot, Option<Dot>, u64, T)>;
+
+    /// The parts of `list`, as [`Rga::from_parts`] takes them.
+    fn parts<T: Clone + PartialEq>(list: &Rga<T>) -> (ElemParts<T>, Vec<Dot>) {
+        let elems = list.elements().map(|e| (e.id.clone(), e.origin.cloned(), e.seq, e.value.clone()));
+        (elems.collect(), list.tombstones().cloned().collect())
+    }
+
+    #[test]
+    fn elements_come_in_list_order_then_the_unplaced_by_timestamp() {
+        let mut l = Rga::new();
+        let d1 = apply(&mut l, |s| s.insert(0, Dot::new("a", 1), 'a'));
+        let d2 = apply(&mut l, |s| s.insert(1, Dot::new("b", 1), 'b'));
+        apply(&mut l, |s| s.insert(0, Dot::new("a", 2), 'c'));
+        apply(&mut l, |s| s.delete(1));
+        let view: Vec<(char, bool)> = l.elements().map(|e| (*e.value, e.deleted)).collect();
+        assert_eq!(view, [('c', false), ('a', true), ('b', false)]);
+        assert_eq!(l.tombstones().collect::<Vec<_>>(), [&Dot::new("a", 1)]);
+        let first = l.elements().nth(1);
+        assert_eq!(first.map(|e| (e.origin, e.seq)), Some((None, 1)));
+
+        // A delta of two inserts whose origins are elsewhere: none is placed.
+        let mut delta = Rga::new();
+        delta.join(&l.insert(3, Dot::new("b", 2), 'y'));
+        delta.join(&d2.insert(0, Dot::new("a", 9), 'x'));
+        let view: Vec<char> = delta.elements().map(|e| *e.value).collect();
+        assert_eq!(view, ['x', 'y'], "by (seq, id): 2 before 4");
+        assert_eq!(delta.tombstones().count(), 0);
+        assert_eq!((d1.element_count(), l.element_count(), l.tombstone_count()), (1, 3, 1));
+    }
+
+    #[test]
+    fn from_parts_rebuilds_a_list_in_any_order() {
+        let mut l = Rga::new();
+        for i in 0..50u64 {
+            let index = (i as usize * 5) % (l.len() + 1);
+            apply(&mut l, |s| {
+                s.insert(
+                    index,
+                    Dot::new(["a", "b"][i as usize % 2], i + 1),
+                    char::from(b'a' + (i % 26) as u8),
+                )
+            });
+            if i % 7 == 0 {
+                apply(&mut l, |s| s.delete(i as usize % s.len()));
+            }
+        }
+        let (mut elems, tombstones) = parts(&l);
+        assert_eq!(Rga::from_parts(elems.clone(), tombstones.clone()), Ok(l.clone()));
+        elems.reverse();
+        let rebuilt = Rga::from_parts(elems, tombstones).expect("valid parts");
+        assert_eq!(rebuilt, l);
+        assert_eq!(rebuilt.to_vec(), l.to_vec());
+        assert_eq!(rebuilt.max_seq(), l.max_seq());
+        let only_a_tombstone = Rga::<char>::from_parts([], [Dot::new("z", 1)]).expect("a delete's delta");
+        assert_eq!(only_a_tombstone.tombstones().collect::<Vec<_>>(), [&Dot::new("z", 1)]);
+        assert!(only_a_tombstone.is_empty() && !only_a_tombstone.is_bottom());
+    }
+
+    #[test]
+    fn from_parts_refuses_what_no_history_builds() {
+        let a = |n| Dot::new("a", n);
+        let cases: [(ElemParts<char>, Vec<Dot>, PartsError); 8] = [
+            (vec![(a(1), None, 1, 'x'), (a(1), None, 2, 'y')], vec![], PartsError::DuplicateId),
+            (vec![], vec![a(1), a(1)], PartsError::DuplicateTombstone),
+            (vec![(a(0), None, 1, 'x')], vec![], PartsError::Zero),
+            (vec![(a(1), None, 0, 'x')], vec![], PartsError::Zero),
+            (vec![(a(1), Some(a(0)), 1, 'x')], vec![], PartsError::Zero),
+            (vec![], vec![a(0)], PartsError::Zero),
+            (vec![(a(1), Some(a(1)), 1, 'x')], vec![], PartsError::OwnOrigin),
+            (vec![(a(1), None, 2, 'x'), (a(2), Some(a(1)), 2, 'y')], vec![], PartsError::NotAfterOrigin),
+        ];
+        for (elems, tombstones, error) in cases {
+            assert_eq!(Rga::from_parts(elems.clone(), tombstones).err(), Some(error), "{elems:?}");
+        }
+        let ok = Rga::from_parts([(a(2), Some(a(1)), 2, 'y'), (a(1), None, 1, 'x')], []);
+        assert_eq!(ok.map(|l| l.to_vec()), Ok(vec!['x', 'y']));
+    }
+
+    #[test]
+    fn next_dot_is_one_past_the_nodes_highest_counter() {
+        let mut l = Rga::new();
+        let (a, b) = (NodeId::from("a"), NodeId::from("b"));
+        assert_eq!(l.next_dot(&a), Dot::new("a", 1));
+        apply(&mut l, |s| s.insert(0, s.next_dot(&a), 'x'));
+        apply(&mut l, |s| s.insert(0, s.next_dot(&a), 'y'));
+        apply(&mut l, |s| s.delete(0));
+        assert_eq!(l.next_dot(&a), Dot::new("a", 3), "a deleted element keeps its dot");
+        l.join(&Rga::from_parts([(Dot::new("b", 7), None, 9, 'z')], []).expect("valid"));
+        assert_eq!((l.next_dot(&b), l.max_seq()), (Dot::new("b", 8), 9));
     }
 }

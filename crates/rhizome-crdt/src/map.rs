@@ -8,7 +8,7 @@
 //! removed, which is how removal works without tombstones. The join keeps a dot if both
 //! sides have it, or one side has it and the other has never seen it.
 
-use crate::{CausalContext, Dot, Lattice};
+use crate::{CausalContext, Dot, Lattice, VersionVector};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -409,6 +409,38 @@ impl<K: Ord + Clone> Value<K> {
     pub fn values(&self) -> BTreeSet<&Scalar> {
         self.register.iter().map(|(_, value)| value).collect()
     }
+
+    /// The set's elements with the dots that keep each present, in element order.
+    pub fn set_entries(&self) -> impl Iterator<Item = (&Scalar, &DotSet)> {
+        self.set.iter()
+    }
+
+    /// The register's values with the dots that wrote them, in dot order.
+    pub fn register_entries(&self) -> impl Iterator<Item = (&Dot, &Scalar)> {
+        self.register.iter()
+    }
+
+    /// A value from its three stores, as read back from storage or the network. Nothing is
+    /// checked here: [`OrMap::from_parts`] checks the whole document it goes into.
+    pub fn from_parts(
+        map: DotMap<K, Value<K>>,
+        set: DotMap<Scalar, DotSet>,
+        register: DotFun<Scalar>,
+    ) -> Value<K> {
+        Value { map, set, register }
+    }
+
+    /// Checks the value and everything nested in it for [`OrMap::from_parts`]: no empty store
+    /// anywhere (a join drops them), every dot real, in `context`, and not in `seen` yet.
+    fn check_parts<'a>(&'a self, context: &CausalContext, seen: &mut BTreeSet<&'a Dot>) -> bool {
+        if DotStore::is_empty(self) {
+            return false;
+        }
+        let mut fresh = |dot: &'a Dot| dot.counter > 0 && context.contains(dot) && seen.insert(dot);
+        let sets_ok = self.set.values().all(|dots| !dots.is_empty() && dots.iter().all(&mut fresh));
+        let register_ok = self.register.iter().all(|(dot, _)| fresh(dot));
+        sets_ok && register_ok && self.map.values().all(|value| value.check_parts(context, seen))
+    }
 }
 
 /// The value at one key read together with the map's causal context: what a delta mutator
@@ -508,6 +540,33 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         let mut register = DotFun::new();
         register.insert(dot, scalar.into());
         Ok(ValueDelta { value: Value { register, ..Value::default() }, context: seen.into_iter().collect() })
+    }
+
+    /// Assigns the register with the fresh `dot` on behalf of a writer whose view was `seen`:
+    /// like [`ValueRef::assign`], but replaces only the values whose dots `seen` covers, so
+    /// values assigned concurrently with what the writer saw stay beside it.
+    pub fn assign_seen(
+        &self,
+        dot: Dot,
+        scalar: impl Into<Scalar>,
+        seen: &VersionVector,
+    ) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Register)?;
+        if self.context.contains(&dot) {
+            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
+        }
+        let mut observed = Vec::new();
+        if let Some(value) = self.value {
+            value.register.dots_into(&mut observed);
+        }
+        observed.retain(|d| seen.contains(d));
+        observed.push(dot.clone());
+        let mut register = DotFun::new();
+        register.insert(dot, scalar.into());
+        Ok(ValueDelta {
+            value: Value { register, ..Value::default() },
+            context: observed.into_iter().collect(),
+        })
     }
 
     /// Applies the delta mutator `f` to the value at `key` of the nested map.
@@ -637,6 +696,16 @@ impl<K: Ord + Clone> OrMap<K> {
     /// Every dot this map has seen.
     pub fn context(&self) -> &CausalContext {
         &self.context
+    }
+
+    /// A map from its parts, as read back from storage or the network; `None` unless no value
+    /// or nested store is empty (a join drops those, so no state holds one), and every dot
+    /// is a real event (counter above 0), recorded in `context`, and held in one place only
+    /// (one write writes one value).
+    pub fn from_parts(entries: DotMap<K, Value<K>>, context: CausalContext) -> Option<OrMap<K>> {
+        let mut seen = BTreeSet::new();
+        let valid = entries.values().all(|value| value.check_parts(&context, &mut seen));
+        valid.then_some(OrMap { entries, context })
     }
 }
 
@@ -773,6 +842,53 @@ mod tests {
         // The same assignment again (a seen dot) changes nothing.
         let again = doc.update("x", |v| v.assign(Dot::new("a", 1), 9i64)).unwrap();
         assert!(again.is_bottom());
+    }
+
+    #[test]
+    fn an_assignment_with_seen_keeps_what_it_did_not_see() {
+        let mut doc = OrMap::new();
+        for node in ["a", "b"] {
+            let d = doc.update("x", |v| v.assign(Dot::new(node, 1), node)).unwrap();
+            apply(&mut doc, &d);
+        }
+        let seen: VersionVector = [(NodeId::from("a"), 1)].into_iter().collect();
+        let d = doc.update("x", |v| v.assign_seen(next(&doc, "c"), "c", &seen)).unwrap();
+        apply(&mut doc, &d);
+        let values: Vec<_> = doc.get(&"x").unwrap().values().into_iter().collect();
+        assert_eq!(values, [&Scalar::from("b"), &Scalar::from("c")], "b's value was not seen");
+        let err = doc.update("x", |v| v.map_update("y", |y| y.assign_seen(Dot::new("c", 2), 1i64, &seen)));
+        assert_eq!(err, Err(MapError::TypeMismatch { expected: Kind::Map, found: Kind::Register }));
+    }
+
+    #[test]
+    fn from_parts_checks_every_dot_and_store() {
+        let (a1, a2) = (Dot::new("a", 1), Dot::new("a", 2));
+        let context: CausalContext = [a1.clone(), a2.clone()].into_iter().collect();
+        let reg = |dot: &Dot| {
+            let mut register = DotFun::new();
+            register.insert(dot.clone(), Scalar::Int(1));
+            Value::<&str>::from_parts(DotMap::new(), DotMap::new(), register)
+        };
+        let nested = |value: Value<&'static str>| {
+            Value::from_parts(DotMap::from([("n", value)]), DotMap::new(), DotFun::new())
+        };
+        let set = |dots: DotSet| {
+            Value::from_parts(DotMap::new(), DotMap::from([(Scalar::Null, dots)]), DotFun::new())
+        };
+        let good = DotMap::from([("x", reg(&a1)), ("y", nested(set(DotSet::from([a2.clone()]))))]);
+        let map = OrMap::from_parts(good, context.clone()).expect("valid");
+        assert_eq!(map.get(&"y").and_then(|y| y.get(&"n")).map(|n| n.contains(&Scalar::Null)), Some(true));
+        for bad in [
+            DotMap::from([("x", Value::default())]),
+            DotMap::from([("x", nested(Value::default()))]),
+            DotMap::from([("x", set(DotSet::new()))]),
+            DotMap::from([("x", reg(&Dot::new("a", 3)))]),
+            DotMap::from([("x", reg(&Dot::new("a", 0)))]),
+            DotMap::from([("x", reg(&a1)), ("y", nested(reg(&a1)))]),
+            DotMap::from([("x", reg(&a1)), ("y", set(DotSet::from([a1.clone()])))]),
+        ] {
+            assert_eq!(OrMap::from_parts(bad, context.clone()), None);
+        }
     }
 
     #[test]

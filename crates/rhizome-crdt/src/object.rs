@@ -14,6 +14,15 @@
 //!   dot that keeps it present (usually one), in element order, and the context as for mv.
 //! - clset: `{"elems": [[<scalar>, length], …]}`, every element ever added with its causal
 //!   length (odd: present), in element order.
+//! - list: `{"elems": [["<node>", n, origin, seq, <JSON>], …], "deleted": [["<node>", n], …]}`:
+//!   every element, deleted ones included, with its id, its origin (`["<node>", n]` or `null`
+//!   for the head) and its Lamport `seq`, in list order (then those whose origin is not in the
+//!   document, as in a delta, by `(seq, id)`); and every tombstone, in dot order.
+//! - map: `{"entries": {"<key>": <value>, …}, "context": {…}}`, where a value is
+//!   `{"map": {"<key>": <value>, …}, "set": [[<scalar>, "<node>", n], …], "reg": [["<node>", n,
+//!   <scalar>], …]}` with only its non-empty parts (one, or several after concurrent writes of
+//!   different kinds at one key): a nested map, an add-wins set's elements with their dots, and
+//!   a multi-value register's values with their dots; the context as for mv.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -21,8 +30,9 @@
 
 use crate::ops::OpError;
 use crate::{
-    CausalContext, ClSet, Dot, DotSet, Lattice, LwwRegister, MvRegister, NodeId, Orswot, PnCounter, PnEntry,
-    Scalar, Stamp, VersionVector,
+    CausalContext, ClSet, Dot, DotFun, DotMap, DotSet, Lattice, ListPartsError, LwwRegister, MvRegister,
+    NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp, Value as MapValue, ValueKind,
+    VersionVector,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -57,6 +67,30 @@ pub const SET_ELEMS_MAX: usize = 65_536;
 /// element assigned concurrently by different servers.
 pub const SET_ENTRIES_MAX: usize = 4 * SET_ELEMS_MAX;
 
+/// Most elements a list holds, deleted ones included (a deleted element stays, as a
+/// tombstone, because concurrent inserts may name it as their origin); also the most
+/// tombstones a list document may hold. [`crate::ops::apply`] refuses an insert beyond it.
+pub const LIST_ELEMS_MAX: usize = 65_536;
+
+/// Largest list element, in bytes of compact JSON (1 KiB): a list holds up to
+/// [`LIST_ELEMS_MAX`] of them forever, so a list of large records is better a list of ids.
+pub const LIST_VALUE_BYTES_MAX: usize = 1024;
+
+/// Most map keys in a path: nested maps 7 deep, plus the key of the entry; also the deepest a
+/// map document nests.
+pub const MAP_DEPTH_MAX: usize = 8;
+
+/// Longest map key (one element of a path), in bytes.
+pub const MAP_KEY_BYTES_MAX: usize = 256;
+
+/// Most keys a map holds, at every depth together. [`crate::ops::apply`] refuses a write that
+/// would create keys beyond it.
+pub const MAP_KEYS_MAX: usize = 65_536;
+
+/// Most dots a map holds, in every set and register together (a server's own writes leave one
+/// per register and per set element; more come from concurrent writes).
+pub const MAP_DOTS_MAX: usize = 4 * MAP_KEYS_MAX;
+
 /// The kind of a CRDT object. Its name is the middle part of the action types that act on it
 /// (`crdt/<name>/…`). New kinds are added as new variants.
 #[non_exhaustive]
@@ -72,11 +106,17 @@ pub enum Kind {
     Set,
     /// A causal-length set of JSON scalars (`"clset"`).
     ClSet,
+    /// An ordered list (RGA) of JSON values (`"list"`).
+    List,
+    /// An observed-remove map of nested maps, add-wins sets and multi-value registers of JSON
+    /// scalars (`"map"`).
+    Map,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: &'static [Kind] = &[Kind::Counter, Kind::Lww, Kind::Mv, Kind::Set, Kind::ClSet];
+    pub const ALL: &'static [Kind] =
+        &[Kind::Counter, Kind::Lww, Kind::Mv, Kind::Set, Kind::ClSet, Kind::List, Kind::Map];
 
     /// The kind's name, such as `"counter"`.
     pub fn name(self) -> &'static str {
@@ -86,6 +126,8 @@ impl Kind {
             Kind::Mv => "mv",
             Kind::Set => "set",
             Kind::ClSet => "clset",
+            Kind::List => "list",
+            Kind::Map => "map",
         }
     }
 
@@ -115,6 +157,10 @@ pub enum Object {
     Set(Orswot<Scalar>),
     /// A causal-length set.
     ClSet(ClSet<Scalar>),
+    /// An ordered list (RGA), boxed: its indexes make it several times larger than the rest.
+    List(Box<Rga<Value>>),
+    /// An observed-remove map with string keys, boxed like the list.
+    Map(Box<OrMap<String>>),
 }
 
 impl Object {
@@ -126,6 +172,8 @@ impl Object {
             Kind::Mv => Object::Mv(MvRegister::bottom()),
             Kind::Set => Object::Set(Orswot::bottom()),
             Kind::ClSet => Object::ClSet(ClSet::bottom()),
+            Kind::List => Object::List(Box::default()),
+            Kind::Map => Object::Map(Box::default()),
         }
     }
 
@@ -137,6 +185,8 @@ impl Object {
             Object::Mv(_) => Kind::Mv,
             Object::Set(_) => Kind::Set,
             Object::ClSet(_) => Kind::ClSet,
+            Object::List(_) => Kind::List,
+            Object::Map(_) => Kind::Map,
         }
     }
 
@@ -148,6 +198,8 @@ impl Object {
             Object::Mv(r) => r.is_bottom(),
             Object::Set(s) => s.is_bottom(),
             Object::ClSet(s) => s.is_bottom(),
+            Object::List(l) => l.is_bottom(),
+            Object::Map(m) => m.is_bottom(),
         }
     }
 
@@ -161,6 +213,8 @@ impl Object {
             (Object::Mv(ours), Object::Mv(theirs)) => ours.join(theirs),
             (Object::Set(ours), Object::Set(theirs)) => ours.join(theirs),
             (Object::ClSet(ours), Object::ClSet(theirs)) => ours.join(theirs),
+            (Object::List(ours), Object::List(theirs)) => ours.join(theirs),
+            (Object::Map(ours), Object::Map(theirs)) => ours.join(theirs),
             (ours, theirs) => {
                 return Err(OpError::TypeMismatch { expected: ours.kind(), found: theirs.kind() })
             }
@@ -176,6 +230,8 @@ impl Object {
             Object::Mv(r) => mv_to_json(r),
             Object::Set(s) => set_to_json(s),
             Object::ClSet(s) => clset_to_json(s),
+            Object::List(l) => list_to_json(l),
+            Object::Map(m) => map_to_json(m),
         }
     }
 
@@ -188,6 +244,8 @@ impl Object {
             Kind::Mv => mv_from_json(doc).map(Object::Mv),
             Kind::Set => set_from_json(doc).map(Object::Set),
             Kind::ClSet => clset_from_json(doc).map(Object::ClSet),
+            Kind::List => list_from_json(doc).map(|l| Object::List(Box::new(l))),
+            Kind::Map => map_from_json(doc).map(|m| Object::Map(Box::new(m))),
         }
     }
 }
@@ -343,6 +401,199 @@ fn clset_from_json(doc: &Value) -> Result<ClSet<Scalar>, OpError> {
     ClSet::from_lengths(lengths).ok_or(OpError::WrongShape("a causal length must not be 0"))
 }
 
+fn list_to_json(list: &Rga<Value>) -> Value {
+    let elems: Vec<Value> = list
+        .elements()
+        .map(|e| json!([e.id.node.as_str(), e.id.counter, e.origin.map(dot_to_json), e.seq, e.value]))
+        .collect();
+    let deleted: Vec<Value> = list.tombstones().map(dot_to_json).collect();
+    json!({"elems": elems, "deleted": deleted})
+}
+
+fn list_from_json(doc: &Value) -> Result<Rga<Value>, OpError> {
+    let map = object_with(doc, &["elems", "deleted"], "a list must be an object")?;
+    let (Some(Value::Array(elems_doc)), Some(Value::Array(deleted_doc))) =
+        (map.get("elems"), map.get("deleted"))
+    else {
+        return Err(OpError::WrongShape("a list needs elems and deleted arrays"));
+    };
+    if elems_doc.len() > LIST_ELEMS_MAX || deleted_doc.len() > LIST_ELEMS_MAX {
+        return Err(OpError::TooBig { what: "elements in a list", max: LIST_ELEMS_MAX as u64 });
+    }
+    let mut elems = Vec::with_capacity(elems_doc.len());
+    for entry in elems_doc {
+        let [node, counter, origin, seq, value] = entry.as_array().map(Vec::as_slice).unwrap_or_default()
+        else {
+            return Err(OpError::WrongShape("a list element must be [node, counter, origin, seq, value]"));
+        };
+        let origin = match origin {
+            Value::Null => None,
+            Value::Array(dot) => match dot.as_slice() {
+                [node, counter] => Some(dot_from_json(node, counter)?),
+                _ => return Err(OpError::WrongShape("a dot must be [node, counter]")),
+            },
+            _ => return Err(OpError::WrongShape("a list element's origin must be a dot or null")),
+        };
+        let seq = seq.as_u64().filter(|s| (1..=COUNTER_MAX).contains(s));
+        let seq = seq.ok_or(OpError::WrongShape("a list element's seq must be an integer from 1 to 2^53"))?;
+        check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")?;
+        elems.push((dot_from_json(node, counter)?, origin, seq, value.clone()));
+    }
+    let mut deleted = Vec::with_capacity(deleted_doc.len());
+    for dot in deleted_doc {
+        let [node, counter] = dot.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err(OpError::WrongShape("a dot must be [node, counter]"));
+        };
+        deleted.push(dot_from_json(node, counter)?);
+    }
+    Rga::from_parts(elems, deleted).map_err(|e| {
+        OpError::WrongShape(match e {
+            ListPartsError::DuplicateId => "a list holds two elements with one id",
+            ListPartsError::DuplicateTombstone => "a list holds one tombstone twice",
+            ListPartsError::OwnOrigin => "a list element is its own origin",
+            ListPartsError::NotAfterOrigin => "a list element's seq is not above its origin's",
+            ListPartsError::Zero => "a list element's dot or seq is 0",
+        })
+    })
+}
+
+fn map_to_json(map: &OrMap<String>) -> Value {
+    json!({"entries": map_entries_to_json(map.iter()), "context": context_to_json(map.context())})
+}
+
+fn map_entries_to_json<'a>(entries: impl Iterator<Item = (&'a String, &'a MapValue<String>)>) -> Value {
+    Value::Object(entries.map(|(key, value)| (key.clone(), map_value_to_json(value))).collect())
+}
+
+/// `{"map": …, "set": …, "reg": …}`, the non-empty parts only.
+fn map_value_to_json(value: &MapValue<String>) -> Value {
+    let mut doc = Map::new();
+    if value.holds(ValueKind::Map) {
+        doc.insert("map".to_owned(), map_entries_to_json(value.entries()));
+    }
+    if value.holds(ValueKind::Set) {
+        let set = value.set_entries().flat_map(|(elem, dots)| {
+            dots.iter().map(move |dot| json!([elem.to_json(), dot.node.as_str(), dot.counter]))
+        });
+        doc.insert("set".to_owned(), set.collect());
+    }
+    if value.holds(ValueKind::Register) {
+        let reg =
+            value.register_entries().map(|(dot, v)| json!([dot.node.as_str(), dot.counter, v.to_json()]));
+        doc.insert("reg".to_owned(), reg.collect());
+    }
+    Value::Object(doc)
+}
+
+fn map_from_json(doc: &Value) -> Result<OrMap<String>, OpError> {
+    let map = object_with(doc, &["entries", "context"], "a map must be an object")?;
+    let (Some(Value::Object(entries_doc)), Some(context_doc)) = (map.get("entries"), map.get("context"))
+    else {
+        return Err(OpError::WrongShape("a map needs an entries object and a context"));
+    };
+    let mut totals = MapTotals::default();
+    let entries = map_entries_from_json(entries_doc, 1, &mut totals)?;
+    let context = context_from_json(context_doc)?;
+    OrMap::from_parts(entries, context).ok_or(OpError::WrongShape(
+        "a map's dot is not in its context or is in two places, or a map value is empty",
+    ))
+}
+
+/// What a map document holds so far, at every depth: what its limits count.
+#[derive(Default)]
+struct MapTotals {
+    keys: usize,
+    dots: usize,
+}
+
+impl MapTotals {
+    fn add_dot(&mut self) -> Result<(), OpError> {
+        self.dots += 1;
+        if self.dots > MAP_DOTS_MAX {
+            return Err(OpError::TooBig { what: "dots in a map", max: MAP_DOTS_MAX as u64 });
+        }
+        Ok(())
+    }
+}
+
+/// The entries of a map at `depth` (1 for the top), checked against the limits.
+fn map_entries_from_json(
+    doc: &Map<String, Value>,
+    depth: usize,
+    totals: &mut MapTotals,
+) -> Result<DotMap<String, MapValue<String>>, OpError> {
+    if depth > MAP_DEPTH_MAX {
+        return Err(OpError::TooBig { what: "levels of nested maps", max: MAP_DEPTH_MAX as u64 });
+    }
+    totals.keys += doc.len();
+    if totals.keys > MAP_KEYS_MAX {
+        return Err(OpError::TooBig { what: "keys in a map", max: MAP_KEYS_MAX as u64 });
+    }
+    let mut entries = DotMap::new();
+    for (key, value_doc) in doc {
+        check_map_key(key)?;
+        let parts = object_with(value_doc, &["map", "set", "reg"], "a map value must be an object")?;
+        let nested = match parts.get("map") {
+            None => DotMap::new(),
+            Some(Value::Object(nested)) => map_entries_from_json(nested, depth + 1, totals)?,
+            Some(_) => return Err(OpError::WrongShape("a nested map must be an object")),
+        };
+        let mut set: DotMap<Scalar, DotSet> = DotMap::new();
+        for entry in map_part(parts, "set")? {
+            let [elem, node, counter] = entry.as_array().map(Vec::as_slice).unwrap_or_default() else {
+                return Err(OpError::WrongShape("a set entry must be [element, node, counter]"));
+            };
+            totals.add_dot()?;
+            let elem = elem_from_json(elem)?;
+            if !set.entry(elem).or_default().insert(dot_from_json(node, counter)?) {
+                return Err(OpError::WrongShape("a set holds one element twice under one dot"));
+            }
+        }
+        let mut register = DotFun::new();
+        for entry in map_part(parts, "reg")? {
+            let [node, counter, value] = entry.as_array().map(Vec::as_slice).unwrap_or_default() else {
+                return Err(OpError::WrongShape("a register value must be [node, counter, value]"));
+            };
+            totals.add_dot()?;
+            let dot = dot_from_json(node, counter)?;
+            if register.get(&dot).is_some() {
+                return Err(OpError::WrongShape("a register holds two values under one dot"));
+            }
+            register.insert(dot, map_scalar_from_json(value)?);
+        }
+        // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
+        entries.insert(key.clone(), MapValue::from_parts(nested, set, register));
+    }
+    Ok(entries)
+}
+
+/// The `set` or `reg` array of a map value; empty when absent.
+fn map_part<'a>(parts: &'a Map<String, Value>, name: &str) -> Result<&'a [Value], OpError> {
+    match parts.get(name) {
+        None => Ok(&[]),
+        Some(Value::Array(part)) => Ok(part),
+        Some(_) => Err(OpError::WrongShape("a map value's set and reg must be arrays")),
+    }
+}
+
+/// Refuses a map key over [`MAP_KEY_BYTES_MAX`] bytes.
+pub(crate) fn check_map_key(key: &str) -> Result<(), OpError> {
+    if key.len() > MAP_KEY_BYTES_MAX {
+        return Err(OpError::TooBig { what: "bytes of a map key", max: MAP_KEY_BYTES_MAX as u64 });
+    }
+    Ok(())
+}
+
+/// A map register's value: a JSON scalar of at most [`ELEM_BYTES_MAX`] bytes (a map holds
+/// scalars; a JSON array or object belongs in an lww or mv object of its own).
+pub(crate) fn map_scalar_from_json(doc: &Value) -> Result<Scalar, OpError> {
+    let scalar = Scalar::from_json(doc).ok_or(OpError::WrongShape(
+        "a map register holds null, a boolean, a number within i64 or a float, or a string",
+    ))?;
+    check_json_size(doc, ELEM_BYTES_MAX, "bytes of a map register value")?;
+    Ok(scalar)
+}
+
 /// A set element: a JSON scalar of at most [`ELEM_BYTES_MAX`] bytes.
 pub(crate) fn elem_from_json(doc: &Value) -> Result<Scalar, OpError> {
     let elem = Scalar::from_json(doc).ok_or(OpError::WrongShape(
@@ -477,7 +728,7 @@ mod tests {
     #[test]
     fn kinds_have_stable_names() {
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names, ["counter", "lww", "mv", "set", "clset"]);
+        assert_eq!(names, ["counter", "lww", "mv", "set", "clset", "list", "map"]);
         for kind in Kind::ALL {
             assert_eq!(Kind::from_name(kind.name()), Some(*kind));
             assert_eq!(Object::bottom(*kind).kind(), *kind);
@@ -739,5 +990,202 @@ mod tests {
         assert_eq!(check_value_size(&just), Ok(()), "two quotes plus the characters");
         let over = Value::String("x".repeat(VALUE_BYTES_MAX - 1));
         assert_eq!(check_value_size(&over).map_err(|e| e.reason()), Err("crdtTooBig"));
+    }
+    #[test]
+    fn list_document() {
+        let mut l = Rga::new();
+        for (index, counter, value) in [(0, 1, json!("b")), (0, 2, json!({"t": 1})), (2, 3, json!(null))] {
+            l.join(&l.insert(index, Dot::new("a", counter), value));
+        }
+        l.join(&l.delete(1));
+        let doc = Object::List(Box::new(l.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({
+                "elems": [["a", 2, null, 2, {"t": 1}], ["a", 1, null, 1, "b"], ["a", 3, ["a", 1], 3, null]],
+                "deleted": [["a", 1]]
+            })
+        );
+        assert_eq!(Object::from_json(Kind::List, &doc), Ok(Object::List(Box::new(l.clone()))));
+        let delta = l.delete(0);
+        let doc = Object::List(Box::new(delta.clone())).to_json();
+        assert_eq!(doc, json!({"elems": [], "deleted": [["a", 2]]}));
+        assert_eq!(Object::from_json(Kind::List, &doc), Ok(Object::List(Box::new(delta))));
+        let delta = l.insert(1, Dot::new("b", 1), json!(7));
+        let doc = Object::List(Box::new(delta.clone())).to_json();
+        assert_eq!(doc, json!({"elems": [["b", 1, ["a", 2], 4, 7]], "deleted": []}), "origin not here");
+        assert_eq!(Object::from_json(Kind::List, &doc), Ok(Object::List(Box::new(delta))));
+        let bottom = Object::bottom(Kind::List).to_json();
+        assert_eq!(bottom, json!({"elems": [], "deleted": []}));
+        assert_eq!(Object::from_json(Kind::List, &bottom), Ok(Object::bottom(Kind::List)));
+    }
+
+    #[test]
+    fn bad_list_documents() {
+        let e = |origin: Value, seq: Value| json!(["a", 2, origin, seq, 0]);
+        for doc in [
+            json!([]),
+            json!({"elems": []}),
+            json!({"deleted": []}),
+            json!({"elems": {}, "deleted": []}),
+            json!({"elems": [], "deleted": {}}),
+            json!({"elems": [], "deleted": [], "context": {}}),
+            json!({"elems": [["a", 1, null, 1]], "deleted": []}),
+            json!({"elems": [["a", 1, null, 1, 0, 0]], "deleted": []}),
+            json!({"elems": [["a", 0, null, 1, 0]], "deleted": []}),
+            json!({"elems": [["a b", 1, null, 1, 0]], "deleted": []}),
+            json!({"elems": [[1, 1, null, 1, 0]], "deleted": []}),
+            json!({"elems": [e(json!(["a"]), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!("a"), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!(["a", 0]), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!(["a", 2]), json!(1))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(0))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(-1))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(1.5))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(COUNTER_MAX + 1))], "deleted": []}),
+            json!({"elems": [e(json!(null), json!(1)), e(json!(null), json!(2))], "deleted": []}),
+            json!({"elems": [["a", 1, null, 2, 0], e(json!(["a", 1]), json!(2))], "deleted": []}),
+            json!({"elems": [], "deleted": [["a", 1], ["a", 1]]}),
+            json!({"elems": [], "deleted": [["a", 0]]}),
+            json!({"elems": [], "deleted": [["a"]]}),
+            json!({"elems": [], "deleted": ["a", 1]}),
+        ] {
+            assert_eq!(reason(Kind::List, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let long = "x".repeat(LIST_VALUE_BYTES_MAX);
+        assert_eq!(
+            reason(Kind::List, json!({"elems": [["a", 1, null, 1, long]], "deleted": []})),
+            "crdtTooBig"
+        );
+        let many: Vec<Value> = (1..=LIST_ELEMS_MAX as u64 + 1).map(|i| json!(["a", i, null, 1, 0])).collect();
+        assert_eq!(reason(Kind::List, json!({"elems": many, "deleted": []})), "crdtTooBig");
+        let many: Vec<Value> = (1..=LIST_ELEMS_MAX as u64 + 1).map(|i| json!(["a", i])).collect();
+        assert_eq!(reason(Kind::List, json!({"elems": [], "deleted": many})), "crdtTooBig");
+    }
+
+    fn map_doc() -> OrMap<String> {
+        let mut m: OrMap<String> = OrMap::new();
+        let d = m.update("title".into(), |v| v.assign(Dot::new("a", 1), "hi")).unwrap();
+        m.join(&d);
+        let d = m.update("tags".into(), |v| v.set_add(Dot::new("a", 2), 7i64)).unwrap();
+        m.join(&d);
+        let d = m
+            .update("meta".into(), |v| {
+                v.map_update("owner".into(), |o| o.assign(Dot::new("b", 1), Scalar::Null))
+            })
+            .unwrap();
+        m.join(&d);
+        m
+    }
+
+    #[test]
+    fn map_document() {
+        let m = map_doc();
+        let doc = Object::Map(Box::new(m.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({
+                "entries": {
+                    "meta": {"map": {"owner": {"reg": [["b", 1, null]]}}},
+                    "tags": {"set": [[7, "a", 2]]},
+                    "title": {"reg": [["a", 1, "hi"]]}
+                },
+                "context": {"vv": {"a": 2, "b": 1}}
+            })
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(m.clone()))));
+        // Concurrent writes of two kinds at one key show both parts; a delta has a cloud.
+        let delta = m.update("title".into(), |v| v.assign(Dot::new("a", 3), 1.5)).unwrap();
+        let nested = OrMap::<String>::new()
+            .update("title".into(), |v| v.map_update("x".into(), |x| x.set_add(Dot::new("c", 1), "s")))
+            .unwrap();
+        let mut joined = m.clone();
+        joined.join(&delta);
+        joined.join(&nested);
+        let doc = Object::Map(Box::new(joined.clone())).to_json();
+        assert_eq!(
+            doc["entries"]["title"],
+            json!({"map": {"x": {"set": [["s", "c", 1]]}}, "reg": [["a", 3, 1.5]]})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(joined))));
+        let doc = Object::Map(Box::new(delta.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({"entries": {"title": {"reg": [["a", 3, 1.5]]}}, "context": {"vv": {"a": 1}, "cloud": [["a", 3]]}})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(delta))));
+        let bottom = Object::bottom(Kind::Map).to_json();
+        assert_eq!(bottom, json!({"entries": {}, "context": {"vv": {}}}));
+        assert_eq!(Object::from_json(Kind::Map, &bottom), Ok(Object::bottom(Kind::Map)));
+    }
+
+    /// `{"entries": entries, "context": {"vv": {"a": 9}}}`.
+    fn map_with(entries: Value) -> Value {
+        json!({"entries": entries, "context": {"vv": {"a": 9}}})
+    }
+
+    #[test]
+    fn bad_map_documents() {
+        let reg = json!({"reg": [["a", 1, 0]]});
+        for doc in [
+            json!([]),
+            json!({"entries": {}}),
+            json!({"context": {"vv": {}}}),
+            json!({"entries": [], "context": {"vv": {}}}),
+            json!({"entries": {}, "context": {"vv": {}}, "x": 1}),
+            json!({"entries": {}, "context": {"vv": {"a": 0}}}),
+            map_with(json!({"k": 1})),
+            map_with(json!({"k": {}})),
+            map_with(json!({"k": {"map": {}}})),
+            map_with(json!({"k": {"set": []}})),
+            map_with(json!({"k": {"reg": []}})),
+            map_with(json!({"k": {"map": []}})),
+            map_with(json!({"k": {"set": {}}})),
+            map_with(json!({"k": {"reg": null}})),
+            map_with(json!({"k": {"reg": [["a", 1, 0]], "value": 1}})),
+            map_with(json!({"k": {"map": {"n": {}}}})),
+            map_with(json!({"k": {"reg": [["a", 1]]}})),
+            map_with(json!({"k": {"reg": [["a", 1, [0]]]}})),
+            map_with(json!({"k": {"reg": [["a", 1, {"x": 0}]]}})),
+            map_with(json!({"k": {"reg": [["a", 1, u64::MAX]]}})),
+            map_with(json!({"k": {"reg": [["a", 0, 0]]}})),
+            map_with(json!({"k": {"reg": [["a b", 1, 0]]}})),
+            map_with(json!({"k": {"reg": [["a", 10, 0]]}})),
+            map_with(json!({"k": {"reg": [["a", 1, 0], ["a", 1, 1]]}})),
+            map_with(json!({"k": {"set": [["x", "a", 1], ["x", "a", 1]]}})),
+            map_with(json!({"k": {"set": [["x", "a", 1]]}, "j": reg})),
+            map_with(json!({"k": {"set": [["x", "a", 1]], "reg": [["a", 1, 0]]}})),
+            map_with(json!({"k": {"map": {"n": reg}}, "j": reg})),
+            map_with(json!({"k": {"set": [[["x"], "a", 1]]}})),
+            map_with(json!({"k": {"set": [["x", "a"]]}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        // Nested maps 8 deep are read; 9 deep are not.
+        let nest = |levels: usize| {
+            let mut value = reg.clone();
+            for _ in 1..levels {
+                value = json!({"map": {"n": value}});
+            }
+            map_with(json!({"k": value}))
+        };
+        assert!(Object::from_json(Kind::Map, &nest(MAP_DEPTH_MAX)).is_ok());
+        assert_eq!(reason(Kind::Map, nest(MAP_DEPTH_MAX + 1)), "crdtTooBig");
+        let long = "k".repeat(MAP_KEY_BYTES_MAX);
+        assert!(Object::from_json(Kind::Map, &map_with(json!({long: reg}))).is_ok());
+        let long = "k".repeat(MAP_KEY_BYTES_MAX + 1);
+        assert_eq!(reason(Kind::Map, map_with(json!({long: reg}))), "crdtTooBig");
+        let big = "x".repeat(ELEM_BYTES_MAX);
+        assert_eq!(reason(Kind::Map, map_with(json!({"k": {"reg": [["a", 1, big]]}}))), "crdtTooBig");
+        assert_eq!(reason(Kind::Map, map_with(json!({"k": {"set": [[big, "a", 1]]}}))), "crdtTooBig");
+        // Keys are counted at every depth.
+        let half: Map<String, Value> =
+            (1..=MAP_KEYS_MAX / 2).map(|i| (format!("k{i}"), json!({"reg": [["a", i, 0]]}))).collect();
+        let ctx = json!({"vv": {"a": MAP_KEYS_MAX}});
+        let doc = json!({"entries": {"x": {"map": half.clone()}, "y": {"map": half}}, "context": ctx});
+        assert_eq!(reason(Kind::Map, doc), "crdtTooBig", "keys");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!([0, "a", i])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        assert_eq!(reason(Kind::Map, json!({"entries": {"k": {"set": many}}, "context": ctx})), "crdtTooBig");
     }
 }

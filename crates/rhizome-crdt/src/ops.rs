@@ -10,23 +10,32 @@
 //! | `crdt/set/add` | `key`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
 //! | `crdt/set/remove` | `key`, `elem`, optional `seen` (a version vector `{"<node>": n}`) |
 //! | `crdt/clset/add`, `crdt/clset/remove` | `key`, `elem` |
+//! | `crdt/list/insert` | `key`, `index` (a non-negative integer), `value` (JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/list/delete` | `key`, `index` |
+//! | `crdt/map/set` | `key`, `path` (1 to [`MAP_DEPTH_MAX`] keys), `value` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes), optional `seen` |
+//! | `crdt/map/remove` | `key`, `path` |
+//! | `crdt/map/add`, `crdt/map/delete` | `key`, `path`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
 
 use crate::object::{
-    check_value_size, elem_from_json, vv_from_json, vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX,
-    NODES_MAX, SET_ELEMS_MAX,
+    check_json_size, check_map_key, check_value_size, elem_from_json, map_scalar_from_json, vv_from_json,
+    vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX, MAP_DOTS_MAX, MAP_KEYS_MAX, NODES_MAX,
+    SET_ELEMS_MAX,
 };
 use crate::{
-    CausalContext, Dot, Lattice, LwwRegister, NodeId, PnCounter, PnEntry, Scalar, Stamp, VersionVector,
+    CausalContext, Dot, Lattice, LwwRegister, MapError, NodeId, OrMap, PnCounter, PnEntry, Rga, Scalar,
+    Stamp, Value as MapValue, ValueDelta, ValueRef, VersionVector,
 };
 use rhizome_protocol::Channel;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::object::{ELEM_BYTES_MAX, VALUE_BYTES_MAX};
+pub use crate::object::{
+    ELEM_BYTES_MAX, LIST_ELEMS_MAX, LIST_VALUE_BYTES_MAX, MAP_DEPTH_MAX, MAP_KEY_BYTES_MAX, VALUE_BYTES_MAX,
+};
 
 /// Longest object key, in bytes.
 pub const KEY_BYTES_MAX: usize = 512;
@@ -66,6 +75,23 @@ pub enum OpError {
         /// The operation's or delta's kind.
         found: Kind,
     },
+    /// A map operation for one kind of value at a path that holds another (say a set
+    /// operation where a register is, or a nested path through a register).
+    #[error("expected a {expected} at this map path, found a {found}")]
+    PathMismatch {
+        /// The kind of value the operation works on.
+        expected: crate::ValueKind,
+        /// A kind the path holds.
+        found: crate::ValueKind,
+    },
+}
+
+impl From<MapError> for OpError {
+    fn from(error: MapError) -> Self {
+        match error {
+            MapError::TypeMismatch { expected, found } => OpError::PathMismatch { expected, found },
+        }
+    }
 }
 
 impl OpError {
@@ -75,7 +101,7 @@ impl OpError {
             OpError::UnknownType(_) => "crdtUnknownType",
             OpError::WrongShape(_) => "crdtWrongShape",
             OpError::TooBig { .. } => "crdtTooBig",
-            OpError::TypeMismatch { .. } => "crdtTypeMismatch",
+            OpError::TypeMismatch { .. } | OpError::PathMismatch { .. } => "crdtTypeMismatch",
         }
     }
 }
@@ -165,6 +191,51 @@ pub enum Change {
         /// The element.
         elem: Scalar,
     },
+    /// `crdt/list/insert`: insert `value` at `index` among the visible elements as the server
+    /// holds them when it applies the action (past the end: at the end).
+    ListInsert {
+        /// Where, among visible elements.
+        index: u64,
+        /// The value, at most [`LIST_VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/list/delete`: delete the visible element at `index` (out of range: nothing).
+    ListDelete {
+        /// Which, among visible elements.
+        index: u64,
+    },
+    /// `crdt/map/set`: write `value` into the multi-value register at `path` of a map,
+    /// creating the nested maps on the way.
+    MapSet {
+        /// 1 to [`MAP_DEPTH_MAX`] keys of at most [`MAP_KEY_BYTES_MAX`] bytes: nested maps,
+        /// then the entry.
+        path: Vec<String>,
+        /// The value: a scalar, as for [`Change::SetAdd`] (a map's registers hold scalars).
+        value: Scalar,
+        /// What the writer had seen, as for [`Change::MvSet`].
+        seen: Option<VersionVector>,
+    },
+    /// `crdt/map/remove`: remove the entry at `path` (whatever it holds, as far as the server
+    /// has seen it).
+    MapRemove {
+        /// The entry's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+    },
+    /// `crdt/map/add`: add `elem` to the add-wins set at `path`.
+    MapAdd {
+        /// The set's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element, as for [`Change::SetAdd`].
+        elem: Scalar,
+    },
+    /// `crdt/map/delete`: remove `elem` from the add-wins set at `path` (every add of it the
+    /// server holds).
+    MapDelete {
+        /// The set's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element.
+        elem: Scalar,
+    },
 }
 
 impl Change {
@@ -176,6 +247,11 @@ impl Change {
             Change::MvSet { .. } => Kind::Mv,
             Change::SetAdd { .. } | Change::SetRemove { .. } => Kind::Set,
             Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => Kind::ClSet,
+            Change::ListInsert { .. } | Change::ListDelete { .. } => Kind::List,
+            Change::MapSet { .. }
+            | Change::MapRemove { .. }
+            | Change::MapAdd { .. }
+            | Change::MapDelete { .. } => Kind::Map,
         }
     }
 
@@ -190,6 +266,12 @@ impl Change {
             Change::SetRemove { .. } => "crdt/set/remove",
             Change::ClSetAdd { .. } => "crdt/clset/add",
             Change::ClSetRemove { .. } => "crdt/clset/remove",
+            Change::ListInsert { .. } => "crdt/list/insert",
+            Change::ListDelete { .. } => "crdt/list/delete",
+            Change::MapSet { .. } => "crdt/map/set",
+            Change::MapRemove { .. } => "crdt/map/remove",
+            Change::MapAdd { .. } => "crdt/map/add",
+            Change::MapDelete { .. } => "crdt/map/delete",
         }
     }
 
@@ -203,6 +285,11 @@ impl Change {
                 &["type", "key", "elem"]
             }
             Change::SetRemove { .. } => &["type", "key", "elem", "seen"],
+            Change::ListInsert { .. } => &["type", "key", "index", "value"],
+            Change::ListDelete { .. } => &["type", "key", "index"],
+            Change::MapSet { .. } => &["type", "key", "path", "value", "seen"],
+            Change::MapRemove { .. } => &["type", "key", "path"],
+            Change::MapAdd { .. } | Change::MapDelete { .. } => &["type", "key", "path", "elem"],
         }
     }
 
@@ -221,16 +308,48 @@ impl Change {
                 check_elem(elem)?;
                 seen.as_ref().map_or(Ok(()), check_seen)
             }
+            Change::ListInsert { value, .. } => {
+                check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")
+            }
+            Change::ListDelete { .. } => Ok(()),
+            Change::MapSet { path, value, seen } => {
+                check_path(path)?;
+                check_finite(value)?;
+                map_scalar_from_json(&value.to_json())?;
+                seen.as_ref().map_or(Ok(()), check_seen)
+            }
+            Change::MapRemove { path } => check_path(path),
+            Change::MapAdd { path, elem } | Change::MapDelete { path, elem } => {
+                check_path(path)?;
+                check_elem(elem)
+            }
         }
     }
+}
+
+/// A map path: 1 to [`MAP_DEPTH_MAX`] keys of at most [`MAP_KEY_BYTES_MAX`] bytes each.
+fn check_path(path: &[String]) -> Result<(), OpError> {
+    if path.is_empty() {
+        return Err(OpError::WrongShape("`path` must hold at least one key"));
+    }
+    if path.len() > MAP_DEPTH_MAX {
+        return Err(OpError::TooBig { what: "keys in a map path", max: MAP_DEPTH_MAX as u64 });
+    }
+    path.iter().try_for_each(|key| check_map_key(key))
+}
+
+/// Refuses a NaN or infinite float, which JSON cannot carry.
+fn check_finite(scalar: &Scalar) -> Result<(), OpError> {
+    if scalar.as_f64().is_some_and(|f| !f.is_finite()) {
+        return Err(OpError::WrongShape("a scalar must not be NaN or infinite"));
+    }
+    Ok(())
 }
 
 /// An element as an action carries it: a finite float (JSON has no other), within
 /// [`ELEM_BYTES_MAX`] bytes.
 fn check_elem(elem: &Scalar) -> Result<(), OpError> {
-    if elem.as_f64().is_some_and(|f| !f.is_finite()) {
-        return Err(OpError::WrongShape("an element must not be NaN or infinite"));
-    }
+    check_finite(elem)?;
     elem_from_json(&elem.to_json()).map(drop)
 }
 
@@ -315,6 +434,23 @@ impl Op {
                 }
                 action.insert("elem".to_owned(), elem.to_json())
             }
+            Change::ListInsert { index, value } => {
+                action.insert("index".to_owned(), (*index).into());
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::ListDelete { index } => action.insert("index".to_owned(), (*index).into()),
+            Change::MapSet { path, value, seen } => {
+                action.insert("path".to_owned(), path.clone().into());
+                if let Some(seen) = seen {
+                    action.insert("seen".to_owned(), vv_to_json(seen));
+                }
+                action.insert("value".to_owned(), value.to_json())
+            }
+            Change::MapRemove { path } => action.insert("path".to_owned(), path.clone().into()),
+            Change::MapAdd { path, elem } | Change::MapDelete { path, elem } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("elem".to_owned(), elem.to_json())
+            }
         };
         action
     }
@@ -335,6 +471,18 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/set/remove" => Change::SetRemove { elem: elem_field(action)?, seen: seen_field(action)? },
         "crdt/clset/add" => Change::ClSetAdd { elem: elem_field(action)? },
         "crdt/clset/remove" => Change::ClSetRemove { elem: elem_field(action)? },
+        "crdt/list/insert" => Change::ListInsert { index: index_field(action)?, value: value_field(action)? },
+        "crdt/list/delete" => Change::ListDelete { index: index_field(action)? },
+        "crdt/map/set" => Change::MapSet {
+            path: path_field(action)?,
+            value: map_scalar_from_json(
+                action.get("value").ok_or(OpError::WrongShape("`value` is missing"))?,
+            )?,
+            seen: seen_field(action)?,
+        },
+        "crdt/map/remove" => Change::MapRemove { path: path_field(action)? },
+        "crdt/map/add" => Change::MapAdd { path: path_field(action)?, elem: elem_field(action)? },
+        "crdt/map/delete" => Change::MapDelete { path: path_field(action)?, elem: elem_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -355,6 +503,12 @@ fn by_field(action: &Map<String, Value>) -> Result<u64, OpError> {
     }
 }
 
+/// `index`: required, a non-negative integer (any: past the end means at the end).
+fn index_field(action: &Map<String, Value>) -> Result<u64, OpError> {
+    let index = action.get("index").and_then(Value::as_u64);
+    index.ok_or(OpError::WrongShape("`index` must be a non-negative integer"))
+}
+
 /// `value`: required, may be `null` (its size is checked by `Op::new`).
 fn value_field(action: &Map<String, Value>) -> Result<Value, OpError> {
     action.get("value").cloned().ok_or(OpError::WrongShape("`value` is missing"))
@@ -363,6 +517,16 @@ fn value_field(action: &Map<String, Value>) -> Result<Value, OpError> {
 /// `elem`: required, a JSON scalar.
 fn elem_field(action: &Map<String, Value>) -> Result<Scalar, OpError> {
     elem_from_json(action.get("elem").ok_or(OpError::WrongShape("`elem` is missing"))?)
+}
+
+/// `path`: required, an array of strings (their number and lengths are checked by `Op::new`).
+fn path_field(action: &Map<String, Value>) -> Result<Vec<String>, OpError> {
+    let not_path = OpError::WrongShape("`path` must be an array of strings");
+    let path = action.get("path").and_then(Value::as_array).ok_or(not_path.clone())?;
+    if path.len() > MAP_DEPTH_MAX {
+        return Err(OpError::TooBig { what: "keys in a map path", max: MAP_DEPTH_MAX as u64 });
+    }
+    path.iter().map(|key| key.as_str().map(str::to_owned).ok_or(not_path.clone())).collect()
 }
 
 /// `seen`: optional, a version vector.
@@ -397,10 +561,21 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   author has seen its own earlier operations, so its own dots count as covered.
 /// - clset: [`crate::ClSet::add`] or [`crate::ClSet::remove`]: the element's causal length
 ///   plus one when that changes its presence, else the bottom.
+/// - list: [`crate::Rga::insert`] at `index` under `state.next_dot(author)` (one past the
+///   author's highest counter among the elements), or [`crate::Rga::delete`] at `index`,
+///   whose delta is the element's tombstone (the bottom when `index` is out of range).
+/// - map: `map/set` and `map/add` write under `state.context().next_dot(author)` at `path`
+///   (nested maps on the way are created by the write): `set` as mv does (with `seen`, the
+///   author's own values count as seen), `add` as a set add; `map/delete` removes the
+///   element's dots the server holds; `map/remove` retires every dot under the entry (a
+///   concurrent write inside it survives). A path through, or ending at, another kind of
+///   value is refused (`crdtTypeMismatch`); a path that does not exist removes nothing.
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
-/// [`CLOUD_DOTS_MAX`] or a set element beyond [`SET_ELEMS_MAX`] (`crdtTooBig`); an
+/// [`CLOUD_DOTS_MAX`], a set element beyond [`SET_ELEMS_MAX`], a list element beyond
+/// [`LIST_ELEMS_MAX`], a list `seq` beyond [`COUNTER_MAX`], map keys beyond [`MAP_KEYS_MAX`]
+/// or map dots beyond [`MAP_DOTS_MAX`] (`crdtTooBig`); an
 /// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
 /// on one server therefore stays within what [`Object::from_json`] reads back.
 pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
@@ -463,7 +638,118 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             check_causal_length(set.length(elem))?;
             Ok(Object::ClSet(set.remove(elem)))
         }
+        (Object::List(list), Change::ListInsert { index, value }) => {
+            if list.element_count() >= LIST_ELEMS_MAX {
+                return Err(OpError::TooBig {
+                    what: "elements in a list, deleted ones included",
+                    max: LIST_ELEMS_MAX as u64,
+                });
+            }
+            let dot = list.next_dot(author);
+            if dot.counter > COUNTER_MAX || list.max_seq() >= COUNTER_MAX {
+                return Err(too_high_counter());
+            }
+            // An index beyond `usize` is past the end like any other.
+            let index = usize::try_from(*index).unwrap_or(usize::MAX);
+            Ok(Object::List(Box::new(list.insert(index, dot, value.clone()))))
+        }
+        (Object::List(list), Change::ListDelete { index }) => {
+            // An index beyond `usize` is out of range like any other.
+            let delta = usize::try_from(*index).map_or_else(|_| Rga::bottom(), |index| list.delete(index));
+            Ok(Object::List(Box::new(delta)))
+        }
+        (Object::Map(map), change) => {
+            apply_map(map, change, author).map(|delta| Object::Map(Box::new(delta)))
+        }
         _ => Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() }),
+    }
+}
+
+/// The delta of a map operation (see [`apply`]).
+fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<OrMap<String>, OpError> {
+    let delta = match change {
+        Change::MapSet { path, value, seen } => {
+            let dot = map_fresh_dot(map, path, author)?;
+            let seen = seen.as_ref().map(|seen| with_own_events(seen, author));
+            at_path(map, path, &|v| match &seen {
+                None => v.assign(dot.clone(), value.clone()),
+                Some(seen) => v.assign_seen(dot.clone(), value.clone(), seen),
+            })
+        }
+        Change::MapAdd { path, elem } => {
+            let dot = map_fresh_dot(map, path, author)?;
+            at_path(map, path, &|v| v.set_add(dot.clone(), elem.clone()))
+        }
+        Change::MapDelete { path, elem } => at_path(map, path, &|v| v.set_remove(elem)),
+        Change::MapRemove { path } => match path.split_last() {
+            Some((last, [])) => Ok(map.remove(last)),
+            Some((last, parents)) => at_path(map, parents, &|v| v.map_remove(last)),
+            None => Ok(OrMap::bottom()),
+        },
+        other => return Err(OpError::TypeMismatch { expected: Kind::Map, found: other.kind() }),
+    };
+    Ok(delta?)
+}
+
+/// A delta mutator of the value at one path of a map.
+type AtPath<'f> = &'f dyn Fn(ValueRef<'_, String>) -> Result<ValueDelta<String>, MapError>;
+
+/// The map's delta of applying `f` to the value at `path`, creating nested maps on the way
+/// (the empty path: the bottom).
+fn at_path(map: &OrMap<String>, path: &[String], f: AtPath<'_>) -> Result<OrMap<String>, MapError> {
+    let Some((first, rest)) = path.split_first() else { return Ok(OrMap::bottom()) };
+    map.update(first.clone(), |value| nested_at_path(value, rest, f))
+}
+
+fn nested_at_path(
+    value: ValueRef<'_, String>,
+    path: &[String],
+    f: AtPath<'_>,
+) -> Result<ValueDelta<String>, MapError> {
+    match path.split_first() {
+        None => f(value),
+        Some((first, rest)) => value.map_update(first.clone(), |inner| nested_at_path(inner, rest, f)),
+    }
+}
+
+/// The author's next dot for a write at `path`, refused when the write could take the map past
+/// [`MAP_KEYS_MAX`] keys (counting the keys of `path` it creates) or [`MAP_DOTS_MAX`] dots,
+/// or past the limits of [`fresh_dot`].
+fn map_fresh_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
+    let dot = fresh_dot(map.context(), author)?;
+    let mut totals = (0, 0);
+    count_map(map.iter(), &mut totals);
+    let (keys, dots) = totals;
+    let mut present = 0;
+    let mut level: Option<&MapValue<String>> = None;
+    for key in path {
+        let next = match level {
+            None if present == 0 => map.get(key),
+            _ => level.and_then(|value| value.get(key)),
+        };
+        let Some(value) = next else { break };
+        present += 1;
+        level = Some(value);
+    }
+    if keys + (path.len() - present) > MAP_KEYS_MAX {
+        return Err(OpError::TooBig { what: "keys in a map", max: MAP_KEYS_MAX as u64 });
+    }
+    if dots >= MAP_DOTS_MAX {
+        return Err(OpError::TooBig { what: "dots in a map", max: MAP_DOTS_MAX as u64 });
+    }
+    Ok(dot)
+}
+
+/// Adds the keys and dots of `entries`, at every depth, to `totals`.
+fn count_map<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a MapValue<String>)>,
+    totals: &mut (usize, usize),
+) {
+    for (_, value) in entries {
+        totals.0 += 1;
+        totals.1 += value.set_entries().map(|(_, dots)| dots.len()).sum::<usize>();
+        totals.1 += value.register_entries().count();
+        count_map(value.entries(), totals);
     }
 }
 
@@ -535,6 +821,14 @@ fn too_high_counter() -> OpError {
 ///   is not equivalent.
 /// - clset: kept as they are. Whether an add or a remove lengthens an element depends on its
 ///   presence when the server applies it, and the lengths decide concurrent merges.
+/// - list: kept as they are. An index means a position in the list as the server holds it
+///   when it applies the action, which other authors' inserts and deletes may have changed in
+///   between, so an insert and a later delete of the same index need not cancel out.
+/// - map: a `map/set` is dropped when the next operation kept is a `map/set` to the same path
+///   that covers it as for mv. The earlier write is refused exactly when the later one would
+///   be on the same state (same path, same checks), and otherwise the later one supersedes its
+///   value and everything it superseded. Everything else is kept: `remove`, `add` and
+///   `delete` act on what the server holds when it applies them, as for sets.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
 /// queue shows other clients the same order of changes across objects.
@@ -548,7 +842,8 @@ pub fn fold_queue(ops: &[Op]) -> Vec<Op> {
             Kind::Counter => fold_counter_run(run, &mut folded),
             Kind::Lww => folded.extend(run.last().cloned()),
             Kind::Mv => fold_mv_run(run, &mut folded),
-            Kind::Set | Kind::ClSet => folded.extend(run.iter().cloned()),
+            Kind::Map => fold_map_run(run, &mut folded),
+            Kind::Set | Kind::ClSet | Kind::List => folded.extend(run.iter().cloned()),
         }
         rest = tail;
     }
@@ -563,6 +858,35 @@ fn fold_mv_run(run: &[Op], folded: &mut Vec<Op>) {
             folded.pop();
         }
         folded.push(op.clone());
+    }
+}
+
+/// Appends the operations of `run` (map operations on one key) but the `map/set` writes that
+/// the next write to the same path supersedes.
+fn fold_map_run(run: &[Op], folded: &mut Vec<Op>) {
+    let start = folded.len();
+    for op in run {
+        while folded.len() > start && folded.last().is_some_and(|earlier| map_set_covers(op, earlier)) {
+            folded.pop();
+        }
+        folded.push(op.clone());
+    }
+}
+
+/// Whether `later` is a `map/set` that supersedes every value the `map/set` `earlier`
+/// wrote or superseded: the same path, and no `seen` or one above the earlier's.
+fn map_set_covers(later: &Op, earlier: &Op) -> bool {
+    match (&later.change, &earlier.change) {
+        (Change::MapSet { path: later_path, seen, .. }, Change::MapSet { path, seen: earlier_seen, .. })
+            if later_path == path =>
+        {
+            match (seen, earlier_seen) {
+                (None, _) => true,
+                (Some(later), Some(earlier)) => earlier.le(later),
+                (Some(_), None) => false,
+            }
+        }
+        _ => false,
     }
 }
 
@@ -1098,5 +1422,332 @@ mod tests {
             ]),
             "a change of kind on one key stops the run: the server refuses all but one kind"
         );
+    }
+    #[test]
+    fn parses_list_actions() {
+        let insert =
+            op(json!({"type": "crdt/list/insert", "key": "todo", "index": 2, "value": {"t": "milk"}}));
+        assert_eq!(insert.change(), &Change::ListInsert { index: 2, value: json!({"t": "milk"}) });
+        assert_eq!(insert.kind(), Kind::List);
+        let delete = op(json!({"type": "crdt/list/delete", "key": "todo", "index": 0}));
+        assert_eq!(delete.change(), &Change::ListDelete { index: 0 });
+        let far = op(json!({"type": "crdt/list/insert", "key": "k", "index": u64::MAX, "value": null}));
+        assert_eq!(far.change(), &Change::ListInsert { index: u64::MAX, value: Value::Null });
+        for op in [insert, delete, far] {
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        let longest = "x".repeat(LIST_VALUE_BYTES_MAX - 2);
+        assert!(parse(&action(
+            json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": longest})
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn list_actions_of_the_wrong_shape_or_too_big() {
+        for v in [
+            json!({"type": "crdt/list/insert", "key": "k", "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": 0}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": -1, "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": 1.5, "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": "0", "value": 1}),
+            json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": 1, "after": ["a", 1]}),
+            json!({"type": "crdt/list/delete", "key": "k"}),
+            json!({"type": "crdt/list/delete", "key": "k", "index": null}),
+            json!({"type": "crdt/list/delete", "key": "k", "index": 0, "value": 1}),
+            json!({"type": "crdt/list/delete", "index": 0}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let value = "x".repeat(LIST_VALUE_BYTES_MAX - 1);
+        assert_eq!(
+            reason(json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": value})),
+            "crdtTooBig"
+        );
+        assert_eq!(reason(json!({"type": "crdt/list/move", "key": "k", "index": 0})), "crdtUnknownType");
+    }
+
+    #[test]
+    fn apply_list_inserts_and_deletes_by_visible_index() {
+        let insert =
+            |index: u64, v: &str| json!({"type": "crdt/list/insert", "key": "k", "index": index, "value": v});
+        let delete = |index: u64| json!({"type": "crdt/list/delete", "key": "k", "index": index});
+        let mut state = Object::bottom(Kind::List);
+        let d = step(&mut state, insert(0, "b"), "a", 0);
+        assert_eq!(d.to_json(), json!({"elems": [["a", 1, null, 1, "b"]], "deleted": []}));
+        step(&mut state, insert(0, "a"), "b", 0);
+        let d = step(&mut state, insert(99, "c"), "a", 0);
+        assert_eq!(d.to_json(), json!({"elems": [["a", 2, ["a", 1], 3, "c"]], "deleted": []}), "appended");
+        step(&mut state, insert(u64::MAX, "d"), "b", 0);
+        let d = step(&mut state, delete(1), "c", 0);
+        assert_eq!(d.to_json(), json!({"elems": [], "deleted": [["a", 1]]}));
+        assert!(step(&mut state, delete(3), "c", 0).is_bottom(), "out of range");
+        assert!(step(&mut state, delete(u64::MAX), "c", 0).is_bottom());
+        let Object::List(list) = &state else { panic!("a list") };
+        assert_eq!(list.to_vec(), [json!("a"), json!("c"), json!("d")]);
+        assert_eq!(list.next_dot(&node("b")), Dot::new("b", 3));
+        let d = step(&mut state, insert(1, "x"), "b", 0);
+        assert_eq!(
+            d.to_json()["elems"],
+            json!([["b", 3, ["b", 1], 5, "x"]]),
+            "after the visible element to its left"
+        );
+    }
+
+    #[test]
+    fn apply_list_refuses_beyond_the_limits() {
+        let insert = op(json!({"type": "crdt/list/insert", "key": "k", "index": 0, "value": 1}));
+        let delete = op(json!({"type": "crdt/list/delete", "key": "k", "index": 0}));
+        let elems = (1..=LIST_ELEMS_MAX as u64).map(|i| (Dot::new("a", i), None, i, json!(i)));
+        let full = Object::List(Box::new(Rga::from_parts(elems, [Dot::new("a", 1)]).unwrap()));
+        assert_eq!(apply(&full, &insert, &node("b"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        assert!(apply(&full, &delete, &node("b"), 0).is_ok_and(|d| !d.is_bottom()), "deletes go on");
+        let high = Rga::from_parts([(Dot::new("a", COUNTER_MAX), None, 1, json!(0))], []).unwrap();
+        let err = apply(&Object::List(Box::new(high)), &insert, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"), "the author's counter");
+        let late = Rga::from_parts([(Dot::new("a", 1), None, COUNTER_MAX, json!(0))], []).unwrap();
+        let err = apply(&Object::List(Box::new(late)), &insert, &node("b"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"), "the seq");
+        let err = apply(&Object::bottom(Kind::Set), &insert, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+        let err = apply(
+            &Object::bottom(Kind::List),
+            &op(json!({"type": "crdt/set/add", "key": "k", "elem": 1})),
+            &node("a"),
+            0,
+        );
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTypeMismatch"));
+    }
+
+    #[test]
+    fn fold_keeps_list_runs_as_they_are() {
+        // Inserting past the end and deleting that index do not cancel out: the insert
+        // appends, the delete is out of range.
+        let insert = op(json!({"type": "crdt/list/insert", "key": "k", "index": 9, "value": 1}));
+        let delete = op(json!({"type": "crdt/list/delete", "key": "k", "index": 9}));
+        let queue = [insert.clone(), delete.clone(), insert, delete];
+        assert_eq!(fold_queue(&queue), queue);
+    }
+
+    #[test]
+    fn parses_map_actions() {
+        let set = op(json!({"type": "crdt/map/set", "key": "doc", "path": ["meta", "owner"], "value": 7}));
+        let path = vec!["meta".to_owned(), "owner".to_owned()];
+        assert_eq!(set.change(), &Change::MapSet { path: path.clone(), value: Scalar::Int(7), seen: None });
+        assert_eq!(set.kind(), Kind::Map);
+        let seen: VersionVector = [(node("a"), 2)].into_iter().collect();
+        for (v, change) in [
+            (
+                json!({"type": "crdt/map/set", "key": "k", "path": ["x"], "value": null, "seen": {"a": 2}}),
+                Change::MapSet { path: vec!["x".into()], value: Scalar::Null, seen: Some(seen) },
+            ),
+            (
+                json!({"type": "crdt/map/remove", "key": "k", "path": ["meta", "owner"]}),
+                Change::MapRemove { path },
+            ),
+            (
+                json!({"type": "crdt/map/add", "key": "k", "path": [""], "elem": "x"}),
+                Change::MapAdd { path: vec![String::new()], elem: Scalar::from("x") },
+            ),
+            (
+                json!({"type": "crdt/map/delete", "key": "k", "path": ["t"], "elem": 1.5}),
+                Change::MapDelete { path: vec!["t".into()], elem: Scalar::float(1.5) },
+            ),
+        ] {
+            let op = op(v.clone());
+            assert_eq!(op.change(), &change);
+            assert_eq!(Value::Object(op.to_action()), v);
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        let deepest: Vec<String> = (0..MAP_DEPTH_MAX).map(|_| "k".repeat(MAP_KEY_BYTES_MAX)).collect();
+        assert!(parse(&action(json!({"type": "crdt/map/remove", "key": "k", "path": deepest}))).is_ok());
+    }
+
+    #[test]
+    fn map_actions_of_the_wrong_shape_or_too_big() {
+        for v in [
+            json!({"type": "crdt/map/set", "key": "k", "value": 1}),
+            json!({"type": "crdt/map/set", "key": "k", "path": [], "value": 1}),
+            json!({"type": "crdt/map/set", "key": "k", "path": "x", "value": 1}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x", 1], "value": 1}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x"], "value": [1]}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x"], "value": {"a": 1}}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x"], "value": u64::MAX}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x"], "value": 1, "seen": {"a": 0}}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x"], "value": 1, "elem": 1}),
+            json!({"type": "crdt/map/remove", "key": "k", "path": ["x"], "seen": {"a": 1}}),
+            json!({"type": "crdt/map/remove", "key": "k"}),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["x"], "elem": [1]}),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["x"], "value": 1}),
+            json!({"type": "crdt/map/delete", "key": "k", "path": ["x"], "elem": 1, "seen": {"a": 1}}),
+            json!({"type": "crdt/map/delete", "path": ["x"], "elem": 1}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let deep: Vec<&str> = vec!["k"; MAP_DEPTH_MAX + 1];
+        let long = "k".repeat(MAP_KEY_BYTES_MAX + 1);
+        let big = "x".repeat(ELEM_BYTES_MAX);
+        for v in [
+            json!({"type": "crdt/map/remove", "key": "k", "path": deep}),
+            json!({"type": "crdt/map/remove", "key": "k", "path": ["a", long]}),
+            json!({"type": "crdt/map/set", "key": "k", "path": ["x"], "value": big}),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["x"], "elem": big}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtTooBig", "{v}");
+        }
+        let key = Key::parse("k").unwrap();
+        let nan = Change::MapSet { path: vec!["x".into()], value: Scalar::float(f64::NAN), seen: None };
+        assert_eq!(Op::new(key.clone(), nan).map_err(|e| e.reason()), Err("crdtWrongShape"));
+        let empty = Change::MapRemove { path: Vec::new() };
+        assert_eq!(Op::new(key, empty).map_err(|e| e.reason()), Err("crdtWrongShape"));
+    }
+
+    fn map_set(path: Value, v: Value) -> Value {
+        json!({"type": "crdt/map/set", "key": "k", "path": path, "value": v})
+    }
+
+    #[test]
+    fn apply_map_writes_nested_values_and_removes_them() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_set(json!(["meta", "owner"]), json!("ann")), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"meta": {"map": {"owner": {"reg": [["a", 1, "ann"]]}}}}, "context": {"vv": {"a": 1}}})
+        );
+        step(&mut state, json!({"type": "crdt/map/add", "key": "k", "path": ["tags"], "elem": "x"}), "b", 0);
+        step(&mut state, json!({"type": "crdt/map/add", "key": "k", "path": ["tags"], "elem": "y"}), "b", 0);
+        let d = step(
+            &mut state,
+            json!({"type": "crdt/map/delete", "key": "k", "path": ["tags"], "elem": "x"}),
+            "a",
+            0,
+        );
+        assert_eq!(d.to_json(), json!({"entries": {}, "context": {"vv": {"b": 1}}}));
+        let d = step(&mut state, map_set(json!(["meta", "owner"]), json!("bob")), "b", 0);
+        assert_eq!(d.to_json()["context"], json!({"vv": {"a": 1}, "cloud": [["b", 3]]}), "supersedes ann");
+        assert_eq!(
+            state.to_json()["entries"],
+            json!({"meta": {"map": {"owner": {"reg": [["b", 3, "bob"]]}}}, "tags": {"set": [["y", "b", 2]]}})
+        );
+        let d = step(
+            &mut state,
+            json!({"type": "crdt/map/remove", "key": "k", "path": ["meta", "owner"]}),
+            "c",
+            0,
+        );
+        assert_eq!(d.to_json(), json!({"entries": {}, "context": {"vv": {}, "cloud": [["b", 3]]}}));
+        assert_eq!(
+            state.to_json()["entries"],
+            json!({"tags": {"set": [["y", "b", 2]]}}),
+            "meta went with its last key"
+        );
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["tags"]}), "c", 0);
+        assert_eq!(state.to_json(), json!({"entries": {}, "context": {"vv": {"a": 1, "b": 3}}}));
+        for absent in [json!(["tags"]), json!(["x", "y", "z"])] {
+            let remove = json!({"type": "crdt/map/remove", "key": "k", "path": absent});
+            assert!(step(&mut state, remove, "c", 0).is_bottom());
+        }
+    }
+
+    #[test]
+    fn apply_map_refuses_a_path_through_another_kind() {
+        let mut state = Object::bottom(Kind::Map);
+        step(&mut state, map_set(json!(["r"]), json!(1)), "a", 0);
+        step(&mut state, json!({"type": "crdt/map/add", "key": "k", "path": ["s"], "elem": 1}), "a", 0);
+        for v in [
+            json!({"type": "crdt/map/add", "key": "k", "path": ["r"], "elem": 1}),
+            json!({"type": "crdt/map/delete", "key": "k", "path": ["r"], "elem": 1}),
+            map_set(json!(["s"]), json!(1)),
+            map_set(json!(["r", "x"]), json!(1)),
+            map_set(json!(["s", "x", "y"]), json!(1)),
+            json!({"type": "crdt/map/remove", "key": "k", "path": ["r", "x"]}),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["s", "x"], "elem": 1}),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).err();
+            assert_eq!(err.as_ref().map(OpError::reason), Some("crdtTypeMismatch"), "{v}");
+        }
+        let err = apply(&state, &op(map_set(json!(["r", "x"]), json!(1))), &node("a"), 0).err();
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("expected a map at this map path, found a register")
+        );
+        let err = apply(&Object::bottom(Kind::Set), &op(map_set(json!(["r"]), json!(1))), &node("a"), 0);
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTypeMismatch"));
+        let set_add = op(json!({"type": "crdt/set/add", "key": "k", "elem": 1}));
+        let err = apply(&state, &set_add, &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTypeMismatch"));
+    }
+
+    #[test]
+    fn apply_map_set_with_seen_keeps_concurrent_writes() {
+        let set = |v: i32, seen: Value| json!({"type": "crdt/map/set", "key": "k", "path": ["p", "x"], "value": v, "seen": seen});
+        let mut state = Object::bottom(Kind::Map);
+        step(&mut state, map_set(json!(["p", "x"]), json!(0)), "a", 0);
+        step(&mut state, set(1, json!({"a": 1})), "b", 0);
+        step(&mut state, set(2, json!({"a": 1})), "c", 0);
+        assert_eq!(state.to_json()["entries"]["p"]["map"]["x"], json!({"reg": [["b", 1, 1], ["c", 1, 2]]}));
+        step(&mut state, set(3, json!({})), "b", 0);
+        assert_eq!(
+            state.to_json()["entries"]["p"]["map"]["x"],
+            json!({"reg": [["b", 2, 3], ["c", 1, 2]]}),
+            "the author's own write counts as seen"
+        );
+    }
+
+    #[test]
+    fn apply_map_refuses_beyond_the_limits() {
+        use crate::{DotFun, DotMap};
+        let value = |i: u64| {
+            let mut register = DotFun::new();
+            register.insert(Dot::new("a", i), Scalar::Int(0));
+            MapValue::from_parts(DotMap::new(), DotMap::new(), register)
+        };
+        let entries: DotMap<String, MapValue<String>> =
+            (1..MAP_KEYS_MAX as u64).map(|i| (format!("k{i}"), value(i))).collect();
+        let context = CausalContext::from_vv([(node("a"), MAP_KEYS_MAX as u64)].into_iter().collect());
+        let state = Object::Map(Box::new(OrMap::from_parts(entries, context).unwrap()));
+        let ok = [map_set(json!(["new"]), json!(1)), map_set(json!(["k1"]), json!(1))];
+        for v in ok {
+            assert!(apply(&state, &op(v), &node("b"), 0).is_ok(), "one key left");
+        }
+        let two = op(map_set(json!(["new", "n"]), json!(1)));
+        assert_eq!(apply(&state, &two, &node("b"), 0).map_err(|e| e.reason()), Err("crdtTooBig"));
+        let remove = op(json!({"type": "crdt/map/remove", "key": "k", "path": ["k1"]}));
+        assert!(apply(&state, &remove, &node("b"), 0).is_ok_and(|d| !d.is_bottom()));
+        let high = CausalContext::from_vv([(node("a"), COUNTER_MAX)].into_iter().collect());
+        let high = Object::Map(Box::new(OrMap::from_parts(DotMap::new(), high).unwrap()));
+        let err = apply(&high, &op(map_set(json!(["x"]), json!(1))), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"), "the author's counter");
+    }
+
+    #[test]
+    fn fold_map_drops_writes_a_later_one_to_the_same_path_covers() {
+        let set = |path: &str, v: i32, seen: Option<Value>| {
+            let mut action = map_set(json!([path]), json!(v));
+            if let Some(seen) = seen {
+                action["seen"] = seen;
+            }
+            op(action)
+        };
+        let add = op(json!({"type": "crdt/map/add", "key": "k", "path": ["x"], "elem": 1}));
+        let a1 = Some(json!({"a": 1}));
+        let a2 = Some(json!({"a": 2}));
+        assert_eq!(fold_queue(&[set("x", 1, None), set("x", 2, None)]), [set("x", 2, None)]);
+        assert_eq!(
+            fold_queue(&[set("x", 1, a1.clone()), set("x", 2, a2.clone())]),
+            [set("x", 2, a2.clone())]
+        );
+        let kept = [
+            vec![set("x", 1, None), set("x", 2, a2.clone())],
+            vec![set("x", 1, a2), set("x", 2, a1)],
+            vec![set("x", 1, None), set("y", 2, None), set("x", 3, None)],
+            vec![set("x", 1, None), add.clone(), set("x", 3, None)],
+            vec![add.clone(), add],
+        ];
+        for queue in kept {
+            assert_eq!(fold_queue(&queue), queue);
+        }
     }
 }

@@ -4,7 +4,10 @@
 use crate::gossip::{node, Rng};
 use proptest::prelude::*;
 use proptest::sample::select;
-use rhizome_crdt::ops::{self, Change, Key, Op, BY_MAX, ELEM_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use rhizome_crdt::ops::{
+    self, Change, Key, Op, BY_MAX, ELEM_BYTES_MAX, KEY_BYTES_MAX, MAP_DEPTH_MAX, MAP_KEY_BYTES_MAX,
+    VALUE_BYTES_MAX,
+};
 use rhizome_crdt::{Kind, Object, Scalar, VersionVector};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -45,7 +48,7 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 14] = [
         "crdt/counter/inc",
         "crdt/counter/dec",
         "crdt/lww/set",
@@ -54,6 +57,12 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         "crdt/set/remove",
         "crdt/clset/add",
         "crdt/clset/remove",
+        "crdt/list/insert",
+        "crdt/list/delete",
+        "crdt/map/set",
+        "crdt/map/remove",
+        "crdt/map/add",
+        "crdt/map/delete",
     ];
     const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
@@ -76,14 +85,27 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
     ];
     let value = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(VALUE_BYTES_MAX)))];
     let elem = prop_oneof![8 => json(true), 1 => Just(Value::from("x".repeat(ELEM_BYTES_MAX)))];
+    let index = prop_oneof![
+        4 => (0u64..4).prop_map(Value::from),
+        1 => Just(Value::from(u64::MAX)),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => json(true),
+    ];
     let seen = prop_oneof![
         4 => prop::collection::btree_map("[a-c]|a b|", 0u64..4, 0..3)
             .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k, Value::from(v))).collect())),
         1 => json(true),
     ];
+    let path = prop_oneof![
+        4 => prop::collection::vec("[a-c]{0,2}", 0..3).prop_map(Value::from),
+        1 => Just(Value::from(vec!["p"; MAP_DEPTH_MAX + 1])),
+        1 => Just(Value::from(vec!["p".repeat(MAP_KEY_BYTES_MAX + 1)])),
+        1 => json(true),
+    ];
     let extra = (
         prop_oneof![
-            select(&["type", "key", "by", "value", "elem", "seen"][..]).prop_map(String::from),
+            select(&["type", "key", "by", "value", "elem", "seen", "index", "path"][..])
+                .prop_map(String::from),
             "[a-z]{1,4}"
         ],
         json(true),
@@ -96,9 +118,11 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         prop::option::weighted(0.45, value),
         prop::option::weighted(0.45, elem),
         prop::option::weighted(0.2, seen),
+        prop::option::weighted(0.35, index),
+        prop::option::weighted(0.35, path),
         prop::option::weighted(0.1, extra),
     );
-    fields.prop_map(|(action_type, key, by, value, elem, seen, extra)| {
+    fields.prop_map(|(action_type, key, by, value, elem, seen, index, path, extra)| {
         let mut action = Map::new();
         let named = [
             ("type", action_type),
@@ -107,6 +131,8 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
             ("value", value),
             ("elem", elem),
             ("seen", seen),
+            ("index", index),
+            ("path", path),
         ];
         for (name, field) in named {
             if let Some(field) = field {
@@ -141,6 +167,9 @@ fn seen() -> impl Strategy<Value = VersionVector> {
         .prop_map(|entries| entries.into_iter().map(|(author, counter)| (node(author), counter)).collect())
 }
 
+/// The kinds with actions.
+const KINDS: &[Kind] = Kind::ALL;
+
 /// A change on an object of `kind`.
 fn change(kind: Kind) -> BoxedStrategy<Change> {
     match kind {
@@ -163,13 +192,36 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
             elem().prop_map(|elem| Change::ClSetRemove { elem })
         ]
         .boxed(),
+        Kind::List => prop_oneof![
+            2 => (list_index(), json(false)).prop_map(|(index, value)| Change::ListInsert { index, value }),
+            1 => list_index().prop_map(|index| Change::ListDelete { index })
+        ]
+        .boxed(),
+        Kind::Map => prop_oneof![
+            3 => (map_path(), elem(), prop::option::of(seen()))
+                .prop_map(|(path, value, seen)| Change::MapSet { path, value, seen }),
+            1 => map_path().prop_map(|path| Change::MapRemove { path }),
+            2 => (map_path(), elem()).prop_map(|(path, elem)| Change::MapAdd { path, elem }),
+            1 => (map_path(), elem()).prop_map(|(path, elem)| Change::MapDelete { path, elem }),
+        ]
+        .boxed(),
         other => panic!("no changes for {other} yet"),
     }
 }
 
+/// A map path: one to three keys out of a few, so that paths meet, nest and clash.
+fn map_path() -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(select(&["p", "q", ""][..]).prop_map(String::from), 1..4)
+}
+
+/// A list index: mostly within a short list, sometimes far past its end.
+fn list_index() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => 0u64..6, 1 => Just(u64::MAX)]
+}
+
 /// A change on an object of any kind.
 fn any_change() -> impl Strategy<Value = Change> {
-    select(Kind::ALL).prop_flat_map(change)
+    select(KINDS).prop_flat_map(change)
 }
 
 fn op(key: &str, change: Change) -> Op {
@@ -198,7 +250,7 @@ fn steps(kind: Kind) -> impl Strategy<Value = Vec<Step>> {
 
 /// A history of one object of some kind.
 fn history() -> impl Strategy<Value = (Kind, Vec<Step>)> {
-    select(Kind::ALL).prop_flat_map(|kind| (Just(kind), steps(kind)))
+    select(KINDS).prop_flat_map(|kind| (Just(kind), steps(kind)))
 }
 
 /// What a history met: every state, and every `apply` with the state it applied to.
@@ -217,8 +269,12 @@ fn run(kind: Kind, steps: &[Step]) -> Met {
             Step::Apply { author, change, time_ms } => {
                 let server = author % SERVERS;
                 let state = &mut servers[server];
-                let delta =
-                    ops::apply(state, &op("k", change.clone()), &node(*author), *time_ms).expect("applied");
+                let delta = match ops::apply(state, &op("k", change.clone()), &node(*author), *time_ms) {
+                    Ok(delta) => delta,
+                    // A map path may run into another kind of value; nothing else is refused.
+                    Err(e) if kind == Kind::Map && e.reason() == "crdtTypeMismatch" => continue,
+                    Err(e) => panic!("refused: {e}"),
+                };
                 met.applied.push((state.clone(), delta.clone()));
                 state.join(&delta).expect("same kind");
                 produced[server].push(delta);
@@ -246,8 +302,22 @@ fn value(object: &Object) -> Value {
         Object::Mv(r) => Value::from(r.values().into_iter().cloned().collect::<Vec<_>>()),
         Object::Set(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
         Object::ClSet(s) => Value::from(s.iter().map(Scalar::to_json).collect::<Vec<_>>()),
+        Object::List(l) => Value::from(l.to_vec()),
+        Object::Map(m) => map_value(m.iter()),
         other => panic!("no value for {other:?} yet"),
     }
+}
+
+/// A map's entries without their dots: `{key: {"map": …, "set": [elements], "reg": [values]}}`.
+fn map_value<'a>(entries: impl Iterator<Item = (&'a String, &'a rhizome_crdt::Value<String>)>) -> Value {
+    let entry = |value: &rhizome_crdt::Value<String>| {
+        serde_json::json!({
+            "map": map_value(value.entries()),
+            "set": value.elements().map(Scalar::to_json).collect::<Vec<_>>(),
+            "reg": value.values().into_iter().map(Scalar::to_json).collect::<Vec<_>>(),
+        })
+    };
+    Value::Object(entries.map(|(key, value)| (key.clone(), entry(value))).collect())
 }
 
 /// A server's objects by key; an op that the server refuses changes nothing.
@@ -447,4 +517,81 @@ proptest! {
         prop_assert_eq!(&left, &right);
         prop_assert_eq!(mv_values(&left), expected, "two servers");
     }
+}
+
+/// The map object's dotless value.
+fn map_of(object: &Object) -> Value {
+    match object {
+        Object::Map(m) => map_value(m.iter()),
+        other => panic!("not a map: {other:?}"),
+    }
+}
+
+/// Applies `op` as `author` and joins the delta into `state`; returns the delta.
+fn serve_one(state: &mut Object, op: &Op, author: usize) -> Object {
+    let delta = ops::apply(state, op, &node(author), 0).expect("applied");
+    state.join(&delta).expect("same kind");
+    delta
+}
+
+proptest! {
+    /// Authors 1 and 2 read the map in the same state and write one path offline with `seen`:
+    /// both values survive, whether their servers differ or one server applies both.
+    #[test]
+    fn two_concurrent_map_sets_with_seen_at_one_path_both_survive(
+        before in prop::collection::vec((0..AUTHORS, change(Kind::Map)), 0..10),
+        (v1, v2) in (any::<i64>(), any::<i64>()),
+    ) {
+        let mut base = Object::bottom(Kind::Map);
+        for (author, change) in before {
+            if let Ok(delta) = ops::apply(&base, &op("k", change), &node(author), 0) {
+                base.join(&delta).expect("same kind");
+            }
+        }
+        // A path no change of `before` can write: its keys are longer than theirs.
+        let path = vec!["doc".to_owned(), "title".to_owned()];
+        let Object::Map(map) = &base else { panic!("a map") };
+        let seen = Some(map.context().vv().clone());
+        let w1 = op("k", Change::MapSet { path: path.clone(), value: Scalar::Int(v1), seen: seen.clone() });
+        let w2 = op("k", Change::MapSet { path, value: Scalar::Int(v2), seen });
+        let mut expected = vec![Value::from(v1), Value::from(v2)];
+        expected.sort_by_key(|v| v.as_i64());
+        expected.dedup();
+
+        let mut one = base.clone();
+        serve_one(&mut one, &w1, 1);
+        serve_one(&mut one, &w2, 2);
+        prop_assert_eq!(&map_of(&one)["doc"]["map"]["title"]["reg"], &Value::from(expected.clone()), "one server");
+
+        let (mut left, mut right) = (base.clone(), base);
+        let d1 = serve_one(&mut left, &w1, 1);
+        let d2 = serve_one(&mut right, &w2, 2);
+        left.join(&d2).expect("same kind");
+        right.join(&d1).expect("same kind");
+        prop_assert_eq!(&left, &right);
+        prop_assert_eq!(&map_of(&left)["doc"]["map"]["title"]["reg"], &Value::from(expected), "two servers");
+    }
+}
+
+/// Author 1 removes the key `doc` on one server while author 2 writes inside it on another:
+/// the nested write survives the removal, alone.
+#[test]
+fn removing_a_key_keeps_a_concurrent_nested_update() {
+    let set = |path: &[&str], v: i64| {
+        let path = path.iter().map(|k| k.to_string()).collect();
+        op("k", Change::MapSet { path, value: Scalar::Int(v), seen: None })
+    };
+    let mut base = Object::bottom(Kind::Map);
+    serve_one(&mut base, &set(&["doc", "title"], 1), 0);
+    serve_one(&mut base, &set(&["doc", "body"], 2), 0);
+    let (mut left, mut right) = (base.clone(), base);
+    let removal = serve_one(&mut left, &op("k", Change::MapRemove { path: vec!["doc".into()] }), 1);
+    let update = serve_one(&mut right, &set(&["doc", "meta", "owner"], 3), 2);
+    left.join(&update).expect("same kind");
+    right.join(&removal).expect("same kind");
+    assert_eq!(left, right);
+    assert_eq!(
+        map_of(&left),
+        serde_json::json!({"doc": {"map": {"meta": {"map": {"owner": {"map": {}, "set": [], "reg": [3]}}, "set": [], "reg": []}}, "set": [], "reg": []}})
+    );
 }

@@ -172,3 +172,50 @@ async fn sets_are_add_wins_objects_with_server_dots() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn channel_rules_decide_who_writes_and_reads_an_object() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    let inc = json!({"type": "crdt/counter/inc", "key": "private/alice/steps", "by": 3});
+    let id = bob.send_action(inc.clone()).await?;
+    assert_eq!(bob.wait_undo(&id).await?["reason"], "denied", "bob may not write alice's object");
+    let id = alice.send_action(inc).await?;
+    alice.wait_processed(&id).await?;
+    let id =
+        bob.send_action(json!({"type": "logux/subscribe", "channel": "crdt/private/alice/steps"})).await?;
+    assert_eq!(bob.wait_undo(&id).await?["reason"], "denied", "nor read it");
+    let snapshot = subscribe_object(&mut alice, "private/alice/steps").await?;
+    assert_eq!(counter_value(&snapshot[0]["delta"])?, 3);
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn lists_take_inserts_and_deletes_by_position() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    for action in [
+        json!({"type": "crdt/list/insert", "key": "todo", "index": 0, "value": "milk"}),
+        json!({"type": "crdt/list/insert", "key": "todo", "index": 1, "value": "eggs"}),
+        json!({"type": "crdt/list/insert", "key": "todo", "index": 0, "value": "bread"}),
+        json!({"type": "crdt/list/delete", "key": "todo", "index": 1}),
+    ] {
+        let id = alice.send_action(action).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let mut bob = server.login("bob:c2:t1").await?;
+    let list = subscribe_object(&mut bob, "todo").await?;
+    assert_eq!(list[0]["kind"], "list");
+    let visible: Vec<&Value> = list[0]["delta"]["elems"]
+        .as_array()
+        .context("elems")?
+        .iter()
+        .filter(|e| !list[0]["delta"]["deleted"].as_array().is_some_and(|d| d.contains(&json!([e[0], e[1]]))))
+        .map(|e| &e[4])
+        .collect();
+    assert_eq!(visible, [&json!("bread"), &json!("eggs")], "{}", list[0]);
+    server.stop().await;
+    Ok(())
+}

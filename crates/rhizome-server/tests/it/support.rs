@@ -55,6 +55,11 @@ type = "post"
 channel = "{channel}"
 
 [[channel]]
+pattern = "crdt/private/:user/*"
+subscribe = ":user"
+write = ":user"
+
+[[channel]]
 pattern = "crdt/*"
 subscribe = "everyone"
 write = "everyone"
