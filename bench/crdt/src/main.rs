@@ -142,9 +142,10 @@ fn main() {
     if wants("list") {
         let (wa, wb) = (list_workload(1, LIST_OPS / 2), list_workload(2, LIST_OPS / 2));
         let chain = list_op_chain_bytes(&wa, 0) + list_op_chain_bytes(&wb, first_b(&wa));
-        let estimate = list_ours_state_estimate(&wa, &wb);
-        let ours = || Sample { state_bytes: estimate, ..list_ours(&wa, &wb) };
-        bench("list", "ours Rga<u32>", "estimate: compact JSON per element", chain, &ours);
+        bench("list", "ours Rga<u32>", "JSON document", chain, &|| list_ours(&wa, &wb, |v| v));
+        bench("list", "ours Rga<Value> (the server's)", "JSON document", chain, &|| {
+            list_ours(&wa, &wb, serde_json::Value::from)
+        });
         bench("list", "yrs YArray", "update v1", chain, &|| list_yrs_array(&wa, &wb));
         bench("list", "yrs YText", "update v1", chain, &|| list_yrs_text(&wa, &wb));
         bench("list", "loro LoroList", "snapshot", chain, &|| list_loro_list(&wa, &wb));
@@ -193,7 +194,7 @@ fn scale() {
     }
     for n in [25_000, 50_000, 100_000, 200_000, 400_000] {
         let (wa, wb) = (list_workload(1, n / 2), list_workload(2, n / 2));
-        line("list", "ours Rga", n, &list_ours(&wa, &wb));
+        line("list", "ours Rga<u32>", n, &list_ours(&wa, &wb, |v| v));
     }
 }
 
@@ -675,14 +676,19 @@ fn list_check<T: PartialEq>(a: &[T], b: &[T], inserts: usize) -> (String, bool) 
     (format!("A = B, {} elements", a.len()), a == b && a.len() == inserts)
 }
 
-fn list_ours(wa: &[u64], wb: &[u64]) -> Sample {
+/// Our list of `value(v)`s: `u32`s, or the JSON values the server's list objects hold.
+fn list_ours<T>(wa: &[u64], wb: &[u64], value: fn(u32) -> T) -> Sample
+where
+    T: Clone + PartialEq + Into<serde_json::Value>,
+{
     use rhizome_crdt::{Dot, Lattice, NodeId, Rga};
     let nodes = [NodeId::from("a"), NodeId::from("b")];
-    let (mut a, mut b) = (Rga::<u32>::new(), Rga::<u32>::new());
+    let (mut a, mut b) = (Rga::<T>::new(), Rga::<T>::new());
     let t = Instant::now();
     for (list, w, node, first) in [(&mut a, wa, &nodes[0], 0), (&mut b, wb, &nodes[1], first_b(wa))] {
         for (i, &r) in w.iter().enumerate() {
-            let delta = list.insert(list_pos(r, i), Dot::new(node.clone(), i as u64 + 1), first + i as u32);
+            let dot = Dot::new(node.clone(), i as u64 + 1);
+            let delta = list.insert(list_pos(r, i), dot, value(first + i as u32));
             list.join(&delta);
         }
     }
@@ -693,32 +699,19 @@ fn list_ours(wa: &[u64], wb: &[u64]) -> Sample {
     b.join(&a_before);
     let merge = t.elapsed();
     let (check, ok) = list_check(&a.to_vec(), &b.to_vec(), wa.len() + wb.len());
-    Sample { ops, merge, state_bytes: 0, check, ok: ok && a == b }
+    Sample { ops, merge, state_bytes: list_document_bytes(&a), check, ok: ok && a == b }
 }
 
-/// `Rga` has no encoder yet, so its state size is estimated: the merged state written as the
-/// compact JSON `{"nodes":["a","b"],"elems":[[node,counter,origin node,origin counter,seq,value],…],
-/// "tombstones":[]}` (node = index into `nodes`; the head origin is `0,0`, which no dot uses).
-/// Origins and seqs are replayed from the workload: an insert's origin is the element to its
-/// left, and a replica's n-th insert before any merge has seq n.
-fn list_ours_state_estimate(wa: &[u64], wb: &[u64]) -> usize {
-    let mut elems = Vec::new();
-    let mut dot_of_value: HashMap<u32, (usize, u64)> = HashMap::new();
-    for (node, w, first) in [(0usize, wa, 0u32), (1, wb, first_b(wa))] {
-        let mut order: Vec<u32> = Vec::new();
-        for (i, &r) in w.iter().enumerate() {
-            let (pos, value, counter) = (list_pos(r, i), first + i as u32, i as u64 + 1);
-            let origin = pos.checked_sub(1).map_or((0, 0), |left| {
-                let (n, c) = dot_of_value[&order[left]];
-                (n, c)
-            });
-            // Vec::insert is quadratic, but this runs once, untimed, on 50k elements.
-            order.insert(pos, value);
-            dot_of_value.insert(value, (node, counter));
-            elems.push(format!("[{node},{counter},{},{},{counter},{value}]", origin.0, origin.1));
-        }
-    }
-    format!(r#"{{"nodes":["a","b"],"elems":[{}],"tombstones":[]}}"#, elems.join(",")).len()
+/// Bytes of the server's JSON document of `list` (its values written as JSON).
+fn list_document_bytes<T>(list: &rhizome_crdt::Rga<T>) -> usize
+where
+    T: Clone + PartialEq + Into<serde_json::Value>,
+{
+    use rhizome_crdt::{Dot, Object, Rga};
+    let elems = list.elements().map(|e| (e.id.clone(), e.origin.cloned(), e.seq, e.value.clone().into()));
+    let tombstones: Vec<Dot> = list.elements().filter(|e| e.deleted).map(|e| e.id.clone()).collect();
+    let json_list = Rga::from_parts(elems, tombstones).expect("a list's own parts are valid");
+    document_bytes(Object::List(Box::new(json_list)))
 }
 
 fn list_yrs_array(wa: &[u64], wb: &[u64]) -> Sample {
