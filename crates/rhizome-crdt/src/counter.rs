@@ -2,7 +2,6 @@
 
 use crate::Lattice;
 use rhizome_protocol::NodeId;
-use std::collections::BTreeMap;
 
 /// One node's totals in a [`PnCounter`]: everything it ever added and everything it ever
 /// subtracted. Both only grow, which is what makes "keep the larger" a safe merge.
@@ -34,8 +33,9 @@ impl PnEntry {
 /// There is no separate `apply`: a delta is applied with [`Lattice::join`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PnCounter {
-    /// Only non-zero entries are kept, so equal counters compare equal.
-    entries: BTreeMap<NodeId, PnEntry>,
+    /// Sorted by node, only non-zero entries, so equal counters compare equal. A vector, not
+    /// a tree: counters have few nodes, and a one-entry delta then costs one small allocation.
+    entries: Vec<(NodeId, PnEntry)>,
 }
 
 impl PnCounter {
@@ -48,8 +48,8 @@ impl PnCounter {
     pub fn value(&self) -> i128 {
         // Each total is below 2^64, so the sums cannot overflow an i128 before there are 2^63
         // entries, far beyond what memory holds.
-        let p: i128 = self.entries.values().map(|e| i128::from(e.p)).sum();
-        let n: i128 = self.entries.values().map(|e| i128::from(e.n)).sum();
+        let p: i128 = self.entries.iter().map(|(_, e)| i128::from(e.p)).sum();
+        let n: i128 = self.entries.iter().map(|(_, e)| i128::from(e.n)).sum();
         p - n
     }
 
@@ -85,7 +85,10 @@ impl PnCounter {
 
     /// `node`'s totals (both zero when the node never touched the counter).
     pub fn entry(&self, node: &NodeId) -> PnEntry {
-        self.entries.get(node).copied().unwrap_or_default()
+        match self.entries.binary_search_by(|(n, _)| n.cmp(node)) {
+            Ok(i) => self.entries[i].1,
+            Err(_) => PnEntry::default(),
+        }
     }
 
     /// The nodes that touched the counter and their totals, in node order.
@@ -98,7 +101,8 @@ impl PnCounter {
     fn single(node: &NodeId, entry: PnEntry) -> PnCounter {
         let mut counter = PnCounter::new();
         if !entry.is_zero() {
-            counter.entries.insert(node.clone(), entry);
+            counter.entries.reserve_exact(1);
+            counter.entries.push((node.clone(), entry));
         }
         counter
     }
@@ -114,9 +118,14 @@ impl Lattice for PnCounter {
             if theirs.is_zero() {
                 continue;
             }
-            let ours = self.entries.entry(node.clone()).or_default();
-            ours.p = ours.p.max(theirs.p);
-            ours.n = ours.n.max(theirs.n);
+            match self.entries.binary_search_by(|(n, _)| n.cmp(node)) {
+                Ok(i) => {
+                    let ours = &mut self.entries[i].1;
+                    ours.p = ours.p.max(theirs.p);
+                    ours.n = ours.n.max(theirs.n);
+                }
+                Err(i) => self.entries.insert(i, (node.clone(), *theirs)),
+            }
         }
     }
 
