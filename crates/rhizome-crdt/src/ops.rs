@@ -1157,6 +1157,19 @@ mod tests {
     }
 
     #[test]
+    fn apply_mv_refuses_more_concurrent_values_than_a_document_holds() {
+        let mut state = Object::bottom(Kind::Mv);
+        let write = json!({"type": "crdt/mv/set", "key": "k", "value": 1, "seen": {}});
+        for i in 0..MV_VALUES_MAX {
+            step(&mut state, write.clone(), &format!("n{i}"), 0);
+        }
+        let refused = apply(&state, &op(write), &node("one-more"), 0);
+        assert_eq!(refused.map_err(|e| e.reason()), Err("crdtTooBig"));
+        // What the server built still reads back.
+        assert_eq!(Object::from_json(Kind::Mv, &state.to_json()).unwrap(), state);
+    }
+
+    #[test]
     fn apply_refuses_another_kind_and_bad_authors() {
         let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
         for kind in [Kind::Lww, Kind::Mv] {
