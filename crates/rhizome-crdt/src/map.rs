@@ -21,6 +21,14 @@ pub trait DotStore: Clone + PartialEq + Default {
     /// Appends every dot held by the store to `out`.
     fn dots_into(&self, out: &mut Vec<Dot>);
 
+    /// Number of dots held, each occurrence counted (what `dots_into` appends), in O(1).
+    fn dot_count(&self) -> usize;
+
+    /// Number of keys of nested maps, at every depth, in O(1); 0 for a store without keys.
+    fn key_count(&self) -> usize {
+        0
+    }
+
     /// Joins `(other, other_context)` into `(self, context)`, store half only: keeps what
     /// both hold, and what one holds that the other's context has not seen. `context` is
     /// `self`'s context before the join; the caller joins the contexts afterwards. Every dot
@@ -67,6 +75,10 @@ impl DotStore for DotSet {
         out.extend(self.iter().cloned());
     }
 
+    fn dot_count(&self) -> usize {
+        self.len()
+    }
+
     fn join_store(
         &mut self,
         context: &CausalContext,
@@ -103,6 +115,10 @@ impl DotStore for DotSet {
 pub struct DotMap<K, S> {
     entries: BTreeMap<K, S>,
     index: DotIndex<K>,
+    /// The dots held under every key, each occurrence counted.
+    dots: usize,
+    /// The keys, plus the keys of the nested stores at every depth.
+    keys: usize,
 }
 
 /// Which keys of a [`DotMap`] hold each dot, as a multiset: a dot is held once in every
@@ -173,7 +189,7 @@ impl<K: Ord + Clone> DotIndex<K> {
 
 impl<K, S> Default for DotMap<K, S> {
     fn default() -> Self {
-        DotMap { entries: BTreeMap::new(), index: DotIndex(BTreeMap::new()) }
+        DotMap { entries: BTreeMap::new(), index: DotIndex(BTreeMap::new()), dots: 0, keys: 0 }
     }
 }
 
@@ -240,7 +256,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     /// joins drop them; `from_parts` of the types built on this map refuses them).
     pub fn insert(&mut self, key: K, store: S) {
         let mut dots = Vec::new();
-        if let Some(old) = self.entries.get(&key) {
+        if let Some(old) = self.take(&key) {
             old.dots_into(&mut dots);
             for dot in dots.drain(..) {
                 self.index.remove(&dot, &key);
@@ -250,6 +266,21 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         for dot in dots {
             self.index.add(dot, &key);
         }
+        self.put(key, store);
+    }
+
+    /// Removes the store at `key` from the entries and the counts (not from the index).
+    fn take(&mut self, key: &K) -> Option<S> {
+        let store = self.entries.remove(key)?;
+        self.dots -= store.dot_count();
+        self.keys -= 1 + store.key_count();
+        Some(store)
+    }
+
+    /// Puts `store` at the vacant `key` of the entries and the counts (not of the index).
+    fn put(&mut self, key: K, store: S) {
+        self.dots += store.dot_count();
+        self.keys += 1 + store.key_count();
         self.entries.insert(key, store);
     }
 }
@@ -281,6 +312,14 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
         }
     }
 
+    fn dot_count(&self) -> usize {
+        self.dots
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys
+    }
+
     fn join_store(
         &mut self,
         context: &CausalContext,
@@ -298,7 +337,7 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
         for key in keys {
             // A key only we hold still loses the dots the other side has seen removed.
             let theirs = other.entries.get(&key).unwrap_or(&empty);
-            let mut joined = self.entries.remove(&key).unwrap_or_default();
+            let mut joined = self.take(&key).unwrap_or_default();
             let mut local = DotChanges::default();
             joined.join_store(context, theirs, other_context, &mut local);
             for dot in &local.removed {
@@ -310,7 +349,7 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
             changes.added.append(&mut local.added);
             changes.removed.append(&mut local.removed);
             if !joined.is_empty() {
-                self.entries.insert(key, joined);
+                self.put(key, joined);
             }
         }
     }
@@ -368,6 +407,10 @@ impl<V: Ord + Clone> DotStore for DotFun<V> {
 
     fn dots_into(&self, out: &mut Vec<Dot>) {
         out.extend(self.0.keys().cloned());
+    }
+
+    fn dot_count(&self) -> usize {
+        self.0.len()
     }
 
     fn join_store(
@@ -596,6 +639,15 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.map.dots_into(out);
         self.set.dots_into(out);
         self.register.dots_into(out);
+    }
+
+    fn dot_count(&self) -> usize {
+        self.map.dot_count() + self.set.dot_count() + self.register.dot_count()
+    }
+
+    /// The keys of the nested map only: a set's elements are not keys.
+    fn key_count(&self) -> usize {
+        self.map.key_count()
     }
 
     fn join_store(
@@ -937,6 +989,17 @@ impl<K: Ord + Clone> OrMap<K> {
     /// Every dot this map has seen.
     pub fn context(&self) -> &CausalContext {
         &self.context
+    }
+
+    /// Number of keys at every depth (nested maps' keys included), in O(1).
+    pub fn key_count(&self) -> usize {
+        self.entries.key_count()
+    }
+
+    /// Number of dots held at every depth (each set element's dots and register value's
+    /// dot), in O(1).
+    pub fn dot_count(&self) -> usize {
+        self.entries.dot_count()
     }
 
     /// A map from its parts, as read back from storage or the network; `None` unless no value
