@@ -195,10 +195,27 @@ impl Lattice for CausalContext {
         CausalContext::new()
     }
 
+    /// Costs O(d log n) for a `other` of d nodes and cloud dots: only the nodes `other`
+    /// raises are compacted again, so joining a small delta into a big context stays cheap.
     fn join(&mut self, other: &Self) {
-        self.vv.join(&other.vv);
-        self.cloud.extend(other.cloud.iter().cloned());
-        self.compact();
+        for (node, counter) in other.vv.iter() {
+            if counter <= self.vv.get(node) {
+                continue;
+            }
+            self.vv.raise(node, counter);
+            let covered: Vec<Dot> = self
+                .cloud
+                .range(Dot { node: node.clone(), counter: 0 }..=Dot { node: node.clone(), counter })
+                .cloned()
+                .collect();
+            for dot in &covered {
+                self.cloud.remove(dot);
+            }
+            self.absorb(node);
+        }
+        for dot in &other.cloud {
+            self.insert(dot.clone());
+        }
     }
 }
 

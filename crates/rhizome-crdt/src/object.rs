@@ -538,7 +538,7 @@ fn map_entries_from_json(
             Some(Value::Object(nested)) => map_entries_from_json(nested, depth + 1, totals)?,
             Some(_) => return Err(OpError::WrongShape("a nested map must be an object")),
         };
-        let mut set: DotMap<Scalar, DotSet> = DotMap::new();
+        let mut set: BTreeMap<Scalar, DotSet> = BTreeMap::new();
         for entry in map_part(parts, "set")? {
             let [elem, node, counter] = entry.as_array().map(Vec::as_slice).unwrap_or_default() else {
                 return Err(OpError::WrongShape("a set entry must be [element, node, counter]"));
@@ -562,7 +562,7 @@ fn map_entries_from_json(
             register.insert(dot, map_scalar_from_json(value)?);
         }
         // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
-        entries.insert(key.clone(), MapValue::from_parts(nested, set, register));
+        entries.insert(key.clone(), MapValue::from_parts(nested, set.into_iter().collect(), register));
     }
     Ok(entries)
 }

@@ -725,9 +725,8 @@ fn nested_at_path(
 /// or past the limits of [`fresh_dot`].
 fn map_fresh_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
     let dot = fresh_dot(map.context(), author)?;
-    let mut totals = (0, 0);
-    count_map(map.iter(), &mut totals);
-    let (keys, dots) = totals;
+    // Both counts are kept by the map, so a write costs O(depth × log n), not O(n).
+    let (keys, dots) = (map.key_count(), map.dot_count());
     let mut present = 0;
     let mut level: Option<&MapValue<String>> = None;
     for key in path {
@@ -746,19 +745,6 @@ fn map_fresh_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Resul
         return Err(OpError::TooBig { what: "dots in a map", max: MAP_DOTS_MAX as u64 });
     }
     Ok(dot)
-}
-
-/// Adds the keys and dots of `entries`, at every depth, to `totals`.
-fn count_map<'a>(
-    entries: impl Iterator<Item = (&'a String, &'a MapValue<String>)>,
-    totals: &mut (usize, usize),
-) {
-    for (_, value) in entries {
-        totals.0 += 1;
-        totals.1 += value.set_entries().map(|(_, dots)| dots.len()).sum::<usize>();
-        totals.1 += value.register_entries().count();
-        count_map(value.entries(), totals);
-    }
 }
 
 /// Refuses lengthening a causal length past [`COUNTER_MAX`] (what a document reads back).

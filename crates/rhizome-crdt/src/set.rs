@@ -62,7 +62,7 @@ impl<E: Ord + Clone> Orswot<E> {
             !dots.is_empty()
                 && dots.iter().all(|dot| dot.counter > 0 && context.contains(dot) && seen.insert(dot))
         });
-        valid.then_some(Orswot { entries, context })
+        valid.then(|| Orswot { entries: entries.into_iter().collect(), context })
     }
 
     /// Whether `elem` is in the set.

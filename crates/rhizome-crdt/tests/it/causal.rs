@@ -45,4 +45,15 @@ proptest! {
             prop_assert!(d.counter > ctx.vv().get(&d.node) + 1, "cloud dot {:?} should be in the vector", d);
         }
     }
+
+    #[test]
+    fn a_join_equals_the_context_of_both_sides_dots(
+        left in prop::collection::vec(dot(), 0..30),
+        right in prop::collection::vec(dot(), 0..30),
+    ) {
+        let mut joined: CausalContext = left.iter().cloned().collect();
+        joined.join(&right.iter().cloned().collect());
+        let union: CausalContext = left.into_iter().chain(right).collect();
+        prop_assert_eq!(joined, union);
+    }
 }

@@ -185,6 +185,26 @@ proptest! {
         }
     }
 
+    /// The counts the map keeps through joins equal a recount of its entries.
+    #[test]
+    fn kept_counts_equal_a_recount(replicas in 3usize..=4, steps in crate::delivery::steps(map_op(), 40)) {
+        fn recount<'a>(entries: impl Iterator<Item = (&'a u8, &'a Value<u8>)>, totals: &mut (usize, usize)) {
+            for (_, value) in entries {
+                totals.0 += 1;
+                totals.1 += value.set_entries().map(|(_, dots)| dots.len()).sum::<usize>();
+                totals.1 += value.register_entries().count();
+                recount(value.entries(), totals);
+            }
+        }
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&steps);
+        for state in &run.states {
+            let mut totals = (0, 0);
+            recount(state.iter(), &mut totals);
+            prop_assert_eq!((state.key_count(), state.dot_count()), totals);
+        }
+    }
+
     /// A key removal concurrent with an update inside the key: the update survives, and only
     /// it (everything the removal saw is gone).
     #[test]
