@@ -8,6 +8,7 @@ use rhizome_protocol::message::push_json_str;
 use rhizome_protocol::{ActionId, Channel, NodeId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,7 +59,25 @@ pub struct SqliteWriter {
     conn: Connection,
     checkpointer: Option<mpsc::SyncSender<()>>,
     checkpoint_thread: Option<std::thread::JoinHandle<()>>,
+    /// Decoded CRDT objects, as committed: an operation on a cached object neither decodes
+    /// nor (but every `SNAPSHOT_EVERY` operations) encodes the object's document.
+    objects: HashMap<String, CachedObject>,
 }
+
+/// A decoded object and how many of its logged deltas its stored snapshot lacks.
+#[derive(Debug)]
+struct CachedObject {
+    state: Object,
+    unsaved: u32,
+}
+
+/// An object's stored snapshot is rewritten after this many operations; in between, readers
+/// join the deltas logged after it.
+const SNAPSHOT_EVERY: u32 = 64;
+
+/// Decoded objects kept by the writer at most; beyond, the cache starts over (a miss only
+/// costs reading the snapshot and the deltas after it).
+const OBJECTS_CACHED_MAX: usize = 4096;
 
 /// Least time between two WAL checkpoints.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
@@ -239,7 +258,12 @@ impl SqliteStore {
         let thread = std::thread::Builder::new()
             .name("rhizome-checkpoint".into())
             .spawn(move || run_checkpointer(checkpoint_conn, rx))?;
-        Ok(SqliteWriter { conn, checkpointer: Some(tx), checkpoint_thread: Some(thread) })
+        Ok(SqliteWriter {
+            conn,
+            checkpointer: Some(tx),
+            checkpoint_thread: Some(thread),
+            objects: HashMap::new(),
+        })
     }
 }
 
@@ -372,8 +396,8 @@ impl Store for SqliteStore {
     }
 }
 
-/// Reads an object's state and position from `conn`; a stored document that does not decode
-/// is corrupt.
+/// Reads an object from `conn`: its stored snapshot joined with the deltas logged after it,
+/// and the position of the last of them. A document that does not decode is corrupt.
 fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position)>, StoreError> {
     let row: Option<(String, String, i64)> = conn
         .prepare_cached("SELECT kind, state, position FROM crdt_objects WHERE key = ?1")?
@@ -382,46 +406,80 @@ fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position)
     let Some((kind, state, position)) = row else {
         return Ok(None);
     };
-    let position = position as Position;
+    let mut position = position as Position;
+    let corrupt = StoreError::Corrupt(position);
     let kind = Kind::from_name(&kind).ok_or(StoreError::Corrupt(position))?;
     let doc: Value = serde_json::from_str(&state).map_err(|_| StoreError::Corrupt(position))?;
-    let object = Object::from_json(kind, &doc).map_err(|_| StoreError::Corrupt(position))?;
+    let mut object = Object::from_json(kind, &doc).map_err(|_| corrupt)?;
+    let mut later = conn.prepare_cached(
+        "SELECT l.added, l.action FROM log_channels c JOIN log l ON l.added = c.added
+         WHERE c.channel = ?1 AND c.added > ?2 ORDER BY c.added",
+    )?;
+    let channel = format!("crdt/{key}");
+    let rows = later.query_map(params![channel, position as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (added, action) = row?;
+        let added = added as Position;
+        let action: Value = serde_json::from_str(&action).map_err(|_| StoreError::Corrupt(added))?;
+        if action["type"] != rhizome_crdt::DELTA_TYPE || action["key"] != key {
+            continue;
+        }
+        let delta = Object::from_json(kind, &action["delta"]).map_err(|_| StoreError::Corrupt(added))?;
+        object.join(&delta).map_err(|_| StoreError::Corrupt(added))?;
+        position = added;
+    }
     Ok(Some((object, position)))
 }
 
-/// Applies `op` by `entry`'s author to the object's current state: the new state and the
-/// delta to ship, or the undo reason when the object refuses it.
+/// Applies `op` by `entry`'s author to the object's current state (from `staged`, this
+/// transaction's changes, else the writer's cache, else the database): the object with its new
+/// state and the delta to ship, or the undo reason when the object refuses it.
 fn apply_crdt(
     tx: &rusqlite::Transaction<'_>,
+    staged: &mut HashMap<String, CachedObject>,
+    cache: &mut HashMap<String, CachedObject>,
     op: &Op,
     entry: &NewEntry,
-) -> Result<Result<(Object, Object), String>, StoreError> {
-    let mut state = match read_object(tx, op.key().as_str()) {
-        Ok(Some((state, _))) => state,
-        Ok(None) => Object::bottom(op.kind()),
-        // One unreadable object refuses its own operations, not the whole transaction.
-        Err(StoreError::Corrupt(position)) => {
-            tracing::error!(
-                key = op.key().as_str(),
-                position,
-                "a CRDT object's stored state does not decode"
-            );
-            return Ok(Err("error".to_owned()));
-        }
-        Err(e) => return Err(e),
+) -> Result<Result<(CachedObject, Object), String>, StoreError> {
+    let key = op.key().as_str();
+    let found = match staged.remove(key).or_else(|| cache.remove(key)) {
+        Some(cached) => Some(cached),
+        None => match read_object(tx, key) {
+            // Unsaved deltas are unknown here; the next snapshot is written at once.
+            Ok(Some((state, _))) => Some(CachedObject { state, unsaved: SNAPSHOT_EVERY }),
+            Ok(None) => None,
+            // One unreadable object refuses its own operations, not the whole transaction.
+            Err(StoreError::Corrupt(position)) => {
+                tracing::error!(key, position, "a CRDT object's stored state does not decode");
+                return Ok(Err("error".to_owned()));
+            }
+            Err(e) => return Err(e),
+        },
     };
-    let delta = match ops::apply(&state, op, &entry.id.node, entry.time) {
+    // A new object gets its snapshot (and so its row and kind) with its first operation.
+    let mut object =
+        found.unwrap_or(CachedObject { state: Object::bottom(op.kind()), unsaved: SNAPSHOT_EVERY });
+    let delta = match ops::apply(&object.state, op, &entry.id.node, entry.time) {
         Ok(delta) => delta,
-        Err(e) => return Ok(Err(e.reason().to_owned())),
+        Err(e) => {
+            staged.insert(key.to_owned(), object);
+            return Ok(Err(e.reason().to_owned()));
+        }
     };
-    if let Err(e) = state.join(&delta) {
+    if let Err(e) = object.state.join(&delta) {
+        staged.insert(key.to_owned(), object);
         return Ok(Err(e.reason().to_owned()));
     }
-    Ok(Ok((state, delta)))
+    Ok(Ok((object, delta)))
 }
 
 impl LogWriter for SqliteWriter {
     fn commit(&mut self, batches: &mut [WriteBatch], now_ms: i64) -> Result<Vec<Committed>, StoreError> {
+        let cache = &mut self.objects;
+        // Objects changed by this transaction; they reach the cache only if it commits.
+        let mut staged: HashMap<String, CachedObject> = HashMap::new();
         let tx = self.conn.transaction()?;
         let mut results = Vec::with_capacity(batches.len());
         {
@@ -460,11 +518,11 @@ impl LogWriter for SqliteWriter {
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
                     if let Some(op) = &crdt {
-                        match apply_crdt(&tx, op, &entry)? {
-                            Ok((state, delta)) => {
+                        match apply_crdt(&tx, &mut staged, cache, op, &entry)? {
+                            Ok((cached, delta)) => {
                                 entry.action_json =
                                     Arc::from(rhizome_crdt::delta_action(op.key().as_str(), &delta));
-                                object_update = Some((op.key().as_str().to_owned(), state, delta));
+                                object_update = Some((op.key().as_str().to_owned(), cached, delta));
                             }
                             Err(reason) => {
                                 entry.status = Status::Undone(reason);
@@ -491,13 +549,20 @@ impl LogWriter for SqliteWriter {
                     }
                     let added = tx.last_insert_rowid();
                     let mut shipped = None;
-                    if let Some((key, state, delta)) = object_update {
-                        object.execute(params![
-                            key,
-                            state.kind().name(),
-                            state.to_json().to_string(),
-                            added
-                        ])?;
+                    if let Some((key, mut cached, delta)) = object_update {
+                        if cached.unsaved >= SNAPSHOT_EVERY {
+                            let state = &cached.state;
+                            object.execute(params![
+                                key,
+                                state.kind().name(),
+                                state.to_json().to_string(),
+                                added
+                            ])?;
+                            cached.unsaved = 0;
+                        } else {
+                            cached.unsaved += 1;
+                        }
+                        staged.insert(key.clone(), cached);
                         shipped = Some(Arc::new((key, delta)));
                     }
                     if let Status::Undone(reason) = &entry.status {
@@ -539,6 +604,10 @@ impl LogWriter for SqliteWriter {
             }
         }
         tx.commit()?;
+        if cache.len() + staged.len() > OBJECTS_CACHED_MAX {
+            cache.clear();
+        }
+        cache.extend(staged);
         if let Some(checkpointer) = &self.checkpointer {
             // Full means a checkpoint is already due.
             let _ = checkpointer.try_send(());

@@ -234,11 +234,13 @@ fn an_unreadable_object_refuses_its_own_operations_and_nothing_else() {
         1,
     )
     .expect("commit");
-    // Something else damages the stored state.
+    // Something else damages the stored state while the server is down.
+    drop(w);
     let raw = rusqlite::Connection::open(store.path()).expect("open");
     raw.execute("UPDATE crdt_objects SET state = '{\"a:b:c\": \"oops\"}' WHERE key = 'k'", [])
         .expect("damage");
     drop(raw);
+    let mut w = store.writer().expect("writer");
     let mut batches = vec![WriteBatch {
         appends: vec![
             crdt_append("2 a:b:c 0", inc),
@@ -249,4 +251,32 @@ fn an_unreadable_object_refuses_its_own_operations_and_nothing_else() {
     let done = w.commit(&mut batches, 2).expect("the transaction still commits");
     assert_eq!(done[0].outcomes[0], AppendOutcome::Undone(2, "error".into()));
     assert_eq!(done[0].outcomes[1], AppendOutcome::Added(3));
+}
+
+#[test]
+fn objects_read_back_whole_between_snapshots_and_after_a_restart() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    // More operations than one snapshot interval, one per transaction.
+    for i in 0..150u32 {
+        let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+        let appends = vec![crdt_append(&format!("{} a:b:c 0", i + 1), inc)];
+        w.commit(&mut [WriteBatch { appends, ..WriteBatch::default() }], i64::from(i)).expect("commit");
+        // Readers join the deltas logged after the last snapshot.
+        let (object, position) = store.read_object("k").expect("read").expect("object");
+        assert_eq!(object.to_json(), serde_json::json!({"a:b:c": [i + 1, 0]}), "after {} operations", i + 1);
+        assert_eq!(position, u64::from(i) + 1);
+    }
+    // A new writer (a restart) starts from the snapshot and the deltas after it.
+    drop(w);
+    let mut w = store.writer().expect("writer");
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    let appends = vec![crdt_append("1000 a:b:c 0", inc)];
+    let done = w.commit(&mut [WriteBatch { appends, ..WriteBatch::default() }], 1000).expect("commit");
+    let delta: serde_json::Value = serde_json::from_str(&done[0].entries[0].action_json).expect("json");
+    assert_eq!(
+        delta["delta"],
+        serde_json::json!({"a:b:c": [151, 0]}),
+        "the author's total survives the restart"
+    );
 }
