@@ -21,6 +21,7 @@ import {
 
 const LIKES = 'posts/1/likes'
 const TITLE = 'posts/1/title'
+const TAGS = 'posts/1/tags'
 const ONLINE = 20
 const OFFLINE = 30
 
@@ -67,20 +68,23 @@ await run('crdt', async url => {
   let subs = await settle(
     Promise.all([
       bob.sync({ type: 'logux/subscribe', channel: `crdt/${LIKES}` }),
-      bob.sync({ type: 'logux/subscribe', channel: `crdt/${TITLE}` })
+      bob.sync({ type: 'logux/subscribe', channel: `crdt/${TITLE}` }),
+      bob.sync({ type: 'logux/subscribe', channel: `crdt/${TAGS}` })
     ]),
     10000,
     'subscribe'
   )
-  check(subs.ok, 'bob subscribes to both objects', subs.error?.message)
+  check(subs.ok, 'bob subscribes to the three objects', subs.error?.message)
   if (!subs.ok) return
 
   // 1. online operations
   let online = []
   for (let i = 0; i < ONLINE; i++) online.push(alice.sync({ type: 'crdt/counter/inc', key: LIKES, by: 1 }))
   online.push(alice.sync({ type: 'crdt/lww/set', key: TITLE, value: 'first' }))
+  online.push(alice.sync({ type: 'crdt/set/add', key: TAGS, elem: 'a' }))
+  online.push(alice.sync({ type: 'crdt/set/add', key: TAGS, elem: 'b' }))
   let ok = await settle(Promise.all(online), 10000, 'online operations')
-  check(ok.ok, `alice's ${ONLINE + 1} online operations are processed`, ok.error?.message)
+  check(ok.ok, `alice's ${ONLINE + 3} online operations are processed`, ok.error?.message)
   await waitUntil(() => (fold(), counterValue(likes) === ONLINE), 5000)
   check(counterValue(likes) === ONLINE, `bob's counter reaches ${ONLINE} from the deltas`, counterValue(likes))
 
@@ -95,8 +99,10 @@ await run('crdt', async url => {
   for (let i = 0; i < OFFLINE; i++) offline.push(alice.sync({ type: 'crdt/counter/inc', key: LIKES, by: 1 }))
   offline.push(alice.sync({ type: 'crdt/counter/dec', key: LIKES, by: 5 }))
   offline.push(alice.sync({ type: 'crdt/lww/set', key: TITLE, value: 'written offline' }))
+  offline.push(alice.sync({ type: 'crdt/set/remove', key: TAGS, elem: 'a' }))
+  offline.push(alice.sync({ type: 'crdt/set/add', key: TAGS, elem: 'c' }))
   let back = await settle(Promise.all(offline), 20000, 'offline operations')
-  check(back.ok, `alice's ${OFFLINE + 2} offline operations are processed after she reconnects`, back.error?.message)
+  check(back.ok, `alice's ${OFFLINE + 4} offline operations are processed after she reconnects`, back.error?.message)
 
   // 3. bob comes back: his client re-subscribes, and each object's state arrives as a delta
   await sleep(200)
@@ -107,9 +113,15 @@ await run('crdt', async url => {
   await waitUntil(() => (fold(), counterValue(likes) === expected && title.value === 'written offline'), 8000)
   check(counterValue(likes) === expected, `bob's counter converges to ${expected}`, counterValue(likes))
   check(title.value === 'written offline', "bob's title converges to alice's last write", JSON.stringify(title))
+  // The set's state arrives whole with the re-subscription: present elements only.
+  let tagStates = () => deltas().filter(d => d.connection >= 2 && d.action.key === TAGS)
+  await waitUntil(() => tagStates().length > 0, 5000)
+  let last = tagStates().at(-1)
+  let tags = last ? last.action.delta.elems.map(e => e[0]).sort() : []
+  check(JSON.stringify(tags) === '["b","c"]', "bob's set converges to alice's adds minus her remove", JSON.stringify(tags))
   let undos = received(alice, a => a.type === 'logux/undo')
   check(undos.length === 0, 'no logux/undo', undos.map(u => u.action.reason).join(','))
   let afterReconnect = deltas().filter(d => d.connection >= 2).length
-  check(afterReconnect <= 4, 'the re-subscriptions bring one delta per object, not the operation chain',
+  check(afterReconnect <= 6, 'the re-subscriptions bring one delta per object, not the operation chain',
     `${afterReconnect} deltas after reconnecting`)
 })
