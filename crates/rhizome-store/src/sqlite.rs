@@ -69,6 +69,8 @@ pub struct SqliteWriter {
 struct CachedObject {
     state: Object,
     unsaved: u32,
+    /// Position of the stored snapshot (0: none yet).
+    snapshot_at: Position,
 }
 
 /// An object's stored snapshot is rewritten after this many operations; in between, readers
@@ -388,7 +390,14 @@ impl Store for SqliteStore {
     }
 
     fn read_object(&self, key: &str) -> Result<Option<(Object, Position)>, StoreError> {
-        self.with_reader(|c| read_object(c, key))
+        self.with_reader(|c| {
+            // One read transaction: the snapshot and the deltas after it from the same moment,
+            // whatever the writer snapshots or cleans meanwhile.
+            let tx = c.unchecked_transaction()?;
+            let read = read_object(&tx, key)?;
+            tx.commit()?;
+            Ok(read.map(|(object, _, last)| (object, last)))
+        })
     }
 
     fn count(&self) -> Result<u64, StoreError> {
@@ -398,7 +407,8 @@ impl Store for SqliteStore {
 
 /// Reads an object from `conn`: its stored snapshot joined with the deltas logged after it,
 /// and the position of the last of them. A document that does not decode is corrupt.
-fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position)>, StoreError> {
+/// Also returns the snapshot's own position (the first) besides the last delta's.
+fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position, Position)>, StoreError> {
     let row: Option<(String, String, i64)> = conn
         .prepare_cached("SELECT kind, state, position FROM crdt_objects WHERE key = ?1")?
         .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -407,6 +417,7 @@ fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position)
         return Ok(None);
     };
     let mut position = position as Position;
+    let snapshot_at = position;
     let corrupt = StoreError::Corrupt(position);
     let kind = Kind::from_name(&kind).ok_or(StoreError::Corrupt(position))?;
     let doc: Value = serde_json::from_str(&state).map_err(|_| StoreError::Corrupt(position))?;
@@ -430,7 +441,7 @@ fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position)
         object.join(&delta).map_err(|_| StoreError::Corrupt(added))?;
         position = added;
     }
-    Ok(Some((object, position)))
+    Ok(Some((object, snapshot_at, position)))
 }
 
 /// Applies `op` by `entry`'s author to the object's current state (from `staged`, this
@@ -448,7 +459,9 @@ fn apply_crdt(
         Some(cached) => Some(cached),
         None => match read_object(tx, key) {
             // Unsaved deltas are unknown here; the next snapshot is written at once.
-            Ok(Some((state, _))) => Some(CachedObject { state, unsaved: SNAPSHOT_EVERY }),
+            Ok(Some((state, snapshot_at, _))) => {
+                Some(CachedObject { state, unsaved: SNAPSHOT_EVERY, snapshot_at })
+            }
             Ok(None) => None,
             // One unreadable object refuses its own operations, not the whole transaction.
             Err(StoreError::Corrupt(position)) => {
@@ -459,8 +472,11 @@ fn apply_crdt(
         },
     };
     // A new object gets its snapshot (and so its row and kind) with its first operation.
-    let mut object =
-        found.unwrap_or(CachedObject { state: Object::bottom(op.kind()), unsaved: SNAPSHOT_EVERY });
+    let mut object = found.unwrap_or(CachedObject {
+        state: Object::bottom(op.kind()),
+        unsaved: SNAPSHOT_EVERY,
+        snapshot_at: 0,
+    });
     let delta = match ops::apply(&object.state, op, &entry.id.node, entry.time) {
         Ok(delta) => delta,
         Err(e) => {
@@ -488,6 +504,12 @@ impl LogWriter for SqliteWriter {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
             )?;
             let mut existing = tx.prepare_cached("SELECT status, reason FROM log WHERE id = ?1")?;
+            let mut clean_body = tx.prepare_cached(
+                "UPDATE log SET action = '{}', routing = NULL WHERE added IN
+                 (SELECT added FROM log_channels WHERE channel = ?1 AND added <= ?2)",
+            )?;
+            let mut clean_index =
+                tx.prepare_cached("DELETE FROM log_channels WHERE channel = ?1 AND added <= ?2")?;
             let mut object = tx.prepare_cached(
                 "INSERT INTO crdt_objects(key, kind, state, position) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state,
@@ -559,6 +581,15 @@ impl LogWriter for SqliteWriter {
                                 added
                             ])?;
                             cached.unsaved = 0;
+                            // The deltas the previous snapshot already holds are needed no more
+                            // (readers start from the snapshot, the new one or the previous):
+                            // their bodies and channel index go, their ids stay for at-most-once.
+                            if cached.snapshot_at > 0 {
+                                let channel = format!("crdt/{key}");
+                                clean_body.execute(params![channel, cached.snapshot_at as i64])?;
+                                clean_index.execute(params![channel, cached.snapshot_at as i64])?;
+                            }
+                            cached.snapshot_at = added as Position;
                         } else {
                             cached.unsaved += 1;
                         }

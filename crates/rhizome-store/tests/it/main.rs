@@ -267,6 +267,21 @@ fn objects_read_back_whole_between_snapshots_and_after_a_restart() {
         assert_eq!(object.to_json(), serde_json::json!({"a:b:c": [i + 1, 0]}), "after {} operations", i + 1);
         assert_eq!(position, u64::from(i) + 1);
     }
+    // Deltas that two snapshots hold are cleaned: their bodies and channel index go, their ids
+    // stay (a re-sent early operation is still a duplicate).
+    let raw = rusqlite::Connection::open(store.path()).expect("open");
+    let indexed: i64 = raw
+        .query_row("SELECT count(*) FROM log_channels WHERE channel = 'crdt/k'", [], |r| r.get(0))
+        .expect("count");
+    assert!(indexed > 0 && indexed <= 2 * 64 + 1, "{indexed} deltas still indexed");
+    let first: String =
+        raw.query_row("SELECT action FROM log WHERE added = 1", [], |r| r.get(0)).expect("row");
+    assert_eq!(first, "{}");
+    drop(raw);
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    let appends = vec![crdt_append("1 a:b:c 0", inc)];
+    let done = w.commit(&mut [WriteBatch { appends, ..WriteBatch::default() }], 999).expect("commit");
+    assert_eq!(done[0].outcomes[0], AppendOutcome::Duplicate(Status::Processed));
     // A new writer (a restart) starts from the snapshot and the deltas after it.
     drop(w);
     let mut w = store.writer().expect("writer");
