@@ -219,3 +219,32 @@ async fn lists_take_inserts_and_deletes_by_position() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn maps_hold_nested_registers_and_sets() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    for action in [
+        json!({"type": "crdt/map/set", "key": "tasks/1", "path": ["title"], "value": "Buy milk"}),
+        json!({"type": "crdt/map/set", "key": "tasks/1", "path": ["meta", "priority"], "value": 2}),
+        json!({"type": "crdt/map/add", "key": "tasks/1", "path": ["tags"], "elem": "home"}),
+        json!({"type": "crdt/map/set", "key": "tasks/1", "path": ["title"], "value": "Buy oat milk"}),
+    ] {
+        let id = alice.send_action(action).await?;
+        alice.wait_processed(&id).await?;
+    }
+    // A set operation where a register is: refused, nothing changes.
+    let id = alice
+        .send_action(json!({"type": "crdt/map/add", "key": "tasks/1", "path": ["title"], "elem": "x"}))
+        .await?;
+    assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtTypeMismatch");
+    let mut bob = server.login("bob:c2:t1").await?;
+    let map = subscribe_object(&mut bob, "tasks/1").await?;
+    assert_eq!(map[0]["kind"], "map");
+    let entries = &map[0]["delta"]["entries"];
+    assert_eq!(entries["title"]["reg"], json!([["alice:c1:t1", 4, "Buy oat milk"]]), "{}", map[0]);
+    assert_eq!(entries["meta"]["map"]["priority"]["reg"][0][2], 2);
+    assert_eq!(entries["tags"]["set"][0][0], "home");
+    server.stop().await;
+    Ok(())
+}
