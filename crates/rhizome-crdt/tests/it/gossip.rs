@@ -1,66 +1,13 @@
 //! A small replica simulator for convergence tests: local deltas, then delivery in a seeded
-//! shuffled order, with duplicates and with some deltas folded into groups first.
+//! shuffled order, with duplicates and with some deltas folded into groups first (the delivery
+//! itself is `delivery.rs`'s, shared by every test of the crate).
 
 use proptest::prelude::*;
-use rhizome_crdt::{fold, Lattice, NodeId};
+use rhizome_crdt::Lattice;
 use std::fmt::Debug;
 use std::ops::Range;
 
-/// The node id of replica `i`.
-pub fn node(i: usize) -> NodeId {
-    NodeId::from(format!("n{i}"))
-}
-
-/// A seeded generator (splitmix64): a proptest-chosen seed fixes a whole delivery schedule,
-/// so a failure replays from the seed proptest prints.
-#[derive(Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator starting from `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0; the slight modulo bias does not matter here).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Shuffles `items` in place (Fisher–Yates).
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
-}
-
-/// Joins every one of `deltas` into `replica`: in shuffled order, some of them twice, and in
-/// groups of one to three deltas folded together before the join.
-pub fn deliver<L: Lattice>(replica: &mut L, deltas: &[L], rng: &mut Rng) {
-    if deltas.is_empty() {
-        return;
-    }
-    let mut order: Vec<usize> = (0..deltas.len()).collect();
-    for _ in 0..rng.below(deltas.len() / 2 + 2) {
-        order.push(rng.below(deltas.len()));
-    }
-    rng.shuffle(&mut order);
-    let mut rest = &order[..];
-    while !rest.is_empty() {
-        let (group, tail) = rest.split_at((1 + rng.below(3)).min(rest.len()));
-        replica.join(&fold(group.iter().map(|&i| deltas[i].clone())));
-        rest = tail;
-    }
-}
+pub use crate::delivery::{deliver, node, Rng};
 
 /// Replicas of one object, each keeping the deltas it produced.
 #[derive(Debug)]
