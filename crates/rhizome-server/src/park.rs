@@ -40,6 +40,8 @@ struct Inner {
     parked: Mutex<HashMap<u64, Parked>>,
     runtime: tokio::runtime::Handle,
     stopping: AtomicBool,
+    /// No more parking: set (under the `parked` lock) when the poller stops or fails.
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -65,6 +67,7 @@ impl Parking {
             parked: Mutex::new(HashMap::new()),
             runtime,
             stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
         let poller = inner.clone();
         let thread =
@@ -76,6 +79,11 @@ impl Parking {
     pub fn park(&self, session: Box<Session>, stream: tokio::net::TcpStream) {
         let conn = session.conn_id();
         let outbox = session.outbox().clone();
+        if self.inner.closed.load(Ordering::Acquire) {
+            // No poller (stopping, or it failed): the connection stays in the runtime.
+            self.inner.runtime.spawn(Session::resume(session, stream));
+            return;
+        }
         let std = match stream.into_std() {
             Ok(std) => std,
             Err(e) => {
@@ -85,6 +93,12 @@ impl Parking {
         };
         {
             let mut parked = lock(&self.inner.parked);
+            if self.inner.closed.load(Ordering::Acquire) {
+                // The poller closed meanwhile (its flag is set under this lock).
+                drop(parked);
+                self.inner.resume(session, std);
+                return;
+            }
             let slot =
                 parked.entry(conn).or_insert(Parked { session, stream: mio::net::TcpStream::from_std(std) });
             // Registered under the lock: the poller cannot look for the session before it is there.
@@ -110,6 +124,10 @@ impl Parking {
 
     /// Stops the poller; connections still parked are closed.
     pub fn stop(&self) {
+        {
+            let _parked = lock(&self.inner.parked);
+            self.inner.closed.store(true, Ordering::Release);
+        }
         self.inner.stopping.store(true, Ordering::Release);
         let _ = self.inner.waker.wake();
         if let Some(thread) = lock(&self.thread).take() {
@@ -127,8 +145,9 @@ impl Inner {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                tracing::error!(error = %e, "the parking poller failed; parked connections are closed");
-                break;
+                tracing::error!(error = %e, "the parking poller failed; parked connections go back to the runtime");
+                self.close_and_resume_all();
+                return;
             }
             for event in events.iter() {
                 if event.token() != WAKE {
@@ -140,6 +159,32 @@ impl Inner {
                 self.unpark(conn);
             }
         }
+    }
+
+    /// Refuses further parking and hands every parked connection back to the runtime.
+    fn close_and_resume_all(&self) {
+        let drained: Vec<Parked> = {
+            let mut parked = lock(&self.parked);
+            self.closed.store(true, Ordering::Release);
+            parked.drain().map(|(_, p)| p).collect()
+        };
+        for Parked { session, mut stream } in drained {
+            let _ = self.registry.deregister(&mut stream);
+            self.resume(session, std::net::TcpStream::from(stream));
+        }
+    }
+
+    /// Runs `session` on its socket again, in a new task.
+    fn resume(&self, session: Box<Session>, std: std::net::TcpStream) {
+        let conn = session.conn_id();
+        self.runtime.spawn(async move {
+            match tokio::net::TcpStream::from_std(std) {
+                Ok(stream) => Session::resume(session, stream).await,
+                Err(e) => {
+                    tracing::debug!(conn, error = %e, "a parked socket could not be resumed; closing it")
+                }
+            }
+        });
     }
 
     fn unpark_later(&self, conn: u64) {
@@ -157,16 +202,8 @@ impl Inner {
         if let Err(e) = self.registry.deregister(&mut stream) {
             tracing::debug!(conn, error = %e, "deregistering a parked socket failed");
         }
-        let std = std::net::TcpStream::from(stream);
         tracing::trace!(conn, "resumed");
-        self.runtime.spawn(async move {
-            match tokio::net::TcpStream::from_std(std) {
-                Ok(stream) => Session::resume(session, stream).await,
-                Err(e) => {
-                    tracing::debug!(conn, error = %e, "a parked socket could not be resumed; closing it")
-                }
-            }
-        });
+        self.resume(session, std::net::TcpStream::from(stream));
     }
 }
 
