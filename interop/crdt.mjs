@@ -22,6 +22,8 @@ import {
 const LIKES = 'posts/1/likes'
 const TITLE = 'posts/1/title'
 const TAGS = 'posts/1/tags'
+const TODO = 'posts/1/todo'
+const META = 'posts/1/meta'
 const ONLINE = 20
 const OFFLINE = 30
 
@@ -69,12 +71,14 @@ await run('crdt', async url => {
     Promise.all([
       bob.sync({ type: 'logux/subscribe', channel: `crdt/${LIKES}` }),
       bob.sync({ type: 'logux/subscribe', channel: `crdt/${TITLE}` }),
-      bob.sync({ type: 'logux/subscribe', channel: `crdt/${TAGS}` })
+      bob.sync({ type: 'logux/subscribe', channel: `crdt/${TAGS}` }),
+      bob.sync({ type: 'logux/subscribe', channel: `crdt/${TODO}` }),
+      bob.sync({ type: 'logux/subscribe', channel: `crdt/${META}` })
     ]),
     10000,
     'subscribe'
   )
-  check(subs.ok, 'bob subscribes to the three objects', subs.error?.message)
+  check(subs.ok, 'bob subscribes to the five objects', subs.error?.message)
   if (!subs.ok) return
 
   // 1. online operations
@@ -83,8 +87,11 @@ await run('crdt', async url => {
   online.push(alice.sync({ type: 'crdt/lww/set', key: TITLE, value: 'first' }))
   online.push(alice.sync({ type: 'crdt/set/add', key: TAGS, elem: 'a' }))
   online.push(alice.sync({ type: 'crdt/set/add', key: TAGS, elem: 'b' }))
+  online.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 0, value: 'milk' }))
+  online.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 1, value: 'eggs' }))
+  online.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['author'], value: 'alice' }))
   let ok = await settle(Promise.all(online), 10000, 'online operations')
-  check(ok.ok, `alice's ${ONLINE + 3} online operations are processed`, ok.error?.message)
+  check(ok.ok, `alice's ${ONLINE + 6} online operations are processed`, ok.error?.message)
   await waitUntil(() => (fold(), counterValue(likes) === ONLINE), 5000)
   check(counterValue(likes) === ONLINE, `bob's counter reaches ${ONLINE} from the deltas`, counterValue(likes))
 
@@ -101,8 +108,11 @@ await run('crdt', async url => {
   offline.push(alice.sync({ type: 'crdt/lww/set', key: TITLE, value: 'written offline' }))
   offline.push(alice.sync({ type: 'crdt/set/remove', key: TAGS, elem: 'a' }))
   offline.push(alice.sync({ type: 'crdt/set/add', key: TAGS, elem: 'c' }))
+  offline.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 0, value: 'bread' }))
+  offline.push(alice.sync({ type: 'crdt/list/delete', key: TODO, index: 2 }))
+  offline.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['stats', 'words'], value: 120 }))
   let back = await settle(Promise.all(offline), 20000, 'offline operations')
-  check(back.ok, `alice's ${OFFLINE + 4} offline operations are processed after she reconnects`, back.error?.message)
+  check(back.ok, `alice's ${OFFLINE + 7} offline operations are processed after she reconnects`, back.error?.message)
 
   // 3. bob comes back: his client re-subscribes, and each object's state arrives as a delta
   await sleep(200)
@@ -119,9 +129,19 @@ await run('crdt', async url => {
   let last = tagStates().at(-1)
   let tags = last ? last.action.delta.elems.map(e => e[0]).sort() : []
   check(JSON.stringify(tags) === '["b","c"]', "bob's set converges to alice's adds minus her remove", JSON.stringify(tags))
+  // The list and the map, also whole with the re-subscription.
+  let stateOf = key => deltas().filter(d => d.connection >= 2 && d.action.key === key).at(-1)?.action.delta
+  await waitUntil(() => stateOf(TODO) && stateOf(META), 5000)
+  let list = stateOf(TODO)
+  let deleted = new Set((list?.deleted ?? []).map(([n, c]) => `${n} ${c}`))
+  let items = (list?.elems ?? []).filter(e => !deleted.has(`${e[0]} ${e[1]}`)).map(e => e[4])
+  check(JSON.stringify(items) === '["bread","milk"]', "bob's list converges to alice's inserts and delete", JSON.stringify(items))
+  let meta = stateOf(META)?.entries
+  check(meta?.author?.reg?.[0]?.[2] === 'alice' && meta?.stats?.map?.words?.reg?.[0]?.[2] === 120,
+    "bob's map holds alice's nested fields", JSON.stringify(meta))
   let undos = received(alice, a => a.type === 'logux/undo')
   check(undos.length === 0, 'no logux/undo', undos.map(u => u.action.reason).join(','))
   let afterReconnect = deltas().filter(d => d.connection >= 2).length
-  check(afterReconnect <= 6, 'the re-subscriptions bring one delta per object, not the operation chain',
+  check(afterReconnect <= 10, 'the re-subscriptions bring one delta per object, not the operation chain',
     `${afterReconnect} deltas after reconnecting`)
 })
