@@ -1,7 +1,8 @@
-// crdt: the real client sends CRDT operations (crdt/counter/inc, crdt/lww/set) as
+// crdt: the real client sends CRDT operations (counter, LWW register, set, list, map) as
 // ordinary Logux actions, online and while offline; a second client subscribes to the
-// objects' channels and, joining the crdt/delta actions it receives, holds the merged state,
-// including after both clients lost their connections.
+// objects' channels and, from the crdt/delta actions it receives, holds the merged state,
+// including after both clients lost their connections. A third client's concurrent write to a
+// multi-value register survives next to the first's.
 //   node interop/crdt.mjs ws://127.0.0.1:31337
 //
 // A Rhizome feature: the reference @logux/server 0.14.0 has no CRDT objects.
@@ -24,6 +25,7 @@ const TITLE = 'posts/1/title'
 const TAGS = 'posts/1/tags'
 const TODO = 'posts/1/todo'
 const META = 'posts/1/meta'
+const OWNER = 'posts/1/owner'
 const ONLINE = 20
 const OFFLINE = 30
 
@@ -139,6 +141,27 @@ await run('crdt', async url => {
   let meta = stateOf(META)?.entries
   check(meta?.author?.reg?.[0]?.[2] === 'alice' && meta?.stats?.map?.words?.reg?.[0]?.[2] === 120,
     "bob's map holds alice's nested fields", JSON.stringify(meta))
+  // Two clients write a multi-value register without having seen each other's write
+  // (`seen: {}`): both values survive, for the app to resolve.
+  let carol = makeClient(url, 'carol')
+  let carolUp = await settle(startClient(carol), 10000, 'carol connects')
+  check(carolUp.ok, 'carol connects', carolUp.error?.message)
+  let writes = await settle(
+    Promise.all([
+      alice.sync({ type: 'crdt/mv/set', key: OWNER, value: 'alice', seen: {} }),
+      carol.sync({ type: 'crdt/mv/set', key: OWNER, value: 'carol', seen: {} })
+    ]),
+    10000,
+    'concurrent register writes'
+  )
+  check(writes.ok, 'both register writes are processed', writes.error?.message)
+  let owner = await settle(bob.sync({ type: 'logux/subscribe', channel: `crdt/${OWNER}` }), 10000, 'subscribe owner')
+  check(owner.ok, 'bob subscribes to the register', owner.error?.message)
+  let ownerState = () => deltas().filter(d => d.action.key === OWNER).at(-1)?.action.delta
+  await waitUntil(() => ownerState(), 5000)
+  let values = (ownerState()?.values ?? []).map(v => v[2]).sort()
+  check(JSON.stringify(values) === '["alice","carol"]', 'both concurrent values survive', JSON.stringify(values))
+
   let undos = received(alice, a => a.type === 'logux/undo')
   check(undos.length === 0, 'no logux/undo', undos.map(u => u.action.reason).join(','))
   let afterReconnect = deltas().filter(d => d.connection >= 2).length
