@@ -821,18 +821,7 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
     /// Assigns the register with the fresh `dot`: replaces every value seen here; values
     /// assigned concurrently stay beside it. A dot already seen gives the bottom delta.
     pub fn assign(&self, dot: Dot, scalar: impl Into<Scalar>) -> Result<ValueDelta<K>, MapError> {
-        self.expect(Kind::Register)?;
-        if self.context.contains(&dot) {
-            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
-        }
-        let mut seen = Vec::new();
-        if let Some(value) = self.value {
-            value.register.dots_into(&mut seen);
-        }
-        seen.push(dot.clone());
-        let mut register = DotFun::new();
-        register.insert(dot, scalar.into());
-        Ok(ValueDelta { value: Value { register, ..Value::default() }, context: seen.into_iter().collect() })
+        self.assign_where(dot, scalar.into(), |_| true)
     }
 
     /// Assigns the register with the fresh `dot` on behalf of a writer whose view was `seen`:
@@ -844,6 +833,16 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         scalar: impl Into<Scalar>,
         seen: &VersionVector,
     ) -> Result<ValueDelta<K>, MapError> {
+        self.assign_where(dot, scalar.into(), |d| seen.contains(d))
+    }
+
+    /// The register write replacing the current values whose dots `replaces` accepts.
+    fn assign_where(
+        &self,
+        dot: Dot,
+        scalar: Scalar,
+        replaces: impl Fn(&Dot) -> bool,
+    ) -> Result<ValueDelta<K>, MapError> {
         self.expect(Kind::Register)?;
         if self.context.contains(&dot) {
             return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
@@ -852,10 +851,10 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         if let Some(value) = self.value {
             value.register.dots_into(&mut observed);
         }
-        observed.retain(|d| seen.contains(d));
+        observed.retain(|d| replaces(d));
         observed.push(dot.clone());
         let mut register = DotFun::new();
-        register.insert(dot, scalar.into());
+        register.insert(dot, scalar);
         Ok(ValueDelta {
             value: Value { register, ..Value::default() },
             context: observed.into_iter().collect(),

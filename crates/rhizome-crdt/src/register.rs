@@ -118,21 +118,22 @@ impl<T: Clone + PartialEq> MvRegister<T> {
     /// the write has no effect. Joined, such a write would lose its own value yet still
     /// overwrite what it observed. A dot seen elsewhere but not here cannot be caught.
     pub fn write(&self, dot: Dot, value: T) -> MvRegister<T> {
-        if self.context.contains(&dot) {
-            return MvRegister::new();
-        }
-        let context = self.values.keys().cloned().chain([dot.clone()]).collect();
-        MvRegister { values: BTreeMap::from([(dot, value)]), context }
+        self.write_where(dot, value, |_| true)
     }
 
     /// Delta mutator: the write of `value` under `dot` by someone whose view was `seen`. Like
     /// [`MvRegister::write`], except that it supersedes only the values whose dots `seen`
     /// covers: values written concurrently with what the writer saw survive beside it.
     pub fn write_seen(&self, dot: Dot, value: T, seen: &VersionVector) -> MvRegister<T> {
+        self.write_where(dot, value, |d| seen.contains(d))
+    }
+
+    /// The write superseding the current values whose dots `supersedes` accepts.
+    fn write_where(&self, dot: Dot, value: T, supersedes: impl Fn(&Dot) -> bool) -> MvRegister<T> {
         if self.context.contains(&dot) {
             return MvRegister::new();
         }
-        let observed = self.values.keys().filter(|d| seen.contains(d)).cloned();
+        let observed = self.values.keys().filter(|d| supersedes(d)).cloned();
         let context = observed.chain([dot.clone()]).collect();
         MvRegister { values: BTreeMap::from([(dot, value)]), context }
     }
