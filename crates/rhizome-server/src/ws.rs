@@ -113,6 +113,8 @@ pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Box
     let outbox = Arc::new(Outbox::new(shared.limits.outbound_queue_bytes_max));
     let conn = shared.next_conn_id();
     let decoder = Decoder::new(shared.limits.frame_bytes_max);
+    // Registered from the start (and removed on drop), so that shutdown reaches it too.
+    shared.outboxes.insert(conn, &outbox);
     Box::new(Session {
         quiet_since_ms: now,
         shared,
@@ -166,13 +168,11 @@ impl Session {
             self.decode(&mut bytes, &mut first);
         }
         drop(read_buf);
-        self.shared.outboxes.insert(self.conn, &self.outbox);
         Session::live(self, io.into_inner(), Some(first)).await;
     }
 
     /// Serves a socket whose handshake was answered directly (without hyper).
     pub async fn serve_socket(self: Box<Self>, stream: TcpStream) {
-        self.shared.outboxes.insert(self.conn, &self.outbox);
         Session::live(self, stream, None).await;
     }
 
@@ -243,6 +243,7 @@ impl Session {
                 return self.after_read(stream, read).await;
             }
             Event::Broken => return Some(End::Broken),
+            // `run` parks on this one instead of handling it.
             Event::Park => Next::Continue,
             Event::Tick => {
                 let mut out = Vec::new();
