@@ -82,11 +82,6 @@ pub struct Server {
     done: oneshot::Receiver<()>,
 }
 
-#[derive(Clone)]
-struct HttpState {
-    shared: Arc<Shared>,
-}
-
 fn random_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-";
@@ -139,25 +134,23 @@ impl Server {
         let addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let (stop, stop_rx) = watch::channel(false);
-        let state = HttpState { shared: shared.clone() };
         tokio::spawn(tick(shared.clone()));
-        let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(state.clone());
+        let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(shared.clone());
         let (done_tx, done) = oneshot::channel();
+        let shared_for_accept = shared.clone();
         tokio::spawn(async move {
-            http::accept(listener, router, stop_rx, state.shared.clone()).await;
-            state.shared.outboxes.close_all(outbox::Closed::Shutdown);
+            let shared = shared_for_accept;
+            http::accept(listener, router, stop_rx, shared.clone()).await;
+            shared.outboxes.close_all(outbox::Closed::Shutdown);
             // Connections were told to close; wait for them to finish their in-flight writes.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while state.shared.open_connections() > 0 {
-                if tokio::time::timeout_at(deadline, state.shared.some_connection_closed()).await.is_err() {
-                    tracing::warn!(
-                        open = state.shared.open_connections(),
-                        "connections still open at shutdown"
-                    );
+            while shared.open_connections() > 0 {
+                if tokio::time::timeout_at(deadline, shared.some_connection_closed()).await.is_err() {
+                    tracing::warn!(open = shared.open_connections(), "connections still open at shutdown");
                     break;
                 }
             }
-            state.shared.parking.stop();
+            shared.parking.stop();
             let _ = done_tx.send(());
         });
         tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
@@ -232,7 +225,7 @@ async fn health() -> &'static str {
 /// Answers a WebSocket handshake (RFC 6455, section 4.2) and hands the socket to [`ws::serve`].
 /// Any other request that reaches this fallback is not found.
 async fn upgrade(
-    State(state): State<HttpState>,
+    State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
 ) -> Response {
@@ -245,11 +238,11 @@ async fn upgrade(
     let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::BAD_REQUEST, "This connection cannot be upgraded\n").into_response();
     };
-    if !state.shared.try_open_connection() {
+    if !shared.try_open_connection() {
         return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections\n").into_response();
     }
     // The session owns the slot from here: dropping it (also unpolled) gives the slot back.
-    let session = ws::session(state.shared.clone(), peer.ip(), cookie);
+    let session = ws::session(shared.clone(), peer.ip(), cookie);
     tokio::spawn(session.serve(on_upgrade));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
