@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Open this many idle subscribed connections instead, and report memory per connection.
     #[arg(long)]
     pub idle: Option<usize>,
+    /// With `--idle`: how long the connections stay idle before memory is read, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub idle_secs: u64,
     /// Server process id, for memory figures.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -348,7 +351,13 @@ async fn idle(args: &BenchArgs, count: usize) -> Result<(), BenchError> {
         i += wave;
     }
     let connect_ms = t0.elapsed().as_millis();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    for second in 1..args.idle_secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(pid) = pid {
+            eprintln!("bench: idle after {second} s rss_kib={}", rss_kib(pid)?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let after = pid.map(rss_kib).transpose()?;
     match (before, after) {
         (Some(b), Some(a)) => println!(

@@ -108,6 +108,9 @@ enum Phase {
     Closed,
 }
 
+/// The headers of every connection that sent none.
+static NO_HEADERS: std::sync::LazyLock<Arc<Map<String, Value>>> = std::sync::LazyLock::new(Arc::default);
+
 /// One client connection's protocol state.
 #[derive(Debug)]
 pub struct Connection {
@@ -227,7 +230,12 @@ impl Connection {
             return self.fail(encode_error("wrong-credentials", None), CloseReason::Refused, out);
         }
         let client_id = node_id.client_id();
-        let headers = Arc::new(std::mem::take(&mut self.headers));
+        let headers = if self.headers.is_empty() {
+            // Most clients send no headers: they all share one empty map.
+            NO_HEADERS.clone()
+        } else {
+            Arc::new(std::mem::take(&mut self.headers))
+        };
         let codec = Codec { base_time: 0, local: self.config.server_node.clone(), remote: node_id.clone() };
         let identity = Identity {
             node_id: node_id.clone(),

@@ -367,7 +367,10 @@ impl Codec {
                 ActionId { ms: shift + self.base_time, node: self.remote.clone(), seq: *seq }
             }
             WireId::Full(shift, node, seq) => {
-                ActionId { ms: shift + self.base_time, node: NodeId::parse(node)?, seq: *seq }
+                // Most ids are the peer's own: share its node id instead of allocating a copy.
+                let node =
+                    if *node == self.remote.as_str() { self.remote.clone() } else { NodeId::parse(node)? };
+                ActionId { ms: shift + self.base_time, node, seq: *seq }
             }
         })
     }

@@ -61,6 +61,8 @@ pub struct ServerSection {
     pub min_subprotocol: Option<u64>,
     /// Send `headers {env: "development"}` and `debug` frames (false).
     pub development: Option<bool>,
+    /// Threads that run connections (one less than the CPUs, at least one).
+    pub workers: Option<usize>,
 }
 
 /// How clients authenticate.
