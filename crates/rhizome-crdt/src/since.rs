@@ -26,6 +26,8 @@
 
 use crate::delta::action;
 use crate::map::{DotFun, DotMap, DotSet, DotStore, Scalar, Value};
+use crate::object::vv_from_json;
+use crate::ops::OpError;
 use crate::{Dot, Kind, MvRegister, Object, OrMap, Orswot, Rga, VersionVector};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -80,6 +82,13 @@ pub fn catch_up_action(key: &str, state: &Object, seen: &VersionVector) -> Strin
         }
     }
     action(key, state.kind(), state_doc)
+}
+
+/// Reads the `seen` of a subscription (a version vector `{"<node>": n}`, as the `seen` of a
+/// `crdt/mv/set`): at most [`crate::object::NODES_MAX`] nodes, valid node ids, counters from
+/// 1 to 2^53. A refusal's [`OpError::reason`] is the `logux/undo` reason.
+pub fn parse_seen(doc: &serde_json::Value) -> Result<VersionVector, OpError> {
+    vv_from_json(doc)
 }
 
 /// The length of `doc` as compact JSON, counted without writing it out.
@@ -294,5 +303,28 @@ mod tests {
         assert_eq!(catch_up_action("k", &state, &VersionVector::new()), crate::delta_action("k", &state));
         let counter = Object::Counter(crate::PnCounter::new().inc(&NodeId::from("a"), 2));
         assert_eq!(catch_up_action("k", &counter, &vv(&[("a", 5)])), crate::delta_action("k", &counter));
+    }
+
+    #[test]
+    fn a_seen_is_checked() {
+        assert_eq!(parse_seen(&json!({"a": 3, "b:1:1": 1})), Ok(vv(&[("a", 3), ("b:1:1", 1)])));
+        assert_eq!(parse_seen(&json!({})), Ok(VersionVector::new()));
+        for bad in [
+            json!([]),
+            json!({"a": 0}),
+            json!({"a": -1}),
+            json!({"a": "1"}),
+            json!({"a b": 1}),
+            json!({"a": 1.5}),
+        ] {
+            assert_eq!(parse_seen(&bad).map_err(|e| e.reason()), Err("crdtWrongShape"), "{bad}");
+        }
+        assert_eq!(
+            parse_seen(&json!({"a": (1u64 << 53) + 1})).map_err(|e| e.reason()),
+            Err("crdtWrongShape")
+        );
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..=crate::object::NODES_MAX).map(|i| (format!("n{i}"), json!(1))).collect();
+        assert_eq!(parse_seen(&serde_json::Value::Object(many)).map_err(|e| e.reason()), Err("crdtTooBig"));
     }
 }
