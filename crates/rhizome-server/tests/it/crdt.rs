@@ -1,6 +1,7 @@
 //! CRDT objects in the server: operations are applied by the store in the append's
 //! transaction, subscribers get the object's state as one delta and then live deltas, bad
-//! operations are undone with their reason, and a re-sent operation is applied once.
+//! operations are undone with their reason, and a re-sent operation is applied once. A
+//! subscriber that sends its version vector (`seen`) gets only what it lacks.
 
 use crate::support::{has_answer, sync_actions, Client, TestServer, DEFAULT_LIMITS};
 use anyhow::{Context as _, Result};
