@@ -148,6 +148,21 @@ impl CausalContext {
         }
         // `known < last`, so `known + 1` does not overflow.
         let (mut low, mut high) = (first.max(known + 1), last);
+        // With no runs (the usual case: a server's own dots are dense) there is nothing to merge.
+        if !self.cloud.is_empty() {
+            (low, high) = self.swallow_runs(node, low, high);
+        }
+        if low == known + 1 {
+            // It extends the prefix; every run it touched was swallowed above.
+            self.vv.raise(node, high);
+        } else {
+            self.cloud.insert(Dot { node: node.clone(), counter: low }, high);
+        }
+    }
+
+    /// Removes `node`'s runs that overlap or touch `low..=high` and returns the run they make
+    /// together with it.
+    fn swallow_runs(&mut self, node: &NodeId, mut low: u64, mut high: u64) -> (u64, u64) {
         let before = self.cloud.range(..=Dot { node: node.clone(), counter: low }).next_back();
         if let Some((start, end)) =
             before.filter(|(start, end)| start.node == *node && end.saturating_add(1) >= low)
@@ -168,12 +183,7 @@ impl CausalContext {
             high = high.max(*end);
             self.cloud.remove(&start);
         }
-        if low == known + 1 {
-            // It extends the prefix; every run it touched was swallowed above.
-            self.vv.raise(node, high);
-        } else {
-            self.cloud.insert(Dot { node: node.clone(), counter: low }, high);
-        }
+        (low, high)
     }
 
     /// The next dot of `node`: one past the highest counter of `node` in the context.
