@@ -5,6 +5,10 @@
 // multi-value register survives next to the first's.
 //   node interop/crdt.mjs ws://127.0.0.1:31337
 //
+// Last, a client that held a set and was closed comes back as a new client with the
+// version vector of its copy (`seen` on logux/subscribe): it receives only the adds it
+// missed and the removes (as context), and its copy converges.
+//
 // A Rhizome feature: the reference @logux/server 0.14.0 has no CRDT objects.
 import {
   check,
@@ -39,6 +43,51 @@ function joinCounter(state, delta) {
 function counterValue(state) {
   return Object.values(state).reduce((sum, [p, n]) => sum + p - n, 0)
 }
+// A causal context {vv: {node: n}, cloud: [[node, n] | [node, first, last]]} (runs are never
+// expanded: a run may be long).
+function contextHas(context, node, n) {
+  if (n <= (context.vv[node] ?? 0)) return true
+  return (context.cloud ?? []).some(r => r[0] === node && r[1] <= n && n <= (r[2] ?? r[1]))
+}
+function joinContext(a, b) {
+  let vv = { ...a.vv }
+  for (let [node, n] of Object.entries(b.vv)) vv[node] = Math.max(vv[node] ?? 0, n)
+  let runs = [...(a.cloud ?? []), ...(b.cloud ?? [])].map(r => [r[0], r[1], r[2] ?? r[1]])
+  runs.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : x[1] - y[1]))
+  let cloud = []
+  for (let [node, first, last] of runs) {
+    let prefix = vv[node] ?? 0
+    if (last <= prefix) continue
+    if (first <= prefix + 1) {
+      vv[node] = last
+      continue
+    }
+    let prev = cloud.at(-1)
+    if (prev && prev[0] === node && first <= prev[2] + 1) prev[2] = Math.max(prev[2], last)
+    else cloud.push([node, first, last])
+  }
+  // A run may reach a prefix that grew after it was kept.
+  cloud = cloud.filter(([node, first, last]) => {
+    if (first > (vv[node] ?? 0) + 1) return true
+    vv[node] = Math.max(vv[node] ?? 0, last)
+    return false
+  })
+  return { vv, cloud }
+}
+// The add-wins set: an (element, dot) pair stays when both sides hold it or the other side
+// has not seen its dot.
+function joinSet(state, delta) {
+  let key = e => JSON.stringify(e)
+  let ours = new Set(state.elems.map(key))
+  let theirs = new Set(delta.elems.map(key))
+  let elems = [
+    ...state.elems.filter(e => theirs.has(key(e)) || !contextHas(delta.context, e[1], e[2])),
+    ...delta.elems.filter(e => !ours.has(key(e)) && !contextHas(state.context, e[1], e[2]))
+  ]
+  return { elems, context: joinContext(state.context, delta.context) }
+}
+const elementsOf = set => [...new Set(set.elems.map(e => e[0]))].sort()
+
 function joinLww(state, delta) {
   if (delta.dot === undefined) return state
   if (!state.dot) return delta
@@ -161,6 +210,58 @@ await run('crdt', async url => {
   await waitUntil(() => ownerState(), 5000)
   let values = (ownerState()?.values ?? []).map(v => v[2]).sort()
   check(JSON.stringify(values) === '["alice","carol"]', 'both concurrent values survive', JSON.stringify(values))
+
+  // 4. erin holds a set, closes her app; others add and remove; she comes back with `seen`
+  const LABELS = 'posts/1/labels'
+  let labels = []
+  for (let i = 0; i < 20; i++) labels.push(alice.sync({ type: 'crdt/set/add', key: LABELS, elem: `l${i}` }))
+  let added = await settle(Promise.all(labels), 10000, 'labels')
+  check(added.ok, "alice's 20 labels are processed", added.error?.message)
+  let erin = makeClient(url, 'erin')
+  let erinUp = await settle(startClient(erin), 10000, 'erin connects')
+  check(erinUp.ok, 'erin connects', erinUp.error?.message)
+  let erinSub = await settle(erin.sync({ type: 'logux/subscribe', channel: `crdt/${LABELS}` }), 10000, 'erin subscribes')
+  check(erinSub.ok, 'erin subscribes to the labels', erinSub.error?.message)
+  let erinDeltas = client => received(client, a => a.type === 'crdt/delta' && a.key === LABELS).map(r => r.action)
+  await waitUntil(() => erinDeltas(erin).length > 0, 5000)
+  let copy = { elems: [], context: { vv: {} } }
+  for (let action of erinDeltas(erin)) copy = joinSet(copy, action.delta)
+  check(elementsOf(copy).length === 20, 'erin holds the 20 labels', JSON.stringify(elementsOf(copy)))
+  erin.destroy()
+
+  let changes = await settle(
+    Promise.all([
+      alice.sync({ type: 'crdt/set/add', key: LABELS, elem: 'fresh' }),
+      alice.sync({ type: 'crdt/set/remove', key: LABELS, elem: 'l3' }),
+      carol.sync({ type: 'crdt/set/remove', key: LABELS, elem: 'l4' }),
+      carol.sync({ type: 'crdt/set/add', key: LABELS, elem: 'l5' })
+    ]),
+    10000,
+    'changes while erin is away'
+  )
+  check(changes.ok, 'adds and removes while erin is away are processed', changes.error?.message)
+
+  let seen = copy.context.vv
+  let erinAgain = makeClient(url, 'erin')
+  let erinBack = await settle(startClient(erinAgain), 10000, 'erin comes back')
+  check(erinBack.ok, 'erin comes back', erinBack.error?.message)
+  let resub = await settle(
+    erinAgain.sync({ type: 'logux/subscribe', channel: `crdt/${LABELS}`, seen }),
+    10000,
+    'erin subscribes with seen'
+  )
+  check(resub.ok, 'erin re-subscribes with the version vector of her copy', resub.error?.message)
+  await waitUntil(() => erinDeltas(erinAgain).length > 0, 5000)
+  let catchUp = erinDeltas(erinAgain)
+  check(catchUp.length === 1, 'one delta answers the subscription', catchUp.length)
+  let sent = catchUp[0]?.delta ?? { elems: [], context: { vv: {} } }
+  check(JSON.stringify(elementsOf(sent)) === '["fresh","l5"]', 'it carries only the two adds she missed',
+    JSON.stringify(sent))
+  for (let action of catchUp) copy = joinSet(copy, action.delta)
+  let expectedLabels = [...Array(20).keys()].map(i => `l${i}`).filter(l => l !== 'l3' && l !== 'l4')
+  expectedLabels = [...expectedLabels, 'fresh'].sort()
+  check(JSON.stringify(elementsOf(copy)) === JSON.stringify(expectedLabels),
+    "erin's copy converges: the adds, without the removed labels", JSON.stringify(elementsOf(copy)))
 
   let undos = received(alice, a => a.type === 'logux/undo')
   check(undos.length === 0, 'no logux/undo', undos.map(u => u.action.reason).join(','))

@@ -97,13 +97,19 @@ impl Lattice for VersionVector {
     }
 }
 
-/// A set of dots, kept as a version vector (the contiguous prefix of each node) plus the dots
-/// seen beyond it (the "dot cloud"). Always compact: no cloud dot is covered by the vector or
-/// directly follows it.
+/// A set of dots, kept as a version vector (the contiguous prefix of each node) plus the runs
+/// of dots seen beyond it (the "dot cloud"). Always compact: runs of one node are disjoint and
+/// apart (some counter between two runs is missing), and none touches the node's prefix, so
+/// each set of dots has exactly one representation.
+///
+/// Runs keep a context small when it has holes: "everything of node a up to 1000 except 7 and
+/// 40" is a prefix and two runs, not 997 dots. A run is never walked dot by dot, so a run of
+/// 2^53 dots costs what a run of one does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CausalContext {
     vv: VersionVector,
-    cloud: BTreeSet<Dot>,
+    /// The first dot of each run → the run's last counter.
+    cloud: BTreeMap<Dot, u64>,
 }
 
 impl CausalContext {
@@ -114,44 +120,77 @@ impl CausalContext {
 
     /// A context of exactly the dots covered by `vv`.
     pub fn from_vv(vv: VersionVector) -> CausalContext {
-        CausalContext { vv, cloud: BTreeSet::new() }
+        CausalContext { vv, cloud: BTreeMap::new() }
     }
 
     /// Whether `dot` is in the context.
     pub fn contains(&self, dot: &Dot) -> bool {
-        self.vv.contains(dot) || self.cloud.contains(dot)
+        self.vv.contains(dot) || self.run_holding(dot).is_some()
+    }
+
+    /// The cloud run holding `dot`, as its first dot and last counter.
+    fn run_holding(&self, dot: &Dot) -> Option<(&Dot, u64)> {
+        let (first, last) = self.cloud.range(..=dot).next_back()?;
+        (first.node == dot.node && dot.counter <= *last).then_some((first, *last))
     }
 
     /// Adds `dot`.
     pub fn insert(&mut self, dot: Dot) {
-        let known = self.vv.get(&dot.node);
-        if dot.counter <= known {
+        self.insert_run(&dot.node, dot.counter, dot.counter);
+    }
+
+    /// Adds the dots of `node` from `first` to `last`, both included (none when `first` is
+    /// above `last`). Costs O(log n) plus O(log n) per run it swallows.
+    pub fn insert_run(&mut self, node: &NodeId, first: u64, last: u64) {
+        let known = self.vv.get(node);
+        if last <= known || first > last {
             return;
         }
-        if dot.counter == known + 1 {
-            // A node's next event: it extends the prefix, and so may the node's cloud dots.
-            self.vv.raise(&dot.node, dot.counter);
-            self.absorb(&dot.node);
+        // `known < last`, so `known + 1` does not overflow.
+        let (mut low, mut high) = (first.max(known + 1), last);
+        // With no runs (the usual case: a server's own dots are dense) there is nothing to merge.
+        if !self.cloud.is_empty() {
+            (low, high) = self.swallow_runs(node, low, high);
+        }
+        if low == known + 1 {
+            // It extends the prefix; every run it touched was swallowed above.
+            self.vv.raise(node, high);
         } else {
-            self.cloud.insert(dot);
+            self.cloud.insert(Dot { node: node.clone(), counter: low }, high);
         }
     }
 
-    /// Moves `node`'s cloud dots that now extend its prefix into the vector.
-    fn absorb(&mut self, node: &NodeId) {
-        loop {
-            let next = Dot { node: node.clone(), counter: self.vv.get(node) + 1 };
-            if !self.cloud.remove(&next) {
-                break;
-            }
-            self.vv.raise(node, next.counter);
+    /// Removes `node`'s runs that overlap or touch `low..=high` and returns the run they make
+    /// together with it.
+    fn swallow_runs(&mut self, node: &NodeId, mut low: u64, mut high: u64) -> (u64, u64) {
+        let before = self.cloud.range(..=Dot { node: node.clone(), counter: low }).next_back();
+        if let Some((start, end)) =
+            before.filter(|(start, end)| start.node == *node && end.saturating_add(1) >= low)
+        {
+            let start = start.clone();
+            (low, high) = (start.counter, high.max(*end));
+            self.cloud.remove(&start);
         }
+        // Runs that start inside or right after the new one join it.
+        loop {
+            let after = self.cloud.range(Dot { node: node.clone(), counter: low }..).next();
+            let Some((start, end)) =
+                after.filter(|(start, _)| start.node == *node && start.counter <= high.saturating_add(1))
+            else {
+                break;
+            };
+            let start = start.clone();
+            high = high.max(*end);
+            self.cloud.remove(&start);
+        }
+        (low, high)
     }
 
     /// The next dot of `node`: one past the highest counter of `node` in the context.
     pub fn next_dot(&self, node: &NodeId) -> Dot {
-        let in_cloud = self.cloud.range(Dot::new(node.clone(), 0)..).take_while(|d| d.node == *node).last();
-        let highest = in_cloud.map_or(self.vv.get(node), |d| d.counter);
+        let last_run = self.cloud.range(..=Dot { node: node.clone(), counter: u64::MAX }).next_back();
+        let in_cloud = last_run.filter(|(first, _)| first.node == *node).map(|(_, last)| *last);
+        let highest = in_cloud.unwrap_or_else(|| self.vv.get(node));
         // Saturates rather than wrapping to 0 (which every context contains): a counter near
         // u64::MAX only comes from a forged dot, and its node then stops making progress.
         Dot { node: node.clone(), counter: highest.saturating_add(1) }
@@ -162,31 +201,47 @@ impl CausalContext {
         &self.vv
     }
 
-    /// Dots beyond the contiguous prefixes.
-    pub fn cloud(&self) -> impl Iterator<Item = &Dot> {
-        self.cloud.iter()
+    /// The runs of dots beyond the contiguous prefixes, as `(node, first, last)` counters
+    /// (both included), in node and counter order.
+    pub fn cloud(&self) -> impl Iterator<Item = (&NodeId, u64, u64)> {
+        self.cloud.iter().map(|(first, last)| (&first.node, first.counter, *last))
     }
 
     /// Whether every dot of `self` is in `other`.
     pub fn le(&self, other: &CausalContext) -> bool {
         // `other` is compact: its cloud never holds the dot after its prefix, so a longer
-        // prefix of `self` cannot be covered by `other`'s cloud.
-        self.vv.le(&other.vv) && self.cloud.iter().all(|d| other.contains(d))
+        // prefix of `self`, or a run crossing the end of `other`'s prefix, is not covered.
+        self.vv.le(&other.vv)
+            && self.cloud().all(|(node, first, last)| {
+                last <= other.vv.get(node)
+                    || other
+                        .run_holding(&Dot { node: node.clone(), counter: first })
+                        .is_some_and(|(_, end)| last <= end)
+            })
     }
 
-    /// Moves cloud dots that extend a node's prefix into the vector. One pass in (node,
-    /// counter) order suffices: a dot raised into the vector is followed by its successor.
-    fn compact(&mut self) {
-        let mut kept = BTreeSet::new();
-        for dot in std::mem::take(&mut self.cloud) {
-            let known = self.vv.get(&dot.node);
-            if dot.counter == known + 1 {
-                self.vv.raise(&dot.node, dot.counter);
-            } else if dot.counter > known {
-                kept.insert(dot);
+    /// The context without `dots`: each run (and prefix) they fall in is cut around them.
+    /// Costs O((r + h) log n) for r runs and prefixes and h of `dots` inside them.
+    pub fn without(&self, dots: &BTreeSet<Dot>) -> CausalContext {
+        let prefixes = self.vv.iter().map(|(node, last)| (node, 1, last));
+        let mut out = CausalContext::new();
+        for (node, first, last) in prefixes.chain(self.cloud()) {
+            // `None` once a hole is the highest counter there is: nothing follows it.
+            let mut from = Some(first);
+            let holes = dots.range(
+                Dot { node: node.clone(), counter: first }..=Dot { node: node.clone(), counter: last },
+            );
+            for hole in holes {
+                if let Some(from) = from {
+                    out.insert_run(node, from, hole.counter.saturating_sub(1));
+                }
+                from = hole.counter.checked_add(1);
+            }
+            if let Some(from) = from {
+                out.insert_run(node, from, last);
             }
         }
-        self.cloud = kept;
+        out
     }
 }
 
@@ -195,26 +250,14 @@ impl Lattice for CausalContext {
         CausalContext::new()
     }
 
-    /// Costs O(d log n) for a `other` of d nodes and cloud dots: only the nodes `other`
-    /// raises are compacted again, so joining a small delta into a big context stays cheap.
+    /// Costs O(d log n) for a `other` of d nodes and runs: only what `other` holds is
+    /// inserted, so joining a small delta into a big context stays cheap.
     fn join(&mut self, other: &Self) {
         for (node, counter) in other.vv.iter() {
-            if counter <= self.vv.get(node) {
-                continue;
-            }
-            self.vv.raise(node, counter);
-            let covered: Vec<Dot> = self
-                .cloud
-                .range(Dot { node: node.clone(), counter: 0 }..=Dot { node: node.clone(), counter })
-                .cloned()
-                .collect();
-            for dot in &covered {
-                self.cloud.remove(dot);
-            }
-            self.absorb(node);
+            self.insert_run(node, 1, counter);
         }
-        for dot in &other.cloud {
-            self.insert(dot.clone());
+        for (node, first, last) in other.cloud() {
+            self.insert_run(node, first, last);
         }
     }
 }
@@ -222,8 +265,9 @@ impl Lattice for CausalContext {
 impl FromIterator<Dot> for CausalContext {
     fn from_iter<I: IntoIterator<Item = Dot>>(iter: I) -> Self {
         let mut ctx = CausalContext::new();
-        ctx.cloud.extend(iter);
-        ctx.compact();
+        for dot in iter {
+            ctx.insert(dot);
+        }
         ctx
     }
 }

@@ -1,6 +1,6 @@
 //! The `crdt/delta` action: how the server ships a delta (or a whole state) of one object.
 
-use crate::Object;
+use crate::{Kind, Object};
 use serde_json::{Map, Value};
 
 /// The action type of a shipped delta.
@@ -9,18 +9,23 @@ pub const DELTA_TYPE: &str = "crdt/delta";
 /// `{"type": "crdt/delta", "key": …, "kind": …, "delta": …}`: a delta of `object`'s kind (or
 /// its whole state) that a client joins into its copy of the object at `key`.
 pub fn delta_action(key: &str, delta: &Object) -> String {
+    action(key, delta.kind(), delta.to_json())
+}
+
+/// The `crdt/delta` action of the document `doc` of an object of `kind`.
+pub(crate) fn action(key: &str, kind: Kind, doc: Value) -> String {
     let mut action = Map::new();
     action.insert("type".to_owned(), DELTA_TYPE.into());
     action.insert("key".to_owned(), key.into());
-    action.insert("kind".to_owned(), delta.kind().name().into());
-    action.insert("delta".to_owned(), delta.to_json());
+    action.insert("kind".to_owned(), kind.name().into());
+    action.insert("delta".to_owned(), doc);
     Value::Object(action).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Kind, Lattice, PnCounter};
+    use crate::{Lattice, PnCounter};
 
     #[test]
     fn a_delta_action_carries_key_kind_and_document() {

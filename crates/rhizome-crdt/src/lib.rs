@@ -19,6 +19,7 @@ pub mod object;
 pub mod ops;
 mod register;
 mod set;
+mod since;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnEntry};
@@ -33,6 +34,7 @@ pub use ops::OpError;
 pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
 pub use set::{ClSet, Orswot};
+pub use since::{catch_up_action, parse_seen};
 
 /// A join-semilattice: the state of a CRDT.
 pub trait Lattice: Clone + PartialEq {

@@ -168,20 +168,18 @@ impl<K: Ord + Clone> DotIndex<K> {
         }
     }
 
-    /// Appends to `out` the keys holding a dot that `context` covers: one range per node of
-    /// its vector, one point lookup per dot of its cloud.
+    /// Appends to `out` the keys holding a dot that `context` covers: one range lookup per
+    /// node of its vector and per run of its cloud.
     fn covered_keys_into(&self, context: &CausalContext, out: &mut Vec<K>) {
-        let mut push = |holders: &Holders<K>| match holders {
-            Holders::One(key) => out.push(key.clone()),
-            Holders::Many(keys) => out.extend(keys.iter().cloned()),
-        };
-        for (node, counter) in context.vv().iter() {
-            let range = Dot { node: node.clone(), counter: 0 }..=Dot { node: node.clone(), counter };
-            self.0.range(range).for_each(|(_, holders)| push(holders));
-        }
-        for dot in context.cloud() {
-            if let Some(holders) = self.0.get(dot) {
-                push(holders);
+        let prefixes = context.vv().iter().map(|(node, counter)| (node, 0, counter));
+        for (node, first, last) in prefixes.chain(context.cloud()) {
+            let range =
+                Dot { node: node.clone(), counter: first }..=Dot { node: node.clone(), counter: last };
+            for (_, holders) in self.0.range(range) {
+                match holders {
+                    Holders::One(key) => out.push(key.clone()),
+                    Holders::Many(keys) => out.extend(keys.iter().cloned()),
+                }
             }
         }
     }

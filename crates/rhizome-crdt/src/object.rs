@@ -8,8 +8,9 @@
 //!   non-zero entries only; the bottom is `{}`.
 //! - lww: `{"time": ms, "dot": ["<node>", n], "value": <JSON>}`; the bottom is `{}`.
 //! - mv: `{"values": [["<node>", n, <JSON>], …], "context": {"vv": {"<node>": n, …},
-//!   "cloud": [["<node>", n], …]}}`, each surviving value with its dot, and the causal context
-//!   as a version vector plus the dots beyond it (`cloud`, left out when empty).
+//!   "cloud": [["<node>", n], ["<node>", first, last], …]}}`, each surviving value with its
+//!   dot, and the causal context as a version vector plus the runs of dots beyond it (`cloud`,
+//!   left out when empty; a lone dot as `[node, n]`, a run as `[node, first, last]`).
 //! - set: `{"elems": [[<scalar>, "<node>", n], …], "context": {…}}`, each element with each
 //!   dot that keeps it present (usually one), in element order, and the context as for mv.
 //! - clset: `{"elems": [[<scalar>, length], …]}`, every element ever added with its causal
@@ -43,7 +44,8 @@ use std::io;
 /// vector. [`crate::ops::apply`] refuses an operation by a new node beyond it.
 pub const NODES_MAX: usize = 65_536;
 
-/// Most dots in a causal context's cloud (dots beyond the contiguous prefixes).
+/// Most runs in a causal context's cloud (the dots beyond the contiguous prefixes, in runs of
+/// consecutive counters; a lone dot is a run of one).
 pub const CLOUD_DOTS_MAX: usize = 65_536;
 
 /// Most concurrent values an MV register document may hold. A write on one server leaves one
@@ -307,10 +309,19 @@ fn mv_to_json(register: &MvRegister<Value>) -> Value {
     json!({"values": values, "context": context_to_json(register.context())})
 }
 
-/// `{"vv": {"<node>": n, …}, "cloud": [["<node>", n], …]}`, without `cloud` when it is empty.
+/// `{"vv": {"<node>": n, …}, "cloud": [["<node>", n], ["<node>", first, last], …]}`, without
+/// `cloud` when it is empty: a run of one dot as `[node, n]`, a longer one as `[node, first,
+/// last]`.
 fn context_to_json(context: &CausalContext) -> Value {
     let mut doc = Map::from_iter([("vv".to_owned(), vv_to_json(context.vv()))]);
-    let cloud: Vec<Value> = context.cloud().map(dot_to_json).collect();
+    let run_to_json = |(node, first, last): (&NodeId, u64, u64)| {
+        if first == last {
+            json!([node.as_str(), first])
+        } else {
+            json!([node.as_str(), first, last])
+        }
+    };
+    let cloud: Vec<Value> = context.cloud().map(run_to_json).collect();
     if !cloud.is_empty() {
         doc.insert("cloud".to_owned(), Value::Array(cloud));
     }
@@ -633,21 +644,27 @@ fn context_from_json(doc: &Value) -> Result<CausalContext, OpError> {
     let vv = vv_from_json(vv_doc.ok_or(OpError::WrongShape("a causal context needs a vv object"))?)?;
     let cloud_doc = match map.get("cloud") {
         None => &[][..],
-        Some(cloud) => cloud.as_array().ok_or(OpError::WrongShape("a cloud must be an array of dots"))?,
+        Some(cloud) => cloud.as_array().ok_or(OpError::WrongShape("a cloud must be an array of runs"))?,
     };
     if cloud_doc.len() > CLOUD_DOTS_MAX {
-        return Err(OpError::TooBig { what: "dots in a causal context's cloud", max: CLOUD_DOTS_MAX as u64 });
+        return Err(OpError::TooBig { what: "runs in a causal context's cloud", max: CLOUD_DOTS_MAX as u64 });
     }
-    let mut cloud = Vec::with_capacity(cloud_doc.len());
-    for dot in cloud_doc {
-        let [node, counter] = dot.as_array().map(Vec::as_slice).unwrap_or_default() else {
-            return Err(OpError::WrongShape("a dot must be [node, counter]"));
-        };
-        cloud.push(dot_from_json(node, counter)?);
-    }
-    // Joining a context built from the cloud compacts it once, whatever order the dots come in.
+    // Inserting compacts, whatever order the runs come in and however they overlap.
     let mut context = CausalContext::from_vv(vv);
-    context.join(&cloud.into_iter().collect());
+    for run in cloud_doc {
+        let (node, first, last) = match run.as_array().map(Vec::as_slice).unwrap_or_default() {
+            [node, counter] => (node, counter, counter),
+            [node, first, last] => (node, first, last),
+            _ => {
+                return Err(OpError::WrongShape("a cloud run must be [node, counter] or [node, first, last]"))
+            }
+        };
+        let (first, last) = (dot_from_json(node, first)?, dot_from_json(node, last)?);
+        if first.counter > last.counter {
+            return Err(OpError::WrongShape("a cloud run must not end before it starts"));
+        }
+        context.insert_run(&first.node, first.counter, last.counter);
+    }
     Ok(context)
 }
 
@@ -836,7 +853,7 @@ mod tests {
         let doc = Object::Mv(delta.clone()).to_json();
         assert_eq!(
             doc,
-            json!({"values": [["a", 3, 3]], "context": {"vv": {"b": 1}, "cloud": [["a", 2], ["a", 3]]}})
+            json!({"values": [["a", 3, 3]], "context": {"vv": {"b": 1}, "cloud": [["a", 2, 3]]}})
         );
         assert_eq!(Object::from_json(Kind::Mv, &doc), Ok(Object::Mv(delta)));
         let bottom = Object::bottom(Kind::Mv).to_json();
@@ -849,7 +866,19 @@ mod tests {
         let doc = json!({"values": [], "context": {"vv": {"a": 1}, "cloud": [["a", 3], ["a", 2], ["b", 2]]}});
         let Ok(Object::Mv(r)) = Object::from_json(Kind::Mv, &doc) else { panic!("not read") };
         assert_eq!(r.context().vv().get(&node("a")), 3);
-        assert_eq!(r.context().cloud().collect::<Vec<_>>(), [&Dot::new("b", 2)]);
+        assert_eq!(r.context().cloud().collect::<Vec<_>>(), [(&node("b"), 2, 2)]);
+    }
+
+    #[test]
+    fn cloud_runs_are_written_as_triples_and_read_overlapping() {
+        let doc = json!({"values": [], "context": {"vv": {"a": 1}, "cloud": [["a", 5, 9], ["a", 3], ["a", 8, 12], ["b", 2, 2]]}});
+        let Ok(Object::Mv(r)) = Object::from_json(Kind::Mv, &doc) else { panic!("not read") };
+        let runs = [(&node("a"), 3, 3), (&node("a"), 5, 12), (&node("b"), 2, 2)];
+        assert_eq!(r.context().cloud().collect::<Vec<_>>(), runs);
+        let written = json!({"vv": {"a": 1}, "cloud": [["a", 3], ["a", 5, 12], ["b", 2]]});
+        assert_eq!(Object::Mv(r).to_json()["context"], written);
+        let far = json!({"values": [], "context": {"vv": {}, "cloud": [["a", 2, 1u64 << 53]]}});
+        assert!(Object::from_json(Kind::Mv, &far).is_ok(), "a long run costs what a short one does");
     }
 
     #[test]
@@ -869,6 +898,9 @@ mod tests {
             json!({"values": [], "context": {"vv": {"a": -1}}}),
             json!({"values": [], "context": {"vv": {"a": 1}, "cloud": {"a": 3}}}),
             json!({"values": [], "context": {"vv": {"a": 1}, "cloud": [["a"]]}}),
+            json!({"values": [], "context": {"vv": {"a": 1}, "cloud": [["a", 5, 4]]}}),
+            json!({"values": [], "context": {"vv": {"a": 1}, "cloud": [["a", 0, 4]]}}),
+            json!({"values": [], "context": {"vv": {"a": 1}, "cloud": [["a", 3, 4, 5]]}}),
             json!({"values": [], "context": {"vv": {"a": 1}, "extra": []}}),
             json!({"values": [], "context": {"vv": {"a b": 1}}}),
         ] {

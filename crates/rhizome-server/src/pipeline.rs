@@ -12,6 +12,7 @@ use crate::writer::{WriteFailed, WriteRequest};
 use rhizome_core::{
     ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Routing, Status,
 };
+use rhizome_crdt::VersionVector;
 use rhizome_protocol::message::{encode_synced, push_json_str};
 use rhizome_protocol::{Action, ActionId, Channel, SyncBuilder};
 use rhizome_store::{Append, Committed, WriteBatch};
@@ -357,6 +358,15 @@ impl Pipeline {
             self.debug(&format!("Wrong channel name {name}"));
             return undo(&meta.id, action, "wrongChannel");
         };
+        // A CRDT subscriber may say what it holds (`seen`, a version vector): it then gets
+        // only what it lacks. Refused before any hook runs, like a malformed operation.
+        let seen = match (name.starts_with(CRDT_CHANNEL_PREFIX), action.fields().get("seen")) {
+            (true, Some(doc)) => match rhizome_crdt::parse_seen(doc) {
+                Ok(seen) => Some(seen),
+                Err(e) => return undo(&meta.id, action, e.reason()),
+            },
+            _ => None,
+        };
         let rules = rules.clone();
         match rules.access(ctx, &params, &action, &meta).await {
             Ok(true) => {}
@@ -376,9 +386,10 @@ impl Pipeline {
             Err(e) => return hook_undo(&meta.id, action, e),
         }
         let since = if let Some(key) = name.strip_prefix(CRDT_CHANNEL_PREFIX) {
-            // A CRDT object: its whole state in one delta, then what is committed after it.
-            // The client's `since` is not needed: joining the state is idempotent.
-            match self.object_snapshot(key).await {
+            // A CRDT object: its whole state in one delta (or what a client with `seen` lacks),
+            // then what is committed after it. The client's `since` is not needed: joining
+            // the state is idempotent.
+            match self.object_snapshot(key, seen).await {
                 Ok(position) => Some(position),
                 Err(()) => return undo(&meta.id, action, "error"),
             }
@@ -404,15 +415,25 @@ impl Pipeline {
     }
 
     /// Queues the state of the CRDT object at `key` as one `crdt/delta` (nothing when it does
-    /// not exist yet) and returns the log position the subscription goes on from.
-    async fn object_snapshot(&self, key: &str) -> Result<u64, ()> {
+    /// not exist yet), or with `seen` the delta since it when smaller, and returns the log
+    /// position the subscription goes on from.
+    async fn object_snapshot(&self, key: &str, seen: Option<VersionVector>) -> Result<u64, ()> {
         let store = self.shared.store.clone();
         let owned = key.to_owned();
         let read = tokio::task::spawn_blocking(move || {
             // The position first: whatever is committed after it is caught up, so an object
             // created between the two reads is not missed.
             let position = store.last_position()?;
-            let object = store.read_object(&owned)?;
+            // The delta is computed from the state read (one read transaction), so it brings
+            // the client to the position `at` the live deltas go on from. It walks the whole
+            // state, so it is built here, off the async runtime.
+            let object = store.read_object(&owned)?.map(|(state, at)| {
+                let json = match &seen {
+                    Some(seen) => rhizome_crdt::catch_up_action(&owned, &state, seen),
+                    None => rhizome_crdt::delta_action(&owned, &state),
+                };
+                (json, at)
+            });
             Ok::<_, rhizome_store::StoreError>((position, object))
         })
         .await;
@@ -424,12 +445,11 @@ impl Pipeline {
             }
             Err(_) => return Err(()),
         };
-        let Some((state, at)) = object else {
+        let Some((json, at)) = object else {
             return Ok(position);
         };
         let id = self.shared.next_server_id();
         let mut b = SyncBuilder::new();
-        let json = rhizome_crdt::delta_action(key, &state);
         b.push(&self.identity.codec, &json, &id, id.ms, Some(self.shared.config.subprotocol));
         self.outbox.push(b.finish(self.outbox.safe_added()));
         Ok(at.max(position))

@@ -10,3 +10,4 @@ mod map;
 mod ops;
 mod register;
 mod set;
+mod since;

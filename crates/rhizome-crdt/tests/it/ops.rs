@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 
 /// Servers in a history. Author `a` is served by server `a % SERVERS`, so one server assigns
 /// all of an author's dots, as in Rhizome.
-const SERVERS: usize = 3;
+pub const SERVERS: usize = 3;
 
 /// Authors in a history.
-const AUTHORS: usize = 6;
+pub const AUTHORS: usize = 6;
 
 /// Any JSON, small; with floats or without (a float may not survive a trip through text).
 fn json(floats: bool) -> impl Strategy<Value = Value> {
@@ -224,13 +224,13 @@ fn any_change() -> impl Strategy<Value = Change> {
     select(KINDS).prop_flat_map(change)
 }
 
-fn op(key: &str, change: Change) -> Op {
+pub fn op(key: &str, change: Change) -> Op {
     Op::new(Key::parse(key).expect("a valid key"), change).expect("a valid op")
 }
 
 /// One step of a history of one object over [`SERVERS`] servers.
 #[derive(Clone, Debug)]
-enum Step {
+pub enum Step {
     /// The author's server applies its change at `time_ms` (in a small range, so that equal
     /// times are common).
     Apply { author: usize, change: Change, time_ms: i64 },
@@ -239,7 +239,7 @@ enum Step {
     Gossip { from: usize, to: usize, seed: u64 },
 }
 
-fn steps(kind: Kind) -> impl Strategy<Value = Vec<Step>> {
+pub fn steps(kind: Kind) -> impl Strategy<Value = Vec<Step>> {
     let step = prop_oneof![
         3 => (0..AUTHORS, change(kind), 0i64..4)
             .prop_map(|(author, change, time_ms)| Step::Apply { author, change, time_ms }),
@@ -249,7 +249,7 @@ fn steps(kind: Kind) -> impl Strategy<Value = Vec<Step>> {
 }
 
 /// A history of one object of some kind.
-fn history() -> impl Strategy<Value = (Kind, Vec<Step>)> {
+pub fn history() -> impl Strategy<Value = (Kind, Vec<Step>)> {
     select(KINDS).prop_flat_map(|kind| (Just(kind), steps(kind)))
 }
 
@@ -295,7 +295,7 @@ fn run(kind: Kind, steps: &[Step]) -> Met {
 }
 
 /// The value a user sees, without the metadata: a counter's sum, a register's value(s).
-fn value(object: &Object) -> Value {
+pub fn value(object: &Object) -> Value {
     match object {
         Object::Counter(c) => Value::from(c.value().to_string()),
         Object::Lww(r) => r.value().cloned().unwrap_or(Value::Null),

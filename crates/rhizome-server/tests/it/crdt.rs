@@ -1,6 +1,7 @@
 //! CRDT objects in the server: operations are applied by the store in the append's
 //! transaction, subscribers get the object's state as one delta and then live deltas, bad
-//! operations are undone with their reason, and a re-sent operation is applied once.
+//! operations are undone with their reason, and a re-sent operation is applied once. A
+//! subscriber that sends its version vector (`seen`) gets only what it lacks.
 
 use crate::support::{has_answer, sync_actions, Client, TestServer, DEFAULT_LIMITS};
 use anyhow::{Context as _, Result};
@@ -245,6 +246,102 @@ async fn maps_hold_nested_registers_and_sets() -> Result<()> {
     assert_eq!(entries["title"]["reg"], json!([["alice:c1:t1", 4, "Buy oat milk"]]), "{}", map[0]);
     assert_eq!(entries["meta"]["map"]["priority"]["reg"][0][2], 2);
     assert_eq!(entries["tags"]["set"][0][0], "home");
+    server.stop().await;
+    Ok(())
+}
+
+/// Subscribes to the object at `key` with `seen`; returns the `crdt/delta` actions received
+/// with the answer.
+async fn subscribe_seen(c: &mut Client, key: &str, seen: &Value) -> Result<Vec<Value>> {
+    let subscribe = json!({"type": "logux/subscribe", "channel": format!("crdt/{key}"), "seen": seen});
+    let id = c.send_action(subscribe).await?;
+    let got = c.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
+    Ok(got.iter().flat_map(sync_actions).filter(|a| a["type"] == "crdt/delta").collect())
+}
+
+#[tokio::test]
+async fn a_subscriber_with_a_version_vector_gets_only_what_it_lacks() -> Result<()> {
+    use rhizome_crdt::{Kind, Object};
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    let mut last = None;
+    for i in 0..200 {
+        last = Some(alice.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": i})).await?);
+    }
+    alice.wait_processed(&last.context("sent")?).await?;
+
+    // Bob holds the set as it is now, then goes away.
+    let mut bob = server.login("bob:c2:t1").await?;
+    let first = subscribe_object(&mut bob, "tags").await?;
+    let mut copy = Object::from_json(Kind::Set, &first[0]["delta"]).context("a set document")?;
+    let seen = first[0]["delta"]["context"]["vv"].clone();
+    assert_eq!(seen, json!({"alice:c1:t1": 200}), "the vector a client sends is its context's");
+    bob.close().await;
+
+    // Meanwhile: a new element, a removed one, one re-added by someone else.
+    let mut carol = server.login("carol:c3:t1").await?;
+    for action in [
+        json!({"type": "crdt/set/add", "key": "tags", "elem": "new"}),
+        json!({"type": "crdt/set/remove", "key": "tags", "elem": 7}),
+    ] {
+        let id = alice.send_action(action).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let id = carol.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": 100})).await?;
+    carol.wait_processed(&id).await?;
+
+    // Bob comes back with his vector: one small delta that brings him to the state.
+    let mut bob = server.login("bob:c2:t1").await?;
+    let caught_up = subscribe_seen(&mut bob, "tags", &seen).await?;
+    assert_eq!(caught_up.len(), 1, "{caught_up:?}");
+    let delta = &caught_up[0]["delta"];
+    assert_eq!(delta["elems"], json!([[100, "carol:c3:t1", 1], ["new", "alice:c1:t1", 201]]), "{delta}");
+    // The context holds what bob must drop (7's and 100's old dots) and the new dots, not
+    // the live ones he has.
+    let context = json!({"vv": {"carol:c3:t1": 1}, "cloud": [["alice:c1:t1", 8], ["alice:c1:t1", 101], ["alice:c1:t1", 201]]});
+    assert_eq!(delta["context"], context);
+    copy.join(&Object::from_json(Kind::Set, delta).context("a set delta")?)?;
+    let mut dave = server.login("dave:c4:t1").await?;
+    let whole = subscribe_object(&mut dave, "tags").await?;
+    let state = Object::from_json(Kind::Set, &whole[0]["delta"]).context("a set document")?;
+    assert_eq!(copy, state, "bob's copy joined with the delta is the state");
+    let (small, full) = (caught_up[0].to_string().len(), whole[0].to_string().len());
+    assert!(small * 10 < full, "{small} bytes against {full}");
+
+    // Then the live deltas, as for any subscriber.
+    let id = alice.send_action(json!({"type": "crdt/set/remove", "key": "tags", "elem": "new"})).await?;
+    alice.wait_processed(&id).await?;
+    let live = bob.until(|m| sync_actions(m).iter().any(|a| a["type"] == "crdt/delta")).await?;
+    let live = sync_actions(&live).into_iter().find(|a| a["type"] == "crdt/delta").context("delta")?;
+    assert_eq!(live["delta"]["context"], json!({"vv": {}, "cloud": [["alice:c1:t1", 201]]}));
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_malformed_or_absurd_version_vector_is_undone() -> Result<()> {
+    let limits = DEFAULT_LIMITS.replace("frame_bytes_max = 65536", "frame_bytes_max = 2000000");
+    let server = TestServer::start(&limits).await?;
+    let mut alice = server.login("alice:c1:t1").await?;
+    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "k"})).await?;
+    alice.wait_processed(&id).await?;
+    let huge: serde_json::Map<String, Value> = (0..=65_536).map(|i| (format!("n{i}"), json!(1))).collect();
+    let cases = [
+        (json!([1]), "crdtWrongShape"),
+        (json!({"alice:c1:t1": 0}), "crdtWrongShape"),
+        (json!({"alice:c1:t1": "3"}), "crdtWrongShape"),
+        (json!({"a b": 1}), "crdtWrongShape"),
+        (Value::Object(huge), "crdtTooBig"),
+    ];
+    for (seen, reason) in cases {
+        let id =
+            alice.send_action(json!({"type": "logux/subscribe", "channel": "crdt/k", "seen": seen})).await?;
+        assert_eq!(alice.wait_undo(&id).await?["reason"], reason);
+    }
+    // A kind without a vector (a counter) gets its state, whatever `seen` says.
+    let snapshot = subscribe_seen(&mut alice, "k", &json!({"alice:c1:t1": 1})).await?;
+    assert_eq!(snapshot[0]["delta"], json!({"alice:c1:t1": [1, 0]}));
+    server.assert_healthy().await?;
     server.stop().await;
     Ok(())
 }
