@@ -261,6 +261,39 @@ impl<T: Clone + PartialEq> Rga<T> {
         delta
     }
 
+    /// Whether `id` names an element of this list, deleted or not.
+    pub fn contains_id(&self, id: &Dot) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// Delta mutator: inserts `value` right after the element `after` (`None`: at the head),
+    /// wherever that element is now, with identity `dot` (new, as for [`Rga::insert`]). This
+    /// is RGA's own operation: a replica that chose its place on an old copy lands next to the
+    /// element it saw, not at an index others' inserts have since moved. `after` should name
+    /// an element of this list ([`Rga::contains_id`]); an element after an unknown one waits
+    /// for it, unplaced.
+    pub fn insert_after(&self, after: Option<&Dot>, dot: Dot, value: T) -> Rga<T> {
+        let mut delta = Rga::new();
+        if self.ids.contains_key(&dot) {
+            return delta;
+        }
+        // The greatest timestamp this replica knows: placed right after `after`, before its
+        // other successors (all older).
+        let seq = self.max_seq.saturating_add(1);
+        delta.add(Elem { id: dot, origin: after.cloned(), seq, value, deleted: false });
+        delta
+    }
+
+    /// Delta mutator: deletes the element `id`, wherever it is. The delta is its tombstone;
+    /// it is empty when the element is unknown or already deleted.
+    pub fn delete_id(&self, id: &Dot) -> Rga<T> {
+        let mut delta = Rga::new();
+        if self.ids.get(id).is_some_and(|&i| !self.elems[i].deleted) {
+            delta.tombstone(id);
+        }
+        delta
+    }
+
     /// Delta mutator: deletes the visible element at `index`. The delta is its tombstone;
     /// it is empty when `index` is out of range.
     pub fn delete(&self, index: usize) -> Rga<T> {

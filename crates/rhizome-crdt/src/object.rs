@@ -669,12 +669,12 @@ fn context_from_json(doc: &Value) -> Result<CausalContext, OpError> {
 }
 
 /// `["<node>", n]`.
-fn dot_to_json(dot: &Dot) -> Value {
+pub(crate) fn dot_to_json(dot: &Dot) -> Value {
     json!([dot.node.as_str(), dot.counter])
 }
 
 /// A dot from its node and counter, both checked.
-fn dot_from_json(node: &Value, counter: &Value) -> Result<Dot, OpError> {
+pub(crate) fn dot_from_json(node: &Value, counter: &Value) -> Result<Dot, OpError> {
     let node = node.as_str().ok_or(OpError::WrongShape("a node id must be a string"))?;
     let counter = counter.as_u64().filter(|c| (1..=COUNTER_MAX).contains(c));
     let counter = counter.ok_or(OpError::WrongShape("a dot counter must be an integer from 1 to 2^53"))?;

@@ -20,9 +20,9 @@
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
 
 use crate::object::{
-    check_json_size, check_map_key, check_value_size, elem_from_json, map_scalar_from_json, vv_from_json,
-    vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX, MAP_DOTS_MAX, MAP_KEYS_MAX, MV_VALUES_MAX,
-    NODES_MAX, SET_ELEMS_MAX,
+    check_json_size, check_map_key, check_value_size, dot_from_json, dot_to_json, elem_from_json,
+    map_scalar_from_json, vv_from_json, vv_to_json, Kind, Object, CLOUD_DOTS_MAX, COUNTER_MAX, MAP_DOTS_MAX,
+    MAP_KEYS_MAX, MV_VALUES_MAX, NODES_MAX, SET_ELEMS_MAX,
 };
 use crate::{
     CausalContext, Dot, Lattice, LwwRegister, MapError, NodeId, OrMap, PnCounter, PnEntry, Rga, Scalar,
@@ -59,6 +59,9 @@ pub enum OpError {
     /// A field is missing, unknown or of the wrong type or range, or a document is malformed.
     #[error("wrong shape: {0}")]
     WrongShape(&'static str),
+    /// A list operation names an element the list does not hold.
+    #[error("no element [{:?}, {}] in this list", .0.node.as_str(), .0.counter)]
+    UnknownElement(Dot),
     /// Something is over its size limit.
     #[error("too big: more than {max} {what}")]
     TooBig {
@@ -101,6 +104,7 @@ impl OpError {
             OpError::UnknownType(_) => "crdtUnknownType",
             OpError::WrongShape(_) => "crdtWrongShape",
             OpError::TooBig { .. } => "crdtTooBig",
+            OpError::UnknownElement(_) => "crdtUnknownElement",
             OpError::TypeMismatch { .. } | OpError::PathMismatch { .. } => "crdtTypeMismatch",
         }
     }
@@ -204,6 +208,19 @@ pub enum Change {
         /// Which, among visible elements.
         index: u64,
     },
+    /// `crdt/list/insert` with `after`: insert `value` right after the element `after`
+    /// (`null`: at the head), wherever it is when the server applies the action.
+    ListInsertAfter {
+        /// The element's id, as the list's document shows it; `None` for the head.
+        after: Option<Dot>,
+        /// The value, at most [`LIST_VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/list/delete` with `id`: delete the element `id` (already deleted: nothing).
+    ListDeleteId {
+        /// The element's id.
+        id: Dot,
+    },
     /// `crdt/map/set`: write `value` into the multi-value register at `path` of a map,
     /// creating the nested maps on the way.
     MapSet {
@@ -247,7 +264,10 @@ impl Change {
             Change::MvSet { .. } => Kind::Mv,
             Change::SetAdd { .. } | Change::SetRemove { .. } => Kind::Set,
             Change::ClSetAdd { .. } | Change::ClSetRemove { .. } => Kind::ClSet,
-            Change::ListInsert { .. } | Change::ListDelete { .. } => Kind::List,
+            Change::ListInsert { .. }
+            | Change::ListDelete { .. }
+            | Change::ListInsertAfter { .. }
+            | Change::ListDeleteId { .. } => Kind::List,
             Change::MapSet { .. }
             | Change::MapRemove { .. }
             | Change::MapAdd { .. }
@@ -266,8 +286,8 @@ impl Change {
             Change::SetRemove { .. } => "crdt/set/remove",
             Change::ClSetAdd { .. } => "crdt/clset/add",
             Change::ClSetRemove { .. } => "crdt/clset/remove",
-            Change::ListInsert { .. } => "crdt/list/insert",
-            Change::ListDelete { .. } => "crdt/list/delete",
+            Change::ListInsert { .. } | Change::ListInsertAfter { .. } => "crdt/list/insert",
+            Change::ListDelete { .. } | Change::ListDeleteId { .. } => "crdt/list/delete",
             Change::MapSet { .. } => "crdt/map/set",
             Change::MapRemove { .. } => "crdt/map/remove",
             Change::MapAdd { .. } => "crdt/map/add",
@@ -287,6 +307,8 @@ impl Change {
             Change::SetRemove { .. } => &["type", "key", "elem", "seen"],
             Change::ListInsert { .. } => &["type", "key", "index", "value"],
             Change::ListDelete { .. } => &["type", "key", "index"],
+            Change::ListInsertAfter { .. } => &["type", "key", "after", "value"],
+            Change::ListDeleteId { .. } => &["type", "key", "id"],
             Change::MapSet { .. } => &["type", "key", "path", "value", "seen"],
             Change::MapRemove { .. } => &["type", "key", "path"],
             Change::MapAdd { .. } | Change::MapDelete { .. } => &["type", "key", "path", "elem"],
@@ -308,10 +330,10 @@ impl Change {
                 check_elem(elem)?;
                 seen.as_ref().map_or(Ok(()), check_seen)
             }
-            Change::ListInsert { value, .. } => {
+            Change::ListInsert { value, .. } | Change::ListInsertAfter { value, .. } => {
                 check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")
             }
-            Change::ListDelete { .. } => Ok(()),
+            Change::ListDelete { .. } | Change::ListDeleteId { .. } => Ok(()),
             Change::MapSet { path, value, seen } => {
                 check_path(path)?;
                 check_finite(value)?;
@@ -439,6 +461,11 @@ impl Op {
                 action.insert("value".to_owned(), value.clone())
             }
             Change::ListDelete { index } => action.insert("index".to_owned(), (*index).into()),
+            Change::ListInsertAfter { after, value } => {
+                action.insert("after".to_owned(), after.as_ref().map_or(Value::Null, dot_to_json));
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::ListDeleteId { id } => action.insert("id".to_owned(), dot_to_json(id)),
             Change::MapSet { path, value, seen } => {
                 action.insert("path".to_owned(), path.clone().into());
                 if let Some(seen) = seen {
@@ -471,7 +498,11 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/set/remove" => Change::SetRemove { elem: elem_field(action)?, seen: seen_field(action)? },
         "crdt/clset/add" => Change::ClSetAdd { elem: elem_field(action)? },
         "crdt/clset/remove" => Change::ClSetRemove { elem: elem_field(action)? },
+        "crdt/list/insert" if action.contains_key("after") => {
+            Change::ListInsertAfter { after: after_field(action)?, value: value_field(action)? }
+        }
         "crdt/list/insert" => Change::ListInsert { index: index_field(action)?, value: value_field(action)? },
+        "crdt/list/delete" if action.contains_key("id") => Change::ListDeleteId { id: id_field(action)? },
         "crdt/list/delete" => Change::ListDelete { index: index_field(action)? },
         "crdt/map/set" => Change::MapSet {
             path: path_field(action)?,
@@ -507,6 +538,28 @@ fn by_field(action: &Map<String, Value>) -> Result<u64, OpError> {
 fn index_field(action: &Map<String, Value>) -> Result<u64, OpError> {
     let index = action.get("index").and_then(Value::as_u64);
     index.ok_or(OpError::WrongShape("`index` must be a non-negative integer"))
+}
+
+/// `after`: `null` (the head) or an element id `[node, n]`.
+fn after_field(action: &Map<String, Value>) -> Result<Option<Dot>, OpError> {
+    match action.get("after") {
+        Some(Value::Null) => Ok(None),
+        Some(dot) => element_id(dot).map(Some),
+        None => Err(OpError::WrongShape("`after` is missing")),
+    }
+}
+
+/// `id`: an element id `[node, n]`.
+fn id_field(action: &Map<String, Value>) -> Result<Dot, OpError> {
+    element_id(action.get("id").ok_or(OpError::WrongShape("`id` is missing"))?)
+}
+
+/// A list element's id, `[node, n]`, as the list's document writes it.
+fn element_id(value: &Value) -> Result<Dot, OpError> {
+    match value.as_array().map(Vec::as_slice) {
+        Some([node, counter]) => dot_from_json(node, counter),
+        _ => Err(OpError::WrongShape("an element id must be [node, n]")),
+    }
 }
 
 /// `value`: required, may be `null` (its size is checked by `Op::new`).
@@ -548,8 +601,9 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 /// server assigns the dots, as `author` (a node id as [`NodeId::parse`] accepts it):
 ///
 /// - counter: [`crate::PnCounter::inc`] or [`crate::PnCounter::dec`] as `author`.
-/// - lww: the stamp is `(time_ms, (author, n))`, with `n` one past the current stamp's counter
-///   when the current value is `author`'s, else 1. A write whose stamp is not above the
+/// - lww: the stamp is `(time_ms, (author, 1))`; when the current value is `author`'s, it is
+///   `(max(time_ms, current time), (author, n + 1))` instead, so an author's write always
+///   supersedes its own current value, whatever its clock did. A write whose stamp is not above the
 ///   current one loses, and its delta is the bottom; so every stamp that is shipped is above
 ///   all stamps the object held, which include all of `author`'s earlier writes (they went
 ///   through this state), and no stamp is ever shipped twice with different values.
@@ -595,9 +649,13 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             Ok(Object::Counter(counter.dec(author, *by)))
         }
         (Object::Lww(register), Change::LwwSet { value }) => {
-            let counter = match register.stamp() {
-                Some(current) if current.dot.node == *author => current.dot.counter.saturating_add(1),
-                _ => 1,
+            // A write after the author's own current value supersedes it whatever the clocks
+            // say (its client may have corrected its clock offset between the two writes).
+            let (time_ms, counter) = match register.stamp() {
+                Some(current) if current.dot.node == *author => {
+                    (time_ms.max(current.time_ms), current.dot.counter.saturating_add(1))
+                }
+                _ => (time_ms, 1),
             };
             if counter > COUNTER_MAX {
                 return Err(too_high_counter());
@@ -647,16 +705,7 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             Ok(Object::ClSet(set.remove(elem)))
         }
         (Object::List(list), Change::ListInsert { index, value }) => {
-            if list.element_count() >= LIST_ELEMS_MAX {
-                return Err(OpError::TooBig {
-                    what: "elements in a list, deleted ones included",
-                    max: LIST_ELEMS_MAX as u64,
-                });
-            }
-            let dot = list.next_dot(author);
-            if dot.counter > COUNTER_MAX || list.max_seq() >= COUNTER_MAX {
-                return Err(too_high_counter());
-            }
+            let dot = list_insert_dot(list, author)?;
             // An index beyond `usize` is past the end like any other.
             let index = usize::try_from(*index).unwrap_or(usize::MAX);
             Ok(Object::List(Box::new(list.insert(index, dot, value.clone()))))
@@ -666,11 +715,39 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             let delta = usize::try_from(*index).map_or_else(|_| Rga::bottom(), |index| list.delete(index));
             Ok(Object::List(Box::new(delta)))
         }
+        (Object::List(list), Change::ListInsertAfter { after, value }) => {
+            if let Some(after) = after.as_ref().filter(|after| !list.contains_id(after)) {
+                return Err(OpError::UnknownElement(after.clone()));
+            }
+            let dot = list_insert_dot(list, author)?;
+            Ok(Object::List(Box::new(list.insert_after(after.as_ref(), dot, value.clone()))))
+        }
+        (Object::List(list), Change::ListDeleteId { id }) => {
+            if !list.contains_id(id) {
+                return Err(OpError::UnknownElement(id.clone()));
+            }
+            Ok(Object::List(Box::new(list.delete_id(id))))
+        }
         (Object::Map(map), change) => {
             apply_map(map, change, author).map(|delta| Object::Map(Box::new(delta)))
         }
         _ => Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() }),
     }
+}
+
+/// The dot of `author`'s next insert into `list`, when the list has room for one more element.
+fn list_insert_dot(list: &Rga<Value>, author: &NodeId) -> Result<Dot, OpError> {
+    if list.element_count() >= LIST_ELEMS_MAX {
+        return Err(OpError::TooBig {
+            what: "elements in a list, deleted ones included",
+            max: LIST_ELEMS_MAX as u64,
+        });
+    }
+    let dot = list.next_dot(author);
+    if dot.counter > COUNTER_MAX || list.max_seq() >= COUNTER_MAX {
+        return Err(too_high_counter());
+    }
+    Ok(dot)
 }
 
 /// The delta of a map operation (see [`apply`]).
@@ -1093,6 +1170,13 @@ mod tests {
         let d = step(&mut state, set(6), "a", 11);
         assert_eq!(d.to_json(), json!({"time": 11, "dot": ["a", 1], "value": 6}));
         assert_eq!(state.to_json(), d.to_json());
+        let d = step(&mut state, set(7), "a", 8);
+        assert_eq!(
+            d.to_json(),
+            json!({"time": 11, "dot": ["a", 2], "value": 7}),
+            "a write after the author's own value wins even when its clock went back"
+        );
+        assert_eq!(state.to_json(), d.to_json());
     }
 
     #[test]
@@ -1499,6 +1583,75 @@ mod tests {
             json!([["b", 3, ["b", 1], 5, "x"]]),
             "after the visible element to its left"
         );
+    }
+
+    #[test]
+    fn apply_list_inserts_after_an_element_and_deletes_by_id_wherever_they_moved() {
+        let at =
+            |index: u64, v: &str| json!({"type": "crdt/list/insert", "key": "k", "index": index, "value": v});
+        let after =
+            |id: Value, v: &str| json!({"type": "crdt/list/insert", "key": "k", "after": id, "value": v});
+        let delete = |id: Value| json!({"type": "crdt/list/delete", "key": "k", "id": id});
+        let mut state = Object::bottom(Kind::List);
+        step(&mut state, at(0, "milk"), "a", 0);
+        step(&mut state, at(1, "eggs"), "a", 0);
+        // The client saw [milk, eggs] and goes offline; meanwhile two items go in at the head.
+        step(&mut state, at(0, "tea"), "b", 0);
+        step(&mut state, at(0, "jam"), "b", 0);
+        // Its insert after milk lands after milk, where `index: 1` would now land after jam.
+        let d = step(&mut state, after(json!(["a", 1]), "bread"), "a", 0);
+        assert_eq!(d.to_json()["elems"], json!([["a", 3, ["a", 1], 5, "bread"]]));
+        let d = step(&mut state, after(Value::Null, "first"), "c", 0);
+        assert_eq!(d.to_json()["elems"], json!([["c", 1, null, 6, "first"]]), "null: at the head");
+        let Object::List(list) = &state else { panic!("a list") };
+        assert_eq!(
+            list.to_vec(),
+            [json!("first"), json!("jam"), json!("tea"), json!("milk"), json!("bread"), json!("eggs")]
+        );
+        let d = step(&mut state, delete(json!(["a", 2])), "c", 0);
+        assert_eq!(d.to_json(), json!({"elems": [], "deleted": [["a", 2]]}), "eggs, by id");
+        assert!(step(&mut state, delete(json!(["a", 2])), "b", 0).is_bottom(), "already deleted");
+        // After a deleted element: still placed right after it.
+        step(&mut state, after(json!(["a", 2]), "ham"), "b", 0);
+        let Object::List(list) = &state else { panic!("a list") };
+        assert_eq!(
+            list.to_vec(),
+            [json!("first"), json!("jam"), json!("tea"), json!("milk"), json!("bread"), json!("ham")]
+        );
+        for v in [after(json!(["z", 1]), "x"), delete(json!(["z", 1])), delete(json!(["a", 99]))] {
+            let err = apply(&state, &op(v), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err.err(), Some("crdtUnknownElement"));
+        }
+    }
+
+    #[test]
+    fn list_ids_in_actions_are_checked() {
+        let insert = |extra: Value| {
+            let mut v = json!({"type": "crdt/list/insert", "key": "k", "value": 1});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            reason(v)
+        };
+        assert_eq!(insert(json!({"after": ["a", 1], "index": 0})), "crdtWrongShape", "both places");
+        assert_eq!(insert(json!({"after": ["a"]})), "crdtWrongShape");
+        assert_eq!(insert(json!({"after": ["a", 0]})), "crdtWrongShape", "counters start at 1");
+        assert_eq!(insert(json!({"after": ["a b", 1]})), "crdtWrongShape");
+        assert_eq!(insert(json!({"after": 3})), "crdtWrongShape");
+        let delete = |id: Value| reason(json!({"type": "crdt/list/delete", "key": "k", "id": id}));
+        assert_eq!(delete(json!(null)), "crdtWrongShape");
+        assert_eq!(delete(json!(["a", 1, 2])), "crdtWrongShape");
+        let both = json!({"type": "crdt/list/delete", "key": "k", "id": ["a", 1], "index": 0});
+        assert_eq!(reason(both), "crdtWrongShape");
+        let ok = op(json!({"type": "crdt/list/insert", "key": "k", "after": ["a", 1], "value": 1}));
+        assert_eq!(ok.change(), &Change::ListInsertAfter { after: Some(Dot::new("a", 1)), value: json!(1) });
+        assert_eq!(
+            Op::new(ok.key().clone(), ok.change().clone()).unwrap().to_action()["after"],
+            json!(["a", 1])
+        );
+        let head = op(json!({"type": "crdt/list/insert", "key": "k", "after": null, "value": 1}));
+        assert_eq!(head.to_action()["after"], Value::Null);
+        let by_id = op(json!({"type": "crdt/list/delete", "key": "k", "id": ["a", 1]}));
+        assert_eq!(by_id.change(), &Change::ListDeleteId { id: Dot::new("a", 1) });
+        assert_eq!(by_id.to_action()["id"], json!(["a", 1]));
     }
 
     #[test]

@@ -164,6 +164,35 @@ proptest! {
     }
 
     #[test]
+    fn inserting_after_or_deleting_an_id_is_the_same_as_by_its_index(
+        steps in prop::collection::vec(step(3), 0..60),
+        at in any::<usize>(),
+    ) {
+        // Any replica's state, tombstones and concurrent runs included.
+        let mut sim = Sim::new(3);
+        sim.run(&steps);
+        for list in &sim.replicas {
+            let visible: Vec<Dot> =
+                list.elements().filter(|e| !e.deleted).take(list.len()).map(|e| e.id.clone()).collect();
+            let at = at % (visible.len() + 1);
+            let dot = Dot::new("z", 1);
+            let after = at.checked_sub(1).map(|left| &visible[left]);
+            let (mut by_index, mut by_id) = (list.clone(), list.clone());
+            by_index.join(&list.insert(at, dot.clone(), 7));
+            by_id.join(&list.insert_after(after, dot.clone(), 7));
+            prop_assert_eq!(by_index.to_vec(), by_id.to_vec());
+            prop_assert!(by_index == by_id);
+            if let Some(id) = visible.get(at) {
+                prop_assert!(list.contains_id(id));
+                prop_assert!(list.delete(at) == list.delete_id(id));
+                let mut deleted = list.clone();
+                deleted.join(&list.delete_id(id));
+                prop_assert!(deleted.delete_id(id).is_bottom(), "deleting twice ships nothing");
+            }
+        }
+    }
+
+    #[test]
     fn join_is_a_lattice(steps in prop::collection::vec(step(3), 0..60), seed in any::<u64>()) {
         let mut sim = Sim::new(3);
         sim.run(&steps);
