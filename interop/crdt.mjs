@@ -161,9 +161,11 @@ await run('crdt', async url => {
   offline.push(alice.sync({ type: 'crdt/set/add', key: TAGS, elem: 'c' }))
   offline.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 0, value: 'bread' }))
   offline.push(alice.sync({ type: 'crdt/list/delete', key: TODO, index: 2 }))
+  // By element id: right after milk (alice's first element), wherever it is by then.
+  offline.push(alice.sync({ type: 'crdt/list/insert', key: TODO, after: [alice.nodeId, 1], value: 'jam' }))
   offline.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['stats', 'words'], value: 120 }))
   let back = await settle(Promise.all(offline), 20000, 'offline operations')
-  check(back.ok, `alice's ${OFFLINE + 7} offline operations are processed after she reconnects`, back.error?.message)
+  check(back.ok, `alice's ${OFFLINE + 8} offline operations are processed after she reconnects`, back.error?.message)
 
   // 3. bob comes back: his client re-subscribes, and each object's state arrives as a delta
   await sleep(200)
@@ -186,7 +188,7 @@ await run('crdt', async url => {
   let list = stateOf(TODO)
   let deleted = new Set((list?.deleted ?? []).map(([n, c]) => `${n} ${c}`))
   let items = (list?.elems ?? []).filter(e => !deleted.has(`${e[0]} ${e[1]}`)).map(e => e[4])
-  check(JSON.stringify(items) === '["bread","milk"]', "bob's list converges to alice's inserts and delete", JSON.stringify(items))
+  check(JSON.stringify(items) === '["bread","milk","jam"]', "bob's list converges to alice's inserts and delete", JSON.stringify(items))
   let meta = stateOf(META)?.entries
   check(meta?.author?.reg?.[0]?.[2] === 'alice' && meta?.stats?.map?.words?.reg?.[0]?.[2] === 120,
     "bob's map holds alice's nested fields", JSON.stringify(meta))
