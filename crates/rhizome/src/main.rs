@@ -25,10 +25,14 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 #[cfg(feature = "mimalloc")]
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
-/// Sets mimalloc's options; runs first in `main`, before any other thread exists.
+/// Sets mimalloc's options, unless the environment sets them (`MIMALLOC_PURGE_DELAY`); runs
+/// first in `main`, before any other thread exists.
 #[cfg(feature = "mimalloc")]
 #[allow(unsafe_code)]
 fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: `mi_option_set` takes no pointers and only stores an integer in mimalloc's option
     // table, which mimalloc reads atomically; any value is valid for `purge_delay`.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
@@ -161,10 +165,11 @@ mod tests {
     fn the_tuned_option_is_the_purge_delay() {
         // SAFETY: as in `tune_allocator`; `mi_option_get` only reads the option table.
         let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            // mimalloc 3's default for `purge_delay`; no other option of `mi_option_t` has it.
-            assert_eq!(get(), 1000, "option {MI_OPTION_PURGE_DELAY} is not purge_delay");
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return; // the operator's setting stands
         }
+        // mimalloc 3's default for `purge_delay`; no other option of `mi_option_t` has it.
+        assert_eq!(get(), 1000, "option {MI_OPTION_PURGE_DELAY} is not purge_delay");
         tune_allocator();
         assert_eq!(get(), PURGE_DELAY_MS);
     }
