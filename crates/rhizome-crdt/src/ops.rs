@@ -793,10 +793,10 @@ fn map_fresh_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Resul
 /// only [`fresh_dot`]'s limits apply (a queue of increments folded or not then meets the same
 /// limits); otherwise it is a new write, as for [`map_fresh_dot`].
 fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
-    let mut value = None;
-    for (depth, key) in path.iter().enumerate() {
-        value = if depth == 0 { map.get(key) } else { value.and_then(|v: &MapValue<String>| v.get(key)) };
-    }
+    let value = match path.split_first() {
+        Some((first, rest)) => rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key))),
+        None => None,
+    };
     let replaces = value.is_some_and(|v| v.counter_entries().any(|(dot, _)| dot.node == *author));
     if replaces {
         fresh_dot(map.context(), author)
