@@ -1,5 +1,6 @@
-// crdt: the real client sends CRDT operations (counter, LWW register, set, list, map) as
-// ordinary Logux actions, online and while offline; a second client subscribes to the
+// crdt: the real client sends CRDT operations (counter, LWW register, set, list, map with a
+// counter inside) as ordinary Logux actions, online and while offline; a second client
+// subscribes to the
 // objects' channels and, from the crdt/delta actions it receives, holds the merged state,
 // including after both clients lost their connections. A third client's concurrent write to a
 // multi-value register survives next to the first's.
@@ -141,8 +142,9 @@ await run('crdt', async url => {
   online.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 0, value: 'milk' }))
   online.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 1, value: 'eggs' }))
   online.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['author'], value: 'alice' }))
+  for (let i = 0; i < 3; i++) online.push(alice.sync({ type: 'crdt/map/inc', key: META, path: ['stats', 'views'], by: 2 }))
   let ok = await settle(Promise.all(online), 10000, 'online operations')
-  check(ok.ok, `alice's ${ONLINE + 6} online operations are processed`, ok.error?.message)
+  check(ok.ok, `alice's ${ONLINE + 9} online operations are processed`, ok.error?.message)
   await waitUntil(() => (fold(), counterValue(likes) === ONLINE), 5000)
   check(counterValue(likes) === ONLINE, `bob's counter reaches ${ONLINE} from the deltas`, counterValue(likes))
 
@@ -164,8 +166,10 @@ await run('crdt', async url => {
   // By element id: right after milk (alice's first element), wherever it is by then.
   offline.push(alice.sync({ type: 'crdt/list/insert', key: TODO, after: [alice.nodeId, 1], value: 'jam' }))
   offline.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['stats', 'words'], value: 120 }))
+  for (let i = 0; i < 4; i++) offline.push(alice.sync({ type: 'crdt/map/inc', key: META, path: ['stats', 'views'] }))
+  offline.push(alice.sync({ type: 'crdt/map/dec', key: META, path: ['stats', 'views'], by: 3 }))
   let back = await settle(Promise.all(offline), 20000, 'offline operations')
-  check(back.ok, `alice's ${OFFLINE + 8} offline operations are processed after she reconnects`, back.error?.message)
+  check(back.ok, `alice's ${OFFLINE + 13} offline operations are processed after she reconnects`, back.error?.message)
 
   // 3. bob comes back: his client re-subscribes, and each object's state arrives as a delta
   await sleep(200)
@@ -192,6 +196,9 @@ await run('crdt', async url => {
   let meta = stateOf(META)?.entries
   check(meta?.author?.reg?.[0]?.[2] === 'alice' && meta?.stats?.map?.words?.reg?.[0]?.[2] === 120,
     "bob's map holds alice's nested fields", JSON.stringify(meta))
+  // A counter inside the map: each node's [node, dot, increments, decrements] under one dot.
+  let views = (meta?.stats?.map?.views?.counter ?? []).reduce((sum, [, , p, n]) => sum + p - n, 0)
+  check(views === 3 * 2 + 4 - 3, "bob's map counter sums alice's online and offline counts", JSON.stringify(meta?.stats))
   // Two clients write a multi-value register without having seen each other's write
   // (`seen: {}`): both values survive, for the app to resolve.
   let carol = makeClient(url, 'carol')

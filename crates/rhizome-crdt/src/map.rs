@@ -1,6 +1,6 @@
 //! Dot stores (DotSet, DotFun, DotMap) with their causal join, and the observed-remove map
-//! built from them: a JSON-document shape whose values are nested maps, sets and
-//! multi-value registers, all sharing the map's one causal context (Almeida, Shoker,
+//! built from them: a JSON-document shape whose values are nested maps, sets, multi-value
+//! registers and causal counters, all sharing the map's one causal context (Almeida, Shoker,
 //! Baquero 2018, section 6).
 //!
 //! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
@@ -8,7 +8,8 @@
 //! removed, which is how removal works without tombstones. The join keeps a dot if both
 //! sides have it, or one side has it and the other has never seen it.
 
-use crate::{CausalContext, Dot, Lattice, VersionVector};
+use crate::{CausalContext, Dot, Lattice, NodeId, PnEntry, VersionVector};
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -572,6 +573,9 @@ pub enum Kind {
     Set,
     /// A multi-value register of scalars.
     Register,
+    /// A causal counter: each node's totals under that node's latest dot (see
+    /// [`ValueRef::counter_inc`]).
+    Counter,
 }
 
 impl fmt::Display for Kind {
@@ -580,6 +584,7 @@ impl fmt::Display for Kind {
             Kind::Map => "map",
             Kind::Set => "set",
             Kind::Register => "register",
+            Kind::Counter => "counter",
         })
     }
 }
@@ -620,27 +625,47 @@ pub struct Value<K> {
     map: DotMap<K, Value<K>>,
     set: DotMap<Scalar, DotSet>,
     register: DotFun<Scalar>,
+    /// The causal counter: each node's totals of increments and decrements under that
+    /// node's latest dot (one dot per node, more only after concurrent servers numbered
+    /// the same author, see [`Value::counter_totals`]).
+    counter: DotFun<PnEntry>,
 }
 
 impl<K> Default for Value<K> {
     fn default() -> Self {
-        Value { map: DotMap::new(), set: DotMap::new(), register: DotFun::new() }
+        Value { map: DotMap::new(), set: DotMap::new(), register: DotFun::new(), counter: DotFun::new() }
+    }
+}
+
+// A counter's dot-fun keeps the greater entry of a disputed dot (see `DotFun`), which needs
+// an order: increments, then decrements. Only forged or corrupt deltas dispute a dot (its
+// author's server gives each dot one entry), so any total order that is deterministic will do.
+impl PartialOrd for PnEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PnEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.p, self.n).cmp(&(other.p, other.n))
     }
 }
 
 impl<K: Ord + Clone> DotStore for Value<K> {
     fn is_empty(&self) -> bool {
-        self.map.is_empty() && self.set.is_empty() && self.register.is_empty()
+        self.map.is_empty() && self.set.is_empty() && self.register.is_empty() && self.counter.is_empty()
     }
 
     fn dots_into(&self, out: &mut Vec<Dot>) {
         self.map.dots_into(out);
         self.set.dots_into(out);
         self.register.dots_into(out);
+        self.counter.dots_into(out);
     }
 
     fn dot_count(&self) -> usize {
-        self.map.dot_count() + self.set.dot_count() + self.register.dot_count()
+        self.map.dot_count() + self.set.dot_count() + self.register.dot_count() + self.counter.dot_count()
     }
 
     /// The keys of the nested map only: a set's elements are not keys.
@@ -658,13 +683,14 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.map.join_store(context, &other.map, other_context, changes);
         self.set.join_store(context, &other.set, other_context, changes);
         self.register.join_store(context, &other.register, other_context, changes);
+        self.counter.join_store(context, &other.counter, other_context, changes);
     }
 }
 
 impl<K: Ord + Clone> Value<K> {
     /// The kinds this value holds: one, or several after concurrent writes of different kinds.
     pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
-        [Kind::Map, Kind::Set, Kind::Register].into_iter().filter(|kind| self.holds(*kind))
+        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter].into_iter().filter(|kind| self.holds(*kind))
     }
 
     /// Whether this value holds `kind`.
@@ -673,6 +699,7 @@ impl<K: Ord + Clone> Value<K> {
             Kind::Map => !self.map.is_empty(),
             Kind::Set => !self.set.is_empty(),
             Kind::Register => !self.register.is_empty(),
+            Kind::Counter => !self.counter.is_empty(),
         }
     }
 
@@ -711,6 +738,31 @@ impl<K: Ord + Clone> Value<K> {
         self.register.iter()
     }
 
+    /// The counter's dots with the totals each carries, in dot order.
+    pub fn counter_entries(&self) -> impl Iterator<Item = (&Dot, &PnEntry)> {
+        self.counter.iter()
+    }
+
+    /// Each node's totals in the counter: the totals under its dot, or, should it hold
+    /// several (concurrent servers numbering one author), the larger of each total among
+    /// them, since each carries the author's running totals from a common past.
+    pub fn counter_totals(&self) -> BTreeMap<&NodeId, PnEntry> {
+        let mut totals: BTreeMap<&NodeId, PnEntry> = BTreeMap::new();
+        for (dot, entry) in self.counter.iter() {
+            let node = totals.entry(&dot.node).or_default();
+            node.p = node.p.max(entry.p);
+            node.n = node.n.max(entry.n);
+        }
+        totals
+    }
+
+    /// The counter's value: every node's increments minus its decrements (0 when the value
+    /// holds no counter).
+    pub fn counter_value(&self) -> i128 {
+        // Each total is below 2^64: the sums cannot overflow before 2^63 nodes.
+        self.counter_totals().values().map(|e| i128::from(e.p) - i128::from(e.n)).sum()
+    }
+
     /// A value from its three stores, as read back from storage or the network. Nothing is
     /// checked here: [`OrMap::from_parts`] checks the whole document it goes into.
     pub fn from_parts(
@@ -718,7 +770,13 @@ impl<K: Ord + Clone> Value<K> {
         set: DotMap<Scalar, DotSet>,
         register: DotFun<Scalar>,
     ) -> Value<K> {
-        Value { map, set, register }
+        Value { map, set, register, counter: DotFun::new() }
+    }
+
+    /// The value with `counter` as its counter store (for values read back from storage or
+    /// the network, after [`Value::from_parts`]; checked the same way).
+    pub fn with_counter(self, counter: DotFun<PnEntry>) -> Value<K> {
+        Value { counter, ..self }
     }
 
     /// Checks the value and everything nested in it for [`OrMap::from_parts`]: no empty store
@@ -730,7 +788,12 @@ impl<K: Ord + Clone> Value<K> {
         let mut fresh = |dot: &'a Dot| dot.counter > 0 && context.contains(dot) && seen.insert(dot);
         let sets_ok = self.set.values().all(|dots| !dots.is_empty() && dots.iter().all(&mut fresh));
         let register_ok = self.register.iter().all(|(dot, _)| fresh(dot));
-        sets_ok && register_ok && self.map.values().all(|value| value.check_parts(context, seen))
+        // A counter entry is made by an increment or a decrement of at least 1.
+        let counter_ok = self.counter.iter().all(|(dot, e)| (e.p, e.n) != (0, 0) && fresh(dot));
+        sets_ok
+            && register_ok
+            && counter_ok
+            && self.map.values().all(|value| value.check_parts(context, seen))
     }
 }
 
@@ -859,6 +922,46 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         })
     }
 
+    /// Adds `by` to the counter as the node of the fresh `dot`: the author's totals under
+    /// its current dots (none after a removal of the key reset them), plus `by` increments,
+    /// under `dot`, which retires those dots. A dot already seen gives the bottom delta.
+    ///
+    /// So each node keeps one dot, whatever the number of its operations; and removing the
+    /// key ("observed reset") retires the dots it saw: a node's contribution the remover saw
+    /// is gone, unless that node incremented or decremented concurrently: its new dot, which
+    /// the remover did not see, survives with the running totals it carries, which include
+    /// what the remover saw of that node (one dot holds a node's whole contribution).
+    pub fn counter_inc(&self, dot: Dot, by: u64) -> Result<ValueDelta<K>, MapError> {
+        self.counter_add(dot, PnEntry { p: by, n: 0 })
+    }
+
+    /// Subtracts `by` from the counter, as [`ValueRef::counter_inc`] adds.
+    pub fn counter_dec(&self, dot: Dot, by: u64) -> Result<ValueDelta<K>, MapError> {
+        self.counter_add(dot, PnEntry { p: 0, n: by })
+    }
+
+    /// The counter write of `dot` carrying its author's totals plus `added`.
+    fn counter_add(&self, dot: Dot, added: PnEntry) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Counter)?;
+        if self.context.contains(&dot) {
+            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
+        }
+        let mut own = Vec::new();
+        let mut base = PnEntry::default();
+        for (held, entry) in self.value.into_iter().flat_map(|v| v.counter.iter()) {
+            if held.node == dot.node {
+                own.push(held.clone());
+                base.p = base.p.max(entry.p);
+                base.n = base.n.max(entry.n);
+            }
+        }
+        own.push(dot.clone());
+        let mut counter = DotFun::new();
+        // Saturating, like the PN-counter: 2^64 - 1 is far beyond any real counter.
+        counter.insert(dot, PnEntry { p: base.p.saturating_add(added.p), n: base.n.saturating_add(added.n) });
+        Ok(ValueDelta { value: Value { counter, ..Value::default() }, context: own.into_iter().collect() })
+    }
+
     /// Applies the delta mutator `f` to the value at `key` of the nested map.
     pub fn map_update<F>(&self, key: K, f: F) -> Result<ValueDelta<K>, MapError>
     where
@@ -908,12 +1011,13 @@ fn map_remove<K: Ord + Clone>(
     (DotMap::new(), seen.into_iter().collect())
 }
 
-/// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets and
-/// multi-value registers, with one causal context for the whole document.
+/// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets,
+/// multi-value registers and causal counters, with one causal context for the whole document.
 ///
 /// A key is present while its value holds a dot. Removing a key retires exactly the dots
 /// seen under it, so a concurrent update inside the key survives (with only what that
-/// update wrote).
+/// update wrote; for a counter, the updating node's running totals, see
+/// [`ValueRef::counter_inc`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrMap<K> {
     entries: DotMap<K, Value<K>>,
@@ -1127,6 +1231,46 @@ mod tests {
         assert_eq!(a, b);
         let tags: Vec<_> = a.get(&"tags").unwrap().elements().collect();
         assert_eq!(tags, [&Scalar::from("new")]);
+    }
+
+    #[test]
+    fn a_counter_keeps_one_dot_per_node_and_its_removal_resets_what_it_saw() {
+        let mut a = OrMap::new();
+        for by in [2, 3] {
+            let d = a.update("likes", |v| v.counter_inc(next(&a, "a"), by)).unwrap();
+            apply(&mut a, &d);
+        }
+        let d = a.update("likes", |v| v.counter_inc(next(&a, "b"), 10)).unwrap();
+        apply(&mut a, &d);
+        let likes = a.get(&"likes").unwrap();
+        assert_eq!((likes.counter_value(), likes.counter_entries().count()), (15, 2));
+        assert_eq!(likes.kinds().collect::<Vec<_>>(), [Kind::Counter]);
+        // The same increment again (a seen dot) changes nothing.
+        let again = a.update("likes", |v| v.counter_inc(Dot::new("a", 1), 2)).unwrap();
+        assert!(again.is_bottom());
+
+        // c removes the key having seen everything; concurrently a decrements by 1.
+        let mut c = a.clone();
+        let removal = c.remove(&"likes");
+        apply(&mut c, &removal);
+        let dec = a.update("likes", |v| v.counter_dec(next(&a, "a"), 1)).unwrap();
+        apply(&mut a, &dec);
+        a.join(&c);
+        c.join(&dec);
+        assert_eq!(a, c);
+        // b's contribution (seen) is reset; a's new dot carries a's running totals.
+        let likes = a.get(&"likes").unwrap();
+        assert_eq!(likes.counter_value(), 4);
+        assert_eq!(
+            likes.counter_totals().into_iter().collect::<Vec<_>>(),
+            [(&NodeId::from("a"), PnEntry { p: 5, n: 1 })]
+        );
+        // Counting after a removal it saw starts b from zero.
+        let d = a.update("likes", |v| v.counter_inc(next(&a, "b"), 1)).unwrap();
+        apply(&mut a, &d);
+        assert_eq!(a.get(&"likes").unwrap().counter_value(), 5);
+        let err = a.update("likes", |v| v.assign(next(&a, "a"), 1i64)).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Register, found: Kind::Counter });
     }
 
     #[test]

@@ -21,9 +21,11 @@
 //!   document, as in a delta, by `(seq, id)`); and every tombstone, in dot order.
 //! - map: `{"entries": {"<key>": <value>, …}, "context": {…}}`, where a value is
 //!   `{"map": {"<key>": <value>, …}, "set": [[<scalar>, "<node>", n], …], "reg": [["<node>", n,
-//!   <scalar>], …]}` with only its non-empty parts (one, or several after concurrent writes of
-//!   different kinds at one key): a nested map, an add-wins set's elements with their dots, and
-//!   a multi-value register's values with their dots; the context as for mv.
+//!   <scalar>], …], "counter": [["<node>", n, p, m], …]}` with only its non-empty parts (one,
+//!   or several after concurrent writes of different kinds at one key): a nested map, an
+//!   add-wins set's elements with their dots, a multi-value register's values with their dots,
+//!   and a causal counter's dots with the totals of increments `p` and decrements `m` each
+//!   carries (not both 0); the context as for mv.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -111,7 +113,7 @@ pub enum Kind {
     /// An ordered list (RGA) of JSON values (`"list"`).
     List,
     /// An observed-remove map of nested maps, add-wins sets and multi-value registers of JSON
-    /// scalars (`"map"`).
+    /// scalars, and causal counters (`"map"`).
     Map,
 }
 
@@ -493,6 +495,11 @@ fn map_value_to_json(value: &MapValue<String>) -> Value {
             value.register_entries().map(|(dot, v)| json!([dot.node.as_str(), dot.counter, v.to_json()]));
         doc.insert("reg".to_owned(), reg.collect());
     }
+    if value.holds(ValueKind::Counter) {
+        let counter =
+            value.counter_entries().map(|(dot, e)| json!([dot.node.as_str(), dot.counter, e.p, e.n]));
+        doc.insert("counter".to_owned(), counter.collect());
+    }
     Value::Object(doc)
 }
 
@@ -543,7 +550,8 @@ fn map_entries_from_json(
     let mut entries = DotMap::new();
     for (key, value_doc) in doc {
         check_map_key(key)?;
-        let parts = object_with(value_doc, &["map", "set", "reg"], "a map value must be an object")?;
+        let parts =
+            object_with(value_doc, &["map", "set", "reg", "counter"], "a map value must be an object")?;
         let nested = match parts.get("map") {
             None => DotMap::new(),
             Some(Value::Object(nested)) => map_entries_from_json(nested, depth + 1, totals)?,
@@ -572,18 +580,37 @@ fn map_entries_from_json(
             }
             register.insert(dot, map_scalar_from_json(value)?);
         }
+        let mut counter = DotFun::new();
+        for entry in map_part(parts, "counter")? {
+            let [node, counter_doc, p, n] = entry.as_array().map(Vec::as_slice).unwrap_or_default() else {
+                return Err(OpError::WrongShape("a map counter entry must be [node, counter, p, n]"));
+            };
+            totals.add_dot()?;
+            let dot = dot_from_json(node, counter_doc)?;
+            let (Some(p), Some(n)) = (p.as_u64(), n.as_u64()) else {
+                return Err(OpError::WrongShape("counter totals must be integers from 0 to 2^64 - 1"));
+            };
+            if p == 0 && n == 0 {
+                return Err(OpError::WrongShape("a counter entry must not be [0, 0]"));
+            }
+            if counter.get(&dot).is_some() {
+                return Err(OpError::WrongShape("a map counter holds two entries under one dot"));
+            }
+            counter.insert(dot, PnEntry { p, n });
+        }
         // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
-        entries.insert(key.clone(), MapValue::from_parts(nested, set.into_iter().collect(), register));
+        let value = MapValue::from_parts(nested, set.into_iter().collect(), register).with_counter(counter);
+        entries.insert(key.clone(), value);
     }
     Ok(entries)
 }
 
-/// The `set` or `reg` array of a map value; empty when absent.
+/// The `set`, `reg` or `counter` array of a map value; empty when absent.
 fn map_part<'a>(parts: &'a Map<String, Value>, name: &str) -> Result<&'a [Value], OpError> {
     match parts.get(name) {
         None => Ok(&[]),
         Some(Value::Array(part)) => Ok(part),
-        Some(_) => Err(OpError::WrongShape("a map value's set and reg must be arrays")),
+        Some(_) => Err(OpError::WrongShape("a map value's set, reg and counter must be arrays")),
     }
 }
 
@@ -1219,5 +1246,59 @@ mod tests {
         let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!([0, "a", i])).collect();
         let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
         assert_eq!(reason(Kind::Map, json!({"entries": {"k": {"set": many}}, "context": ctx})), "crdtTooBig");
+    }
+
+    #[test]
+    fn map_counter_document() {
+        let mut m: OrMap<String> = OrMap::new();
+        for (dot, by) in [(Dot::new("a", 1), 3), (Dot::new("b", 1), 2), (Dot::new("a", 2), 1)] {
+            let d = m.update("likes".into(), |v| v.counter_inc(dot, by)).unwrap();
+            m.join(&d);
+        }
+        let d = m.update("likes".into(), |v| v.counter_dec(Dot::new("b", 2), 5)).unwrap();
+        m.join(&d);
+        let doc = Object::Map(Box::new(m.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({"entries": {"likes": {"counter": [["a", 2, 4, 0], ["b", 2, 2, 5]]}}, "context": {"vv": {"a": 2, "b": 2}}})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(m.clone()))));
+        assert_eq!(m.get(&"likes".to_owned()).map(MapValue::counter_value), Some(1));
+        let doc = Object::Map(Box::new(d.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({"entries": {"likes": {"counter": [["b", 2, 2, 5]]}}, "context": {"vv": {"b": 2}}})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(d))));
+    }
+
+    #[test]
+    fn bad_map_counter_documents() {
+        for doc in [
+            map_with(json!({"k": {"counter": []}})),
+            map_with(json!({"k": {"counter": {}}})),
+            map_with(json!({"k": {"counter": [["a", 1, 1]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, 1, 0, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, 0, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, -1, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, 1.5, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, "1", 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 0, 1, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 10, 1, 0]]}})),
+            map_with(json!({"k": {"counter": [["a b", 1, 1, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, 1, 0], ["a", 1, 2, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, 1, 0]]}, "j": {"reg": [["a", 1, 0]]}})),
+            map_with(json!({"k": {"counter": [["a", 1, 1, 0]], "reg": [["a", 1, 0]]}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let ok = map_with(json!({"k": {"counter": [["a", 1, u64::MAX, 0]], "reg": [["a", 2, 0]]}}));
+        assert!(Object::from_json(Kind::Map, &ok).is_ok(), "two kinds, totals up to 2^64 - 1");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!(["a", i, 1, 0])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        assert_eq!(
+            reason(Kind::Map, json!({"entries": {"k": {"counter": many}}, "context": ctx})),
+            "crdtTooBig"
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! | `crdt/map/set` | `key`, `path` (1 to [`MAP_DEPTH_MAX`] keys), `value` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes), optional `seen` |
 //! | `crdt/map/remove` | `key`, `path` |
 //! | `crdt/map/add`, `crdt/map/delete` | `key`, `path`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
+//! | `crdt/map/inc`, `crdt/map/dec` | `key`, `path`, `by` (an integer from 1 to 2^53, default 1) |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -253,6 +254,21 @@ pub enum Change {
         /// The element.
         elem: Scalar,
     },
+    /// `crdt/map/inc`: add `by` to the causal counter at `path` (see
+    /// [`crate::ValueRef::counter_inc`]), creating the nested maps on the way.
+    MapInc {
+        /// The counter's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// How much, from 1 to [`BY_MAX`].
+        by: u64,
+    },
+    /// `crdt/map/dec`: subtract `by` from the causal counter at `path`.
+    MapDec {
+        /// The counter's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// How much, from 1 to [`BY_MAX`].
+        by: u64,
+    },
 }
 
 impl Change {
@@ -272,6 +288,7 @@ impl Change {
             | Change::MapRemove { .. }
             | Change::MapAdd { .. }
             | Change::MapDelete { .. } => Kind::Map,
+            Change::MapInc { .. } | Change::MapDec { .. } => Kind::Map,
         }
     }
 
@@ -292,6 +309,8 @@ impl Change {
             Change::MapRemove { .. } => "crdt/map/remove",
             Change::MapAdd { .. } => "crdt/map/add",
             Change::MapDelete { .. } => "crdt/map/delete",
+            Change::MapInc { .. } => "crdt/map/inc",
+            Change::MapDec { .. } => "crdt/map/dec",
         }
     }
 
@@ -312,6 +331,7 @@ impl Change {
             Change::MapSet { .. } => &["type", "key", "path", "value", "seen"],
             Change::MapRemove { .. } => &["type", "key", "path"],
             Change::MapAdd { .. } | Change::MapDelete { .. } => &["type", "key", "path", "elem"],
+            Change::MapInc { .. } | Change::MapDec { .. } => &["type", "key", "path", "by"],
         }
     }
 
@@ -344,6 +364,10 @@ impl Change {
             Change::MapAdd { path, elem } | Change::MapDelete { path, elem } => {
                 check_path(path)?;
                 check_elem(elem)
+            }
+            Change::MapInc { path, by } | Change::MapDec { path, by } => {
+                check_path(path)?;
+                check_by(*by)
             }
         }
     }
@@ -478,6 +502,10 @@ impl Op {
                 action.insert("path".to_owned(), path.clone().into());
                 action.insert("elem".to_owned(), elem.to_json())
             }
+            Change::MapInc { path, by } | Change::MapDec { path, by } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("by".to_owned(), (*by).into())
+            }
         };
         action
     }
@@ -514,6 +542,8 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/map/remove" => Change::MapRemove { path: path_field(action)? },
         "crdt/map/add" => Change::MapAdd { path: path_field(action)?, elem: elem_field(action)? },
         "crdt/map/delete" => Change::MapDelete { path: path_field(action)?, elem: elem_field(action)? },
+        "crdt/map/inc" => Change::MapInc { path: path_field(action)?, by: by_field(action)? },
+        "crdt/map/dec" => Change::MapDec { path: path_field(action)?, by: by_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -750,7 +780,10 @@ fn list_insert_dot(list: &Rga<Value>, author: &NodeId) -> Result<Dot, OpError> {
     Ok(dot)
 }
 
-/// The delta of a map operation (see [`apply`]).
+/// The delta of a map operation (see [`apply`]). `map/inc` and `map/dec` write the author's
+/// new totals under `state.context().next_dot(author)` at `path`, retiring the author's
+/// previous dot there ([`crate::ValueRef::counter_inc`]); `map/remove` of the counter's entry
+/// (or of a map above it) resets the contributions whose dots it retires.
 fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<OrMap<String>, OpError> {
     let delta = match change {
         Change::MapSet { path, value, seen } => {
@@ -766,6 +799,14 @@ fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<Or
             at_path(map, path, &|v| v.set_add(dot.clone(), elem.clone()))
         }
         Change::MapDelete { path, elem } => at_path(map, path, &|v| v.set_remove(elem)),
+        Change::MapInc { path, by } => {
+            let dot = map_counter_dot(map, path, author)?;
+            at_path(map, path, &|v| v.counter_inc(dot.clone(), *by))
+        }
+        Change::MapDec { path, by } => {
+            let dot = map_counter_dot(map, path, author)?;
+            at_path(map, path, &|v| v.counter_dec(dot.clone(), *by))
+        }
         Change::MapRemove { path } => match path.split_last() {
             Some((last, [])) => Ok(map.remove(last)),
             Some((last, parents)) => at_path(map, parents, &|v| v.map_remove(last)),
@@ -822,6 +863,23 @@ fn map_fresh_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Resul
         return Err(OpError::TooBig { what: "dots in a map", max: MAP_DOTS_MAX as u64 });
     }
     Ok(dot)
+}
+
+/// The author's next dot for an increment or a decrement of the counter at `path`. When the
+/// author already holds a dot there, the write replaces it, so it adds no key and no dot and
+/// only [`fresh_dot`]'s limits apply (a queue of increments folded or not then meets the same
+/// limits); otherwise it is a new write, as for [`map_fresh_dot`].
+fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
+    let value = match path.split_first() {
+        Some((first, rest)) => rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key))),
+        None => None,
+    };
+    let replaces = value.is_some_and(|v| v.counter_entries().any(|(dot, _)| dot.node == *author));
+    if replaces {
+        fresh_dot(map.context(), author)
+    } else {
+        map_fresh_dot(map, path, author)
+    }
 }
 
 /// Refuses lengthening a causal length past [`COUNTER_MAX`] (what a document reads back).
@@ -898,8 +956,12 @@ fn too_high_counter() -> OpError {
 /// - map: a `map/set` is dropped when the next operation kept is a `map/set` to the same path
 ///   that covers it as for mv. The earlier write is refused exactly when the later one would
 ///   be on the same state (same path, same checks), and otherwise the later one supersedes its
-///   value and everything it superseded. Everything else is kept: `remove`, `add` and
-///   `delete` act on what the server holds when it applies them, as for sets.
+///   value and everything it superseded. A run of consecutive `map/inc` and `map/dec` at one
+///   path becomes one `map/inc` and one `map/dec`, as for counters: the author's totals
+///   there end the same (under fewer dots); the first operation of the run meets the same
+///   checks as the folded one, and the later ones add no key and no dot (only a dot counter
+///   or cloud at its limit could refuse them). Everything else is kept: `remove`, `add` and `delete` act on
+///   what the server holds when it applies them, as for sets.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
 /// queue shows other clients the same order of changes across objects.
@@ -933,14 +995,64 @@ fn fold_mv_run(run: &[Op], folded: &mut Vec<Op>) {
 }
 
 /// Appends the operations of `run` (map operations on one key) but the `map/set` writes that
-/// the next write to the same path supersedes.
+/// the next write to the same path supersedes, with each run of consecutive `map/inc` and
+/// `map/dec` at one path folded into one of each.
 fn fold_map_run(run: &[Op], folded: &mut Vec<Op>) {
     let start = folded.len();
-    for op in run {
+    let mut rest = run;
+    while let Some(op) = rest.first() {
+        let counted = rest.iter().take_while(|later| same_counter(later, op)).count();
+        if counted > 0 {
+            let (counter_run, tail) = rest.split_at(counted);
+            fold_map_counter_run(counter_run, folded);
+            rest = tail;
+            continue;
+        }
         while folded.len() > start && folded.last().is_some_and(|earlier| map_set_covers(op, earlier)) {
             folded.pop();
         }
         folded.push(op.clone());
+        rest = &rest[1..];
+    }
+}
+
+/// Whether `op` is a `map/inc` or `map/dec` at the path of `first`, itself one of them.
+fn same_counter(op: &Op, first: &Op) -> bool {
+    match (&op.change, &first.change) {
+        (
+            Change::MapInc { path, .. } | Change::MapDec { path, .. },
+            Change::MapInc { path: first_path, .. } | Change::MapDec { path: first_path, .. },
+        ) => path == first_path,
+        _ => false,
+    }
+}
+
+/// Appends the folded increments and decrements of `run`, `map/inc` and `map/dec` at one
+/// path: the author's totals there grow by the same sums (and saturate alike), so the
+/// counter ends at the same value, under one dot fewer per operation folded away.
+fn fold_map_counter_run(run: &[Op], folded: &mut Vec<Op>) {
+    let Some(first) = run.first() else { return };
+    let (Change::MapInc { path, .. } | Change::MapDec { path, .. }) = &first.change else { return };
+    let (mut inc, mut dec) = (0u128, 0u128);
+    for op in run {
+        match op.change {
+            Change::MapInc { by, .. } => inc += u128::from(by),
+            Change::MapDec { by, .. } => dec += u128::from(by),
+            _ => {}
+        }
+    }
+    let inc_op: fn(Vec<String>, u64) -> Change = |path, by| Change::MapInc { path, by };
+    let dec_op: fn(Vec<String>, u64) -> Change = |path, by| Change::MapDec { path, by };
+    let mut totals = [(inc, inc_op), (dec, dec_op)];
+    if matches!(first.change, Change::MapDec { .. }) {
+        totals.reverse();
+    }
+    for (mut total, change) in totals {
+        while total > 0 {
+            let by = u64::try_from(total.min(u128::from(BY_MAX))).unwrap_or(BY_MAX);
+            folded.push(Op { key: first.key.clone(), change: change(path.clone(), by) });
+            total -= u128::from(by);
+        }
     }
 }
 
@@ -1909,5 +2021,131 @@ mod tests {
         for queue in kept {
             assert_eq!(fold_queue(&queue), queue);
         }
+    }
+
+    fn map_count(kind: &str, path: Value, by: u64) -> Value {
+        json!({"type": format!("crdt/map/{kind}"), "key": "k", "path": path, "by": by})
+    }
+
+    #[test]
+    fn parses_map_counter_actions() {
+        for (v, change) in [
+            (map_count("inc", json!(["likes"]), 2), Change::MapInc { path: vec!["likes".into()], by: 2 }),
+            (
+                map_count("dec", json!(["a", "b"]), 1),
+                Change::MapDec { path: vec!["a".into(), "b".into()], by: 1 },
+            ),
+        ] {
+            let op = op(v.clone());
+            assert_eq!(op.change(), &change);
+            assert_eq!(op.kind(), Kind::Map);
+            assert_eq!(Value::Object(op.to_action()), v);
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        let default = op(json!({"type": "crdt/map/inc", "key": "k", "path": ["x"]}));
+        assert_eq!(default.change(), &Change::MapInc { path: vec!["x".into()], by: 1 });
+        for v in [
+            json!({"type": "crdt/map/inc", "key": "k", "by": 1}),
+            json!({"type": "crdt/map/inc", "key": "k", "path": [], "by": 1}),
+            map_count("inc", json!(["x"]), 0),
+            map_count("dec", json!(["x"]), BY_MAX + 1),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["x"], "by": -1}),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["x"], "by": 1.5}),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["x"], "by": "1"}),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["x"], "value": 1}),
+            json!({"type": "crdt/map/dec", "key": "k", "path": ["x"], "by": 1, "seen": {"a": 1}}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        assert_eq!(reason(map_count("inc", json!(vec!["k"; MAP_DEPTH_MAX + 1]), 1)), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_map_counter_keeps_one_dot_per_author_and_refuses_other_kinds() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_count("inc", json!(["post", "likes"]), 2), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"post": {"map": {"likes": {"counter": [["a", 1, 2, 0]]}}}}, "context": {"vv": {"a": 1}}})
+        );
+        step(&mut state, map_count("inc", json!(["post", "likes"]), 3), "b", 0);
+        let d = step(&mut state, map_count("dec", json!(["post", "likes"]), 1), "a", 0);
+        // The author's new totals under its next dot, retiring its previous one.
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"post": {"map": {"likes": {"counter": [["a", 2, 2, 1]]}}}}, "context": {"vv": {"a": 2}}})
+        );
+        assert_eq!(
+            state.to_json()["entries"]["post"]["map"]["likes"],
+            json!({"counter": [["a", 2, 2, 1], ["b", 1, 3, 0]]})
+        );
+        let Object::Map(map) = &state else { panic!("a map") };
+        let likes = map.get(&"post".to_owned()).and_then(|p| p.get(&"likes".to_owned())).unwrap();
+        assert_eq!(likes.counter_value(), 4);
+
+        step(&mut state, map_set(json!(["title"]), json!("hi")), "a", 0);
+        for v in [
+            map_count("inc", json!(["title"]), 1),
+            map_count("dec", json!(["title", "x"]), 1),
+            map_count("inc", json!(["post"]), 1),
+            map_set(json!(["post", "likes"]), json!(1)),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["post", "likes"], "elem": 1}),
+            map_set(json!(["post", "likes", "x"]), json!(1)),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
+        }
+        let err = apply(&state, &op(map_count("inc", json!(["title"]), 1)), &node("a"), 0).err();
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("expected a counter at this map path, found a register")
+        );
+
+        // Removing the counter resets it; counting again starts from zero.
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["post", "likes"]}), "c", 0);
+        assert_eq!(state.to_json()["entries"], json!({"title": {"reg": [["a", 3, "hi"]]}}));
+        let d = step(&mut state, map_count("inc", json!(["post", "likes"]), 1), "a", 0);
+        assert_eq!(d.to_json()["entries"]["post"]["map"]["likes"], json!({"counter": [["a", 4, 1, 0]]}));
+    }
+
+    #[test]
+    fn apply_map_counter_replacing_a_dot_is_not_refused_at_the_dot_limit() {
+        use crate::{DotFun, DotMap, PnEntry};
+        let mut counter = DotFun::new();
+        for i in 1..=MAP_DOTS_MAX as u64 {
+            counter.insert(Dot::new(format!("n{i}").as_str(), 1), PnEntry { p: 1, n: 0 });
+        }
+        let value = MapValue::from_parts(DotMap::new(), DotMap::new(), DotFun::new()).with_counter(counter);
+        let context =
+            CausalContext::from_vv((1..=MAP_DOTS_MAX).map(|i| (node(&format!("n{i}")), 1)).collect());
+        let state = Object::Map(Box::new(
+            OrMap::from_parts(DotMap::from([("c".to_owned(), value)]), context).unwrap(),
+        ));
+        let inc = op(map_count("inc", json!(["c"]), 1));
+        assert!(apply(&state, &inc, &node("n1"), 0).is_ok(), "replaces n1's dot");
+        let err = apply(&state, &inc, &node("m"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"), "a new dot");
+    }
+
+    #[test]
+    fn fold_map_counter_runs_into_one_inc_and_one_dec_per_path() {
+        let inc = |path: &str, by| op(map_count("inc", json!([path]), by));
+        let dec = |path: &str, by| op(map_count("dec", json!([path]), by));
+        assert_eq!(fold_queue(&[inc("x", 1), dec("x", 2), inc("x", 3)]), [inc("x", 4), dec("x", 2)]);
+        assert_eq!(fold_queue(&[dec("x", 1), inc("x", 2), dec("x", 3)]), [dec("x", 4), inc("x", 2)]);
+        assert_eq!(fold_queue(&[inc("x", BY_MAX), inc("x", 1)]), [inc("x", BY_MAX), inc("x", 1)]);
+        let set = op(map_set(json!(["x"]), json!(1)));
+        let kept = [
+            vec![inc("x", 1), inc("y", 1), inc("x", 1)],
+            vec![inc("x", 1), set.clone(), inc("x", 1)],
+            vec![inc("x", 1), op(json!({"type": "crdt/map/remove", "key": "k", "path": ["x"]})), inc("x", 1)],
+        ];
+        for queue in kept {
+            assert_eq!(fold_queue(&queue), queue);
+        }
+        assert_eq!(
+            fold_queue(&[set.clone(), inc("y", 1), inc("y", 2), set.clone()]),
+            [set.clone(), inc("y", 3), set]
+        );
     }
 }

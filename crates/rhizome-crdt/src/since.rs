@@ -143,8 +143,8 @@ impl<E: Ord + Clone> Orswot<E> {
 }
 
 impl<K: Ord + Clone> OrMap<K> {
-    /// The delta since `seen`: at every depth, the set elements and register values whose
-    /// dots `seen` does not cover (with the keys leading to them), and the context without the
+    /// The delta since `seen`: at every depth, the set elements, register values and counter
+    /// entries whose dots `seen` does not cover (with the keys leading to them), and the context without the
     /// dots it covers that are still held.
     pub fn delta_since(&self, seen: &VersionVector) -> OrMap<K> {
         let mut kept = BTreeSet::new();
@@ -178,7 +178,15 @@ fn entries_since<'a, K: Ord + Clone + 'a>(
                 register.insert(dot.clone(), scalar.clone());
             }
         }
-        let value = Value::from_parts(map, set, register);
+        let mut counter = DotFun::new();
+        for (dot, totals) in value.counter_entries() {
+            if seen.contains(dot) {
+                kept.insert(dot.clone());
+            } else {
+                counter.insert(dot.clone(), *totals);
+            }
+        }
+        let value = Value::from_parts(map, set, register).with_counter(counter);
         if !DotStore::is_empty(&value) {
             out.insert(key.clone(), value);
         }

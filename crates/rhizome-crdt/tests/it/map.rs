@@ -1,6 +1,6 @@
 //! The OR-map: a lattice that converges whatever the kinds written at a key, whose key
-//! removal is observed-remove, whose mutators refuse a kind the key lacks, and whose
-//! set-valued reads match `crdts::Map` of `crdts::Orswot`s.
+//! removal is observed-remove (observed-reset for counters), whose mutators refuse a kind the
+//! key lacks, and whose set-valued reads match `crdts::Map` of `crdts::Orswot`s.
 
 use crate::delivery::{generic_laws, node, Replicated, Run, Step};
 use proptest::prelude::*;
@@ -18,6 +18,10 @@ pub enum MapOp {
     RemoveKey(u8),
     NestedAssign(u8, u8, i64),
     NestedRemove(u8, u8),
+    /// Increment (positive) or decrement (negative) the counter at a key.
+    Count(u8, i8),
+    /// The same on the counter at a key of the nested map at a key.
+    NestedCount(u8, u8, i8),
 }
 
 impl MapOp {
@@ -29,7 +33,9 @@ impl MapOp {
             | MapOp::Assign(k, _)
             | MapOp::RemoveKey(k)
             | MapOp::NestedAssign(k, ..)
-            | MapOp::NestedRemove(k, _) => *k,
+            | MapOp::NestedRemove(k, _)
+            | MapOp::Count(k, _)
+            | MapOp::NestedCount(k, ..) => *k,
         }
     }
 
@@ -38,7 +44,8 @@ impl MapOp {
         match self {
             MapOp::SetAdd(..) | MapOp::SetRemove(..) => Some(Kind::Set),
             MapOp::Assign(..) => Some(Kind::Register),
-            MapOp::NestedAssign(..) | MapOp::NestedRemove(..) => Some(Kind::Map),
+            MapOp::NestedAssign(..) | MapOp::NestedRemove(..) | MapOp::NestedCount(..) => Some(Kind::Map),
+            MapOp::Count(..) => Some(Kind::Counter),
             MapOp::RemoveKey(_) => None,
         }
     }
@@ -52,8 +59,24 @@ fn map_op() -> impl Strategy<Value = MapOp> {
         3 => (key.clone(), 0i64..3).prop_map(|(k, v)| MapOp::Assign(k, v)),
         1 => key.clone().prop_map(MapOp::RemoveKey),
         2 => (key.clone(), small.clone(), 0i64..3).prop_map(|(k, s, v)| MapOp::NestedAssign(k, s, v)),
-        1 => (key, small).prop_map(|(k, s)| MapOp::NestedRemove(k, s)),
+        1 => (key.clone(), small.clone()).prop_map(|(k, s)| MapOp::NestedRemove(k, s)),
+        3 => (key.clone(), count()).prop_map(|(k, by)| MapOp::Count(k, by)),
+        1 => (key, small, count()).prop_map(|(k, s, by)| MapOp::NestedCount(k, s, by)),
     ]
+}
+
+/// An increment (positive) or a decrement (negative), never 0.
+fn count() -> impl Strategy<Value = i8> {
+    prop_oneof![1i8..4, -3i8..0]
+}
+
+/// The counter mutator of `by` (an increment when positive).
+fn count_by(v: ValueRef<'_, u8>, dot: rhizome_crdt::Dot, by: i8) -> Result<ValueDelta<u8>, MapError> {
+    if by > 0 {
+        v.counter_inc(dot, by.unsigned_abs().into())
+    } else {
+        v.counter_dec(dot, by.unsigned_abs().into())
+    }
 }
 
 /// An op on set values only, for the comparison with `crdts::Map`.
@@ -74,6 +97,8 @@ fn try_mutate(map: &OrMap<u8>, node: &NodeId, op: &MapOp) -> Result<OrMap<u8>, M
             MapOp::Assign(_, x) => v.assign(dot, *x),
             MapOp::NestedAssign(_, s, x) => v.map_update(*s, |inner| inner.assign(dot, *x)),
             MapOp::NestedRemove(_, s) => v.map_remove(s),
+            MapOp::Count(_, by) => count_by(v, dot, *by),
+            MapOp::NestedCount(_, s, by) => v.map_update(*s, |inner| count_by(inner, dot, *by)),
             MapOp::RemoveKey(_) => unreachable!("handled below"),
         }
     };
@@ -94,6 +119,12 @@ impl Replicated for OrMap<u8> {
 
 generic_laws!(ormap, OrMap<u8>, super::map_op());
 
+/// `node`'s increments minus decrements in the counter of `value` (0 without one).
+fn own_count(value: Option<&Value<u8>>, node: &NodeId) -> i128 {
+    let totals = value.and_then(|v| v.counter_totals().get(node).copied());
+    totals.map_or(0, |e| i128::from(e.p) - i128::from(e.n))
+}
+
 /// The (key, element) pairs of a map of sets.
 fn pairs(map: &OrMap<u8>) -> BTreeSet<(u8, Scalar)> {
     map.iter().flat_map(|(k, v)| v.elements().map(move |e| (*k, e.clone()))).collect()
@@ -104,7 +135,12 @@ fn update_of_held_kind(value: Option<&Value<u8>>, key: u8, fallback: Kind, x: u8
     match value.and_then(|v| v.kinds().next()).unwrap_or(fallback) {
         Kind::Set => MapOp::SetAdd(key, x),
         Kind::Register => MapOp::Assign(key, i64::from(x)),
+        // The nested key may hold a counter (a nested assignment there would be refused).
+        Kind::Map if value.and_then(|v| v.get(&x)).is_some_and(|n| n.holds(Kind::Counter)) => {
+            MapOp::NestedCount(key, x, x as i8 + 1)
+        }
         Kind::Map => MapOp::NestedAssign(key, x, i64::from(x)),
+        Kind::Counter => MapOp::Count(key, x as i8 + 1),
     }
 }
 
@@ -174,13 +210,22 @@ proptest! {
         for (r, state) in run.states.iter().enumerate() {
             let result = try_mutate(state, &node(r), &op);
             let value = state.get(&op.key());
-            let expected = match (op.kind(), value) {
+            let mismatch = |kind: Option<Kind>, value: Option<&Value<u8>>| match (kind, value) {
                 (Some(kind), Some(v)) if !v.holds(kind) => v
                     .kinds()
                     .next()
                     .map(|found| MapError::TypeMismatch { expected: kind, found }),
                 _ => None,
             };
+            // A nested op also meets the kind of the nested value it works on.
+            let nested = match &op {
+                MapOp::NestedAssign(_, s, _) => Some((s, Kind::Register)),
+                MapOp::NestedCount(_, s, _) => Some((s, Kind::Counter)),
+                _ => None,
+            };
+            let expected = mismatch(op.kind(), value).or_else(|| {
+                nested.and_then(|(s, kind)| mismatch(Some(kind), value.and_then(|v| v.get(s))))
+            });
             prop_assert_eq!(result.err(), expected);
         }
     }
@@ -193,6 +238,7 @@ proptest! {
                 totals.0 += 1;
                 totals.1 += value.set_entries().map(|(_, dots)| dots.len()).sum::<usize>();
                 totals.1 += value.register_entries().count();
+                totals.1 += value.counter_entries().count();
                 recount(value.entries(), totals);
             }
         }
@@ -212,13 +258,15 @@ proptest! {
         replicas in 3usize..=4,
         steps in crate::delivery::steps(map_op(), 40),
         key in 0u8..3,
-        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map]),
+        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map, Kind::Counter]),
         x in 0u8..3,
     ) {
         let mut run = Run::<OrMap<u8>>::new(replicas);
         run.play(&steps);
         run.sync_all();
         let update = update_of_held_kind(run.states[1].get(&key), key, fallback, x);
+        let own_before = own_count(run.states[1].get(&key), &node(1));
+        let own_nested_before = run.states[1].get(&key).and_then(|v| v.get(&x)).cloned();
         run.play(&[Step::Local(0, MapOp::RemoveKey(key)), Step::Local(1, update.clone())]);
         run.sync_all();
         let state = &run.states[0];
@@ -230,6 +278,14 @@ proptest! {
         match update {
             MapOp::SetAdd(..) => prop_assert_eq!(value.elements().collect::<Vec<_>>(), [&x_scalar]),
             MapOp::Assign(..) => prop_assert_eq!(value.values().into_iter().collect::<Vec<_>>(), [&x_scalar]),
+            // The updater's new dot carries its running totals (observed-reset, see
+            // `counter_inc`): what it counted before, plus this increment.
+            MapOp::Count(..) => prop_assert_eq!(value.counter_value(), own_before + i128::from(x) + 1),
+            MapOp::NestedCount(..) => {
+                let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.counter_value())).collect();
+                let own = own_count(own_nested_before.as_ref(), &node(1));
+                prop_assert_eq!(inner, vec![(x, own + i128::from(x) + 1)]);
+            }
             _ => {
                 let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.values())).collect();
                 prop_assert_eq!(inner, vec![(x, BTreeSet::from([&x_scalar]))]);
@@ -314,5 +370,76 @@ proptest! {
         replaced.join(&delta);
         prop_assert_eq!(replaced.get(&key).map(|v| v.kinds().collect::<Vec<_>>()), Some(vec![Kind::Register]));
         prop_assert!(!delta.is_bottom());
+    }
+}
+
+/// The key of the counter in [`removing_a_counter_resets_what_it_saw_and_keeps_concurrent_counts`],
+/// outside the keys `map_op` touches.
+const COUNTER_KEY: u8 = 3;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Observed-reset: replica 0 removes the counter's key after seeing everything, while
+    /// some other replicas count at it concurrently. Every contribution the removal saw is
+    /// gone except those of the replicas that counted concurrently: each of those keeps its
+    /// running totals (what it had counted, which the removal saw, plus its new count), and
+    /// the key stays exactly when one of them counted.
+    #[test]
+    fn removing_a_counter_resets_what_it_saw_and_keeps_concurrent_counts(
+        replicas in 3usize..=4,
+        steps in crate::delivery::steps(map_op(), 30),
+        counts in crate::delivery::steps(count().prop_map(|by| MapOp::Count(COUNTER_KEY, by)), 20),
+        concurrent in prop::collection::vec(prop::option::of(count()), 3),
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&steps);
+        run.play(&counts);
+        run.sync_all();
+        let before = run.states[0].clone();
+        let mut updates = vec![Step::Local(0, MapOp::RemoveKey(COUNTER_KEY))];
+        let mut expected = 0i128;
+        for (r, by) in concurrent.iter().enumerate().take(replicas - 1) {
+            let Some(by) = by else { continue };
+            let replica = r + 1;
+            updates.push(Step::Local(replica, MapOp::Count(COUNTER_KEY, *by)));
+            expected += own_count(before.get(&COUNTER_KEY), &node(replica)) + i128::from(*by);
+        }
+        let counted = updates.len() > 1;
+        run.play(&updates);
+        run.sync_all();
+        for state in &run.states {
+            prop_assert_eq!(state, &run.states[0]);
+            let value = state.get(&COUNTER_KEY);
+            prop_assert_eq!(value.is_some(), counted);
+            prop_assert_eq!(value.map_or(0, Value::counter_value), expected);
+            if let Some(value) = value {
+                prop_assert_eq!(value.kinds().collect::<Vec<_>>(), [Kind::Counter]);
+                // One dot per node that counted, whatever the number of its operations.
+                prop_assert_eq!(value.counter_entries().count(), value.counter_totals().len());
+            }
+        }
+    }
+
+    /// A counter at a key is the sum of every count made at it since the last removal its
+    /// replica saw: with no removal, the sum of all counts, as a PN-counter.
+    #[test]
+    fn a_counter_without_removals_sums_every_count(
+        replicas in 3usize..=4,
+        counts in crate::delivery::steps(count().prop_map(|by| MapOp::Count(COUNTER_KEY, by)), 40),
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&counts);
+        run.sync_all();
+        let sum: i128 = counts
+            .iter()
+            .filter_map(|step| match step {
+                Step::Local(_, MapOp::Count(_, by)) => Some(i128::from(*by)),
+                _ => None,
+            })
+            .sum();
+        for state in &run.states {
+            prop_assert_eq!(state.get(&COUNTER_KEY).map_or(0, Value::counter_value), sum);
+        }
     }
 }

@@ -48,7 +48,7 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 16] = [
         "crdt/counter/inc",
         "crdt/counter/dec",
         "crdt/lww/set",
@@ -63,6 +63,8 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         "crdt/map/remove",
         "crdt/map/add",
         "crdt/map/delete",
+        "crdt/map/inc",
+        "crdt/map/dec",
     ];
     const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
@@ -203,6 +205,8 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
             1 => map_path().prop_map(|path| Change::MapRemove { path }),
             2 => (map_path(), elem()).prop_map(|(path, elem)| Change::MapAdd { path, elem }),
             1 => (map_path(), elem()).prop_map(|(path, elem)| Change::MapDelete { path, elem }),
+            2 => (map_path(), by()).prop_map(|(path, by)| Change::MapInc { path, by }),
+            1 => (map_path(), by()).prop_map(|(path, by)| Change::MapDec { path, by }),
         ]
         .boxed(),
         other => panic!("no changes for {other} yet"),
@@ -308,13 +312,15 @@ pub fn value(object: &Object) -> Value {
     }
 }
 
-/// A map's entries without their dots: `{key: {"map": …, "set": [elements], "reg": [values]}}`.
+/// A map's entries without their dots: `{key: {"map": …, "set": [elements], "reg": [values],
+/// "counter": value}}` (a counter's value as a string, 0 when there is none).
 fn map_value<'a>(entries: impl Iterator<Item = (&'a String, &'a rhizome_crdt::Value<String>)>) -> Value {
     let entry = |value: &rhizome_crdt::Value<String>| {
         serde_json::json!({
             "map": map_value(value.entries()),
             "set": value.elements().map(Scalar::to_json).collect::<Vec<_>>(),
             "reg": value.values().into_iter().map(Scalar::to_json).collect::<Vec<_>>(),
+            "counter": value.counter_value().to_string(),
         })
     };
     Value::Object(entries.map(|(key, value)| (key.clone(), entry(value))).collect())
@@ -592,6 +598,9 @@ fn removing_a_key_keeps_a_concurrent_nested_update() {
     assert_eq!(left, right);
     assert_eq!(
         map_of(&left),
-        serde_json::json!({"doc": {"map": {"meta": {"map": {"owner": {"map": {}, "set": [], "reg": [3]}}, "set": [], "reg": []}}, "set": [], "reg": []}})
+        serde_json::json!({"doc": {"map": {"meta": {
+            "map": {"owner": {"map": {}, "set": [], "reg": [3], "counter": "0"}},
+            "set": [], "reg": [], "counter": "0"
+        }}, "set": [], "reg": [], "counter": "0"}})
     );
 }

@@ -250,6 +250,80 @@ async fn maps_hold_nested_registers_and_sets() -> Result<()> {
     Ok(())
 }
 
+/// The counter at `path` of a map object, as a subscriber that joined `deltas` reads it.
+fn map_counter(deltas: &[Value], path: &[&str]) -> Result<i128> {
+    use rhizome_crdt::{Kind, Object};
+    let mut state = Object::bottom(Kind::Map);
+    for delta in deltas {
+        state.join(&Object::from_json(Kind::Map, &delta["delta"])?)?;
+    }
+    let Object::Map(map) = state else { anyhow::bail!("not a map") };
+    let (first, rest) = path.split_first().context("a path")?;
+    let mut value = map.get(&first.to_string());
+    for key in rest {
+        value = value.and_then(|v| v.get(&key.to_string()));
+    }
+    Ok(value.map_or(0, |v| v.counter_value()))
+}
+
+#[tokio::test]
+async fn two_clients_count_in_a_map_and_a_subscriber_sees_the_sum() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    assert!(subscribe_object(&mut bob, "posts/1").await?.is_empty(), "a new object has no state");
+    let mut alice = server.login("alice:c1:t1").await?;
+    let mut carol = server.login("carol:c3:t1").await?;
+    let (inc, dec) = ("crdt/map/inc", "crdt/map/dec");
+    let count =
+        |kind: &str, by: u64| json!({"type": kind, "key": "posts/1", "path": ["stats", "likes"], "by": by});
+    // Both clients' operations interleave on the server.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push((0, alice.send_action(count(inc, 1)).await?));
+        ids.push((1, carol.send_action(count(if i % 5 == 4 { dec } else { inc }, 2)).await?));
+    }
+    for (who, id) in ids {
+        let client = if who == 0 { &mut alice } else { &mut carol };
+        client.wait_processed(&id).await?;
+    }
+    // 20 from alice, 16 × 2 - 4 × 2 from carol.
+    let expected = 20 + 32 - 8;
+
+    let mut live = Vec::new();
+    while map_counter(&live, &["stats", "likes"])? != expected {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    assert!(live.iter().all(|d| d["kind"] == "map" && d["key"] == "posts/1"), "{live:?}");
+
+    // A new subscriber gets one delta: one dot per client, each with its totals.
+    let mut dave = server.login("dave:c4:t1").await?;
+    let snapshot = subscribe_object(&mut dave, "posts/1").await?;
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(map_counter(&snapshot, &["stats", "likes"])?, expected);
+    let likes = &snapshot[0]["delta"]["entries"]["stats"]["map"]["likes"]["counter"];
+    assert_eq!(likes, &json!([["alice:c1:t1", 20, 20, 0], ["carol:c3:t1", 20, 32, 8]]), "{}", snapshot[0]);
+
+    // A register write where the counter is: refused.
+    let set = json!({"type": "crdt/map/set", "key": "posts/1", "path": ["stats", "likes"], "value": 1});
+    let id = alice.send_action(set).await?;
+    assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtTypeMismatch");
+
+    // Removing the counter resets it; counting again starts from zero.
+    let remove = json!({"type": "crdt/map/remove", "key": "posts/1", "path": ["stats", "likes"]});
+    let id = carol.send_action(remove).await?;
+    carol.wait_processed(&id).await?;
+    let id = alice.send_action(count(inc, 3)).await?;
+    alice.wait_processed(&id).await?;
+    while map_counter(&live, &["stats", "likes"])? != 3 {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
 /// Subscribes to the object at `key` with `seen`; returns the `crdt/delta` actions received
 /// with the answer.
 async fn subscribe_seen(c: &mut Client, key: &str, seen: &Value) -> Result<Vec<Value>> {
