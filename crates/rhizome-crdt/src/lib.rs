@@ -21,7 +21,7 @@ mod register;
 mod set;
 
 pub use causal::{CausalContext, Dot, VersionVector};
-pub use counter::{PnCounter, PnEntry};
+pub use counter::{PnCounter, PnDelta, PnEntry};
 pub use delta::{delta_action, DELTA_TYPE};
 pub use list::{ListElem, PartsError as ListPartsError, Rga};
 pub use map::{
@@ -32,7 +32,7 @@ pub use object::{Kind, Object};
 pub use ops::OpError;
 pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
-pub use set::{ClSet, Orswot};
+pub use set::{ClSet, Orswot, OrswotDelta};
 
 /// A join-semilattice: the state of a CRDT.
 pub trait Lattice: Clone + PartialEq {

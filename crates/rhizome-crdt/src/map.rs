@@ -285,6 +285,28 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     }
 }
 
+impl<K: Ord + Clone> DotMap<K, DotSet> {
+    /// Removes `key` and returns its dots (none when absent), keeping the index and the
+    /// counts: what joining a delta that retires exactly these dots does to a map in which no
+    /// dot is held twice (an ORSWOT's: see [`crate::Orswot::apply_add`]).
+    pub(crate) fn take_dots(&mut self, key: &K) -> DotSet {
+        let Some(dots) = self.take(key) else { return DotSet::new() };
+        for dot in &dots {
+            self.index.remove(dot, key);
+        }
+        dots
+    }
+
+    /// Puts `dots` (not empty) at `key`, which [`DotMap::take_dots`] left vacant, into the
+    /// index and the counts.
+    pub(crate) fn put_dots(&mut self, key: K, dots: DotSet) {
+        for dot in &dots {
+            self.index.add(dot.clone(), &key);
+        }
+        self.put(key, dots);
+    }
+}
+
 impl<K: Ord + Clone, S: DotStore> FromIterator<(K, S)> for DotMap<K, S> {
     fn from_iter<I: IntoIterator<Item = (K, S)>>(iter: I) -> Self {
         let mut map = DotMap::new();
