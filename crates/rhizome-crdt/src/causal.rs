@@ -50,8 +50,13 @@ impl VersionVector {
         if counter == 0 {
             return;
         }
-        let entry = self.0.entry(node.clone()).or_insert(0);
-        *entry = (*entry).max(counter);
+        // Looked up before inserting, so raising a known node does not clone its id.
+        match self.0.get_mut(node) {
+            Some(known) => *known = (*known).max(counter),
+            None => {
+                self.0.insert(node.clone(), counter);
+            }
+        }
     }
 
     /// Whether every event covered by `self` is covered by `other`.
@@ -139,7 +144,7 @@ impl CausalContext {
 
     /// Moves `node`'s cloud dots that now extend its prefix into the vector.
     fn absorb(&mut self, node: &NodeId) {
-        loop {
+        while !self.cloud.is_empty() {
             let next = Dot { node: node.clone(), counter: self.vv.get(node) + 1 };
             if !self.cloud.remove(&next) {
                 break;
@@ -150,7 +155,10 @@ impl CausalContext {
 
     /// The next dot of `node`: one past the highest counter of `node` in the context.
     pub fn next_dot(&self, node: &NodeId) -> Dot {
-        let in_cloud = self.cloud.range(Dot::new(node.clone(), 0)..).take_while(|d| d.node == *node).last();
+        let in_cloud = match self.cloud.is_empty() {
+            true => None,
+            false => self.cloud.range(Dot::new(node.clone(), 0)..).take_while(|d| d.node == *node).last(),
+        };
         let highest = in_cloud.map_or(self.vv.get(node), |d| d.counter);
         // Saturates rather than wrapping to 0 (which every context contains): a counter near
         // u64::MAX only comes from a forged dot, and its node then stops making progress.

@@ -72,6 +72,7 @@ impl PnCounter {
     /// In place: `node` adds `by` to this state. Returns the delta, the same value as
     /// [`PnCounter::inc`] on the state before, in a form that costs no allocation
     /// ([`PnDelta::to_counter`] makes the counter to ship).
+    #[inline]
     pub fn apply_inc<'n>(&mut self, node: &'n NodeId, by: u64) -> PnDelta<'n> {
         let p = self.entry_mut(node, by).map_or(0, |entry| {
             entry.p = entry.p.saturating_add(by);
@@ -82,6 +83,7 @@ impl PnCounter {
 
     /// In place: `node` subtracts `by` from this state. Returns the delta, the same value as
     /// [`PnCounter::dec`] on the state before.
+    #[inline]
     pub fn apply_dec<'n>(&mut self, node: &'n NodeId, by: u64) -> PnDelta<'n> {
         let n = self.entry_mut(node, by).map_or(0, |entry| {
             entry.n = entry.n.saturating_add(by);
@@ -92,6 +94,7 @@ impl PnCounter {
 
     /// `node`'s entry, inserted at zero to be raised by `by`; `None` when the node has none and
     /// `by` is 0 (a zero entry is never stored).
+    #[inline]
     fn entry_mut(&mut self, node: &NodeId, by: u64) -> Option<&mut PnEntry> {
         let i = match self.entries.binary_search_by(|(n, _)| n.cmp(node)) {
             Ok(i) => i,

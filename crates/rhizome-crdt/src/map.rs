@@ -9,7 +9,7 @@
 //! sides have it, or one side has it and the other has never seen it.
 
 use crate::{CausalContext, Dot, Lattice, VersionVector};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 use std::fmt;
 
 /// The store half of a causal CRDT: a set of dots with data attached, joined under the two
@@ -137,35 +137,39 @@ enum Holders<K> {
 }
 
 impl<K: Ord + Clone> DotIndex<K> {
+    // Each of `add` and `remove` searches the tree once in the common case (a dot held by one
+    // key): local operations on a set call them once or twice each.
     fn add(&mut self, dot: Dot, key: &K) {
-        match self.0.get_mut(&dot) {
-            None => {
-                self.0.insert(dot, Holders::One(key.clone()));
+        match self.0.entry(dot) {
+            btree_map::Entry::Vacant(vacant) => {
+                vacant.insert(Holders::One(key.clone()));
             }
-            Some(holders) => match holders {
-                Holders::One(first) => *holders = Holders::Many(vec![first.clone(), key.clone()]),
-                Holders::Many(keys) => keys.push(key.clone()),
-            },
+            btree_map::Entry::Occupied(mut occupied) => {
+                let holders = occupied.get_mut();
+                match holders {
+                    Holders::One(first) => *holders = Holders::Many(vec![first.clone(), key.clone()]),
+                    Holders::Many(keys) => keys.push(key.clone()),
+                }
+            }
         }
     }
 
     fn remove(&mut self, dot: &Dot, key: &K) {
-        let Some(holders) = self.0.get_mut(dot) else { return };
-        match holders {
-            Holders::One(held) => {
-                if held == key {
-                    self.0.remove(dot);
-                }
-            }
-            Holders::Many(keys) => {
+        let Some((dot, holders)) = self.0.remove_entry(dot) else { return };
+        let kept = match holders {
+            Holders::One(held) if held == *key => return,
+            one @ Holders::One(_) => one,
+            Holders::Many(mut keys) => {
                 if let Some(at) = keys.iter().position(|k| k == key) {
                     keys.swap_remove(at);
                 }
-                if let [last] = keys.as_slice() {
-                    *holders = Holders::One(last.clone());
+                match <[K; 1]>::try_from(keys) {
+                    Ok([last]) => Holders::One(last),
+                    Err(keys) => Holders::Many(keys),
                 }
             }
-        }
+        };
+        self.0.insert(dot, kept);
     }
 
     /// Appends to `out` the keys holding a dot that `context` covers: one range per node of
@@ -297,13 +301,31 @@ impl<K: Ord + Clone> DotMap<K, DotSet> {
         dots
     }
 
-    /// Puts `dots` (not empty) at `key`, which [`DotMap::take_dots`] left vacant, into the
-    /// index and the counts.
-    pub(crate) fn put_dots(&mut self, key: K, dots: DotSet) {
-        for dot in &dots {
-            self.index.add(dot.clone(), &key);
+    /// Sets `key`'s dots to `dots` (not empty) and returns the dots it held (none when
+    /// absent), keeping the index and the counts; one search of the entries.
+    pub(crate) fn replace_dots(&mut self, key: K, dots: DotSet) -> DotSet {
+        self.dots += dots.len();
+        match self.entries.entry(key) {
+            btree_map::Entry::Vacant(vacant) => {
+                self.keys += 1;
+                for dot in &dots {
+                    self.index.add(dot.clone(), vacant.key());
+                }
+                vacant.insert(dots);
+                DotSet::new()
+            }
+            btree_map::Entry::Occupied(mut occupied) => {
+                let old = std::mem::replace(occupied.get_mut(), dots);
+                self.dots -= old.len();
+                for dot in &old {
+                    self.index.remove(dot, occupied.key());
+                }
+                for dot in occupied.get() {
+                    self.index.add(dot.clone(), occupied.key());
+                }
+                old
+            }
         }
-        self.put(key, dots);
     }
 }
 

@@ -64,8 +64,9 @@ impl<E: Ord + Clone> Orswot<E> {
         // The state never holds a dot twice (`from_parts` refuses it, and a join never adds a
         // dot its context has seen), so the delta's context reaches no other element: the
         // join would retire these dots from this element only.
-        let retired = self.entries.take_dots(&elem);
-        self.entries.put_dots(elem.clone(), DotSet::from([dot.clone()]));
+        let mut dots = DotSet::new();
+        dots.insert(dot.clone());
+        let retired = self.entries.replace_dots(elem.clone(), dots);
         // The retired dots are in the context already.
         self.context.insert(dot.clone());
         OrswotDelta { elem, added: Some(dot), retired }
@@ -84,7 +85,7 @@ impl<E: Ord + Clone> Orswot<E> {
         let (retired, kept): (DotSet, DotSet) =
             self.entries.take_dots(elem).into_iter().partition(|dot| seen.contains(dot));
         if !kept.is_empty() {
-            self.entries.put_dots(elem.clone(), kept);
+            self.entries.replace_dots(elem.clone(), kept);
         }
         OrswotDelta { elem: elem.clone(), added: None, retired }
     }
