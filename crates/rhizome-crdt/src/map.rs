@@ -110,7 +110,10 @@ impl DotStore for DotSet {
 /// about O(d log n), not O(n). The index costs one B-tree entry per dot held under each
 /// level of map: a [`Dot`] (24 bytes) and a clone of the key (plus the key's heap data,
 /// such as a string's bytes), about 60 to 100 bytes per dot with the tree's overhead.
-/// It is derived from the entries, so equality and `Debug` look at the entries only.
+/// It is derived from the entries, so equality and `Debug` look at the entries only, and it
+/// is built by the first join into the map (O(n log n), once) and kept up to date from then
+/// on: a map that only takes local operations, or is only joined into others (a delta), never
+/// pays for it.
 #[derive(Clone)]
 pub struct DotMap<K, S> {
     entries: BTreeMap<K, S>,
@@ -125,8 +128,11 @@ pub struct DotMap<K, S> {
 /// state a replica makes (one write, one dot), but joining forged or corrupt deltas that
 /// reuse a dot can put it under two keys, or twice under one, and the join must then still
 /// find every one of them.
+///
+/// `None` until the map's first join needs it (see [`DotMap`]); while `None`, adding and
+/// removing do nothing, and building it reads the entries as they are then.
 #[derive(Clone)]
-struct DotIndex<K>(BTreeMap<Dot, Holders<K>>);
+struct DotIndex<K>(Option<BTreeMap<Dot, Holders<K>>>);
 
 /// The keys holding one dot: almost always one, stored inline.
 #[derive(Clone)]
@@ -140,22 +146,14 @@ impl<K: Ord + Clone> DotIndex<K> {
     // Each of `add` and `remove` searches the tree once in the common case (a dot held by one
     // key): local operations on a set call them once or twice each.
     fn add(&mut self, dot: Dot, key: &K) {
-        match self.0.entry(dot) {
-            btree_map::Entry::Vacant(vacant) => {
-                vacant.insert(Holders::One(key.clone()));
-            }
-            btree_map::Entry::Occupied(mut occupied) => {
-                let holders = occupied.get_mut();
-                match holders {
-                    Holders::One(first) => *holders = Holders::Many(vec![first.clone(), key.clone()]),
-                    Holders::Many(keys) => keys.push(key.clone()),
-                }
-            }
+        if let Some(index) = &mut self.0 {
+            add_holder(index, dot, key);
         }
     }
 
     fn remove(&mut self, dot: &Dot, key: &K) {
-        let Some((dot, holders)) = self.0.remove_entry(dot) else { return };
+        let Some(index) = &mut self.0 else { return };
+        let Some((dot, holders)) = index.remove_entry(dot) else { return };
         let kept = match holders {
             Holders::One(held) if held == *key => return,
             one @ Holders::One(_) => one,
@@ -169,23 +167,61 @@ impl<K: Ord + Clone> DotIndex<K> {
                 }
             }
         };
-        self.0.insert(dot, kept);
+        index.insert(dot, kept);
+    }
+
+    /// The index, built from `entries` first if it is not yet.
+    fn built<S: DotStore>(&mut self, entries: &BTreeMap<K, S>) -> &BTreeMap<Dot, Holders<K>> {
+        self.0.get_or_insert_with(|| {
+            let mut index = BTreeMap::new();
+            let mut dots = Vec::new();
+            for (key, store) in entries {
+                store.dots_into(&mut dots);
+                for dot in dots.drain(..) {
+                    add_holder(&mut index, dot, key);
+                }
+            }
+            index
+        })
     }
 
     /// Appends to `out` the keys holding a dot that `context` covers: one range per node of
-    /// its vector, one point lookup per dot of its cloud.
-    fn covered_keys_into(&self, context: &CausalContext, out: &mut Vec<K>) {
+    /// its vector, one point lookup per dot of its cloud (after building the index from
+    /// `entries` if it is not yet).
+    fn covered_keys_into<S: DotStore>(
+        &mut self,
+        entries: &BTreeMap<K, S>,
+        context: &CausalContext,
+        out: &mut Vec<K>,
+    ) {
+        let index = self.built(entries);
         let mut push = |holders: &Holders<K>| match holders {
             Holders::One(key) => out.push(key.clone()),
             Holders::Many(keys) => out.extend(keys.iter().cloned()),
         };
         for (node, counter) in context.vv().iter() {
             let range = Dot { node: node.clone(), counter: 0 }..=Dot { node: node.clone(), counter };
-            self.0.range(range).for_each(|(_, holders)| push(holders));
+            index.range(range).for_each(|(_, holders)| push(holders));
         }
         for dot in context.cloud() {
-            if let Some(holders) = self.0.get(dot) {
+            if let Some(holders) = index.get(dot) {
                 push(holders);
+            }
+        }
+    }
+}
+
+/// Records that `key` holds `dot`, searching the tree once.
+fn add_holder<K: Clone>(index: &mut BTreeMap<Dot, Holders<K>>, dot: Dot, key: &K) {
+    match index.entry(dot) {
+        btree_map::Entry::Vacant(vacant) => {
+            vacant.insert(Holders::One(key.clone()));
+        }
+        btree_map::Entry::Occupied(mut occupied) => {
+            let holders = occupied.get_mut();
+            match holders {
+                Holders::One(first) => *holders = Holders::Many(vec![first.clone(), key.clone()]),
+                Holders::Many(keys) => keys.push(key.clone()),
             }
         }
     }
@@ -193,7 +229,7 @@ impl<K: Ord + Clone> DotIndex<K> {
 
 impl<K, S> Default for DotMap<K, S> {
     fn default() -> Self {
-        DotMap { entries: BTreeMap::new(), index: DotIndex(BTreeMap::new()), dots: 0, keys: 0 }
+        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0 }
     }
 }
 
@@ -374,7 +410,7 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
         // Only these keys can change: a key neither side names joins its store with the
         // empty store, which removes the dots `other_context` covers, and it holds none.
         let mut keys: Vec<K> = other.entries.keys().cloned().collect();
-        self.index.covered_keys_into(other_context, &mut keys);
+        self.index.covered_keys_into(&self.entries, other_context, &mut keys);
         keys.sort_unstable();
         keys.dedup();
         let empty = S::default();
