@@ -142,6 +142,22 @@ impl CausalContext {
         }
     }
 
+    /// Adds `dot` unless the context has it; returns whether it was new. One lookup of the
+    /// node, and no clone of the dot unless it lands in the cloud.
+    pub(crate) fn insert_new(&mut self, dot: &Dot) -> bool {
+        let known = self.vv.get(&dot.node);
+        if dot.counter <= known || self.cloud.contains(dot) {
+            return false;
+        }
+        if dot.counter == known + 1 {
+            self.vv.raise(&dot.node, dot.counter);
+            self.absorb(&dot.node);
+        } else {
+            self.cloud.insert(dot.clone());
+        }
+        true
+    }
+
     /// Moves `node`'s cloud dots that now extend its prefix into the vector.
     fn absorb(&mut self, node: &NodeId) {
         while !self.cloud.is_empty() {

@@ -1,6 +1,7 @@
 //! The JSON action vocabulary of CRDT objects: `crdt/…` actions parsed into [`Op`]s
-//! ([`parse`]), applied by the server, which assigns their dots ([`apply`]), and folded in a
-//! client's offline queue ([`fold_queue`]).
+//! ([`parse`]), applied by the server, which assigns their dots ([`apply`], or
+//! [`apply_in_place`] on the state itself), and folded in a client's offline queue
+//! ([`fold_queue`]).
 //!
 //! | action | fields |
 //! |---|---|

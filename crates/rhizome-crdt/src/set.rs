@@ -58,7 +58,9 @@ impl<E: Ord + Clone> Orswot<E> {
     /// dots) rather than from new maps. Costs O(log n) for n elements, plus O(d log n) for an
     /// element held by d dots.
     pub fn apply_add(&mut self, dot: Dot, elem: E) -> OrswotDelta<E> {
-        if self.context.contains(&dot) {
+        // The retired dots are in the context already, so the join's context is this one's
+        // plus the new dot.
+        if !self.context.insert_new(&dot) {
             return OrswotDelta { elem, added: None, retired: DotSet::new() };
         }
         // The state never holds a dot twice (`from_parts` refuses it, and a join never adds a
@@ -67,8 +69,6 @@ impl<E: Ord + Clone> Orswot<E> {
         let mut dots = DotSet::new();
         dots.insert(dot.clone());
         let retired = self.entries.replace_dots(elem.clone(), dots);
-        // The retired dots are in the context already.
-        self.context.insert(dot.clone());
         OrswotDelta { elem, added: Some(dot), retired }
     }
 
