@@ -96,15 +96,19 @@ impl PnCounter {
     /// `by` is 0 (a zero entry is never stored).
     #[inline]
     fn entry_mut(&mut self, node: &NodeId, by: u64) -> Option<&mut PnEntry> {
-        let i = match self.entries.binary_search_by(|(n, _)| n.cmp(node)) {
-            Ok(i) => i,
-            Err(_) if by == 0 => return None,
-            Err(i) => {
-                self.entries.insert(i, (node.clone(), PnEntry::default()));
-                i
-            }
-        };
-        Some(&mut self.entries[i].1)
+        match self.entries.binary_search_by(|(n, _)| n.cmp(node)) {
+            Ok(i) => Some(&mut self.entries[i].1),
+            Err(_) if by == 0 => None,
+            Err(i) => Some(self.insert_zero(i, node)),
+        }
+    }
+
+    /// Inserts a zero entry for `node` at `i`, to be raised at once. Kept out of line so that
+    /// the common case, a node raising its own entry, inlines into the caller.
+    #[inline(never)]
+    fn insert_zero(&mut self, i: usize, node: &NodeId) -> &mut PnEntry {
+        self.entries.insert(i, (node.clone(), PnEntry::default()));
+        &mut self.entries[i].1
     }
 
     /// A counter from per-node totals, as read back from storage or the network. Any input
