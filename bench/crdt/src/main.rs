@@ -119,6 +119,7 @@ fn main() {
     if wants("counter") {
         let chain = COUNTER_OPS * counter_action().len();
         bench("counter", "ours PnCounter", "JSON document", chain, &counter_ours);
+        bench("counter", "ours (delta + join) PnCounter", "JSON document", chain, &counter_ours_delta_join);
         bench("counter", "crdts PNCounter", "serde JSON of the state", chain, &counter_crdts);
         bench("counter", "yrs Map as G-counter", "update v1", chain, &counter_yrs);
         bench("counter", "loro LoroCounter", "snapshot", chain, &counter_loro);
@@ -131,6 +132,9 @@ fn main() {
             (set_workload(1, SET_OPS / 2, SET_UNIVERSE), set_workload(2, SET_OPS / 2, SET_UNIVERSE));
         let chain = set_op_chain_bytes(&wa) + set_op_chain_bytes(&wb);
         bench("set", "ours Orswot<Scalar>", "JSON document", chain, &|| set_ours(&wa, &wb));
+        bench("set", "ours (delta + join) Orswot<Scalar>", "JSON document", chain, &|| {
+            set_ours_delta_join(&wa, &wb)
+        });
         bench("set", "ours ClSet<Scalar> (causal length)", "JSON document", chain, &|| {
             set_ours_clset(&wa, &wb)
         });
@@ -240,7 +244,42 @@ fn counter_action() -> String {
     r#"{"type":"crdt/counter/inc","key":"c","by":1}"#.to_string()
 }
 
+/// Each increment is applied in place and returns its delta (`PnDelta`, the node's new total,
+/// which the server turns into the `crdt/delta` it ships). The check also joins each replica's
+/// last delta into an empty counter: the totals the deltas carry must rebuild the state.
 fn counter_ours() -> Sample {
+    use rhizome_crdt::{Lattice, NodeId, PnCounter};
+    let nodes = [NodeId::from("a"), NodeId::from("b")];
+    let (mut a, mut b) = (PnCounter::new(), PnCounter::new());
+    let mut shipped = PnCounter::new();
+    let t = Instant::now();
+    for (state, node) in [(&mut a, &nodes[0]), (&mut b, &nodes[1])] {
+        let mut delta = state.apply_inc(node, 1);
+        for _ in 1..COUNTER_OPS / 2 {
+            delta = std::hint::black_box(state.apply_inc(node, 1));
+        }
+        shipped.join(&delta.to_counter());
+    }
+    let ops = t.elapsed();
+    let a_before = a.clone();
+    let t = Instant::now();
+    a.join(&b);
+    b.join(&a_before);
+    let merge = t.elapsed();
+    let state_bytes = document_bytes(rhizome_crdt::Object::Counter(a.clone()));
+    let value = a.value();
+    Sample {
+        ops,
+        merge,
+        state_bytes,
+        check: format!("value {value}"),
+        ok: a == b && shipped == a && value == COUNTER_OPS as i128,
+    }
+}
+
+/// The path before in-place operations, for comparison: every increment builds a delta
+/// (`PnCounter::inc`) and joins it into the state.
+fn counter_ours_delta_join() -> Sample {
     use rhizome_crdt::{Lattice, NodeId, PnCounter};
     let nodes = [NodeId::from("a"), NodeId::from("b")];
     let (mut a, mut b) = (PnCounter::new(), PnCounter::new());
@@ -450,7 +489,48 @@ fn set_check(a: &BTreeSet<u32>, b: &BTreeSet<u32>, expected: &BTreeSet<u32>, rul
 /// measured with the server's JSON document.
 ///
 /// [`Scalar`]: rhizome_crdt::Scalar
+/// Each toggle is applied in place and returns its delta (`OrswotDelta`: the element, an add's
+/// dot and the dots it retired, which the server turns into the `crdt/delta` it ships). The
+/// check replays the workload untimed, joins every delta into an empty set per replica, and
+/// requires the states the timed run built.
 fn set_ours(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
+    use rhizome_crdt::{Lattice, NodeId, Orswot, Scalar};
+    let nodes = [NodeId::from("a"), NodeId::from("b")];
+    let (mut a, mut b) = (Orswot::<Scalar>::new(), Orswot::<Scalar>::new());
+    let t = Instant::now();
+    for (set, w, node) in [(&mut a, wa, &nodes[0]), (&mut b, wb, &nodes[1])] {
+        for &(add, e) in w {
+            let e = Scalar::Int(i64::from(e));
+            let delta = if add { set.apply_add(set.context().next_dot(node), e) } else { set.apply_remove(&e) };
+            std::hint::black_box(delta);
+        }
+    }
+    let ops = t.elapsed();
+    let deltas_rebuild = [(&a, wa, &nodes[0]), (&b, wb, &nodes[1])].into_iter().all(|(state, w, node)| {
+        let (mut replay, mut shipped) = (Orswot::<Scalar>::new(), Orswot::<Scalar>::new());
+        for &(add, e) in w {
+            let e = Scalar::Int(i64::from(e));
+            let delta =
+                if add { replay.apply_add(replay.context().next_dot(node), e) } else { replay.apply_remove(&e) };
+            shipped.join(&delta.to_orswot());
+        }
+        shipped == *state
+    });
+    let a_before = a.clone();
+    let t = Instant::now();
+    a.join(&b);
+    b.join(&a_before);
+    let merge = t.elapsed();
+    let read = |s: &Orswot<Scalar>| s.iter().filter_map(scalar_u32).collect::<BTreeSet<u32>>();
+    let (check, ok) = set_check(&read(&a), &read(&b), &set_expected(wa, wb), Rule::AddWins);
+    let state_bytes = document_bytes(rhizome_crdt::Object::Set(a.clone()));
+    let check = if deltas_rebuild { check } else { format!("{check}; the deltas do not rebuild the states") };
+    Sample { ops, merge, state_bytes, check, ok: ok && a == b && deltas_rebuild }
+}
+
+/// The path before in-place operations, for comparison: every toggle builds a delta
+/// (`Orswot::add` or `remove`) and joins it into the state.
+fn set_ours_delta_join(wa: &[(bool, u32)], wb: &[(bool, u32)]) -> Sample {
     use rhizome_crdt::{Lattice, NodeId, Orswot, Scalar};
     let nodes = [NodeId::from("a"), NodeId::from("b")];
     let (mut a, mut b) = (Orswot::<Scalar>::new(), Orswot::<Scalar>::new());

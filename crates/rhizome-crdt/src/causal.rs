@@ -50,8 +50,13 @@ impl VersionVector {
         if counter == 0 {
             return;
         }
-        let entry = self.0.entry(node.clone()).or_insert(0);
-        *entry = (*entry).max(counter);
+        // Looked up before inserting, so raising a known node does not clone its id.
+        match self.0.get_mut(node) {
+            Some(known) => *known = (*known).max(counter),
+            None => {
+                self.0.insert(node.clone(), counter);
+            }
+        }
     }
 
     /// Whether every event covered by `self` is covered by `other`.
@@ -160,6 +165,28 @@ impl CausalContext {
         }
     }
 
+    /// Adds `dot` unless the context has it; returns whether it was new. With no runs (the
+    /// usual case on a server) one lookup of the node, and no clone of the dot.
+    pub(crate) fn insert_new(&mut self, dot: &Dot) -> bool {
+        let known = self.vv.get(&dot.node);
+        if dot.counter <= known {
+            return false;
+        }
+        if self.cloud.is_empty() {
+            if dot.counter == known + 1 {
+                self.vv.raise(&dot.node, dot.counter);
+            } else {
+                self.cloud.insert(dot.clone(), dot.counter);
+            }
+            return true;
+        }
+        if self.run_holding(dot).is_some() {
+            return false;
+        }
+        self.insert_run(&dot.node, dot.counter, dot.counter);
+        true
+    }
+
     /// Removes `node`'s runs that overlap or touch `low..=high` and returns the run they make
     /// together with it.
     fn swallow_runs(&mut self, node: &NodeId, mut low: u64, mut high: u64) -> (u64, u64) {
@@ -188,8 +215,13 @@ impl CausalContext {
 
     /// The next dot of `node`: one past the highest counter of `node` in the context.
     pub fn next_dot(&self, node: &NodeId) -> Dot {
-        let last_run = self.cloud.range(..=Dot { node: node.clone(), counter: u64::MAX }).next_back();
-        let in_cloud = last_run.filter(|(first, _)| first.node == *node).map(|(_, last)| *last);
+        let in_cloud = match self.cloud.is_empty() {
+            true => None,
+            false => {
+                let last_run = self.cloud.range(..=Dot { node: node.clone(), counter: u64::MAX }).next_back();
+                last_run.filter(|(first, _)| first.node == *node).map(|(_, last)| *last)
+            }
+        };
         let highest = in_cloud.unwrap_or_else(|| self.vv.get(node));
         // Saturates rather than wrapping to 0 (which every context contains): a counter near
         // u64::MAX only comes from a forged dot, and its node then stops making progress.

@@ -30,7 +30,9 @@ impl PnEntry {
 /// Totals saturate at `u64::MAX` instead of overflowing; past that point further operations of
 /// that node in that direction are lost (2^64 − 1 is far beyond any real counter).
 ///
-/// There is no separate `apply`: a delta is applied with [`Lattice::join`].
+/// A delta is applied with [`Lattice::join`]. A replica's own operation can skip building the
+/// delta first: [`PnCounter::apply_inc`] and [`PnCounter::apply_dec`] change the state in
+/// place and return the same delta without allocating.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PnCounter {
     /// Sorted by node, only non-zero entries, so equal counters compare equal. A vector, not
@@ -65,6 +67,48 @@ impl PnCounter {
     pub fn dec(&self, node: &NodeId, by: u64) -> PnCounter {
         let n = self.entry(node).n.saturating_add(by);
         PnCounter::single(node, PnEntry { p: 0, n })
+    }
+
+    /// In place: `node` adds `by` to this state. Returns the delta, the same value as
+    /// [`PnCounter::inc`] on the state before, in a form that costs no allocation
+    /// ([`PnDelta::to_counter`] makes the counter to ship).
+    #[inline]
+    pub fn apply_inc<'n>(&mut self, node: &'n NodeId, by: u64) -> PnDelta<'n> {
+        let p = self.entry_mut(node, by).map_or(0, |entry| {
+            entry.p = entry.p.saturating_add(by);
+            entry.p
+        });
+        PnDelta { node, entry: PnEntry { p, n: 0 } }
+    }
+
+    /// In place: `node` subtracts `by` from this state. Returns the delta, the same value as
+    /// [`PnCounter::dec`] on the state before.
+    #[inline]
+    pub fn apply_dec<'n>(&mut self, node: &'n NodeId, by: u64) -> PnDelta<'n> {
+        let n = self.entry_mut(node, by).map_or(0, |entry| {
+            entry.n = entry.n.saturating_add(by);
+            entry.n
+        });
+        PnDelta { node, entry: PnEntry { p: 0, n } }
+    }
+
+    /// `node`'s entry, inserted at zero to be raised by `by`; `None` when the node has none and
+    /// `by` is 0 (a zero entry is never stored).
+    #[inline]
+    fn entry_mut(&mut self, node: &NodeId, by: u64) -> Option<&mut PnEntry> {
+        match self.entries.binary_search_by(|(n, _)| n.cmp(node)) {
+            Ok(i) => Some(&mut self.entries[i].1),
+            Err(_) if by == 0 => None,
+            Err(i) => Some(self.insert_zero(i, node)),
+        }
+    }
+
+    /// Inserts a zero entry for `node` at `i`, to be raised at once. Kept out of line so that
+    /// the common case, a node raising its own entry, inlines into the caller.
+    #[inline(never)]
+    fn insert_zero(&mut self, i: usize, node: &NodeId) -> &mut PnEntry {
+        self.entries.insert(i, (node.clone(), PnEntry::default()));
+        &mut self.entries[i].1
     }
 
     /// A counter from per-node totals, as read back from storage or the network. Any input
@@ -105,6 +149,28 @@ impl PnCounter {
             counter.entries.push((node.clone(), entry));
         }
         counter
+    }
+}
+
+/// The delta of one counter operation applied in place: `node`'s entry as [`PnCounter::inc`]
+/// or [`PnCounter::dec`] would return it, borrowing the node id instead of cloning it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PnDelta<'n> {
+    /// The node that made the operation.
+    pub node: &'n NodeId,
+    /// Its new total in the operation's direction (the other total is 0).
+    pub entry: PnEntry,
+}
+
+impl PnDelta<'_> {
+    /// The delta as a counter, to join elsewhere or ship (the bottom when the entry is zero).
+    pub fn to_counter(&self) -> PnCounter {
+        PnCounter::single(self.node, self.entry)
+    }
+
+    /// Whether the delta changes nothing anywhere (its entry is zero).
+    pub fn is_bottom(&self) -> bool {
+        self.entry.is_zero()
     }
 }
 

@@ -6,6 +6,9 @@
 //! exchange. Every mutation is a *delta mutator*: it returns a small value of the same type
 //! (the delta) that the caller joins into its state and ships to others. Deltas join into
 //! delta-groups, so any chain of operations on one object folds into one delta ([`fold`]).
+//! The counter and the add-wins set also apply a local operation in place and return the same
+//! delta ([`PnCounter::apply_inc`], [`Orswot::apply_add`], …), which skips building a delta
+//! value and joining it.
 //!
 //! Events are identified by [`Dot`]s: a node id and a dense per-node counter (1, 2, 3, … with
 //! no gaps), so a [`CausalContext`] summarises "everything node n did up to c" in one integer.
@@ -22,7 +25,7 @@ mod set;
 mod since;
 
 pub use causal::{CausalContext, Dot, VersionVector};
-pub use counter::{PnCounter, PnEntry};
+pub use counter::{PnCounter, PnDelta, PnEntry};
 pub use delta::{delta_action, DELTA_TYPE};
 pub use list::{ListElem, PartsError as ListPartsError, Rga};
 pub use map::{
@@ -33,7 +36,7 @@ pub use object::{Kind, Object};
 pub use ops::OpError;
 pub use register::{LwwRegister, MvRegister, Stamp};
 pub use rhizome_protocol::NodeId;
-pub use set::{ClSet, Orswot};
+pub use set::{ClSet, Orswot, OrswotDelta};
 pub use since::{catch_up_action, parse_seen};
 
 /// A join-semilattice: the state of a CRDT.

@@ -10,7 +10,7 @@
 
 use crate::{CausalContext, Dot, Lattice, NodeId, PnEntry, VersionVector};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 use std::fmt;
 
 /// The store half of a causal CRDT: a set of dots with data attached, joined under the two
@@ -111,7 +111,10 @@ impl DotStore for DotSet {
 /// about O(d log n), not O(n). The index costs one B-tree entry per dot held under each
 /// level of map: a [`Dot`] (24 bytes) and a clone of the key (plus the key's heap data,
 /// such as a string's bytes), about 60 to 100 bytes per dot with the tree's overhead.
-/// It is derived from the entries, so equality and `Debug` look at the entries only.
+/// It is derived from the entries, so equality and `Debug` look at the entries only, and it
+/// is built by the first join into the map (O(n log n), once) and kept up to date from then
+/// on: a map that only takes local operations, or is only joined into others (a delta), never
+/// pays for it.
 #[derive(Clone)]
 pub struct DotMap<K, S> {
     entries: BTreeMap<K, S>,
@@ -126,8 +129,11 @@ pub struct DotMap<K, S> {
 /// state a replica makes (one write, one dot), but joining forged or corrupt deltas that
 /// reuse a dot can put it under two keys, or twice under one, and the join must then still
 /// find every one of them.
+///
+/// `None` until the map's first join needs it (see [`DotMap`]); while `None`, adding and
+/// removing do nothing, and building it reads the entries as they are then.
 #[derive(Clone)]
-struct DotIndex<K>(BTreeMap<Dot, Holders<K>>);
+struct DotIndex<K>(Option<BTreeMap<Dot, Holders<K>>>);
 
 /// The keys holding one dot: almost always one, stored inline.
 #[derive(Clone)]
@@ -138,45 +144,63 @@ enum Holders<K> {
 }
 
 impl<K: Ord + Clone> DotIndex<K> {
+    // Each of `add` and `remove` searches the tree once in the common case (a dot held by one
+    // key): local operations on a set call them once or twice each.
     fn add(&mut self, dot: Dot, key: &K) {
-        match self.0.get_mut(&dot) {
-            None => {
-                self.0.insert(dot, Holders::One(key.clone()));
-            }
-            Some(holders) => match holders {
-                Holders::One(first) => *holders = Holders::Many(vec![first.clone(), key.clone()]),
-                Holders::Many(keys) => keys.push(key.clone()),
-            },
+        if let Some(index) = &mut self.0 {
+            add_holder(index, dot, key);
         }
     }
 
     fn remove(&mut self, dot: &Dot, key: &K) {
-        let Some(holders) = self.0.get_mut(dot) else { return };
-        match holders {
-            Holders::One(held) => {
-                if held == key {
-                    self.0.remove(dot);
-                }
-            }
-            Holders::Many(keys) => {
+        let Some(index) = &mut self.0 else { return };
+        let Some((dot, holders)) = index.remove_entry(dot) else { return };
+        let kept = match holders {
+            Holders::One(held) if held == *key => return,
+            one @ Holders::One(_) => one,
+            Holders::Many(mut keys) => {
                 if let Some(at) = keys.iter().position(|k| k == key) {
                     keys.swap_remove(at);
                 }
-                if let [last] = keys.as_slice() {
-                    *holders = Holders::One(last.clone());
+                match <[K; 1]>::try_from(keys) {
+                    Ok([last]) => Holders::One(last),
+                    Err(keys) => Holders::Many(keys),
                 }
             }
-        }
+        };
+        index.insert(dot, kept);
+    }
+
+    /// The index, built from `entries` first if it is not yet.
+    fn built<S: DotStore>(&mut self, entries: &BTreeMap<K, S>) -> &BTreeMap<Dot, Holders<K>> {
+        self.0.get_or_insert_with(|| {
+            let mut index = BTreeMap::new();
+            let mut dots = Vec::new();
+            for (key, store) in entries {
+                store.dots_into(&mut dots);
+                for dot in dots.drain(..) {
+                    add_holder(&mut index, dot, key);
+                }
+            }
+            index
+        })
     }
 
     /// Appends to `out` the keys holding a dot that `context` covers: one range lookup per
-    /// node of its vector and per run of its cloud.
-    fn covered_keys_into(&self, context: &CausalContext, out: &mut Vec<K>) {
+    /// node of its vector and per run of its cloud (after building the index from `entries`
+    /// if it is not yet).
+    fn covered_keys_into<S: DotStore>(
+        &mut self,
+        entries: &BTreeMap<K, S>,
+        context: &CausalContext,
+        out: &mut Vec<K>,
+    ) {
+        let index = self.built(entries);
         let prefixes = context.vv().iter().map(|(node, counter)| (node, 0, counter));
         for (node, first, last) in prefixes.chain(context.cloud()) {
             let range =
                 Dot { node: node.clone(), counter: first }..=Dot { node: node.clone(), counter: last };
-            for (_, holders) in self.0.range(range) {
+            for (_, holders) in index.range(range) {
                 match holders {
                     Holders::One(key) => out.push(key.clone()),
                     Holders::Many(keys) => out.extend(keys.iter().cloned()),
@@ -186,9 +210,25 @@ impl<K: Ord + Clone> DotIndex<K> {
     }
 }
 
+/// Records that `key` holds `dot`, searching the tree once.
+fn add_holder<K: Clone>(index: &mut BTreeMap<Dot, Holders<K>>, dot: Dot, key: &K) {
+    match index.entry(dot) {
+        btree_map::Entry::Vacant(vacant) => {
+            vacant.insert(Holders::One(key.clone()));
+        }
+        btree_map::Entry::Occupied(mut occupied) => {
+            let holders = occupied.get_mut();
+            match holders {
+                Holders::One(first) => *holders = Holders::Many(vec![first.clone(), key.clone()]),
+                Holders::Many(keys) => keys.push(key.clone()),
+            }
+        }
+    }
+}
+
 impl<K, S> Default for DotMap<K, S> {
     fn default() -> Self {
-        DotMap { entries: BTreeMap::new(), index: DotIndex(BTreeMap::new()), dots: 0, keys: 0 }
+        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0 }
     }
 }
 
@@ -284,6 +324,46 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     }
 }
 
+impl<K: Ord + Clone> DotMap<K, DotSet> {
+    /// Removes `key` and returns its dots (none when absent), keeping the index and the
+    /// counts: what joining a delta that retires exactly these dots does to a map in which no
+    /// dot is held twice (an ORSWOT's: see [`crate::Orswot::apply_add`]).
+    pub(crate) fn take_dots(&mut self, key: &K) -> DotSet {
+        let Some(dots) = self.take(key) else { return DotSet::new() };
+        for dot in &dots {
+            self.index.remove(dot, key);
+        }
+        dots
+    }
+
+    /// Sets `key`'s dots to `dots` (not empty) and returns the dots it held (none when
+    /// absent), keeping the index and the counts; one search of the entries.
+    pub(crate) fn replace_dots(&mut self, key: K, dots: DotSet) -> DotSet {
+        self.dots += dots.len();
+        match self.entries.entry(key) {
+            btree_map::Entry::Vacant(vacant) => {
+                self.keys += 1;
+                for dot in &dots {
+                    self.index.add(dot.clone(), vacant.key());
+                }
+                vacant.insert(dots);
+                DotSet::new()
+            }
+            btree_map::Entry::Occupied(mut occupied) => {
+                let old = std::mem::replace(occupied.get_mut(), dots);
+                self.dots -= old.len();
+                for dot in &old {
+                    self.index.remove(dot, occupied.key());
+                }
+                for dot in occupied.get() {
+                    self.index.add(dot.clone(), occupied.key());
+                }
+                old
+            }
+        }
+    }
+}
+
 impl<K: Ord + Clone, S: DotStore> FromIterator<(K, S)> for DotMap<K, S> {
     fn from_iter<I: IntoIterator<Item = (K, S)>>(iter: I) -> Self {
         let mut map = DotMap::new();
@@ -329,7 +409,7 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
         // Only these keys can change: a key neither side names joins its store with the
         // empty store, which removes the dots `other_context` covers, and it holds none.
         let mut keys: Vec<K> = other.entries.keys().cloned().collect();
-        self.index.covered_keys_into(other_context, &mut keys);
+        self.index.covered_keys_into(&self.entries, other_context, &mut keys);
         keys.sort_unstable();
         keys.dedup();
         let empty = S::default();

@@ -1,6 +1,7 @@
 //! The JSON action vocabulary of CRDT objects: `crdt/…` actions parsed into [`Op`]s
-//! ([`parse`]), applied by the server, which assigns their dots ([`apply`]), and folded in a
-//! client's offline queue ([`fold_queue`]).
+//! ([`parse`]), applied by the server, which assigns their dots ([`apply`], or
+//! [`apply_in_place`] on the state itself), and folded in a client's offline queue
+//! ([`fold_queue`]).
 //!
 //! | action | fields |
 //! |---|---|
@@ -26,8 +27,8 @@ use crate::object::{
     MAP_KEYS_MAX, MV_VALUES_MAX, NODES_MAX, SET_ELEMS_MAX,
 };
 use crate::{
-    CausalContext, Dot, Lattice, LwwRegister, MapError, NodeId, OrMap, PnCounter, PnEntry, Rga, Scalar,
-    Stamp, Value as MapValue, ValueDelta, ValueRef, VersionVector,
+    CausalContext, Dot, Lattice, LwwRegister, MapError, NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga,
+    Scalar, Stamp, Value as MapValue, ValueDelta, ValueRef, VersionVector,
 };
 use rhizome_protocol::Channel;
 use serde_json::{Map, Value};
@@ -663,12 +664,7 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 /// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
 /// on one server therefore stays within what [`Object::from_json`] reads back.
 pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
-    if state.kind() != op.kind() {
-        return Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() });
-    }
-    if NodeId::parse(author.as_str()).is_none() {
-        return Err(OpError::WrongShape("the author must be a node id without spaces, of 1 to 256 bytes"));
-    }
+    check_applies(state, op, author)?;
     match (state, &op.change) {
         (Object::Counter(counter), Change::CounterInc { by }) => {
             check_counter_nodes(counter, author)?;
@@ -712,10 +708,7 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
             Ok(Object::Mv(delta))
         }
         (Object::Set(set), Change::SetAdd { elem }) => {
-            let dot = fresh_dot(set.context(), author)?;
-            if !set.contains(elem) && set.len() >= SET_ELEMS_MAX {
-                return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
-            }
+            let dot = set_add_dot(set, elem, author)?;
             Ok(Object::Set(set.add(dot, elem.clone())))
         }
         (Object::Set(set), Change::SetRemove { elem, seen }) => Ok(Object::Set(match seen {
@@ -776,6 +769,62 @@ fn list_insert_dot(list: &Rga<Value>, author: &NodeId) -> Result<Dot, OpError> {
     let dot = list.next_dot(author);
     if dot.counter > COUNTER_MAX || list.max_seq() >= COUNTER_MAX {
         return Err(too_high_counter());
+    }
+    Ok(dot)
+}
+
+/// In place: applies `op` by `author` to `state` as [`apply`] does, and joins the delta into
+/// `state`; returns that delta, to ship. Counter and set operations change the state directly
+/// ([`crate::PnCounter::apply_inc`], [`crate::Orswot::apply_add`], …) instead of building a
+/// delta and joining it, which is most of their cost; the other kinds join [`apply`]'s delta.
+/// A refused operation leaves `state` unchanged: every check runs before anything changes.
+pub fn apply_in_place(state: &mut Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
+    check_applies(state, op, author)?;
+    match (state, &op.change) {
+        (Object::Counter(counter), Change::CounterInc { by }) => {
+            check_counter_nodes(counter, author)?;
+            Ok(Object::Counter(counter.apply_inc(author, *by).to_counter()))
+        }
+        (Object::Counter(counter), Change::CounterDec { by }) => {
+            check_counter_nodes(counter, author)?;
+            Ok(Object::Counter(counter.apply_dec(author, *by).to_counter()))
+        }
+        (Object::Set(set), Change::SetAdd { elem }) => {
+            let dot = set_add_dot(set, elem, author)?;
+            Ok(Object::Set(set.apply_add(dot, elem.clone()).to_orswot()))
+        }
+        (Object::Set(set), Change::SetRemove { elem, seen }) => {
+            let delta = match seen {
+                None => set.apply_remove(elem),
+                Some(seen) => set.apply_remove_seen(elem, &with_own_events(seen, author)),
+            };
+            Ok(Object::Set(delta.to_orswot()))
+        }
+        (state, _) => {
+            let delta = apply(state, op, author, time_ms)?;
+            state.join(&delta)?;
+            Ok(delta)
+        }
+    }
+}
+
+/// Refuses an op of another kind than the object, or by an invalid author.
+fn check_applies(state: &Object, op: &Op, author: &NodeId) -> Result<(), OpError> {
+    if state.kind() != op.kind() {
+        return Err(OpError::TypeMismatch { expected: state.kind(), found: op.kind() });
+    }
+    if NodeId::parse(author.as_str()).is_none() {
+        return Err(OpError::WrongShape("the author must be a node id without spaces, of 1 to 256 bytes"));
+    }
+    Ok(())
+}
+
+/// The author's dot for adding `elem` to `set`, refused past the limits of [`fresh_dot`] or
+/// when a new element would take the set past [`SET_ELEMS_MAX`].
+fn set_add_dot(set: &Orswot<Scalar>, elem: &Scalar, author: &NodeId) -> Result<Dot, OpError> {
+    let dot = fresh_dot(set.context(), author)?;
+    if !set.contains(elem) && set.len() >= SET_ELEMS_MAX {
+        return Err(OpError::TooBig { what: "elements in a set", max: SET_ELEMS_MAX as u64 });
     }
     Ok(dot)
 }
@@ -1504,6 +1553,33 @@ mod tests {
         assert!(apply(&state, &add(7), &node("a"), 0).is_ok(), "a present element may be added again");
         let err = apply(&Object::bottom(Kind::Mv), &add(1), &node("a"), 0).map_err(|e| e.reason());
         assert_eq!(err, Err("crdtTypeMismatch"));
+    }
+
+    #[test]
+    fn apply_in_place_refuses_what_apply_refuses_and_leaves_the_state() {
+        let full_counter =
+            PnCounter::from_entries((0..NODES_MAX).map(|i| (node(&format!("n{i}")), PnEntry { p: 1, n: 0 })));
+        let entries = (1..=SET_ELEMS_MAX as u64).map(|i| (Scalar::Int(i as i64), [Dot::new("a", i)].into()));
+        let context = CausalContext::from_vv([(node("a"), SET_ELEMS_MAX as u64)].into_iter().collect());
+        let full_set = crate::Orswot::from_parts(entries.collect(), context).unwrap();
+        let inc = op(json!({"type": "crdt/counter/inc", "key": "k"}));
+        let add = op(json!({"type": "crdt/set/add", "key": "k", "elem": -1}));
+        let refused = [
+            (Object::Counter(full_counter), &inc, "new"),
+            (Object::bottom(Kind::Counter), &inc, "a b"),
+            (Object::bottom(Kind::Set), &inc, "a"),
+            (Object::Set(full_set), &add, "a"),
+            (Object::bottom(Kind::Counter), &add, "a"),
+            (Object::bottom(Kind::Set), &add, ""),
+        ];
+        for (state, op, author) in refused {
+            let expected = apply(&state, op, &node(author), 0).map(drop);
+            assert!(expected.is_err(), "{op:?} by {author:?}");
+            let mut in_place = state.clone();
+            let got = apply_in_place(&mut in_place, op, &node(author), 0).map(drop);
+            assert_eq!(got, expected, "{op:?} by {author:?}");
+            assert!(in_place == state, "{op:?} by {author:?} changed the state");
+        }
     }
 
     #[test]

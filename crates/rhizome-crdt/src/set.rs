@@ -53,6 +53,43 @@ impl<E: Ord + Clone> Orswot<E> {
         Orswot { entries: DotMap::new(), context }
     }
 
+    /// In place: adds `elem` with the fresh `dot`, as joining [`Orswot::add`]'s delta would.
+    /// Returns that delta, in a form built from what the state gave up (the element's old
+    /// dots) rather than from new maps. Costs O(log n) for n elements, plus O(d log n) for an
+    /// element held by d dots.
+    pub fn apply_add(&mut self, dot: Dot, elem: E) -> OrswotDelta<E> {
+        // The retired dots are in the context already, so the join's context is this one's
+        // plus the new dot.
+        if !self.context.insert_new(&dot) {
+            return OrswotDelta { elem, added: None, retired: DotSet::new() };
+        }
+        // The state never holds a dot twice (`from_parts` refuses it, and a join never adds a
+        // dot its context has seen), so the delta's context reaches no other element: the
+        // join would retire these dots from this element only.
+        let mut dots = DotSet::new();
+        dots.insert(dot.clone());
+        let retired = self.entries.replace_dots(elem.clone(), dots);
+        OrswotDelta { elem, added: Some(dot), retired }
+    }
+
+    /// In place: removes `elem`, as joining [`Orswot::remove`]'s delta would. Returns that
+    /// delta (its context is the element's dots, moved out of the state).
+    pub fn apply_remove(&mut self, elem: &E) -> OrswotDelta<E> {
+        let retired = self.entries.take_dots(elem);
+        OrswotDelta { elem: elem.clone(), added: None, retired }
+    }
+
+    /// In place: removes `elem` as seen by someone whose view is `seen`, as joining
+    /// [`Orswot::remove_seen`]'s delta would. Returns that delta.
+    pub fn apply_remove_seen(&mut self, elem: &E, seen: &VersionVector) -> OrswotDelta<E> {
+        let (retired, kept): (DotSet, DotSet) =
+            self.entries.take_dots(elem).into_iter().partition(|dot| seen.contains(dot));
+        if !kept.is_empty() {
+            self.entries.replace_dots(elem.clone(), kept);
+        }
+        OrswotDelta { elem: elem.clone(), added: None, retired }
+    }
+
     /// A set from its parts, as read back from storage or the network; `None` unless every
     /// element has at least one dot, every dot is a real event (counter above 0) recorded in
     /// `context`, and no dot is under two elements (one add adds one element).
@@ -98,6 +135,37 @@ impl<E: Ord + Clone> Orswot<E> {
     /// Every dot this set has seen.
     pub fn context(&self) -> &CausalContext {
         &self.context
+    }
+}
+
+/// The delta of one operation applied in place to an [`Orswot`]: the same value as the delta
+/// mutators return ([`OrswotDelta::to_orswot`] builds it), kept as its parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrswotDelta<E> {
+    /// The element the operation was about.
+    pub elem: E,
+    /// An add's fresh dot, now the element's only one; `None` for a remove or a replayed add.
+    pub added: Option<Dot>,
+    /// The element's dots that the operation retired.
+    pub retired: DotSet,
+}
+
+impl<E: Ord + Clone> OrswotDelta<E> {
+    /// The delta as a set, to join elsewhere or ship: the element with the added dot, and a
+    /// context of the added and the retired dots.
+    pub fn to_orswot(&self) -> Orswot<E> {
+        let entries = match &self.added {
+            Some(dot) => DotMap::from([(self.elem.clone(), DotSet::from([dot.clone()]))]),
+            None => DotMap::new(),
+        };
+        let context = self.retired.iter().chain(&self.added).cloned().collect();
+        Orswot { entries, context }
+    }
+
+    /// Whether the delta changes nothing anywhere (a replayed add, or a remove that retired
+    /// no dot).
+    pub fn is_bottom(&self) -> bool {
+        self.added.is_none() && self.retired.is_empty()
     }
 }
 

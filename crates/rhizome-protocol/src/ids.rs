@@ -7,23 +7,53 @@ use std::sync::Arc;
 pub const NODE_ID_BYTES_MAX: usize = 256;
 
 /// A node id: `user:client:tab` for clients, `server:<id>` for servers.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq)]
 pub struct NodeId(Arc<str>);
 
 /// A client id: the first two parts of a node id (`user:client`), shared by all tabs.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq)]
 pub struct ClientId(Arc<str>);
 
 /// A user id: the first part of a node id.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq)]
 pub struct UserId(Arc<str>);
 
 /// A channel name, such as `users/10` or `counter/1`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq)]
 pub struct Channel(Arc<str>);
 
 macro_rules! string_id {
     ($ty:ident) => {
+        // Equality, order and hash are the strings'. Equality and order look at the pointer
+        // first: ids are cloned far more often than rebuilt (a node's dots in a CRDT share one
+        // allocation), so comparing an id with a clone of itself, the common case in CRDT
+        // lookups, skips reading the strings.
+        impl PartialEq for $ty {
+            #[inline]
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+        impl Ord for $ty {
+            #[inline]
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                if Arc::ptr_eq(&self.0, &other.0) {
+                    return std::cmp::Ordering::Equal;
+                }
+                self.0.cmp(&other.0)
+            }
+        }
+        impl std::hash::Hash for $ty {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
+        impl PartialOrd for $ty {
+            #[inline]
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
         impl $ty {
             /// The id as a string slice.
             pub fn as_str(&self) -> &str {

@@ -477,18 +477,14 @@ fn apply_crdt(
         unsaved: SNAPSHOT_EVERY,
         snapshot_at: 0,
     });
-    let delta = match ops::apply(&object.state, op, &entry.id.node, entry.time) {
-        Ok(delta) => delta,
+    // A refused operation leaves the state as it was, so the object goes back unchanged.
+    match ops::apply_in_place(&mut object.state, op, &entry.id.node, entry.time) {
+        Ok(delta) => Ok(Ok((object, delta))),
         Err(e) => {
             staged.insert(key.to_owned(), object);
-            return Ok(Err(e.reason().to_owned()));
+            Ok(Err(e.reason().to_owned()))
         }
-    };
-    if let Err(e) = object.state.join(&delta) {
-        staged.insert(key.to_owned(), object);
-        return Ok(Err(e.reason().to_owned()));
     }
-    Ok(Ok((object, delta)))
 }
 
 impl LogWriter for SqliteWriter {

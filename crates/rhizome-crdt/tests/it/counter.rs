@@ -1,6 +1,7 @@
 //! The PN-counter: join laws, convergence under any delivery, folding, its value, and the
 //! `crdts` crate's `PNCounter` as an oracle.
 
+use crate::delivery::{check_in_place, InPlace, Replicated};
 use crate::gossip::{check_join_laws, node, Sim};
 use crdts::{CmRDT, CvRDT};
 use proptest::prelude::*;
@@ -9,13 +10,19 @@ use rhizome_crdt::{fold, Lattice, NodeId, PnCounter};
 
 /// A local operation on a counter.
 #[derive(Clone, Debug)]
-enum Op {
+pub enum Op {
     Inc(u64),
     Dec(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![(0u64..1000).prop_map(Op::Inc), (0u64..1000).prop_map(Op::Dec)]
+}
+
+/// Ops for the in-place test: small amounts, zero, and amounts that saturate a total.
+fn in_place_op() -> impl Strategy<Value = Op> {
+    let by = prop_oneof![4 => 0u64..1000, 1 => Just(0), 1 => Just(u64::MAX / 2 + 1)];
+    prop_oneof![by.clone().prop_map(Op::Inc), by.prop_map(Op::Dec)]
 }
 
 /// Runs `op` as `node` on `state`: the delta.
@@ -87,7 +94,37 @@ fn play(sim: &mut Sim<PnCounter>, round: &[Vec<Op>]) {
     }
 }
 
+impl Replicated for PnCounter {
+    type Op = Op;
+
+    fn mutate(&self, node: &NodeId, op: &Op) -> Self {
+        run(self, node, op)
+    }
+}
+
+impl InPlace for PnCounter {
+    fn mutate_in_place(&mut self, node: &NodeId, op: &Op) -> Self {
+        let delta = match *op {
+            Op::Inc(by) => self.apply_inc(node, by),
+            Op::Dec(by) => self.apply_dec(node, by),
+        };
+        delta.to_counter()
+    }
+}
+
 proptest! {
+    /// Increments and decrements applied in place give the states and deltas of the delta
+    /// mutators joined (zero amounts and saturation included), and those deltas converge in
+    /// any order.
+    #[test]
+    fn in_place_ops_equal_delta_and_join(
+        replicas in 2usize..=4,
+        steps in crate::delivery::steps(in_place_op(), 60),
+        seed in any::<u64>(),
+    ) {
+        prop_assert_eq!(check_in_place::<PnCounter>(replicas, &steps, seed), Ok(()));
+    }
+
     #[test]
     fn join_is_a_lattice(steps in prop::collection::vec(step(), 0..30), picks in any::<[Index; 3]>()) {
         let pool = reachable(&steps);

@@ -298,6 +298,57 @@ fn run(kind: Kind, steps: &[Step]) -> Met {
     met
 }
 
+/// Plays a history twice on [`SERVERS`] servers, with `apply` then `join` and with
+/// `apply_in_place`, and checks that they agree: the same delta or the same refusal, a refused
+/// op leaves the state unchanged, and the states stay equal. Every third op is also tried as
+/// an op of another kind or by an invalid author, which both paths refuse.
+fn check_in_place(kind: Kind, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut by_join = vec![Object::bottom(kind); SERVERS];
+    let mut in_place = by_join.clone();
+    let mut produced: Vec<Vec<Object>> = vec![Vec::new(); SERVERS];
+    let other_kind = if kind == Kind::Counter {
+        Change::ClSetAdd { elem: Scalar::Int(1) }
+    } else {
+        Change::CounterInc { by: 1 }
+    };
+    for (i, step) in steps.iter().enumerate() {
+        match step {
+            Step::Apply { author, change, time_ms } => {
+                let server = author % SERVERS;
+                let mut tries = vec![(op("k", change.clone()), node(*author))];
+                if i % 3 == 0 {
+                    tries.push((op("k", other_kind.clone()), node(*author)));
+                    tries.push((op("k", change.clone()), rhizome_crdt::NodeId::from("a b")));
+                }
+                for (op, author) in tries {
+                    let expected = ops::apply(&by_join[server], &op, &author, *time_ms);
+                    let before = in_place[server].clone();
+                    let got = ops::apply_in_place(&mut in_place[server], &op, &author, *time_ms);
+                    prop_assert_eq!(&got, &expected, "{:?}", op);
+                    match expected {
+                        Ok(delta) => {
+                            by_join[server].join(&delta).expect("same kind");
+                            produced[server].push(delta);
+                        }
+                        Err(_) => prop_assert_eq!(&in_place[server], &before, "refused {:?}", op),
+                    }
+                    prop_assert_eq!(&in_place[server], &by_join[server], "{:?}", op);
+                }
+            }
+            Step::Gossip { from, to, seed } => {
+                let mut rng = Rng::new(*seed);
+                let mut some: Vec<&Object> = produced[*from].iter().filter(|_| rng.below(2) == 0).collect();
+                rng.shuffle(&mut some);
+                for delta in some {
+                    by_join[*to].join(delta).expect("same kind");
+                    in_place[*to].join(delta).expect("same kind");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The value a user sees, without the metadata: a counter's sum, a register's value(s).
 pub fn value(object: &Object) -> Value {
     match object {
@@ -386,6 +437,12 @@ proptest! {
             other_way.join(&state).expect("same kind");
             prop_assert_eq!(&other_way, &once, "delta ⊔ state = state ⊔ delta");
         }
+    }
+
+    /// The store's path, `apply_in_place`, is `apply` then `join` for every kind of object.
+    #[test]
+    fn apply_in_place_is_apply_then_join((kind, steps) in history()) {
+        check_in_place(kind, &steps)?;
     }
 
     /// A client's queue (author `client`, three keys of mixed kinds) served op by op or folded

@@ -1,9 +1,9 @@
 //! Sets: the ORSWOT and the causal-length set are lattices that converge, follow their
 //! add-wins and causal-length rules, and the ORSWOT reads like `crdts::Orswot`.
 
-use crate::delivery::{generic_laws, node, Replicated, Run, Step};
+use crate::delivery::{check_in_place, generic_laws, node, InPlace, Replicated, Run, Step};
 use proptest::prelude::*;
-use rhizome_crdt::{fold, ClSet, Dot, Lattice, NodeId, Orswot};
+use rhizome_crdt::{fold, ClSet, Dot, Lattice, NodeId, Orswot, VersionVector};
 use std::collections::{BTreeSet, HashSet};
 
 /// An op on a set of small integers.
@@ -39,8 +39,82 @@ impl Replicated for ClSet<u8> {
     }
 }
 
+impl InPlace for Orswot<u8> {
+    fn mutate_in_place(&mut self, node: &NodeId, op: &SetOp) -> Self {
+        let delta = match op {
+            SetOp::Add(e) => self.apply_add(self.context().next_dot(node), *e),
+            SetOp::Remove(e) => self.apply_remove(e),
+        };
+        delta.to_orswot()
+    }
+}
+
 generic_laws!(orswot, Orswot<u8>, super::set_op());
 generic_laws!(clset, ClSet<u8>, super::set_op());
+
+/// An ORSWOT op as the server may make it: an add under a given counter of the replica's node
+/// (seen already, or past a gap), or a remove that covers only the dots of `seen`. (Only the
+/// replica's own node: a dot made by two replicas for two elements would not converge.)
+#[derive(Clone, Debug)]
+pub enum AnySetOp {
+    Add(u8),
+    AddAt(u8, u64),
+    Remove(u8),
+    RemoveSeen(u8, Vec<(usize, u64)>),
+}
+
+fn any_set_op() -> impl Strategy<Value = AnySetOp> {
+    prop_oneof![
+        (0u8..5).prop_map(AnySetOp::Add),
+        (0u8..5, 1u64..8).prop_map(|(e, c)| AnySetOp::AddAt(e, c)),
+        (0u8..5).prop_map(AnySetOp::Remove),
+        (0u8..5, prop::collection::vec((0usize..4, 0u64..6), 0..3))
+            .prop_map(|(e, seen)| AnySetOp::RemoveSeen(e, seen)),
+    ]
+}
+
+fn seen_of(seen: &[(usize, u64)]) -> VersionVector {
+    seen.iter().map(|(n, c)| (node(*n), *c)).collect()
+}
+
+/// A second, distinct type for the same set, so that it can have the wider ops.
+#[derive(Clone, Debug, PartialEq, Default)]
+struct ServerSet(Orswot<u8>);
+
+impl Lattice for ServerSet {
+    fn bottom() -> Self {
+        ServerSet::default()
+    }
+
+    fn join(&mut self, other: &Self) {
+        self.0.join(&other.0);
+    }
+}
+
+impl Replicated for ServerSet {
+    type Op = AnySetOp;
+
+    fn mutate(&self, node: &NodeId, op: &AnySetOp) -> Self {
+        ServerSet(match op {
+            AnySetOp::Add(e) => self.0.add(self.0.context().next_dot(node), *e),
+            AnySetOp::AddAt(e, c) => self.0.add(Dot { node: node.clone(), counter: *c }, *e),
+            AnySetOp::Remove(e) => self.0.remove(e),
+            AnySetOp::RemoveSeen(e, seen) => self.0.remove_seen(e, &seen_of(seen)),
+        })
+    }
+}
+
+impl InPlace for ServerSet {
+    fn mutate_in_place(&mut self, node: &NodeId, op: &AnySetOp) -> Self {
+        let delta = match op {
+            AnySetOp::Add(e) => self.0.apply_add(self.0.context().next_dot(node), *e),
+            AnySetOp::AddAt(e, c) => self.0.apply_add(Dot { node: node.clone(), counter: *c }, *e),
+            AnySetOp::Remove(e) => self.0.apply_remove(e),
+            AnySetOp::RemoveSeen(e, seen) => self.0.apply_remove_seen(e, &seen_of(seen)),
+        };
+        ServerSet(delta.to_orswot())
+    }
+}
 
 /// One replica of the differential test: our ORSWOT and the oracle's, fed the same ops.
 struct Twin {
@@ -174,6 +248,28 @@ proptest! {
         for twin in &twins {
             prop_assert_eq!(&twin.ours, &twins[0].ours, "after the ring every replica has every op");
         }
+    }
+
+    /// Adds and removes applied in place give the states and deltas of the delta mutators
+    /// joined, and those deltas converge in any order.
+    #[test]
+    fn orswot_in_place_ops_equal_delta_and_join(
+        replicas in 2usize..=4,
+        steps in crate::delivery::steps(set_op(), 60),
+        seed in any::<u64>(),
+    ) {
+        prop_assert_eq!(check_in_place::<Orswot<u8>>(replicas, &steps, seed), Ok(()));
+    }
+
+    /// The same for the ops the server also makes: an add under any dot (one already seen,
+    /// or one past a gap, which lands in the context's cloud) and a remove limited by `seen`.
+    #[test]
+    fn orswot_in_place_ops_with_any_dot_or_seen_equal_delta_and_join(
+        replicas in 2usize..=4,
+        steps in crate::delivery::steps(any_set_op(), 60),
+        seed in any::<u64>(),
+    ) {
+        prop_assert_eq!(check_in_place::<ServerSet>(replicas, &steps, seed), Ok(()));
     }
 
     /// A causal-length set ends with each element's longest history: its length is the

@@ -224,6 +224,48 @@ fn crdt_operations_are_applied_once_in_the_append_and_stored_as_deltas() {
     );
 }
 
+/// Operations on a set served by the writer, one refused among them: every stored delta and
+/// the object read back are what `apply` and `join` give op by op (the refused one skipped), so
+/// the writer's cached state was left as it was by the refusal.
+#[test]
+fn a_refused_operation_leaves_the_cached_object_as_it_was() {
+    use rhizome_crdt::{ops, Kind, Object};
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let set = |verb: &str, elem: i64| serde_json::json!({"type": format!("crdt/set/{verb}"), "key": "s", "elem": elem});
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "s"});
+    let rounds = [
+        vec![("1 a:b:c 0", set("add", 1)), ("2 a:b:c 0", inc.clone()), ("3 d:e:f 0", set("add", 2))],
+        vec![("4 a:b:c 0", set("add", 1)), ("5 d:e:f 0", set("remove", 1)), ("6 a:b:c 0", inc)],
+        vec![("7 d:e:f 0", set("add", 3)), ("8 a:b:c 0", set("remove", 2))],
+    ];
+    let mut expected = Object::bottom(Kind::Set);
+    let mut added = 0;
+    for round in rounds {
+        let appends = round.iter().map(|(id, action)| crdt_append(id, action.clone())).collect();
+        let done = w.commit(&mut [WriteBatch { appends, ..WriteBatch::default() }], 10).expect("commit");
+        let mut shipped = done[0].entries.iter();
+        for (outcome, (id, action)) in done[0].outcomes.iter().zip(&round) {
+            added += 1;
+            let op = ops::parse(action.as_object().expect("object")).expect("op");
+            let author = ActionId::parse(id).expect("id").node;
+            match ops::apply(&expected, &op, &author, 0) {
+                Ok(delta) => {
+                    assert_eq!(*outcome, AppendOutcome::Added(added), "{id}");
+                    let stored: serde_json::Value =
+                        serde_json::from_str(&shipped.next().expect("routed").action_json).expect("json");
+                    assert_eq!(stored["delta"], delta.to_json(), "{id}");
+                    expected.join(&delta).expect("same kind");
+                }
+                Err(e) => assert_eq!(*outcome, AppendOutcome::Undone(added, e.reason().into()), "{id}"),
+            }
+        }
+    }
+    let (object, _) = store.read_object("s").expect("read").expect("object");
+    assert_eq!(object, expected);
+    assert_eq!(object.to_json()["elems"].as_array().map(Vec::len), Some(1), "only 3 is left");
+}
+
 #[test]
 fn an_unreadable_object_refuses_its_own_operations_and_nothing_else() {
     let (_dir, store) = open();
