@@ -324,6 +324,57 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     }
 }
 
+/// A join walks both maps' keys in order, without the dot index, when the other side has at
+/// least a `1/MERGE_WALK_RATIO` share of our keys: then most keys are visited anyway.
+const MERGE_WALK_RATIO: usize = 8;
+
+impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
+    /// [`DotStore::join_store`] for an `other` of comparable size (a merge of two replicas, not
+    /// a small delta): one ordered walk of both entry maps. The index is dropped rather than
+    /// updated; the next small join rebuilds it.
+    fn merge_walk(
+        &mut self,
+        context: &CausalContext,
+        other: &Self,
+        other_context: &CausalContext,
+        changes: &mut DotChanges,
+    ) {
+        self.index = DotIndex(None);
+        let mine = std::mem::take(&mut self.entries);
+        let (mut dots, mut keys) = (0, 0);
+        let mut joined = Vec::with_capacity(mine.len().max(other.entries.len()));
+        let mut keep = |key: K, store: S| {
+            if !store.is_empty() {
+                dots += store.dot_count();
+                keys += 1 + store.key_count();
+                joined.push((key, store));
+            }
+        };
+        let mut theirs = other.entries.iter().peekable();
+        let only_theirs = |store: &S, changes: &mut DotChanges| {
+            let mut fresh = S::default();
+            fresh.join_store(context, store, other_context, changes);
+            fresh
+        };
+        for (key, mut store) in mine {
+            while let Some((k, s)) = theirs.next_if(|(k, _)| **k < key) {
+                keep(k.clone(), only_theirs(s, changes));
+            }
+            match theirs.next_if(|(k, _)| **k == key) {
+                Some((_, s)) => store.join_store(context, s, other_context, changes),
+                None => store.join_store(context, &S::default(), other_context, changes),
+            }
+            keep(key, store);
+        }
+        for (k, s) in theirs {
+            keep(k.clone(), only_theirs(s, changes));
+        }
+        // Sorted and distinct: built in one pass.
+        self.entries = joined.into_iter().collect();
+        (self.dots, self.keys) = (dots, keys);
+    }
+}
+
 impl<K: Ord + Clone> DotMap<K, DotSet> {
     /// Removes `key` and returns its dots (none when absent), keeping the index and the
     /// counts: what joining a delta that retires exactly these dots does to a map in which no
@@ -406,6 +457,10 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
         other_context: &CausalContext,
         changes: &mut DotChanges,
     ) {
+        if other.entries.len().saturating_mul(MERGE_WALK_RATIO) >= self.entries.len() {
+            self.merge_walk(context, other, other_context, changes);
+            return;
+        }
         // Only these keys can change: a key neither side names joins its store with the
         // empty store, which removes the dots `other_context` covers, and it holds none.
         let mut keys: Vec<K> = other.entries.keys().cloned().collect();
