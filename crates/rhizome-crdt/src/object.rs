@@ -33,8 +33,8 @@
 
 use crate::ops::OpError;
 use crate::{
-    CausalContext, ClSet, Dot, DotFun, DotMap, DotSet, Lattice, ListPartsError, LwwRegister, MvRegister,
-    NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp, Value as MapValue, ValueKind,
+    CausalContext, ClSet, Dot, DotFun, DotList, DotMap, DotSet, Lattice, ListPartsError, LwwRegister,
+    MvRegister, NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp, Value as MapValue, ValueKind,
     VersionVector,
 };
 use serde_json::{json, Map, Value};
@@ -481,7 +481,8 @@ fn map_entries_to_json<'a>(entries: impl Iterator<Item = (&'a String, &'a MapVal
 /// `{"map": …, "set": …, "reg": …}`, the non-empty parts only.
 fn map_value_to_json(value: &MapValue<String>) -> Value {
     let mut doc = Map::new();
-    if value.holds(ValueKind::Map) {
+    // Entries holding only retired list elements are written too: they order the list.
+    if value.has_map_entries() {
         doc.insert("map".to_owned(), map_entries_to_json(value.entries()));
     }
     if value.holds(ValueKind::Set) {
@@ -499,6 +500,10 @@ fn map_value_to_json(value: &MapValue<String>) -> Value {
         let counter =
             value.counter_entries().map(|(dot, e)| json!([dot.node.as_str(), dot.counter, e.p, e.n]));
         doc.insert("counter".to_owned(), counter.collect());
+    }
+    // Retired elements included, as `deleted` (see `DotList`).
+    if value.list().element_count() > 0 {
+        doc.insert("list".to_owned(), list_to_json(value.list().rga()));
     }
     Value::Object(doc)
 }
@@ -550,8 +555,11 @@ fn map_entries_from_json(
     let mut entries = DotMap::new();
     for (key, value_doc) in doc {
         check_map_key(key)?;
-        let parts =
-            object_with(value_doc, &["map", "set", "reg", "counter"], "a map value must be an object")?;
+        let parts = object_with(
+            value_doc,
+            &["map", "set", "reg", "counter", "list"],
+            "a map value must be an object",
+        )?;
         let nested = match parts.get("map") {
             None => DotMap::new(),
             Some(Value::Object(nested)) => map_entries_from_json(nested, depth + 1, totals)?,
@@ -598,8 +606,22 @@ fn map_entries_from_json(
             }
             counter.insert(dot, PnEntry { p, n });
         }
+        let list = match parts.get("list") {
+            None => DotList::new(),
+            Some(list_doc) => {
+                let list = list_from_json(list_doc)?;
+                // Each element, live or retired, counts against the map's dots.
+                for _ in 0..list.element_count() {
+                    totals.add_dot()?;
+                }
+                DotList::from_rga(list)
+                    .ok_or(OpError::WrongShape("a map list's deleted element is not among its elems"))?
+            }
+        };
         // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
-        let value = MapValue::from_parts(nested, set.into_iter().collect(), register).with_counter(counter);
+        let value = MapValue::from_parts(nested, set.into_iter().collect(), register)
+            .with_counter(counter)
+            .with_list(list);
         entries.insert(key.clone(), value);
     }
     Ok(entries)

@@ -16,6 +16,8 @@
 //! | `crdt/map/remove` | `key`, `path` |
 //! | `crdt/map/add`, `crdt/map/delete` | `key`, `path`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
 //! | `crdt/map/inc`, `crdt/map/dec` | `key`, `path`, `by` (an integer from 1 to 2^53, default 1) |
+//! | `crdt/map/insert` | `key`, `path`, `index` (integer ≥ 0) or `after` (an element id `[node, n]` or `null`), `value` (any JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/map/cut` | `key`, `path`, `index` (integer ≥ 0) or `id` (an element id `[node, n]`) |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -269,6 +271,43 @@ pub enum Change {
         /// How much, from 1 to [`BY_MAX`].
         by: u64,
     },
+    /// `crdt/map/insert` with `index`: insert `value` into the list at `path` (see
+    /// [`crate::DotList`]) at `index` among its live elements as the server holds them
+    /// (past the end: at the end), creating the nested maps on the way.
+    MapInsert {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// Where, among live elements.
+        index: u64,
+        /// The value, at most [`LIST_VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/map/insert` with `after`: insert `value` right after the element `after` of the
+    /// list at `path` (`null`: at the head), wherever it is then.
+    MapInsertAfter {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element's id, as the map's document shows it; `None` for the head.
+        after: Option<Dot>,
+        /// The value, at most [`LIST_VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/map/cut` with `index`: delete the live element at `index` of the list at `path`
+    /// (out of range: nothing).
+    MapCut {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// Which, among live elements.
+        index: u64,
+    },
+    /// `crdt/map/cut` with `id`: delete the element `id` of the list at `path` (already
+    /// deleted: nothing).
+    MapCutId {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element's id.
+        id: Dot,
+    },
 }
 
 impl Change {
@@ -289,6 +328,10 @@ impl Change {
             | Change::MapAdd { .. }
             | Change::MapDelete { .. } => Kind::Map,
             Change::MapInc { .. } | Change::MapDec { .. } => Kind::Map,
+            Change::MapInsert { .. }
+            | Change::MapInsertAfter { .. }
+            | Change::MapCut { .. }
+            | Change::MapCutId { .. } => Kind::Map,
         }
     }
 
@@ -311,6 +354,8 @@ impl Change {
             Change::MapDelete { .. } => "crdt/map/delete",
             Change::MapInc { .. } => "crdt/map/inc",
             Change::MapDec { .. } => "crdt/map/dec",
+            Change::MapInsert { .. } | Change::MapInsertAfter { .. } => "crdt/map/insert",
+            Change::MapCut { .. } | Change::MapCutId { .. } => "crdt/map/cut",
         }
     }
 
@@ -332,6 +377,10 @@ impl Change {
             Change::MapRemove { .. } => &["type", "key", "path"],
             Change::MapAdd { .. } | Change::MapDelete { .. } => &["type", "key", "path", "elem"],
             Change::MapInc { .. } | Change::MapDec { .. } => &["type", "key", "path", "by"],
+            Change::MapInsert { .. } => &["type", "key", "path", "index", "value"],
+            Change::MapInsertAfter { .. } => &["type", "key", "path", "after", "value"],
+            Change::MapCut { .. } => &["type", "key", "path", "index"],
+            Change::MapCutId { .. } => &["type", "key", "path", "id"],
         }
     }
 
@@ -369,6 +418,11 @@ impl Change {
                 check_path(path)?;
                 check_by(*by)
             }
+            Change::MapInsert { path, value, .. } | Change::MapInsertAfter { path, value, .. } => {
+                check_path(path)?;
+                check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")
+            }
+            Change::MapCut { path, .. } | Change::MapCutId { path, .. } => check_path(path),
         }
     }
 }
@@ -506,6 +560,24 @@ impl Op {
                 action.insert("path".to_owned(), path.clone().into());
                 action.insert("by".to_owned(), (*by).into())
             }
+            Change::MapInsert { path, index, value } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("index".to_owned(), (*index).into());
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::MapInsertAfter { path, after, value } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("after".to_owned(), after.as_ref().map_or(Value::Null, dot_to_json));
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::MapCut { path, index } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("index".to_owned(), (*index).into())
+            }
+            Change::MapCutId { path, id } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("id".to_owned(), dot_to_json(id))
+            }
         };
         action
     }
@@ -544,6 +616,20 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/map/delete" => Change::MapDelete { path: path_field(action)?, elem: elem_field(action)? },
         "crdt/map/inc" => Change::MapInc { path: path_field(action)?, by: by_field(action)? },
         "crdt/map/dec" => Change::MapDec { path: path_field(action)?, by: by_field(action)? },
+        "crdt/map/insert" if action.contains_key("after") => Change::MapInsertAfter {
+            path: path_field(action)?,
+            after: after_field(action)?,
+            value: value_field(action)?,
+        },
+        "crdt/map/insert" => Change::MapInsert {
+            path: path_field(action)?,
+            index: index_field(action)?,
+            value: value_field(action)?,
+        },
+        "crdt/map/cut" if action.contains_key("id") => {
+            Change::MapCutId { path: path_field(action)?, id: id_field(action)? }
+        }
+        "crdt/map/cut" => Change::MapCut { path: path_field(action)?, index: index_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -807,6 +893,34 @@ fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<Or
             let dot = map_counter_dot(map, path, author)?;
             at_path(map, path, &|v| v.counter_dec(dot.clone(), *by))
         }
+        Change::MapInsert { path, index, value } => {
+            let dot = map_list_dot(map, path, author)?;
+            // An index beyond `usize` is past the end like any other.
+            let index = usize::try_from(*index).unwrap_or(usize::MAX);
+            at_path(map, path, &|v| v.list_insert(dot.clone(), index, value.clone()))
+        }
+        Change::MapInsertAfter { path, after, value } => {
+            if let Some(after) = after
+                .as_ref()
+                .filter(|after| !map_list_at(map, path).is_some_and(|l| l.rga().contains_id(after)))
+            {
+                return Err(OpError::UnknownElement(after.clone()));
+            }
+            let dot = map_list_dot(map, path, author)?;
+            at_path(map, path, &|v| v.list_insert_after(dot.clone(), after.as_ref(), value.clone()))
+        }
+        Change::MapCut { path, index } => {
+            // An index beyond `usize` is out of range like any other.
+            let index = usize::try_from(*index).unwrap_or(usize::MAX);
+            at_path(map, path, &|v| v.list_delete(index))
+        }
+        Change::MapCutId { path, id } => {
+            let delta = at_path(map, path, &|v| v.list_delete_id(id))?;
+            if !map_list_at(map, path).is_some_and(|l| l.rga().contains_id(id)) {
+                return Err(OpError::UnknownElement(id.clone()));
+            }
+            Ok(delta)
+        }
         Change::MapRemove { path } => match path.split_last() {
             Some((last, [])) => Ok(map.remove(last)),
             Some((last, parents)) => at_path(map, parents, &|v| v.map_remove(last)),
@@ -844,7 +958,8 @@ fn nested_at_path(
 fn map_fresh_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
     let dot = fresh_dot(map.context(), author)?;
     // Both counts are kept by the map, so a write costs O(depth × log n), not O(n).
-    let (keys, dots) = (map.key_count(), map.dot_count());
+    // Retired list elements stay, so they count like dots (as documents count them).
+    let (keys, dots) = (map.key_count(), map.dot_count() + map.retired_count());
     let mut present = 0;
     let mut level: Option<&MapValue<String>> = None;
     for key in path {
@@ -880,6 +995,31 @@ fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Res
     } else {
         map_fresh_dot(map, path, author)
     }
+}
+
+/// The list at `path` of `map` (retired elements included), if there is one.
+fn map_list_at<'m>(map: &'m OrMap<String>, path: &[String]) -> Option<&'m crate::DotList> {
+    let (first, rest) = path.split_first()?;
+    let value = rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key)))?;
+    Some(value.list()).filter(|list| list.element_count() > 0)
+}
+
+/// The author's next dot for an insert into the list at `path`, as for [`map_fresh_dot`], and
+/// refused when the list has [`LIST_ELEMS_MAX`] elements (retired ones included) or its
+/// next `seq` would pass [`COUNTER_MAX`] (what a document reads back).
+fn map_list_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
+    if let Some(list) = map_list_at(map, path) {
+        if list.element_count() >= LIST_ELEMS_MAX {
+            return Err(OpError::TooBig {
+                what: "elements in a list, deleted ones included",
+                max: LIST_ELEMS_MAX as u64,
+            });
+        }
+        if list.rga().max_seq() >= COUNTER_MAX {
+            return Err(too_high_counter());
+        }
+    }
+    map_fresh_dot(map, path, author)
 }
 
 /// Refuses lengthening a causal length past [`COUNTER_MAX`] (what a document reads back).

@@ -25,7 +25,7 @@
 //! vector to compare with: their delta is the whole state.
 
 use crate::delta::action;
-use crate::map::{DotFun, DotMap, DotSet, DotStore, Scalar, Value};
+use crate::map::{DotFun, DotList, DotMap, DotSet, DotStore, Scalar, Value};
 use crate::object::vv_from_json;
 use crate::ops::OpError;
 use crate::{Dot, Kind, MvRegister, Object, OrMap, Orswot, Rga, VersionVector};
@@ -186,12 +186,38 @@ fn entries_since<'a, K: Ord + Clone + 'a>(
                 counter.insert(dot.clone(), *totals);
             }
         }
-        let value = Value::from_parts(map, set, register).with_counter(counter);
+        let value = Value::from_parts(map, set, register).with_counter(counter).with_list(list_since(
+            value.list(),
+            seen,
+            kept,
+        ));
         if !DotStore::is_empty(&value) {
             out.insert(key.clone(), value);
         }
     }
     out
+}
+
+/// The elements of a map's list whose dots `seen` does not cover, live or retired (with
+/// their ids, origins and timestamps); the live covered ones go to `kept`, and the retired
+/// covered ones stay in the context, which retires them at the receiver.
+fn list_since(list: &DotList, seen: &VersionVector, kept: &mut BTreeSet<Dot>) -> DotList {
+    let mut elems = Vec::new();
+    let mut retired = Vec::new();
+    for e in list.elements() {
+        if seen.contains(e.id) {
+            if !e.deleted {
+                kept.insert(e.id.clone());
+            }
+            continue;
+        }
+        if e.deleted {
+            retired.push(e.id.clone());
+        }
+        elems.push((e.id.clone(), e.origin.cloned(), e.seq, e.value.clone()));
+    }
+    // Parts taken from a list are valid parts; should they not be, ship nothing of it.
+    Rga::from_parts(elems, retired).ok().and_then(DotList::from_rga).unwrap_or_default()
 }
 
 /// The dots `seen` does not cover; the others go to `kept`.
