@@ -1323,4 +1323,48 @@ mod tests {
             "crdtTooBig"
         );
     }
+
+    #[test]
+    fn map_list_documents() {
+        let ok = map_with(
+            json!({"todo": {"list": {"elems": [["a", 1, null, 1, {"t": "x"}], ["a", 2, ["a", 1], 2, 2]], "deleted": [["a", 1]]}}}),
+        );
+        let Ok(Object::Map(map)) = Object::from_json(Kind::Map, &ok) else { panic!("a map") };
+        let todo = map.get(&"todo".to_owned()).unwrap();
+        assert_eq!(todo.list().values().collect::<Vec<_>>(), [&json!(2)]);
+        assert_eq!(todo.kinds().collect::<Vec<_>>(), [ValueKind::List]);
+        assert_eq!(Object::Map(map.clone()).to_json(), ok);
+        // Only retired elements: kept (they order the list), but the key reads as absent.
+        let retired =
+            map_with(json!({"todo": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": [["a", 1]]}}}));
+        let Ok(Object::Map(map)) = Object::from_json(Kind::Map, &retired) else { panic!("a map") };
+        assert!(!map.contains_key(&"todo".to_owned()));
+        assert_eq!(Object::Map(map).to_json(), retired);
+        for doc in [
+            map_with(json!({"k": {"list": []}})),
+            map_with(json!({"k": {"list": {"elems": []}}})),
+            map_with(json!({"k": {"list": {"elems": [], "deleted": []}}})),
+            map_with(json!({"k": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": [["a", 2]]}}})),
+            map_with(json!({"k": {"list": {"elems": [["a", 10, null, 1, 0]], "deleted": []}}})),
+            map_with(json!({"k": {"list": {"elems": [["a", 1, null, 0, 0]], "deleted": []}}})),
+            map_with(
+                json!({"k": {"list": {"elems": [["a", 1, null, 1, 0], ["a", 1, null, 2, 0]], "deleted": []}}}),
+            ),
+            map_with(
+                json!({"k": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": []}}, "j": {"reg": [["a", 1, 0]]}}),
+            ),
+            map_with(json!({"k": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": [], "x": 1}}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let big = map_with(
+            json!({"k": {"list": {"elems": [["a", 1, null, 1, "x".repeat(LIST_VALUE_BYTES_MAX)]], "deleted": []}}}),
+        );
+        assert_eq!(reason(Kind::Map, big), "crdtTooBig");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!(["a", i, null, i, 0])).collect();
+        let deleted: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!(["a", i])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        let doc = json!({"entries": {"k": {"list": {"elems": many, "deleted": deleted}}}, "context": ctx});
+        assert_eq!(reason(Kind::Map, doc), "crdtTooBig", "retired elements count as dots");
+    }
 }

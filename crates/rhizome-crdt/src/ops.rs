@@ -2288,4 +2288,133 @@ mod tests {
             [set.clone(), inc("y", 3), set]
         );
     }
+
+    fn map_insert(path: Value, index: u64, v: Value) -> Value {
+        json!({"type": "crdt/map/insert", "key": "k", "path": path, "index": index, "value": v})
+    }
+
+    #[test]
+    fn parses_map_list_actions() {
+        let after = json!({"type": "crdt/map/insert", "key": "k", "path": ["todo"], "after": ["a", 2], "value": {"t": 1}});
+        let head =
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["todo"], "after": null, "value": 1});
+        let cut = json!({"type": "crdt/map/cut", "key": "k", "path": ["todo"], "index": 0});
+        let cut_id = json!({"type": "crdt/map/cut", "key": "k", "path": ["todo"], "id": ["a", 1]});
+        let todo = || vec!["todo".to_owned()];
+        for (v, change) in [
+            (
+                map_insert(json!(["todo"]), 3, json!([1])),
+                Change::MapInsert { path: todo(), index: 3, value: json!([1]) },
+            ),
+            (
+                after,
+                Change::MapInsertAfter {
+                    path: todo(),
+                    after: Some(Dot::new("a", 2)),
+                    value: json!({"t": 1}),
+                },
+            ),
+            (head, Change::MapInsertAfter { path: todo(), after: None, value: json!(1) }),
+            (cut, Change::MapCut { path: todo(), index: 0 }),
+            (cut_id, Change::MapCutId { path: todo(), id: Dot::new("a", 1) }),
+        ] {
+            let op = op(v.clone());
+            assert_eq!(op.change(), &change);
+            assert_eq!(op.kind(), Kind::Map);
+            assert_eq!(Value::Object(op.to_action()), v);
+        }
+        for v in [
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "index": 0}),
+            json!({"type": "crdt/map/insert", "key": "k", "index": 0, "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "index": -1, "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "after": ["a"], "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "after": ["a", 1], "index": 0, "value": 1}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["x"], "id": ["a", 0]}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["x"], "index": 0, "elem": 1}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let big = Value::from("x".repeat(LIST_VALUE_BYTES_MAX));
+        assert_eq!(reason(map_insert(json!(["x"]), 0, big)), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_map_list_inserts_cuts_and_refuses_other_kinds() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_insert(json!(["doc", "todo"]), 0, json!("milk")), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"todo": {"list": {"elems": [["a", 1, null, 1, "milk"]], "deleted": []}}}}}, "context": {"vv": {"a": 1}}})
+        );
+        step(&mut state, map_insert(json!(["doc", "todo"]), 1, json!("eggs")), "b", 0);
+        let after = json!({"type": "crdt/map/insert", "key": "k", "path": ["doc", "todo"], "after": ["a", 1], "value": "tea"});
+        step(&mut state, after, "a", 0);
+        let list = |state: &Object| {
+            let Object::Map(map) = state else { panic!("a map") };
+            let todo = map.get(&"doc".to_owned()).and_then(|d| d.get(&"todo".to_owned()));
+            todo.map(|t| t.list().values().cloned().collect::<Vec<_>>()).unwrap_or_default()
+        };
+        assert_eq!(list(&state), [json!("milk"), json!("tea"), json!("eggs")]);
+        // A cut's delta is the element's dot in the context, nothing else (it takes no dot).
+        let d = step(
+            &mut state,
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "index": 1}),
+            "c",
+            0,
+        );
+        assert_eq!(d.to_json(), json!({"entries": {}, "context": {"vv": {}, "cloud": [["a", 2]]}}));
+        assert_eq!(list(&state), [json!("milk"), json!("eggs")]);
+        let cut_id = json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "id": ["a", 2]});
+        assert!(apply(&state, &op(cut_id), &node("c"), 0).unwrap().is_bottom(), "already cut");
+        let out_of_range = json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "index": 9});
+        assert!(apply(&state, &op(out_of_range), &node("c"), 0).unwrap().is_bottom());
+        for v in [
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "id": ["z", 1]}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["doc", "todo"], "after": ["z", 1], "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["doc", "none"], "after": ["a", 1], "value": 1}),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtUnknownElement"), "{v}");
+        }
+        step(&mut state, map_set(json!(["title"]), json!("hi")), "a", 0);
+        for v in [
+            map_insert(json!(["title"]), 0, json!(1)),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["title"], "index": 0}),
+            map_insert(json!(["doc"]), 0, json!(1)),
+            map_set(json!(["doc", "todo"]), json!(1)),
+            map_count("inc", json!(["doc", "todo"]), 1),
+            map_set(json!(["doc", "todo", "x"]), json!(1)),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
+        }
+        // Removing the list's map retires its live elements: the key reads as absent, and a
+        // register may be written there; the tombstones stay in the document.
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["doc"]}), "c", 0);
+        let Object::Map(map) = &state else { panic!("a map") };
+        assert!(!map.contains_key(&"doc".to_owned()));
+        assert_eq!(list(&state), Vec::<Value>::new());
+        assert_eq!(map.retired_count(), 3);
+        step(&mut state, map_set(json!(["doc"]), json!(1)), "a", 0);
+        assert_eq!(Object::from_json(Kind::Map, &state.to_json()), Ok(state.clone()));
+        let d = step(&mut state, map_insert(json!(["doc2"]), 0, json!(1)), "a", 0);
+        assert!(!d.is_bottom());
+    }
+
+    #[test]
+    fn apply_map_list_refuses_past_the_dot_limit_with_retired_elements() {
+        use crate::{DotList, DotMap, DotStore, OrMap, Rga};
+        let elems = (1..=MAP_DOTS_MAX as u64).map(|i| (Dot::new("a", i), None, i, json!(i)));
+        let retired = (1..=MAP_DOTS_MAX as u64).map(|i| Dot::new("a", i));
+        let list = DotList::from_rga(Rga::from_parts(elems, retired).unwrap()).unwrap();
+        assert_eq!((list.dot_count(), list.retired_count()), (0, MAP_DOTS_MAX));
+        let value = MapValue::default().with_list(list);
+        let context = CausalContext::from_vv([(node("a"), MAP_DOTS_MAX as u64)].into_iter().collect());
+        let map = OrMap::from_parts(DotMap::from([("l".to_owned(), value)]), context).unwrap();
+        let state = Object::Map(Box::new(map));
+        let err = apply(&state, &op(map_set(json!(["x"]), json!(1))), &node("b"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
+    }
 }

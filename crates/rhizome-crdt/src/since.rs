@@ -198,21 +198,22 @@ fn entries_since<'a, K: Ord + Clone + 'a>(
     out
 }
 
-/// The elements of a map's list whose dots `seen` does not cover, live or retired (with
-/// their ids, origins and timestamps); the live covered ones go to `kept`, and the retired
-/// covered ones stay in the context, which retires them at the receiver.
+/// The elements of a map's list that a replica with `seen` may lack: the live ones whose
+/// dots `seen` does not cover (the covered ones go to `kept`), and every retired one. A
+/// retired element's dot stays in the context, which retires it at the receiver; its
+/// structure is shipped even when `seen` covers its dot, because a replica may have seen
+/// that dot only through a cut or a removal (a context) without the insert that carried the
+/// element, and needs it to place the elements inserted after it. So, as a standalone list
+/// ships its tombstones whole, a map ships its lists' retired elements whole.
 fn list_since(list: &DotList, seen: &VersionVector, kept: &mut BTreeSet<Dot>) -> DotList {
     let mut elems = Vec::new();
     let mut retired = Vec::new();
     for e in list.elements() {
-        if seen.contains(e.id) {
-            if !e.deleted {
-                kept.insert(e.id.clone());
-            }
-            continue;
-        }
         if e.deleted {
             retired.push(e.id.clone());
+        } else if seen.contains(e.id) {
+            kept.insert(e.id.clone());
+            continue;
         }
         elems.push((e.id.clone(), e.origin.cloned(), e.seq, e.value.clone()));
     }

@@ -491,3 +491,93 @@ proptest! {
         }
     }
 }
+
+/// The key of the list in [`removing_a_list_keeps_exactly_the_concurrent_inserts`], outside
+/// the keys `map_op` touches.
+const LIST_KEY: u8 = 4;
+
+/// An insert or a delete on the list at [`LIST_KEY`].
+fn list_op() -> impl Strategy<Value = MapOp> {
+    prop_oneof![
+        2 => (0u8..4, 0i64..9).prop_map(|(i, v)| MapOp::ListInsert(LIST_KEY, i, v)),
+        2 => (0u8..8, 0i64..9).prop_map(|(i, v)| MapOp::ListInsertAfter(LIST_KEY, i, v)),
+        1 => (0u8..4).prop_map(|i| MapOp::ListCut(LIST_KEY, i)),
+        1 => (0u8..8).prop_map(|i| MapOp::ListCutId(LIST_KEY, i)),
+    ]
+}
+
+/// The ids of the live elements of the list at [`LIST_KEY`], in list order.
+fn live_ids(map: &OrMap<u8>) -> Vec<rhizome_crdt::Dot> {
+    let Some(value) = map.get(&LIST_KEY) else { return Vec::new() };
+    value.list().elements().filter(|e| !e.deleted).map(|e| e.id.clone()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Replica 0 removes the list's key after seeing everything, while other replicas insert
+    /// concurrently (after any element, retired or not). Afterwards every replica holds the
+    /// same state, the list holds exactly the concurrent inserts, in the order they have in
+    /// the same history without the removal (a survivor inserted after a retired element
+    /// lands where its author put it), and the key is present exactly when one was made.
+    #[test]
+    fn removing_a_list_keeps_exactly_the_concurrent_inserts(
+        replicas in 3usize..=4,
+        steps in crate::delivery::steps(map_op(), 20),
+        edits in crate::delivery::steps(list_op(), 30),
+        concurrent in prop::collection::vec(prop::option::of((0u8..8, 0i64..9)), 3),
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&steps);
+        run.play(&edits);
+        run.sync_all();
+        let mut inserts = Vec::new();
+        for (r, insert) in concurrent.iter().enumerate().take(replicas - 1) {
+            if let Some((after, v)) = insert {
+                inserts.push(Step::Local(r + 1, MapOp::ListInsertAfter(LIST_KEY, *after, *v)));
+            }
+        }
+        let mut kept = Run::<OrMap<u8>>::new(replicas);
+        kept.states = run.states.clone();
+        kept.play(&inserts);
+        kept.sync_all();
+        let before: BTreeSet<_> = live_ids(&run.states[0]).into_iter().collect();
+        let expected: Vec<_> = live_ids(&kept.states[0]).into_iter().filter(|id| !before.contains(id)).collect();
+
+        let mut updates = vec![Step::Local(0, MapOp::RemoveKey(LIST_KEY))];
+        updates.extend(inserts.iter().cloned());
+        run.play(&updates);
+        run.sync_all();
+        for state in &run.states {
+            prop_assert_eq!(state, &run.states[0]);
+            prop_assert_eq!(live_ids(state), expected.clone());
+            prop_assert_eq!(state.contains_key(&LIST_KEY), !inserts.is_empty());
+            let kinds: Vec<_> = state.get(&LIST_KEY).into_iter().flat_map(Value::kinds).collect();
+            prop_assert_eq!(kinds, if inserts.is_empty() { vec![] } else { vec![Kind::List] });
+        }
+    }
+
+    /// The order a map's list reaches through joins in any delivery order is the order its
+    /// elements give a standalone list built from them alone (RGA's order is a function of
+    /// the elements; the map's dots are just their ids).
+    #[test]
+    fn a_list_in_a_map_orders_as_its_elements_alone(
+        replicas in 3usize..=4,
+        edits in crate::delivery::steps(list_op(), 40),
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&edits);
+        run.sync_all();
+        let state = &run.states[0];
+        let Some(value) = state.get(&LIST_KEY) else { return Ok(()) };
+        let list = value.list();
+        // Rebuilt from its parts alone, the list orders its elements the same way.
+        let parts = list.elements().map(|e| (e.id.clone(), e.origin.cloned(), e.seq, e.value.clone()));
+        let retired = list.elements().filter(|e| e.deleted).map(|e| e.id.clone());
+        let alone = rhizome_crdt::Rga::from_parts(parts.collect::<Vec<_>>(), retired.collect::<Vec<_>>());
+        prop_assert!(alone.is_ok());
+        let alone = alone.unwrap();
+        prop_assert_eq!(alone.to_vec(), list.values().cloned().collect::<Vec<_>>());
+        prop_assert_eq!(alone.len(), list.live_count());
+    }
+}
