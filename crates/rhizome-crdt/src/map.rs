@@ -1,7 +1,7 @@
 //! Dot stores (DotSet, DotFun, DotMap) with their causal join, and the observed-remove map
 //! built from them: a JSON-document shape whose values are nested maps, sets, multi-value
-//! registers and causal counters, all sharing the map's one causal context (Almeida, Shoker,
-//! Baquero 2018, section 6).
+//! registers, causal counters and RGA lists ([`DotList`]), all sharing the map's one causal
+//! context (Almeida, Shoker, Baquero 2018, section 6).
 //!
 //! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
 //! context every dot the replica has seen. A dot the context has seen but the store lacks was
@@ -1257,7 +1257,8 @@ fn map_remove<K: Ord + Clone>(
 }
 
 /// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets,
-/// multi-value registers and causal counters, with one causal context for the whole document.
+/// multi-value registers, causal counters and lists, with one causal context for the whole
+/// document.
 ///
 /// A key is present while its value holds a dot. Removing a key retires exactly the dots
 /// seen under it, so a concurrent update inside the key survives (with only what that

@@ -21,11 +21,13 @@
 //!   document, as in a delta, by `(seq, id)`); and every tombstone, in dot order.
 //! - map: `{"entries": {"<key>": <value>, …}, "context": {…}}`, where a value is
 //!   `{"map": {"<key>": <value>, …}, "set": [[<scalar>, "<node>", n], …], "reg": [["<node>", n,
-//!   <scalar>], …], "counter": [["<node>", n, p, m], …]}` with only its non-empty parts (one,
-//!   or several after concurrent writes of different kinds at one key): a nested map, an
-//!   add-wins set's elements with their dots, a multi-value register's values with their dots,
-//!   and a causal counter's dots with the totals of increments `p` and decrements `m` each
-//!   carries (not both 0); the context as for mv.
+//!   <scalar>], …], "counter": [["<node>", n, p, m], …], "list": {"elems": […], "deleted":
+//!   […]}}` with only its non-empty parts (one, or several after concurrent writes of different
+//!   kinds at one key): a nested map, an add-wins set's elements with their dots, a
+//!   multi-value register's values with their dots, a causal counter's dots with the totals of
+//!   increments `p` and decrements `m` each carries (not both 0), and a list as the list
+//!   document writes it, its element ids being dots of the map's context and `deleted` naming
+//!   its retired elements (see [`crate::DotList`]); the context as for mv.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
