@@ -542,14 +542,25 @@ impl DotStore for DotList {
         other_context: &CausalContext,
         changes: &mut DotChanges,
     ) {
-        // Live here, and the other side has seen it without holding it live: retired.
-        let retired: Vec<Dot> = self
-            .0
-            .elements()
-            .filter(|mine| !mine.deleted && other_context.contains(mine.id))
-            .filter(|mine| other.0.element(mine.id).is_none_or(|theirs| theirs.deleted))
-            .map(|mine| mine.id.clone())
-            .collect();
+        // Live here, and the other side has seen it without holding it live: retired. Only
+        // elements whose dots `other_context` covers can be, so a delta's small context
+        // (an insert's one dot, a cut's) is walked dot by dot instead of the whole list.
+        let retires = |mine: &ListElem<'_, serde_json::Value>| {
+            !mine.deleted
+                && other_context.contains(mine.id)
+                && other.0.element(mine.id).is_none_or(|theirs| theirs.deleted)
+        };
+        let prefixes = other_context.vv().iter().map(|(node, last)| (node, 1, last));
+        let runs: Vec<_> = prefixes.chain(other_context.cloud()).collect();
+        let covered = runs.iter().fold(0u64, |sum, (_, first, last)| sum.saturating_add(last + 1 - first));
+        let retired: Vec<Dot> = if covered < self.0.element_count() as u64 {
+            let dots = runs.iter().flat_map(|(node, first, last)| {
+                (*first..=*last).map(|counter| Dot { node: (*node).clone(), counter })
+            });
+            dots.filter(|dot| self.0.element(dot).is_some_and(|mine| retires(&mine))).collect()
+        } else {
+            self.0.elements().filter(|mine| retires(mine)).map(|mine| mine.id.clone()).collect()
+        };
         for theirs in other.0.elements() {
             if self.0.contains_id(theirs.id) {
                 continue;
@@ -865,7 +876,8 @@ impl<K: Ord + Clone> Value<K> {
         self.dot_count() > 0
     }
 
-    /// The nested map's entries, retired-only ones included (documents keep them).
+    /// Whether the nested map has entries, those holding only retired list elements included
+    /// (documents keep them, see [`DotList`]).
     pub fn has_map_entries(&self) -> bool {
         !self.map.is_empty()
     }

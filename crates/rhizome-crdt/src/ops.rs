@@ -900,11 +900,9 @@ fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<Or
             at_path(map, path, &|v| v.list_insert(dot.clone(), index, value.clone()))
         }
         Change::MapInsertAfter { path, after, value } => {
-            if let Some(after) = after
-                .as_ref()
-                .filter(|after| !map_list_at(map, path).is_some_and(|l| l.rga().contains_id(after)))
-            {
-                return Err(OpError::UnknownElement(after.clone()));
+            check_list_path(map, path)?;
+            if let Some(after) = after.as_ref() {
+                check_list_element(map, path, after)?;
             }
             let dot = map_list_dot(map, path, author)?;
             at_path(map, path, &|v| v.list_insert_after(dot.clone(), after.as_ref(), value.clone()))
@@ -915,11 +913,9 @@ fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<Or
             at_path(map, path, &|v| v.list_delete(index))
         }
         Change::MapCutId { path, id } => {
-            let delta = at_path(map, path, &|v| v.list_delete_id(id))?;
-            if !map_list_at(map, path).is_some_and(|l| l.rga().contains_id(id)) {
-                return Err(OpError::UnknownElement(id.clone()));
-            }
-            Ok(delta)
+            check_list_path(map, path)?;
+            check_list_element(map, path, id)?;
+            at_path(map, path, &|v| v.list_delete_id(id))
         }
         Change::MapRemove { path } => match path.split_last() {
             Some((last, [])) => Ok(map.remove(last)),
@@ -1002,6 +998,23 @@ fn map_list_at<'m>(map: &'m OrMap<String>, path: &[String]) -> Option<&'m crate:
     let (first, rest) = path.split_first()?;
     let value = rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key)))?;
     Some(value.list()).filter(|list| list.element_count() > 0)
+}
+
+/// Refuses, as an insert or a cut would, a `path` that runs through or ends at another kind
+/// of value than a list (a cut out of range checks the kinds on the way and changes nothing).
+fn check_list_path(map: &OrMap<String>, path: &[String]) -> Result<(), OpError> {
+    at_path(map, path, &|v| v.list_delete(usize::MAX))?;
+    Ok(())
+}
+
+/// Refuses an element id that the list at `path` does not hold, live or retired
+/// (`crdtUnknownElement`).
+fn check_list_element(map: &OrMap<String>, path: &[String], id: &Dot) -> Result<(), OpError> {
+    if map_list_at(map, path).is_some_and(|list| list.rga().contains_id(id)) {
+        Ok(())
+    } else {
+        Err(OpError::UnknownElement(id.clone()))
+    }
 }
 
 /// The author's next dot for an insert into the list at `path`, as for [`map_fresh_dot`], and
@@ -2386,6 +2399,8 @@ mod tests {
             map_set(json!(["doc", "todo"]), json!(1)),
             map_count("inc", json!(["doc", "todo"]), 1),
             map_set(json!(["doc", "todo", "x"]), json!(1)),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["title"], "after": ["a", 1], "value": 1}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["title", "x"], "id": ["a", 1]}),
         ] {
             let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
             assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
