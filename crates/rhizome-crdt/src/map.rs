@@ -6,7 +6,8 @@
 //! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
 //! context every dot the replica has seen. A dot the context has seen but the store lacks was
 //! removed, which is how removal works without tombstones. The join keeps a dot if both
-//! sides have it, or one side has it and the other has never seen it.
+//! sides have it, or one side has it and the other has never seen it. (A list keeps the
+//! elements it retired, because RGA places elements after them: see [`DotList`].)
 
 use crate::{CausalContext, Dot, Lattice, ListElem, NodeId, PnEntry, Rga, VersionVector};
 use std::cmp::Ordering;
