@@ -1,5 +1,5 @@
 // crdt: the real client sends CRDT operations (counter, LWW register, set, list, map with a
-// counter inside) as ordinary Logux actions, online and while offline; a second client
+// counter and a list inside) as ordinary Logux actions, online and while offline; a second client
 // subscribes to the
 // objects' channels and, from the crdt/delta actions it receives, holds the merged state,
 // including after both clients lost their connections. A third client's concurrent write to a
@@ -143,8 +143,10 @@ await run('crdt', async url => {
   online.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 1, value: 'eggs' }))
   online.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['author'], value: 'alice' }))
   for (let i = 0; i < 3; i++) online.push(alice.sync({ type: 'crdt/map/inc', key: META, path: ['stats', 'views'], by: 2 }))
+  online.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], index: 0, value: 'milk' }))
+  online.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], index: 1, value: { t: 'eggs' } }))
   let ok = await settle(Promise.all(online), 10000, 'online operations')
-  check(ok.ok, `alice's ${ONLINE + 9} online operations are processed`, ok.error?.message)
+  check(ok.ok, `alice's ${ONLINE + 11} online operations are processed`, ok.error?.message)
   await waitUntil(() => (fold(), counterValue(likes) === ONLINE), 5000)
   check(counterValue(likes) === ONLINE, `bob's counter reaches ${ONLINE} from the deltas`, counterValue(likes))
 
@@ -168,8 +170,12 @@ await run('crdt', async url => {
   offline.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['stats', 'words'], value: 120 }))
   for (let i = 0; i < 4; i++) offline.push(alice.sync({ type: 'crdt/map/inc', key: META, path: ['stats', 'views'] }))
   offline.push(alice.sync({ type: 'crdt/map/dec', key: META, path: ['stats', 'views'], by: 3 }))
+  // The list inside the map: bread first, eggs cut, jam at the head.
+  offline.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], index: 0, value: 'bread' }))
+  offline.push(alice.sync({ type: 'crdt/map/cut', key: META, path: ['todo'], index: 2 }))
+  offline.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], after: null, value: 'jam' }))
   let back = await settle(Promise.all(offline), 20000, 'offline operations')
-  check(back.ok, `alice's ${OFFLINE + 13} offline operations are processed after she reconnects`, back.error?.message)
+  check(back.ok, `alice's ${OFFLINE + 16} offline operations are processed after she reconnects`, back.error?.message)
 
   // 3. bob comes back: his client re-subscribes, and each object's state arrives as a delta
   await sleep(200)
@@ -198,6 +204,13 @@ await run('crdt', async url => {
     "bob's map holds alice's nested fields", JSON.stringify(meta))
   // A counter inside the map: each node's [node, dot, increments, decrements] under one dot.
   let views = (meta?.stats?.map?.views?.counter ?? []).reduce((sum, [, , p, n]) => sum + p - n, 0)
+  // A list inside the map, written as a list object: elements in list order, retired ones in
+  // `deleted`.
+  let todo = meta?.todo?.list
+  let retired = new Set((todo?.deleted ?? []).map(([n, c]) => `${n} ${c}`))
+  let todoItems = (todo?.elems ?? []).filter(e => !retired.has(`${e[0]} ${e[1]}`)).map(e => e[4])
+  check(JSON.stringify(todoItems) === '["jam","bread","milk"]', "bob's list inside the map converges to alice's inserts and cut",
+    JSON.stringify(todo))
   check(views === 3 * 2 + 4 - 3, "bob's map counter sums alice's online and offline counts", JSON.stringify(meta?.stats))
   // Two clients write a multi-value register without having seen each other's write
   // (`seen: {}`): both values survive, for the app to resolve.

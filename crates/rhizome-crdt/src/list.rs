@@ -304,6 +304,27 @@ impl<T: Clone + PartialEq> Rga<T> {
         delta
     }
 
+    /// The element `id`, deleted or not.
+    pub(crate) fn element(&self, id: &Dot) -> Option<ListElem<'_, T>> {
+        self.ids.get(id).map(|&i| {
+            let e = &self.elems[i];
+            ListElem { id: &e.id, origin: e.origin.as_ref(), seq: e.seq, value: &e.value, deleted: e.deleted }
+        })
+    }
+
+    /// Adds the element `id` (not in the list yet) with its origin, `seq` and value, as a
+    /// join does; [`Rga::retire`] hides it.
+    pub(crate) fn add_element(&mut self, id: Dot, origin: Option<Dot>, seq: u64, value: T) {
+        if !self.ids.contains_key(&id) {
+            self.add(Elem { id, origin, seq, value, deleted: false });
+        }
+    }
+
+    /// Adds a tombstone for `id` (the element may arrive later).
+    pub(crate) fn retire(&mut self, id: &Dot) {
+        self.tombstone(id);
+    }
+
     /// Adds an element not in the state yet, and places it (and whatever waited for it)
     /// if its origin is placed.
     fn add(&mut self, mut elem: Elem<T>) {

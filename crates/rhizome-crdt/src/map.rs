@@ -1,14 +1,15 @@
 //! Dot stores (DotSet, DotFun, DotMap) with their causal join, and the observed-remove map
 //! built from them: a JSON-document shape whose values are nested maps, sets, multi-value
-//! registers and causal counters, all sharing the map's one causal context (Almeida, Shoker,
-//! Baquero 2018, section 6).
+//! registers, causal counters and RGA lists ([`DotList`]), all sharing the map's one causal
+//! context (Almeida, Shoker, Baquero 2018, section 6).
 //!
 //! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
 //! context every dot the replica has seen. A dot the context has seen but the store lacks was
 //! removed, which is how removal works without tombstones. The join keeps a dot if both
-//! sides have it, or one side has it and the other has never seen it.
+//! sides have it, or one side has it and the other has never seen it. (A list keeps the
+//! elements it retired, because RGA places elements after them: see [`DotList`].)
 
-use crate::{CausalContext, Dot, Lattice, NodeId, PnEntry, VersionVector};
+use crate::{CausalContext, Dot, Lattice, ListElem, NodeId, PnEntry, Rga, VersionVector};
 use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap, BTreeSet};
 use std::fmt;
@@ -27,6 +28,12 @@ pub trait DotStore: Clone + PartialEq + Default {
 
     /// Number of keys of nested maps, at every depth, in O(1); 0 for a store without keys.
     fn key_count(&self) -> usize {
+        0
+    }
+
+    /// Number of retired elements of lists (see [`DotList`]) at every depth, in O(1): they
+    /// hold no dot but stay, so they count against the map's limits like dots.
+    fn retired_count(&self) -> usize {
         0
     }
 
@@ -123,6 +130,8 @@ pub struct DotMap<K, S> {
     dots: usize,
     /// The keys, plus the keys of the nested stores at every depth.
     keys: usize,
+    /// The retired list elements under every key.
+    retired: usize,
 }
 
 /// Which keys of a [`DotMap`] hold each dot, as a multiset: a dot is held once in every
@@ -228,7 +237,7 @@ fn add_holder<K: Clone>(index: &mut BTreeMap<Dot, Holders<K>>, dot: Dot, key: &K
 
 impl<K, S> Default for DotMap<K, S> {
     fn default() -> Self {
-        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0 }
+        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0, retired: 0 }
     }
 }
 
@@ -313,6 +322,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         let store = self.entries.remove(key)?;
         self.dots -= store.dot_count();
         self.keys -= 1 + store.key_count();
+        self.retired -= store.retired_count();
         Some(store)
     }
 
@@ -320,6 +330,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     fn put(&mut self, key: K, store: S) {
         self.dots += store.dot_count();
         self.keys += 1 + store.key_count();
+        self.retired += store.retired_count();
         self.entries.insert(key, store);
     }
 }
@@ -341,12 +352,13 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     ) {
         self.index = DotIndex(None);
         let mine = std::mem::take(&mut self.entries);
-        let (mut dots, mut keys) = (0, 0);
+        let (mut dots, mut keys, mut retired) = (0, 0, 0);
         let mut joined = Vec::with_capacity(mine.len().max(other.entries.len()));
         let mut keep = |key: K, store: S| {
             if !store.is_empty() {
                 dots += store.dot_count();
                 keys += 1 + store.key_count();
+                retired += store.retired_count();
                 joined.push((key, store));
             }
         };
@@ -371,7 +383,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         }
         // Sorted and distinct: built in one pass.
         self.entries = joined.into_iter().collect();
-        (self.dots, self.keys) = (dots, keys);
+        (self.dots, self.keys, self.retired) = (dots, keys, retired);
     }
 }
 
@@ -448,6 +460,10 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
 
     fn key_count(&self) -> usize {
         self.keys
+    }
+
+    fn retired_count(&self) -> usize {
+        self.retired
     }
 
     fn join_store(
@@ -575,6 +591,129 @@ impl<V: Ord + Clone> DotStore for DotFun<V> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// An ordered list (RGA, see [`Rga`]) as a dot store: each element is named by a dot of the
+/// map's causal context, and is *live* while the store holds it undeleted. Deleting an
+/// element, or removing the key (or a map above it), retires the element's dot in the
+/// context; the join then treats a retired element as a set of dots treats a removed dot: it
+/// stays live only where the other side holds it live or has never seen its dot. So a
+/// removal kills exactly the elements it observed, and an element inserted concurrently
+/// survives.
+///
+/// A retired element is not dropped: its id, origin and timestamp stay (a tombstone), because
+/// RGA places an element after its origin, and a surviving element inserted after a retired
+/// one (concurrently or not) must land where its author put it on every replica. So the
+/// store is the list's elements, a grow-only set, plus which of them are live; every element,
+/// retired or not, is in the context (it was inserted), so "in the context and retired" is
+/// what "deleted" means. The dots of live elements are the store's dots ([`DotStore::dots_into`]);
+/// retired ones are counted by [`DotStore::retired_count`]. A list whose elements are all
+/// retired holds no dot, so the key reads as absent ([`Value::kinds`]), but the store is not
+/// empty and stays, with its tombstones, as a standalone list's do.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct DotList(Rga<serde_json::Value>);
+
+impl DotList {
+    /// The empty list.
+    pub fn new() -> DotList {
+        DotList::default()
+    }
+
+    /// The list from an [`Rga`] whose tombstones all name its elements (retired ones), as
+    /// read back from storage or the network; `None` when a tombstone names no element.
+    pub fn from_rga(list: Rga<serde_json::Value>) -> Option<DotList> {
+        let named = list.tombstones().all(|id| list.contains_id(id));
+        named.then_some(DotList(list))
+    }
+
+    /// The list, retired elements included as tombstones.
+    pub fn rga(&self) -> &Rga<serde_json::Value> {
+        &self.0
+    }
+
+    /// Every element, retired ones included, in list order (see [`Rga::elements`]).
+    pub fn elements(&self) -> impl Iterator<Item = ListElem<'_, serde_json::Value>> + '_ {
+        self.0.elements()
+    }
+
+    /// The live elements' values, in order.
+    pub fn values(&self) -> impl Iterator<Item = &serde_json::Value> + '_ {
+        self.0.iter()
+    }
+
+    /// Number of live elements (placed or waiting for an origin).
+    pub fn live_count(&self) -> usize {
+        self.0.element_count() - self.0.tombstone_count()
+    }
+
+    /// Number of elements, retired ones included.
+    pub fn element_count(&self) -> usize {
+        self.0.element_count()
+    }
+}
+
+impl DotStore for DotList {
+    /// No element at all, retired ones included: a list of tombstones is kept.
+    fn is_empty(&self) -> bool {
+        self.0.element_count() == 0
+    }
+
+    fn dots_into(&self, out: &mut Vec<Dot>) {
+        out.extend(self.0.elements().filter(|e| !e.deleted).map(|e| e.id.clone()));
+    }
+
+    fn dot_count(&self) -> usize {
+        self.live_count()
+    }
+
+    fn retired_count(&self) -> usize {
+        self.0.tombstone_count()
+    }
+
+    fn join_store(
+        &mut self,
+        context: &CausalContext,
+        other: &Self,
+        other_context: &CausalContext,
+        changes: &mut DotChanges,
+    ) {
+        // Live here, and the other side has seen it without holding it live: retired. Only
+        // elements whose dots `other_context` covers can be, so a delta's small context
+        // (an insert's one dot, a cut's) is walked dot by dot instead of the whole list.
+        let retires = |mine: &ListElem<'_, serde_json::Value>| {
+            !mine.deleted
+                && other_context.contains(mine.id)
+                && other.0.element(mine.id).is_none_or(|theirs| theirs.deleted)
+        };
+        let prefixes = other_context.vv().iter().map(|(node, last)| (node, 1, last));
+        let runs: Vec<_> = prefixes.chain(other_context.cloud()).collect();
+        let covered = runs.iter().fold(0u64, |sum, (_, first, last)| sum.saturating_add(last + 1 - first));
+        let retired: Vec<Dot> = if covered < self.0.element_count() as u64 {
+            let dots = runs.iter().flat_map(|(node, first, last)| {
+                (*first..=*last).map(|counter| Dot { node: (*node).clone(), counter })
+            });
+            dots.filter(|dot| self.0.element(dot).is_some_and(|mine| retires(&mine))).collect()
+        } else {
+            self.0.elements().filter(|mine| retires(mine)).map(|mine| mine.id.clone()).collect()
+        };
+        for theirs in other.0.elements() {
+            if self.0.contains_id(theirs.id) {
+                continue;
+            }
+            // New here: live if live there and unseen here; otherwise a tombstone.
+            let id = theirs.id.clone();
+            self.0.add_element(id.clone(), theirs.origin.cloned(), theirs.seq, theirs.value.clone());
+            if theirs.deleted || context.contains(&id) {
+                self.0.retire(&id);
+            } else {
+                changes.added.push(id);
+            }
+        }
+        for id in retired {
+            self.0.retire(&id);
+            changes.removed.push(id);
         }
     }
 }
@@ -711,6 +850,8 @@ pub enum Kind {
     /// A causal counter: each node's totals under that node's latest dot (see
     /// [`ValueRef::counter_inc`]).
     Counter,
+    /// An ordered list of JSON values (RGA, see [`DotList`]).
+    List,
 }
 
 impl fmt::Display for Kind {
@@ -720,6 +861,7 @@ impl fmt::Display for Kind {
             Kind::Set => "set",
             Kind::Register => "register",
             Kind::Counter => "counter",
+            Kind::List => "list",
         })
     }
 }
@@ -764,11 +906,19 @@ pub struct Value<K> {
     /// node's latest dot (one dot per node, more only after concurrent servers numbered
     /// the same author, see [`Value::counter_totals`]).
     counter: DotFun<PnEntry>,
+    /// The list: its elements, live and retired (see [`DotList`]).
+    list: DotList,
 }
 
 impl<K> Default for Value<K> {
     fn default() -> Self {
-        Value { map: DotMap::new(), set: DotMap::new(), register: DotFun::new(), counter: DotFun::new() }
+        Value {
+            map: DotMap::new(),
+            set: DotMap::new(),
+            register: DotFun::new(),
+            counter: DotFun::new(),
+            list: DotList::new(),
+        }
     }
 }
 
@@ -789,7 +939,11 @@ impl Ord for PnEntry {
 
 impl<K: Ord + Clone> DotStore for Value<K> {
     fn is_empty(&self) -> bool {
-        self.map.is_empty() && self.set.is_empty() && self.register.is_empty() && self.counter.is_empty()
+        self.map.is_empty()
+            && self.set.is_empty()
+            && self.register.is_empty()
+            && self.counter.is_empty()
+            && DotStore::is_empty(&self.list)
     }
 
     fn dots_into(&self, out: &mut Vec<Dot>) {
@@ -797,10 +951,19 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.set.dots_into(out);
         self.register.dots_into(out);
         self.counter.dots_into(out);
+        self.list.dots_into(out);
     }
 
     fn dot_count(&self) -> usize {
-        self.map.dot_count() + self.set.dot_count() + self.register.dot_count() + self.counter.dot_count()
+        self.map.dot_count()
+            + self.set.dot_count()
+            + self.register.dot_count()
+            + self.counter.dot_count()
+            + self.list.dot_count()
+    }
+
+    fn retired_count(&self) -> usize {
+        self.map.retired_count() + self.list.retired_count()
     }
 
     /// The keys of the nested map only: a set's elements are not keys.
@@ -819,23 +982,46 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.set.join_store(context, &other.set, other_context, changes);
         self.register.join_store(context, &other.register, other_context, changes);
         self.counter.join_store(context, &other.counter, other_context, changes);
+        self.list.join_store(context, &other.list, other_context, changes);
     }
 }
 
 impl<K: Ord + Clone> Value<K> {
     /// The kinds this value holds: one, or several after concurrent writes of different kinds.
+    /// None when it holds only retired list elements: the key then reads as absent.
     pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
-        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter].into_iter().filter(|kind| self.holds(*kind))
+        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter, Kind::List]
+            .into_iter()
+            .filter(|kind| self.holds(*kind))
     }
 
-    /// Whether this value holds `kind`.
+    /// Whether this value holds `kind` with a live dot (a nested map holding only retired
+    /// list elements, or a list of them, does not count).
     pub fn holds(&self, kind: Kind) -> bool {
         match kind {
-            Kind::Map => !self.map.is_empty(),
+            Kind::Map => self.map.dot_count() > 0,
             Kind::Set => !self.set.is_empty(),
             Kind::Register => !self.register.is_empty(),
             Kind::Counter => !self.counter.is_empty(),
+            Kind::List => self.list.live_count() > 0,
         }
+    }
+
+    /// Whether the value holds a live dot: a key whose value holds none (only retired list
+    /// elements) reads as absent.
+    pub fn is_live(&self) -> bool {
+        self.dot_count() > 0
+    }
+
+    /// Whether the nested map has entries, those holding only retired list elements included
+    /// (documents keep them, see [`DotList`]).
+    pub fn has_map_entries(&self) -> bool {
+        !self.map.is_empty()
+    }
+
+    /// The list at this key, retired elements included.
+    pub fn list(&self) -> &DotList {
+        &self.list
     }
 
     /// The value at `key` of the nested map.
@@ -905,13 +1091,18 @@ impl<K: Ord + Clone> Value<K> {
         set: DotMap<Scalar, DotSet>,
         register: DotFun<Scalar>,
     ) -> Value<K> {
-        Value { map, set, register, counter: DotFun::new() }
+        Value { map, set, register, counter: DotFun::new(), list: DotList::new() }
     }
 
     /// The value with `counter` as its counter store (for values read back from storage or
     /// the network, after [`Value::from_parts`]; checked the same way).
     pub fn with_counter(self, counter: DotFun<PnEntry>) -> Value<K> {
         Value { counter, ..self }
+    }
+
+    /// The value with `list` as its list store (as [`Value::with_counter`]).
+    pub fn with_list(self, list: DotList) -> Value<K> {
+        Value { list, ..self }
     }
 
     /// Checks the value and everything nested in it for [`OrMap::from_parts`]: no empty store
@@ -925,9 +1116,12 @@ impl<K: Ord + Clone> Value<K> {
         let register_ok = self.register.iter().all(|(dot, _)| fresh(dot));
         // A counter entry is made by an increment or a decrement of at least 1.
         let counter_ok = self.counter.iter().all(|(dot, e)| (e.p, e.n) != (0, 0) && fresh(dot));
+        // Every element, retired or not, was inserted: its dot is in the context.
+        let list_ok = self.list.elements().all(|e| fresh(e.id));
         sets_ok
             && register_ok
             && counter_ok
+            && list_ok
             && self.map.values().all(|value| value.check_parts(context, seen))
     }
 }
@@ -1097,6 +1291,71 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         Ok(ValueDelta { value: Value { counter, ..Value::default() }, context: own.into_iter().collect() })
     }
 
+    /// The list at this key, or `None` when it holds none (retired elements count: an
+    /// insert may name one as `after`).
+    pub fn list(&self) -> Option<&'a DotList> {
+        self.value.map(|v| &v.list).filter(|list| !DotStore::is_empty(*list))
+    }
+
+    /// Inserts `value` into the list at `index` among its live elements (past the end: at the
+    /// end) with the fresh `dot` as its id (see [`Rga::insert`]). A dot already seen gives the
+    /// bottom delta.
+    pub fn list_insert(
+        &self,
+        dot: Dot,
+        index: usize,
+        value: serde_json::Value,
+    ) -> Result<ValueDelta<K>, MapError> {
+        self.list_insert_with(dot, |list, dot| list.insert(index, dot, value))
+    }
+
+    /// Inserts `value` into the list right after the element `after` (`None`: at the head)
+    /// with the fresh `dot` as its id (see [`Rga::insert_after`]); `after` should be an
+    /// element of the list ([`ValueRef::list`]).
+    pub fn list_insert_after(
+        &self,
+        dot: Dot,
+        after: Option<&Dot>,
+        value: serde_json::Value,
+    ) -> Result<ValueDelta<K>, MapError> {
+        self.list_insert_with(dot, |list, dot| list.insert_after(after, dot, value))
+    }
+
+    fn list_insert_with(
+        &self,
+        dot: Dot,
+        insert: impl FnOnce(&Rga<serde_json::Value>, Dot) -> Rga<serde_json::Value>,
+    ) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::List)?;
+        if self.context.contains(&dot) {
+            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
+        }
+        let empty = Rga::new();
+        let list = self.value.map_or(&empty, |v| &v.list.0);
+        let delta = DotList(insert(list, dot.clone()));
+        Ok(ValueDelta {
+            value: Value { list: delta, ..Value::default() },
+            context: [dot].into_iter().collect(),
+        })
+    }
+
+    /// Deletes the live element at `index` of the list: the delta retires its dot (out of
+    /// range: the bottom).
+    pub fn list_delete(&self, index: usize) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::List)?;
+        let id = self.value.and_then(|v| v.list.0.delete(index).tombstones().next().cloned());
+        Ok(ValueDelta { value: Value::default(), context: id.into_iter().collect() })
+    }
+
+    /// Deletes the element `id` of the list: the delta retires its dot (already retired or
+    /// unknown: the bottom).
+    pub fn list_delete_id(&self, id: &Dot) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::List)?;
+        let live = self.value.and_then(|v| v.list.0.element(id)).is_some_and(|e| !e.deleted);
+        let context = if live { [id.clone()].into_iter().collect() } else { CausalContext::new() };
+        Ok(ValueDelta { value: Value::default(), context })
+    }
+
     /// Applies the delta mutator `f` to the value at `key` of the nested map.
     pub fn map_update<F>(&self, key: K, f: F) -> Result<ValueDelta<K>, MapError>
     where
@@ -1147,7 +1406,8 @@ fn map_remove<K: Ord + Clone>(
 }
 
 /// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets,
-/// multi-value registers and causal counters, with one causal context for the whole document.
+/// multi-value registers, causal counters and lists, with one causal context for the whole
+/// document.
 ///
 /// A key is present while its value holds a dot. Removing a key retires exactly the dots
 /// seen under it, so a concurrent update inside the key survives (with only what that
@@ -1187,7 +1447,8 @@ impl<K: Ord + Clone> OrMap<K> {
         OrMap { entries, context }
     }
 
-    /// The value at `key`.
+    /// The value at `key`, even one holding only retired list elements (see
+    /// [`Value::is_live`]).
     pub fn get(&self, key: &K) -> Option<&Value<K>> {
         self.entries.get(key)
     }
@@ -1197,12 +1458,13 @@ impl<K: Ord + Clone> OrMap<K> {
         ValueRef { value: self.entries.get(key), context: &self.context }
     }
 
-    /// Whether `key` is present.
+    /// Whether `key` is present: its value holds a live dot (a value holding only retired
+    /// list elements is kept, see [`DotList`], but reads as absent).
     pub fn contains_key(&self, key: &K) -> bool {
-        self.entries.contains_key(key)
+        self.entries.get(key).is_some_and(Value::is_live)
     }
 
-    /// Keys and values, in key order.
+    /// Keys and values, in key order, those holding only retired list elements included.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &Value<K>)> {
         self.entries.iter()
     }
@@ -1236,6 +1498,12 @@ impl<K: Ord + Clone> OrMap<K> {
     /// dot), in O(1).
     pub fn dot_count(&self) -> usize {
         self.entries.dot_count()
+    }
+
+    /// Number of retired list elements at every depth, in O(1): they hold no dot but stay
+    /// (see [`DotList`]), so the limits count them like dots.
+    pub fn retired_count(&self) -> usize {
+        self.entries.retired_count()
     }
 
     /// A map from its parts, as read back from storage or the network; `None` unless no value

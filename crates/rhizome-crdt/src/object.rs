@@ -21,11 +21,13 @@
 //!   document, as in a delta, by `(seq, id)`); and every tombstone, in dot order.
 //! - map: `{"entries": {"<key>": <value>, …}, "context": {…}}`, where a value is
 //!   `{"map": {"<key>": <value>, …}, "set": [[<scalar>, "<node>", n], …], "reg": [["<node>", n,
-//!   <scalar>], …], "counter": [["<node>", n, p, m], …]}` with only its non-empty parts (one,
-//!   or several after concurrent writes of different kinds at one key): a nested map, an
-//!   add-wins set's elements with their dots, a multi-value register's values with their dots,
-//!   and a causal counter's dots with the totals of increments `p` and decrements `m` each
-//!   carries (not both 0); the context as for mv.
+//!   <scalar>], …], "counter": [["<node>", n, p, m], …], "list": {"elems": […], "deleted":
+//!   […]}}` with only its non-empty parts (one, or several after concurrent writes of different
+//!   kinds at one key): a nested map, an add-wins set's elements with their dots, a
+//!   multi-value register's values with their dots, a causal counter's dots with the totals of
+//!   increments `p` and decrements `m` each carries (not both 0), and a list as the list
+//!   document writes it, its element ids being dots of the map's context and `deleted` naming
+//!   its retired elements (see [`crate::DotList`]); the context as for mv.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -33,8 +35,8 @@
 
 use crate::ops::OpError;
 use crate::{
-    CausalContext, ClSet, Dot, DotFun, DotMap, DotSet, Lattice, ListPartsError, LwwRegister, MvRegister,
-    NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp, Value as MapValue, ValueKind,
+    CausalContext, ClSet, Dot, DotFun, DotList, DotMap, DotSet, Lattice, ListPartsError, LwwRegister,
+    MvRegister, NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp, Value as MapValue, ValueKind,
     VersionVector,
 };
 use serde_json::{json, Map, Value};
@@ -481,7 +483,8 @@ fn map_entries_to_json<'a>(entries: impl Iterator<Item = (&'a String, &'a MapVal
 /// `{"map": …, "set": …, "reg": …}`, the non-empty parts only.
 fn map_value_to_json(value: &MapValue<String>) -> Value {
     let mut doc = Map::new();
-    if value.holds(ValueKind::Map) {
+    // Entries holding only retired list elements are written too: they order the list.
+    if value.has_map_entries() {
         doc.insert("map".to_owned(), map_entries_to_json(value.entries()));
     }
     if value.holds(ValueKind::Set) {
@@ -499,6 +502,10 @@ fn map_value_to_json(value: &MapValue<String>) -> Value {
         let counter =
             value.counter_entries().map(|(dot, e)| json!([dot.node.as_str(), dot.counter, e.p, e.n]));
         doc.insert("counter".to_owned(), counter.collect());
+    }
+    // Retired elements included, as `deleted` (see `DotList`).
+    if value.list().element_count() > 0 {
+        doc.insert("list".to_owned(), list_to_json(value.list().rga()));
     }
     Value::Object(doc)
 }
@@ -550,8 +557,11 @@ fn map_entries_from_json(
     let mut entries = DotMap::new();
     for (key, value_doc) in doc {
         check_map_key(key)?;
-        let parts =
-            object_with(value_doc, &["map", "set", "reg", "counter"], "a map value must be an object")?;
+        let parts = object_with(
+            value_doc,
+            &["map", "set", "reg", "counter", "list"],
+            "a map value must be an object",
+        )?;
         let nested = match parts.get("map") {
             None => DotMap::new(),
             Some(Value::Object(nested)) => map_entries_from_json(nested, depth + 1, totals)?,
@@ -598,8 +608,22 @@ fn map_entries_from_json(
             }
             counter.insert(dot, PnEntry { p, n });
         }
+        let list = match parts.get("list") {
+            None => DotList::new(),
+            Some(list_doc) => {
+                let list = list_from_json(list_doc)?;
+                // Each element, live or retired, counts against the map's dots.
+                for _ in 0..list.element_count() {
+                    totals.add_dot()?;
+                }
+                DotList::from_rga(list)
+                    .ok_or(OpError::WrongShape("a map list's deleted element is not among its elems"))?
+            }
+        };
         // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
-        let value = MapValue::from_parts(nested, set.into_iter().collect(), register).with_counter(counter);
+        let value = MapValue::from_parts(nested, set.into_iter().collect(), register)
+            .with_counter(counter)
+            .with_list(list);
         entries.insert(key.clone(), value);
     }
     Ok(entries)
@@ -1300,5 +1324,49 @@ mod tests {
             reason(Kind::Map, json!({"entries": {"k": {"counter": many}}, "context": ctx})),
             "crdtTooBig"
         );
+    }
+
+    #[test]
+    fn map_list_documents() {
+        let ok = map_with(
+            json!({"todo": {"list": {"elems": [["a", 1, null, 1, {"t": "x"}], ["a", 2, ["a", 1], 2, 2]], "deleted": [["a", 1]]}}}),
+        );
+        let Ok(Object::Map(map)) = Object::from_json(Kind::Map, &ok) else { panic!("a map") };
+        let todo = map.get(&"todo".to_owned()).unwrap();
+        assert_eq!(todo.list().values().collect::<Vec<_>>(), [&json!(2)]);
+        assert_eq!(todo.kinds().collect::<Vec<_>>(), [ValueKind::List]);
+        assert_eq!(Object::Map(map.clone()).to_json(), ok);
+        // Only retired elements: kept (they order the list), but the key reads as absent.
+        let retired =
+            map_with(json!({"todo": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": [["a", 1]]}}}));
+        let Ok(Object::Map(map)) = Object::from_json(Kind::Map, &retired) else { panic!("a map") };
+        assert!(!map.contains_key(&"todo".to_owned()));
+        assert_eq!(Object::Map(map).to_json(), retired);
+        for doc in [
+            map_with(json!({"k": {"list": []}})),
+            map_with(json!({"k": {"list": {"elems": []}}})),
+            map_with(json!({"k": {"list": {"elems": [], "deleted": []}}})),
+            map_with(json!({"k": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": [["a", 2]]}}})),
+            map_with(json!({"k": {"list": {"elems": [["a", 10, null, 1, 0]], "deleted": []}}})),
+            map_with(json!({"k": {"list": {"elems": [["a", 1, null, 0, 0]], "deleted": []}}})),
+            map_with(
+                json!({"k": {"list": {"elems": [["a", 1, null, 1, 0], ["a", 1, null, 2, 0]], "deleted": []}}}),
+            ),
+            map_with(
+                json!({"k": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": []}}, "j": {"reg": [["a", 1, 0]]}}),
+            ),
+            map_with(json!({"k": {"list": {"elems": [["a", 1, null, 1, 0]], "deleted": [], "x": 1}}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let big = map_with(
+            json!({"k": {"list": {"elems": [["a", 1, null, 1, "x".repeat(LIST_VALUE_BYTES_MAX)]], "deleted": []}}}),
+        );
+        assert_eq!(reason(Kind::Map, big), "crdtTooBig");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!(["a", i, null, i, 0])).collect();
+        let deleted: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!(["a", i])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        let doc = json!({"entries": {"k": {"list": {"elems": many, "deleted": deleted}}}, "context": ctx});
+        assert_eq!(reason(Kind::Map, doc), "crdtTooBig", "retired elements count as dots");
     }
 }

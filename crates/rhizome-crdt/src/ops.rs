@@ -17,6 +17,8 @@
 //! | `crdt/map/remove` | `key`, `path` |
 //! | `crdt/map/add`, `crdt/map/delete` | `key`, `path`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes) |
 //! | `crdt/map/inc`, `crdt/map/dec` | `key`, `path`, `by` (an integer from 1 to 2^53, default 1) |
+//! | `crdt/map/insert` | `key`, `path`, `index` (integer ≥ 0) or `after` (an element id `[node, n]` or `null`), `value` (any JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
+//! | `crdt/map/cut` | `key`, `path`, `index` (integer ≥ 0) or `id` (an element id `[node, n]`) |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -270,6 +272,43 @@ pub enum Change {
         /// How much, from 1 to [`BY_MAX`].
         by: u64,
     },
+    /// `crdt/map/insert` with `index`: insert `value` into the list at `path` (see
+    /// [`crate::DotList`]) at `index` among its live elements as the server holds them
+    /// (past the end: at the end), creating the nested maps on the way.
+    MapInsert {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// Where, among live elements.
+        index: u64,
+        /// The value, at most [`LIST_VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/map/insert` with `after`: insert `value` right after the element `after` of the
+    /// list at `path` (`null`: at the head), wherever it is then.
+    MapInsertAfter {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element's id, as the map's document shows it; `None` for the head.
+        after: Option<Dot>,
+        /// The value, at most [`LIST_VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
+    /// `crdt/map/cut` with `index`: delete the live element at `index` of the list at `path`
+    /// (out of range: nothing).
+    MapCut {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// Which, among live elements.
+        index: u64,
+    },
+    /// `crdt/map/cut` with `id`: delete the element `id` of the list at `path` (already
+    /// deleted: nothing).
+    MapCutId {
+        /// The list's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element's id.
+        id: Dot,
+    },
 }
 
 impl Change {
@@ -290,6 +329,10 @@ impl Change {
             | Change::MapAdd { .. }
             | Change::MapDelete { .. } => Kind::Map,
             Change::MapInc { .. } | Change::MapDec { .. } => Kind::Map,
+            Change::MapInsert { .. }
+            | Change::MapInsertAfter { .. }
+            | Change::MapCut { .. }
+            | Change::MapCutId { .. } => Kind::Map,
         }
     }
 
@@ -312,6 +355,8 @@ impl Change {
             Change::MapDelete { .. } => "crdt/map/delete",
             Change::MapInc { .. } => "crdt/map/inc",
             Change::MapDec { .. } => "crdt/map/dec",
+            Change::MapInsert { .. } | Change::MapInsertAfter { .. } => "crdt/map/insert",
+            Change::MapCut { .. } | Change::MapCutId { .. } => "crdt/map/cut",
         }
     }
 
@@ -333,6 +378,10 @@ impl Change {
             Change::MapRemove { .. } => &["type", "key", "path"],
             Change::MapAdd { .. } | Change::MapDelete { .. } => &["type", "key", "path", "elem"],
             Change::MapInc { .. } | Change::MapDec { .. } => &["type", "key", "path", "by"],
+            Change::MapInsert { .. } => &["type", "key", "path", "index", "value"],
+            Change::MapInsertAfter { .. } => &["type", "key", "path", "after", "value"],
+            Change::MapCut { .. } => &["type", "key", "path", "index"],
+            Change::MapCutId { .. } => &["type", "key", "path", "id"],
         }
     }
 
@@ -370,6 +419,11 @@ impl Change {
                 check_path(path)?;
                 check_by(*by)
             }
+            Change::MapInsert { path, value, .. } | Change::MapInsertAfter { path, value, .. } => {
+                check_path(path)?;
+                check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")
+            }
+            Change::MapCut { path, .. } | Change::MapCutId { path, .. } => check_path(path),
         }
     }
 }
@@ -507,6 +561,24 @@ impl Op {
                 action.insert("path".to_owned(), path.clone().into());
                 action.insert("by".to_owned(), (*by).into())
             }
+            Change::MapInsert { path, index, value } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("index".to_owned(), (*index).into());
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::MapInsertAfter { path, after, value } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("after".to_owned(), after.as_ref().map_or(Value::Null, dot_to_json));
+                action.insert("value".to_owned(), value.clone())
+            }
+            Change::MapCut { path, index } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("index".to_owned(), (*index).into())
+            }
+            Change::MapCutId { path, id } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("id".to_owned(), dot_to_json(id))
+            }
         };
         action
     }
@@ -545,6 +617,20 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         "crdt/map/delete" => Change::MapDelete { path: path_field(action)?, elem: elem_field(action)? },
         "crdt/map/inc" => Change::MapInc { path: path_field(action)?, by: by_field(action)? },
         "crdt/map/dec" => Change::MapDec { path: path_field(action)?, by: by_field(action)? },
+        "crdt/map/insert" if action.contains_key("after") => Change::MapInsertAfter {
+            path: path_field(action)?,
+            after: after_field(action)?,
+            value: value_field(action)?,
+        },
+        "crdt/map/insert" => Change::MapInsert {
+            path: path_field(action)?,
+            index: index_field(action)?,
+            value: value_field(action)?,
+        },
+        "crdt/map/cut" if action.contains_key("id") => {
+            Change::MapCutId { path: path_field(action)?, id: id_field(action)? }
+        }
+        "crdt/map/cut" => Change::MapCut { path: path_field(action)?, index: index_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -856,6 +942,30 @@ fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<Or
             let dot = map_counter_dot(map, path, author)?;
             at_path(map, path, &|v| v.counter_dec(dot.clone(), *by))
         }
+        Change::MapInsert { path, index, value } => {
+            let dot = map_list_dot(map, path, author)?;
+            // An index beyond `usize` is past the end like any other.
+            let index = usize::try_from(*index).unwrap_or(usize::MAX);
+            at_path(map, path, &|v| v.list_insert(dot.clone(), index, value.clone()))
+        }
+        Change::MapInsertAfter { path, after, value } => {
+            check_list_path(map, path)?;
+            if let Some(after) = after.as_ref() {
+                check_list_element(map, path, after)?;
+            }
+            let dot = map_list_dot(map, path, author)?;
+            at_path(map, path, &|v| v.list_insert_after(dot.clone(), after.as_ref(), value.clone()))
+        }
+        Change::MapCut { path, index } => {
+            // An index beyond `usize` is out of range like any other.
+            let index = usize::try_from(*index).unwrap_or(usize::MAX);
+            at_path(map, path, &|v| v.list_delete(index))
+        }
+        Change::MapCutId { path, id } => {
+            check_list_path(map, path)?;
+            check_list_element(map, path, id)?;
+            at_path(map, path, &|v| v.list_delete_id(id))
+        }
         Change::MapRemove { path } => match path.split_last() {
             Some((last, [])) => Ok(map.remove(last)),
             Some((last, parents)) => at_path(map, parents, &|v| v.map_remove(last)),
@@ -893,7 +1003,8 @@ fn nested_at_path(
 fn map_fresh_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
     let dot = fresh_dot(map.context(), author)?;
     // Both counts are kept by the map, so a write costs O(depth × log n), not O(n).
-    let (keys, dots) = (map.key_count(), map.dot_count());
+    // Retired list elements stay, so they count like dots (as documents count them).
+    let (keys, dots) = (map.key_count(), map.dot_count() + map.retired_count());
     let mut present = 0;
     let mut level: Option<&MapValue<String>> = None;
     for key in path {
@@ -929,6 +1040,48 @@ fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Res
     } else {
         map_fresh_dot(map, path, author)
     }
+}
+
+/// The list at `path` of `map` (retired elements included), if there is one.
+fn map_list_at<'m>(map: &'m OrMap<String>, path: &[String]) -> Option<&'m crate::DotList> {
+    let (first, rest) = path.split_first()?;
+    let value = rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key)))?;
+    Some(value.list()).filter(|list| list.element_count() > 0)
+}
+
+/// Refuses, as an insert or a cut would, a `path` that runs through or ends at another kind
+/// of value than a list (a cut out of range checks the kinds on the way and changes nothing).
+fn check_list_path(map: &OrMap<String>, path: &[String]) -> Result<(), OpError> {
+    at_path(map, path, &|v| v.list_delete(usize::MAX))?;
+    Ok(())
+}
+
+/// Refuses an element id that the list at `path` does not hold, live or retired
+/// (`crdtUnknownElement`).
+fn check_list_element(map: &OrMap<String>, path: &[String], id: &Dot) -> Result<(), OpError> {
+    if map_list_at(map, path).is_some_and(|list| list.rga().contains_id(id)) {
+        Ok(())
+    } else {
+        Err(OpError::UnknownElement(id.clone()))
+    }
+}
+
+/// The author's next dot for an insert into the list at `path`, as for [`map_fresh_dot`], and
+/// refused when the list has [`LIST_ELEMS_MAX`] elements (retired ones included) or its
+/// next `seq` would pass [`COUNTER_MAX`] (what a document reads back).
+fn map_list_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Result<Dot, OpError> {
+    if let Some(list) = map_list_at(map, path) {
+        if list.element_count() >= LIST_ELEMS_MAX {
+            return Err(OpError::TooBig {
+                what: "elements in a list, deleted ones included",
+                max: LIST_ELEMS_MAX as u64,
+            });
+        }
+        if list.rga().max_seq() >= COUNTER_MAX {
+            return Err(too_high_counter());
+        }
+    }
+    map_fresh_dot(map, path, author)
 }
 
 /// Refuses lengthening a causal length past [`COUNTER_MAX`] (what a document reads back).
@@ -2223,5 +2376,136 @@ mod tests {
             fold_queue(&[set.clone(), inc("y", 1), inc("y", 2), set.clone()]),
             [set.clone(), inc("y", 3), set]
         );
+    }
+
+    fn map_insert(path: Value, index: u64, v: Value) -> Value {
+        json!({"type": "crdt/map/insert", "key": "k", "path": path, "index": index, "value": v})
+    }
+
+    #[test]
+    fn parses_map_list_actions() {
+        let after = json!({"type": "crdt/map/insert", "key": "k", "path": ["todo"], "after": ["a", 2], "value": {"t": 1}});
+        let head =
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["todo"], "after": null, "value": 1});
+        let cut = json!({"type": "crdt/map/cut", "key": "k", "path": ["todo"], "index": 0});
+        let cut_id = json!({"type": "crdt/map/cut", "key": "k", "path": ["todo"], "id": ["a", 1]});
+        let todo = || vec!["todo".to_owned()];
+        for (v, change) in [
+            (
+                map_insert(json!(["todo"]), 3, json!([1])),
+                Change::MapInsert { path: todo(), index: 3, value: json!([1]) },
+            ),
+            (
+                after,
+                Change::MapInsertAfter {
+                    path: todo(),
+                    after: Some(Dot::new("a", 2)),
+                    value: json!({"t": 1}),
+                },
+            ),
+            (head, Change::MapInsertAfter { path: todo(), after: None, value: json!(1) }),
+            (cut, Change::MapCut { path: todo(), index: 0 }),
+            (cut_id, Change::MapCutId { path: todo(), id: Dot::new("a", 1) }),
+        ] {
+            let op = op(v.clone());
+            assert_eq!(op.change(), &change);
+            assert_eq!(op.kind(), Kind::Map);
+            assert_eq!(Value::Object(op.to_action()), v);
+        }
+        for v in [
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "index": 0}),
+            json!({"type": "crdt/map/insert", "key": "k", "index": 0, "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "index": -1, "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "after": ["a"], "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["x"], "after": ["a", 1], "index": 0, "value": 1}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["x"], "id": ["a", 0]}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["x"], "index": 0, "elem": 1}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        let big = Value::from("x".repeat(LIST_VALUE_BYTES_MAX));
+        assert_eq!(reason(map_insert(json!(["x"]), 0, big)), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_map_list_inserts_cuts_and_refuses_other_kinds() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_insert(json!(["doc", "todo"]), 0, json!("milk")), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"todo": {"list": {"elems": [["a", 1, null, 1, "milk"]], "deleted": []}}}}}, "context": {"vv": {"a": 1}}})
+        );
+        step(&mut state, map_insert(json!(["doc", "todo"]), 1, json!("eggs")), "b", 0);
+        let after = json!({"type": "crdt/map/insert", "key": "k", "path": ["doc", "todo"], "after": ["a", 1], "value": "tea"});
+        step(&mut state, after, "a", 0);
+        let list = |state: &Object| {
+            let Object::Map(map) = state else { panic!("a map") };
+            let todo = map.get(&"doc".to_owned()).and_then(|d| d.get(&"todo".to_owned()));
+            todo.map(|t| t.list().values().cloned().collect::<Vec<_>>()).unwrap_or_default()
+        };
+        assert_eq!(list(&state), [json!("milk"), json!("tea"), json!("eggs")]);
+        // A cut's delta is the element's dot in the context, nothing else (it takes no dot).
+        let d = step(
+            &mut state,
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "index": 1}),
+            "c",
+            0,
+        );
+        assert_eq!(d.to_json(), json!({"entries": {}, "context": {"vv": {}, "cloud": [["a", 2]]}}));
+        assert_eq!(list(&state), [json!("milk"), json!("eggs")]);
+        let cut_id = json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "id": ["a", 2]});
+        assert!(apply(&state, &op(cut_id), &node("c"), 0).unwrap().is_bottom(), "already cut");
+        let out_of_range = json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "index": 9});
+        assert!(apply(&state, &op(out_of_range), &node("c"), 0).unwrap().is_bottom());
+        for v in [
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["doc", "todo"], "id": ["z", 1]}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["doc", "todo"], "after": ["z", 1], "value": 1}),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["doc", "none"], "after": ["a", 1], "value": 1}),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtUnknownElement"), "{v}");
+        }
+        step(&mut state, map_set(json!(["title"]), json!("hi")), "a", 0);
+        for v in [
+            map_insert(json!(["title"]), 0, json!(1)),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["title"], "index": 0}),
+            map_insert(json!(["doc"]), 0, json!(1)),
+            map_set(json!(["doc", "todo"]), json!(1)),
+            map_count("inc", json!(["doc", "todo"]), 1),
+            map_set(json!(["doc", "todo", "x"]), json!(1)),
+            json!({"type": "crdt/map/insert", "key": "k", "path": ["title"], "after": ["a", 1], "value": 1}),
+            json!({"type": "crdt/map/cut", "key": "k", "path": ["title", "x"], "id": ["a", 1]}),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
+        }
+        // Removing the list's map retires its live elements: the key reads as absent, and a
+        // register may be written there; the tombstones stay in the document.
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["doc"]}), "c", 0);
+        let Object::Map(map) = &state else { panic!("a map") };
+        assert!(!map.contains_key(&"doc".to_owned()));
+        assert_eq!(list(&state), Vec::<Value>::new());
+        assert_eq!(map.retired_count(), 3);
+        step(&mut state, map_set(json!(["doc"]), json!(1)), "a", 0);
+        assert_eq!(Object::from_json(Kind::Map, &state.to_json()), Ok(state.clone()));
+        let d = step(&mut state, map_insert(json!(["doc2"]), 0, json!(1)), "a", 0);
+        assert!(!d.is_bottom());
+    }
+
+    #[test]
+    fn apply_map_list_refuses_past_the_dot_limit_with_retired_elements() {
+        use crate::{DotList, DotMap, DotStore, OrMap, Rga};
+        let elems = (1..=MAP_DOTS_MAX as u64).map(|i| (Dot::new("a", i), None, i, json!(i)));
+        let retired = (1..=MAP_DOTS_MAX as u64).map(|i| Dot::new("a", i));
+        let list = DotList::from_rga(Rga::from_parts(elems, retired).unwrap()).unwrap();
+        assert_eq!((list.dot_count(), list.retired_count()), (0, MAP_DOTS_MAX));
+        let value = MapValue::default().with_list(list);
+        let context = CausalContext::from_vv([(node("a"), MAP_DOTS_MAX as u64)].into_iter().collect());
+        let map = OrMap::from_parts(DotMap::from([("l".to_owned(), value)]), context).unwrap();
+        let state = Object::Map(Box::new(map));
+        let err = apply(&state, &op(map_set(json!(["x"]), json!(1))), &node("b"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
     }
 }

@@ -25,7 +25,7 @@
 //! vector to compare with: their delta is the whole state.
 
 use crate::delta::action;
-use crate::map::{DotFun, DotMap, DotSet, DotStore, Scalar, Value};
+use crate::map::{DotFun, DotList, DotMap, DotSet, DotStore, Scalar, Value};
 use crate::object::vv_from_json;
 use crate::ops::OpError;
 use crate::{Dot, Kind, MvRegister, Object, OrMap, Orswot, Rga, VersionVector};
@@ -186,12 +186,39 @@ fn entries_since<'a, K: Ord + Clone + 'a>(
                 counter.insert(dot.clone(), *totals);
             }
         }
-        let value = Value::from_parts(map, set, register).with_counter(counter);
+        let value = Value::from_parts(map, set, register).with_counter(counter).with_list(list_since(
+            value.list(),
+            seen,
+            kept,
+        ));
         if !DotStore::is_empty(&value) {
             out.insert(key.clone(), value);
         }
     }
     out
+}
+
+/// The elements of a map's list that a replica with `seen` may lack: the live ones whose
+/// dots `seen` does not cover (the covered ones go to `kept`), and every retired one. A
+/// retired element's dot stays in the context, which retires it at the receiver; its
+/// structure is shipped even when `seen` covers its dot, because a replica may have seen
+/// that dot only through a cut or a removal (a context) without the insert that carried the
+/// element, and needs it to place the elements inserted after it. So, as a standalone list
+/// ships its tombstones whole, a map ships its lists' retired elements whole.
+fn list_since(list: &DotList, seen: &VersionVector, kept: &mut BTreeSet<Dot>) -> DotList {
+    let mut elems = Vec::new();
+    let mut retired = Vec::new();
+    for e in list.elements() {
+        if e.deleted {
+            retired.push(e.id.clone());
+        } else if seen.contains(e.id) {
+            kept.insert(e.id.clone());
+            continue;
+        }
+        elems.push((e.id.clone(), e.origin.cloned(), e.seq, e.value.clone()));
+    }
+    // Parts taken from a list are valid parts; should they not be, ship nothing of it.
+    Rga::from_parts(elems, retired).ok().and_then(DotList::from_rga).unwrap_or_default()
 }
 
 /// The dots `seen` does not cover; the others go to `kept`.

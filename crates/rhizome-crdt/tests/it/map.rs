@@ -22,6 +22,16 @@ pub enum MapOp {
     Count(u8, i8),
     /// The same on the counter at a key of the nested map at a key.
     NestedCount(u8, u8, i8),
+    /// Insert a value into the list at a key, at an index among its live elements.
+    ListInsert(u8, u8, i64),
+    /// Insert a value into the list at a key right after its n-th element, retired ones
+    /// included (modulo their number; at the head when it has none).
+    ListInsertAfter(u8, u8, i64),
+    /// Delete the live element at an index of the list at a key.
+    ListCut(u8, u8),
+    /// Delete the n-th element (retired ones included, modulo their number) of the list at a
+    /// key by its id.
+    ListCutId(u8, u8),
 }
 
 impl MapOp {
@@ -35,7 +45,11 @@ impl MapOp {
             | MapOp::NestedAssign(k, ..)
             | MapOp::NestedRemove(k, _)
             | MapOp::Count(k, _)
-            | MapOp::NestedCount(k, ..) => *k,
+            | MapOp::NestedCount(k, ..)
+            | MapOp::ListInsert(k, ..)
+            | MapOp::ListInsertAfter(k, ..)
+            | MapOp::ListCut(k, _)
+            | MapOp::ListCutId(k, _) => *k,
         }
     }
 
@@ -46,6 +60,10 @@ impl MapOp {
             MapOp::Assign(..) => Some(Kind::Register),
             MapOp::NestedAssign(..) | MapOp::NestedRemove(..) | MapOp::NestedCount(..) => Some(Kind::Map),
             MapOp::Count(..) => Some(Kind::Counter),
+            MapOp::ListInsert(..)
+            | MapOp::ListInsertAfter(..)
+            | MapOp::ListCut(..)
+            | MapOp::ListCutId(..) => Some(Kind::List),
             MapOp::RemoveKey(_) => None,
         }
     }
@@ -61,8 +79,20 @@ fn map_op() -> impl Strategy<Value = MapOp> {
         2 => (key.clone(), small.clone(), 0i64..3).prop_map(|(k, s, v)| MapOp::NestedAssign(k, s, v)),
         1 => (key.clone(), small.clone()).prop_map(|(k, s)| MapOp::NestedRemove(k, s)),
         3 => (key.clone(), count()).prop_map(|(k, by)| MapOp::Count(k, by)),
-        1 => (key, small, count()).prop_map(|(k, s, by)| MapOp::NestedCount(k, s, by)),
+        1 => (key.clone(), small.clone(), count()).prop_map(|(k, s, by)| MapOp::NestedCount(k, s, by)),
+        2 => (key.clone(), 0u8..4, 0i64..9).prop_map(|(k, i, v)| MapOp::ListInsert(k, i, v)),
+        2 => (key.clone(), 0u8..8, 0i64..9).prop_map(|(k, i, v)| MapOp::ListInsertAfter(k, i, v)),
+        1 => (key.clone(), 0u8..4).prop_map(|(k, i)| MapOp::ListCut(k, i)),
+        1 => (key, 0u8..8).prop_map(|(k, i)| MapOp::ListCutId(k, i)),
     ]
+}
+
+/// The id of the n-th element (retired ones included, modulo their number) of the list at a
+/// key, if it holds one.
+fn nth_element(value: Option<ValueRef<'_, u8>>, n: u8) -> Option<rhizome_crdt::Dot> {
+    let list = value?.list()?;
+    let count = list.element_count();
+    list.elements().nth(usize::from(n) % count).map(|e| e.id.clone())
 }
 
 /// An increment (positive) or a decrement (negative), never 0.
@@ -99,6 +129,15 @@ fn try_mutate(map: &OrMap<u8>, node: &NodeId, op: &MapOp) -> Result<OrMap<u8>, M
             MapOp::NestedRemove(_, s) => v.map_remove(s),
             MapOp::Count(_, by) => count_by(v, dot, *by),
             MapOp::NestedCount(_, s, by) => v.map_update(*s, |inner| count_by(inner, dot, *by)),
+            MapOp::ListInsert(_, i, x) => v.list_insert(dot, usize::from(*i), (*x).into()),
+            MapOp::ListInsertAfter(_, i, x) => {
+                v.list_insert_after(dot, nth_element(Some(v), *i).as_ref(), (*x).into())
+            }
+            MapOp::ListCut(_, i) => v.list_delete(usize::from(*i)),
+            MapOp::ListCutId(_, i) => match nth_element(Some(v), *i) {
+                Some(id) => v.list_delete_id(&id),
+                None => v.list_delete(0),
+            },
             MapOp::RemoveKey(_) => unreachable!("handled below"),
         }
     };
@@ -141,6 +180,7 @@ fn update_of_held_kind(value: Option<&Value<u8>>, key: u8, fallback: Kind, x: u8
         }
         Kind::Map => MapOp::NestedAssign(key, x, i64::from(x)),
         Kind::Counter => MapOp::Count(key, x as i8 + 1),
+        Kind::List => MapOp::ListInsert(key, x, i64::from(x)),
     }
 }
 
@@ -233,21 +273,23 @@ proptest! {
     /// The counts the map keeps through joins equal a recount of its entries.
     #[test]
     fn kept_counts_equal_a_recount(replicas in 3usize..=4, steps in crate::delivery::steps(map_op(), 40)) {
-        fn recount<'a>(entries: impl Iterator<Item = (&'a u8, &'a Value<u8>)>, totals: &mut (usize, usize)) {
+        fn recount<'a>(entries: impl Iterator<Item = (&'a u8, &'a Value<u8>)>, totals: &mut (usize, usize, usize)) {
             for (_, value) in entries {
                 totals.0 += 1;
                 totals.1 += value.set_entries().map(|(_, dots)| dots.len()).sum::<usize>();
                 totals.1 += value.register_entries().count();
                 totals.1 += value.counter_entries().count();
+                totals.1 += value.list().live_count();
+                totals.2 += value.list().element_count() - value.list().live_count();
                 recount(value.entries(), totals);
             }
         }
         let mut run = Run::<OrMap<u8>>::new(replicas);
         run.play(&steps);
         for state in &run.states {
-            let mut totals = (0, 0);
+            let mut totals = (0, 0, 0);
             recount(state.iter(), &mut totals);
-            prop_assert_eq!((state.key_count(), state.dot_count()), totals);
+            prop_assert_eq!((state.key_count(), state.dot_count(), state.retired_count()), totals);
         }
     }
 
@@ -258,7 +300,7 @@ proptest! {
         replicas in 3usize..=4,
         steps in crate::delivery::steps(map_op(), 40),
         key in 0u8..3,
-        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map, Kind::Counter]),
+        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map, Kind::Counter, Kind::List]),
         x in 0u8..3,
     ) {
         let mut run = Run::<OrMap<u8>>::new(replicas);
@@ -281,13 +323,19 @@ proptest! {
             // The updater's new dot carries its running totals (observed-reset, see
             // `counter_inc`): what it counted before, plus this increment.
             MapOp::Count(..) => prop_assert_eq!(value.counter_value(), own_before + i128::from(x) + 1),
+            // Every element the removal saw is retired; the concurrent insert is live.
+            MapOp::ListInsert(..) => {
+                let values: Vec<_> = value.list().values().cloned().collect();
+                prop_assert_eq!(values, vec![serde_json::json!(x)]);
+            }
             MapOp::NestedCount(..) => {
                 let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.counter_value())).collect();
                 let own = own_count(own_nested_before.as_ref(), &node(1));
                 prop_assert_eq!(inner, vec![(x, own + i128::from(x) + 1)]);
             }
             _ => {
-                let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.values())).collect();
+                let inner: Vec<_> =
+                    value.entries().filter(|(_, v)| v.is_live()).map(|(k, v)| (*k, v.values())).collect();
                 prop_assert_eq!(inner, vec![(x, BTreeSet::from([&x_scalar]))]);
             }
         }
@@ -441,5 +489,95 @@ proptest! {
         for state in &run.states {
             prop_assert_eq!(state.get(&COUNTER_KEY).map_or(0, Value::counter_value), sum);
         }
+    }
+}
+
+/// The key of the list in [`removing_a_list_keeps_exactly_the_concurrent_inserts`], outside
+/// the keys `map_op` touches.
+const LIST_KEY: u8 = 4;
+
+/// An insert or a delete on the list at [`LIST_KEY`].
+fn list_op() -> impl Strategy<Value = MapOp> {
+    prop_oneof![
+        2 => (0u8..4, 0i64..9).prop_map(|(i, v)| MapOp::ListInsert(LIST_KEY, i, v)),
+        2 => (0u8..8, 0i64..9).prop_map(|(i, v)| MapOp::ListInsertAfter(LIST_KEY, i, v)),
+        1 => (0u8..4).prop_map(|i| MapOp::ListCut(LIST_KEY, i)),
+        1 => (0u8..8).prop_map(|i| MapOp::ListCutId(LIST_KEY, i)),
+    ]
+}
+
+/// The ids of the live elements of the list at [`LIST_KEY`], in list order.
+fn live_ids(map: &OrMap<u8>) -> Vec<rhizome_crdt::Dot> {
+    let Some(value) = map.get(&LIST_KEY) else { return Vec::new() };
+    value.list().elements().filter(|e| !e.deleted).map(|e| e.id.clone()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Replica 0 removes the list's key after seeing everything, while other replicas insert
+    /// concurrently (after any element, retired or not). Afterwards every replica holds the
+    /// same state, the list holds exactly the concurrent inserts, in the order they have in
+    /// the same history without the removal (a survivor inserted after a retired element
+    /// lands where its author put it), and the key is present exactly when one was made.
+    #[test]
+    fn removing_a_list_keeps_exactly_the_concurrent_inserts(
+        replicas in 3usize..=4,
+        steps in crate::delivery::steps(map_op(), 20),
+        edits in crate::delivery::steps(list_op(), 30),
+        concurrent in prop::collection::vec(prop::option::of((0u8..8, 0i64..9)), 3),
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&steps);
+        run.play(&edits);
+        run.sync_all();
+        let mut inserts = Vec::new();
+        for (r, insert) in concurrent.iter().enumerate().take(replicas - 1) {
+            if let Some((after, v)) = insert {
+                inserts.push(Step::Local(r + 1, MapOp::ListInsertAfter(LIST_KEY, *after, *v)));
+            }
+        }
+        let mut kept = Run::<OrMap<u8>>::new(replicas);
+        kept.states = run.states.clone();
+        kept.play(&inserts);
+        kept.sync_all();
+        let before: BTreeSet<_> = live_ids(&run.states[0]).into_iter().collect();
+        let expected: Vec<_> = live_ids(&kept.states[0]).into_iter().filter(|id| !before.contains(id)).collect();
+
+        let mut updates = vec![Step::Local(0, MapOp::RemoveKey(LIST_KEY))];
+        updates.extend(inserts.iter().cloned());
+        run.play(&updates);
+        run.sync_all();
+        for state in &run.states {
+            prop_assert_eq!(state, &run.states[0]);
+            prop_assert_eq!(live_ids(state), expected.clone());
+            prop_assert_eq!(state.contains_key(&LIST_KEY), !inserts.is_empty());
+            let kinds: Vec<_> = state.get(&LIST_KEY).into_iter().flat_map(Value::kinds).collect();
+            prop_assert_eq!(kinds, if inserts.is_empty() { vec![] } else { vec![Kind::List] });
+        }
+    }
+
+    /// The order a map's list reaches through joins in any delivery order is the order its
+    /// elements give a standalone list built from them alone (RGA's order is a function of
+    /// the elements; the map's dots are just their ids).
+    #[test]
+    fn a_list_in_a_map_orders_as_its_elements_alone(
+        replicas in 3usize..=4,
+        edits in crate::delivery::steps(list_op(), 40),
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&edits);
+        run.sync_all();
+        let state = &run.states[0];
+        let Some(value) = state.get(&LIST_KEY) else { return Ok(()) };
+        let list = value.list();
+        // Rebuilt from its parts alone, the list orders its elements the same way.
+        let parts = list.elements().map(|e| (e.id.clone(), e.origin.cloned(), e.seq, e.value.clone()));
+        let retired = list.elements().filter(|e| e.deleted).map(|e| e.id.clone());
+        let alone = rhizome_crdt::Rga::from_parts(parts.collect::<Vec<_>>(), retired.collect::<Vec<_>>());
+        prop_assert!(alone.is_ok());
+        let alone = alone.unwrap();
+        prop_assert_eq!(alone.to_vec(), list.values().cloned().collect::<Vec<_>>());
+        prop_assert_eq!(alone.len(), list.live_count());
     }
 }

@@ -48,7 +48,7 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 16] = [
+    const KNOWN: [&str; 18] = [
         "crdt/counter/inc",
         "crdt/counter/dec",
         "crdt/lww/set",
@@ -65,6 +65,8 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         "crdt/map/delete",
         "crdt/map/inc",
         "crdt/map/dec",
+        "crdt/map/insert",
+        "crdt/map/cut",
     ];
     const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
@@ -207,6 +209,11 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
             1 => (map_path(), elem()).prop_map(|(path, elem)| Change::MapDelete { path, elem }),
             2 => (map_path(), by()).prop_map(|(path, by)| Change::MapInc { path, by }),
             1 => (map_path(), by()).prop_map(|(path, by)| Change::MapDec { path, by }),
+            2 => (map_path(), list_index(), json(false))
+                .prop_map(|(path, index, value)| Change::MapInsert { path, index, value }),
+            1 => (map_path(), json(false))
+                .prop_map(|(path, value)| Change::MapInsertAfter { path, after: None, value }),
+            1 => (map_path(), list_index()).prop_map(|(path, index)| Change::MapCut { path, index }),
         ]
         .boxed(),
         other => panic!("no changes for {other} yet"),
@@ -364,15 +371,20 @@ pub fn value(object: &Object) -> Value {
 }
 
 /// A map's entries without their dots: `{key: {"map": …, "set": [elements], "reg": [values],
-/// "counter": value}}` (a counter's value as a string, 0 when there is none).
+/// "counter": value, "list": [live values]}}` (a counter's value as a string, 0 when there is
+/// none; `list` only where a list was).
 fn map_value<'a>(entries: impl Iterator<Item = (&'a String, &'a rhizome_crdt::Value<String>)>) -> Value {
     let entry = |value: &rhizome_crdt::Value<String>| {
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "map": map_value(value.entries()),
             "set": value.elements().map(Scalar::to_json).collect::<Vec<_>>(),
             "reg": value.values().into_iter().map(Scalar::to_json).collect::<Vec<_>>(),
             "counter": value.counter_value().to_string(),
-        })
+        });
+        if value.list().element_count() > 0 {
+            doc["list"] = value.list().values().cloned().collect();
+        }
+        doc
     };
     Value::Object(entries.map(|(key, value)| (key.clone(), entry(value))).collect())
 }

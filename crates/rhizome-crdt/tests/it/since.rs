@@ -81,6 +81,8 @@ fn held(object: &Object) -> Value {
     match object.kind() {
         Kind::Mv => doc["values"].clone(),
         Kind::Set | Kind::List => doc["elems"].clone(),
+        // A map's lists ship their retired elements whole (no dot is held there).
+        Kind::Map if matches!(object, Object::Map(map) if map.dot_count() == 0) => Value::Null,
         Kind::Map => doc["entries"].clone(),
         _ => Value::Null,
     }

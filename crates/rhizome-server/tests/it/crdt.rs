@@ -324,6 +324,97 @@ async fn two_clients_count_in_a_map_and_a_subscriber_sees_the_sum() -> Result<()
     Ok(())
 }
 
+/// The map object `deltas` join into, and the live values of the list at `path` in it.
+fn map_list(deltas: &[Value], path: &[&str]) -> Result<(rhizome_crdt::Object, Vec<Value>)> {
+    use rhizome_crdt::{Kind, Object};
+    let mut state = Object::bottom(Kind::Map);
+    for delta in deltas {
+        state.join(&Object::from_json(Kind::Map, &delta["delta"])?)?;
+    }
+    let Object::Map(map) = &state else { anyhow::bail!("not a map") };
+    let (first, rest) = path.split_first().context("a path")?;
+    let mut value = map.get(&first.to_string());
+    for key in rest {
+        value = value.and_then(|v| v.get(&key.to_string()));
+    }
+    let values = value.map(|v| v.list().values().cloned().collect()).unwrap_or_default();
+    Ok((state, values))
+}
+
+#[tokio::test]
+async fn two_clients_insert_into_a_list_in_a_map_and_a_subscriber_converges() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    assert!(subscribe_object(&mut bob, "boards/1").await?.is_empty(), "a new object has no state");
+    let mut alice = server.login("alice:c1:t1").await?;
+    let mut carol = server.login("carol:c3:t1").await?;
+    let path = json!(["board", "cards"]);
+    let insert = |index: u64, value: Value| json!({"type": "crdt/map/insert", "key": "boards/1", "path": path, "index": index, "value": value});
+    let after = |after: Value, value: Value| json!({"type": "crdt/map/insert", "key": "boards/1", "path": path, "after": after, "value": value});
+    // Alice appends a0..a9; Carol writes c0..c9, each after Alice's first card (an element
+    // id names it wherever it is), so the operations interleave on the server.
+    let id = alice.send_action(insert(0, json!({"title": "a0"}))).await?;
+    alice.wait_processed(&id).await?;
+    let first = json!(["alice:c1:t1", 1]);
+    let mut ids = Vec::new();
+    for i in 1..10 {
+        ids.push((0, alice.send_action(insert(u64::MAX, json!({"title": format!("a{i}")}))).await?));
+        ids.push((1, carol.send_action(after(first.clone(), json!(format!("c{i}")))).await?));
+    }
+    for (who, id) in ids {
+        let client = if who == 0 { &mut alice } else { &mut carol };
+        client.wait_processed(&id).await?;
+    }
+
+    let mut live = Vec::new();
+    while map_list(&live, &["board", "cards"])?.1.len() < 19 {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    let (state, cards) = map_list(&live, &["board", "cards"])?;
+    // Carol's cards follow Alice's first one, latest first (RGA: each is placed right after
+    // it); Alice's appended cards come after them, in order.
+    let mut expected = vec![json!({"title": "a0"})];
+    expected.extend((1..10).rev().map(|i| json!(format!("c{i}"))));
+    expected.extend((1..10).map(|i| json!({"title": format!("a{i}")})));
+    assert_eq!(cards, expected);
+
+    // A new subscriber gets the same state in one delta.
+    let mut dave = server.login("dave:c4:t1").await?;
+    let snapshot = subscribe_object(&mut dave, "boards/1").await?;
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(map_list(&snapshot, &["board", "cards"])?.0, state);
+
+    // Refusals: another kind where the list is, an unknown element.
+    let set = json!({"type": "crdt/map/set", "key": "boards/1", "path": ["board", "cards"], "value": 1});
+    let id = alice.send_action(set).await?;
+    assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtTypeMismatch");
+    let id = alice.send_action(after(json!(["nobody", 1]), json!(1))).await?;
+    assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtUnknownElement");
+
+    // Carol cuts Alice's first card by id; then the board is removed and Alice adds a card:
+    // only that one is left.
+    let cut = json!({"type": "crdt/map/cut", "key": "boards/1", "path": ["board", "cards"], "id": first});
+    let id = carol.send_action(cut).await?;
+    carol.wait_processed(&id).await?;
+    while map_list(&live, &["board", "cards"])?.1.len() != 18 {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    let remove = json!({"type": "crdt/map/remove", "key": "boards/1", "path": ["board"]});
+    let id = carol.send_action(remove).await?;
+    carol.wait_processed(&id).await?;
+    let id = alice.send_action(insert(0, json!("fresh"))).await?;
+    alice.wait_processed(&id).await?;
+    while map_list(&live, &["board", "cards"])?.1 != [json!("fresh")] {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
 /// Subscribes to the object at `key` with `seen`; returns the `crdt/delta` actions received
 /// with the answer.
 async fn subscribe_seen(c: &mut Client, key: &str, seen: &Value) -> Result<Vec<Value>> {
