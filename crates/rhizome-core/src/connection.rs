@@ -117,8 +117,10 @@ pub struct Connection {
     config: Arc<HandshakeConfig>,
     limits: Arc<Limits>,
     phase: Phase,
-    headers: Map<String, Value>,
-    queued: VecDeque<Message>,
+    /// The Logux headers the client sent before authentication (boxed: most send none).
+    headers: Option<Box<Map<String, Value>>>,
+    /// Messages received before authentication, replayed after it (boxed: usually none).
+    queued: Option<Box<VecDeque<Message>>>,
     opened_ms: i64,
     last_activity_ms: i64,
     ping_sent_ms: Option<i64>,
@@ -131,8 +133,8 @@ impl Connection {
             config,
             limits,
             phase: Phase::AwaitingConnect,
-            headers: Map::new(),
-            queued: VecDeque::new(),
+            headers: None,
+            queued: None,
             opened_ms: now_ms,
             last_activity_ms: now_ms,
             ping_sent_ms: None,
@@ -159,7 +161,7 @@ impl Connection {
 
     fn on_message(&mut self, message: Message, now_ms: i64, out: &mut Vec<Output>) {
         match message {
-            Message::Headers(h) => self.headers = h,
+            Message::Headers(h) => self.headers = Some(Box::new(h)),
             Message::Error { .. } => {}
             Message::Debug(_) => {}
             Message::Connect { protocol, node_id, synced, options } => {
@@ -183,7 +185,8 @@ impl Connection {
             other => match &self.phase {
                 Phase::Authenticated { .. } => self.on_authenticated_message(other, out),
                 _ => {
-                    if self.queued.len() >= self.limits.pre_auth_messages_max {
+                    let queued = self.queued.get_or_insert_with(Box::default);
+                    if queued.len() >= self.limits.pre_auth_messages_max {
                         return self.fail(
                             encode_error(
                                 "wrong-format",
@@ -193,7 +196,7 @@ impl Connection {
                             out,
                         );
                     }
-                    self.queued.push_back(other);
+                    queued.push_back(other);
                 }
             },
         }
@@ -230,11 +233,10 @@ impl Connection {
             return self.fail(encode_error("wrong-credentials", None), CloseReason::Refused, out);
         }
         let client_id = node_id.client_id();
-        let headers = if self.headers.is_empty() {
+        let headers = match self.headers.take() {
+            Some(headers) if !headers.is_empty() => Arc::new(*headers),
             // Most clients send no headers: they all share one empty map.
-            NO_HEADERS.clone()
-        } else {
-            Arc::new(std::mem::take(&mut self.headers))
+            _ => NO_HEADERS.clone(),
         };
         let codec = Codec { base_time: 0, local: self.config.server_node.clone(), remote: node_id.clone() };
         let identity = Identity {
@@ -288,7 +290,7 @@ impl Connection {
         };
         self.last_activity_ms = now_ms;
         out.push(Output::Authenticated(identity));
-        while let Some(message) = self.queued.pop_front() {
+        for message in self.queued.take().map(|q| *q).unwrap_or_default() {
             self.on_authenticated_message(message, out);
             if matches!(self.phase, Phase::Closed) {
                 return;
@@ -338,7 +340,7 @@ impl Connection {
                 }
                 out.push(Output::Sync { added, actions });
             }
-            Message::Headers(h) => self.headers = h,
+            Message::Headers(h) => self.headers = Some(Box::new(h)),
             _ => {}
         }
     }
