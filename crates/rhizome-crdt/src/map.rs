@@ -1,7 +1,7 @@
 //! Dot stores (DotSet, DotFun, DotMap) with their causal join, and the observed-remove map
 //! built from them: a JSON-document shape whose values are nested maps, sets, multi-value
-//! registers, causal counters and RGA lists ([`DotList`]), all sharing the map's one causal
-//! context (Almeida, Shoker, Baquero 2018, section 6).
+//! registers, last-writer-wins registers ([`LwwEntry`]), causal counters and RGA lists
+//! ([`DotList`]), all sharing the map's one causal context (Almeida, Shoker, Baquero 2018, section 6).
 //!
 //! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
 //! context every dot the replica has seen. A dot the context has seen but the store lacks was
@@ -852,6 +852,8 @@ pub enum Kind {
     Counter,
     /// An ordered list of JSON values (RGA, see [`DotList`]).
     List,
+    /// A last-writer-wins register of any JSON value (see [`ValueRef::lww_put`]).
+    Lww,
 }
 
 impl fmt::Display for Kind {
@@ -862,6 +864,7 @@ impl fmt::Display for Kind {
             Kind::Register => "register",
             Kind::Counter => "counter",
             Kind::List => "list",
+            Kind::Lww => "last-writer-wins register",
         })
     }
 }
@@ -908,6 +911,9 @@ pub struct Value<K> {
     counter: DotFun<PnEntry>,
     /// The list: its elements, live and retired (see [`DotList`]).
     list: DotList,
+    /// The last-writer-wins register: each write not yet superseded, under its dot (one,
+    /// or several after concurrent writes; reads pick the winner, see [`Value::lww_value`]).
+    lww: DotFun<LwwEntry>,
 }
 
 impl<K> Default for Value<K> {
@@ -918,6 +924,90 @@ impl<K> Default for Value<K> {
             register: DotFun::new(),
             counter: DotFun::new(),
             list: DotList::new(),
+            lww: DotFun::new(),
+        }
+    }
+}
+
+/// One write of a last-writer-wins register in a map: the value and the time its server
+/// stamped it with. Among concurrent writes held at one path, the greatest `(time_ms, dot)`
+/// wins ([`Value::lww_value`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LwwEntry {
+    /// The write's time, in milliseconds since the Unix epoch (see [`ValueRef::lww_put`]).
+    pub time_ms: i64,
+    /// The value, any JSON.
+    pub value: serde_json::Value,
+}
+
+// The dot-fun keeps the greater entry of a disputed dot (see `DotFun`), which needs an order.
+// Only forged or corrupt deltas dispute a dot, so any deterministic total order consistent
+// with equality will do: the time, then the value (see `json_cmp`).
+impl PartialOrd for LwwEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LwwEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.time_ms.cmp(&other.time_ms).then_with(|| json_cmp(&self.value, &other.value))
+    }
+}
+
+/// A total order on JSON values consistent with their equality: by type (null, booleans,
+/// numbers, strings, arrays, objects), then by content; objects by their entries in key order.
+fn json_cmp(a: &serde_json::Value, b: &serde_json::Value) -> Ordering {
+    use serde_json::Value as Json;
+    fn rank(v: &Json) -> u8 {
+        match v {
+            Json::Null => 0,
+            Json::Bool(_) => 1,
+            Json::Number(_) => 2,
+            Json::String(_) => 3,
+            Json::Array(_) => 4,
+            Json::Object(_) => 5,
+        }
+    }
+    match (a, b) {
+        (Json::Bool(x), Json::Bool(y)) => x.cmp(y),
+        (Json::Number(x), Json::Number(y)) => number_cmp(x, y),
+        (Json::String(x), Json::String(y)) => x.cmp(y),
+        (Json::Array(x), Json::Array(y)) => {
+            let by_item = x.iter().zip(y).map(|(x, y)| json_cmp(x, y)).find(|o| o.is_ne());
+            by_item.unwrap_or_else(|| x.len().cmp(&y.len()))
+        }
+        (Json::Object(x), Json::Object(y)) => {
+            fn sorted(m: &serde_json::Map<String, Json>) -> Vec<(&String, &Json)> {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_unstable_by(|p, q| p.0.cmp(q.0));
+                entries
+            }
+            let (x, y) = (sorted(x), sorted(y));
+            let by_entry = x
+                .iter()
+                .zip(&y)
+                .map(|((kx, vx), (ky, vy))| kx.cmp(ky).then_with(|| json_cmp(vx, vy)))
+                .find(|o| o.is_ne());
+            by_entry.unwrap_or_else(|| x.len().cmp(&y.len()))
+        }
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// Numbers as serde_json tells them apart: unsigned integers, then negative ones, then floats
+/// (never NaN in JSON, so `partial_cmp` is total on them).
+fn number_cmp(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
+    match (x.as_u64(), y.as_u64(), x.as_i64(), y.as_i64()) {
+        (Some(x), Some(y), ..) => x.cmp(&y),
+        (Some(_), None, ..) => Ordering::Less,
+        (None, Some(_), ..) => Ordering::Greater,
+        (None, None, Some(x), Some(y)) => x.cmp(&y),
+        (None, None, Some(_), None) => Ordering::Less,
+        (None, None, None, Some(_)) => Ordering::Greater,
+        (None, None, None, None) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
         }
     }
 }
@@ -944,6 +1034,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
             && self.register.is_empty()
             && self.counter.is_empty()
             && DotStore::is_empty(&self.list)
+            && self.lww.is_empty()
     }
 
     fn dots_into(&self, out: &mut Vec<Dot>) {
@@ -952,6 +1043,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.register.dots_into(out);
         self.counter.dots_into(out);
         self.list.dots_into(out);
+        self.lww.dots_into(out);
     }
 
     fn dot_count(&self) -> usize {
@@ -960,6 +1052,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
             + self.register.dot_count()
             + self.counter.dot_count()
             + self.list.dot_count()
+            + self.lww.dot_count()
     }
 
     fn retired_count(&self) -> usize {
@@ -983,6 +1076,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.register.join_store(context, &other.register, other_context, changes);
         self.counter.join_store(context, &other.counter, other_context, changes);
         self.list.join_store(context, &other.list, other_context, changes);
+        self.lww.join_store(context, &other.lww, other_context, changes);
     }
 }
 
@@ -990,7 +1084,7 @@ impl<K: Ord + Clone> Value<K> {
     /// The kinds this value holds: one, or several after concurrent writes of different kinds.
     /// None when it holds only retired list elements: the key then reads as absent.
     pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
-        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter, Kind::List]
+        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter, Kind::List, Kind::Lww]
             .into_iter()
             .filter(|kind| self.holds(*kind))
     }
@@ -1004,6 +1098,7 @@ impl<K: Ord + Clone> Value<K> {
             Kind::Register => !self.register.is_empty(),
             Kind::Counter => !self.counter.is_empty(),
             Kind::List => self.list.live_count() > 0,
+            Kind::Lww => !self.lww.is_empty(),
         }
     }
 
@@ -1091,7 +1186,7 @@ impl<K: Ord + Clone> Value<K> {
         set: DotMap<Scalar, DotSet>,
         register: DotFun<Scalar>,
     ) -> Value<K> {
-        Value { map, set, register, counter: DotFun::new(), list: DotList::new() }
+        Value { map, set, register, counter: DotFun::new(), list: DotList::new(), lww: DotFun::new() }
     }
 
     /// The value with `counter` as its counter store (for values read back from storage or
@@ -1103,6 +1198,24 @@ impl<K: Ord + Clone> Value<K> {
     /// The value with `list` as its list store (as [`Value::with_counter`]).
     pub fn with_list(self, list: DotList) -> Value<K> {
         Value { list, ..self }
+    }
+
+    /// The value with `lww` as its last-writer-wins register store (as [`Value::with_counter`]).
+    pub fn with_lww(self, lww: DotFun<LwwEntry>) -> Value<K> {
+        Value { lww, ..self }
+    }
+
+    /// The last-writer-wins register's writes held (one, or several after concurrent writes),
+    /// in dot order.
+    pub fn lww_entries(&self) -> impl Iterator<Item = (&Dot, &LwwEntry)> {
+        self.lww.iter()
+    }
+
+    /// The last-writer-wins register's value: the held write with the greatest
+    /// `(time_ms, dot)` (`None` when the value holds no such register).
+    pub fn lww_value(&self) -> Option<&serde_json::Value> {
+        let winner = self.lww.iter().max_by(|(a, x), (b, y)| (x.time_ms, *a).cmp(&(y.time_ms, *b)));
+        winner.map(|(_, entry)| &entry.value)
     }
 
     /// Checks the value and everything nested in it for [`OrMap::from_parts`]: no empty store
@@ -1118,10 +1231,12 @@ impl<K: Ord + Clone> Value<K> {
         let counter_ok = self.counter.iter().all(|(dot, e)| (e.p, e.n) != (0, 0) && fresh(dot));
         // Every element, retired or not, was inserted: its dot is in the context.
         let list_ok = self.list.elements().all(|e| fresh(e.id));
+        let lww_ok = self.lww.iter().all(|(dot, _)| fresh(dot));
         sets_ok
             && register_ok
             && counter_ok
             && list_ok
+            && lww_ok
             && self.map.values().all(|value| value.check_parts(context, seen))
     }
 }
@@ -1291,6 +1406,34 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         Ok(ValueDelta { value: Value { counter, ..Value::default() }, context: own.into_iter().collect() })
     }
 
+    /// Writes `value` into the last-writer-wins register with the fresh `dot`, at
+    /// `max(time_ms, the greatest time among the writes it supersedes)`: it supersedes every
+    /// write held here (observed), so its stamp is never below theirs, and a write always
+    /// supersedes what it saw whatever the writer's clock did. Writes made concurrently stay
+    /// beside it until a later write supersedes them; reads pick the greatest `(time_ms, dot)`
+    /// ([`Value::lww_value`]). A dot already seen gives the bottom delta.
+    pub fn lww_put(
+        &self,
+        dot: Dot,
+        time_ms: i64,
+        value: serde_json::Value,
+    ) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Lww)?;
+        if self.context.contains(&dot) {
+            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
+        }
+        let mut observed = Vec::new();
+        let mut time_ms = time_ms;
+        for (held, entry) in self.value.into_iter().flat_map(|v| v.lww.iter()) {
+            observed.push(held.clone());
+            time_ms = time_ms.max(entry.time_ms);
+        }
+        observed.push(dot.clone());
+        let mut lww = DotFun::new();
+        lww.insert(dot, LwwEntry { time_ms, value });
+        Ok(ValueDelta { value: Value { lww, ..Value::default() }, context: observed.into_iter().collect() })
+    }
+
     /// The list at this key, or `None` when it holds none (retired elements count: an
     /// insert may name one as `after`).
     pub fn list(&self) -> Option<&'a DotList> {
@@ -1406,7 +1549,7 @@ fn map_remove<K: Ord + Clone>(
 }
 
 /// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets,
-/// multi-value registers, causal counters and lists, with one causal context for the whole
+/// multi-value registers, last-writer-wins registers, causal counters and lists, with one causal context for the whole
 /// document.
 ///
 /// A key is present while its value holds a dot. Removing a key retires exactly the dots

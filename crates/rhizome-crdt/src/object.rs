@@ -25,9 +25,11 @@
 //!   […]}}` with only its non-empty parts (one, or several after concurrent writes of different
 //!   kinds at one key): a nested map, an add-wins set's elements with their dots, a
 //!   multi-value register's values with their dots, a causal counter's dots with the totals of
-//!   increments `p` and decrements `m` each carries (not both 0), and a list as the list
+//!   increments `p` and decrements `m` each carries (not both 0), a list as the list
 //!   document writes it, its element ids being dots of the map's context and `deleted` naming
-//!   its retired elements (see [`crate::DotList`]); the context as for mv.
+//!   its retired elements (see [`crate::DotList`]), and `"lww": [["<node>", n, ms, <JSON>], …]`,
+//!   a last-writer-wins register's writes held (one, or several concurrent ones) with their
+//!   dots and times, each value any JSON up to [`VALUE_BYTES_MAX`] bytes; the context as for mv.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -35,9 +37,9 @@
 
 use crate::ops::OpError;
 use crate::{
-    CausalContext, ClSet, Dot, DotFun, DotList, DotMap, DotSet, Lattice, ListPartsError, LwwRegister,
-    MvRegister, NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp, Value as MapValue, ValueKind,
-    VersionVector,
+    CausalContext, ClSet, Dot, DotFun, DotList, DotMap, DotSet, Lattice, ListPartsError, LwwEntry,
+    LwwRegister, MvRegister, NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp,
+    Value as MapValue, ValueKind, VersionVector,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -115,7 +117,7 @@ pub enum Kind {
     /// An ordered list (RGA) of JSON values (`"list"`).
     List,
     /// An observed-remove map of nested maps, add-wins sets and multi-value registers of JSON
-    /// scalars, and causal counters (`"map"`).
+    /// scalars, last-writer-wins registers of any JSON, causal counters and lists (`"map"`).
     Map,
 }
 
@@ -507,6 +509,12 @@ fn map_value_to_json(value: &MapValue<String>) -> Value {
     if value.list().element_count() > 0 {
         doc.insert("list".to_owned(), list_to_json(value.list().rga()));
     }
+    if value.holds(ValueKind::Lww) {
+        let lww = value
+            .lww_entries()
+            .map(|(dot, e)| json!([dot.node.as_str(), dot.counter, e.time_ms, e.value.clone()]));
+        doc.insert("lww".to_owned(), lww.collect());
+    }
     Value::Object(doc)
 }
 
@@ -559,7 +567,7 @@ fn map_entries_from_json(
         check_map_key(key)?;
         let parts = object_with(
             value_doc,
-            &["map", "set", "reg", "counter", "list"],
+            &["map", "set", "reg", "counter", "list", "lww"],
             "a map value must be an object",
         )?;
         let nested = match parts.get("map") {
@@ -620,21 +628,39 @@ fn map_entries_from_json(
                     .ok_or(OpError::WrongShape("a map list's deleted element is not among its elems"))?
             }
         };
+        let mut lww = DotFun::new();
+        for entry in map_part(parts, "lww")? {
+            let [node, counter_doc, time_ms, value] = entry.as_array().map(Vec::as_slice).unwrap_or_default()
+            else {
+                return Err(OpError::WrongShape("a map lww entry must be [node, counter, time, value]"));
+            };
+            totals.add_dot()?;
+            let dot = dot_from_json(node, counter_doc)?;
+            let Some(time_ms) = time_ms.as_i64() else {
+                return Err(OpError::WrongShape("an lww time must be an integer of milliseconds"));
+            };
+            check_value_size(value)?;
+            if lww.get(&dot).is_some() {
+                return Err(OpError::WrongShape("a map lww register holds two writes under one dot"));
+            }
+            lww.insert(dot, LwwEntry { time_ms, value: value.clone() });
+        }
         // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
         let value = MapValue::from_parts(nested, set.into_iter().collect(), register)
             .with_counter(counter)
-            .with_list(list);
+            .with_list(list)
+            .with_lww(lww);
         entries.insert(key.clone(), value);
     }
     Ok(entries)
 }
 
-/// The `set`, `reg` or `counter` array of a map value; empty when absent.
+/// The `set`, `reg`, `counter` or `lww` array of a map value; empty when absent.
 fn map_part<'a>(parts: &'a Map<String, Value>, name: &str) -> Result<&'a [Value], OpError> {
     match parts.get(name) {
         None => Ok(&[]),
         Some(Value::Array(part)) => Ok(part),
-        Some(_) => Err(OpError::WrongShape("a map value's set, reg and counter must be arrays")),
+        Some(_) => Err(OpError::WrongShape("a map value's set, reg, counter and lww must be arrays")),
     }
 }
 

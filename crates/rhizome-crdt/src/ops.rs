@@ -19,6 +19,7 @@
 //! | `crdt/map/inc`, `crdt/map/dec` | `key`, `path`, `by` (an integer from 1 to 2^53, default 1) |
 //! | `crdt/map/insert` | `key`, `path`, `index` (integer ≥ 0) or `after` (an element id `[node, n]` or `null`), `value` (any JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
 //! | `crdt/map/cut` | `key`, `path`, `index` (integer ≥ 0) or `id` (an element id `[node, n]`) |
+//! | `crdt/map/put` | `key`, `path`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes): a last-writer-wins register |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -309,6 +310,14 @@ pub enum Change {
         /// The element's id.
         id: Dot,
     },
+    /// `crdt/map/put`: write `value` into the last-writer-wins register at `path` (see
+    /// [`crate::ValueRef::lww_put`]), creating the nested maps on the way.
+    MapPut {
+        /// The register's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
 }
 
 impl Change {
@@ -333,6 +342,7 @@ impl Change {
             | Change::MapInsertAfter { .. }
             | Change::MapCut { .. }
             | Change::MapCutId { .. } => Kind::Map,
+            Change::MapPut { .. } => Kind::Map,
         }
     }
 
@@ -357,6 +367,7 @@ impl Change {
             Change::MapDec { .. } => "crdt/map/dec",
             Change::MapInsert { .. } | Change::MapInsertAfter { .. } => "crdt/map/insert",
             Change::MapCut { .. } | Change::MapCutId { .. } => "crdt/map/cut",
+            Change::MapPut { .. } => "crdt/map/put",
         }
     }
 
@@ -382,6 +393,7 @@ impl Change {
             Change::MapInsertAfter { .. } => &["type", "key", "path", "after", "value"],
             Change::MapCut { .. } => &["type", "key", "path", "index"],
             Change::MapCutId { .. } => &["type", "key", "path", "id"],
+            Change::MapPut { .. } => &["type", "key", "path", "value"],
         }
     }
 
@@ -424,6 +436,10 @@ impl Change {
                 check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")
             }
             Change::MapCut { path, .. } | Change::MapCutId { path, .. } => check_path(path),
+            Change::MapPut { path, value } => {
+                check_path(path)?;
+                check_value_size(value)
+            }
         }
     }
 }
@@ -579,6 +595,10 @@ impl Op {
                 action.insert("path".to_owned(), path.clone().into());
                 action.insert("id".to_owned(), dot_to_json(id))
             }
+            Change::MapPut { path, value } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("value".to_owned(), value.clone())
+            }
         };
         action
     }
@@ -631,6 +651,7 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
             Change::MapCutId { path: path_field(action)?, id: id_field(action)? }
         }
         "crdt/map/cut" => Change::MapCut { path: path_field(action)?, index: index_field(action)? },
+        "crdt/map/put" => Change::MapPut { path: path_field(action)?, value: value_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -741,6 +762,10 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   element's dots the server holds; `map/remove` retires every dot under the entry (a
 ///   concurrent write inside it survives). A path through, or ending at, another kind of
 ///   value is refused (`crdtTypeMismatch`); a path that does not exist removes nothing.
+///   `map/put` writes under `state.context().next_dot(author)` at time
+///   `max(time_ms, the greatest time among the writes it supersedes)` and supersedes every
+///   write the server holds at `path` ([`crate::ValueRef::lww_put`]), so an author's write
+///   always supersedes its own earlier one (and anyone's it saw) whatever its clock did.
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
@@ -836,6 +861,11 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
                 return Err(OpError::UnknownElement(id.clone()));
             }
             Ok(Object::List(Box::new(list.delete_id(id))))
+        }
+        (Object::Map(map), Change::MapPut { path, value }) => {
+            let dot = map_fresh_dot(map, path, author)?;
+            let delta = at_path(map, path, &|v| v.lww_put(dot.clone(), time_ms, value.clone()))?;
+            Ok(Object::Map(Box::new(delta)))
         }
         (Object::Map(map), change) => {
             apply_map(map, change, author).map(|delta| Object::Map(Box::new(delta)))
@@ -1162,7 +1192,11 @@ fn too_high_counter() -> OpError {
 ///   path becomes one `map/inc` and one `map/dec`, as for counters: the author's totals
 ///   there end the same (under fewer dots); the first operation of the run meets the same
 ///   checks as the folded one, and the later ones add no key and no dot (only a dot counter
-///   or cloud at its limit could refuse them). Everything else is kept: `remove`, `add` and `delete` act on
+///   or cloud at its limit could refuse them). A `map/put` is dropped when the next operation
+///   kept is a `map/put` to the same path: the later one supersedes every write the earlier
+///   one did or superseded, at a time no lower (the earlier write's time is among those it
+///   supersedes), and is refused exactly when the earlier one would be on the same state.
+///   Everything else is kept: `remove`, `add` and `delete` act on
 ///   what the server holds when it applies them, as for sets.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
@@ -1210,7 +1244,8 @@ fn fold_map_run(run: &[Op], folded: &mut Vec<Op>) {
             rest = tail;
             continue;
         }
-        while folded.len() > start && folded.last().is_some_and(|earlier| map_set_covers(op, earlier)) {
+        let covers = |earlier: &Op| map_set_covers(op, earlier) || map_put_covers(op, earlier);
+        while folded.len() > start && folded.last().is_some_and(covers) {
             folded.pop();
         }
         folded.push(op.clone());
@@ -1273,6 +1308,15 @@ fn map_set_covers(later: &Op, earlier: &Op) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `later` and `earlier` are both `map/put` to the same path (the later one then
+/// supersedes the earlier one and everything it superseded).
+fn map_put_covers(later: &Op, earlier: &Op) -> bool {
+    matches!(
+        (&later.change, &earlier.change),
+        (Change::MapPut { path: later_path, .. }, Change::MapPut { path, .. }) if later_path == path
+    )
 }
 
 /// Whether the mv write `later` supersedes every value the earlier write `earlier` did.
