@@ -1909,4 +1909,83 @@ mod tests {
         assert_ne!(Scalar::float(0.0), Scalar::float(-0.0));
         assert_eq!(Scalar::Int(1).as_f64(), None);
     }
+
+    #[test]
+    fn json_order_is_total_and_agrees_with_equality() {
+        use serde_json::json;
+        let values = [
+            json!(null),
+            json!(false),
+            json!(true),
+            json!(0),
+            json!(7),
+            json!(u64::MAX),
+            json!(-3),
+            json!(-0.0),
+            json!(0.0),
+            json!(1.5),
+            json!(""),
+            json!("a"),
+            json!([]),
+            json!([1]),
+            json!([1, 2]),
+            json!({}),
+            json!({"a": 1}),
+            json!({"a": 1, "b": 2}),
+            json!({"b": 0}),
+        ];
+        for a in &values {
+            for b in &values {
+                assert_eq!(json_cmp(a, b) == Ordering::Equal, a == b, "{a} vs {b}");
+                assert_eq!(json_cmp(a, b), json_cmp(b, a).reverse(), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_put_supersedes_what_it_saw_and_reads_pick_the_greatest_time_and_dot() {
+        use serde_json::json;
+        let mut doc = OrMap::new();
+        let d = doc.update("x", |v| v.lww_put(next(&doc, "a"), 10, json!({"v": 1}))).unwrap();
+        apply(&mut doc, &d);
+        // Concurrent: b did not see a's write. Same time: the greater dot, b's, wins.
+        let concurrent = OrMap::new().update("x", |v| v.lww_put(Dot::new("b", 1), 10, json!([2]))).unwrap();
+        apply(&mut doc, &concurrent);
+        let x = doc.get(&"x").unwrap();
+        assert_eq!((x.lww_entries().count(), x.lww_value()), (2, Some(&json!([2]))));
+        assert_eq!(x.kinds().collect::<Vec<_>>(), [Kind::Lww]);
+        // A put that saw both replaces both, at no lower time than theirs.
+        let d = doc.update("x", |v| v.lww_put(next(&doc, "a"), 3, json!("three"))).unwrap();
+        apply(&mut doc, &d);
+        let x = doc.get(&"x").unwrap();
+        let entries: Vec<_> = x.lww_entries().map(|(dot, e)| (dot.clone(), e.time_ms)).collect();
+        assert_eq!(entries, [(Dot::new("a", 2), 10)]);
+        assert_eq!(x.lww_value(), Some(&json!("three")));
+        // The same put again (a seen dot) changes nothing; another kind is refused.
+        let again = doc.update("x", |v| v.lww_put(Dot::new("a", 1), 99, json!(0))).unwrap();
+        assert!(again.is_bottom());
+        let err = doc.update("x", |v| v.assign(next(&doc, "a"), 1i64)).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Register, found: Kind::Lww });
+        let err = doc.update("x", |v| v.map_remove(&"y")).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Map, found: Kind::Lww });
+    }
+
+    #[test]
+    fn removing_a_key_keeps_a_concurrent_put_only() {
+        use serde_json::json;
+        let mut a = OrMap::new();
+        let d = a.update("x", |v| v.lww_put(next(&a, "a"), 50, json!(1))).unwrap();
+        apply(&mut a, &d);
+        let mut b = a.clone();
+        let removal = a.remove(&"x");
+        apply(&mut a, &removal);
+        let put = b.update("x", |v| v.lww_put(next(&b, "b"), 1, json!({"late": true}))).unwrap();
+        apply(&mut b, &put);
+        a.join(&b);
+        b.join(&removal);
+        assert_eq!(a, b);
+        let x = a.get(&"x").unwrap();
+        assert_eq!(x.lww_entries().count(), 1);
+        assert_eq!(x.lww_value(), Some(&json!({"late": true})));
+    }
 }

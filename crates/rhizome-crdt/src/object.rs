@@ -1395,4 +1395,58 @@ mod tests {
         let doc = json!({"entries": {"k": {"list": {"elems": many, "deleted": deleted}}}, "context": ctx});
         assert_eq!(reason(Kind::Map, doc), "crdtTooBig", "retired elements count as dots");
     }
+
+    #[test]
+    fn map_lww_document() {
+        use crate::LwwEntry;
+        let mut m: OrMap<String> = OrMap::new();
+        let d =
+            m.update("style".into(), |v| v.lww_put(Dot::new("a", 1), 10, json!({"font": "serif"}))).unwrap();
+        m.join(&d);
+        // A concurrent write (it did not see a's) stays beside it.
+        let concurrent = OrMap::<String>::new()
+            .update("style".into(), |v| v.lww_put(Dot::new("b", 1), 9, json!([1, {"k": null}])))
+            .unwrap();
+        m.join(&concurrent);
+        let doc = Object::Map(Box::new(m.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({"entries": {"style": {"lww": [["a", 1, 10, {"font": "serif"}], ["b", 1, 9, [1, {"k": null}]]]}}, "context": {"vv": {"a": 1, "b": 1}}})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(m.clone()))));
+        let style = m.get(&"style".to_owned()).unwrap();
+        assert_eq!(style.lww_value(), Some(&json!({"font": "serif"})), "the greater time");
+        let entries: Vec<_> = style.lww_entries().map(|(_, e)| e.clone()).collect();
+        assert_eq!(entries[1], LwwEntry { time_ms: 9, value: json!([1, {"k": null}]) });
+        let doc = Object::Map(Box::new(d.clone())).to_json();
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(d))));
+    }
+
+    #[test]
+    fn bad_map_lww_documents() {
+        for doc in [
+            map_with(json!({"k": {"lww": []}})),
+            map_with(json!({"k": {"lww": {}}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1, 2]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 1.5, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, "0", 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, u64::MAX, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 0, 0, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 10, 0, 1]]}})),
+            map_with(json!({"k": {"lww": [["a b", 1, 0, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1], ["a", 1, 0, 2]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1]]}, "j": {"reg": [["a", 1, 0]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1]], "reg": [["a", 1, 0]]}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let ok = map_with(json!({"k": {"lww": [["a", 1, i64::MIN, {"x": [1]}]], "reg": [["a", 2, 0]]}}));
+        assert!(Object::from_json(Kind::Map, &ok).is_ok(), "two kinds, any i64 time, any JSON");
+        let big = map_with(json!({"k": {"lww": [["a", 1, 0, "x".repeat(VALUE_BYTES_MAX)]]}}));
+        assert_eq!(reason(Kind::Map, big), "crdtTooBig");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!(["a", i, 0, 1])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        assert_eq!(reason(Kind::Map, json!({"entries": {"k": {"lww": many}}, "context": ctx})), "crdtTooBig");
+    }
 }

@@ -2552,4 +2552,123 @@ mod tests {
         let err = apply(&state, &op(map_set(json!(["x"]), json!(1))), &node("b"), 0).map_err(|e| e.reason());
         assert_eq!(err, Err("crdtTooBig"));
     }
+
+    fn map_put(path: Value, v: Value) -> Value {
+        json!({"type": "crdt/map/put", "key": "k", "path": path, "value": v})
+    }
+
+    #[test]
+    fn parses_map_put_actions() {
+        let v = map_put(json!(["doc", "style"]), json!({"font": "serif", "size": [12, 14]}));
+        let op = op(v.clone());
+        assert_eq!(
+            op.change(),
+            &Change::MapPut {
+                path: vec!["doc".into(), "style".into()],
+                value: json!({"font": "serif", "size": [12, 14]})
+            }
+        );
+        assert_eq!(op.kind(), Kind::Map);
+        assert_eq!(Value::Object(op.to_action()), v);
+        assert_eq!(parse(&op.to_action()), Ok(op));
+        // Any JSON up to VALUE_BYTES_MAX compact bytes (the quotes count).
+        let longest = "x".repeat(VALUE_BYTES_MAX - 2);
+        assert_eq!(self::op(map_put(json!(["x"]), json!(longest))).kind(), Kind::Map);
+        for v in [
+            json!({"type": "crdt/map/put", "key": "k", "value": 1}),
+            json!({"type": "crdt/map/put", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/put", "key": "k", "path": [], "value": 1}),
+            json!({"type": "crdt/map/put", "key": "k", "path": "x", "value": 1}),
+            json!({"type": "crdt/map/put", "key": "k", "path": ["x"], "value": 1, "seen": {"a": 1}}),
+            json!({"type": "crdt/map/put", "key": "k", "path": ["x"], "value": 1, "time": 5}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        assert_eq!(reason(map_put(json!(["x"]), json!("x".repeat(VALUE_BYTES_MAX - 1)))), "crdtTooBig");
+        assert_eq!(reason(map_put(json!(vec!["k"; MAP_DEPTH_MAX + 1]), json!(1))), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_map_put_supersedes_what_it_saw_whatever_the_clock_and_refuses_other_kinds() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!({"font": "serif"})), "a", 100);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"style": {"lww": [["a", 1, 100, {"font": "serif"}]]}}}}, "context": {"vv": {"a": 1}}})
+        );
+        // A later put by another author with an earlier clock still supersedes it, at the
+        // time of what it superseded.
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!({"font": "sans"})), "b", 40);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"style": {"lww": [["b", 1, 100, {"font": "sans"}]]}}}}, "context": {"vv": {"a": 1, "b": 1}}})
+        );
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!([1, 2])), "a", 250);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["style"], json!({"lww": [["a", 2, 250, [1, 2]]]}));
+        assert_eq!(
+            state.to_json()["entries"]["doc"]["map"]["style"],
+            json!({"lww": [["a", 2, 250, [1, 2]]]})
+        );
+
+        step(&mut state, map_set(json!(["title"]), json!("hi")), "a", 0);
+        for v in [
+            map_put(json!(["title"]), json!(1)),
+            map_put(json!(["title", "x"]), json!(1)),
+            map_put(json!(["doc"]), json!(1)),
+            map_put(json!(["doc", "style", "x"]), json!(1)),
+            map_set(json!(["doc", "style"]), json!(1)),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["doc", "style"]}),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
+        }
+        let err = apply(&state, &op(map_put(json!(["title"]), json!(1))), &node("a"), 0).err();
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("expected a last-writer-wins register at this map path, found a register")
+        );
+
+        // Removing the path retires the write; a put there starts afresh at its own time.
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["doc"]}), "c", 0);
+        assert_eq!(state.to_json()["entries"], json!({"title": {"reg": [["a", 3, "hi"]]}}));
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!(null)), "b", 7);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["style"], json!({"lww": [["b", 2, 7, null]]}));
+    }
+
+    #[test]
+    fn apply_map_put_keeps_concurrent_writes_until_a_later_put() {
+        // Two servers put at one path concurrently; a join keeps both, the read picks the
+        // greatest (time, dot), and a put on the joined state supersedes both.
+        let base = Object::bottom(Kind::Map);
+        let left = apply(&base, &op(map_put(json!(["x"]), json!({"v": 1}))), &node("a"), 5).unwrap();
+        let right = apply(&base, &op(map_put(json!(["x"]), json!({"v": 2}))), &node("b"), 5).unwrap();
+        let mut joined = left.clone();
+        joined.join(&right).unwrap();
+        let Object::Map(map) = &joined else { panic!("a map") };
+        let x = map.get(&"x".to_owned()).unwrap();
+        assert_eq!(x.lww_entries().count(), 2);
+        assert_eq!(x.lww_value(), Some(&json!({"v": 2})), "equal times: the greater dot, b's");
+        let d = apply(&joined, &op(map_put(json!(["x"]), json!(3))), &node("a"), 0).unwrap();
+        assert_eq!(d.to_json()["entries"]["x"], json!({"lww": [["a", 2, 5, 3]]}));
+        joined.join(&d).unwrap();
+        assert_eq!(joined.to_json()["entries"]["x"], json!({"lww": [["a", 2, 5, 3]]}));
+    }
+
+    #[test]
+    fn fold_map_put_runs_keep_the_last_put_per_path() {
+        let put = |path: &str, v: i64| op(map_put(json!([path]), json!({"v": v})));
+        assert_eq!(fold_queue(&[put("x", 1), put("x", 2), put("x", 3)]), [put("x", 3)]);
+        let remove = op(json!({"type": "crdt/map/remove", "key": "k", "path": ["x"]}));
+        let set = op(map_set(json!(["x"]), json!(1)));
+        let kept = [
+            vec![put("x", 1), put("y", 1), put("x", 2)],
+            vec![put("x", 1), remove.clone(), put("x", 2)],
+            vec![put("x", 1), set.clone()],
+            vec![set.clone(), put("x", 1)],
+        ];
+        for queue in kept {
+            assert_eq!(fold_queue(&queue), queue);
+        }
+        assert_eq!(fold_queue(&[put("x", 1), put("y", 1), put("y", 2)]), [put("x", 1), put("y", 2)]);
+    }
 }
