@@ -444,7 +444,7 @@ async fn two_clients_put_structured_values_in_a_map_and_a_subscriber_converges_t
     let mut carol = server.login("carol:c3:t1").await?;
     let put = |font: &str, size: u64| {
         json!({"type": "crdt/map/put", "key": "docs/1", "path": ["doc", "style"],
-               "value": {"font": font, "size": size, "marks": [{"bold": size % 2 == 0}]}})
+               "value": {"font": font, "size": size, "marks": [{"bold": size.is_multiple_of(2)}]}})
     };
     // Alice's clock runs a minute ahead of carol's; they take turns, carol last.
     for size in 0..4 {
