@@ -37,6 +37,12 @@ pub trait DotStore: Clone + PartialEq + Default {
         0
     }
 
+    /// Bytes of compact JSON of the last-writer-wins values (see [`LwwEntry`]) at every depth,
+    /// in O(1) for a map; 0 for a store without them.
+    fn lww_bytes(&self) -> usize {
+        0
+    }
+
     /// Joins `(other, other_context)` into `(self, context)`, store half only: keeps what
     /// both hold, and what one holds that the other's context has not seen. `context` is
     /// `self`'s context before the join; the caller joins the contexts afterwards. Every dot
@@ -132,6 +138,8 @@ pub struct DotMap<K, S> {
     keys: usize,
     /// The retired list elements under every key.
     retired: usize,
+    /// The bytes of last-writer-wins values under every key.
+    lww_bytes: usize,
 }
 
 /// Which keys of a [`DotMap`] hold each dot, as a multiset: a dot is held once in every
@@ -237,7 +245,7 @@ fn add_holder<K: Clone>(index: &mut BTreeMap<Dot, Holders<K>>, dot: Dot, key: &K
 
 impl<K, S> Default for DotMap<K, S> {
     fn default() -> Self {
-        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0, retired: 0 }
+        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0, retired: 0, lww_bytes: 0 }
     }
 }
 
@@ -323,6 +331,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         self.dots -= store.dot_count();
         self.keys -= 1 + store.key_count();
         self.retired -= store.retired_count();
+        self.lww_bytes -= store.lww_bytes();
         Some(store)
     }
 
@@ -331,6 +340,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         self.dots += store.dot_count();
         self.keys += 1 + store.key_count();
         self.retired += store.retired_count();
+        self.lww_bytes += store.lww_bytes();
         self.entries.insert(key, store);
     }
 }
@@ -352,13 +362,14 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     ) {
         self.index = DotIndex(None);
         let mine = std::mem::take(&mut self.entries);
-        let (mut dots, mut keys, mut retired) = (0, 0, 0);
+        let (mut dots, mut keys, mut retired, mut lww_bytes) = (0, 0, 0, 0);
         let mut joined = Vec::with_capacity(mine.len().max(other.entries.len()));
         let mut keep = |key: K, store: S| {
             if !store.is_empty() {
                 dots += store.dot_count();
                 keys += 1 + store.key_count();
                 retired += store.retired_count();
+                lww_bytes += store.lww_bytes();
                 joined.push((key, store));
             }
         };
@@ -383,7 +394,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         }
         // Sorted and distinct: built in one pass.
         self.entries = joined.into_iter().collect();
-        (self.dots, self.keys, self.retired) = (dots, keys, retired);
+        (self.dots, self.keys, self.retired, self.lww_bytes) = (dots, keys, retired, lww_bytes);
     }
 }
 
@@ -464,6 +475,10 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
 
     fn retired_count(&self) -> usize {
         self.retired
+    }
+
+    fn lww_bytes(&self) -> usize {
+        self.lww_bytes
     }
 
     fn join_store(
@@ -995,6 +1010,24 @@ fn json_cmp(a: &serde_json::Value, b: &serde_json::Value) -> Ordering {
     }
 }
 
+/// The length of `value` as compact JSON, counted while writing it (nothing is kept).
+pub(crate) fn json_bytes(value: &serde_json::Value) -> usize {
+    struct Meter(usize);
+    impl std::io::Write for Meter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut meter = Meter(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut meter, value);
+    meter.0
+}
+
 /// Numbers as serde_json tells them apart: unsigned integers, then negative ones, then floats
 /// (never NaN in JSON, so `partial_cmp` is total on them).
 fn number_cmp(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
@@ -1057,6 +1090,10 @@ impl<K: Ord + Clone> DotStore for Value<K> {
 
     fn retired_count(&self) -> usize {
         self.map.retired_count() + self.list.retired_count()
+    }
+
+    fn lww_bytes(&self) -> usize {
+        self.map.lww_bytes() + self.lww.iter().map(|(_, entry)| json_bytes(&entry.value)).sum::<usize>()
     }
 
     /// The keys of the nested map only: a set's elements are not keys.
@@ -1647,6 +1684,11 @@ impl<K: Ord + Clone> OrMap<K> {
     /// (see [`DotList`]), so the limits count them like dots.
     pub fn retired_count(&self) -> usize {
         self.entries.retired_count()
+    }
+
+    /// Bytes of compact JSON of the last-writer-wins values at every depth, in O(1).
+    pub fn lww_bytes(&self) -> usize {
+        self.entries.lww_bytes()
     }
 
     /// A map from its parts, as read back from storage or the network; `None` unless no value

@@ -95,6 +95,11 @@ pub const MAP_KEY_BYTES_MAX: usize = 256;
 /// would create keys beyond it.
 pub const MAP_KEYS_MAX: usize = 65_536;
 
+/// Most bytes of compact JSON a map's last-writer-wins values take, at every depth together
+/// (each value is also at most [`VALUE_BYTES_MAX`]). [`crate::ops::apply`] refuses a
+/// `crdt/map/put` that would take the map beyond it.
+pub const MAP_LWW_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Most dots a map holds, in every set and register together (a server's own writes leave one
 /// per register and per set element; more come from concurrent writes).
 pub const MAP_DOTS_MAX: usize = 4 * MAP_KEYS_MAX;
@@ -537,6 +542,7 @@ fn map_from_json(doc: &Value) -> Result<OrMap<String>, OpError> {
 struct MapTotals {
     keys: usize,
     dots: usize,
+    lww_bytes: usize,
 }
 
 impl MapTotals {
@@ -640,6 +646,13 @@ fn map_entries_from_json(
                 return Err(OpError::WrongShape("an lww time must be an integer of milliseconds"));
             };
             check_value_size(value)?;
+            totals.lww_bytes += crate::map::json_bytes(value);
+            if totals.lww_bytes > MAP_LWW_BYTES_MAX {
+                return Err(OpError::TooBig {
+                    what: "bytes of a map's last-writer-wins values",
+                    max: MAP_LWW_BYTES_MAX as u64,
+                });
+            }
             if lww.get(&dot).is_some() {
                 return Err(OpError::WrongShape("a map lww register holds two writes under one dot"));
             }

@@ -39,7 +39,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use crate::object::{
-    ELEM_BYTES_MAX, LIST_ELEMS_MAX, LIST_VALUE_BYTES_MAX, MAP_DEPTH_MAX, MAP_KEY_BYTES_MAX, VALUE_BYTES_MAX,
+    ELEM_BYTES_MAX, LIST_ELEMS_MAX, LIST_VALUE_BYTES_MAX, MAP_DEPTH_MAX, MAP_KEY_BYTES_MAX,
+    MAP_LWW_BYTES_MAX, VALUE_BYTES_MAX,
 };
 
 /// Longest object key, in bytes.
@@ -770,8 +771,9 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
 /// [`CLOUD_DOTS_MAX`], a set element beyond [`SET_ELEMS_MAX`], a list element beyond
-/// [`LIST_ELEMS_MAX`], a list `seq` beyond [`COUNTER_MAX`], map keys beyond [`MAP_KEYS_MAX`]
-/// or map dots beyond [`MAP_DOTS_MAX`] (`crdtTooBig`); an
+/// [`LIST_ELEMS_MAX`], a list `seq` beyond [`COUNTER_MAX`], map keys beyond [`MAP_KEYS_MAX`],
+/// map dots beyond [`MAP_DOTS_MAX`] or map LWW values beyond [`MAP_LWW_BYTES_MAX`] bytes
+/// (`crdtTooBig`); an
 /// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
 /// on one server therefore stays within what [`Object::from_json`] reads back.
 pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
@@ -864,6 +866,7 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
         }
         (Object::Map(map), Change::MapPut { path, value }) => {
             let dot = map_fresh_dot(map, path, author)?;
+            check_map_lww_bytes(map, path, value)?;
             let delta = at_path(map, path, &|v| v.lww_put(dot.clone(), time_ms, value.clone()))?;
             Ok(Object::Map(Box::new(delta)))
         }
@@ -1070,6 +1073,25 @@ fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Res
     } else {
         map_fresh_dot(map, path, author)
     }
+}
+
+/// Refuses a put of `value` at `path` that would take the map's last-writer-wins values past
+/// [`MAP_LWW_BYTES_MAX`] bytes, counting that it supersedes the writes held at `path`.
+fn check_map_lww_bytes(map: &OrMap<String>, path: &[String], value: &Value) -> Result<(), OpError> {
+    let held = match path.split_first() {
+        Some((first, rest)) => rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key))),
+        None => None,
+    };
+    let superseded: usize =
+        held.into_iter().flat_map(|v| v.lww_entries()).map(|(_, e)| crate::map::json_bytes(&e.value)).sum();
+    let after = (map.lww_bytes() - superseded.min(map.lww_bytes())) + crate::map::json_bytes(value);
+    if after > MAP_LWW_BYTES_MAX {
+        return Err(OpError::TooBig {
+            what: "bytes of a map's last-writer-wins values",
+            max: MAP_LWW_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
 }
 
 /// The list at `path` of `map` (retired elements included), if there is one.
@@ -2670,5 +2692,34 @@ mod tests {
             assert_eq!(fold_queue(&queue), queue);
         }
         assert_eq!(fold_queue(&[put("x", 1), put("y", 1), put("y", 2)]), [put("x", 1), put("y", 2)]);
+    }
+
+    #[test]
+    fn apply_map_put_refuses_past_the_map_lww_bytes_limit_unless_it_replaces() {
+        // 256 values of 64 KiB of JSON each fill the map's LWW bytes exactly.
+        let big = || json!("x".repeat(VALUE_BYTES_MAX - 2));
+        let mut state = Object::bottom(Kind::Map);
+        for i in 0..MAP_LWW_BYTES_MAX / VALUE_BYTES_MAX {
+            let delta =
+                apply_in_place(&mut state, &op(map_put(json!([format!("k{i}")]), big())), &node("a"), 0);
+            assert!(delta.is_ok(), "{i}");
+        }
+        let Object::Map(map) = &state else { panic!("a map") };
+        assert_eq!(map.lww_bytes(), MAP_LWW_BYTES_MAX);
+        let err =
+            apply(&state, &op(map_put(json!(["more"]), json!(1))), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
+        // A put that supersedes a value of the same size fits; so does a smaller one.
+        assert!(apply(&state, &op(map_put(json!(["k0"]), big())), &node("b"), 0).is_ok());
+        assert!(apply_in_place(&mut state, &op(map_put(json!(["k1"]), json!(1))), &node("b"), 0).is_ok());
+        assert!(apply(&state, &op(map_put(json!(["more"]), json!("x".repeat(100)))), &node("b"), 0).is_ok());
+        // The document reads back; one byte more is refused.
+        let doc = state.to_json();
+        assert_eq!(Object::from_json(Kind::Map, &doc).as_ref(), Ok(&state));
+        let mut over = doc.clone();
+        over["entries"]["k1"]["lww"][0][3] = json!("x".repeat(VALUE_BYTES_MAX - 2));
+        over["entries"]["k2"]["lww"][0][3] = json!("x".repeat(VALUE_BYTES_MAX - 2));
+        over["entries"]["extra"] = json!({"lww": [["b", 2, 0, 1]]});
+        assert_eq!(Object::from_json(Kind::Map, &over).map_err(|e| e.reason()), Err("crdtTooBig"));
     }
 }

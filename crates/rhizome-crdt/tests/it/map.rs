@@ -299,7 +299,8 @@ proptest! {
     /// The counts the map keeps through joins equal a recount of its entries.
     #[test]
     fn kept_counts_equal_a_recount(replicas in 3usize..=4, steps in crate::delivery::steps(map_op(), 40)) {
-        fn recount<'a>(entries: impl Iterator<Item = (&'a u8, &'a Value<u8>)>, totals: &mut (usize, usize, usize)) {
+        type Totals = (usize, usize, usize, usize);
+        fn recount<'a>(entries: impl Iterator<Item = (&'a u8, &'a Value<u8>)>, totals: &mut Totals) {
             for (_, value) in entries {
                 totals.0 += 1;
                 totals.1 += value.set_entries().map(|(_, dots)| dots.len()).sum::<usize>();
@@ -307,6 +308,7 @@ proptest! {
                 totals.1 += value.counter_entries().count();
                 totals.1 += value.list().live_count();
                 totals.1 += value.lww_entries().count();
+                totals.3 += value.lww_entries().map(|(_, e)| e.value.to_string().len()).sum::<usize>();
                 totals.2 += value.list().element_count() - value.list().live_count();
                 recount(value.entries(), totals);
             }
@@ -314,9 +316,10 @@ proptest! {
         let mut run = Run::<OrMap<u8>>::new(replicas);
         run.play(&steps);
         for state in &run.states {
-            let mut totals = (0, 0, 0);
+            let mut totals = (0, 0, 0, 0);
             recount(state.iter(), &mut totals);
-            prop_assert_eq!((state.key_count(), state.dot_count(), state.retired_count()), totals);
+            let kept = (state.key_count(), state.dot_count(), state.retired_count(), state.lww_bytes());
+            prop_assert_eq!(kept, totals);
         }
     }
 
