@@ -29,8 +29,8 @@ pub use counter::{PnCounter, PnDelta, PnEntry};
 pub use delta::{delta_action, DELTA_TYPE};
 pub use list::{ListElem, PartsError as ListPartsError, Rga};
 pub use map::{
-    join_causal, DotChanges, DotFun, DotList, DotMap, DotSet, DotStore, Kind as ValueKind, MapError, OrMap,
-    Scalar, Value, ValueDelta, ValueRef,
+    join_causal, DotChanges, DotFun, DotList, DotMap, DotSet, DotStore, Kind as ValueKind, LwwEntry,
+    MapError, OrMap, Scalar, Value, ValueDelta, ValueRef,
 };
 pub use object::{Kind, Object};
 pub use ops::OpError;

@@ -1,7 +1,7 @@
 //! Dot stores (DotSet, DotFun, DotMap) with their causal join, and the observed-remove map
 //! built from them: a JSON-document shape whose values are nested maps, sets, multi-value
-//! registers, causal counters and RGA lists ([`DotList`]), all sharing the map's one causal
-//! context (Almeida, Shoker, Baquero 2018, section 6).
+//! registers, last-writer-wins registers ([`LwwEntry`]), causal counters and RGA lists
+//! ([`DotList`]), all sharing the map's one causal context (Almeida, Shoker, Baquero 2018, section 6).
 //!
 //! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
 //! context every dot the replica has seen. A dot the context has seen but the store lacks was
@@ -34,6 +34,12 @@ pub trait DotStore: Clone + PartialEq + Default {
     /// Number of retired elements of lists (see [`DotList`]) at every depth, in O(1): they
     /// hold no dot but stay, so they count against the map's limits like dots.
     fn retired_count(&self) -> usize {
+        0
+    }
+
+    /// Bytes of compact JSON of the last-writer-wins values (see [`LwwEntry`]) at every depth,
+    /// in O(1) for a map; 0 for a store without them.
+    fn lww_bytes(&self) -> usize {
         0
     }
 
@@ -132,6 +138,8 @@ pub struct DotMap<K, S> {
     keys: usize,
     /// The retired list elements under every key.
     retired: usize,
+    /// The bytes of last-writer-wins values under every key.
+    lww_bytes: usize,
 }
 
 /// Which keys of a [`DotMap`] hold each dot, as a multiset: a dot is held once in every
@@ -237,7 +245,7 @@ fn add_holder<K: Clone>(index: &mut BTreeMap<Dot, Holders<K>>, dot: Dot, key: &K
 
 impl<K, S> Default for DotMap<K, S> {
     fn default() -> Self {
-        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0, retired: 0 }
+        DotMap { entries: BTreeMap::new(), index: DotIndex(None), dots: 0, keys: 0, retired: 0, lww_bytes: 0 }
     }
 }
 
@@ -323,6 +331,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         self.dots -= store.dot_count();
         self.keys -= 1 + store.key_count();
         self.retired -= store.retired_count();
+        self.lww_bytes -= store.lww_bytes();
         Some(store)
     }
 
@@ -331,6 +340,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         self.dots += store.dot_count();
         self.keys += 1 + store.key_count();
         self.retired += store.retired_count();
+        self.lww_bytes += store.lww_bytes();
         self.entries.insert(key, store);
     }
 }
@@ -352,13 +362,14 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     ) {
         self.index = DotIndex(None);
         let mine = std::mem::take(&mut self.entries);
-        let (mut dots, mut keys, mut retired) = (0, 0, 0);
+        let (mut dots, mut keys, mut retired, mut lww_bytes) = (0, 0, 0, 0);
         let mut joined = Vec::with_capacity(mine.len().max(other.entries.len()));
         let mut keep = |key: K, store: S| {
             if !store.is_empty() {
                 dots += store.dot_count();
                 keys += 1 + store.key_count();
                 retired += store.retired_count();
+                lww_bytes += store.lww_bytes();
                 joined.push((key, store));
             }
         };
@@ -383,7 +394,7 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
         }
         // Sorted and distinct: built in one pass.
         self.entries = joined.into_iter().collect();
-        (self.dots, self.keys, self.retired) = (dots, keys, retired);
+        (self.dots, self.keys, self.retired, self.lww_bytes) = (dots, keys, retired, lww_bytes);
     }
 }
 
@@ -464,6 +475,10 @@ impl<K: Ord + Clone, S: DotStore> DotStore for DotMap<K, S> {
 
     fn retired_count(&self) -> usize {
         self.retired
+    }
+
+    fn lww_bytes(&self) -> usize {
+        self.lww_bytes
     }
 
     fn join_store(
@@ -852,6 +867,8 @@ pub enum Kind {
     Counter,
     /// An ordered list of JSON values (RGA, see [`DotList`]).
     List,
+    /// A last-writer-wins register of any JSON value (see [`ValueRef::lww_put`]).
+    Lww,
 }
 
 impl fmt::Display for Kind {
@@ -862,6 +879,7 @@ impl fmt::Display for Kind {
             Kind::Register => "register",
             Kind::Counter => "counter",
             Kind::List => "list",
+            Kind::Lww => "last-writer-wins register",
         })
     }
 }
@@ -908,6 +926,9 @@ pub struct Value<K> {
     counter: DotFun<PnEntry>,
     /// The list: its elements, live and retired (see [`DotList`]).
     list: DotList,
+    /// The last-writer-wins register: each write not yet superseded, under its dot (one,
+    /// or several after concurrent writes; reads pick the winner, see [`Value::lww_value`]).
+    lww: DotFun<LwwEntry>,
 }
 
 impl<K> Default for Value<K> {
@@ -918,6 +939,108 @@ impl<K> Default for Value<K> {
             register: DotFun::new(),
             counter: DotFun::new(),
             list: DotList::new(),
+            lww: DotFun::new(),
+        }
+    }
+}
+
+/// One write of a last-writer-wins register in a map: the value and the time its server
+/// stamped it with. Among concurrent writes held at one path, the greatest `(time_ms, dot)`
+/// wins ([`Value::lww_value`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LwwEntry {
+    /// The write's time, in milliseconds since the Unix epoch (see [`ValueRef::lww_put`]).
+    pub time_ms: i64,
+    /// The value, any JSON.
+    pub value: serde_json::Value,
+}
+
+// The dot-fun keeps the greater entry of a disputed dot (see `DotFun`), which needs an order.
+// Only forged or corrupt deltas dispute a dot, so any deterministic total order consistent
+// with equality will do: the time, then the value (see `json_cmp`).
+impl PartialOrd for LwwEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LwwEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.time_ms.cmp(&other.time_ms).then_with(|| json_cmp(&self.value, &other.value))
+    }
+}
+
+/// A total order on JSON values consistent with their equality: by type (null, booleans,
+/// numbers, strings, arrays, objects), then by content; objects by their entries in key order.
+fn json_cmp(a: &serde_json::Value, b: &serde_json::Value) -> Ordering {
+    use serde_json::Value as Json;
+    fn rank(v: &Json) -> u8 {
+        match v {
+            Json::Null => 0,
+            Json::Bool(_) => 1,
+            Json::Number(_) => 2,
+            Json::String(_) => 3,
+            Json::Array(_) => 4,
+            Json::Object(_) => 5,
+        }
+    }
+    match (a, b) {
+        (Json::Bool(x), Json::Bool(y)) => x.cmp(y),
+        (Json::Number(x), Json::Number(y)) => number_cmp(x, y),
+        (Json::String(x), Json::String(y)) => x.cmp(y),
+        (Json::Array(x), Json::Array(y)) => {
+            let by_item = x.iter().zip(y).map(|(x, y)| json_cmp(x, y)).find(|o| o.is_ne());
+            by_item.unwrap_or_else(|| x.len().cmp(&y.len()))
+        }
+        (Json::Object(x), Json::Object(y)) => {
+            fn sorted(m: &serde_json::Map<String, Json>) -> Vec<(&String, &Json)> {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_unstable_by(|p, q| p.0.cmp(q.0));
+                entries
+            }
+            let (x, y) = (sorted(x), sorted(y));
+            let by_entry = x
+                .iter()
+                .zip(&y)
+                .map(|((kx, vx), (ky, vy))| kx.cmp(ky).then_with(|| json_cmp(vx, vy)))
+                .find(|o| o.is_ne());
+            by_entry.unwrap_or_else(|| x.len().cmp(&y.len()))
+        }
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// The length of `value` as compact JSON, counted while writing it (nothing is kept).
+pub(crate) fn json_bytes(value: &serde_json::Value) -> usize {
+    struct Meter(usize);
+    impl std::io::Write for Meter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut meter = Meter(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut meter, value);
+    meter.0
+}
+
+/// Numbers as serde_json tells them apart: unsigned integers, then negative ones, then floats
+/// (never NaN in JSON, so `partial_cmp` is total on them).
+fn number_cmp(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
+    match (x.as_u64(), y.as_u64(), x.as_i64(), y.as_i64()) {
+        (Some(x), Some(y), ..) => x.cmp(&y),
+        (Some(_), None, ..) => Ordering::Less,
+        (None, Some(_), ..) => Ordering::Greater,
+        (None, None, Some(x), Some(y)) => x.cmp(&y),
+        (None, None, Some(_), None) => Ordering::Less,
+        (None, None, None, Some(_)) => Ordering::Greater,
+        (None, None, None, None) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
         }
     }
 }
@@ -944,6 +1067,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
             && self.register.is_empty()
             && self.counter.is_empty()
             && DotStore::is_empty(&self.list)
+            && self.lww.is_empty()
     }
 
     fn dots_into(&self, out: &mut Vec<Dot>) {
@@ -952,6 +1076,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.register.dots_into(out);
         self.counter.dots_into(out);
         self.list.dots_into(out);
+        self.lww.dots_into(out);
     }
 
     fn dot_count(&self) -> usize {
@@ -960,10 +1085,15 @@ impl<K: Ord + Clone> DotStore for Value<K> {
             + self.register.dot_count()
             + self.counter.dot_count()
             + self.list.dot_count()
+            + self.lww.dot_count()
     }
 
     fn retired_count(&self) -> usize {
         self.map.retired_count() + self.list.retired_count()
+    }
+
+    fn lww_bytes(&self) -> usize {
+        self.map.lww_bytes() + self.lww.iter().map(|(_, entry)| json_bytes(&entry.value)).sum::<usize>()
     }
 
     /// The keys of the nested map only: a set's elements are not keys.
@@ -983,6 +1113,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.register.join_store(context, &other.register, other_context, changes);
         self.counter.join_store(context, &other.counter, other_context, changes);
         self.list.join_store(context, &other.list, other_context, changes);
+        self.lww.join_store(context, &other.lww, other_context, changes);
     }
 }
 
@@ -990,7 +1121,7 @@ impl<K: Ord + Clone> Value<K> {
     /// The kinds this value holds: one, or several after concurrent writes of different kinds.
     /// None when it holds only retired list elements: the key then reads as absent.
     pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
-        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter, Kind::List]
+        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter, Kind::List, Kind::Lww]
             .into_iter()
             .filter(|kind| self.holds(*kind))
     }
@@ -1004,6 +1135,7 @@ impl<K: Ord + Clone> Value<K> {
             Kind::Register => !self.register.is_empty(),
             Kind::Counter => !self.counter.is_empty(),
             Kind::List => self.list.live_count() > 0,
+            Kind::Lww => !self.lww.is_empty(),
         }
     }
 
@@ -1091,7 +1223,7 @@ impl<K: Ord + Clone> Value<K> {
         set: DotMap<Scalar, DotSet>,
         register: DotFun<Scalar>,
     ) -> Value<K> {
-        Value { map, set, register, counter: DotFun::new(), list: DotList::new() }
+        Value { map, set, register, counter: DotFun::new(), list: DotList::new(), lww: DotFun::new() }
     }
 
     /// The value with `counter` as its counter store (for values read back from storage or
@@ -1103,6 +1235,24 @@ impl<K: Ord + Clone> Value<K> {
     /// The value with `list` as its list store (as [`Value::with_counter`]).
     pub fn with_list(self, list: DotList) -> Value<K> {
         Value { list, ..self }
+    }
+
+    /// The value with `lww` as its last-writer-wins register store (as [`Value::with_counter`]).
+    pub fn with_lww(self, lww: DotFun<LwwEntry>) -> Value<K> {
+        Value { lww, ..self }
+    }
+
+    /// The last-writer-wins register's writes held (one, or several after concurrent writes),
+    /// in dot order.
+    pub fn lww_entries(&self) -> impl Iterator<Item = (&Dot, &LwwEntry)> {
+        self.lww.iter()
+    }
+
+    /// The last-writer-wins register's value: the held write with the greatest
+    /// `(time_ms, dot)` (`None` when the value holds no such register).
+    pub fn lww_value(&self) -> Option<&serde_json::Value> {
+        let winner = self.lww.iter().max_by(|(a, x), (b, y)| (x.time_ms, *a).cmp(&(y.time_ms, *b)));
+        winner.map(|(_, entry)| &entry.value)
     }
 
     /// Checks the value and everything nested in it for [`OrMap::from_parts`]: no empty store
@@ -1118,10 +1268,12 @@ impl<K: Ord + Clone> Value<K> {
         let counter_ok = self.counter.iter().all(|(dot, e)| (e.p, e.n) != (0, 0) && fresh(dot));
         // Every element, retired or not, was inserted: its dot is in the context.
         let list_ok = self.list.elements().all(|e| fresh(e.id));
+        let lww_ok = self.lww.iter().all(|(dot, _)| fresh(dot));
         sets_ok
             && register_ok
             && counter_ok
             && list_ok
+            && lww_ok
             && self.map.values().all(|value| value.check_parts(context, seen))
     }
 }
@@ -1291,6 +1443,34 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         Ok(ValueDelta { value: Value { counter, ..Value::default() }, context: own.into_iter().collect() })
     }
 
+    /// Writes `value` into the last-writer-wins register with the fresh `dot`, at
+    /// `max(time_ms, the greatest time among the writes it supersedes)`: it supersedes every
+    /// write held here (observed), so its stamp is never below theirs, and a write always
+    /// supersedes what it saw whatever the writer's clock did. Writes made concurrently stay
+    /// beside it until a later write supersedes them; reads pick the greatest `(time_ms, dot)`
+    /// ([`Value::lww_value`]). A dot already seen gives the bottom delta.
+    pub fn lww_put(
+        &self,
+        dot: Dot,
+        time_ms: i64,
+        value: serde_json::Value,
+    ) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::Lww)?;
+        if self.context.contains(&dot) {
+            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
+        }
+        let mut observed = Vec::new();
+        let mut time_ms = time_ms;
+        for (held, entry) in self.value.into_iter().flat_map(|v| v.lww.iter()) {
+            observed.push(held.clone());
+            time_ms = time_ms.max(entry.time_ms);
+        }
+        observed.push(dot.clone());
+        let mut lww = DotFun::new();
+        lww.insert(dot, LwwEntry { time_ms, value });
+        Ok(ValueDelta { value: Value { lww, ..Value::default() }, context: observed.into_iter().collect() })
+    }
+
     /// The list at this key, or `None` when it holds none (retired elements count: an
     /// insert may name one as `after`).
     pub fn list(&self) -> Option<&'a DotList> {
@@ -1406,7 +1586,7 @@ fn map_remove<K: Ord + Clone>(
 }
 
 /// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets,
-/// multi-value registers, causal counters and lists, with one causal context for the whole
+/// multi-value registers, last-writer-wins registers, causal counters and lists, with one causal context for the whole
 /// document.
 ///
 /// A key is present while its value holds a dot. Removing a key retires exactly the dots
@@ -1504,6 +1684,11 @@ impl<K: Ord + Clone> OrMap<K> {
     /// (see [`DotList`]), so the limits count them like dots.
     pub fn retired_count(&self) -> usize {
         self.entries.retired_count()
+    }
+
+    /// Bytes of compact JSON of the last-writer-wins values at every depth, in O(1).
+    pub fn lww_bytes(&self) -> usize {
+        self.entries.lww_bytes()
     }
 
     /// A map from its parts, as read back from storage or the network; `None` unless no value
@@ -1765,5 +1950,84 @@ mod tests {
         assert_eq!(Scalar::float(1.5).as_f64(), Some(1.5));
         assert_ne!(Scalar::float(0.0), Scalar::float(-0.0));
         assert_eq!(Scalar::Int(1).as_f64(), None);
+    }
+
+    #[test]
+    fn json_order_is_total_and_agrees_with_equality() {
+        use serde_json::json;
+        let values = [
+            json!(null),
+            json!(false),
+            json!(true),
+            json!(0),
+            json!(7),
+            json!(u64::MAX),
+            json!(-3),
+            json!(-0.0),
+            json!(0.0),
+            json!(1.5),
+            json!(""),
+            json!("a"),
+            json!([]),
+            json!([1]),
+            json!([1, 2]),
+            json!({}),
+            json!({"a": 1}),
+            json!({"a": 1, "b": 2}),
+            json!({"b": 0}),
+        ];
+        for a in &values {
+            for b in &values {
+                assert_eq!(json_cmp(a, b) == Ordering::Equal, a == b, "{a} vs {b}");
+                assert_eq!(json_cmp(a, b), json_cmp(b, a).reverse(), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_put_supersedes_what_it_saw_and_reads_pick_the_greatest_time_and_dot() {
+        use serde_json::json;
+        let mut doc = OrMap::new();
+        let d = doc.update("x", |v| v.lww_put(next(&doc, "a"), 10, json!({"v": 1}))).unwrap();
+        apply(&mut doc, &d);
+        // Concurrent: b did not see a's write. Same time: the greater dot, b's, wins.
+        let concurrent = OrMap::new().update("x", |v| v.lww_put(Dot::new("b", 1), 10, json!([2]))).unwrap();
+        apply(&mut doc, &concurrent);
+        let x = doc.get(&"x").unwrap();
+        assert_eq!((x.lww_entries().count(), x.lww_value()), (2, Some(&json!([2]))));
+        assert_eq!(x.kinds().collect::<Vec<_>>(), [Kind::Lww]);
+        // A put that saw both replaces both, at no lower time than theirs.
+        let d = doc.update("x", |v| v.lww_put(next(&doc, "a"), 3, json!("three"))).unwrap();
+        apply(&mut doc, &d);
+        let x = doc.get(&"x").unwrap();
+        let entries: Vec<_> = x.lww_entries().map(|(dot, e)| (dot.clone(), e.time_ms)).collect();
+        assert_eq!(entries, [(Dot::new("a", 2), 10)]);
+        assert_eq!(x.lww_value(), Some(&json!("three")));
+        // The same put again (a seen dot) changes nothing; another kind is refused.
+        let again = doc.update("x", |v| v.lww_put(Dot::new("a", 1), 99, json!(0))).unwrap();
+        assert!(again.is_bottom());
+        let err = doc.update("x", |v| v.assign(next(&doc, "a"), 1i64)).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Register, found: Kind::Lww });
+        let err = doc.update("x", |v| v.map_remove(&"y")).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Map, found: Kind::Lww });
+    }
+
+    #[test]
+    fn removing_a_key_keeps_a_concurrent_put_only() {
+        use serde_json::json;
+        let mut a = OrMap::new();
+        let d = a.update("x", |v| v.lww_put(next(&a, "a"), 50, json!(1))).unwrap();
+        apply(&mut a, &d);
+        let mut b = a.clone();
+        let removal = a.remove(&"x");
+        apply(&mut a, &removal);
+        let put = b.update("x", |v| v.lww_put(next(&b, "b"), 1, json!({"late": true}))).unwrap();
+        apply(&mut b, &put);
+        a.join(&b);
+        b.join(&removal);
+        assert_eq!(a, b);
+        let x = a.get(&"x").unwrap();
+        assert_eq!(x.lww_entries().count(), 1);
+        assert_eq!(x.lww_value(), Some(&json!({"late": true})));
     }
 }

@@ -25,9 +25,11 @@
 //!   […]}}` with only its non-empty parts (one, or several after concurrent writes of different
 //!   kinds at one key): a nested map, an add-wins set's elements with their dots, a
 //!   multi-value register's values with their dots, a causal counter's dots with the totals of
-//!   increments `p` and decrements `m` each carries (not both 0), and a list as the list
+//!   increments `p` and decrements `m` each carries (not both 0), a list as the list
 //!   document writes it, its element ids being dots of the map's context and `deleted` naming
-//!   its retired elements (see [`crate::DotList`]); the context as for mv.
+//!   its retired elements (see [`crate::DotList`]), and `"lww": [["<node>", n, ms, <JSON>], …]`,
+//!   a last-writer-wins register's writes held (one, or several concurrent ones) with their
+//!   dots and times, each value any JSON up to [`VALUE_BYTES_MAX`] bytes; the context as for mv.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -35,9 +37,9 @@
 
 use crate::ops::OpError;
 use crate::{
-    CausalContext, ClSet, Dot, DotFun, DotList, DotMap, DotSet, Lattice, ListPartsError, LwwRegister,
-    MvRegister, NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp, Value as MapValue, ValueKind,
-    VersionVector,
+    CausalContext, ClSet, Dot, DotFun, DotList, DotMap, DotSet, Lattice, ListPartsError, LwwEntry,
+    LwwRegister, MvRegister, NodeId, OrMap, Orswot, PnCounter, PnEntry, Rga, Scalar, Stamp,
+    Value as MapValue, ValueKind, VersionVector,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -93,6 +95,11 @@ pub const MAP_KEY_BYTES_MAX: usize = 256;
 /// would create keys beyond it.
 pub const MAP_KEYS_MAX: usize = 65_536;
 
+/// Most bytes of compact JSON a map's last-writer-wins values take, at every depth together
+/// (each value is also at most [`VALUE_BYTES_MAX`]). [`crate::ops::apply`] refuses a
+/// `crdt/map/put` that would take the map beyond it.
+pub const MAP_LWW_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Most dots a map holds, in every set and register together (a server's own writes leave one
 /// per register and per set element; more come from concurrent writes).
 pub const MAP_DOTS_MAX: usize = 4 * MAP_KEYS_MAX;
@@ -115,7 +122,7 @@ pub enum Kind {
     /// An ordered list (RGA) of JSON values (`"list"`).
     List,
     /// An observed-remove map of nested maps, add-wins sets and multi-value registers of JSON
-    /// scalars, and causal counters (`"map"`).
+    /// scalars, last-writer-wins registers of any JSON, causal counters and lists (`"map"`).
     Map,
 }
 
@@ -507,6 +514,12 @@ fn map_value_to_json(value: &MapValue<String>) -> Value {
     if value.list().element_count() > 0 {
         doc.insert("list".to_owned(), list_to_json(value.list().rga()));
     }
+    if value.holds(ValueKind::Lww) {
+        let lww = value
+            .lww_entries()
+            .map(|(dot, e)| json!([dot.node.as_str(), dot.counter, e.time_ms, e.value.clone()]));
+        doc.insert("lww".to_owned(), lww.collect());
+    }
     Value::Object(doc)
 }
 
@@ -529,6 +542,7 @@ fn map_from_json(doc: &Value) -> Result<OrMap<String>, OpError> {
 struct MapTotals {
     keys: usize,
     dots: usize,
+    lww_bytes: usize,
 }
 
 impl MapTotals {
@@ -559,7 +573,7 @@ fn map_entries_from_json(
         check_map_key(key)?;
         let parts = object_with(
             value_doc,
-            &["map", "set", "reg", "counter", "list"],
+            &["map", "set", "reg", "counter", "list", "lww"],
             "a map value must be an object",
         )?;
         let nested = match parts.get("map") {
@@ -620,21 +634,46 @@ fn map_entries_from_json(
                     .ok_or(OpError::WrongShape("a map list's deleted element is not among its elems"))?
             }
         };
+        let mut lww = DotFun::new();
+        for entry in map_part(parts, "lww")? {
+            let [node, counter_doc, time_ms, value] = entry.as_array().map(Vec::as_slice).unwrap_or_default()
+            else {
+                return Err(OpError::WrongShape("a map lww entry must be [node, counter, time, value]"));
+            };
+            totals.add_dot()?;
+            let dot = dot_from_json(node, counter_doc)?;
+            let Some(time_ms) = time_ms.as_i64() else {
+                return Err(OpError::WrongShape("an lww time must be an integer of milliseconds"));
+            };
+            check_value_size(value)?;
+            totals.lww_bytes += crate::map::json_bytes(value);
+            if totals.lww_bytes > MAP_LWW_BYTES_MAX {
+                return Err(OpError::TooBig {
+                    what: "bytes of a map's last-writer-wins values",
+                    max: MAP_LWW_BYTES_MAX as u64,
+                });
+            }
+            if lww.get(&dot).is_some() {
+                return Err(OpError::WrongShape("a map lww register holds two writes under one dot"));
+            }
+            lww.insert(dot, LwwEntry { time_ms, value: value.clone() });
+        }
         // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
         let value = MapValue::from_parts(nested, set.into_iter().collect(), register)
             .with_counter(counter)
-            .with_list(list);
+            .with_list(list)
+            .with_lww(lww);
         entries.insert(key.clone(), value);
     }
     Ok(entries)
 }
 
-/// The `set`, `reg` or `counter` array of a map value; empty when absent.
+/// The `set`, `reg`, `counter` or `lww` array of a map value; empty when absent.
 fn map_part<'a>(parts: &'a Map<String, Value>, name: &str) -> Result<&'a [Value], OpError> {
     match parts.get(name) {
         None => Ok(&[]),
         Some(Value::Array(part)) => Ok(part),
-        Some(_) => Err(OpError::WrongShape("a map value's set, reg and counter must be arrays")),
+        Some(_) => Err(OpError::WrongShape("a map value's set, reg, counter and lww must be arrays")),
     }
 }
 
@@ -1368,5 +1407,59 @@ mod tests {
         let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
         let doc = json!({"entries": {"k": {"list": {"elems": many, "deleted": deleted}}}, "context": ctx});
         assert_eq!(reason(Kind::Map, doc), "crdtTooBig", "retired elements count as dots");
+    }
+
+    #[test]
+    fn map_lww_document() {
+        use crate::LwwEntry;
+        let mut m: OrMap<String> = OrMap::new();
+        let d =
+            m.update("style".into(), |v| v.lww_put(Dot::new("a", 1), 10, json!({"font": "serif"}))).unwrap();
+        m.join(&d);
+        // A concurrent write (it did not see a's) stays beside it.
+        let concurrent = OrMap::<String>::new()
+            .update("style".into(), |v| v.lww_put(Dot::new("b", 1), 9, json!([1, {"k": null}])))
+            .unwrap();
+        m.join(&concurrent);
+        let doc = Object::Map(Box::new(m.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({"entries": {"style": {"lww": [["a", 1, 10, {"font": "serif"}], ["b", 1, 9, [1, {"k": null}]]]}}, "context": {"vv": {"a": 1, "b": 1}}})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(m.clone()))));
+        let style = m.get(&"style".to_owned()).unwrap();
+        assert_eq!(style.lww_value(), Some(&json!({"font": "serif"})), "the greater time");
+        let entries: Vec<_> = style.lww_entries().map(|(_, e)| e.clone()).collect();
+        assert_eq!(entries[1], LwwEntry { time_ms: 9, value: json!([1, {"k": null}]) });
+        let doc = Object::Map(Box::new(d.clone())).to_json();
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(d))));
+    }
+
+    #[test]
+    fn bad_map_lww_documents() {
+        for doc in [
+            map_with(json!({"k": {"lww": []}})),
+            map_with(json!({"k": {"lww": {}}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1, 2]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 1.5, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, "0", 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, u64::MAX, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 0, 0, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 10, 0, 1]]}})),
+            map_with(json!({"k": {"lww": [["a b", 1, 0, 1]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1], ["a", 1, 0, 2]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1]]}, "j": {"reg": [["a", 1, 0]]}})),
+            map_with(json!({"k": {"lww": [["a", 1, 0, 1]], "reg": [["a", 1, 0]]}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let ok = map_with(json!({"k": {"lww": [["a", 1, i64::MIN, {"x": [1]}]], "reg": [["a", 2, 0]]}}));
+        assert!(Object::from_json(Kind::Map, &ok).is_ok(), "two kinds, any i64 time, any JSON");
+        let big = map_with(json!({"k": {"lww": [["a", 1, 0, "x".repeat(VALUE_BYTES_MAX)]]}}));
+        assert_eq!(reason(Kind::Map, big), "crdtTooBig");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!(["a", i, 0, 1])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        assert_eq!(reason(Kind::Map, json!({"entries": {"k": {"lww": many}}, "context": ctx})), "crdtTooBig");
     }
 }

@@ -19,6 +19,7 @@
 //! | `crdt/map/inc`, `crdt/map/dec` | `key`, `path`, `by` (an integer from 1 to 2^53, default 1) |
 //! | `crdt/map/insert` | `key`, `path`, `index` (integer ≥ 0) or `after` (an element id `[node, n]` or `null`), `value` (any JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
 //! | `crdt/map/cut` | `key`, `path`, `index` (integer ≥ 0) or `id` (an element id `[node, n]`) |
+//! | `crdt/map/put` | `key`, `path`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes): a last-writer-wins register |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -38,7 +39,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use crate::object::{
-    ELEM_BYTES_MAX, LIST_ELEMS_MAX, LIST_VALUE_BYTES_MAX, MAP_DEPTH_MAX, MAP_KEY_BYTES_MAX, VALUE_BYTES_MAX,
+    ELEM_BYTES_MAX, LIST_ELEMS_MAX, LIST_VALUE_BYTES_MAX, MAP_DEPTH_MAX, MAP_KEY_BYTES_MAX,
+    MAP_LWW_BYTES_MAX, VALUE_BYTES_MAX,
 };
 
 /// Longest object key, in bytes.
@@ -309,6 +311,14 @@ pub enum Change {
         /// The element's id.
         id: Dot,
     },
+    /// `crdt/map/put`: write `value` into the last-writer-wins register at `path` (see
+    /// [`crate::ValueRef::lww_put`]), creating the nested maps on the way.
+    MapPut {
+        /// The register's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
+        value: Value,
+    },
 }
 
 impl Change {
@@ -333,6 +343,7 @@ impl Change {
             | Change::MapInsertAfter { .. }
             | Change::MapCut { .. }
             | Change::MapCutId { .. } => Kind::Map,
+            Change::MapPut { .. } => Kind::Map,
         }
     }
 
@@ -357,6 +368,7 @@ impl Change {
             Change::MapDec { .. } => "crdt/map/dec",
             Change::MapInsert { .. } | Change::MapInsertAfter { .. } => "crdt/map/insert",
             Change::MapCut { .. } | Change::MapCutId { .. } => "crdt/map/cut",
+            Change::MapPut { .. } => "crdt/map/put",
         }
     }
 
@@ -382,6 +394,7 @@ impl Change {
             Change::MapInsertAfter { .. } => &["type", "key", "path", "after", "value"],
             Change::MapCut { .. } => &["type", "key", "path", "index"],
             Change::MapCutId { .. } => &["type", "key", "path", "id"],
+            Change::MapPut { .. } => &["type", "key", "path", "value"],
         }
     }
 
@@ -424,6 +437,10 @@ impl Change {
                 check_json_size(value, LIST_VALUE_BYTES_MAX, "bytes of a list element")
             }
             Change::MapCut { path, .. } | Change::MapCutId { path, .. } => check_path(path),
+            Change::MapPut { path, value } => {
+                check_path(path)?;
+                check_value_size(value)
+            }
         }
     }
 }
@@ -579,6 +596,10 @@ impl Op {
                 action.insert("path".to_owned(), path.clone().into());
                 action.insert("id".to_owned(), dot_to_json(id))
             }
+            Change::MapPut { path, value } => {
+                action.insert("path".to_owned(), path.clone().into());
+                action.insert("value".to_owned(), value.clone())
+            }
         };
         action
     }
@@ -631,6 +652,7 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
             Change::MapCutId { path: path_field(action)?, id: id_field(action)? }
         }
         "crdt/map/cut" => Change::MapCut { path: path_field(action)?, index: index_field(action)? },
+        "crdt/map/put" => Change::MapPut { path: path_field(action)?, value: value_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -741,12 +763,17 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   element's dots the server holds; `map/remove` retires every dot under the entry (a
 ///   concurrent write inside it survives). A path through, or ending at, another kind of
 ///   value is refused (`crdtTypeMismatch`); a path that does not exist removes nothing.
+///   `map/put` writes under `state.context().next_dot(author)` at time
+///   `max(time_ms, the greatest time among the writes it supersedes)` and supersedes every
+///   write the server holds at `path` ([`crate::ValueRef::lww_put`]), so an author's write
+///   always supersedes its own earlier one (and anyone's it saw) whatever its clock did.
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
 /// [`CLOUD_DOTS_MAX`], a set element beyond [`SET_ELEMS_MAX`], a list element beyond
-/// [`LIST_ELEMS_MAX`], a list `seq` beyond [`COUNTER_MAX`], map keys beyond [`MAP_KEYS_MAX`]
-/// or map dots beyond [`MAP_DOTS_MAX`] (`crdtTooBig`); an
+/// [`LIST_ELEMS_MAX`], a list `seq` beyond [`COUNTER_MAX`], map keys beyond [`MAP_KEYS_MAX`],
+/// map dots beyond [`MAP_DOTS_MAX`] or map LWW values beyond [`MAP_LWW_BYTES_MAX`] bytes
+/// (`crdtTooBig`); an
 /// invalid `author` (`crdtWrongShape`). Every state built by joining deltas of this function
 /// on one server therefore stays within what [`Object::from_json`] reads back.
 pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<Object, OpError> {
@@ -836,6 +863,12 @@ pub fn apply(state: &Object, op: &Op, author: &NodeId, time_ms: i64) -> Result<O
                 return Err(OpError::UnknownElement(id.clone()));
             }
             Ok(Object::List(Box::new(list.delete_id(id))))
+        }
+        (Object::Map(map), Change::MapPut { path, value }) => {
+            let dot = map_fresh_dot(map, path, author)?;
+            check_map_lww_bytes(map, path, value)?;
+            let delta = at_path(map, path, &|v| v.lww_put(dot.clone(), time_ms, value.clone()))?;
+            Ok(Object::Map(Box::new(delta)))
         }
         (Object::Map(map), change) => {
             apply_map(map, change, author).map(|delta| Object::Map(Box::new(delta)))
@@ -1042,6 +1075,25 @@ fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Res
     }
 }
 
+/// Refuses a put of `value` at `path` that would take the map's last-writer-wins values past
+/// [`MAP_LWW_BYTES_MAX`] bytes, counting that it supersedes the writes held at `path`.
+fn check_map_lww_bytes(map: &OrMap<String>, path: &[String], value: &Value) -> Result<(), OpError> {
+    let held = match path.split_first() {
+        Some((first, rest)) => rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key))),
+        None => None,
+    };
+    let superseded: usize =
+        held.into_iter().flat_map(|v| v.lww_entries()).map(|(_, e)| crate::map::json_bytes(&e.value)).sum();
+    let after = (map.lww_bytes() - superseded.min(map.lww_bytes())) + crate::map::json_bytes(value);
+    if after > MAP_LWW_BYTES_MAX {
+        return Err(OpError::TooBig {
+            what: "bytes of a map's last-writer-wins values",
+            max: MAP_LWW_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
 /// The list at `path` of `map` (retired elements included), if there is one.
 fn map_list_at<'m>(map: &'m OrMap<String>, path: &[String]) -> Option<&'m crate::DotList> {
     let (first, rest) = path.split_first()?;
@@ -1162,7 +1214,11 @@ fn too_high_counter() -> OpError {
 ///   path becomes one `map/inc` and one `map/dec`, as for counters: the author's totals
 ///   there end the same (under fewer dots); the first operation of the run meets the same
 ///   checks as the folded one, and the later ones add no key and no dot (only a dot counter
-///   or cloud at its limit could refuse them). Everything else is kept: `remove`, `add` and `delete` act on
+///   or cloud at its limit could refuse them). A `map/put` is dropped when the next operation
+///   kept is a `map/put` to the same path: the later one supersedes every write the earlier
+///   one did or superseded, at a time no lower (the earlier write's time is among those it
+///   supersedes), and is refused exactly when the earlier one would be on the same state.
+///   Everything else is kept: `remove`, `add` and `delete` act on
 ///   what the server holds when it applies them, as for sets.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
@@ -1210,7 +1266,8 @@ fn fold_map_run(run: &[Op], folded: &mut Vec<Op>) {
             rest = tail;
             continue;
         }
-        while folded.len() > start && folded.last().is_some_and(|earlier| map_set_covers(op, earlier)) {
+        let covers = |earlier: &Op| map_set_covers(op, earlier) || map_put_covers(op, earlier);
+        while folded.len() > start && folded.last().is_some_and(covers) {
             folded.pop();
         }
         folded.push(op.clone());
@@ -1273,6 +1330,15 @@ fn map_set_covers(later: &Op, earlier: &Op) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `later` and `earlier` are both `map/put` to the same path (the later one then
+/// supersedes the earlier one and everything it superseded).
+fn map_put_covers(later: &Op, earlier: &Op) -> bool {
+    matches!(
+        (&later.change, &earlier.change),
+        (Change::MapPut { path: later_path, .. }, Change::MapPut { path, .. }) if later_path == path
+    )
 }
 
 /// Whether the mv write `later` supersedes every value the earlier write `earlier` did.
@@ -2507,5 +2573,153 @@ mod tests {
         let state = Object::Map(Box::new(map));
         let err = apply(&state, &op(map_set(json!(["x"]), json!(1))), &node("b"), 0).map_err(|e| e.reason());
         assert_eq!(err, Err("crdtTooBig"));
+    }
+
+    fn map_put(path: Value, v: Value) -> Value {
+        json!({"type": "crdt/map/put", "key": "k", "path": path, "value": v})
+    }
+
+    #[test]
+    fn parses_map_put_actions() {
+        let v = map_put(json!(["doc", "style"]), json!({"font": "serif", "size": [12, 14]}));
+        let op = op(v.clone());
+        assert_eq!(
+            op.change(),
+            &Change::MapPut {
+                path: vec!["doc".into(), "style".into()],
+                value: json!({"font": "serif", "size": [12, 14]})
+            }
+        );
+        assert_eq!(op.kind(), Kind::Map);
+        assert_eq!(Value::Object(op.to_action()), v);
+        assert_eq!(parse(&op.to_action()), Ok(op));
+        // Any JSON up to VALUE_BYTES_MAX compact bytes (the quotes count).
+        let longest = "x".repeat(VALUE_BYTES_MAX - 2);
+        assert_eq!(self::op(map_put(json!(["x"]), json!(longest))).kind(), Kind::Map);
+        for v in [
+            json!({"type": "crdt/map/put", "key": "k", "value": 1}),
+            json!({"type": "crdt/map/put", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/put", "key": "k", "path": [], "value": 1}),
+            json!({"type": "crdt/map/put", "key": "k", "path": "x", "value": 1}),
+            json!({"type": "crdt/map/put", "key": "k", "path": ["x"], "value": 1, "seen": {"a": 1}}),
+            json!({"type": "crdt/map/put", "key": "k", "path": ["x"], "value": 1, "time": 5}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        assert_eq!(reason(map_put(json!(["x"]), json!("x".repeat(VALUE_BYTES_MAX - 1)))), "crdtTooBig");
+        assert_eq!(reason(map_put(json!(vec!["k"; MAP_DEPTH_MAX + 1]), json!(1))), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_map_put_supersedes_what_it_saw_whatever_the_clock_and_refuses_other_kinds() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!({"font": "serif"})), "a", 100);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"style": {"lww": [["a", 1, 100, {"font": "serif"}]]}}}}, "context": {"vv": {"a": 1}}})
+        );
+        // A later put by another author with an earlier clock still supersedes it, at the
+        // time of what it superseded.
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!({"font": "sans"})), "b", 40);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"style": {"lww": [["b", 1, 100, {"font": "sans"}]]}}}}, "context": {"vv": {"a": 1, "b": 1}}})
+        );
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!([1, 2])), "a", 250);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["style"], json!({"lww": [["a", 2, 250, [1, 2]]]}));
+        assert_eq!(
+            state.to_json()["entries"]["doc"]["map"]["style"],
+            json!({"lww": [["a", 2, 250, [1, 2]]]})
+        );
+
+        step(&mut state, map_set(json!(["title"]), json!("hi")), "a", 0);
+        for v in [
+            map_put(json!(["title"]), json!(1)),
+            map_put(json!(["title", "x"]), json!(1)),
+            map_put(json!(["doc"]), json!(1)),
+            map_put(json!(["doc", "style", "x"]), json!(1)),
+            map_set(json!(["doc", "style"]), json!(1)),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["doc", "style"]}),
+        ] {
+            let err = apply(&state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
+        }
+        let err = apply(&state, &op(map_put(json!(["title"]), json!(1))), &node("a"), 0).err();
+        assert_eq!(
+            err.map(|e| e.to_string()).as_deref(),
+            Some("expected a last-writer-wins register at this map path, found a register")
+        );
+
+        // Removing the path retires the write; a put there starts afresh at its own time.
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["doc"]}), "c", 0);
+        assert_eq!(state.to_json()["entries"], json!({"title": {"reg": [["a", 3, "hi"]]}}));
+        let d = step(&mut state, map_put(json!(["doc", "style"]), json!(null)), "b", 7);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["style"], json!({"lww": [["b", 2, 7, null]]}));
+    }
+
+    #[test]
+    fn apply_map_put_keeps_concurrent_writes_until_a_later_put() {
+        // Two servers put at one path concurrently; a join keeps both, the read picks the
+        // greatest (time, dot), and a put on the joined state supersedes both.
+        let base = Object::bottom(Kind::Map);
+        let left = apply(&base, &op(map_put(json!(["x"]), json!({"v": 1}))), &node("a"), 5).unwrap();
+        let right = apply(&base, &op(map_put(json!(["x"]), json!({"v": 2}))), &node("b"), 5).unwrap();
+        let mut joined = left.clone();
+        joined.join(&right).unwrap();
+        let Object::Map(map) = &joined else { panic!("a map") };
+        let x = map.get(&"x".to_owned()).unwrap();
+        assert_eq!(x.lww_entries().count(), 2);
+        assert_eq!(x.lww_value(), Some(&json!({"v": 2})), "equal times: the greater dot, b's");
+        let d = apply(&joined, &op(map_put(json!(["x"]), json!(3))), &node("a"), 0).unwrap();
+        assert_eq!(d.to_json()["entries"]["x"], json!({"lww": [["a", 2, 5, 3]]}));
+        joined.join(&d).unwrap();
+        assert_eq!(joined.to_json()["entries"]["x"], json!({"lww": [["a", 2, 5, 3]]}));
+    }
+
+    #[test]
+    fn fold_map_put_runs_keep_the_last_put_per_path() {
+        let put = |path: &str, v: i64| op(map_put(json!([path]), json!({"v": v})));
+        assert_eq!(fold_queue(&[put("x", 1), put("x", 2), put("x", 3)]), [put("x", 3)]);
+        let remove = op(json!({"type": "crdt/map/remove", "key": "k", "path": ["x"]}));
+        let set = op(map_set(json!(["x"]), json!(1)));
+        let kept = [
+            vec![put("x", 1), put("y", 1), put("x", 2)],
+            vec![put("x", 1), remove.clone(), put("x", 2)],
+            vec![put("x", 1), set.clone()],
+            vec![set.clone(), put("x", 1)],
+        ];
+        for queue in kept {
+            assert_eq!(fold_queue(&queue), queue);
+        }
+        assert_eq!(fold_queue(&[put("x", 1), put("y", 1), put("y", 2)]), [put("x", 1), put("y", 2)]);
+    }
+
+    #[test]
+    fn apply_map_put_refuses_past_the_map_lww_bytes_limit_unless_it_replaces() {
+        // 256 values of 64 KiB of JSON each fill the map's LWW bytes exactly.
+        let big = || json!("x".repeat(VALUE_BYTES_MAX - 2));
+        let mut state = Object::bottom(Kind::Map);
+        for i in 0..MAP_LWW_BYTES_MAX / VALUE_BYTES_MAX {
+            let delta =
+                apply_in_place(&mut state, &op(map_put(json!([format!("k{i}")]), big())), &node("a"), 0);
+            assert!(delta.is_ok(), "{i}");
+        }
+        let Object::Map(map) = &state else { panic!("a map") };
+        assert_eq!(map.lww_bytes(), MAP_LWW_BYTES_MAX);
+        let err =
+            apply(&state, &op(map_put(json!(["more"]), json!(1))), &node("a"), 0).map_err(|e| e.reason());
+        assert_eq!(err, Err("crdtTooBig"));
+        // A put that supersedes a value of the same size fits; so does a smaller one.
+        assert!(apply(&state, &op(map_put(json!(["k0"]), big())), &node("b"), 0).is_ok());
+        assert!(apply_in_place(&mut state, &op(map_put(json!(["k1"]), json!(1))), &node("b"), 0).is_ok());
+        assert!(apply(&state, &op(map_put(json!(["more"]), json!("x".repeat(100)))), &node("b"), 0).is_ok());
+        // The document reads back; one byte more is refused.
+        let doc = state.to_json();
+        assert_eq!(Object::from_json(Kind::Map, &doc).as_ref(), Ok(&state));
+        let mut over = doc.clone();
+        over["entries"]["k1"]["lww"][0][3] = json!("x".repeat(VALUE_BYTES_MAX - 2));
+        over["entries"]["k2"]["lww"][0][3] = json!("x".repeat(VALUE_BYTES_MAX - 2));
+        over["entries"]["extra"] = json!({"lww": [["b", 2, 0, 1]]});
+        assert_eq!(Object::from_json(Kind::Map, &over).map_err(|e| e.reason()), Err("crdtTooBig"));
     }
 }

@@ -143,8 +143,8 @@ impl<E: Ord + Clone> Orswot<E> {
 }
 
 impl<K: Ord + Clone> OrMap<K> {
-    /// The delta since `seen`: at every depth, the set elements, register values and counter
-    /// entries whose dots `seen` does not cover (with the keys leading to them), and the context without the
+    /// The delta since `seen`: at every depth, the set elements, register values, counter
+    /// entries and last-writer-wins writes whose dots `seen` does not cover (with the keys leading to them), and the context without the
     /// dots it covers that are still held.
     pub fn delta_since(&self, seen: &VersionVector) -> OrMap<K> {
         let mut kept = BTreeSet::new();
@@ -186,11 +186,18 @@ fn entries_since<'a, K: Ord + Clone + 'a>(
                 counter.insert(dot.clone(), *totals);
             }
         }
-        let value = Value::from_parts(map, set, register).with_counter(counter).with_list(list_since(
-            value.list(),
-            seen,
-            kept,
-        ));
+        let mut lww = DotFun::new();
+        for (dot, entry) in value.lww_entries() {
+            if seen.contains(dot) {
+                kept.insert(dot.clone());
+            } else {
+                lww.insert(dot.clone(), entry.clone());
+            }
+        }
+        let value = Value::from_parts(map, set, register)
+            .with_counter(counter)
+            .with_list(list_since(value.list(), seen, kept))
+            .with_lww(lww);
         if !DotStore::is_empty(&value) {
             out.insert(key.clone(), value);
         }

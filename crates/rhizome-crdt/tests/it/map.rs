@@ -32,6 +32,16 @@ pub enum MapOp {
     /// Delete the n-th element (retired ones included, modulo their number) of the list at a
     /// key by its id.
     ListCutId(u8, u8),
+    /// Write `{"v": x}` into the last-writer-wins register at a key, at a time in
+    /// milliseconds (a small range, so that equal times are common).
+    Put(u8, i64, i64),
+    /// The same on the register at a key of the nested map at a key.
+    NestedPut(u8, u8, i64, i64),
+}
+
+/// The structured value a put of `x` writes.
+fn put_value(x: i64) -> serde_json::Value {
+    serde_json::json!({"v": x, "tags": [x]})
 }
 
 impl MapOp {
@@ -49,7 +59,9 @@ impl MapOp {
             | MapOp::ListInsert(k, ..)
             | MapOp::ListInsertAfter(k, ..)
             | MapOp::ListCut(k, _)
-            | MapOp::ListCutId(k, _) => *k,
+            | MapOp::ListCutId(k, _)
+            | MapOp::Put(k, ..)
+            | MapOp::NestedPut(k, ..) => *k,
         }
     }
 
@@ -58,7 +70,11 @@ impl MapOp {
         match self {
             MapOp::SetAdd(..) | MapOp::SetRemove(..) => Some(Kind::Set),
             MapOp::Assign(..) => Some(Kind::Register),
-            MapOp::NestedAssign(..) | MapOp::NestedRemove(..) | MapOp::NestedCount(..) => Some(Kind::Map),
+            MapOp::NestedAssign(..)
+            | MapOp::NestedRemove(..)
+            | MapOp::NestedCount(..)
+            | MapOp::NestedPut(..) => Some(Kind::Map),
+            MapOp::Put(..) => Some(Kind::Lww),
             MapOp::Count(..) => Some(Kind::Counter),
             MapOp::ListInsert(..)
             | MapOp::ListInsertAfter(..)
@@ -83,7 +99,9 @@ fn map_op() -> impl Strategy<Value = MapOp> {
         2 => (key.clone(), 0u8..4, 0i64..9).prop_map(|(k, i, v)| MapOp::ListInsert(k, i, v)),
         2 => (key.clone(), 0u8..8, 0i64..9).prop_map(|(k, i, v)| MapOp::ListInsertAfter(k, i, v)),
         1 => (key.clone(), 0u8..4).prop_map(|(k, i)| MapOp::ListCut(k, i)),
-        1 => (key, 0u8..8).prop_map(|(k, i)| MapOp::ListCutId(k, i)),
+        1 => (key.clone(), 0u8..8).prop_map(|(k, i)| MapOp::ListCutId(k, i)),
+        3 => (key.clone(), 0i64..3, 0i64..3).prop_map(|(k, x, t)| MapOp::Put(k, x, t)),
+        1 => (key, small, 0i64..3, 0i64..3).prop_map(|(k, s, x, t)| MapOp::NestedPut(k, s, x, t)),
     ]
 }
 
@@ -138,6 +156,8 @@ fn try_mutate(map: &OrMap<u8>, node: &NodeId, op: &MapOp) -> Result<OrMap<u8>, M
                 Some(id) => v.list_delete_id(&id),
                 None => v.list_delete(0),
             },
+            MapOp::Put(_, x, t) => v.lww_put(dot, *t, put_value(*x)),
+            MapOp::NestedPut(_, s, x, t) => v.map_update(*s, |inner| inner.lww_put(dot, *t, put_value(*x))),
             MapOp::RemoveKey(_) => unreachable!("handled below"),
         }
     };
@@ -178,9 +198,14 @@ fn update_of_held_kind(value: Option<&Value<u8>>, key: u8, fallback: Kind, x: u8
         Kind::Map if value.and_then(|v| v.get(&x)).is_some_and(|n| n.holds(Kind::Counter)) => {
             MapOp::NestedCount(key, x, x as i8 + 1)
         }
+        Kind::Map if value.and_then(|v| v.get(&x)).is_some_and(|n| n.holds(Kind::Lww)) => {
+            MapOp::NestedPut(key, x, i64::from(x), 0)
+        }
         Kind::Map => MapOp::NestedAssign(key, x, i64::from(x)),
         Kind::Counter => MapOp::Count(key, x as i8 + 1),
         Kind::List => MapOp::ListInsert(key, x, i64::from(x)),
+        // At time 0, below any other: the put still supersedes everything it saw.
+        Kind::Lww => MapOp::Put(key, i64::from(x), 0),
     }
 }
 
@@ -261,6 +286,7 @@ proptest! {
             let nested = match &op {
                 MapOp::NestedAssign(_, s, _) => Some((s, Kind::Register)),
                 MapOp::NestedCount(_, s, _) => Some((s, Kind::Counter)),
+                MapOp::NestedPut(_, s, ..) => Some((s, Kind::Lww)),
                 _ => None,
             };
             let expected = mismatch(op.kind(), value).or_else(|| {
@@ -273,13 +299,16 @@ proptest! {
     /// The counts the map keeps through joins equal a recount of its entries.
     #[test]
     fn kept_counts_equal_a_recount(replicas in 3usize..=4, steps in crate::delivery::steps(map_op(), 40)) {
-        fn recount<'a>(entries: impl Iterator<Item = (&'a u8, &'a Value<u8>)>, totals: &mut (usize, usize, usize)) {
+        type Totals = (usize, usize, usize, usize);
+        fn recount<'a>(entries: impl Iterator<Item = (&'a u8, &'a Value<u8>)>, totals: &mut Totals) {
             for (_, value) in entries {
                 totals.0 += 1;
                 totals.1 += value.set_entries().map(|(_, dots)| dots.len()).sum::<usize>();
                 totals.1 += value.register_entries().count();
                 totals.1 += value.counter_entries().count();
                 totals.1 += value.list().live_count();
+                totals.1 += value.lww_entries().count();
+                totals.3 += value.lww_entries().map(|(_, e)| e.value.to_string().len()).sum::<usize>();
                 totals.2 += value.list().element_count() - value.list().live_count();
                 recount(value.entries(), totals);
             }
@@ -287,9 +316,10 @@ proptest! {
         let mut run = Run::<OrMap<u8>>::new(replicas);
         run.play(&steps);
         for state in &run.states {
-            let mut totals = (0, 0, 0);
+            let mut totals = (0, 0, 0, 0);
             recount(state.iter(), &mut totals);
-            prop_assert_eq!((state.key_count(), state.dot_count(), state.retired_count()), totals);
+            let kept = (state.key_count(), state.dot_count(), state.retired_count(), state.lww_bytes());
+            prop_assert_eq!(kept, totals);
         }
     }
 
@@ -300,7 +330,7 @@ proptest! {
         replicas in 3usize..=4,
         steps in crate::delivery::steps(map_op(), 40),
         key in 0u8..3,
-        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map, Kind::Counter, Kind::List]),
+        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map, Kind::Counter, Kind::List, Kind::Lww]),
         x in 0u8..3,
     ) {
         let mut run = Run::<OrMap<u8>>::new(replicas);
@@ -332,6 +362,16 @@ proptest! {
                 let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.counter_value())).collect();
                 let own = own_count(own_nested_before.as_ref(), &node(1));
                 prop_assert_eq!(inner, vec![(x, own + i128::from(x) + 1)]);
+            }
+            // The removal retired every write it saw; only the concurrent put is left (it
+            // superseded the writes its replica held, whatever its time).
+            MapOp::Put(..) => {
+                prop_assert_eq!(value.lww_entries().count(), 1);
+                prop_assert_eq!(value.lww_value(), Some(&put_value(i64::from(x))));
+            }
+            MapOp::NestedPut(..) => {
+                let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.lww_value().cloned())).collect();
+                prop_assert_eq!(inner, vec![(x, Some(put_value(i64::from(x))))]);
             }
             _ => {
                 let inner: Vec<_> =
@@ -579,5 +619,66 @@ proptest! {
         let alone = alone.unwrap();
         prop_assert_eq!(alone.to_vec(), list.values().cloned().collect::<Vec<_>>());
         prop_assert_eq!(alone.len(), list.live_count());
+    }
+}
+
+/// The key of the register in [`concurrent_puts_read_as_the_greatest_time_and_dot`], outside
+/// the keys `map_op` touches.
+const LWW_KEY: u8 = 5;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Replicas that have seen everything put at one key concurrently, each at its own time.
+    /// Afterwards every replica holds the same state, keeps every concurrent put (none saw
+    /// another), and reads the one with the greatest (time, dot), each time raised to the
+    /// greatest time the put superseded. A put made after that supersedes them all, whatever
+    /// its time.
+    #[test]
+    fn concurrent_puts_read_as_the_greatest_time_and_dot(
+        replicas in 3usize..=4,
+        steps in crate::delivery::steps(map_op(), 20),
+        puts in crate::delivery::steps((0i64..3, 0i64..4).prop_map(|(x, t)| MapOp::Put(LWW_KEY, x, t)), 20),
+        concurrent in prop::collection::vec(prop::option::of((0i64..9, 0i64..4)), 4),
+        late in 0i64..4,
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&steps);
+        run.play(&puts);
+        run.sync_all();
+        let before = run.states[0].clone();
+        let base = before.get(&LWW_KEY).into_iter().flat_map(Value::lww_entries).map(|(_, e)| e.time_ms).max();
+        let mut updates = Vec::new();
+        let mut expected = None;
+        for (r, put) in concurrent.iter().enumerate().take(replicas) {
+            let Some((x, t)) = put else { continue };
+            updates.push(Step::Local(r, MapOp::Put(LWW_KEY, *x, *t)));
+            let stamp = ((*t).max(base.unwrap_or(*t)), run.states[r].context().next_dot(&node(r)));
+            if expected.as_ref().is_none_or(|(best, _)| stamp > *best) {
+                expected = Some((stamp, put_value(*x)));
+            }
+        }
+        run.play(&updates);
+        run.sync_all();
+        for state in &run.states {
+            prop_assert_eq!(state, &run.states[0]);
+            let value = state.get(&LWW_KEY);
+            match &expected {
+                None => prop_assert_eq!(value, before.get(&LWW_KEY)),
+                Some((_, winner)) => {
+                    let value = value.unwrap();
+                    prop_assert_eq!(value.kinds().collect::<Vec<_>>(), [Kind::Lww]);
+                    prop_assert_eq!(value.lww_entries().count(), updates.len());
+                    prop_assert_eq!(value.lww_value(), Some(winner));
+                }
+            }
+        }
+        run.play(&[Step::Local(replicas - 1, MapOp::Put(LWW_KEY, 7, late))]);
+        run.sync_all();
+        for state in &run.states {
+            let value = state.get(&LWW_KEY).unwrap();
+            prop_assert_eq!(value.lww_entries().count(), 1);
+            prop_assert_eq!(value.lww_value(), Some(&put_value(7)));
+        }
     }
 }

@@ -48,7 +48,7 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 18] = [
+    const KNOWN: [&str; 19] = [
         "crdt/counter/inc",
         "crdt/counter/dec",
         "crdt/lww/set",
@@ -67,6 +67,7 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         "crdt/map/dec",
         "crdt/map/insert",
         "crdt/map/cut",
+        "crdt/map/put",
     ];
     const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
@@ -214,6 +215,7 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
             1 => (map_path(), json(false))
                 .prop_map(|(path, value)| Change::MapInsertAfter { path, after: None, value }),
             1 => (map_path(), list_index()).prop_map(|(path, index)| Change::MapCut { path, index }),
+            2 => (map_path(), json(false)).prop_map(|(path, value)| Change::MapPut { path, value }),
         ]
         .boxed(),
         other => panic!("no changes for {other} yet"),
@@ -371,8 +373,8 @@ pub fn value(object: &Object) -> Value {
 }
 
 /// A map's entries without their dots: `{key: {"map": …, "set": [elements], "reg": [values],
-/// "counter": value, "list": [live values]}}` (a counter's value as a string, 0 when there is
-/// none; `list` only where a list was).
+/// "counter": value, "list": [live values], "lww": winner}}` (a counter's value as a string, 0
+/// when there is none; `list` only where a list was, `lww` only where an LWW register is).
 fn map_value<'a>(entries: impl Iterator<Item = (&'a String, &'a rhizome_crdt::Value<String>)>) -> Value {
     let entry = |value: &rhizome_crdt::Value<String>| {
         let mut doc = serde_json::json!({
@@ -383,6 +385,9 @@ fn map_value<'a>(entries: impl Iterator<Item = (&'a String, &'a rhizome_crdt::Va
         });
         if value.list().element_count() > 0 {
             doc["list"] = value.list().values().cloned().collect();
+        }
+        if let Some(lww) = value.lww_value() {
+            doc["lww"] = lww.clone();
         }
         doc
     };

@@ -415,6 +415,98 @@ async fn two_clients_insert_into_a_list_in_a_map_and_a_subscriber_converges() ->
     Ok(())
 }
 
+/// The last-writer-wins register at `path` of a map object, as a subscriber that joined
+/// `deltas` reads it: the winning value and every write held, as `[node, n, time, value]`.
+fn map_lww(deltas: &[Value], path: &[&str]) -> Result<(Option<Value>, Vec<Value>)> {
+    use rhizome_crdt::{Kind, Object};
+    let mut state = Object::bottom(Kind::Map);
+    for delta in deltas {
+        state.join(&Object::from_json(Kind::Map, &delta["delta"])?)?;
+    }
+    let Object::Map(map) = state else { anyhow::bail!("not a map") };
+    let (first, rest) = path.split_first().context("a path")?;
+    let mut value = map.get(&first.to_string());
+    for key in rest {
+        value = value.and_then(|v| v.get(&key.to_string()));
+    }
+    let Some(value) = value else { return Ok((None, Vec::new())) };
+    let held =
+        value.lww_entries().map(|(dot, e)| json!([dot.node.as_str(), dot.counter, e.time_ms, e.value]));
+    Ok((value.lww_value().cloned(), held.collect()))
+}
+
+#[tokio::test]
+async fn two_clients_put_structured_values_in_a_map_and_a_subscriber_converges_to_the_winner() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    assert!(subscribe_object(&mut bob, "docs/1").await?.is_empty(), "a new object has no state");
+    let mut alice = server.login("alice:c1:t1").await?;
+    let mut carol = server.login("carol:c3:t1").await?;
+    let put = |font: &str, size: u64| {
+        json!({"type": "crdt/map/put", "key": "docs/1", "path": ["doc", "style"],
+               "value": {"font": font, "size": size, "marks": [{"bold": size.is_multiple_of(2)}]}})
+    };
+    // Alice's clock runs a minute ahead of carol's; they take turns, carol last.
+    for size in 0..4 {
+        let ms = alice.next_id_ms() + 60_000;
+        let id = alice.send_action_at(put("serif", size), ms).await?;
+        alice.wait_processed(&id).await?;
+        let id = carol.send_action(put("sans", size)).await?;
+        carol.wait_processed(&id).await?;
+    }
+    let winner = put("sans", 3)["value"].clone();
+
+    // The live subscriber converges to carol's last put: each put superseded the one before
+    // it (the server held it), whatever the clocks said.
+    let mut live = Vec::new();
+    while map_lww(&live, &["doc", "style"])?.0.as_ref() != Some(&winner) {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    assert!(live.iter().all(|d| d["kind"] == "map" && d["key"] == "docs/1"), "{live:?}");
+    let (_, held) = map_lww(&live, &["doc", "style"])?;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0][0], "carol:c3:t1");
+    // Carol's write took the time of alice's, which it superseded (a minute ahead of its own).
+    let alice_times: Vec<i64> = live
+        .iter()
+        .filter_map(|d| d["delta"]["entries"]["doc"]["map"]["style"]["lww"][0].as_array().cloned())
+        .filter(|w| w[0] == "alice:c1:t1")
+        .filter_map(|w| w[2].as_i64())
+        .collect();
+    assert_eq!(held[0][2].as_i64(), alice_times.last().copied(), "{live:?}");
+
+    // A new subscriber gets the same single write in one delta.
+    let mut dave = server.login("dave:c4:t1").await?;
+    let snapshot = subscribe_object(&mut dave, "docs/1").await?;
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(map_lww(&snapshot, &["doc", "style"])?, (Some(winner), held));
+
+    // A register write where the LWW register is: refused; so is a put through it.
+    let set = json!({"type": "crdt/map/set", "key": "docs/1", "path": ["doc", "style"], "value": 1});
+    let id = alice.send_action(set).await?;
+    assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtTypeMismatch");
+    let deeper = json!({"type": "crdt/map/put", "key": "docs/1", "path": ["doc", "style", "x"], "value": 1});
+    let id = alice.send_action(deeper).await?;
+    assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtTypeMismatch");
+
+    // Removing the path retires the write; a put there afterwards is the only one.
+    let remove = json!({"type": "crdt/map/remove", "key": "docs/1", "path": ["doc", "style"]});
+    let id = carol.send_action(remove).await?;
+    carol.wait_processed(&id).await?;
+    let id = alice.send_action(put("mono", 9)).await?;
+    alice.wait_processed(&id).await?;
+    let fresh = put("mono", 9)["value"].clone();
+    while map_lww(&live, &["doc", "style"])?.0.as_ref() != Some(&fresh) {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    assert_eq!(map_lww(&live, &["doc", "style"])?.1.len(), 1);
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
 /// Subscribes to the object at `key` with `seen`; returns the `crdt/delta` actions received
 /// with the answer.
 async fn subscribe_seen(c: &mut Client, key: &str, seen: &Value) -> Result<Vec<Value>> {
