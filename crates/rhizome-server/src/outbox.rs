@@ -2,7 +2,9 @@
 //!
 //! Producers (the hub, catch-up jobs, the connection's own pipeline) push without waiting; the
 //! connection task drains it. A consumer that falls `outbound_queue_bytes_max` behind is closed:
-//! a client that does not read is disconnected, not buffered forever.
+//! a client that does not read is disconnected, not buffered forever. The check is made before
+//! each push, so one frame may take the queue over the limit (a big commit reaching a client
+//! that does read): the queue holds at most the limit plus one frame.
 
 use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, VecDeque};
@@ -64,7 +66,8 @@ impl Outbox {
         if s.closed.is_some() {
             return false;
         }
-        s.bytes += frame.len();
+        // Over the limit before this frame: the client has not taken what was queued. A frame
+        // that takes a reading client's queue over the limit (one big commit) is kept.
         if s.bytes > self.bytes_max {
             s.closed = Some(Closed::Overflow);
             s.frames.clear();
@@ -73,6 +76,7 @@ impl Outbox {
             self.waker.wake();
             return false;
         }
+        s.bytes += frame.len();
         s.frames.push_back(frame);
         drop(s);
         self.waker.wake();
@@ -214,8 +218,8 @@ mod tests {
     fn overflow_closes() {
         let o = Outbox::new(10);
         assert!(o.push("12345".into()));
-        assert!(o.push("12345".into()));
-        assert!(!o.push("1".into()));
+        assert!(o.push("1234567890".into()), "a frame that takes the queue over the limit is kept");
+        assert!(!o.push("1".into()), "more while it is over the limit and not taken: closed");
         assert_eq!(o.closed(), Some(Closed::Overflow));
         let mut v = Vec::new();
         assert_eq!(o.drain_each(|f| v.push(f)), Some(Closed::Overflow));

@@ -138,7 +138,10 @@ async fn subscriber_that_stops_reading_is_dropped_and_the_producer_is_not() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_that_reads_keeps_up_with_a_pipelined_producer() -> Result<()> {
-    let limits = "outbound_queue_bytes_max = 262144";
+    // Twice the burst (about 1.1 MB): a subscriber that reads may fall behind by a whole
+    // group commit while its task waits for a core, and must not be taken for a slow one.
+    // `subscriber_that_stops_reading_is_dropped_and_the_producer_is_not` checks the limit.
+    let limits = "outbound_queue_bytes_max = 2097152";
     let server = TestServer::start(limits).await?;
     let mut reader = server.login("bob:c2:t1").await?;
     reader.subscribe("counter/1").await?;
