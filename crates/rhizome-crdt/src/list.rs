@@ -241,24 +241,13 @@ impl<T: Clone + PartialEq> Rga<T> {
     /// the one new element. If `dot` already names an element of this list, nothing is
     /// inserted and the delta is empty: a dot names one element.
     pub fn insert(&self, index: usize, dot: Dot, value: T) -> Rga<T> {
-        let mut delta = Rga::new();
-        if self.ids.contains_key(&dot) {
-            return delta;
-        }
         let index = index.min(self.len());
         // The new element goes after the visible element to its left. Its timestamp is the
         // greatest this replica knows, so it lands right after that element, before any
         // tombstones that follow it, which keeps it at `index`.
-        let origin = index
-            .checked_sub(1)
-            .and_then(|left| self.tree.nth_visible(left))
-            .map(|i| self.elems[i].id.clone());
-        // Saturating: a state from a hostile peer could carry `u64::MAX`. Inserts then share
-        // that seq (one after such an element is left unplaced by the rule in `place`), which
-        // degrades the order but does not panic. Bounding seqs belongs to the decoder.
-        let seq = self.max_seq.saturating_add(1);
-        delta.add(Elem { id: dot, origin, seq, value, deleted: false });
-        delta
+        let origin =
+            index.checked_sub(1).and_then(|left| self.tree.nth_visible(left)).map(|i| &self.elems[i].id);
+        self.insert_after(origin, dot, value)
     }
 
     /// Whether `id` names an element of this list, deleted or not.
@@ -278,7 +267,10 @@ impl<T: Clone + PartialEq> Rga<T> {
             return delta;
         }
         // The greatest timestamp this replica knows: placed right after `after`, before its
-        // other successors (all older).
+        // other successors (all older). Saturating: a state from a hostile peer could carry
+        // `u64::MAX`. Inserts then share that seq (one after such an element is left unplaced
+        // by the rule in `place`), which degrades the order but does not panic. Bounding seqs
+        // belongs to the decoder.
         let seq = self.max_seq.saturating_add(1);
         delta.add(Elem { id: dot, origin: after.cloned(), seq, value, deleted: false });
         delta

@@ -362,39 +362,26 @@ impl<K: Ord + Clone, S: DotStore> DotMap<K, S> {
     ) {
         self.index = DotIndex(None);
         let mine = std::mem::take(&mut self.entries);
-        let (mut dots, mut keys, mut retired, mut lww_bytes) = (0, 0, 0, 0);
-        let mut joined = Vec::with_capacity(mine.len().max(other.entries.len()));
-        let mut keep = |key: K, store: S| {
+        (self.dots, self.keys, self.retired, self.lww_bytes) = (0, 0, 0, 0);
+        // Keys come in order, so each `put` appends to the rebuilt entries.
+        let mut join_put = |map: &mut Self, key: K, mut store: S, theirs: &S| {
+            store.join_store(context, theirs, other_context, changes);
             if !store.is_empty() {
-                dots += store.dot_count();
-                keys += 1 + store.key_count();
-                retired += store.retired_count();
-                lww_bytes += store.lww_bytes();
-                joined.push((key, store));
+                map.put(key, store);
             }
         };
+        let empty = S::default();
         let mut theirs = other.entries.iter().peekable();
-        let only_theirs = |store: &S, changes: &mut DotChanges| {
-            let mut fresh = S::default();
-            fresh.join_store(context, store, other_context, changes);
-            fresh
-        };
-        for (key, mut store) in mine {
+        for (key, store) in mine {
             while let Some((k, s)) = theirs.next_if(|(k, _)| **k < key) {
-                keep(k.clone(), only_theirs(s, changes));
+                join_put(self, k.clone(), S::default(), s);
             }
-            match theirs.next_if(|(k, _)| **k == key) {
-                Some((_, s)) => store.join_store(context, s, other_context, changes),
-                None => store.join_store(context, &S::default(), other_context, changes),
-            }
-            keep(key, store);
+            let same = theirs.next_if(|(k, _)| **k == key).map_or(&empty, |(_, s)| s);
+            join_put(self, key, store, same);
         }
         for (k, s) in theirs {
-            keep(k.clone(), only_theirs(s, changes));
+            join_put(self, k.clone(), S::default(), s);
         }
-        // Sorted and distinct: built in one pass.
-        self.entries = joined.into_iter().collect();
-        (self.dots, self.keys, self.retired, self.lww_bytes) = (dots, keys, retired, lww_bytes);
     }
 }
 
