@@ -1,6 +1,7 @@
-//! End-to-end tests of the `rhizome` binary: the real npm `@logux/client` against it, and
-//! SIGKILL during heavy ingest.
+//! End-to-end tests of the `rhizome` binary: the real npm `@logux/client` against it,
+//! SIGKILL during heavy ingest, and settings refused at start.
 
+mod cli;
 mod crash;
 mod interop;
 mod support;
