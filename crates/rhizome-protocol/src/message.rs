@@ -100,7 +100,7 @@ pub enum WireId {
 }
 
 /// Meta of one action in a `sync`, before decompression.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireMeta {
     /// The compressed id.
     pub id: WireId,
@@ -193,12 +193,7 @@ fn int(v: &Value) -> Option<i64> {
     if let Some(i) = v.as_i64() {
         return Some(i);
     }
-    let f = v.as_f64()?;
-    if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 {
-        Some(f as i64)
-    } else {
-        None
-    }
+    float_int(v.as_f64()?)
 }
 
 fn uint(v: &Value) -> Option<u64> {
@@ -329,22 +324,214 @@ pub fn parse(text: &str) -> Result<Message, ProtocolError> {
 }
 
 fn parse_meta(raw: &RawValue) -> Option<WireMeta> {
-    let Value::Object(map) = parse_raw(raw)? else {
-        return None;
-    };
-    let time = int(map.get("time")?)?;
-    let id = match map.get("id")? {
-        Value::Array(a) if a.len() == 2 => WireId::OwnSeq(int(&a[0])?, uint(&a[1])?),
-        Value::Array(a) if a.len() == 3 => WireId::Full(int(&a[0])?, a[1].as_str()?.to_owned(), uint(&a[2])?),
-        v => WireId::Own(int(v)?),
-    };
-    let subprotocol = match map.get("subprotocol") {
-        None => None,
-        Some(v) => Some(uint(v)?),
-    };
-    let extra_keys =
-        map.keys().filter(|k| !matches!(k.as_str(), "id" | "time" | "subprotocol")).cloned().collect();
-    Some(WireMeta { id, time, subprotocol, extra_keys })
+    // Read straight into `WireMeta`: one meta per action is on the hot path of every `sync`,
+    // and a `Value` tree would cost a map node and a string per key.
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let meta = serde::Deserializer::deserialize_map(&mut de, MetaVisitor).ok()?;
+    de.end().ok()?;
+    meta
+}
+
+/// Reads a meta object with the rules of `int`/`uint`; `None` when a known key has a wrong value
+/// or `id`/`time` is missing. A repeated key counts as its last value, as in a `Value` map.
+struct MetaVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MetaVisitor {
+    type Value = Option<WireMeta>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a meta object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = None;
+        let mut time = None;
+        let mut subprotocol = None;
+        let mut extra_keys: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "id" => id = map.next_value::<WireIdRepr>()?.0,
+                "time" => time = map.next_value::<Number>()?.int(),
+                "subprotocol" => {
+                    subprotocol = Some(map.next_value::<Number>()?.int().and_then(|n| u64::try_from(n).ok()))
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !extra_keys.iter().any(|k| *k == *key) {
+                        extra_keys.push(key.into_owned());
+                    }
+                }
+            }
+        }
+        extra_keys.sort_unstable();
+        Ok(match (id, time, subprotocol) {
+            (Some(id), Some(time), None) => Some(WireMeta { id, time, subprotocol: None, extra_keys }),
+            (Some(id), Some(time), Some(Some(n))) => {
+                Some(WireMeta { id, time, subprotocol: Some(n), extra_keys })
+            }
+            _ => None,
+        })
+    }
+}
+
+/// A JSON number as `int` reads it, or `None` for any other value.
+struct Number(Option<i64>);
+
+impl Number {
+    fn int(self) -> Option<i64> {
+        self.0
+    }
+}
+
+/// A float that holds an integer JavaScript represents exactly, as that integer.
+fn float_int(f: f64) -> Option<i64> {
+    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15).then_some(f as i64)
+}
+
+impl<'de> serde::Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                Ok(Number(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                Ok(Number(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                Ok(Number(float_int(v)))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_unit<E>(self) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Number, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Number(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Number, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Number(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A number or a string, the elements of a compressed id.
+enum IdPart {
+    Int(Option<i64>),
+    Str(String),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for IdPart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IdPart;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a string")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<IdPart, E> {
+                Ok(IdPart::Int(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<IdPart, E> {
+                Ok(IdPart::Int(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<IdPart, E> {
+                Ok(IdPart::Int(float_int(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<IdPart, E> {
+                Ok(IdPart::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<IdPart, E> {
+                Ok(IdPart::Str(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IdPart, E> {
+                Ok(IdPart::Other)
+            }
+            fn visit_unit<E>(self) -> Result<IdPart, E> {
+                Ok(IdPart::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<IdPart, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IdPart::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<IdPart, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IdPart::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A compressed id: a number, `[shift, seq]` or `[shift, node, seq]`; `None` for anything else.
+struct WireIdRepr(Option<WireId>);
+
+impl<'de> serde::Deserialize<'de> for WireIdRepr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = WireIdRepr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an id")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<WireIdRepr, E> {
+                Ok(WireIdRepr(Some(WireId::Own(v))))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<WireIdRepr, E> {
+                Ok(WireIdRepr(i64::try_from(v).ok().map(WireId::Own)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<WireIdRepr, E> {
+                Ok(WireIdRepr(float_int(v).map(WireId::Own)))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<WireIdRepr, E> {
+                Ok(WireIdRepr(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<WireIdRepr, E> {
+                Ok(WireIdRepr(None))
+            }
+            fn visit_unit<E>(self) -> Result<WireIdRepr, E> {
+                Ok(WireIdRepr(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WireIdRepr, A::Error> {
+                let mut parts: [Option<IdPart>; 3] = [None, None, None];
+                let mut len = 0;
+                while let Some(part) = seq.next_element::<IdPart>()? {
+                    if let Some(slot) = parts.get_mut(len) {
+                        *slot = Some(part);
+                    }
+                    len += 1;
+                }
+                let id = match (len, parts) {
+                    (2, [Some(IdPart::Int(Some(shift))), Some(IdPart::Int(Some(seq))), None]) => {
+                        u64::try_from(seq).ok().map(|seq| WireId::OwnSeq(shift, seq))
+                    }
+                    (3, [Some(IdPart::Int(Some(shift))), Some(IdPart::Str(node)), Some(IdPart::Int(Some(seq)))]) => {
+                        u64::try_from(seq).ok().map(|seq| WireId::Full(shift, node, seq))
+                    }
+                    _ => None,
+                };
+                Ok(WireIdRepr(id))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<WireIdRepr, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(WireIdRepr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Per-connection id/time compression state: `baseTime` and the two node ids.
@@ -552,6 +739,80 @@ pub fn encode_duilian(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What `parse_meta` reads, by way of a `Value` tree: the rules it must keep.
+    fn meta_by_value(text: &str) -> Option<WireMeta> {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+            return None;
+        };
+        let time = int(map.get("time")?)?;
+        let id = match map.get("id")? {
+            Value::Array(a) if a.len() == 2 => WireId::OwnSeq(int(&a[0])?, uint(&a[1])?),
+            Value::Array(a) if a.len() == 3 => {
+                WireId::Full(int(&a[0])?, a[1].as_str()?.to_owned(), uint(&a[2])?)
+            }
+            v => WireId::Own(int(v)?),
+        };
+        let subprotocol = match map.get("subprotocol") {
+            None => None,
+            Some(v) => Some(uint(v)?),
+        };
+        let extra_keys =
+            map.keys().filter(|k| !matches!(k.as_str(), "id" | "time" | "subprotocol")).cloned().collect();
+        Some(WireMeta { id, time, subprotocol, extra_keys })
+    }
+
+    fn json_scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (-5i64..5).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just("1.0".to_owned()),
+            Just("-2.0".to_owned()),
+            Just("1.5".to_owned()),
+            Just("1e300".to_owned()),
+            Just("9007199254740993.0".to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("\"10:a\"".to_owned()),
+            Just("{\"a\":[1]}".to_owned()),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => json_scalar(),
+            2 => prop::collection::vec(json_scalar(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn meta_reads_as_through_a_value(
+            id in prop_oneof![
+                (-5i64..5).prop_map(|n| n.to_string()),
+                ((-5i64..5), (0u64..3)).prop_map(|(a, b)| format!("[{a},{b}]")),
+                ((-5i64..5), (0u64..3)).prop_map(|(a, b)| format!("[{a},\"10:a\",{b}]")),
+            ],
+            time in -5i64..5,
+            pairs in prop::collection::vec(
+                (prop::sample::select(vec!["id", "time", "subprotocol", "reasons", "x"]), json_value()),
+                0..4,
+            ),
+            at in 0usize..5,
+        ) {
+            // A well-formed meta, with arbitrary pairs before, between or after its keys.
+            let mut pairs: Vec<(&str, String)> = pairs;
+            let at = at.min(pairs.len());
+            pairs.insert(at, ("time", time.to_string()));
+            pairs.insert(at / 2, ("id", id));
+            let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let text = format!("{{{}}}", body.join(","));
+            let raw: Box<RawValue> = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(parse_meta(&raw), meta_by_value(&text), "{}", text);
+        }
+    }
 
     fn codec() -> Codec {
         Codec {
