@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS log(
-    added INTEGER PRIMARY KEY AUTOINCREMENT,
+    added INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     time INTEGER NOT NULL,
     received INTEGER NOT NULL,
@@ -272,9 +272,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn last_position(&self) -> Result<Position, StoreError> {
         self.with_reader(|c| {
-            let seq: Option<i64> = c
-                .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'log'", [], |r| r.get(0))
-                .optional()?;
+            let seq: Option<i64> = c.query_row("SELECT max(added) FROM log", [], |r| r.get(0))?;
             Ok(seq.unwrap_or(0) as Position)
         })
     }
