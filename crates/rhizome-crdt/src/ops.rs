@@ -20,6 +20,7 @@
 //! | `crdt/map/insert` | `key`, `path`, `index` (integer ≥ 0) or `after` (an element id `[node, n]` or `null`), `value` (any JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
 //! | `crdt/map/cut` | `key`, `path`, `index` (integer ≥ 0) or `id` (an element id `[node, n]`) |
 //! | `crdt/map/put` | `key`, `path`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes): a last-writer-wins register |
+//! | `crdt/map/cladd`, `crdt/map/cldelete` | `key`, `path`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes): a causal-length set |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -319,6 +320,22 @@ pub enum Change {
         /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
         value: Value,
     },
+    /// `crdt/map/cladd`: add `elem` to the causal-length set at `path` (see
+    /// [`crate::ValueRef::clset_add`]), creating the nested maps on the way.
+    MapClAdd {
+        /// The set's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element, as for [`Change::SetAdd`].
+        elem: Scalar,
+    },
+    /// `crdt/map/cldelete`: remove `elem` from the causal-length set at `path` (see
+    /// [`crate::ValueRef::clset_remove`]).
+    MapClDelete {
+        /// The set's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element.
+        elem: Scalar,
+    },
 }
 
 impl Change {
@@ -343,7 +360,7 @@ impl Change {
             | Change::MapInsertAfter { .. }
             | Change::MapCut { .. }
             | Change::MapCutId { .. } => Kind::Map,
-            Change::MapPut { .. } => Kind::Map,
+            Change::MapPut { .. } | Change::MapClAdd { .. } | Change::MapClDelete { .. } => Kind::Map,
         }
     }
 
@@ -369,6 +386,8 @@ impl Change {
             Change::MapInsert { .. } | Change::MapInsertAfter { .. } => "crdt/map/insert",
             Change::MapCut { .. } | Change::MapCutId { .. } => "crdt/map/cut",
             Change::MapPut { .. } => "crdt/map/put",
+            Change::MapClAdd { .. } => "crdt/map/cladd",
+            Change::MapClDelete { .. } => "crdt/map/cldelete",
         }
     }
 
@@ -388,7 +407,10 @@ impl Change {
             Change::ListDeleteId { .. } => &["type", "key", "id"],
             Change::MapSet { .. } => &["type", "key", "path", "value", "seen"],
             Change::MapRemove { .. } => &["type", "key", "path"],
-            Change::MapAdd { .. } | Change::MapDelete { .. } => &["type", "key", "path", "elem"],
+            Change::MapAdd { .. }
+            | Change::MapDelete { .. }
+            | Change::MapClAdd { .. }
+            | Change::MapClDelete { .. } => &["type", "key", "path", "elem"],
             Change::MapInc { .. } | Change::MapDec { .. } => &["type", "key", "path", "by"],
             Change::MapInsert { .. } => &["type", "key", "path", "index", "value"],
             Change::MapInsertAfter { .. } => &["type", "key", "path", "after", "value"],
@@ -424,7 +446,10 @@ impl Change {
                 seen.as_ref().map_or(Ok(()), check_seen)
             }
             Change::MapRemove { path } => check_path(path),
-            Change::MapAdd { path, elem } | Change::MapDelete { path, elem } => {
+            Change::MapAdd { path, elem }
+            | Change::MapDelete { path, elem }
+            | Change::MapClAdd { path, elem }
+            | Change::MapClDelete { path, elem } => {
                 check_path(path)?;
                 check_elem(elem)
             }
@@ -570,7 +595,10 @@ impl Op {
                 action.insert("value".to_owned(), value.to_json())
             }
             Change::MapRemove { path } => action.insert("path".to_owned(), path.clone().into()),
-            Change::MapAdd { path, elem } | Change::MapDelete { path, elem } => {
+            Change::MapAdd { path, elem }
+            | Change::MapDelete { path, elem }
+            | Change::MapClAdd { path, elem }
+            | Change::MapClDelete { path, elem } => {
                 action.insert("path".to_owned(), path.clone().into());
                 action.insert("elem".to_owned(), elem.to_json())
             }
@@ -653,6 +681,8 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         }
         "crdt/map/cut" => Change::MapCut { path: path_field(action)?, index: index_field(action)? },
         "crdt/map/put" => Change::MapPut { path: path_field(action)?, value: value_field(action)? },
+        "crdt/map/cladd" => Change::MapClAdd { path: path_field(action)?, elem: elem_field(action)? },
+        "crdt/map/cldelete" => Change::MapClDelete { path: path_field(action)?, elem: elem_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -767,6 +797,10 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   `max(time_ms, the greatest time among the writes it supersedes)` and supersedes every
 ///   write the server holds at `path` ([`crate::ValueRef::lww_put`]), so an author's write
 ///   always supersedes its own earlier one (and anyone's it saw) whatever its clock did.
+///   `map/cladd` and `map/cldelete` lengthen the element of the causal-length set at `path`
+///   by one under `state.context().next_dot(author)` when that changes its presence
+///   (else the bottom), retiring the element's bumps the server holds
+///   ([`crate::ValueRef::clset_add`]).
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
@@ -967,6 +1001,14 @@ fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<Or
             at_path(map, path, &|v| v.set_add(dot.clone(), elem.clone()))
         }
         Change::MapDelete { path, elem } => at_path(map, path, &|v| v.set_remove(elem)),
+        Change::MapClAdd { path, elem } => {
+            let dot = map_clset_dot(map, path, elem, true, author)?;
+            at_path(map, path, &|v| v.clset_add(dot.clone(), elem.clone()))
+        }
+        Change::MapClDelete { path, elem } => {
+            let dot = map_clset_dot(map, path, elem, false, author)?;
+            at_path(map, path, &|v| v.clset_remove(dot.clone(), elem))
+        }
         Change::MapInc { path, by } => {
             let dot = map_counter_dot(map, path, author)?;
             at_path(map, path, &|v| v.counter_inc(dot.clone(), *by))
@@ -1069,6 +1111,38 @@ fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Res
     };
     let replaces = value.is_some_and(|v| v.counter_entries().any(|(dot, _)| dot.node == *author));
     if replaces {
+        fresh_dot(map.context(), author)
+    } else {
+        map_fresh_dot(map, path, author)
+    }
+}
+
+/// The author's next dot for a bump of `elem` in the causal-length set at `path` (an add
+/// when `adds`, else a remove), refused when its length would pass [`COUNTER_MAX`] (what a
+/// document reads back). An operation that does not change the element's presence makes
+/// no bump (its delta is the bottom), so it is never refused for a limit. When the set holds
+/// the element already, the bump replaces its bumps, so it adds no key and no dot and only
+/// [`fresh_dot`]'s limits apply (as for [`map_counter_dot`]); otherwise it is a new write,
+/// as for [`map_fresh_dot`].
+fn map_clset_dot(
+    map: &OrMap<String>,
+    path: &[String],
+    elem: &Scalar,
+    adds: bool,
+    author: &NodeId,
+) -> Result<Dot, OpError> {
+    let value = match path.split_first() {
+        Some((first, rest)) => rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key))),
+        None => None,
+    };
+    let length = value.map_or(0, |v| v.clset_length(elem));
+    let present = length % 2 == 1;
+    if present == adds {
+        // Unused: the mutator gives the bottom delta without a bump.
+        return Ok(map.context().next_dot(author));
+    }
+    check_causal_length(length)?;
+    if length > 0 {
         fresh_dot(map.context(), author)
     } else {
         map_fresh_dot(map, path, author)
@@ -1219,7 +1293,8 @@ fn too_high_counter() -> OpError {
 ///   one did or superseded, at a time no lower (the earlier write's time is among those it
 ///   supersedes), and is refused exactly when the earlier one would be on the same state.
 ///   Everything else is kept: `remove`, `add` and `delete` act on
-///   what the server holds when it applies them, as for sets.
+///   what the server holds when it applies them, as for sets, and `cladd` and `cldelete`
+///   lengthen an element only when that changes its presence then, as for clsets.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
 /// queue shows other clients the same order of changes across objects.
