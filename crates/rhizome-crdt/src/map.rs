@@ -2121,4 +2121,46 @@ mod tests {
         assert_eq!(x.lww_entries().count(), 1);
         assert_eq!(x.lww_value(), Some(&json!({"late": true})));
     }
+
+    #[test]
+    fn a_clset_bump_supersedes_what_it_saw_and_a_removal_keeps_concurrent_bumps() {
+        let (x, y) = (Scalar::from("x"), Scalar::from("y"));
+        let mut a = OrMap::new();
+        for elem in ["x", "y"] {
+            let d = a.update("tags", |v| v.clset_add(next(&a, "a"), elem)).unwrap();
+            apply(&mut a, &d);
+        }
+        let tags = a.get(&"tags").unwrap();
+        assert_eq!(tags.kinds().collect::<Vec<_>>(), [Kind::ClSet]);
+        assert_eq!(tags.clset_elements().collect::<Vec<_>>(), [&x, &y]);
+        // Adding a present element or removing an absent one is the bottom (no dot used).
+        assert!(a.update("tags", |v| v.clset_add(next(&a, "a"), "x")).unwrap().is_bottom());
+        assert!(a.update("tags", |v| v.clset_remove(next(&a, "a"), &Scalar::from("z"))).unwrap().is_bottom());
+        let d = a.update("tags", |v| v.clset_remove(next(&a, "b"), &x)).unwrap();
+        apply(&mut a, &d);
+        let tags = a.get(&"tags").unwrap();
+        assert_eq!((tags.clset_length(&x), tags.clset_contains(&x)), (2, false));
+        assert_eq!(tags.clset_entries().map(|(_, bumps)| bumps.len()).sum::<usize>(), 2, "one bump each");
+        // The same bump again (a seen dot) changes nothing.
+        assert!(a.update("tags", |v| v.clset_add(Dot::new("b", 1), "x")).unwrap().is_bottom());
+
+        // c removes the key having seen everything; concurrently d re-adds x (length 3).
+        let mut c = a.clone();
+        let removal = c.remove(&"tags");
+        apply(&mut c, &removal);
+        let re_add = a.update("tags", |v| v.clset_add(next(&a, "d"), "x")).unwrap();
+        apply(&mut a, &re_add);
+        a.join(&c);
+        c.join(&re_add);
+        assert_eq!(a, c);
+        let tags = a.get(&"tags").unwrap();
+        let lengths: Vec<_> = tags.clset_entries().map(|(e, _)| (e, tags.clset_length(e))).collect();
+        assert_eq!(lengths, [(&x, 3)], "y is forgotten, x keeps the concurrent bump");
+        let err = a.update("tags", |v| v.set_add(next(&a, "a"), 1i64)).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Set, found: Kind::ClSet });
+        assert!(a.update("tags", |v| v.clset_add(next(&a, "a"), 1i64)).is_ok());
+        let register = OrMap::new().update("r", |v| v.assign(Dot::new("a", 1), 1i64)).unwrap();
+        let err = register.update("r", |v| v.clset_add(Dot::new("a", 2), 1i64)).unwrap_err();
+        assert_eq!(err.to_string(), "expected a causal-length set at this key, found a register");
+    }
 }

@@ -1468,6 +1468,56 @@ mod tests {
     }
 
     #[test]
+    fn map_clset_document() {
+        let mut m: OrMap<String> = OrMap::new();
+        for (dot, elem) in [(Dot::new("a", 1), "x"), (Dot::new("a", 2), "y")] {
+            let d = m.update("tags".into(), |v| v.clset_add(dot, elem)).unwrap();
+            m.join(&d);
+        }
+        let d = m.update("tags".into(), |v| v.clset_remove(Dot::new("b", 1), &Scalar::from("x"))).unwrap();
+        m.join(&d);
+        let doc = Object::Map(Box::new(m.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({"entries": {"tags": {"clset": [["x", "b", 1, 2], ["y", "a", 2, 1]]}}, "context": {"vv": {"a": 2, "b": 1}}})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(m))));
+    }
+
+    #[test]
+    fn bad_map_clset_documents() {
+        for doc in [
+            map_with(json!({"k": {"clset": []}})),
+            map_with(json!({"k": {"clset": {}}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 0]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, -1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1.5]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, (1u64 << 53) + 1]]}})),
+            map_with(json!({"k": {"clset": [[[1], "a", 1, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 0, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 10, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1], ["x", "a", 1, 3]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1], ["y", "a", 1, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1]], "set": [["x", "a", 1]]}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let ok =
+            map_with(json!({"k": {"clset": [["x", "a", 1, 2], ["x", "a", 3, 4]], "reg": [["a", 2, 0]]}}));
+        assert!(Object::from_json(Kind::Map, &ok).is_ok(), "concurrent bumps, two kinds");
+        let big = map_with(json!({"k": {"clset": [["x".repeat(ELEM_BYTES_MAX), "a", 1, 1]]}}));
+        assert_eq!(reason(Kind::Map, big), "crdtTooBig");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!([i, "a", i, 1])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        assert_eq!(
+            reason(Kind::Map, json!({"entries": {"k": {"clset": many}}, "context": ctx})),
+            "crdtTooBig"
+        );
+    }
+
+    #[test]
     fn bad_map_lww_documents() {
         for doc in [
             map_with(json!({"k": {"lww": []}})),

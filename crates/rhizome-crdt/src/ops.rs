@@ -2797,4 +2797,133 @@ mod tests {
         over["entries"]["extra"] = json!({"lww": [["b", 2, 0, 1]]});
         assert_eq!(Object::from_json(Kind::Map, &over).map_err(|e| e.reason()), Err("crdtTooBig"));
     }
+
+    fn map_cl(kind: &str, path: Value, elem: Value) -> Value {
+        json!({"type": format!("crdt/map/{kind}"), "key": "k", "path": path, "elem": elem})
+    }
+
+    #[test]
+    fn parses_map_clset_actions() {
+        for (kind, expected) in [
+            ("cladd", Change::MapClAdd { path: vec!["doc".into(), "tags".into()], elem: Scalar::from("x") }),
+            (
+                "cldelete",
+                Change::MapClDelete { path: vec!["doc".into(), "tags".into()], elem: Scalar::from("x") },
+            ),
+        ] {
+            let v = map_cl(kind, json!(["doc", "tags"]), json!("x"));
+            let op = op(v.clone());
+            assert_eq!(op.change(), &expected);
+            assert_eq!(op.kind(), Kind::Map);
+            assert_eq!(Value::Object(op.to_action()), v);
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        for v in [
+            json!({"type": "crdt/map/cladd", "key": "k", "elem": 1}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": [], "elem": 1}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": "x", "elem": 1}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": ["x"], "elem": [1]}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": ["x"], "elem": {"a": 1}}),
+            json!({"type": "crdt/map/cldelete", "key": "k", "path": ["x"], "elem": 1, "seen": {"a": 1}}),
+            json!({"type": "crdt/map/cldelete", "key": "k", "path": ["x"], "value": 1}),
+            json!({"type": "crdt/map/cldelete", "key": 7, "path": ["x"], "elem": 1}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        assert_eq!(reason(map_cl("cladd", json!(["x"]), json!("x".repeat(ELEM_BYTES_MAX)))), "crdtTooBig");
+        assert_eq!(reason(map_cl("cldelete", json!(vec!["k"; MAP_DEPTH_MAX + 1]), json!(1))), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_map_clset_lengthens_on_a_change_of_presence_and_refuses_other_kinds() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"tags": {"clset": [["x", "a", 1, 1]]}}}}, "context": {"vv": {"a": 1}}})
+        );
+        // Adding a present element, or removing an absent one, changes nothing.
+        assert!(step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "b", 0).is_bottom());
+        assert!(step(&mut state, map_cl("cldelete", json!(["doc", "tags"]), json!("y")), "b", 0).is_bottom());
+        // A removal by another author: its bump supersedes the add it saw.
+        let d = step(&mut state, map_cl("cldelete", json!(["doc", "tags"]), json!("x")), "b", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"tags": {"clset": [["x", "b", 1, 2]]}}}}, "context": {"vv": {"a": 1, "b": 1}}})
+        );
+        let d = step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "a", 0);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["tags"], json!({"clset": [["x", "a", 2, 3]]}));
+        let Object::Map(map) = &state else { panic!("a map") };
+        let tags = map.get(&"doc".to_owned()).and_then(|v| v.get(&"tags".to_owned())).unwrap();
+        assert_eq!(tags.clset_elements().collect::<Vec<_>>(), [&Scalar::from("x")]);
+        assert_eq!((tags.clset_length(&Scalar::from("x")), map.dot_count()), (3, 1));
+        assert_eq!(Object::from_json(Kind::Map, &state.to_json()), Ok(state.clone()));
+
+        // Other kinds at the set's path, and the set where other kinds are expected.
+        step(&mut state, map_set(json!(["doc", "title"]), json!("t")), "a", 0);
+        for v in [
+            map_cl("cladd", json!(["doc", "title"]), json!(1)),
+            map_cl("cldelete", json!(["doc", "title"]), json!(1)),
+            map_cl("cladd", json!(["doc", "title", "deeper"]), json!(1)),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["doc", "tags"], "elem": 1}),
+            json!({"type": "crdt/map/delete", "key": "k", "path": ["doc", "tags"], "elem": "x"}),
+            map_set(json!(["doc", "tags"]), json!(1)),
+            map_set(json!(["doc", "tags", "deeper"]), json!(1)),
+            map_put(json!(["doc", "tags"]), json!(1)),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["doc", "tags"]}),
+        ] {
+            let before = state.clone();
+            let err = apply_in_place(&mut state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
+            assert_eq!(state, before);
+        }
+        let err =
+            apply(&Object::bottom(Kind::ClSet), &op(map_cl("cladd", json!(["x"]), json!(1))), &node("a"), 0);
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTypeMismatch"));
+        // Removing the key forgets the set; adding afterwards starts from length 1.
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["doc", "tags"]}), "c", 0);
+        let d = step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "c", 0);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["tags"], json!({"clset": [["x", "c", 1, 1]]}));
+    }
+
+    #[test]
+    fn apply_map_clset_refuses_beyond_the_limits_but_not_a_bump_that_replaces() {
+        use crate::{DotFun, DotMap, OrMap};
+        let top = COUNTER_MAX;
+        let mut bumps = DotFun::new();
+        bumps.insert(Dot::new("a", 1), top);
+        let value = MapValue::default().with_clset(DotMap::from([(Scalar::Int(1), bumps)]));
+        let context = CausalContext::from_vv([(node("a"), 1)].into_iter().collect());
+        let map = OrMap::from_parts(DotMap::from([("s".to_owned(), value)]), context).unwrap();
+        let state = Object::Map(Box::new(map));
+        // Length 2^53 is even (absent): adding would pass 2^53; removing an absent one is nothing.
+        let err = apply(&state, &op(map_cl("cladd", json!(["s"]), json!(1))), &node("b"), 0);
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTooBig"));
+        let nothing = apply(&state, &op(map_cl("cldelete", json!(["s"]), json!(1))), &node("b"), 0);
+        assert!(nothing.unwrap().is_bottom());
+
+        // A map at its dot limit refuses a new element, not a bump of a held one.
+        let elems = (1..=MAP_DOTS_MAX as u64).map(|i| {
+            let mut bumps = DotFun::new();
+            bumps.insert(Dot::new("a", i), 1);
+            (Scalar::Int(i as i64), bumps)
+        });
+        let value = MapValue::default().with_clset(elems.collect());
+        let context = CausalContext::from_vv([(node("a"), MAP_DOTS_MAX as u64)].into_iter().collect());
+        let map = OrMap::from_parts(DotMap::from([("s".to_owned(), value)]), context).unwrap();
+        let state = Object::Map(Box::new(map));
+        let err = apply(&state, &op(map_cl("cladd", json!(["s"]), json!(0))), &node("b"), 0);
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTooBig"));
+        let removal = apply(&state, &op(map_cl("cldelete", json!(["s"]), json!(1))), &node("b"), 0).unwrap();
+        assert!(!removal.is_bottom());
+    }
+
+    #[test]
+    fn fold_keeps_map_clset_runs_as_they_are() {
+        let add = op(map_cl("cladd", json!(["s"]), json!(1)));
+        let delete = op(map_cl("cldelete", json!(["s"]), json!(1)));
+        let queue = [add.clone(), delete.clone(), add.clone(), add.clone(), delete.clone()];
+        assert_eq!(fold_queue(&queue), queue);
+    }
 }
