@@ -2163,4 +2163,33 @@ mod tests {
         let err = register.update("r", |v| v.clset_add(Dot::new("a", 2), 1i64)).unwrap_err();
         assert_eq!(err.to_string(), "expected a causal-length set at this key, found a register");
     }
+
+    /// The example of docs/crdt.md ("Causal-length sets in a map"): lengths before and after
+    /// a removal compare as numbers, so a concurrent remove outlasts an add made after a reset.
+    #[test]
+    fn a_clset_history_restarted_by_a_removal_is_compared_by_length() {
+        let x = Scalar::from("x");
+        let mut carol = OrMap::new();
+        let d = carol.update("tags", |v| v.clset_add(Dot::new("alice", 1), "x")).unwrap();
+        apply(&mut carol, &d);
+        let mut dave = carol.clone();
+        let removal = carol.remove(&"tags");
+        apply(&mut carol, &removal);
+        let re_add = carol.update("tags", |v| v.clset_add(next(&carol, "carol"), "x")).unwrap();
+        apply(&mut carol, &re_add);
+        let dave_removes = dave.update("tags", |v| v.clset_remove(next(&dave, "dave"), &x)).unwrap();
+        apply(&mut dave, &dave_removes);
+        carol.join(&dave);
+        dave.join(&removal);
+        dave.join(&re_add);
+        assert_eq!(carol, dave);
+        let tags = carol.get(&"tags").unwrap();
+        assert_eq!(tags.clset_entries().map(|(_, bumps)| bumps.len()).sum::<usize>(), 2);
+        assert_eq!((tags.clset_length(&x), tags.clset_contains(&x)), (2, false));
+        // An add that saw both bumps retires them.
+        let d = carol.update("tags", |v| v.clset_add(next(&carol, "carol"), "x")).unwrap();
+        apply(&mut carol, &d);
+        let tags = carol.get(&"tags").unwrap();
+        assert_eq!((tags.clset_length(&x), tags.clset_entries().count()), (3, 1));
+    }
 }
