@@ -507,9 +507,13 @@ async fn two_clients_put_structured_values_in_a_map_and_a_subscriber_converges_t
     Ok(())
 }
 
+/// A causal-length set as a subscriber reads it: its present elements, and every element it
+/// holds with its causal length.
+type ClSetRead = (Vec<Value>, Vec<(Value, u64)>);
+
 /// The causal-length set at `path` of a map object, as a subscriber that joined `deltas`
-/// reads it: its present elements and every element it holds with its causal length.
-fn map_clset(deltas: &[Value], path: &[&str]) -> Result<(Vec<Value>, Vec<(Value, u64)>)> {
+/// reads it.
+fn map_clset(deltas: &[Value], path: &[&str]) -> Result<ClSetRead> {
     use rhizome_crdt::{Kind, Object};
     let mut state = Object::bottom(Kind::Map);
     for delta in deltas {
