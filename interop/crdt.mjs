@@ -1,9 +1,11 @@
 // crdt: the real client sends CRDT operations (counter, LWW register, set, list, map with a
-// counter and a list inside) as ordinary Logux actions, online and while offline; a second client
+// counter, a list, a last-writer-wins register and a causal-length set inside) as ordinary
+// Logux actions, online and while offline; a second client
 // subscribes to the
 // objects' channels and, from the crdt/delta actions it receives, holds the merged state,
 // including after both clients lost their connections. A third client's concurrent write to a
-// multi-value register survives next to the first's.
+// multi-value register survives next to the first's, and its map operations of the wrong
+// shape or kind are undone with their reasons.
 //   node interop/crdt.mjs ws://127.0.0.1:31337
 //
 // Last, a client that held a set and was closed comes back as a new client with the
@@ -12,6 +14,7 @@
 //
 // A Rhizome feature: the reference @logux/server 0.14.0 has no CRDT objects.
 import {
+  LoguxUndoError,
   check,
   dropConnection,
   makeClient,
@@ -145,8 +148,12 @@ await run('crdt', async url => {
   for (let i = 0; i < 3; i++) online.push(alice.sync({ type: 'crdt/map/inc', key: META, path: ['stats', 'views'], by: 2 }))
   online.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], index: 0, value: 'milk' }))
   online.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], index: 1, value: { t: 'eggs' } }))
+  // A last-writer-wins register of structured JSON and a causal-length set inside the map.
+  online.push(alice.sync({ type: 'crdt/map/put', key: META, path: ['style'], value: { font: 'serif', size: 12 } }))
+  online.push(alice.sync({ type: 'crdt/map/cladd', key: META, path: ['flags'], elem: 'draft' }))
+  online.push(alice.sync({ type: 'crdt/map/cladd', key: META, path: ['flags'], elem: 'pinned' }))
   let ok = await settle(Promise.all(online), 10000, 'online operations')
-  check(ok.ok, `alice's ${ONLINE + 11} online operations are processed`, ok.error?.message)
+  check(ok.ok, `alice's ${ONLINE + 14} online operations are processed`, ok.error?.message)
   await waitUntil(() => (fold(), counterValue(likes) === ONLINE), 5000)
   check(counterValue(likes) === ONLINE, `bob's counter reaches ${ONLINE} from the deltas`, counterValue(likes))
 
@@ -174,8 +181,14 @@ await run('crdt', async url => {
   offline.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], index: 0, value: 'bread' }))
   offline.push(alice.sync({ type: 'crdt/map/cut', key: META, path: ['todo'], index: 2 }))
   offline.push(alice.sync({ type: 'crdt/map/insert', key: META, path: ['todo'], after: null, value: 'jam' }))
+  // The register in the map: a later put supersedes the earlier one, whatever the clocks.
+  offline.push(alice.sync({ type: 'crdt/map/put', key: META, path: ['style'], value: { font: 'sans', marks: [1, { b: null }] } }))
+  // The set in the map: draft removed, hidden added, pinned added again (present: nothing).
+  offline.push(alice.sync({ type: 'crdt/map/cldelete', key: META, path: ['flags'], elem: 'draft' }))
+  offline.push(alice.sync({ type: 'crdt/map/cladd', key: META, path: ['flags'], elem: 'hidden' }))
+  offline.push(alice.sync({ type: 'crdt/map/cladd', key: META, path: ['flags'], elem: 'pinned' }))
   let back = await settle(Promise.all(offline), 20000, 'offline operations')
-  check(back.ok, `alice's ${OFFLINE + 16} offline operations are processed after she reconnects`, back.error?.message)
+  check(back.ok, `alice's ${OFFLINE + 20} offline operations are processed after she reconnects`, back.error?.message)
 
   // 3. bob comes back: his client re-subscribes, and each object's state arrives as a delta
   await sleep(200)
@@ -212,6 +225,22 @@ await run('crdt', async url => {
   check(JSON.stringify(todoItems) === '["jam","bread","milk"]', "bob's list inside the map converges to alice's inserts and cut",
     JSON.stringify(todo))
   check(views === 3 * 2 + 4 - 3, "bob's map counter sums alice's online and offline counts", JSON.stringify(meta?.stats))
+  // The LWW register inside the map: [node, n, time, value] per write held; one after the
+  // offline put superseded the online one.
+  let style = meta?.style?.lww ?? []
+  check(style.length === 1 && JSON.stringify(style[0][3]) === JSON.stringify({ font: 'sans', marks: [1, { b: null }] }) &&
+    style[0][0] === alice.nodeId,
+    "bob's map register holds alice's last put, and only it", JSON.stringify(meta?.style))
+  // The causal-length set inside the map: [element, node, n, length] per bump held; odd
+  // lengths are present. draft was added and removed (2), hidden and pinned added once (1).
+  let flags = meta?.flags?.clset ?? []
+  let lengths = {}
+  for (let [elem, , , length] of flags) lengths[elem] = Math.max(lengths[elem] ?? 0, length)
+  check(JSON.stringify(lengths) === '{"draft":2,"hidden":1,"pinned":1}',
+    "bob's map clset holds each element's causal length", JSON.stringify(meta?.flags))
+  let present = Object.keys(lengths).filter(e => lengths[e] % 2 === 1).sort()
+  check(JSON.stringify(present) === '["hidden","pinned"]', "bob's map clset converges to alice's adds and remove",
+    JSON.stringify(present))
   // Two clients write a multi-value register without having seen each other's write
   // (`seen: {}`): both values survive, for the app to resolve.
   let carol = makeClient(url, 'carol')
@@ -232,6 +261,21 @@ await run('crdt', async url => {
   await waitUntil(() => ownerState(), 5000)
   let values = (ownerState()?.values ?? []).map(v => v[2]).sort()
   check(JSON.stringify(values) === '["alice","carol"]', 'both concurrent values survive', JSON.stringify(values))
+  // Map operations of the wrong shape, or of another kind than the value at their path, are
+  // undone with their reason (carol's: alice must see none).
+  for (let [action, reason, label] of [
+    [{ type: 'crdt/map/cladd', key: META, path: ['flags'], elem: [1] }, 'crdtWrongShape', 'a clset element that is an array'],
+    [{ type: 'crdt/map/cldelete', key: META, path: [], elem: 'draft' }, 'crdtWrongShape', 'a clset removal without a path'],
+    [{ type: 'crdt/map/put', key: META, path: ['style'] }, 'crdtWrongShape', 'a put without a value'],
+    [{ type: 'crdt/map/add', key: META, path: ['flags'], elem: 'x' }, 'crdtTypeMismatch', 'a set add where the clset is'],
+    [{ type: 'crdt/map/cladd', key: META, path: ['style'], elem: 'x' }, 'crdtTypeMismatch', 'a clset add where the register is'],
+    [{ type: 'crdt/map/put', key: META, path: ['flags'], value: 1 }, 'crdtTypeMismatch', 'a put where the clset is']
+  ]) {
+    let r = await settle(carol.sync(action), 8000, label)
+    let got = r.ok ? 'was processed' : r.timeout ? 'no answer' : `${r.error?.action?.reason ?? r.error}`
+    check(!r.ok && r.error instanceof LoguxUndoError && r.error.action.reason === reason,
+      `${label}: logux/undo reason ${reason}`, got)
+  }
 
   // 4. erin holds a set, closes her app; others add and remove; she comes back with `seen`
   const LABELS = 'posts/1/labels'

@@ -1,7 +1,7 @@
 //! Dot stores (DotSet, DotFun, DotMap) with their causal join, and the observed-remove map
 //! built from them: a JSON-document shape whose values are nested maps, sets, multi-value
-//! registers, last-writer-wins registers ([`LwwEntry`]), causal counters and RGA lists
-//! ([`DotList`]), all sharing the map's one causal context (Almeida, Shoker, Baquero 2018, section 6).
+//! registers, last-writer-wins registers ([`LwwEntry`]), causal counters, RGA lists
+//! ([`DotList`]) and causal-length sets ([`ValueRef::clset_add`]), all sharing the map's one causal context (Almeida, Shoker, Baquero 2018, section 6).
 //!
 //! A causal CRDT is a pair (store, context): the store holds the dots that are "alive", the
 //! context every dot the replica has seen. A dot the context has seen but the store lacks was
@@ -856,6 +856,9 @@ pub enum Kind {
     List,
     /// A last-writer-wins register of any JSON value (see [`ValueRef::lww_put`]).
     Lww,
+    /// A causal-length set of scalars, each length bump under its author's dot (see
+    /// [`ValueRef::clset_add`]).
+    ClSet,
 }
 
 impl fmt::Display for Kind {
@@ -867,6 +870,7 @@ impl fmt::Display for Kind {
             Kind::Counter => "counter",
             Kind::List => "list",
             Kind::Lww => "last-writer-wins register",
+            Kind::ClSet => "causal-length set",
         })
     }
 }
@@ -916,6 +920,10 @@ pub struct Value<K> {
     /// The last-writer-wins register: each write not yet superseded, under its dot (one,
     /// or several after concurrent writes; reads pick the winner, see [`Value::lww_value`]).
     lww: DotFun<LwwEntry>,
+    /// The causal-length set: per element, its causal length under the dot of each bump
+    /// not yet superseded (one, or several after concurrent bumps; the element's length is
+    /// the greatest, see [`ValueRef::clset_add`]).
+    clset: DotMap<Scalar, DotFun<u64>>,
 }
 
 impl<K> Default for Value<K> {
@@ -927,6 +935,7 @@ impl<K> Default for Value<K> {
             counter: DotFun::new(),
             list: DotList::new(),
             lww: DotFun::new(),
+            clset: DotMap::new(),
         }
     }
 }
@@ -1055,6 +1064,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
             && self.counter.is_empty()
             && DotStore::is_empty(&self.list)
             && self.lww.is_empty()
+            && self.clset.is_empty()
     }
 
     fn dots_into(&self, out: &mut Vec<Dot>) {
@@ -1064,6 +1074,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.counter.dots_into(out);
         self.list.dots_into(out);
         self.lww.dots_into(out);
+        self.clset.dots_into(out);
     }
 
     fn dot_count(&self) -> usize {
@@ -1073,6 +1084,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
             + self.counter.dot_count()
             + self.list.dot_count()
             + self.lww.dot_count()
+            + self.clset.dot_count()
     }
 
     fn retired_count(&self) -> usize {
@@ -1101,6 +1113,7 @@ impl<K: Ord + Clone> DotStore for Value<K> {
         self.counter.join_store(context, &other.counter, other_context, changes);
         self.list.join_store(context, &other.list, other_context, changes);
         self.lww.join_store(context, &other.lww, other_context, changes);
+        self.clset.join_store(context, &other.clset, other_context, changes);
     }
 }
 
@@ -1108,7 +1121,7 @@ impl<K: Ord + Clone> Value<K> {
     /// The kinds this value holds: one, or several after concurrent writes of different kinds.
     /// None when it holds only retired list elements: the key then reads as absent.
     pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
-        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter, Kind::List, Kind::Lww]
+        [Kind::Map, Kind::Set, Kind::Register, Kind::Counter, Kind::List, Kind::Lww, Kind::ClSet]
             .into_iter()
             .filter(|kind| self.holds(*kind))
     }
@@ -1123,6 +1136,7 @@ impl<K: Ord + Clone> Value<K> {
             Kind::Counter => !self.counter.is_empty(),
             Kind::List => self.list.live_count() > 0,
             Kind::Lww => !self.lww.is_empty(),
+            Kind::ClSet => !self.clset.is_empty(),
         }
     }
 
@@ -1210,7 +1224,15 @@ impl<K: Ord + Clone> Value<K> {
         set: DotMap<Scalar, DotSet>,
         register: DotFun<Scalar>,
     ) -> Value<K> {
-        Value { map, set, register, counter: DotFun::new(), list: DotList::new(), lww: DotFun::new() }
+        Value {
+            map,
+            set,
+            register,
+            counter: DotFun::new(),
+            list: DotList::new(),
+            lww: DotFun::new(),
+            clset: DotMap::new(),
+        }
     }
 
     /// The value with `counter` as its counter store (for values read back from storage or
@@ -1227,6 +1249,34 @@ impl<K: Ord + Clone> Value<K> {
     /// The value with `lww` as its last-writer-wins register store (as [`Value::with_counter`]).
     pub fn with_lww(self, lww: DotFun<LwwEntry>) -> Value<K> {
         Value { lww, ..self }
+    }
+
+    /// The value with `clset` as its causal-length set store (as [`Value::with_counter`]).
+    pub fn with_clset(self, clset: DotMap<Scalar, DotFun<u64>>) -> Value<K> {
+        Value { clset, ..self }
+    }
+
+    /// The causal-length set's elements, each with its bumps held (the dots and the lengths
+    /// they wrote: one, or several after concurrent bumps), in element order; removed
+    /// elements included (even lengths).
+    pub fn clset_entries(&self) -> impl Iterator<Item = (&Scalar, &DotFun<u64>)> {
+        self.clset.iter()
+    }
+
+    /// The causal length of `elem` in the causal-length set: the greatest among its bumps
+    /// held (0 when none: never added, or forgotten by a removal of the key).
+    pub fn clset_length(&self, elem: &Scalar) -> u64 {
+        self.clset.get(elem).map_or(0, clset_length)
+    }
+
+    /// Whether the causal-length set holds `elem` (its length is odd).
+    pub fn clset_contains(&self, elem: &Scalar) -> bool {
+        self.clset_length(elem) % 2 == 1
+    }
+
+    /// The causal-length set's present elements (odd lengths), in order.
+    pub fn clset_elements(&self) -> impl Iterator<Item = &Scalar> {
+        self.clset.iter().filter(|(_, bumps)| clset_length(bumps) % 2 == 1).map(|(elem, _)| elem)
     }
 
     /// The last-writer-wins register's writes held (one, or several after concurrent writes),
@@ -1256,11 +1306,17 @@ impl<K: Ord + Clone> Value<K> {
         // Every element, retired or not, was inserted: its dot is in the context.
         let list_ok = self.list.elements().all(|e| fresh(e.id));
         let lww_ok = self.lww.iter().all(|(dot, _)| fresh(dot));
+        // A bump writes a length of at least 1; an element is held by at least one bump.
+        let clset_ok = self
+            .clset
+            .values()
+            .all(|bumps| !bumps.is_empty() && bumps.iter().all(|(dot, length)| *length > 0 && fresh(dot)));
         sets_ok
             && register_ok
             && counter_ok
             && list_ok
             && lww_ok
+            && clset_ok
             && self.map.values().all(|value| value.check_parts(context, seen))
     }
 }
@@ -1458,6 +1514,49 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
         Ok(ValueDelta { value: Value { lww, ..Value::default() }, context: observed.into_iter().collect() })
     }
 
+    /// Adds `elem` to the causal-length set with the fresh `dot`: when `elem` is absent (its
+    /// length even), its length plus one under `dot`, which retires the element's bumps held
+    /// here; when present, or for a dot already seen, the bottom delta.
+    ///
+    /// A causal-length set has no dots of its own, so in a map each length bump (add or
+    /// remove) is a write under its author's dot, and the element's length is the greatest
+    /// among its bumps held. Without key removals this is the causal-length set exactly: a
+    /// bump only retires bumps it saw, all shorter than itself, so the greatest length is
+    /// never retired. Removing the key retires the bumps it saw, like any value's dots: an
+    /// element nobody bumped concurrently is forgotten (length 0, as never added), and a
+    /// concurrent bump survives with the length its author gave it.
+    pub fn clset_add(&self, dot: Dot, elem: impl Into<Scalar>) -> Result<ValueDelta<K>, MapError> {
+        self.clset_bump(dot, elem.into(), 0)
+    }
+
+    /// Removes `elem` from the causal-length set with the fresh `dot`: when present (its
+    /// length odd), its length plus one under `dot`, retiring its bumps held here; when
+    /// absent, or for a dot already seen, the bottom delta (see [`ValueRef::clset_add`]).
+    pub fn clset_remove(&self, dot: Dot, elem: &Scalar) -> Result<ValueDelta<K>, MapError> {
+        self.clset_bump(dot, elem.clone(), 1)
+    }
+
+    /// The bump of `elem` to its length plus one, when its length's parity is `from`.
+    fn clset_bump(&self, dot: Dot, elem: Scalar, from: u64) -> Result<ValueDelta<K>, MapError> {
+        self.expect(Kind::ClSet)?;
+        let bumps = self.value.and_then(|v| v.clset.get(&elem));
+        let length = bumps.map_or(0, clset_length);
+        if self.context.contains(&dot) || length % 2 != from {
+            return Ok(ValueDelta { value: Value::default(), context: CausalContext::new() });
+        }
+        let mut seen = Vec::new();
+        if let Some(bumps) = bumps {
+            bumps.dots_into(&mut seen);
+        }
+        seen.push(dot.clone());
+        let mut bump = DotFun::new();
+        // Saturating: a length near u64::MAX only comes from a forged document, and the server
+        // refuses lengths past 2^53 before it gets here.
+        bump.insert(dot, length.saturating_add(1));
+        let clset = DotMap::from([(elem, bump)]);
+        Ok(ValueDelta { value: Value { clset, ..Value::default() }, context: seen.into_iter().collect() })
+    }
+
     /// The list at this key, or `None` when it holds none (retired elements count: an
     /// insert may name one as `after`).
     pub fn list(&self) -> Option<&'a DotList> {
@@ -1541,6 +1640,11 @@ impl<'a, K: Ord + Clone> ValueRef<'a, K> {
     }
 }
 
+/// The causal length of a causal-length set's element: the greatest among its bumps held.
+fn clset_length(bumps: &DotFun<u64>) -> u64 {
+    bumps.iter().map(|(_, length)| *length).max().unwrap_or(0)
+}
+
 /// The delta of applying `f` to the value at `key` of `entries`.
 fn map_update<K, F>(
     entries: Option<&DotMap<K, Value<K>>>,
@@ -1573,8 +1677,8 @@ fn map_remove<K: Ord + Clone>(
 }
 
 /// An observed-remove map (add-wins / update-wins keys) from `K` to nested maps, sets,
-/// multi-value registers, last-writer-wins registers, causal counters and lists, with one causal context for the whole
-/// document.
+/// multi-value registers, last-writer-wins registers, causal counters, lists and
+/// causal-length sets, with one causal context for the whole document.
 ///
 /// A key is present while its value holds a dot. Removing a key retires exactly the dots
 /// seen under it, so a concurrent update inside the key survives (with only what that
@@ -2016,5 +2120,76 @@ mod tests {
         let x = a.get(&"x").unwrap();
         assert_eq!(x.lww_entries().count(), 1);
         assert_eq!(x.lww_value(), Some(&json!({"late": true})));
+    }
+
+    #[test]
+    fn a_clset_bump_supersedes_what_it_saw_and_a_removal_keeps_concurrent_bumps() {
+        let (x, y) = (Scalar::from("x"), Scalar::from("y"));
+        let mut a = OrMap::new();
+        for elem in ["x", "y"] {
+            let d = a.update("tags", |v| v.clset_add(next(&a, "a"), elem)).unwrap();
+            apply(&mut a, &d);
+        }
+        let tags = a.get(&"tags").unwrap();
+        assert_eq!(tags.kinds().collect::<Vec<_>>(), [Kind::ClSet]);
+        assert_eq!(tags.clset_elements().collect::<Vec<_>>(), [&x, &y]);
+        // Adding a present element or removing an absent one is the bottom (no dot used).
+        assert!(a.update("tags", |v| v.clset_add(next(&a, "a"), "x")).unwrap().is_bottom());
+        assert!(a.update("tags", |v| v.clset_remove(next(&a, "a"), &Scalar::from("z"))).unwrap().is_bottom());
+        let d = a.update("tags", |v| v.clset_remove(next(&a, "b"), &x)).unwrap();
+        apply(&mut a, &d);
+        let tags = a.get(&"tags").unwrap();
+        assert_eq!((tags.clset_length(&x), tags.clset_contains(&x)), (2, false));
+        assert_eq!(tags.clset_entries().map(|(_, bumps)| bumps.len()).sum::<usize>(), 2, "one bump each");
+        // The same bump again (a seen dot) changes nothing.
+        assert!(a.update("tags", |v| v.clset_add(Dot::new("b", 1), "x")).unwrap().is_bottom());
+
+        // c removes the key having seen everything; concurrently d re-adds x (length 3).
+        let mut c = a.clone();
+        let removal = c.remove(&"tags");
+        apply(&mut c, &removal);
+        let re_add = a.update("tags", |v| v.clset_add(next(&a, "d"), "x")).unwrap();
+        apply(&mut a, &re_add);
+        a.join(&c);
+        c.join(&re_add);
+        assert_eq!(a, c);
+        let tags = a.get(&"tags").unwrap();
+        let lengths: Vec<_> = tags.clset_entries().map(|(e, _)| (e, tags.clset_length(e))).collect();
+        assert_eq!(lengths, [(&x, 3)], "y is forgotten, x keeps the concurrent bump");
+        let err = a.update("tags", |v| v.set_add(next(&a, "a"), 1i64)).unwrap_err();
+        assert_eq!(err, MapError::TypeMismatch { expected: Kind::Set, found: Kind::ClSet });
+        assert!(a.update("tags", |v| v.clset_add(next(&a, "a"), 1i64)).is_ok());
+        let register = OrMap::new().update("r", |v| v.assign(Dot::new("a", 1), 1i64)).unwrap();
+        let err = register.update("r", |v| v.clset_add(Dot::new("a", 2), 1i64)).unwrap_err();
+        assert_eq!(err.to_string(), "expected a causal-length set at this key, found a register");
+    }
+
+    /// The example of docs/crdt.md ("Causal-length sets in a map"): lengths before and after
+    /// a removal compare as numbers, so a concurrent remove outlasts an add made after a reset.
+    #[test]
+    fn a_clset_history_restarted_by_a_removal_is_compared_by_length() {
+        let x = Scalar::from("x");
+        let mut carol = OrMap::new();
+        let d = carol.update("tags", |v| v.clset_add(Dot::new("alice", 1), "x")).unwrap();
+        apply(&mut carol, &d);
+        let mut dave = carol.clone();
+        let removal = carol.remove(&"tags");
+        apply(&mut carol, &removal);
+        let re_add = carol.update("tags", |v| v.clset_add(next(&carol, "carol"), "x")).unwrap();
+        apply(&mut carol, &re_add);
+        let dave_removes = dave.update("tags", |v| v.clset_remove(next(&dave, "dave"), &x)).unwrap();
+        apply(&mut dave, &dave_removes);
+        carol.join(&dave);
+        dave.join(&removal);
+        dave.join(&re_add);
+        assert_eq!(carol, dave);
+        let tags = carol.get(&"tags").unwrap();
+        assert_eq!(tags.clset_entries().map(|(_, bumps)| bumps.len()).sum::<usize>(), 2);
+        assert_eq!((tags.clset_length(&x), tags.clset_contains(&x)), (2, false));
+        // An add that saw both bumps retires them.
+        let d = carol.update("tags", |v| v.clset_add(next(&carol, "carol"), "x")).unwrap();
+        apply(&mut carol, &d);
+        let tags = carol.get(&"tags").unwrap();
+        assert_eq!((tags.clset_length(&x), tags.clset_entries().count()), (3, 1));
     }
 }

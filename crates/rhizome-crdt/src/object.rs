@@ -29,7 +29,10 @@
 //!   document writes it, its element ids being dots of the map's context and `deleted` naming
 //!   its retired elements (see [`crate::DotList`]), and `"lww": [["<node>", n, ms, <JSON>], …]`,
 //!   a last-writer-wins register's writes held (one, or several concurrent ones) with their
-//!   dots and times, each value any JSON up to [`VALUE_BYTES_MAX`] bytes; the context as for mv.
+//!   dots and times, each value any JSON up to [`VALUE_BYTES_MAX`] bytes, and
+//!   `"clset": [[<scalar>, "<node>", n, length], …]`, a causal-length set's elements, each
+//!   with every length bump held (usually one) and the causal length it wrote (odd: present),
+//!   in element then dot order; the context as for mv.
 //!
 //! Decoding reads the disk and the network, so it checks everything and never panics: node ids
 //! as [`NodeId::parse`] accepts them, dot counters from 1 to [`COUNTER_MAX`], counter totals
@@ -520,6 +523,14 @@ fn map_value_to_json(value: &MapValue<String>) -> Value {
             .map(|(dot, e)| json!([dot.node.as_str(), dot.counter, e.time_ms, e.value.clone()]));
         doc.insert("lww".to_owned(), lww.collect());
     }
+    if value.holds(ValueKind::ClSet) {
+        let clset = value.clset_entries().flat_map(|(elem, bumps)| {
+            bumps
+                .iter()
+                .map(move |(dot, length)| json!([elem.to_json(), dot.node.as_str(), dot.counter, length]))
+        });
+        doc.insert("clset".to_owned(), clset.collect());
+    }
     Value::Object(doc)
 }
 
@@ -573,7 +584,7 @@ fn map_entries_from_json(
         check_map_key(key)?;
         let parts = object_with(
             value_doc,
-            &["map", "set", "reg", "counter", "list", "lww"],
+            &["map", "set", "reg", "counter", "list", "lww", "clset"],
             "a map value must be an object",
         )?;
         let nested = match parts.get("map") {
@@ -658,22 +669,43 @@ fn map_entries_from_json(
             }
             lww.insert(dot, LwwEntry { time_ms, value: value.clone() });
         }
+        let mut clset: BTreeMap<Scalar, DotFun<u64>> = BTreeMap::new();
+        for entry in map_part(parts, "clset")? {
+            let [elem, node, counter_doc, length] = entry.as_array().map(Vec::as_slice).unwrap_or_default()
+            else {
+                return Err(OpError::WrongShape(
+                    "a map clset entry must be [element, node, counter, length]",
+                ));
+            };
+            totals.add_dot()?;
+            let elem = elem_from_json(elem)?;
+            let dot = dot_from_json(node, counter_doc)?;
+            let length = length.as_u64().filter(|l| (1..=COUNTER_MAX).contains(l));
+            let length =
+                length.ok_or(OpError::WrongShape("a causal length must be an integer from 1 to 2^53"))?;
+            let bumps = clset.entry(elem).or_default();
+            if bumps.get(&dot).is_some() {
+                return Err(OpError::WrongShape("a map clset holds one element twice under one dot"));
+            }
+            bumps.insert(dot, length);
+        }
         // Empty parts, which `to_json` leaves out, are refused by `OrMap::from_parts`.
         let value = MapValue::from_parts(nested, set.into_iter().collect(), register)
             .with_counter(counter)
             .with_list(list)
-            .with_lww(lww);
+            .with_lww(lww)
+            .with_clset(clset.into_iter().collect());
         entries.insert(key.clone(), value);
     }
     Ok(entries)
 }
 
-/// The `set`, `reg`, `counter` or `lww` array of a map value; empty when absent.
+/// The `set`, `reg`, `counter`, `lww` or `clset` array of a map value; empty when absent.
 fn map_part<'a>(parts: &'a Map<String, Value>, name: &str) -> Result<&'a [Value], OpError> {
     match parts.get(name) {
         None => Ok(&[]),
         Some(Value::Array(part)) => Ok(part),
-        Some(_) => Err(OpError::WrongShape("a map value's set, reg, counter and lww must be arrays")),
+        Some(_) => Err(OpError::WrongShape("a map value's set, reg, counter, lww and clset must be arrays")),
     }
 }
 
@@ -1433,6 +1465,56 @@ mod tests {
         assert_eq!(entries[1], LwwEntry { time_ms: 9, value: json!([1, {"k": null}]) });
         let doc = Object::Map(Box::new(d.clone())).to_json();
         assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(d))));
+    }
+
+    #[test]
+    fn map_clset_document() {
+        let mut m: OrMap<String> = OrMap::new();
+        for (dot, elem) in [(Dot::new("a", 1), "x"), (Dot::new("a", 2), "y")] {
+            let d = m.update("tags".into(), |v| v.clset_add(dot, elem)).unwrap();
+            m.join(&d);
+        }
+        let d = m.update("tags".into(), |v| v.clset_remove(Dot::new("b", 1), &Scalar::from("x"))).unwrap();
+        m.join(&d);
+        let doc = Object::Map(Box::new(m.clone())).to_json();
+        assert_eq!(
+            doc,
+            json!({"entries": {"tags": {"clset": [["x", "b", 1, 2], ["y", "a", 2, 1]]}}, "context": {"vv": {"a": 2, "b": 1}}})
+        );
+        assert_eq!(Object::from_json(Kind::Map, &doc), Ok(Object::Map(Box::new(m))));
+    }
+
+    #[test]
+    fn bad_map_clset_documents() {
+        for doc in [
+            map_with(json!({"k": {"clset": []}})),
+            map_with(json!({"k": {"clset": {}}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 0]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, -1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1.5]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, (1u64 << 53) + 1]]}})),
+            map_with(json!({"k": {"clset": [[[1], "a", 1, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 0, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 10, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1], ["x", "a", 1, 3]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1], ["y", "a", 1, 1]]}})),
+            map_with(json!({"k": {"clset": [["x", "a", 1, 1]], "set": [["x", "a", 1]]}})),
+        ] {
+            assert_eq!(reason(Kind::Map, doc.clone()), "crdtWrongShape", "{doc}");
+        }
+        let ok =
+            map_with(json!({"k": {"clset": [["x", "a", 1, 2], ["x", "a", 3, 4]], "reg": [["a", 2, 0]]}}));
+        assert!(Object::from_json(Kind::Map, &ok).is_ok(), "concurrent bumps, two kinds");
+        let big = map_with(json!({"k": {"clset": [["x".repeat(ELEM_BYTES_MAX), "a", 1, 1]]}}));
+        assert_eq!(reason(Kind::Map, big), "crdtTooBig");
+        let many: Vec<Value> = (1..=MAP_DOTS_MAX as u64 + 1).map(|i| json!([i, "a", i, 1])).collect();
+        let ctx = json!({"vv": {"a": MAP_DOTS_MAX + 1}});
+        assert_eq!(
+            reason(Kind::Map, json!({"entries": {"k": {"clset": many}}, "context": ctx})),
+            "crdtTooBig"
+        );
     }
 
     #[test]

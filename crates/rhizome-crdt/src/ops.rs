@@ -20,6 +20,7 @@
 //! | `crdt/map/insert` | `key`, `path`, `index` (integer ≥ 0) or `after` (an element id `[node, n]` or `null`), `value` (any JSON up to [`LIST_VALUE_BYTES_MAX`] bytes) |
 //! | `crdt/map/cut` | `key`, `path`, `index` (integer ≥ 0) or `id` (an element id `[node, n]`) |
 //! | `crdt/map/put` | `key`, `path`, `value` (any JSON up to [`VALUE_BYTES_MAX`] bytes): a last-writer-wins register |
+//! | `crdt/map/cladd`, `crdt/map/cldelete` | `key`, `path`, `elem` (a JSON scalar up to [`ELEM_BYTES_MAX`] bytes): a causal-length set |
 //!
 //! Every action has a `key` of 1 to [`KEY_BYTES_MAX`] bytes; the object lives in the channel
 //! `crdt/<key>`. Any other field is refused, so a misspelt `by` is not read as 1.
@@ -319,6 +320,22 @@ pub enum Change {
         /// The value, at most [`VALUE_BYTES_MAX`] bytes of JSON.
         value: Value,
     },
+    /// `crdt/map/cladd`: add `elem` to the causal-length set at `path` (see
+    /// [`crate::ValueRef::clset_add`]), creating the nested maps on the way.
+    MapClAdd {
+        /// The set's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element, as for [`Change::SetAdd`].
+        elem: Scalar,
+    },
+    /// `crdt/map/cldelete`: remove `elem` from the causal-length set at `path` (see
+    /// [`crate::ValueRef::clset_remove`]).
+    MapClDelete {
+        /// The set's path, as for [`Change::MapSet`].
+        path: Vec<String>,
+        /// The element.
+        elem: Scalar,
+    },
 }
 
 impl Change {
@@ -343,7 +360,7 @@ impl Change {
             | Change::MapInsertAfter { .. }
             | Change::MapCut { .. }
             | Change::MapCutId { .. } => Kind::Map,
-            Change::MapPut { .. } => Kind::Map,
+            Change::MapPut { .. } | Change::MapClAdd { .. } | Change::MapClDelete { .. } => Kind::Map,
         }
     }
 
@@ -369,6 +386,8 @@ impl Change {
             Change::MapInsert { .. } | Change::MapInsertAfter { .. } => "crdt/map/insert",
             Change::MapCut { .. } | Change::MapCutId { .. } => "crdt/map/cut",
             Change::MapPut { .. } => "crdt/map/put",
+            Change::MapClAdd { .. } => "crdt/map/cladd",
+            Change::MapClDelete { .. } => "crdt/map/cldelete",
         }
     }
 
@@ -388,7 +407,10 @@ impl Change {
             Change::ListDeleteId { .. } => &["type", "key", "id"],
             Change::MapSet { .. } => &["type", "key", "path", "value", "seen"],
             Change::MapRemove { .. } => &["type", "key", "path"],
-            Change::MapAdd { .. } | Change::MapDelete { .. } => &["type", "key", "path", "elem"],
+            Change::MapAdd { .. }
+            | Change::MapDelete { .. }
+            | Change::MapClAdd { .. }
+            | Change::MapClDelete { .. } => &["type", "key", "path", "elem"],
             Change::MapInc { .. } | Change::MapDec { .. } => &["type", "key", "path", "by"],
             Change::MapInsert { .. } => &["type", "key", "path", "index", "value"],
             Change::MapInsertAfter { .. } => &["type", "key", "path", "after", "value"],
@@ -424,7 +446,10 @@ impl Change {
                 seen.as_ref().map_or(Ok(()), check_seen)
             }
             Change::MapRemove { path } => check_path(path),
-            Change::MapAdd { path, elem } | Change::MapDelete { path, elem } => {
+            Change::MapAdd { path, elem }
+            | Change::MapDelete { path, elem }
+            | Change::MapClAdd { path, elem }
+            | Change::MapClDelete { path, elem } => {
                 check_path(path)?;
                 check_elem(elem)
             }
@@ -570,7 +595,10 @@ impl Op {
                 action.insert("value".to_owned(), value.to_json())
             }
             Change::MapRemove { path } => action.insert("path".to_owned(), path.clone().into()),
-            Change::MapAdd { path, elem } | Change::MapDelete { path, elem } => {
+            Change::MapAdd { path, elem }
+            | Change::MapDelete { path, elem }
+            | Change::MapClAdd { path, elem }
+            | Change::MapClDelete { path, elem } => {
                 action.insert("path".to_owned(), path.clone().into());
                 action.insert("elem".to_owned(), elem.to_json())
             }
@@ -653,6 +681,8 @@ pub fn parse(action: &Map<String, Value>) -> Result<Op, OpError> {
         }
         "crdt/map/cut" => Change::MapCut { path: path_field(action)?, index: index_field(action)? },
         "crdt/map/put" => Change::MapPut { path: path_field(action)?, value: value_field(action)? },
+        "crdt/map/cladd" => Change::MapClAdd { path: path_field(action)?, elem: elem_field(action)? },
+        "crdt/map/cldelete" => Change::MapClDelete { path: path_field(action)?, elem: elem_field(action)? },
         other => return Err(OpError::UnknownType(truncate(other, QUOTED_TYPE_BYTES_MAX).to_owned())),
     };
     if action.keys().any(|field| !change.fields().contains(&field.as_str())) {
@@ -767,6 +797,10 @@ fn truncate(s: &str, bytes_max: usize) -> &str {
 ///   `max(time_ms, the greatest time among the writes it supersedes)` and supersedes every
 ///   write the server holds at `path` ([`crate::ValueRef::lww_put`]), so an author's write
 ///   always supersedes its own earlier one (and anyone's it saw) whatever its clock did.
+///   `map/cladd` and `map/cldelete` lengthen the element of the causal-length set at `path`
+///   by one under `state.context().next_dot(author)` when that changes its presence
+///   (else the bottom), retiring the element's bumps the server holds
+///   ([`crate::ValueRef::clset_add`]).
 ///
 /// Refused: an op of another kind than the object (`crdtTypeMismatch`); an op that would add
 /// a node beyond [`NODES_MAX`], a dot counter beyond [`COUNTER_MAX`], a cloud dot beyond
@@ -967,6 +1001,14 @@ fn apply_map(map: &OrMap<String>, change: &Change, author: &NodeId) -> Result<Or
             at_path(map, path, &|v| v.set_add(dot.clone(), elem.clone()))
         }
         Change::MapDelete { path, elem } => at_path(map, path, &|v| v.set_remove(elem)),
+        Change::MapClAdd { path, elem } => {
+            let dot = map_clset_dot(map, path, elem, true, author)?;
+            at_path(map, path, &|v| v.clset_add(dot.clone(), elem.clone()))
+        }
+        Change::MapClDelete { path, elem } => {
+            let dot = map_clset_dot(map, path, elem, false, author)?;
+            at_path(map, path, &|v| v.clset_remove(dot.clone(), elem))
+        }
         Change::MapInc { path, by } => {
             let dot = map_counter_dot(map, path, author)?;
             at_path(map, path, &|v| v.counter_inc(dot.clone(), *by))
@@ -1069,6 +1111,38 @@ fn map_counter_dot(map: &OrMap<String>, path: &[String], author: &NodeId) -> Res
     };
     let replaces = value.is_some_and(|v| v.counter_entries().any(|(dot, _)| dot.node == *author));
     if replaces {
+        fresh_dot(map.context(), author)
+    } else {
+        map_fresh_dot(map, path, author)
+    }
+}
+
+/// The author's next dot for a bump of `elem` in the causal-length set at `path` (an add
+/// when `adds`, else a remove), refused when its length would pass [`COUNTER_MAX`] (what a
+/// document reads back). An operation that does not change the element's presence makes
+/// no bump (its delta is the bottom), so it is never refused for a limit. When the set holds
+/// the element already, the bump replaces its bumps, so it adds no key and no dot and only
+/// [`fresh_dot`]'s limits apply (as for [`map_counter_dot`]); otherwise it is a new write,
+/// as for [`map_fresh_dot`].
+fn map_clset_dot(
+    map: &OrMap<String>,
+    path: &[String],
+    elem: &Scalar,
+    adds: bool,
+    author: &NodeId,
+) -> Result<Dot, OpError> {
+    let value = match path.split_first() {
+        Some((first, rest)) => rest.iter().fold(map.get(first), |value, key| value.and_then(|v| v.get(key))),
+        None => None,
+    };
+    let length = value.map_or(0, |v| v.clset_length(elem));
+    let present = length % 2 == 1;
+    if present == adds {
+        // Unused: the mutator gives the bottom delta without a bump.
+        return Ok(map.context().next_dot(author));
+    }
+    check_causal_length(length)?;
+    if length > 0 {
         fresh_dot(map.context(), author)
     } else {
         map_fresh_dot(map, path, author)
@@ -1219,7 +1293,8 @@ fn too_high_counter() -> OpError {
 ///   one did or superseded, at a time no lower (the earlier write's time is among those it
 ///   supersedes), and is refused exactly when the earlier one would be on the same state.
 ///   Everything else is kept: `remove`, `add` and `delete` act on
-///   what the server holds when it applies them, as for sets.
+///   what the server holds when it applies them, as for sets, and `cladd` and `cldelete`
+///   lengthen an element only when that changes its presence then, as for clsets.
 ///
 /// Operations on one key separated by another key's are not folded together, so the folded
 /// queue shows other clients the same order of changes across objects.
@@ -2721,5 +2796,134 @@ mod tests {
         over["entries"]["k2"]["lww"][0][3] = json!("x".repeat(VALUE_BYTES_MAX - 2));
         over["entries"]["extra"] = json!({"lww": [["b", 2, 0, 1]]});
         assert_eq!(Object::from_json(Kind::Map, &over).map_err(|e| e.reason()), Err("crdtTooBig"));
+    }
+
+    fn map_cl(kind: &str, path: Value, elem: Value) -> Value {
+        json!({"type": format!("crdt/map/{kind}"), "key": "k", "path": path, "elem": elem})
+    }
+
+    #[test]
+    fn parses_map_clset_actions() {
+        for (kind, expected) in [
+            ("cladd", Change::MapClAdd { path: vec!["doc".into(), "tags".into()], elem: Scalar::from("x") }),
+            (
+                "cldelete",
+                Change::MapClDelete { path: vec!["doc".into(), "tags".into()], elem: Scalar::from("x") },
+            ),
+        ] {
+            let v = map_cl(kind, json!(["doc", "tags"]), json!("x"));
+            let op = op(v.clone());
+            assert_eq!(op.change(), &expected);
+            assert_eq!(op.kind(), Kind::Map);
+            assert_eq!(Value::Object(op.to_action()), v);
+            assert_eq!(parse(&op.to_action()), Ok(op));
+        }
+        for v in [
+            json!({"type": "crdt/map/cladd", "key": "k", "elem": 1}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": ["x"]}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": [], "elem": 1}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": "x", "elem": 1}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": ["x"], "elem": [1]}),
+            json!({"type": "crdt/map/cladd", "key": "k", "path": ["x"], "elem": {"a": 1}}),
+            json!({"type": "crdt/map/cldelete", "key": "k", "path": ["x"], "elem": 1, "seen": {"a": 1}}),
+            json!({"type": "crdt/map/cldelete", "key": "k", "path": ["x"], "value": 1}),
+            json!({"type": "crdt/map/cldelete", "key": 7, "path": ["x"], "elem": 1}),
+        ] {
+            assert_eq!(reason(v.clone()), "crdtWrongShape", "{v}");
+        }
+        assert_eq!(reason(map_cl("cladd", json!(["x"]), json!("x".repeat(ELEM_BYTES_MAX)))), "crdtTooBig");
+        assert_eq!(reason(map_cl("cldelete", json!(vec!["k"; MAP_DEPTH_MAX + 1]), json!(1))), "crdtTooBig");
+    }
+
+    #[test]
+    fn apply_map_clset_lengthens_on_a_change_of_presence_and_refuses_other_kinds() {
+        let mut state = Object::bottom(Kind::Map);
+        let d = step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "a", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"tags": {"clset": [["x", "a", 1, 1]]}}}}, "context": {"vv": {"a": 1}}})
+        );
+        // Adding a present element, or removing an absent one, changes nothing.
+        assert!(step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "b", 0).is_bottom());
+        assert!(step(&mut state, map_cl("cldelete", json!(["doc", "tags"]), json!("y")), "b", 0).is_bottom());
+        // A removal by another author: its bump supersedes the add it saw.
+        let d = step(&mut state, map_cl("cldelete", json!(["doc", "tags"]), json!("x")), "b", 0);
+        assert_eq!(
+            d.to_json(),
+            json!({"entries": {"doc": {"map": {"tags": {"clset": [["x", "b", 1, 2]]}}}}, "context": {"vv": {"a": 1, "b": 1}}})
+        );
+        let d = step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "a", 0);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["tags"], json!({"clset": [["x", "a", 2, 3]]}));
+        let Object::Map(map) = &state else { panic!("a map") };
+        let tags = map.get(&"doc".to_owned()).and_then(|v| v.get(&"tags".to_owned())).unwrap();
+        assert_eq!(tags.clset_elements().collect::<Vec<_>>(), [&Scalar::from("x")]);
+        assert_eq!((tags.clset_length(&Scalar::from("x")), map.dot_count()), (3, 1));
+        assert_eq!(Object::from_json(Kind::Map, &state.to_json()), Ok(state.clone()));
+
+        // Other kinds at the set's path, and the set where other kinds are expected.
+        step(&mut state, map_set(json!(["doc", "title"]), json!("t")), "a", 0);
+        for v in [
+            map_cl("cladd", json!(["doc", "title"]), json!(1)),
+            map_cl("cldelete", json!(["doc", "title"]), json!(1)),
+            map_cl("cladd", json!(["doc", "title", "deeper"]), json!(1)),
+            json!({"type": "crdt/map/add", "key": "k", "path": ["doc", "tags"], "elem": 1}),
+            json!({"type": "crdt/map/delete", "key": "k", "path": ["doc", "tags"], "elem": "x"}),
+            map_set(json!(["doc", "tags"]), json!(1)),
+            map_set(json!(["doc", "tags", "deeper"]), json!(1)),
+            map_put(json!(["doc", "tags"]), json!(1)),
+            json!({"type": "crdt/map/inc", "key": "k", "path": ["doc", "tags"]}),
+        ] {
+            let before = state.clone();
+            let err = apply_in_place(&mut state, &op(v.clone()), &node("a"), 0).map_err(|e| e.reason());
+            assert_eq!(err, Err("crdtTypeMismatch"), "{v}");
+            assert_eq!(state, before);
+        }
+        let err =
+            apply(&Object::bottom(Kind::ClSet), &op(map_cl("cladd", json!(["x"]), json!(1))), &node("a"), 0);
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTypeMismatch"));
+        // Removing the key forgets the set; adding afterwards starts from length 1.
+        step(&mut state, json!({"type": "crdt/map/remove", "key": "k", "path": ["doc", "tags"]}), "c", 0);
+        let d = step(&mut state, map_cl("cladd", json!(["doc", "tags"]), json!("x")), "c", 0);
+        assert_eq!(d.to_json()["entries"]["doc"]["map"]["tags"], json!({"clset": [["x", "c", 1, 1]]}));
+    }
+
+    #[test]
+    fn apply_map_clset_refuses_beyond_the_limits_but_not_a_bump_that_replaces() {
+        use crate::{DotFun, DotMap, OrMap};
+        let top = COUNTER_MAX;
+        let mut bumps = DotFun::new();
+        bumps.insert(Dot::new("a", 1), top);
+        let value = MapValue::default().with_clset(DotMap::from([(Scalar::Int(1), bumps)]));
+        let context = CausalContext::from_vv([(node("a"), 1)].into_iter().collect());
+        let map = OrMap::from_parts(DotMap::from([("s".to_owned(), value)]), context).unwrap();
+        let state = Object::Map(Box::new(map));
+        // Length 2^53 is even (absent): adding would pass 2^53; removing an absent one is nothing.
+        let err = apply(&state, &op(map_cl("cladd", json!(["s"]), json!(1))), &node("b"), 0);
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTooBig"));
+        let nothing = apply(&state, &op(map_cl("cldelete", json!(["s"]), json!(1))), &node("b"), 0);
+        assert!(nothing.unwrap().is_bottom());
+
+        // A map at its dot limit refuses a new element, not a bump of a held one.
+        let elems = (1..=MAP_DOTS_MAX as u64).map(|i| {
+            let mut bumps = DotFun::new();
+            bumps.insert(Dot::new("a", i), 1);
+            (Scalar::Int(i as i64), bumps)
+        });
+        let value = MapValue::default().with_clset(elems.collect());
+        let context = CausalContext::from_vv([(node("a"), MAP_DOTS_MAX as u64)].into_iter().collect());
+        let map = OrMap::from_parts(DotMap::from([("s".to_owned(), value)]), context).unwrap();
+        let state = Object::Map(Box::new(map));
+        let err = apply(&state, &op(map_cl("cladd", json!(["s"]), json!(0))), &node("b"), 0);
+        assert_eq!(err.map_err(|e| e.reason()), Err("crdtTooBig"));
+        let removal = apply(&state, &op(map_cl("cldelete", json!(["s"]), json!(1))), &node("b"), 0).unwrap();
+        assert!(!removal.is_bottom());
+    }
+
+    #[test]
+    fn fold_keeps_map_clset_runs_as_they_are() {
+        let add = op(map_cl("cladd", json!(["s"]), json!(1)));
+        let delete = op(map_cl("cldelete", json!(["s"]), json!(1)));
+        let queue = [add.clone(), delete.clone(), add.clone(), add.clone(), delete.clone()];
+        assert_eq!(fold_queue(&queue), queue);
     }
 }

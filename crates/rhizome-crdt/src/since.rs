@@ -144,7 +144,7 @@ impl<E: Ord + Clone> Orswot<E> {
 
 impl<K: Ord + Clone> OrMap<K> {
     /// The delta since `seen`: at every depth, the set elements, register values, counter
-    /// entries and last-writer-wins writes whose dots `seen` does not cover (with the keys leading to them), and the context without the
+    /// entries, last-writer-wins writes and causal-length set bumps whose dots `seen` does not cover (with the keys leading to them), and the context without the
     /// dots it covers that are still held.
     pub fn delta_since(&self, seen: &VersionVector) -> OrMap<K> {
         let mut kept = BTreeSet::new();
@@ -194,10 +194,25 @@ fn entries_since<'a, K: Ord + Clone + 'a>(
                 lww.insert(dot.clone(), entry.clone());
             }
         }
+        let mut clset: DotMap<Scalar, DotFun<u64>> = DotMap::new();
+        for (elem, bumps) in value.clset_entries() {
+            let mut fresh = DotFun::new();
+            for (dot, length) in bumps.iter() {
+                if seen.contains(dot) {
+                    kept.insert(dot.clone());
+                } else {
+                    fresh.insert(dot.clone(), *length);
+                }
+            }
+            if !fresh.is_empty() {
+                clset.insert(elem.clone(), fresh);
+            }
+        }
         let value = Value::from_parts(map, set, register)
             .with_counter(counter)
             .with_list(list_since(value.list(), seen, kept))
-            .with_lww(lww);
+            .with_lww(lww)
+            .with_clset(clset);
         if !DotStore::is_empty(&value) {
             out.insert(key.clone(), value);
         }

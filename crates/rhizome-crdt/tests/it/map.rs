@@ -1,6 +1,7 @@
 //! The OR-map: a lattice that converges whatever the kinds written at a key, whose key
-//! removal is observed-remove (observed-reset for counters), whose mutators refuse a kind the
-//! key lacks, and whose set-valued reads match `crdts::Map` of `crdts::Orswot`s.
+//! removal is observed-remove (observed-reset for counters and causal-length sets), whose
+//! mutators refuse a kind the key lacks, whose set-valued reads match `crdts::Map` of
+//! `crdts::Orswot`s, and whose causal-length sets, without key removals, are causal-length sets.
 
 use crate::delivery::{generic_laws, node, Replicated, Run, Step};
 use proptest::prelude::*;
@@ -37,6 +38,13 @@ pub enum MapOp {
     Put(u8, i64, i64),
     /// The same on the register at a key of the nested map at a key.
     NestedPut(u8, u8, i64, i64),
+    /// Add an element to the causal-length set at a key.
+    ClAdd(u8, u8),
+    /// Remove an element from the causal-length set at a key.
+    ClRemove(u8, u8),
+    /// Add an element to the causal-length set at a key of the nested map at a key when it is
+    /// absent there, else remove it (so the op always bumps).
+    NestedClToggle(u8, u8, u8),
 }
 
 /// The structured value a put of `x` writes.
@@ -61,7 +69,10 @@ impl MapOp {
             | MapOp::ListCut(k, _)
             | MapOp::ListCutId(k, _)
             | MapOp::Put(k, ..)
-            | MapOp::NestedPut(k, ..) => *k,
+            | MapOp::NestedPut(k, ..)
+            | MapOp::ClAdd(k, _)
+            | MapOp::ClRemove(k, _)
+            | MapOp::NestedClToggle(k, ..) => *k,
         }
     }
 
@@ -73,7 +84,9 @@ impl MapOp {
             MapOp::NestedAssign(..)
             | MapOp::NestedRemove(..)
             | MapOp::NestedCount(..)
-            | MapOp::NestedPut(..) => Some(Kind::Map),
+            | MapOp::NestedPut(..)
+            | MapOp::NestedClToggle(..) => Some(Kind::Map),
+            MapOp::ClAdd(..) | MapOp::ClRemove(..) => Some(Kind::ClSet),
             MapOp::Put(..) => Some(Kind::Lww),
             MapOp::Count(..) => Some(Kind::Counter),
             MapOp::ListInsert(..)
@@ -101,7 +114,10 @@ fn map_op() -> impl Strategy<Value = MapOp> {
         1 => (key.clone(), 0u8..4).prop_map(|(k, i)| MapOp::ListCut(k, i)),
         1 => (key.clone(), 0u8..8).prop_map(|(k, i)| MapOp::ListCutId(k, i)),
         3 => (key.clone(), 0i64..3, 0i64..3).prop_map(|(k, x, t)| MapOp::Put(k, x, t)),
-        1 => (key, small, 0i64..3, 0i64..3).prop_map(|(k, s, x, t)| MapOp::NestedPut(k, s, x, t)),
+        1 => (key.clone(), small.clone(), 0i64..3, 0i64..3).prop_map(|(k, s, x, t)| MapOp::NestedPut(k, s, x, t)),
+        3 => (key.clone(), small.clone()).prop_map(|(k, e)| MapOp::ClAdd(k, e)),
+        2 => (key.clone(), small.clone()).prop_map(|(k, e)| MapOp::ClRemove(k, e)),
+        1 => (key, small.clone(), small).prop_map(|(k, s, e)| MapOp::NestedClToggle(k, s, e)),
     ]
 }
 
@@ -158,6 +174,15 @@ fn try_mutate(map: &OrMap<u8>, node: &NodeId, op: &MapOp) -> Result<OrMap<u8>, M
             },
             MapOp::Put(_, x, t) => v.lww_put(dot, *t, put_value(*x)),
             MapOp::NestedPut(_, s, x, t) => v.map_update(*s, |inner| inner.lww_put(dot, *t, put_value(*x))),
+            MapOp::ClAdd(_, e) => v.clset_add(dot, i64::from(*e)),
+            MapOp::ClRemove(_, e) => v.clset_remove(dot, &Scalar::Int(i64::from(*e))),
+            MapOp::NestedClToggle(_, s, e) => v.map_update(*s, |inner| {
+                let e = Scalar::Int(i64::from(*e));
+                match inner.value().is_some_and(|n| n.clset_contains(&e)) {
+                    true => inner.clset_remove(dot, &e),
+                    false => inner.clset_add(dot, e),
+                }
+            }),
             MapOp::RemoveKey(_) => unreachable!("handled below"),
         }
     };
@@ -201,11 +226,19 @@ fn update_of_held_kind(value: Option<&Value<u8>>, key: u8, fallback: Kind, x: u8
         Kind::Map if value.and_then(|v| v.get(&x)).is_some_and(|n| n.holds(Kind::Lww)) => {
             MapOp::NestedPut(key, x, i64::from(x), 0)
         }
+        Kind::Map if value.and_then(|v| v.get(&x)).is_some_and(|n| n.holds(Kind::ClSet)) => {
+            MapOp::NestedClToggle(key, x, x)
+        }
         Kind::Map => MapOp::NestedAssign(key, x, i64::from(x)),
         Kind::Counter => MapOp::Count(key, x as i8 + 1),
         Kind::List => MapOp::ListInsert(key, x, i64::from(x)),
         // At time 0, below any other: the put still supersedes everything it saw.
         Kind::Lww => MapOp::Put(key, i64::from(x), 0),
+        // The bump that changes the element's presence, so that it makes a dot.
+        Kind::ClSet if value.is_some_and(|v| v.clset_contains(&Scalar::Int(i64::from(x)))) => {
+            MapOp::ClRemove(key, x)
+        }
+        Kind::ClSet => MapOp::ClAdd(key, x),
     }
 }
 
@@ -287,6 +320,7 @@ proptest! {
                 MapOp::NestedAssign(_, s, _) => Some((s, Kind::Register)),
                 MapOp::NestedCount(_, s, _) => Some((s, Kind::Counter)),
                 MapOp::NestedPut(_, s, ..) => Some((s, Kind::Lww)),
+                MapOp::NestedClToggle(_, s, _) => Some((s, Kind::ClSet)),
                 _ => None,
             };
             let expected = mismatch(op.kind(), value).or_else(|| {
@@ -308,6 +342,7 @@ proptest! {
                 totals.1 += value.counter_entries().count();
                 totals.1 += value.list().live_count();
                 totals.1 += value.lww_entries().count();
+                totals.1 += value.clset_entries().map(|(_, bumps)| bumps.len()).sum::<usize>();
                 totals.3 += value.lww_entries().map(|(_, e)| e.value.to_string().len()).sum::<usize>();
                 totals.2 += value.list().element_count() - value.list().live_count();
                 recount(value.entries(), totals);
@@ -330,7 +365,7 @@ proptest! {
         replicas in 3usize..=4,
         steps in crate::delivery::steps(map_op(), 40),
         key in 0u8..3,
-        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map, Kind::Counter, Kind::List, Kind::Lww]),
+        fallback in prop::sample::select(vec![Kind::Set, Kind::Register, Kind::Map, Kind::Counter, Kind::List, Kind::Lww, Kind::ClSet]),
         x in 0u8..3,
     ) {
         let mut run = Run::<OrMap<u8>>::new(replicas);
@@ -339,6 +374,8 @@ proptest! {
         let update = update_of_held_kind(run.states[1].get(&key), key, fallback, x);
         let own_before = own_count(run.states[1].get(&key), &node(1));
         let own_nested_before = run.states[1].get(&key).and_then(|v| v.get(&x)).cloned();
+        let length_before = run.states[1].get(&key).map_or(0, |v| v.clset_length(&Scalar::Int(i64::from(x))));
+        let nested_length_before = own_nested_before.as_ref().map_or(0, |v| v.clset_length(&Scalar::Int(i64::from(x))));
         run.play(&[Step::Local(0, MapOp::RemoveKey(key)), Step::Local(1, update.clone())]);
         run.sync_all();
         let state = &run.states[0];
@@ -372,6 +409,16 @@ proptest! {
             MapOp::NestedPut(..) => {
                 let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.lww_value().cloned())).collect();
                 prop_assert_eq!(inner, vec![(x, Some(put_value(i64::from(x))))]);
+            }
+            // Every bump the removal saw is retired; the concurrent one stays, with the length
+            // its author gave the element.
+            MapOp::ClAdd(..) | MapOp::ClRemove(..) => {
+                let lengths: Vec<_> = value.clset_entries().map(|(e, _)| (e, value.clset_length(e))).collect();
+                prop_assert_eq!(lengths, vec![(&x_scalar, length_before + 1)]);
+            }
+            MapOp::NestedClToggle(..) => {
+                let inner: Vec<_> = value.entries().map(|(k, v)| (*k, v.clset_length(&x_scalar))).collect();
+                prop_assert_eq!(inner, vec![(x, nested_length_before + 1)]);
             }
             _ => {
                 let inner: Vec<_> =
@@ -679,6 +726,130 @@ proptest! {
             let value = state.get(&LWW_KEY).unwrap();
             prop_assert_eq!(value.lww_entries().count(), 1);
             prop_assert_eq!(value.lww_value(), Some(&put_value(7)));
+        }
+    }
+}
+
+/// The key of the causal-length set in the tests below, outside the keys `map_op` touches.
+const CLSET_KEY: u8 = 6;
+
+/// An add or a remove of one of a few elements, as the set tests' op.
+fn cl_op() -> impl Strategy<Value = crate::set::SetOp> {
+    use crate::set::SetOp;
+    prop_oneof![(0u8..4).prop_map(SetOp::Add), (0u8..4).prop_map(SetOp::Remove)]
+}
+
+/// The map op at [`CLSET_KEY`] doing what `op` does to a causal-length set.
+fn as_map_op(op: &crate::set::SetOp) -> MapOp {
+    match op {
+        crate::set::SetOp::Add(e) => MapOp::ClAdd(CLSET_KEY, *e),
+        crate::set::SetOp::Remove(e) => MapOp::ClRemove(CLSET_KEY, *e),
+    }
+}
+
+/// The causal lengths of the set at [`CLSET_KEY`], element by element (removed ones included).
+fn map_lengths(map: &OrMap<u8>) -> Vec<(u8, u64)> {
+    let Some(value) = map.get(&CLSET_KEY) else { return Vec::new() };
+    let lengths = value.clset_entries().map(|(e, _)| (e.clone(), value.clset_length(e)));
+    lengths
+        .map(|(e, length)| {
+            (
+                u8::try_from(match e {
+                    Scalar::Int(i) => i,
+                    _ => -1,
+                })
+                .unwrap_or(u8::MAX),
+                length,
+            )
+        })
+        .collect()
+}
+
+/// The causal lengths of a causal-length set, element by element.
+fn set_lengths(set: &rhizome_crdt::ClSet<u8>) -> Vec<(u8, u64)> {
+    set.lengths().map(|(e, length)| (*e, length)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Without key removals, a causal-length set in a map is a causal-length set: replicas
+    /// playing the same adds, removes and syncs on a map's set and on a standalone `ClSet`
+    /// hold the same lengths at every step and after every delta reached every replica
+    /// (each element's greatest bump is never retired: a bump retires only shorter ones).
+    #[test]
+    fn a_clset_in_a_map_without_removals_is_a_causal_length_set(
+        replicas in 3usize..=4,
+        steps in crate::delivery::steps(cl_op(), 50),
+        seed in any::<u64>(),
+    ) {
+        let as_map: Vec<Step<MapOp>> = steps
+            .iter()
+            .map(|step| match step {
+                Step::Local(r, op) => Step::Local(*r, as_map_op(op)),
+                Step::Sync { from, to } => Step::Sync { from: *from, to: *to },
+            })
+            .collect();
+        let mut ours = Run::<OrMap<u8>>::new(replicas);
+        let mut theirs = Run::<rhizome_crdt::ClSet<u8>>::new(replicas);
+        for (step, map_step) in steps.iter().zip(&as_map) {
+            ours.play(std::slice::from_ref(map_step));
+            theirs.play(std::slice::from_ref(step));
+            for (map, set) in ours.states.iter().zip(&theirs.states) {
+                prop_assert_eq!(map_lengths(map), set_lengths(set));
+            }
+        }
+        let (converged, _) = crate::delivery::converge::<OrMap<u8>>(replicas, &as_map, seed);
+        ours.sync_all();
+        theirs.sync_all();
+        for (map, set) in converged.iter().chain(&ours.states).zip(theirs.states.iter().cycle()) {
+            prop_assert_eq!(map_lengths(map), set_lengths(set));
+            let present: Vec<_> = map.get(&CLSET_KEY).into_iter().flat_map(Value::clset_elements).cloned().collect();
+            let expected: Vec<_> = set.iter().map(|e| Scalar::Int(i64::from(*e))).collect();
+            prop_assert_eq!(present, expected);
+        }
+    }
+
+    /// Observed reset: replica 0 removes the set's key after seeing everything, while other
+    /// replicas add or remove elements concurrently. Afterwards every replica holds the same
+    /// state, an element keeps exactly the greatest length a concurrent bump gave it (its
+    /// length before plus one; elements nobody bumped are forgotten), and the key is present
+    /// exactly when some concurrent operation changed an element's presence.
+    #[test]
+    fn removing_a_clset_keeps_exactly_the_concurrent_bumps(
+        replicas in 3usize..=4,
+        steps in crate::delivery::steps(map_op(), 20),
+        edits in crate::delivery::steps(cl_op().prop_map(|op| as_map_op(&op)), 30),
+        concurrent in prop::collection::vec(prop::option::of(cl_op()), 3),
+    ) {
+        let mut run = Run::<OrMap<u8>>::new(replicas);
+        run.play(&steps);
+        run.play(&edits);
+        run.sync_all();
+        let before = run.states[0].clone();
+        let mut updates = vec![Step::Local(0, MapOp::RemoveKey(CLSET_KEY))];
+        let mut expected: std::collections::BTreeMap<u8, u64> = std::collections::BTreeMap::new();
+        for (r, op) in concurrent.iter().enumerate().take(replicas - 1) {
+            let Some(op) = op else { continue };
+            updates.push(Step::Local(r + 1, as_map_op(op)));
+            let (e, adds) = match op {
+                crate::set::SetOp::Add(e) => (*e, true),
+                crate::set::SetOp::Remove(e) => (*e, false),
+            };
+            let length = before.get(&CLSET_KEY).map_or(0, |v| v.clset_length(&Scalar::Int(i64::from(e))));
+            if (length % 2 == 1) != adds {
+                let best = expected.entry(e).or_default();
+                *best = (*best).max(length + 1);
+            }
+        }
+        run.play(&updates);
+        run.sync_all();
+        for state in &run.states {
+            prop_assert_eq!(state, &run.states[0]);
+            prop_assert_eq!(map_lengths(state), expected.iter().map(|(e, l)| (*e, *l)).collect::<Vec<_>>());
+            prop_assert_eq!(state.contains_key(&CLSET_KEY), !expected.is_empty());
+            let kinds: Vec<_> = state.get(&CLSET_KEY).into_iter().flat_map(Value::kinds).collect();
+            prop_assert_eq!(kinds, if expected.is_empty() { vec![] } else { vec![Kind::ClSet] });
         }
     }
 }

@@ -48,7 +48,7 @@ fn json(floats: bool) -> impl Strategy<Value = Value> {
 
 /// A map shaped like a CRDT action, each field present or not and of the right type or not.
 fn action() -> impl Strategy<Value = Map<String, Value>> {
-    const KNOWN: [&str; 19] = [
+    const KNOWN: [&str; 21] = [
         "crdt/counter/inc",
         "crdt/counter/dec",
         "crdt/lww/set",
@@ -68,6 +68,8 @@ fn action() -> impl Strategy<Value = Map<String, Value>> {
         "crdt/map/insert",
         "crdt/map/cut",
         "crdt/map/put",
+        "crdt/map/cladd",
+        "crdt/map/cldelete",
     ];
     const UNKNOWN: [&str; 5] = ["crdt/set/put", "crdt/counter", "crdt/", "", "crdt/counter/inc "];
     let action_type = prop_oneof![
@@ -216,6 +218,8 @@ fn change(kind: Kind) -> BoxedStrategy<Change> {
                 .prop_map(|(path, value)| Change::MapInsertAfter { path, after: None, value }),
             1 => (map_path(), list_index()).prop_map(|(path, index)| Change::MapCut { path, index }),
             2 => (map_path(), json(false)).prop_map(|(path, value)| Change::MapPut { path, value }),
+            2 => (map_path(), elem()).prop_map(|(path, elem)| Change::MapClAdd { path, elem }),
+            2 => (map_path(), elem()).prop_map(|(path, elem)| Change::MapClDelete { path, elem }),
         ]
         .boxed(),
         other => panic!("no changes for {other} yet"),
@@ -373,8 +377,10 @@ pub fn value(object: &Object) -> Value {
 }
 
 /// A map's entries without their dots: `{key: {"map": …, "set": [elements], "reg": [values],
-/// "counter": value, "list": [live values], "lww": winner}}` (a counter's value as a string, 0
-/// when there is none; `list` only where a list was, `lww` only where an LWW register is).
+/// "counter": value, "list": [live values], "lww": winner, "clset": [[element, length]]}}` (a
+/// counter's value as a string, 0 when there is none; `list` only where a list was, `lww`
+/// only where an LWW register is, `clset` only where a causal-length set is, with every
+/// element it holds and its causal length, removed ones included).
 fn map_value<'a>(entries: impl Iterator<Item = (&'a String, &'a rhizome_crdt::Value<String>)>) -> Value {
     let entry = |value: &rhizome_crdt::Value<String>| {
         let mut doc = serde_json::json!({
@@ -388,6 +394,11 @@ fn map_value<'a>(entries: impl Iterator<Item = (&'a String, &'a rhizome_crdt::Va
         }
         if let Some(lww) = value.lww_value() {
             doc["lww"] = lww.clone();
+        }
+        if value.clset_entries().next().is_some() {
+            let lengths =
+                value.clset_entries().map(|(e, _)| serde_json::json!([e.to_json(), value.clset_length(e)]));
+            doc["clset"] = lengths.collect();
         }
         doc
     };

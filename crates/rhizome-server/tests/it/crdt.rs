@@ -507,6 +507,115 @@ async fn two_clients_put_structured_values_in_a_map_and_a_subscriber_converges_t
     Ok(())
 }
 
+/// A causal-length set as a subscriber reads it: its present elements, and every element it
+/// holds with its causal length.
+type ClSetRead = (Vec<Value>, Vec<(Value, u64)>);
+
+/// The causal-length set at `path` of a map object, as a subscriber that joined `deltas`
+/// reads it.
+fn map_clset(deltas: &[Value], path: &[&str]) -> Result<ClSetRead> {
+    use rhizome_crdt::{Kind, Object};
+    let mut state = Object::bottom(Kind::Map);
+    for delta in deltas {
+        state.join(&Object::from_json(Kind::Map, &delta["delta"])?)?;
+    }
+    let Object::Map(map) = state else { anyhow::bail!("not a map") };
+    let (first, rest) = path.split_first().context("a path")?;
+    let mut value = map.get(&first.to_string());
+    for key in rest {
+        value = value.and_then(|v| v.get(&key.to_string()));
+    }
+    let Some(value) = value else { return Ok((Vec::new(), Vec::new())) };
+    let present = value.clset_elements().map(|e| e.to_json()).collect();
+    let lengths = value.clset_entries().map(|(e, _)| (e.to_json(), value.clset_length(e))).collect();
+    Ok((present, lengths))
+}
+
+#[tokio::test]
+async fn two_clients_edit_a_causal_length_set_in_a_map_and_a_subscriber_converges() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    assert!(subscribe_object(&mut bob, "boards/1").await?.is_empty(), "a new object has no state");
+    let mut alice = server.login("alice:c1:t1").await?;
+    let mut carol = server.login("carol:c3:t1").await?;
+    let cl = |kind: &str, elem: Value| json!({"type": format!("crdt/map/{kind}"), "key": "boards/1", "path": ["board", "tags"], "elem": elem});
+    // Alice adds three tags; carol removes one of them and re-adds it; alice adds "urgent"
+    // again (already present: nothing) and removes 7.
+    for (by_carol, action) in [
+        (false, cl("cladd", json!("urgent"))),
+        (false, cl("cladd", json!(7))),
+        (false, cl("cladd", json!(null))),
+        (true, cl("cldelete", json!("urgent"))),
+        (true, cl("cladd", json!("urgent"))),
+        (false, cl("cladd", json!("urgent"))),
+        (false, cl("cldelete", json!(7))),
+    ] {
+        let client = if by_carol { &mut carol } else { &mut alice };
+        let id = client.send_action(action).await?;
+        client.wait_processed(&id).await?;
+    }
+    let expected_lengths = vec![(json!(null), 1), (json!(7), 2), (json!("urgent"), 3)];
+    let mut live = Vec::new();
+    while map_clset(&live, &["board", "tags"])?.1 != expected_lengths {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    assert!(live.iter().all(|d| d["kind"] == "map" && d["key"] == "boards/1"), "{live:?}");
+    assert_eq!(map_clset(&live, &["board", "tags"])?.0, [json!(null), json!("urgent")]);
+
+    // A new subscriber gets the same set in one delta: one bump per element, the last.
+    let mut dave = server.login("dave:c4:t1").await?;
+    let snapshot = subscribe_object(&mut dave, "boards/1").await?;
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(map_clset(&snapshot, &["board", "tags"])?.1, expected_lengths);
+    let bumps = snapshot[0]["delta"]["entries"]["board"]["map"]["tags"]["clset"].clone();
+    assert_eq!(bumps.as_array().map(Vec::len), Some(3), "{bumps}");
+    assert_eq!(bumps[2], json!(["urgent", "carol:c3:t1", 2, 3]));
+
+    // Other kinds where the set is, the set where another kind is, and bad shapes: undone.
+    let set = json!({"type": "crdt/map/set", "key": "boards/1", "path": ["board", "tags"], "value": 1});
+    let add = json!({"type": "crdt/map/add", "key": "boards/1", "path": ["board", "tags"], "elem": 1});
+    let through = cl("cladd", json!(1));
+    let through =
+        json!({"type": through["type"], "key": "boards/1", "path": ["board", "tags", "x"], "elem": 1});
+    let title = json!({"type": "crdt/map/set", "key": "boards/1", "path": ["board", "title"], "value": "t"});
+    let id = alice.send_action(title).await?;
+    alice.wait_processed(&id).await?;
+    let on_title =
+        json!({"type": "crdt/map/cladd", "key": "boards/1", "path": ["board", "title"], "elem": 1});
+    for action in [set, add, through, on_title] {
+        let id = alice.send_action(action.clone()).await?;
+        assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtTypeMismatch", "{action}");
+    }
+    for action in [
+        cl("cladd", json!([1])),
+        cl("cldelete", json!({"a": 1})),
+        json!({"type": "crdt/map/cladd", "key": "boards/1", "path": [], "elem": 1}),
+        json!({"type": "crdt/map/cladd", "key": "boards/1", "path": ["tags"]}),
+        json!({"type": "crdt/map/cldelete", "key": "boards/1", "path": ["tags"], "elem": 1, "seen": {}}),
+    ] {
+        let id = alice.send_action(action.clone()).await?;
+        assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtWrongShape", "{action}");
+    }
+    let counter = json!({"type": "crdt/counter/inc", "key": "boards/1"});
+    let id = alice.send_action(counter).await?;
+    assert_eq!(alice.wait_undo(&id).await?["reason"], "crdtTypeMismatch");
+
+    // Removing the set's key forgets it; an add afterwards starts a new history.
+    let remove = json!({"type": "crdt/map/remove", "key": "boards/1", "path": ["board", "tags"]});
+    let id = carol.send_action(remove).await?;
+    carol.wait_processed(&id).await?;
+    let id = alice.send_action(cl("cladd", json!(7))).await?;
+    alice.wait_processed(&id).await?;
+    while map_clset(&live, &["board", "tags"])?.1 != [(json!(7), 1)] {
+        let m = bob.next_json().await?;
+        live.extend(sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta"));
+    }
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
 /// Subscribes to the object at `key` with `seen`; returns the `crdt/delta` actions received
 /// with the answer.
 async fn subscribe_seen(c: &mut Client, key: &str, seen: &Value) -> Result<Vec<Value>> {
