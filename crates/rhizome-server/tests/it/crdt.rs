@@ -711,3 +711,39 @@ async fn a_malformed_or_absurd_version_vector_is_undone() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hundred_thousand_queued_increments_cost_a_live_subscriber_one_small_delta() -> Result<()> {
+    // The real client sends its whole offline queue in one `sync` when it reconnects.
+    let limits = "frame_bytes_max = 16777216\nactions_per_sync_max = 100000\n";
+    let server = TestServer::start(limits).await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    assert!(subscribe_object(&mut bob, "posts/9/likes").await?.is_empty(), "a new object has no state");
+    let mut alice = server.login("alice:c1:t1").await?;
+    let mut message = String::from("[\"sync\",100000");
+    for i in 0..100_000 {
+        message.push_str(&format!(
+            ",{{\"type\":\"crdt/counter/inc\",\"key\":\"posts/9/likes\"}},{{\"id\":[1,{i}],\"time\":1}}"
+        ));
+    }
+    message.push(']');
+    alice.send(message).await?;
+    alice.until(|m| *m == json!(["synced", 100000])).await?;
+
+    let mut deltas = Vec::new();
+    let mut value = 0;
+    while value < 100_000 {
+        let m = bob.next_json().await?;
+        for delta in sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta") {
+            value = counter_value(&delta["delta"])?;
+            deltas.push(delta);
+        }
+    }
+    assert_eq!(value, 100_000, "the last delta carries alice's total");
+    assert_eq!(deltas.len(), 1, "100,000 operations arrived as {} deltas", deltas.len());
+    assert_eq!(deltas[0]["delta"], json!({"alice:c1:t1": [100_000, 0]}));
+    let size = deltas[0].to_string().len();
+    assert!(size < 200, "the delta is {size} bytes: {}", deltas[0]);
+    server.stop().await;
+    Ok(())
+}
