@@ -6,8 +6,9 @@
 use crate::ids::{push_int, push_uint, ActionId, NodeId};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL: u32 = 5;
@@ -37,39 +38,58 @@ impl ProtocolError {
     }
 }
 
-/// An action: its JSON text as received, and its fields.
+/// An action: its JSON text as received, its `type`, and its fields.
+///
+/// Parsing an action only indexes its top-level fields (where each key and value sit in the
+/// text) and reads its `type`: most actions are stored and routed by `type` and a field or two,
+/// and a tree of `Value`s for every action would cost an allocation per key and value. The whole
+/// [`Action::fields`] map is built the first time it is asked for.
 #[derive(Debug, Clone)]
 pub struct Action {
     json: Arc<str>,
-    fields: Map<String, Value>,
+    kind: Box<str>,
+    /// Top-level `(key, value)` byte ranges in `json`, in order; `None` when some key has an
+    /// escape (then lookups go through `fields`).
+    index: Option<Box<[FieldSpan]>>,
+    fields: OnceLock<Map<String, Value>>,
+}
+
+/// Where one top-level field of an action sits in its text: the key without its quotes, and
+/// the value's JSON.
+#[derive(Debug, Clone, Copy)]
+struct FieldSpan {
+    key: (u32, u32),
+    value: (u32, u32),
 }
 
 impl Action {
     /// Builds an action from its fields; it must have a string `type`.
     pub fn from_fields(fields: Map<String, Value>) -> Option<Action> {
-        if !matches!(fields.get("type"), Some(Value::String(_))) {
+        let Some(Value::String(kind)) = fields.get("type") else {
             return None;
-        }
+        };
+        let kind = kind.as_str().into();
         let json = Value::Object(fields.clone()).to_string();
-        Some(Action { json: Arc::from(json), fields })
+        Some(Action { json: Arc::from(json), kind, index: None, fields: OnceLock::from(fields) })
     }
 
     /// Parses an action from JSON text; it must be an object with a string `type`.
     pub fn from_json(json: &str) -> Option<Action> {
-        match serde_json::from_str::<Value>(json) {
-            Ok(Value::Object(fields)) if matches!(fields.get("type"), Some(Value::String(_))) => {
-                Some(Action { json: Arc::from(json), fields })
-            }
-            _ => None,
-        }
+        let mut de = serde_json::Deserializer::from_str(json);
+        let top = serde::Deserializer::deserialize_map(&mut de, TopLevel { base: json }).ok()?;
+        de.end().ok()?;
+        let kind = top.kind?;
+        Some(Action {
+            json: Arc::from(json),
+            kind,
+            index: top.index.map(Vec::into_boxed_slice),
+            fields: OnceLock::new(),
+        })
     }
 
     /// The action's `type`.
     pub fn kind(&self) -> &str {
-        match self.fields.get("type") {
-            Some(Value::String(s)) => s,
-            _ => "",
-        }
+        &self.kind
     }
 
     /// The action as JSON text.
@@ -77,14 +97,119 @@ impl Action {
         &self.json
     }
 
-    /// The action's fields.
+    /// The action's fields (parsed on first use).
     pub fn fields(&self) -> &Map<String, Value> {
-        &self.fields
+        self.fields.get_or_init(|| match serde_json::from_str(&self.json) {
+            Ok(Value::Object(fields)) => fields,
+            // `from_json` checked that the text is an object.
+            _ => Map::new(),
+        })
+    }
+
+    /// The JSON text of a top-level field's value, when the index can tell without the map.
+    fn raw_field(&self, name: &str) -> Option<Option<&str>> {
+        let index = self.index.as_ref()?;
+        let text = &*self.json;
+        let slice = |(from, to): (u32, u32)| &text[from as usize..to as usize];
+        // The last of repeated keys counts, as in a parsed map.
+        Some(index.iter().rev().find(|f| slice(f.key) == name).map(|f| slice(f.value)))
     }
 
     /// A string field.
     pub fn str_field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).and_then(Value::as_str)
+        match self.raw_field(name) {
+            Some(None) => None,
+            // A string without escapes is its text between the quotes.
+            Some(Some(raw)) if raw.len() >= 2 && raw.starts_with('"') && !raw.contains('\\') => {
+                Some(&raw[1..raw.len() - 1])
+            }
+            Some(Some(raw)) if !raw.starts_with('"') => None,
+            _ => self.fields().get(name).and_then(Value::as_str),
+        }
+    }
+
+    /// A field's value, parsed from its own text when the whole map has not been built.
+    pub fn field(&self, name: &str) -> Option<Value> {
+        if self.fields.get().is_none() {
+            if let Some(raw) = self.raw_field(name) {
+                return raw.and_then(|raw| serde_json::from_str(raw).ok());
+            }
+        }
+        self.fields().get(name).cloned()
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes (serde's own `Cow<str>` is
+/// always owned).
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Reads an action's top level: its string `type` and where each field sits.
+struct TopLevel<'a> {
+    base: &'a str,
+}
+
+/// What [`TopLevel`] read: `kind` is `None` when `type` is missing or not a string.
+struct TopFields {
+    kind: Option<Box<str>>,
+    index: Option<Vec<FieldSpan>>,
+}
+
+impl<'de> serde::de::Visitor<'de> for TopLevel<'de> {
+    type Value = TopFields;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an action object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopFields, A::Error> {
+        let base = self.base.as_ptr() as usize;
+        let offset = |s: &str| (s.as_ptr() as usize - base) as u32;
+        let mut kind = None;
+        let mut index = Some(Vec::new());
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            let raw = value.get();
+            if &*key == "type" {
+                kind = match serde_json::from_str::<String>(raw) {
+                    Ok(k) => Some(k.into()),
+                    Err(_) => None,
+                };
+            }
+            match (&mut index, &key) {
+                // A borrowed key has no escapes: its text is the key.
+                (Some(spans), Cow::Borrowed(k)) => {
+                    let (k0, v0) = (offset(k), offset(raw));
+                    spans.push(FieldSpan {
+                        key: (k0, k0 + k.len() as u32),
+                        value: (v0, v0 + raw.len() as u32),
+                    });
+                }
+                _ => index = None,
+            }
+        }
+        Ok(TopFields { kind, index })
     }
 }
 
@@ -348,7 +473,7 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
         let mut time = None;
         let mut subprotocol = None;
         let mut extra_keys: Vec<String> = Vec::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
                 "id" => id = map.next_value::<WireIdRepr>()?.0,
                 "time" => time = map.next_value::<Number>()?.int(),
@@ -518,9 +643,10 @@ impl<'de> serde::Deserialize<'de> for WireIdRepr {
                     (2, [Some(IdPart::Int(Some(shift))), Some(IdPart::Int(Some(seq))), None]) => {
                         u64::try_from(seq).ok().map(|seq| WireId::OwnSeq(shift, seq))
                     }
-                    (3, [Some(IdPart::Int(Some(shift))), Some(IdPart::Str(node)), Some(IdPart::Int(Some(seq)))]) => {
-                        u64::try_from(seq).ok().map(|seq| WireId::Full(shift, node, seq))
-                    }
+                    (
+                        3,
+                        [Some(IdPart::Int(Some(shift))), Some(IdPart::Str(node)), Some(IdPart::Int(Some(seq)))],
+                    ) => u64::try_from(seq).ok().map(|seq| WireId::Full(shift, node, seq)),
                     _ => None,
                 };
                 Ok(WireIdRepr(id))
@@ -740,6 +866,7 @@ pub fn encode_duilian(text: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     /// What `parse_meta` reads, by way of a `Value` tree: the rules it must keep.
     fn meta_by_value(text: &str) -> Option<WireMeta> {
@@ -785,6 +912,66 @@ mod tests {
             3 => json_scalar(),
             2 => prop::collection::vec(json_scalar(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
         ]
+    }
+
+    #[test]
+    fn action_fields_read_like_a_parsed_map() {
+        let action = Action::from_json(r#"{"type":"a","id":"x","n":5,"id":"y","s":"q\"uote"}"#).unwrap();
+        assert_eq!(action.kind(), "a");
+        assert_eq!(action.str_field("id"), Some("y"), "the last of repeated keys");
+        assert_eq!(action.field("n"), Some(json!(5)));
+        assert!(action.fields.get().is_none(), "plain fields are read without building the map");
+        assert_eq!(action.str_field("n"), None);
+        assert_eq!(action.str_field("s"), Some("q\"uote"));
+        assert_eq!(action.fields().len(), 4);
+        assert!(Action::from_json(r#"{"type":5}"#).is_none());
+        assert!(Action::from_json(r#"{"type":"a"} x"#).is_none());
+        assert!(Action::from_json(r#"["type"]"#).is_none());
+    }
+
+    fn action_field() -> impl Strategy<Value = (String, String)> {
+        (
+            prop::sample::select(vec!["type", "id", "channel", "channels", "key", "k\\u0065y", "t\\\"q"]),
+            prop_oneof![
+                3 => json_value(),
+                2 => prop::sample::select(vec![
+                    "\"inc\"", "\"counter/5\"", "\"\"", "\"a\\\"b\"", "\"caf\\u00e9\"", "[\"a\",\"b\"]", "{\"type\":\"x\"}",
+                ])
+                .prop_map(str::to_owned),
+            ],
+        )
+            .prop_map(|(k, v)| (k.to_owned(), v))
+    }
+
+    proptest! {
+        #[test]
+        fn action_reads_as_through_a_value(
+            kind in prop::sample::select(vec!["\"inc\"", "\"crdt/counter/inc\"", "\"a\\nb\"", "5", "null"]),
+            pairs in prop::collection::vec(action_field(), 0..6),
+            at in 0usize..6,
+        ) {
+            let mut pairs = pairs;
+            let at = at.min(pairs.len());
+            pairs.insert(at, ("type".to_owned(), kind.to_owned()));
+            let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\" : {v}")).collect();
+            let text = format!("{{ {} }}", body.join(" , "));
+            let by_value = match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(map)) => Some(map),
+                _ => None,
+            };
+            let by_value = by_value.filter(|m| m.get("type").is_some_and(Value::is_string));
+            let action = Action::from_json(&text);
+            prop_assert_eq!(action.is_some(), by_value.is_some(), "{}", text);
+            if let (Some(action), Some(map)) = (action, by_value) {
+                prop_assert_eq!(Some(action.kind()), map.get("type").and_then(Value::as_str));
+                for name in ["type", "id", "channel", "channels", "key", "t\"q", "missing"] {
+                    prop_assert_eq!(action.str_field(name), map.get(name).and_then(Value::as_str), "{} in {}", name, text);
+                    prop_assert_eq!(action.field(name), map.get(name).cloned(), "{} in {}", name, text);
+                }
+                prop_assert_eq!(action.fields(), &map);
+                prop_assert_eq!(&**action.json(), text.as_str());
+            }
+        }
     }
 
     proptest! {

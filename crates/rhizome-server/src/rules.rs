@@ -106,10 +106,8 @@ pub fn expand(template: &str, action: &Action) -> Option<String> {
         // A value is one path segment, except in a placeholder that ends the template
         // (`crdt/{key}`): there it can only lengthen the name, whose own channel rule decides.
         let trailing = end + 1 == rest.len();
-        let value = match action.fields().get(field)? {
-            Value::String(s) if !s.is_empty() && (trailing || !s.contains('/')) || field == "channel" => {
-                s.clone()
-            }
+        let value = match action.field(field)? {
+            Value::String(s) if !s.is_empty() && (trailing || !s.contains('/')) || field == "channel" => s,
             Value::Number(n) => n.to_string(),
             _ => return None,
         };
@@ -192,7 +190,7 @@ impl ActionType for OpenAction {
         if let Some(c) = action.str_field("channel") {
             routing.channels.push(Channel::from(c));
         }
-        if let Some(Value::Array(list)) = action.fields().get("channels") {
+        if let Some(Value::Array(list)) = action.field("channels") {
             routing.channels.extend(list.iter().filter_map(Value::as_str).map(Channel::from));
         }
         Ok(routing)
