@@ -747,7 +747,12 @@ impl Default for SyncBuilder {
 impl SyncBuilder {
     /// An empty `sync`.
     pub fn new() -> Self {
-        SyncBuilder { out: String::with_capacity(128), count: 0 }
+        Self::with_capacity(128)
+    }
+
+    /// An empty `sync` with room for `bytes` of pairs.
+    pub fn with_capacity(bytes: usize) -> Self {
+        SyncBuilder { out: String::with_capacity(bytes), count: 0 }
     }
 
     /// Adds one action with meta encoded for `codec`'s peer.
@@ -761,6 +766,23 @@ impl SyncBuilder {
     ) {
         self.out.push(',');
         self.out.push_str(action_json);
+        self.out.push(',');
+        codec.encode_meta(&mut self.out, id, time, subprotocol);
+        self.count += 1;
+    }
+
+    /// Adds one action that `write` encodes straight into the frame, with meta encoded for
+    /// `codec`'s peer.
+    pub fn push_with(
+        &mut self,
+        codec: &Codec,
+        id: &ActionId,
+        time: i64,
+        subprotocol: Option<u64>,
+        write: impl FnOnce(&mut String),
+    ) {
+        self.out.push(',');
+        write(&mut self.out);
         self.out.push(',');
         codec.encode_meta(&mut self.out, id, time, subprotocol);
         self.count += 1;

@@ -57,7 +57,7 @@ pub enum CatchUp {
 #[derive(Debug)]
 pub enum HubMessage {
     /// Entries just made durable, in position order.
-    Committed(Vec<StoredEntry>),
+    Committed(Vec<Vec<StoredEntry>>),
     /// A connection authenticated.
     Register {
         /// Its id.
@@ -187,7 +187,7 @@ pub async fn run(
 impl Hub {
     fn handle(&mut self, message: HubMessage) {
         match message {
-            HubMessage::Committed(entries) => self.route(&entries),
+            HubMessage::Committed(entries) => self.route(entries.iter().flatten()),
             HubMessage::Register { conn, identity, outbox, synced } => {
                 self.register(conn, identity, outbox, synced)
             }
@@ -424,7 +424,7 @@ impl Hub {
         tokio::spawn(job.run());
     }
 
-    fn route(&mut self, entries: &[StoredEntry]) {
+    fn route<'a>(&mut self, entries: impl Iterator<Item = &'a StoredEntry>) {
         let mut frames: HashMap<ConnId, SyncBuilder> = HashMap::new();
         // Deltas of one CRDT object for one connection in this pass join into one delta, sent
         // with the id of the last of them: a burst of operations costs a subscriber one delta.

@@ -35,10 +35,23 @@ const SINCE_TIME_MARGIN_MS: i64 = 5 * 60 * 1000;
 
 /// `{"type":"logux/processed","id":"<id>"}`
 pub fn processed_json(id: &ActionId) -> String {
-    let mut s = String::from("{\"type\":\"logux/processed\",\"id\":");
-    push_json_str(&mut s, &id.text());
-    s.push('}');
+    let mut s = String::with_capacity(64 + id.node.as_str().len());
+    push_processed(&mut s, id);
     s
+}
+
+/// Appends `{"type":"logux/processed","id":…}` to `out`.
+fn push_processed(out: &mut String, id: &ActionId) {
+    out.push_str("{\"type\":\"logux/processed\",\"id\":");
+    if id.node.as_str().bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // The id's text needs no escapes: write it in place.
+        out.push('"');
+        id.push_to(out);
+        out.push('"');
+    } else {
+        push_json_str(out, &id.text());
+    }
+    out.push('}');
 }
 
 /// `{"type":"logux/undo","id":…,"action":…,"reason":…, …extra}`
@@ -165,7 +178,7 @@ impl Pipeline {
     /// writer. Does not wait for the commit.
     pub async fn accept(&self, added: u64, actions: Vec<Incoming>) -> Pending {
         let ctx = self.context();
-        let mut batch = WriteBatch::default();
+        let mut batch = WriteBatch { appends: Vec::with_capacity(actions.len()), ..WriteBatch::default() };
         let mut answers = Vec::with_capacity(actions.len());
         for incoming in actions {
             let Incoming { id, time, action, subprotocol, refused } = incoming;
@@ -266,15 +279,26 @@ impl Pipeline {
     /// `process` for the actions that have one.
     pub async fn finish(&self, pending: Pending, committed: Committed) -> Result<(), WriteFailed> {
         self.outbox.push(encode_synced(pending.added));
-        let mut frame = SyncBuilder::new();
+        // An answer with its meta is about 100 bytes.
+        let mut frame = SyncBuilder::with_capacity(pending.answers.len() * 112);
         let sub = Some(self.shared.config.subprotocol);
         for answer in pending.answers {
+            let processed = |frame: &mut SyncBuilder, of: &ActionId| {
+                let id = self.shared.next_server_id();
+                frame.push_with(&self.identity.codec, &id, id.ms, sub, |out| push_processed(out, of));
+            };
             let json = match answer {
                 Answer::Nothing => continue,
-                Answer::Processed(id) => processed_json(&id),
+                Answer::Processed(id) => {
+                    processed(&mut frame, &id);
+                    continue;
+                }
                 Answer::Undo { id, action, reason, extra } => undo_json(&id, action.json(), &reason, &extra),
                 Answer::Stored { index, action, meta, rules } => match committed.outcomes.get(index) {
-                    Some(AppendOutcome::Added(_)) if !rules.processes() => processed_json(&meta.id),
+                    Some(AppendOutcome::Added(_)) if !rules.processes() => {
+                        processed(&mut frame, &meta.id);
+                        continue;
+                    }
                     Some(AppendOutcome::Added(_)) => match self.process(&*rules, action, meta).await? {
                         Some(json) => json,
                         None => continue,
@@ -282,7 +306,10 @@ impl Pipeline {
                     Some(AppendOutcome::Undone(_, reason)) => {
                         undo_json(&meta.id, action.json(), reason, &Map::new())
                     }
-                    Some(AppendOutcome::Duplicate(Status::Processed)) => processed_json(&meta.id),
+                    Some(AppendOutcome::Duplicate(Status::Processed)) => {
+                        processed(&mut frame, &meta.id);
+                        continue;
+                    }
                     Some(AppendOutcome::Duplicate(Status::Undone(reason))) => {
                         undo_json(&meta.id, action.json(), reason, &Map::new())
                     }

@@ -52,8 +52,12 @@ pub fn run(
         let mut batches: Vec<WriteBatch> = pending.iter_mut().map(|r| std::mem::take(&mut r.batch)).collect();
         match writer.commit(&mut batches, now_ms()) {
             Ok(mut results) => {
-                let entries: Vec<_> =
-                    results.iter_mut().flat_map(|c| std::mem::take(&mut c.entries)).collect();
+                // Moved per batch, not flattened: a commit can hold many thousand entries.
+                let entries: Vec<_> = results
+                    .iter_mut()
+                    .filter(|c| !c.entries.is_empty())
+                    .map(|c| std::mem::take(&mut c.entries))
+                    .collect();
                 // Hub first: by the time a client hears `synced`, the entries are being routed.
                 if !entries.is_empty() && hub.blocking_send(HubMessage::Committed(entries)).is_err() {
                     tracing::debug!("hub is gone; committed entries are not routed");

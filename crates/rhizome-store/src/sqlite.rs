@@ -524,7 +524,10 @@ impl LogWriter for SqliteWriter {
                  ON CONFLICT(id) DO UPDATE SET position = max(position, excluded.position)",
             )?;
             for batch in batches.iter_mut() {
-                let mut committed = Committed::default();
+                let mut committed = Committed {
+                    outcomes: Vec::with_capacity(batch.appends.len()),
+                    entries: Vec::with_capacity(batch.appends.len()),
+                };
                 for Append { mut entry, id_text: id, mut routing_text, crdt } in batch.appends.drain(..) {
                     // A CRDT operation must not be applied twice: look before applying. Other
                     // entries rely on the insert's conflict check alone.
