@@ -150,16 +150,7 @@ impl Client {
             frame.push(',');
             frame.push_str(action);
             frame.push(',');
-            let shift = id.ms - self.codec.base_time;
-            if id.seq == 0 {
-                frame.push_str(&format!("{{\"id\":{shift},\"time\":{}}}", now - self.codec.base_time));
-            } else {
-                frame.push_str(&format!(
-                    "{{\"id\":[{shift},{}],\"time\":{}}}",
-                    id.seq,
-                    now - self.codec.base_time
-                ));
-            }
+            self.codec.encode_meta(&mut frame, &id, now, None);
             ids.push(id);
         }
         self.added += actions.len() as u64;
@@ -167,11 +158,25 @@ impl Client {
     }
 }
 
+/// An id of our own actions, as `(ms, seq)`: the node is ours.
+type Key = (i64, u64);
+
+fn key(id: &ActionId) -> Key {
+    (id.ms, id.seq)
+}
+
+/// The `(ms, seq)` of an id's text `"<ms> <node> <seq>"`, read without allocating.
+fn key_of_text(text: &str) -> Option<Key> {
+    let (ms, rest) = text.split_once(' ')?;
+    let (_, seq) = rest.rsplit_once(' ')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// What one server frame told us.
 #[derive(Default)]
 struct Seen {
-    processed: Vec<String>,
-    undone: Vec<String>,
+    processed: Vec<Key>,
+    undone: Vec<Key>,
     incs: u64,
 }
 
@@ -181,8 +186,10 @@ async fn on_frame(client: &mut Client, text: &str, seen: &mut Seen) -> Result<()
         Ok(Message::Sync { added, entries }) => {
             for e in entries {
                 match e.action.kind() {
-                    "logux/processed" => seen.processed.extend(e.action.str_field("id").map(str::to_owned)),
-                    "logux/undo" => seen.undone.extend(e.action.str_field("id").map(str::to_owned)),
+                    "logux/processed" => {
+                        seen.processed.extend(e.action.str_field("id").and_then(key_of_text))
+                    }
+                    "logux/undo" => seen.undone.extend(e.action.str_field("id").and_then(key_of_text)),
                     "inc" => seen.incs += 1,
                     _ => {}
                 }
@@ -218,7 +225,7 @@ async fn next_text(client: &mut Client) -> Result<String, BenchError> {
 async fn subscribe(client: &mut Client, channel: &str) -> Result<(), BenchError> {
     let (frame, ids) = client.sync(&[format!("{{\"type\":\"logux/subscribe\",\"channel\":\"{channel}\"}}")]);
     client.ws.send(WsMessage::text(frame)).await?;
-    let want = ids[0].to_string();
+    let want = key(&ids[0]);
     loop {
         let text = next_text(client).await?;
         let mut seen = Seen::default();
@@ -255,7 +262,7 @@ async fn producer(
         format!("{{\"type\":\"inc\",\"id\":\"{counter}\"}}")
     };
     start.wait().await;
-    let mut pending: HashMap<String, Instant> = HashMap::with_capacity(args.window * 2);
+    let mut pending: HashMap<Key, Instant> = HashMap::with_capacity(args.window * 2);
     let mut latencies_us = Vec::with_capacity(args.actions);
     let (mut sent, mut undone) = (0usize, 0usize);
     let batch: Vec<String> = vec![action; args.batch.max(1)];
@@ -265,7 +272,7 @@ async fn producer(
             let (frame, ids) = client.sync(&batch[..k]);
             let t = Instant::now();
             for id in ids {
-                pending.insert(id.to_string(), t);
+                pending.insert(key(&id), t);
             }
             client.ws.send(WsMessage::text(frame)).await?;
             sent += k;

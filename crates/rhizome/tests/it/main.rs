@@ -1,6 +1,7 @@
 //! End-to-end tests of the `rhizome` binary: the real npm `@logux/client` against it,
-//! SIGKILL during heavy ingest, and settings refused at start.
+//! SIGKILL during heavy ingest, settings refused at start, and the load generator.
 
+mod bench;
 mod cli;
 mod crash;
 mod interop;

@@ -1,0 +1,70 @@
+//! `rhizome bench`, the load generator, against a real `rhizome serve` with the benchmark's
+//! app: every scenario of bench/run.sh on a small scale, with the counts checked.
+
+use crate::support::{root, ServerProcess};
+use std::process::Command;
+
+/// Runs `rhizome bench` with `args`; returns its report line's `key=value` pairs.
+fn bench(url: &str, args: &[&str]) -> Vec<(String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_rhizome"))
+        .args(["bench", "--url", url, "--timeout-secs", "60"])
+        .args(args)
+        .output()
+        .expect("run rhizome bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line =
+        stdout.lines().rfind(|l| l.starts_with("bench:")).unwrap_or_else(|| panic!("no report: {stdout}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn get<'a>(report: &'a [(String, String)], key: &str) -> &'a str {
+    report.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no {key}"))
+}
+
+#[test]
+fn the_load_generator_counts_every_answer_and_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
+    let url = server.url.clone();
+
+    // a: one pipelined connection; every action answered, none undone.
+    let a = bench(&url, &["--connections", "1", "--actions", "3000", "--batch", "100", "--window", "500"]);
+    assert_eq!((get(&a, "processed"), get(&a, "undone")), ("3000", "0"));
+
+    // b: several connections, a batch that does not divide the count.
+    let b = bench(&url, &["--connections", "4", "--actions", "1001", "--batch", "7", "--window", "50"]);
+    assert_eq!((get(&b, "processed"), get(&b, "undone")), ("4004", "0"));
+
+    // c: fan-out: each of 3 subscribers receives every action of the shared counter.
+    let c = bench(
+        &url,
+        &[
+            "--actions",
+            "2000",
+            "--batch",
+            "50",
+            "--window",
+            "400",
+            "--channel",
+            "shared",
+            "--subscribers",
+            "3",
+        ],
+    );
+    assert_eq!((get(&c, "processed"), get(&c, "deliveries")), ("2000", "6000"));
+
+    // CRDT increments on the benchmark's objects.
+    let crdt = bench(&url, &["--actions", "1000", "--crdt"]);
+    assert_eq!((get(&crdt, "processed"), get(&crdt, "undone")), ("1000", "0"));
+
+    // d: idle connections, with the server's memory read from /proc.
+    let pid = server.child.id().to_string();
+    let d = bench(&url, &["--idle", "50", "--idle-secs", "1", "--pid", &pid]);
+    assert_eq!(get(&d, "connections"), "50");
+    let per_conn: f64 = get(&d, "kib_per_conn").parse().expect("kib_per_conn");
+    assert!(per_conn.is_finite() && per_conn >= 0.0, "{per_conn}");
+}
