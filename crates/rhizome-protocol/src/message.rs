@@ -732,11 +732,18 @@ pub fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// Builds one outgoing `sync` frame from already-encoded pairs.
+///
+/// The pairs are written after room for the header (`["sync",` and `added`, which is known only
+/// when the frame is finished), so finishing writes the header into the same buffer instead of
+/// copying the pairs into a new one.
 #[derive(Debug)]
 pub struct SyncBuilder {
     out: String,
     count: usize,
 }
+
+/// `["sync",` and the 20 digits of the largest `u64`.
+const SYNC_HEADER_ROOM: usize = 8 + 20;
 
 impl Default for SyncBuilder {
     fn default() -> Self {
@@ -752,7 +759,9 @@ impl SyncBuilder {
 
     /// An empty `sync` with room for `bytes` of pairs.
     pub fn with_capacity(bytes: usize) -> Self {
-        SyncBuilder { out: String::with_capacity(bytes), count: 0 }
+        let mut out = String::with_capacity(SYNC_HEADER_ROOM + bytes + 1);
+        out.extend(std::iter::repeat_n(' ', SYNC_HEADER_ROOM));
+        SyncBuilder { out, count: 0 }
     }
 
     /// Adds one action with meta encoded for `codec`'s peer.
@@ -764,11 +773,7 @@ impl SyncBuilder {
         time: i64,
         subprotocol: Option<u64>,
     ) {
-        self.out.push(',');
-        self.out.push_str(action_json);
-        self.out.push(',');
-        codec.encode_meta(&mut self.out, id, time, subprotocol);
-        self.count += 1;
+        self.push_with(codec, id, time, subprotocol, |out| out.push_str(action_json));
     }
 
     /// Adds one action that `write` encodes straight into the frame, with meta encoded for
@@ -798,17 +803,18 @@ impl SyncBuilder {
         self.count == 0
     }
 
-    /// Encoded bytes so far.
+    /// Encoded bytes of the pairs so far.
     pub fn bytes(&self) -> usize {
-        self.out.len()
+        self.out.len() - SYNC_HEADER_ROOM
     }
 
     /// The finished frame, `["sync", added, …]`.
     pub fn finish(self, added: u64) -> String {
-        let mut frame = String::with_capacity(self.out.len() + 24);
-        frame.push_str("[\"sync\",");
-        push_uint(&mut frame, added);
-        frame.push_str(&self.out);
+        let mut header = String::with_capacity(SYNC_HEADER_ROOM);
+        header.push_str("[\"sync\",");
+        push_uint(&mut header, added);
+        let mut frame = self.out;
+        frame.replace_range(..SYNC_HEADER_ROOM, &header);
         frame.push(']');
         frame
     }
@@ -1126,6 +1132,18 @@ mod tests {
             b.finish(7),
             r#"["sync",7,{"type":"inc","id":"1"},{"id":[26,"10:QNzaL4cH:d8Kgi9Ai",0],"time":27,"subprotocol":1},{"type":"x"},{"id":14,"time":14},{"type":"y"},{"id":[15,1],"time":15,"subprotocol":1}]"#
         );
+    }
+
+    #[test]
+    fn sync_frames_carry_any_added_and_count_only_their_pairs() {
+        assert_eq!(SyncBuilder::new().finish(0), r#"["sync",0]"#);
+        assert_eq!(SyncBuilder::with_capacity(0).finish(u64::MAX), format!(r#"["sync",{}]"#, u64::MAX));
+        let mut b = SyncBuilder::with_capacity(0);
+        assert_eq!(b.bytes(), 0);
+        let own = ActionId { ms: 1795692083935, node: NodeId::from("server:abc"), seq: 0 };
+        b.push(&codec(), r#"{"type":"x"}"#, &own, 1795692083935, None);
+        assert_eq!(b.bytes(), r#",{"type":"x"},{"id":14,"time":14}"#.len());
+        assert_eq!(b.finish(12345), r#"["sync",12345,{"type":"x"},{"id":14,"time":14}]"#);
     }
 
     #[test]
