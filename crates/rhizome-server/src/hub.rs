@@ -12,6 +12,7 @@
 //! the highest `added` the client confirmed with `synced`, so a re-subscription does not replay
 //! what the client already received live.
 
+use crate::conn_map::{ConnMap, ConnSet};
 use crate::outbox::{Closed, Outbox};
 use crate::shared::Shared;
 use crate::subscribers::Subscribers;
@@ -21,7 +22,7 @@ use rhizome_core::{Position, StoredEntry};
 use rhizome_protocol::{Action, ActionId, Channel, ClientId, Codec, NodeId, SyncBuilder, UserId};
 use rhizome_store::WriteBatch;
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -156,7 +157,7 @@ struct Conn {
 struct Hub {
     shared: Arc<Shared>,
     tx: mpsc::Sender<HubMessage>,
-    conns: HashMap<ConnId, Conn>,
+    conns: ConnMap<Conn>,
     by_client: HashMap<ClientId, ConnId>,
     by_user: HashMap<UserId, Vec<ConnId>>,
     channels: HashMap<Channel, Subscribers<ConnId, Sub>>,
@@ -173,7 +174,7 @@ pub async fn run(
     let mut hub = Hub {
         shared,
         tx,
-        conns: HashMap::new(),
+        conns: ConnMap::default(),
         by_client: HashMap::new(),
         by_user: HashMap::new(),
         channels: HashMap::new(),
@@ -425,7 +426,7 @@ impl Hub {
     }
 
     fn route<'a>(&mut self, entries: impl Iterator<Item = &'a StoredEntry>) {
-        let mut frames: HashMap<ConnId, SyncBuilder> = HashMap::new();
+        let mut frames: ConnMap<SyncBuilder> = ConnMap::default();
         // Deltas of one CRDT object for one connection in this pass join into one delta, sent
         // with the id of the last of them: a burst of operations costs a subscriber one delta.
         let mut folded: HashMap<(ConnId, String), Folded> = HashMap::new();
@@ -461,8 +462,8 @@ impl Hub {
             // A recipient can only repeat when it was targeted or is on two of the channels;
             // then a set keeps the check cheap for crowded channels.
             let dedup = !recipients.is_empty() || routing.channels.len() > 1;
-            let mut seen: HashSet<ConnId> =
-                if dedup { recipients.iter().copied().collect() } else { HashSet::new() };
+            let mut seen: ConnSet =
+                if dedup { recipients.iter().copied().collect() } else { ConnSet::default() };
             for channel in &routing.channels {
                 let Some(subs) = self.channels.get(channel) else { continue };
                 for (c, sub) in subs.iter() {

@@ -4,6 +4,7 @@
 //! [`Server::start`] runs a server in the current tokio runtime and returns a handle.
 
 pub mod config;
+mod conn_map;
 mod handshake;
 mod http;
 mod hub;

@@ -6,8 +6,9 @@
 //! each push, so one frame may take the queue over the limit (a big commit reaching a client
 //! that does read): the queue holds at most the limit plus one frame.
 
+use crate::conn_map::ConnMap;
 use futures_util::task::AtomicWaker;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -160,7 +161,7 @@ pub struct Outboxes {
 
 #[derive(Debug, Default)]
 struct OutboxesInner {
-    open: HashMap<u64, Arc<Outbox>>,
+    open: ConnMap<Arc<Outbox>>,
     shut: bool,
 }
 

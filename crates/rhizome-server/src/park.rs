@@ -8,10 +8,10 @@
 //! the outbox's waker is replaced, registering a socket reports input that is already there,
 //! and the outbox is checked once more after its waker was replaced.
 
+use crate::conn_map::ConnMap;
 use crate::writer::now_ms;
 use crate::ws::Session;
 use mio::{Events, Interest, Poll, Token};
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -37,7 +37,7 @@ struct Inner {
     waker: mio::Waker,
     /// Connections to hand back, from outbox wakers.
     queue: Mutex<Vec<u64>>,
-    parked: Mutex<HashMap<u64, Parked>>,
+    parked: Mutex<ConnMap<Parked>>,
     runtime: tokio::runtime::Handle,
     stopping: AtomicBool,
     /// No more parking: set (under the `parked` lock) when the poller stops or fails.
@@ -64,7 +64,7 @@ impl Parking {
             registry,
             waker,
             queue: Mutex::new(Vec::new()),
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(ConnMap::default()),
             runtime,
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
