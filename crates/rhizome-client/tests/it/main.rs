@@ -1,0 +1,8 @@
+//! Integration tests of `rhizome-client` against a real in-process `rhizome-server`, over real
+//! sockets, with real SQLite files in temporary directories.
+
+mod offline;
+mod reconnect;
+mod resume;
+mod since;
+mod support;

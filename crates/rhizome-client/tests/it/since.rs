@@ -1,0 +1,59 @@
+//! A subscriber that goes offline while another client writes catches up after it comes back,
+//! through the `since` it persisted: every missed action once, nothing it already had.
+
+use crate::support::{open, options, wait_drained, wait_until, TestServer};
+use anyhow::Result;
+use rhizome_client::Event;
+use serde_json::json;
+use std::collections::BTreeSet;
+
+const MISSED: i64 = 2_000;
+
+fn incs(events: &[Event]) -> Vec<i64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Action { action, .. } if action["type"] == "inc" => action["n"].as_i64(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_subscriber_back_after_a_long_absence_catches_up_with_since() -> Result<()> {
+    let server = TestServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let alice_path = dir.path().join("alice.sqlite");
+    let (alice, alice_events) = open(options(&server.url(), &alice_path, "alice")).await?;
+    let (bob, _bob_events) = open(options(&server.url(), &dir.path().join("bob.sqlite"), "bob")).await?;
+
+    alice.subscribe("counter/s").await?;
+    wait_until("the subscription to be answered", || async {
+        Ok(alice.subscriptions().await?.iter().any(|s| s.since.is_some()))
+    })
+    .await?;
+    // Live: alice receives bob's first ten actions while online.
+    bob.add_many((0..10).map(|n| json!({"type": "inc", "id": "s", "n": n})).collect()).await?;
+    wait_until("live delivery", || async { Ok(incs(&alice_events.all()).len() == 10) }).await?;
+    alice.close().await;
+
+    // Offline: bob writes many more.
+    bob.add_many((10..10 + MISSED).map(|n| json!({"type": "inc", "id": "s", "n": n})).collect()).await?;
+    wait_drained(&bob).await?;
+
+    let (alice, events) = open(options(&server.url(), &alice_path, "alice")).await?;
+    wait_until("the catch-up", || async { Ok(incs(&events.all()).len() as i64 >= MISSED) }).await?;
+    // Let anything extra arrive: bob's marker action sent after the catch-up is the last.
+    let marker = bob.add(json!({"type": "inc", "id": "s", "n": -1})).await?;
+    wait_until("the marker", || async { Ok(incs(&events.all()).contains(&-1)) }).await?;
+    let got = incs(&events.all());
+    let expected: Vec<i64> = (10..10 + MISSED).chain([-1]).collect();
+    assert_eq!(got, expected, "each missed action once, in order, nothing received before");
+    assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), got.len());
+    assert!(events.all().iter().any(|e| matches!(e, Event::Action { id, .. } if *id == marker)));
+    assert_eq!(alice.subscriptions().await?.len(), 1);
+    alice.close().await;
+    bob.close().await;
+    server.stop().await;
+    Ok(())
+}
