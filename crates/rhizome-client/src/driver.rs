@@ -5,11 +5,11 @@
 use crate::backoff::parse_retry_after;
 use crate::store::{Incoming, Since, Undone};
 use crate::{ClientOptions, Event, Shared, State};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rhizome_protocol::message::{encode_connect, encode_error, encode_ping, encode_pong, encode_synced};
-use rhizome_protocol::{parse, ActionId, Codec, Message, NodeId, SyncBuilder, PROTOCOL};
+use rhizome_protocol::{parse, ActionId, Codec, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Most frames already received that are handled (and stored) together.
+const FRAMES_PER_BATCH_MAX: usize = 256;
 
 /// How long a polite close may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -104,6 +107,69 @@ enum Pending {
     /// The `n`th received action, delivered only if new.
     Action(usize, Value, ActionId, i64),
     Other(Event),
+}
+
+/// Received `sync` messages waiting to be stored together.
+#[derive(Default)]
+struct Batch {
+    incoming: Incoming,
+    pending: Vec<Pending>,
+    /// The `added` of each `sync`, answered with `synced` once stored.
+    answers: Vec<u64>,
+}
+
+impl Batch {
+    /// Adds one `sync`: our answers (`logux/processed`, `logux/undo`) and others' actions.
+    fn add(&mut self, conn: &mut Conn, added: u64, entries: Vec<WireEntry>) {
+        self.answers.push(added);
+        let incoming = &mut self.incoming;
+        incoming.last_received = incoming.last_received.max(added);
+        for entry in entries {
+            let Some(id) = conn.codec.decode_id(&entry.meta.id) else {
+                tracing::debug!(id = ?entry.meta.id, "an action with a bad id from the server; skipped");
+                continue;
+            };
+            let time = conn.codec.decode_time(entry.meta.time) + conn.time_fix;
+            let action = &entry.action;
+            match action.kind() {
+                "logux/processed" => {
+                    let Some(target) = action.str_field("id") else { continue };
+                    if let Some(channel) = conn.subscribe_ids.remove(target) {
+                        incoming.since.push((channel, Since { id: id.text(), time }));
+                    } else if let Some(target) = ActionId::parse(target) {
+                        incoming.processed.push(target.text());
+                        self.pending.push(Pending::Other(Event::Processed { id: target }));
+                    }
+                }
+                "logux/undo" => {
+                    let Some(target) = action.str_field("id") else { continue };
+                    let reason = action.str_field("reason").unwrap_or("error").to_owned();
+                    let undone = action.fields().get("action").cloned().unwrap_or(Value::Null);
+                    if let Some(channel) = conn.subscribe_ids.remove(target) {
+                        tracing::warn!(%channel, %reason, "the server undid a subscription; forgetting it");
+                        incoming.refused_channels.push(channel);
+                    }
+                    if let Some(target) = ActionId::parse(target) {
+                        incoming.undone.push(Undone {
+                            id: target.text(),
+                            reason: reason.clone(),
+                            action: undone.clone(),
+                        });
+                        self.pending.push(Pending::Other(Event::Undone {
+                            id: target,
+                            reason,
+                            action: undone,
+                        }));
+                    }
+                }
+                _ => {
+                    let n = incoming.actions.len();
+                    incoming.actions.push((id.text(), time, action.json().to_string()));
+                    self.pending.push(Pending::Action(n, Value::Object(action.fields().clone()), id, time));
+                }
+            }
+        }
+    }
 }
 
 /// The background task.
@@ -327,7 +393,32 @@ impl Driver {
                 }
                 Step::Frame(Some(Ok(WsMessage::Text(text)))) => {
                     conn.last_rx = Instant::now();
-                    if let Err(end) = self.on_frame(ws, &mut conn, text.as_str()).await {
+                    // Take what else has already arrived, so it is stored in one transaction.
+                    let mut texts = vec![text.as_str().to_owned()];
+                    let mut after = None;
+                    while texts.len() < FRAMES_PER_BATCH_MAX {
+                        match ws.next().now_or_never() {
+                            Some(Some(Ok(WsMessage::Text(t)))) => texts.push(t.as_str().to_owned()),
+                            Some(Some(Ok(WsMessage::Close(frame)))) => {
+                                after = Some(retry(format!("the server closed the connection: {frame:?}")));
+                                break;
+                            }
+                            Some(Some(Ok(_))) => {}
+                            Some(Some(Err(e))) => {
+                                after = Some(retry(e.to_string()));
+                                break;
+                            }
+                            Some(None) => {
+                                after = Some(retry("the server closed the connection"));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if let Err(end) = self.on_frames(ws, &mut conn, texts).await {
+                        return end;
+                    }
+                    if let Some(end) = after {
                         return end;
                     }
                 }
@@ -395,79 +486,56 @@ impl Driver {
         Ok(())
     }
 
-    async fn on_frame(&mut self, ws: &mut Ws, conn: &mut Conn, text: &str) -> Result<(), End> {
-        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
-        match parse(text) {
-            Ok(Message::Sync { added, entries }) => {
-                let mut incoming = Incoming { last_received: added, ..Incoming::default() };
-                let mut pending = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let Some(id) = conn.codec.decode_id(&entry.meta.id) else {
-                        tracing::debug!(id = ?entry.meta.id, "an action with a bad id from the server; skipped");
-                        continue;
-                    };
-                    let time = conn.codec.decode_time(entry.meta.time) + conn.time_fix;
-                    let action = &entry.action;
-                    match action.kind() {
-                        "logux/processed" => {
-                            let Some(target) = action.str_field("id") else { continue };
-                            if let Some(channel) = conn.subscribe_ids.remove(target) {
-                                incoming.since.push((channel, Since { id: id.text(), time }));
-                            } else if let Some(target) = ActionId::parse(target) {
-                                incoming.processed.push(target.text());
-                                pending.push(Pending::Other(Event::Processed { id: target }));
-                            }
-                        }
-                        "logux/undo" => {
-                            let Some(target) = action.str_field("id") else { continue };
-                            let reason = action.str_field("reason").unwrap_or("error").to_owned();
-                            let undone = action.fields().get("action").cloned().unwrap_or(Value::Null);
-                            if let Some(channel) = conn.subscribe_ids.remove(target) {
-                                tracing::warn!(%channel, %reason, "the server undid a subscription; forgetting it");
-                                incoming.refused_channels.push(channel);
-                            }
-                            if let Some(target) = ActionId::parse(target) {
-                                incoming.undone.push(Undone {
-                                    id: target.text(),
-                                    reason: reason.clone(),
-                                    action: undone.clone(),
-                                });
-                                pending.push(Pending::Other(Event::Undone {
-                                    id: target,
-                                    reason,
-                                    action: undone,
-                                }));
-                            }
-                        }
-                        _ => {
-                            let n = incoming.actions.len();
-                            incoming.actions.push((id.text(), time, action.json().to_string()));
-                            pending.push(Pending::Action(
-                                n,
-                                Value::Object(action.fields().clone()),
-                                id,
-                                time,
-                            ));
-                        }
-                    }
+    /// Handles frames that arrived together. Consecutive `sync` messages are stored in one
+    /// transaction (one fsync for many server frames), then answered with `synced` each.
+    async fn on_frames(&mut self, ws: &mut Ws, conn: &mut Conn, texts: Vec<String>) -> Result<(), End> {
+        let mut batch = Batch::default();
+        for text in texts {
+            match parse(&text) {
+                Ok(Message::Sync { added, entries }) => batch.add(conn, added, entries),
+                Ok(other) => {
+                    self.flush(ws, conn, std::mem::take(&mut batch)).await?;
+                    self.on_message(ws, conn, other).await?;
                 }
-                let fresh =
-                    self.shared.with_store(move |s| s.apply(&incoming)).await.map_err(store_failed)?;
-                // Stored: now the server may forget them for us.
-                self.send(ws, encode_synced(added)).await?;
-                conn.last_tx = Instant::now();
-                for p in pending {
-                    match p {
-                        Pending::Action(n, action, id, time) => {
-                            if fresh.get(n).copied().unwrap_or(false) {
-                                self.emit(Event::Action { action, id, time }).await;
-                            }
-                        }
-                        Pending::Other(event) => self.emit(event).await,
-                    }
-                }
+                Err(e) => return Err(retry(format!("bad frame from the server: {e}"))),
             }
-            Ok(Message::Synced(added)) => match conn.inflight.pop_front() {
+        }
+        self.flush(ws, conn, batch).await
+    }
+
+    /// Stores a batch of received `sync`s, answers them and reports them to the app.
+    async fn flush(&mut self, ws: &mut Ws, conn: &mut Conn, batch: Batch) -> Result<(), End> {
+        if batch.answers.is_empty() {
+            return Ok(());
+        }
+        let Batch { incoming, pending, answers } = batch;
+        let fresh = self
+            .shared
+            .with_store(move |s| s.apply(&incoming))
+            .await
+            .map_err(|e| retry(format!("local log: {e}")))?;
+        // Stored: now the server may forget them for us.
+        for added in answers {
+            self.send(ws, encode_synced(added)).await?;
+        }
+        conn.last_tx = Instant::now();
+        for p in pending {
+            match p {
+                Pending::Action(n, action, id, time) => {
+                    if fresh.get(n).copied().unwrap_or(false) {
+                        self.emit(Event::Action { action, id, time }).await;
+                    }
+                }
+                Pending::Other(event) => self.emit(event).await,
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, ws: &mut Ws, conn: &mut Conn, message: Message) -> Result<(), End> {
+        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
+        match message {
+            Message::Synced(added) => match conn.inflight.pop_front() {
                 Some(Inflight::Chunk { lo, hi, count }) => {
                     if added != hi.max(0) as u64 {
                         tracing::debug!(added, hi, "synced answers another added than the oldest sync's");
@@ -479,19 +547,18 @@ impl Driver {
                 Some(Inflight::Subscribe) => {}
                 None => tracing::debug!(added, "synced without a sync in flight"),
             },
-            Ok(Message::Ping(added)) => {
+            Message::Ping(added) => {
                 self.record_received(added).await?;
                 self.send(ws, encode_pong(conn.acked_added.max(0) as u64)).await?;
                 conn.last_tx = Instant::now();
             }
-            Ok(Message::Pong(added)) => {
+            Message::Pong(added) => {
                 conn.ping_sent = false;
                 self.record_received(added).await?;
             }
-            Ok(Message::Error { kind, options }) => return Err(self.server_error(kind, options).await),
-            Ok(Message::Debug(text)) => tracing::warn!(%text, "debug error from the server"),
-            Ok(_) => {}
-            Err(e) => return Err(retry(format!("bad frame from the server: {e}"))),
+            Message::Error { kind, options } => return Err(self.server_error(kind, options).await),
+            Message::Debug(text) => tracing::warn!(%text, "debug error from the server"),
+            _ => {}
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 
 use crate::ClientError;
 use rhizome_protocol::{ActionId, NodeId};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 
 const SCHEMA: &str = r#"
@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS undone (
     action TEXT NOT NULL
 ) WITHOUT ROWID;
 "#;
+
+/// How long opening or writing waits for another connection's lock on the file.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One of the app's actions waiting in the queue.
 #[derive(Debug, Clone)]
@@ -140,11 +143,12 @@ impl Store {
             return Err(ClientError::Invalid(format!("user id {user:?}")));
         }
         let mut conn = Connection::open(path)?;
+        // First: a client killed a moment ago may still be finishing a write on this file.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<String> =
             tx.query_row("SELECT text FROM meta WHERE key = 'node'", [], |r| r.get(0)).optional()?;
         let node = match (stored, node) {
@@ -217,7 +221,7 @@ impl Store {
         let (saved_ms, saved_seq) = (self.last_ms, self.seq);
         let ids: Vec<ActionId> = actions.iter().map(|_| self.next_id(now_ms)).collect();
         let result = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction()?;
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 let mut insert =
                     tx.prepare_cached("INSERT INTO queue (id, time, action) VALUES (?1, ?2, ?3)")?;
@@ -239,7 +243,7 @@ impl Store {
     /// A fresh id for an action that is not queued (a `logux/subscribe` sent on connect).
     pub fn fresh_id(&mut self, now_ms: i64) -> Result<ActionId, ClientError> {
         let id = self.next_id(now_ms);
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         Self::save_id_state(&tx, self.last_ms, self.seq)?;
         tx.commit()?;
         Ok(id)
@@ -273,7 +277,7 @@ impl Store {
 
     /// Applies what the server sent; returns, per received action, whether it is new.
     pub fn apply(&mut self, incoming: &Incoming) -> Result<Vec<bool>, ClientError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut fresh = Vec::with_capacity(incoming.actions.len());
         {
             let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;

@@ -202,3 +202,54 @@ pub async fn wait_drained(client: &Client) -> Result<()> {
     })
     .await
 }
+
+/// A TCP proxy in front of a server whose connections the test can cut, as a network drop
+/// would.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    pipes: Arc<Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let pipes: Arc<Mutex<tokio::task::JoinSet<()>>> = Arc::default();
+        let set = pipes.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if let Ok(mut set) = set.lock() {
+                    set.spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            }
+        });
+        Ok(Proxy { addr, pipes, accept })
+    }
+
+    /// The WebSocket URL through the proxy.
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Drops every open connection (both sides see the socket end abruptly).
+    pub fn cut(&self) {
+        if let Ok(mut set) = self.pipes.lock() {
+            set.abort_all();
+            *set = tokio::task::JoinSet::new();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
