@@ -460,16 +460,21 @@ impl Driver {
             }
         }
         let chunk_max = self.options.sync_actions_max;
+        let fold = self.options.fold_crdt;
         while conn.more_backlog && conn.inflight.len() < self.options.inflight_syncs_max {
             let after = conn.cursor;
-            let chunk = self
+            let next = self
                 .shared
-                .with_store(move |s| s.unacked_after(after, chunk_max))
+                .with_store(move |s| s.next_chunk(after, chunk_max, fold))
                 .await
                 .map_err(store_failed)?;
-            if chunk.len() < chunk_max {
+            if next.read < chunk_max {
                 conn.more_backlog = false;
             }
+            for (id, into) in next.folded {
+                self.emit(Event::Folded { id, into }).await;
+            }
+            let chunk = next.rows;
             let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else { break };
             let (lo, hi) = (first.added, last.added);
             let mut frame = SyncBuilder::new();

@@ -42,11 +42,14 @@
 //!   undos still arrive after a reconnect; a `logux/processed` does not.
 //! - Only `ws://` URLs (no TLS in this crate; terminate TLS in front or add a connector).
 //!
+//! - With [`ClientOptions::fold_crdt`], runs of queued CRDT operations on one object are
+//!   folded with `rhizome_crdt::ops::fold_queue` when they are first read for sending, and only
+//!   operations never sent are folded (a `sent` mark is committed before the `sync` goes out).
+//!   The folded operations keep the ids of the run's last rows; the dropped ids are reported
+//!   as [`Event::Folded`]. Folding works within one chunk ([`ClientOptions::sync_actions_max`]).
+//! - One [`Client`] per SQLite file at a time.
+//!
 //! # Not yet
-//! - Folding queued CRDT operations per object before sending
-//!   (`rhizome_crdt::ops::fold_queue`) is not done: the queue sends every operation as added.
-//!   Folding needs a rule for the ids of folded-away operations (their `logux/processed`
-//!   would never come) and must only touch actions never sent; it is left for later.
 //! - The HTTP transport (Rhizome has none yet).
 
 #![deny(missing_docs)]
@@ -54,6 +57,7 @@
 mod backoff;
 mod driver;
 mod error;
+mod fold;
 mod store;
 
 pub use backoff::{parse_retry_after, Backoff, RETRY_HINT_MAX};
@@ -117,6 +121,11 @@ pub struct ClientOptions {
     pub events_capacity: usize,
     /// How many received action ids the log remembers to drop copies.
     pub received_keep_max: u64,
+    /// Fold runs of queued CRDT operations on one object before they are first sent
+    /// (`rhizome_crdt::ops::fold_queue`: a run of counter increments becomes one, a run of
+    /// last-writer-wins writes becomes the last), reported as [`Event::Folded`]. Off by
+    /// default: a folded-away id never gets `logux/processed`.
+    pub fold_crdt: bool,
     /// Seed of the jitter's random generator; `None` seeds from the OS.
     pub seed: Option<u64>,
     /// The clock.
@@ -141,6 +150,7 @@ impl ClientOptions {
             timeout: Duration::from_secs(70),
             events_capacity: 1024,
             received_keep_max: 100_000,
+            fold_crdt: false,
             seed: None,
             clock: Arc::new(SystemClock),
         }
@@ -209,6 +219,15 @@ pub enum Event {
         reason: String,
         /// The undone action.
         action: Value,
+    },
+    /// With [`ClientOptions::fold_crdt`]: a queued CRDT operation was folded into a later
+    /// one before it was ever sent. Its id will get no answer; `into`'s answer stands for it.
+    /// Reported once, when the fold is written to the log.
+    Folded {
+        /// The operation that is no longer queued.
+        id: ActionId,
+        /// The queued operation that now carries its effect.
+        into: ActionId,
     },
     /// The server sent `["error", kind, options]`.
     ServerError {

@@ -19,7 +19,9 @@ CREATE TABLE IF NOT EXISTS queue (
     id TEXT NOT NULL UNIQUE,
     time INTEGER NOT NULL,
     action TEXT NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0
+    acked INTEGER NOT NULL DEFAULT 0,
+    -- 1 once it was in a `sync` (recorded only when folding is on): never folded again.
+    sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_unacked ON queue (acked, added);
 -- Actions received from the server, newest `received_keep_max` kept; the unique id drops a
@@ -52,6 +54,18 @@ pub(crate) struct Queued {
     pub id: ActionId,
     pub time: i64,
     pub action: String,
+    pub sent: bool,
+}
+
+/// The next actions to send.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    /// What to send, in order.
+    pub rows: Vec<Queued>,
+    /// How many rows were read (before folding): fewer than asked means the end of the queue.
+    pub read: usize,
+    /// `(dropped id, id it was folded into)`.
+    pub folded: Vec<(ActionId, ActionId)>,
 }
 
 /// Where a subscription resumes: `{id, time}` of the `logux/processed` that answered it.
@@ -252,18 +266,57 @@ impl Store {
     /// Up to `limit` unacknowledged actions after `added`, oldest first.
     pub fn unacked_after(&self, added: i64, limit: usize) -> Result<Vec<Queued>, ClientError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT added, id, time, action FROM queue WHERE acked = 0 AND added > ?1 ORDER BY added LIMIT ?2",
+            "SELECT added, id, time, action, sent FROM queue WHERE acked = 0 AND added > ?1 ORDER BY added LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![added, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
+            ))
         })?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in rows {
-            let (added, id, time, action) = row?;
+            let (added, id, time, action, sent) = row?;
             let id = ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
-            out.push(Queued { added, id, time, action });
+            out.push(Queued { added, id, time, action, sent });
         }
         Ok(out)
+    }
+
+    /// Up to `limit` unacknowledged actions after `added`, oldest first. With `fold`, runs of
+    /// never-sent CRDT operations are folded (see `fold.rs`) and every row read is marked
+    /// sent, in one transaction committed before the caller sends anything.
+    pub fn next_chunk(&mut self, added: i64, limit: usize, fold: bool) -> Result<Chunk, ClientError> {
+        let rows = self.unacked_after(added, limit)?;
+        let read = rows.len();
+        let (Some(lo), Some(hi)) = (rows.first().map(|r| r.added), rows.last().map(|r| r.added)) else {
+            return Ok(Chunk { rows, read, folded: Vec::new() });
+        };
+        if !fold || rows.iter().all(|r| r.sent) {
+            return Ok(Chunk { rows, read, folded: Vec::new() });
+        }
+        let (rows, folding) = crate::fold::fold_rows(rows);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut rewrite = tx.prepare_cached("UPDATE queue SET action = ?2 WHERE added = ?1")?;
+            for (added, action) in &folding.rewritten {
+                rewrite.execute(params![added, action])?;
+            }
+            let mut drop = tx.prepare_cached("DELETE FROM queue WHERE added = ?1")?;
+            for (added, _, _) in &folding.dropped {
+                drop.execute(params![added])?;
+            }
+            tx.execute(
+                "UPDATE queue SET sent = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0",
+                params![lo, hi],
+            )?;
+        }
+        tx.commit()?;
+        let folded = folding.dropped.into_iter().map(|(_, id, into)| (id, into)).collect();
+        Ok(Chunk { rows, read, folded })
     }
 
     /// Marks the actions with `added` in `lo..=hi` as acknowledged by `synced`.

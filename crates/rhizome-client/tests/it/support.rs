@@ -65,7 +65,17 @@ impl ActionType for Forbidden {
     }
 }
 
-/// `counter/:id`: anyone may subscribe.
+/// `crdt/*` operations: always allowed (the server applies them to their object).
+struct Crdt;
+
+#[async_trait]
+impl ActionType for Crdt {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+}
+
+/// `counter/:id` and `crdt/*`: anyone may subscribe.
 struct Counters;
 
 #[async_trait]
@@ -97,7 +107,9 @@ impl TestServer {
         let app = App::new(Tokens)
             .action_type("inc", Inc(processed.clone()))
             .action_type("forbidden", Forbidden)
-            .channel("counter/:id", Counters);
+            .action_type("crdt/*", Crdt)
+            .channel("counter/:id", Counters)
+            .channel("crdt/*", Counters);
         let dir = tempfile::tempdir()?;
         let options = ServerOptions {
             listen: addr,
