@@ -79,6 +79,15 @@ enum Inflight {
     Subscribe,
 }
 
+/// A subscription message sent on this connection (not a queued action).
+#[derive(Debug)]
+enum Control {
+    /// `logux/subscribe` to this channel: its answer gives the `since` to persist.
+    Subscribe(String),
+    /// `logux/unsubscribe`: its answer concerns nobody.
+    Unsubscribe,
+}
+
 /// The state of one authenticated connection.
 #[derive(Debug)]
 struct Conn {
@@ -91,8 +100,8 @@ struct Conn {
     more_backlog: bool,
     /// Whether subscriptions not yet sent on this connection may exist.
     check_subscriptions: bool,
-    /// `logux/subscribe` ids sent and not answered, with their channel.
-    subscribe_ids: HashMap<String, String>,
+    /// `logux/subscribe` and `logux/unsubscribe` ids sent and not answered.
+    controls: HashMap<String, Control>,
     /// Channels subscribed on this connection.
     subscribed: HashSet<String>,
     /// The highest `added` of ours the server confirmed (sent in `ping`/`pong`).
@@ -134,9 +143,15 @@ impl Batch {
             match action.kind() {
                 "logux/processed" => {
                     let Some(target) = action.str_field("id") else { continue };
-                    if let Some(channel) = conn.subscribe_ids.remove(target) {
-                        incoming.since.push((channel, Since { id: id.text(), time }));
-                    } else if let Some(target) = ActionId::parse(target) {
+                    match conn.controls.remove(target) {
+                        Some(Control::Subscribe(channel)) => {
+                            incoming.since.push((channel, Since { id: id.text(), time }));
+                            continue;
+                        }
+                        Some(Control::Unsubscribe) => continue,
+                        None => {}
+                    }
+                    if let Some(target) = ActionId::parse(target) {
                         incoming.processed.push(target.text());
                         self.pending.push(Pending::Other(Event::Processed { id: target }));
                     }
@@ -145,9 +160,16 @@ impl Batch {
                     let Some(target) = action.str_field("id") else { continue };
                     let reason = action.str_field("reason").unwrap_or("error").to_owned();
                     let undone = action.fields().get("action").cloned().unwrap_or(Value::Null);
-                    if let Some(channel) = conn.subscribe_ids.remove(target) {
-                        tracing::warn!(%channel, %reason, "the server undid a subscription; forgetting it");
-                        incoming.refused_channels.push(channel);
+                    match conn.controls.remove(target) {
+                        Some(Control::Subscribe(channel)) => {
+                            tracing::warn!(%channel, %reason, "the server undid a subscription; forgetting it");
+                            incoming.refused_channels.push(channel);
+                        }
+                        Some(Control::Unsubscribe) => {
+                            tracing::debug!(%reason, "the server undid an unsubscription");
+                            continue;
+                        }
+                        None => {}
                     }
                     if let Some(target) = ActionId::parse(target) {
                         incoming.undone.push(Undone {
@@ -322,7 +344,7 @@ impl Driver {
                         cursor: 0,
                         more_backlog: true,
                         check_subscriptions: true,
-                        subscribe_ids: HashMap::new(),
+                        controls: HashMap::new(),
                         subscribed: HashSet::new(),
                         acked_added: 0,
                         ping_sent: false,
@@ -427,31 +449,44 @@ impl Driver {
         }
     }
 
-    /// Sends subscriptions not yet sent on this connection, then backlog chunks while the
-    /// window has room.
+    /// Brings the server's subscriptions on this connection in line with the log's
+    /// (`logux/subscribe` with `since` for new ones, `logux/unsubscribe` for forgotten ones),
+    /// then sends backlog chunks while the window has room.
     async fn fill(&mut self, ws: &mut Ws, conn: &mut Conn) -> Result<(), End> {
         let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
         if conn.check_subscriptions && conn.inflight.len() < self.options.inflight_syncs_max {
             conn.check_subscriptions = false;
             let subscriptions = self.shared.with_store(|s| s.subscriptions()).await.map_err(store_failed)?;
+            let wanted: HashSet<&str> = subscriptions.iter().map(|s| s.channel.as_str()).collect();
+            let gone: Vec<String> =
+                conn.subscribed.iter().filter(|c| !wanted.contains(c.as_str())).cloned().collect();
             let new: Vec<_> =
-                subscriptions.into_iter().filter(|s| !conn.subscribed.contains(&s.channel)).collect();
-            if !new.is_empty() {
+                subscriptions.iter().filter(|s| !conn.subscribed.contains(&s.channel)).cloned().collect();
+            if !new.is_empty() || !gone.is_empty() {
                 let now = self.shared.clock.now_ms();
-                let count = new.len();
-                let ids = self
+                let count = new.len() + gone.len();
+                let mut ids = self
                     .shared
                     .with_store(move |s| (0..count).map(|_| s.fresh_id(now)).collect::<Result<Vec<_>, _>>())
                     .await
-                    .map_err(store_failed)?;
+                    .map_err(store_failed)?
+                    .into_iter();
                 let mut frame = SyncBuilder::new();
+                // Unsubscriptions first: an unsubscribe and a new subscribe of one channel
+                // between two fills leave the server subscribed, as they leave the log.
+                for (channel, id) in gone.into_iter().zip(ids.by_ref()) {
+                    let action = json!({"type": "logux/unsubscribe", "channel": channel});
+                    frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
+                    conn.controls.insert(id.text(), Control::Unsubscribe);
+                    conn.subscribed.remove(&channel);
+                }
                 for (sub, id) in new.into_iter().zip(ids) {
                     let mut action = json!({"type": "logux/subscribe", "channel": sub.channel});
                     if let Some(Since { id, time }) = &sub.since {
                         action["since"] = json!({"id": id, "time": time});
                     }
                     frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
-                    conn.subscribe_ids.insert(id.text(), sub.channel.clone());
+                    conn.controls.insert(id.text(), Control::Subscribe(sub.channel.clone()));
                     conn.subscribed.insert(sub.channel);
                 }
                 self.send(ws, frame.finish(conn.cursor.max(0) as u64)).await?;

@@ -358,13 +358,14 @@ impl Client {
         Ok(())
     }
 
-    /// Forgets a subscription and queues its `logux/unsubscribe`.
-    pub async fn unsubscribe(&self, channel: &str) -> Result<(), ClientError> {
+    /// Forgets a subscription. When connected, the server is sent `logux/unsubscribe`; when
+    /// offline nothing needs sending (the server forgets subscriptions with the connection)
+    /// and it is not renewed on reconnect. `false` when there was no such subscription.
+    pub async fn unsubscribe(&self, channel: &str) -> Result<bool, ClientError> {
         let channel = channel.to_owned();
-        let now = self.shared.clock.now_ms();
-        self.shared.with_store(move |s| s.unsubscribe(now, &channel)).await?;
+        let removed = self.shared.with_store(move |s| s.unsubscribe(&channel)).await?;
         self.shared.wake.notify_one();
-        Ok(())
+        Ok(removed)
     }
 
     /// The persisted subscriptions.

@@ -395,14 +395,9 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a subscription and queues its `logux/unsubscribe`.
-    pub fn unsubscribe(&mut self, now_ms: i64, channel: &str) -> Result<Option<ActionId>, ClientError> {
-        let removed = self.conn.execute("DELETE FROM subscriptions WHERE channel = ?1", params![channel])?;
-        if removed == 0 {
-            return Ok(None);
-        }
-        let action = serde_json::json!({"type": "logux/unsubscribe", "channel": channel}).to_string();
-        Ok(self.add(now_ms, &[action])?.pop())
+    /// Forgets a subscription; `false` when there was none.
+    pub fn unsubscribe(&mut self, channel: &str) -> Result<bool, ClientError> {
+        Ok(self.conn.execute("DELETE FROM subscriptions WHERE channel = ?1", params![channel])? > 0)
     }
 
     /// Every persisted subscription.

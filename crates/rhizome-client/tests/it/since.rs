@@ -57,3 +57,38 @@ async fn a_subscriber_back_after_a_long_absence_catches_up_with_since() -> Resul
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn unsubscribing_stops_delivery_and_is_not_renewed() -> Result<()> {
+    let server = TestServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let alice_path = dir.path().join("alice.sqlite");
+    let (alice, events) = open(options(&server.url(), &alice_path, "alice")).await?;
+    let (bob, _bob_events) = open(options(&server.url(), &dir.path().join("bob.sqlite"), "bob")).await?;
+    alice.subscribe("counter/u").await?;
+    alice.subscribe("counter/v").await?;
+    wait_until("both subscriptions", || async { Ok(server.subscriptions().await? == 2) }).await?;
+    bob.add(json!({"type": "inc", "id": "u", "n": 1})).await?;
+    wait_until("live delivery", || async { Ok(incs(&events.all()) == [1]) }).await?;
+
+    assert!(alice.unsubscribe("counter/u").await?);
+    assert!(!alice.unsubscribe("counter/u").await?, "nothing left to forget");
+    wait_until("the server to drop it", || async { Ok(server.subscriptions().await? == 1) }).await?;
+    bob.add_many(vec![json!({"type": "inc", "id": "u", "n": 2}), json!({"type": "inc", "id": "v", "n": 3})])
+        .await?;
+    // Entries reach a connection in log order: once 3 (counter/v) is in, 2 would be too.
+    wait_until("the marker", || async { Ok(incs(&events.all()).contains(&3)) }).await?;
+    assert_eq!(incs(&events.all()), [1, 3]);
+
+    // After a restart only counter/v is renewed.
+    alice.close().await;
+    wait_until("the hub to forget alice", || async { Ok(server.subscriptions().await? == 0) }).await?;
+    let (alice, _events) = open(options(&server.url(), &alice_path, "alice")).await?;
+    wait_until("the renewal", || async { Ok(server.subscriptions().await? == 1) }).await?;
+    let channels: Vec<String> = alice.subscriptions().await?.into_iter().map(|s| s.channel).collect();
+    assert_eq!(channels, ["counter/v"]);
+    alice.close().await;
+    bob.close().await;
+    server.stop().await;
+    Ok(())
+}

@@ -137,6 +137,12 @@ impl TestServer {
         }
     }
 
+    /// Subscriptions the server's hub holds.
+    pub async fn subscriptions(&self) -> Result<usize> {
+        let server = self.server.as_ref().ok_or_else(|| anyhow!("server stopped"))?;
+        Ok(server.stats().await.ok_or_else(|| anyhow!("hub is gone"))?.subscriptions)
+    }
+
     /// How many distinct ids were processed, and the largest count of one id.
     pub fn processed_counts(&self) -> (usize, u32) {
         let counts = self.processed.lock().map(|c| c.clone()).unwrap_or_default();
