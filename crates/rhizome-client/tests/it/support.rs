@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
-use rhizome_client::{Backoff, Client, ClientOptions, Event};
+use rhizome_client::{ActionId, Backoff, Client, ClientOptions, Event};
 use rhizome_core::{
     ActionType, App, AuthRequest, Authenticator, ChannelType, Context, HookError, Limits, Meta, Params,
     Routing,
@@ -14,9 +14,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// How long any wait may take.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -88,7 +91,7 @@ impl ChannelType for Counters {
 /// A running server.
 pub struct TestServer {
     server: Option<Server>,
-    _dir: TempDir,
+    dir: TempDir,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Process counts of `inc` ids.
@@ -103,6 +106,11 @@ impl TestServer {
 
     /// Starts a server on `addr`.
     pub async fn start_at(addr: SocketAddr) -> Result<TestServer> {
+        Self::start_with(addr, Limits::default()).await
+    }
+
+    /// Starts a server on `addr` with `limits`.
+    pub async fn start_with(addr: SocketAddr, limits: Limits) -> Result<TestServer> {
         let processed = Processed::default();
         let app = App::new(Tokens)
             .action_type("inc", Inc(processed.clone()))
@@ -117,12 +125,12 @@ impl TestServer {
             subprotocol: 1,
             min_subprotocol: 1,
             development: false,
-            limits: Limits::default(),
+            limits,
             app,
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();
-        Ok(TestServer { server: Some(server), _dir: dir, addr, processed })
+        Ok(TestServer { server: Some(server), dir, addr, processed })
     }
 
     /// The WebSocket URL.
@@ -135,6 +143,52 @@ impl TestServer {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
+    }
+
+    /// The status of every entry of the server's log (`0` waiting, `1` processed, `2` undone),
+    /// read from its SQLite file.
+    pub fn log_statuses(&self) -> Result<HashMap<String, i64>> {
+        let path = self.dir.path().join("rhizome.db");
+        let db = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = db.prepare("SELECT id, status FROM log")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Checks what a client's actions became on the server: every id is in the server's log
+    /// (nothing lost) and none was processed twice. Waits for the processing of all of them;
+    /// returns how many the server left `waiting` instead, each checked to be in its log,
+    /// unprocessed. (Rhizome leaves an action `waiting` when the connection that committed it
+    /// closes before `process` ran for it and its close drain times out: no connection
+    /// processes it until the server restarts. That is the server's, not the client's.)
+    pub async fn check_exactly_once(&self, ids: &[ActionId]) -> Result<usize> {
+        let all = || async { Ok(self.processed_counts().0 == ids.len()) };
+        if wait_until_within(Duration::from_secs(20), "every action to be processed", all).await.is_ok() {
+            // Nothing else may be processed either.
+            let (count, most) = self.processed_counts();
+            if count != ids.len() || most != 1 {
+                bail!("{count} ids processed, one of them {most} times");
+            }
+            return Ok(0);
+        }
+        let statuses = self.log_statuses()?;
+        let processed = self.processed.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut stuck = 0;
+        for id in ids {
+            let text = id.text();
+            match (statuses.get(&text), processed.get(&text)) {
+                (None, _) => bail!("{id} is not in the server's log: lost"),
+                (Some(_), Some(1)) => {}
+                (Some(_), Some(n)) => bail!("{id} processed {n} times"),
+                (Some(0), None) => stuck += 1,
+                (Some(status), None) => bail!("{id} has status {status} but was never processed"),
+            }
+        }
+        if processed.len() + stuck != ids.len() {
+            bail!("{} ids processed, {stuck} waiting, of {}", processed.len(), ids.len());
+        }
+        eprintln!("note: the server left {stuck} committed actions waiting, never processed");
+        Ok(stuck)
     }
 
     /// Subscriptions the server's hub holds.
@@ -189,12 +243,21 @@ impl Collected {
 }
 
 /// Polls `cond` every 10 ms until it holds, failing after [`WAIT`] with `what`.
-pub async fn wait_until<F, Fut>(what: &str, mut cond: F) -> Result<()>
+pub async fn wait_until<F, Fut>(what: &str, cond: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    wait_until_within(WAIT, what, cond).await
+}
+
+/// Polls `cond` every 10 ms until it holds, failing after `limit` with `what`.
+pub async fn wait_until_within<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if cond().await? {
             return Ok(());
@@ -222,12 +285,30 @@ pub async fn wait_drained(client: &Client) -> Result<()> {
 }
 
 /// A TCP proxy in front of a server whose connections the test can cut, as a network drop
-/// would.
+/// would, or freeze (bytes are swallowed, sockets stay open), as a dead link would.
 pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     pipes: Arc<Mutex<tokio::task::JoinSet<()>>>,
+    frozen: Arc<AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, swallowing what arrives while `frozen`.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, frozen: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(Ordering::Relaxed) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -236,19 +317,26 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let pipes: Arc<Mutex<tokio::task::JoinSet<()>>> = Arc::default();
-        let set = pipes.clone();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let (set, flag) = (pipes.clone(), frozen.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
                 if let Ok(mut set) = set.lock() {
                     set.spawn(async move {
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        // Either direction ending ends both: the halves are dropped together.
+                        tokio::select! {
+                            _ = pump(client_read, server_write, flag.clone()) => {}
+                            _ = pump(server_read, client_write, flag) => {}
                         }
                     });
                 }
             }
         });
-        Ok(Proxy { addr, pipes, accept })
+        Ok(Proxy { addr, pipes, frozen, accept })
     }
 
     /// The WebSocket URL through the proxy.
@@ -262,6 +350,11 @@ impl Proxy {
             set.abort_all();
             *set = tokio::task::JoinSet::new();
         }
+    }
+
+    /// Swallows (`true`) or forwards (`false`) bytes on every connection, open or new.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::Relaxed);
     }
 }
 
