@@ -23,6 +23,9 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 /// Most frames already received that are handled (and stored) together.
 const FRAMES_PER_BATCH_MAX: usize = 256;
 
+/// Room for one action's meta and separators in a `sync` frame, in bytes.
+pub(crate) const META_BYTES_MAX: usize = 128;
+
 /// How long a polite close may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -222,10 +225,8 @@ impl Driver {
         Driver { options, shared, node, events, state, stop, rng }
     }
 
-    /// Connects and reconnects until stopped.
+    /// Connects and reconnects until stopped. Runs in the client's span (see `Client::open`).
     pub(crate) async fn run(mut self) {
-        let span = tracing::info_span!("rhizome_client", node = %self.node);
-        let _guard = span.enter();
         let mut attempt: u32 = 0;
         loop {
             if *self.stop.borrow() {
@@ -510,18 +511,31 @@ impl Driver {
                 self.emit(Event::Folded { id, into }).await;
             }
             let chunk = next.rows;
-            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else { break };
-            let (lo, hi) = (first.added, last.added);
+            let Some(first) = chunk.first() else { break };
+            let lo = first.added;
+            // Up to `sync_bytes_max` per frame (an action is never larger, see `add_many`);
+            // the rest of the chunk is read again for the next frame.
             let mut frame = SyncBuilder::new();
+            let mut hi = lo;
             for q in &chunk {
+                if !frame.is_empty()
+                    && frame.bytes() + q.action.len() + META_BYTES_MAX > self.options.sync_bytes_max
+                {
+                    conn.more_backlog = true;
+                    break;
+                }
                 frame.push(&conn.codec, &q.action, &q.id, q.time - conn.time_fix, None);
+                hi = q.added;
             }
+            let count = frame.len() as u64;
             self.send(ws, frame.finish(hi.max(0) as u64)).await?;
-            let count = chunk.len() as u64;
             conn.inflight.push_back(Inflight::Chunk { lo, hi, count });
             conn.cursor = hi;
             conn.last_tx = Instant::now();
-            self.shared.count(|s| s.actions_sent += count);
+            self.shared.count(|s| {
+                s.actions_sent += count;
+                s.syncs_sent += 1;
+            });
         }
         Ok(())
     }

@@ -72,6 +72,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::Store;
 use tokio::sync::{mpsc, watch, Notify};
 
+/// How long [`Client::close`] waits for the background task before stopping it.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// A source of wall-clock time in ms since the epoch, passed in so tests and simulators can
 /// control it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -107,6 +110,9 @@ pub struct ClientOptions {
     pub subprotocol: u64,
     /// Most actions in one outgoing `sync`.
     pub sync_actions_max: usize,
+    /// Largest outgoing `sync` frame, in bytes (well under the server's frame limit, 16 MiB
+    /// for Rhizome). A larger action is refused by [`Client::add`].
+    pub sync_bytes_max: usize,
     /// Most `sync` messages sent and not yet answered with `synced`.
     pub inflight_syncs_max: usize,
     /// Reconnect delays.
@@ -133,7 +139,7 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// Options with defaults: 500 actions per `sync`, 8 `sync`s in flight, backoff 0.5 s…30 s,
+    /// Options with defaults: 500 actions and 1 MiB per `sync`, 8 `sync`s in flight, backoff 0.5 s…30 s,
     /// ping after 10 s, timeout 70 s (the protocol's defaults for the last two).
     pub fn new(url: impl Into<String>, path: impl Into<PathBuf>, user: impl Into<String>) -> Self {
         ClientOptions {
@@ -144,6 +150,7 @@ impl ClientOptions {
             token: None,
             subprotocol: 1,
             sync_actions_max: 500,
+            sync_bytes_max: 1 << 20,
             inflight_syncs_max: 8,
             backoff: Backoff::default(),
             ping_interval: Duration::from_secs(10),
@@ -245,6 +252,8 @@ pub struct SessionStats {
     pub actions_sent: u64,
     /// Actions confirmed by `synced`.
     pub actions_acked: u64,
+    /// `sync` messages of queued actions sent.
+    pub syncs_sent: u64,
     /// Connections opened (`connected` received).
     pub connections: u64,
 }
@@ -285,6 +294,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Client {
     shared: Arc<Shared>,
+    action_bytes_max: usize,
     node: NodeId,
     stop: watch::Sender<bool>,
     state: watch::Receiver<State>,
@@ -297,6 +307,7 @@ pub type Events = mpsc::Receiver<Event>;
 impl Client {
     /// Opens the local log and starts connecting in the background.
     pub async fn open(options: ClientOptions) -> Result<(Client, Events), ClientError> {
+        let action_bytes_max = options.sync_bytes_max;
         if options.sync_actions_max == 0 || options.inflight_syncs_max == 0 || options.events_capacity == 0 {
             return Err(ClientError::Invalid(
                 "sync_actions_max, inflight_syncs_max and events_capacity must be at least 1".into(),
@@ -318,8 +329,12 @@ impl Client {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let driver = driver::Driver::new(options, shared.clone(), node.clone(), events_tx, state_tx, stop_rx);
-        let task = tokio::spawn(driver.run());
-        Ok((Client { shared, node, stop: stop_tx, state: state_rx, task: Some(task) }, events_rx))
+        let span = tracing::info_span!("rhizome_client", node = %node);
+        let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
+        Ok((
+            Client { shared, action_bytes_max, node, stop: stop_tx, state: state_rx, task: Some(task) },
+            events_rx,
+        ))
     }
 
     /// This client's node id.
@@ -341,7 +356,16 @@ impl Client {
             if !matches!(action.get("type"), Some(Value::String(_))) {
                 return Err(ClientError::Invalid(format!("an action needs a string type: {action}")));
             }
-            texts.push(action.to_string());
+            let text = action.to_string();
+            // Refused now rather than sent forever: a frame the server refuses would be sent
+            // again after every reconnect.
+            if text.len() + driver::META_BYTES_MAX + 32 > self.action_bytes_max {
+                return Err(ClientError::Invalid(format!(
+                    "an action of {} bytes is over sync_bytes_max",
+                    text.len()
+                )));
+            }
+            texts.push(text);
         }
         let now = self.shared.clock.now_ms();
         let ids = self.shared.with_store(move |s| s.add(now, &texts)).await?;
@@ -393,11 +417,14 @@ impl Client {
         self.state.clone()
     }
 
-    /// Closes the connection politely and stops the background task.
+    /// Closes the connection politely and stops the background task (at once after
+    /// [`CLOSE_WAIT`], e.g. when it waits for room in an event channel nobody reads).
     pub async fn close(mut self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
+                task.abort();
+            }
         }
     }
 }

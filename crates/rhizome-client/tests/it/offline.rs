@@ -84,3 +84,27 @@ async fn wrong_credentials_stop_the_client_instead_of_retrying() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn frames_stay_under_the_byte_limit_and_oversized_actions_are_refused() -> Result<()> {
+    let server = TestServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&server.url(), &dir.path().join("a.sqlite"), "alice");
+    o.sync_bytes_max = 4096;
+    let (client, _events) = open(o).await?;
+    let pad = "x".repeat(300);
+    let too_big = client.add(json!({"type": "inc", "id": "b", "pad": "x".repeat(5000)})).await;
+    assert!(matches!(too_big, Err(rhizome_client::ClientError::Invalid(_))), "{too_big:?}");
+    let ids = client
+        .add_many((0..100).map(|n| json!({"type": "inc", "id": "b", "n": n, "pad": pad})).collect())
+        .await?;
+    wait_drained(&client).await?;
+    assert_eq!(server.check_exactly_once(&ids).await?, 0);
+    let stats = client.session_stats();
+    // About 330 bytes per action: at most 12 in 4096 bytes, so at least 9 frames.
+    assert!(stats.syncs_sent >= 9, "{stats:?}");
+    assert_eq!(stats.actions_sent, 100);
+    client.close().await;
+    server.stop().await;
+    Ok(())
+}
