@@ -108,3 +108,44 @@ async fn frames_stay_under_the_byte_limit_and_oversized_actions_are_refused() ->
     server.stop().await;
     Ok(())
 }
+
+/// A clock `shift_ms` ahead of the system's.
+#[derive(Debug)]
+struct Shifted(i64);
+
+impl rhizome_client::Clock for Shifted {
+    fn now_ms(&self) -> i64 {
+        rhizome_client::SystemClock.now_ms() + self.0
+    }
+}
+
+#[tokio::test]
+async fn a_clock_weeks_ahead_is_corrected_in_the_times_sent() -> Result<()> {
+    use rhizome_client::Clock;
+    const THREE_WEEKS_MS: i64 = 21 * 24 * 3600 * 1000;
+    let server = TestServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&server.url(), &dir.path().join("a.sqlite"), "alice");
+    o.clock = std::sync::Arc::new(Shifted(THREE_WEEKS_MS));
+    let (client, events) = open(o).await?;
+    let id = client.add(json!({"type": "inc", "id": "clock"})).await?;
+    wait_drained(&client).await?;
+    let fix = events
+        .all()
+        .iter()
+        .find_map(|e| match e {
+            Event::Connected { time_fix, .. } => Some(*time_fix),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("no Connected event"))?;
+    assert!((fix - THREE_WEEKS_MS).abs() < 5_000, "timeFix {fix}");
+    // The id keeps the client's clock; the time the server got is in its own clock.
+    assert!(id.ms - rhizome_client::SystemClock.now_ms() > THREE_WEEKS_MS - 60_000);
+    let time = server.times.lock().map(|t| t.get(&id.text()).copied()).unwrap_or_default();
+    let server_now = rhizome_client::SystemClock.now_ms();
+    let time = time.ok_or_else(|| anyhow::anyhow!("not processed"))?;
+    assert!((server_now - time).abs() < 60_000, "server time {time}, now {server_now}");
+    client.close().await;
+    server.stop().await;
+    Ok(())
+}

@@ -37,8 +37,11 @@ impl Authenticator for Tokens {
     }
 }
 
-/// `inc`: goes to `counter/<id>`; `process` counts the id.
-struct Inc(Processed);
+/// The `meta.time` (server clock) the server gave each processed `inc`.
+pub type Times = Arc<Mutex<HashMap<String, i64>>>;
+
+/// `inc`: goes to `counter/<id>`; `process` counts the id and records its time.
+struct Inc(Processed, Times);
 
 #[async_trait]
 impl ActionType for Inc {
@@ -54,6 +57,9 @@ impl ActionType for Inc {
     async fn process(&self, _: &Context, _: &Action, meta: &Meta) -> Result<(), HookError> {
         let mut counts = self.0.lock().map_err(|_| HookError::Failed("poisoned".into()))?;
         *counts.entry(meta.id.text()).or_default() += 1;
+        if let Ok(mut times) = self.1.lock() {
+            times.insert(meta.id.text(), meta.time);
+        }
         Ok(())
     }
 }
@@ -96,6 +102,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Process counts of `inc` ids.
     pub processed: Processed,
+    /// Server-clock times of processed `inc` ids.
+    pub times: Times,
 }
 
 impl TestServer {
@@ -112,8 +120,9 @@ impl TestServer {
     /// Starts a server on `addr` with `limits`.
     pub async fn start_with(addr: SocketAddr, limits: Limits) -> Result<TestServer> {
         let processed = Processed::default();
+        let times = Times::default();
         let app = App::new(Tokens)
-            .action_type("inc", Inc(processed.clone()))
+            .action_type("inc", Inc(processed.clone(), times.clone()))
             .action_type("forbidden", Forbidden)
             .action_type("crdt/*", Crdt)
             .channel("counter/:id", Counters)
@@ -130,7 +139,7 @@ impl TestServer {
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();
-        Ok(TestServer { server: Some(server), dir, addr, processed })
+        Ok(TestServer { server: Some(server), dir, addr, processed, times })
     }
 
     /// The WebSocket URL.
