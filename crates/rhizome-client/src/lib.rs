@@ -32,16 +32,22 @@
 //!
 //! # Guarantees and limits
 //! - An action returned by [`Client::add`] is committed to the local log (WAL,
-//!   `synchronous=FULL`) and stays queued until the server's `synced` confirms it.
+//!   `synchronous=FULL` unless [`ClientOptions::durability`] says otherwise) and stays queued
+//!   until the server's `synced` confirms it.
 //! - Received actions are stored before `synced` is answered, and a copy received twice is
 //!   delivered to the app once (the newest `received_keep_max` ids are remembered).
 //! - The outcome (`logux/processed` / `logux/undo`) of an action whose `synced` arrived but
 //!   whose answer was lost with the connection is not asked for again: the server holds it
 //!   durably (and processes it at most once), and [`LogStats::awaiting_outcome`] counts such
 //!   actions. Rhizome keeps the undo of a failed `process` in its log for the author, so such
-//!   undos still arrive after a reconnect; a `logux/processed` does not.
+//!   undos still arrive after a reconnect; a `logux/processed` does not. A copy re-sent while
+//!   the server still processes the original is answered with `synced` only, so it is counted
+//!   there too.
+//! - Frames are bounded: [`ClientOptions::sync_actions_max`] actions and
+//!   [`ClientOptions::sync_bytes_max`] bytes per `sync`, [`ClientOptions::inflight_syncs_max`]
+//!   unanswered; the event channel holds [`ClientOptions::events_capacity`] events and a full
+//!   one pauses the connection. The recorded undos are kept until the log is deleted.
 //! - Only `ws://` URLs (no TLS in this crate; terminate TLS in front or add a connector).
-//!
 //! - With [`ClientOptions::fold_crdt`], runs of queued CRDT operations on one object are
 //!   folded with `rhizome_crdt::ops::fold_queue` when they are first read for sending, and only
 //!   operations never sent are folded (a `sent` mark is committed before the `sync` goes out).
@@ -51,6 +57,8 @@
 //!
 //! # Not yet
 //! - The HTTP transport (Rhizome has none yet).
+//! - Asking the server again for the outcome of actions counted in
+//!   [`LogStats::awaiting_outcome`].
 
 #![deny(missing_docs)]
 
@@ -63,7 +71,7 @@ mod store;
 pub use backoff::{parse_retry_after, Backoff, RETRY_HINT_MAX};
 pub use error::ClientError;
 pub use rhizome_protocol::{ActionId, NodeId};
-pub use store::{LogStats, Since, Subscription, Undone};
+pub use store::{Durability, LogStats, Since, Subscription, Undone};
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -125,6 +133,8 @@ pub struct ClientOptions {
     /// Capacity of the event channel. A full channel pauses the connection (nothing is
     /// dropped); a client that never reads its events stops syncing.
     pub events_capacity: usize,
+    /// What a crash may lose of the local log (default: nothing, even on power loss).
+    pub durability: Durability,
     /// How many received action ids the log remembers to drop copies.
     pub received_keep_max: u64,
     /// Fold runs of queued CRDT operations on one object before they are first sent
@@ -157,6 +167,7 @@ impl ClientOptions {
             timeout: Duration::from_secs(70),
             events_capacity: 1024,
             received_keep_max: 100_000,
+            durability: Durability::PowerLoss,
             fold_crdt: false,
             seed: None,
             clock: Arc::new(SystemClock),
@@ -313,11 +324,19 @@ impl Client {
                 "sync_actions_max, inflight_syncs_max and events_capacity must be at least 1".into(),
             ));
         }
-        let (path, user, node, keep) =
-            (options.path.clone(), options.user.clone(), options.node.clone(), options.received_keep_max);
-        let store = tokio::task::spawn_blocking(move || Store::open(&path, &user, node.as_ref(), keep))
-            .await
-            .map_err(|_| ClientError::Stopped)??;
+        let (path, user, node, received_keep_max, durability) = (
+            options.path.clone(),
+            options.user.clone(),
+            options.node.clone(),
+            options.received_keep_max,
+            options.durability,
+        );
+        let store = tokio::task::spawn_blocking(move || {
+            let open = store::OpenOptions { user: &user, node: node.as_ref(), received_keep_max, durability };
+            Store::open(&path, &open)
+        })
+        .await
+        .map_err(|_| ClientError::Stopped)??;
         let node = store.node().clone();
         let shared = Arc::new(Shared {
             store: Mutex::new(store),

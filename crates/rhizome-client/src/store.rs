@@ -129,6 +129,27 @@ pub(crate) struct Incoming {
     pub refused_channels: Vec<String>,
 }
 
+/// How much of the local log a crash may lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is on disk when it returns (SQLite `synchronous=FULL`): nothing is lost,
+    /// even on power loss. One fsync per commit.
+    #[default]
+    PowerLoss,
+    /// A crash of the process loses nothing, a power loss may lose the last commits (WAL with
+    /// `synchronous=NORMAL`): for simulators and tests running many clients on one machine.
+    ProcessCrash,
+}
+
+/// What [`Store::open`] needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenOptions<'a> {
+    pub user: &'a str,
+    pub node: Option<&'a NodeId>,
+    pub received_keep_max: u64,
+    pub durability: Durability,
+}
+
 /// The local log.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -147,12 +168,8 @@ fn random_part(rng: &mut impl rand::Rng) -> String {
 impl Store {
     /// Opens (or creates) the log at `path` for `user`. The node id is `node` when given,
     /// otherwise the one stored in the log, otherwise a new `user:<random>:<random>`.
-    pub fn open(
-        path: &Path,
-        user: &str,
-        node: Option<&NodeId>,
-        received_keep_max: u64,
-    ) -> Result<Store, ClientError> {
+    pub fn open(path: &Path, options: &OpenOptions<'_>) -> Result<Store, ClientError> {
+        let OpenOptions { user, node, received_keep_max, durability } = *options;
         if user.is_empty() || user.contains(':') || user.contains(' ') || user == "server" {
             return Err(ClientError::Invalid(format!("user id {user:?}")));
         }
@@ -160,7 +177,11 @@ impl Store {
         // First: a client killed a moment ago may still be finishing a write on this file.
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let synchronous = match durability {
+            Durability::PowerLoss => "FULL",
+            Durability::ProcessCrash => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
         conn.execute_batch(SCHEMA)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<String> =
@@ -446,8 +467,12 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn options(user: &str) -> OpenOptions<'_> {
+        OpenOptions { user, node: None, received_keep_max: 10, durability: Durability::PowerLoss }
+    }
+
     fn open(dir: &tempfile::TempDir) -> Store {
-        Store::open(&dir.path().join("log.sqlite"), "alice", None, 10).unwrap()
+        Store::open(&dir.path().join("log.sqlite"), &options("alice")).unwrap()
     }
 
     #[test]
@@ -471,7 +496,7 @@ mod tests {
     fn another_users_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(open(&dir));
-        let err = Store::open(&dir.path().join("log.sqlite"), "bob", None, 10).unwrap_err();
+        let err = Store::open(&dir.path().join("log.sqlite"), &options("bob")).unwrap_err();
         assert!(matches!(err, ClientError::WrongOwner { .. }), "{err}");
     }
 
