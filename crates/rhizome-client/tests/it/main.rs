@@ -4,6 +4,7 @@
 mod fold;
 mod offline;
 mod reconnect;
+mod reference;
 mod resume;
 mod since;
 mod support;
