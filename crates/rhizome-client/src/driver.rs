@@ -44,13 +44,15 @@ enum End {
         reason: String,
         /// The server's retry hint.
         hint: Option<Duration>,
-        /// Whether the server had accepted the connection (resets the backoff).
-        connected: bool,
+        /// Whether the connection worked for a while: the server sent something after
+        /// `connected`, or it stayed up for `backoff.max`. Resets the backoff; a server that
+        /// accepts and drops at once (overloaded, shedding) keeps it growing.
+        stable: bool,
     },
 }
 
 fn retry(reason: impl Into<String>) -> End {
-    End::Retry { reason: reason.into(), hint: None, connected: true }
+    End::Retry { reason: reason.into(), hint: None, stable: false }
 }
 
 /// The clock offset of protocol 5 (`connect/index.js` of `@logux/core`): client clock minus
@@ -240,8 +242,8 @@ impl Driver {
                     self.emit(Event::Disconnected { reason, retry_in: None }).await;
                     break;
                 }
-                End::Retry { reason, hint, connected } => {
-                    if connected {
+                End::Retry { reason, hint, stable } => {
+                    if stable {
                         attempt = 0;
                     }
                     let delay = self.options.backoff.delay(attempt, hint, &mut self.rng);
@@ -272,8 +274,8 @@ impl Driver {
         );
         let mut ws = tokio::select! {
             opened = open => match opened {
-                Err(_) => return End::Retry { reason: "opening the socket timed out".into(), hint: None, connected: false },
-                Ok(Err(e)) => return End::Retry { reason: e.to_string(), hint: retry_hint(&e), connected: false },
+                Err(_) => return End::Retry { reason: "opening the socket timed out".into(), hint: None, stable: false },
+                Ok(Err(e)) => return End::Retry { reason: e.to_string(), hint: retry_hint(&e), stable: false },
                 Ok(Ok((ws, _))) => ws,
             },
             _ = self.stop.changed() => return End::Stop,
@@ -294,7 +296,7 @@ impl Driver {
 
     /// Sends `connect` and waits for `connected`.
     async fn handshake(&mut self, ws: &mut Ws) -> Result<Conn, End> {
-        let not_connected = |reason: String| End::Retry { reason, hint: None, connected: false };
+        let not_connected = |reason: String| End::Retry { reason, hint: None, stable: false };
         let last_received =
             self.shared.with_store(|s| s.last_received()).await.map_err(|e| not_connected(e.to_string()))?;
         let sent_ms = self.shared.clock.now_ms();
@@ -372,7 +374,20 @@ impl Driver {
     }
 
     /// Runs an authenticated connection until it ends.
-    async fn session(&mut self, ws: &mut Ws, mut conn: Conn) -> End {
+    async fn session(&mut self, ws: &mut Ws, conn: Conn) -> End {
+        let started = Instant::now();
+        let mut answered = false;
+        let end = self.session_loop(ws, conn, &mut answered).await;
+        match end {
+            End::Retry { reason, hint, .. } => {
+                let stable = answered || started.elapsed() >= self.options.backoff.max;
+                End::Retry { reason, hint, stable }
+            }
+            other => other,
+        }
+    }
+
+    async fn session_loop(&mut self, ws: &mut Ws, mut conn: Conn, answered: &mut bool) -> End {
         enum Step {
             Stop,
             Frame(Option<Result<WsMessage, WsError>>),
@@ -416,6 +431,7 @@ impl Driver {
                 }
                 Step::Frame(Some(Ok(WsMessage::Text(text)))) => {
                     conn.last_rx = Instant::now();
+                    *answered = true;
                     // Take what else has already arrived, so it is stored in one transaction.
                     let mut texts = vec![text.as_str().to_owned()];
                     let mut after = None;

@@ -125,3 +125,37 @@ async fn a_dead_link_is_noticed_by_the_timeout_and_reconnected() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_server_that_accepts_and_drops_at_once_does_not_reset_the_backoff() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A shedding server: it completes the handshake, then closes before anything else.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else { return };
+                let _connect = ws.next().await;
+                let now = rhizome_client::Clock::now_ms(&rhizome_client::SystemClock);
+                let connected = format!("[\"connected\",5,\"server:shed\",[{now},{now}]]");
+                let _ = ws.send(Message::text(connected)).await;
+                let _ = ws.close(None).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&format!("ws://{addr}/"), &dir.path().join("a.sqlite"), "alice");
+    o.backoff = Backoff { base: Duration::from_millis(2), max: Duration::from_millis(16) };
+    o.seed = Some(9);
+    let backoff = o.backoff;
+    let (client, events) = open(o).await?;
+    wait_until("five drops", || async { Ok(retry_delays(&events.all()).len() >= 5) }).await?;
+    client.close().await;
+    assert!(events.count(|e| matches!(e, Event::Connected { .. })) >= 5, "each attempt was accepted");
+    let mut rng = StdRng::seed_from_u64(9);
+    let growing: Vec<Duration> = (0..5).map(|n| backoff.delay(n, None, &mut rng)).collect();
+    assert_eq!(retry_delays(&events.all())[..5], growing[..]);
+    Ok(())
+}
