@@ -579,6 +579,8 @@ impl Driver {
             return Ok(());
         }
         let Batch { incoming, pending, answers } = batch;
+        let received = incoming.actions.len() as u64;
+        self.shared.count(|s| s.actions_received += received);
         let fresh = self
             .shared
             .with_store(move |s| s.apply(&incoming))

@@ -265,6 +265,8 @@ pub struct SessionStats {
     pub actions_acked: u64,
     /// `sync` messages of queued actions sent.
     pub syncs_sent: u64,
+    /// Actions received from the server, copies included (answers to ours not counted).
+    pub actions_received: u64,
     /// Connections opened (`connected` received).
     pub connections: u64,
 }

@@ -92,3 +92,49 @@ async fn unsubscribing_stops_delivery_and_is_not_renewed() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn actions_addressed_to_an_offline_user_arrive_once_after_reconnect() -> Result<()> {
+    let server = TestServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let bob_path = dir.path().join("bob.sqlite");
+    // Bob connects once (the server learns nothing it needs; `synced` starts at 0), leaves.
+    let (bob, _events) = open(options(&server.url(), &bob_path, "bob")).await?;
+    wait_until("bob online", || async { Ok(bob.session_stats().connections == 1) }).await?;
+    bob.close().await;
+
+    let (alice, _alice_events) =
+        open(options(&server.url(), &dir.path().join("alice.sqlite"), "alice")).await?;
+    let notes = (0..50).map(|n| json!({"type": "notify", "to": "bob", "n": n})).collect();
+    alice.add_many(notes).await?;
+    wait_drained(&alice).await?;
+
+    // Back: the `synced` of `connect` (0) lets the server send everything addressed to him.
+    let notes_of = |events: &[Event]| -> Vec<i64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Action { action, .. } if action["type"] == "notify" => action["n"].as_i64(),
+                _ => None,
+            })
+            .collect()
+    };
+    let (bob, events) = open(options(&server.url(), &bob_path, "bob")).await?;
+    wait_until("the notes", || async { Ok(notes_of(&events.all()).len() == 50) }).await?;
+    assert_eq!(notes_of(&events.all()), (0..50).collect::<Vec<_>>());
+    let seen = bob.log_stats().await?.last_received;
+    assert!(seen > 0);
+    bob.close().await;
+
+    // Again: now `connect` carries the last `added` received, so nothing comes twice.
+    let (bob, events) = open(options(&server.url(), &bob_path, "bob")).await?;
+    alice.add(json!({"type": "notify", "to": "bob", "n": 50})).await?;
+    wait_until("the new note", || async { Ok(notes_of(&events.all()).contains(&50)) }).await?;
+    assert_eq!(notes_of(&events.all()), [50]);
+    assert_eq!(bob.session_stats().actions_received, 1, "the old notes were not sent again");
+    assert_eq!(bob.log_stats().await?.received, 51);
+    bob.close().await;
+    alice.close().await;
+    server.stop().await;
+    Ok(())
+}

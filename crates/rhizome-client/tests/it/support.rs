@@ -74,6 +74,20 @@ impl ActionType for Forbidden {
     }
 }
 
+/// `notify`: delivered to the user named by its `to` (offline delivery by `users`).
+struct Notify;
+
+#[async_trait]
+impl ActionType for Notify {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+    async fn resend(&self, _: &Context, action: &Action, _: &Meta) -> Result<Routing, HookError> {
+        let to = action.str_field("to").unwrap_or("nobody");
+        Ok(Routing { users: vec![to.into()], ..Routing::default() })
+    }
+}
+
 /// `crdt/*` operations: always allowed (the server applies them to their object).
 struct Crdt;
 
@@ -124,6 +138,7 @@ impl TestServer {
         let app = App::new(Tokens)
             .action_type("inc", Inc(processed.clone(), times.clone()))
             .action_type("forbidden", Forbidden)
+            .action_type("notify", Notify)
             .action_type("crdt/*", Crdt)
             .channel("counter/:id", Counters)
             .channel("crdt/*", Counters);
