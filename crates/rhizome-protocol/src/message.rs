@@ -518,10 +518,9 @@ impl<'de> serde::Deserialize<'de> for WireIdRepr {
                     (2, [Some(IdPart::Int(Some(shift))), Some(IdPart::Int(Some(seq))), None]) => {
                         u64::try_from(seq).ok().map(|seq| WireId::OwnSeq(shift, seq))
                     }
-                    (
-                        3,
-                        [Some(IdPart::Int(Some(shift))), Some(IdPart::Str(node)), Some(IdPart::Int(Some(seq)))],
-                    ) => u64::try_from(seq).ok().map(|seq| WireId::Full(shift, node, seq)),
+                    (3, [Some(IdPart::Int(Some(shift))), Some(IdPart::Str(node)), Some(IdPart::Int(Some(seq)))]) => {
+                        u64::try_from(seq).ok().map(|seq| WireId::Full(shift, node, seq))
+                    }
                     _ => None,
                 };
                 Ok(WireIdRepr(id))
