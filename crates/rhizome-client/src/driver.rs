@@ -1,0 +1,664 @@
+//! The background task: connects, runs one protocol 5 session at a time, and reconnects with
+//! backoff. It is the only owner of the socket; the log is shared with the handle through
+//! [`Shared`] (SQLite calls run in `spawn_blocking`).
+
+use crate::backoff::parse_retry_after;
+use crate::store::{Incoming, Since, Undone};
+use crate::{ClientOptions, Event, Shared, State};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rhizome_protocol::message::{encode_connect, encode_error, encode_ping, encode_pong, encode_synced};
+use rhizome_protocol::{parse, ActionId, Codec, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Most frames already received that are handled (and stored) together.
+const FRAMES_PER_BATCH_MAX: usize = 256;
+
+/// Room for one action's meta and separators in a `sync` frame, in bytes.
+pub(crate) const META_BYTES_MAX: usize = 128;
+
+/// How long a polite close may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Errors after which reconnecting cannot help.
+const FATAL_ERRORS: [&str; 3] = ["wrong-protocol", "wrong-subprotocol", "wrong-credentials"];
+
+/// How a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The app closed the client.
+    Stop,
+    /// The server refused us for good.
+    Fatal(String),
+    /// Try again after a delay.
+    Retry {
+        reason: String,
+        /// The server's retry hint.
+        hint: Option<Duration>,
+        /// Whether the connection worked for a while: the server sent something after
+        /// `connected`, or it stayed up for `backoff.max`. Resets the backoff; a server that
+        /// accepts and drops at once (overloaded, shedding) keeps it growing.
+        stable: bool,
+    },
+}
+
+fn retry(reason: impl Into<String>) -> End {
+    End::Retry { reason: reason.into(), hint: None, stable: false }
+}
+
+/// The clock offset of protocol 5 (`connect/index.js` of `@logux/core`): client clock minus
+/// server clock, from the time `connect` was sent (`sent_ms`), the time `connected` arrived
+/// (`now_ms`), both client clock, and the server's `[start, end]`.
+pub(crate) fn time_fix(sent_ms: i64, now_ms: i64, start: i64, end: i64) -> i64 {
+    let auth_time = end - start;
+    let round_trip = now_ms - sent_ms - auth_time;
+    // `Math.floor(sent - start + roundTrip / 2)` with a float division.
+    sent_ms - start + round_trip.div_euclid(2)
+}
+
+/// The `Retry-After` of a refused WebSocket upgrade (e.g. HTTP 503 or 429).
+fn retry_hint(error: &WsError) -> Option<Duration> {
+    match error {
+        WsError::Http(response) => {
+            response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
+        }
+        _ => None,
+    }
+}
+
+/// A `sync` we sent and the server has not answered yet.
+#[derive(Debug)]
+enum Inflight {
+    /// Queued actions with `added` in `lo..=hi`.
+    Chunk { lo: i64, hi: i64, count: u64 },
+    /// `logux/subscribe` actions (not queued; their answer updates the subscription).
+    Subscribe,
+}
+
+/// A subscription message sent on this connection (not a queued action).
+#[derive(Debug)]
+enum Control {
+    /// `logux/subscribe` to this channel: its answer gives the `since` to persist.
+    Subscribe(String),
+    /// `logux/unsubscribe`: its answer concerns nobody.
+    Unsubscribe,
+}
+
+/// The state of one authenticated connection.
+#[derive(Debug)]
+struct Conn {
+    codec: Codec,
+    time_fix: i64,
+    inflight: VecDeque<Inflight>,
+    /// The highest `added` sent on this connection: the backlog continues after it.
+    cursor: i64,
+    /// Whether the queue may hold unsent actions after `cursor`.
+    more_backlog: bool,
+    /// Whether subscriptions not yet sent on this connection may exist.
+    check_subscriptions: bool,
+    /// `logux/subscribe` and `logux/unsubscribe` ids sent and not answered.
+    controls: HashMap<String, Control>,
+    /// Channels subscribed on this connection.
+    subscribed: HashSet<String>,
+    /// The highest `added` of ours the server confirmed (sent in `ping`/`pong`).
+    acked_added: i64,
+    ping_sent: bool,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+/// An event waiting for the log write that decides whether it is delivered.
+enum Pending {
+    /// The `n`th received action, delivered only if new.
+    Action(usize, Value, ActionId, i64),
+    Other(Event),
+}
+
+/// Received `sync` messages waiting to be stored together.
+#[derive(Default)]
+struct Batch {
+    incoming: Incoming,
+    pending: Vec<Pending>,
+    /// The `added` of each `sync`, answered with `synced` once stored.
+    answers: Vec<u64>,
+}
+
+impl Batch {
+    /// Adds one `sync`: our answers (`logux/processed`, `logux/undo`) and others' actions.
+    fn add(&mut self, conn: &mut Conn, added: u64, entries: Vec<WireEntry>) {
+        self.answers.push(added);
+        let incoming = &mut self.incoming;
+        incoming.last_received = incoming.last_received.max(added);
+        for entry in entries {
+            let Some(id) = conn.codec.decode_id(&entry.meta.id) else {
+                tracing::debug!(id = ?entry.meta.id, "an action with a bad id from the server; skipped");
+                continue;
+            };
+            let time = conn.codec.decode_time(entry.meta.time) + conn.time_fix;
+            let action = &entry.action;
+            match action.kind() {
+                "logux/processed" => {
+                    let Some(target) = action.str_field("id") else { continue };
+                    match conn.controls.remove(target) {
+                        Some(Control::Subscribe(channel)) => {
+                            incoming.since.push((channel, Since { id: id.text(), time }));
+                            continue;
+                        }
+                        Some(Control::Unsubscribe) => continue,
+                        None => {}
+                    }
+                    if let Some(target) = ActionId::parse(target) {
+                        incoming.processed.push(target.text());
+                        self.pending.push(Pending::Other(Event::Processed { id: target }));
+                    }
+                }
+                "logux/undo" => {
+                    let Some(target) = action.str_field("id") else { continue };
+                    let reason = action.str_field("reason").unwrap_or("error").to_owned();
+                    let undone = action.fields().get("action").cloned().unwrap_or(Value::Null);
+                    match conn.controls.remove(target) {
+                        Some(Control::Subscribe(channel)) => {
+                            tracing::warn!(%channel, %reason, "the server undid a subscription; forgetting it");
+                            incoming.refused_channels.push(channel);
+                        }
+                        Some(Control::Unsubscribe) => {
+                            tracing::debug!(%reason, "the server undid an unsubscription");
+                            continue;
+                        }
+                        None => {}
+                    }
+                    if let Some(target) = ActionId::parse(target) {
+                        incoming.undone.push(Undone {
+                            id: target.text(),
+                            reason: reason.clone(),
+                            action: undone.clone(),
+                        });
+                        self.pending.push(Pending::Other(Event::Undone {
+                            id: target,
+                            reason,
+                            action: undone,
+                        }));
+                    }
+                }
+                _ => {
+                    let n = incoming.actions.len();
+                    incoming.actions.push((id.text(), time, action.json().to_string()));
+                    self.pending.push(Pending::Action(n, Value::Object(action.fields().clone()), id, time));
+                }
+            }
+        }
+    }
+}
+
+/// The background task.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    options: ClientOptions,
+    shared: Arc<Shared>,
+    node: NodeId,
+    events: mpsc::Sender<Event>,
+    state: watch::Sender<State>,
+    stop: watch::Receiver<bool>,
+    rng: StdRng,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        options: ClientOptions,
+        shared: Arc<Shared>,
+        node: NodeId,
+        events: mpsc::Sender<Event>,
+        state: watch::Sender<State>,
+        stop: watch::Receiver<bool>,
+    ) -> Driver {
+        let rng = match options.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        Driver { options, shared, node, events, state, stop, rng }
+    }
+
+    /// Connects and reconnects until stopped. Runs in the client's span (see `Client::open`).
+    pub(crate) async fn run(mut self) {
+        let mut attempt: u32 = 0;
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            self.state.send_replace(State::Connecting);
+            match self.connection().await {
+                End::Stop => break,
+                End::Fatal(reason) => {
+                    tracing::warn!(%reason, "the server refused this client; not reconnecting");
+                    self.emit(Event::Disconnected { reason, retry_in: None }).await;
+                    break;
+                }
+                End::Retry { reason, hint, stable } => {
+                    if stable {
+                        attempt = 0;
+                    }
+                    let delay = self.options.backoff.delay(attempt, hint, &mut self.rng);
+                    attempt = attempt.saturating_add(1);
+                    tracing::debug!(%reason, ?delay, "disconnected");
+                    self.state.send_replace(State::Disconnected { retry_in: delay });
+                    self.emit(Event::Disconnected { reason, retry_in: Some(delay) }).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.changed() => break,
+                    }
+                }
+            }
+        }
+        self.state.send_replace(State::Stopped);
+    }
+
+    async fn emit(&self, event: Event) {
+        // A dropped receiver means the app does not want events; that is not an error.
+        let _ = self.events.send(event).await;
+    }
+
+    /// One connection, from opening the socket to its end.
+    async fn connection(&mut self) -> End {
+        let open = tokio::time::timeout(
+            self.options.timeout,
+            tokio_tungstenite::connect_async(self.options.url.as_str()),
+        );
+        let mut ws = tokio::select! {
+            opened = open => match opened {
+                Err(_) => return End::Retry { reason: "opening the socket timed out".into(), hint: None, stable: false },
+                Ok(Err(e)) => return End::Retry { reason: e.to_string(), hint: retry_hint(&e), stable: false },
+                Ok(Ok((ws, _))) => ws,
+            },
+            _ = self.stop.changed() => return End::Stop,
+        };
+        let end = match self.handshake(&mut ws).await {
+            Ok(conn) => self.session(&mut ws, conn).await,
+            Err(end) => end,
+        };
+        if matches!(end, End::Stop) {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+        }
+        end
+    }
+
+    async fn send(&self, ws: &mut Ws, text: String) -> Result<(), End> {
+        ws.send(WsMessage::text(text)).await.map_err(|e| retry(format!("sending: {e}")))
+    }
+
+    /// Sends `connect` and waits for `connected`.
+    async fn handshake(&mut self, ws: &mut Ws) -> Result<Conn, End> {
+        let not_connected = |reason: String| End::Retry { reason, hint: None, stable: false };
+        let last_received =
+            self.shared.with_store(|s| s.last_received()).await.map_err(|e| not_connected(e.to_string()))?;
+        let sent_ms = self.shared.clock.now_ms();
+        let connect = encode_connect(
+            self.node.as_str(),
+            last_received,
+            self.options.token.as_deref(),
+            self.options.subprotocol,
+        );
+        ws.send(WsMessage::text(connect)).await.map_err(|e| not_connected(e.to_string()))?;
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, ws.next()) => next,
+                _ = self.stop.changed() => return Err(End::Stop),
+            };
+            let text = match next {
+                Err(_) => return Err(not_connected("no answer to connect".into())),
+                Ok(None) => return Err(not_connected("closed during the handshake".into())),
+                Ok(Some(Err(e))) => return Err(not_connected(e.to_string())),
+                Ok(Some(Ok(WsMessage::Text(text)))) => text,
+                Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                    return Err(not_connected(format!("closed during the handshake: {frame:?}")))
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            match parse(text.as_str()) {
+                Ok(Message::Connected { protocol, node_id, time: [start, end], .. }) => {
+                    if protocol < PROTOCOL {
+                        let options = json!({"supported": PROTOCOL, "used": protocol});
+                        let _ =
+                            ws.send(WsMessage::text(encode_error("wrong-protocol", Some(&options)))).await;
+                        return Err(End::Fatal(format!("the server speaks protocol {protocol}")));
+                    }
+                    let Some(server) = NodeId::parse(&node_id) else {
+                        return Err(not_connected(format!("bad server node id {node_id:?}")));
+                    };
+                    let fix = time_fix(sent_ms, self.shared.clock.now_ms(), start, end);
+                    let codec = Codec { base_time: end, local: self.node.clone(), remote: server.clone() };
+                    self.state.send_replace(State::Connected);
+                    self.shared.count(|s| s.connections += 1);
+                    self.emit(Event::Connected { server, time_fix: fix }).await;
+                    let now = Instant::now();
+                    return Ok(Conn {
+                        codec,
+                        time_fix: fix,
+                        inflight: VecDeque::new(),
+                        cursor: 0,
+                        more_backlog: true,
+                        check_subscriptions: true,
+                        controls: HashMap::new(),
+                        subscribed: HashSet::new(),
+                        acked_added: 0,
+                        ping_sent: false,
+                        last_rx: now,
+                        last_tx: now,
+                    });
+                }
+                Ok(Message::Error { kind, options }) => return Err(self.server_error(kind, options).await),
+                Ok(_) => {} // `headers`, `debug`: nothing to do before `connected`.
+                Err(e) => return Err(not_connected(format!("bad frame from the server: {e}"))),
+            }
+        }
+    }
+
+    async fn server_error(&self, kind: String, options: Option<Value>) -> End {
+        let fatal = FATAL_ERRORS.contains(&kind.as_str());
+        let reason = format!("server error {kind}");
+        self.emit(Event::ServerError { kind, options }).await;
+        if fatal {
+            End::Fatal(reason)
+        } else {
+            retry(reason)
+        }
+    }
+
+    /// Runs an authenticated connection until it ends.
+    async fn session(&mut self, ws: &mut Ws, conn: Conn) -> End {
+        let started = Instant::now();
+        let mut answered = false;
+        let end = self.session_loop(ws, conn, &mut answered).await;
+        match end {
+            End::Retry { reason, hint, .. } => {
+                let stable = answered || started.elapsed() >= self.options.backoff.max;
+                End::Retry { reason, hint, stable }
+            }
+            other => other,
+        }
+    }
+
+    async fn session_loop(&mut self, ws: &mut Ws, mut conn: Conn, answered: &mut bool) -> End {
+        enum Step {
+            Stop,
+            Frame(Option<Result<WsMessage, WsError>>),
+            Wake,
+            Deadline,
+        }
+        loop {
+            if let Err(end) = self.fill(ws, &mut conn).await {
+                return end;
+            }
+            let waiting = !conn.inflight.is_empty() || conn.ping_sent;
+            let deadline = if waiting {
+                conn.last_rx + self.options.timeout
+            } else {
+                conn.last_rx.max(conn.last_tx) + self.options.ping_interval
+            };
+            let step = tokio::select! {
+                _ = self.stop.changed() => Step::Stop,
+                frame = ws.next() => Step::Frame(frame),
+                _ = self.shared.wake.notified() => Step::Wake,
+                _ = tokio::time::sleep_until(deadline) => Step::Deadline,
+            };
+            match step {
+                Step::Stop => return End::Stop,
+                Step::Wake => {
+                    conn.more_backlog = true;
+                    conn.check_subscriptions = true;
+                }
+                Step::Deadline if waiting => return retry("timeout: the server did not answer"),
+                Step::Deadline => {
+                    if let Err(end) = self.send(ws, encode_ping(conn.acked_added.max(0) as u64)).await {
+                        return end;
+                    }
+                    conn.ping_sent = true;
+                    conn.last_tx = Instant::now();
+                }
+                Step::Frame(None) => return retry("the server closed the connection"),
+                Step::Frame(Some(Err(e))) => return retry(e.to_string()),
+                Step::Frame(Some(Ok(WsMessage::Close(frame)))) => {
+                    return retry(format!("the server closed the connection: {frame:?}"))
+                }
+                Step::Frame(Some(Ok(WsMessage::Text(text)))) => {
+                    conn.last_rx = Instant::now();
+                    *answered = true;
+                    // Take what else has already arrived, so it is stored in one transaction.
+                    let mut texts = vec![text.as_str().to_owned()];
+                    let mut after = None;
+                    while texts.len() < FRAMES_PER_BATCH_MAX {
+                        match ws.next().now_or_never() {
+                            Some(Some(Ok(WsMessage::Text(t)))) => texts.push(t.as_str().to_owned()),
+                            Some(Some(Ok(WsMessage::Close(frame)))) => {
+                                after = Some(retry(format!("the server closed the connection: {frame:?}")));
+                                break;
+                            }
+                            Some(Some(Ok(_))) => {}
+                            Some(Some(Err(e))) => {
+                                after = Some(retry(e.to_string()));
+                                break;
+                            }
+                            Some(None) => {
+                                after = Some(retry("the server closed the connection"));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if let Err(end) = self.on_frames(ws, &mut conn, texts).await {
+                        return end;
+                    }
+                    if let Some(end) = after {
+                        return end;
+                    }
+                }
+                Step::Frame(Some(Ok(_))) => conn.last_rx = Instant::now(),
+            }
+        }
+    }
+
+    /// Brings the server's subscriptions on this connection in line with the log's
+    /// (`logux/subscribe` with `since` for new ones, `logux/unsubscribe` for forgotten ones),
+    /// then sends backlog chunks while the window has room.
+    async fn fill(&mut self, ws: &mut Ws, conn: &mut Conn) -> Result<(), End> {
+        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
+        if conn.check_subscriptions && conn.inflight.len() < self.options.inflight_syncs_max {
+            conn.check_subscriptions = false;
+            let subscriptions = self.shared.with_store(|s| s.subscriptions()).await.map_err(store_failed)?;
+            let wanted: HashSet<&str> = subscriptions.iter().map(|s| s.channel.as_str()).collect();
+            let gone: Vec<String> =
+                conn.subscribed.iter().filter(|c| !wanted.contains(c.as_str())).cloned().collect();
+            let new: Vec<_> =
+                subscriptions.iter().filter(|s| !conn.subscribed.contains(&s.channel)).cloned().collect();
+            if !new.is_empty() || !gone.is_empty() {
+                let now = self.shared.clock.now_ms();
+                let count = new.len() + gone.len();
+                let mut ids = self
+                    .shared
+                    .with_store(move |s| (0..count).map(|_| s.fresh_id(now)).collect::<Result<Vec<_>, _>>())
+                    .await
+                    .map_err(store_failed)?
+                    .into_iter();
+                let mut frame = SyncBuilder::new();
+                // Unsubscriptions first: an unsubscribe and a new subscribe of one channel
+                // between two fills leave the server subscribed, as they leave the log.
+                for (channel, id) in gone.into_iter().zip(ids.by_ref()) {
+                    let action = json!({"type": "logux/unsubscribe", "channel": channel});
+                    frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
+                    conn.controls.insert(id.text(), Control::Unsubscribe);
+                    conn.subscribed.remove(&channel);
+                }
+                for (sub, id) in new.into_iter().zip(ids) {
+                    let mut action = json!({"type": "logux/subscribe", "channel": sub.channel});
+                    if let Some(Since { id, time }) = &sub.since {
+                        action["since"] = json!({"id": id, "time": time});
+                    }
+                    frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
+                    conn.controls.insert(id.text(), Control::Subscribe(sub.channel.clone()));
+                    conn.subscribed.insert(sub.channel);
+                }
+                self.send(ws, frame.finish(conn.cursor.max(0) as u64)).await?;
+                conn.inflight.push_back(Inflight::Subscribe);
+                conn.last_tx = Instant::now();
+            }
+        }
+        let chunk_max = self.options.sync_actions_max;
+        let fold = self.options.fold_crdt;
+        while conn.more_backlog && conn.inflight.len() < self.options.inflight_syncs_max {
+            let after = conn.cursor;
+            let next = self
+                .shared
+                .with_store(move |s| s.next_chunk(after, chunk_max, fold))
+                .await
+                .map_err(store_failed)?;
+            if next.read < chunk_max {
+                conn.more_backlog = false;
+            }
+            for (id, into) in next.folded {
+                self.emit(Event::Folded { id, into }).await;
+            }
+            let chunk = next.rows;
+            let Some(first) = chunk.first() else { break };
+            let lo = first.added;
+            // Up to `sync_bytes_max` per frame (an action is never larger, see `add_many`);
+            // the rest of the chunk is read again for the next frame.
+            let mut frame = SyncBuilder::new();
+            let mut hi = lo;
+            for q in &chunk {
+                if !frame.is_empty()
+                    && frame.bytes() + q.action.len() + META_BYTES_MAX > self.options.sync_bytes_max
+                {
+                    conn.more_backlog = true;
+                    break;
+                }
+                frame.push(&conn.codec, &q.action, &q.id, q.time - conn.time_fix, None);
+                hi = q.added;
+            }
+            let count = frame.len() as u64;
+            self.send(ws, frame.finish(hi.max(0) as u64)).await?;
+            conn.inflight.push_back(Inflight::Chunk { lo, hi, count });
+            conn.cursor = hi;
+            conn.last_tx = Instant::now();
+            self.shared.count(|s| {
+                s.actions_sent += count;
+                s.syncs_sent += 1;
+            });
+        }
+        Ok(())
+    }
+
+    /// Handles frames that arrived together. Consecutive `sync` messages are stored in one
+    /// transaction (one fsync for many server frames), then answered with `synced` each.
+    async fn on_frames(&mut self, ws: &mut Ws, conn: &mut Conn, texts: Vec<String>) -> Result<(), End> {
+        let mut batch = Batch::default();
+        for text in texts {
+            match parse(&text) {
+                Ok(Message::Sync { added, entries }) => batch.add(conn, added, entries),
+                Ok(other) => {
+                    self.flush(ws, conn, std::mem::take(&mut batch)).await?;
+                    self.on_message(ws, conn, other).await?;
+                }
+                Err(e) => return Err(retry(format!("bad frame from the server: {e}"))),
+            }
+        }
+        self.flush(ws, conn, batch).await
+    }
+
+    /// Stores a batch of received `sync`s, answers them and reports them to the app.
+    async fn flush(&mut self, ws: &mut Ws, conn: &mut Conn, batch: Batch) -> Result<(), End> {
+        if batch.answers.is_empty() {
+            return Ok(());
+        }
+        let Batch { incoming, pending, answers } = batch;
+        let received = incoming.actions.len() as u64;
+        self.shared.count(|s| s.actions_received += received);
+        let fresh = self
+            .shared
+            .with_store(move |s| s.apply(&incoming))
+            .await
+            .map_err(|e| retry(format!("local log: {e}")))?;
+        // Stored: now the server may forget them for us.
+        for added in answers {
+            self.send(ws, encode_synced(added)).await?;
+        }
+        conn.last_tx = Instant::now();
+        for p in pending {
+            match p {
+                Pending::Action(n, action, id, time) => {
+                    if fresh.get(n).copied().unwrap_or(false) {
+                        self.emit(Event::Action { action, id, time }).await;
+                    }
+                }
+                Pending::Other(event) => self.emit(event).await,
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, ws: &mut Ws, conn: &mut Conn, message: Message) -> Result<(), End> {
+        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
+        match message {
+            Message::Synced(added) => match conn.inflight.pop_front() {
+                Some(Inflight::Chunk { lo, hi, count }) => {
+                    if added != hi.max(0) as u64 {
+                        tracing::debug!(added, hi, "synced answers another added than the oldest sync's");
+                    }
+                    self.shared.with_store(move |s| s.mark_acked(lo, hi)).await.map_err(store_failed)?;
+                    conn.acked_added = conn.acked_added.max(hi);
+                    self.shared.count(|s| s.actions_acked += count);
+                }
+                Some(Inflight::Subscribe) => {}
+                None => tracing::debug!(added, "synced without a sync in flight"),
+            },
+            Message::Ping(added) => {
+                self.record_received(added).await?;
+                self.send(ws, encode_pong(conn.acked_added.max(0) as u64)).await?;
+                conn.last_tx = Instant::now();
+            }
+            Message::Pong(added) => {
+                conn.ping_sent = false;
+                self.record_received(added).await?;
+            }
+            Message::Error { kind, options } => return Err(self.server_error(kind, options).await),
+            Message::Debug(text) => tracing::warn!(%text, "debug error from the server"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Records the `added` of a server `ping`/`pong`: the server has sent us everything
+    /// addressed to us up to it.
+    async fn record_received(&self, added: u64) -> Result<(), End> {
+        let incoming = Incoming { last_received: added, ..Incoming::default() };
+        self.shared
+            .with_store(move |s| s.apply(&incoming).map(|_| ()))
+            .await
+            .map_err(|e| retry(format!("local log: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_fix_follows_the_reference_formula() {
+        // The client's clock is 1000 ms ahead; 40 ms each way; the server spent 20 ms on auth.
+        // connect sent at client 11_000 = server 10_000; arrives at server 10_040 (start),
+        // auth until 10_060 (end), `connected` arrives at server 10_100 = client 11_100.
+        assert_eq!(time_fix(11_000, 11_100, 10_040, 10_060), 1000);
+        // The same clocks, no latency.
+        assert_eq!(time_fix(5_000, 5_000, 5_000, 5_000), 0);
+        // An odd round trip floors like `Math.floor`: roundTrip 3 → 1.5 → floor(−998.5) = −999.
+        assert_eq!(time_fix(0, 3, 1_000, 1_000), -999);
+    }
+}

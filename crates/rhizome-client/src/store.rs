@@ -1,0 +1,531 @@
+//! The durable local log in SQLite: the queue of the app's actions until the server answers
+//! them, the received actions, subscriptions with their `since`, undo records, and the
+//! counters the protocol resumes from.
+//!
+//! Everything here is blocking; the async side calls it through `spawn_blocking`.
+
+use crate::ClientError;
+use rhizome_protocol::{ActionId, NodeId};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, int INTEGER, text TEXT) WITHOUT ROWID;
+-- The app's actions. `added` (AUTOINCREMENT: never reused, even after deletes) is the
+-- protocol's `added` of our side. `acked` = 1 once the server confirmed it with `synced`:
+-- then the action is durable on the server and is never sent again.
+CREATE TABLE IF NOT EXISTS queue (
+    added INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    time INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    -- 1 once it was in a `sync` (recorded only when folding is on): never folded again.
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queue_unacked ON queue (acked, added);
+-- Actions received from the server, newest `received_keep_max` kept; the unique id drops a
+-- copy delivered twice (a catch-up overlapping live delivery).
+CREATE TABLE IF NOT EXISTS received (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    time INTEGER NOT NULL,
+    action TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    channel TEXT PRIMARY KEY,
+    since_id TEXT,
+    since_time INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS undone (
+    id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    action TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// How long opening or writing waits for another connection's lock on the file.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One of the app's actions waiting in the queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    pub added: i64,
+    pub id: ActionId,
+    pub time: i64,
+    pub action: String,
+    pub sent: bool,
+}
+
+/// The next actions to send.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    /// What to send, in order.
+    pub rows: Vec<Queued>,
+    /// How many rows were read (before folding): fewer than asked means the end of the queue.
+    pub read: usize,
+    /// `(dropped id, id it was folded into)`.
+    pub folded: Vec<(ActionId, ActionId)>,
+}
+
+/// Where a subscription resumes: `{id, time}` of the `logux/processed` that answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// The full id of that `logux/processed` action.
+    pub id: String,
+    /// Its time, in the client's clock (ms).
+    pub time: i64,
+}
+
+/// A persisted subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The channel.
+    pub channel: String,
+    /// Where it resumes; `None` until the server first answered it.
+    pub since: Option<Since>,
+}
+
+/// An action the server undid, as recorded in the local log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undone {
+    /// The undone action's id.
+    pub id: String,
+    /// The undo reason (`denied`, `unknownType`, …).
+    pub reason: String,
+    /// The undone action.
+    pub action: serde_json::Value,
+}
+
+/// Counts of the local log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Actions not yet confirmed by the server's `synced`: they will be sent.
+    pub queued: u64,
+    /// Actions the server confirmed with `synced` (durable there) whose `logux/processed` or
+    /// `logux/undo` has not arrived. They are never sent again.
+    pub awaiting_outcome: u64,
+    /// Persisted subscriptions.
+    pub subscriptions: u64,
+    /// Recorded undos.
+    pub undone: u64,
+    /// Received actions kept.
+    pub received: u64,
+    /// The last `added` received from the server (sent in `connect`).
+    pub last_received: u64,
+}
+
+/// What one incoming `sync` (or `ping`/`pong`) changes, applied in one transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Incoming {
+    pub last_received: u64,
+    pub processed: Vec<String>,
+    pub undone: Vec<Undone>,
+    /// `(id, time, action json)` of other nodes' actions.
+    pub actions: Vec<(String, i64, String)>,
+    /// `(channel, since)` of subscriptions the server answered.
+    pub since: Vec<(String, Since)>,
+    /// Subscriptions the server undid: forgotten.
+    pub refused_channels: Vec<String>,
+}
+
+/// How much of the local log a crash may lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is on disk when it returns (SQLite `synchronous=FULL`): nothing is lost,
+    /// even on power loss. One fsync per commit.
+    #[default]
+    PowerLoss,
+    /// A crash of the process loses nothing, a power loss may lose the last commits (WAL with
+    /// `synchronous=NORMAL`): for simulators and tests running many clients on one machine.
+    ProcessCrash,
+}
+
+/// What [`Store::open`] needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenOptions<'a> {
+    pub user: &'a str,
+    pub node: Option<&'a NodeId>,
+    pub received_keep_max: u64,
+    pub durability: Durability,
+}
+
+/// The local log.
+#[derive(Debug)]
+pub(crate) struct Store {
+    conn: Connection,
+    node: NodeId,
+    last_ms: i64,
+    seq: u64,
+    received_keep_max: u64,
+}
+
+fn random_part(rng: &mut impl rand::Rng) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-";
+    (0..8).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+impl Store {
+    /// Opens (or creates) the log at `path` for `user`. The node id is `node` when given,
+    /// otherwise the one stored in the log, otherwise a new `user:<random>:<random>`.
+    pub fn open(path: &Path, options: &OpenOptions<'_>) -> Result<Store, ClientError> {
+        let OpenOptions { user, node, received_keep_max, durability } = *options;
+        if user.is_empty() || user.contains(':') || user.contains(' ') || user == "server" {
+            return Err(ClientError::Invalid(format!("user id {user:?}")));
+        }
+        let mut conn = Connection::open(path)?;
+        // First: a client killed a moment ago may still be finishing a write on this file.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let synchronous = match durability {
+            Durability::PowerLoss => "FULL",
+            Durability::ProcessCrash => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.execute_batch(SCHEMA)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<String> =
+            tx.query_row("SELECT text FROM meta WHERE key = 'node'", [], |r| r.get(0)).optional()?;
+        let node = match (stored, node) {
+            (Some(stored), given) => {
+                let stored_node = NodeId::parse(&stored)
+                    .ok_or_else(|| ClientError::Invalid(format!("stored node {stored}")))?;
+                let owner_ok = stored_node.user_id().is_some_and(|u| u.as_str() == user);
+                let same_client = given.is_none_or(|g| g.client_id() == stored_node.client_id());
+                if !owner_ok || !same_client {
+                    return Err(ClientError::WrongOwner { stored, user: user.to_owned() });
+                }
+                given.cloned().unwrap_or(stored_node)
+            }
+            (None, Some(given)) => {
+                if given.user_id().is_none_or(|u| u.as_str() != user) {
+                    return Err(ClientError::Invalid(format!("node {given} is not of user {user}")));
+                }
+                given.clone()
+            }
+            (None, None) => {
+                let mut rng = rand::thread_rng();
+                let text = format!("{user}:{}:{}", random_part(&mut rng), random_part(&mut rng));
+                NodeId::parse(&text).ok_or_else(|| ClientError::Invalid(format!("user id {user:?}")))?
+            }
+        };
+        tx.execute(
+            "INSERT INTO meta (key, text) VALUES ('node', ?1) ON CONFLICT(key) DO UPDATE SET text = ?1",
+            params![node.as_str()],
+        )?;
+        let get = |key: &str| -> rusqlite::Result<i64> {
+            tx.query_row("SELECT int FROM meta WHERE key = ?1", params![key], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+                .map(|v| v.flatten().unwrap_or(0))
+        };
+        let last_ms = get("id_ms")?;
+        let seq = get("id_seq")?.max(0) as u64;
+        tx.commit()?;
+        Ok(Store { conn, node, last_ms, seq, received_keep_max })
+    }
+
+    /// This client's node id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The next id of ours, `Log.generateId`'s rule: a time not after the last one reuses it
+    /// and bumps the sequence. The state is persisted by the caller's transaction through
+    /// [`Store::save_id_state`], so ids grow across restarts even if the clock went back.
+    fn next_id(&mut self, now_ms: i64) -> ActionId {
+        if now_ms <= self.last_ms {
+            self.seq += 1;
+        } else {
+            self.last_ms = now_ms;
+            self.seq = 0;
+        }
+        ActionId { ms: self.last_ms, node: self.node.clone(), seq: self.seq }
+    }
+
+    fn save_id_state(tx: &rusqlite::Transaction<'_>, last_ms: i64, seq: u64) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT INTO meta (key, int) VALUES ('id_ms', ?1), ('id_seq', ?2)
+             ON CONFLICT(key) DO UPDATE SET int = excluded.int",
+            params![last_ms, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Queues actions (JSON objects with a string `type`) in one transaction; returns their ids.
+    pub fn add(&mut self, now_ms: i64, actions: &[String]) -> Result<Vec<ActionId>, ClientError> {
+        let (saved_ms, saved_seq) = (self.last_ms, self.seq);
+        let ids: Vec<ActionId> = actions.iter().map(|_| self.next_id(now_ms)).collect();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO queue (id, time, action) VALUES (?1, ?2, ?3)")?;
+                for (id, action) in ids.iter().zip(actions) {
+                    insert.execute(params![id.text(), id.ms, action])?;
+                }
+            }
+            Self::save_id_state(&tx, self.last_ms, self.seq)?;
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            // Nothing was written: give the ids back so the sequence has no gap on disk.
+            (self.last_ms, self.seq) = (saved_ms, saved_seq);
+            return Err(e.into());
+        }
+        Ok(ids)
+    }
+
+    /// A fresh id for an action that is not queued (a `logux/subscribe` sent on connect).
+    pub fn fresh_id(&mut self, now_ms: i64) -> Result<ActionId, ClientError> {
+        let id = self.next_id(now_ms);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::save_id_state(&tx, self.last_ms, self.seq)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Up to `limit` unacknowledged actions after `added`, oldest first.
+    pub fn unacked_after(&self, added: i64, limit: usize) -> Result<Vec<Queued>, ClientError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT added, id, time, action, sent FROM queue WHERE acked = 0 AND added > ?1 ORDER BY added LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![added, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
+            ))
+        })?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for row in rows {
+            let (added, id, time, action, sent) = row?;
+            let id = ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
+            out.push(Queued { added, id, time, action, sent });
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` unacknowledged actions after `added`, oldest first. With `fold`, runs of
+    /// never-sent CRDT operations are folded (see `fold.rs`) and every row read is marked
+    /// sent, in one transaction committed before the caller sends anything.
+    pub fn next_chunk(&mut self, added: i64, limit: usize, fold: bool) -> Result<Chunk, ClientError> {
+        let rows = self.unacked_after(added, limit)?;
+        let read = rows.len();
+        let (Some(lo), Some(hi)) = (rows.first().map(|r| r.added), rows.last().map(|r| r.added)) else {
+            return Ok(Chunk { rows, read, folded: Vec::new() });
+        };
+        if !fold || rows.iter().all(|r| r.sent) {
+            return Ok(Chunk { rows, read, folded: Vec::new() });
+        }
+        let (rows, folding) = crate::fold::fold_rows(rows);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut rewrite = tx.prepare_cached("UPDATE queue SET action = ?2 WHERE added = ?1")?;
+            for (added, action) in &folding.rewritten {
+                rewrite.execute(params![added, action])?;
+            }
+            let mut drop = tx.prepare_cached("DELETE FROM queue WHERE added = ?1")?;
+            for (added, _, _) in &folding.dropped {
+                drop.execute(params![added])?;
+            }
+            tx.execute(
+                "UPDATE queue SET sent = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0",
+                params![lo, hi],
+            )?;
+        }
+        tx.commit()?;
+        let folded = folding.dropped.into_iter().map(|(_, id, into)| (id, into)).collect();
+        Ok(Chunk { rows, read, folded })
+    }
+
+    /// Marks the actions with `added` in `lo..=hi` as acknowledged by `synced`.
+    pub fn mark_acked(&mut self, lo: i64, hi: i64) -> Result<u64, ClientError> {
+        let n = self.conn.execute(
+            "UPDATE queue SET acked = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0",
+            params![lo, hi],
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Applies what the server sent; returns, per received action, whether it is new.
+    pub fn apply(&mut self, incoming: &Incoming) -> Result<Vec<bool>, ClientError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut fresh = Vec::with_capacity(incoming.actions.len());
+        {
+            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+            for id in &incoming.processed {
+                done.execute(params![id])?;
+            }
+            let mut undo = tx.prepare_cached(
+                "INSERT INTO undone (id, reason, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
+            )?;
+            for u in &incoming.undone {
+                done.execute(params![u.id])?;
+                undo.execute(params![u.id, u.reason, u.action.to_string()])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO received (id, time, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
+            )?;
+            for (id, time, action) in &incoming.actions {
+                fresh.push(insert.execute(params![id, time, action])? == 1);
+            }
+            let mut since = tx.prepare_cached(
+                "UPDATE subscriptions SET since_id = ?2, since_time = ?3 WHERE channel = ?1",
+            )?;
+            for (channel, s) in &incoming.since {
+                since.execute(params![channel, s.id, s.time])?;
+            }
+            let mut refused = tx.prepare_cached("DELETE FROM subscriptions WHERE channel = ?1")?;
+            for channel in &incoming.refused_channels {
+                refused.execute(params![channel])?;
+            }
+            tx.execute(
+                "INSERT INTO meta (key, int) VALUES ('last_received', ?1)
+                 ON CONFLICT(key) DO UPDATE SET int = max(int, excluded.int)",
+                params![incoming.last_received as i64],
+            )?;
+            if fresh.iter().any(|f| *f) {
+                tx.execute(
+                    "DELETE FROM received WHERE seq <= (SELECT max(seq) FROM received) - ?1",
+                    params![self.received_keep_max as i64],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// The last `added` received from the server.
+    pub fn last_received(&self) -> Result<u64, ClientError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT int FROM meta WHERE key = 'last_received'", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Persists a subscription (keeping its `since` if it exists).
+    pub fn subscribe(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.conn.execute(
+            "INSERT INTO subscriptions (channel) VALUES (?1) ON CONFLICT(channel) DO NOTHING",
+            params![channel],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a subscription; `false` when there was none.
+    pub fn unsubscribe(&mut self, channel: &str) -> Result<bool, ClientError> {
+        Ok(self.conn.execute("DELETE FROM subscriptions WHERE channel = ?1", params![channel])? > 0)
+    }
+
+    /// Every persisted subscription.
+    pub fn subscriptions(&self) -> Result<Vec<Subscription>, ClientError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT channel, since_id, since_time FROM subscriptions ORDER BY channel")?;
+        let rows = stmt.query_map([], |r| {
+            let id: Option<String> = r.get(1)?;
+            let time: Option<i64> = r.get(2)?;
+            Ok(Subscription { channel: r.get(0)?, since: id.zip(time).map(|(id, time)| Since { id, time }) })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The recorded undos.
+    pub fn undone(&self) -> Result<Vec<Undone>, ClientError> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, reason, action FROM undone ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, reason, action) = row?;
+            let action = serde_json::from_str(&action).unwrap_or(serde_json::Value::Null);
+            out.push(Undone { id, reason, action });
+        }
+        Ok(out)
+    }
+
+    /// Counts of the log.
+    pub fn stats(&self) -> Result<LogStats, ClientError> {
+        let count = |sql: &str| -> rusqlite::Result<u64> {
+            self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64)
+        };
+        Ok(LogStats {
+            queued: count("SELECT count(*) FROM queue WHERE acked = 0")?,
+            awaiting_outcome: count("SELECT count(*) FROM queue WHERE acked = 1")?,
+            subscriptions: count("SELECT count(*) FROM subscriptions")?,
+            undone: count("SELECT count(*) FROM undone")?,
+            received: count("SELECT count(*) FROM received")?,
+            last_received: self.last_received()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(user: &str) -> OpenOptions<'_> {
+        OpenOptions { user, node: None, received_keep_max: 10, durability: Durability::PowerLoss }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("log.sqlite"), &options("alice")).unwrap()
+    }
+
+    #[test]
+    fn ids_and_node_survive_a_restart_even_when_the_clock_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(&dir);
+        let node = s.node().clone();
+        assert_eq!(node.user_id().unwrap().as_str(), "alice");
+        let a = s.add(1000, &["{\"type\":\"a\"}".into(), "{\"type\":\"b\"}".into()]).unwrap();
+        drop(s);
+        let mut s = open(&dir);
+        assert_eq!(s.node(), &node);
+        let b = s.add(500, &["{\"type\":\"c\"}".into()]).unwrap();
+        assert!(a[0] < a[1] && a[1] < b[0], "{a:?} {b:?}");
+        assert_eq!((b[0].ms, b[0].seq), (1000, 2));
+        let c = s.fresh_id(2000).unwrap();
+        assert_eq!((c.ms, c.seq), (2000, 0));
+    }
+
+    #[test]
+    fn another_users_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(&dir));
+        let err = Store::open(&dir.path().join("log.sqlite"), &options("bob")).unwrap_err();
+        assert!(matches!(err, ClientError::WrongOwner { .. }), "{err}");
+    }
+
+    #[test]
+    fn acked_actions_are_not_read_again_and_answers_remove_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(&dir);
+        let actions: Vec<String> = (0..5).map(|i| format!("{{\"type\":\"t\",\"n\":{i}}}")).collect();
+        let ids = s.add(1, &actions).unwrap();
+        let first = s.unacked_after(0, 2).unwrap();
+        assert_eq!(first.len(), 2);
+        s.mark_acked(first[0].added, first[1].added).unwrap();
+        let rest = s.unacked_after(0, 10).unwrap();
+        assert_eq!(rest.iter().map(|q| q.id.clone()).collect::<Vec<_>>(), ids[2..]);
+        let incoming = Incoming {
+            last_received: 7,
+            processed: vec![ids[0].text()],
+            undone: vec![Undone {
+                id: ids[1].text(),
+                reason: "denied".into(),
+                action: serde_json::json!({}),
+            }],
+            actions: vec![("1 x:y:z 0".into(), 1, "{\"type\":\"r\"}".into())],
+            ..Incoming::default()
+        };
+        assert_eq!(s.apply(&incoming).unwrap(), [true]);
+        assert_eq!(s.apply(&incoming).unwrap(), [false], "a copy is not new");
+        let stats = s.stats().unwrap();
+        assert_eq!((stats.queued, stats.awaiting_outcome, stats.undone, stats.last_received), (3, 0, 1, 7));
+        assert_eq!(s.undone().unwrap()[0].reason, "denied");
+    }
+}
