@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::oneshot;
 
+/// How often a re-sent action whose first copy is being processed looks for its outcome.
+const IN_PROCESS_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Action types that are CRDT operations (`crdt/counter/inc`, …), applied by the store.
 const CRDT_ACTION_PREFIX: &str = "crdt/";
 
@@ -112,6 +115,9 @@ impl Pending {
 ///
 /// It keeps the connection's identity as the `Arc` the hub also holds, and builds the
 /// application's [`Context`] per `sync` from it: an idle connection stores its ids once.
+/// Cloning it is cheap (shared parts): a closed connection's committed actions are processed
+/// by a clone (see [`Pipeline::finish_detached`]).
+#[derive(Clone)]
 pub struct Pipeline {
     shared: Arc<Shared>,
     conn: ConnId,
@@ -281,6 +287,8 @@ impl Pipeline {
         self.outbox.push(encode_synced(pending.added));
         // An answer with its meta is about 100 bytes.
         let mut frame = SyncBuilder::with_capacity(pending.answers.len() * 112);
+        // Re-sent ids whose first copy is still being processed: answered when it ends.
+        let mut in_process: Vec<(ActionId, Action)> = Vec::new();
         let sub = Some(self.shared.config.subprotocol);
         for answer in pending.answers {
             let processed = |frame: &mut SyncBuilder, of: &ActionId| {
@@ -313,8 +321,12 @@ impl Pipeline {
                     Some(AppendOutcome::Duplicate(Status::Undone(reason))) => {
                         undo_json(&meta.id, action.json(), reason, &Map::new())
                     }
-                    // Still being processed by an earlier connection of this client.
-                    Some(AppendOutcome::Duplicate(Status::Waiting)) | None => continue,
+                    // Still being processed (for an earlier connection of this client).
+                    Some(AppendOutcome::Duplicate(Status::Waiting)) => {
+                        in_process.push((meta.id, action));
+                        continue;
+                    }
+                    None => continue,
                 },
             };
             let id = self.shared.next_server_id();
@@ -323,7 +335,65 @@ impl Pipeline {
         if !frame.is_empty() {
             self.outbox.push(frame.finish(self.outbox.safe_added()));
         }
+        if !in_process.is_empty() {
+            tokio::spawn(self.clone().answer_when_processed(in_process));
+        }
         Ok(())
+    }
+
+    /// Answers re-sent actions whose first copy is still being processed, each when its
+    /// outcome is in the log, for as long as this connection is open. Every action left
+    /// `Waiting` has a task processing it: its connection's, or the one
+    /// [`Pipeline::finish_detached`] leaves behind (a restart marks any other as failed).
+    async fn answer_when_processed(self, mut waiting: Vec<(ActionId, Action)>) {
+        let sub = Some(self.shared.config.subprotocol);
+        while !waiting.is_empty() && self.outbox.closed().is_none() {
+            tokio::time::sleep(IN_PROCESS_POLL).await;
+            let store = self.shared.store.clone();
+            let ids: Vec<String> = waiting.iter().map(|(id, _)| id.text()).collect();
+            let statuses = tokio::task::spawn_blocking(move || {
+                ids.iter().map(|id| store.status_of(id)).collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(statuses) = statuses else { return };
+            let mut frame = SyncBuilder::new();
+            let mut still = Vec::new();
+            for ((id, action), status) in waiting.into_iter().zip(statuses) {
+                let json = match status {
+                    Ok(Some(Status::Processed)) => processed_json(&id),
+                    Ok(Some(Status::Undone(reason))) => undo_json(&id, action.json(), &reason, &Map::new()),
+                    Ok(_) => {
+                        still.push((id, action));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading an action's status failed");
+                        return;
+                    }
+                };
+                let server_id = self.shared.next_server_id();
+                frame.push(&self.identity.codec, &json, &server_id, server_id.ms, sub);
+            }
+            if !frame.is_empty() {
+                self.outbox.push(frame.finish(self.outbox.safe_added()));
+            }
+            waiting = still;
+        }
+    }
+
+    /// Finishes the `sync`s of a closing connection in a task of their own, in order: their
+    /// committed actions are processed (and their outcome recorded) whether or not the
+    /// connection is still there to be answered. Dropping the handle does not stop the task.
+    pub fn finish_detached(self, inflight: Vec<Pending>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            for mut pending in inflight {
+                let committed = std::future::poll_fn(|cx| pending.poll_committed(cx)).await;
+                let Ok(committed) = committed else { return };
+                if self.finish(pending, committed).await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     /// Runs `process`, records its outcome durably, and returns the `logux/processed` to send;

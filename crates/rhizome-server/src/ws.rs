@@ -32,6 +32,9 @@ const SLOW: u16 = 4002;
 /// Bytes read from the socket at once, into a buffer on the stack.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
+/// How long a closing connection waits for its in-flight `sync`s to be answered.
+const CLOSE_DRAIN: Duration = Duration::from_secs(5);
+
 /// How long the closing handshake may take: our close frame out, the client's back.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -227,7 +230,7 @@ impl Session {
             end = Box::pin(self.on_event(event, stream)).await;
         }
         match end {
-            Some(End::Broken) | None => {}
+            Some(End::Broken) | None => self.abandon_inflight(),
             Some(end) => Box::pin(self.close(stream, end)).await,
         }
         Ran::Closed
@@ -339,17 +342,27 @@ impl Session {
         Poll::Pending
     }
 
+    /// Leaves the in-flight `sync`s of a broken connection to a task of their own: nobody can
+    /// be answered, but what was committed is processed all the same.
+    fn abandon_inflight(&mut self) {
+        if let (Some(pipeline), false) = (&self.pipeline, self.inflight.is_empty()) {
+            drop(pipeline.clone().finish_detached(std::mem::take(&mut self.inflight).into()));
+        }
+    }
+
     /// Finishes in-flight writes, so their clients get `synced` for what was made durable, then
     /// runs the closing handshake.
     async fn close(&mut self, stream: &TcpStream, end: End) {
         if !self.inflight.is_empty() {
-            let drain = async {
-                while let Some(mut pending) = self.inflight.pop_front() {
-                    let result = poll_fn(|cx| pending.poll_committed(cx)).await;
-                    let _ = self.finish(pending, result).await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+            // The in-flight `sync`s are finished by a task of their own, so that an action whose
+            // commit was acknowledged with `synced` is processed even when this connection
+            // cannot wait: the client gets what is answered within the drain time, the rest is
+            // processed without it (a re-sent id then gets its outcome from the log).
+            let inflight: Vec<Pending> = std::mem::take(&mut self.inflight).into();
+            if let Some(pipeline) = &self.pipeline {
+                let finishing = pipeline.clone().finish_detached(inflight);
+                let _ = tokio::time::timeout(CLOSE_DRAIN, finishing).await;
+            }
             self.take_outbox();
         }
         let (code, reason, wait_for_client) = match end {

@@ -11,5 +11,6 @@ mod delivery;
 mod handshake;
 mod load;
 mod park;
+mod process;
 mod since;
 mod support;

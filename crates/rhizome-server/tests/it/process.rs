@@ -1,0 +1,126 @@
+//! `process` outlives the connection that sent the action: a client that drops while its
+//! committed actions are still being processed loses none of them, and when it re-sends them
+//! it gets each one's answer once processing ends, without any being processed twice.
+
+use crate::support::{sync_actions, Client};
+use anyhow::{anyhow, Result};
+use async_trait::async_trait;
+use rhizome_core::{ActionType, App, AuthRequest, Authenticator, Context, HookError, Limits, Meta};
+use rhizome_protocol::Action;
+use rhizome_server::{Server, ServerOptions};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Open;
+
+#[async_trait]
+impl Authenticator for Open {
+    async fn authenticate(&self, _: &AuthRequest) -> bool {
+        true
+    }
+}
+
+/// `slow`: processing takes `delay` and counts each id.
+struct Slow {
+    delay: Duration,
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+#[async_trait]
+impl ActionType for Slow {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+    fn processes(&self) -> bool {
+        true
+    }
+    async fn process(&self, _: &Context, _: &Action, meta: &Meta) -> Result<(), HookError> {
+        tokio::time::sleep(self.delay).await;
+        *self
+            .counts
+            .lock()
+            .map_err(|_| HookError::Failed("poisoned".into()))?
+            .entry(meta.id.text())
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+async fn start(delay: Duration) -> Result<(Server, tempfile::TempDir, Arc<Mutex<HashMap<String, u32>>>)> {
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let app = App::new(Open).action_type("slow", Slow { delay, counts: counts.clone() });
+    let dir = tempfile::tempdir()?;
+    let options = ServerOptions {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: dir.path().into(),
+        subprotocol: 1,
+        min_subprotocol: 1,
+        development: false,
+        limits: Limits::default(),
+        app,
+    };
+    Ok((Server::start(options).await?, dir, counts))
+}
+
+/// One `sync` numbered `added` of `n` `slow` actions with ids `<ms> <node> <i>`; returns
+/// their full ids. The same `ms` sends the same ids again on any connection.
+async fn send_batch(c: &mut Client, added: u64, ms: i64, n: u64) -> Result<Vec<String>> {
+    let shift = ms - c.base_time;
+    let mut message = vec![json!("sync"), json!(added)];
+    for i in 0..n {
+        message.push(json!({"type": "slow"}));
+        message.push(json!({"id": [shift, i], "time": shift}));
+    }
+    c.send_json(&Value::from(message)).await?;
+    Ok((0..n).map(|i| format!("{ms} alice:c1:t1 {i}")).collect())
+}
+
+#[tokio::test]
+async fn actions_committed_before_a_drop_are_processed_and_answered_on_resend() -> Result<()> {
+    // Two `sync`s: 20 actions, then 150 at 50 ms each (7.5 s of processing, longer than a
+    // closing connection waits for its in-flight `sync`s).
+    let (server, _dir, counts) = start(Duration::from_millis(50)).await?;
+    let mut c = Client::open(server.local_addr()).await?;
+    c.connect("alice:c1:t1", "t").await?;
+    let (first, second) = (c.base_time + 1, c.base_time + 2);
+    let mut ids = send_batch(&mut c, 1, first, 20).await?;
+    ids.extend(send_batch(&mut c, 2, second, 150).await?);
+    // Both are committed long before the first is processed; the client drops meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+
+    // Processing goes on without the connection.
+    let processed = |counts: &Arc<Mutex<HashMap<String, u32>>>| counts.lock().map(|c| c.len()).unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while processed(&counts) < 130 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "only {} processed", processed(&counts));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The client comes back while the rest is still being processed and re-sends everything:
+    // every id is answered (those still in process when their processing ends).
+    let mut c = Client::open(server.local_addr()).await?;
+    c.connect("alice:c1:t1", "t").await?;
+    send_batch(&mut c, 1, first, 20).await?;
+    send_batch(&mut c, 2, second, 150).await?;
+    let mut answered: HashSet<String> = HashSet::new();
+    while answered.len() < ids.len() {
+        let m = c.next_json().await?;
+        for a in sync_actions(&m) {
+            if a["type"] == "logux/undo" {
+                return Err(anyhow!("undone: {a}"));
+            }
+            if a["type"] == "logux/processed" {
+                answered.insert(a["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    assert_eq!(answered, ids.iter().cloned().collect::<HashSet<_>>());
+    let counts = counts.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    assert_eq!(counts.len(), ids.len(), "every action processed");
+    assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
+    server.shutdown().await;
+    Ok(())
+}
