@@ -289,6 +289,9 @@ impl Pipeline {
         let mut frame = SyncBuilder::with_capacity(pending.answers.len() * 112);
         // Re-sent ids whose first copy is still being processed: answered when it ends.
         let mut in_process: Vec<(ActionId, Action)> = Vec::new();
+        // What `process` decided for this `sync`'s actions, recorded in one commit before any
+        // of their answers goes out.
+        let mut outcomes = WriteBatch::default();
         let sub = Some(self.shared.config.subprotocol);
         for answer in pending.answers {
             let processed = |frame: &mut SyncBuilder, of: &ActionId| {
@@ -307,10 +310,12 @@ impl Pipeline {
                         processed(&mut frame, &meta.id);
                         continue;
                     }
-                    Some(AppendOutcome::Added(_)) => match self.process(&*rules, action, meta).await? {
-                        Some(json) => json,
-                        None => continue,
-                    },
+                    Some(AppendOutcome::Added(_)) => {
+                        match self.process(&*rules, action, meta, &mut outcomes).await {
+                            Some(json) => json,
+                            None => continue,
+                        }
+                    }
                     Some(AppendOutcome::Undone(_, reason)) => {
                         undo_json(&meta.id, action.json(), reason, &Map::new())
                     }
@@ -331,6 +336,9 @@ impl Pipeline {
             };
             let id = self.shared.next_server_id();
             frame.push(&self.identity.codec, &json, &id, id.ms, sub);
+        }
+        if !outcomes.statuses.is_empty() {
+            self.write(outcomes).await.await.unwrap_or(Err(WriteFailed))?;
         }
         if !frame.is_empty() {
             self.outbox.push(frame.finish(self.outbox.safe_added()));
@@ -396,23 +404,22 @@ impl Pipeline {
         })
     }
 
-    /// Runs `process`, records its outcome durably, and returns the `logux/processed` to send;
-    /// `None` when an undo was appended to the log (it reaches the author and the same
-    /// audience through routing).
+    /// Runs `process` and adds its outcome to `outcomes` (the caller commits them together
+    /// before answering); returns the `logux/processed` to send, or `None` when an undo goes into
+    /// the log (it reaches the author and the same audience through routing). A crash between
+    /// `process` and that commit leaves the action `Waiting`, which a restart marks failed:
+    /// never processed twice.
     async fn process(
         &self,
         rules: &dyn ActionType,
         action: Action,
         meta: Meta,
-    ) -> Result<Option<String>, WriteFailed> {
+        outcomes: &mut WriteBatch,
+    ) -> Option<String> {
         match rules.process(&self.context(), &action, &meta).await {
             Ok(()) => {
-                let batch = WriteBatch {
-                    statuses: vec![(meta.id.text(), Status::Processed)],
-                    ..WriteBatch::default()
-                };
-                self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;
-                Ok(Some(processed_json(&meta.id)))
+                outcomes.statuses.push((meta.id.text(), Status::Processed));
+                Some(processed_json(&meta.id))
             }
             Err(error) => {
                 if let HookError::Failed(text) = &error {
@@ -436,13 +443,9 @@ impl Pipeline {
                     routing,
                     status: Status::Processed,
                 };
-                let batch = WriteBatch {
-                    appends: vec![Append::new(entry)],
-                    statuses: vec![(meta.id.text(), Status::Undone(reason))],
-                    ..WriteBatch::default()
-                };
-                self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;
-                Ok(None)
+                outcomes.appends.push(Append::new(entry));
+                outcomes.statuses.push((meta.id.text(), Status::Undone(reason)));
+                None
             }
         }
     }
