@@ -223,6 +223,9 @@ async fn health() -> &'static str {
     "Rhizome: OK\n"
 }
 
+/// Seconds a client refused for `connections_max` is asked to wait (`Retry-After`).
+const FULL_RETRY_AFTER_SECS: u32 = 2;
+
 /// Answers a WebSocket handshake (RFC 6455, section 4.2) and hands the socket to [`ws::serve`].
 /// Any other request that reaches this fallback is not found.
 async fn upgrade(
@@ -240,7 +243,14 @@ async fn upgrade(
         return (StatusCode::BAD_REQUEST, "This connection cannot be upgraded\n").into_response();
     };
     if !shared.try_open_connection() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections\n").into_response();
+        // A client that honours the hint (`rhizome-client` does, with jitter on top) comes back
+        // later instead of at once.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, FULL_RETRY_AFTER_SECS.to_string())],
+            "Too many connections\n",
+        )
+            .into_response();
     }
     // The session owns the slot from here: dropping it (also unpolled) gives the slot back.
     let session = ws::session(shared.clone(), peer.ip(), cookie);

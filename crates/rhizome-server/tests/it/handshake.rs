@@ -108,6 +108,7 @@ async fn connections_over_the_limit_get_503_and_the_others_are_served() -> Resul
     let (head, _, _) =
         exchange(server.addr, &[upgrade_request("13", Some("dGhlIHNhbXBsZSBub25jZQ==")).as_bytes()]).await?;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\nretry-after: 2\r\n"), "a retry hint: {head}");
     server.stop().await;
     Ok(())
 }
