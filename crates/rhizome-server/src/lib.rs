@@ -224,7 +224,7 @@ async fn health() -> &'static str {
 }
 
 /// Seconds a client refused for `connections_max` is asked to wait (`Retry-After`).
-const FULL_RETRY_AFTER_SECS: u32 = 2;
+const BUSY_RETRY_AFTER_SECS: u32 = 2;
 
 /// Answers a WebSocket handshake (RFC 6455, section 4.2) and hands the socket to [`ws::serve`].
 /// Any other request that reaches this fallback is not found.
@@ -247,7 +247,7 @@ async fn upgrade(
         // later instead of at once.
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, FULL_RETRY_AFTER_SECS.to_string())],
+            [(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.to_string())],
             "Too many connections\n",
         )
             .into_response();
