@@ -29,6 +29,8 @@ pub enum Closed {
     Replaced,
     /// The server is shutting down.
     Shutdown,
+    /// The connection ended: nothing pushed from now on can reach the client.
+    Ended,
 }
 
 /// One connection's outgoing frames.

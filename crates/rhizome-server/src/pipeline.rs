@@ -293,10 +293,14 @@ impl Pipeline {
         // of their answers goes out.
         let mut outcomes = WriteBatch::default();
         let sub = Some(self.shared.config.subprotocol);
+        // The answers, in case the frame cannot be sent (see below): ids of `logux/processed`
+        // answers (cheap to keep) or the answer's JSON.
+        let mut kept: Vec<Result<ActionId, String>> = Vec::with_capacity(pending.answers.len());
         for answer in pending.answers {
-            let processed = |frame: &mut SyncBuilder, of: &ActionId| {
+            let mut processed = |frame: &mut SyncBuilder, of: &ActionId| {
                 let id = self.shared.next_server_id();
                 frame.push_with(&self.identity.codec, &id, id.ms, sub, |out| push_processed(out, of));
+                kept.push(Ok(of.clone()));
             };
             let json = match answer {
                 Answer::Nothing => continue,
@@ -336,16 +340,44 @@ impl Pipeline {
             };
             let id = self.shared.next_server_id();
             frame.push(&self.identity.codec, &json, &id, id.ms, sub);
+            kept.push(Err(json));
         }
         if !outcomes.statuses.is_empty() {
             self.write(outcomes).await.await.unwrap_or(Err(WriteFailed))?;
         }
-        if !frame.is_empty() {
-            self.outbox.push(frame.finish(self.outbox.safe_added()));
+        if !frame.is_empty() && !self.outbox.push(frame.finish(self.outbox.safe_added())) {
+            // The connection ended before its answers could go out (they were being processed
+            // without it): they are kept in the log, addressed to this client, which gets them
+            // on its next connection like any action addressed to it while it was away.
+            self.keep_answers(kept).await?;
         }
         if !in_process.is_empty() {
             tokio::spawn(self.clone().answer_when_processed(in_process));
         }
+        Ok(())
+    }
+
+    /// Appends answers that could not be sent to the log, addressed to this connection's
+    /// client, in their order.
+    async fn keep_answers(&self, answers: Vec<Result<ActionId, String>>) -> Result<(), WriteFailed> {
+        let routing = Routing { clients: vec![self.identity.client_id.clone()], ..Routing::default() };
+        let appends = answers
+            .into_iter()
+            .map(|answer| {
+                let json = answer.map_or_else(|json| json, |of| processed_json(&of));
+                let id = self.shared.next_server_id();
+                Append::new(NewEntry {
+                    time: id.ms,
+                    id,
+                    action_json: Arc::from(json),
+                    subprotocol: self.shared.config.subprotocol,
+                    routing: routing.clone(),
+                    status: Status::Processed,
+                })
+            })
+            .collect();
+        let batch = WriteBatch { appends, ..WriteBatch::default() };
+        self.write(batch).await.await.unwrap_or(Err(WriteFailed))?;
         Ok(())
     }
 

@@ -233,6 +233,9 @@ impl Session {
             Some(End::Broken) | None => self.abandon_inflight(),
             Some(end) => Box::pin(self.close(stream, end)).await,
         }
+        // Whatever is still pushed (answers of `sync`s finished without the connection) is kept
+        // in the log for the client's next connection instead.
+        self.outbox.close(Closed::Ended);
         Ran::Closed
     }
 
@@ -283,6 +286,7 @@ impl Session {
             }
             Some(Closed::Replaced) => return Some(End::ByServer(REPLACED, "replaced by a newer connection")),
             Some(Closed::Shutdown) => return Some(End::ByServer(code::GOING_AWAY, "server shutting down")),
+            Some(Closed::Ended) => return Some(End::Broken),
             None => {}
         }
         match next {
@@ -342,9 +346,12 @@ impl Session {
         Poll::Pending
     }
 
-    /// Leaves the in-flight `sync`s of a broken connection to a task of their own: nobody can
-    /// be answered, but what was committed is processed all the same.
+    /// Leaves the in-flight `sync`s of a connection nobody reads any more to a task of their
+    /// own: what was committed is processed all the same, and the answers, which cannot be
+    /// sent, are kept in the log for the client's next connection (the outbox is closed first,
+    /// so they are never pushed to it).
     fn abandon_inflight(&mut self) {
+        self.outbox.close(Closed::Ended);
         if let (Some(pipeline), false) = (&self.pipeline, self.inflight.is_empty()) {
             drop(pipeline.clone().finish_detached(std::mem::take(&mut self.inflight).into()));
         }
@@ -353,17 +360,21 @@ impl Session {
     /// Finishes in-flight writes, so their clients get `synced` for what was made durable, then
     /// runs the closing handshake.
     async fn close(&mut self, stream: &TcpStream, end: End) {
-        if !self.inflight.is_empty() {
+        if let End::ByClient { .. } = end {
+            // The client is gone or going: it reads no more answers.
+            self.abandon_inflight();
+        } else if !self.inflight.is_empty() {
             // The in-flight `sync`s are finished by a task of their own, so that an action whose
             // commit was acknowledged with `synced` is processed even when this connection
-            // cannot wait: the client gets what is answered within the drain time, the rest is
-            // processed without it (a re-sent id then gets its outcome from the log).
+            // cannot wait: the client gets what is answered within the drain time; the answers
+            // of the rest go into the log for its next connection.
             let inflight: Vec<Pending> = std::mem::take(&mut self.inflight).into();
             if let Some(pipeline) = &self.pipeline {
                 let finishing = pipeline.clone().finish_detached(inflight);
                 let _ = tokio::time::timeout(CLOSE_DRAIN, finishing).await;
             }
             self.take_outbox();
+            self.outbox.close(Closed::Ended);
         }
         let (code, reason, wait_for_client) = match end {
             End::ByClient { answer: true } => (code::NORMAL, "", false),

@@ -1,6 +1,7 @@
 //! `process` outlives the connection that sent the action: a client that drops while its
 //! committed actions are still being processed loses none of them, and when it re-sends them
-//! it gets each one's answer once processing ends, without any being processed twice.
+//! it gets each one's answer once processing ends, without any being processed twice. Answers
+//! that a closed connection could not send are kept in the log for the client.
 
 use crate::support::{sync_actions, Client};
 use anyhow::{anyhow, Result};
@@ -121,6 +122,39 @@ async fn actions_committed_before_a_drop_are_processed_and_answered_on_resend() 
     let counts = counts.lock().map_err(|_| anyhow!("poisoned"))?.clone();
     assert_eq!(counts.len(), ids.len(), "every action processed");
     assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replacing_connection_gets_the_answers_its_predecessor_could_not_send() -> Result<()> {
+    let (server, _dir, counts) = start(Duration::from_millis(20)).await?;
+    let mut old = Client::open(server.local_addr()).await?;
+    old.connect("alice:c1:t1", "t").await?;
+    // 60 actions: 1.2 s of processing, answered at its end.
+    let ms = old.base_time + 1;
+    let ids = send_batch(&mut old, 1, ms, 60).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The same client connects again while the first connection is still processing: the old
+    // one is closed, and what it could not answer is kept for the client and reaches the new one
+    // without anything being re-sent.
+    let mut new = Client::open(server.local_addr()).await?;
+    new.connect("alice:c1:t1", "t").await?;
+    let mut answered: HashSet<String> = HashSet::new();
+    while answered.len() < ids.len() {
+        let m = new.next_json().await?;
+        for a in sync_actions(&m) {
+            if a["type"] == "logux/processed" {
+                answered.insert(a["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    assert_eq!(answered, ids.iter().cloned().collect::<HashSet<_>>());
+    let counts = counts.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    assert_eq!(counts.len(), ids.len());
+    assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
+    drop(old);
     server.shutdown().await;
     Ok(())
 }
