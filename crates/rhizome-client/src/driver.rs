@@ -120,6 +120,8 @@ struct Conn {
 enum Pending {
     /// The `n`th received action, delivered only if new.
     Action(usize, Value, ActionId, i64),
+    /// An answer to a queued action, delivered only if it settled it (the first copy).
+    Answer(Event),
     Other(Event),
 }
 
@@ -158,17 +160,19 @@ impl Batch {
                     }
                     if let Some(target) = ActionId::parse(target) {
                         incoming.processed.push(target.text());
-                        self.pending.push(Pending::Other(Event::Processed { id: target }));
+                        self.pending.push(Pending::Answer(Event::Processed { id: target }));
                     }
                 }
                 "logux/undo" => {
                     let Some(target) = action.str_field("id") else { continue };
                     let reason = action.str_field("reason").unwrap_or("error").to_owned();
                     let undone = action.fields().get("action").cloned().unwrap_or(Value::Null);
+                    let mut control = false;
                     match conn.controls.remove(target) {
                         Some(Control::Subscribe(channel)) => {
                             tracing::warn!(%channel, %reason, "the server undid a subscription; forgetting it");
                             incoming.refused_channels.push(channel);
+                            control = true;
                         }
                         Some(Control::Unsubscribe) => {
                             tracing::debug!(%reason, "the server undid an unsubscription");
@@ -182,11 +186,13 @@ impl Batch {
                             reason: reason.clone(),
                             action: undone.clone(),
                         });
-                        self.pending.push(Pending::Other(Event::Undone {
-                            id: target,
-                            reason,
-                            action: undone,
-                        }));
+                        let event = Event::Undone { id: target, reason, action: undone };
+                        // A subscription was never queued: its undo is always reported.
+                        self.pending.push(if control {
+                            Pending::Other(event)
+                        } else {
+                            Pending::Answer(event)
+                        });
                     }
                 }
                 _ => {
@@ -581,7 +587,7 @@ impl Driver {
         let Batch { incoming, pending, answers } = batch;
         let received = incoming.actions.len() as u64;
         self.shared.count(|s| s.actions_received += received);
-        let fresh = self
+        let (fresh, mut settled) = self
             .shared
             .with_store(move |s| s.apply(&incoming))
             .await
@@ -596,6 +602,16 @@ impl Driver {
                 Pending::Action(n, action, id, time) => {
                     if fresh.get(n).copied().unwrap_or(false) {
                         self.emit(Event::Action { action, id, time }).await;
+                    }
+                }
+                // An answer is reported once: when it settles a queued action.
+                Pending::Answer(event) => {
+                    let settles = match &event {
+                        Event::Processed { id } | Event::Undone { id, .. } => settled.remove(&id.text()),
+                        _ => true,
+                    };
+                    if settles {
+                        self.emit(event).await;
                     }
                 }
                 Pending::Other(event) => self.emit(event).await,

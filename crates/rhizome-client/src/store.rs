@@ -7,6 +7,7 @@
 use crate::ClientError;
 use rhizome_protocol::{ActionId, NodeId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::HashSet;
 use std::path::Path;
 
 const SCHEMA: &str = r#"
@@ -349,20 +350,28 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Applies what the server sent; returns, per received action, whether it is new.
-    pub fn apply(&mut self, incoming: &Incoming) -> Result<Vec<bool>, ClientError> {
+    /// Applies what the server sent. Returns, per received action, whether it is new, and the
+    /// ids of the answers (`logux/processed`, `logux/undo`) that settled a queued action: the
+    /// server may send an answer twice (once kept for a connection that ended, once for a
+    /// re-sent copy), and only the first one settles it.
+    pub fn apply(&mut self, incoming: &Incoming) -> Result<(Vec<bool>, HashSet<String>), ClientError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut fresh = Vec::with_capacity(incoming.actions.len());
+        let mut settled = HashSet::new();
         {
             let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
             for id in &incoming.processed {
-                done.execute(params![id])?;
+                if done.execute(params![id])? > 0 {
+                    settled.insert(id.clone());
+                }
             }
             let mut undo = tx.prepare_cached(
                 "INSERT INTO undone (id, reason, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for u in &incoming.undone {
-                done.execute(params![u.id])?;
+                if done.execute(params![u.id])? > 0 {
+                    settled.insert(u.id.clone());
+                }
                 undo.execute(params![u.id, u.reason, u.action.to_string()])?;
             }
             let mut insert = tx.prepare_cached(
@@ -394,7 +403,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(fresh)
+        Ok((fresh, settled))
     }
 
     /// The last `added` received from the server.
@@ -522,8 +531,12 @@ mod tests {
             actions: vec![("1 x:y:z 0".into(), 1, "{\"type\":\"r\"}".into())],
             ..Incoming::default()
         };
-        assert_eq!(s.apply(&incoming).unwrap(), [true]);
-        assert_eq!(s.apply(&incoming).unwrap(), [false], "a copy is not new");
+        let (fresh, settled) = s.apply(&incoming).unwrap();
+        assert_eq!(fresh, [true]);
+        assert_eq!(settled, [ids[0].text(), ids[1].text()].into_iter().collect(), "both answers settle");
+        let (fresh, settled) = s.apply(&incoming).unwrap();
+        assert_eq!(fresh, [false], "a copy is not new");
+        assert!(settled.is_empty(), "a repeated answer settles nothing: {settled:?}");
         let stats = s.stats().unwrap();
         assert_eq!((stats.queued, stats.awaiting_outcome, stats.undone, stats.last_received), (3, 0, 1, 7));
         assert_eq!(s.undone().unwrap()[0].reason, "denied");

@@ -50,10 +50,11 @@ async fn a_client_killed_mid_backlog_resumes_without_loss_or_duplicates() -> Res
         stats.actions_sent, left.queued,
         "after the restart only the actions the server had not confirmed were sent"
     );
-    // Every action confirmed in this session was answered in it, except those the killed
-    // connection had sent too and the server was still processing when their copy arrived:
-    // Rhizome answers such a copy with `synced` only. They join the actions the killed
-    // instance saw confirmed but not answered, counted as awaiting an outcome.
+    // Every action confirmed in this session is answered in it, once: a copy the server was
+    // still processing when it arrived is answered when processing ends, and an answer the
+    // killed connection could not send arrives from the log (a second answer to the same id
+    // settles nothing and is not reported). At most the actions the killed instance saw
+    // confirmed but not answered may stay awaiting an outcome.
     let is_processed = |e: &rhizome_client::Event| matches!(e, rhizome_client::Event::Processed { .. });
     let settled = || async {
         let awaiting = client.log_stats().await?.awaiting_outcome;
