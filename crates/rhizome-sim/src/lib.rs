@@ -28,7 +28,7 @@ mod stats;
 pub use scenario::{Scenario, SimArgs};
 pub use stats::{is_crdt, percentile, reconnect_offset, Buckets};
 
-use rhizome_client::{ActionId, Backoff, Client, ClientError, ClientOptions, Durability, Event};
+use rhizome_client::{ActionId, Client, ClientError, ClientOptions, Durability, Event};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -250,7 +250,6 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     for task in tasks {
         outcomes.push(task.await.map_err(|_| SimError::Client(ClientError::Stopped))??);
     }
-    let storm_ms = storm.start.elapsed();
     let sim_cpu_after = procfs::cpu_time("self");
     let server_cpu_after = pid.as_deref().and_then(procfs::cpu_time);
     let _ = stop_tx.send(true);
@@ -285,7 +284,6 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
         cpu_ms: cpu_delta(server_cpu_before, server_cpu_after),
     });
     let all_synced = outcomes.iter().all(|o| o.synced_after.is_some());
-    let _ = storm_ms;
     Ok(Report {
         prepare_ms,
         queued,
@@ -327,7 +325,6 @@ fn client_options(scenario: &Scenario, data_dir: &Path, index: usize, url: &str)
     // clients on one machine measure the server, not this machine's disk.
     options.durability = Durability::ProcessCrash;
     options.seed = Some(index as u64);
-    options.backoff = Backoff::default();
     options
 }
 
