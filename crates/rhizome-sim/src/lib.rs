@@ -221,7 +221,7 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     let queued: u64 = queues.iter().map(|q| q.len() as u64).sum();
     eprintln!("sim: {queued} actions queued by {} offline clients in {prepare_ms} ms", scenario.clients);
 
-    let probes = start_probes(&scenario, &data_dir).await?;
+    let mut probes = ProbeThread::start(&scenario, &data_dir).await?;
 
     let pid = scenario.pid.map(|p| p.to_string());
     let server_cpu_before = pid.as_deref().and_then(procfs::cpu_time);
@@ -236,8 +236,7 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
         synced: AtomicUsize::new(0),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let probe_tasks: Vec<_> =
-        probes.into_iter().map(|p| tokio::spawn(p.run(storm.start, stop_rx.clone()))).collect();
+    probes.begin(storm.start);
     let progress = tokio::spawn(progress(storm.clone(), scenario.clients, stop_rx.clone()));
     let window = Duration::from_millis(scenario.return_within_ms);
     let mut tasks = Vec::with_capacity(queues.len());
@@ -254,13 +253,7 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     let server_cpu_after = pid.as_deref().and_then(procfs::cpu_time);
     let _ = stop_tx.send(true);
     let _ = progress.await;
-    let mut latencies = Vec::new();
-    let mut unanswered = 0;
-    for task in probe_tasks {
-        let (samples, left) = task.await.map_err(|_| SimError::Client(ClientError::Stopped))??;
-        latencies.extend(samples);
-        unanswered += left;
-    }
+    let (latencies, unanswered) = probes.finish().await?;
 
     let server_log = match &scenario.server_db {
         Some(path) => {
@@ -479,6 +472,74 @@ async fn start_probes(scenario: &Scenario, data_dir: &Path) -> Result<Vec<Probe>
         }
     }
     Ok(probes)
+}
+
+/// The probes, on a thread and runtime of their own: their actions and answers are not queued
+/// behind the storm clients' tasks and SQLite work in this process, so their latency is the
+/// server's (and the network's), as much as one machine allows.
+#[derive(Debug)]
+struct ProbeThread {
+    start: Option<tokio::sync::oneshot::Sender<Instant>>,
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<Result<(Vec<Sample>, usize), SimError>>,
+}
+
+impl ProbeThread {
+    /// Starts the thread; returns when every probe is connected.
+    async fn start(scenario: &Scenario, data_dir: &Path) -> Result<ProbeThread, SimError> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (start_tx, start_rx) = tokio::sync::oneshot::channel::<Instant>();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SimError::Io)?;
+        let (scenario, data_dir) = (scenario.clone(), data_dir.to_path_buf());
+        let thread = std::thread::Builder::new()
+            .name("sim-probes".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let probes = match start_probes(&scenario, &data_dir).await {
+                        Ok(probes) => {
+                            let _ = ready_tx.send(Ok(()));
+                            probes
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok((Vec::new(), 0));
+                        }
+                    };
+                    let Ok(start) = start_rx.await else { return Ok((Vec::new(), 0)) };
+                    let tasks: Vec<_> =
+                        probes.into_iter().map(|p| tokio::spawn(p.run(start, stop_rx.clone()))).collect();
+                    let (mut samples, mut unanswered) = (Vec::new(), 0);
+                    for task in tasks {
+                        let (s, left) = task.await.map_err(|_| SimError::Client(ClientError::Stopped))??;
+                        samples.extend(s);
+                        unanswered += left;
+                    }
+                    Ok((samples, unanswered))
+                })
+            })
+            .map_err(SimError::Io)?;
+        ready_rx.await.map_err(|_| SimError::Probe("the probe thread ended".into()))??;
+        Ok(ProbeThread { start: Some(start_tx), stop: stop_tx, thread })
+    }
+
+    /// The storm starts: probes send from `start` on.
+    fn begin(&mut self, start: Instant) {
+        if let Some(tx) = self.start.take() {
+            let _ = tx.send(start);
+        }
+    }
+
+    /// Stops the probes; returns their samples and how many actions had no answer.
+    async fn finish(self) -> Result<(Vec<Sample>, usize), SimError> {
+        let _ = self.stop.send(true);
+        drop(self.start);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|_| SimError::Probe("the probe thread panicked".into()))?
+            .map_err(|_| SimError::Probe("the probe thread panicked".into()))?
+    }
 }
 
 /// A probe's answered action: when it was sent (since the storm's start) and its latency.
