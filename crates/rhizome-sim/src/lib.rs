@@ -150,6 +150,8 @@ pub struct Report {
     pub probes: ProbeReport,
     /// CPU time (user + system) the simulator used during the storm, ms.
     pub sim_cpu_ms: Option<u64>,
+    /// The simulator's peak resident memory (VmHWM), KiB.
+    pub sim_peak_rss_kib: Option<u64>,
     /// The server's figures, with `--pid`.
     pub server: Option<ServerReport>,
     /// The check against the server's log, with `--server-db`.
@@ -294,6 +296,7 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
         throughput_per_second: storm.answers.snapshot(),
         probes: probe_report(latencies, unanswered),
         sim_cpu_ms: cpu_delta(sim_cpu_before, sim_cpu_after),
+        sim_peak_rss_kib: procfs::status_kib("self", "VmHWM"),
         server,
         server_log,
         scenario,
@@ -490,7 +493,8 @@ impl ProbeThread {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (start_tx, start_rx) = tokio::sync::oneshot::channel::<Instant>();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SimError::Io)?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SimError::Io)?;
         let (scenario, data_dir) = (scenario.clone(), data_dir.to_path_buf());
         let thread = std::thread::Builder::new()
             .name("sim-probes".into())
