@@ -74,6 +74,10 @@ pub enum SimError {
     /// The JSON result could not be written.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The run finished but its checks failed: actions lost, clients not synced, ids missing
+    /// from the server's log (the report is written all the same).
+    #[error("check failed: {0}")]
+    Check(String),
 }
 
 /// Latency of the probe clients, from `add` to `logux/processed`, in ms.
@@ -190,7 +194,35 @@ impl Report {
     }
 }
 
+impl Report {
+    /// What went wrong, if anything: queued actions without an answer, clients not synced,
+    /// ids missing from the server's log or not processed there.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.lost > 0 {
+            failures.push(format!("{} queued actions never answered", self.lost));
+        }
+        if self.clients_synced < self.scenario.clients {
+            failures.push(format!(
+                "{} of {} clients not synced",
+                self.scenario.clients - self.clients_synced,
+                self.scenario.clients
+            ));
+        }
+        if let Some(log) = &self.server_log {
+            if log.missing > 0 {
+                failures.push(format!("{} queued ids missing from the server's log", log.missing));
+            }
+            if log.waiting > 0 {
+                failures.push(format!("{} queued ids still waiting in the server's log", log.waiting));
+            }
+        }
+        failures
+    }
+}
+
 /// Runs `rhizome sim`: the scenario from the flags, the summary on stdout, the JSON to `--out`.
+/// Fails with [`SimError::Check`] after writing them when [`Report::failures`] is not empty.
 pub async fn run(args: SimArgs) -> Result<Report, SimError> {
     let scenario = args.scenario()?;
     let report = simulate(scenario).await?;
@@ -198,6 +230,10 @@ pub async fn run(args: SimArgs) -> Result<Report, SimError> {
     if let Some(out) = &report.scenario.out {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(out, json).map_err(SimError::Io)?;
+    }
+    let failures = report.failures();
+    if !failures.is_empty() {
+        return Err(SimError::Check(failures.join("; ")));
     }
     Ok(report)
 }
@@ -667,4 +703,24 @@ fn check_server_log(path: &Path, queues: &[Vec<ActionId>]) -> Result<ServerLogCh
         }
     }
     Ok(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reports_take_percentiles_and_the_worst_latency_per_second() {
+        let sample = |sent_ms: u64, latency_ms: u64| Sample {
+            sent_after: Duration::from_millis(sent_ms),
+            latency: Duration::from_millis(latency_ms),
+        };
+        let samples = vec![sample(100, 5), sample(900, 30), sample(1500, 10), sample(3200, 7)];
+        let report = probe_report(samples, 2);
+        assert_eq!((report.samples, report.unanswered), (4, 2));
+        assert_eq!((report.p50_ms, report.p99_ms, report.max_ms), (Some(7), Some(30), Some(30)));
+        assert_eq!(report.max_ms_per_second, [30, 10, 0, 7]);
+        let empty = probe_report(Vec::new(), 0);
+        assert_eq!((empty.p50_ms, empty.max_ms, empty.max_ms_per_second.len()), (None, None, 0));
+    }
 }

@@ -100,3 +100,23 @@ fn a_scenario_file_sets_the_fields_and_flags_win() {
     assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (200, 0));
     assert!(report["server_log"].is_null() && report["server"].is_null());
 }
+
+#[test]
+fn a_storm_without_a_server_reports_every_action_lost_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("result.json");
+    // A port nobody listens on: the clients keep retrying until the storm's timeout.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let run = Command::new(env!("CARGO_BIN_EXE_rhizome"))
+        .args(["sim", "--url", &format!("ws://127.0.0.1:{port}/"), "--clients", "2"])
+        .args(["--actions-per-client", "10", "--return-within-ms", "0", "--timeout-secs", "2", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run rhizome sim");
+    assert!(!run.status.success(), "a run with lost actions must fail");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("20 queued actions never answered"));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the JSON result")).expect("JSON");
+    assert_eq!((u64_at(&report, "/lost"), u64_at(&report, "/clients_synced")), (20, 0));
+    assert!(report["time_to_sync_ms"].is_null());
+}
