@@ -1,4 +1,5 @@
-//! The `rhizome` binary: `rhizome serve` runs the server, `rhizome bench` the load generator.
+//! The `rhizome` binary: `rhizome serve` runs the server, `rhizome bench` the load generator,
+//! `rhizome sim` the reconnect-storm simulator.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -56,6 +57,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the protocol 5 load generator against any Logux server.
     Bench(rhizome_bench::BenchArgs),
+    /// Simulate many offline clients with queued actions reconnecting at once.
+    Sim(rhizome_sim::SimArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +104,11 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(rhizome_bench::run(args)).map_err(anyhow::Error::from)
+        }
+        Command::Sim(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(rhizome_sim::run(args))?;
+            Ok(())
         }
     }
 }

@@ -1,8 +1,9 @@
 //! End-to-end tests of the `rhizome` binary: the real npm `@logux/client` against it,
-//! SIGKILL during heavy ingest, settings refused at start, and the load generator.
+//! SIGKILL during heavy ingest, settings refused at start, the load generator and the simulator.
 
 mod bench;
 mod cli;
 mod crash;
 mod interop;
+mod sim;
 mod support;

@@ -1,0 +1,122 @@
+//! `rhizome sim`, the reconnect-storm simulator, against a real `rhizome serve` with the
+//! benchmark's app: a small storm, its JSON result checked against the server's log.
+
+use crate::support::{root, ServerProcess};
+use serde_json::Value;
+use std::process::Command;
+
+/// Runs `rhizome sim` with `args` and `--out`; returns the JSON result.
+fn sim(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("result.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_rhizome"))
+        .args(["sim", "--timeout-secs", "120", "--out"])
+        .arg(&out)
+        .args(args)
+        .output()
+        .expect("run rhizome sim");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "sim {args:?} failed: {stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.lines().any(|l| l.starts_with("sim: ")), "no summary: {stdout}");
+    let text = std::fs::read_to_string(&out).expect("the JSON result");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+fn u64_at(report: &Value, pointer: &str) -> u64 {
+    report.pointer(pointer).and_then(Value::as_u64).unwrap_or_else(|| panic!("no {pointer} in {report}"))
+}
+
+#[test]
+fn a_small_storm_is_synced_with_nothing_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
+    let pid = server.child.id().to_string();
+    let db = dir.path().join("rhizome.db");
+    let db = db.to_str().expect("utf-8 path");
+
+    let report = sim(&[
+        "--url",
+        &server.url,
+        "--clients",
+        "20",
+        "--actions-per-client",
+        "200",
+        "--crdt-share",
+        "0.25",
+        "--probes",
+        "2",
+        "--pid",
+        &pid,
+        "--server-db",
+        db,
+    ]);
+    for (key, want) in [
+        ("/queued", 4000),
+        ("/processed", 4000),
+        ("/undone", 0),
+        ("/lost", 0),
+        ("/duplicate_answers", 0),
+        ("/clients_synced", 20),
+        ("/server_log/checked", 4000),
+        ("/server_log/missing", 0),
+        ("/server_log/processed", 4000),
+        ("/server_log/waiting", 0),
+    ] {
+        assert_eq!(u64_at(&report, key), want, "{key} in {report}");
+    }
+    let throughput: u64 = report["throughput_per_second"]
+        .as_array()
+        .expect("throughput")
+        .iter()
+        .map(|v| v.as_u64().expect("count"))
+        .sum();
+    assert_eq!(throughput, 4000, "every answer is in a bucket");
+    assert!(u64_at(&report, "/time_to_sync_ms") > 0);
+    // Two probes for about a second: some answered samples, all with latencies.
+    assert!(u64_at(&report, "/probes/samples") >= 2, "{report}");
+    assert_eq!(u64_at(&report, "/probes/unanswered"), 0);
+    let (p50, p99, max) = (
+        u64_at(&report, "/probes/p50_ms"),
+        u64_at(&report, "/probes/p99_ms"),
+        u64_at(&report, "/probes/max_ms"),
+    );
+    assert!(p50 <= p99 && p99 <= max, "{report}");
+    assert!(u64_at(&report, "/server/peak_rss_kib") > 0);
+    assert!(report.pointer("/server/cpu_ms").and_then(Value::as_u64).is_some());
+    assert!(report.pointer("/sim_cpu_ms").and_then(Value::as_u64).is_some());
+}
+
+#[test]
+fn a_scenario_file_sets_the_fields_and_flags_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
+    let file = dir.path().join("scenario.toml");
+    let text =
+        format!("url = \"{}\"\nclients = 3\nactions_per_client = 50\nreturn_within_ms = 200\n", server.url);
+    std::fs::write(&file, text).expect("write the scenario");
+    let report = sim(&["--scenario", file.to_str().expect("utf-8 path"), "--clients", "4"]);
+    assert_eq!(u64_at(&report, "/scenario/clients"), 4);
+    assert_eq!(u64_at(&report, "/scenario/return_within_ms"), 200);
+    assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (200, 0));
+    assert!(report["server_log"].is_null() && report["server"].is_null());
+}
+
+#[test]
+fn a_storm_without_a_server_reports_every_action_lost_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("result.json");
+    // A port nobody listens on: the clients keep retrying until the storm's timeout.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let run = Command::new(env!("CARGO_BIN_EXE_rhizome"))
+        .args(["sim", "--url", &format!("ws://127.0.0.1:{port}/"), "--clients", "2"])
+        .args(["--actions-per-client", "10", "--return-within-ms", "0", "--timeout-secs", "2", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run rhizome sim");
+    assert!(!run.status.success(), "a run with lost actions must fail");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("20 queued actions never answered"));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("the JSON result")).expect("JSON");
+    assert_eq!((u64_at(&report, "/lost"), u64_at(&report, "/clients_synced")), (20, 0));
+    assert!(report["time_to_sync_ms"].is_null());
+}
