@@ -46,9 +46,13 @@ async fn a_client_killed_mid_backlog_resumes_without_loss_or_duplicates() -> Res
 
     let stats = client.session_stats();
     assert_eq!(stats.connections, 1);
-    assert_eq!(
-        stats.actions_sent, left.queued,
-        "after the restart only the actions the server had not confirmed were sent"
+    // After the restart only the actions the server had not confirmed were sent, less any the
+    // server's kept answers (for the killed connection's in-flight chunks) settled first.
+    assert!(
+        stats.actions_sent <= left.queued && stats.actions_sent + (o_window * o_chunk) as u64 >= left.queued,
+        "sent {} of {} unconfirmed",
+        stats.actions_sent,
+        left.queued
     );
     // Every action confirmed in this session is answered in it, once: a copy the server was
     // still processing when it arrived is answered when processing ends, and an answer the
@@ -105,7 +109,11 @@ async fn a_dropped_connection_resumes_the_backlog_without_restarting_it() -> Res
 
     let stats = client.session_stats();
     assert!(stats.connections >= 3, "{stats:?}");
-    assert_eq!(stats.actions_acked, ACTIONS as u64, "each action confirmed once");
+    // Each action confirmed at most once; an in-flight chunk of a cut connection may instead be
+    // settled by its answers, which the server keeps for the client when the connection that
+    // should have carried them is gone (they arrive on the next one, before any re-send).
+    assert!(stats.actions_acked <= ACTIONS as u64, "{stats:?}");
+    assert!(stats.actions_acked + 2 * in_flight_max >= ACTIONS as u64, "{stats:?}");
     // Only what was in flight at each drop was sent again.
     let resent = stats.actions_sent - ACTIONS as u64;
     assert!(resent <= 2 * in_flight_max, "{resent} actions sent twice");
