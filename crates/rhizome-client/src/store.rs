@@ -5,7 +5,7 @@
 //! Everything here is blocking; the async side calls it through `spawn_blocking`.
 
 use crate::ClientError;
-use rhizome_protocol::{ActionId, NodeId};
+use rhizome_protocol::{ActionId, IdGenerator, NodeId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashSet;
 use std::path::Path;
@@ -155,9 +155,8 @@ pub(crate) struct OpenOptions<'a> {
 #[derive(Debug)]
 pub(crate) struct Store {
     conn: Connection,
-    node: NodeId,
-    last_ms: i64,
-    seq: u64,
+    /// Our ids; its state is persisted with every transaction that takes ids from it.
+    ids: IdGenerator,
     received_keep_max: u64,
 }
 
@@ -222,28 +221,18 @@ impl Store {
         let last_ms = get("id_ms")?;
         let seq = get("id_seq")?.max(0) as u64;
         tx.commit()?;
-        Ok(Store { conn, node, last_ms, seq, received_keep_max })
+        Ok(Store { conn, ids: IdGenerator::resume(node, last_ms, seq), received_keep_max })
     }
 
     /// This client's node id.
     pub fn node(&self) -> &NodeId {
-        &self.node
+        self.ids.node()
     }
 
-    /// The next id of ours, `Log.generateId`'s rule: a time not after the last one reuses it
-    /// and bumps the sequence. The state is persisted by the caller's transaction through
-    /// [`Store::save_id_state`], so ids grow across restarts even if the clock went back.
-    fn next_id(&mut self, now_ms: i64) -> ActionId {
-        if now_ms <= self.last_ms {
-            self.seq += 1;
-        } else {
-            self.last_ms = now_ms;
-            self.seq = 0;
-        }
-        ActionId { ms: self.last_ms, node: self.node.clone(), seq: self.seq }
-    }
-
-    fn save_id_state(tx: &rusqlite::Transaction<'_>, last_ms: i64, seq: u64) -> rusqlite::Result<()> {
+    /// Persists the id generator's state in the caller's transaction, so ids grow across
+    /// restarts even if the clock went back.
+    fn save_id_state(tx: &rusqlite::Transaction<'_>, ids: &IdGenerator) -> rusqlite::Result<()> {
+        let (last_ms, seq) = ids.last();
         tx.execute(
             "INSERT INTO meta (key, int) VALUES ('id_ms', ?1), ('id_seq', ?2)
              ON CONFLICT(key) DO UPDATE SET int = excluded.int",
@@ -254,8 +243,8 @@ impl Store {
 
     /// Queues actions (JSON objects with a string `type`) in one transaction; returns their ids.
     pub fn add(&mut self, now_ms: i64, actions: &[String]) -> Result<Vec<ActionId>, ClientError> {
-        let (saved_ms, saved_seq) = (self.last_ms, self.seq);
-        let ids: Vec<ActionId> = actions.iter().map(|_| self.next_id(now_ms)).collect();
+        let saved = self.ids.clone();
+        let ids: Vec<ActionId> = actions.iter().map(|_| self.ids.next(now_ms)).collect();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
@@ -265,12 +254,12 @@ impl Store {
                     insert.execute(params![id.text(), id.ms, action])?;
                 }
             }
-            Self::save_id_state(&tx, self.last_ms, self.seq)?;
+            Self::save_id_state(&tx, &self.ids)?;
             tx.commit()
         })();
         if let Err(e) = result {
             // Nothing was written: give the ids back so the sequence has no gap on disk.
-            (self.last_ms, self.seq) = (saved_ms, saved_seq);
+            self.ids = saved;
             return Err(e.into());
         }
         Ok(ids)
@@ -278,9 +267,9 @@ impl Store {
 
     /// A fresh id for an action that is not queued (a `logux/subscribe` sent on connect).
     pub fn fresh_id(&mut self, now_ms: i64) -> Result<ActionId, ClientError> {
-        let id = self.next_id(now_ms);
+        let id = self.ids.next(now_ms);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::save_id_state(&tx, self.last_ms, self.seq)?;
+        Self::save_id_state(&tx, &self.ids)?;
         tx.commit()?;
         Ok(id)
     }

@@ -204,7 +204,7 @@ impl fmt::Debug for ActionId {
 
 /// Generates the ids of one node's own actions, the way `Log.generateId` does:
 /// the same or an earlier ms reuses the last ms and bumps the sequence number.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IdGenerator {
     node: NodeId,
     last_ms: i64,
@@ -215,6 +215,17 @@ impl IdGenerator {
     /// A generator for `node`'s actions.
     pub fn new(node: NodeId) -> Self {
         IdGenerator { node, last_ms: 0, seq: 0 }
+    }
+
+    /// A generator that goes on after the id `(last_ms, seq)` (as [`IdGenerator::last`] gave),
+    /// for a node that keeps its ids across restarts.
+    pub fn resume(node: NodeId, last_ms: i64, seq: u64) -> Self {
+        IdGenerator { node, last_ms, seq }
+    }
+
+    /// The time and sequence of the last id generated, to be persisted.
+    pub fn last(&self) -> (i64, u64) {
+        (self.last_ms, self.seq)
     }
 
     /// The next id at time `now_ms`; strictly greater than every id generated before.
