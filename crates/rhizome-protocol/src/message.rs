@@ -475,10 +475,11 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
         let mut extra_keys: Vec<String> = Vec::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
-                "id" => id = map.next_value::<WireIdRepr>()?.0,
-                "time" => time = map.next_value::<Number>()?.int(),
+                "id" => id = map.next_value::<MetaValue>()?.wire_id(),
+                "time" => time = map.next_value::<MetaValue>()?.int(),
                 "subprotocol" => {
-                    subprotocol = Some(map.next_value::<Number>()?.int().and_then(|n| u64::try_from(n).ok()))
+                    subprotocol =
+                        Some(map.next_value::<MetaValue>()?.int().and_then(|n| u64::try_from(n).ok()))
                 }
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
@@ -499,12 +500,42 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
     }
 }
 
-/// A JSON number as `int` reads it, or `None` for any other value.
-struct Number(Option<i64>);
+/// A meta value as the meta rules read it: integers (`int`'s rule), strings and arrays of
+/// these; anything else (other numbers, objects, booleans, null) is `Other`.
+enum MetaValue {
+    Int(i64),
+    Str(String),
+    List(Vec<MetaValue>),
+    Other,
+}
 
-impl Number {
+impl MetaValue {
     fn int(self) -> Option<i64> {
-        self.0
+        match self {
+            MetaValue::Int(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// A compressed id: a number, `[shift, seq]` or `[shift, node, seq]`.
+    fn wire_id(self) -> Option<WireId> {
+        let uint = |n: i64| u64::try_from(n).ok();
+        match self {
+            MetaValue::Int(shift) => Some(WireId::Own(shift)),
+            MetaValue::List(parts) => match <[MetaValue; 3]>::try_from(parts) {
+                Ok([MetaValue::Int(shift), MetaValue::Str(node), MetaValue::Int(seq)]) => {
+                    Some(WireId::Full(shift, node, uint(seq)?))
+                }
+                Ok(_) => None,
+                Err(parts) => match <[MetaValue; 2]>::try_from(parts) {
+                    Ok([MetaValue::Int(shift), MetaValue::Int(seq)]) => {
+                        Some(WireId::OwnSeq(shift, uint(seq)?))
+                    }
+                    _ => None,
+                },
+            },
+            _ => None,
+        }
     }
 }
 
@@ -513,147 +544,42 @@ fn float_int(f: f64) -> Option<i64> {
     (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15).then_some(f as i64)
 }
 
-impl<'de> serde::Deserialize<'de> for Number {
+impl<'de> serde::Deserialize<'de> for MetaValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Number;
+            type Value = MetaValue;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number")
+                f.write_str("a meta value")
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
-                Ok(Number(Some(v)))
+            fn visit_i64<E>(self, v: i64) -> Result<MetaValue, E> {
+                Ok(MetaValue::Int(v))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
-                Ok(Number(i64::try_from(v).ok()))
+            fn visit_u64<E>(self, v: u64) -> Result<MetaValue, E> {
+                Ok(i64::try_from(v).map_or(MetaValue::Other, MetaValue::Int))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
-                Ok(Number(float_int(v)))
+            fn visit_f64<E>(self, v: f64) -> Result<MetaValue, E> {
+                Ok(float_int(v).map_or(MetaValue::Other, MetaValue::Int))
             }
-            fn visit_str<E>(self, _: &str) -> Result<Number, E> {
-                Ok(Number(None))
+            fn visit_str<E>(self, v: &str) -> Result<MetaValue, E> {
+                Ok(MetaValue::Str(v.to_owned()))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Number, E> {
-                Ok(Number(None))
+            fn visit_bool<E>(self, _: bool) -> Result<MetaValue, E> {
+                Ok(MetaValue::Other)
             }
-            fn visit_unit<E>(self) -> Result<Number, E> {
-                Ok(Number(None))
+            fn visit_unit<E>(self) -> Result<MetaValue, E> {
+                Ok(MetaValue::Other)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Number, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Number(None))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Number, A::Error> {
-                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Number(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A number or a string, the elements of a compressed id.
-enum IdPart {
-    Int(Option<i64>),
-    Str(String),
-    Other,
-}
-
-impl<'de> serde::Deserialize<'de> for IdPart {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = IdPart;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number or a string")
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<IdPart, E> {
-                Ok(IdPart::Int(Some(v)))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<IdPart, E> {
-                Ok(IdPart::Int(i64::try_from(v).ok()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<IdPart, E> {
-                Ok(IdPart::Int(float_int(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<IdPart, E> {
-                Ok(IdPart::Str(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<IdPart, E> {
-                Ok(IdPart::Str(v))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<IdPart, E> {
-                Ok(IdPart::Other)
-            }
-            fn visit_unit<E>(self) -> Result<IdPart, E> {
-                Ok(IdPart::Other)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<IdPart, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(IdPart::Other)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<IdPart, A::Error> {
-                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-                Ok(IdPart::Other)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A compressed id: a number, `[shift, seq]` or `[shift, node, seq]`; `None` for anything else.
-struct WireIdRepr(Option<WireId>);
-
-impl<'de> serde::Deserialize<'de> for WireIdRepr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = WireIdRepr;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an id")
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<WireIdRepr, E> {
-                Ok(WireIdRepr(Some(WireId::Own(v))))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<WireIdRepr, E> {
-                Ok(WireIdRepr(i64::try_from(v).ok().map(WireId::Own)))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<WireIdRepr, E> {
-                Ok(WireIdRepr(float_int(v).map(WireId::Own)))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<WireIdRepr, E> {
-                Ok(WireIdRepr(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<WireIdRepr, E> {
-                Ok(WireIdRepr(None))
-            }
-            fn visit_unit<E>(self) -> Result<WireIdRepr, E> {
-                Ok(WireIdRepr(None))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WireIdRepr, A::Error> {
-                let mut parts: [Option<IdPart>; 3] = [None, None, None];
-                let mut len = 0;
-                while let Some(part) = seq.next_element::<IdPart>()? {
-                    if let Some(slot) = parts.get_mut(len) {
-                        *slot = Some(part);
-                    }
-                    len += 1;
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<MetaValue, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
                 }
-                let id = match (len, parts) {
-                    (2, [Some(IdPart::Int(Some(shift))), Some(IdPart::Int(Some(seq))), None]) => {
-                        u64::try_from(seq).ok().map(|seq| WireId::OwnSeq(shift, seq))
-                    }
-                    (
-                        3,
-                        [Some(IdPart::Int(Some(shift))), Some(IdPart::Str(node)), Some(IdPart::Int(Some(seq)))],
-                    ) => u64::try_from(seq).ok().map(|seq| WireId::Full(shift, node, seq)),
-                    _ => None,
-                };
-                Ok(WireIdRepr(id))
+                Ok(MetaValue::List(parts))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<WireIdRepr, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MetaValue, A::Error> {
                 while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-                Ok(WireIdRepr(None))
+                Ok(MetaValue::Other)
             }
         }
         d.deserialize_any(V)
