@@ -15,6 +15,21 @@ async fn subscribe_object(c: &mut Client, key: &str) -> Result<Vec<Value>> {
     Ok(seen.iter().flat_map(sync_actions).filter(|a| a["type"] == "crdt/delta").collect())
 }
 
+/// The `crdt/delta` actions `c` receives until the counter they carry reaches `total`, and
+/// the value the last one carries.
+async fn live_counter_deltas(c: &mut Client, total: i64) -> Result<(Vec<Value>, i64)> {
+    let mut deltas = Vec::new();
+    let mut value = 0;
+    while value < total {
+        let m = c.next_json().await?;
+        for delta in sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta") {
+            value = counter_value(&delta["delta"])?;
+            deltas.push(delta);
+        }
+    }
+    Ok((deltas, value))
+}
+
 /// The value of a counter document `{node: [p, n]}`.
 fn counter_value(doc: &Value) -> Result<i64> {
     let mut total = 0;
@@ -136,15 +151,7 @@ async fn a_burst_of_operations_reaches_a_live_subscriber_as_few_joined_deltas() 
     }
     alice.until(|m| *m == json!(["synced", 10])).await?;
 
-    let mut deltas = Vec::new();
-    let mut value = 0;
-    while value < 1000 {
-        let m = bob.next_json().await?;
-        for delta in sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta") {
-            value = counter_value(&delta["delta"])?;
-            deltas.push(delta);
-        }
-    }
+    let (deltas, value) = live_counter_deltas(&mut bob, 1000).await?;
     assert_eq!(value, 1000, "the last delta carries alice's total");
     assert!(deltas.len() <= 10, "1000 operations arrived as {} deltas", deltas.len());
     server.stop().await;
@@ -730,15 +737,7 @@ async fn a_hundred_thousand_queued_increments_cost_a_live_subscriber_one_small_d
     alice.send(message).await?;
     alice.until(|m| *m == json!(["synced", 100000])).await?;
 
-    let mut deltas = Vec::new();
-    let mut value = 0;
-    while value < 100_000 {
-        let m = bob.next_json().await?;
-        for delta in sync_actions(&m).into_iter().filter(|a| a["type"] == "crdt/delta") {
-            value = counter_value(&delta["delta"])?;
-            deltas.push(delta);
-        }
-    }
+    let (deltas, value) = live_counter_deltas(&mut bob, 100_000).await?;
     assert_eq!(value, 100_000, "the last delta carries alice's total");
     assert_eq!(deltas.len(), 1, "100,000 operations arrived as {} deltas", deltas.len());
     assert_eq!(deltas[0]["delta"], json!({"alice:c1:t1": [100_000, 0]}));
