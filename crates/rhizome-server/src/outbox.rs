@@ -65,9 +65,14 @@ impl Outbox {
 
     /// Queues a frame. Returns `false` when the outbox is closed (now or before).
     pub fn push(&self, frame: String) -> bool {
+        self.try_push(frame).is_ok()
+    }
+
+    /// Queues a frame, or gives it back when the outbox is closed (now or before).
+    pub fn try_push(&self, frame: String) -> Result<(), String> {
         let mut s = self.lock();
         if s.closed.is_some() {
-            return false;
+            return Err(frame);
         }
         // Over the limit before this frame: the client has not taken what was queued. A frame
         // that takes a reading client's queue over the limit (one big commit) is kept.
@@ -77,13 +82,13 @@ impl Outbox {
             s.bytes = 0;
             drop(s);
             self.waker.wake();
-            return false;
+            return Err(frame);
         }
         s.bytes += frame.len();
         s.frames.push_back(frame);
         drop(s);
         self.waker.wake();
-        true
+        Ok(())
     }
 
     /// Closes the outbox; the connection task notices and closes its socket.

@@ -14,7 +14,7 @@ use rhizome_core::{
 };
 use rhizome_crdt::VersionVector;
 use rhizome_protocol::message::{encode_synced, push_json_str};
-use rhizome_protocol::{Action, ActionId, Channel, SyncBuilder};
+use rhizome_protocol::{Action, ActionId, Channel, Message, SyncBuilder};
 use rhizome_store::{Append, Committed, WriteBatch};
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -293,14 +293,10 @@ impl Pipeline {
         // of their answers goes out.
         let mut outcomes = WriteBatch::default();
         let sub = Some(self.shared.config.subprotocol);
-        // The answers, in case the frame cannot be sent (see below): ids of `logux/processed`
-        // answers (cheap to keep) or the answer's JSON.
-        let mut kept: Vec<Result<ActionId, String>> = Vec::with_capacity(pending.answers.len());
         for answer in pending.answers {
-            let mut processed = |frame: &mut SyncBuilder, of: &ActionId| {
+            let processed = |frame: &mut SyncBuilder, of: &ActionId| {
                 let id = self.shared.next_server_id();
                 frame.push_with(&self.identity.codec, &id, id.ms, sub, |out| push_processed(out, of));
-                kept.push(Ok(of.clone()));
             };
             let json = match answer {
                 Answer::Nothing => continue,
@@ -340,16 +336,18 @@ impl Pipeline {
             };
             let id = self.shared.next_server_id();
             frame.push(&self.identity.codec, &json, &id, id.ms, sub);
-            kept.push(Err(json));
         }
         if !outcomes.statuses.is_empty() {
             self.write(outcomes).await.await.unwrap_or(Err(WriteFailed))?;
         }
-        if !frame.is_empty() && !self.outbox.push(frame.finish(self.outbox.safe_added())) {
-            // The connection ended before its answers could go out (they were being processed
-            // without it): they are kept in the log, addressed to this client, which gets them
-            // on its next connection like any action addressed to it while it was away.
-            self.keep_answers(kept).await?;
+        if !frame.is_empty() {
+            if let Err(frame) = self.outbox.try_push(frame.finish(self.outbox.safe_added())) {
+                // The connection ended before its answers could go out (they were being
+                // processed without it): they are kept in the log, addressed to this client,
+                // which gets them on its next connection like any action addressed to it while
+                // it was away.
+                self.keep_answers(&frame).await?;
+            }
         }
         if !in_process.is_empty() {
             tokio::spawn(self.clone().answer_when_processed(in_process));
@@ -357,19 +355,23 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Appends answers that could not be sent to the log, addressed to this connection's
-    /// client, in their order.
-    async fn keep_answers(&self, answers: Vec<Result<ActionId, String>>) -> Result<(), WriteFailed> {
+    /// Appends the answers of a `sync` frame that could not be sent to the log, addressed to
+    /// this connection's client, in their order.
+    async fn keep_answers(&self, frame: &str) -> Result<(), WriteFailed> {
+        // Our own frame: it parses. Its answers are taken as they were encoded.
+        let Ok(Message::Sync { entries, .. }) = rhizome_protocol::parse(frame) else {
+            tracing::error!("an unsent answer frame did not parse; its answers are not kept");
+            return Ok(());
+        };
         let routing = Routing { clients: vec![self.identity.client_id.clone()], ..Routing::default() };
-        let appends = answers
+        let appends = entries
             .into_iter()
-            .map(|answer| {
-                let json = answer.map_or_else(|json| json, |of| processed_json(&of));
+            .map(|entry| {
                 let id = self.shared.next_server_id();
                 Append::new(NewEntry {
                     time: id.ms,
                     id,
-                    action_json: Arc::from(json),
+                    action_json: entry.action.json().clone(),
                     subprotocol: self.shared.config.subprotocol,
                     routing: routing.clone(),
                     status: Status::Processed,
