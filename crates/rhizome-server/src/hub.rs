@@ -16,7 +16,6 @@ use crate::conn_map::{ConnMap, ConnSet};
 use crate::outbox::{Closed, Outbox};
 use crate::shared::Shared;
 use crate::subscribers::Subscribers;
-use crate::writer::WriteRequest;
 use rhizome_core::app::filter_accepts;
 use rhizome_core::{Position, StoredEntry};
 use rhizome_protocol::{Action, ActionId, Channel, ClientId, Codec, NodeId, SyncBuilder, UserId};
@@ -378,8 +377,7 @@ impl Hub {
     /// blocks on the writer. A dropped write only makes a later `since` replay more.
     fn write_acks(&self, acks: Vec<(String, Position)>) {
         let batch = WriteBatch { acks, ..WriteBatch::default() };
-        let (reply, _) = oneshot::channel();
-        if self.shared.writer.try_send(WriteRequest { batch, reply }).is_err() {
+        if !self.shared.writer.try_write_unordered(batch) {
             tracing::debug!("writer busy; a subscription acknowledgement was not recorded");
         }
     }

@@ -104,7 +104,7 @@ impl Server {
         }
         let position = store.last_position()?;
         let store: Arc<dyn Store> = Arc::new(store);
-        let (writer_tx, writer_rx) = mpsc::channel(1024);
+        let (writer_tx, writer_rx) = writer::queue();
         let (hub_tx, hub_rx) = mpsc::channel(4096);
         let config = HandshakeConfig {
             server_node: NodeId::from(format!("server:{}", random_id())),

@@ -8,7 +8,7 @@
 use crate::hub::{ConnId, ConnIdentity, HubMessage};
 use crate::outbox::Outbox;
 use crate::shared::Shared;
-use crate::writer::{WriteFailed, WriteRequest};
+use crate::writer::{ConnWrites, WriteFailed};
 use rhizome_core::{
     ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Routing, Status,
 };
@@ -125,6 +125,8 @@ pub struct Pipeline {
     subprotocol: u64,
     headers: Arc<Map<String, Value>>,
     outbox: Arc<Outbox>,
+    /// The lane of its uncommitted writes (shared by its clones).
+    writes: Arc<ConnWrites>,
 }
 
 /// What a [`Pipeline`] is built from.
@@ -166,7 +168,7 @@ impl Pipeline {
     /// A pipeline for an authenticated connection.
     pub fn new(shared: Arc<Shared>, parts: PipelineParts) -> Self {
         let PipelineParts { conn, identity, subprotocol, headers, outbox } = parts;
-        Pipeline { shared, conn, identity, subprotocol, headers, outbox }
+        Pipeline { shared, conn, identity, subprotocol, headers, outbox, writes: Arc::default() }
     }
 
     /// What the application's hooks see.
@@ -273,12 +275,7 @@ impl Pipeline {
     }
 
     async fn write(&self, batch: WriteBatch) -> oneshot::Receiver<Result<Committed, WriteFailed>> {
-        let (reply, rx) = oneshot::channel();
-        if self.shared.writer.send(WriteRequest { batch, reply }).await.is_err() {
-            // The writer is gone (shutdown): the dropped reply reads as a failed write.
-            tracing::debug!("writer stopped; write refused");
-        }
-        rx
+        self.shared.writer.write(&self.writes, batch).await
     }
 
     /// Sends the answers of a committed `sync`: `synced`, then processed/undo, running

@@ -1,7 +1,7 @@
 //! State shared by every task of one server: settings, the application, the store handles.
 
 use crate::hub::HubMessage;
-use crate::writer::{now_ms, WriteRequest};
+use crate::writer::{now_ms, WriteQueue};
 use rhizome_core::{App, HandshakeConfig, Limits};
 use rhizome_protocol::{ActionId, IdGenerator};
 use rhizome_store::Store;
@@ -23,7 +23,7 @@ pub struct Shared {
     /// Reads of the log.
     pub store: Arc<dyn Store>,
     /// Writes to the log (group commit thread).
-    pub writer: mpsc::Sender<WriteRequest>,
+    pub writer: WriteQueue,
     /// The hub.
     pub hub: mpsc::Sender<HubMessage>,
     /// Ids of the server's own actions.
@@ -80,7 +80,7 @@ impl Shared {
         limits: Limits,
         app: App,
         store: Arc<dyn Store>,
-        writer: mpsc::Sender<WriteRequest>,
+        writer: WriteQueue,
         hub: mpsc::Sender<HubMessage>,
         parking: crate::park::Parking,
     ) -> Self {

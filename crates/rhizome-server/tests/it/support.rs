@@ -415,6 +415,23 @@ impl Client {
         }
     }
 
+    /// Reads messages until one satisfies `pred`, each within `timeout`; returns it.
+    pub async fn until_within(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
+        loop {
+            let m = match self.next_event_within(timeout).await? {
+                Event::Text(t) => serde_json::from_str(&t).with_context(|| format!("invalid JSON: {t}"))?,
+                other => bail!("expected a text frame, got {other:?}"),
+            };
+            if pred(&m) {
+                return Ok(m);
+            }
+        }
+    }
+
     /// Reads messages until one satisfies `pred`; returns every message read, that one last.
     pub async fn collect_until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Result<Vec<Value>> {
         let mut seen = Vec::new();
