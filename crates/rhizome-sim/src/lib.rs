@@ -11,10 +11,11 @@
 //!    closed, as an app is when the device sleeps.
 //! 2. **Probes**: the probe clients connect and wait.
 //! 3. **Storm**: each offline client is opened again with the server's URL at its instant,
-//!    within [`Scenario::return_within_ms`] as [`Scenario::return_mode`] says; it syncs its queue with the client's
-//!    default chunking and counts every `logux/processed` / `logux/undo` for its ids. Probes
-//!    send one `inc` every [`PROBE_INTERVAL`] and time each until its answer. The storm ends
-//!    when every client has an answer for every queued id (or at the timeout).
+//!    within [`Scenario::return_within_ms`] as [`Scenario::return_mode`] says; it syncs its
+//!    queue with the client's default chunking and counts every `logux/processed` /
+//!    `logux/undo` for its ids. Probes send one `inc` every [`PROBE_INTERVAL`] and time each
+//!    until its answer. The storm ends when every client has an answer for every queued id (or
+//!    at the timeout).
 //!
 //! Then the server's log may be read (`--server-db`) to check every queued id is there,
 //! processed. The result is a [`Report`], printed as one line, written as JSON and drawn as an
