@@ -11,21 +11,26 @@
 //!    closed, as an app is when the device sleeps.
 //! 2. **Probes**: the probe clients connect and wait.
 //! 3. **Storm**: each offline client is opened again with the server's URL at its instant,
-//!    spread evenly over [`Scenario::return_within_ms`]; it syncs its queue with the client's
-//!    default chunking and counts every `logux/processed` / `logux/undo` for its ids. Probes
-//!    send one `inc` every [`PROBE_INTERVAL`] and time each until its answer. The storm ends
-//!    when every client has an answer for every queued id (or at the timeout).
+//!    within [`Scenario::return_within_ms`] as [`Scenario::return_mode`] says; it syncs its
+//!    queue with the client's default chunking and counts every `logux/processed` /
+//!    `logux/undo` for its ids. Probes send one `inc` every [`PROBE_INTERVAL`] and time each
+//!    until its answer. The storm ends when every client has an answer for every queued id (or
+//!    at the timeout).
 //!
 //! Then the server's log may be read (`--server-db`) to check every queued id is there,
-//! processed. The result is a [`Report`], printed as one line and written as JSON.
+//! processed. The result is a [`Report`], printed as one line, written as JSON and drawn as an
+//! SVG chart ([`Chart`]).
 
 #![deny(missing_docs)]
 
+mod chart;
 mod procfs;
+mod progress;
 mod scenario;
 mod stats;
 
-pub use scenario::{Scenario, SimArgs};
+pub use chart::Chart;
+pub use scenario::{ReturnMode, Scenario, SimArgs};
 pub use stats::{is_crdt, percentile, reconnect_offset, Buckets};
 
 use rhizome_client::{ActionId, Client, ClientError, ClientOptions, Durability, Event};
@@ -93,8 +98,11 @@ pub struct ProbeReport {
     pub p99_ms: Option<u64>,
     /// Largest.
     pub max_ms: Option<u64>,
-    /// Largest latency per second of the storm (by send time), for charts.
-    pub max_ms_per_second: Vec<u64>,
+    /// Median latency per second of the storm (by send time); `null` for a second with no
+    /// answered probe action.
+    pub p50_ms_per_second: Vec<Option<u64>>,
+    /// Largest latency per second of the storm (by send time); `null` as above.
+    pub max_ms_per_second: Vec<Option<u64>>,
 }
 
 /// What the server's log says about the queued ids.
@@ -158,6 +166,9 @@ pub struct Report {
     pub sim_peak_rss_kib: Option<u64>,
     /// The server's figures, with `--pid`.
     pub server: Option<ServerReport>,
+    /// Whether the server's log was read (`--server-db`): without it nothing says the server
+    /// stored the actions it answered (the reference `@logux/server` keeps no log at all).
+    pub server_log_checked: bool,
     /// The check against the server's log, with `--server-db`.
     pub server_log: Option<ServerLogCheck>,
 }
@@ -171,7 +182,7 @@ impl Report {
         format!(
             "sim: clients={} actions_per_client={} queued={} processed={} undone={} lost={} duplicate_answers={} \
              synced={}/{} time_to_sync_ms={} peak_actions_per_s={peak} probe_p50_ms={} probe_p99_ms={} probe_max_ms={} \
-             probe_samples={} sim_cpu_ms={} server_cpu_ms={} server_peak_rss_kib={} server_log_missing={}",
+             probe_samples={} sim_cpu_ms={} server_cpu_ms={} server_peak_rss_kib={} return_mode={} {}",
             self.scenario.clients,
             self.scenario.actions_per_client,
             self.queued,
@@ -189,7 +200,11 @@ impl Report {
             opt(self.sim_cpu_ms),
             opt(server.cpu_ms),
             opt(server.peak_rss_kib),
-            self.server_log.as_ref().map_or("-".to_owned(), |c| c.missing.to_string()),
+            self.scenario.return_mode.name(),
+            match &self.server_log {
+                Some(c) => format!("server_log_missing={} server_log_waiting={}", c.missing, c.waiting),
+                None => "server_log=not_checked".to_owned(),
+            },
         )
     }
 }
@@ -221,15 +236,25 @@ impl Report {
     }
 }
 
-/// Runs `rhizome sim`: the scenario from the flags, the summary on stdout, the JSON to `--out`.
-/// Fails with [`SimError::Check`] after writing them when [`Report::failures`] is not empty.
+/// Runs `rhizome sim`: the scenario from the flags, the summary on stdout, the JSON to `--out`,
+/// the chart to `--chart`. Fails with [`SimError::Check`] after writing them when
+/// [`Report::failures`] is not empty.
 pub async fn run(args: SimArgs) -> Result<Report, SimError> {
     let scenario = args.scenario()?;
     let report = simulate(scenario).await?;
+    if !report.server_log_checked {
+        eprintln!(
+            "sim: the server's log was not checked (no --server-db): `lost` counts queued actions \
+             the server never answered, nothing says it stored the ones it did"
+        );
+    }
     println!("{}", report.summary());
     if let Some(out) = &report.scenario.out {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(out, json).map_err(SimError::Io)?;
+    }
+    if let Some(path) = &report.scenario.chart {
+        std::fs::write(path, Chart::of(&report).svg()).map_err(SimError::Io)?;
     }
     let failures = report.failures();
     if !failures.is_empty() {
@@ -275,11 +300,11 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     probes.begin(storm.start);
-    let progress = tokio::spawn(progress(storm.clone(), scenario.clients, stop_rx.clone()));
+    let progress = tokio::spawn(progress::show(storm.clone(), scenario.clients, queued, stop_rx.clone()));
     let window = Duration::from_millis(scenario.return_within_ms);
     let mut tasks = Vec::with_capacity(queues.len());
     for (index, ids) in queues.into_iter().enumerate() {
-        let at = storm.start + reconnect_offset(index, scenario.clients, window);
+        let at = storm.start + reconnect_offset(index, scenario.clients, window, scenario.return_mode);
         let options = client_options(&scenario, &data_dir, index, &scenario.url);
         tasks.push(tokio::spawn(storm_client(storm.clone(), options, ids, at)));
     }
@@ -334,6 +359,7 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
         sim_cpu_ms: cpu_delta(sim_cpu_before, sim_cpu_after),
         sim_peak_rss_kib: procfs::status_kib("self", "VmHWM"),
         server,
+        server_log_checked: server_log.is_some(),
         server_log,
         scenario,
     })
@@ -640,13 +666,16 @@ impl Probe {
 fn probe_report(samples: Vec<Sample>, unanswered: usize) -> ProbeReport {
     let mut ms: Vec<u64> = samples.iter().map(|s| s.latency.as_millis() as u64).collect();
     ms.sort_unstable();
-    let mut per_second: Vec<u64> = Vec::new();
+    let mut per_second: Vec<Vec<u64>> = Vec::new();
     for s in &samples {
         let i = s.sent_after.as_secs() as usize;
         if per_second.len() <= i {
-            per_second.resize(i + 1, 0);
+            per_second.resize(i + 1, Vec::new());
         }
-        per_second[i] = per_second[i].max(s.latency.as_millis() as u64);
+        per_second[i].push(s.latency.as_millis() as u64);
+    }
+    for second in &mut per_second {
+        second.sort_unstable();
     }
     ProbeReport {
         samples: ms.len(),
@@ -654,28 +683,8 @@ fn probe_report(samples: Vec<Sample>, unanswered: usize) -> ProbeReport {
         p50_ms: percentile(&ms, 0.50),
         p99_ms: percentile(&ms, 0.99),
         max_ms: ms.last().copied(),
-        max_ms_per_second: per_second,
-    }
-}
-
-/// A line on stderr every second: synced clients and answers per second.
-async fn progress(storm: Arc<Storm>, clients: usize, mut stop: watch::Receiver<bool>) {
-    let mut tick =
-        tokio::time::interval_at((Instant::now() + Duration::from_secs(1)).into(), Duration::from_secs(1));
-    let mut last = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let answered = storm.answered.load(Ordering::Relaxed);
-        eprintln!(
-            "sim: {:>4} s  synced {}/{clients} clients  {} actions/s  {answered} answered",
-            storm.start.elapsed().as_secs(),
-            storm.synced.load(Ordering::Relaxed),
-            answered - last,
-        );
-        last = answered;
+        p50_ms_per_second: per_second.iter().map(|s| percentile(s, 0.50)).collect(),
+        max_ms_per_second: per_second.iter().map(|s| s.last().copied()).collect(),
     }
 }
 
@@ -715,11 +724,13 @@ mod tests {
             sent_after: Duration::from_millis(sent_ms),
             latency: Duration::from_millis(latency_ms),
         };
-        let samples = vec![sample(100, 5), sample(900, 30), sample(1500, 10), sample(3200, 7)];
+        let samples =
+            vec![sample(100, 5), sample(900, 30), sample(500, 8), sample(1500, 10), sample(3200, 7)];
         let report = probe_report(samples, 2);
-        assert_eq!((report.samples, report.unanswered), (4, 2));
-        assert_eq!((report.p50_ms, report.p99_ms, report.max_ms), (Some(7), Some(30), Some(30)));
-        assert_eq!(report.max_ms_per_second, [30, 10, 0, 7]);
+        assert_eq!((report.samples, report.unanswered), (5, 2));
+        assert_eq!((report.p50_ms, report.p99_ms, report.max_ms), (Some(8), Some(30), Some(30)));
+        assert_eq!(report.p50_ms_per_second, [Some(8), Some(10), None, Some(7)]);
+        assert_eq!(report.max_ms_per_second, [Some(30), Some(10), None, Some(7)]);
         let empty = probe_report(Vec::new(), 0);
         assert_eq!((empty.p50_ms, empty.max_ms, empty.max_ms_per_second.len()), (None, None, 0));
     }

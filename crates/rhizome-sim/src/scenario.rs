@@ -18,8 +18,11 @@ pub struct Scenario {
     pub actions_per_client: usize,
     /// Fraction (0…1) of the queued actions that are `crdt/counter/inc` operations instead of `inc`.
     pub crdt_share: f64,
-    /// The clients reconnect spread evenly over this window, in ms.
+    /// The clients reconnect within this window, in ms, as [`Scenario::return_mode`] says
+    /// (ignored by [`ReturnMode::Burst`]).
     pub return_within_ms: u64,
+    /// How the clients' returns are spread over [`Scenario::return_within_ms`].
+    pub return_mode: ReturnMode,
     /// Online clients sending one action every [`crate::PROBE_INTERVAL`] during the storm.
     pub probes: usize,
     /// Directory of the clients' SQLite files (a temporary directory when unset).
@@ -30,6 +33,8 @@ pub struct Scenario {
     pub server_db: Option<PathBuf>,
     /// Where the JSON result goes.
     pub out: Option<PathBuf>,
+    /// Where the SVG chart of the storm goes.
+    pub chart: Option<PathBuf>,
     /// Token sent in `connect`.
     pub token: String,
     /// Give up on the storm after this many seconds.
@@ -44,11 +49,13 @@ impl Default for Scenario {
             actions_per_client: 100,
             crdt_share: 0.0,
             return_within_ms: 1000,
+            return_mode: ReturnMode::Even,
             probes: 0,
             data_dir: None,
             pid: None,
             server_db: None,
             out: None,
+            chart: None,
             token: "sim".into(),
             timeout_secs: 600,
         }
@@ -80,6 +87,30 @@ impl Scenario {
     }
 }
 
+/// How the storm's clients return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReturnMode {
+    /// All at the storm's start, the same instant (the window is ignored).
+    Burst,
+    /// Spread evenly over the window: a constant arrival rate.
+    Even,
+    /// An arrival rate growing linearly from zero over the window: client `i` of `n` at
+    /// `window * sqrt(i / n)`.
+    Ramp,
+}
+
+impl ReturnMode {
+    /// Its name in flags, files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReturnMode::Burst => "burst",
+            ReturnMode::Even => "even",
+            ReturnMode::Ramp => "ramp",
+        }
+    }
+}
+
 /// Flags of `rhizome sim`; each overrides the same field of `--scenario`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SimArgs {
@@ -98,9 +129,13 @@ pub struct SimArgs {
     /// Fraction (0…1) of queued actions that are `crdt/counter/inc` operations [default: 0].
     #[arg(long)]
     pub crdt_share: Option<f64>,
-    /// Clients reconnect spread evenly over this many ms [default: 1000].
+    /// Clients reconnect within this many ms, as `--return-mode` says [default: 1000].
     #[arg(long)]
     pub return_within_ms: Option<u64>,
+    /// How returns are spread: burst (all at once, the window ignored), even (a constant
+    /// rate) or ramp (a rate growing linearly over the window) [default: even].
+    #[arg(long, value_enum)]
+    pub return_mode: Option<ReturnMode>,
     /// Online probe clients measuring latency during the storm [default: 0].
     #[arg(long)]
     pub probes: Option<usize>,
@@ -116,6 +151,9 @@ pub struct SimArgs {
     /// Write the JSON result here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write an SVG chart of the storm here: answers per second and probe latency over time.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
     /// Token sent in `connect` [default: sim].
     #[arg(long)]
     pub token: Option<String>,
@@ -146,6 +184,9 @@ impl SimArgs {
         if let Some(v) = self.return_within_ms {
             s.return_within_ms = v;
         }
+        if let Some(v) = self.return_mode {
+            s.return_mode = v;
+        }
         if let Some(v) = self.probes {
             s.probes = v;
         }
@@ -160,6 +201,9 @@ impl SimArgs {
         }
         if self.out.is_some() {
             s.out = self.out.clone();
+        }
+        if self.chart.is_some() {
+            s.chart = self.chart.clone();
         }
         if let Some(v) = &self.token {
             s.token = v.clone();
@@ -180,16 +224,24 @@ mod tests {
     fn flags_win_over_the_file_and_the_file_over_defaults() -> Result<(), SimError> {
         let dir = tempfile::tempdir().map_err(SimError::Io)?;
         let path = dir.path().join("s.toml");
-        std::fs::write(&path, "clients = 7\nactions_per_client = 3\nprobes = 2\n").map_err(SimError::Io)?;
-        let args = SimArgs { scenario: Some(path), clients: Some(9), ..SimArgs::default() };
+        let text =
+            "clients = 7\nactions_per_client = 3\nprobes = 2\nreturn_mode = \"ramp\"\nchart = \"c.svg\"\n";
+        std::fs::write(&path, text).map_err(SimError::Io)?;
+        let args = SimArgs { scenario: Some(path.clone()), clients: Some(9), ..SimArgs::default() };
         let s = args.scenario()?;
         assert_eq!((s.clients, s.actions_per_client, s.probes, s.return_within_ms), (9, 3, 2, 1000));
+        assert_eq!((s.return_mode, s.chart.as_deref()), (ReturnMode::Ramp, Some(Path::new("c.svg"))));
+        let args =
+            SimArgs { scenario: Some(path), return_mode: Some(ReturnMode::Burst), ..SimArgs::default() };
+        assert_eq!(args.scenario()?.return_mode, ReturnMode::Burst);
+        assert_eq!(SimArgs::default().scenario()?.return_mode, ReturnMode::Even);
         Ok(())
     }
 
     #[test]
     fn unknown_fields_and_bad_shares_are_refused() {
         assert!(toml::from_str::<Scenario>("clientz = 1").is_err());
+        assert!(toml::from_str::<Scenario>("return_mode = \"trickle\"").is_err());
         let args = SimArgs { crdt_share: Some(1.5), ..SimArgs::default() };
         assert!(args.scenario().is_err());
     }

@@ -1,16 +1,27 @@
 //! Pure helpers: the reconnect schedule, the action mix, percentiles and per-second buckets.
 
+use crate::ReturnMode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// When client `index` of `clients` reconnects, counted from the storm's start: spread evenly
-/// over `window` (the first at 0, the last just before `window`).
-pub fn reconnect_offset(index: usize, clients: usize, window: Duration) -> Duration {
+/// When client `index` of `clients` reconnects, counted from the storm's start (the first at 0,
+/// the others before `window`):
+/// - [`ReturnMode::Burst`]: all at 0;
+/// - [`ReturnMode::Even`]: `window * i / n`, a constant rate;
+/// - [`ReturnMode::Ramp`]: `window * sqrt(i / n)`. Then `n * (t / window)²` clients have
+///   returned by `t`, so the arrival rate, its derivative, grows linearly from 0 to `2n / window`.
+pub fn reconnect_offset(index: usize, clients: usize, window: Duration, mode: ReturnMode) -> Duration {
     if clients == 0 {
         return Duration::ZERO;
     }
-    let nanos = window.as_nanos() * index as u128 / clients as u128;
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    match mode {
+        ReturnMode::Burst => Duration::ZERO,
+        ReturnMode::Even => {
+            let nanos = window.as_nanos() * index as u128 / clients as u128;
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        }
+        ReturnMode::Ramp => window.mul_f64((index as f64 / clients as f64).sqrt()),
+    }
 }
 
 /// Whether queued action `index` is a CRDT operation, for a share of `share` (0…1): spread
@@ -62,13 +73,35 @@ impl Buckets {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reconnects_are_spread_evenly_over_the_window() {
+    fn offsets_ms(clients: usize, mode: ReturnMode) -> Vec<u128> {
         let w = Duration::from_millis(1000);
-        let offsets: Vec<u128> = (0..4).map(|i| reconnect_offset(i, 4, w).as_millis()).collect();
-        assert_eq!(offsets, [0, 250, 500, 750]);
-        assert_eq!(reconnect_offset(0, 1, w), Duration::ZERO);
-        assert_eq!(reconnect_offset(3, 4, Duration::ZERO), Duration::ZERO);
+        (0..clients).map(|i| reconnect_offset(i, clients, w, mode).as_millis()).collect()
+    }
+
+    #[test]
+    fn even_returns_are_spread_evenly_over_the_window() {
+        assert_eq!(offsets_ms(4, ReturnMode::Even), [0, 250, 500, 750]);
+        let w = Duration::from_millis(1000);
+        assert_eq!(reconnect_offset(0, 1, w, ReturnMode::Even), Duration::ZERO);
+        assert_eq!(reconnect_offset(3, 4, Duration::ZERO, ReturnMode::Even), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_burst_returns_everyone_at_the_start_whatever_the_window() {
+        assert_eq!(offsets_ms(5, ReturnMode::Burst), [0; 5]);
+    }
+
+    #[test]
+    fn a_ramp_returns_clients_at_a_linearly_growing_rate() {
+        // sqrt(i / 4) of a second: 0, 0.5, 0.707…, 0.866….
+        assert_eq!(offsets_ms(4, ReturnMode::Ramp), [0, 500, 707, 866]);
+        let offsets = offsets_ms(1000, ReturnMode::Ramp);
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "in order");
+        assert!(offsets.iter().all(|&t| t < 1000), "within the window");
+        // A rate growing linearly from 0: a quarter of the clients in the first half, and in
+        // each of the four quarters of the window 1, 3, 5 and 7 sixteenths of them.
+        let in_quarter = |q: u128| offsets.iter().filter(|&&t| t >= q * 250 && t < (q + 1) * 250).count();
+        assert_eq!([in_quarter(0), in_quarter(1), in_quarter(2), in_quarter(3)], [63, 187, 313, 437]);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! `rhizome sim`, the reconnect-storm simulator, against a real `rhizome serve` with the
-//! benchmark's app: a small storm, its JSON result checked against the server's log.
+//! benchmark's app: a small storm, its JSON result checked against the server's log and its
+//! chart against the JSON.
 
 use crate::support::{root, ServerProcess};
 use serde_json::Value;
 use std::process::Command;
 
-/// Runs `rhizome sim` with `args` and `--out`; returns the JSON result.
-fn sim(args: &[&str]) -> Value {
+/// Runs `rhizome sim` with `args` and `--out`; returns the JSON result and the summary line.
+fn sim(args: &[&str]) -> (Value, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("result.json");
     let run = Command::new(env!("CARGO_BIN_EXE_rhizome"))
@@ -17,9 +18,10 @@ fn sim(args: &[&str]) -> Value {
         .expect("run rhizome sim");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "sim {args:?} failed: {stdout}{}", String::from_utf8_lossy(&run.stderr));
-    assert!(stdout.lines().any(|l| l.starts_with("sim: ")), "no summary: {stdout}");
+    let summary =
+        stdout.lines().find(|l| l.starts_with("sim: ")).unwrap_or_else(|| panic!("no summary: {stdout}"));
     let text = std::fs::read_to_string(&out).expect("the JSON result");
-    serde_json::from_str(&text).expect("valid JSON")
+    (serde_json::from_str(&text).expect("valid JSON"), summary.to_owned())
 }
 
 fn u64_at(report: &Value, pointer: &str) -> u64 {
@@ -33,8 +35,9 @@ fn a_small_storm_is_synced_with_nothing_lost() {
     let pid = server.child.id().to_string();
     let db = dir.path().join("rhizome.db");
     let db = db.to_str().expect("utf-8 path");
+    let chart = dir.path().join("storm.svg");
 
-    let report = sim(&[
+    let (report, summary) = sim(&[
         "--url",
         &server.url,
         "--clients",
@@ -49,7 +52,14 @@ fn a_small_storm_is_synced_with_nothing_lost() {
         &pid,
         "--server-db",
         db,
+        "--return-mode",
+        "ramp",
+        "--chart",
+        chart.to_str().expect("utf-8 path"),
     ]);
+    assert_eq!(report["scenario"]["return_mode"], "ramp");
+    assert_eq!(report["server_log_checked"], true);
+    assert!(summary.contains("server_log_missing=0 server_log_waiting=0"), "{summary}");
     for (key, want) in [
         ("/queued", 4000),
         ("/processed", 4000),
@@ -84,6 +94,23 @@ fn a_small_storm_is_synced_with_nothing_lost() {
     assert!(u64_at(&report, "/server/peak_rss_kib") > 0);
     assert!(report.pointer("/server/cpu_ms").and_then(Value::as_u64).is_some());
     assert!(report.pointer("/sim_cpu_ms").and_then(Value::as_u64).is_some());
+
+    // The chart: a point for every second of answers and every second a probe was answered.
+    let svg = std::fs::read_to_string(&chart).expect("the chart");
+    let doc = roxmltree::Document::parse(&svg).expect("the chart is well-formed XML");
+    let points = |class: &str| {
+        doc.descendants().filter(|n| n.has_tag_name("circle") && n.attribute("class") == Some(class)).count()
+    };
+    let seconds_with =
+        |key: &str| report["probes"][key].as_array().expect(key).iter().filter(|v| !v.is_null()).count();
+    assert_eq!(points("throughput"), report["throughput_per_second"].as_array().expect("throughput").len());
+    assert_eq!(points("probe-p50"), seconds_with("p50_ms_per_second"));
+    assert_eq!(points("probe-max"), seconds_with("max_ms_per_second"));
+    assert!(points("throughput") > 0 && points("probe-max") > 0, "{svg}");
+    assert!(
+        svg.contains("20 clients × 200 queued actions, returning on a ramp within 1000 ms, 2 probes"),
+        "{svg}"
+    );
 }
 
 #[test]
@@ -92,13 +119,17 @@ fn a_scenario_file_sets_the_fields_and_flags_win() {
     let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
     let file = dir.path().join("scenario.toml");
     let text =
-        format!("url = \"{}\"\nclients = 3\nactions_per_client = 50\nreturn_within_ms = 200\n", server.url);
+        format!("url = \"{}\"\nclients = 3\nactions_per_client = 50\nreturn_within_ms = 200\nreturn_mode = \"burst\"\n", server.url);
     std::fs::write(&file, text).expect("write the scenario");
-    let report = sim(&["--scenario", file.to_str().expect("utf-8 path"), "--clients", "4"]);
+    let (report, summary) = sim(&["--scenario", file.to_str().expect("utf-8 path"), "--clients", "4"]);
     assert_eq!(u64_at(&report, "/scenario/clients"), 4);
     assert_eq!(u64_at(&report, "/scenario/return_within_ms"), 200);
+    assert_eq!(report["scenario"]["return_mode"], "burst");
     assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (200, 0));
+    // Without --server-db the report says the log was not checked, not that nothing is missing.
     assert!(report["server_log"].is_null() && report["server"].is_null());
+    assert_eq!(report["server_log_checked"], false);
+    assert!(summary.contains("server_log=not_checked") && !summary.contains("missing"), "{summary}");
 }
 
 #[test]
