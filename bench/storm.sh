@@ -21,6 +21,9 @@
 #   CLIENT_DIR=dir             an empty directory for the clients' SQLite files [a new one under
 #                              /dev/shm when it exists, so their writes do not compete with the
 #                              server's fsyncs, removed afterwards]
+#   SIM_NICE=0                 run the simulator at this nice level: 10 gives the server the CPU
+#                              first, as if the clients ran on other machines (the report still
+#                              gives the simulator's own CPU time)
 #   KEEP_DATA=1                keep the new clients' directory and rhizome's data directory
 #
 # Exits with rhizome sim's status: non-zero when an action was lost or a client did not sync.
@@ -149,7 +152,8 @@ if [[ $ready != 1 ]]; then
 fi
 echo "# $SERVER: $(grep -m1 '^listening' "$SERVER_LOG") (pid $SERVER_PID)"
 
-SIM=("$RHIZOME_BIN" sim --url "ws://127.0.0.1:$PORT" --clients "$CLIENTS" --actions-per-client "$ACTIONS"
+SIM_NICE=${SIM_NICE:-0}
+SIM=(nice -n "$SIM_NICE" "$RHIZOME_BIN" sim --url "ws://127.0.0.1:$PORT" --clients "$CLIENTS" --actions-per-client "$ACTIONS"
   --return-within-ms "$RETURN_WITHIN_MS" --return-mode "$RETURN_MODE" --probes "$PROBES"
   --crdt-share "$CRDT_SHARE" --timeout-secs "$TIMEOUT_SECS" --pid "$SERVER_PID" "${SERVER_DB[@]}"
   --data-dir "$CLIENT_DIR" --out "$OUT_DIR/result.json" --chart "$OUT_DIR/chart.svg")

@@ -19,6 +19,12 @@ pub struct Limits {
     pub outbound_queue_bytes_max: usize,
     /// `sync` messages of one connection waiting for their commit; more stop reading the socket.
     pub inflight_syncs_max: usize,
+    /// Connections with `sync`s in flight (returning clients sending a backlog) that may read
+    /// and parse more input at the same time; the others wait their turn, first come first
+    /// served, with their input left in the kernel. A connection with nothing in flight (an
+    /// online client sending a few actions) never waits for this, so it is not queued behind a
+    /// reconnect storm's backlogs.
+    pub backlog_readers_max: usize,
     /// Actions sent in one catch-up `sync` frame.
     pub catch_up_chunk_actions: usize,
     /// Failed authentications per IP address within `auth_failure_window` before refusing all.
@@ -47,6 +53,7 @@ impl Default for Limits {
             pre_auth_messages_max: 64,
             outbound_queue_bytes_max: 16 * 1024 * 1024,
             inflight_syncs_max: 64,
+            backlog_readers_max: 4,
             catch_up_chunk_actions: 500,
             auth_failures_max: 3,
             auth_failure_window: Duration::from_secs(3),

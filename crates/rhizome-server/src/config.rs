@@ -105,6 +105,7 @@ pub struct LimitsSection {
     pub pre_auth_messages_max: Option<usize>,
     pub outbound_queue_bytes_max: Option<usize>,
     pub inflight_syncs_max: Option<usize>,
+    pub backlog_readers_max: Option<usize>,
     pub catch_up_chunk_actions: Option<usize>,
     pub auth_failures_max: Option<usize>,
     pub auth_failure_window_ms: Option<u64>,
@@ -127,6 +128,7 @@ impl LimitsSection {
             pre_auth_messages_max: self.pre_auth_messages_max.unwrap_or(d.pre_auth_messages_max),
             outbound_queue_bytes_max: self.outbound_queue_bytes_max.unwrap_or(d.outbound_queue_bytes_max),
             inflight_syncs_max: self.inflight_syncs_max.unwrap_or(d.inflight_syncs_max),
+            backlog_readers_max: self.backlog_readers_max.unwrap_or(d.backlog_readers_max),
             catch_up_chunk_actions: self.catch_up_chunk_actions.unwrap_or(d.catch_up_chunk_actions),
             auth_failures_max: self.auth_failures_max.unwrap_or(d.auth_failures_max),
             auth_failure_window: ms(self.auth_failure_window_ms, d.auth_failure_window),
@@ -141,6 +143,7 @@ impl LimitsSection {
             ("connections_max", limits.connections_max),
             ("outbound_queue_bytes_max", limits.outbound_queue_bytes_max),
             ("inflight_syncs_max", limits.inflight_syncs_max),
+            ("backlog_readers_max", limits.backlog_readers_max),
             ("catch_up_chunk_actions", limits.catch_up_chunk_actions),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {

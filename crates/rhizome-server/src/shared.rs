@@ -26,6 +26,8 @@ pub struct Shared {
     pub writer: WriteQueue,
     /// The hub.
     pub hub: mpsc::Sender<HubMessage>,
+    /// Turns to read for connections with `sync`s in flight (`Limits::backlog_readers_max`).
+    pub backlog_readers: Arc<tokio::sync::Semaphore>,
     /// Ids of the server's own actions.
     ids: Mutex<IdGenerator>,
     /// Failed authentications per address, for the brute-force guard.
@@ -87,6 +89,7 @@ impl Shared {
         let ids = IdGenerator::new(config.server_node.clone());
         Shared {
             config: Arc::new(config),
+            backlog_readers: Arc::new(tokio::sync::Semaphore::new(limits.backlog_readers_max)),
             limits: Arc::new(limits),
             app,
             store,

@@ -17,13 +17,15 @@ use rhizome_core::{CloseReason, Connection, Output};
 use rhizome_protocol::message::{encode_error, encode_ping, encode_pong};
 use rhizome_websocket::{close_code as code, encode_close, encode_text, Decoder, Message, Violation};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 
 /// Rhizome's own close codes.
 const REPLACED: u16 = 4001;
@@ -57,6 +59,18 @@ pub struct Session {
     client_synced: u64,
     /// When the last event was handled; quiet for `park_after` parks the connection.
     quiet_since_ms: i64,
+    /// Its turn to read while it has `sync`s in flight (see `Limits::backlog_readers_max`).
+    turn: Turn,
+}
+
+/// A connection's place among the backlog readers.
+enum Turn {
+    /// Not waiting: it has nothing in flight, or has not had input since its last turn.
+    None,
+    /// Waiting in line, first come first served.
+    Waiting(Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>),
+    /// Reading; ends when what it read has been handed to the pipeline.
+    Held(#[allow(dead_code)] OwnedSemaphorePermit),
 }
 
 enum Next {
@@ -132,6 +146,7 @@ pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Box
         decoder,
         unsent: Vec::new(),
         client_synced: 0,
+        turn: Turn::None,
     })
 }
 
@@ -246,7 +261,10 @@ impl Session {
             Event::Committed(pending, result) => self.finish(pending, result).await,
             Event::Readable => {
                 let read = self.read(stream);
-                return self.after_read(stream, read).await;
+                let end = self.after_read(stream, read).await;
+                // What it read is in the pipeline: the next backlog reader's turn.
+                self.turn = Turn::None;
+                return end;
             }
             Event::Broken => return Some(End::Broken),
             // `run` parks on this one instead of handling it.
@@ -311,9 +329,16 @@ impl Session {
                 }
             }
         }
+        if self.inflight.is_empty() {
+            // Nothing in flight: it reads without a turn, and gives up its place in line.
+            self.turn = Turn::None;
+        }
         if self.inflight.len() < self.shared.limits.inflight_syncs_max {
             match stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
+                Poll::Ready(Ok(())) if self.inflight.is_empty() || self.poll_turn(cx).is_ready() => {
+                    return Poll::Ready(Event::Readable)
+                }
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(Event::Broken),
                 Poll::Pending => {}
             }
@@ -344,6 +369,33 @@ impl Session {
             self.outbox.set_deadline_ms(deadline_ms);
         }
         Poll::Pending
+    }
+
+    /// Takes a turn to read among the connections with `sync`s in flight, or queues for one.
+    fn poll_turn(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        loop {
+            match &mut self.turn {
+                Turn::Held(_) => return Poll::Ready(()),
+                Turn::None => {
+                    let line = self.shared.backlog_readers.clone();
+                    self.turn = Turn::Waiting(Box::pin(line.acquire_owned()));
+                }
+                Turn::Waiting(wait) => {
+                    return match wait.as_mut().poll(cx) {
+                        Poll::Ready(Ok(permit)) => {
+                            self.turn = Turn::Held(permit);
+                            Poll::Ready(())
+                        }
+                        // The line is never closed; were it, reading goes on without it.
+                        Poll::Ready(Err(_)) => {
+                            self.turn = Turn::None;
+                            Poll::Ready(())
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
     }
 
     /// Leaves the in-flight `sync`s of a connection nobody reads any more to a task of their

@@ -184,3 +184,76 @@ async fn subscriber_that_reads_keeps_up_with_a_pipelined_producer() -> Result<()
     server.stop().await;
     Ok(())
 }
+
+/// Sends `syncs` pipelined `sync`s of 10 actions from `node` without waiting; with `drop_after`,
+/// the socket is dropped after that many, unanswered. Otherwise reads until every `sync` is
+/// `synced` and every action processed once.
+async fn stream_backlog(
+    server: &TestServer,
+    node: &str,
+    syncs: usize,
+    drop_after: Option<usize>,
+) -> Result<()> {
+    let client = server.login(node).await?;
+    let (mut sink, mut stream) = client.ws.split();
+    let sent = drop_after.unwrap_or(syncs);
+    for s in 0..sent {
+        let mut message = vec![json!("sync"), json!(s + 1)];
+        for a in 0..10 {
+            let shift = (s * 10 + a + 1) as i64;
+            message.push(json!({"type": "inc", "id": node}));
+            message.push(json!({"id": shift, "time": shift}));
+        }
+        sink.feed(Message::text(Value::from(message).to_string())).await?;
+    }
+    sink.flush().await?;
+    if drop_after.is_some() {
+        return Ok(());
+    }
+    let (mut synced, mut processed) = (0, HashSet::new());
+    while synced < syncs || processed.len() < syncs * 10 {
+        let next = tokio::time::timeout(READ_TIMEOUT, stream.next())
+            .await
+            .with_context(|| format!("{node} stalled at {synced} synced, {} processed", processed.len()))?;
+        let m: Value = match next {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str())?,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => bail!("{node} ended: {other:?}"),
+        };
+        match m[0].as_str() {
+            Some("synced") => synced += 1,
+            Some("sync") => {
+                for a in sync_actions(&m) {
+                    assert_eq!(a["type"], "logux/processed", "{a}");
+                    assert!(processed.insert(a["id"].to_string()), "{a} answered twice");
+                }
+            }
+            _ => bail!("unexpected {m}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlogs_sharing_one_reader_turn_are_all_answered_and_online_clients_served() -> Result<()> {
+    // One turn for every connection with syncs in flight: the backlogs take turns reading.
+    let server = TestServer::start("backlog_readers_max = 1\ninflight_syncs_max = 4").await?;
+    let mut streams = Vec::new();
+    for n in 0..3 {
+        let server = &server;
+        streams.push(async move { stream_backlog(server, &format!("backlog{n}:c:t"), 400, None).await });
+    }
+    // One that vanishes in the middle of its backlog, holding or waiting for a turn.
+    let vanishing = stream_backlog(&server, "gone:c:t", 400, Some(200));
+    let (results, gone, healthy) =
+        tokio::join!(futures_util::future::join_all(streams), vanishing, server.assert_healthy());
+    gone?;
+    healthy.context("an online client during the backlogs")?;
+    for result in results {
+        result?;
+    }
+    // A new backlog goes through after them.
+    stream_backlog(&server, "after:c:t", 100, None).await?;
+    server.stop().await;
+    Ok(())
+}
