@@ -9,7 +9,7 @@
 use futures_util::{SinkExt, StreamExt};
 use rhizome_protocol::message::{encode_connect, encode_synced};
 use rhizome_protocol::{parse, ActionId, Codec, IdGenerator, Message, NodeId};
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -172,6 +172,41 @@ fn key_of_text(text: &str) -> Option<Key> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// Send times of the actions awaiting an answer, in the order they were sent. Ids of one
+/// generator only grow, so an answer's id is found by binary search; answers mostly come in
+/// order, so the answered front is dropped as it forms.
+struct InFlight {
+    sent: VecDeque<(Key, Option<Instant>)>,
+    waiting: usize,
+}
+
+impl InFlight {
+    fn with_capacity(capacity: usize) -> Self {
+        InFlight { sent: VecDeque::with_capacity(capacity), waiting: 0 }
+    }
+
+    fn insert(&mut self, key: Key, at: Instant) {
+        debug_assert!(self.sent.back().is_none_or(|(last, _)| *last < key), "ids grow");
+        self.sent.push_back((key, Some(at)));
+        self.waiting += 1;
+    }
+
+    /// The send time of `key`, if it is still waiting; it waits no more.
+    fn remove(&mut self, key: &Key) -> Option<Instant> {
+        let index = self.sent.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let at = self.sent[index].1.take()?;
+        self.waiting -= 1;
+        while self.sent.front().is_some_and(|(_, at)| at.is_none()) {
+            self.sent.pop_front();
+        }
+        Some(at)
+    }
+
+    fn len(&self) -> usize {
+        self.waiting
+    }
+}
+
 /// What one server frame told us.
 #[derive(Default)]
 struct Seen {
@@ -262,7 +297,7 @@ async fn producer(
         format!("{{\"type\":\"inc\",\"id\":\"{counter}\"}}")
     };
     start.wait().await;
-    let mut pending: HashMap<Key, Instant> = HashMap::with_capacity(args.window * 2);
+    let mut pending = InFlight::with_capacity(args.window * 2);
     let mut latencies_us = Vec::with_capacity(args.actions);
     let (mut sent, mut undone) = (0usize, 0usize);
     let batch: Vec<String> = vec![action; args.batch.max(1)];
@@ -447,4 +482,29 @@ async fn run_inner(args: BenchArgs) -> Result<(), BenchError> {
         return Err(BenchError::Protocol(format!("{undone} actions were undone")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_answers_are_taken_once_in_any_order() {
+        let t = Instant::now();
+        let mut pending = InFlight::with_capacity(4);
+        for key in [(1, 0), (1, 1), (2, 0), (3, 0)] {
+            pending.insert(key, t);
+        }
+        assert_eq!(pending.remove(&(2, 0)), Some(t), "out of order");
+        assert_eq!(pending.remove(&(2, 0)), None, "answered twice counts once");
+        assert_eq!(pending.remove(&(9, 9)), None, "not ours");
+        assert_eq!(pending.len(), 3);
+        assert_eq!(pending.remove(&(1, 0)), Some(t));
+        assert_eq!(pending.remove(&(1, 1)), Some(t));
+        // The answered front, (2, 0) included, is dropped.
+        assert_eq!(pending.sent.len(), 1);
+        pending.insert((4, 0), t);
+        assert_eq!((pending.remove(&(3, 0)), pending.remove(&(4, 0))), (Some(t), Some(t)));
+        assert_eq!((pending.len(), pending.sent.len()), (0, 0));
+    }
 }
