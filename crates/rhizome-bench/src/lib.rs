@@ -445,7 +445,17 @@ async fn run_inner(args: BenchArgs) -> Result<(), BenchError> {
     for i in 0..args.connections {
         producers.spawn(producer(args.clone(), i, start.clone()));
     }
-    start.wait().await;
+    // A connection that fails while setting up never reaches the barrier: its error ends the
+    // run instead of leaving everyone waiting.
+    let failed_early = tokio::select! {
+        _ = start.wait() => None,
+        Some(r) = producers.join_next() => Some(r.map(|r| r.map(|_| ()))),
+        Some(r) = subs.join_next() => Some(r),
+    };
+    if let Some(r) = failed_early {
+        r.map_err(|e| BenchError::Protocol(e.to_string()))??;
+        return Err(BenchError::Protocol("a connection ended before the start".into()));
+    }
     let t0 = Instant::now();
     let mut latencies = Vec::new();
     let mut undone = 0;

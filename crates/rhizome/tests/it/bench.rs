@@ -75,3 +75,30 @@ fn the_load_generator_counts_every_answer_and_delivery() {
     assert!(before > 0.0 && after > 0.0, "rss {before} -> {after}");
     assert!((per_conn - (after - before) / 50.0).abs() < 0.01, "{per_conn} from {before} -> {after}");
 }
+
+#[test]
+fn a_refused_subscription_ends_the_run_with_its_reason() {
+    // `inc` is accepted but no channel may be subscribed to: every producer fails while setting
+    // up, before the others are ready.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("no-channels.toml");
+    std::fs::write(&config, "[auth]\nmode = \"open\"\n[[action]]\ntype = \"inc\"\n").expect("config");
+    let server = ServerProcess::start(&config, &dir.path().join("data"));
+    let out = Command::new(env!("CARGO_BIN_EXE_rhizome"))
+        .args([
+            "bench",
+            "--url",
+            &server.url,
+            "--timeout-secs",
+            "60",
+            "--connections",
+            "2",
+            "--actions",
+            "10",
+        ])
+        .output()
+        .expect("run rhizome bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the bench succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("subscription to counter/p") && stderr.contains("was undone"), "{stderr}");
+}
