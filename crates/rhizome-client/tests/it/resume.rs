@@ -75,7 +75,11 @@ async fn a_client_killed_mid_backlog_resumes_without_loss_or_duplicates() -> Res
         left.queued + left.awaiting_outcome,
         "answered {answered}, awaiting {awaiting}, {left:?}"
     );
-    assert!(awaiting - left.awaiting_outcome <= (o_window * o_chunk) as u64, "{awaiting} {left:?}");
+    // Kept answers can settle actions the killed instance was awaiting, so fewer may await now.
+    assert!(
+        awaiting.saturating_sub(left.awaiting_outcome) <= (o_window * o_chunk) as u64,
+        "{awaiting} {left:?}"
+    );
     client.close().await;
     server.stop().await;
     Ok(())
