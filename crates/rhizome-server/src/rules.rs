@@ -106,12 +106,17 @@ pub fn expand(template: &str, action: &Action) -> Option<String> {
         // A value is one path segment, except in a placeholder that ends the template
         // (`crdt/{key}`): there it can only lengthen the name, whose own channel rule decides.
         let trailing = end + 1 == rest.len();
-        let value = match action.field(field)? {
-            Value::String(s) if !s.is_empty() && (trailing || !s.contains('/')) || field == "channel" => s,
-            Value::Number(n) => n.to_string(),
-            _ => return None,
-        };
-        out.push_str(&value);
+        let segment_ok = |s: &str| !s.is_empty() && (trailing || !s.contains('/')) || field == "channel";
+        // A string is read in place; only other values are parsed.
+        match action.str_field(field) {
+            Some(s) if segment_ok(s) => out.push_str(s),
+            Some(_) => return None,
+            None => match action.field(field)? {
+                Value::String(s) if segment_ok(&s) => out.push_str(&s),
+                Value::Number(n) => out.push_str(&n.to_string()),
+                _ => return None,
+            },
+        }
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
@@ -253,6 +258,11 @@ mod tests {
             Some("counter/a/b"),
             "a trailing field only lengthens the name; that channel's own rule decides"
         );
+        let c = Action::from_json(r#"{"type":"inc","id":"q\"7","e":"","t":true,"s":"x\/y"}"#).unwrap();
+        assert_eq!(expand("c/{id}", &c).as_deref(), Some("c/q\"7"), "an escaped string is decoded");
+        assert_eq!(expand("c/{e}", &c), None, "an empty value");
+        assert_eq!(expand("c/{t}", &c), None, "neither string nor number");
+        assert_eq!(expand("c/{s}/x", &c), None, "an escaped slash is a slash too");
     }
 
     #[test]
