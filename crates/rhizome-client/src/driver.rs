@@ -3,7 +3,7 @@
 //! [`Shared`] (SQLite calls run in `spawn_blocking`).
 
 use crate::backoff::parse_retry_after;
-use crate::store::{Incoming, Since, Undone};
+use crate::store::{Incoming, ReceivedDelta, Since, Subscription, Undone};
 use crate::{ClientOptions, Event, Shared, State};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -109,6 +109,9 @@ struct Conn {
     controls: HashMap<String, Control>,
     /// Channels subscribed on this connection.
     subscribed: HashSet<String>,
+    /// CRDT object channels to subscribe to again once their subscription in flight is
+    /// answered: one of our operations on the object was processed after it was sent.
+    stale: HashSet<String>,
     /// The highest `added` of ours the server confirmed (sent in `ping`/`pong`).
     acked_added: i64,
     ping_sent: bool,
@@ -195,13 +198,43 @@ impl Batch {
                         });
                     }
                 }
-                _ => {
+                kind => {
                     let n = incoming.actions.len();
+                    if kind == rhizome_crdt::DELTA_TYPE {
+                        match decode_delta(action.fields()) {
+                            Some((key, delta)) => {
+                                incoming.deltas.push(ReceivedDelta { index: n, key, delta })
+                            }
+                            None => {
+                                tracing::debug!(id = %id, "a crdt/delta that does not decode; not joined")
+                            }
+                        }
+                    }
                     incoming.actions.push((id.text(), time, action.json().to_string()));
                     self.pending.push(Pending::Action(n, Value::Object(action.fields().clone()), id, time));
                 }
             }
         }
+    }
+}
+
+/// The key and the delta of a `crdt/delta` action (`{"key", "kind", "delta"}`).
+fn decode_delta(fields: &serde_json::Map<String, Value>) -> Option<(String, rhizome_crdt::Object)> {
+    let key = fields.get("key")?.as_str()?;
+    let kind = rhizome_crdt::Kind::from_name(fields.get("kind")?.as_str()?)?;
+    let delta = rhizome_crdt::Object::from_json(kind, fields.get("delta")?).ok()?;
+    Some((key.to_owned(), delta))
+}
+
+/// `{"<node>": n, …}`, the `seen` of a CRDT subscription.
+fn seen_json(vv: &rhizome_crdt::VersionVector) -> Value {
+    Value::Object(vv.iter().map(|(node, n)| (node.to_string(), n.into())).collect())
+}
+
+impl Conn {
+    /// Whether a `logux/subscribe` to `channel` is in flight on this connection.
+    fn subscribing(&self, channel: &str) -> bool {
+        self.controls.values().any(|c| matches!(c, Control::Subscribe(ch) if ch == channel))
     }
 }
 
@@ -355,6 +388,7 @@ impl Driver {
                         check_subscriptions: true,
                         controls: HashMap::new(),
                         subscribed: HashSet::new(),
+                        stale: HashSet::new(),
                         acked_added: 0,
                         ping_sent: false,
                         last_rx: now,
@@ -485,37 +519,7 @@ impl Driver {
                 conn.subscribed.iter().filter(|c| !wanted.contains(c.as_str())).cloned().collect();
             let new: Vec<_> =
                 subscriptions.iter().filter(|s| !conn.subscribed.contains(&s.channel)).cloned().collect();
-            if !new.is_empty() || !gone.is_empty() {
-                let now = self.shared.clock.now_ms();
-                let count = new.len() + gone.len();
-                let mut ids = self
-                    .shared
-                    .with_store(move |s| (0..count).map(|_| s.fresh_id(now)).collect::<Result<Vec<_>, _>>())
-                    .await
-                    .map_err(store_failed)?
-                    .into_iter();
-                let mut frame = SyncBuilder::new();
-                // Unsubscriptions first: an unsubscribe and a new subscribe of one channel
-                // between two fills leave the server subscribed, as they leave the log.
-                for (channel, id) in gone.into_iter().zip(ids.by_ref()) {
-                    let action = json!({"type": "logux/unsubscribe", "channel": channel});
-                    frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
-                    conn.controls.insert(id.text(), Control::Unsubscribe);
-                    conn.subscribed.remove(&channel);
-                }
-                for (sub, id) in new.into_iter().zip(ids) {
-                    let mut action = json!({"type": "logux/subscribe", "channel": sub.channel});
-                    if let Some(Since { id, time }) = &sub.since {
-                        action["since"] = json!({"id": id, "time": time});
-                    }
-                    frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
-                    conn.controls.insert(id.text(), Control::Subscribe(sub.channel.clone()));
-                    conn.subscribed.insert(sub.channel);
-                }
-                self.send(ws, frame.finish(conn.cursor.max(0) as u64)).await?;
-                conn.inflight.push_back(Inflight::Subscribe);
-                conn.last_tx = Instant::now();
-            }
+            self.send_subscriptions(ws, conn, gone, new).await?;
         }
         let chunk_max = self.options.sync_actions_max;
         let fold = self.options.fold_crdt;
@@ -562,6 +566,102 @@ impl Driver {
         Ok(())
     }
 
+    /// Sends `logux/unsubscribe` for `gone` and `logux/subscribe` for `new` (with `since`, and
+    /// with `seen` for a CRDT object this client holds a copy of) in one `sync`.
+    async fn send_subscriptions(
+        &mut self,
+        ws: &mut Ws,
+        conn: &mut Conn,
+        gone: Vec<String>,
+        new: Vec<Subscription>,
+    ) -> Result<(), End> {
+        if new.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
+        let now = self.shared.clock.now_ms();
+        let count = new.len() + gone.len();
+        let keys: Vec<Option<String>> =
+            new.iter().map(|s| s.channel.strip_prefix(crate::CRDT_PREFIX).map(str::to_owned)).collect();
+        let (ids, seen) = self
+            .shared
+            .with_store(move |s| {
+                let ids = (0..count).map(|_| s.fresh_id(now)).collect::<Result<Vec<_>, _>>()?;
+                let seen = keys
+                    .iter()
+                    .map(|key| match key {
+                        Some(key) => s.seen(key),
+                        None => Ok(None),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((ids, seen))
+            })
+            .await
+            .map_err(store_failed)?;
+        let mut ids = ids.into_iter();
+        let mut frame = SyncBuilder::new();
+        // Unsubscriptions first: an unsubscribe and a new subscribe of one channel
+        // between two fills leave the server subscribed, as they leave the log.
+        for (channel, id) in gone.into_iter().zip(ids.by_ref()) {
+            let action = json!({"type": "logux/unsubscribe", "channel": channel});
+            frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
+            conn.controls.insert(id.text(), Control::Unsubscribe);
+            conn.subscribed.remove(&channel);
+        }
+        for ((sub, id), seen) in new.into_iter().zip(ids).zip(seen) {
+            let mut action = json!({"type": "logux/subscribe", "channel": sub.channel});
+            if let Some(Since { id, time }) = &sub.since {
+                action["since"] = json!({"id": id, "time": time});
+            }
+            // Only what the copy lacks comes back (the server sends the whole object without).
+            if let Some(seen) = &seen {
+                action["seen"] = seen_json(seen);
+            }
+            frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
+            conn.controls.insert(id.text(), Control::Subscribe(sub.channel.clone()));
+            conn.subscribed.insert(sub.channel);
+        }
+        self.send(ws, frame.finish(conn.cursor.max(0) as u64)).await?;
+        conn.inflight.push_back(Inflight::Subscribe);
+        conn.last_tx = Instant::now();
+        Ok(())
+    }
+
+    /// Subscribes again to the objects of our CRDT operations the server processed, so the
+    /// copies get their effect: the server sends an author no delta of its own operations.
+    /// At most one subscription per channel is in flight; an operation processed while one is
+    /// marks the channel, subscribed again when that one is answered.
+    async fn refresh_objects(
+        &mut self,
+        ws: &mut Ws,
+        conn: &mut Conn,
+        processed_objects: Vec<String>,
+        answered: Vec<String>,
+    ) -> Result<(), End> {
+        let mut again: Vec<String> = Vec::new();
+        for key in processed_objects {
+            let channel = format!("{}{key}", crate::CRDT_PREFIX);
+            if !conn.subscribed.contains(&channel) {
+                continue;
+            }
+            if conn.subscribing(&channel) {
+                conn.stale.insert(channel);
+            } else if !again.contains(&channel) {
+                again.push(channel);
+            }
+        }
+        for channel in answered {
+            if conn.stale.contains(&channel) && !conn.subscribing(&channel) {
+                conn.stale.remove(&channel);
+                if conn.subscribed.contains(&channel) && !again.contains(&channel) {
+                    again.push(channel);
+                }
+            }
+        }
+        let new = again.into_iter().map(|channel| Subscription { channel, since: None }).collect();
+        self.send_subscriptions(ws, conn, Vec::new(), new).await
+    }
+
     /// Handles frames that arrived together. Consecutive `sync` messages are stored in one
     /// transaction (one fsync for many server frames), then answered with `synced` each.
     async fn on_frames(&mut self, ws: &mut Ws, conn: &mut Conn, texts: Vec<String>) -> Result<(), End> {
@@ -587,7 +687,8 @@ impl Driver {
         let Batch { incoming, pending, answers } = batch;
         let received = incoming.actions.len() as u64;
         self.shared.count(|s| s.actions_received += received);
-        let (fresh, mut settled) = self
+        let answered: Vec<String> = incoming.since.iter().map(|(channel, _)| channel.clone()).collect();
+        let crate::store::Applied { fresh, mut settled, processed_objects } = self
             .shared
             .with_store(move |s| s.apply(&incoming))
             .await
@@ -597,6 +698,9 @@ impl Driver {
             self.send(ws, encode_synced(added)).await?;
         }
         conn.last_tx = Instant::now();
+        if !processed_objects.is_empty() || !conn.stale.is_empty() {
+            self.refresh_objects(ws, conn, processed_objects, answered).await?;
+        }
         for p in pending {
             match p {
                 Pending::Action(n, action, id, time) => {

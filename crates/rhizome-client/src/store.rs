@@ -1,13 +1,15 @@
 //! The durable local log in SQLite: the queue of the app's actions until the server answers
-//! them, the received actions, subscriptions with their `since`, undo records, and the
-//! counters the protocol resumes from.
+//! them, the received actions, subscriptions with their `since`, undo records, the CRDT
+//! objects joined from the `crdt/delta` actions received, and the counters the protocol
+//! resumes from.
 //!
 //! Everything here is blocking; the async side calls it through `spawn_blocking`.
 
 use crate::ClientError;
+use rhizome_crdt::{Kind, Object, VersionVector};
 use rhizome_protocol::{ActionId, IdGenerator, NodeId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 const SCHEMA: &str = r#"
@@ -43,7 +45,26 @@ CREATE TABLE IF NOT EXISTS undone (
     reason TEXT NOT NULL,
     action TEXT NOT NULL
 ) WITHOUT ROWID;
+-- CRDT objects: the join of every `crdt/delta` received for the key, as `Object::to_json`
+-- writes it, changed in the transaction that records the delta.
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL
+) WITHOUT ROWID;
 "#;
+
+/// Columns added after a log file was first written: `(table, column, definition)`.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The key of the CRDT object a queued `crdt/…` operation acts on: its answer tells the
+    // connection which object to fetch again (the server sends the author no delta of its own
+    // operations).
+    ("queue", "object", "TEXT"),
+];
+
+/// Most decoded CRDT objects kept in memory; beyond it the cache starts over (the file has
+/// them all).
+const OBJECTS_CACHED_MAX: usize = 1024;
 
 /// How long opening or writing waits for another connection's lock on the file.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -116,6 +137,35 @@ pub struct LogStats {
     pub last_received: u64,
 }
 
+/// An action for the queue.
+#[derive(Debug, Clone)]
+pub(crate) struct NewAction {
+    /// Its JSON.
+    pub action: String,
+    /// The key of the CRDT object it acts on, for a `crdt/…` operation.
+    pub object: Option<String>,
+}
+
+/// A `crdt/delta` received: joined into the object at `key` if action `index` of
+/// [`Incoming::actions`] is new.
+#[derive(Debug)]
+pub(crate) struct ReceivedDelta {
+    pub index: usize,
+    pub key: String,
+    pub delta: Object,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Per received action, whether it is new.
+    pub fresh: Vec<bool>,
+    /// The ids of the answers that settled a queued action.
+    pub settled: HashSet<String>,
+    /// The objects of the queued CRDT operations the server processed, each once.
+    pub processed_objects: Vec<String>,
+}
+
 /// What one incoming `sync` (or `ping`/`pong`) changes, applied in one transaction.
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
@@ -128,6 +178,8 @@ pub(crate) struct Incoming {
     pub since: Vec<(String, Since)>,
     /// Subscriptions the server undid: forgotten.
     pub refused_channels: Vec<String>,
+    /// The `crdt/delta` actions among `actions`, decoded.
+    pub deltas: Vec<ReceivedDelta>,
 }
 
 /// How much of the local log a crash may lose.
@@ -158,6 +210,8 @@ pub(crate) struct Store {
     /// Our ids; its state is persisted with every transaction that takes ids from it.
     ids: IdGenerator,
     received_keep_max: u64,
+    /// Decoded CRDT objects, as committed (at most [`OBJECTS_CACHED_MAX`]).
+    objects: HashMap<String, Object>,
 }
 
 fn random_part(rng: &mut impl rand::Rng) -> String {
@@ -183,6 +237,16 @@ impl Store {
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
         conn.execute_batch(SCHEMA)?;
+        for (table, column, definition) in ADDED_COLUMNS {
+            let exists: bool = conn.query_row(
+                &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+            }
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<String> =
             tx.query_row("SELECT text FROM meta WHERE key = 'node'", [], |r| r.get(0)).optional()?;
@@ -221,7 +285,12 @@ impl Store {
         let last_ms = get("id_ms")?;
         let seq = get("id_seq")?.max(0) as u64;
         tx.commit()?;
-        Ok(Store { conn, ids: IdGenerator::resume(node, last_ms, seq), received_keep_max })
+        Ok(Store {
+            conn,
+            ids: IdGenerator::resume(node, last_ms, seq),
+            received_keep_max,
+            objects: HashMap::new(),
+        })
     }
 
     /// This client's node id.
@@ -242,16 +311,16 @@ impl Store {
     }
 
     /// Queues actions (JSON objects with a string `type`) in one transaction; returns their ids.
-    pub fn add(&mut self, now_ms: i64, actions: &[String]) -> Result<Vec<ActionId>, ClientError> {
+    pub fn add(&mut self, now_ms: i64, actions: &[NewAction]) -> Result<Vec<ActionId>, ClientError> {
         let saved = self.ids.clone();
         let ids: Vec<ActionId> = actions.iter().map(|_| self.ids.next(now_ms)).collect();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO queue (id, time, action) VALUES (?1, ?2, ?3)")?;
-                for (id, action) in ids.iter().zip(actions) {
-                    insert.execute(params![id.text(), id.ms, action])?;
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO queue (id, time, action, object) VALUES (?1, ?2, ?3, ?4)")?;
+                for (id, new) in ids.iter().zip(actions) {
+                    insert.execute(params![id.text(), id.ms, new.action, new.object])?;
                 }
             }
             Self::save_id_state(&tx, &self.ids)?;
@@ -339,27 +408,34 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Applies what the server sent. Returns, per received action, whether it is new, and the
-    /// ids of the answers (`logux/processed`, `logux/undo`) that settled a queued action: the
-    /// server may send an answer twice (once kept for a connection that ended, once for a
-    /// re-sent copy), and only the first one settles it.
-    pub fn apply(&mut self, incoming: &Incoming) -> Result<(Vec<bool>, HashSet<String>), ClientError> {
+    /// Applies what the server sent, in one transaction: answers settle queued actions,
+    /// received actions are recorded (a copy is not new), new `crdt/delta`s are joined into
+    /// their objects. An answer settles a queued action only the first time: the server may
+    /// send one twice (once kept for a connection that ended, once for a re-sent copy).
+    pub fn apply(&mut self, incoming: &Incoming) -> Result<Applied, ClientError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut fresh = Vec::with_capacity(incoming.actions.len());
-        let mut settled = HashSet::new();
+        let mut applied = Applied { fresh: Vec::with_capacity(incoming.actions.len()), ..Applied::default() };
+        // Objects this transaction changes; they reach the cache only if it commits.
+        let mut staged: HashMap<String, Object> = HashMap::new();
         {
-            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING object")?;
             for id in &incoming.processed {
-                if done.execute(params![id])? > 0 {
-                    settled.insert(id.clone());
+                let settled: Option<Option<String>> = done.query_row(params![id], |r| r.get(0)).optional()?;
+                if let Some(object) = settled {
+                    applied.settled.insert(id.clone());
+                    if let Some(key) = object {
+                        if !applied.processed_objects.contains(&key) {
+                            applied.processed_objects.push(key);
+                        }
+                    }
                 }
             }
             let mut undo = tx.prepare_cached(
                 "INSERT INTO undone (id, reason, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for u in &incoming.undone {
-                if done.execute(params![u.id])? > 0 {
-                    settled.insert(u.id.clone());
+                if done.query_row(params![u.id], |_| Ok(())).optional()?.is_some() {
+                    applied.settled.insert(u.id.clone());
                 }
                 undo.execute(params![u.id, u.reason, u.action.to_string()])?;
             }
@@ -367,7 +443,35 @@ impl Store {
                 "INSERT INTO received (id, time, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for (id, time, action) in &incoming.actions {
-                fresh.push(insert.execute(params![id, time, action])? == 1);
+                applied.fresh.push(insert.execute(params![id, time, action])? == 1);
+            }
+            for d in &incoming.deltas {
+                // A copy was joined when it first came (joining it again would change nothing).
+                if !applied.fresh.get(d.index).copied().unwrap_or(false) {
+                    continue;
+                }
+                let object = match staged.entry(d.key.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let state = match self.objects.get(&d.key) {
+                            Some(state) => state.clone(),
+                            None => {
+                                read_object(&tx, &d.key)?.unwrap_or_else(|| Object::bottom(d.delta.kind()))
+                            }
+                        };
+                        e.insert(state)
+                    }
+                };
+                if let Err(e) = object.join(&d.delta) {
+                    tracing::warn!(key = %d.key, error = %e, "a received delta does not join its object; skipped");
+                }
+            }
+            let mut save = tx.prepare_cached(
+                "INSERT INTO objects (key, kind, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state",
+            )?;
+            for (key, object) in &staged {
+                save.execute(params![key, object.kind().name(), object.to_json().to_string()])?;
             }
             let mut since = tx.prepare_cached(
                 "UPDATE subscriptions SET since_id = ?2, since_time = ?3 WHERE channel = ?1",
@@ -384,7 +488,7 @@ impl Store {
                  ON CONFLICT(key) DO UPDATE SET int = max(int, excluded.int)",
                 params![incoming.last_received as i64],
             )?;
-            if fresh.iter().any(|f| *f) {
+            if applied.fresh.iter().any(|f| *f) {
                 tx.execute(
                     "DELETE FROM received WHERE seq <= (SELECT max(seq) FROM received) - ?1",
                     params![self.received_keep_max as i64],
@@ -392,7 +496,40 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok((fresh, settled))
+        if self.objects.len() + staged.len() > OBJECTS_CACHED_MAX {
+            self.objects.clear();
+        }
+        self.objects.extend(staged);
+        Ok(applied)
+    }
+
+    /// The CRDT object at `key`: the join of every `crdt/delta` received for it.
+    pub fn object(&mut self, key: &str) -> Result<Option<Object>, ClientError> {
+        if let Some(object) = self.objects.get(key) {
+            return Ok(Some(object.clone()));
+        }
+        let object = read_object(&self.conn, key)?;
+        if let Some(object) = &object {
+            if self.objects.len() >= OBJECTS_CACHED_MAX {
+                self.objects.clear();
+            }
+            self.objects.insert(key.to_owned(), object.clone());
+        }
+        Ok(object)
+    }
+
+    /// The keys of the CRDT objects held, in order.
+    pub fn object_keys(&self) -> Result<Vec<String>, ClientError> {
+        let mut stmt = self.conn.prepare_cached("SELECT key FROM objects ORDER BY key")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// What the copy of the object at `key` has seen, as the `seen` of a subscription:
+    /// `None` when there is no copy or its delta since anything is its whole state.
+    pub fn seen(&mut self, key: &str) -> Result<Option<VersionVector>, ClientError> {
+        let vv = self.object(key)?.map(|o| o.version_vector());
+        Ok(vv.filter(|vv| !vv.is_empty()))
     }
 
     /// The last `added` received from the server.
@@ -461,12 +598,30 @@ impl Store {
     }
 }
 
+/// Reads the object at `key` from the log. A row that does not decode (written by another
+/// version, or damaged) is an error: the copy is not silently reset.
+fn read_object(conn: &Connection, key: &str) -> Result<Option<Object>, ClientError> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached("SELECT kind, state FROM objects WHERE key = ?1")?
+        .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((kind, state)) = row else { return Ok(None) };
+    let corrupt = |why: String| ClientError::Invalid(format!("stored object {key}: {why}"));
+    let kind = Kind::from_name(&kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
+    let doc: serde_json::Value = serde_json::from_str(&state).map_err(|e| corrupt(e.to_string()))?;
+    Object::from_json(kind, &doc).map(Some).map_err(|e| corrupt(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn options(user: &str) -> OpenOptions<'_> {
         OpenOptions { user, node: None, received_keep_max: 10, durability: Durability::PowerLoss }
+    }
+
+    fn actions(texts: &[&str]) -> Vec<NewAction> {
+        texts.iter().map(|t| NewAction { action: (*t).to_owned(), object: None }).collect()
     }
 
     fn open(dir: &tempfile::TempDir) -> Store {
@@ -479,11 +634,11 @@ mod tests {
         let mut s = open(&dir);
         let node = s.node().clone();
         assert_eq!(node.user_id().unwrap().as_str(), "alice");
-        let a = s.add(1000, &["{\"type\":\"a\"}".into(), "{\"type\":\"b\"}".into()]).unwrap();
+        let a = s.add(1000, &actions(&["{\"type\":\"a\"}", "{\"type\":\"b\"}"])).unwrap();
         drop(s);
         let mut s = open(&dir);
         assert_eq!(s.node(), &node);
-        let b = s.add(500, &["{\"type\":\"c\"}".into()]).unwrap();
+        let b = s.add(500, &actions(&["{\"type\":\"c\"}"])).unwrap();
         assert!(a[0] < a[1] && a[1] < b[0], "{a:?} {b:?}");
         assert_eq!((b[0].ms, b[0].seq), (1000, 2));
         let c = s.fresh_id(2000).unwrap();
@@ -502,8 +657,8 @@ mod tests {
     fn acked_actions_are_not_read_again_and_answers_remove_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(&dir);
-        let actions: Vec<String> = (0..5).map(|i| format!("{{\"type\":\"t\",\"n\":{i}}}")).collect();
-        let ids = s.add(1, &actions).unwrap();
+        let texts: Vec<String> = (0..5).map(|i| format!("{{\"type\":\"t\",\"n\":{i}}}")).collect();
+        let ids = s.add(1, &actions(&texts.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
         let first = s.unacked_after(0, 2).unwrap();
         assert_eq!(first.len(), 2);
         s.mark_acked(first[0].added, first[1].added).unwrap();
@@ -520,14 +675,63 @@ mod tests {
             actions: vec![("1 x:y:z 0".into(), 1, "{\"type\":\"r\"}".into())],
             ..Incoming::default()
         };
-        let (fresh, settled) = s.apply(&incoming).unwrap();
+        let Applied { fresh, settled, .. } = s.apply(&incoming).unwrap();
         assert_eq!(fresh, [true]);
         assert_eq!(settled, [ids[0].text(), ids[1].text()].into_iter().collect(), "both answers settle");
-        let (fresh, settled) = s.apply(&incoming).unwrap();
+        let Applied { fresh, settled, .. } = s.apply(&incoming).unwrap();
         assert_eq!(fresh, [false], "a copy is not new");
         assert!(settled.is_empty(), "a repeated answer settles nothing: {settled:?}");
         let stats = s.stats().unwrap();
         assert_eq!((stats.queued, stats.awaiting_outcome, stats.undone, stats.last_received), (3, 0, 1, 7));
         assert_eq!(s.undone().unwrap()[0].reason, "denied");
+    }
+
+    #[test]
+    fn received_deltas_are_joined_once_and_kept_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(&dir);
+        let delta = |node: &str, by: u64| {
+            Object::Counter(rhizome_crdt::PnCounter::default().inc(&NodeId::parse(node).unwrap(), by))
+        };
+        let incoming = |id: &str, d: Object| Incoming {
+            actions: vec![(id.to_owned(), 1, "{\"type\":\"crdt/delta\"}".to_owned())],
+            deltas: vec![ReceivedDelta { index: 0, key: "likes".into(), delta: d }],
+            ..Incoming::default()
+        };
+        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 2))).unwrap();
+        s.apply(&incoming("2 b:1:1 0", delta("b:1:1", 3))).unwrap();
+        // A copy of the first (same id) is not new, so it is not joined: here it carries another
+        // total to show it; a real copy is the same delta, and joining it would change nothing.
+        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 7))).unwrap();
+        let value = |o: Option<Object>| match o {
+            Some(Object::Counter(c)) => c.value(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value(s.object("likes").unwrap()), 5);
+        assert_eq!(s.object("other").unwrap(), None);
+        drop(s);
+        let mut s = open(&dir);
+        assert_eq!(value(s.object("likes").unwrap()), 5, "read back from the file");
+        assert_eq!(s.object_keys().unwrap(), ["likes"]);
+    }
+
+    #[test]
+    fn a_log_written_before_objects_is_opened_and_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue (added INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+             time INTEGER NOT NULL, action TEXT NOT NULL, acked INTEGER NOT NULL DEFAULT 0,
+             sent INTEGER NOT NULL DEFAULT 0)",
+        )
+        .unwrap();
+        drop(conn);
+        let mut s = Store::open(&path, &options("alice")).unwrap();
+        let new =
+            NewAction { action: "{\"type\":\"crdt/counter/inc\"}".into(), object: Some("likes".into()) };
+        let ids = s.add(1, &[new]).unwrap();
+        let incoming = Incoming { processed: vec![ids[0].text()], ..Incoming::default() };
+        assert_eq!(s.apply(&incoming).unwrap().processed_objects, ["likes"]);
     }
 }
