@@ -87,6 +87,36 @@ fn a_small_storm_is_synced_with_nothing_lost() {
 }
 
 #[test]
+fn clients_sharing_crdt_objects_converge_on_the_servers_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
+    // 12 clients, 3 objects: four writers per object, each also receiving the others' deltas.
+    let report = sim(&[
+        "--url",
+        &server.url,
+        "--clients",
+        "12",
+        "--actions-per-client",
+        "100",
+        "--crdt-share",
+        "0.5",
+        "--objects",
+        "3",
+        "--return-within-ms",
+        "300",
+    ]);
+    assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (1200, 0));
+    for (key, want) in [
+        ("/convergence/objects", 3),
+        ("/convergence/missing", 0),
+        ("/convergence/clients_checked", 12),
+        ("/convergence/diverged", 0),
+    ] {
+        assert_eq!(u64_at(&report, key), want, "{key} in {report}");
+    }
+}
+
+#[test]
 fn a_scenario_file_sets_the_fields_and_flags_win() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
@@ -99,6 +129,7 @@ fn a_scenario_file_sets_the_fields_and_flags_win() {
     assert_eq!(u64_at(&report, "/scenario/return_within_ms"), 200);
     assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (200, 0));
     assert!(report["server_log"].is_null() && report["server"].is_null());
+    assert!(report["convergence"].is_null(), "no CRDT operations, nothing to converge");
 }
 
 #[test]
