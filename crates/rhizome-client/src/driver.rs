@@ -124,8 +124,17 @@ enum Pending {
     /// The `n`th received action, delivered only if new.
     Action(usize, Value, ActionId, i64),
     /// An answer to a queued action, delivered only if it settled it (the first copy).
-    Answer(Event),
+    Answer(Event, Answer),
     Other(Event),
+}
+
+/// Which answer of an [`Incoming`] a pending event is.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// The `n`th of `processed`.
+    Processed(usize),
+    /// The `n`th of `undone`.
+    Undone(usize),
 }
 
 /// Received `sync` messages waiting to be stored together.
@@ -135,9 +144,33 @@ struct Batch {
     pending: Vec<Pending>,
     /// The `added` of each `sync`, answered with `synced` once stored.
     answers: Vec<u64>,
+    /// The highest `added` of ours confirmed by the `synced` messages in the batch.
+    acked_hi: i64,
+    /// How many of our actions those confirm.
+    acked_count: u64,
 }
 
 impl Batch {
+    /// Adds a `synced`: it confirms the oldest `sync` in flight, recorded with the batch.
+    fn synced(&mut self, conn: &mut Conn, added: u64) {
+        match conn.inflight.pop_front() {
+            Some(Inflight::Chunk { lo, hi, count }) => {
+                if added != hi.max(0) as u64 {
+                    tracing::debug!(added, hi, "synced answers another added than the oldest sync's");
+                }
+                self.incoming.acked.push((lo, hi));
+                self.acked_hi = self.acked_hi.max(hi);
+                self.acked_count += count;
+            }
+            Some(Inflight::Subscribe) => {}
+            None => tracing::debug!(added, "synced without a sync in flight"),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.incoming.acked.is_empty()
+    }
+
     /// Adds one `sync`: our answers (`logux/processed`, `logux/undo`) and others' actions.
     fn add(&mut self, conn: &mut Conn, added: u64, entries: Vec<WireEntry>) {
         self.answers.push(added);
@@ -162,8 +195,10 @@ impl Batch {
                         None => {}
                     }
                     if let Some(target) = ActionId::parse(target) {
+                        let n = incoming.processed.len();
                         incoming.processed.push(target.text());
-                        self.pending.push(Pending::Answer(Event::Processed { id: target }));
+                        self.pending
+                            .push(Pending::Answer(Event::Processed { id: target }, Answer::Processed(n)));
                     }
                 }
                 "logux/undo" => {
@@ -184,6 +219,7 @@ impl Batch {
                         None => {}
                     }
                     if let Some(target) = ActionId::parse(target) {
+                        let n = incoming.undone.len();
                         incoming.undone.push(Undone {
                             id: target.text(),
                             reason: reason.clone(),
@@ -194,7 +230,7 @@ impl Batch {
                         self.pending.push(if control {
                             Pending::Other(event)
                         } else {
-                            Pending::Answer(event)
+                            Pending::Answer(event, Answer::Undone(n))
                         });
                     }
                 }
@@ -669,6 +705,8 @@ impl Driver {
         for text in texts {
             match parse(&text) {
                 Ok(Message::Sync { added, entries }) => batch.add(conn, added, entries),
+                // Stored with the batch's other changes, in one transaction.
+                Ok(Message::Synced(added)) => batch.synced(conn, added),
                 Ok(other) => {
                     self.flush(ws, conn, std::mem::take(&mut batch)).await?;
                     self.on_message(ws, conn, other).await?;
@@ -681,23 +719,29 @@ impl Driver {
 
     /// Stores a batch of received `sync`s, answers them and reports them to the app.
     async fn flush(&mut self, ws: &mut Ws, conn: &mut Conn, batch: Batch) -> Result<(), End> {
-        if batch.answers.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
-        let Batch { incoming, pending, answers } = batch;
+        let Batch { incoming, pending, answers, acked_hi, acked_count } = batch;
         let received = incoming.actions.len() as u64;
         self.shared.count(|s| s.actions_received += received);
         let answered: Vec<String> = incoming.since.iter().map(|(channel, _)| channel.clone()).collect();
-        let crate::store::Applied { fresh, mut settled, processed_objects } = self
+        let crate::store::Applied { fresh, processed_settled, undone_settled, processed_objects } = self
             .shared
             .with_store(move |s| s.apply(&incoming))
             .await
             .map_err(|e| retry(format!("local log: {e}")))?;
-        // Stored: now the server may forget them for us.
-        for added in answers {
-            self.send(ws, encode_synced(added)).await?;
+        conn.acked_added = conn.acked_added.max(acked_hi);
+        if acked_count > 0 {
+            self.shared.count(|s| s.actions_acked += acked_count);
         }
-        conn.last_tx = Instant::now();
+        // Stored: now the server may forget them for us.
+        if !answers.is_empty() {
+            for added in answers {
+                self.send(ws, encode_synced(added)).await?;
+            }
+            conn.last_tx = Instant::now();
+        }
         if !processed_objects.is_empty() || !conn.stale.is_empty() {
             self.refresh_objects(ws, conn, processed_objects, answered).await?;
         }
@@ -709,12 +753,12 @@ impl Driver {
                     }
                 }
                 // An answer is reported once: when it settles a queued action.
-                Pending::Answer(event) => {
-                    let settles = match &event {
-                        Event::Processed { id } | Event::Undone { id, .. } => settled.remove(&id.text()),
-                        _ => true,
+                Pending::Answer(event, answer) => {
+                    let settles = match answer {
+                        Answer::Processed(n) => processed_settled.get(n),
+                        Answer::Undone(n) => undone_settled.get(n),
                     };
-                    if settles {
+                    if settles.copied().unwrap_or(false) {
                         self.emit(event).await;
                     }
                 }
@@ -725,20 +769,7 @@ impl Driver {
     }
 
     async fn on_message(&mut self, ws: &mut Ws, conn: &mut Conn, message: Message) -> Result<(), End> {
-        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
         match message {
-            Message::Synced(added) => match conn.inflight.pop_front() {
-                Some(Inflight::Chunk { lo, hi, count }) => {
-                    if added != hi.max(0) as u64 {
-                        tracing::debug!(added, hi, "synced answers another added than the oldest sync's");
-                    }
-                    self.shared.with_store(move |s| s.mark_acked(lo, hi)).await.map_err(store_failed)?;
-                    conn.acked_added = conn.acked_added.max(hi);
-                    self.shared.count(|s| s.actions_acked += count);
-                }
-                Some(Inflight::Subscribe) => {}
-                None => tracing::debug!(added, "synced without a sync in flight"),
-            },
             Message::Ping(added) => {
                 self.record_received(added).await?;
                 self.send(ws, encode_pong(conn.acked_added.max(0) as u64)).await?;

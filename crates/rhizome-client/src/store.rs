@@ -9,7 +9,7 @@ use crate::ClientError;
 use rhizome_crdt::{Kind, Object, VersionVector};
 use rhizome_protocol::{ActionId, IdGenerator, NodeId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 const SCHEMA: &str = r#"
@@ -26,7 +26,10 @@ CREATE TABLE IF NOT EXISTS queue (
     -- 1 once it was in a `sync` (recorded only when folding is on): never folded again.
     sent INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS queue_unacked ON queue (acked, added);
+-- No index on `acked`: unacknowledged actions are read by `added` (the rowid) from a cursor,
+-- and acknowledged ones are few (answers delete them), so an index would only cost a write per
+-- row on every append, acknowledgement and answer.
+DROP INDEX IF EXISTS queue_unacked;
 -- Actions received from the server, newest `received_keep_max` kept; the unique id drops a
 -- copy delivered twice (a catch-up overlapping live delivery).
 CREATE TABLE IF NOT EXISTS received (
@@ -62,6 +65,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("queue", "object", "TEXT"),
 ];
 
+/// Most ids remembered in `Store::handed_out`; beyond it the map starts over (an answer for
+/// a forgotten id is looked up by id).
+const HANDED_OUT_MAX: usize = 100_000;
+
+/// Prepared statements kept per log, more than the log uses, so none is prepared twice.
+const STATEMENTS_CACHED_MAX: usize = 64;
+
 /// Most decoded CRDT objects kept in memory; beyond it the cache starts over (the file has
 /// them all).
 const OBJECTS_CACHED_MAX: usize = 1024;
@@ -74,6 +84,8 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) struct Queued {
     pub added: i64,
     pub id: ActionId,
+    /// `id` as stored.
+    pub id_text: String,
     pub time: i64,
     pub action: String,
     pub sent: bool,
@@ -160,8 +172,10 @@ pub(crate) struct ReceivedDelta {
 pub(crate) struct Applied {
     /// Per received action, whether it is new.
     pub fresh: Vec<bool>,
-    /// The ids of the answers that settled a queued action.
-    pub settled: HashSet<String>,
+    /// Per `logux/processed` of [`Incoming::processed`], whether it settled a queued action.
+    pub processed_settled: Vec<bool>,
+    /// Per `logux/undo` of [`Incoming::undone`], whether it settled a queued action.
+    pub undone_settled: Vec<bool>,
     /// The objects of the queued CRDT operations the server processed, each once.
     pub processed_objects: Vec<String>,
 }
@@ -180,6 +194,8 @@ pub(crate) struct Incoming {
     pub refused_channels: Vec<String>,
     /// The `crdt/delta` actions among `actions`, decoded.
     pub deltas: Vec<ReceivedDelta>,
+    /// `added` ranges of queued actions the server confirmed with `synced`.
+    pub acked: Vec<(i64, i64)>,
 }
 
 /// How much of the local log a crash may lose.
@@ -212,6 +228,10 @@ pub(crate) struct Store {
     received_keep_max: u64,
     /// Decoded CRDT objects, as committed (at most [`OBJECTS_CACHED_MAX`]).
     objects: HashMap<String, Object>,
+    /// The `added` of queued actions handed out for sending, by id (at most
+    /// [`HANDED_OUT_MAX`]): their answers delete runs of consecutive rows with one statement
+    /// instead of one lookup by id each.
+    handed_out: HashMap<String, i64>,
 }
 
 fn random_part(rng: &mut impl rand::Rng) -> String {
@@ -230,7 +250,13 @@ impl Store {
         let mut conn = Connection::open(path)?;
         // First: a client killed a moment ago may still be finishing a write on this file.
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // One client per file: the file stays locked while it is open, so SQLite takes no
+        // file lock per transaction and keeps the WAL index in this process's memory (no
+        // `-shm`), which saves two `fcntl` calls and shared-memory work on every read and
+        // commit. Another process opening the file waits `BUSY_TIMEOUT`, then fails.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
         let synchronous = match durability {
             Durability::PowerLoss => "FULL",
             Durability::ProcessCrash => "NORMAL",
@@ -290,6 +316,7 @@ impl Store {
             ids: IdGenerator::resume(node, last_ms, seq),
             received_keep_max,
             objects: HashMap::new(),
+            handed_out: HashMap::new(),
         })
     }
 
@@ -302,11 +329,11 @@ impl Store {
     /// restarts even if the clock went back.
     fn save_id_state(tx: &rusqlite::Transaction<'_>, ids: &IdGenerator) -> rusqlite::Result<()> {
         let (last_ms, seq) = ids.last();
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO meta (key, int) VALUES ('id_ms', ?1), ('id_seq', ?2)
              ON CONFLICT(key) DO UPDATE SET int = excluded.int",
-            params![last_ms, seq as i64],
-        )?;
+        )?
+        .execute(params![last_ms, seq as i64])?;
         Ok(())
     }
 
@@ -360,8 +387,9 @@ impl Store {
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in rows {
             let (added, id, time, action, sent) = row?;
-            let id = ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
-            out.push(Queued { added, id, time, action, sent });
+            let parsed =
+                ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
+            out.push(Queued { added, id: parsed, id_text: id, time, action, sent });
         }
         Ok(out)
     }
@@ -376,6 +404,7 @@ impl Store {
             return Ok(Chunk { rows, read, folded: Vec::new() });
         };
         if !fold || rows.iter().all(|r| r.sent) {
+            self.hand_out(&rows);
             return Ok(Chunk { rows, read, folded: Vec::new() });
         }
         let (rows, folding) = crate::fold::fold_rows(rows);
@@ -395,20 +424,21 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        self.hand_out(&rows);
         let folded = folding.dropped.into_iter().map(|(_, id, into)| (id, into)).collect();
         Ok(Chunk { rows, read, folded })
     }
 
-    /// Marks the actions with `added` in `lo..=hi` as acknowledged by `synced`.
-    pub fn mark_acked(&mut self, lo: i64, hi: i64) -> Result<u64, ClientError> {
-        let n = self.conn.execute(
-            "UPDATE queue SET acked = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0",
-            params![lo, hi],
-        )?;
-        Ok(n as u64)
+    /// Remembers the `added` of rows about to be sent, for [`Store::apply`].
+    fn hand_out(&mut self, rows: &[Queued]) {
+        if self.handed_out.len() + rows.len() > HANDED_OUT_MAX {
+            self.handed_out.clear();
+        }
+        self.handed_out.extend(rows.iter().map(|q| (q.id_text.clone(), q.added)));
     }
 
-    /// Applies what the server sent, in one transaction: answers settle queued actions,
+    /// Applies what the server sent, in one transaction: `synced` confirms queued actions
+    /// (never sent again), answers settle them,
     /// received actions are recorded (a copy is not new), new `crdt/delta`s are joined into
     /// their objects. An answer settles a queued action only the first time: the server may
     /// send one twice (once kept for a connection that ended, once for a re-sent copy).
@@ -418,25 +448,61 @@ impl Store {
         // Objects this transaction changes; they reach the cache only if it commits.
         let mut staged: HashMap<String, Object> = HashMap::new();
         {
-            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING object")?;
-            for id in &incoming.processed {
-                let settled: Option<Option<String>> = done.query_row(params![id], |r| r.get(0)).optional()?;
-                if let Some(object) = settled {
-                    applied.settled.insert(id.clone());
-                    if let Some(key) = object {
-                        if !applied.processed_objects.contains(&key) {
-                            applied.processed_objects.push(key);
-                        }
+            // Answers to rows handed out are deleted by runs of consecutive `added` (each row
+            // of a run was answered, so nothing else is deleted); others are looked up by id.
+            applied.processed_settled = vec![false; incoming.processed.len()];
+            let mut added: Vec<(i64, usize)> = Vec::with_capacity(incoming.processed.len());
+            let mut by_id: Vec<usize> = Vec::new();
+            for (i, id) in incoming.processed.iter().enumerate() {
+                match self.handed_out.remove(id) {
+                    Some(a) => added.push((a, i)),
+                    None => by_id.push(i),
+                }
+            }
+            added.sort_unstable();
+            let mut objects: Vec<String> = Vec::new();
+            let mut runs =
+                tx.prepare_cached("DELETE FROM queue WHERE added BETWEEN ?1 AND ?2 RETURNING added, object")?;
+            let mut start = 0;
+            for end in 0..added.len() {
+                if end + 1 < added.len() && added[end + 1].0 == added[end].0 + 1 {
+                    continue;
+                }
+                let lo = added[start].0;
+                let mut rows = runs.query(params![lo, added[end].0])?;
+                while let Some(row) = rows.next()? {
+                    // Within a run, the row `lo + k` is the run's `k`th answer.
+                    let at = start + (row.get::<_, i64>(0)? - lo) as usize;
+                    if let Some((_, i)) = added.get(at) {
+                        applied.processed_settled[*i] = true;
                     }
+                    if let Some(key) = row.get::<_, Option<String>>(1)? {
+                        objects.push(key);
+                    }
+                }
+                start = end + 1;
+            }
+            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING object")?;
+            for i in by_id {
+                let settled: Option<Option<String>> =
+                    done.query_row(params![incoming.processed[i]], |r| r.get(0)).optional()?;
+                if let Some(object) = settled {
+                    applied.processed_settled[i] = true;
+                    objects.extend(object);
+                }
+            }
+            for key in objects {
+                if !applied.processed_objects.contains(&key) {
+                    applied.processed_objects.push(key);
                 }
             }
             let mut undo = tx.prepare_cached(
                 "INSERT INTO undone (id, reason, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for u in &incoming.undone {
-                if done.query_row(params![u.id], |_| Ok(())).optional()?.is_some() {
-                    applied.settled.insert(u.id.clone());
-                }
+                self.handed_out.remove(&u.id);
+                let settled = done.query_row(params![u.id], |_| Ok(())).optional()?.is_some();
+                applied.undone_settled.push(settled);
                 undo.execute(params![u.id, u.reason, u.action.to_string()])?;
             }
             let mut insert = tx.prepare_cached(
@@ -483,16 +549,17 @@ impl Store {
             for channel in &incoming.refused_channels {
                 refused.execute(params![channel])?;
             }
-            tx.execute(
+            for (lo, hi) in &incoming.acked {
+                mark_acked(&tx, *lo, *hi)?;
+            }
+            tx.prepare_cached(
                 "INSERT INTO meta (key, int) VALUES ('last_received', ?1)
                  ON CONFLICT(key) DO UPDATE SET int = max(int, excluded.int)",
-                params![incoming.last_received as i64],
-            )?;
+            )?
+            .execute(params![incoming.last_received as i64])?;
             if applied.fresh.iter().any(|f| *f) {
-                tx.execute(
-                    "DELETE FROM received WHERE seq <= (SELECT max(seq) FROM received) - ?1",
-                    params![self.received_keep_max as i64],
-                )?;
+                tx.prepare_cached("DELETE FROM received WHERE seq <= (SELECT max(seq) FROM received) - ?1")?
+                    .execute(params![self.received_keep_max as i64])?;
             }
         }
         tx.commit()?;
@@ -598,6 +665,12 @@ impl Store {
     }
 }
 
+/// Marks the queued actions with `added` in `lo..=hi` as confirmed by `synced`.
+fn mark_acked(conn: &Connection, lo: i64, hi: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached("UPDATE queue SET acked = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0")?
+        .execute(params![lo, hi])
+}
+
 /// Reads the object at `key` from the log. A row that does not decode (written by another
 /// version, or damaged) is an error: the copy is not silently reset.
 fn read_object(conn: &Connection, key: &str) -> Result<Option<Object>, ClientError> {
@@ -661,7 +734,7 @@ mod tests {
         let ids = s.add(1, &actions(&texts.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
         let first = s.unacked_after(0, 2).unwrap();
         assert_eq!(first.len(), 2);
-        s.mark_acked(first[0].added, first[1].added).unwrap();
+        s.apply(&Incoming { acked: vec![(first[0].added, first[1].added)], ..Incoming::default() }).unwrap();
         let rest = s.unacked_after(0, 10).unwrap();
         assert_eq!(rest.iter().map(|q| q.id.clone()).collect::<Vec<_>>(), ids[2..]);
         let incoming = Incoming {
@@ -675,12 +748,16 @@ mod tests {
             actions: vec![("1 x:y:z 0".into(), 1, "{\"type\":\"r\"}".into())],
             ..Incoming::default()
         };
-        let Applied { fresh, settled, .. } = s.apply(&incoming).unwrap();
+        let Applied { fresh, processed_settled, undone_settled, .. } = s.apply(&incoming).unwrap();
         assert_eq!(fresh, [true]);
-        assert_eq!(settled, [ids[0].text(), ids[1].text()].into_iter().collect(), "both answers settle");
-        let Applied { fresh, settled, .. } = s.apply(&incoming).unwrap();
+        assert_eq!((processed_settled, undone_settled), (vec![true], vec![true]), "both answers settle");
+        let Applied { fresh, processed_settled, undone_settled, .. } = s.apply(&incoming).unwrap();
         assert_eq!(fresh, [false], "a copy is not new");
-        assert!(settled.is_empty(), "a repeated answer settles nothing: {settled:?}");
+        assert_eq!(
+            (processed_settled, undone_settled),
+            (vec![false], vec![false]),
+            "a repeated answer settles nothing"
+        );
         let stats = s.stats().unwrap();
         assert_eq!((stats.queued, stats.awaiting_outcome, stats.undone, stats.last_received), (3, 0, 1, 7));
         assert_eq!(s.undone().unwrap()[0].reason, "denied");
