@@ -174,6 +174,7 @@ impl Batch {
     /// Adds one `sync`: our answers (`logux/processed`, `logux/undo`) and others' actions.
     fn add(&mut self, conn: &mut Conn, added: u64, entries: Vec<WireEntry>) {
         self.answers.push(added);
+        self.pending.reserve(entries.len());
         let incoming = &mut self.incoming;
         incoming.last_received = incoming.last_received.max(added);
         for entry in entries {
@@ -196,7 +197,7 @@ impl Batch {
                     }
                     if let Some(target) = ActionId::parse(target) {
                         let n = incoming.processed.len();
-                        incoming.processed.push(target.text());
+                        incoming.processed.push(target.clone());
                         self.pending
                             .push(Pending::Answer(Event::Processed { id: target }, Answer::Processed(n)));
                     }

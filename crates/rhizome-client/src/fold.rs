@@ -87,16 +87,12 @@ mod tests {
         actions
             .iter()
             .enumerate()
-            .map(|(n, (action, sent))| {
-                let id = ActionId { ms: 100, node: NodeId::from("alice:c:t"), seq: n as u64 };
-                Queued {
-                    added: n as i64 + 1,
-                    id_text: id.text(),
-                    id,
-                    time: 100,
-                    action: action.to_string(),
-                    sent: *sent,
-                }
+            .map(|(n, (action, sent))| Queued {
+                added: n as i64 + 1,
+                id: ActionId { ms: 100, node: NodeId::from("alice:c:t"), seq: n as u64 },
+                time: 100,
+                action: action.to_string(),
+                sent: *sent,
             })
             .collect()
     }

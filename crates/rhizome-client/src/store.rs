@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS objects (
 ) WITHOUT ROWID;
 "#;
 
+/// The schema's version, kept in the file's `user_version`: a log written by an older
+/// version (0: before versions were kept) is brought up to date when opened.
+const SCHEMA_VERSION: i64 = 1;
+
 /// Columns added after a log file was first written: `(table, column, definition)`.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The key of the CRDT object a queued `crdt/…` operation acts on: its answer tells the
@@ -84,8 +88,6 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) struct Queued {
     pub added: i64,
     pub id: ActionId,
-    /// `id` as stored.
-    pub id_text: String,
     pub time: i64,
     pub action: String,
     pub sent: bool,
@@ -184,7 +186,7 @@ pub(crate) struct Applied {
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
     pub last_received: u64,
-    pub processed: Vec<String>,
+    pub processed: Vec<ActionId>,
     pub undone: Vec<Undone>,
     /// `(id, time, action json)` of other nodes' actions.
     pub actions: Vec<(String, i64, String)>,
@@ -228,10 +230,10 @@ pub(crate) struct Store {
     received_keep_max: u64,
     /// Decoded CRDT objects, as committed (at most [`OBJECTS_CACHED_MAX`]).
     objects: HashMap<String, Object>,
-    /// The `added` of queued actions handed out for sending, by id (at most
-    /// [`HANDED_OUT_MAX`]): their answers delete runs of consecutive rows with one statement
-    /// instead of one lookup by id each.
-    handed_out: HashMap<String, i64>,
+    /// The `added` of queued actions handed out for sending, by the `(ms, seq)` of their id
+    /// (all of them are this node's), at most [`HANDED_OUT_MAX`]: their answers delete runs
+    /// of consecutive rows with one statement instead of one lookup by id each.
+    handed_out: HashMap<(i64, u64), i64>,
 }
 
 fn random_part(rng: &mut impl rand::Rng) -> String {
@@ -262,16 +264,22 @@ impl Store {
             Durability::ProcessCrash => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
-        conn.execute_batch(SCHEMA)?;
-        for (table, column, definition) in ADDED_COLUMNS {
-            let exists: bool = conn.query_row(
-                &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
-                params![column],
-                |r| r.get(0),
-            )?;
-            if !exists {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+        // A log this version wrote is not given the schema again (parsing it is most of the
+        // cost of opening a log).
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA)?;
+            for (table, column, definition) in ADDED_COLUMNS {
+                let exists: bool = conn.query_row(
+                    &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    params![column],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+                }
             }
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<String> =
@@ -389,7 +397,7 @@ impl Store {
             let (added, id, time, action, sent) = row?;
             let parsed =
                 ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
-            out.push(Queued { added, id: parsed, id_text: id, time, action, sent });
+            out.push(Queued { added, id: parsed, time, action, sent });
         }
         Ok(out)
     }
@@ -434,7 +442,7 @@ impl Store {
         if self.handed_out.len() + rows.len() > HANDED_OUT_MAX {
             self.handed_out.clear();
         }
-        self.handed_out.extend(rows.iter().map(|q| (q.id_text.clone(), q.added)));
+        self.handed_out.extend(rows.iter().map(|q| ((q.id.ms, q.id.seq), q.added)));
     }
 
     /// Applies what the server sent, in one transaction: `synced` confirms queued actions
@@ -453,8 +461,11 @@ impl Store {
             applied.processed_settled = vec![false; incoming.processed.len()];
             let mut added: Vec<(i64, usize)> = Vec::with_capacity(incoming.processed.len());
             let mut by_id: Vec<usize> = Vec::new();
+            let node = self.ids.node().clone();
             for (i, id) in incoming.processed.iter().enumerate() {
-                match self.handed_out.remove(id) {
+                let handed_out =
+                    if id.node == node { self.handed_out.remove(&(id.ms, id.seq)) } else { None };
+                match handed_out {
                     Some(a) => added.push((a, i)),
                     None => by_id.push(i),
                 }
@@ -485,7 +496,7 @@ impl Store {
             let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING object")?;
             for i in by_id {
                 let settled: Option<Option<String>> =
-                    done.query_row(params![incoming.processed[i]], |r| r.get(0)).optional()?;
+                    done.query_row(params![incoming.processed[i].text()], |r| r.get(0)).optional()?;
                 if let Some(object) = settled {
                     applied.processed_settled[i] = true;
                     objects.extend(object);
@@ -500,7 +511,9 @@ impl Store {
                 "INSERT INTO undone (id, reason, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for u in &incoming.undone {
-                self.handed_out.remove(&u.id);
+                if let Some(id) = ActionId::parse(&u.id) {
+                    self.handed_out.remove(&(id.ms, id.seq));
+                }
                 let settled = done.query_row(params![u.id], |_| Ok(())).optional()?.is_some();
                 applied.undone_settled.push(settled);
                 undo.execute(params![u.id, u.reason, u.action.to_string()])?;
@@ -739,7 +752,7 @@ mod tests {
         assert_eq!(rest.iter().map(|q| q.id.clone()).collect::<Vec<_>>(), ids[2..]);
         let incoming = Incoming {
             last_received: 7,
-            processed: vec![ids[0].text()],
+            processed: vec![ids[0].clone()],
             undone: vec![Undone {
                 id: ids[1].text(),
                 reason: "denied".into(),
@@ -808,7 +821,7 @@ mod tests {
         let new =
             NewAction { action: "{\"type\":\"crdt/counter/inc\"}".into(), object: Some("likes".into()) };
         let ids = s.add(1, &[new]).unwrap();
-        let incoming = Incoming { processed: vec![ids[0].text()], ..Incoming::default() };
+        let incoming = Incoming { processed: ids.clone(), ..Incoming::default() };
         assert_eq!(s.apply(&incoming).unwrap().processed_objects, ["likes"]);
     }
 }
