@@ -738,9 +738,13 @@ impl Driver {
         }
         // Stored: now the server may forget them for us.
         if !answers.is_empty() {
+            // Queued first and written together: one write for the batch's answers.
             for added in answers {
-                self.send(ws, encode_synced(added)).await?;
+                ws.feed(WsMessage::text(encode_synced(added)))
+                    .await
+                    .map_err(|e| retry(format!("sending: {e}")))?;
             }
+            ws.flush().await.map_err(|e| retry(format!("sending: {e}")))?;
             conn.last_tx = Instant::now();
         }
         if !processed_objects.is_empty() || !conn.stale.is_empty() {
