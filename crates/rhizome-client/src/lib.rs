@@ -62,7 +62,9 @@
 //!   and joins what the server answers; one such subscription per object is in flight, and
 //!   operations processed meanwhile ask for one more after it. After a reconnect the
 //!   subscriptions renewed on connect bring the copies up to date the same way.
-//! - One [`Client`] per SQLite file at a time.
+//! - One [`Client`] per SQLite file at a time: the file stays locked while it is open
+//!   (SQLite's exclusive locking mode), so another process or client opening it waits 10 s,
+//!   then fails.
 //!
 //! # Not yet
 //! - The HTTP transport (Rhizome has none yet).
