@@ -239,9 +239,7 @@ impl Batch {
                     let n = incoming.actions.len();
                     if kind == rhizome_crdt::DELTA_TYPE {
                         match decode_delta(action.fields()) {
-                            Some((key, delta)) => {
-                                incoming.deltas.push(ReceivedDelta { index: n, key, delta })
-                            }
+                            Some((key, delta)) => incoming.deltas.push(ReceivedDelta { key, delta }),
                             None => {
                                 tracing::debug!(id = %id, "a crdt/delta that does not decode; not joined")
                             }

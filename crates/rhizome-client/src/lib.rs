@@ -55,8 +55,10 @@
 //!   as [`Event::Folded`]. Folding works within one chunk ([`ClientOptions::sync_actions_max`]).
 //! - CRDT objects: every `crdt/delta` received (subscribe to `crdt/<key>`) is joined into the
 //!   client's copy of the object, in the transaction that records the action, so
-//!   [`Client::object`] survives restarts; a copy received twice is not joined again (and
-//!   joining is idempotent anyway). The server sends an author no delta of its own
+//!   [`Client::object`] survives restarts. Every delta is joined, even under an id received
+//!   before (the server joins a commit's deltas for a subscriber into one carrying the last
+//!   one's id, so that id may come again with more in it); joining is idempotent, so a copy
+//!   changes nothing. The server sends an author no delta of its own
 //!   operations, so when one of ours on a subscribed object is processed, the client
 //!   subscribes to it again (with `seen`, the copy's version vector, when its kind has one)
 //!   and joins what the server answers; one such subscription per object is in flight, and

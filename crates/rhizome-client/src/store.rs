@@ -160,11 +160,9 @@ pub(crate) struct NewAction {
     pub object: Option<String>,
 }
 
-/// A `crdt/delta` received: joined into the object at `key` if action `index` of
-/// [`Incoming::actions`] is new.
+/// A `crdt/delta` received, joined into the object at `key`.
 #[derive(Debug)]
 pub(crate) struct ReceivedDelta {
-    pub index: usize,
     pub key: String,
     pub delta: Object,
 }
@@ -524,11 +522,11 @@ impl Store {
             for (id, time, action) in &incoming.actions {
                 applied.fresh.push(insert.execute(params![id, time, action])? == 1);
             }
+            // Every delta is joined, even one whose id was received before: the server joins
+            // the deltas of one commit for a subscriber into one carrying the last one's id,
+            // so an id seen alone (from a catch-up) may come again with more in it. Joining
+            // is idempotent: a true copy changes nothing.
             for d in &incoming.deltas {
-                // A copy was joined when it first came (joining it again would change nothing).
-                if !applied.fresh.get(d.index).copied().unwrap_or(false) {
-                    continue;
-                }
                 let object = match staged.entry(d.key.clone()) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
@@ -777,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn received_deltas_are_joined_once_and_kept_in_the_file() {
+    fn received_deltas_are_joined_even_under_a_known_id_and_kept_in_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(&dir);
         let delta = |node: &str, by: u64| {
@@ -785,23 +783,26 @@ mod tests {
         };
         let incoming = |id: &str, d: Object| Incoming {
             actions: vec![(id.to_owned(), 1, "{\"type\":\"crdt/delta\"}".to_owned())],
-            deltas: vec![ReceivedDelta { index: 0, key: "likes".into(), delta: d }],
+            deltas: vec![ReceivedDelta { key: "likes".into(), delta: d }],
             ..Incoming::default()
         };
         s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 2))).unwrap();
         s.apply(&incoming("2 b:1:1 0", delta("b:1:1", 3))).unwrap();
-        // A copy of the first (same id) is not new, so it is not joined: here it carries another
-        // total to show it; a real copy is the same delta, and joining it would change nothing.
-        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 7))).unwrap();
+        // A copy changes nothing.
+        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 2))).unwrap();
         let value = |o: Option<Object>| match o {
             Some(Object::Counter(c)) => c.value(),
             other => panic!("{other:?}"),
         };
         assert_eq!(value(s.object("likes").unwrap()), 5);
+        // An id received before may come again with more in it (the server joins the deltas
+        // of a commit into one with the last one's id): it is joined all the same.
+        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 7))).unwrap();
+        assert_eq!(value(s.object("likes").unwrap()), 10);
         assert_eq!(s.object("other").unwrap(), None);
         drop(s);
         let mut s = open(&dir);
-        assert_eq!(value(s.object("likes").unwrap()), 5, "read back from the file");
+        assert_eq!(value(s.object("likes").unwrap()), 10, "read back from the file");
         assert_eq!(s.object_keys().unwrap(), ["likes"]);
     }
 
