@@ -3,7 +3,7 @@
 //! [`Shared`] (SQLite calls run in `spawn_blocking`).
 
 use crate::backoff::parse_retry_after;
-use crate::store::{Incoming, Since, Undone};
+use crate::store::{Incoming, ReceivedDelta, Since, Subscription, Undone};
 use crate::{ClientOptions, Event, Shared, State};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -109,6 +109,9 @@ struct Conn {
     controls: HashMap<String, Control>,
     /// Channels subscribed on this connection.
     subscribed: HashSet<String>,
+    /// CRDT object channels to subscribe to again once their subscription in flight is
+    /// answered: one of our operations on the object was processed after it was sent.
+    stale: HashSet<String>,
     /// The highest `added` of ours the server confirmed (sent in `ping`/`pong`).
     acked_added: i64,
     ping_sent: bool,
@@ -121,8 +124,17 @@ enum Pending {
     /// The `n`th received action, delivered only if new.
     Action(usize, Value, ActionId, i64),
     /// An answer to a queued action, delivered only if it settled it (the first copy).
-    Answer(Event),
+    Answer(Event, Answer),
     Other(Event),
+}
+
+/// Which answer of an [`Incoming`] a pending event is.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// The `n`th of `processed`.
+    Processed(usize),
+    /// The `n`th of `undone`.
+    Undone(usize),
 }
 
 /// Received `sync` messages waiting to be stored together.
@@ -132,12 +144,37 @@ struct Batch {
     pending: Vec<Pending>,
     /// The `added` of each `sync`, answered with `synced` once stored.
     answers: Vec<u64>,
+    /// The highest `added` of ours confirmed by the `synced` messages in the batch.
+    acked_hi: i64,
+    /// How many of our actions those confirm.
+    acked_count: u64,
 }
 
 impl Batch {
+    /// Adds a `synced`: it confirms the oldest `sync` in flight, recorded with the batch.
+    fn synced(&mut self, conn: &mut Conn, added: u64) {
+        match conn.inflight.pop_front() {
+            Some(Inflight::Chunk { lo, hi, count }) => {
+                if added != hi.max(0) as u64 {
+                    tracing::debug!(added, hi, "synced answers another added than the oldest sync's");
+                }
+                self.incoming.acked.push((lo, hi));
+                self.acked_hi = self.acked_hi.max(hi);
+                self.acked_count += count;
+            }
+            Some(Inflight::Subscribe) => {}
+            None => tracing::debug!(added, "synced without a sync in flight"),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.incoming.acked.is_empty()
+    }
+
     /// Adds one `sync`: our answers (`logux/processed`, `logux/undo`) and others' actions.
     fn add(&mut self, conn: &mut Conn, added: u64, entries: Vec<WireEntry>) {
         self.answers.push(added);
+        self.pending.reserve(entries.len());
         let incoming = &mut self.incoming;
         incoming.last_received = incoming.last_received.max(added);
         for entry in entries {
@@ -159,8 +196,10 @@ impl Batch {
                         None => {}
                     }
                     if let Some(target) = ActionId::parse(target) {
-                        incoming.processed.push(target.text());
-                        self.pending.push(Pending::Answer(Event::Processed { id: target }));
+                        let n = incoming.processed.len();
+                        incoming.processed.push(target.clone());
+                        self.pending
+                            .push(Pending::Answer(Event::Processed { id: target }, Answer::Processed(n)));
                     }
                 }
                 "logux/undo" => {
@@ -181,6 +220,7 @@ impl Batch {
                         None => {}
                     }
                     if let Some(target) = ActionId::parse(target) {
+                        let n = incoming.undone.len();
                         incoming.undone.push(Undone {
                             id: target.text(),
                             reason: reason.clone(),
@@ -191,17 +231,45 @@ impl Batch {
                         self.pending.push(if control {
                             Pending::Other(event)
                         } else {
-                            Pending::Answer(event)
+                            Pending::Answer(event, Answer::Undone(n))
                         });
                     }
                 }
-                _ => {
+                kind => {
                     let n = incoming.actions.len();
+                    if kind == rhizome_crdt::DELTA_TYPE {
+                        match decode_delta(action.fields()) {
+                            Some((key, delta)) => incoming.deltas.push(ReceivedDelta { key, delta }),
+                            None => {
+                                tracing::debug!(id = %id, "a crdt/delta that does not decode; not joined")
+                            }
+                        }
+                    }
                     incoming.actions.push((id.text(), time, action.json().to_string()));
                     self.pending.push(Pending::Action(n, Value::Object(action.fields().clone()), id, time));
                 }
             }
         }
+    }
+}
+
+/// The key and the delta of a `crdt/delta` action (`{"key", "kind", "delta"}`).
+fn decode_delta(fields: &serde_json::Map<String, Value>) -> Option<(String, rhizome_crdt::Object)> {
+    let key = fields.get("key")?.as_str()?;
+    let kind = rhizome_crdt::Kind::from_name(fields.get("kind")?.as_str()?)?;
+    let delta = rhizome_crdt::Object::from_json(kind, fields.get("delta")?).ok()?;
+    Some((key.to_owned(), delta))
+}
+
+/// `{"<node>": n, …}`, the `seen` of a CRDT subscription.
+fn seen_json(vv: &rhizome_crdt::VersionVector) -> Value {
+    Value::Object(vv.iter().map(|(node, n)| (node.to_string(), n.into())).collect())
+}
+
+impl Conn {
+    /// Whether a `logux/subscribe` to `channel` is in flight on this connection.
+    fn subscribing(&self, channel: &str) -> bool {
+        self.controls.values().any(|c| matches!(c, Control::Subscribe(ch) if ch == channel))
     }
 }
 
@@ -355,6 +423,7 @@ impl Driver {
                         check_subscriptions: true,
                         controls: HashMap::new(),
                         subscribed: HashSet::new(),
+                        stale: HashSet::new(),
                         acked_added: 0,
                         ping_sent: false,
                         last_rx: now,
@@ -485,37 +554,7 @@ impl Driver {
                 conn.subscribed.iter().filter(|c| !wanted.contains(c.as_str())).cloned().collect();
             let new: Vec<_> =
                 subscriptions.iter().filter(|s| !conn.subscribed.contains(&s.channel)).cloned().collect();
-            if !new.is_empty() || !gone.is_empty() {
-                let now = self.shared.clock.now_ms();
-                let count = new.len() + gone.len();
-                let mut ids = self
-                    .shared
-                    .with_store(move |s| (0..count).map(|_| s.fresh_id(now)).collect::<Result<Vec<_>, _>>())
-                    .await
-                    .map_err(store_failed)?
-                    .into_iter();
-                let mut frame = SyncBuilder::new();
-                // Unsubscriptions first: an unsubscribe and a new subscribe of one channel
-                // between two fills leave the server subscribed, as they leave the log.
-                for (channel, id) in gone.into_iter().zip(ids.by_ref()) {
-                    let action = json!({"type": "logux/unsubscribe", "channel": channel});
-                    frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
-                    conn.controls.insert(id.text(), Control::Unsubscribe);
-                    conn.subscribed.remove(&channel);
-                }
-                for (sub, id) in new.into_iter().zip(ids) {
-                    let mut action = json!({"type": "logux/subscribe", "channel": sub.channel});
-                    if let Some(Since { id, time }) = &sub.since {
-                        action["since"] = json!({"id": id, "time": time});
-                    }
-                    frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
-                    conn.controls.insert(id.text(), Control::Subscribe(sub.channel.clone()));
-                    conn.subscribed.insert(sub.channel);
-                }
-                self.send(ws, frame.finish(conn.cursor.max(0) as u64)).await?;
-                conn.inflight.push_back(Inflight::Subscribe);
-                conn.last_tx = Instant::now();
-            }
+            self.send_subscriptions(ws, conn, gone, new).await?;
         }
         let chunk_max = self.options.sync_actions_max;
         let fold = self.options.fold_crdt;
@@ -562,6 +601,102 @@ impl Driver {
         Ok(())
     }
 
+    /// Sends `logux/unsubscribe` for `gone` and `logux/subscribe` for `new` (with `since`, and
+    /// with `seen` for a CRDT object this client holds a copy of) in one `sync`.
+    async fn send_subscriptions(
+        &mut self,
+        ws: &mut Ws,
+        conn: &mut Conn,
+        gone: Vec<String>,
+        new: Vec<Subscription>,
+    ) -> Result<(), End> {
+        if new.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
+        let now = self.shared.clock.now_ms();
+        let count = new.len() + gone.len();
+        let keys: Vec<Option<String>> =
+            new.iter().map(|s| s.channel.strip_prefix(crate::CRDT_PREFIX).map(str::to_owned)).collect();
+        let (ids, seen) = self
+            .shared
+            .with_store(move |s| {
+                let ids = (0..count).map(|_| s.fresh_id(now)).collect::<Result<Vec<_>, _>>()?;
+                let seen = keys
+                    .iter()
+                    .map(|key| match key {
+                        Some(key) => s.seen(key),
+                        None => Ok(None),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((ids, seen))
+            })
+            .await
+            .map_err(store_failed)?;
+        let mut ids = ids.into_iter();
+        let mut frame = SyncBuilder::new();
+        // Unsubscriptions first: an unsubscribe and a new subscribe of one channel
+        // between two fills leave the server subscribed, as they leave the log.
+        for (channel, id) in gone.into_iter().zip(ids.by_ref()) {
+            let action = json!({"type": "logux/unsubscribe", "channel": channel});
+            frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
+            conn.controls.insert(id.text(), Control::Unsubscribe);
+            conn.subscribed.remove(&channel);
+        }
+        for ((sub, id), seen) in new.into_iter().zip(ids).zip(seen) {
+            let mut action = json!({"type": "logux/subscribe", "channel": sub.channel});
+            if let Some(Since { id, time }) = &sub.since {
+                action["since"] = json!({"id": id, "time": time});
+            }
+            // Only what the copy lacks comes back (the server sends the whole object without).
+            if let Some(seen) = &seen {
+                action["seen"] = seen_json(seen);
+            }
+            frame.push(&conn.codec, &action.to_string(), &id, id.ms - conn.time_fix, None);
+            conn.controls.insert(id.text(), Control::Subscribe(sub.channel.clone()));
+            conn.subscribed.insert(sub.channel);
+        }
+        self.send(ws, frame.finish(conn.cursor.max(0) as u64)).await?;
+        conn.inflight.push_back(Inflight::Subscribe);
+        conn.last_tx = Instant::now();
+        Ok(())
+    }
+
+    /// Subscribes again to the objects of our CRDT operations the server processed, so the
+    /// copies get their effect: the server sends an author no delta of its own operations.
+    /// At most one subscription per channel is in flight; an operation processed while one is
+    /// marks the channel, subscribed again when that one is answered.
+    async fn refresh_objects(
+        &mut self,
+        ws: &mut Ws,
+        conn: &mut Conn,
+        processed_objects: Vec<String>,
+        answered: Vec<String>,
+    ) -> Result<(), End> {
+        let mut again: Vec<String> = Vec::new();
+        for key in processed_objects {
+            let channel = format!("{}{key}", crate::CRDT_PREFIX);
+            if !conn.subscribed.contains(&channel) {
+                continue;
+            }
+            if conn.subscribing(&channel) {
+                conn.stale.insert(channel);
+            } else if !again.contains(&channel) {
+                again.push(channel);
+            }
+        }
+        for channel in answered {
+            if conn.stale.contains(&channel) && !conn.subscribing(&channel) {
+                conn.stale.remove(&channel);
+                if conn.subscribed.contains(&channel) && !again.contains(&channel) {
+                    again.push(channel);
+                }
+            }
+        }
+        let new = again.into_iter().map(|channel| Subscription { channel, since: None }).collect();
+        self.send_subscriptions(ws, conn, Vec::new(), new).await
+    }
+
     /// Handles frames that arrived together. Consecutive `sync` messages are stored in one
     /// transaction (one fsync for many server frames), then answered with `synced` each.
     async fn on_frames(&mut self, ws: &mut Ws, conn: &mut Conn, texts: Vec<String>) -> Result<(), End> {
@@ -569,6 +704,8 @@ impl Driver {
         for text in texts {
             match parse(&text) {
                 Ok(Message::Sync { added, entries }) => batch.add(conn, added, entries),
+                // Stored with the batch's other changes, in one transaction.
+                Ok(Message::Synced(added)) => batch.synced(conn, added),
                 Ok(other) => {
                     self.flush(ws, conn, std::mem::take(&mut batch)).await?;
                     self.on_message(ws, conn, other).await?;
@@ -581,22 +718,36 @@ impl Driver {
 
     /// Stores a batch of received `sync`s, answers them and reports them to the app.
     async fn flush(&mut self, ws: &mut Ws, conn: &mut Conn, batch: Batch) -> Result<(), End> {
-        if batch.answers.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
-        let Batch { incoming, pending, answers } = batch;
+        let Batch { incoming, pending, answers, acked_hi, acked_count } = batch;
         let received = incoming.actions.len() as u64;
         self.shared.count(|s| s.actions_received += received);
-        let (fresh, mut settled) = self
+        let answered: Vec<String> = incoming.since.iter().map(|(channel, _)| channel.clone()).collect();
+        let crate::store::Applied { fresh, processed_settled, undone_settled, processed_objects } = self
             .shared
             .with_store(move |s| s.apply(&incoming))
             .await
             .map_err(|e| retry(format!("local log: {e}")))?;
-        // Stored: now the server may forget them for us.
-        for added in answers {
-            self.send(ws, encode_synced(added)).await?;
+        conn.acked_added = conn.acked_added.max(acked_hi);
+        if acked_count > 0 {
+            self.shared.count(|s| s.actions_acked += acked_count);
         }
-        conn.last_tx = Instant::now();
+        // Stored: now the server may forget them for us.
+        if !answers.is_empty() {
+            // Queued first and written together: one write for the batch's answers.
+            for added in answers {
+                ws.feed(WsMessage::text(encode_synced(added)))
+                    .await
+                    .map_err(|e| retry(format!("sending: {e}")))?;
+            }
+            ws.flush().await.map_err(|e| retry(format!("sending: {e}")))?;
+            conn.last_tx = Instant::now();
+        }
+        if !processed_objects.is_empty() || !conn.stale.is_empty() {
+            self.refresh_objects(ws, conn, processed_objects, answered).await?;
+        }
         for p in pending {
             match p {
                 Pending::Action(n, action, id, time) => {
@@ -605,12 +756,12 @@ impl Driver {
                     }
                 }
                 // An answer is reported once: when it settles a queued action.
-                Pending::Answer(event) => {
-                    let settles = match &event {
-                        Event::Processed { id } | Event::Undone { id, .. } => settled.remove(&id.text()),
-                        _ => true,
+                Pending::Answer(event, answer) => {
+                    let settles = match answer {
+                        Answer::Processed(n) => processed_settled.get(n),
+                        Answer::Undone(n) => undone_settled.get(n),
                     };
-                    if settles {
+                    if settles.copied().unwrap_or(false) {
                         self.emit(event).await;
                     }
                 }
@@ -621,20 +772,7 @@ impl Driver {
     }
 
     async fn on_message(&mut self, ws: &mut Ws, conn: &mut Conn, message: Message) -> Result<(), End> {
-        let store_failed = |e: crate::ClientError| retry(format!("local log: {e}"));
         match message {
-            Message::Synced(added) => match conn.inflight.pop_front() {
-                Some(Inflight::Chunk { lo, hi, count }) => {
-                    if added != hi.max(0) as u64 {
-                        tracing::debug!(added, hi, "synced answers another added than the oldest sync's");
-                    }
-                    self.shared.with_store(move |s| s.mark_acked(lo, hi)).await.map_err(store_failed)?;
-                    conn.acked_added = conn.acked_added.max(hi);
-                    self.shared.count(|s| s.actions_acked += count);
-                }
-                Some(Inflight::Subscribe) => {}
-                None => tracing::debug!(added, "synced without a sync in flight"),
-            },
             Message::Ping(added) => {
                 self.record_received(added).await?;
                 self.send(ws, encode_pong(conn.acked_added.max(0) as u64)).await?;

@@ -53,7 +53,20 @@
 //!   operations never sent are folded (a `sent` mark is committed before the `sync` goes out).
 //!   The folded operations keep the ids of the run's last rows; the dropped ids are reported
 //!   as [`Event::Folded`]. Folding works within one chunk ([`ClientOptions::sync_actions_max`]).
-//! - One [`Client`] per SQLite file at a time.
+//! - CRDT objects: every `crdt/delta` received (subscribe to `crdt/<key>`) is joined into the
+//!   client's copy of the object, in the transaction that records the action, so
+//!   [`Client::object`] survives restarts. Every delta is joined, even under an id received
+//!   before (the server joins a commit's deltas for a subscriber into one carrying the last
+//!   one's id, so that id may come again with more in it); joining is idempotent, so a copy
+//!   changes nothing. The server sends an author no delta of its own
+//!   operations, so when one of ours on a subscribed object is processed, the client
+//!   subscribes to it again (with `seen`, the copy's version vector, when its kind has one)
+//!   and joins what the server answers; one such subscription per object is in flight, and
+//!   operations processed meanwhile ask for one more after it. After a reconnect the
+//!   subscriptions renewed on connect bring the copies up to date the same way.
+//! - One [`Client`] per SQLite file at a time: the file stays locked while it is open
+//!   (SQLite's exclusive locking mode), so another process or client opening it waits 10 s,
+//!   then fails.
 //!
 //! # Not yet
 //! - The HTTP transport (Rhizome has none yet).
@@ -70,6 +83,7 @@ mod store;
 
 pub use backoff::{parse_retry_after, Backoff, RETRY_HINT_MAX};
 pub use error::ClientError;
+pub use rhizome_crdt::Object;
 pub use rhizome_protocol::{ActionId, NodeId};
 pub use store::{Durability, LogStats, Since, Subscription, Undone};
 
@@ -79,6 +93,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::Store;
 use tokio::sync::{mpsc, watch, Notify};
+
+/// The prefix of CRDT action types and object channels.
+const CRDT_PREFIX: &str = "crdt/";
 
 /// How long [`Client::close`] waits for the background task before stopping it.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -386,7 +403,15 @@ impl Client {
                     text.len()
                 )));
             }
-            texts.push(text);
+            let object = match (action.get("type"), action.get("key")) {
+                (Some(Value::String(kind)), Some(Value::String(key)))
+                    if kind.starts_with(CRDT_PREFIX) && kind != rhizome_crdt::DELTA_TYPE =>
+                {
+                    Some(key.clone())
+                }
+                _ => None,
+            };
+            texts.push(store::NewAction { action: text, object });
         }
         let now = self.shared.clock.now_ms();
         let ids = self.shared.with_store(move |s| s.add(now, &texts)).await?;
@@ -416,6 +441,21 @@ impl Client {
     /// The persisted subscriptions.
     pub async fn subscriptions(&self) -> Result<Vec<Subscription>, ClientError> {
         self.shared.with_store(|s| s.subscriptions()).await
+    }
+
+    /// The CRDT object at `key` as this client holds it: the join of every `crdt/delta` the
+    /// server sent it (subscribe to `crdt/<key>` to receive them), persisted with them in the
+    /// log. `None` before the first delta. The client's own operations on the object count
+    /// once the server processed them and sent the object again (see [`Event::Processed`]
+    /// and the crate documentation); an unsubscribed object stays as it was last received.
+    pub async fn object(&self, key: &str) -> Result<Option<Object>, ClientError> {
+        let key = key.to_owned();
+        self.shared.with_store(move |s| s.object(&key)).await
+    }
+
+    /// The keys of the CRDT objects this client holds, in order.
+    pub async fn object_keys(&self) -> Result<Vec<String>, ClientError> {
+        self.shared.with_store(|s| s.object_keys()).await
     }
 
     /// The undos recorded in the log.

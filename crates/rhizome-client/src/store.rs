@@ -1,13 +1,15 @@
 //! The durable local log in SQLite: the queue of the app's actions until the server answers
-//! them, the received actions, subscriptions with their `since`, undo records, and the
-//! counters the protocol resumes from.
+//! them, the received actions, subscriptions with their `since`, undo records, the CRDT
+//! objects joined from the `crdt/delta` actions received, and the counters the protocol
+//! resumes from.
 //!
 //! Everything here is blocking; the async side calls it through `spawn_blocking`.
 
 use crate::ClientError;
+use rhizome_crdt::{Kind, Object, VersionVector};
 use rhizome_protocol::{ActionId, IdGenerator, NodeId};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 const SCHEMA: &str = r#"
@@ -24,7 +26,10 @@ CREATE TABLE IF NOT EXISTS queue (
     -- 1 once it was in a `sync` (recorded only when folding is on): never folded again.
     sent INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS queue_unacked ON queue (acked, added);
+-- No index on `acked`: unacknowledged actions are read by `added` (the rowid) from a cursor,
+-- and acknowledged ones are few (answers delete them), so an index would only cost a write per
+-- row on every append, acknowledgement and answer.
+DROP INDEX IF EXISTS queue_unacked;
 -- Actions received from the server, newest `received_keep_max` kept; the unique id drops a
 -- copy delivered twice (a catch-up overlapping live delivery).
 CREATE TABLE IF NOT EXISTS received (
@@ -43,7 +48,37 @@ CREATE TABLE IF NOT EXISTS undone (
     reason TEXT NOT NULL,
     action TEXT NOT NULL
 ) WITHOUT ROWID;
+-- CRDT objects: the join of every `crdt/delta` received for the key, as `Object::to_json`
+-- writes it, changed in the transaction that records the delta.
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL
+) WITHOUT ROWID;
 "#;
+
+/// The schema's version, kept in the file's `user_version`: a log written by an older
+/// version (0: before versions were kept) is brought up to date when opened.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Columns added after a log file was first written: `(table, column, definition)`.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The key of the CRDT object a queued `crdt/…` operation acts on: its answer tells the
+    // connection which object to fetch again (the server sends the author no delta of its own
+    // operations).
+    ("queue", "object", "TEXT"),
+];
+
+/// Most ids remembered in `Store::handed_out`; beyond it the map starts over (an answer for
+/// a forgotten id is looked up by id).
+const HANDED_OUT_MAX: usize = 100_000;
+
+/// Prepared statements kept per log, more than the log uses, so none is prepared twice.
+const STATEMENTS_CACHED_MAX: usize = 64;
+
+/// Most decoded CRDT objects kept in memory; beyond it the cache starts over (the file has
+/// them all).
+const OBJECTS_CACHED_MAX: usize = 1024;
 
 /// How long opening or writing waits for another connection's lock on the file.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -116,11 +151,40 @@ pub struct LogStats {
     pub last_received: u64,
 }
 
+/// An action for the queue.
+#[derive(Debug, Clone)]
+pub(crate) struct NewAction {
+    /// Its JSON.
+    pub action: String,
+    /// The key of the CRDT object it acts on, for a `crdt/…` operation.
+    pub object: Option<String>,
+}
+
+/// A `crdt/delta` received, joined into the object at `key`.
+#[derive(Debug)]
+pub(crate) struct ReceivedDelta {
+    pub key: String,
+    pub delta: Object,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Per received action, whether it is new.
+    pub fresh: Vec<bool>,
+    /// Per `logux/processed` of [`Incoming::processed`], whether it settled a queued action.
+    pub processed_settled: Vec<bool>,
+    /// Per `logux/undo` of [`Incoming::undone`], whether it settled a queued action.
+    pub undone_settled: Vec<bool>,
+    /// The objects of the queued CRDT operations the server processed, each once.
+    pub processed_objects: Vec<String>,
+}
+
 /// What one incoming `sync` (or `ping`/`pong`) changes, applied in one transaction.
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
     pub last_received: u64,
-    pub processed: Vec<String>,
+    pub processed: Vec<ActionId>,
     pub undone: Vec<Undone>,
     /// `(id, time, action json)` of other nodes' actions.
     pub actions: Vec<(String, i64, String)>,
@@ -128,6 +192,10 @@ pub(crate) struct Incoming {
     pub since: Vec<(String, Since)>,
     /// Subscriptions the server undid: forgotten.
     pub refused_channels: Vec<String>,
+    /// The `crdt/delta` actions among `actions`, decoded.
+    pub deltas: Vec<ReceivedDelta>,
+    /// `added` ranges of queued actions the server confirmed with `synced`.
+    pub acked: Vec<(i64, i64)>,
 }
 
 /// How much of the local log a crash may lose.
@@ -158,6 +226,12 @@ pub(crate) struct Store {
     /// Our ids; its state is persisted with every transaction that takes ids from it.
     ids: IdGenerator,
     received_keep_max: u64,
+    /// Decoded CRDT objects, as committed (at most [`OBJECTS_CACHED_MAX`]).
+    objects: HashMap<String, Object>,
+    /// The `added` of queued actions handed out for sending, by the `(ms, seq)` of their id
+    /// (all of them are this node's), at most [`HANDED_OUT_MAX`]: their answers delete runs
+    /// of consecutive rows with one statement instead of one lookup by id each.
+    handed_out: HashMap<(i64, u64), i64>,
 }
 
 fn random_part(rng: &mut impl rand::Rng) -> String {
@@ -176,13 +250,35 @@ impl Store {
         let mut conn = Connection::open(path)?;
         // First: a client killed a moment ago may still be finishing a write on this file.
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // One client per file: the file stays locked while it is open, so SQLite takes no
+        // file lock per transaction and keeps the WAL index in this process's memory (no
+        // `-shm`), which saves two `fcntl` calls and shared-memory work on every read and
+        // commit. Another process opening the file waits `BUSY_TIMEOUT`, then fails.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
         let synchronous = match durability {
             Durability::PowerLoss => "FULL",
             Durability::ProcessCrash => "NORMAL",
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
-        conn.execute_batch(SCHEMA)?;
+        // A log this version wrote is not given the schema again (parsing it is most of the
+        // cost of opening a log).
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA)?;
+            for (table, column, definition) in ADDED_COLUMNS {
+                let exists: bool = conn.query_row(
+                    &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    params![column],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+                }
+            }
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<String> =
             tx.query_row("SELECT text FROM meta WHERE key = 'node'", [], |r| r.get(0)).optional()?;
@@ -221,7 +317,13 @@ impl Store {
         let last_ms = get("id_ms")?;
         let seq = get("id_seq")?.max(0) as u64;
         tx.commit()?;
-        Ok(Store { conn, ids: IdGenerator::resume(node, last_ms, seq), received_keep_max })
+        Ok(Store {
+            conn,
+            ids: IdGenerator::resume(node, last_ms, seq),
+            received_keep_max,
+            objects: HashMap::new(),
+            handed_out: HashMap::new(),
+        })
     }
 
     /// This client's node id.
@@ -233,25 +335,25 @@ impl Store {
     /// restarts even if the clock went back.
     fn save_id_state(tx: &rusqlite::Transaction<'_>, ids: &IdGenerator) -> rusqlite::Result<()> {
         let (last_ms, seq) = ids.last();
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO meta (key, int) VALUES ('id_ms', ?1), ('id_seq', ?2)
              ON CONFLICT(key) DO UPDATE SET int = excluded.int",
-            params![last_ms, seq as i64],
-        )?;
+        )?
+        .execute(params![last_ms, seq as i64])?;
         Ok(())
     }
 
     /// Queues actions (JSON objects with a string `type`) in one transaction; returns their ids.
-    pub fn add(&mut self, now_ms: i64, actions: &[String]) -> Result<Vec<ActionId>, ClientError> {
+    pub fn add(&mut self, now_ms: i64, actions: &[NewAction]) -> Result<Vec<ActionId>, ClientError> {
         let saved = self.ids.clone();
         let ids: Vec<ActionId> = actions.iter().map(|_| self.ids.next(now_ms)).collect();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO queue (id, time, action) VALUES (?1, ?2, ?3)")?;
-                for (id, action) in ids.iter().zip(actions) {
-                    insert.execute(params![id.text(), id.ms, action])?;
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO queue (id, time, action, object) VALUES (?1, ?2, ?3, ?4)")?;
+                for (id, new) in ids.iter().zip(actions) {
+                    insert.execute(params![id.text(), id.ms, new.action, new.object])?;
                 }
             }
             Self::save_id_state(&tx, &self.ids)?;
@@ -291,8 +393,9 @@ impl Store {
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in rows {
             let (added, id, time, action, sent) = row?;
-            let id = ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
-            out.push(Queued { added, id, time, action, sent });
+            let parsed =
+                ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
+            out.push(Queued { added, id: parsed, time, action, sent });
         }
         Ok(out)
     }
@@ -307,6 +410,7 @@ impl Store {
             return Ok(Chunk { rows, read, folded: Vec::new() });
         };
         if !fold || rows.iter().all(|r| r.sent) {
+            self.hand_out(&rows);
             return Ok(Chunk { rows, read, folded: Vec::new() });
         }
         let (rows, folding) = crate::fold::fold_rows(rows);
@@ -326,48 +430,125 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        self.hand_out(&rows);
         let folded = folding.dropped.into_iter().map(|(_, id, into)| (id, into)).collect();
         Ok(Chunk { rows, read, folded })
     }
 
-    /// Marks the actions with `added` in `lo..=hi` as acknowledged by `synced`.
-    pub fn mark_acked(&mut self, lo: i64, hi: i64) -> Result<u64, ClientError> {
-        let n = self.conn.execute(
-            "UPDATE queue SET acked = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0",
-            params![lo, hi],
-        )?;
-        Ok(n as u64)
+    /// Remembers the `added` of rows about to be sent, for [`Store::apply`].
+    fn hand_out(&mut self, rows: &[Queued]) {
+        if self.handed_out.len() + rows.len() > HANDED_OUT_MAX {
+            self.handed_out.clear();
+        }
+        self.handed_out.extend(rows.iter().map(|q| ((q.id.ms, q.id.seq), q.added)));
     }
 
-    /// Applies what the server sent. Returns, per received action, whether it is new, and the
-    /// ids of the answers (`logux/processed`, `logux/undo`) that settled a queued action: the
-    /// server may send an answer twice (once kept for a connection that ended, once for a
-    /// re-sent copy), and only the first one settles it.
-    pub fn apply(&mut self, incoming: &Incoming) -> Result<(Vec<bool>, HashSet<String>), ClientError> {
+    /// Applies what the server sent, in one transaction: `synced` confirms queued actions
+    /// (never sent again), answers settle them,
+    /// received actions are recorded (a copy is not new), new `crdt/delta`s are joined into
+    /// their objects. An answer settles a queued action only the first time: the server may
+    /// send one twice (once kept for a connection that ended, once for a re-sent copy).
+    pub fn apply(&mut self, incoming: &Incoming) -> Result<Applied, ClientError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut fresh = Vec::with_capacity(incoming.actions.len());
-        let mut settled = HashSet::new();
+        let mut applied = Applied { fresh: Vec::with_capacity(incoming.actions.len()), ..Applied::default() };
+        // Objects this transaction changes; they reach the cache only if it commits.
+        let mut staged: HashMap<String, Object> = HashMap::new();
         {
-            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
-            for id in &incoming.processed {
-                if done.execute(params![id])? > 0 {
-                    settled.insert(id.clone());
+            // Answers to rows handed out are deleted by runs of consecutive `added` (each row
+            // of a run was answered, so nothing else is deleted); others are looked up by id.
+            applied.processed_settled = vec![false; incoming.processed.len()];
+            let mut added: Vec<(i64, usize)> = Vec::with_capacity(incoming.processed.len());
+            let mut by_id: Vec<usize> = Vec::new();
+            let node = self.ids.node().clone();
+            for (i, id) in incoming.processed.iter().enumerate() {
+                let handed_out =
+                    if id.node == node { self.handed_out.remove(&(id.ms, id.seq)) } else { None };
+                match handed_out {
+                    Some(a) => added.push((a, i)),
+                    None => by_id.push(i),
+                }
+            }
+            added.sort_unstable();
+            let mut objects: Vec<String> = Vec::new();
+            let mut runs =
+                tx.prepare_cached("DELETE FROM queue WHERE added BETWEEN ?1 AND ?2 RETURNING added, object")?;
+            let mut start = 0;
+            for end in 0..added.len() {
+                if end + 1 < added.len() && added[end + 1].0 == added[end].0 + 1 {
+                    continue;
+                }
+                let lo = added[start].0;
+                let mut rows = runs.query(params![lo, added[end].0])?;
+                while let Some(row) = rows.next()? {
+                    // Within a run, the row `lo + k` is the run's `k`th answer.
+                    let at = start + (row.get::<_, i64>(0)? - lo) as usize;
+                    if let Some((_, i)) = added.get(at) {
+                        applied.processed_settled[*i] = true;
+                    }
+                    if let Some(key) = row.get::<_, Option<String>>(1)? {
+                        objects.push(key);
+                    }
+                }
+                start = end + 1;
+            }
+            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING object")?;
+            for i in by_id {
+                let settled: Option<Option<String>> =
+                    done.query_row(params![incoming.processed[i].text()], |r| r.get(0)).optional()?;
+                if let Some(object) = settled {
+                    applied.processed_settled[i] = true;
+                    objects.extend(object);
+                }
+            }
+            for key in objects {
+                if !applied.processed_objects.contains(&key) {
+                    applied.processed_objects.push(key);
                 }
             }
             let mut undo = tx.prepare_cached(
                 "INSERT INTO undone (id, reason, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for u in &incoming.undone {
-                if done.execute(params![u.id])? > 0 {
-                    settled.insert(u.id.clone());
+                if let Some(id) = ActionId::parse(&u.id) {
+                    self.handed_out.remove(&(id.ms, id.seq));
                 }
+                let settled = done.query_row(params![u.id], |_| Ok(())).optional()?.is_some();
+                applied.undone_settled.push(settled);
                 undo.execute(params![u.id, u.reason, u.action.to_string()])?;
             }
             let mut insert = tx.prepare_cached(
                 "INSERT INTO received (id, time, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for (id, time, action) in &incoming.actions {
-                fresh.push(insert.execute(params![id, time, action])? == 1);
+                applied.fresh.push(insert.execute(params![id, time, action])? == 1);
+            }
+            // Every delta is joined, even one whose id was received before: the server joins
+            // the deltas of one commit for a subscriber into one carrying the last one's id,
+            // so an id seen alone (from a catch-up) may come again with more in it. Joining
+            // is idempotent: a true copy changes nothing.
+            for d in &incoming.deltas {
+                let object = match staged.entry(d.key.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let state = match self.objects.get(&d.key) {
+                            Some(state) => state.clone(),
+                            None => {
+                                read_object(&tx, &d.key)?.unwrap_or_else(|| Object::bottom(d.delta.kind()))
+                            }
+                        };
+                        e.insert(state)
+                    }
+                };
+                if let Err(e) = object.join(&d.delta) {
+                    tracing::warn!(key = %d.key, error = %e, "a received delta does not join its object; skipped");
+                }
+            }
+            let mut save = tx.prepare_cached(
+                "INSERT INTO objects (key, kind, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state",
+            )?;
+            for (key, object) in &staged {
+                save.execute(params![key, object.kind().name(), object.to_json().to_string()])?;
             }
             let mut since = tx.prepare_cached(
                 "UPDATE subscriptions SET since_id = ?2, since_time = ?3 WHERE channel = ?1",
@@ -379,20 +560,54 @@ impl Store {
             for channel in &incoming.refused_channels {
                 refused.execute(params![channel])?;
             }
-            tx.execute(
+            for (lo, hi) in &incoming.acked {
+                mark_acked(&tx, *lo, *hi)?;
+            }
+            tx.prepare_cached(
                 "INSERT INTO meta (key, int) VALUES ('last_received', ?1)
                  ON CONFLICT(key) DO UPDATE SET int = max(int, excluded.int)",
-                params![incoming.last_received as i64],
-            )?;
-            if fresh.iter().any(|f| *f) {
-                tx.execute(
-                    "DELETE FROM received WHERE seq <= (SELECT max(seq) FROM received) - ?1",
-                    params![self.received_keep_max as i64],
-                )?;
+            )?
+            .execute(params![incoming.last_received as i64])?;
+            if applied.fresh.iter().any(|f| *f) {
+                tx.prepare_cached("DELETE FROM received WHERE seq <= (SELECT max(seq) FROM received) - ?1")?
+                    .execute(params![self.received_keep_max as i64])?;
             }
         }
         tx.commit()?;
-        Ok((fresh, settled))
+        if self.objects.len() + staged.len() > OBJECTS_CACHED_MAX {
+            self.objects.clear();
+        }
+        self.objects.extend(staged);
+        Ok(applied)
+    }
+
+    /// The CRDT object at `key`: the join of every `crdt/delta` received for it.
+    pub fn object(&mut self, key: &str) -> Result<Option<Object>, ClientError> {
+        if let Some(object) = self.objects.get(key) {
+            return Ok(Some(object.clone()));
+        }
+        let object = read_object(&self.conn, key)?;
+        if let Some(object) = &object {
+            if self.objects.len() >= OBJECTS_CACHED_MAX {
+                self.objects.clear();
+            }
+            self.objects.insert(key.to_owned(), object.clone());
+        }
+        Ok(object)
+    }
+
+    /// The keys of the CRDT objects held, in order.
+    pub fn object_keys(&self) -> Result<Vec<String>, ClientError> {
+        let mut stmt = self.conn.prepare_cached("SELECT key FROM objects ORDER BY key")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// What the copy of the object at `key` has seen, as the `seen` of a subscription:
+    /// `None` when there is no copy or its delta since anything is its whole state.
+    pub fn seen(&mut self, key: &str) -> Result<Option<VersionVector>, ClientError> {
+        let vv = self.object(key)?.map(|o| o.version_vector());
+        Ok(vv.filter(|vv| !vv.is_empty()))
     }
 
     /// The last `added` received from the server.
@@ -461,12 +676,36 @@ impl Store {
     }
 }
 
+/// Marks the queued actions with `added` in `lo..=hi` as confirmed by `synced`.
+fn mark_acked(conn: &Connection, lo: i64, hi: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached("UPDATE queue SET acked = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0")?
+        .execute(params![lo, hi])
+}
+
+/// Reads the object at `key` from the log. A row that does not decode (written by another
+/// version, or damaged) is an error: the copy is not silently reset.
+fn read_object(conn: &Connection, key: &str) -> Result<Option<Object>, ClientError> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached("SELECT kind, state FROM objects WHERE key = ?1")?
+        .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((kind, state)) = row else { return Ok(None) };
+    let corrupt = |why: String| ClientError::Invalid(format!("stored object {key}: {why}"));
+    let kind = Kind::from_name(&kind).ok_or_else(|| corrupt(format!("unknown kind {kind}")))?;
+    let doc: serde_json::Value = serde_json::from_str(&state).map_err(|e| corrupt(e.to_string()))?;
+    Object::from_json(kind, &doc).map(Some).map_err(|e| corrupt(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn options(user: &str) -> OpenOptions<'_> {
         OpenOptions { user, node: None, received_keep_max: 10, durability: Durability::PowerLoss }
+    }
+
+    fn actions(texts: &[&str]) -> Vec<NewAction> {
+        texts.iter().map(|t| NewAction { action: (*t).to_owned(), object: None }).collect()
     }
 
     fn open(dir: &tempfile::TempDir) -> Store {
@@ -479,11 +718,11 @@ mod tests {
         let mut s = open(&dir);
         let node = s.node().clone();
         assert_eq!(node.user_id().unwrap().as_str(), "alice");
-        let a = s.add(1000, &["{\"type\":\"a\"}".into(), "{\"type\":\"b\"}".into()]).unwrap();
+        let a = s.add(1000, &actions(&["{\"type\":\"a\"}", "{\"type\":\"b\"}"])).unwrap();
         drop(s);
         let mut s = open(&dir);
         assert_eq!(s.node(), &node);
-        let b = s.add(500, &["{\"type\":\"c\"}".into()]).unwrap();
+        let b = s.add(500, &actions(&["{\"type\":\"c\"}"])).unwrap();
         assert!(a[0] < a[1] && a[1] < b[0], "{a:?} {b:?}");
         assert_eq!((b[0].ms, b[0].seq), (1000, 2));
         let c = s.fresh_id(2000).unwrap();
@@ -502,16 +741,16 @@ mod tests {
     fn acked_actions_are_not_read_again_and_answers_remove_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(&dir);
-        let actions: Vec<String> = (0..5).map(|i| format!("{{\"type\":\"t\",\"n\":{i}}}")).collect();
-        let ids = s.add(1, &actions).unwrap();
+        let texts: Vec<String> = (0..5).map(|i| format!("{{\"type\":\"t\",\"n\":{i}}}")).collect();
+        let ids = s.add(1, &actions(&texts.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
         let first = s.unacked_after(0, 2).unwrap();
         assert_eq!(first.len(), 2);
-        s.mark_acked(first[0].added, first[1].added).unwrap();
+        s.apply(&Incoming { acked: vec![(first[0].added, first[1].added)], ..Incoming::default() }).unwrap();
         let rest = s.unacked_after(0, 10).unwrap();
         assert_eq!(rest.iter().map(|q| q.id.clone()).collect::<Vec<_>>(), ids[2..]);
         let incoming = Incoming {
             last_received: 7,
-            processed: vec![ids[0].text()],
+            processed: vec![ids[0].clone()],
             undone: vec![Undone {
                 id: ids[1].text(),
                 reason: "denied".into(),
@@ -520,14 +759,70 @@ mod tests {
             actions: vec![("1 x:y:z 0".into(), 1, "{\"type\":\"r\"}".into())],
             ..Incoming::default()
         };
-        let (fresh, settled) = s.apply(&incoming).unwrap();
+        let Applied { fresh, processed_settled, undone_settled, .. } = s.apply(&incoming).unwrap();
         assert_eq!(fresh, [true]);
-        assert_eq!(settled, [ids[0].text(), ids[1].text()].into_iter().collect(), "both answers settle");
-        let (fresh, settled) = s.apply(&incoming).unwrap();
+        assert_eq!((processed_settled, undone_settled), (vec![true], vec![true]), "both answers settle");
+        let Applied { fresh, processed_settled, undone_settled, .. } = s.apply(&incoming).unwrap();
         assert_eq!(fresh, [false], "a copy is not new");
-        assert!(settled.is_empty(), "a repeated answer settles nothing: {settled:?}");
+        assert_eq!(
+            (processed_settled, undone_settled),
+            (vec![false], vec![false]),
+            "a repeated answer settles nothing"
+        );
         let stats = s.stats().unwrap();
         assert_eq!((stats.queued, stats.awaiting_outcome, stats.undone, stats.last_received), (3, 0, 1, 7));
         assert_eq!(s.undone().unwrap()[0].reason, "denied");
+    }
+
+    #[test]
+    fn received_deltas_are_joined_even_under_a_known_id_and_kept_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(&dir);
+        let delta = |node: &str, by: u64| {
+            Object::Counter(rhizome_crdt::PnCounter::default().inc(&NodeId::parse(node).unwrap(), by))
+        };
+        let incoming = |id: &str, d: Object| Incoming {
+            actions: vec![(id.to_owned(), 1, "{\"type\":\"crdt/delta\"}".to_owned())],
+            deltas: vec![ReceivedDelta { key: "likes".into(), delta: d }],
+            ..Incoming::default()
+        };
+        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 2))).unwrap();
+        s.apply(&incoming("2 b:1:1 0", delta("b:1:1", 3))).unwrap();
+        // A copy changes nothing.
+        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 2))).unwrap();
+        let value = |o: Option<Object>| match o {
+            Some(Object::Counter(c)) => c.value(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value(s.object("likes").unwrap()), 5);
+        // An id received before may come again with more in it (the server joins the deltas
+        // of a commit into one with the last one's id): it is joined all the same.
+        s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 7))).unwrap();
+        assert_eq!(value(s.object("likes").unwrap()), 10);
+        assert_eq!(s.object("other").unwrap(), None);
+        drop(s);
+        let mut s = open(&dir);
+        assert_eq!(value(s.object("likes").unwrap()), 10, "read back from the file");
+        assert_eq!(s.object_keys().unwrap(), ["likes"]);
+    }
+
+    #[test]
+    fn a_log_written_before_objects_is_opened_and_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue (added INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+             time INTEGER NOT NULL, action TEXT NOT NULL, acked INTEGER NOT NULL DEFAULT 0,
+             sent INTEGER NOT NULL DEFAULT 0)",
+        )
+        .unwrap();
+        drop(conn);
+        let mut s = Store::open(&path, &options("alice")).unwrap();
+        let new =
+            NewAction { action: "{\"type\":\"crdt/counter/inc\"}".into(), object: Some("likes".into()) };
+        let ids = s.add(1, &[new]).unwrap();
+        let incoming = Incoming { processed: ids.clone(), ..Incoming::default() };
+        assert_eq!(s.apply(&incoming).unwrap().processed_objects, ["likes"]);
     }
 }

@@ -24,12 +24,14 @@
 #![deny(missing_docs)]
 
 mod chart;
+mod converge;
 mod procfs;
 mod progress;
 mod scenario;
 mod stats;
 
 pub use chart::Chart;
+pub use converge::{Convergence, CONVERGE_WAIT};
 pub use scenario::{ReturnMode, Scenario, SimArgs};
 pub use stats::{is_crdt, percentile, reconnect_offset, Buckets};
 
@@ -171,6 +173,8 @@ pub struct Report {
     pub server_log_checked: bool,
     /// The check against the server's log, with `--server-db`.
     pub server_log: Option<ServerLogCheck>,
+    /// The clients' CRDT objects against the server's, with `--crdt-share` > 0.
+    pub convergence: Option<Convergence>,
 }
 
 impl Report {
@@ -230,6 +234,12 @@ impl Report {
             }
             if log.waiting > 0 {
                 failures.push(format!("{} queued ids still waiting in the server's log", log.waiting));
+            }
+        }
+        if let Some(c) = &self.convergence {
+            if c.diverged > 0 {
+                failures
+                    .push(format!("{} of {} clients' CRDT objects diverged", c.diverged, c.clients_checked));
             }
         }
         failures
@@ -306,7 +316,8 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     for (index, ids) in queues.into_iter().enumerate() {
         let at = storm.start + reconnect_offset(index, scenario.clients, window, scenario.return_mode);
         let options = client_options(&scenario, &data_dir, index, &scenario.url);
-        tasks.push(tokio::spawn(storm_client(storm.clone(), options, ids, at)));
+        let hold = converge::writes_objects(&scenario).then_some(index);
+        tasks.push(tokio::spawn(storm_client(storm.clone(), options, ids, at, hold)));
     }
     let mut outcomes = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -317,6 +328,11 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     let _ = stop_tx.send(true);
     let _ = progress.await;
     let (latencies, unanswered) = probes.finish().await?;
+    let held: Vec<_> = outcomes.iter_mut().filter_map(|o| o.held.take()).collect();
+    let convergence = match held.is_empty() {
+        true => None,
+        false => Some(converge::check(&scenario, &data_dir, held).await?),
+    };
 
     let server_log = match &scenario.server_db {
         Some(path) => {
@@ -361,6 +377,7 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
         server,
         server_log_checked: server_log.is_some(),
         server_log,
+        convergence,
         scenario,
     })
 }
@@ -376,7 +393,7 @@ struct Storm {
 }
 
 /// The options of client `index` (probes use indexes after the storm's clients).
-fn client_options(scenario: &Scenario, data_dir: &Path, index: usize, url: &str) -> ClientOptions {
+pub(crate) fn client_options(scenario: &Scenario, data_dir: &Path, index: usize, url: &str) -> ClientOptions {
     let mut options = ClientOptions::new(url, client_path(data_dir, index), format!("sim{index}"))
         .token(scenario.token.clone());
     // A crash of the simulator may lose its last commits: no fsync per commit, so a thousand
@@ -393,7 +410,7 @@ fn client_path(data_dir: &Path, index: usize) -> PathBuf {
 /// The queued action number `n` of client `index`.
 fn action(scenario: &Scenario, index: usize, n: usize) -> Value {
     if is_crdt(n, scenario.crdt_share) {
-        json!({"type": "crdt/counter/inc", "key": format!("sim/{index}"), "by": 1})
+        json!({"type": "crdt/counter/inc", "key": converge::object_key(scenario, index), "by": 1})
     } else {
         json!({"type": "inc", "id": format!("sim-{index}")})
     }
@@ -409,8 +426,12 @@ async fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Vec<Vec<ActionI
             let options = client_options(scenario, data_dir, index, OFFLINE_URL);
             let actions: Vec<Value> =
                 (0..scenario.actions_per_client).map(|n| action(scenario, index, n)).collect();
+            let channels = converge::channels(scenario, index);
             tasks.push(tokio::spawn(async move {
                 let (client, _events) = Client::open(options).await?;
+                for channel in channels {
+                    client.subscribe(&channel).await?;
+                }
                 let mut ids = client.add_many(actions).await?;
                 client.close().await;
                 ids.sort();
@@ -437,6 +458,8 @@ struct Outcome {
     connections: u64,
     /// When every id was answered, from the storm's start.
     synced_after: Option<Duration>,
+    /// The client, still open, when its CRDT objects are to be checked.
+    held: Option<converge::Held>,
 }
 
 impl Outcome {
@@ -451,6 +474,7 @@ async fn storm_client(
     options: ClientOptions,
     ids: Vec<ActionId>,
     at: Instant,
+    hold: Option<usize>,
 ) -> Result<Outcome, SimError> {
     tokio::time::sleep_until(at.into()).await;
     let mut outcome = Outcome {
@@ -461,8 +485,10 @@ async fn storm_client(
         duplicates: 0,
         connections: 0,
         synced_after: None,
+        held: None,
     };
     let mut left = outcome.ids.len();
+    let mut next = 0;
     let (client, mut events) = Client::open(options).await?;
     let deadline = tokio::time::sleep_until(storm.deadline.into());
     tokio::pin!(deadline);
@@ -481,7 +507,15 @@ async fn storm_client(
             Some(Event::Undone { id, .. }) => (id, false),
             Some(_) => continue,
         };
-        match outcome.ids.binary_search(&id) {
+        // Answers mostly come in the order of the ids: try the one after the last first.
+        let found = match outcome.ids.get(next) {
+            Some(expected) if *expected == id => Ok(next),
+            _ => outcome.ids.binary_search(&id),
+        };
+        if let Ok(i) = found {
+            next = i + 1;
+        }
+        match found {
             Ok(i) if !outcome.answered[i] => {
                 outcome.answered[i] = true;
                 left -= 1;
@@ -500,7 +534,11 @@ async fn storm_client(
         outcome.synced_after = Some(storm.start.elapsed());
         storm.synced.fetch_add(1, Ordering::Relaxed);
     }
-    client.close().await;
+    match hold {
+        // Kept open: its copies still receive the other clients' operations.
+        Some(index) => outcome.held = Some(converge::Held::new(index, client, events)),
+        None => client.close().await,
+    }
     Ok(outcome)
 }
 

@@ -39,6 +39,10 @@ pub struct Scenario {
     pub token: String,
     /// Give up on the storm after this many seconds.
     pub timeout_secs: u64,
+    /// CRDT objects the clients share (client `i` writes `sim/shared/<i mod objects>`); 0: one
+    /// object per client. With [`Scenario::crdt_share`] > 0 the clients' copies are checked
+    /// against the server's objects after the storm (see `converge.rs`).
+    pub objects: usize,
 }
 
 impl Default for Scenario {
@@ -58,6 +62,7 @@ impl Default for Scenario {
             chart: None,
             token: "sim".into(),
             timeout_secs: 600,
+            objects: 0,
         }
     }
 }
@@ -160,6 +165,10 @@ pub struct SimArgs {
     /// Give up on the storm after this many seconds [default: 600].
     #[arg(long)]
     pub timeout_secs: Option<u64>,
+    /// CRDT objects the clients share, each written by several clients [default: 0, one per
+    /// client].
+    #[arg(long)]
+    pub objects: Option<usize>,
 }
 
 impl SimArgs {
@@ -210,6 +219,9 @@ impl SimArgs {
         }
         if let Some(v) = self.timeout_secs {
             s.timeout_secs = v;
+        }
+        if let Some(v) = self.objects {
+            s.objects = v;
         }
         s.validate()?;
         Ok(s)

@@ -2,6 +2,7 @@
 //! sockets, with real SQLite files in temporary directories.
 
 mod fold;
+mod objects;
 mod offline;
 mod reconnect;
 mod reference;

@@ -114,6 +114,39 @@ fn a_small_storm_is_synced_with_nothing_lost() {
 }
 
 #[test]
+fn clients_sharing_crdt_objects_converge_on_the_servers_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
+    // 12 clients, 3 objects: four writers per object, each also receiving the others' deltas.
+    // Ten operations each keep every object under the 64 operations after which the server
+    // rewrites its snapshot and cleans the deltas before it: larger storms diverge (see the
+    // README's `rhizome sim` section), which this test is not about.
+    let report = sim(&[
+        "--url",
+        &server.url,
+        "--clients",
+        "12",
+        "--actions-per-client",
+        "40",
+        "--crdt-share",
+        "0.25",
+        "--objects",
+        "3",
+        "--return-within-ms",
+        "300",
+    ]);
+    assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (480, 0));
+    for (key, want) in [
+        ("/convergence/objects", 3),
+        ("/convergence/missing", 0),
+        ("/convergence/clients_checked", 12),
+        ("/convergence/diverged", 0),
+    ] {
+        assert_eq!(u64_at(&report, key), want, "{key} in {report}");
+    }
+}
+
+#[test]
 fn a_scenario_file_sets_the_fields_and_flags_win() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
@@ -130,6 +163,7 @@ fn a_scenario_file_sets_the_fields_and_flags_win() {
     assert!(report["server_log"].is_null() && report["server"].is_null());
     assert_eq!(report["server_log_checked"], false);
     assert!(summary.contains("server_log=not_checked") && !summary.contains("missing"), "{summary}");
+    assert!(report["convergence"].is_null(), "no CRDT operations, nothing to converge");
 }
 
 #[test]
