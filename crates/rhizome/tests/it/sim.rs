@@ -121,7 +121,7 @@ fn clients_sharing_crdt_objects_converge_on_the_servers_state() {
     // Ten operations each keep every object under the 64 operations after which the server
     // rewrites its snapshot and cleans the deltas before it: larger storms diverge (see the
     // README's `rhizome sim` section), which this test is not about.
-    let report = sim(&[
+    let (report, _) = sim(&[
         "--url",
         &server.url,
         "--clients",
