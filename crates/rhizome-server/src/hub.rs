@@ -14,6 +14,7 @@
 
 use crate::conn_map::{ConnMap, ConnSet};
 use crate::outbox::{Closed, Outbox};
+use crate::pipeline::CRDT_CHANNEL_PREFIX;
 use crate::shared::Shared;
 use crate::subscribers::Subscribers;
 use rhizome_core::app::filter_accepts;
@@ -569,6 +570,15 @@ struct CatchUpJob {
 
 impl CatchUpJob {
     async fn run(self) {
+        let object = match &self.what {
+            CatchUp::Channel(channel) => {
+                channel.as_str().strip_prefix(CRDT_CHANNEL_PREFIX).map(str::to_owned)
+            }
+            CatchUp::Targeted => None,
+        };
+        if let Some(key) = object {
+            return self.run_object(key).await;
+        }
         let chunk = self.shared.limits.catch_up_chunk_actions;
         let mut after = self.from;
         while after < self.upto {
@@ -628,5 +638,42 @@ impl CatchUpJob {
             .hub
             .send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through: self.upto })
             .await;
+    }
+
+    /// Catches a subscriber of a CRDT object up with one delta: the join of what was logged
+    /// after `from`, or the whole state when the writer may have cleaned some of those deltas
+    /// (they are folded into its snapshots). Never one frame per operation, and never a gap.
+    async fn run_object(self, key: String) {
+        let store = self.shared.store.clone();
+        let from = self.from;
+        let read = tokio::task::spawn_blocking(move || {
+            let (object, through) = store.catch_up_object(&key, from)?;
+            Ok::<_, rhizome_store::StoreError>((
+                object.map(|o| rhizome_crdt::delta_action(&key, &o)),
+                through,
+            ))
+        })
+        .await;
+        let (json, through) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, conn = self.conn, "catch-up read failed; closing the connection");
+                self.outbox.close(Closed::Overflow);
+                return;
+            }
+            Err(_) => return,
+        };
+        if let Some(json) = json {
+            let id = self.shared.next_server_id();
+            let mut b = SyncBuilder::new();
+            b.push(&self.identity.codec, &json, &id, id.ms, Some(self.shared.config.subprotocol));
+            if !self.outbox.push(b.finish(self.outbox.safe_added())) {
+                return;
+            }
+        }
+        // The read may have seen commits the hub has not routed yet: they are complete in the
+        // delta, and a live copy of one later joins as a no-op.
+        let through = through.max(self.upto);
+        let _ = self.hub.send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through }).await;
     }
 }

@@ -30,7 +30,7 @@ const IN_PROCESS_POLL: std::time::Duration = std::time::Duration::from_millis(10
 const CRDT_ACTION_PREFIX: &str = "crdt/";
 
 /// Channels of CRDT objects: `crdt/<key>`.
-const CRDT_CHANNEL_PREFIX: &str = "crdt/";
+pub(crate) const CRDT_CHANNEL_PREFIX: &str = "crdt/";
 
 /// How far before a `since.time` catch-up starts when `since.id` is unknown to the log.
 /// Clock offsets between client and server are far smaller; duplicates beat losses.
@@ -552,20 +552,15 @@ impl Pipeline {
         let store = self.shared.store.clone();
         let owned = key.to_owned();
         let read = tokio::task::spawn_blocking(move || {
-            // The position first: whatever is committed after it is caught up, so an object
-            // created between the two reads is not missed.
-            let position = store.last_position()?;
-            // The delta is computed from the state read (one read transaction), so it brings
-            // the client to the position `at` the live deltas go on from. It walks the whole
-            // state, so it is built here, off the async runtime.
-            let object = store.read_object(&owned)?.map(|(state, at)| {
-                let json = match &seen {
-                    Some(seen) => rhizome_crdt::catch_up_action(&owned, &state, seen),
-                    None => rhizome_crdt::delta_action(&owned, &state),
-                };
-                (json, at)
+            // The state and the log position it is complete through, from one read: the live
+            // deltas go on from there. The delta walks the whole state, so it is built here,
+            // off the async runtime.
+            let (object, position) = store.catch_up_object(&owned, 0)?;
+            let json = object.map(|state| match &seen {
+                Some(seen) => rhizome_crdt::catch_up_action(&owned, &state, seen),
+                None => rhizome_crdt::delta_action(&owned, &state),
             });
-            Ok::<_, rhizome_store::StoreError>((position, object))
+            Ok::<_, rhizome_store::StoreError>((position, json))
         })
         .await;
         let (position, object) = match read {
@@ -576,14 +571,14 @@ impl Pipeline {
             }
             Err(_) => return Err(()),
         };
-        let Some((json, at)) = object else {
+        let Some(json) = object else {
             return Ok(position);
         };
         let id = self.shared.next_server_id();
         let mut b = SyncBuilder::new();
         b.push(&self.identity.codec, &json, &id, id.ms, Some(self.shared.config.subprotocol));
         self.outbox.push(b.finish(self.outbox.safe_added()));
-        Ok(at.max(position))
+        Ok(position)
     }
 
     /// The log position a `since` refers to: the position answered by the `logux/processed`

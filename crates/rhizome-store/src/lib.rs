@@ -146,4 +146,15 @@ pub trait Store: Send + Sync + 'static {
     /// The state of the CRDT object at `key` and the log position of the last operation
     /// applied to it, if it exists.
     fn read_object(&self, key: &str) -> Result<Option<(rhizome_crdt::Object, Position)>, StoreError>;
+
+    /// What a subscriber to the CRDT object at `key` that holds every operation up to log
+    /// position `after` lacks, as one object: the join of the deltas logged after `after`, or
+    /// the whole state when some of those deltas may have been cleaned (`after` is before the
+    /// object's stored snapshot). Also returns the last log position of the same read: the
+    /// object is complete through it. `None` when the object does not exist.
+    fn catch_up_object(
+        &self,
+        key: &str,
+        after: Position,
+    ) -> Result<(Option<rhizome_crdt::Object>, Position), StoreError>;
 }

@@ -404,6 +404,62 @@ impl Store for SqliteStore {
     fn count(&self) -> Result<u64, StoreError> {
         self.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))? as u64))
     }
+
+    fn catch_up_object(&self, key: &str, after: Position) -> Result<(Option<Object>, Position), StoreError> {
+        self.with_reader(|c| {
+            // One read transaction: the snapshot, the deltas and the last position agree,
+            // whatever the writer snapshots or cleans meanwhile.
+            let tx = c.unchecked_transaction()?;
+            let last: i64 = tx.query_row("SELECT coalesce(max(added), 0) FROM log", [], |r| r.get(0))?;
+            let snapshot: Option<(String, i64)> = tx
+                .prepare_cached("SELECT kind, position FROM crdt_objects WHERE key = ?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let object = match snapshot {
+                None => None,
+                // The writer cleans only deltas its previous snapshot holds, all before the
+                // stored one: every delta after `after` is still logged. Their join is what
+                // the subscriber lacks.
+                Some((kind, at)) if after >= at as Position => {
+                    let kind = Kind::from_name(&kind).ok_or(StoreError::Corrupt(at as Position))?;
+                    let mut object = Object::bottom(kind);
+                    for (added, delta) in deltas_after(&tx, key, after)? {
+                        let delta =
+                            Object::from_json(kind, &delta).map_err(|_| StoreError::Corrupt(added))?;
+                        object.join(&delta).map_err(|_| StoreError::Corrupt(added))?;
+                    }
+                    Some(object)
+                }
+                // Deltas before the snapshot may be gone: the whole state.
+                Some(_) => read_object(&tx, key)?.map(|(object, _, _)| object),
+            };
+            tx.commit()?;
+            Ok((object, last as Position))
+        })
+    }
+}
+
+/// The `delta` documents of the object at `key` logged after `after`, oldest first.
+fn deltas_after(conn: &Connection, key: &str, after: Position) -> Result<Vec<(Position, Value)>, StoreError> {
+    let mut later = conn.prepare_cached(
+        "SELECT l.added, l.action FROM log_channels c JOIN log l ON l.added = c.added
+         WHERE c.channel = ?1 AND c.added > ?2 ORDER BY c.added",
+    )?;
+    let channel = format!("crdt/{key}");
+    let rows = later
+        .query_map(params![channel, after as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    let mut deltas = Vec::new();
+    for row in rows {
+        let (added, action) = row?;
+        let added = added as Position;
+        let mut action: Value = serde_json::from_str(&action).map_err(|_| StoreError::Corrupt(added))?;
+        // Other actions resent to the object's channel are not its deltas.
+        if action["type"] != rhizome_crdt::DELTA_TYPE || action["key"] != key {
+            continue;
+        }
+        deltas.push((added, action["delta"].take()));
+    }
+    Ok(deltas)
 }
 
 /// Reads an object from `conn`: its stored snapshot joined with the deltas logged after it,
@@ -423,22 +479,8 @@ fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position,
     let kind = Kind::from_name(&kind).ok_or(StoreError::Corrupt(position))?;
     let doc: Value = serde_json::from_str(&state).map_err(|_| StoreError::Corrupt(position))?;
     let mut object = Object::from_json(kind, &doc).map_err(|_| corrupt)?;
-    let mut later = conn.prepare_cached(
-        "SELECT l.added, l.action FROM log_channels c JOIN log l ON l.added = c.added
-         WHERE c.channel = ?1 AND c.added > ?2 ORDER BY c.added",
-    )?;
-    let channel = format!("crdt/{key}");
-    let rows = later.query_map(params![channel, position as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })?;
-    for row in rows {
-        let (added, action) = row?;
-        let added = added as Position;
-        let action: Value = serde_json::from_str(&action).map_err(|_| StoreError::Corrupt(added))?;
-        if action["type"] != rhizome_crdt::DELTA_TYPE || action["key"] != key {
-            continue;
-        }
-        let delta = Object::from_json(kind, &action["delta"]).map_err(|_| StoreError::Corrupt(added))?;
+    for (added, delta) in deltas_after(conn, key, position)? {
+        let delta = Object::from_json(kind, &delta).map_err(|_| StoreError::Corrupt(added))?;
         object.join(&delta).map_err(|_| StoreError::Corrupt(added))?;
         position = added;
     }

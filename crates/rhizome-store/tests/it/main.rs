@@ -337,3 +337,47 @@ fn objects_read_back_whole_between_snapshots_and_after_a_restart() {
         "the author's total survives the restart"
     );
 }
+
+#[test]
+fn an_object_catch_up_is_the_join_of_later_deltas_or_the_whole_state_once_they_may_be_cleaned() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let add = |w: &mut rhizome_store::SqliteWriter, n: u32| {
+        let op = serde_json::json!({"type": "crdt/set/add", "key": "s", "elem": n});
+        let appends = vec![crdt_append(&format!("{} a:b:c 0", n), op)];
+        w.commit(&mut [WriteBatch { appends, ..WriteBatch::default() }], i64::from(n)).expect("commit");
+    };
+    let elems = |object: &rhizome_crdt::Object| -> Vec<u64> {
+        let mut elems: Vec<u64> = object.to_json()["elems"]
+            .as_array()
+            .expect("elems")
+            .iter()
+            .map(|e| e[0].as_u64().expect("number"))
+            .collect();
+        elems.sort_unstable();
+        elems
+    };
+    for n in 1..=10 {
+        add(&mut w, n);
+    }
+    assert_eq!(store.catch_up_object("missing", 0).expect("read"), (None, 10));
+    // The first operation stored the snapshot: a subscriber that has position 6 lacks 7 to 10.
+    let (object, through) = store.catch_up_object("s", 6).expect("read");
+    assert_eq!((elems(&object.expect("object")), through), ((7..=10).collect(), 10));
+    let (object, _) = store.catch_up_object("s", 10).expect("read");
+    assert_eq!(elems(&object.expect("object")), Vec::<u64>::new(), "nothing lacking");
+
+    // Past two snapshot rewrites the early deltas are cleaned: a subscriber far behind gets
+    // the whole state, not the few deltas still logged.
+    for n in 11..=200 {
+        add(&mut w, n);
+    }
+    let (object, through) = store.catch_up_object("s", 6).expect("read");
+    assert_eq!((elems(&object.expect("object")), through), ((1..=200).collect(), 200));
+    // Snapshots are stored at operations 1, 66, 131 and 196 (each after 64 more): after the
+    // last one, the join of the later deltas again.
+    let (object, _) = store.catch_up_object("s", 197).expect("read");
+    assert_eq!(elems(&object.expect("object")), (198..=200).collect::<Vec<_>>());
+    let (object, _) = store.catch_up_object("s", 195).expect("read");
+    assert_eq!(elems(&object.expect("object")).len(), 200, "before the last snapshot: all of it");
+}
