@@ -117,29 +117,29 @@ fn a_small_storm_is_synced_with_nothing_lost() {
 fn clients_sharing_crdt_objects_converge_on_the_servers_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
-    // 12 clients, 3 objects: four writers per object, each also receiving the others' deltas.
-    // Ten operations each keep every object under the 64 operations after which the server
-    // rewrites its snapshot and cleans the deltas before it: larger storms diverge (see the
-    // README's `rhizome sim` section), which this test is not about.
+    // 60 clients, 3 objects: twenty writers per object, each also receiving the others'
+    // deltas. 100 operations each, 2,000 per object: the server rewrites each object's
+    // snapshot and cleans the deltas it holds many times while clients catch up (a catch-up
+    // that read the cleaned deltas one by one left clients without some nodes' operations).
     let (report, _) = sim(&[
         "--url",
         &server.url,
         "--clients",
-        "12",
+        "60",
         "--actions-per-client",
-        "40",
+        "200",
         "--crdt-share",
-        "0.25",
+        "0.5",
         "--objects",
         "3",
         "--return-within-ms",
         "300",
     ]);
-    assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (480, 0));
+    assert_eq!((u64_at(&report, "/processed"), u64_at(&report, "/lost")), (12000, 0));
     for (key, want) in [
         ("/convergence/objects", 3),
         ("/convergence/missing", 0),
-        ("/convergence/clients_checked", 12),
+        ("/convergence/clients_checked", 60),
         ("/convergence/diverged", 0),
     ] {
         assert_eq!(u64_at(&report, key), want, "{key} in {report}");
