@@ -19,11 +19,11 @@ pub struct Limits {
     pub outbound_queue_bytes_max: usize,
     /// `sync` messages of one connection waiting for their commit; more stop reading the socket.
     pub inflight_syncs_max: usize,
-    /// Connections with `sync`s in flight (returning clients sending a backlog) that may read
-    /// and parse more input at the same time; the others wait their turn, first come first
-    /// served, with their input left in the kernel. A connection with nothing in flight (an
-    /// online client sending a few actions) never waits for this, so it is not queued behind a
-    /// reconnect storm's backlogs.
+    /// Connections with a backlog in flight (more than 64 actions awaiting commit: returning
+    /// clients sending their queues) that may read and parse more input at the same time; the
+    /// others wait their turn, first come first served, with their input left in the kernel.
+    /// A connection with fewer in flight (an online client sending a few actions) never waits
+    /// for this, so it is not queued behind a reconnect storm's backlogs.
     pub backlog_readers_max: usize,
     /// Actions sent in one catch-up `sync` frame.
     pub catch_up_chunk_actions: usize,

@@ -99,6 +99,11 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Pending {
+    /// How many actions of the `sync` it answers.
+    pub fn actions(&self) -> usize {
+        self.answers.len()
+    }
+
     /// Polls for the commit of this `sync`, in place (the connection task keeps no future for it).
     pub fn poll_committed(
         &mut self,

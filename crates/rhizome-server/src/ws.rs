@@ -34,6 +34,11 @@ const SLOW: u16 = 4002;
 /// Bytes read from the socket at once, into a buffer on the stack.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
+/// A connection with more actions than this in flight is sending a backlog: it reads more only
+/// in its turn (`Limits::backlog_readers_max`). An online client's few actions, even several
+/// `sync`s of them, never wait for a turn.
+const BACKLOG_ACTIONS: usize = 64;
+
 /// How long a closing connection waits for its in-flight `sync`s to be answered.
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
@@ -329,13 +334,14 @@ impl Session {
                 }
             }
         }
-        if self.inflight.is_empty() {
-            // Nothing in flight: it reads without a turn, and gives up its place in line.
+        let backlog = self.inflight.iter().map(Pending::actions).sum::<usize>() > BACKLOG_ACTIONS;
+        if !backlog {
+            // No backlog in flight: it reads without a turn, and gives up its place in line.
             self.turn = Turn::None;
         }
         if self.inflight.len() < self.shared.limits.inflight_syncs_max {
             match stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) if self.inflight.is_empty() || self.poll_turn(cx).is_ready() => {
+                Poll::Ready(Ok(())) if !backlog || self.poll_turn(cx).is_ready() => {
                     return Poll::Ready(Event::Readable)
                 }
                 Poll::Ready(Ok(())) => {}
