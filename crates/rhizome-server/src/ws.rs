@@ -39,6 +39,10 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// `sync`s of them, never wait for a turn.
 const BACKLOG_ACTIONS: usize = 64;
 
+/// A connection holding more bytes than this of a frame still arriving is sending a backlog
+/// too (a returning client's first, large `sync`): it reads the rest in its turn.
+const BACKLOG_PARTIAL_BYTES: usize = 8 * 1024;
+
 /// How long a closing connection waits for its in-flight `sync`s to be answered.
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
@@ -334,7 +338,8 @@ impl Session {
                 }
             }
         }
-        let backlog = self.inflight.iter().map(Pending::actions).sum::<usize>() > BACKLOG_ACTIONS;
+        let backlog = self.decoder.buffered_bytes() > BACKLOG_PARTIAL_BYTES
+            || self.inflight.iter().map(Pending::actions).sum::<usize>() > BACKLOG_ACTIONS;
         if !backlog {
             // No backlog in flight: it reads without a turn, and gives up its place in line.
             self.turn = Turn::None;
