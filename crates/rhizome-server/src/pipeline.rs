@@ -19,7 +19,7 @@ use rhizome_store::{Append, Committed, WriteBatch};
 use serde_json::{Map, Value};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use tokio::sync::oneshot;
 
@@ -122,7 +122,6 @@ impl Pending {
 /// application's [`Context`] per `sync` from it: an idle connection stores its ids once.
 /// Cloning it is cheap (shared parts): a closed connection's committed actions are processed
 /// by a clone (see [`Pipeline::finish_detached`]).
-#[derive(Clone)]
 pub struct Pipeline {
     shared: Arc<Shared>,
     conn: ConnId,
@@ -130,8 +129,25 @@ pub struct Pipeline {
     subprotocol: u64,
     headers: Arc<Map<String, Value>>,
     outbox: Arc<Outbox>,
-    /// The lane of its uncommitted writes (shared by its clones).
-    writes: Arc<ConnWrites>,
+    /// The lane of its uncommitted writes, shared by its clones; made by the first write, so
+    /// a connection that only listens allocates none.
+    writes: OnceLock<Arc<ConnWrites>>,
+}
+
+impl Clone for Pipeline {
+    fn clone(&self) -> Self {
+        // The clone writes in the same lanes: the state is made now if it was not yet.
+        let writes = OnceLock::from(self.writes.get_or_init(Arc::default).clone());
+        Pipeline {
+            shared: self.shared.clone(),
+            conn: self.conn,
+            identity: self.identity.clone(),
+            subprotocol: self.subprotocol,
+            headers: self.headers.clone(),
+            outbox: self.outbox.clone(),
+            writes,
+        }
+    }
 }
 
 /// What a [`Pipeline`] is built from.
@@ -173,7 +189,7 @@ impl Pipeline {
     /// A pipeline for an authenticated connection.
     pub fn new(shared: Arc<Shared>, parts: PipelineParts) -> Self {
         let PipelineParts { conn, identity, subprotocol, headers, outbox } = parts;
-        Pipeline { shared, conn, identity, subprotocol, headers, outbox, writes: Arc::default() }
+        Pipeline { shared, conn, identity, subprotocol, headers, outbox, writes: OnceLock::new() }
     }
 
     /// What the application's hooks see.
@@ -280,7 +296,7 @@ impl Pipeline {
     }
 
     async fn write(&self, batch: WriteBatch) -> oneshot::Receiver<Result<Committed, WriteFailed>> {
-        self.shared.writer.write(&self.writes, batch).await
+        self.shared.writer.write(self.writes.get_or_init(Arc::default), batch).await
     }
 
     /// Sends the answers of a committed `sync`: `synced`, then processed/undo, running
