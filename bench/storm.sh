@@ -12,7 +12,8 @@
 # Environment (all optional; the defaults are scenario S1 of the README):
 #   SERVER=rhizome|reference   [rhizome]
 #   CLIENTS=1000  ACTIONS=1000  RETURN_WITHIN_MS=1000  RETURN_MODE=even|burst|ramp  PROBES=10
-#   CRDT_SHARE=0  TIMEOUT_SECS=600
+#   CRDT_SHARE=0  OBJECTS=0 (CRDT objects shared by the clients; 0: one per client)
+#   TIMEOUT_SECS=600
 #   PORT                       [31337 for rhizome, 31338 for the reference]
 #   SKIP_BUILD=1               don't run `cargo build --release -p rhizome` (the binary must exist)
 #   RHIZOME_BIN=path           the rhizome binary, server and simulator [target/release/rhizome]
@@ -155,7 +156,7 @@ echo "# $SERVER: $(grep -m1 '^listening' "$SERVER_LOG") (pid $SERVER_PID)"
 SIM_NICE=${SIM_NICE:-0}
 SIM=(nice -n "$SIM_NICE" "$RHIZOME_BIN" sim --url "ws://127.0.0.1:$PORT" --clients "$CLIENTS" --actions-per-client "$ACTIONS"
   --return-within-ms "$RETURN_WITHIN_MS" --return-mode "$RETURN_MODE" --probes "$PROBES"
-  --crdt-share "$CRDT_SHARE" --timeout-secs "$TIMEOUT_SECS" --pid "$SERVER_PID" "${SERVER_DB[@]}"
+  --crdt-share "$CRDT_SHARE" --objects "${OBJECTS:-0}" --timeout-secs "$TIMEOUT_SECS" --pid "$SERVER_PID" "${SERVER_DB[@]}"
   --data-dir "$CLIENT_DIR" --out "$OUT_DIR/result.json" --chart "$OUT_DIR/chart.svg")
 echo "# ${SIM[*]}"
 rc=0
