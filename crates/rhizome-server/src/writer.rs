@@ -6,31 +6,13 @@
 use crate::hub::HubMessage;
 use rhizome_store::{Committed, LogWriter, WriteBatch};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-/// Appends per transaction at most; more wait for the next one. Larger transactions spend
-/// fewer fsyncs and less bookkeeping per append.
-const APPENDS_PER_COMMIT_MAX: usize = 20_000;
-
-/// Appends per transaction at most while online clients write (a connection's quick write was
-/// taken within [`ONLINE_RECENT`]). A quick write waits for the transaction being committed,
-/// then goes first in the next: short transactions answer online clients soon during a storm
-/// of backlogs (in a storm of a million actions on two cores, probe p50 about 100 ms at 5,000
-/// appends, about 30 ms at 2,000).
-const APPENDS_PER_COMMIT_ONLINE: usize = 2_000;
-
-/// How long after an online client's write transactions stay short.
-const ONLINE_RECENT: Duration = Duration::from_secs(1);
-
-/// The most appends the next transaction takes, given when an online client last wrote.
-fn appends_per_commit(online_at: Option<Instant>, now: Instant) -> usize {
-    match online_at {
-        Some(at) if now.duration_since(at) < ONLINE_RECENT => APPENDS_PER_COMMIT_ONLINE,
-        _ => APPENDS_PER_COMMIT_MAX,
-    }
-}
+/// Appends per transaction at most; more wait for the next one. A quick write waits for the
+/// transaction being committed, then goes first in the next: smaller transactions answer online
+/// clients sooner during a storm, larger ones spend fewer fsyncs per append.
+const APPENDS_PER_COMMIT_MAX: usize = 5_000;
 
 /// A write of at most this many appends may take the quick lane.
 const QUICK_APPENDS_MAX: usize = 16;
@@ -222,35 +204,24 @@ pub fn run(mut writer: impl LogWriter, lanes: WriteLanes, hub: mpsc::Sender<HubM
         }
     };
     let mut pending: Vec<WriteRequest> = Vec::new();
-    // When a connection's quick write was last taken.
-    let mut online_at: Option<Instant> = None;
     loop {
         // Wait for the first write of the next transaction, from either lane.
         let first = waiter.block_on(async {
             tokio::select! {
                 biased;
-                Some(r) = quick.recv() => Some((r, true)),
-                Some(r) = bulk.recv() => Some((r, false)),
+                Some(r) = quick.recv() => Some(r),
+                Some(r) = bulk.recv() => Some(r),
                 else => None,
             }
         });
-        let Some((first, first_quick)) = first else { break };
-        let now = Instant::now();
-        let online = |r: &WriteRequest| r.ticket.is_some();
-        if first_quick && online(&first) {
-            online_at = Some(now);
-        }
-        let cap = appends_per_commit(online_at, now);
+        let Some(first) = first else { break };
         let mut appends = first.batch.appends.len();
         pending.push(first);
         // The quick lane first, all of it; then backlogs up to the transaction's size.
-        for (lane, is_quick) in [(&mut quick, true), (&mut bulk, false)] {
-            while appends < cap {
+        for lane in [&mut quick, &mut bulk] {
+            while appends < APPENDS_PER_COMMIT_MAX {
                 match lane.try_recv() {
                     Ok(r) => {
-                        if is_quick && online(&r) {
-                            online_at = Some(now);
-                        }
                         appends += r.batch.appends.len();
                         pending.push(r);
                     }
@@ -323,17 +294,6 @@ mod tests {
             Some(AppendOutcome::Added(position)) => *position,
             other => panic!("not added: {other:?}"),
         }
-    }
-
-    #[test]
-    fn transactions_stay_short_for_a_second_after_an_online_clients_write() {
-        let now = Instant::now();
-        assert_eq!(appends_per_commit(None, now), APPENDS_PER_COMMIT_MAX);
-        assert_eq!(appends_per_commit(Some(now), now), APPENDS_PER_COMMIT_ONLINE);
-        let earlier = now - Duration::from_millis(900);
-        assert_eq!(appends_per_commit(Some(earlier), now), APPENDS_PER_COMMIT_ONLINE);
-        let long_ago = now - ONLINE_RECENT;
-        assert_eq!(appends_per_commit(Some(long_ago), now), APPENDS_PER_COMMIT_MAX);
     }
 
     #[test]
