@@ -325,6 +325,11 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     }
     let sim_cpu_after = procfs::cpu_time("self");
     let server_cpu_after = pid.as_deref().and_then(procfs::cpu_time);
+    let closing: Vec<_> =
+        outcomes.iter_mut().filter_map(|o| o.open.take()).map(|c| tokio::spawn(c.close())).collect();
+    for close in closing {
+        let _ = close.await;
+    }
     let _ = stop_tx.send(true);
     let _ = progress.await;
     let (latencies, unanswered) = probes.finish().await?;
@@ -460,6 +465,10 @@ struct Outcome {
     synced_after: Option<Duration>,
     /// The client, still open, when its CRDT objects are to be checked.
     held: Option<converge::Held>,
+    /// Otherwise the client, still open: it is closed after the storm is measured, as a device
+    /// that synced keeps its log open (closing checkpoints the log's WAL, work that is not
+    /// the storm's and would compete with it for the CPU).
+    open: Option<Client>,
 }
 
 impl Outcome {
@@ -486,6 +495,7 @@ async fn storm_client(
         connections: 0,
         synced_after: None,
         held: None,
+        open: None,
     };
     let mut left = outcome.ids.len();
     let mut next = 0;
@@ -537,7 +547,7 @@ async fn storm_client(
     match hold {
         // Kept open: its copies still receive the other clients' operations.
         Some(index) => outcome.held = Some(converge::Held::new(index, client, events)),
-        None => client.close().await,
+        None => outcome.open = Some(client),
     }
     Ok(outcome)
 }
