@@ -444,13 +444,22 @@ impl Pipeline {
     /// Finishes the `sync`s of a closing connection in a task of their own, in order: their
     /// committed actions are processed (and their outcome recorded) whether or not the
     /// connection is still there to be answered. Dropping the handle does not stop the task.
+    ///
+    /// After a write fails, the client hears nothing more on this connection: a later `synced`
+    /// would tell it the failed `sync` arrived too (clients confirm their queue in order), and
+    /// it would never send those actions again. The later `sync`s are still finished, since
+    /// their commits may have succeeded; their answers go into the log, and the client, which
+    /// sends everything from the failed `sync` again, gets the rest as duplicates.
     pub fn finish_detached(self, inflight: Vec<Pending>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             for mut pending in inflight {
                 let committed = std::future::poll_fn(|cx| pending.poll_committed(cx)).await;
-                let Ok(committed) = committed else { return };
-                if self.finish(pending, committed).await.is_err() {
-                    return;
+                let finished = match committed {
+                    Ok(committed) => self.finish(pending, committed).await,
+                    Err(e) => Err(e),
+                };
+                if finished.is_err() {
+                    self.outbox.close(crate::outbox::Closed::Ended);
                 }
             }
         })

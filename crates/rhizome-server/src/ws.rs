@@ -70,6 +70,8 @@ pub struct Session {
     quiet_since_ms: i64,
     /// Its turn to read while it has `sync`s in flight (see `Limits::backlog_readers_max`).
     turn: Turn,
+    /// A write of this connection failed: no `synced` may follow (see `close`).
+    write_failed: bool,
 }
 
 /// A connection's place among the backlog readers.
@@ -156,6 +158,7 @@ pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Box
         unsent: Vec::new(),
         client_synced: 0,
         turn: Turn::None,
+        write_failed: false,
     })
 }
 
@@ -253,6 +256,8 @@ impl Session {
             self.quiet_since_ms = now_ms();
             end = Box::pin(self.on_event(event, stream)).await;
         }
+        // Reading is over: a place in line or a turn goes to the others now.
+        self.turn = Turn::None;
         match end {
             Some(End::Broken) | None => self.abandon_inflight(),
             Some(end) => Box::pin(self.close(stream, end)).await,
@@ -270,10 +275,7 @@ impl Session {
             Event::Committed(pending, result) => self.finish(pending, result).await,
             Event::Readable => {
                 let read = self.read(stream);
-                let end = self.after_read(stream, read).await;
-                // What it read is in the pipeline: the next backlog reader's turn.
-                self.turn = Turn::None;
-                return end;
+                return self.after_read(stream, read).await;
             }
             Event::Broken => return Some(End::Broken),
             // `run` parks on this one instead of handling it.
@@ -293,6 +295,9 @@ impl Session {
             (Next::Continue, Some(end)) => Next::End(end),
             (next, _) => next,
         };
+        // What it read is in the pipeline: the next backlog reader's turn, before a socket
+        // write that may wait on a slow client.
+        self.turn = Turn::None;
         self.flush(stream, next).await
     }
 
@@ -327,6 +332,11 @@ impl Session {
     /// `inflight_syncs_max` syncs wait for the writer), then timers; queued frames are written
     /// after every event anyway, so the outbox only needs to wake an otherwise idle task.
     fn poll_event(&mut self, cx: &mut TaskContext<'_>, stream: &TcpStream) -> Poll<Event> {
+        // A turn granted while it waited (it queued because input was there): read at once,
+        // rather than keep the others waiting while commits are answered.
+        if matches!(self.turn, Turn::Waiting(_)) && self.poll_turn(cx).is_ready() {
+            return Poll::Ready(Event::Readable);
+        }
         if let Some(oldest) = self.inflight.front_mut() {
             if let Poll::Ready(result) = oldest.poll_committed(cx) {
                 if let Some(pending) = self.inflight.pop_front() {
@@ -432,6 +442,11 @@ impl Session {
             // cannot wait: the client gets what is answered within the drain time; the answers
             // of the rest go into the log for its next connection.
             let inflight: Vec<Pending> = std::mem::take(&mut self.inflight).into();
+            if self.write_failed {
+                // No `synced` after a failed write: a later one would confirm the failed
+                // `sync` too. What commits is answered through the log instead.
+                self.outbox.close(Closed::Ended);
+            }
             if let Some(pipeline) = &self.pipeline {
                 let finishing = pipeline.clone().finish_detached(inflight);
                 let _ = tokio::time::timeout(CLOSE_DRAIN, finishing).await;
@@ -580,14 +595,17 @@ impl Session {
         let Some(pipeline) = &self.pipeline else {
             return Next::Continue;
         };
-        match result {
-            Ok(committed) => match pipeline.finish(pending, committed).await {
-                Ok(()) => Next::Continue,
-                Err(_) => Next::Close(code::INTERNAL, "storage failure"),
-            },
-            // Nothing of that sync is acknowledged; the client re-sends it after reconnecting.
-            Err(_) => Next::Close(code::INTERNAL, "storage failure"),
+        let finished = match result {
+            Ok(committed) => pipeline.finish(pending, committed).await,
+            Err(e) => Err(e),
+        };
+        if finished.is_err() {
+            // Nothing of that sync is acknowledged, nor anything after it: the client sends it
+            // all again after reconnecting.
+            self.write_failed = true;
+            return Next::Close(code::INTERNAL, "storage failure");
         }
+        Next::Continue
     }
 
     async fn handle(&mut self, out: Vec<Output>) -> Next {
