@@ -543,12 +543,19 @@ impl LogWriter for SqliteWriter {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
             )?;
             let mut existing = tx.prepare_cached("SELECT status, reason FROM log WHERE id = ?1")?;
+            // Only the object's own deltas that go nowhere but its channel: another action routed
+            // to the channel, or a delta the rules also send to users, clients, nodes or other
+            // channels, stays whole for their catch-up.
             let mut clean_body = tx.prepare_cached(
                 "UPDATE log SET action = '{}', routing = NULL WHERE added IN
-                 (SELECT added FROM log_channels WHERE channel = ?1 AND added <= ?2)",
+                 (SELECT added FROM log_channels WHERE channel = ?1 AND added <= ?2)
+                 AND routing = ?3 AND json_extract(action, '$.type') = 'crdt/delta'
+                 AND json_extract(action, '$.key') = ?4",
             )?;
-            let mut clean_index =
-                tx.prepare_cached("DELETE FROM log_channels WHERE channel = ?1 AND added <= ?2")?;
+            let mut clean_index = tx.prepare_cached(
+                "DELETE FROM log_channels WHERE channel = ?1 AND added <= ?2
+                 AND (SELECT action FROM log WHERE log.added = log_channels.added) = '{}'",
+            )?;
             let mut object = tx.prepare_cached(
                 "INSERT INTO crdt_objects(key, kind, state, position) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state,
@@ -628,8 +635,10 @@ impl LogWriter for SqliteWriter {
                             // their bodies and channel index go, their ids stay for at-most-once.
                             if cached.snapshot_at > 0 {
                                 let channel = format!("crdt/{key}");
-                                clean_body.execute(params![channel, cached.snapshot_at as i64])?;
-                                clean_index.execute(params![channel, cached.snapshot_at as i64])?;
+                                let only_there = routing_json(&Routing::channel(channel.as_str()));
+                                let upto = cached.snapshot_at as i64;
+                                clean_body.execute(params![channel, upto, only_there, key])?;
+                                clean_index.execute(params![channel, upto])?;
                             }
                             cached.snapshot_at = added as Position;
                         } else {

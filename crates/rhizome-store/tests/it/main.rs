@@ -381,3 +381,37 @@ fn an_object_catch_up_is_the_join_of_later_deltas_or_the_whole_state_once_they_m
     let (object, _) = store.catch_up_object("s", 195).expect("read");
     assert_eq!(elems(&object.expect("object")).len(), 200, "before the last snapshot: all of it");
 }
+
+#[test]
+fn snapshot_cleaning_keeps_what_goes_anywhere_but_the_objects_channel() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let commit = |w: &mut rhizome_store::SqliteWriter, append: Append, now: i64| {
+        w.commit(&mut [WriteBatch { appends: vec![append], ..WriteBatch::default() }], now).expect("commit");
+    };
+    // Position 1: a delta the rules also send to a user; 2: another action on the channel.
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    let op = rhizome_crdt::ops::parse(inc.as_object().expect("object")).expect("op");
+    let mut to_bob = entry("1 a:b:c 0", Routing::channel("crdt/k"), Status::Processed);
+    to_bob.routing.users.push(rhizome_protocol::UserId::from("bob"));
+    to_bob.action_json = Arc::from(inc.to_string());
+    commit(&mut w, Append::crdt(to_bob, op), 1);
+    commit(&mut w, Append::new(entry("2 a:b:c 0", Routing::channel("crdt/k"), Status::Processed)), 2);
+    // Two hundred more operations: several snapshot rewrites clean the deltas before them.
+    for i in 3..=200u32 {
+        commit(&mut w, crdt_append(&format!("{i} a:b:c 0"), inc.clone()), i64::from(i));
+    }
+    let raw = rusqlite::Connection::open(store.path()).expect("open");
+    let body = |added: i64| -> String {
+        raw.query_row("SELECT action FROM log WHERE added = ?1", [added], |r| r.get(0)).expect("row")
+    };
+    assert_ne!(body(1), "{}", "the delta also sent to bob is kept");
+    assert_eq!(body(2), r#"{"type":"inc","id":"1"}"#, "another action on the channel is kept");
+    assert_eq!(body(3), "{}", "a delta that went only to the channel is cleaned");
+    let bob = rhizome_protocol::NodeId::parse("bob:phone:1").expect("node");
+    let (entries, _) = store.read_targeted(&bob, 0, 1000, 1000).expect("read");
+    assert_eq!(entries.iter().map(|e| e.added).collect::<Vec<_>>(), vec![1], "bob still gets it");
+    let x = Channel::from("crdt/k");
+    let on_channel = store.read_channel(&x, 0, 2, 10).expect("read");
+    assert_eq!(on_channel.iter().map(|e| e.added).collect::<Vec<_>>(), vec![1, 2]);
+}
