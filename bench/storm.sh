@@ -18,6 +18,7 @@
 #   SKIP_BUILD=1               don't run `cargo build --release -p rhizome` (the binary must exist)
 #   RHIZOME_BIN=path           the rhizome binary, server and simulator [target/release/rhizome]
 #   RHIZOME_LOG=warn           rhizome's log filter
+#   RHIZOME_ARGS=              more arguments for `rhizome serve` (e.g. `--workers 2`)
 #   OUT_DIR=dir                result.json, chart.svg and the server's log [a new mktemp -d]
 #   CLIENT_DIR=dir             an empty directory for the clients' SQLite files [a new one under
 #                              /dev/shm when it exists, so their writes do not compete with the
@@ -122,8 +123,9 @@ if curl -fsS -m 1 "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
 fi
 
 if [[ $SERVER == rhizome ]]; then
+  # shellcheck disable=SC2086 # RHIZOME_ARGS is split into arguments on purpose
   "$RHIZOME_BIN" serve --config bench/rhizome-bench.toml --listen "127.0.0.1:$PORT" \
-    --data-dir "$DATA_DIR" >"$SERVER_LOG" 2>&1 &
+    --data-dir "$DATA_DIR" ${RHIZOME_ARGS:-} >"$SERVER_LOG" 2>&1 &
   SERVER_DB=(--server-db "$DATA_DIR/rhizome.db")
 else
   NODE_ENV=production PORT=$PORT node bench/reference-server.mjs >"$SERVER_LOG" 2>&1 &
