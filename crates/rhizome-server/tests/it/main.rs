@@ -13,4 +13,5 @@ mod load;
 mod park;
 mod process;
 mod since;
+mod storage;
 mod support;

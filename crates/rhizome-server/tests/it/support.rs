@@ -169,6 +169,11 @@ impl TestServer {
         Ok(c)
     }
 
+    /// The server's SQLite log.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("rhizome.db")
+    }
+
     /// Checks that the server still serves: a fresh client connects, sends an action and gets
     /// `logux/processed` for it.
     pub async fn assert_healthy(&self) -> Result<()> {
