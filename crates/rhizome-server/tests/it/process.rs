@@ -158,3 +158,55 @@ async fn a_replacing_connection_gets_the_answers_its_predecessor_could_not_send(
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_of_a_dropped_connection_leaves_its_later_committed_actions_processed() -> Result<()>
+{
+    let (server, dir, counts) = start(Duration::ZERO).await?;
+    // Another process holds the log's write lock: the writer's transaction fails after its
+    // 10 s busy timeout, as on a full disk.
+    let lock = rusqlite::Connection::open(dir.path().join("rhizome.db"))?;
+    lock.execute_batch("BEGIN IMMEDIATE")?;
+    let started = tokio::time::Instant::now();
+    let mut c = Client::open(server.local_addr()).await?;
+    c.connect("alice:c1:t1", "t").await?;
+    let (first, second) = (c.base_time + 1, c.base_time + 2);
+    let mut ids = send_batch(&mut c, 1, first, 1).await?;
+    // The first sync is in the blocked transaction; the second waits for the next one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ids.extend(send_batch(&mut c, 2, second, 1).await?);
+    // The client goes away with both in flight: a task of their own finishes them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(c);
+    // Released after the first transaction failed (at about 10 s) and before the second one
+    // would (at about 20 s): the second commits, and its action must still be processed.
+    tokio::time::sleep_until(started + Duration::from_secs(15)).await;
+    lock.execute_batch("ROLLBACK")?;
+    drop(lock);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counts.lock().map(|c| c.len()).unwrap_or(0) < 1 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the committed action was never processed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The client sends both again: both answered, each processed once.
+    let mut c = Client::open(server.local_addr()).await?;
+    c.connect("alice:c1:t1", "t").await?;
+    send_batch(&mut c, 1, first, 1).await?;
+    send_batch(&mut c, 2, second, 1).await?;
+    let mut answered: HashSet<String> = HashSet::new();
+    while answered.len() < ids.len() {
+        let m = c.next_json().await?;
+        for a in sync_actions(&m) {
+            if a["type"] == "logux/processed" {
+                answered.insert(a["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    assert_eq!(answered, ids.iter().cloned().collect::<HashSet<_>>());
+    let counts = counts.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    assert_eq!(counts.len(), 2, "both processed: {counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
+    server.shutdown().await;
+    Ok(())
+}
