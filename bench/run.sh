@@ -74,16 +74,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 SERVER_PID=''
 DATA_DIR=''
 
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
 stop_server() {
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  stop_pid "$SERVER_PID"
   SERVER_PID=''
   if [[ -n $DATA_DIR ]]; then
     rm -rf -- "$DATA_DIR"
@@ -102,16 +97,6 @@ trap 'exit 143' TERM
 
 port_of() { if [[ $1 == rhizome ]]; then echo "$RHIZOME_PORT"; else echo "$REFERENCE_PORT"; fi; }
 
-# Returns 0 once the server answers GET /health (or accepts TCP when curl is missing).
-probe() {
-  local port=$1
-  if command -v curl >/dev/null; then
-    curl -fsS -m 1 "http://127.0.0.1:$port/health" >/dev/null 2>&1
-  else
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-  fi
-}
-
 start_server() {
   local side=$1 port log
   port=$(port_of "$side")
@@ -128,23 +113,7 @@ start_server() {
     NODE_ENV=production PORT=$port "${SERVER_TASKSET[@]}" node bench/reference-server.mjs >"$log" 2>&1 &
   fi
   SERVER_PID=$!
-  # Ready = the server printed its `listening` line and answers on the port.
-  for _ in $(seq 300); do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "$side server exited during startup; log:" >&2
-      cat "$log" >&2
-      SERVER_PID=''
-      return 1
-    fi
-    if grep -q '^listening' "$log" && probe "$port"; then
-      echo "# $side: $(grep -m1 '^listening' "$log") (pid $SERVER_PID)"
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "$side server not ready after 30 s; log:" >&2
-  cat "$log" >&2
-  return 1
+  wait_ready "$side" "$SERVER_PID" "$log" "$port"
 }
 
 # Peak RSS of the server so far, in MiB.

@@ -92,16 +92,11 @@ MADE_DIRS+=("$DATA_DIR")
 SERVER_LOG=$OUT_DIR/$SERVER-server.log
 SERVER_PID=''
 
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
 stop_server() {
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  stop_pid "$SERVER_PID"
   SERVER_PID=''
 }
 
@@ -117,7 +112,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if curl -fsS -m 1 "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
+if probe "$PORT"; then
   echo "something already listens on 127.0.0.1:$PORT; stop it or set PORT" >&2
   exit 1
 fi
@@ -133,27 +128,7 @@ else
 fi
 SERVER_PID=$!
 
-# Ready = the server printed its `listening` line and answers GET /health.
-ready=0
-for _ in $(seq 300); do
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    echo "$SERVER server exited during startup; log:" >&2
-    cat "$SERVER_LOG" >&2
-    SERVER_PID=''
-    exit 1
-  fi
-  if grep -q '^listening' "$SERVER_LOG" && curl -fsS -m 1 "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
-    ready=1
-    break
-  fi
-  sleep 0.1
-done
-if [[ $ready != 1 ]]; then
-  echo "$SERVER server not ready after 30 s; log:" >&2
-  cat "$SERVER_LOG" >&2
-  exit 1
-fi
-echo "# $SERVER: $(grep -m1 '^listening' "$SERVER_LOG") (pid $SERVER_PID)"
+wait_ready "$SERVER" "$SERVER_PID" "$SERVER_LOG" "$PORT" || exit 1
 
 SIM_NICE=${SIM_NICE:-0}
 SIM=(nice -n "$SIM_NICE" "$RHIZOME_BIN" sim --url "ws://127.0.0.1:$PORT" --clients "$CLIENTS" --actions-per-client "$ACTIONS"
