@@ -20,7 +20,7 @@ use crate::subscribers::Subscribers;
 use rhizome_core::app::filter_accepts;
 use rhizome_core::{Position, StoredEntry};
 use rhizome_protocol::{Action, ActionId, Channel, ClientId, Codec, NodeId, SyncBuilder, UserId};
-use rhizome_store::WriteBatch;
+use rhizome_store::{Store, StoreError, WriteBatch};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -569,6 +569,24 @@ struct CatchUpJob {
 }
 
 impl CatchUpJob {
+    /// Runs a read of the log off the runtime. A failed read closes the connection: what it
+    /// missed reaches it on its next connection, from the position it confirmed.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.shared.store.clone();
+        match tokio::task::spawn_blocking(move || read(&*store)).await {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, conn = self.conn, "catch-up read failed; closing the connection");
+                self.outbox.close(Closed::Overflow);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     async fn run(self) {
         let object = match &self.what {
             CatchUp::Channel(channel) => {
@@ -585,26 +603,16 @@ impl CatchUpJob {
             if self.outbox.closed().is_some() {
                 return;
             }
-            let store = self.shared.store.clone();
             let (what, node, upto) = (self.what.clone(), self.identity.node_id.clone(), self.upto);
-            let read = tokio::task::spawn_blocking(move || match &what {
+            let read = self.read(move |store| match &what {
                 CatchUp::Targeted => store.read_targeted(&node, after, upto, chunk),
                 CatchUp::Channel(channel) => store.read_channel(channel, after, upto, chunk).map(|entries| {
                     let examined =
                         if entries.len() < chunk { upto } else { entries.last().map_or(upto, |e| e.added) };
                     (entries, examined)
                 }),
-            })
-            .await;
-            let (entries, examined) = match read {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, conn = self.conn, "catch-up read failed; closing the connection");
-                    self.outbox.close(Closed::Overflow);
-                    return;
-                }
-                Err(_) => return,
-            };
+            });
+            let Some((entries, examined)) = read.await else { return };
             let mut b = SyncBuilder::new();
             for e in &entries {
                 if let CatchUp::Channel(_) = self.what {
@@ -644,25 +652,12 @@ impl CatchUpJob {
     /// after `from`, or the whole state when the writer may have cleaned some of those deltas
     /// (they are folded into its snapshots). Never one frame per operation, and never a gap.
     async fn run_object(self, key: String) {
-        let store = self.shared.store.clone();
         let from = self.from;
-        let read = tokio::task::spawn_blocking(move || {
+        let read = self.read(move |store| {
             let (object, through) = store.catch_up_object(&key, from)?;
-            Ok::<_, rhizome_store::StoreError>((
-                object.map(|o| rhizome_crdt::delta_action(&key, &o)),
-                through,
-            ))
-        })
-        .await;
-        let (json, through) = match read {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, conn = self.conn, "catch-up read failed; closing the connection");
-                self.outbox.close(Closed::Overflow);
-                return;
-            }
-            Err(_) => return,
-        };
+            Ok((object.map(|o| rhizome_crdt::delta_action(&key, &o)), through))
+        });
+        let Some((json, through)) = read.await else { return };
         if let Some(json) = json {
             let id = self.shared.next_server_id();
             let mut b = SyncBuilder::new();
