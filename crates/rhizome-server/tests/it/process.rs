@@ -3,12 +3,11 @@
 //! it gets each one's answer once processing ends, without any being processed twice. Answers
 //! that a closed connection could not send are kept in the log for the client.
 
-use crate::support::{sync_actions, Client};
+use crate::support::{sync_actions, Client, TestServer};
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use rhizome_core::{ActionType, App, AuthRequest, Authenticator, Context, HookError, Limits, Meta};
 use rhizome_protocol::Action;
-use rhizome_server::{Server, ServerOptions};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -49,20 +48,10 @@ impl ActionType for Slow {
     }
 }
 
-async fn start(delay: Duration) -> Result<(Server, tempfile::TempDir, Arc<Mutex<HashMap<String, u32>>>)> {
+async fn start(delay: Duration) -> Result<(TestServer, Arc<Mutex<HashMap<String, u32>>>)> {
     let counts = Arc::new(Mutex::new(HashMap::new()));
     let app = App::new(Open).action_type("slow", Slow { delay, counts: counts.clone() });
-    let dir = tempfile::tempdir()?;
-    let options = ServerOptions {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().into(),
-        subprotocol: 1,
-        min_subprotocol: 1,
-        development: false,
-        limits: Limits::default(),
-        app,
-    };
-    Ok((Server::start(options).await?, dir, counts))
+    Ok((TestServer::with_app(app, Limits::default()).await?, counts))
 }
 
 /// One `sync` numbered `added` of `n` `slow` actions with ids `<ms> <node> <i>`; returns
@@ -82,8 +71,8 @@ async fn send_batch(c: &mut Client, added: u64, ms: i64, n: u64) -> Result<Vec<S
 async fn actions_committed_before_a_drop_are_processed_and_answered_on_resend() -> Result<()> {
     // Two `sync`s: 20 actions, then 150 at 50 ms each (7.5 s of processing, longer than a
     // closing connection waits for its in-flight `sync`s).
-    let (server, _dir, counts) = start(Duration::from_millis(50)).await?;
-    let mut c = Client::open(server.local_addr()).await?;
+    let (server, counts) = start(Duration::from_millis(50)).await?;
+    let mut c = Client::open(server.addr).await?;
     c.connect("alice:c1:t1", "t").await?;
     let (first, second) = (c.base_time + 1, c.base_time + 2);
     let mut ids = send_batch(&mut c, 1, first, 20).await?;
@@ -102,7 +91,7 @@ async fn actions_committed_before_a_drop_are_processed_and_answered_on_resend() 
 
     // The client comes back while the rest is still being processed and re-sends everything:
     // every id is answered (those still in process when their processing ends).
-    let mut c = Client::open(server.local_addr()).await?;
+    let mut c = Client::open(server.addr).await?;
     c.connect("alice:c1:t1", "t").await?;
     send_batch(&mut c, 1, first, 20).await?;
     send_batch(&mut c, 2, second, 150).await?;
@@ -122,14 +111,14 @@ async fn actions_committed_before_a_drop_are_processed_and_answered_on_resend() 
     let counts = counts.lock().map_err(|_| anyhow!("poisoned"))?.clone();
     assert_eq!(counts.len(), ids.len(), "every action processed");
     assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
-    server.shutdown().await;
+    server.stop().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_replacing_connection_gets_the_answers_its_predecessor_could_not_send() -> Result<()> {
-    let (server, _dir, counts) = start(Duration::from_millis(20)).await?;
-    let mut old = Client::open(server.local_addr()).await?;
+    let (server, counts) = start(Duration::from_millis(20)).await?;
+    let mut old = Client::open(server.addr).await?;
     old.connect("alice:c1:t1", "t").await?;
     // 60 actions: 1.2 s of processing, answered at its end.
     let ms = old.base_time + 1;
@@ -139,7 +128,7 @@ async fn a_replacing_connection_gets_the_answers_its_predecessor_could_not_send(
     // The same client connects again while the first connection is still processing: the old
     // one is closed, and what it could not answer is kept for the client and reaches the new one
     // without anything being re-sent.
-    let mut new = Client::open(server.local_addr()).await?;
+    let mut new = Client::open(server.addr).await?;
     new.connect("alice:c1:t1", "t").await?;
     let mut answered: HashSet<String> = HashSet::new();
     while answered.len() < ids.len() {
@@ -155,20 +144,20 @@ async fn a_replacing_connection_gets_the_answers_its_predecessor_could_not_send(
     assert_eq!(counts.len(), ids.len());
     assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
     drop(old);
-    server.shutdown().await;
+    server.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_of_a_dropped_connection_leaves_its_later_committed_actions_processed() -> Result<()>
 {
-    let (server, dir, counts) = start(Duration::ZERO).await?;
+    let (server, counts) = start(Duration::ZERO).await?;
     // Another process holds the log's write lock: the writer's transaction fails after its
     // 10 s busy timeout, as on a full disk.
-    let lock = rusqlite::Connection::open(dir.path().join("rhizome.db"))?;
+    let lock = rusqlite::Connection::open(server.db_path())?;
     lock.execute_batch("BEGIN IMMEDIATE")?;
     let started = tokio::time::Instant::now();
-    let mut c = Client::open(server.local_addr()).await?;
+    let mut c = Client::open(server.addr).await?;
     c.connect("alice:c1:t1", "t").await?;
     let (first, second) = (c.base_time + 1, c.base_time + 2);
     let mut ids = send_batch(&mut c, 1, first, 1).await?;
@@ -190,7 +179,7 @@ async fn a_failed_commit_of_a_dropped_connection_leaves_its_later_committed_acti
     }
 
     // The client sends both again: both answered, each processed once.
-    let mut c = Client::open(server.local_addr()).await?;
+    let mut c = Client::open(server.addr).await?;
     c.connect("alice:c1:t1", "t").await?;
     send_batch(&mut c, 1, first, 1).await?;
     send_batch(&mut c, 2, second, 1).await?;
@@ -207,6 +196,6 @@ async fn a_failed_commit_of_a_dropped_connection_leaves_its_later_committed_acti
     let counts = counts.lock().map_err(|_| anyhow!("poisoned"))?.clone();
     assert_eq!(counts.len(), 2, "both processed: {counts:?}");
     assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
-    server.shutdown().await;
+    server.stop().await;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use futures_util::{SinkExt, StreamExt};
+use rhizome_core::{App, Limits};
 use rhizome_server::config::FileConfig;
 use rhizome_server::{Server, ServerOptions};
 use serde_json::{json, Value};
@@ -91,6 +92,11 @@ impl TestServer {
     pub async fn start(limits: &str) -> Result<TestServer> {
         let text = format!("{RULES}\n[limits]\n{limits}\n");
         let file: FileConfig = toml::from_str(&text).context("test config")?;
+        Self::with_app(file.app()?, file.limits.to_limits()?).await
+    }
+
+    /// Starts a server with the application `app` (rules written in Rust) and `limits`.
+    pub async fn with_app(app: App, limits: Limits) -> Result<TestServer> {
         let dir = tempfile::tempdir()?;
         let options = ServerOptions {
             listen: "127.0.0.1:0".parse()?,
@@ -98,8 +104,8 @@ impl TestServer {
             subprotocol: 1,
             min_subprotocol: 1,
             development: false,
-            limits: file.limits.to_limits()?,
-            app: file.app()?,
+            limits,
+            app,
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();
