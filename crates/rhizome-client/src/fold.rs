@@ -93,6 +93,7 @@ mod tests {
                 time: 100,
                 action: action.to_string(),
                 sent: *sent,
+                object: None,
             })
             .collect()
     }

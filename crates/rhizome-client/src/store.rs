@@ -17,9 +17,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, int INTEGER, text TEXT) W
 -- The app's actions. `added` (AUTOINCREMENT: never reused, even after deletes) is the
 -- protocol's `added` of our side. `acked` = 1 once the server confirmed it with `synced`:
 -- then the action is durable on the server and is never sent again.
+-- No index on `id` either: our ids grow with `added`, so one is found by a binary search on
+-- `added` (`Store::find_queued`), and answers to the rows of this session are matched by
+-- `added` in memory; an index would cost a B-tree write for every row added and deleted.
 CREATE TABLE IF NOT EXISTS queue (
     added INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     time INTEGER NOT NULL,
     action TEXT NOT NULL,
     acked INTEGER NOT NULL DEFAULT 0,
@@ -59,7 +62,7 @@ CREATE TABLE IF NOT EXISTS objects (
 
 /// The schema's version, kept in the file's `user_version`: a log written by an older
 /// version (0: before versions were kept) is brought up to date when opened.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Columns added after a log file was first written: `(table, column, definition)`.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -91,6 +94,8 @@ pub(crate) struct Queued {
     pub time: i64,
     pub action: String,
     pub sent: bool,
+    /// The CRDT object the action operates on.
+    pub object: Option<String>,
 }
 
 /// The next actions to send.
@@ -219,6 +224,13 @@ pub(crate) struct OpenOptions<'a> {
     pub durability: Durability,
 }
 
+/// A queued action handed out for sending.
+#[derive(Debug)]
+struct HandedOut {
+    added: i64,
+    object: Option<String>,
+}
+
 /// The local log.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -228,10 +240,11 @@ pub(crate) struct Store {
     received_keep_max: u64,
     /// Decoded CRDT objects, as committed (at most [`OBJECTS_CACHED_MAX`]).
     objects: HashMap<String, Object>,
-    /// The `added` of queued actions handed out for sending, by the `(ms, seq)` of their id
-    /// (all of them are this node's), at most [`HANDED_OUT_MAX`]: their answers delete runs
-    /// of consecutive rows with one statement instead of one lookup by id each.
-    handed_out: HashMap<(i64, u64), i64>,
+    /// Queued actions handed out for sending (each row still in the queue), by the
+    /// `(ms, seq)` of their id (all of them are this node's), at most [`HANDED_OUT_MAX`]:
+    /// their answers delete runs of consecutive rows with one statement instead of one lookup
+    /// by id each.
+    handed_out: HashMap<(i64, u64), HandedOut>,
 }
 
 fn random_part(rng: &mut impl rand::Rng) -> String {
@@ -277,6 +290,7 @@ impl Store {
                     conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
                 }
             }
+            drop_unique_queue_ids(&mut conn)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -379,23 +393,24 @@ impl Store {
     /// Up to `limit` unacknowledged actions after `added`, oldest first.
     pub fn unacked_after(&self, added: i64, limit: usize) -> Result<Vec<Queued>, ClientError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT added, id, time, action, sent FROM queue WHERE acked = 0 AND added > ?1 ORDER BY added LIMIT ?2",
+            "SELECT added, id, time, action, sent, object FROM queue
+             WHERE acked = 0 AND added > ?1 ORDER BY added LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![added, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, bool>(4)?,
-            ))
-        })?;
+        let node = self.ids.node();
+        let mut rows = stmt.query(params![added, limit as i64])?;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for row in rows {
-            let (added, id, time, action, sent) = row?;
-            let parsed =
-                ActionId::parse(&id).ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
-            out.push(Queued { added, id: parsed, time, action, sent });
+        while let Some(r) = rows.next()? {
+            let id = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            let parsed = ActionId::parse_known(id, node)
+                .ok_or_else(|| ClientError::Invalid(format!("stored id {id}")))?;
+            out.push(Queued {
+                added: r.get(0)?,
+                id: parsed,
+                time: r.get(2)?,
+                action: r.get(3)?,
+                sent: r.get(4)?,
+                object: r.get(5)?,
+            });
         }
         Ok(out)
     }
@@ -440,7 +455,10 @@ impl Store {
         if self.handed_out.len() + rows.len() > HANDED_OUT_MAX {
             self.handed_out.clear();
         }
-        self.handed_out.extend(rows.iter().map(|q| ((q.id.ms, q.id.seq), q.added)));
+        self.handed_out.extend(
+            rows.iter()
+                .map(|q| ((q.id.ms, q.id.seq), HandedOut { added: q.added, object: q.object.clone() })),
+        );
     }
 
     /// Applies what the server sent, in one transaction: `synced` confirms queued actions
@@ -454,48 +472,50 @@ impl Store {
         // Objects this transaction changes; they reach the cache only if it commits.
         let mut staged: HashMap<String, Object> = HashMap::new();
         {
-            // Answers to rows handed out are deleted by runs of consecutive `added` (each row
-            // of a run was answered, so nothing else is deleted); others are looked up by id.
+            // Answers to rows handed out are deleted by runs of consecutive `added` (every row
+            // of a run is in the queue and was answered, so the run goes whole); others are
+            // looked up by id.
             applied.processed_settled = vec![false; incoming.processed.len()];
             let mut added: Vec<(i64, usize)> = Vec::with_capacity(incoming.processed.len());
             let mut by_id: Vec<usize> = Vec::new();
+            let mut objects: Vec<String> = Vec::new();
             let node = self.ids.node().clone();
             for (i, id) in incoming.processed.iter().enumerate() {
                 let handed_out =
                     if id.node == node { self.handed_out.remove(&(id.ms, id.seq)) } else { None };
                 match handed_out {
-                    Some(a) => added.push((a, i)),
+                    Some(h) => {
+                        added.push((h.added, i));
+                        objects.extend(h.object);
+                    }
                     None => by_id.push(i),
                 }
             }
             added.sort_unstable();
-            let mut objects: Vec<String> = Vec::new();
-            let mut runs =
-                tx.prepare_cached("DELETE FROM queue WHERE added BETWEEN ?1 AND ?2 RETURNING added, object")?;
+            let mut runs = tx.prepare_cached("DELETE FROM queue WHERE added BETWEEN ?1 AND ?2")?;
             let mut start = 0;
             for end in 0..added.len() {
                 if end + 1 < added.len() && added[end + 1].0 == added[end].0 + 1 {
                     continue;
                 }
-                let lo = added[start].0;
-                let mut rows = runs.query(params![lo, added[end].0])?;
-                while let Some(row) = rows.next()? {
-                    // Within a run, the row `lo + k` is the run's `k`th answer.
-                    let at = start + (row.get::<_, i64>(0)? - lo) as usize;
-                    if let Some((_, i)) = added.get(at) {
-                        applied.processed_settled[*i] = true;
-                    }
-                    if let Some(key) = row.get::<_, Option<String>>(1)? {
-                        objects.push(key);
-                    }
+                let (lo, hi) = (added[start].0, added[end].0);
+                let deleted = runs.execute(params![lo, hi])?;
+                if deleted != end + 1 - start {
+                    // A row leaves the queue only with its entry in `handed_out`. Nothing is
+                    // committed: the answers come again for the re-sent actions.
+                    return Err(ClientError::Invalid(format!(
+                        "queued actions {lo}..={hi} were handed out but {deleted} of them are queued"
+                    )));
+                }
+                for (_, i) in &added[start..=end] {
+                    applied.processed_settled[*i] = true;
                 }
                 start = end + 1;
             }
-            let mut done = tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING object")?;
+            let mut delete = tx.prepare_cached("DELETE FROM queue WHERE added = ?1")?;
             for i in by_id {
-                let settled: Option<Option<String>> =
-                    done.query_row(params![incoming.processed[i].text()], |r| r.get(0)).optional()?;
-                if let Some(object) = settled {
+                if let Some((at, object)) = find_queued(&tx, &incoming.processed[i])? {
+                    delete.execute(params![at])?;
                     applied.processed_settled[i] = true;
                     objects.extend(object);
                 }
@@ -509,10 +529,17 @@ impl Store {
                 "INSERT INTO undone (id, reason, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
             )?;
             for u in &incoming.undone {
-                if let Some(id) = ActionId::parse(&u.id) {
-                    self.handed_out.remove(&(id.ms, id.seq));
-                }
-                let settled = done.query_row(params![u.id], |_| Ok(())).optional()?.is_some();
+                let row = match ActionId::parse_known(&u.id, &node) {
+                    Some(id) => match self.handed_out.remove(&(id.ms, id.seq)).filter(|_| id.node == node) {
+                        Some(h) => Some(h.added),
+                        None => find_queued(&tx, &id)?.map(|(at, _)| at),
+                    },
+                    None => None,
+                };
+                let settled = match row {
+                    Some(at) => delete.execute(params![at])? == 1,
+                    None => false,
+                };
                 applied.undone_settled.push(settled);
                 undo.execute(params![u.id, u.reason, u.action.to_string()])?;
             }
@@ -676,6 +703,81 @@ impl Store {
     }
 }
 
+/// The queued action with this id: `(added, object)`. Our ids grow with `added` (the id
+/// generator never goes back, and rows are added in id order), so this is a binary search on
+/// `added`, each step one seek on the table's key, with no index on `id`.
+fn find_queued(conn: &Connection, id: &ActionId) -> Result<Option<(i64, Option<String>)>, ClientError> {
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT min(added), max(added) FROM queue")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (Some(first), Some(last)) = (first, last) else { return Ok(None) };
+    let mut at_or_after =
+        conn.prepare_cached("SELECT added, id, object FROM queue WHERE added >= ?1 ORDER BY added LIMIT 1")?;
+    let mut row_at_or_after = |added: i64| -> Result<Option<(i64, String, Option<String>)>, ClientError> {
+        Ok(at_or_after.query_row(params![added], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?)
+    };
+    let order = |text: &str| -> Result<(i64, u64), ClientError> {
+        let parsed = text
+            .split_once(' ')
+            .zip(text.rsplit_once(' '))
+            .and_then(|((ms, _), (_, seq))| Some((ms.parse::<i64>().ok()?, seq.parse::<u64>().ok()?)));
+        parsed.ok_or_else(|| ClientError::Invalid(format!("stored id {text}")))
+    };
+    let wanted = (id.ms, id.seq);
+    // The first `added` whose row (the first at or after it) is not before `wanted`.
+    let (mut lo, mut hi) = (first, last + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match row_at_or_after(mid)? {
+            Some((added, text, _)) if order(&text)? < wanted => lo = added + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(match row_at_or_after(lo)? {
+        Some((added, text, object)) if text == id.text() => Some((added, object)),
+        _ => None,
+    })
+}
+
+/// Rebuilds a queue written before version 2, whose `id` column was `UNIQUE` (an index SQLite
+/// cannot drop in place), keeping every row, its `added`, and the `added` counter.
+fn drop_unique_queue_ids(conn: &mut Connection) -> rusqlite::Result<()> {
+    let unique: bool =
+        conn.query_row("SELECT count(*) > 0 FROM pragma_index_list('queue') WHERE origin = 'u'", [], |r| {
+            r.get(0)
+        })?;
+    if !unique {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let counter: Option<i64> =
+        tx.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'queue'", [], |r| r.get(0)).optional()?;
+    tx.execute_batch(
+        "ALTER TABLE queue RENAME TO queue_v1;
+         CREATE TABLE queue (
+             added INTEGER PRIMARY KEY AUTOINCREMENT,
+             id TEXT NOT NULL,
+             time INTEGER NOT NULL,
+             action TEXT NOT NULL,
+             acked INTEGER NOT NULL DEFAULT 0,
+             sent INTEGER NOT NULL DEFAULT 0,
+             object TEXT
+         );
+         INSERT INTO queue (added, id, time, action, acked, sent, object)
+             SELECT added, id, time, action, acked, sent, object FROM queue_v1;
+         DROP TABLE queue_v1;",
+    )?;
+    if let Some(counter) = counter {
+        tx.execute("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'queue'", params![counter])?;
+        tx.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'queue', ?1
+             WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'queue')",
+            params![counter],
+        )?;
+    }
+    tx.commit()
+}
+
 /// Marks the queued actions with `added` in `lo..=hi` as confirmed by `synced`.
 fn mark_acked(conn: &Connection, lo: i64, hi: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached("UPDATE queue SET acked = 1 WHERE added BETWEEN ?1 AND ?2 AND acked = 0")?
@@ -804,6 +906,92 @@ mod tests {
         let mut s = open(&dir);
         assert_eq!(value(s.object("likes").unwrap()), 10, "read back from the file");
         assert_eq!(s.object_keys().unwrap(), ["likes"]);
+    }
+
+    #[test]
+    fn answers_to_actions_not_handed_out_are_found_by_id_across_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(&dir);
+        let texts: Vec<String> = (0..40).map(|i| format!("{{\"type\":\"t\",\"n\":{i}}}")).collect();
+        // Several ms, several ids per ms.
+        let mut ids = Vec::new();
+        for (ms, part) in texts.chunks(7).enumerate() {
+            ids.extend(
+                s.add(1_000 + ms as i64, &actions(&part.iter().map(String::as_str).collect::<Vec<_>>()))
+                    .unwrap(),
+            );
+        }
+        // Gaps: every third action answered while handed out.
+        let chunk = s.next_chunk(0, 40, false).unwrap();
+        assert_eq!(chunk.rows.len(), 40);
+        let early: Vec<ActionId> = ids.iter().step_by(3).cloned().collect();
+        let applied = s.apply(&Incoming { processed: early.clone(), ..Incoming::default() }).unwrap();
+        assert!(applied.processed_settled.iter().all(|s| *s));
+        drop(s);
+        // A new instance has handed nothing out: every answer is a lookup by id.
+        let mut s = open(&dir);
+        let foreign = ActionId { ms: ids[4].ms, node: NodeId::from("bob:1:x"), seq: ids[4].seq };
+        let processed = vec![ids[1].clone(), ids[37].clone(), early[2].clone(), foreign, ids[38].clone()];
+        let undone = [ids[2].clone(), ids[0].clone()]
+            .iter()
+            .map(|id| Undone { id: id.text(), reason: "denied".into(), action: serde_json::json!({}) })
+            .collect();
+        let applied = s.apply(&Incoming { processed, undone, ..Incoming::default() }).unwrap();
+        assert_eq!(
+            applied.processed_settled,
+            [true, true, false, false, true],
+            "answered before; another node's"
+        );
+        assert_eq!(applied.undone_settled, [true, false]);
+        let left: Vec<ActionId> = s.unacked_after(0, 100).unwrap().into_iter().map(|q| q.id).collect();
+        let expected: Vec<ActionId> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0 && ![1, 2, 37, 38].contains(i))
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(left, expected);
+        // An id between two queued ones, and ids beyond both ends, are not found.
+        let between = ActionId { seq: ids[5].seq + 100, ..ids[5].clone() };
+        let before = ActionId { ms: 1, ..ids[5].clone() };
+        let after = ActionId { ms: 1_000_000, ..ids[5].clone() };
+        let applied =
+            s.apply(&Incoming { processed: vec![between, before, after], ..Incoming::default() }).unwrap();
+        assert_eq!(applied.processed_settled, [false, false, false]);
+    }
+
+    #[test]
+    fn a_log_with_unique_ids_is_rebuilt_keeping_its_rows_and_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sqlite");
+        let mut s = Store::open(&path, &options("alice")).unwrap();
+        let ids = s.add(5, &actions(&["{\"type\":\"a\"}", "{\"type\":\"b\"}", "{\"type\":\"c\"}"])).unwrap();
+        drop(s);
+        // The layout of version 1: `id` UNIQUE; the counter past rows that were deleted.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE queue RENAME TO q;
+             CREATE TABLE queue (added INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+             time INTEGER NOT NULL, action TEXT NOT NULL, acked INTEGER NOT NULL DEFAULT 0,
+             sent INTEGER NOT NULL DEFAULT 0, object TEXT);
+             INSERT INTO queue SELECT * FROM q; DROP TABLE q;
+             UPDATE sqlite_sequence SET seq = 10 WHERE name = 'queue';
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let mut s = Store::open(&path, &options("alice")).unwrap();
+        let unique: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM pragma_index_list('queue') WHERE origin = 'u'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(unique, 0);
+        let kept: Vec<(i64, ActionId)> =
+            s.unacked_after(0, 10).unwrap().into_iter().map(|q| (q.added, q.id)).collect();
+        assert_eq!(kept, vec![(1, ids[0].clone()), (2, ids[1].clone()), (3, ids[2].clone())]);
+        s.add(6, &actions(&["{\"type\":\"d\"}"])).unwrap();
+        let added: Vec<i64> = s.unacked_after(3, 10).unwrap().into_iter().map(|q| q.added).collect();
+        assert_eq!(added, [11], "`added` is never reused");
     }
 
     #[test]

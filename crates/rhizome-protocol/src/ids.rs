@@ -143,6 +143,15 @@ impl ActionId {
         Some(ActionId { ms: ms.parse().ok()?, node: NodeId::parse(node)?, seq: seq.parse().ok()? })
     }
 
+    /// Parses like [`ActionId::parse`], sharing `known` when the id's node is that node: a
+    /// client reading its own ids back skips the node's checks and allocation.
+    pub fn parse_known(s: &str, known: &NodeId) -> Option<ActionId> {
+        let (ms, rest) = s.split_once(' ')?;
+        let (node, seq) = rest.rsplit_once(' ')?;
+        let node = if node == known.as_str() { known.clone() } else { NodeId::parse(node)? };
+        Some(ActionId { ms: ms.parse().ok()?, node, seq: seq.parse().ok()? })
+    }
+
     /// The client that authored this action.
     pub fn client_id(&self) -> ClientId {
         self.node.client_id()
@@ -271,6 +280,13 @@ mod tests {
         assert_eq!(id.seq, 3);
         assert_eq!(id.to_string(), "1795692083947 10:QNzaL4cH:d8Kgi9Ai 3");
         assert!(ActionId::parse("x y 1").is_none());
+        let known = NodeId::from("10:QNzaL4cH:d8Kgi9Ai");
+        let own = ActionId::parse_known("1795692083947 10:QNzaL4cH:d8Kgi9Ai 3", &known).unwrap();
+        assert_eq!(own, id);
+        let other = ActionId::parse_known("1795692083947 11:a:b 3", &known).unwrap();
+        assert_eq!(other.node.as_str(), "11:a:b");
+        assert!(ActionId::parse_known("1 has space 3", &known).is_none(), "another node is checked");
+        assert!(ActionId::parse_known("x 10:QNzaL4cH:d8Kgi9Ai 3", &known).is_none());
         assert!(ActionId::parse("1 y").is_none());
     }
 
