@@ -187,7 +187,9 @@ impl Batch {
             match action.kind() {
                 "logux/processed" => {
                     let Some(target) = action.str_field("id") else { continue };
-                    match conn.controls.remove(target) {
+                    // Most answers are to queued actions, with no control in flight.
+                    let control = if conn.controls.is_empty() { None } else { conn.controls.remove(target) };
+                    match control {
                         Some(Control::Subscribe(channel)) => {
                             incoming.since.push((channel, Since { id: id.text(), time }));
                             continue;
@@ -195,7 +197,7 @@ impl Batch {
                         Some(Control::Unsubscribe) => continue,
                         None => {}
                     }
-                    if let Some(target) = ActionId::parse(target) {
+                    if let Some(target) = ActionId::parse_known(target, &conn.codec.local) {
                         let n = incoming.processed.len();
                         incoming.processed.push(target.clone());
                         self.pending
@@ -219,7 +221,7 @@ impl Batch {
                         }
                         None => {}
                     }
-                    if let Some(target) = ActionId::parse(target) {
+                    if let Some(target) = ActionId::parse_known(target, &conn.codec.local) {
                         let n = incoming.undone.len();
                         incoming.undone.push(Undone {
                             id: target.text(),
