@@ -37,6 +37,8 @@ const FATAL_ERRORS: [&str; 3] = ["wrong-protocol", "wrong-subprotocol", "wrong-c
 enum End {
     /// The app closed the client.
     Stop,
+    /// The app said the device is offline ([`crate::Client::set_online`]).
+    Offline,
     /// The server refused us for good.
     Fatal(String),
     /// Try again after a delay.
@@ -283,8 +285,34 @@ pub(crate) struct Driver {
     node: NodeId,
     events: mpsc::Sender<Event>,
     state: watch::Sender<State>,
-    stop: watch::Receiver<bool>,
+    control: watch::Receiver<Want>,
     rng: StdRng,
+}
+
+/// What the app wants of the connection, set by [`crate::Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// Connected, reconnecting after drops.
+    Online,
+    /// No connection: the device has no network (actions still queue in the log).
+    Offline,
+    /// Closed for good.
+    Stop,
+}
+
+/// Waits until the app no longer wants a connection: how the current one ends.
+async fn leave(control: &mut watch::Receiver<Want>) -> End {
+    loop {
+        match *control.borrow_and_update() {
+            Want::Online => {}
+            Want::Offline => return End::Offline,
+            Want::Stop => return End::Stop,
+        }
+        // The client's handle is gone: stopped.
+        if control.changed().await.is_err() {
+            return End::Stop;
+        }
+    }
 }
 
 impl Driver {
@@ -294,25 +322,29 @@ impl Driver {
         node: NodeId,
         events: mpsc::Sender<Event>,
         state: watch::Sender<State>,
-        stop: watch::Receiver<bool>,
+        control: watch::Receiver<Want>,
     ) -> Driver {
         let rng = match options.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
-        Driver { options, shared, node, events, state, stop, rng }
+        Driver { options, shared, node, events, state, control, rng }
     }
 
     /// Connects and reconnects until stopped. Runs in the client's span (see `Client::open`).
     pub(crate) async fn run(mut self) {
         let mut attempt: u32 = 0;
         loop {
-            if *self.stop.borrow() {
+            if !self.wait_online().await {
                 break;
             }
             self.state.send_replace(State::Connecting);
             match self.connection().await {
                 End::Stop => break,
+                End::Offline => {
+                    attempt = 0;
+                    self.emit(Event::Disconnected { reason: "offline".into(), retry_in: None }).await;
+                }
                 End::Fatal(reason) => {
                     tracing::warn!(%reason, "the server refused this client; not reconnecting");
                     self.emit(Event::Disconnected { reason, retry_in: None }).await;
@@ -327,14 +359,35 @@ impl Driver {
                     tracing::debug!(%reason, ?delay, "disconnected");
                     self.state.send_replace(State::Disconnected { retry_in: delay });
                     self.emit(Event::Disconnected { reason, retry_in: Some(delay) }).await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.changed() => break,
+                    // A change of mind ends the wait: stopped, offline (waited out above), or
+                    // back online after being offline (a device whose network returned
+                    // connects at once).
+                    let changed = tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        changed = self.control.changed() => changed.is_ok(),
+                    };
+                    if changed && *self.control.borrow_and_update() == Want::Stop {
+                        break;
                     }
                 }
             }
         }
         self.state.send_replace(State::Stopped);
+    }
+
+    /// Waits while the app says the device is offline; `false` once the client is stopped.
+    async fn wait_online(&mut self) -> bool {
+        loop {
+            match *self.control.borrow_and_update() {
+                Want::Online => return true,
+                Want::Stop => return false,
+                Want::Offline => {}
+            }
+            self.state.send_replace(State::Offline);
+            if self.control.changed().await.is_err() {
+                return false;
+            }
+        }
     }
 
     async fn emit(&self, event: Event) {
@@ -354,13 +407,13 @@ impl Driver {
                 Ok(Err(e)) => return End::Retry { reason: e.to_string(), hint: retry_hint(&e), stable: false },
                 Ok(Ok((ws, _))) => ws,
             },
-            _ = self.stop.changed() => return End::Stop,
+            end = leave(&mut self.control) => return end,
         };
         let end = match self.handshake(&mut ws).await {
             Ok(conn) => self.session(&mut ws, conn).await,
             Err(end) => end,
         };
-        if matches!(end, End::Stop) {
+        if matches!(end, End::Stop | End::Offline) {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
         }
         end
@@ -387,7 +440,7 @@ impl Driver {
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout_at(deadline, ws.next()) => next,
-                _ = self.stop.changed() => return Err(End::Stop),
+                end = leave(&mut self.control) => return Err(end),
             };
             let text = match next {
                 Err(_) => return Err(not_connected("no answer to connect".into())),
@@ -466,7 +519,7 @@ impl Driver {
 
     async fn session_loop(&mut self, ws: &mut Ws, mut conn: Conn, answered: &mut bool) -> End {
         enum Step {
-            Stop,
+            Leave(End),
             Frame(Option<Result<WsMessage, WsError>>),
             Wake,
             Deadline,
@@ -482,13 +535,13 @@ impl Driver {
                 conn.last_rx.max(conn.last_tx) + self.options.ping_interval
             };
             let step = tokio::select! {
-                _ = self.stop.changed() => Step::Stop,
+                end = leave(&mut self.control) => Step::Leave(end),
                 frame = ws.next() => Step::Frame(frame),
                 _ = self.shared.wake.notified() => Step::Wake,
                 _ = tokio::time::sleep_until(deadline) => Step::Deadline,
             };
             match step {
-                Step::Stop => return End::Stop,
+                Step::Leave(end) => return end,
                 Step::Wake => {
                     conn.more_backlog = true;
                     conn.check_subscriptions = true;

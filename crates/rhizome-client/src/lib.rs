@@ -161,6 +161,9 @@ pub struct ClientOptions {
     pub fold_crdt: bool,
     /// Seed of the jitter's random generator; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// Whether to connect once opened (the default). `false` opens the log only, as on a
+    /// device without network, until [`Client::set_online`] says otherwise.
+    pub online: bool,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -187,6 +190,7 @@ impl ClientOptions {
             durability: Durability::PowerLoss,
             fold_crdt: false,
             seed: None,
+            online: true,
             clock: Arc::new(SystemClock),
         }
     }
@@ -210,6 +214,8 @@ pub enum State {
         /// The delay before the next attempt.
         retry_in: Duration,
     },
+    /// Not connecting: the app said the device is offline ([`Client::set_online`]).
+    Offline,
     /// Stopped for good: closed by the app, or refused by the server with a fatal error
     /// (`wrong-protocol`, `wrong-subprotocol`, `wrong-credentials`).
     Stopped,
@@ -229,7 +235,8 @@ pub enum Event {
     Disconnected {
         /// Why, for people.
         reason: String,
-        /// The delay before the next attempt; `None` when the client stopped.
+        /// The delay before the next attempt; `None` when the client stopped, or went offline
+        /// ([`Client::set_online`], reason `offline`).
         retry_in: Option<Duration>,
     },
     /// An action from the server (another client's, or the server's), stored in the log.
@@ -326,7 +333,7 @@ pub struct Client {
     shared: Arc<Shared>,
     action_bytes_max: usize,
     node: NodeId,
-    stop: watch::Sender<bool>,
+    control: watch::Sender<driver::Want>,
     state: watch::Receiver<State>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -364,13 +371,15 @@ impl Client {
             clock: options.clock.clone(),
         });
         let (events_tx, events_rx) = mpsc::channel(options.events_capacity);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (control_tx, control_rx) =
+            watch::channel(if options.online { driver::Want::Online } else { driver::Want::Offline });
         let (state_tx, state_rx) = watch::channel(State::Connecting);
-        let driver = driver::Driver::new(options, shared.clone(), node.clone(), events_tx, state_tx, stop_rx);
+        let driver =
+            driver::Driver::new(options, shared.clone(), node.clone(), events_tx, state_tx, control_rx);
         let span = tracing::info_span!("rhizome_client", node = %node);
         let task = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
         Ok((
-            Client { shared, action_bytes_max, node, stop: stop_tx, state: state_rx, task: Some(task) },
+            Client { shared, action_bytes_max, node, control: control_tx, state: state_rx, task: Some(task) },
             events_rx,
         ))
     }
@@ -478,10 +487,25 @@ impl Client {
         self.state.clone()
     }
 
+    /// Tells the client whether the device has a network, as the OS reports it. Offline closes
+    /// the connection and stops reconnecting; actions keep queueing in the log. Back online, it
+    /// connects at once, without waiting out a reconnect delay. Saying what the client already
+    /// knows changes nothing; a closed client stays closed.
+    pub fn set_online(&self, online: bool) {
+        let wanted = if online { driver::Want::Online } else { driver::Want::Offline };
+        self.control.send_if_modified(|want| {
+            let change = *want != wanted && *want != driver::Want::Stop;
+            if change {
+                *want = wanted;
+            }
+            change
+        });
+    }
+
     /// Closes the connection politely and stops the background task (at once after
     /// [`CLOSE_WAIT`], e.g. when it waits for room in an event channel nobody reads).
     pub async fn close(mut self) {
-        let _ = self.stop.send(true);
+        self.control.send_replace(driver::Want::Stop);
         if let Some(mut task) = self.task.take() {
             if tokio::time::timeout(CLOSE_WAIT, &mut task).await.is_err() {
                 task.abort();

@@ -6,12 +6,12 @@
 //! [`Scenario::crdt_share`], `crdt/*` operations: `bench/rhizome-bench.toml` for Rhizome.
 //!
 //! A run has three phases:
-//! 1. **Offline**: each client opens its SQLite log while the server is unreachable for it
-//!    (its URL points at a closed port) and queues its actions with one `add_many`; then it is
-//!    closed, as an app is when the device sleeps.
+//! 1. **Offline**: each client opens its SQLite log with the server's URL but told that the
+//!    device has no network (`ClientOptions::online` false), and queues its actions with one
+//!    `add_many`. It stays open, as an app does while its device is out of reach.
 //! 2. **Probes**: the probe clients connect and wait.
-//! 3. **Storm**: each offline client is opened again with the server's URL at its instant,
-//!    within [`Scenario::return_within_ms`] as [`Scenario::return_mode`] says; it syncs its
+//! 3. **Storm**: each offline client's network comes back (`Client::set_online`) at its
+//!    instant, within [`Scenario::return_within_ms`] as [`Scenario::return_mode`] says; it syncs its
 //!    queue with the client's default chunking and counts every `logux/processed` /
 //!    `logux/undo` for its ids. Probes send one `inc` every [`PROBE_INTERVAL`] and time each
 //!    until its answer. The storm ends when every client has an answer for every queued id (or
@@ -47,9 +47,6 @@ use tokio::sync::watch;
 
 /// How often a probe sends an action.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Where clients "are" while offline: a closed port, so connection attempts fail at once.
-const OFFLINE_URL: &str = "ws://127.0.0.1:1/";
 
 /// Clients preparing their offline queue at the same time (SQLite work off the runtime).
 const PREPARE_PARALLEL: usize = 4;
@@ -291,7 +288,7 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     let prepare_start = Instant::now();
     let queues = prepare(&scenario, &data_dir).await?;
     let prepare_ms = prepare_start.elapsed().as_millis() as u64;
-    let queued: u64 = queues.iter().map(|q| q.len() as u64).sum();
+    let queued: u64 = queues.iter().map(|q| q.ids.len() as u64).sum();
     eprintln!("sim: {queued} actions queued by {} offline clients in {prepare_ms} ms", scenario.clients);
 
     let mut probes = ProbeThread::start(&scenario, &data_dir).await?;
@@ -313,11 +310,10 @@ pub async fn simulate(scenario: Scenario) -> Result<Report, SimError> {
     let progress = tokio::spawn(progress::show(storm.clone(), scenario.clients, queued, stop_rx.clone()));
     let window = Duration::from_millis(scenario.return_within_ms);
     let mut tasks = Vec::with_capacity(queues.len());
-    for (index, ids) in queues.into_iter().enumerate() {
+    for (index, offline) in queues.into_iter().enumerate() {
         let at = storm.start + reconnect_offset(index, scenario.clients, window, scenario.return_mode);
-        let options = client_options(&scenario, &data_dir, index, &scenario.url);
         let hold = converge::writes_objects(&scenario).then_some(index);
-        tasks.push(tokio::spawn(storm_client(storm.clone(), options, ids, at, hold)));
+        tasks.push(tokio::spawn(storm_client(storm.clone(), offline, at, hold)));
     }
     let mut outcomes = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -421,26 +417,34 @@ fn action(scenario: &Scenario, index: usize, n: usize) -> Value {
     }
 }
 
-/// Phase 1: every client queues its actions while offline. Returns each client's ids, sorted.
-async fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Vec<Vec<ActionId>>, SimError> {
+/// A client with its queue, open and offline, waiting for its network to come back.
+struct Offline {
+    client: Client,
+    events: rhizome_client::Events,
+    /// Its queued ids, sorted.
+    ids: Vec<ActionId>,
+}
+
+/// Phase 1: every client queues its actions while offline.
+async fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Vec<Offline>, SimError> {
     let mut queues = Vec::with_capacity(scenario.clients);
     let indexes: Vec<usize> = (0..scenario.clients).collect();
     for chunk in indexes.chunks(PREPARE_PARALLEL) {
         let mut tasks = Vec::new();
         for &index in chunk {
-            let options = client_options(scenario, data_dir, index, OFFLINE_URL);
+            let mut options = client_options(scenario, data_dir, index, &scenario.url);
+            options.online = false;
             let actions: Vec<Value> =
                 (0..scenario.actions_per_client).map(|n| action(scenario, index, n)).collect();
             let channels = converge::channels(scenario, index);
             tasks.push(tokio::spawn(async move {
-                let (client, _events) = Client::open(options).await?;
+                let (client, events) = Client::open(options).await?;
                 for channel in channels {
                     client.subscribe(&channel).await?;
                 }
                 let mut ids = client.add_many(actions).await?;
-                client.close().await;
                 ids.sort();
-                Ok::<_, ClientError>(ids)
+                Ok::<_, ClientError>(Offline { client, events, ids })
             }));
         }
         for task in tasks {
@@ -477,14 +481,14 @@ impl Outcome {
     }
 }
 
-/// Phase 3 for one client: reconnect at `at`, count answers until all ids have one.
+/// Phase 3 for one client: back online at `at`, count answers until all ids have one.
 async fn storm_client(
     storm: Arc<Storm>,
-    options: ClientOptions,
-    ids: Vec<ActionId>,
+    offline: Offline,
     at: Instant,
     hold: Option<usize>,
 ) -> Result<Outcome, SimError> {
+    let Offline { client, mut events, ids } = offline;
     tokio::time::sleep_until(at.into()).await;
     let mut outcome = Outcome {
         answered: vec![false; ids.len()],
@@ -499,7 +503,7 @@ async fn storm_client(
     };
     let mut left = outcome.ids.len();
     let mut next = 0;
-    let (client, mut events) = Client::open(options).await?;
+    client.set_online(true);
     let deadline = tokio::time::sleep_until(storm.deadline.into());
     tokio::pin!(deadline);
     while left > 0 {

@@ -25,11 +25,15 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// connection burst a quiet worker kept the burst's freed pages resident: about 0.3 KiB per
 /// idle connection at 2,000 with mimalloc's default (1 s), and still about 0.2 KiB with 10 ms.
 /// Returning them at once cost no measurable CPU per action in `rhizome bench`.
+///
+/// Only for `rhizome serve`: the simulator's thousand clients allocate and free all the time,
+/// and pages returned at once came back as page faults (twice as many, about 5% more CPU time
+/// per storm).
 #[cfg(feature = "mimalloc")]
 const PURGE_DELAY_MS: std::ffi::c_long = 0;
 
-/// Sets mimalloc's options, unless the environment sets them (`MIMALLOC_PURGE_DELAY`); runs
-/// first in `main`, before any other thread exists.
+/// Sets mimalloc's options for the server, unless the environment sets them
+/// (`MIMALLOC_PURGE_DELAY`); runs in `main` before any other thread exists.
 #[cfg(feature = "mimalloc")]
 #[allow(unsafe_code)]
 fn tune_allocator() {
@@ -81,8 +85,10 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tune_allocator();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        tune_allocator();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RHIZOME_LOG").unwrap_or_else(|_| "info".into()),

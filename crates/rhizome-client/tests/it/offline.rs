@@ -1,10 +1,101 @@
 //! Actions queued with no server reachable are all processed once it comes up; undos are
-//! recorded; a refused token stops the client for good.
+//! recorded; a refused token stops the client for good; the app's word that the device is
+//! offline (`Client::set_online`) keeps the client from connecting until it is back.
 
-use crate::support::{open, options, wait_drained, wait_until, TestServer};
+use crate::support::{open, options, wait_drained, wait_until, TestServer, WAIT};
 use anyhow::Result;
-use rhizome_client::{Event, State};
+use rhizome_client::{Backoff, Event, State};
 use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_client_opened_offline_connects_only_once_told_it_is_online() -> Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&format!("ws://{addr}/"), &dir.path().join("a.sqlite"), "alice");
+    o.online = false;
+    let (client, events) = open(o).await?;
+    let ids =
+        client.add_many((0..200).map(|n| json!({"type": "inc", "id": "off", "n": n})).collect()).await?;
+    let mut state = client.state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == State::Offline)).await??;
+    // Retries of a client that believed it was online would have come by now (backoff 20 ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempt = listener.accept();
+    assert!(
+        matches!(&attempt, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no connection attempt while offline: {attempt:?}"
+    );
+    assert_eq!(events.count(|e| matches!(e, Event::Disconnected { .. })), 0);
+    drop(listener);
+
+    let server = TestServer::start_at(addr).await?;
+    client.set_online(true);
+    wait_drained(&client).await?;
+    assert_eq!(server.check_exactly_once(&ids).await?, 0, "none left waiting");
+    client.close().await;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn going_offline_closes_the_connection_and_coming_back_skips_the_reconnect_delay() -> Result<()> {
+    let server = TestServer::start().await?;
+    let addr = server.addr;
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&server.url(), &dir.path().join("a.sqlite"), "alice");
+    // Any reconnect that waits its delay would outlast the test's waits.
+    o.backoff = Backoff { base: Duration::from_secs(10_000), max: Duration::from_secs(10_000) };
+    let (client, events) = open(o).await?;
+    let first = client.add(json!({"type": "inc", "id": "a"})).await?;
+    wait_drained(&client).await?;
+
+    client.set_online(false);
+    let mut state = client.state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == State::Offline)).await??;
+    let offline =
+        |e: &Event| matches!(e, Event::Disconnected { reason, retry_in: None } if reason == "offline");
+    wait_until("the offline disconnection to be reported", || async { Ok(events.count(offline) == 1) })
+        .await?;
+    let queued =
+        client.add_many((0..50).map(|n| json!({"type": "inc", "id": "b", "n": n})).collect()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(client.log_stats().await?.queued, 50, "nothing is sent while offline");
+
+    client.set_online(true);
+    wait_drained(&client).await?;
+    let both: Vec<_> = std::iter::once(first.clone()).chain(queued).collect();
+    assert_eq!(server.check_exactly_once(&both).await?, 0, "none left waiting");
+
+    // Dropped by the server: the client waits its delay (up to 10,000 s)...
+    server.stop().await;
+    let retry_in =
+        match &*tokio::time::timeout(WAIT, state.wait_for(|s| matches!(s, State::Disconnected { .. })))
+            .await??
+        {
+            State::Disconnected { retry_in } => *retry_in,
+            other => anyhow::bail!("not disconnected: {other:?}"),
+        };
+    let server = TestServer::start_at(addr).await?;
+    let last = client.add(json!({"type": "inc", "id": "c"})).await?;
+    // ...unless the device's network comes back (an offline spell in between).
+    let back = std::time::Instant::now();
+    client.set_online(false);
+    client.set_online(true);
+    wait_drained(&client).await?;
+    assert!(
+        back.elapsed() < retry_in,
+        "synced in {:?}, before the delay {retry_in:?} was out",
+        back.elapsed()
+    );
+    assert_eq!(server.check_exactly_once(&[last]).await?, 0, "none left waiting");
+    assert_eq!(events.count(|e| matches!(e, Event::Processed { id } if *id == first)), 1);
+    client.close().await;
+    server.stop().await;
+    Ok(())
+}
 
 #[tokio::test]
 async fn actions_queued_offline_are_all_processed_once_the_server_is_up() -> Result<()> {
