@@ -231,6 +231,49 @@ struct HandedOut {
     object: Option<String>,
 }
 
+/// Queued actions handed out, in id order: rows are handed out in that order and mostly
+/// answered in it, so a sorted deque (answers taken from the front, found by binary search
+/// otherwise) does less work per action than hashing.
+#[derive(Debug, Default)]
+struct HandedOutRows {
+    /// Sorted by key; `None` once taken (dropped when it reaches the front).
+    rows: std::collections::VecDeque<((i64, u64), Option<HandedOut>)>,
+}
+
+impl HandedOutRows {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+    }
+
+    /// Remembers a row (replacing the one with its key, handed out again after a reconnect).
+    fn insert(&mut self, key: (i64, u64), row: HandedOut) {
+        match self.rows.back() {
+            Some((last, _)) if *last >= key => match self.rows.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(i) => self.rows[i].1 = Some(row),
+                Err(i) => self.rows.insert(i, (key, Some(row))),
+            },
+            _ => self.rows.push_back((key, Some(row))),
+        }
+    }
+
+    /// Takes the row with this key.
+    fn remove(&mut self, key: (i64, u64)) -> Option<HandedOut> {
+        let i = match self.rows.front() {
+            Some((first, _)) if *first == key => 0,
+            _ => self.rows.binary_search_by(|(k, _)| k.cmp(&key)).ok()?,
+        };
+        let row = self.rows[i].1.take();
+        while matches!(self.rows.front(), Some((_, None))) {
+            self.rows.pop_front();
+        }
+        row
+    }
+}
+
 /// The local log.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -244,7 +287,7 @@ pub(crate) struct Store {
     /// `(ms, seq)` of their id (all of them are this node's), at most [`HANDED_OUT_MAX`]:
     /// their answers delete runs of consecutive rows with one statement instead of one lookup
     /// by id each.
-    handed_out: HashMap<(i64, u64), HandedOut>,
+    handed_out: HandedOutRows,
 }
 
 fn random_part(rng: &mut impl rand::Rng) -> String {
@@ -336,7 +379,7 @@ impl Store {
             ids: IdGenerator::resume(node, last_ms, seq),
             received_keep_max,
             objects: HashMap::new(),
-            handed_out: HashMap::new(),
+            handed_out: HandedOutRows::default(),
         })
     }
 
@@ -455,10 +498,10 @@ impl Store {
         if self.handed_out.len() + rows.len() > HANDED_OUT_MAX {
             self.handed_out.clear();
         }
-        self.handed_out.extend(
-            rows.iter()
-                .map(|q| ((q.id.ms, q.id.seq), HandedOut { added: q.added, object: q.object.clone() })),
-        );
+        for q in rows {
+            self.handed_out
+                .insert((q.id.ms, q.id.seq), HandedOut { added: q.added, object: q.object.clone() });
+        }
     }
 
     /// Applies what the server sent, in one transaction: `synced` confirms queued actions
@@ -481,8 +524,7 @@ impl Store {
             let mut objects: Vec<String> = Vec::new();
             let node = self.ids.node().clone();
             for (i, id) in incoming.processed.iter().enumerate() {
-                let handed_out =
-                    if id.node == node { self.handed_out.remove(&(id.ms, id.seq)) } else { None };
+                let handed_out = if id.node == node { self.handed_out.remove((id.ms, id.seq)) } else { None };
                 match handed_out {
                     Some(h) => {
                         added.push((h.added, i));
@@ -530,7 +572,7 @@ impl Store {
             )?;
             for u in &incoming.undone {
                 let row = match ActionId::parse_known(&u.id, &node) {
-                    Some(id) => match self.handed_out.remove(&(id.ms, id.seq)).filter(|_| id.node == node) {
+                    Some(id) => match self.handed_out.remove((id.ms, id.seq)).filter(|_| id.node == node) {
                         Some(h) => Some(h.added),
                         None => find_queued(&tx, &id)?.map(|(at, _)| at),
                     },
@@ -909,6 +951,30 @@ mod tests {
     }
 
     #[test]
+    fn handed_out_rows_are_found_in_and_out_of_order_and_replaced_when_handed_out_again() {
+        let row = |added: i64| HandedOut { added, object: None };
+        let mut rows = HandedOutRows::default();
+        for (n, key) in [(1, 0), (1, 1), (2, 0), (3, 0), (3, 1)].into_iter().enumerate() {
+            rows.insert(key, row(n as i64 + 1));
+        }
+        assert_eq!(rows.remove((1, 0)).map(|r| r.added), Some(1), "the front");
+        assert_eq!(rows.remove((3, 0)).map(|r| r.added), Some(4), "out of order");
+        assert_eq!(rows.remove((3, 0)).map(|r| r.added), None, "taken once");
+        assert_eq!(rows.remove((2, 5)).map(|r| r.added), None, "never handed out");
+        // Handed out again after a reconnect, with a row before them that was answered.
+        rows.insert((1, 1), row(20));
+        rows.insert((3, 0), row(40));
+        rows.insert((0, 9), row(9));
+        assert_eq!(rows.len(), 5);
+        let order: Vec<Option<i64>> = [(0, 9), (1, 1), (2, 0), (3, 0), (3, 1)]
+            .into_iter()
+            .map(|k| rows.remove(k).map(|r| r.added))
+            .collect();
+        assert_eq!(order, [Some(9), Some(20), Some(3), Some(40), Some(5)]);
+        assert_eq!(rows.len(), 0, "taken rows leave from the front");
+    }
+
+    #[test]
     fn answers_to_actions_not_handed_out_are_found_by_id_across_gaps() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(&dir);
@@ -1014,3 +1080,4 @@ mod tests {
         assert_eq!(s.apply(&incoming).unwrap().processed_objects, ["likes"]);
     }
 }
+
