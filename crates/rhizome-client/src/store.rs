@@ -1080,4 +1080,3 @@ mod tests {
         assert_eq!(s.apply(&incoming).unwrap().processed_objects, ["likes"]);
     }
 }
-

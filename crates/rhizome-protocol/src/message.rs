@@ -331,6 +331,16 @@ fn parse_raw(raw: &RawValue) -> Option<Value> {
 
 /// Parses one frame. Every error carries what the peer should be told.
 pub fn parse(text: &str) -> Result<Message, ProtocolError> {
+    // `sync` is most frames, with hundreds of actions each: read in one pass (see
+    // [`SyncFrame`]). Any other spelling of it (spaces, escapes) takes the general path.
+    if text.starts_with("[\"sync\",") {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let frame = serde::Deserializer::deserialize_seq(&mut de, SyncFrame).ok().flatten();
+        return match (frame, de.end()) {
+            (Some((added, entries)), Ok(())) => Ok(Message::Sync { added, entries }),
+            _ => Err(wrong(text)),
+        };
+    }
     let parts: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| wrong(text))?;
     let name: String = match parts.first() {
         Some(raw) => serde_json::from_str(raw.get()).map_err(|_| wrong(text))?,
@@ -448,6 +458,49 @@ pub fn parse(text: &str) -> Result<Message, ProtocolError> {
     }
 }
 
+/// Reads a whole `["sync", added, action, meta, …]` frame in one pass: each action is indexed
+/// from its own text ([`Action::from_json`]) and each meta read as it comes, with no list of
+/// the frame's parts and no second reading of the metas. `None` for what the general path
+/// calls a wrong format: a bad `added`, no action, an action without its meta, a bad action or
+/// meta.
+struct SyncFrame;
+
+impl<'de> serde::de::Visitor<'de> for SyncFrame {
+    type Value = Option<(u64, Vec<WireEntry>)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sync message")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        // The name, checked by the caller.
+        seq.next_element::<serde::de::IgnoredAny>()?;
+        let added = seq.next_element::<MetaValue>()?.and_then(MetaValue::int);
+        let mut entries = Vec::new();
+        let mut bad = added.is_none();
+        while let Some(action) = seq.next_element::<&'de RawValue>()? {
+            let meta = seq.next_element::<MetaField>()?;
+            match (Action::from_json(action.get()), meta) {
+                (Some(action), Some(MetaField(Some(meta)))) => entries.push(WireEntry { action, meta }),
+                _ => bad = true,
+            }
+        }
+        Ok(match (added, bad || entries.is_empty()) {
+            (Some(added), false) => Some((u64::try_from(added).unwrap_or(0), entries)),
+            _ => None,
+        })
+    }
+}
+
+/// A meta object read in place ([`MetaVisitor`]); anything but an object is an error.
+struct MetaField(Option<WireMeta>);
+
+impl<'de> serde::Deserialize<'de> for MetaField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(MetaVisitor).map(MetaField)
+    }
+}
+
 fn parse_meta(raw: &RawValue) -> Option<WireMeta> {
     // Read straight into `WireMeta`: one meta per action is on the hot path of every `sync`,
     // and a `Value` tree would cost a map node and a string per key.
@@ -475,7 +528,7 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
         let mut extra_keys: Vec<String> = Vec::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
-                "id" => id = map.next_value::<MetaValue>()?.wire_id(),
+                "id" => id = map.next_value::<IdValue>()?.0,
                 "time" => time = map.next_value::<MetaValue>()?.int(),
                 "subprotocol" => {
                     subprotocol =
@@ -500,12 +553,11 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
     }
 }
 
-/// A meta value as the meta rules read it: integers (`int`'s rule), strings and arrays of
-/// these; anything else (other numbers, objects, booleans, null) is `Other`.
+/// A meta value as the meta rules read it: integers (`int`'s rule) and strings; anything else
+/// (other numbers, arrays, objects, booleans, null) is `Other`.
 enum MetaValue {
     Int(i64),
     Str(String),
-    List(Vec<MetaValue>),
     Other,
 }
 
@@ -516,26 +568,75 @@ impl MetaValue {
             _ => None,
         }
     }
+}
 
-    /// A compressed id: a number, `[shift, seq]` or `[shift, node, seq]`.
-    fn wire_id(self) -> Option<WireId> {
-        let uint = |n: i64| u64::try_from(n).ok();
-        match self {
-            MetaValue::Int(shift) => Some(WireId::Own(shift)),
-            MetaValue::List(parts) => match <[MetaValue; 3]>::try_from(parts) {
-                Ok([MetaValue::Int(shift), MetaValue::Str(node), MetaValue::Int(seq)]) => {
-                    Some(WireId::Full(shift, node, uint(seq)?))
-                }
-                Ok(_) => None,
-                Err(parts) => match <[MetaValue; 2]>::try_from(parts) {
-                    Ok([MetaValue::Int(shift), MetaValue::Int(seq)]) => {
-                        Some(WireId::OwnSeq(shift, uint(seq)?))
+/// A compressed id: a number, `[shift, seq]` or `[shift, node, seq]` (with `int`'s rule for
+/// the numbers, non-negative `seq`); `None` for anything else. Read from the text without
+/// building a list.
+struct IdValue(Option<WireId>);
+
+impl<'de> serde::Deserialize<'de> for IdValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IdValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an action id")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<IdValue, E> {
+                Ok(IdValue(Some(WireId::Own(v))))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<IdValue, E> {
+                Ok(IdValue(i64::try_from(v).ok().map(WireId::Own)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<IdValue, E> {
+                Ok(IdValue(float_int(v).map(WireId::Own)))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_unit<E>(self) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<IdValue, A::Error> {
+                let first = seq.next_element::<MetaValue>()?;
+                let second = match first {
+                    Some(_) => seq.next_element::<MetaValue>()?,
+                    None => None,
+                };
+                let third = match second {
+                    Some(_) => seq.next_element::<MetaValue>()?,
+                    None => None,
+                };
+                let mut more = false;
+                if third.is_some() {
+                    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                        more = true;
                     }
+                }
+                let uint = |n: i64| u64::try_from(n).ok();
+                Ok(IdValue(match (first, second, third, more) {
+                    (Some(MetaValue::Int(shift)), Some(MetaValue::Int(seq)), None, false) => {
+                        uint(seq).map(|seq| WireId::OwnSeq(shift, seq))
+                    }
+                    (
+                        Some(MetaValue::Int(shift)),
+                        Some(MetaValue::Str(node)),
+                        Some(MetaValue::Int(seq)),
+                        false,
+                    ) => uint(seq).map(|seq| WireId::Full(shift, node, seq)),
                     _ => None,
-                },
-            },
-            _ => None,
+                }))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<IdValue, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IdValue(None))
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -571,11 +672,8 @@ impl<'de> serde::Deserialize<'de> for MetaValue {
                 Ok(MetaValue::Other)
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<MetaValue, A::Error> {
-                let mut parts = Vec::new();
-                while let Some(part) = seq.next_element()? {
-                    parts.push(part);
-                }
-                Ok(MetaValue::List(parts))
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MetaValue::Other)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MetaValue, A::Error> {
                 while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
