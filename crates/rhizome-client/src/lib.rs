@@ -11,7 +11,10 @@
 //! clock offset as the protocol defines (`timeFix`), answers `ping`, stores actions the server
 //! sends and answers `synced`, re-subscribes with `since` after every reconnect, and
 //! reconnects with exponential backoff and full jitter ([`Backoff`]), honouring an HTTP
-//! `Retry-After` hint. What happens reaches the app as [`Event`]s on a bounded channel.
+//! `Retry-After` hint. The app may pass on the device's network status
+//! ([`Client::set_online`]): offline, the connection is closed and not retried while actions
+//! keep queueing; back online, it connects at once. What happens reaches the app as
+//! [`Event`]s on a bounded channel.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), rhizome_client::ClientError> {
