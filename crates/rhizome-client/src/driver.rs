@@ -334,17 +334,31 @@ impl Driver {
     /// Connects and reconnects until stopped. Runs in the client's span (see `Client::open`).
     pub(crate) async fn run(mut self) {
         let mut attempt: u32 = 0;
+        // The server's retry hint holds even if the device's network comes back meanwhile: a
+        // server shedding load is not asked again before it said.
+        let mut not_before: Option<Instant> = None;
         loop {
             if !self.wait_online().await {
                 break;
             }
+            if let Some(at) = not_before.take().filter(|at| *at > Instant::now()) {
+                self.state.send_replace(State::Disconnected { retry_in: at - Instant::now() });
+                match self.wait_until(at).await {
+                    None => {}
+                    Some(Want::Stop) => break,
+                    Some(want) => {
+                        not_before = Some(at);
+                        if want == Want::Offline {
+                            self.went_offline(&mut attempt).await;
+                        }
+                        continue;
+                    }
+                }
+            }
             self.state.send_replace(State::Connecting);
             match self.connection().await {
                 End::Stop => break,
-                End::Offline => {
-                    attempt = 0;
-                    self.emit(Event::Disconnected { reason: "offline".into(), retry_in: None }).await;
-                }
+                End::Offline => self.went_offline(&mut attempt).await,
                 End::Fatal(reason) => {
                     tracing::warn!(%reason, "the server refused this client; not reconnecting");
                     self.emit(Event::Disconnected { reason, retry_in: None }).await;
@@ -356,23 +370,42 @@ impl Driver {
                     }
                     let delay = self.options.backoff.delay(attempt, hint, &mut self.rng);
                     attempt = attempt.saturating_add(1);
+                    not_before = hint.map(|hint| Instant::now() + hint.min(crate::backoff::RETRY_HINT_MAX));
                     tracing::debug!(%reason, ?delay, "disconnected");
                     self.state.send_replace(State::Disconnected { retry_in: delay });
                     self.emit(Event::Disconnected { reason, retry_in: Some(delay) }).await;
-                    // A change of mind ends the wait: stopped, offline (waited out above), or
-                    // back online after being offline (a device whose network returned
-                    // connects at once).
-                    let changed = tokio::select! {
-                        _ = tokio::time::sleep(delay) => false,
-                        changed = self.control.changed() => changed.is_ok(),
-                    };
-                    if changed && *self.control.borrow_and_update() == Want::Stop {
-                        break;
+                    // A change of mind ends the wait: stopped, offline, or back online after
+                    // being offline (a device whose network returned connects at once, though
+                    // not before the server's hint).
+                    match self.wait_until(Instant::now() + delay).await {
+                        Some(Want::Stop) => break,
+                        Some(Want::Offline) => self.went_offline(&mut attempt).await,
+                        Some(Want::Online) | None => {}
                     }
                 }
             }
         }
         self.state.send_replace(State::Stopped);
+    }
+
+    /// Waits until `at` or a change of what the app wants (returned).
+    async fn wait_until(&mut self, at: Instant) -> Option<Want> {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => None,
+            changed = self.control.changed() => match changed {
+                Ok(()) => Some(*self.control.borrow_and_update()),
+                // The client's handle is gone.
+                Err(_) => Some(Want::Stop),
+            },
+        }
+    }
+
+    /// The app said the device is offline: reported at once (the state before the event, which
+    /// may wait for room in the channel), and the next connection starts a fresh backoff.
+    async fn went_offline(&mut self, attempt: &mut u32) {
+        *attempt = 0;
+        self.state.send_replace(State::Offline);
+        self.emit(Event::Disconnected { reason: "offline".into(), retry_in: None }).await;
     }
 
     /// Waits while the app says the device is offline; `false` once the client is stopped.

@@ -376,7 +376,8 @@ impl Client {
         let (events_tx, events_rx) = mpsc::channel(options.events_capacity);
         let (control_tx, control_rx) =
             watch::channel(if options.online { driver::Want::Online } else { driver::Want::Offline });
-        let (state_tx, state_rx) = watch::channel(State::Connecting);
+        let (state_tx, state_rx) =
+            watch::channel(if options.online { State::Connecting } else { State::Offline });
         let driver =
             driver::Driver::new(options, shared.clone(), node.clone(), events_tx, state_tx, control_rx);
         let span = tracing::info_span!("rhizome_client", node = %node);
@@ -492,8 +493,9 @@ impl Client {
 
     /// Tells the client whether the device has a network, as the OS reports it. Offline closes
     /// the connection and stops reconnecting; actions keep queueing in the log. Back online, it
-    /// connects at once, without waiting out a reconnect delay. Saying what the client already
-    /// knows changes nothing; a closed client stays closed.
+    /// connects at once, without waiting out a reconnect delay (a server's `Retry-After` still
+    /// holds). Saying what the client already knows changes nothing; a closed client stays
+    /// closed.
     pub fn set_online(&self, online: bool) {
         let wanted = if online { driver::Want::Online } else { driver::Want::Offline };
         self.control.send_if_modified(|want| {

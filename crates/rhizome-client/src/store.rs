@@ -227,6 +227,7 @@ pub(crate) struct OpenOptions<'a> {
 /// A queued action handed out for sending.
 #[derive(Debug)]
 struct HandedOut {
+    node: NodeId,
     added: i64,
     object: Option<String>,
 }
@@ -260,12 +261,17 @@ impl HandedOutRows {
         }
     }
 
-    /// Takes the row with this key.
-    fn remove(&mut self, key: (i64, u64)) -> Option<HandedOut> {
+    /// Takes the row of this id (its node too: a log reopened as another tab holds rows of
+    /// its previous node id, also ours).
+    fn remove(&mut self, id: &ActionId) -> Option<HandedOut> {
+        let key = (id.ms, id.seq);
         let i = match self.rows.front() {
             Some((first, _)) if *first == key => 0,
             _ => self.rows.binary_search_by(|(k, _)| k.cmp(&key)).ok()?,
         };
+        if self.rows[i].1.as_ref().is_none_or(|row| row.node != id.node) {
+            return None;
+        }
         let row = self.rows[i].1.take();
         while matches!(self.rows.front(), Some((_, None))) {
             self.rows.pop_front();
@@ -499,8 +505,8 @@ impl Store {
             self.handed_out.clear();
         }
         for q in rows {
-            self.handed_out
-                .insert((q.id.ms, q.id.seq), HandedOut { added: q.added, object: q.object.clone() });
+            let row = HandedOut { node: q.id.node.clone(), added: q.added, object: q.object.clone() };
+            self.handed_out.insert((q.id.ms, q.id.seq), row);
         }
     }
 
@@ -524,8 +530,7 @@ impl Store {
             let mut objects: Vec<String> = Vec::new();
             let node = self.ids.node().clone();
             for (i, id) in incoming.processed.iter().enumerate() {
-                let handed_out = if id.node == node { self.handed_out.remove((id.ms, id.seq)) } else { None };
-                match handed_out {
+                match self.handed_out.remove(id) {
                     Some(h) => {
                         added.push((h.added, i));
                         objects.extend(h.object);
@@ -572,7 +577,7 @@ impl Store {
             )?;
             for u in &incoming.undone {
                 let row = match ActionId::parse_known(&u.id, &node) {
-                    Some(id) => match self.handed_out.remove((id.ms, id.seq)).filter(|_| id.node == node) {
+                    Some(id) => match self.handed_out.remove(&id) {
                         Some(h) => Some(h.added),
                         None => find_queued(&tx, &id)?.map(|(at, _)| at),
                     },
@@ -952,15 +957,19 @@ mod tests {
 
     #[test]
     fn handed_out_rows_are_found_in_and_out_of_order_and_replaced_when_handed_out_again() {
-        let row = |added: i64| HandedOut { added, object: None };
+        let node = NodeId::from("alice:c:t");
+        let row = |added: i64| HandedOut { node: node.clone(), added, object: None };
+        let id = |ms: i64, seq: u64| ActionId { ms, node: node.clone(), seq };
         let mut rows = HandedOutRows::default();
-        for (n, key) in [(1, 0), (1, 1), (2, 0), (3, 0), (3, 1)].into_iter().enumerate() {
-            rows.insert(key, row(n as i64 + 1));
+        for (n, (ms, seq)) in [(1, 0), (1, 1), (2, 0), (3, 0), (3, 1)].into_iter().enumerate() {
+            rows.insert((ms, seq), row(n as i64 + 1));
         }
-        assert_eq!(rows.remove((1, 0)).map(|r| r.added), Some(1), "the front");
-        assert_eq!(rows.remove((3, 0)).map(|r| r.added), Some(4), "out of order");
-        assert_eq!(rows.remove((3, 0)).map(|r| r.added), None, "taken once");
-        assert_eq!(rows.remove((2, 5)).map(|r| r.added), None, "never handed out");
+        assert_eq!(rows.remove(&id(1, 0)).map(|r| r.added), Some(1), "the front");
+        assert_eq!(rows.remove(&id(3, 0)).map(|r| r.added), Some(4), "out of order");
+        assert_eq!(rows.remove(&id(3, 0)).map(|r| r.added), None, "taken once");
+        assert_eq!(rows.remove(&id(2, 5)).map(|r| r.added), None, "never handed out");
+        let foreign = ActionId { node: NodeId::from("bob:c:t"), ..id(2, 0) };
+        assert_eq!(rows.remove(&foreign).map(|r| r.added), None, "another node's id with our (ms, seq)");
         // Handed out again after a reconnect, with a row before them that was answered.
         rows.insert((1, 1), row(20));
         rows.insert((3, 0), row(40));
@@ -968,10 +977,33 @@ mod tests {
         assert_eq!(rows.len(), 5);
         let order: Vec<Option<i64>> = [(0, 9), (1, 1), (2, 0), (3, 0), (3, 1)]
             .into_iter()
-            .map(|k| rows.remove(k).map(|r| r.added))
+            .map(|(ms, seq)| rows.remove(&id(ms, seq)).map(|r| r.added))
             .collect();
         assert_eq!(order, [Some(9), Some(20), Some(3), Some(40), Some(5)]);
         assert_eq!(rows.len(), 0, "taken rows leave from the front");
+    }
+
+    #[test]
+    fn rows_of_a_previous_node_id_are_answered_and_leave_the_handed_out_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sqlite");
+        let (t1, t2) = (NodeId::from("alice:c:t1"), NodeId::from("alice:c:t2"));
+        let open_as = |node: &NodeId| {
+            Store::open(&path, &OpenOptions { node: Some(node), ..options("alice") }).unwrap()
+        };
+        let mut s = open_as(&t1);
+        let old = s.add(1000, &actions(&["{\"type\":\"a\"}", "{\"type\":\"b\"}"])).unwrap();
+        drop(s);
+        // Reopened as another tab of the same client, with the clock behind.
+        let mut s = open_as(&t2);
+        let new = s.add(900, &actions(&["{\"type\":\"c\"}", "{\"type\":\"d\"}"])).unwrap();
+        assert_eq!((new[0].ms, new[0].seq), (1000, 2), "ids keep growing across node ids");
+        assert_eq!(s.next_chunk(0, 10, false).unwrap().rows.len(), 4);
+        let all: Vec<ActionId> = old.iter().chain(&new).cloned().collect();
+        let applied = s.apply(&Incoming { processed: all, ..Incoming::default() }).unwrap();
+        assert_eq!(applied.processed_settled, [true; 4]);
+        assert_eq!(s.handed_out.len(), 0, "no entry of the old node id stays behind");
+        assert_eq!(s.stats().unwrap().queued, 0);
     }
 
     #[test]

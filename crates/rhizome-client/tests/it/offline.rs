@@ -240,3 +240,40 @@ async fn a_clock_weeks_ahead_is_corrected_in_the_times_sent() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn going_offline_is_the_state_at_once_even_while_the_app_reads_no_events() -> Result<()> {
+    let server = TestServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut o = options(&server.url(), &dir.path().join("a.sqlite"), "alice");
+    o.events_capacity = 1;
+    let (client, mut events) = rhizome_client::Client::open(o).await?;
+    let mut state = client.state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == State::Connected)).await??;
+    // The unread `Connected` event fills the channel: the offline event waits for room.
+    client.set_online(false);
+    // (The watch's guard is dropped at once: the driver cannot change the state under it.)
+    let offline =
+        tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| *s == State::Offline)).await.is_ok();
+    assert!(offline, "state: {:?}", *client.state().borrow());
+    assert!(matches!(events.recv().await, Some(Event::Connected { .. })));
+    let next = tokio::time::timeout(Duration::from_secs(10), events.recv()).await?;
+    assert!(
+        matches!(&next, Some(Event::Disconnected { reason, retry_in: None }) if reason == "offline"),
+        "{next:?}"
+    );
+    client.close().await;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_opened_offline_says_so_from_the_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut o = options("ws://127.0.0.1:1/", &dir.path().join("a.sqlite"), "alice");
+    o.online = false;
+    let (client, _events) = open(o).await?;
+    assert_eq!(*client.state().borrow(), State::Offline);
+    client.close().await;
+    Ok(())
+}

@@ -69,6 +69,43 @@ async fn a_retry_after_header_is_honoured() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_retry_after_hint_holds_when_the_network_comes_back_meanwhile() -> Result<()> {
+    // Every upgrade is answered 503 with `Retry-After: 7`; the attempts are counted.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let (client, events) =
+        open(options(&format!("ws://{addr}/"), &dir.path().join("a.sqlite"), "alice")).await?;
+    crate::support::wait_until("a refused attempt", || async { Ok(!retry_delays(&events.all()).is_empty()) })
+        .await?;
+    // The device's network drops and comes back: that skips a reconnect delay, not the
+    // server's hint.
+    client.set_online(false);
+    client.set_online(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1, "no attempt before the 7 s hint");
+    assert!(
+        matches!(*client.state().borrow(), rhizome_client::State::Disconnected { retry_in } if retry_in > Duration::from_secs(4)),
+        "{:?}",
+        *client.state().borrow()
+    );
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn pings_both_ways_keep_an_idle_connection_open() -> Result<()> {
     // The server pings after 100 ms of silence and drops a client that does not answer
     // within 400 ms; one client leaves pinging to the server, the other pings every 50 ms.
