@@ -530,6 +530,35 @@ fn apply_crdt(
     }
 }
 
+/// Channel index rows written by one statement: one statement per row cost as much as the
+/// row's B-tree insert.
+const CHANNEL_ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT OR IGNORE INTO log_channels … VALUES (?, ?), …` for `rows` rows.
+fn channel_rows_insert(rows: usize) -> String {
+    let mut sql = String::from("INSERT OR IGNORE INTO log_channels(channel, added) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2));
+    }
+    sql
+}
+
+/// Writes `rows` with `statement` (made by `channel_rows_insert(rows.len())`).
+fn insert_channel_rows(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    rows: &[(Channel, i64)],
+) -> rusqlite::Result<()> {
+    for (i, (c, added)) in rows.iter().enumerate() {
+        statement.raw_bind_parameter(2 * i + 1, c.as_str())?;
+        statement.raw_bind_parameter(2 * i + 2, *added)?;
+    }
+    statement.raw_execute()?;
+    Ok(())
+}
+
 impl LogWriter for SqliteWriter {
     fn commit(&mut self, batches: &mut [WriteBatch], now_ms: i64) -> Result<Vec<Committed>, StoreError> {
         let cache = &mut self.objects;
@@ -561,8 +590,12 @@ impl LogWriter for SqliteWriter {
                  ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state,
                  position = excluded.position",
             )?;
-            let mut channel =
+            let mut single_channel =
                 tx.prepare_cached("INSERT OR IGNORE INTO log_channels(channel, added) VALUES (?1, ?2)")?;
+            // Channel index rows are written in groups (see `CHANNEL_ROWS_PER_INSERT`), before
+            // anything in the transaction reads the index and before the commit.
+            let mut channels_many = tx.prepare_cached(&channel_rows_insert(CHANNEL_ROWS_PER_INSERT))?;
+            let mut pending_channels: Vec<(Channel, i64)> = Vec::with_capacity(CHANNEL_ROWS_PER_INSERT);
             let mut target =
                 tx.prepare_cached("INSERT OR IGNORE INTO log_targets(target, added) VALUES (?1, ?2)")?;
             let mut status = tx.prepare_cached("UPDATE log SET status = ?2, reason = ?3 WHERE id = ?1")?;
@@ -637,6 +670,10 @@ impl LogWriter for SqliteWriter {
                                 let channel = format!("crdt/{key}");
                                 let only_there = routing_json(&Routing::channel(channel.as_str()));
                                 let upto = cached.snapshot_at as i64;
+                                // The index rows of this transaction's earlier deltas first.
+                                for (c, added) in pending_channels.drain(..) {
+                                    single_channel.execute(params![c.as_str(), added])?;
+                                }
                                 clean_body.execute(params![channel, upto, only_there, key])?;
                                 clean_index.execute(params![channel, upto])?;
                             }
@@ -654,7 +691,11 @@ impl LogWriter for SqliteWriter {
                         }
                     }
                     for c in &entry.routing.channels {
-                        channel.execute(params![c.as_str(), added])?;
+                        pending_channels.push((c.clone(), added));
+                        if pending_channels.len() == CHANNEL_ROWS_PER_INSERT {
+                            insert_channel_rows(&mut channels_many, &pending_channels)?;
+                            pending_channels.clear();
+                        }
                     }
                     for u in &entry.routing.users {
                         target.execute(params![format!("u:{u}"), added])?;
@@ -683,6 +724,9 @@ impl LogWriter for SqliteWriter {
                     ack.execute(params![id, position as i64])?;
                 }
                 results.push(committed);
+            }
+            for (c, added) in pending_channels.drain(..) {
+                single_channel.execute(params![c.as_str(), added])?;
             }
         }
         tx.commit()?;

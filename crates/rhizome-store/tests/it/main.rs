@@ -113,6 +113,42 @@ fn reads_by_channel_and_target_respect_ranges_limits_and_exclusions() {
 }
 
 #[test]
+fn a_large_commit_indexes_every_channel_of_every_entry() {
+    // More entries than the channel index is written in at once, on interleaved channels, some
+    // on two channels, over two batches of one commit, with a duplicate among them.
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let routing = |n: usize| match n % 7 {
+        0 => Routing { channels: vec!["c/x".into(), "c/y".into()], ..Routing::default() },
+        k => Routing::channel(format!("c/{}", k % 3).as_str()),
+    };
+    let entries = |range: std::ops::Range<usize>| -> Vec<NewEntry> {
+        range.map(|n| entry(&format!("5 a:b:c {n}"), routing(n), Status::Processed)).collect()
+    };
+    let mut second = entries(150..301);
+    second.push(entry("5 a:b:c 3", routing(3), Status::Processed));
+    let mut batches = vec![batch(entries(0..150)), batch(second)];
+    let done = w.commit(&mut batches, 1).expect("commit");
+    assert_eq!(done[1].outcomes.last(), Some(&AppendOutcome::Duplicate(Status::Processed)));
+    for channel in ["c/0", "c/1", "c/2", "c/x", "c/y"] {
+        let expected: Vec<u64> = (0..301)
+            .filter(|n| match n % 7 {
+                0 => channel == "c/x" || channel == "c/y",
+                k => channel == format!("c/{}", k % 3),
+            })
+            .map(|n| n as u64 + 1)
+            .collect();
+        let got: Vec<u64> = store
+            .read_channel(&Channel::from(channel), 0, 1_000, 1_000)
+            .expect("read")
+            .iter()
+            .map(|e| e.added)
+            .collect();
+        assert_eq!(got, expected, "{channel}");
+    }
+}
+
+#[test]
 fn since_positions_come_from_ids_acks_or_time() {
     let (_dir, store) = open();
     let mut w = store.writer().expect("writer");
