@@ -35,6 +35,9 @@ async fn queued_crdt_operations_are_folded_before_sending() -> Result<()> {
     assert_eq!(alice.session_stats().actions_sent, 2, "one increment of 1000, one write");
     let is_folded = |e: &Event| matches!(e, Event::Folded { .. });
     wait_until("the fold reports", || async { Ok(alice_events.count(is_folded) == INCS - 1 + 9) }).await?;
+    // The log is drained once the answers are stored; their events reach the app just after.
+    let is_processed = |e: &Event| matches!(e, Event::Processed { .. });
+    wait_until("the answers' events", || async { Ok(alice_events.count(is_processed) >= 2) }).await?;
     let processed: Vec<_> = alice_events
         .all()
         .into_iter()
