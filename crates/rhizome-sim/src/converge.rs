@@ -96,7 +96,7 @@ async fn server_objects(
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    let mut options = client_options(scenario, data_dir, index, &scenario.url);
+    let mut options = client_options(scenario, data_dir, index);
     options.path = path;
     options.user = "simchecker".into();
     let (checker, events) = Client::open(options).await?;

@@ -394,8 +394,8 @@ struct Storm {
 }
 
 /// The options of client `index` (probes use indexes after the storm's clients).
-pub(crate) fn client_options(scenario: &Scenario, data_dir: &Path, index: usize, url: &str) -> ClientOptions {
-    let mut options = ClientOptions::new(url, client_path(data_dir, index), format!("sim{index}"))
+pub(crate) fn client_options(scenario: &Scenario, data_dir: &Path, index: usize) -> ClientOptions {
+    let mut options = ClientOptions::new(&scenario.url, client_path(data_dir, index), format!("sim{index}"))
         .token(scenario.token.clone());
     // A crash of the simulator may lose its last commits: no fsync per commit, so a thousand
     // clients on one machine measure the server, not this machine's disk.
@@ -432,7 +432,7 @@ async fn prepare(scenario: &Scenario, data_dir: &Path) -> Result<Vec<Offline>, S
     for chunk in indexes.chunks(PREPARE_PARALLEL) {
         let mut tasks = Vec::new();
         for &index in chunk {
-            let mut options = client_options(scenario, data_dir, index, &scenario.url);
+            let mut options = client_options(scenario, data_dir, index);
             options.online = false;
             let actions: Vec<Value> =
                 (0..scenario.actions_per_client).map(|n| action(scenario, index, n)).collect();
@@ -569,7 +569,7 @@ async fn start_probes(scenario: &Scenario, data_dir: &Path) -> Result<Vec<Probe>
     let mut probes = Vec::with_capacity(scenario.probes);
     for p in 0..scenario.probes {
         let index = scenario.clients + p;
-        let options = client_options(scenario, data_dir, index, &scenario.url);
+        let options = client_options(scenario, data_dir, index);
         let (client, mut events) = Client::open(options).await?;
         let connected = tokio::time::timeout(CONNECT_WAIT, async {
             while let Some(event) = events.recv().await {

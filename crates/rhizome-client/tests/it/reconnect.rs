@@ -8,6 +8,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rhizome_client::{Backoff, Event, State};
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,13 +43,16 @@ async fn retries_follow_the_seeded_backoff() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_retry_after_header_is_honoured() -> Result<()> {
-    // A server shedding load: every upgrade is answered 503 with `Retry-After: 7`.
+/// A server shedding load: every upgrade is answered 503 with `Retry-After: 7`. Returns its
+/// address and the count of connection attempts.
+async fn shedding_server() -> Result<(std::net::SocketAddr, Arc<AtomicUsize>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
             let mut buf = [0u8; 4096];
             let _ = socket.read(&mut buf).await;
             let _ = socket
@@ -55,6 +60,12 @@ async fn a_retry_after_header_is_honoured() -> Result<()> {
                 .await;
         }
     });
+    Ok((addr, attempts))
+}
+
+#[tokio::test]
+async fn a_retry_after_header_is_honoured() -> Result<()> {
+    let (addr, _attempts) = shedding_server().await?;
     let dir = tempfile::tempdir()?;
     let mut o = options(&format!("ws://{addr}/"), &dir.path().join("a.sqlite"), "alice");
     o.seed = Some(5);
@@ -70,21 +81,7 @@ async fn a_retry_after_header_is_honoured() -> Result<()> {
 
 #[tokio::test]
 async fn a_retry_after_hint_holds_when_the_network_comes_back_meanwhile() -> Result<()> {
-    // Every upgrade is answered 503 with `Retry-After: 7`; the attempts are counted.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = attempts.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            let _ = socket
-                .write_all(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
-                .await;
-        }
-    });
+    let (addr, attempts) = shedding_server().await?;
     let dir = tempfile::tempdir()?;
     let (client, events) =
         open(options(&format!("ws://{addr}/"), &dir.path().join("a.sqlite"), "alice")).await?;
@@ -95,7 +92,7 @@ async fn a_retry_after_hint_holds_when_the_network_comes_back_meanwhile() -> Res
     client.set_online(false);
     client.set_online(true);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1, "no attempt before the 7 s hint");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "no attempt before the 7 s hint");
     assert!(
         matches!(*client.state().borrow(), rhizome_client::State::Disconnected { retry_in } if retry_in > Duration::from_secs(4)),
         "{:?}",
