@@ -72,8 +72,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("queue", "object", "TEXT"),
 ];
 
-/// Most ids remembered in `Store::handed_out`; beyond it the map starts over (an answer for
-/// a forgotten id is looked up by id).
+/// Most rows remembered in `Store::handed_out`; beyond it they are forgotten at once (an
+/// answer for a forgotten row is looked up by id).
 const HANDED_OUT_MAX: usize = 100_000;
 
 /// Prepared statements kept per log, more than the log uses, so none is prepared twice.
