@@ -515,16 +515,20 @@ fn apply_crdt(
         },
     };
     // A new object gets its snapshot (and so its row and kind) with its first operation.
+    let exists = found.is_some();
     let mut object = found.unwrap_or(CachedObject {
         state: Object::bottom(op.kind()),
         unsaved: SNAPSHOT_EVERY,
         snapshot_at: 0,
     });
-    // A refused operation leaves the state as it was, so the object goes back unchanged.
+    // A refused operation leaves the state as it was, so an existing object goes back
+    // unchanged; a refused first operation creates nothing (its kind must not stick).
     match ops::apply_in_place(&mut object.state, op, &entry.id.node, entry.time) {
         Ok(delta) => Ok(Ok((object, delta))),
         Err(e) => {
-            staged.insert(key.to_owned(), object);
+            if exists {
+                staged.insert(key.to_owned(), object);
+            }
             Ok(Err(e.reason().to_owned()))
         }
     }

@@ -302,6 +302,42 @@ fn a_refused_operation_leaves_the_cached_object_as_it_was() {
     assert_eq!(object.to_json()["elems"].as_array().map(Vec::len), Some(1), "only 3 is left");
 }
 
+/// A refused first operation on a key creates no object: an operation of another kind on the
+/// same key afterwards is applied, in the same transaction or the next, as after a restart.
+#[test]
+fn a_refused_first_operation_creates_no_object() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    // Deleting an element of a list that does not exist yet is refused.
+    let delete = serde_json::json!({"type": "crdt/list/delete", "key": "k", "id": ["a:b:c", 1]});
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    let mut b = vec![WriteBatch {
+        appends: vec![crdt_append("1 a:b:c 0", delete), crdt_append("2 a:b:c 0", inc)],
+        ..WriteBatch::default()
+    }];
+    let done = w.commit(&mut b, 1).expect("commit");
+    assert_eq!(done[0].outcomes[0], AppendOutcome::Undone(1, "crdtUnknownElement".into()));
+    assert_eq!(done[0].outcomes[1], AppendOutcome::Added(2), "the counter is the key's first object");
+    // Alone in its transaction, on another key.
+    let delete_other = serde_json::json!({"type": "crdt/list/delete", "key": "other", "id": ["a:b:c", 1]});
+    let mut b =
+        vec![WriteBatch { appends: vec![crdt_append("3 d:e:f 0", delete_other)], ..WriteBatch::default() }];
+    let done = w.commit(&mut b, 2).expect("commit");
+    assert_eq!(done[0].outcomes[0], AppendOutcome::Undone(3, "crdtUnknownElement".into()));
+    let lww = serde_json::json!({"type": "crdt/lww/set", "key": "other", "value": 1});
+    let mut b = vec![WriteBatch { appends: vec![crdt_append("4 d:e:f 0", lww)], ..WriteBatch::default() }];
+    let done = w.commit(&mut b, 3).expect("commit");
+    assert_eq!(done[0].outcomes[0], AppendOutcome::Added(4), "no list was left behind in the cache");
+    assert!(store
+        .read_object("other")
+        .expect("read")
+        .is_some_and(|(o, _)| o.kind() == rhizome_crdt::Kind::Lww));
+    assert_eq!(
+        store.read_object("k").expect("read").expect("object").0.to_json(),
+        serde_json::json!({"a:b:c": [1, 0]})
+    );
+}
+
 #[test]
 fn an_unreadable_object_refuses_its_own_operations_and_nothing_else() {
     let (_dir, store) = open();
