@@ -362,9 +362,13 @@ impl Hub {
         // client confirming more than that would only skip its own entries, but a recorded
         // position beyond the log is never right.
         let through = client_synced.min(self.position);
+        // Not a CRDT object's: its author is not sent its own deltas, which its copy still
+        // lacks, so the acknowledgement stays where the subscriber held everything (a `since`
+        // then brings the join of every delta after it, the author's own included).
         let acks: Vec<(String, Position)> = conn
             .channels
             .iter()
+            .filter(|c| !c.as_str().starts_with(CRDT_CHANNEL_PREFIX))
             .filter_map(|c| self.channels.get(c)?.get(&id))
             .filter(|sub| sub.live_at.is_some_and(|live_at| live_at < through))
             .map(|sub| (sub.id.text(), through))

@@ -32,6 +32,10 @@ const CRDT_ACTION_PREFIX: &str = "crdt/";
 /// Channels of CRDT objects: `crdt/<key>`.
 pub(crate) const CRDT_CHANNEL_PREFIX: &str = "crdt/";
 
+/// A CRDT subscriber's delta since its `since` longer than this is compared with the object's
+/// whole state, and the shorter one is sent.
+const SINCE_DELTA_CHECK_BYTES: usize = 4096;
+
 /// How far before a `since.time` catch-up starts when `since.id` is unknown to the log.
 /// Clock offsets between client and server are far smaller; duplicates beat losses.
 const SINCE_TIME_MARGIN_MS: i64 = 5 * 60 * 1000;
@@ -547,10 +551,14 @@ impl Pipeline {
             Err(e) => return hook_undo(&meta.id, action, e),
         }
         let since = if let Some(key) = name.strip_prefix(CRDT_CHANNEL_PREFIX) {
-            // A CRDT object: its whole state in one delta (or what a client with `seen` lacks),
-            // then what is committed after it. The client's `since` is not needed: joining
-            // the state is idempotent.
-            match self.object_snapshot(key, seen).await {
+            // A CRDT object: one delta, then what is committed after it. The delta is what a
+            // client with `seen` lacks; else, with `since`, the join of the deltas after the
+            // position `since` stands for; else the whole state.
+            let after = match (&seen, action.fields().get("since")) {
+                (None, Some(Value::Object(since))) => self.resolve_since(since).await.unwrap_or(0),
+                _ => 0,
+            };
+            match self.object_snapshot(key, seen, after).await {
                 Ok(position) => Some(position),
                 Err(()) => return undo(&meta.id, action, "error"),
             }
@@ -575,21 +583,43 @@ impl Pipeline {
         Answer::Nothing
     }
 
-    /// Queues the state of the CRDT object at `key` as one `crdt/delta` (nothing when it does
-    /// not exist yet), or with `seen` the delta since it when smaller, and returns the log
+    /// Queues one `crdt/delta` for a subscriber of the CRDT object at `key`: with `seen`, the
+    /// delta since it when smaller than the state; else, when the subscriber holds every
+    /// operation up to log position `after` (> 0, from its `since`), the join of the deltas
+    /// logged after it (nothing when there are none) or the state when that is smaller;
+    /// else the whole state. Nothing when the object does not exist yet. Returns the log
     /// position the subscription goes on from.
-    async fn object_snapshot(&self, key: &str, seen: Option<VersionVector>) -> Result<u64, ()> {
+    async fn object_snapshot(&self, key: &str, seen: Option<VersionVector>, after: u64) -> Result<u64, ()> {
         let store = self.shared.store.clone();
         let owned = key.to_owned();
         let read = tokio::task::spawn_blocking(move || {
-            // The state and the log position it is complete through, from one read: the live
+            // The object and the log position it is complete through, from one read: the live
             // deltas go on from there. The delta walks the whole state, so it is built here,
             // off the async runtime.
-            let (object, position) = store.catch_up_object(&owned, 0)?;
-            let json = object.map(|state| match &seen {
-                Some(seen) => rhizome_crdt::catch_up_action(&owned, &state, seen),
-                None => rhizome_crdt::delta_action(&owned, &state),
-            });
+            let (object, position) = store.catch_up_object(&owned, after)?;
+            let json = match (object, &seen) {
+                (None, _) => None,
+                (Some(state), Some(seen)) => Some(rhizome_crdt::catch_up_action(&owned, &state, seen)),
+                (Some(missed), None) if after > 0 => {
+                    if missed.is_bottom() {
+                        None
+                    } else {
+                        let delta = rhizome_crdt::delta_action(&owned, &missed);
+                        // A long delta may be longer than the state (a list's tombstones, a
+                        // set's removed dots): measure the state too. It is read later than
+                        // the delta, so it holds at least as much, and the subscription goes
+                        // on from the first read's position (duplicates join idempotently).
+                        let state = if delta.len() > SINCE_DELTA_CHECK_BYTES {
+                            store.catch_up_object(&owned, 0)?.0
+                        } else {
+                            None
+                        };
+                        let whole = state.map(|state| rhizome_crdt::delta_action(&owned, &state));
+                        Some(whole.filter(|whole| whole.len() < delta.len()).unwrap_or(delta))
+                    }
+                }
+                (Some(state), None) => Some(rhizome_crdt::delta_action(&owned, &state)),
+            };
             Ok::<_, rhizome_store::StoreError>((position, json))
         })
         .await;
