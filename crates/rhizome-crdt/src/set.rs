@@ -219,9 +219,11 @@ impl<E: Ord + Clone> ClSet<E> {
     }
 
     /// A set from every element ever added with its causal length, as read back from storage
-    /// or the network; `None` if a length is 0 (the bottom of an element, never stored).
+    /// or the network; `None` if a length is 0 (the bottom of an element, never stored) or
+    /// above [`crate::object::COUNTER_MAX`] (so that adding one never overflows).
     pub fn from_lengths(lengths: BTreeMap<E, u64>) -> Option<ClSet<E>> {
-        lengths.values().all(|length| *length > 0).then_some(ClSet { lengths })
+        let valid = 1..=crate::object::COUNTER_MAX;
+        lengths.values().all(|length| valid.contains(length)).then_some(ClSet { lengths })
     }
 
     /// Number of elements ever added, present or not.
@@ -367,6 +369,11 @@ mod tests {
             assert_eq!(Orswot::from_parts(bad, context.clone()), None);
         }
         assert!(ClSet::from_lengths(BTreeMap::from([("x", 0)])).is_none());
+        assert!(
+            ClSet::from_lengths(BTreeMap::from([("x", u64::MAX)])).is_none(),
+            "adding one would overflow"
+        );
+        assert!(ClSet::from_lengths(BTreeMap::from([("x", crate::object::COUNTER_MAX + 1)])).is_none());
         assert_eq!(ClSet::from_lengths(BTreeMap::from([("x", 2)])).map(|s| s.element_count()), Some(1));
     }
 
