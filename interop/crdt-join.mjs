@@ -219,7 +219,8 @@ export function foldDeltas(actions) {
 // its entries or the runs of its contexts. Returns a string.
 // ---------------------------------------------------------------------------
 
-function canonical(value) {
+// JSON with every object's keys sorted.
+export function canonical(value) {
   if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`
   if (value && typeof value === 'object') {
     let keys = Object.keys(value).sort()
