@@ -1,7 +1,6 @@
 // crdt-concurrent: two real clients (alice, carol) write the same CRDT objects while both are
 // offline, concurrently; a third (bob) is subscribed and offline too. They come back one by
-// one (one writer, the other, then bob), each client resending its queue, and everyone
-// converges:
+// one, each client resending its queue, and everyone converges:
 //   node interop/crdt-concurrent.mjs ws://127.0.0.1:31337
 //
 // Objects (one per kind the scenario needs): a counter, an add-wins set, a causal-length set,
@@ -11,10 +10,11 @@
 // subscribes and must receive the same states.
 //
 // The operations are chosen so that the outcome does not depend on the order in which the
-// server applies the two queues, and the scenario is played twice on objects of its own,
-// carol reconnecting first, then alice first. The exception is the register written without
-// `seen`, whose outcome is the documented "the write applied last supersedes every value":
-// the writer who reconnects last. Why the rest is order-free:
+// server applies the two queues, and the scenario is played three times on objects of its
+// own: carol, alice, bob reconnecting in that order; alice, carol, bob; and carol, bob, alice
+// (bob receives alice's queue live). The exception is the register written without `seen`,
+// whose outcome is the documented "the write applied last supersedes every value": the
+// writer who reconnects last. Why the rest is order-free:
 // - the server assigns dots when it applies an action, so "concurrent" for a set remove or an
 //   mv write means its `seen` (the vv of the writer's copy when it went offline) does not
 //   cover the other writer's offline dots; the server adds the writer's own dots to `seen`;
@@ -97,9 +97,9 @@ async function goOffline(client) {
   await withTimeout(down, 5000, `${client.options.userId} noticing the dropped connection`)
 }
 
-// One round: both writers offline, then `first` (the writer name) reconnects before the other.
-// Returns false when a step failed so that the rest would only pile up follow-on failures.
-async function round(url, name, first) {
+// One round: both writers and bob offline, then they reconnect in `order` (their names).
+// Returns false when a step failed, so that the rest would only pile up follow-on failures.
+async function round(url, name, order) {
   let { LIKES, TAGS, FLAGS, OWNER, STATUS, STATS, KEYS, KINDS, NAMES } = objects(name)
   tag = `[${name}] `
   let alice = makeClient(url, 'alice')
@@ -248,18 +248,27 @@ async function round(url, name, first) {
     'alice, carol and bob are all offline while the writers queue their operations',
     `${alice.state} ${carol.state} ${bob.state}`)
 
-  // 3. the writers come back one after the other (the first one's queue processed before the
-  // second reconnects), then bob
+  // 3. everyone comes back in `order`, one at a time: a writer's queue is processed before
+  // the next reconnects; bob's re-subscriptions are answered before the next reconnects (so
+  // with bob before a writer, that writer's whole queue reaches him as live deltas)
   let queues = { alice: [alice, aliceOffline], carol: [carol, carolOffline] }
-  let second = first === 'carol' ? 'alice' : 'carol'
-  for (let who of [first, second]) {
-    let [client, queue] = queues[who]
-    reconnect(client)
-    if (!(await processed(`${who}'s offline operations after she reconnects`, queue, 15000))) return false
+  for (let who of order) {
+    if (who === 'bob') {
+      reconnect(bob)
+      let bobBack = await settle(bob.waitFor('synchronized'), 10000, 'bob reconnecting')
+      check(bobBack.ok, 'bob reconnects', bobBack.error?.message)
+      let answered = await waitUntil(() => {
+        let now = received(bob, x => x.type === 'crdt/delta').filter(r => r.connection === bob.tap.connectedCount)
+        return KEYS.every(k => now.some(r => r.action.key === k))
+      }, 5000)
+      check(answered, "bob's re-subscriptions are answered with each object's state")
+    } else {
+      let [client, queue] = queues[who]
+      reconnect(client)
+      if (!(await processed(`${who}'s offline operations after she reconnects`, queue, 15000))) return false
+    }
   }
-  reconnect(bob)
-  let bobBack = await settle(bob.waitFor('synchronized'), 10000, 'bob reconnecting')
-  check(bobBack.ok, 'bob reconnects', bobBack.error?.message)
+  let lastWriter = order.filter(who => who !== 'bob').at(-1)
 
   // 4. with everyone online, a few more concurrent writes reach bob as live deltas
   ok = await processed('online operations after the reconnections', [
@@ -277,7 +286,7 @@ async function round(url, name, first) {
     lengths: { k: 1, m: 2, n: 1, x: 3, y: 3, z: 2 },
     present: ['k', 'n', 'x', 'y'],
     owner: ['a2', 'c1'],
-    status: [`${second}-offline`],
+    status: [`${lastWriter}-offline`],
     views: { total: 2 + 1 + (3 - 1) + (10 - 2) + 1, alice: [2 + 3, 1], carol: [1 + 10 + 1, 2] },
     mon: 5,
     tue: 1
@@ -359,6 +368,12 @@ async function round(url, name, first) {
 
 await run('crdt-concurrent', async url => {
   // Every expectation but the register written without `seen` must hold whichever writer the
-  // server applies first: both orders are played, each on objects of its own.
-  if (await round(url, 'carol-first', 'carol')) await round(url, 'alice-first', 'alice')
+  // server applies first: both orders are played, each on objects of its own; in the last
+  // round bob is back between the writers and receives alice's queue live.
+  let rounds = [
+    ['carol-first', ['carol', 'alice', 'bob']],
+    ['alice-first', ['alice', 'carol', 'bob']],
+    ['bob-between', ['carol', 'bob', 'alice']]
+  ]
+  for (let [name, order] of rounds) if (!(await round(url, name, order))) break
 })
