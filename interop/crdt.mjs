@@ -27,6 +27,8 @@ import {
   waitUntil,
   withTimeout
 } from './lib.mjs'
+// Bob's copies of the objects are built only from the crdt/delta actions he receives.
+import { counterValue, elementsOf, joinCounter, joinLww, joinSet } from './crdt-join.mjs'
 
 const LIKES = 'posts/1/likes'
 const TITLE = 'posts/1/title'
@@ -36,71 +38,6 @@ const META = 'posts/1/meta'
 const OWNER = 'posts/1/owner'
 const ONLINE = 20
 const OFFLINE = 30
-
-// Bob's copies of the objects, built only from the crdt/delta actions he receives.
-function joinCounter(state, delta) {
-  for (let [node, [p, n]] of Object.entries(delta)) {
-    let [p0, n0] = state[node] ?? [0, 0]
-    state[node] = [Math.max(p0, p), Math.max(n0, n)]
-  }
-}
-function counterValue(state) {
-  return Object.values(state).reduce((sum, [p, n]) => sum + p - n, 0)
-}
-// A causal context {vv: {node: n}, cloud: [[node, n] | [node, first, last]]} (runs are never
-// expanded: a run may be long).
-function contextHas(context, node, n) {
-  if (n <= (context.vv[node] ?? 0)) return true
-  return (context.cloud ?? []).some(r => r[0] === node && r[1] <= n && n <= (r[2] ?? r[1]))
-}
-function joinContext(a, b) {
-  let vv = { ...a.vv }
-  for (let [node, n] of Object.entries(b.vv)) vv[node] = Math.max(vv[node] ?? 0, n)
-  let runs = [...(a.cloud ?? []), ...(b.cloud ?? [])].map(r => [r[0], r[1], r[2] ?? r[1]])
-  runs.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : x[1] - y[1]))
-  let cloud = []
-  for (let [node, first, last] of runs) {
-    let prefix = vv[node] ?? 0
-    if (last <= prefix) continue
-    if (first <= prefix + 1) {
-      vv[node] = last
-      continue
-    }
-    let prev = cloud.at(-1)
-    if (prev && prev[0] === node && first <= prev[2] + 1) prev[2] = Math.max(prev[2], last)
-    else cloud.push([node, first, last])
-  }
-  // A run may reach a prefix that grew after it was kept.
-  cloud = cloud.filter(([node, first, last]) => {
-    if (first > (vv[node] ?? 0) + 1) return true
-    vv[node] = Math.max(vv[node] ?? 0, last)
-    return false
-  })
-  return { vv, cloud }
-}
-// The add-wins set: an (element, dot) pair stays when both sides hold it or the other side
-// has not seen its dot.
-function joinSet(state, delta) {
-  let key = e => JSON.stringify(e)
-  let ours = new Set(state.elems.map(key))
-  let theirs = new Set(delta.elems.map(key))
-  let elems = [
-    ...state.elems.filter(e => theirs.has(key(e)) || !contextHas(delta.context, e[1], e[2])),
-    ...delta.elems.filter(e => !ours.has(key(e)) && !contextHas(state.context, e[1], e[2]))
-  ]
-  return { elems, context: joinContext(state.context, delta.context) }
-}
-const elementsOf = set => [...new Set(set.elems.map(e => e[0]))].sort()
-
-function joinLww(state, delta) {
-  if (delta.dot === undefined) return state
-  if (!state.dot) return delta
-  let later =
-    delta.time > state.time ||
-    (delta.time === state.time &&
-      (delta.dot[0] > state.dot[0] || (delta.dot[0] === state.dot[0] && delta.dot[1] > state.dot[1])))
-  return later ? delta : state
-}
 
 await run('crdt', async url => {
   let alice = makeClient(url, 'alice', { minDelay: 800, maxDelay: 1500 })

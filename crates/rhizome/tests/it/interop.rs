@@ -49,3 +49,8 @@ fn real_client_resubscribing_with_since_gets_what_it_missed() {
 fn real_client_crdt_operations_converge_on_a_subscriber_after_disconnections() {
     run_script("crdt");
 }
+
+#[test]
+fn real_client_crdt_concurrent_offline_writers_converge() {
+    run_script("crdt-concurrent");
+}
