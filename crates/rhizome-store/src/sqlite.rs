@@ -60,7 +60,7 @@ pub struct SqliteWriter {
     checkpointer: Option<mpsc::SyncSender<()>>,
     checkpoint_thread: Option<std::thread::JoinHandle<()>>,
     /// Decoded CRDT objects, as committed: an operation on a cached object neither decodes
-    /// nor (but every `SNAPSHOT_EVERY` operations) encodes the object's document.
+    /// nor (but every [`snapshot_interval`] operations) encodes the object's document.
     objects: HashMap<String, CachedObject>,
 }
 
@@ -69,6 +69,8 @@ pub struct SqliteWriter {
 struct CachedObject {
     state: Object,
     unsaved: u32,
+    /// Length of the stored snapshot's document (0: unknown, or none yet).
+    snapshot_bytes: usize,
     /// Position of the stored snapshot (0: none yet).
     snapshot_at: Position,
 }
@@ -77,9 +79,28 @@ struct CachedObject {
 /// join the deltas logged after it.
 const SNAPSHOT_EVERY: u32 = 64;
 
+/// Bytes of snapshot document written per operation, on average, for a large object: its
+/// snapshot is rewritten every `bytes / SNAPSHOT_BYTES_PER_OPERATION` operations instead, so
+/// an operation on a 10 MiB list does not cost 160 KiB of JSON.
+const SNAPSHOT_BYTES_PER_OPERATION: usize = 4096;
+
+/// Most operations between two snapshots of one object: a reader joins at most this many
+/// deltas after the snapshot.
+const SNAPSHOT_EVERY_MAX: u32 = 4096;
+
+/// Operations between two snapshots of an object whose last snapshot was `bytes` long.
+fn snapshot_interval(bytes: usize) -> u32 {
+    let by_size = u32::try_from(bytes / SNAPSHOT_BYTES_PER_OPERATION).unwrap_or(u32::MAX);
+    by_size.clamp(SNAPSHOT_EVERY, SNAPSHOT_EVERY_MAX)
+}
+
 /// Decoded objects kept by the writer at most; beyond, the cache starts over (a miss only
 /// costs reading the snapshot and the deltas after it).
 const OBJECTS_CACHED_MAX: usize = 4096;
+
+/// Total length of the cached objects' snapshot documents beyond which the cache starts over
+/// too; the objects of the transaction just committed stay, however large.
+const OBJECTS_CACHED_BYTES_MAX: usize = 64 << 20;
 
 /// Least time between two WAL checkpoints.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
@@ -503,7 +524,7 @@ fn apply_crdt(
         None => match read_object(tx, key) {
             // Unsaved deltas are unknown here; the next snapshot is written at once.
             Ok(Some((state, snapshot_at, _))) => {
-                Some(CachedObject { state, unsaved: SNAPSHOT_EVERY, snapshot_at })
+                Some(CachedObject { state, unsaved: SNAPSHOT_EVERY_MAX, snapshot_bytes: 0, snapshot_at })
             }
             Ok(None) => None,
             // One unreadable object refuses its own operations, not the whole transaction.
@@ -518,7 +539,8 @@ fn apply_crdt(
     let exists = found.is_some();
     let mut object = found.unwrap_or(CachedObject {
         state: Object::bottom(op.kind()),
-        unsaved: SNAPSHOT_EVERY,
+        unsaved: SNAPSHOT_EVERY_MAX,
+        snapshot_bytes: 0,
         snapshot_at: 0,
     });
     // A refused operation leaves the state as it was, so an existing object goes back
@@ -658,15 +680,12 @@ impl LogWriter for SqliteWriter {
                     let added = tx.last_insert_rowid();
                     let mut shipped = None;
                     if let Some((key, mut cached, delta)) = object_update {
-                        if cached.unsaved >= SNAPSHOT_EVERY {
+                        if cached.unsaved >= snapshot_interval(cached.snapshot_bytes) {
                             let state = &cached.state;
-                            object.execute(params![
-                                key,
-                                state.kind().name(),
-                                state.to_json().to_string(),
-                                added
-                            ])?;
+                            let document = state.to_json().to_string();
+                            object.execute(params![key, state.kind().name(), document, added])?;
                             cached.unsaved = 0;
+                            cached.snapshot_bytes = document.len();
                             // The deltas the previous snapshot already holds are needed no more
                             // (readers start from the snapshot, the new one or the previous):
                             // their bodies and channel index go, their ids stay for at-most-once.
@@ -734,10 +753,17 @@ impl LogWriter for SqliteWriter {
             }
         }
         tx.commit()?;
-        if cache.len() + staged.len() > OBJECTS_CACHED_MAX {
-            cache.clear();
+        if !staged.is_empty() {
+            let bytes = |objects: &HashMap<String, CachedObject>| -> usize {
+                objects.values().map(|o| o.snapshot_bytes).sum()
+            };
+            if cache.len() + staged.len() > OBJECTS_CACHED_MAX
+                || bytes(cache) + bytes(&staged) > OBJECTS_CACHED_BYTES_MAX
+            {
+                cache.clear();
+            }
+            cache.extend(staged);
         }
-        cache.extend(staged);
         if let Some(checkpointer) = &self.checkpointer {
             // Full means a checkpoint is already due.
             let _ = checkpointer.try_send(());

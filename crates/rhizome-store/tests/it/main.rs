@@ -487,3 +487,50 @@ fn snapshot_cleaning_keeps_what_goes_anywhere_but_the_objects_channel() {
     let on_channel = store.read_channel(&x, 0, 2, 10).expect("read");
     assert_eq!(on_channel.iter().map(|e| e.added).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+/// A large object's snapshot is rewritten every `document bytes / 4096` operations (at least
+/// 64, at most 4096), not every 64: an operation then costs about 4 KiB of snapshot, and the
+/// state read back (snapshot joined with the deltas after it) stays exact in between.
+#[test]
+fn a_large_objects_snapshot_is_rewritten_less_often() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let add = |i: usize| serde_json::json!({"type": "crdt/set/add", "key": "big", "elem": format!("element number {i:08} of a large set")});
+    let elements = 12_000;
+    let appends = (0..elements).map(|i| crdt_append(&format!("1 a:b:c {i}"), add(i))).collect();
+    w.commit(&mut [WriteBatch { appends, ..WriteBatch::default() }], 1).expect("commit");
+    let raw = rusqlite::Connection::open(store.path()).expect("open");
+    let snapshot = || -> (i64, usize) {
+        raw.query_row("SELECT position, length(state) FROM crdt_objects WHERE key = 'big'", [], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as usize))
+        })
+        .expect("snapshot")
+    };
+    let (at, bytes) = snapshot();
+    let interval = (bytes / 4096).clamp(64, 4096) as i64;
+    assert!(interval > 100, "the premise: a {bytes}-byte document is rewritten every {interval} operations");
+    // Operations one per commit: the snapshot moves exactly when `interval` operations
+    // followed the last one.
+    let mut position = elements as i64;
+    let mut count = elements;
+    while position < at + interval + 1 {
+        position += 1;
+        count += 1;
+        let id = format!("2 a:b:c {position}");
+        let done = w
+            .commit(
+                &mut [WriteBatch { appends: vec![crdt_append(&id, add(count))], ..WriteBatch::default() }],
+                2,
+            )
+            .expect("commit");
+        assert_eq!(done[0].outcomes[0], AppendOutcome::Added(position as u64));
+        let expected = if position <= at + interval { at } else { position };
+        assert_eq!(snapshot().0, expected, "after position {position}");
+        if position == at + interval {
+            // Between snapshots, readers join the logged deltas: the whole set.
+            let (object, last) = store.read_object("big").expect("read").expect("object");
+            assert_eq!(last, position as u64);
+            assert_eq!(object.to_json()["elems"].as_array().map(Vec::len), Some(count));
+        }
+    }
+}
