@@ -2,7 +2,8 @@
 //! delivery of deltas in a shuffled order with duplicates and pre-folded groups.
 
 use proptest::prelude::*;
-use rhizome_crdt::{fold, Lattice, NodeId};
+use rhizome_crdt::{fold, Lattice, NodeId, VersionVector};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 /// Up to `len` random steps over replicas `0..4` (taken modulo the replica count): three
@@ -216,6 +217,21 @@ pub fn partition<L: Replicated>(
         deliver(state, &deltas, &mut rng);
     }
     (halves, run)
+}
+
+/// A version vector as a map, without zero counters.
+pub fn as_map(vv: &VersionVector) -> BTreeMap<NodeId, u64> {
+    vv.iter().filter(|(_, c)| *c > 0).map(|(node, c)| (node.clone(), c)).collect()
+}
+
+/// The pointwise maximum of two vectors, computed here rather than by `VersionVector::join`.
+pub fn pointwise_max(a: &BTreeMap<NodeId, u64>, b: &BTreeMap<NodeId, u64>) -> BTreeMap<NodeId, u64> {
+    let mut out = a.clone();
+    for (node, c) in b {
+        let mine = out.entry(node.clone()).or_default();
+        *mine = (*mine).max(*c);
+    }
+    out
 }
 
 /// Checks the join laws on `a`, `b`, `c`: commutative, associative, idempotent, and

@@ -5,7 +5,7 @@
 //! vector) are dense, a delta since a vector is what a replica lacks, and the visible values
 //! match `crdts::List`'s.
 
-use crate::delivery::{self, check_fold, node, partition, Replicated, Run};
+use crate::delivery::{self, as_map, check_fold, node, partition, pointwise_max, Replicated, Run};
 use proptest::prelude::*;
 use rhizome_crdt::{fold, Dot, Lattice, NodeId, Object, Rga, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -350,21 +350,6 @@ fn list_vv(list: &Rga<u32>) -> VersionVector {
     let elems = list.elements().map(|e| (e.id.clone(), e.origin.cloned(), e.seq, serde_json::json!(e.value)));
     let doc = Rga::from_parts(elems.collect::<Vec<_>>(), list.tombstones().cloned().collect::<Vec<_>>());
     Object::List(Box::new(doc.expect("a list's own parts"))).version_vector()
-}
-
-/// A version vector as a map, without zero counters.
-fn as_map(vv: &VersionVector) -> BTreeMap<NodeId, u64> {
-    vv.iter().filter(|(_, c)| *c > 0).map(|(node, c)| (node.clone(), c)).collect()
-}
-
-/// The pointwise maximum of two vectors, computed here rather than by `VersionVector::join`.
-fn pointwise_max(a: &BTreeMap<NodeId, u64>, b: &BTreeMap<NodeId, u64>) -> BTreeMap<NodeId, u64> {
-    let mut out = a.clone();
-    for (node, c) in b {
-        let mine = out.entry(node.clone()).or_default();
-        *mine = (*mine).max(*c);
-    }
-    out
 }
 
 /// Per node, the counters of the elements `list` holds, tombstoned or not.
