@@ -2,7 +2,8 @@
 //! delivery of deltas in a shuffled order with duplicates and pre-folded groups.
 
 use proptest::prelude::*;
-use rhizome_crdt::{fold, Lattice, NodeId};
+use rhizome_crdt::{fold, Lattice, NodeId, VersionVector};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 /// Up to `len` random steps over replicas `0..4` (taken modulo the replica count): three
@@ -195,13 +196,13 @@ pub fn within_groups<Op: Clone>(steps: &[Step<Op>], replicas: usize) -> Vec<Step
 /// The partition scenario: both halves play `before` (their syncs kept within each half),
 /// each replica receives every delta of its own half, then `after` is played the same way,
 /// and finally every replica receives every delta. Returns the states after the first
-/// exchange and at the end.
+/// exchange, and the run at the end (its states and every local op).
 pub fn partition<L: Replicated>(
     replicas: usize,
     before: &[Step<L::Op>],
     after: &[Step<L::Op>],
     seed: u64,
-) -> (Vec<L>, Vec<L>) {
+) -> (Vec<L>, Run<L>) {
     let mut run = Run::<L>::new(replicas);
     let mut rng = Rng::new(seed);
     run.play(&within_groups(before, replicas));
@@ -215,7 +216,22 @@ pub fn partition<L: Replicated>(
     for state in &mut run.states {
         deliver(state, &deltas, &mut rng);
     }
-    (halves, run.states)
+    (halves, run)
+}
+
+/// A version vector as a map, without zero counters.
+pub fn as_map(vv: &VersionVector) -> BTreeMap<NodeId, u64> {
+    vv.iter().filter(|(_, c)| *c > 0).map(|(node, c)| (node.clone(), c)).collect()
+}
+
+/// The pointwise maximum of two vectors, computed here rather than by `VersionVector::join`.
+pub fn pointwise_max(a: &BTreeMap<NodeId, u64>, b: &BTreeMap<NodeId, u64>) -> BTreeMap<NodeId, u64> {
+    let mut out = a.clone();
+    for (node, c) in b {
+        let mine = out.entry(node.clone()).or_default();
+        *mine = (*mine).max(*c);
+    }
+    out
 }
 
 /// Checks the join laws on `a`, `b`, `c`: commutative, associative, idempotent, and
@@ -310,7 +326,8 @@ macro_rules! generic_laws {
                     after in steps($op, 20),
                     seed in any::<u64>(),
                 ) {
-                    let (halves, states) = partition::<$ty>(replicas, &before, &after, seed);
+                    let (halves, run) = partition::<$ty>(replicas, &before, &after, seed);
+                    let states = run.states;
                     let split = replicas / 2;
                     for (r, state) in halves.iter().enumerate() {
                         let first = if r < split { 0 } else { split };
