@@ -16,6 +16,7 @@
 mod causal;
 mod counter;
 mod delta;
+mod dotset;
 mod list;
 mod map;
 pub mod object;

@@ -77,12 +77,11 @@ pub fn join_causal<S: DotStore>(
     context.join(other_context);
 }
 
-/// A set of dots: the store of an add-wins flag, and per element of an ORSWOT.
-pub type DotSet = BTreeSet<Dot>;
+pub use crate::dotset::DotSet;
 
 impl DotStore for DotSet {
     fn is_empty(&self) -> bool {
-        BTreeSet::is_empty(self)
+        DotSet::is_empty(self)
     }
 
     fn dots_into(&self, out: &mut Vec<Dot>) {
