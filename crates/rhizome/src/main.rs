@@ -20,17 +20,50 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(feature = "mimalloc")]
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Milliseconds before mimalloc returns freed pages to the OS: none, it returns them when they
-/// become free. A delay is checked only when the same thread allocates again, so after a
-/// connection burst a quiet worker kept the burst's freed pages resident: about 0.3 KiB per
-/// idle connection at 2,000 with mimalloc's default (1 s), and still about 0.2 KiB with 10 ms.
-/// Returning them at once cost no measurable CPU per action in `rhizome bench`.
+/// Milliseconds before mimalloc returns freed pages to the OS. Returning them at once (0) made
+/// a busy server fault the same pages back in for every batch of actions (page faults were
+/// about 5% of a connection worker's time under load). A delay is checked only when the same
+/// thread calls the allocator again, so a worker that goes quiet after a connection burst
+/// would keep the burst's freed pages resident (about 0.2 KiB per idle connection at 2,000
+/// with 10 ms, 0.4 with 100 ms): [`collect_on_park`] makes each worker collect them when it
+/// goes idle, which keeps idle memory where returning pages at once did (1.79–1.88 KiB per
+/// connection in five runs of scenario d, against 1.82–1.88). Five alternated runs of
+/// `bench/run.sh` gave scenario b 357k against 339k actions/s on average, with 0.64 against
+/// 0.70 s of server CPU.
 ///
 /// Only for `rhizome serve`: the simulator's thousand clients allocate and free all the time,
-/// and pages returned at once came back as page faults (twice as many, about 5% more CPU time
-/// per storm).
+/// and its own default (1 s) suits it.
 #[cfg(feature = "mimalloc")]
-const PURGE_DELAY_MS: std::ffi::c_long = 0;
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+/// Least time between two collections by one worker thread.
+#[cfg(feature = "mimalloc")]
+const COLLECT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Run by each runtime worker when it parks: at most every [`COLLECT_INTERVAL`], returns the
+/// thread's freed pages whose [`PURGE_DELAY_MS`] passed to the OS. A quiet server's workers
+/// still wake (the deadline ticker), so the pages freed just before a worker went quiet go at
+/// its next wake.
+#[cfg(feature = "mimalloc")]
+#[allow(unsafe_code)]
+fn collect_on_park() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    if LAST.get().is_some_and(|last| now.duration_since(last) < COLLECT_INTERVAL) {
+        return;
+    }
+    LAST.set(Some(now));
+    // SAFETY: `mi_collect` takes no pointers; it only walks and trims the calling thread's
+    // own heap, which mimalloc allows at any time outside an allocator call.
+    unsafe { libmimalloc_sys::mi_collect(false) };
+}
+
+#[cfg(not(feature = "mimalloc"))]
+fn collect_on_park() {}
 
 /// Sets mimalloc's options for the server, unless the environment sets them
 /// (`MIMALLOC_PURGE_DELAY`); runs in `main` before any other thread exists.
@@ -103,8 +136,11 @@ fn main() -> anyhow::Result<()> {
             };
             let workers = args.workers.or(file.server.workers).unwrap_or_else(default_workers);
             anyhow::ensure!(workers > 0, "workers must be at least 1");
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .on_thread_park(collect_on_park)
+                .enable_all()
+                .build()?;
             runtime.block_on(serve(args, file))
         }
         Command::Bench(args) => {
