@@ -7,6 +7,7 @@ pub mod config;
 mod conn_map;
 mod handshake;
 mod http;
+mod http_sync;
 mod hub;
 pub mod jwt;
 mod outbox;
@@ -24,7 +25,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use rhizome_core::{App, HandshakeConfig, Limits};
 use rhizome_protocol::NodeId;
@@ -136,7 +137,11 @@ impl Server {
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(tick(shared.clone()));
-        let router = Router::new().route("/health", get(health)).fallback(upgrade).with_state(shared.clone());
+        let router = Router::new()
+            .route("/health", get(health))
+            .route("/v1/push", post(http_sync::push))
+            .fallback(upgrade)
+            .with_state(shared.clone());
         let (done_tx, done) = oneshot::channel();
         let shared_for_accept = shared.clone();
         tokio::spawn(async move {

@@ -1,0 +1,355 @@
+//! Logux over plain HTTP, without a WebSocket: `POST /v1/push` (see `docs/http.md`).
+//!
+//! A push request is one short-lived protocol-5 session: its body becomes a `connect` and a
+//! `sync` frame, which go through the same connection state machine
+//! ([`rhizome_core::Connection`]) and the same [`Pipeline`] as a WebSocket's. So an action
+//! pushed over HTTP meets the same meta rules, authentication, access and resend hooks,
+//! durability (answered only once committed) and at-most-once processing; a retried request
+//! gets the same answers and processes nothing twice. The answers the pipeline queues for the
+//! session are read back into the response.
+
+use crate::hub::ConnIdentity;
+use crate::outbox::Outbox;
+use crate::pipeline::{Pipeline, PipelineParts};
+use crate::shared::Shared;
+use crate::writer::now_ms;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rhizome_core::{Connection, Output, Status};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a push waits for the outcome of actions whose `process` is still running; those
+/// not done by then are answered `accepted` (durable, outcome to come: push them again).
+const OUTCOME_WAIT: Duration = Duration::from_secs(20);
+
+/// How often a push looks up the outcome of an action processed elsewhere (a re-sent id whose
+/// first copy is still being processed, or a failed `process`, whose undo goes to the log).
+const OUTCOME_POLL: Duration = Duration::from_millis(50);
+
+/// The body of `POST /v1/push`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    /// The client's node id, `<user>:<client>[:<tab>]`.
+    node: String,
+    /// The application's protocol version; the server's own when absent.
+    #[serde(default)]
+    subprotocol: Option<u64>,
+    /// Logux headers, as a WebSocket client's `connect` carries them.
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    /// The actions, in the client's order.
+    actions: Vec<PushedAction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushedAction {
+    action: Value,
+    meta: Value,
+}
+
+/// A refused request: its HTTP status and a machine-readable `error` (the Logux error types
+/// where one applies) with a human-readable `message`.
+fn refuse(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+    let body = json!({"error": error, "message": message.into()});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// `POST /v1/push`: appends the actions durably, runs them through the pipeline and answers
+/// each one's outcome, in the order pushed.
+pub async fn push(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let Ok(token) = bearer(request.headers()) else {
+        let message = "the Authorization header must be `Bearer <token>`";
+        return refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message);
+    };
+    let limit = shared.limits.frame_bytes_max;
+    let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let message = format!("the body is over frame_bytes_max ({limit} bytes) or was cut short");
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message);
+        }
+    };
+    let body: PushBody = match serde_json::from_slice(&bytes) {
+        Ok(body) => body,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string()),
+    };
+    let ids: Vec<String> = match body.actions.iter().map(|a| full_id(&a.meta)).collect() {
+        Some(ids) => ids,
+        None => {
+            let message = "every meta needs an `id`: a full action id string \"<ms> <node> <seq>\"";
+            return refuse(StatusCode::BAD_REQUEST, "wrong-format", message);
+        }
+    };
+    let mut options = Map::new();
+    if let Some(token) = token {
+        options.insert("token".into(), Value::String(token));
+    }
+    let subprotocol = body.subprotocol.unwrap_or(shared.config.subprotocol);
+    options.insert("subprotocol".into(), subprotocol.into());
+    if let Some(headers) = body.headers {
+        options.insert("headers".into(), Value::Object(headers));
+    }
+    let connect = json!(["connect", rhizome_protocol::PROTOCOL, body.node, 0, options]).to_string();
+    let session = Session::new(shared.clone(), peer);
+    match session.run(&connect, body.actions, &ids).await {
+        Ok(results) => {
+            let body = json!({"results": results});
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if any; `Err` for another scheme.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, ()> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("");
+    match text.strip_prefix("Bearer ") {
+        Some(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
+        _ => Err(()),
+    }
+}
+
+/// The actions as a protocol-5 `sync` frame of a session whose `baseTime` is `base_time`:
+/// each meta's full `id` as `[ms - baseTime, node, seq]` and its `time` as `time - baseTime`.
+/// Anything else in the meta goes as it is, for the protocol's checks.
+fn sync_frame(actions: Vec<PushedAction>, base_time: i64) -> String {
+    let mut frame = vec![json!("sync"), json!(1)];
+    for PushedAction { action, mut meta } in actions {
+        if let Some(id) = meta.get("id").and_then(Value::as_str).and_then(rhizome_protocol::ActionId::parse) {
+            meta["id"] = json!([id.ms - base_time, id.node.as_str(), id.seq]);
+        }
+        if let Some(time) = meta.get("time").and_then(Value::as_i64) {
+            meta["time"] = json!(time - base_time);
+        }
+        frame.push(action);
+        frame.push(meta);
+    }
+    Value::Array(frame).to_string()
+}
+
+/// A meta's `id` when it is a full id string.
+fn full_id(meta: &Value) -> Option<String> {
+    let id = meta.get("id")?.as_str()?;
+    rhizome_protocol::ActionId::parse(id).map(|_| id.to_owned())
+}
+
+/// One push request's protocol session.
+struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    outbox: Arc<Outbox>,
+    /// Frames the connection state machine sent (an `error` before a refusal).
+    sent: Vec<String>,
+    /// The `baseTime` of the session, once authenticated.
+    base_time: Option<i64>,
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>, peer: SocketAddr) -> Session {
+        // Answers only: the session is not registered with the hub, so no channel or
+        // targeted delivery reaches this outbox.
+        let outbox = Arc::new(Outbox::new(usize::MAX));
+        Session { shared, peer, outbox, sent: Vec::new(), base_time: None }
+    }
+
+    /// Feeds the `connect` frame, then the actions as one `sync` frame, and returns each
+    /// action's outcome, in `ids` order.
+    async fn run(
+        mut self,
+        connect: &str,
+        actions: Vec<PushedAction>,
+        ids: &[String],
+    ) -> Result<Vec<Value>, Response> {
+        let mut connection =
+            Connection::new(self.shared.config.clone(), self.shared.limits.clone(), now_ms());
+        let mut pipeline: Option<Pipeline> = None;
+        let mut out = Vec::new();
+        connection.on_frame(connect, now_ms(), &mut out);
+        self.handle(&mut connection, &mut pipeline, out).await?;
+        let (Some(base_time), Some(_)) = (self.base_time, &pipeline) else {
+            return Err(self.refusal());
+        };
+        let mut out = Vec::new();
+        connection.on_frame(&sync_frame(actions, base_time), now_ms(), &mut out);
+        self.handle(&mut connection, &mut pipeline, out).await?;
+        Ok(self.outcomes(ids).await)
+    }
+
+    /// Carries out the connection's outputs, as a WebSocket session does.
+    async fn handle(
+        &mut self,
+        connection: &mut Connection,
+        pipeline: &mut Option<Pipeline>,
+        out: Vec<Output>,
+    ) -> Result<(), Response> {
+        let mut queue: std::collections::VecDeque<Output> = out.into();
+        while let Some(output) = queue.pop_front() {
+            match output {
+                Output::Send(frame) => self.sent.push(frame),
+                Output::Authenticate(request) => {
+                    let accepted = if self.shared.auth_blocked(self.peer.ip()) {
+                        tracing::info!(peer = %self.peer, "HTTP push refused: too many failures");
+                        false
+                    } else {
+                        let ok = self.shared.app.authenticator().authenticate(&request).await;
+                        if !ok {
+                            self.shared.auth_failed(self.peer.ip());
+                        }
+                        ok
+                    };
+                    let mut more = Vec::new();
+                    let now = now_ms();
+                    connection.auth_finished(accepted, now, &mut more);
+                    if accepted {
+                        // The session's `baseTime`: ids and times of its `sync` are sent
+                        // relative to it, as a WebSocket client's are.
+                        self.base_time = Some(now);
+                    }
+                    queue.extend(more);
+                }
+                Output::Authenticated(identity) => {
+                    let shared_identity = Arc::new(ConnIdentity {
+                        node_id: identity.node_id,
+                        client_id: identity.client_id,
+                        user_id: identity.user_id,
+                        codec: identity.codec,
+                    });
+                    let parts = PipelineParts {
+                        conn: self.shared.next_conn_id(),
+                        identity: shared_identity,
+                        subprotocol: identity.subprotocol,
+                        headers: identity.headers,
+                        outbox: self.outbox.clone(),
+                    };
+                    *pipeline = Some(Pipeline::new(self.shared.clone(), parts));
+                }
+                Output::Sync { added, actions } => {
+                    let Some(pipeline) = pipeline.as_ref() else { continue };
+                    let mut pending = pipeline.accept(added, actions).await;
+                    let committed = std::future::poll_fn(|cx| pending.poll_committed(cx)).await;
+                    let finished = match committed {
+                        Ok(committed) => pipeline.finish(pending, committed).await,
+                        Err(e) => Err(e),
+                    };
+                    if finished.is_err() {
+                        // Nothing of the request is acknowledged: the client pushes it again.
+                        return Err(refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "storage",
+                            "the actions could not be stored; push them again",
+                        ));
+                    }
+                }
+                Output::Synced(_) | Output::Pong | Output::Ping => {}
+                Output::Close(_) => return Err(self.refusal()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The response to a session the protocol refused, from the `error` frame it sent.
+    fn refusal(&self) -> Response {
+        let error = self.sent.iter().find_map(|frame| {
+            let value: Value = serde_json::from_str(frame).ok()?;
+            (value.get(0)? == "error").then_some(value)
+        });
+        let Some(error) = error else {
+            return refuse(StatusCode::BAD_REQUEST, "wrong-format", "the request was refused");
+        };
+        let kind = error.get(1).and_then(Value::as_str).unwrap_or("wrong-format");
+        let detail = error.get(2).map(Value::to_string).unwrap_or_default();
+        let status = match kind {
+            "wrong-credentials" => StatusCode::UNAUTHORIZED,
+            "wrong-protocol" | "wrong-subprotocol" => StatusCode::BAD_REQUEST,
+            "timeout" => StatusCode::REQUEST_TIMEOUT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match kind {
+            "wrong-credentials" => "the token does not authenticate this node".to_owned(),
+            "wrong-subprotocol" => format!("this subprotocol is not supported: {detail}"),
+            "wrong-protocol" => format!("this protocol is not supported: {detail}"),
+            other => format!("{other} {detail}").trim().to_owned(),
+        };
+        refuse(status, kind, message)
+    }
+
+    /// Each id's outcome: its `logux/processed` or `logux/undo` from the outbox, else what
+    /// the log records once it is decided, else `accepted` after [`OUTCOME_WAIT`].
+    async fn outcomes(&self, ids: &[String]) -> Vec<Value> {
+        let mut answers: HashMap<String, Value> = HashMap::new();
+        self.outbox.drain_each(|frame| read_answers(&frame, &mut answers));
+        let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
+        loop {
+            let missing: Vec<&String> = ids.iter().filter(|id| !answers.contains_key(*id)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            for id in missing {
+                let store = self.shared.store.clone();
+                let owned = id.clone();
+                let status = tokio::task::spawn_blocking(move || store.status_of(&owned)).await;
+                match status {
+                    Ok(Ok(Some(Status::Processed))) => {
+                        answers.insert(id.clone(), json!({"id": id, "status": "processed"}));
+                    }
+                    Ok(Ok(Some(Status::Undone(reason)))) => {
+                        answers.insert(id.clone(), json!({"id": id, "status": "undone", "reason": reason}));
+                    }
+                    _ => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(OUTCOME_POLL).await;
+            self.outbox.drain_each(|frame| read_answers(&frame, &mut answers));
+        }
+        ids.iter()
+            .map(|id| answers.get(id).cloned().unwrap_or_else(|| json!({"id": id, "status": "accepted"})))
+            .collect()
+    }
+}
+
+/// Records the `logux/processed` and `logux/undo` answers of a `sync` frame by action id.
+fn read_answers(frame: &str, answers: &mut HashMap<String, Value>) {
+    let Ok(Value::Array(parts)) = serde_json::from_str::<Value>(frame) else { return };
+    if parts.first().and_then(Value::as_str) != Some("sync") {
+        return;
+    }
+    for action in parts.iter().skip(2).step_by(2) {
+        let Some(id) = action.get("id").and_then(Value::as_str) else { continue };
+        let result = match action.get("type").and_then(Value::as_str) {
+            Some("logux/processed") => json!({"id": id, "status": "processed"}),
+            Some("logux/undo") => {
+                let mut result = json!({"id": id, "status": "undone", "undo": action});
+                if let Some(reason) = action.get("reason") {
+                    result["reason"] = reason.clone();
+                }
+                result
+            }
+            _ => continue,
+        };
+        answers.insert(id.to_owned(), result);
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("peer", &self.peer).finish()
+    }
+}
