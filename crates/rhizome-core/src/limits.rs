@@ -41,6 +41,11 @@ pub struct Limits {
     /// registration are released, and its socket waits in one shared poller until it has input,
     /// output or a timer. A parked connection costs its protocol state only.
     pub park_after: Duration,
+    /// Most actions one HTTP pull answers with; a client that was away pages through the rest.
+    pub pull_actions_max: usize,
+    /// Longest an HTTP pull with nothing to answer is held open (long-poll), whatever its
+    /// `wait` asks for.
+    pub long_poll: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +66,8 @@ impl Default for Limits {
             timeout: Duration::from_secs(70),
             write_timeout: Duration::from_secs(30),
             park_after: Duration::from_secs(1),
+            pull_actions_max: 1000,
+            long_poll: Duration::from_secs(25),
         }
     }
 }

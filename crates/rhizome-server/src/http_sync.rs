@@ -16,7 +16,7 @@ use crate::writer::now_ms;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rhizome_core::{Connection, Output, Status};
+use rhizome_core::{Connection, Context, Output, Position, Status, StoredEntry};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -157,6 +157,8 @@ struct Session {
     sent: Vec<String>,
     /// The `baseTime` of the session, once authenticated.
     base_time: Option<i64>,
+    /// Who the client is, once authenticated, as the application's hooks see it.
+    context: Option<Context>,
 }
 
 impl Session {
@@ -164,7 +166,7 @@ impl Session {
         // Answers only: the session is not registered with the hub, so no channel or
         // targeted delivery reaches this outbox.
         let outbox = Arc::new(Outbox::new(usize::MAX));
-        Session { shared, peer, outbox, sent: Vec::new(), base_time: None }
+        Session { shared, peer, outbox, sent: Vec::new(), base_time: None, context: None }
     }
 
     /// Feeds the `connect` frame, then the actions as one `sync` frame, and returns each
@@ -223,6 +225,13 @@ impl Session {
                     queue.extend(more);
                 }
                 Output::Authenticated(identity) => {
+                    self.context = Some(Context {
+                        user_id: identity.user_id.clone(),
+                        client_id: identity.client_id.clone(),
+                        node_id: identity.node_id.clone(),
+                        subprotocol: identity.subprotocol,
+                        headers: identity.headers.clone(),
+                    });
                     let shared_identity = Arc::new(ConnIdentity {
                         node_id: identity.node_id,
                         client_id: identity.client_id,
@@ -352,4 +361,240 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("peer", &self.peer).finish()
     }
+}
+
+/// The body of `POST /v1/pull`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullBody {
+    node: String,
+    #[serde(default)]
+    subprotocol: Option<u64>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    /// The channels the client follows, each checked by its subscribe rules.
+    #[serde(default)]
+    channels: Vec<String>,
+    /// Where the previous pull ended; absent on a client's first pull.
+    #[serde(default)]
+    cursor: Option<String>,
+    /// Most actions wanted (at most the server's `pull_actions_max`).
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Seconds to hold the request open when there is nothing new (at most the server's
+    /// `long_poll`); 0 or absent answers at once.
+    #[serde(default)]
+    wait: Option<f64>,
+}
+
+/// `POST /v1/pull`: what the client has not seen yet on its channels and addressed to it, in
+/// log order, from its cursor, at most a page; held open up to `wait` seconds when there is
+/// nothing.
+pub async fn pull(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let Ok(token) = bearer(request.headers()) else {
+        let message = "the Authorization header must be `Bearer <token>`";
+        return refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message);
+    };
+    let limit = shared.limits.frame_bytes_max;
+    let Ok(bytes) = axum::body::to_bytes(request.into_body(), limit).await else {
+        let message = format!("the body is over frame_bytes_max ({limit} bytes) or was cut short");
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message);
+    };
+    let body: PullBody = match serde_json::from_slice(&bytes) {
+        Ok(body) => body,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string()),
+    };
+    let page = body.limit.unwrap_or(usize::MAX).clamp(1, shared.limits.pull_actions_max);
+    let wait = match body.wait {
+        None => Duration::ZERO,
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::from_secs_f64(secs).min(shared.limits.long_poll)
+        }
+        Some(_) => {
+            return refuse(StatusCode::BAD_REQUEST, "wrong-format", "`wait` must be seconds, 0 or more")
+        }
+    };
+    let mut options = Map::new();
+    if let Some(token) = token {
+        options.insert("token".into(), Value::String(token));
+    }
+    options.insert("subprotocol".into(), body.subprotocol.unwrap_or(shared.config.subprotocol).into());
+    if let Some(headers) = body.headers {
+        options.insert("headers".into(), Value::Object(headers));
+    }
+    let connect = json!(["connect", rhizome_protocol::PROTOCOL, body.node, 0, options]).to_string();
+    let mut session = Session::new(shared.clone(), peer);
+    let mut connection = Connection::new(shared.config.clone(), shared.limits.clone(), now_ms());
+    let mut out = Vec::new();
+    connection.on_frame(&connect, now_ms(), &mut out);
+    if let Err(refusal) = session.handle(&mut connection, &mut None, out).await {
+        return refusal;
+    }
+    let Some(ctx) = session.context.take() else {
+        return session.refusal();
+    };
+    let mut channels = Vec::with_capacity(body.channels.len());
+    for name in body.channels {
+        if let Err(refusal) = may_follow(&shared, &ctx, &name).await {
+            return refusal;
+        }
+        channels.push(rhizome_protocol::Channel::from(name));
+    }
+    let last = match read(&shared, |store| store.last_position()).await {
+        Ok(last) => last,
+        Err(refusal) => return refusal,
+    };
+    // No cursor: from now on, as a subscription without `since` (objects come whole).
+    let after = match body.cursor.as_deref().map(str::parse::<Position>) {
+        None => None,
+        Some(Ok(cursor)) if cursor <= last => Some(cursor),
+        Some(_) => {
+            let message = format!("the cursor must be one this server gave (at most {last})");
+            return refuse(StatusCode::BAD_REQUEST, "bad-cursor", message);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut committed = shared.committed.subscribe();
+    let mut from = after;
+    loop {
+        let answer = match read_page(&shared, &ctx, &channels, from, page).await {
+            Ok(answer) => answer,
+            Err(refusal) => return refusal,
+        };
+        let empty = answer.actions.is_empty();
+        if !empty || tokio::time::Instant::now() >= deadline {
+            let body =
+                json!({"cursor": answer.cursor.to_string(), "actions": answer.actions, "more": answer.more});
+            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+                .into_response();
+        }
+        // Nothing yet: wait for a commit past what was read, then read again.
+        from = Some(answer.cursor);
+        let through = answer.cursor;
+        let woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)).await;
+        if !matches!(woke, Ok(Ok(_))) {
+            let body = json!({"cursor": answer.cursor.to_string(), "actions": [], "more": false});
+            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+                .into_response();
+        }
+    }
+}
+
+/// Whether the client of `ctx` may follow `name`: the channel's subscribe rules, as for a
+/// `logux/subscribe`.
+async fn may_follow(shared: &Shared, ctx: &Context, name: &str) -> Result<(), Response> {
+    let Some((rules, params)) = shared.app.find_channel(name) else {
+        return Err(refuse(StatusCode::BAD_REQUEST, "wrongChannel", format!("no channel {name}")));
+    };
+    let rules = rules.clone();
+    let subscribe = json!({"type": "logux/subscribe", "channel": name}).to_string();
+    let Some(action) = rhizome_protocol::Action::from_json(&subscribe) else {
+        return Err(refuse(StatusCode::BAD_REQUEST, "wrongChannel", format!("no channel {name}")));
+    };
+    let id = shared.next_server_id();
+    let meta = rhizome_core::Meta { time: id.ms, id, subprotocol: ctx.subprotocol };
+    match rules.access(ctx, &params, &action, &meta).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            Err(refuse(StatusCode::FORBIDDEN, "denied", format!("{name} is not readable by this user")))
+        }
+        Err(e) => Err(refuse(StatusCode::FORBIDDEN, e.reason(), format!("{name}: {}", e.reason()))),
+    }
+}
+
+/// Runs a read of the log off the async runtime.
+async fn read<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&dyn rhizome_store::Store) -> Result<T, rhizome_store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || f(&*store)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "an HTTP pull could not read the log");
+            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "storage", "the log could not be read; pull again"))
+        }
+        Err(_) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "storage", "the read failed; pull again")),
+    }
+}
+
+/// One page of a pull.
+struct Page {
+    actions: Vec<Value>,
+    cursor: Position,
+    more: bool,
+}
+
+/// The actions after `after` (none given: from now on) that the client follows or that are
+/// addressed to it, oldest first, at most `page`; the cursor the next pull goes on from.
+async fn read_page(
+    shared: &Shared,
+    ctx: &Context,
+    channels: &[rhizome_protocol::Channel],
+    after: Option<Position>,
+    page: usize,
+) -> Result<Page, Response> {
+    let channels = channels.to_vec();
+    let node = ctx.node_id.clone();
+    let client = ctx.client_id.clone();
+    let ids = shared.next_server_id();
+    read(shared, move |store| {
+        let upto = store.last_position()?;
+        let mut entries: Vec<StoredEntry> = Vec::new();
+        // The lowest position up to which every source was read whole.
+        let mut complete = upto;
+        let mut objects = Vec::new();
+        let start = after.unwrap_or(upto);
+        for channel in &channels {
+            if let Some(key) = channel.as_str().strip_prefix(crate::pipeline::CRDT_CHANNEL_PREFIX) {
+                // An object: one delta, the join of what was logged after the cursor (the whole
+                // state without one), whatever snapshots cleaned meanwhile.
+                let (object, _) = store.catch_up_object(key, after.unwrap_or(0))?;
+                if let Some(object) = object.filter(|o| !o.is_bottom()) {
+                    objects.push(rhizome_crdt::delta_action(key, &object));
+                }
+                continue;
+            }
+            let read = store.read_channel(channel, start, upto, page)?;
+            if read.len() == page {
+                complete = complete.min(read.last().map_or(upto, |e| e.added));
+            }
+            let author_excluded = read
+                .into_iter()
+                .filter(|e| e.id.client_id() != client && !e.routing.exclude_clients.contains(&client));
+            entries.extend(author_excluded);
+        }
+        let (targeted, examined) = store.read_targeted(&node, start, upto, page)?;
+        complete = complete.min(examined.max(start));
+        entries.extend(targeted);
+        entries.sort_by_key(|e| e.added);
+        entries.dedup_by_key(|e| e.added);
+        entries.retain(|e| e.added <= complete);
+        // Every entry up to `complete` is in `entries`: the cursor goes there, or to the last
+        // entry of a full page.
+        let cursor = if entries.len() > page {
+            entries.truncate(page);
+            entries.last().map_or(complete, |e| e.added)
+        } else {
+            complete
+        };
+        let more = cursor < upto;
+        let mut actions = Vec::with_capacity(objects.len() + entries.len());
+        for json in objects {
+            let action: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
+            actions.push(json!({"action": action, "meta": {"id": ids.to_string(), "time": ids.ms}}));
+        }
+        for e in entries {
+            let action: Value = serde_json::from_str(&e.action_json).unwrap_or(Value::Null);
+            actions.push(
+                json!({"action": action, "meta": {"id": e.id.to_string(), "time": e.time, "added": e.added}}),
+            );
+        }
+        Ok(Page { actions, cursor, more })
+    })
+    .await
 }

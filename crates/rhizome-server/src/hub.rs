@@ -188,7 +188,11 @@ pub async fn run(
 impl Hub {
     fn handle(&mut self, message: HubMessage) {
         match message {
-            HubMessage::Committed(entries) => self.route(entries.iter().flatten()),
+            HubMessage::Committed(entries) => {
+                self.route(entries.iter().flatten());
+                // HTTP long-polls wait for this: their reads see everything up to it.
+                self.shared.committed.send_replace(self.position);
+            }
             HubMessage::Register { conn, identity, outbox, synced } => {
                 self.register(conn, identity, outbox, synced)
             }

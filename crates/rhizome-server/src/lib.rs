@@ -128,6 +128,7 @@ impl Server {
             .name("rhizome-writer".into())
             .spawn(move || writer::run(writer, writer_rx, hub_for_writer))
             .map_err(StartError::Thread)?;
+        shared.committed.send_replace(position);
         tokio::spawn(hub::run(shared.clone(), position, hub_tx, hub_rx));
 
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -140,6 +141,7 @@ impl Server {
         let router = Router::new()
             .route("/health", get(health))
             .route("/v1/push", post(http_sync::push))
+            .route("/v1/pull", post(http_sync::pull))
             .fallback(upgrade)
             .with_state(shared.clone());
         let (done_tx, done) = oneshot::channel();

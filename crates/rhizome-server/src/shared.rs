@@ -42,6 +42,8 @@ pub struct Shared {
     open_connections: AtomicUsize,
     /// Notified whenever a connection closes.
     connection_closed: tokio::sync::Notify,
+    /// The log position the hub has routed up to: HTTP long-polls wait for it to pass theirs.
+    pub committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -102,6 +104,7 @@ impl Shared {
             parking,
             open_connections: AtomicUsize::new(0),
             connection_closed: tokio::sync::Notify::new(),
+            committed: tokio::sync::watch::Sender::new(0),
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One HTTP/1.1 request on its own connection; returns the status and the JSON body.
-async fn request(
+pub async fn request(
     addr: SocketAddr,
     path: &str,
     authorization: Option<&str>,
@@ -52,11 +52,11 @@ async fn push(
 }
 
 /// Full ids of `node`, from `ms` on.
-fn meta(node: &str, ms: i64) -> Value {
+pub fn meta(node: &str, ms: i64) -> Value {
     json!({"id": format!("{ms} {node} 0"), "time": ms})
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -1,0 +1,243 @@
+//! `POST /v1/pull`: what a client missed on its channels, paged from a cursor, and a
+//! long-poll that answers as soon as something arrives; over real sockets, with WebSocket
+//! clients on the other side.
+
+use crate::http_push::{meta, now_ms, request};
+use crate::support::{token, token_expired, TestServer, DEFAULT_LIMITS};
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// `POST /v1/pull` as `node` with `user`'s token.
+async fn pull(server: &TestServer, node: &str, user: &str, body: Value) -> Result<(u16, Value)> {
+    let mut body = body;
+    body["node"] = json!(node);
+    request(server.addr, "/v1/pull", Some(&format!("Bearer {}", token(user))), &body.to_string()).await
+}
+
+/// The `n` of every `inc` in a pull's answer.
+fn incs(answer: &Value) -> Vec<i64> {
+    answer["actions"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|a| a["action"]["type"] == "inc")
+                .filter_map(|a| a["action"]["n"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_client_away_pages_through_a_hundred_thousand_missed_actions() -> Result<()> {
+    let limits = format!("{DEFAULT_LIMITS}\npull_actions_max = 1000\n")
+        .replace("frame_bytes_max = 65536", "frame_bytes_max = 16777216")
+        .replace("actions_per_sync_max = 100", "actions_per_sync_max = 100000");
+    let server = TestServer::start(&limits).await?;
+    // Bob starts following the channel, then goes away.
+    let (status, first) = pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/far"]})).await?;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["actions"], json!([]), "no history without a cursor");
+    let cursor = first["cursor"].clone();
+    // Alice, over a WebSocket, sends 100,000 actions in one sync while bob is away.
+    let mut alice = server.login("alice:a1:t1").await?;
+    let mut message = String::from("[\"sync\",1");
+    for i in 0..100_000 {
+        message.push_str(&format!(
+            ",{{\"type\":\"inc\",\"id\":\"far\",\"n\":{i}}},{{\"id\":[1,{i}],\"time\":1}}"
+        ));
+    }
+    message.push(']');
+    alice.send(message).await?;
+    alice.until_within(Duration::from_secs(90), |m| *m == json!(["synced", 1])).await?;
+
+    let mut cursor = cursor;
+    let mut got = Vec::new();
+    let mut pages = 0;
+    let mut largest = 0;
+    loop {
+        let body = json!({"channels": ["counter/far"], "cursor": cursor});
+        let (status, page) = pull(&server, "bob:b1:t1", "bob", body).await?;
+        assert_eq!(status, 200, "{page}");
+        let n = page["actions"].as_array().context("actions")?.len();
+        assert!(n <= 1000, "a page of {n} actions");
+        largest = largest.max(page.to_string().len());
+        got.extend(incs(&page));
+        pages += 1;
+        cursor = page["cursor"].clone();
+        if page["more"] == false {
+            break;
+        }
+        assert!(pages <= 200, "no end after {pages} pages");
+    }
+    assert_eq!(got.len(), 100_000, "{pages} pages");
+    assert!(got.iter().enumerate().all(|(i, n)| *n == i as i64), "in order, once each");
+    assert!(pages >= 100, "{pages} pages");
+    assert!(largest < 200_000, "the largest page is {largest} bytes");
+    // Caught up: the same cursor gives nothing more.
+    let (_, last) =
+        pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/far"], "cursor": cursor})).await?;
+    assert_eq!((last["actions"].clone(), last["more"].clone()), (json!([]), json!(false)));
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_when_an_action_arrives_and_an_idle_one_when_it_ends() -> Result<()> {
+    let server = TestServer::default().await?;
+    let (_, first) = pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/live"]})).await?;
+    let cursor = first["cursor"].clone();
+
+    // Nothing arrives: the poll ends after its wait, with the same cursor.
+    let started = Instant::now();
+    let body = json!({"channels": ["counter/live"], "cursor": cursor, "wait": 0.5});
+    let (status, idle) = pull(&server, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(status, 200, "{idle}");
+    assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+    assert_eq!((idle["actions"].clone(), idle["cursor"].clone()), (json!([]), cursor.clone()));
+
+    // An action from a WebSocket client ends a 20 s poll at once.
+    let poller = {
+        let body = json!({"channels": ["counter/live"], "cursor": cursor, "wait": 20});
+        let addr = server.addr;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = request(addr, "/v1/pull", Some(&format!("Bearer {}", token("bob"))), &{
+                let mut b = body;
+                b["node"] = json!("bob:b1:t1");
+                b.to_string()
+            })
+            .await;
+            (started.elapsed(), answer)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut alice = server.login("alice:a1:t1").await?;
+    let id = alice.send_action(json!({"type": "inc", "id": "live", "n": 7})).await?;
+    alice.wait_processed(&id).await?;
+    let (took, answer) = poller.await?;
+    let (status, answer) = answer?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(incs(&answer), [7]);
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    assert_eq!(answer["actions"][0]["meta"]["id"], json!(id));
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pushes_and_pulls_see_websocket_clients_and_an_author_is_not_sent_its_own() -> Result<()> {
+    let server = TestServer::default().await?;
+    let (_, start) = pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/mix"]})).await?;
+    let (_, mine) = pull(&server, "carol:c1:t1", "carol", json!({"channels": ["counter/mix"]})).await?;
+    let mut ws = server.login("dave:d1:t1").await?;
+    let id = ws.send_action(json!({"type": "inc", "id": "mix", "n": 1})).await?;
+    ws.wait_processed(&id).await?;
+    let t = now_ms();
+    let pushed = json!({"node": "carol:c1:t1", "actions": [{"action": {"type": "inc", "id": "mix", "n": 2}, "meta": meta("carol:c1:t1", t)}]});
+    let (status, _) =
+        request(server.addr, "/v1/push", Some(&format!("Bearer {}", token("carol"))), &pushed.to_string())
+            .await?;
+    assert_eq!(status, 200);
+    let (_, got) =
+        pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/mix"], "cursor": start["cursor"]}))
+            .await?;
+    assert_eq!(incs(&got), [1, 2], "the WebSocket's and the HTTP push's");
+    let (_, own) =
+        pull(&server, "carol:c1:t1", "carol", json!({"channels": ["counter/mix"], "cursor": mine["cursor"]}))
+            .await?;
+    assert_eq!(incs(&own), [1], "carol's own push does not come back to her");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_object_comes_whole_first_then_as_one_delta_of_what_changed() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:a1:t1").await?;
+    for elem in 0..50 {
+        let id = alice.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let (status, first) = pull(&server, "bob:b1:t1", "bob", json!({"channels": ["crdt/tags"]})).await?;
+    assert_eq!(status, 200, "{first}");
+    let deltas = first["actions"].as_array().context("actions")?;
+    assert_eq!(deltas.len(), 1, "{first}");
+    assert_eq!(deltas[0]["action"]["delta"]["elems"].as_array().map(Vec::len), Some(50));
+    for action in [
+        json!({"type": "crdt/set/add", "key": "tags", "elem": "new"}),
+        json!({"type": "crdt/set/remove", "key": "tags", "elem": 3}),
+    ] {
+        let id = alice.send_action(action).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let (_, next) =
+        pull(&server, "bob:b1:t1", "bob", json!({"channels": ["crdt/tags"], "cursor": first["cursor"]}))
+            .await?;
+    let deltas = next["actions"].as_array().context("actions")?;
+    assert_eq!(deltas.len(), 1, "one delta for the two operations: {next}");
+    assert_eq!(deltas[0]["action"]["delta"]["elems"], json!([["new", "alice:a1:t1", 51]]), "{next}");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_pulls_get_a_clear_4xx_and_another_users_data_stays_closed() -> Result<()> {
+    let server = TestServer::default().await?;
+    let cases = [
+        (json!({"channels": ["users/bob"]}), 403, "denied"),
+        (json!({"channels": ["nope/1"]}), 400, "wrongChannel"),
+        (json!({"channels": ["counter/1"], "cursor": "abc"}), 400, "bad-cursor"),
+        (json!({"channels": ["counter/1"], "cursor": "999999"}), 400, "bad-cursor"),
+        (json!({"channels": ["counter/1"], "wait": -1}), 400, "wrong-format"),
+        (json!({"channels": "counter/1"}), 400, "wrong-format"),
+    ];
+    for (body, status, error) in cases {
+        let (got, answer) = pull(&server, "alice:a1:t1", "alice", body.clone()).await?;
+        assert_eq!((got, answer["error"].clone()), (status, json!(error)), "{body}: {answer}");
+    }
+    let body = json!({"node": "alice:a1:t1", "channels": ["users/alice"]}).to_string();
+    let (got, answer) =
+        request(server.addr, "/v1/pull", Some(&format!("Bearer {}", token_expired("alice"))), &body).await?;
+    assert_eq!((got, answer["error"].clone()), (401, json!("wrong-credentials")), "{answer}");
+    // Her own user channel is hers.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (got, answer) = pull(&server, "alice:a1:t1", "alice", json!({"channels": ["users/alice"]})).await?;
+    assert_eq!(got, 200, "{answer}");
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// Several channels page together: a page is cut at the limit across them, and the next pull
+/// goes on from the cut, so interleaved actions of two channels all arrive once, in order.
+#[tokio::test]
+async fn two_channels_page_together_without_losing_the_cut() -> Result<()> {
+    let limits = format!("{DEFAULT_LIMITS}\npull_actions_max = 100\n");
+    let server = TestServer::start(&limits).await?;
+    let channels = json!(["counter/x", "counter/y"]);
+    let (_, first) = pull(&server, "bob:b1:t1", "bob", json!({"channels": channels})).await?;
+    let mut alice = server.login("alice:a1:t1").await?;
+    let mut last = None;
+    for n in 0..300 {
+        let id = if n % 2 == 0 { "x" } else { "y" };
+        last = Some(alice.send_action(json!({"type": "inc", "id": id, "n": n})).await?);
+    }
+    alice.wait_processed(&last.context("sent")?).await?;
+    let mut cursor = first["cursor"].clone();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let (status, page) =
+            pull(&server, "bob:b1:t1", "bob", json!({"channels": channels, "cursor": cursor})).await?;
+        assert_eq!(status, 200, "{page}");
+        assert!(page["actions"].as_array().is_some_and(|a| a.len() <= 100), "{page}");
+        got.extend(incs(&page));
+        cursor = page["cursor"].clone();
+        if page["more"] == false {
+            break;
+        }
+    }
+    assert_eq!(got, (0..300).collect::<Vec<i64>>());
+    server.stop().await;
+    Ok(())
+}
