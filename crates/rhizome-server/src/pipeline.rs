@@ -552,10 +552,12 @@ impl Pipeline {
         }
         let since = if let Some(key) = name.strip_prefix(CRDT_CHANNEL_PREFIX) {
             // A CRDT object: one delta, then what is committed after it. The delta is what a
-            // client with `seen` lacks; else, with `since`, the join of the deltas after the
-            // position `since` stands for; else the whole state.
+            // client with `seen` lacks; else, with a `since` whose id the log knows, the join of
+            // the deltas after the position it stands for; else the whole state. Not from
+            // `since.time`: it is the client's clock, and a position found from it could be
+            // past operations the client never received (its own are not sent to it live).
             let after = match (&seen, action.fields().get("since")) {
-                (None, Some(Value::Object(since))) => self.resolve_since(since).await.unwrap_or(0),
+                (None, Some(Value::Object(since))) => self.position_of_since_id(since).await.unwrap_or(0),
                 _ => 0,
             };
             match self.object_snapshot(key, seen, after).await {
@@ -639,6 +641,15 @@ impl Pipeline {
         b.push(&self.identity.codec, &json, &id, id.ms, Some(self.shared.config.subprotocol));
         self.outbox.push(b.finish(self.outbox.safe_added()));
         Ok(position)
+    }
+
+    /// The log position recorded for the id of a `since` (the position answered by the
+    /// `logux/processed` whose id the client remembers), if the log knows that id.
+    async fn position_of_since_id(&self, since: &Map<String, Value>) -> Option<u64> {
+        let id = since.get("id").and_then(Value::as_str)?.to_owned();
+        let store = self.shared.store.clone();
+        let found = tokio::task::spawn_blocking(move || store.position_of_id(&id)).await;
+        found.ok()?.ok()?
     }
 
     /// The log position a `since` refers to: the position answered by the `logux/processed`

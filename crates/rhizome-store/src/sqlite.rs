@@ -69,6 +69,8 @@ pub struct SqliteWriter {
 struct CachedObject {
     state: Object,
     unsaved: u32,
+    /// Bytes of the `crdt/delta` actions logged since the stored snapshot.
+    unsaved_bytes: usize,
     /// Length of the stored snapshot's document (0: unknown, or none yet).
     snapshot_bytes: usize,
     /// Position of the stored snapshot (0: none yet).
@@ -87,6 +89,18 @@ const SNAPSHOT_BYTES_PER_OPERATION: usize = 4096;
 /// Most operations between two snapshots of one object: a reader joins at most this many
 /// deltas after the snapshot.
 const SNAPSHOT_EVERY_MAX: u32 = 4096;
+
+/// Bytes of deltas logged since an object's snapshot beyond which the snapshot is rewritten
+/// whatever the count of operations, when the snapshot itself is smaller: a reader joins at
+/// most about this much, or the snapshot's size, of deltas.
+const SNAPSHOT_DELTA_BYTES_MIN: usize = 256 << 10;
+
+/// Whether `object`'s snapshot is due: after [`snapshot_interval`] operations, or once the
+/// deltas logged since outweigh the snapshot (at least [`SNAPSHOT_DELTA_BYTES_MIN`]).
+fn snapshot_due(object: &CachedObject) -> bool {
+    object.unsaved >= snapshot_interval(object.snapshot_bytes)
+        || object.unsaved_bytes > object.snapshot_bytes.max(SNAPSHOT_DELTA_BYTES_MIN)
+}
 
 /// Operations between two snapshots of an object whose last snapshot was `bytes` long.
 fn snapshot_interval(bytes: usize) -> u32 {
@@ -146,6 +160,28 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The version of the log's format this build writes (`PRAGMA user_version`).
+const FORMAT_VERSION: i64 = 1;
+
+/// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
+///
+/// Version 1: before it, closing a connection raised the acknowledgement of its CRDT
+/// subscriptions to what the client had confirmed, past the deltas of its own operations,
+/// which an author is not sent live. A `since` naming such an acknowledgement would now skip
+/// them, and the rows cannot be told apart from other subscriptions', so all are dropped: a
+/// later `since` with one of those ids then gets more than it needs (duplicates), never less.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= FORMAT_VERSION {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute("DELETE FROM subscription_acks", [])?;
+    tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the log in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
@@ -153,6 +189,7 @@ impl SqliteStore {
         let path = data_dir.join("rhizome.db");
         let conn = open(&path, OpenFlags::default())?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         drop(conn);
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -523,9 +560,13 @@ fn apply_crdt(
         Some(cached) => Some(cached),
         None => match read_object(tx, key) {
             // Unsaved deltas are unknown here; the next snapshot is written at once.
-            Ok(Some((state, snapshot_at, _))) => {
-                Some(CachedObject { state, unsaved: SNAPSHOT_EVERY_MAX, snapshot_bytes: 0, snapshot_at })
-            }
+            Ok(Some((state, snapshot_at, _))) => Some(CachedObject {
+                state,
+                unsaved: SNAPSHOT_EVERY_MAX,
+                unsaved_bytes: 0,
+                snapshot_bytes: 0,
+                snapshot_at,
+            }),
             Ok(None) => None,
             // One unreadable object refuses its own operations, not the whole transaction.
             Err(StoreError::Corrupt(position)) => {
@@ -540,6 +581,7 @@ fn apply_crdt(
     let mut object = found.unwrap_or(CachedObject {
         state: Object::bottom(op.kind()),
         unsaved: SNAPSHOT_EVERY_MAX,
+        unsaved_bytes: 0,
         snapshot_bytes: 0,
         snapshot_at: 0,
     });
@@ -678,13 +720,15 @@ impl LogWriter for SqliteWriter {
                         continue;
                     }
                     let added = tx.last_insert_rowid();
+                    let delta_bytes = entry.action_json.len();
                     let mut shipped = None;
                     if let Some((key, mut cached, delta)) = object_update {
-                        if cached.unsaved >= snapshot_interval(cached.snapshot_bytes) {
+                        if snapshot_due(&cached) {
                             let state = &cached.state;
                             let document = state.to_json().to_string();
                             object.execute(params![key, state.kind().name(), document, added])?;
                             cached.unsaved = 0;
+                            cached.unsaved_bytes = 0;
                             cached.snapshot_bytes = document.len();
                             // The deltas the previous snapshot already holds are needed no more
                             // (readers start from the snapshot, the new one or the previous):
@@ -703,6 +747,7 @@ impl LogWriter for SqliteWriter {
                             cached.snapshot_at = added as Position;
                         } else {
                             cached.unsaved += 1;
+                            cached.unsaved_bytes += delta_bytes;
                         }
                         staged.insert(key.clone(), cached);
                         shipped = Some(Arc::new((key, delta)));

@@ -866,3 +866,36 @@ async fn a_resubscription_with_since_gets_the_join_of_the_deltas_after_it() -> R
     server.stop().await;
     Ok(())
 }
+
+/// A `since` whose id the log does not know (its acknowledgement was not recorded: the hub
+/// does not wait for the writer) gets an object's whole state: `since.time` is in the client's
+/// clock, so a position found from it could be past operations the client never received (its
+/// own, which are not sent to it live).
+#[tokio::test]
+async fn an_unknown_since_id_gets_an_object_whole_whatever_the_clients_clock() -> Result<()> {
+    use rhizome_crdt::{Kind, Object};
+    let server = TestServer::default().await?;
+    let mut bob = server.login("bob:c2:t1").await?;
+    let id = bob.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": "first"})).await?;
+    bob.wait_processed(&id).await?;
+    let (first, since) = subscribe_confirmed(&mut bob, "tags", None).await?;
+    let mut copy = Object::from_json(Kind::Set, &first[0]["delta"]).context("a set document")?;
+    let id = bob.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": "mine"})).await?;
+    bob.wait_processed(&id).await?;
+    bob.close().await;
+    // The answer's id as if its acknowledgement was dropped, and the client's clock 10 min ahead.
+    let text = since["id"].as_str().context("id")?;
+    let unknown = format!("{} 999999", &text[..text.rfind(' ').context("seq")?]);
+    let skewed = json!({"id": unknown, "time": since["time"].as_i64().context("time")? + 10 * 60 * 1000});
+    let mut bob = server.login("bob:c2:t1").await?;
+    let (caught_up, _) = subscribe_confirmed(&mut bob, "tags", Some(&skewed)).await?;
+    for delta in &caught_up {
+        copy.join(&Object::from_json(Kind::Set, &delta["delta"]).context("a set delta")?)?;
+    }
+    let mut dave = server.login("dave:c4:t1").await?;
+    let whole = subscribe_object(&mut dave, "tags").await?;
+    let state = Object::from_json(Kind::Set, &whole[0]["delta"]).context("a set document")?;
+    assert_eq!(copy, state, "bob's copy lacks his own add");
+    server.stop().await;
+    Ok(())
+}

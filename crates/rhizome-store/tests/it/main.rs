@@ -534,3 +534,72 @@ fn a_large_objects_snapshot_is_rewritten_less_often() {
         }
     }
 }
+
+/// Between two snapshots of a large map, the logged deltas a reader must parse and join stay
+/// bounded by the object's size, not only by the operation count: overwriting one path of a
+/// ~1 MiB map with 60 KiB values must not leave 15 MiB of deltas for every reader.
+#[test]
+fn deltas_between_snapshots_stay_bounded_by_the_object_size() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let big = "x".repeat(60 * 1024);
+    let put = |path: usize, i: usize| serde_json::json!({"type": "crdt/map/put", "key": "m", "path": [format!("p{path}")], "value": format!("{i}{big}")});
+    let mut n = 0;
+    let mut commit = |w: &mut rhizome_store::SqliteWriter, action: serde_json::Value| {
+        n += 1;
+        let id = format!("1 a:b:c {n}");
+        w.commit(&mut [WriteBatch { appends: vec![crdt_append(&id, action)], ..WriteBatch::default() }], 1)
+            .expect("commit");
+    };
+    for p in 0..17 {
+        commit(&mut w, put(p, p));
+    }
+    let raw = rusqlite::Connection::open(store.path()).expect("open");
+    let measure = || -> (usize, usize) {
+        let snap: i64 =
+            raw.query_row("SELECT length(state) FROM crdt_objects WHERE key='m'", [], |r| r.get(0)).unwrap();
+        let deltas: i64 = raw
+            .query_row(
+                "SELECT coalesce(sum(length(action)),0) FROM log WHERE added > (SELECT position FROM crdt_objects WHERE key='m')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (snap as usize, deltas as usize)
+    };
+    let mut worst = 0.0f64;
+    for i in 0..300 {
+        commit(&mut w, put(0, 100 + i));
+        let (snap, deltas) = measure();
+        if i >= 64 {
+            worst = worst.max(deltas as f64 / snap as f64);
+        }
+    }
+    assert!(worst <= 4.0, "a reader joins {worst:.1}x the object's size in deltas");
+}
+
+/// A log written before format version 1 loses its subscription acknowledgements once (they
+/// may stand past deltas an author never received); a current log keeps them across restarts.
+#[test]
+fn opening_an_older_log_drops_its_subscription_acknowledgements_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ack =
+        |position| WriteBatch { acks: vec![("7 server:x 0".into(), position)], ..WriteBatch::default() };
+    {
+        let store = SqliteStore::open(dir.path()).expect("open");
+        store.writer().expect("writer").commit(&mut [ack(5)], 1).expect("commit");
+    }
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(5), "a current log keeps them");
+    drop(store);
+    // As an earlier build left it.
+    let raw = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+    raw.pragma_update(None, "user_version", 0).expect("version");
+    drop(raw);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), None, "dropped on upgrade");
+    store.writer().expect("writer").commit(&mut [ack(6)], 2).expect("commit");
+    drop(store);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(6), "only once");
+}
