@@ -6,6 +6,8 @@
 //! Subscribers count what the channel delivers. `--idle` opens subscribed idle connections and
 //! reports the server's memory per connection.
 
+mod http;
+
 use futures_util::{SinkExt, StreamExt};
 use rhizome_protocol::message::{encode_connect, encode_synced};
 use rhizome_protocol::{parse, ActionId, Codec, IdGenerator, Message, NodeId};
@@ -70,6 +72,14 @@ pub struct BenchArgs {
     /// instead of `inc` actions (needs a server with CRDT rules; not with `--subscribers`).
     #[arg(long)]
     pub crdt: bool,
+    /// Producers push over HTTP (`POST /v1/push`, one request of `--batch` actions in flight
+    /// per connection) instead of a WebSocket. Rhizome only.
+    #[arg(long)]
+    pub http: bool,
+    /// Opens this many idle HTTP clients, each holding a long-poll `POST /v1/pull` open, and
+    /// reports the server's memory per client and its CPU while they wait (with `--pid`).
+    #[arg(long)]
+    pub idle_http: Option<usize>,
 }
 
 /// Why a run failed.
@@ -87,6 +97,9 @@ pub enum BenchError {
     /// Reading /proc failed.
     #[error("reading server memory: {0}")]
     Memory(std::io::Error),
+    /// A socket of the HTTP side failed.
+    #[error("http: {0}")]
+    Io(std::io::Error),
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for BenchError {
@@ -427,6 +440,14 @@ async fn run_inner(args: BenchArgs) -> Result<(), BenchError> {
     if let Some(count) = args.idle {
         return idle(&args, count).await;
     }
+    if let Some(count) = args.idle_http {
+        return http::idle(&args, count).await;
+    }
+    if args.http && (args.subscribers > 0 || args.crdt) {
+        return Err(BenchError::Protocol(
+            "--http pushes inc actions only: use it without --subscribers and --crdt".into(),
+        ));
+    }
     if args.crdt && args.subscribers > 0 {
         return Err(BenchError::Protocol("--crdt counts no deliveries: use it without --subscribers".into()));
     }
@@ -443,7 +464,15 @@ async fn run_inner(args: BenchArgs) -> Result<(), BenchError> {
     }
     let mut producers = tokio::task::JoinSet::new();
     for i in 0..args.connections {
-        producers.spawn(producer(args.clone(), i, start.clone()));
+        if args.http {
+            let (args, start) = (args.clone(), start.clone());
+            producers.spawn(async move {
+                let r = http::producer(args, i, start).await?;
+                Ok(ProducerResult { latencies_us: r.latencies_us, undone: r.undone })
+            });
+        } else {
+            producers.spawn(producer(args.clone(), i, start.clone()));
+        }
     }
     // A connection that fails while setting up never reaches the barrier: its error ends the
     // run instead of leaving everyone waiting.
@@ -473,8 +502,9 @@ async fn run_inner(args: BenchArgs) -> Result<(), BenchError> {
     let processed = latencies.len();
     let deliveries = received.load(Ordering::Relaxed);
     println!(
-        "bench: connections={} actions={} batch={} window={} channel={:?} crdt={} subscribers={} processed={processed} undone={undone} \
+        "bench: transport={} connections={} actions={} batch={} window={} channel={:?} crdt={} subscribers={} processed={processed} undone={undone} \
          secs={produce_secs:.3} actions/s={:.0} deliveries={deliveries} deliveries/s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        if args.http { "http" } else { "ws" },
         args.connections,
         args.actions,
         args.batch,

@@ -395,18 +395,42 @@ pub async fn pull(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    // What a waiting long-poll holds is only what `answer_pull` needs: the request's body,
+    // its session and connection state are dropped before it waits.
+    match prepare_pull(shared, peer, request).await {
+        Ok(pull) => answer_pull(pull).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// A checked pull: who asks, what it follows, from where, how much and until when.
+struct PreparedPull {
+    shared: Arc<Shared>,
+    ctx: Context,
+    channels: Vec<rhizome_protocol::Channel>,
+    after: Option<Position>,
+    page: usize,
+    deadline: tokio::time::Instant,
+}
+
+/// Reads, authenticates and checks a pull request.
+async fn prepare_pull(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    request: Request,
+) -> Result<PreparedPull, Response> {
     let Ok(token) = bearer(request.headers()) else {
         let message = "the Authorization header must be `Bearer <token>`";
-        return refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message);
+        return Err(refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message));
     };
     let limit = shared.limits.frame_bytes_max;
     let Ok(bytes) = axum::body::to_bytes(request.into_body(), limit).await else {
         let message = format!("the body is over frame_bytes_max ({limit} bytes) or was cut short");
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message);
+        return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message));
     };
     let body: PullBody = match serde_json::from_slice(&bytes) {
         Ok(body) => body,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string()),
+        Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string())),
     };
     let page = body.limit.unwrap_or(usize::MAX).clamp(1, shared.limits.pull_actions_max);
     let wait = match body.wait {
@@ -415,7 +439,7 @@ pub async fn pull(
             Duration::from_secs_f64(secs).min(shared.limits.long_poll)
         }
         Some(_) => {
-            return refuse(StatusCode::BAD_REQUEST, "wrong-format", "`wait` must be seconds, 0 or more")
+            return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", "`wait` must be seconds, 0 or more"));
         }
     };
     let mut options = Map::new();
@@ -431,22 +455,18 @@ pub async fn pull(
     let mut connection = Connection::new(shared.config.clone(), shared.limits.clone(), now_ms());
     let mut out = Vec::new();
     connection.on_frame(&connect, now_ms(), &mut out);
-    if let Err(refusal) = session.handle(&mut connection, &mut None, out).await {
-        return refusal;
-    }
+    session.handle(&mut connection, &mut None, out).await?;
     let Some(ctx) = session.context.take() else {
-        return session.refusal();
+        return Err(session.refusal());
     };
     let mut channels = Vec::with_capacity(body.channels.len());
     for name in body.channels {
-        if let Err(refusal) = may_follow(&shared, &ctx, &name).await {
-            return refusal;
-        }
+        may_follow(&shared, &ctx, &name).await?;
         channels.push(rhizome_protocol::Channel::from(name));
     }
     let last = match read(&shared, |store| store.last_position()).await {
         Ok(last) => last,
-        Err(refusal) => return refusal,
+        Err(refusal) => return Err(refusal),
     };
     // No cursor: from now on, as a subscription without `since` (objects come whole).
     let after = match body.cursor.as_deref().map(str::parse::<Position>) {
@@ -454,10 +474,16 @@ pub async fn pull(
         Some(Ok(cursor)) if cursor <= last => Some(cursor),
         Some(_) => {
             let message = format!("the cursor must be one this server gave (at most {last})");
-            return refuse(StatusCode::BAD_REQUEST, "bad-cursor", message);
+            return Err(refuse(StatusCode::BAD_REQUEST, "bad-cursor", message));
         }
     };
     let deadline = tokio::time::Instant::now() + wait;
+    Ok(PreparedPull { shared, ctx, channels, after, page, deadline })
+}
+
+/// Answers a checked pull: a page at once, or after waiting for a commit until its deadline.
+async fn answer_pull(pull: PreparedPull) -> Response {
+    let PreparedPull { shared, ctx, channels, after, page, deadline } = pull;
     let mut committed = shared.committed.subscribe();
     let mut from = after;
     loop {

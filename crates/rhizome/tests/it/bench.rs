@@ -76,6 +76,29 @@ fn the_load_generator_counts_every_answer_and_delivery() {
     assert!((per_conn - (after - before) / 50.0).abs() < 0.01, "{per_conn} from {before} -> {after}");
 }
 
+/// The HTTP side: producers pushing over `POST /v1/push`, and idle clients each holding a
+/// long-poll `POST /v1/pull` open, with the server's memory and CPU read from /proc.
+#[test]
+fn the_load_generator_pushes_over_http_and_holds_long_polls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&root().join("bench/rhizome-bench.toml"), dir.path());
+    let push = bench(&server.url, &["--http", "--connections", "3", "--actions", "501", "--batch", "40"]);
+    assert_eq!(
+        (get(&push, "transport"), get(&push, "processed"), get(&push, "undone")),
+        ("http", "1503", "0")
+    );
+    let pid = server.child.id().to_string();
+    let idle = bench(&server.url, &["--idle-http", "40", "--idle-secs", "1", "--pid", &pid]);
+    assert_eq!(get(&idle, "long-polls"), "40");
+    let kib = |key| get(&idle, key).parse::<f64>().unwrap_or_else(|e| panic!("{key}: {e}"));
+    let (before, after, per_conn) = (kib("rss_before_kib"), kib("rss_after_kib"), kib("kib_per_conn"));
+    assert!((per_conn - (after - before) / 40.0).abs() < 0.01, "{per_conn} from {before} -> {after}");
+    assert!(
+        get(&idle, "idle_cpu_ms").parse::<u64>().is_ok(),
+        "the server's CPU while idle is reported in ms"
+    );
+}
+
 #[test]
 fn a_refused_subscription_ends_the_run_with_its_reason() {
     // `inc` is accepted but no channel may be subscribed to: every producer fails while setting
