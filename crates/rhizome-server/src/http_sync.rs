@@ -11,6 +11,7 @@
 use crate::hub::ConnIdentity;
 use crate::outbox::Outbox;
 use crate::pipeline::{Pipeline, PipelineParts};
+use crate::recent::Since;
 use crate::shared::Shared;
 use crate::writer::now_ms;
 use axum::extract::{ConnectInfo, Request, State};
@@ -498,15 +499,23 @@ async fn answer_pull(pull: PreparedPull) -> Response {
             return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
                 .into_response();
         }
-        // Nothing yet: wait for a commit past what was read, then read again.
-        from = Some(answer.cursor);
-        let through = answer.cursor;
-        let woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)).await;
-        if !matches!(woke, Ok(Ok(_))) {
-            let body = json!({"cursor": answer.cursor.to_string(), "actions": [], "more": false});
-            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-                .into_response();
+        // Nothing yet: wait for a commit that concerns this client (its channels or its
+        // targets), moving the cursor past those that do not, then read again.
+        let mut through = answer.cursor;
+        let _waiting = shared.recent.wait();
+        loop {
+            let woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)).await;
+            if !matches!(woke, Ok(Ok(_))) {
+                let body = json!({"cursor": through.to_string(), "actions": [], "more": false});
+                return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+                    .into_response();
+            }
+            match shared.recent.since(through, &channels, &ctx.node_id) {
+                Since::Nothing(upto) if upto > through => through = upto,
+                _ => break,
+            }
         }
+        from = Some(through);
     }
 }
 

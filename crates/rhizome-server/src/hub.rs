@@ -190,7 +190,11 @@ impl Hub {
         match message {
             HubMessage::Committed(entries) => {
                 self.route(entries.iter().flatten());
-                // HTTP long-polls wait for this: their reads see everything up to it.
+                // HTTP long-polls wait for this: their reads see everything up to it. What the
+                // commit touched is recorded first, so a woken poll finds it.
+                let recent = &self.shared.recent;
+                let touched = recent.wanted().then(|| crate::recent::Touched::of(entries.iter().flatten()));
+                recent.record(self.position, touched);
                 self.shared.committed.send_replace(self.position);
             }
             HubMessage::Register { conn, identity, outbox, synced } => {

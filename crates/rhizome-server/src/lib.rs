@@ -13,6 +13,7 @@ pub mod jwt;
 mod outbox;
 mod park;
 mod pipeline;
+mod recent;
 pub mod rules;
 mod shared;
 mod subscribers;

@@ -44,6 +44,8 @@ pub struct Shared {
     connection_closed: tokio::sync::Notify,
     /// The log position the hub has routed up to: HTTP long-polls wait for it to pass theirs.
     pub committed: tokio::sync::watch::Sender<u64>,
+    /// What recent commits touched, for waiting long-polls.
+    pub recent: crate::recent::RecentCommits,
 }
 
 impl std::fmt::Debug for Shared {
@@ -105,6 +107,7 @@ impl Shared {
             open_connections: AtomicUsize::new(0),
             connection_closed: tokio::sync::Notify::new(),
             committed: tokio::sync::watch::Sender::new(0),
+            recent: crate::recent::RecentCommits::default(),
         }
     }
 

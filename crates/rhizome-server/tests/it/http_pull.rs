@@ -241,3 +241,42 @@ async fn two_channels_page_together_without_losing_the_cut() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+/// A waiting poll lets commits to other channels pass (moving its cursor past them) and still
+/// answers with the first action on its own channel, nothing lost or repeated around it.
+#[tokio::test]
+async fn a_long_poll_lets_other_channels_pass_and_answers_for_its_own() -> Result<()> {
+    let server = TestServer::default().await?;
+    let (_, first) = pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/mine"]})).await?;
+    let body =
+        json!({"node": "bob:b1:t1", "channels": ["counter/mine"], "cursor": first["cursor"], "wait": 20});
+    let addr = server.addr;
+    let poller = tokio::spawn(async move {
+        request(addr, "/v1/pull", Some(&format!("Bearer {}", token("bob"))), &body.to_string()).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut alice = server.login("alice:a1:t1").await?;
+    for n in 0..50 {
+        let id = alice.send_action(json!({"type": "inc", "id": "other", "n": n})).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let id = alice.send_action(json!({"type": "inc", "id": "mine", "n": 50})).await?;
+    alice.wait_processed(&id).await?;
+    for n in 51..55 {
+        let id = alice.send_action(json!({"type": "inc", "id": "mine", "n": n})).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let (status, answer) = poller.await??;
+    assert_eq!(status, 200, "{answer}");
+    let got = incs(&answer);
+    assert_eq!(got.first(), Some(&50), "{answer}");
+    // Then the rest, once each, from the returned cursor.
+    let (_, rest) =
+        pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/mine"], "cursor": answer["cursor"]}))
+            .await?;
+    let mut all = got;
+    all.extend(incs(&rest));
+    assert_eq!(all, (50..55).collect::<Vec<i64>>());
+    server.stop().await;
+    Ok(())
+}
