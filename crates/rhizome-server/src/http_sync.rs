@@ -86,6 +86,13 @@ pub async fn push(
         Ok(body) => body,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string()),
     };
+    if body.actions.iter().any(|a| {
+        let kind = a.action.get("type").and_then(Value::as_str);
+        matches!(kind, Some("logux/subscribe" | "logux/unsubscribe"))
+    }) {
+        let message = "subscriptions are not pushed over HTTP: a pull names the channels it follows";
+        return refuse(StatusCode::BAD_REQUEST, "wrong-format", message);
+    }
     let ids: Vec<String> = match body.actions.iter().map(|a| full_id(&a.meta)).collect() {
         Some(ids) => ids,
         None => {

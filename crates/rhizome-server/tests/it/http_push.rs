@@ -153,6 +153,12 @@ async fn bad_requests_get_a_clear_4xx_and_the_server_goes_on() -> Result<()> {
             "wrong-format",
         ),
         (Some(alice.clone()), "x".repeat(70_000), 413, "too-large"),
+        (
+            Some(alice.clone()),
+            json!({"node": "alice:a1:t1", "actions": [{"action": {"type": "logux/subscribe", "channel": "counter/1"}, "meta": meta("alice:a1:t1", t)}]}).to_string(),
+            400,
+            "wrong-format",
+        ),
         (None, good("alice:a1:t1"), 401, "wrong-credentials"),
         (Some("Basic abc".into()), good("alice:a1:t1"), 401, "wrong-credentials"),
         (
