@@ -74,13 +74,9 @@ pub async fn push(
         let message = "the Authorization header must be `Bearer <token>`";
         return refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message);
     };
-    let limit = shared.limits.frame_bytes_max;
-    let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
+    let bytes = match read_body(&shared, request).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            let message = format!("the body is over frame_bytes_max ({limit} bytes) or was cut short");
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message);
-        }
+        Err(refusal) => return refusal,
     };
     let body: PushBody = match serde_json::from_slice(&bytes) {
         Ok(body) => body,
@@ -93,7 +89,7 @@ pub async fn push(
         let message = "subscriptions are not pushed over HTTP: a pull names the channels it follows";
         return refuse(StatusCode::BAD_REQUEST, "wrong-format", message);
     }
-    let ids: Vec<String> = match body.actions.iter().map(|a| full_id(&a.meta)).collect() {
+    let ids: Vec<(String, String)> = match body.actions.iter().map(|a| full_id(&a.meta)).collect() {
         Some(ids) => ids,
         None => {
             let message = "every meta needs an `id`: a full action id string \"<ms> <node> <seq>\"";
@@ -111,12 +107,36 @@ pub async fn push(
     }
     let connect = json!(["connect", rhizome_protocol::PROTOCOL, body.node, 0, options]).to_string();
     let session = Session::new(shared.clone(), peer);
-    match session.run(&connect, body.actions, &ids).await {
+    // In a task of its own: a client that hangs up drops this handler, not the session, whose
+    // actions are then still processed (a retry learns their outcome), as when a WebSocket
+    // drops with syncs in flight.
+    let run = tokio::spawn(async move { session.run(&connect, body.actions, &ids).await });
+    let outcome = match run.await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "storage", "the push failed; push it again")),
+    };
+    match outcome {
         Ok(results) => {
             let body = json!({"results": results});
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
         Err(refusal) => refusal,
+    }
+}
+
+/// The request's body: at most `frame_bytes_max` bytes, all of it within
+/// `unauthenticated_timeout` (nobody is authenticated before it is read, so a client that
+/// trickles a body holds nothing for long).
+async fn read_body(shared: &Shared, request: Request) -> Result<axum::body::Bytes, Response> {
+    let limit = shared.limits.frame_bytes_max;
+    let read = axum::body::to_bytes(request.into_body(), limit);
+    match tokio::time::timeout(shared.limits.unauthenticated_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => {
+            let message = format!("the body is over frame_bytes_max ({limit} bytes) or was cut short");
+            Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message))
+        }
+        Err(_) => Err(refuse(StatusCode::REQUEST_TIMEOUT, "timeout", "the body did not arrive in time")),
     }
 }
 
@@ -151,9 +171,10 @@ fn sync_frame(actions: Vec<PushedAction>, base_time: i64) -> String {
 }
 
 /// A meta's `id` when it is a full id string.
-fn full_id(meta: &Value) -> Option<String> {
+fn full_id(meta: &Value) -> Option<(String, String)> {
     let id = meta.get("id")?.as_str()?;
-    rhizome_protocol::ActionId::parse(id).map(|_| id.to_owned())
+    // The log and the answers write ids in their canonical form ("01" is 1).
+    rhizome_protocol::ActionId::parse(id).map(|parsed| (id.to_owned(), parsed.to_string()))
 }
 
 /// One push request's protocol session.
@@ -183,7 +204,7 @@ impl Session {
         mut self,
         connect: &str,
         actions: Vec<PushedAction>,
-        ids: &[String],
+        ids: &[(String, String)],
     ) -> Result<Vec<Value>, Response> {
         let mut connection =
             Connection::new(self.shared.config.clone(), self.shared.limits.clone(), now_ms());
@@ -197,7 +218,10 @@ impl Session {
         let mut out = Vec::new();
         connection.on_frame(&sync_frame(actions, base_time), now_ms(), &mut out);
         self.handle(&mut connection, &mut pipeline, out).await?;
-        Ok(self.outcomes(ids).await)
+        let results = self.outcomes(ids).await;
+        // Nothing reads it from now on: a re-sent id still in process elsewhere stops waiting.
+        self.outbox.close(crate::outbox::Closed::Ended);
+        Ok(results)
     }
 
     /// Carries out the connection's outputs, as a WebSocket session does.
@@ -307,37 +331,49 @@ impl Session {
 
     /// Each id's outcome: its `logux/processed` or `logux/undo` from the outbox, else what
     /// the log records once it is decided, else `accepted` after [`OUTCOME_WAIT`].
-    async fn outcomes(&self, ids: &[String]) -> Vec<Value> {
+    async fn outcomes(&self, ids: &[(String, String)]) -> Vec<Value> {
+        // By canonical id: the answers and the log write ids that way.
         let mut answers: HashMap<String, Value> = HashMap::new();
         self.outbox.drain_each(|frame| read_answers(&frame, &mut answers));
         let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
+        let mut pause = OUTCOME_POLL;
         loop {
-            let missing: Vec<&String> = ids.iter().filter(|id| !answers.contains_key(*id)).collect();
+            let missing: Vec<String> =
+                ids.iter().map(|(_, id)| id).filter(|id| !answers.contains_key(*id)).cloned().collect();
             if missing.is_empty() {
                 break;
             }
-            for id in missing {
-                let store = self.shared.store.clone();
-                let owned = id.clone();
-                let status = tokio::task::spawn_blocking(move || store.status_of(&owned)).await;
+            // One read for all of them, off the runtime.
+            let store = self.shared.store.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                missing.into_iter().map(|id| (store.status_of(&id).ok().flatten(), id)).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (status, id) in found {
                 match status {
-                    Ok(Ok(Some(Status::Processed))) => {
-                        answers.insert(id.clone(), json!({"id": id, "status": "processed"}));
+                    Some(Status::Processed) => {
+                        answers.insert(id, json!({"status": "processed"}));
                     }
-                    Ok(Ok(Some(Status::Undone(reason)))) => {
-                        answers.insert(id.clone(), json!({"id": id, "status": "undone", "reason": reason}));
+                    Some(Status::Undone(reason)) => {
+                        answers.insert(id, json!({"status": "undone", "reason": reason}));
                     }
                     _ => {}
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() + pause >= deadline {
                 break;
             }
-            tokio::time::sleep(OUTCOME_POLL).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
             self.outbox.drain_each(|frame| read_answers(&frame, &mut answers));
         }
         ids.iter()
-            .map(|id| answers.get(id).cloned().unwrap_or_else(|| json!({"id": id, "status": "accepted"})))
+            .map(|(sent, id)| {
+                let mut result = answers.get(id).cloned().unwrap_or_else(|| json!({"status": "accepted"}));
+                result["id"] = json!(sent);
+                result
+            })
             .collect()
     }
 }
@@ -370,6 +406,9 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session").field("peer", &self.peer).finish()
     }
 }
+
+/// Most channels one pull follows: each costs an access check and a read per page.
+const PULL_CHANNELS_MAX: usize = 100;
 
 /// The body of `POST /v1/pull`.
 #[derive(Debug, Deserialize)]
@@ -419,6 +458,8 @@ struct PreparedPull {
     after: Option<Position>,
     page: usize,
     deadline: tokio::time::Instant,
+    /// What the channels' `load` hooks gave on a first pull, sent first.
+    loaded: Vec<String>,
 }
 
 /// Reads, authenticates and checks a pull request.
@@ -431,11 +472,7 @@ async fn prepare_pull(
         let message = "the Authorization header must be `Bearer <token>`";
         return Err(refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message));
     };
-    let limit = shared.limits.frame_bytes_max;
-    let Ok(bytes) = axum::body::to_bytes(request.into_body(), limit).await else {
-        let message = format!("the body is over frame_bytes_max ({limit} bytes) or was cut short");
-        return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "too-large", message));
-    };
+    let bytes = read_body(&shared, request).await?;
     let body: PullBody = match serde_json::from_slice(&bytes) {
         Ok(body) => body,
         Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string())),
@@ -444,7 +481,7 @@ async fn prepare_pull(
     let wait = match body.wait {
         None => Duration::ZERO,
         Some(secs) if secs.is_finite() && secs >= 0.0 => {
-            Duration::from_secs_f64(secs).min(shared.limits.long_poll)
+            Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX).min(shared.limits.long_poll)
         }
         Some(_) => {
             return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", "`wait` must be seconds, 0 or more"));
@@ -467,9 +504,18 @@ async fn prepare_pull(
     let Some(ctx) = session.context.take() else {
         return Err(session.refusal());
     };
-    let mut channels = Vec::with_capacity(body.channels.len());
-    for name in body.channels {
-        may_follow(&shared, &ctx, &name).await?;
+    let mut names = body.channels;
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > PULL_CHANNELS_MAX {
+        let message = format!("a pull follows at most {PULL_CHANNELS_MAX} channels");
+        return Err(refuse(StatusCode::BAD_REQUEST, "too-many-channels", message));
+    }
+    let first = body.cursor.is_none();
+    let mut channels = Vec::with_capacity(names.len());
+    let mut loaded = Vec::new();
+    for name in names {
+        loaded.extend(may_follow(&shared, &ctx, &name, first).await?);
         channels.push(rhizome_protocol::Channel::from(name));
     }
     let last = match read(&shared, |store| store.last_position()).await {
@@ -486,19 +532,31 @@ async fn prepare_pull(
         }
     };
     let deadline = tokio::time::Instant::now() + wait;
-    Ok(PreparedPull { shared, ctx, channels, after, page, deadline })
+    Ok(PreparedPull { shared, ctx, channels, after, page, deadline, loaded })
 }
 
 /// Answers a checked pull: a page at once, or after waiting for a commit until its deadline.
 async fn answer_pull(pull: PreparedPull) -> Response {
-    let PreparedPull { shared, ctx, channels, after, page, deadline } = pull;
+    let PreparedPull { shared, ctx, channels, after, page, deadline, mut loaded } = pull;
     let mut committed = shared.committed.subscribe();
     let mut from = after;
     loop {
-        let answer = match read_page(&shared, &ctx, &channels, from, page).await {
+        let mut answer = match read_page(&shared, &ctx, &channels, from, page).await {
             Ok(answer) => answer,
             Err(refusal) => return refusal,
         };
+        if !loaded.is_empty() {
+            let mut first: Vec<Value> = std::mem::take(&mut loaded)
+                .iter()
+                .map(|json| {
+                    let id = shared.next_server_id();
+                    let action: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+                    json!({"action": action, "meta": {"id": id.to_string(), "time": id.ms}})
+                })
+                .collect();
+            first.append(&mut answer.actions);
+            answer.actions = first;
+        }
         let empty = answer.actions.is_empty();
         if !empty || tokio::time::Instant::now() >= deadline {
             let body =
@@ -509,6 +567,12 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         // Nothing yet: wait for a commit that concerns this client (its channels or its
         // targets), moving the cursor past those that do not, then read again.
         let mut through = answer.cursor;
+        if shared.recent.waiting() >= shared.limits.connections_max {
+            // As many polls wait as connections may be open: this one answers now.
+            let body = json!({"cursor": through.to_string(), "actions": [], "more": false});
+            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+                .into_response();
+        }
         let _waiting = shared.recent.wait();
         loop {
             let woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)).await;
@@ -528,7 +592,15 @@ async fn answer_pull(pull: PreparedPull) -> Response {
 
 /// Whether the client of `ctx` may follow `name`: the channel's subscribe rules, as for a
 /// `logux/subscribe`.
-async fn may_follow(shared: &Shared, ctx: &Context, name: &str) -> Result<(), Response> {
+///
+/// On a client's first pull (`first`), also the channel's `load` hook, as for a subscription:
+/// returns the actions it gives (their JSON), sent before anything else.
+async fn may_follow(
+    shared: &Shared,
+    ctx: &Context,
+    name: &str,
+    first: bool,
+) -> Result<Vec<String>, Response> {
     let Some((rules, params)) = shared.app.find_channel(name) else {
         return Err(refuse(StatusCode::BAD_REQUEST, "wrongChannel", format!("no channel {name}")));
     };
@@ -540,10 +612,21 @@ async fn may_follow(shared: &Shared, ctx: &Context, name: &str) -> Result<(), Re
     let id = shared.next_server_id();
     let meta = rhizome_core::Meta { time: id.ms, id, subprotocol: ctx.subprotocol };
     match rules.access(ctx, &params, &action, &meta).await {
-        Ok(true) => Ok(()),
+        Ok(true) => {}
         Ok(false) => {
-            Err(refuse(StatusCode::FORBIDDEN, "denied", format!("{name} is not readable by this user")))
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "denied",
+                format!("{name} is not readable by this user"),
+            ))
         }
+        Err(e) => return Err(refuse(StatusCode::FORBIDDEN, e.reason(), format!("{name}: {}", e.reason()))),
+    }
+    if !first {
+        return Ok(Vec::new());
+    }
+    match rules.load(ctx, &params, &action, &meta).await {
+        Ok(loaded) => Ok(loaded.iter().map(|a| a.json().to_string()).collect()),
         Err(e) => Err(refuse(StatusCode::FORBIDDEN, e.reason(), format!("{name}: {}", e.reason()))),
     }
 }

@@ -118,6 +118,11 @@ impl RecentCommits {
         Since::Nothing(upto)
     }
 
+    /// Long-polls waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// Counts a waiting poll until the guard is dropped.
     pub fn wait(&self) -> WaitGuard<'_> {
         self.waiting.fetch_add(1, Ordering::AcqRel);

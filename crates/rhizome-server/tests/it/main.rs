@@ -9,6 +9,7 @@ mod bad_input;
 mod crdt;
 mod delivery;
 mod handshake;
+mod http_edge;
 mod http_openapi;
 mod http_pull;
 mod http_push;

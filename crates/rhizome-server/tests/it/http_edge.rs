@@ -1,0 +1,159 @@
+//! The HTTP API's edges: a client hanging up while its pushed actions are processed, ids in a
+//! non-canonical form, absurd `wait`s, too many channels, and the channel `load` hook on a
+//! first pull.
+
+use crate::http_push::{meta, now_ms, request};
+use crate::support::{token, TestServer, DEFAULT_LIMITS};
+use anyhow::{Context as _, Result};
+use async_trait::async_trait;
+use rhizome_core::{
+    ActionType, App, AuthRequest, Authenticator, ChannelType, Context, HookError, Limits, Meta, Params,
+};
+use rhizome_protocol::Action;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+struct Open;
+
+#[async_trait]
+impl Authenticator for Open {
+    async fn authenticate(&self, _: &AuthRequest) -> bool {
+        true
+    }
+}
+
+/// `slow`: processing takes a second and counts each id.
+struct Slow(Arc<Mutex<HashMap<String, u32>>>);
+
+#[async_trait]
+impl ActionType for Slow {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+    fn processes(&self) -> bool {
+        true
+    }
+    async fn process(&self, _: &Context, _: &Action, meta: &Meta) -> Result<(), HookError> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        *self
+            .0
+            .lock()
+            .map_err(|_| HookError::Failed("poisoned".into()))?
+            .entry(meta.id.text())
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+/// `welcome/:name`: anyone may read; `load` sends one greeting.
+struct Welcome;
+
+#[async_trait]
+impl ChannelType for Welcome {
+    async fn access(&self, _: &Context, _: &Params, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+    async fn load(
+        &self,
+        _: &Context,
+        params: &Params,
+        _: &Action,
+        _: &Meta,
+    ) -> Result<Vec<Action>, HookError> {
+        let name = params.iter().find(|(k, _)| k == "name").map(|(_, v)| v.clone()).unwrap_or_default();
+        let json = json!({"type": "greeting", "to": name}).to_string();
+        Ok(Action::from_json(&json).into_iter().collect())
+    }
+}
+
+#[tokio::test]
+async fn a_push_whose_client_hangs_up_is_still_processed_once_and_a_retry_learns_it() -> Result<()> {
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let app = App::new(Open).action_type("slow", Slow(counts.clone()));
+    let server = TestServer::with_app(app, Limits::default()).await?;
+    let t = now_ms();
+    let body = json!({"node": "alice:a1:t1", "actions": [{"action": {"type": "slow"}, "meta": meta("alice:a1:t1", t)}]})
+        .to_string();
+    // The client sends its push and hangs up while `process` runs.
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await?;
+    let head = format!(
+        "POST /v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let id = format!("{t} alice:a1:t1 0");
+    assert_eq!(counts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get(&id), Some(&1), "processed once");
+    let started = Instant::now();
+    let (status, retry) = request(server.addr, "/v1/push", None, &body).await?;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["results"][0]["status"], "processed", "{retry}");
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+    assert_eq!(counts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get(&id), Some(&1), "not twice");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn odd_requests_are_answered_as_asked() -> Result<()> {
+    let limits = format!("{DEFAULT_LIMITS}\nlong_poll_ms = 300\n");
+    let server = TestServer::start(&limits).await?;
+    let alice = format!("Bearer {}", token("alice"));
+    // An id with a leading zero is the same id: processed, and answered as sent.
+    let t = now_ms();
+    let sent = format!("0{t} alice:a1:t1 0");
+    let body = json!({"node": "alice:a1:t1", "actions": [{"action": {"type": "inc", "id": "z"}, "meta": {"id": sent, "time": t}}]});
+    let started = Instant::now();
+    let (status, answer) = request(server.addr, "/v1/push", Some(&alice), &body.to_string()).await?;
+    assert_eq!((status, answer["results"][0].clone()), (200, json!({"id": sent, "status": "processed"})));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // An absurd wait is capped by long_poll, not a panic.
+    let started = Instant::now();
+    let body = json!({"node": "alice:a1:t1", "channels": ["counter/z"], "wait": 1e300}).to_string();
+    let (status, answer) = request(server.addr, "/v1/pull", Some(&alice), &body).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The same channel many times is one channel; more than 100 distinct ones is refused.
+    let started = Instant::now();
+    let many = vec!["counter/z"; 20_000];
+    let body = json!({"node": "alice:a1:t1", "channels": many}).to_string();
+    let limits_big = request(server.addr, "/v1/pull", Some(&alice), &body).await;
+    // 20,000 names are over the test limits' 64 KiB body: refused before any work.
+    let (status, answer) = limits_big?;
+    assert_eq!((status, answer["error"].clone()), (413, json!("too-large")), "{answer}");
+    let body = json!({"node": "alice:a1:t1", "channels": vec!["counter/z"; 500]}).to_string();
+    let (status, answer) = request(server.addr, "/v1/pull", Some(&alice), &body).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let distinct: Vec<String> = (0..101).map(|i| format!("counter/c{i}")).collect();
+    let body = json!({"node": "alice:a1:t1", "channels": distinct}).to_string();
+    let (status, answer) = request(server.addr, "/v1/pull", Some(&alice), &body).await?;
+    assert_eq!((status, answer["error"].clone()), (400, json!("too-many-channels")), "{answer}");
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_first_pull_gets_what_the_channels_load_hook_sends() -> Result<()> {
+    let app = App::new(Open).channel("welcome/:name", Welcome);
+    let server = TestServer::with_app(app, Limits::default()).await?;
+    let body = json!({"node": "bob:b1:t1", "channels": ["welcome/bob"]}).to_string();
+    let (status, first) = request(server.addr, "/v1/pull", None, &body).await?;
+    assert_eq!(status, 200, "{first}");
+    let actions: Vec<Value> =
+        first["actions"].as_array().context("actions")?.iter().map(|a| a["action"].clone()).collect();
+    assert_eq!(actions, [json!({"type": "greeting", "to": "bob"})]);
+    // Not again on the next pull.
+    let body =
+        json!({"node": "bob:b1:t1", "channels": ["welcome/bob"], "cursor": first["cursor"]}).to_string();
+    let (_, next) = request(server.addr, "/v1/pull", None, &body).await?;
+    assert_eq!(next["actions"], json!([]));
+    server.stop().await;
+    Ok(())
+}
