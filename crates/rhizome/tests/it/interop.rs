@@ -54,3 +54,8 @@ fn real_client_crdt_operations_converge_on_a_subscriber_after_disconnections() {
 fn real_client_crdt_concurrent_offline_writers_converge() {
     run_script("crdt-concurrent");
 }
+
+#[test]
+fn real_client_syncs_over_http_without_a_websocket() {
+    run_script("http");
+}
