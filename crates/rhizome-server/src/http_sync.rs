@@ -70,17 +70,9 @@ pub async fn push(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let Ok(token) = bearer(request.headers()) else {
-        let message = "the Authorization header must be `Bearer <token>`";
-        return refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message);
-    };
-    let bytes = match read_body(&shared, request).await {
-        Ok(bytes) => bytes,
+    let (token, body): (_, PushBody) = match read_request(&shared, request).await {
+        Ok(read) => read,
         Err(refusal) => return refusal,
-    };
-    let body: PushBody = match serde_json::from_slice(&bytes) {
-        Ok(body) => body,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string()),
     };
     if body.actions.iter().any(|a| {
         let kind = a.action.get("type").and_then(Value::as_str);
@@ -96,16 +88,7 @@ pub async fn push(
             return refuse(StatusCode::BAD_REQUEST, "wrong-format", message);
         }
     };
-    let mut options = Map::new();
-    if let Some(token) = token {
-        options.insert("token".into(), Value::String(token));
-    }
-    let subprotocol = body.subprotocol.unwrap_or(shared.config.subprotocol);
-    options.insert("subprotocol".into(), subprotocol.into());
-    if let Some(headers) = body.headers {
-        options.insert("headers".into(), Value::Object(headers));
-    }
-    let connect = json!(["connect", rhizome_protocol::PROTOCOL, body.node, 0, options]).to_string();
+    let connect = connect_frame(&shared, body.node, token, body.subprotocol, body.headers);
     let session = Session::new(shared.clone(), peer);
     // In a task of its own: a client that hangs up drops this handler, not the session, whose
     // actions are then still processed (a retry learns their outcome), as when a WebSocket
@@ -116,12 +99,58 @@ pub async fn push(
         Err(_) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "storage", "the push failed; push it again")),
     };
     match outcome {
-        Ok(results) => {
-            let body = json!({"results": results});
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-        }
+        Ok(results) => ok_json(&json!({"results": results})),
         Err(refusal) => refusal,
     }
+}
+
+/// A `200` with a JSON body.
+fn ok_json(body: &Value) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The bearer token and the JSON body of a request, or the refusal of a bad one.
+async fn read_request<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    request: Request,
+) -> Result<(Option<String>, T), Response> {
+    let Ok(token) = bearer(request.headers()) else {
+        let message = "the Authorization header must be `Bearer <token>`";
+        return Err(refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message));
+    };
+    let bytes = read_body(shared, request).await?;
+    match serde_json::from_slice(&bytes) {
+        Ok(body) => Ok((token, body)),
+        Err(e) => Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string())),
+    }
+}
+
+/// The protocol-5 `connect` a request stands for: its node, token, subprotocol (the server's
+/// own when absent) and Logux headers.
+fn connect_frame(
+    shared: &Shared,
+    node: String,
+    token: Option<String>,
+    subprotocol: Option<u64>,
+    headers: Option<Map<String, Value>>,
+) -> String {
+    let mut options = Map::new();
+    if let Some(token) = token {
+        options.insert("token".into(), Value::String(token));
+    }
+    options.insert("subprotocol".into(), subprotocol.unwrap_or(shared.config.subprotocol).into());
+    if let Some(headers) = headers {
+        options.insert("headers".into(), Value::Object(headers));
+    }
+    json!(["connect", rhizome_protocol::PROTOCOL, node, 0, options]).to_string()
+}
+
+/// An action of the server itself (a `load` result, an object's delta) as a pull answers it,
+/// under a fresh server id.
+fn server_action(shared: &Shared, json: &str) -> Value {
+    let id = shared.next_server_id();
+    let action: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+    json!({"action": action, "meta": {"id": id.to_string(), "time": id.ms}})
 }
 
 /// The request's body: at most `frame_bytes_max` bytes, all of it within
@@ -206,13 +235,8 @@ impl Session {
         actions: Vec<PushedAction>,
         ids: &[(String, String)],
     ) -> Result<Vec<Value>, Response> {
-        let mut connection =
-            Connection::new(self.shared.config.clone(), self.shared.limits.clone(), now_ms());
-        let mut pipeline: Option<Pipeline> = None;
-        let mut out = Vec::new();
-        connection.on_frame(connect, now_ms(), &mut out);
-        self.handle(&mut connection, &mut pipeline, out).await?;
-        let (Some(base_time), Some(_)) = (self.base_time, &pipeline) else {
+        let (mut connection, mut pipeline) = self.authenticate(connect).await?;
+        let Some(base_time) = self.base_time else {
             return Err(self.refusal());
         };
         let mut out = Vec::new();
@@ -222,6 +246,21 @@ impl Session {
         // Nothing reads it from now on: a re-sent id still in process elsewhere stops waiting.
         self.outbox.close(crate::outbox::Closed::Ended);
         Ok(results)
+    }
+
+    /// Feeds the `connect` frame to a fresh connection: the connection and the session's
+    /// pipeline once authenticated (its `context` and `base_time` set), or the refusal.
+    async fn authenticate(&mut self, connect: &str) -> Result<(Connection, Option<Pipeline>), Response> {
+        let mut connection =
+            Connection::new(self.shared.config.clone(), self.shared.limits.clone(), now_ms());
+        let mut pipeline = None;
+        let mut out = Vec::new();
+        connection.on_frame(connect, now_ms(), &mut out);
+        self.handle(&mut connection, &mut pipeline, out).await?;
+        if pipeline.is_none() {
+            return Err(self.refusal());
+        }
+        Ok((connection, pipeline))
     }
 
     /// Carries out the connection's outputs, as a WebSocket session does.
@@ -468,15 +507,7 @@ async fn prepare_pull(
     peer: SocketAddr,
     request: Request,
 ) -> Result<PreparedPull, Response> {
-    let Ok(token) = bearer(request.headers()) else {
-        let message = "the Authorization header must be `Bearer <token>`";
-        return Err(refuse(StatusCode::UNAUTHORIZED, "wrong-credentials", message));
-    };
-    let bytes = read_body(&shared, request).await?;
-    let body: PullBody = match serde_json::from_slice(&bytes) {
-        Ok(body) => body,
-        Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string())),
-    };
+    let (token, body): (_, PullBody) = read_request(&shared, request).await?;
     let page = body.limit.unwrap_or(usize::MAX).clamp(1, shared.limits.pull_actions_max);
     let wait = match body.wait {
         None => Duration::ZERO,
@@ -487,20 +518,9 @@ async fn prepare_pull(
             return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", "`wait` must be seconds, 0 or more"));
         }
     };
-    let mut options = Map::new();
-    if let Some(token) = token {
-        options.insert("token".into(), Value::String(token));
-    }
-    options.insert("subprotocol".into(), body.subprotocol.unwrap_or(shared.config.subprotocol).into());
-    if let Some(headers) = body.headers {
-        options.insert("headers".into(), Value::Object(headers));
-    }
-    let connect = json!(["connect", rhizome_protocol::PROTOCOL, body.node, 0, options]).to_string();
+    let connect = connect_frame(&shared, body.node, token, body.subprotocol, body.headers);
     let mut session = Session::new(shared.clone(), peer);
-    let mut connection = Connection::new(shared.config.clone(), shared.limits.clone(), now_ms());
-    let mut out = Vec::new();
-    connection.on_frame(&connect, now_ms(), &mut out);
-    session.handle(&mut connection, &mut None, out).await?;
+    session.authenticate(&connect).await?;
     let Some(ctx) = session.context.take() else {
         return Err(session.refusal());
     };
@@ -518,10 +538,7 @@ async fn prepare_pull(
         loaded.extend(may_follow(&shared, &ctx, &name, first).await?);
         channels.push(rhizome_protocol::Channel::from(name));
     }
-    let last = match read(&shared, |store| store.last_position()).await {
-        Ok(last) => last,
-        Err(refusal) => return Err(refusal),
-    };
+    let last = read(&shared, |store| store.last_position()).await?;
     // No cursor: from now on, as a subscription without `since` (objects come whole).
     let after = match body.cursor.as_deref().map(str::parse::<Position>) {
         None => None,
@@ -545,41 +562,29 @@ async fn answer_pull(pull: PreparedPull) -> Response {
             Ok(answer) => answer,
             Err(refusal) => return refusal,
         };
-        if !loaded.is_empty() {
-            let mut first: Vec<Value> = std::mem::take(&mut loaded)
-                .iter()
-                .map(|json| {
-                    let id = shared.next_server_id();
-                    let action: Value = serde_json::from_str(json).unwrap_or(Value::Null);
-                    json!({"action": action, "meta": {"id": id.to_string(), "time": id.ms}})
-                })
-                .collect();
-            first.append(&mut answer.actions);
-            answer.actions = first;
-        }
-        let empty = answer.actions.is_empty();
-        if !empty || tokio::time::Instant::now() >= deadline {
-            let body =
-                json!({"cursor": answer.cursor.to_string(), "actions": answer.actions, "more": answer.more});
-            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-                .into_response();
+        // The `load` results of a first pull, then the objects' deltas, each its own server
+        // action, before the log's entries.
+        let server: Vec<Value> = std::mem::take(&mut loaded)
+            .iter()
+            .chain(&answer.objects)
+            .map(|json| server_action(&shared, json))
+            .collect();
+        answer.actions.splice(0..0, server);
+        if !answer.actions.is_empty() || tokio::time::Instant::now() >= deadline {
+            return page_response(answer.cursor, answer.actions, answer.more);
         }
         // Nothing yet: wait for a commit that concerns this client (its channels or its
         // targets), moving the cursor past those that do not, then read again.
         let mut through = answer.cursor;
         if shared.recent.waiting() >= shared.limits.connections_max {
             // As many polls wait as connections may be open: this one answers now.
-            let body = json!({"cursor": through.to_string(), "actions": [], "more": false});
-            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-                .into_response();
+            return page_response(through, Vec::new(), false);
         }
         let _waiting = shared.recent.wait();
         loop {
             let woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)).await;
             if !matches!(woke, Ok(Ok(_))) {
-                let body = json!({"cursor": through.to_string(), "actions": [], "more": false});
-                return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-                    .into_response();
+                return page_response(through, Vec::new(), false);
             }
             match shared.recent.since(through, &channels, &ctx.node_id) {
                 Since::Nothing(upto) if upto > through => through = upto,
@@ -588,6 +593,11 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         }
         from = Some(through);
     }
+}
+
+/// A pull's answer.
+fn page_response(cursor: Position, actions: Vec<Value>, more: bool) -> Response {
+    ok_json(&json!({"cursor": cursor.to_string(), "actions": actions, "more": more}))
 }
 
 /// Whether the client of `ctx` may follow `name`: the channel's subscribe rules, as for a
@@ -649,6 +659,9 @@ async fn read<T: Send + 'static>(
 
 /// One page of a pull.
 struct Page {
+    /// The objects' deltas (JSON), server actions without a log position.
+    objects: Vec<String>,
+    /// The log's entries.
     actions: Vec<Value>,
     cursor: Position,
     more: bool,
@@ -666,7 +679,6 @@ async fn read_page(
     let channels = channels.to_vec();
     let node = ctx.node_id.clone();
     let client = ctx.client_id.clone();
-    let ids = shared.next_server_id();
     read(shared, move |store| {
         let upto = store.last_position()?;
         let mut entries: Vec<StoredEntry> = Vec::new();
@@ -708,18 +720,14 @@ async fn read_page(
             complete
         };
         let more = cursor < upto;
-        let mut actions = Vec::with_capacity(objects.len() + entries.len());
-        for json in objects {
-            let action: Value = serde_json::from_str(&json).unwrap_or(Value::Null);
-            actions.push(json!({"action": action, "meta": {"id": ids.to_string(), "time": ids.ms}}));
-        }
+        let mut actions = Vec::with_capacity(entries.len());
         for e in entries {
             let action: Value = serde_json::from_str(&e.action_json).unwrap_or(Value::Null);
             actions.push(
                 json!({"action": action, "meta": {"id": e.id.to_string(), "time": e.time, "added": e.added}}),
             );
         }
-        Ok(Page { actions, cursor, more })
+        Ok(Page { objects, actions, cursor, more })
     })
     .await
 }

@@ -159,6 +159,15 @@ async fn an_object_comes_whole_first_then_as_one_delta_of_what_changed() -> Resu
         let id = alice.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
         alice.wait_processed(&id).await?;
     }
+    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "views"})).await?;
+    alice.wait_processed(&id).await?;
+    let (status, both) =
+        pull(&server, "carol:c1:t1", "carol", json!({"channels": ["crdt/tags", "crdt/views"]})).await?;
+    assert_eq!(status, 200, "{both}");
+    let ids: Vec<Value> =
+        both["actions"].as_array().context("actions")?.iter().map(|a| a["meta"]["id"].clone()).collect();
+    assert_eq!(ids.len(), 2, "{both}");
+    assert_ne!(ids[0], ids[1], "each object's delta is an action of its own, with its own id");
     let (status, first) = pull(&server, "bob:b1:t1", "bob", json!({"channels": ["crdt/tags"]})).await?;
     assert_eq!(status, 200, "{first}");
     let deltas = first["actions"].as_array().context("actions")?;
