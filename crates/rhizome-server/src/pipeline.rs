@@ -656,20 +656,14 @@ impl Pipeline {
     /// whose id the client remembers, or (when the log does not know that id) a position
     /// safely before `since.time`.
     async fn resolve_since(&self, since: &Map<String, Value>) -> Option<u64> {
-        let id = since.get("id").and_then(Value::as_str).map(str::to_owned);
-        let time = since.get("time").and_then(Value::as_i64);
+        if let Some(position) = self.position_of_since_id(since).await {
+            return Some(position);
+        }
+        let time = since.get("time").and_then(Value::as_i64)?;
         let store = self.shared.store.clone();
-        let found = tokio::task::spawn_blocking(move || -> Option<u64> {
-            if let Some(id) = id {
-                if let Ok(Some(p)) = store.position_of_id(&id) {
-                    return Some(p);
-                }
-            }
-            let time = time?;
-            store.position_before_time(time - SINCE_TIME_MARGIN_MS).ok()
-        })
-        .await;
-        found.ok().flatten()
+        let found =
+            tokio::task::spawn_blocking(move || store.position_before_time(time - SINCE_TIME_MARGIN_MS));
+        found.await.ok()?.ok()
     }
 
     fn debug(&self, text: &str) {

@@ -36,19 +36,18 @@ impl Touched {
         touched
     }
 
-    fn concerns(&self, channels: &[Channel], node: &NodeId) -> bool {
-        if channels.iter().any(|c| self.channels.contains(c)) {
-            return true;
-        }
-        if self.targets.is_empty() {
-            return false;
-        }
-        let mut mine = vec![format!("n:{node}"), format!("c:{}", node.client_id())];
-        if let Some(user) = node.user_id() {
-            mine.push(format!("u:{user}"));
-        }
-        mine.iter().any(|t| self.targets.contains(t))
+    fn concerns(&self, channels: &[Channel], targets: &[String]) -> bool {
+        channels.iter().any(|c| self.channels.contains(c)) || targets.iter().any(|t| self.targets.contains(t))
     }
+}
+
+/// The targets that address `node`: itself, its client and its user.
+fn targets_of(node: &NodeId) -> Vec<String> {
+    let mut targets = vec![format!("n:{node}"), format!("c:{}", node.client_id())];
+    if let Some(user) = node.user_id() {
+        targets.push(format!("u:{user}"));
+    }
+    targets
 }
 
 /// What a woken poll should do.
@@ -104,13 +103,15 @@ impl RecentCommits {
 
     /// What a poll of `channels` by `node`, whose cursor is `through`, should do.
     pub fn since(&self, through: Position, channels: &[Channel], node: &NodeId) -> Since {
+        // Made before the lock the hub's record also takes.
+        let targets = targets_of(node);
         let recent = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if through < recent.covered_from {
             return Since::Read;
         }
         let mut upto = through;
         for (last, touched) in recent.commits.iter().filter(|(last, _)| *last > through) {
-            if touched.concerns(channels, node) {
+            if touched.concerns(channels, &targets) {
                 return Since::Read;
             }
             upto = *last;
