@@ -3,50 +3,16 @@
 //! first pull.
 
 use crate::http_push::{meta, now_ms, request};
-use crate::support::{token, TestServer, DEFAULT_LIMITS};
+use crate::support::{token, Open, Slow, TestServer, DEFAULT_LIMITS};
 use anyhow::{Context as _, Result};
 use async_trait::async_trait;
-use rhizome_core::{
-    ActionType, App, AuthRequest, Authenticator, ChannelType, Context, HookError, Limits, Meta, Params,
-};
+use rhizome_core::{App, ChannelType, Context, HookError, Limits, Meta, Params};
 use rhizome_protocol::Action;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-
-struct Open;
-
-#[async_trait]
-impl Authenticator for Open {
-    async fn authenticate(&self, _: &AuthRequest) -> bool {
-        true
-    }
-}
-
-/// `slow`: processing takes a second and counts each id.
-struct Slow(Arc<Mutex<HashMap<String, u32>>>);
-
-#[async_trait]
-impl ActionType for Slow {
-    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
-        Ok(true)
-    }
-    fn processes(&self) -> bool {
-        true
-    }
-    async fn process(&self, _: &Context, _: &Action, meta: &Meta) -> Result<(), HookError> {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        *self
-            .0
-            .lock()
-            .map_err(|_| HookError::Failed("poisoned".into()))?
-            .entry(meta.id.text())
-            .or_default() += 1;
-        Ok(())
-    }
-}
 
 /// `welcome/:name`: anyone may read; `load` sends one greeting.
 struct Welcome;
@@ -72,7 +38,8 @@ impl ChannelType for Welcome {
 #[tokio::test]
 async fn a_push_whose_client_hangs_up_is_still_processed_once_and_a_retry_learns_it() -> Result<()> {
     let counts = Arc::new(Mutex::new(HashMap::new()));
-    let app = App::new(Open).action_type("slow", Slow(counts.clone()));
+    let app =
+        App::new(Open).action_type("slow", Slow { delay: Duration::from_secs(1), counts: counts.clone() });
     let server = TestServer::with_app(app, Limits::default()).await?;
     let t = now_ms();
     let body = json!({"node": "alice:a1:t1", "actions": [{"action": {"type": "slow"}, "meta": meta("alice:a1:t1", t)}]})

@@ -3,50 +3,13 @@
 //! it gets each one's answer once processing ends, without any being processed twice. Answers
 //! that a closed connection could not send are kept in the log for the client.
 
-use crate::support::{sync_actions, Client, TestServer};
+use crate::support::{sync_actions, Client, Open, Slow, TestServer};
 use anyhow::{anyhow, Result};
-use async_trait::async_trait;
-use rhizome_core::{ActionType, App, AuthRequest, Authenticator, Context, HookError, Limits, Meta};
-use rhizome_protocol::Action;
+use rhizome_core::{App, Limits};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-struct Open;
-
-#[async_trait]
-impl Authenticator for Open {
-    async fn authenticate(&self, _: &AuthRequest) -> bool {
-        true
-    }
-}
-
-/// `slow`: processing takes `delay` and counts each id.
-struct Slow {
-    delay: Duration,
-    counts: Arc<Mutex<HashMap<String, u32>>>,
-}
-
-#[async_trait]
-impl ActionType for Slow {
-    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
-        Ok(true)
-    }
-    fn processes(&self) -> bool {
-        true
-    }
-    async fn process(&self, _: &Context, _: &Action, meta: &Meta) -> Result<(), HookError> {
-        tokio::time::sleep(self.delay).await;
-        *self
-            .counts
-            .lock()
-            .map_err(|_| HookError::Failed("poisoned".into()))?
-            .entry(meta.id.text())
-            .or_default() += 1;
-        Ok(())
-    }
-}
 
 async fn start(delay: Duration) -> Result<(TestServer, Arc<Mutex<HashMap<String, u32>>>)> {
     let counts = Arc::new(Mutex::new(HashMap::new()));

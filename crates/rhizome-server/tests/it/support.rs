@@ -2,13 +2,18 @@
 //! protocol-5 client over a real WebSocket in which every read has a timeout.
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
+use rhizome_core::{ActionType, AuthRequest, Authenticator, Context, HookError, Meta};
 use rhizome_core::{App, Limits};
+use rhizome_protocol::Action;
 use rhizome_server::config::FileConfig;
 use rhizome_server::{Server, ServerOptions};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
@@ -510,5 +515,41 @@ impl Client {
     /// Closes our side politely.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
+    }
+}
+
+/// Lets everyone in.
+pub struct Open;
+
+#[async_trait]
+impl Authenticator for Open {
+    async fn authenticate(&self, _: &AuthRequest) -> bool {
+        true
+    }
+}
+
+/// `slow`: processing takes `delay` and counts each id.
+pub struct Slow {
+    pub delay: Duration,
+    pub counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+#[async_trait]
+impl ActionType for Slow {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+    fn processes(&self) -> bool {
+        true
+    }
+    async fn process(&self, _: &Context, _: &Action, meta: &Meta) -> Result<(), HookError> {
+        tokio::time::sleep(self.delay).await;
+        *self
+            .counts
+            .lock()
+            .map_err(|_| HookError::Failed("poisoned".into()))?
+            .entry(meta.id.text())
+            .or_default() += 1;
+        Ok(())
     }
 }
