@@ -43,6 +43,9 @@ pub struct Limits {
     pub park_after: Duration,
     /// Most actions one HTTP pull answers with; a client that was away pages through the rest.
     pub pull_actions_max: usize,
+    /// Most distinct channels one HTTP pull follows: each costs an access check and a read
+    /// per page.
+    pub pull_channels_max: usize,
     /// Longest an HTTP pull with nothing to answer is held open (long-poll), whatever its
     /// `wait` asks for.
     pub long_poll: Duration,
@@ -67,6 +70,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             park_after: Duration::from_secs(1),
             pull_actions_max: 1000,
+            pull_channels_max: 100,
             long_poll: Duration::from_secs(25),
         }
     }

@@ -108,6 +108,7 @@ pub struct LimitsSection {
     pub backlog_readers_max: Option<usize>,
     pub catch_up_chunk_actions: Option<usize>,
     pub pull_actions_max: Option<usize>,
+    pub pull_channels_max: Option<usize>,
     pub long_poll_ms: Option<u64>,
     pub auth_failures_max: Option<usize>,
     pub auth_failure_window_ms: Option<u64>,
@@ -133,6 +134,7 @@ impl LimitsSection {
             backlog_readers_max: self.backlog_readers_max.unwrap_or(d.backlog_readers_max),
             catch_up_chunk_actions: self.catch_up_chunk_actions.unwrap_or(d.catch_up_chunk_actions),
             pull_actions_max: self.pull_actions_max.unwrap_or(d.pull_actions_max),
+            pull_channels_max: self.pull_channels_max.unwrap_or(d.pull_channels_max),
             long_poll: ms(self.long_poll_ms, d.long_poll),
             auth_failures_max: self.auth_failures_max.unwrap_or(d.auth_failures_max),
             auth_failure_window: ms(self.auth_failure_window_ms, d.auth_failure_window),
@@ -150,6 +152,7 @@ impl LimitsSection {
             ("backlog_readers_max", limits.backlog_readers_max),
             ("catch_up_chunk_actions", limits.catch_up_chunk_actions),
             ("pull_actions_max", limits.pull_actions_max),
+            ("pull_channels_max", limits.pull_channels_max),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("limits.{name} must be positive")));

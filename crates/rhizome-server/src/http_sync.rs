@@ -417,7 +417,8 @@ impl Session {
     }
 }
 
-/// Records the `logux/processed` and `logux/undo` answers of a `sync` frame by action id.
+/// Records the `logux/processed` and `logux/undo` answers of a `sync` frame by action id
+/// (the result's `id` is set by [`Session::outcomes`], as the client sent it).
 fn read_answers(frame: &str, answers: &mut HashMap<String, Value>) {
     let Ok(Value::Array(parts)) = serde_json::from_str::<Value>(frame) else { return };
     if parts.first().and_then(Value::as_str) != Some("sync") {
@@ -426,9 +427,9 @@ fn read_answers(frame: &str, answers: &mut HashMap<String, Value>) {
     for action in parts.iter().skip(2).step_by(2) {
         let Some(id) = action.get("id").and_then(Value::as_str) else { continue };
         let result = match action.get("type").and_then(Value::as_str) {
-            Some("logux/processed") => json!({"id": id, "status": "processed"}),
+            Some("logux/processed") => json!({"status": "processed"}),
             Some("logux/undo") => {
-                let mut result = json!({"id": id, "status": "undone", "undo": action});
+                let mut result = json!({"status": "undone", "undo": action});
                 if let Some(reason) = action.get("reason") {
                     result["reason"] = reason.clone();
                 }
@@ -445,9 +446,6 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session").field("peer", &self.peer).finish()
     }
 }
-
-/// Most channels one pull follows: each costs an access check and a read per page.
-const PULL_CHANNELS_MAX: usize = 100;
 
 /// The body of `POST /v1/pull`.
 #[derive(Debug, Deserialize)]
@@ -527,8 +525,9 @@ async fn prepare_pull(
     let mut names = body.channels;
     names.sort_unstable();
     names.dedup();
-    if names.len() > PULL_CHANNELS_MAX {
-        let message = format!("a pull follows at most {PULL_CHANNELS_MAX} channels");
+    let most = shared.limits.pull_channels_max;
+    if names.len() > most {
+        let message = format!("a pull follows at most {most} channels (pull_channels_max)");
         return Err(refuse(StatusCode::BAD_REQUEST, "too-many-channels", message));
     }
     let first = body.cursor.is_none();

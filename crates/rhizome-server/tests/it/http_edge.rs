@@ -68,7 +68,7 @@ async fn a_push_whose_client_hangs_up_is_still_processed_once_and_a_retry_learns
 
 #[tokio::test]
 async fn odd_requests_are_answered_as_asked() -> Result<()> {
-    let limits = format!("{DEFAULT_LIMITS}\nlong_poll_ms = 300\n");
+    let limits = format!("{DEFAULT_LIMITS}\nlong_poll_ms = 300\npull_channels_max = 50\n");
     let server = TestServer::start(&limits).await?;
     let alice = format!("Bearer {}", token("alice"));
     // An id with a leading zero is the same id: processed, and answered as sent.
@@ -85,7 +85,8 @@ async fn odd_requests_are_answered_as_asked() -> Result<()> {
     let (status, answer) = request(server.addr, "/v1/pull", Some(&alice), &body).await?;
     assert_eq!(status, 200, "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    // The same channel many times is one channel; more than 100 distinct ones is refused.
+    // The same channel many times is one channel; more distinct ones than pull_channels_max
+    // (50 here) are refused.
     let started = Instant::now();
     let many = vec!["counter/z"; 20_000];
     let body = json!({"node": "alice:a1:t1", "channels": many}).to_string();
@@ -97,7 +98,7 @@ async fn odd_requests_are_answered_as_asked() -> Result<()> {
     let (status, answer) = request(server.addr, "/v1/pull", Some(&alice), &body).await?;
     assert_eq!(status, 200, "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    let distinct: Vec<String> = (0..101).map(|i| format!("counter/c{i}")).collect();
+    let distinct: Vec<String> = (0..51).map(|i| format!("counter/c{i}")).collect();
     let body = json!({"node": "alice:a1:t1", "channels": distinct}).to_string();
     let (status, answer) = request(server.addr, "/v1/pull", Some(&alice), &body).await?;
     assert_eq!((status, answer["error"].clone()), (400, json!("too-many-channels")), "{answer}");
