@@ -2,6 +2,8 @@
 
 use crate::jwt::{JwtAuth, OpenAuth};
 use crate::rules::{build_app, ActionRule, ChannelRule};
+use crate::wakeup::{WakeupOptions, WebhookOptions};
+use rhizome_core::wakeup::ScheduleOptions;
 use rhizome_core::{App, Limits};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,9 @@ pub struct FileConfig {
     /// `[limits]`
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[push]`
+    #[serde(default)]
+    pub push: PushSection,
     /// `[[channel]]`
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelRule>,
@@ -161,6 +166,110 @@ impl LimitsSection {
     }
 }
 
+/// `[push]`: push wake-ups (see [`WakeupOptions`] for each meaning).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSection {
+    /// Least time between two pokes of one device (30000).
+    pub interval_ms: Option<u64>,
+    /// Retries of a failed poke (8).
+    pub retries_max: Option<u32>,
+    /// First retry's wait, doubling after (1000).
+    pub backoff_first_ms: Option<u64>,
+    /// Longest wait between retries (600000).
+    pub backoff_max_ms: Option<u64>,
+    /// How long a push service keeps an undelivered poke, seconds (86400).
+    pub ttl_secs: Option<u64>,
+    /// The VAPID private key: its 32-byte scalar, base64url.
+    pub vapid_private_key: Option<String>,
+    /// Name of an environment variable holding the VAPID private key.
+    pub vapid_private_key_env: Option<String>,
+    /// The VAPID contact, `mailto:` or `https:`.
+    pub vapid_subject: Option<String>,
+    /// The operator's webhook URL.
+    pub webhook_url: Option<String>,
+    /// The webhook's HMAC secret.
+    pub webhook_secret: Option<String>,
+    /// Name of an environment variable holding the webhook's HMAC secret.
+    pub webhook_secret_env: Option<String>,
+    /// Accept `http:` endpoints and webhook URLs (false).
+    pub allow_insecure_endpoints: Option<bool>,
+    /// Registered devices per user at most (32).
+    pub targets_per_user_max: Option<usize>,
+    /// Pokes delivered at once at most (64).
+    pub sends_max: Option<usize>,
+    /// Longest one delivery may take (10000).
+    pub send_timeout_ms: Option<u64>,
+}
+
+impl PushSection {
+    /// The wake-up options, defaults filled in.
+    pub fn to_options(&self) -> Result<WakeupOptions, ConfigError> {
+        let d = WakeupOptions::default();
+        let env = |name: &str| {
+            std::env::var(name)
+                .map_err(|_| ConfigError::Invalid(format!("environment variable {name} is not set")))
+        };
+        let ms = |v: Option<u64>, default: i64| v.map_or(default, |v| v.min(i64::MAX as u64) as i64);
+        let vapid_key = match (&self.vapid_private_key, &self.vapid_private_key_env) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(var)) => Some(env(var)?),
+            (None, None) => None,
+        };
+        let webhook = match &self.webhook_url {
+            None => None,
+            Some(url) => {
+                let secret = match (&self.webhook_secret, &self.webhook_secret_env) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(var)) => env(var)?,
+                    (None, None) => {
+                        return Err(ConfigError::Invalid(
+                            "push.webhook_url needs webhook_secret or webhook_secret_env".into(),
+                        ))
+                    }
+                };
+                if secret.len() < 16 {
+                    return Err(ConfigError::Invalid("push.webhook_secret must be at least 16 bytes".into()));
+                }
+                let insecure = self.allow_insecure_endpoints.unwrap_or(false);
+                if !(url.starts_with("https://") || insecure && url.starts_with("http://")) {
+                    return Err(ConfigError::Invalid(
+                        "push.webhook_url must be https (or http with allow_insecure_endpoints)".into(),
+                    ));
+                }
+                Some(WebhookOptions { url: url.clone(), secret })
+            }
+        };
+        let options = WakeupOptions {
+            schedule: ScheduleOptions {
+                interval_ms: ms(self.interval_ms, d.schedule.interval_ms),
+                retries_max: self.retries_max.unwrap_or(d.schedule.retries_max),
+                backoff_first_ms: ms(self.backoff_first_ms, d.schedule.backoff_first_ms),
+                backoff_max_ms: ms(self.backoff_max_ms, d.schedule.backoff_max_ms),
+            },
+            ttl: self.ttl_secs.map_or(d.ttl, Duration::from_secs),
+            vapid_key,
+            vapid_subject: self.vapid_subject.clone(),
+            webhook,
+            allow_insecure_endpoints: self.allow_insecure_endpoints.unwrap_or(false),
+            targets_per_user_max: self.targets_per_user_max.unwrap_or(d.targets_per_user_max),
+            sends_max: self.sends_max.unwrap_or(d.sends_max),
+            send_timeout: self.send_timeout_ms.map_or(d.send_timeout, Duration::from_millis),
+        };
+        if let Some(subject) = &options.vapid_subject {
+            if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
+                return Err(ConfigError::Invalid("push.vapid_subject must be a mailto: or https: URI".into()));
+            }
+        }
+        if options.sends_max == 0 || options.targets_per_user_max == 0 || options.schedule.backoff_first_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "push.sends_max, targets_per_user_max and backoff_first_ms must be positive".into(),
+            ));
+        }
+        Ok(options)
+    }
+}
+
 impl FileConfig {
     /// Reads a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -219,6 +328,7 @@ mod tests {
         assert_eq!(config.auth.mode, AuthMode::Jwt);
         assert!(config.channels.len() >= 3);
         config.limits.to_limits().unwrap();
+        config.push.to_options().unwrap();
         std::env::set_var("RHIZOME_JWT_SECRET", "example-secret");
         config.app().unwrap();
     }

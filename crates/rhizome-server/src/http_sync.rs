@@ -58,7 +58,7 @@ struct PushedAction {
 
 /// A refused request: its HTTP status and a machine-readable `error` (the Logux error types
 /// where one applies) with a human-readable `message`.
-fn refuse(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+pub(crate) fn refuse(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     let body = json!({"error": error, "message": message.into()});
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
@@ -105,12 +105,12 @@ pub async fn push(
 }
 
 /// A `200` with a JSON body.
-fn ok_json(body: &Value) -> Response {
+pub(crate) fn ok_json(body: &Value) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// The bearer token and the JSON body of a request, or the refusal of a bad one.
-async fn read_request<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_request<T: serde::de::DeserializeOwned>(
     shared: &Shared,
     request: Request,
 ) -> Result<(Option<String>, T), Response> {
@@ -123,6 +123,22 @@ async fn read_request<T: serde::de::DeserializeOwned>(
         Ok(body) => Ok((token, body)),
         Err(e) => Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", e.to_string())),
     }
+}
+
+/// Authenticates a request as the `connect` of `node` with `token`, `subprotocol` and
+/// `headers` would be: who the client is, or the refusal.
+pub(crate) async fn authenticate(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    node: String,
+    token: Option<String>,
+    subprotocol: Option<u64>,
+    headers: Option<Map<String, Value>>,
+) -> Result<Context, Response> {
+    let connect = connect_frame(shared, node, token, subprotocol, headers);
+    let mut session = Session::new(shared.clone(), peer);
+    session.authenticate(&connect).await?;
+    session.context.take().ok_or_else(|| session.refusal())
 }
 
 /// The protocol-5 `connect` a request stands for: its node, token, subprotocol (the server's
@@ -580,6 +596,8 @@ async fn answer_pull(pull: PreparedPull) -> Response {
             return page_response(through, Vec::new(), false);
         }
         let _waiting = shared.recent.wait();
+        // A device that is waiting here gets what concerns it without a push wake-up.
+        let _live = shared.wakeups.live(&ctx.client_id);
         loop {
             let woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)).await;
             if !matches!(woke, Ok(Ok(_))) {
@@ -604,7 +622,7 @@ fn page_response(cursor: Position, actions: Vec<Value>, more: bool) -> Response 
 ///
 /// On a client's first pull (`first`), also the channel's `load` hook, as for a subscription:
 /// returns the actions it gives (their JSON), sent before anything else.
-async fn may_follow(
+pub(crate) async fn may_follow(
     shared: &Shared,
     ctx: &Context,
     name: &str,

@@ -190,6 +190,9 @@ impl Hub {
         match message {
             HubMessage::Committed(entries) => {
                 self.route(entries.iter().flatten());
+                // Devices registered for push wake-ups that these concern and that have no
+                // connection get a poke.
+                self.shared.wakeups.committed(entries.iter().flatten());
                 // HTTP long-polls wait for this: their reads see everything up to it. What the
                 // commit touched is recorded first, so a woken poll finds it.
                 let recent = &self.shared.recent;
@@ -232,6 +235,7 @@ impl Hub {
             self.unregister(old);
         }
         let catching_up = synced < self.position;
+        self.shared.wakeups.connected(&identity.client_id);
         self.by_client.insert(identity.client_id.clone(), id);
         if let Some(user) = &identity.user_id {
             let list = self.by_user.entry(user.clone()).or_default();
@@ -259,6 +263,7 @@ impl Hub {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        self.shared.wakeups.disconnected(&conn.identity.client_id);
         let ident = &conn.identity;
         if self.by_client.get(&ident.client_id) == Some(&id) {
             self.by_client.remove(&ident.client_id);

@@ -17,6 +17,7 @@ mod recent;
 pub mod rules;
 mod shared;
 mod subscribers;
+pub mod wakeup;
 mod writer;
 mod ws;
 
@@ -26,7 +27,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use rhizome_core::{App, HandshakeConfig, Limits};
 use rhizome_protocol::NodeId;
@@ -55,6 +56,8 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Application rules and authenticator.
     pub app: App,
+    /// Push wake-ups.
+    pub wakeups: wakeup::WakeupOptions,
 }
 
 /// Errors starting a server.
@@ -74,6 +77,9 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("starting a thread: {0}")]
     Thread(std::io::Error),
+    /// The VAPID key could not be read or made.
+    #[error("VAPID key: {0}")]
+    Vapid(String),
 }
 
 /// A running server.
@@ -105,6 +111,8 @@ impl Server {
             );
         }
         let position = store.last_position()?;
+        let vapid = wakeup::Vapid::load(&options.wakeups, &options.data_dir).map_err(StartError::Vapid)?;
+        let wakeups = wakeup::Wakeups::new(options.wakeups, vapid, store.push_targets()?);
         let store: Arc<dyn Store> = Arc::new(store);
         let (writer_tx, writer_rx) = writer::queue();
         let (hub_tx, hub_rx) = mpsc::channel(4096);
@@ -123,6 +131,7 @@ impl Server {
             writer_tx,
             hub_tx.clone(),
             parking,
+            wakeups,
         ));
         let hub_for_writer = hub_tx.clone();
         std::thread::Builder::new()
@@ -139,10 +148,13 @@ impl Server {
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(tick(shared.clone()));
+        tokio::spawn(wakeup::run(shared.clone(), stop_rx.clone()));
         let router = Router::new()
             .route("/health", get(health))
             .route("/v1/push", post(http_sync::push))
             .route("/v1/pull", post(http_sync::pull))
+            .route("/v1/push-config", get(wakeup::config_endpoint))
+            .route("/v1/push-target", put(wakeup::register_endpoint).delete(wakeup::unregister_endpoint))
             .fallback(upgrade)
             .with_state(shared.clone());
         let (done_tx, done) = oneshot::channel();
@@ -179,6 +191,11 @@ impl Server {
     /// Connections parked off the runtime because they are quiet.
     pub fn parked_connections(&self) -> usize {
         self.shared.parking.len()
+    }
+
+    /// Counters of the push wake-ups.
+    pub fn wakeup_stats(&self) -> wakeup::WakeupStats {
+        self.shared.wakeups.stats()
     }
 
     /// Counters of the hub.

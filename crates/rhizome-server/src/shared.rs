@@ -46,6 +46,8 @@ pub struct Shared {
     pub committed: tokio::sync::watch::Sender<u64>,
     /// What recent commits touched, for waiting long-polls.
     pub recent: crate::recent::RecentCommits,
+    /// Push wake-ups of devices without a connection.
+    pub wakeups: Arc<crate::wakeup::Wakeups>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -81,6 +83,7 @@ impl Shared {
     }
 
     /// Assembles the shared state.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: HandshakeConfig,
         limits: Limits,
@@ -89,6 +92,7 @@ impl Shared {
         writer: WriteQueue,
         hub: mpsc::Sender<HubMessage>,
         parking: crate::park::Parking,
+        wakeups: crate::wakeup::Wakeups,
     ) -> Self {
         let ids = IdGenerator::new(config.server_node.clone());
         Shared {
@@ -108,6 +112,7 @@ impl Shared {
             connection_closed: tokio::sync::Notify::new(),
             committed: tokio::sync::watch::Sender::new(0),
             recent: crate::recent::RecentCommits::default(),
+            wakeups: Arc::new(wakeups),
         }
     }
 

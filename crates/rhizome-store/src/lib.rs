@@ -37,13 +37,42 @@ pub struct WriteBatch {
     /// and the log position the subscriber had received everything up to. A position already
     /// recorded for the id is only ever raised, never lowered.
     pub acks: Vec<(String, Position)>,
+    /// Push wake-up registrations to store or remove.
+    pub push_targets: Vec<PushTargetChange>,
 }
 
 impl WriteBatch {
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.statuses.is_empty() && self.acks.is_empty()
+        self.appends.is_empty()
+            && self.statuses.is_empty()
+            && self.acks.is_empty()
+            && self.push_targets.is_empty()
     }
+}
+
+/// A device's push wake-up registration, as stored: one per client id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    /// The client id (`user:client`); registering again replaces its registration.
+    pub client: String,
+    /// The node that registered.
+    pub node: String,
+    /// The channels it follows.
+    pub channels: Vec<String>,
+    /// Where pokes go, as JSON (the server's encoding; the store keeps it as it is).
+    pub target: String,
+    /// When it was registered, server clock (ms).
+    pub registered_ms: i64,
+}
+
+/// A change to the push wake-up registrations.
+#[derive(Debug, Clone)]
+pub enum PushTargetChange {
+    /// Stores a registration, replacing the client's previous one.
+    Put(PushTarget),
+    /// Removes the registration of this client id, if any.
+    Remove(String),
 }
 
 /// An entry to append, with its storage encoding done by the caller's thread, so the single
@@ -139,6 +168,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The status of an action id, if the log has it.
     fn status_of(&self, id: &str) -> Result<Option<Status>, StoreError>;
+
+    /// Every push wake-up registration, read once at start.
+    fn push_targets(&self) -> Result<Vec<PushTarget>, StoreError>;
 
     /// Number of entries in the log.
     fn count(&self) -> Result<u64, StoreError>;

@@ -1,6 +1,6 @@
 //! The SQLite log: one writer connection, a small pool of reader connections, WAL mode.
 
-use crate::{Append, Committed, LogWriter, Store, StoreError, WriteBatch};
+use crate::{Append, Committed, LogWriter, PushTarget, PushTargetChange, Store, StoreError, WriteBatch};
 use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEntry};
 use rhizome_crdt::ops::{self, Op};
 use rhizome_crdt::{Kind, Object};
@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS log_targets(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subscription_acks(
     id TEXT PRIMARY KEY, position INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS push_targets(
+    client TEXT PRIMARY KEY, node TEXT NOT NULL, channels TEXT NOT NULL, target TEXT NOT NULL,
+    registered INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS crdt_objects(
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL
@@ -459,6 +463,25 @@ impl Store for SqliteStore {
         })
     }
 
+    fn push_targets(&self) -> Result<Vec<PushTarget>, StoreError> {
+        self.with_reader(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT client, node, channels, target, registered FROM push_targets ORDER BY client",
+            )?;
+            let rows = statement.query_map([], |r| {
+                let channels: String = r.get(2)?;
+                Ok(PushTarget {
+                    client: r.get(0)?,
+                    node: r.get(1)?,
+                    channels: serde_json::from_str(&channels).unwrap_or_default(),
+                    target: r.get(3)?,
+                    registered_ms: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     fn count(&self) -> Result<u64, StoreError> {
         self.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))? as u64))
     }
@@ -627,6 +650,26 @@ fn insert_channel_rows(
     Ok(())
 }
 
+/// Stores or removes one push wake-up registration.
+fn write_push_target(tx: &rusqlite::Transaction<'_>, change: PushTargetChange) -> Result<(), StoreError> {
+    match change {
+        PushTargetChange::Put(t) => {
+            let channels = serde_json::to_string(&t.channels).unwrap_or_else(|_| "[]".into());
+            tx.prepare_cached(
+                "INSERT INTO push_targets(client, node, channels, target, registered)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(client) DO UPDATE SET node = excluded.node, channels = excluded.channels,
+                 target = excluded.target, registered = excluded.registered",
+            )?
+            .execute(params![t.client, t.node, channels, t.target, t.registered_ms])?;
+        }
+        PushTargetChange::Remove(client) => {
+            tx.prepare_cached("DELETE FROM push_targets WHERE client = ?1")?.execute([client])?;
+        }
+    }
+    Ok(())
+}
+
 impl LogWriter for SqliteWriter {
     fn commit(&mut self, batches: &mut [WriteBatch], now_ms: i64) -> Result<Vec<Committed>, StoreError> {
         let cache = &mut self.objects;
@@ -790,6 +833,9 @@ impl LogWriter for SqliteWriter {
                 }
                 for (id, position) in batch.acks.drain(..) {
                     ack.execute(params![id, position as i64])?;
+                }
+                for change in batch.push_targets.drain(..) {
+                    write_push_target(&tx, change)?;
                 }
                 results.push(committed);
             }

@@ -186,6 +186,7 @@ async fn serve(args: ServeArgs, file: FileConfig) -> anyhow::Result<()> {
         development: args.development || file.server.development.unwrap_or(false),
         limits: file.limits.to_limits()?,
         app: file.app()?,
+        wakeups: file.push.to_options()?,
     };
     let data_dir = options.data_dir.clone();
     let server = Server::start(options).await?;

@@ -151,6 +151,7 @@ impl TestServer {
             development: false,
             limits,
             app,
+            wakeups: Default::default(),
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();

@@ -9,16 +9,27 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// One HTTP/1.1 request on its own connection; returns the status and the JSON body.
+/// One HTTP/1.1 `POST` on its own connection; returns the status and the JSON body.
 pub async fn request(
     addr: SocketAddr,
     path: &str,
     authorization: Option<&str>,
     body: &str,
 ) -> Result<(u16, Value)> {
+    request_with(addr, "POST", path, authorization, body).await
+}
+
+/// One HTTP/1.1 request of `method` on its own connection; returns the status and the JSON body.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: &str,
+) -> Result<(u16, Value)> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
     if let Some(value) = authorization {

@@ -16,6 +16,8 @@ mod http_push;
 mod load;
 mod park;
 mod process;
+mod push_service;
 mod since;
 mod storage;
 mod support;
+mod wakeup;

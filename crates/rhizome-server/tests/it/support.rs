@@ -8,6 +8,7 @@ use rhizome_core::{ActionType, AuthRequest, Authenticator, Context, HookError, M
 use rhizome_core::{App, Limits};
 use rhizome_protocol::Action;
 use rhizome_server::config::FileConfig;
+use rhizome_server::wakeup::WakeupOptions;
 use rhizome_server::{Server, ServerOptions};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -102,7 +103,37 @@ impl TestServer {
 
     /// Starts a server with the application `app` (rules written in Rust) and `limits`.
     pub async fn with_app(app: App, limits: Limits) -> Result<TestServer> {
-        let dir = tempfile::tempdir()?;
+        Self::start_in(tempfile::tempdir()?, app, limits, WakeupOptions::default()).await
+    }
+
+    /// Starts a server with the test rules, [`DEFAULT_LIMITS`] and these push wake-ups.
+    pub async fn with_wakeups(wakeups: WakeupOptions) -> Result<TestServer> {
+        let (app, limits) = Self::default_rules()?;
+        Self::start_in(tempfile::tempdir()?, app, limits, wakeups).await
+    }
+
+    /// Stops the server and starts it again on the same data directory (a new port), with the
+    /// test rules, [`DEFAULT_LIMITS`] and `wakeups`.
+    pub async fn restart(mut self, wakeups: WakeupOptions) -> Result<TestServer> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let (app, limits) = Self::default_rules()?;
+        Self::start_in(self._dir, app, limits, wakeups).await
+    }
+
+    fn default_rules() -> Result<(App, Limits)> {
+        let text = format!("{RULES}\n[limits]\n{DEFAULT_LIMITS}\n");
+        let file: FileConfig = toml::from_str(&text).context("test config")?;
+        Ok((file.app()?, file.limits.to_limits()?))
+    }
+
+    /// The server's push wake-up counters.
+    pub fn wakeup_stats(&self) -> rhizome_server::wakeup::WakeupStats {
+        self.server.as_ref().map(Server::wakeup_stats).unwrap_or_default()
+    }
+
+    async fn start_in(dir: TempDir, app: App, limits: Limits, wakeups: WakeupOptions) -> Result<TestServer> {
         let options = ServerOptions {
             listen: "127.0.0.1:0".parse()?,
             data_dir: dir.path().into(),
@@ -111,6 +142,7 @@ impl TestServer {
             development: false,
             limits,
             app,
+            wakeups,
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();

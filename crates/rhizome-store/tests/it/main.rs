@@ -603,3 +603,40 @@ fn opening_an_older_log_drops_its_subscription_acknowledgements_once() {
     let store = SqliteStore::open(dir.path()).expect("reopen");
     assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(6), "only once");
 }
+
+#[test]
+fn push_targets_are_replaced_per_client_removed_and_survive_reopening() {
+    use rhizome_store::{PushTarget, PushTargetChange};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = |client: &str, node: &str, channels: &[&str], at: i64| PushTarget {
+        client: client.into(),
+        node: node.into(),
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        target: format!(r#"{{"type":"webhook","token":"{node}"}}"#),
+        registered_ms: at,
+    };
+    {
+        let store = SqliteStore::open(dir.path()).expect("open");
+        let mut w = store.writer().expect("writer");
+        let puts = vec![
+            PushTargetChange::Put(target("alice:phone", "alice:phone:1", &["news"], 1)),
+            PushTargetChange::Put(target("bob:tab", "bob:tab:1", &[], 2)),
+            PushTargetChange::Put(target("carol:x", "carol:x:1", &["a", "b"], 3)),
+        ];
+        w.commit(&mut [WriteBatch { push_targets: puts, ..WriteBatch::default() }], 1).expect("commit");
+        // The same client again replaces; a removal of one, and of one never registered.
+        let changes = vec![
+            PushTargetChange::Put(target("alice:phone", "alice:phone:2", &["news", "board/1"], 4)),
+            PushTargetChange::Remove("bob:tab".into()),
+            PushTargetChange::Remove("nobody:x".into()),
+        ];
+        w.commit(&mut [WriteBatch { push_targets: changes, ..WriteBatch::default() }], 2).expect("commit");
+        assert_eq!(store.push_targets().expect("read").len(), 2);
+    }
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let read = store.push_targets().expect("read");
+    assert_eq!(
+        read,
+        vec![target("alice:phone", "alice:phone:2", &["news", "board/1"], 4), target("carol:x", "carol:x:1", &["a", "b"], 3)]
+    );
+}

@@ -1,0 +1,507 @@
+//! Push wake-ups: a device that holds no connection registers where to be poked (Web Push or
+//! the operator's webhook) and which channels it follows; when a commit concerns it while it
+//! is not connected, it gets a content-free poke and pulls.
+//!
+//! Deciding is sans-IO ([`rhizome_core::wakeup`]): the [`Registry`] says which devices a commit
+//! concerns, the [`Schedule`] when each is poked (coalesced, retried with backoff). This module
+//! keeps them with the devices' targets and whether each device is connected (a WebSocket, or
+//! a waiting long-poll: those get what concerns them without a poke), stores registrations in
+//! the log's database, and runs the task that delivers pokes ([`deliver`]).
+
+mod api;
+mod deliver;
+
+pub use api::{config as config_endpoint, register as register_endpoint, unregister as unregister_endpoint};
+pub use deliver::Vapid;
+
+use crate::shared::Shared;
+use crate::writer::now_ms;
+use rhizome_core::wakeup::{Delivery, Registry, Schedule, ScheduleOptions};
+use rhizome_core::StoredEntry;
+use rhizome_protocol::{Channel, ClientId, NodeId};
+use rhizome_store::{PushTarget, PushTargetChange, WriteBatch};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+/// How the server pokes devices.
+#[derive(Debug, Clone)]
+pub struct WakeupOptions {
+    /// Coalescing and retries.
+    pub schedule: ScheduleOptions,
+    /// How long a push service keeps an undelivered poke (`TTL`).
+    pub ttl: Duration,
+    /// The VAPID key the server signs Web Push requests with; `None`: the key kept in the data
+    /// directory (`vapid-private-key`), made on first start.
+    pub vapid_key: Option<String>,
+    /// The VAPID `sub` claim: a `mailto:` or `https:` contact for the push service's operator.
+    pub vapid_subject: Option<String>,
+    /// The operator's webhook, for devices registered with a platform token.
+    pub webhook: Option<WebhookOptions>,
+    /// Accept `http:` Web Push endpoints and webhook URLs (tests, private networks).
+    pub allow_insecure_endpoints: bool,
+    /// Registered devices per user at most.
+    pub targets_per_user_max: usize,
+    /// Pokes being delivered at once at most.
+    pub sends_max: usize,
+    /// Longest one delivery may take.
+    pub send_timeout: Duration,
+}
+
+impl Default for WakeupOptions {
+    fn default() -> Self {
+        WakeupOptions {
+            schedule: ScheduleOptions::default(),
+            ttl: Duration::from_secs(24 * 3600),
+            vapid_key: None,
+            vapid_subject: None,
+            webhook: None,
+            allow_insecure_endpoints: false,
+            targets_per_user_max: 32,
+            sends_max: 64,
+            send_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The operator's webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookOptions {
+    /// Where pokes are posted.
+    pub url: String,
+    /// The HMAC-SHA256 key of the `Rhizome-Signature` header.
+    pub secret: String,
+}
+
+/// Where a device's pokes go, as a client registers it and as it is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TargetSpec {
+    /// A Web Push subscription (`PushSubscription.toJSON()` of a browser).
+    Webpush {
+        /// The subscription.
+        subscription: Subscription,
+    },
+    /// A platform token the operator's webhook turns into a push (FCM, APNs, …).
+    Webhook {
+        /// The device's token on its platform.
+        token: String,
+        /// Which platform, for the webhook (`fcm`, `apns`, anything the gateway knows).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
+    },
+}
+
+/// A Web Push subscription.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// The push resource URL.
+    pub endpoint: String,
+    /// When the subscription expires (ms since the epoch), if it does.
+    #[serde(default, rename = "expirationTime", skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<f64>,
+    /// The user agent's keys.
+    pub keys: SubscriptionKeys,
+}
+
+/// The keys of a Web Push subscription, base64url.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionKeys {
+    /// The user agent's P-256 public key (uncompressed point).
+    pub p256dh: String,
+    /// The authentication secret (16 bytes).
+    pub auth: String,
+}
+
+/// A registered device.
+#[derive(Debug)]
+struct Device {
+    node: NodeId,
+    target: deliver::Target,
+    /// Which registration this is: a delivery that finds another one removes nothing.
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    schedule: Schedule,
+    devices: HashMap<ClientId, Device>,
+    /// Connections and waiting long-polls per client.
+    live: HashMap<ClientId, u32>,
+    generation: u64,
+}
+
+/// Counters of the wake-ups, for tests and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WakeupStats {
+    /// Registered devices.
+    pub devices: usize,
+    /// Pokes delivered.
+    pub sent: u64,
+    /// Deliveries that failed and were retried or dropped.
+    pub failed: u64,
+    /// Registrations removed because their push service said they are gone.
+    pub removed: u64,
+}
+
+/// The wake-ups of one server.
+pub struct Wakeups {
+    options: WakeupOptions,
+    vapid: Vapid,
+    inner: Mutex<Inner>,
+    /// Some device is registered: commits are looked at.
+    active: AtomicBool,
+    /// Something became due.
+    wake: Notify,
+    /// Registration changes, one at a time: a store write and the matching change in memory
+    /// happen together.
+    changes: tokio::sync::Mutex<()>,
+    stats: Mutex<WakeupStats>,
+}
+
+impl std::fmt::Debug for Wakeups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wakeups").field("active", &self.active).finish_non_exhaustive()
+    }
+}
+
+impl Wakeups {
+    /// The wake-ups with the stored registrations; `vapid` signs Web Push requests.
+    pub fn new(options: WakeupOptions, vapid: Vapid, stored: Vec<PushTarget>) -> Wakeups {
+        let mut inner = Inner {
+            registry: Registry::default(),
+            schedule: Schedule::new(options.schedule.clone()),
+            devices: HashMap::new(),
+            live: HashMap::new(),
+            generation: 0,
+        };
+        for row in stored {
+            let parsed = serde_json::from_str::<TargetSpec>(&row.target)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| deliver::Target::parse(spec, true).map_err(|(_, m)| m));
+            let target = match parsed {
+                Ok(target) => target,
+                Err(e) => {
+                    tracing::warn!(client = row.client, error = e, "a stored push target is unreadable; skipped");
+                    continue;
+                }
+            };
+            let node = NodeId::from(row.node);
+            let channels = row.channels.into_iter().map(Channel::from).collect();
+            inner.registry.insert(node.clone(), channels);
+            inner.generation += 1;
+            inner.devices.insert(node.client_id(), Device { node, target, generation: inner.generation });
+        }
+        let active = AtomicBool::new(!inner.registry.is_empty());
+        Wakeups {
+            options,
+            vapid,
+            inner: Mutex::new(inner),
+            active,
+            wake: Notify::new(),
+            changes: tokio::sync::Mutex::new(()),
+            stats: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The options.
+    pub fn options(&self) -> &WakeupOptions {
+        &self.options
+    }
+
+    /// The VAPID public key clients subscribe with (`applicationServerKey`), base64url.
+    pub fn vapid_public_key(&self) -> &str {
+        self.vapid.public_key()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> WakeupStats {
+        let devices = self.lock().registry.len();
+        WakeupStats { devices, ..self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone() }
+    }
+
+    /// Looks at committed entries: each registered device they concern that is not connected
+    /// gets a poke, now or when its interval ends.
+    pub fn committed<'a>(&self, entries: impl IntoIterator<Item = &'a StoredEntry>) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let now = now_ms();
+        let mut inner = self.lock();
+        let concerned = inner.registry.concerned(entries);
+        let mut touched = false;
+        for client in concerned {
+            if inner.live.get(&client).copied().unwrap_or(0) == 0 {
+                inner.schedule.touch(&client, now);
+                touched = true;
+            }
+        }
+        drop(inner);
+        if touched {
+            self.wake.notify_one();
+        }
+    }
+
+    /// `client` has a connection (or a waiting long-poll) until the guard is dropped.
+    pub fn live(self: &Arc<Self>, client: &ClientId) -> LiveGuard {
+        *self.lock().live.entry(client.clone()).or_default() += 1;
+        LiveGuard { wakeups: self.clone(), client: client.clone() }
+    }
+
+    /// Counts a connection of `client` (the hub's connections are counted from their
+    /// registration to their unregistration).
+    pub fn connected(&self, client: &ClientId) {
+        *self.lock().live.entry(client.clone()).or_default() += 1;
+    }
+
+    /// A connection of `client` ended.
+    pub fn disconnected(&self, client: &ClientId) {
+        let mut inner = self.lock();
+        if let Some(count) = inner.live.get_mut(client) {
+            *count -= 1;
+            if *count == 0 {
+                inner.live.remove(client);
+            }
+        }
+    }
+
+    /// Registers the client of `node`: pokes for commits on `channels` or addressed to it go
+    /// to `target`. Durable before it returns. `Err` when the user has too many devices.
+    pub async fn register(
+        &self,
+        shared: &Shared,
+        node: NodeId,
+        channels: Vec<Channel>,
+        spec: &TargetSpec,
+        target: deliver::Target,
+    ) -> Result<(), RegisterError> {
+        let _change = self.changes.lock().await;
+        let client = node.client_id();
+        {
+            let inner = self.lock();
+            let user = node.user_id();
+            let others = user.map_or(0, |u| inner.registry.of_user(&u));
+            if !inner.registry.contains(&client) && others >= self.options.targets_per_user_max {
+                return Err(RegisterError::TooMany(self.options.targets_per_user_max));
+            }
+        }
+        let row = PushTarget {
+            client: client.as_str().to_owned(),
+            node: node.as_str().to_owned(),
+            channels: channels.iter().map(|c| c.as_str().to_owned()).collect(),
+            target: serde_json::to_string(spec).unwrap_or_default(),
+            registered_ms: now_ms(),
+        };
+        let batch = WriteBatch { push_targets: vec![PushTargetChange::Put(row)], ..WriteBatch::default() };
+        match shared.writer.write_unordered(batch).await.await {
+            Ok(Ok(_)) => {}
+            _ => return Err(RegisterError::Storage),
+        }
+        let mut inner = self.lock();
+        inner.registry.insert(node.clone(), channels);
+        inner.generation += 1;
+        let generation = inner.generation;
+        inner.schedule.remove(&client);
+        inner.devices.insert(client, Device { node, target, generation });
+        self.active.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes the registration of `client`; whether there was one. Durable before it returns.
+    pub async fn unregister(&self, shared: &Shared, client: &ClientId) -> Result<bool, RegisterError> {
+        let _change = self.changes.lock().await;
+        self.remove(shared, client, None).await
+    }
+
+    /// Removes `client`'s registration (only `generation`, when given).
+    async fn remove(
+        &self,
+        shared: &Shared,
+        client: &ClientId,
+        generation: Option<u64>,
+    ) -> Result<bool, RegisterError> {
+        {
+            let inner = self.lock();
+            match inner.devices.get(client) {
+                None => return Ok(false),
+                Some(device) if generation.is_some_and(|g| g != device.generation) => return Ok(false),
+                Some(_) => {}
+            }
+        }
+        let change = PushTargetChange::Remove(client.as_str().to_owned());
+        let batch = WriteBatch { push_targets: vec![change], ..WriteBatch::default() };
+        match shared.writer.write_unordered(batch).await.await {
+            Ok(Ok(_)) => {}
+            _ => return Err(RegisterError::Storage),
+        }
+        let mut inner = self.lock();
+        inner.registry.remove(client);
+        inner.schedule.remove(client);
+        inner.devices.remove(client);
+        self.active.store(!inner.registry.is_empty(), Ordering::Release);
+        Ok(true)
+    }
+
+    fn count(&self, f: impl FnOnce(&mut WakeupStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// A registration that was not made.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// The user has this many devices registered already.
+    TooMany(usize),
+    /// The log could not be written.
+    Storage,
+}
+
+/// A connection or long-poll of a client, counted while it lives.
+#[derive(Debug)]
+pub struct LiveGuard {
+    wakeups: Arc<Wakeups>,
+    client: ClientId,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.wakeups.disconnected(&self.client);
+    }
+}
+
+/// How often idle devices are forgotten by the schedule.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Delivers due pokes until `stop`: at most `sends_max` at once, each device's outcome fed
+/// back to the schedule (a gone registration is removed).
+pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let wakeups = shared.wakeups.clone();
+    let options = wakeups.options.clone();
+    let http = match reqwest::Client::builder()
+        .timeout(options.send_timeout)
+        .connect_timeout(options.send_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client for push wake-ups; none will be sent");
+            return;
+        }
+    };
+    let sends = Arc::new(Semaphore::new(options.sends_max.max(1)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ClientId, u64, Delivery)>();
+    let mut pruned_at = tokio::time::Instant::now();
+    loop {
+        let next = wakeups.lock().schedule.next_due();
+        let sleep = match next {
+            // Every send busy: the next one to finish wakes the loop.
+            _ if sends.available_permits() == 0 => PRUNE_EVERY,
+            Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+            None => PRUNE_EVERY,
+        };
+        tokio::select! {
+            _ = wakeups.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            Some((client, generation, delivery)) = done_rx.recv() => {
+                finished(&shared, &client, generation, delivery).await;
+            }
+            _ = stopped(&mut stop) => break,
+        }
+        if pruned_at.elapsed() >= PRUNE_EVERY {
+            wakeups.lock().schedule.prune(now_ms());
+            pruned_at = tokio::time::Instant::now();
+        }
+        start_due(&wakeups, &http, &sends, &done_tx);
+    }
+}
+
+/// Returns once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Starts delivering the pokes due now, as many as may be sent at once; the others stay due.
+fn start_due(
+    wakeups: &Arc<Wakeups>,
+    http: &reqwest::Client,
+    sends: &Arc<Semaphore>,
+    done_tx: &mpsc::UnboundedSender<(ClientId, u64, Delivery)>,
+) {
+    let permits = sends.available_permits();
+    if permits == 0 {
+        return;
+    }
+    {
+        let now = now_ms();
+        let mut inner = wakeups.lock();
+        for client in inner.schedule.take_due(now, permits) {
+            let connected = inner.live.get(&client).copied().unwrap_or(0) > 0;
+            let Some(device) = inner.devices.get(&client).filter(|_| !connected) else {
+                inner.schedule.skipped(&client, now);
+                continue;
+            };
+            let Ok(permit) = sends.clone().try_acquire_owned() else {
+                inner.schedule.skipped(&client, now);
+                inner.schedule.touch(&client, now);
+                continue;
+            };
+            let poke = deliver::Poke {
+                client: client.clone(),
+                node: device.node.clone(),
+                target: device.target.clone(),
+            };
+            let generation = device.generation;
+            let done = done_tx.clone();
+            let http = http.clone();
+            let wakeups = wakeups.clone();
+            tokio::spawn(async move {
+                let delivery = deliver::send(&http, &wakeups, &poke).await;
+                drop(permit);
+                let _ = done.send((client, generation, delivery));
+            });
+        }
+    }
+}
+
+/// Feeds a delivery's outcome to the schedule; removes a registration that is gone.
+async fn finished(shared: &Shared, client: &ClientId, generation: u64, delivery: Delivery) {
+    let wakeups = &shared.wakeups;
+    match delivery {
+        Delivery::Sent => wakeups.count(|s| s.sent += 1),
+        Delivery::Retry { .. } | Delivery::Refused => wakeups.count(|s| s.failed += 1),
+        Delivery::Gone => {}
+    }
+    let remove = {
+        let mut inner = wakeups.lock();
+        let current = inner.devices.get(client).is_some_and(|d| d.generation == generation);
+        if !current {
+            // Registered again meanwhile: this outcome was the old registration's.
+            inner.schedule.skipped(client, now_ms());
+            false
+        } else {
+            inner.schedule.finished(client, delivery, now_ms())
+        }
+    };
+    if remove {
+        let _change = wakeups.changes.lock().await;
+        match wakeups.remove(shared, client, Some(generation)).await {
+            Ok(true) => {
+                tracing::info!(%client, "push target gone (404/410); registration removed");
+                wakeups.count(|s| s.removed += 1);
+            }
+            Ok(false) => {}
+            Err(_) => tracing::warn!(%client, "a gone push target could not be removed from the log"),
+        }
+    }
+}
