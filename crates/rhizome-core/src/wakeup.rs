@@ -179,7 +179,12 @@ pub struct ScheduleOptions {
 
 impl Default for ScheduleOptions {
     fn default() -> Self {
-        ScheduleOptions { interval_ms: 30_000, retries_max: 8, backoff_first_ms: 1_000, backoff_max_ms: 600_000 }
+        ScheduleOptions {
+            interval_ms: 30_000,
+            retries_max: 8,
+            backoff_first_ms: 1_000,
+            backoff_max_ms: 600_000,
+        }
     }
 }
 
@@ -396,7 +401,10 @@ mod tests {
     fn targets_concern_devices_by_user_client_and_node_as_live_delivery_does() {
         let r = registry();
         let to_alice = Routing { users: vec!["alice".into()], ..Routing::default() };
-        assert_eq!(clients(r.concerned([&entry("bob:phone:1", to_alice.clone())])), ["alice:laptop", "alice:phone"]);
+        assert_eq!(
+            clients(r.concerned([&entry("bob:phone:1", to_alice.clone())])),
+            ["alice:laptop", "alice:phone"]
+        );
         // Not echoed to the author through users.
         assert_eq!(clients(r.concerned([&entry("alice:phone:1", to_alice)])), ["alice:laptop"]);
         let to_carol = Routing { clients: vec!["carol:tab".into()], ..Routing::default() };

@@ -258,10 +258,15 @@ impl PushSection {
         };
         if let Some(subject) = &options.vapid_subject {
             if !(subject.starts_with("mailto:") || subject.starts_with("https:")) {
-                return Err(ConfigError::Invalid("push.vapid_subject must be a mailto: or https: URI".into()));
+                return Err(ConfigError::Invalid(
+                    "push.vapid_subject must be a mailto: or https: URI".into(),
+                ));
             }
         }
-        if options.sends_max == 0 || options.targets_per_user_max == 0 || options.schedule.backoff_first_ms == 0 {
+        if options.sends_max == 0
+            || options.targets_per_user_max == 0
+            || options.schedule.backoff_first_ms == 0
+        {
             return Err(ConfigError::Invalid(
                 "push.sends_max, targets_per_user_max and backoff_first_ms must be positive".into(),
             ));

@@ -178,7 +178,10 @@ impl WriteQueue {
 
     /// Queues a write that belongs to no connection's order in the quick lane, waiting while it
     /// is full; returns the receiver of its outcome.
-    pub async fn write_unordered(&self, batch: WriteBatch) -> oneshot::Receiver<Result<Committed, WriteFailed>> {
+    pub async fn write_unordered(
+        &self,
+        batch: WriteBatch,
+    ) -> oneshot::Receiver<Result<Committed, WriteFailed>> {
         let (reply, rx) = oneshot::channel();
         if self.quick.send(WriteRequest::unordered(batch, reply)).await.is_err() {
             tracing::debug!("writer stopped; write refused");

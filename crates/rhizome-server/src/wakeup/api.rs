@@ -130,7 +130,9 @@ pub async fn unregister(
     };
     match shared.wakeups.unregister(&shared, &ctx.client_id).await {
         Ok(removed) => ok_json(&json!({"client": ctx.client_id.as_str(), "removed": removed})),
-        Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "storage", "the removal could not be stored; retry"),
+        Err(_) => {
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "storage", "the removal could not be stored; retry")
+        }
     }
 }
 

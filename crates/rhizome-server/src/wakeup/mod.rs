@@ -188,7 +188,11 @@ impl Wakeups {
             let target = match parsed {
                 Ok(target) => target,
                 Err(e) => {
-                    tracing::warn!(client = row.client, error = e, "a stored push target is unreadable; skipped");
+                    tracing::warn!(
+                        client = row.client,
+                        error = e,
+                        "a stored push target is unreadable; skipped"
+                    );
                     continue;
                 }
             };

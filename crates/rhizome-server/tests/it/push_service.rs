@@ -153,17 +153,18 @@ async fn push(
         return StatusCode::NOT_FOUND.into_response();
     };
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let checked = check_vapid(header("authorization").as_deref(), s.vapid.as_deref(), addr).and_then(|claims| {
-        if header("content-encoding").as_deref() != Some("aes128gcm") {
-            return Err((StatusCode::BAD_REQUEST, "Content-Encoding is not aes128gcm".to_owned()));
-        }
-        if header("ttl").and_then(|t| t.parse::<u64>().ok()).is_none() {
-            return Err((StatusCode::BAD_REQUEST, "no numeric TTL header".to_owned()));
-        }
-        let payload = decrypt(&body, &sub.secret, &sub.auth)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("payload: {e}")))?;
-        Ok((claims, payload))
-    });
+    let checked =
+        check_vapid(header("authorization").as_deref(), s.vapid.as_deref(), addr).and_then(|claims| {
+            if header("content-encoding").as_deref() != Some("aes128gcm") {
+                return Err((StatusCode::BAD_REQUEST, "Content-Encoding is not aes128gcm".to_owned()));
+            }
+            if header("ttl").and_then(|t| t.parse::<u64>().ok()).is_none() {
+                return Err((StatusCode::BAD_REQUEST, "no numeric TTL header".to_owned()));
+            }
+            let payload = decrypt(&body, &sub.secret, &sub.auth)
+                .map_err(|e| (StatusCode::BAD_REQUEST, format!("payload: {e}")))?;
+            Ok((claims, payload))
+        });
     let (claims, payload) = match checked {
         Ok(ok) => ok,
         Err((status, why)) => {
@@ -178,13 +179,8 @@ async fn push(
             None => status.into_response(),
         };
     }
-    let received = Received {
-        payload,
-        ttl: header("ttl"),
-        topic: header("topic"),
-        urgency: header("urgency"),
-        claims,
-    };
+    let received =
+        Received { payload, ttl: header("ttl"), topic: header("topic"), urgency: header("urgency"), claims };
     s.received.entry(name).or_default().push(received);
     StatusCode::CREATED.into_response()
 }
@@ -229,7 +225,8 @@ fn check_vapid(
         .map_err(|e| unauthorized(&format!("token: {e}")))?;
     let claims = data.claims;
     let exp = claims["exp"].as_i64().unwrap_or(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     if exp > now + 24 * 3600 {
         return Err(unauthorized("exp is more than 24 hours ahead"));
     }
@@ -361,7 +358,8 @@ async fn hook(State(state): State<Arc<Mutex<HookState>>>, headers: HeaderMap, bo
             _ => {}
         }
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (Some(t), Some(v1)) = (t, v1) else {
         s.rejected.push(format!("no signature: {signature:?}"));
         return StatusCode::UNAUTHORIZED.into_response();
@@ -370,7 +368,8 @@ async fn hook(State(state): State<Arc<Mutex<HookState>>>, headers: HeaderMap, bo
         s.rejected.push("a stale signature".into());
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(s.secret.as_bytes()).expect("any key length");
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(s.secret.as_bytes()).expect("any key length");
     mac.update(format!("{t}.").as_bytes());
     mac.update(&body);
     let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();

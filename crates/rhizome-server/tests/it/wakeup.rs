@@ -73,11 +73,16 @@ async fn quiet(ms: u64) {
 #[tokio::test]
 async fn an_offline_device_gets_an_encrypted_signed_poke_coalesced_to_one_per_interval() -> Result<()> {
     let (server, service) = setup(None).await?;
-    let (status, answer) = register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
+    let (status, answer) =
+        register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
     ensure!(status == 200, "register: {status} {answer}");
-    ensure!(answer == json!({"client": "alice:phone", "node": "alice:phone:1", "channels": ["counter/7"], "target": "webpush"}));
+    ensure!(
+        answer
+            == json!({"client": "alice:phone", "node": "alice:phone:1", "channels": ["counter/7"], "target": "webpush"})
+    );
     // Bob's own device follows the channel too: his actions do not wake it.
-    let (status, _) = register(&server, "bob:laptop:1", &["counter/7"], webpush(service.subscribe("bob"))).await?;
+    let (status, _) =
+        register(&server, "bob:laptop:1", &["counter/7"], webpush(service.subscribe("bob"))).await?;
     ensure!(status == 200);
 
     bob_writes(&server, 1).await?;
@@ -85,7 +90,11 @@ async fn an_offline_device_gets_an_encrypted_signed_poke_coalesced_to_one_per_in
     let first = service.received("alice");
     ensure!(first.len() == 1, "rejected: {:?}", service.rejected());
     let poke = &first[0];
-    ensure!(poke.payload == br#"{"type":"rhizome/poke"}"#, "payload {:?}", String::from_utf8_lossy(&poke.payload));
+    ensure!(
+        poke.payload == br#"{"type":"rhizome/poke"}"#,
+        "payload {:?}",
+        String::from_utf8_lossy(&poke.payload)
+    );
     ensure!(poke.ttl.as_deref() == Some("86400") && poke.topic.as_deref() == Some("rhizome-poke"));
     ensure!(poke.urgency.as_deref() == Some("normal"));
     ensure!(poke.claims["sub"] == "mailto:ops@example.com", "{}", poke.claims);
@@ -107,7 +116,8 @@ async fn an_offline_device_gets_an_encrypted_signed_poke_coalesced_to_one_per_in
 #[tokio::test]
 async fn a_device_with_a_websocket_or_a_waiting_long_poll_is_not_poked() -> Result<()> {
     let (server, service) = setup(None).await?;
-    let (status, _) = register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
+    let (status, _) =
+        register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
     ensure!(status == 200);
 
     // Connected over a WebSocket (another tab of the same client counts too).
@@ -127,7 +137,8 @@ async fn a_device_with_a_websocket_or_a_waiting_long_poll_is_not_poked() -> Resu
         ensure!(status == 200, "{page}");
         page["cursor"].as_str().unwrap_or_default().to_owned()
     };
-    let body = json!({"node": "alice:phone:1", "channels": ["counter/7"], "cursor": cursor, "wait": 10}).to_string();
+    let body =
+        json!({"node": "alice:phone:1", "channels": ["counter/7"], "cursor": cursor, "wait": 10}).to_string();
     let poll = tokio::spawn(async move { request_with(addr, "POST", "/v1/pull", Some(&auth), &body).await });
     quiet(300).await;
     bob_writes(&server, 1).await?;
@@ -147,7 +158,8 @@ async fn a_device_with_a_websocket_or_a_waiting_long_poll_is_not_poked() -> Resu
 #[tokio::test]
 async fn failed_pokes_back_off_honour_retry_after_and_a_gone_device_is_removed() -> Result<()> {
     let (server, service) = setup(None).await?;
-    let (status, _) = register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
+    let (status, _) =
+        register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
     ensure!(status == 200);
     service.reply_with("alice", &[(500, None), (429, Some(1)), (503, None)]);
     bob_writes(&server, 1).await?;
@@ -171,7 +183,11 @@ async fn failed_pokes_back_off_honour_retry_after_and_a_gone_device_is_removed()
     while server.wakeup_stats().removed == 0 && Instant::now() < deadline {
         quiet(10).await;
     }
-    ensure!(server.wakeup_stats().removed == 1 && server.wakeup_stats().devices == 0, "{:?}", server.wakeup_stats());
+    ensure!(
+        server.wakeup_stats().removed == 1 && server.wakeup_stats().devices == 0,
+        "{:?}",
+        server.wakeup_stats()
+    );
     quiet(INTERVAL_MS as u64).await;
     bob_writes(&server, 1).await?;
     quiet(800).await;
@@ -188,7 +204,8 @@ async fn registrations_and_the_vapid_key_survive_a_restart_and_removal_stops_pok
     let key = vapid_key(&server).await?;
     let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &key)?;
     ensure!(raw.len() == 65 && raw[0] == 4, "applicationServerKey is an uncompressed P-256 point");
-    let (status, _) = register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
+    let (status, _) =
+        register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
     ensure!(status == 200);
     let server = server.restart(options(None)).await?;
     ensure!(vapid_key(&server).await? == key, "a new VAPID key would orphan every subscription");
@@ -236,8 +253,14 @@ async fn the_webhook_gets_signed_pokes_with_the_device_token_for_targeted_action
     tablet.close().await;
     let got = hook.wait_received(1, Duration::from_secs(5)).await?;
     let poke = &got[0];
-    ensure!(poke["type"] == "rhizome/poke" && poke["token"] == "fcm-token-123" && poke["platform"] == "fcm", "{poke}");
-    ensure!(poke["client"] == "alice:phone" && poke["user"] == "alice" && poke["node"] == "alice:phone:1", "{poke}");
+    ensure!(
+        poke["type"] == "rhizome/poke" && poke["token"] == "fcm-token-123" && poke["platform"] == "fcm",
+        "{poke}"
+    );
+    ensure!(
+        poke["client"] == "alice:phone" && poke["user"] == "alice" && poke["node"] == "alice:phone:1",
+        "{poke}"
+    );
     ensure!(poke["delivery"].as_str().is_some_and(|d| d.len() >= 16), "{poke}");
     ensure!(hook.rejected().is_empty(), "{:?}", hook.rejected());
 
@@ -290,11 +313,24 @@ async fn bad_registrations_get_a_clear_4xx_and_change_nothing() -> Result<()> {
     let bearer = |t: String| Some(format!("Bearer {t}"));
     let checks = [
         (put(bearer(token("alice")), "{".into()).await?, 400, "wrong-format"),
-        (put(bearer(token("alice")), json!({"node": "alice:p:1", "target": {}, "extra": 1}).to_string()).await?, 400, "wrong-format"),
+        (
+            put(bearer(token("alice")), json!({"node": "alice:p:1", "target": {}, "extra": 1}).to_string())
+                .await?,
+            400,
+            "wrong-format",
+        ),
         (put(bearer(token("bob")), body("alice:phone:1", json!([]))).await?, 401, "wrong-credentials"),
-        (put(bearer(token_expired("alice")), body("alice:phone:1", json!([]))).await?, 401, "wrong-credentials"),
+        (
+            put(bearer(token_expired("alice")), body("alice:phone:1", json!([]))).await?,
+            401,
+            "wrong-credentials",
+        ),
         (put(bearer(token("alice")), body("alice:phone:1", json!(["users/bob"]))).await?, 403, "denied"),
-        (put(bearer(token("alice")), body("alice:phone:1", json!(["nowhere/x/y"]))).await?, 400, "wrongChannel"),
+        (
+            put(bearer(token("alice")), body("alice:phone:1", json!(["nowhere/x/y"]))).await?,
+            400,
+            "wrongChannel",
+        ),
     ];
     for ((got, answer), status, error) in checks {
         ensure!(got == status && answer["error"] == error, "expected {status} {error}: {got} {answer}");

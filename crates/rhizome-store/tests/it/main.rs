@@ -637,6 +637,9 @@ fn push_targets_are_replaced_per_client_removed_and_survive_reopening() {
     let read = store.push_targets().expect("read");
     assert_eq!(
         read,
-        vec![target("alice:phone", "alice:phone:2", &["news", "board/1"], 4), target("carol:x", "carol:x:1", &["a", "b"], 3)]
+        vec![
+            target("alice:phone", "alice:phone:2", &["news", "board/1"], 4),
+            target("carol:x", "carol:x:1", &["a", "b"], 3)
+        ]
     );
 }
