@@ -7,14 +7,14 @@ use anyhow::{anyhow, Context as _, Result};
 use serde_json::{json, Value};
 
 /// The OpenAPI document.
-fn document() -> Result<Value> {
+pub fn document() -> Result<Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
     let text = std::fs::read_to_string(path).with_context(|| path.to_owned())?;
     Ok(serde_json::from_str(&text)?)
 }
 
 /// Checks `instance` against `schema`, whose `$ref`s point into the document's components.
-fn check(doc: &Value, schema: &Value, instance: &Value, what: &str) -> Result<()> {
+pub fn check(doc: &Value, schema: &Value, instance: &Value, what: &str) -> Result<()> {
     let mut root = schema.clone();
     root["components"] = doc["components"].clone();
     let validator = jsonschema::validator_for(&root).map_err(|e| anyhow!("{what}: bad schema: {e}"))?;

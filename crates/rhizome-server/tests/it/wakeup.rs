@@ -361,3 +361,53 @@ async fn bad_registrations_get_a_clear_4xx_and_change_nothing() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn every_wakeup_request_and_answer_matches_the_openapi_document() -> Result<()> {
+    use crate::http_openapi::{check, document};
+    let doc = document()?;
+    let (server, service) = setup(None).await?;
+    let few = TestServer::with_wakeups(WakeupOptions { targets_per_user_max: 1, ..options(None) }).await?;
+    let alice = Some(format!("Bearer {}", token("alice")));
+    let target = webpush(service.subscribe("alice"));
+    let register = |node: &str, channels: Value| json!({"node": node, "channels": channels, "target": target}).to_string();
+    // (server, method, path, authorization, body, whether the body is a valid request)
+    let cases: Vec<(&TestServer, &str, &str, Option<String>, String, bool)> = vec![
+        (&server, "GET", "/v1/push-config", None, String::new(), false),
+        (&server, "PUT", "/v1/push-target", alice.clone(), register("alice:p:1", json!(["counter/7"])), true),
+        (&server, "PUT", "/v1/push-target", alice.clone(),
+            json!({"node": "alice:p:1", "target": {"type": "webhook", "token": "t", "platform": "apns"}}).to_string(), true),
+        (&server, "PUT", "/v1/push-target", alice.clone(), "{".into(), false),
+        (&server, "PUT", "/v1/push-target", alice.clone(), register("alice:p:1", json!(["users/bob"])), true),
+        (&server, "PUT", "/v1/push-target", Some("Bearer nope".into()), register("alice:p:1", json!([])), true),
+        (&server, "PUT", "/v1/push-target", alice.clone(), "x".repeat(70_000), false),
+        (&few, "PUT", "/v1/push-target", alice.clone(), register("alice:p:1", json!([])), true),
+        (&few, "PUT", "/v1/push-target", alice.clone(), register("alice:q:1", json!([])), true),
+        (&server, "DELETE", "/v1/push-target", alice.clone(), json!({"node": "alice:p:1"}).to_string(), true),
+        (&server, "DELETE", "/v1/push-target", alice.clone(), json!({"node": "alice:p:1"}).to_string(), true),
+        (&server, "DELETE", "/v1/push-target", alice.clone(), json!({"nod": "alice:p:1"}).to_string(), false),
+    ];
+    let mut statuses = Vec::new();
+    for (target_server, method, path, auth, body, valid) in cases {
+        let operation = &doc["paths"][path][method.to_lowercase()];
+        ensure!(!operation.is_null(), "{method} {path} is not documented");
+        if valid {
+            let schema = operation["requestBody"]["content"]["application/json"]["schema"].clone();
+            check(&doc, &schema, &serde_json::from_str(&body)?, &format!("request {method} {path}"))?;
+        }
+        let (status, answer) = request_with(target_server.addr, method, path, auth.as_deref(), &body).await?;
+        let documented = &operation["responses"][status.to_string()];
+        ensure!(!documented.is_null(), "{method} {path} {status} is not documented: {answer}");
+        let documented = match documented["$ref"].as_str() {
+            Some(r) => &doc["components"]["responses"][r.rsplit('/').next().unwrap_or_default()],
+            None => documented,
+        };
+        let schema = documented["content"]["application/json"]["schema"].clone();
+        check(&doc, &schema, &answer, &format!("{method} {path} {status}"))?;
+        statuses.push(status);
+    }
+    ensure!(statuses == [200, 200, 400, 400, 403, 401, 413, 200, 409, 200, 200, 400], "{statuses:?}");
+    few.stop().await;
+    server.stop().await;
+    Ok(())
+}
