@@ -106,6 +106,15 @@ impl TestServer {
         Self::start_in(tempfile::tempdir()?, app, limits, WakeupOptions::default()).await
     }
 
+    /// Starts a server with the application `app`, `limits` and these push wake-ups.
+    pub async fn with_app_and_wakeups(
+        app: App,
+        limits: Limits,
+        wakeups: WakeupOptions,
+    ) -> Result<TestServer> {
+        Self::start_in(tempfile::tempdir()?, app, limits, wakeups).await
+    }
+
     /// Starts a server with the test rules, [`DEFAULT_LIMITS`] and these push wake-ups.
     pub async fn with_wakeups(wakeups: WakeupOptions) -> Result<TestServer> {
         let (app, limits) = Self::default_rules()?;

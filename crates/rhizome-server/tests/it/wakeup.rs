@@ -4,9 +4,11 @@
 
 use crate::http_push::request_with;
 use crate::push_service::{PushService, Webhook};
-use crate::support::{token, token_expired, TestServer};
+use crate::support::{token, token_expired, Open, TestServer};
 use anyhow::{ensure, Result};
 use rhizome_core::wakeup::ScheduleOptions;
+use rhizome_core::{Context, HookError, Meta, Routing};
+use rhizome_protocol::Action;
 use rhizome_server::wakeup::{WakeupOptions, WebhookOptions};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -229,7 +231,7 @@ async fn registrations_and_the_vapid_key_survive_a_restart_and_removal_stops_pok
 }
 
 #[tokio::test]
-async fn the_webhook_gets_signed_pokes_with_the_device_token_for_targeted_actions() -> Result<()> {
+async fn the_webhook_gets_signed_pokes_with_the_device_token() -> Result<()> {
     let hook = Webhook::start(HOOK_SECRET).await?;
     let (server, _service) = setup(Some(&hook)).await?;
     let target = json!({"type": "webhook", "token": "fcm-token-123", "platform": "fcm"});
@@ -370,16 +372,32 @@ async fn every_wakeup_request_and_answer_matches_the_openapi_document() -> Resul
     let few = TestServer::with_wakeups(WakeupOptions { targets_per_user_max: 1, ..options(None) }).await?;
     let alice = Some(format!("Bearer {}", token("alice")));
     let target = webpush(service.subscribe("alice"));
-    let register = |node: &str, channels: Value| json!({"node": node, "channels": channels, "target": target}).to_string();
+    let register = |node: &str, channels: Value| {
+        json!({"node": node, "channels": channels, "target": target}).to_string()
+    };
     // (server, method, path, authorization, body, whether the body is a valid request)
     let cases: Vec<(&TestServer, &str, &str, Option<String>, String, bool)> = vec![
         (&server, "GET", "/v1/push-config", None, String::new(), false),
         (&server, "PUT", "/v1/push-target", alice.clone(), register("alice:p:1", json!(["counter/7"])), true),
-        (&server, "PUT", "/v1/push-target", alice.clone(),
-            json!({"node": "alice:p:1", "target": {"type": "webhook", "token": "t", "platform": "apns"}}).to_string(), true),
+        (
+            &server,
+            "PUT",
+            "/v1/push-target",
+            alice.clone(),
+            json!({"node": "alice:p:1", "target": {"type": "webhook", "token": "t", "platform": "apns"}})
+                .to_string(),
+            true,
+        ),
         (&server, "PUT", "/v1/push-target", alice.clone(), "{".into(), false),
         (&server, "PUT", "/v1/push-target", alice.clone(), register("alice:p:1", json!(["users/bob"])), true),
-        (&server, "PUT", "/v1/push-target", Some("Bearer nope".into()), register("alice:p:1", json!([])), true),
+        (
+            &server,
+            "PUT",
+            "/v1/push-target",
+            Some("Bearer nope".into()),
+            register("alice:p:1", json!([])),
+            true,
+        ),
         (&server, "PUT", "/v1/push-target", alice.clone(), "x".repeat(70_000), false),
         (&few, "PUT", "/v1/push-target", alice.clone(), register("alice:p:1", json!([])), true),
         (&few, "PUT", "/v1/push-target", alice.clone(), register("alice:q:1", json!([])), true),
@@ -408,6 +426,47 @@ async fn every_wakeup_request_and_answer_matches_the_openapi_document() -> Resul
     }
     ensure!(statuses == [200, 200, 400, 400, 403, 401, 413, 200, 409, 200, 200, 400], "{statuses:?}");
     few.stop().await;
+    server.stop().await;
+    Ok(())
+}
+
+/// `dm`: sent to the user named by its `to`, through `users`.
+struct Dm;
+
+#[async_trait::async_trait]
+impl rhizome_core::ActionType for Dm {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+    async fn resend(&self, _: &Context, action: &Action, _: &Meta) -> Result<Routing, HookError> {
+        let to = action.fields().get("to").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        Ok(Routing { users: vec![to.as_str().into()], ..Routing::default() })
+    }
+}
+
+#[tokio::test]
+async fn an_action_addressed_to_a_user_wakes_their_devices_but_not_the_authors() -> Result<()> {
+    let hook = Webhook::start(HOOK_SECRET).await?;
+    let app = rhizome_core::App::new(Open).action_type("dm", Dm);
+    let server =
+        TestServer::with_app_and_wakeups(app, rhizome_core::Limits::default(), options(Some(&hook))).await?;
+    for (node, token) in
+        [("alice:phone:1", "alice-phone"), ("alice:laptop:1", "alice-laptop"), ("bob:phone:1", "bob-phone")]
+    {
+        let target = json!({"type": "webhook", "token": token});
+        let (status, answer) = register(&server, node, &[], target).await?;
+        ensure!(status == 200, "{answer}");
+    }
+    // Alice's laptop writes to Alice: her phone is woken, not the laptop, not Bob.
+    let mut laptop = server.login("alice:laptop:1").await?;
+    let id = laptop.send_action(json!({"type": "dm", "to": "alice", "text": "note to self"})).await?;
+    laptop.wait_processed(&id).await?;
+    laptop.close().await;
+    let got = hook.wait_received(1, Duration::from_secs(5)).await?;
+    quiet(600).await;
+    let tokens: Vec<&str> = got.iter().filter_map(|p| p["token"].as_str()).collect();
+    ensure!(tokens == ["alice-phone"], "{tokens:?}");
+    ensure!(hook.received().len() == 1, "{:?}", hook.received());
     server.stop().await;
     Ok(())
 }
