@@ -364,6 +364,10 @@ async fn bad_registrations_get_a_clear_4xx_and_change_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A request of the OpenAPI check: the server, method, path, authorization, body, and whether
+/// the body is a valid request.
+type Case<'a> = (&'a TestServer, &'static str, &'static str, Option<String>, String, bool);
+
 #[tokio::test]
 async fn every_wakeup_request_and_answer_matches_the_openapi_document() -> Result<()> {
     use crate::http_openapi::{check, document};
@@ -375,8 +379,7 @@ async fn every_wakeup_request_and_answer_matches_the_openapi_document() -> Resul
     let register = |node: &str, channels: Value| {
         json!({"node": node, "channels": channels, "target": target}).to_string()
     };
-    // (server, method, path, authorization, body, whether the body is a valid request)
-    let cases: Vec<(&TestServer, &str, &str, Option<String>, String, bool)> = vec![
+    let cases: Vec<Case> = vec![
         (&server, "GET", "/v1/push-config", None, String::new(), false),
         (&server, "PUT", "/v1/push-target", alice.clone(), register("alice:p:1", json!(["counter/7"])), true),
         (
