@@ -599,7 +599,11 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         // A device that is waiting here gets what concerns it without a push wake-up.
         let _live = shared.wakeups.live(&ctx.client_id);
         loop {
-            let woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)).await;
+            // At shutdown, a waiting poll answers at once: the client polls again elsewhere.
+            let woke = tokio::select! {
+                woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)) => woke,
+                _ = shared.stopping() => return page_response(through, Vec::new(), false),
+            };
             if !matches!(woke, Ok(Ok(_))) {
                 return page_response(through, Vec::new(), false);
             }

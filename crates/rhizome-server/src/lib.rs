@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// Everything needed to start a server.
 #[derive(Debug)]
@@ -87,7 +87,6 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
     done: oneshot::Receiver<()>,
 }
 
@@ -146,7 +145,7 @@ impl Server {
             .map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
-        let (stop, stop_rx) = watch::channel(false);
+        let stop_rx = shared.stop.subscribe();
         tokio::spawn(tick(shared.clone()));
         tokio::spawn(wakeup::run(shared.clone(), stop_rx.clone()));
         let router = Router::new()
@@ -175,7 +174,7 @@ impl Server {
             let _ = done_tx.send(());
         });
         tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
-        Ok(Server { addr, shared, stop, done })
+        Ok(Server { addr, shared, done })
     }
 
     /// The address the server listens on.
@@ -208,7 +207,7 @@ impl Server {
     /// Stops accepting, closes every socket with 1001 after its in-flight writes, and returns
     /// when all connections are gone (or after 10 s).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.shared.stop.send_replace(true);
         let _ = self.done.await;
     }
 }

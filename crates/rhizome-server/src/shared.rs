@@ -48,6 +48,8 @@ pub struct Shared {
     pub recent: crate::recent::RecentCommits,
     /// Push wake-ups of devices without a connection.
     pub wakeups: Arc<crate::wakeup::Wakeups>,
+    /// Turns true when the server shuts down.
+    pub stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -113,12 +115,19 @@ impl Shared {
             committed: tokio::sync::watch::Sender::new(0),
             recent: crate::recent::RecentCommits::default(),
             wakeups: Arc::new(wakeups),
+            stop: tokio::sync::watch::Sender::new(false),
         }
     }
 
     /// A fresh id for an action of the server itself.
     pub fn next_server_id(&self) -> ActionId {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms())
+    }
+
+    /// Returns once the server is shutting down.
+    pub async fn stopping(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|s| *s).await;
     }
 
     /// A fresh connection id.

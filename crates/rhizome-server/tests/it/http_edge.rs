@@ -125,3 +125,23 @@ async fn a_first_pull_gets_what_the_channels_load_hook_sends() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_waiting_long_poll_answers_at_once_when_the_server_shuts_down() -> Result<()> {
+    let server = TestServer::default().await?;
+    let addr = server.addr;
+    let auth = format!("Bearer {}", token("bob"));
+    let body = json!({"node": "bob:b1:t1", "channels": ["counter/x"], "cursor": "0", "wait": 20}).to_string();
+    let started = Instant::now();
+    let poll = tokio::spawn(async move { request(addr, "/v1/pull", Some(&auth), &body).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop().await;
+    let (status, page) =
+        tokio::time::timeout(Duration::from_secs(5), poll).await.context("the poll held on")???;
+    anyhow::ensure!(
+        status == 200 && page["actions"] == json!([]) && page["cursor"] == "0",
+        "{status} {page}"
+    );
+    anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    Ok(())
+}
