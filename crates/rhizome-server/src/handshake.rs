@@ -71,9 +71,87 @@ pub fn parse_head(bytes: &[u8]) -> Option<Head> {
     Some((length, checked))
 }
 
+/// A `POST /v1/pull` whose head is all in the bytes read so far, simple enough to serve
+/// without hyper: HTTP/1.1, a `Content-Length` body, no `Transfer-Encoding`, no `Expect`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pull {
+    /// Bytes of the head.
+    pub head: usize,
+    /// Bytes of the body, right after the head.
+    pub body: usize,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// Whether the client asked to close the connection after the answer.
+    pub close: bool,
+}
+
+/// The pull request whose head starts `bytes`, if it is one served directly (its body may not
+/// have arrived yet).
+pub fn parse_pull(bytes: &[u8]) -> Option<Pull> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = request.parse(bytes).ok()? else {
+        return None;
+    };
+    if request.method? != "POST" || request.path? != "/v1/pull" || request.version? != 1 {
+        return None;
+    }
+    let mut body = None;
+    let mut authorization = None;
+    let mut close = false;
+    for h in request.headers.iter() {
+        let value = std::str::from_utf8(h.value).ok()?;
+        if h.name.eq_ignore_ascii_case("content-length") {
+            // Two lengths, even equal, are left to hyper's stricter handling.
+            if body.is_some() {
+                return None;
+            }
+            body = Some(value.trim().parse::<usize>().ok()?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") || h.name.eq_ignore_ascii_case("expect") {
+            return None;
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_owned());
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            close |= value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+    }
+    let body = body?;
+    head.checked_add(body)?;
+    Some(Pull { head, body, authorization, close })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_simple_pull_is_served_directly_and_anything_else_is_left_to_hyper() {
+        let body = r#"{"node":"a:b:c","wait":25}"#;
+        let request = format!(
+            "POST /v1/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let pull = parse_pull(request.as_bytes()).expect("a direct pull");
+        assert_eq!(&request[pull.head..pull.head + pull.body], body);
+        assert_eq!(pull.authorization.as_deref(), Some("Bearer t"));
+        assert!(!pull.close);
+        let cut = parse_pull(&request.as_bytes()[..pull.head]).expect("a head without its body yet");
+        assert_eq!(cut, pull);
+        assert!(parse_pull(&request.as_bytes()[..pull.head - 1]).is_none(), "an incomplete head");
+        let closing = request.replace("Host: x", "Connection: close");
+        assert!(parse_pull(closing.as_bytes()).expect("direct").close);
+        for other in [
+            request.replace("POST /v1/pull", "POST /v1/push"),
+            request.replace("POST /v1/pull", "POST /v1/pull?x=1"),
+            request.replace("HTTP/1.1", "HTTP/1.0"),
+            request.replace("Host: x", "Transfer-Encoding: chunked"),
+            request.replace("Host: x", "Expect: 100-continue"),
+            request.replace("Host: x", &format!("Content-Length: {}", body.len())),
+            request.replace(&format!("Content-Length: {}", body.len()), "Content-Length: x"),
+        ] {
+            assert!(parse_pull(other.as_bytes()).is_none(), "{other}");
+        }
+    }
 
     const REQUEST: &[u8] =
         b"GET /any HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\

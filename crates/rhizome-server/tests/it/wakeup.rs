@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 use rhizome_core::wakeup::ScheduleOptions;
 use rhizome_core::{Context, HookError, Meta, Routing};
 use rhizome_protocol::Action;
-use rhizome_server::wakeup::{WakeupOptions, WebhookOptions};
+use rhizome_server::wakeup::{WakeupOptions, WakeupStats, WebhookOptions};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,18 @@ async fn bob_writes(server: &TestServer, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The server's wake-up counters once `done` holds of them (or after 5 s).
+async fn wait_stats(server: &TestServer, done: impl Fn(&WakeupStats) -> bool) -> WakeupStats {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = server.wakeup_stats();
+        if done(&stats) || Instant::now() >= deadline {
+            return stats;
+        }
+        quiet(10).await;
+    }
+}
+
 /// Lets the server act on what it was given, then returns.
 async fn quiet(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -110,7 +122,7 @@ async fn an_offline_device_gets_an_encrypted_signed_poke_coalesced_to_one_per_in
     ensure!(service.requests("alice").len() == 2, "nothing new, no poke: {:?}", service.requests("alice"));
     ensure!(service.requests("bob").is_empty(), "the author's device was poked");
     ensure!(service.rejected().is_empty(), "rejected: {:?}", service.rejected());
-    ensure!(server.wakeup_stats().sent == 2);
+    ensure!(wait_stats(&server, |s| s.sent == 2).await.sent == 2);
     server.stop().await;
     Ok(())
 }
@@ -173,7 +185,8 @@ async fn failed_pokes_back_off_honour_retry_after_and_a_gone_device_is_removed()
     ensure!(gaps[1] >= Duration::from_millis(950), "{gaps:?}");
     ensure!(gaps[2] >= Duration::from_millis(550), "{gaps:?}");
     ensure!(service.received("alice").len() == 1, "delivered once in the end");
-    let stats = server.wakeup_stats();
+    // The server counts an outcome once the service's answer reached it.
+    let stats = wait_stats(&server, |s| s.sent == 1).await;
     ensure!(stats.sent == 1 && stats.failed == 3, "{stats:?}");
 
     // 410 Gone: the registration goes, for good (a restart does not bring it back).
@@ -181,15 +194,8 @@ async fn failed_pokes_back_off_honour_retry_after_and_a_gone_device_is_removed()
     quiet(INTERVAL_MS as u64).await;
     bob_writes(&server, 1).await?;
     service.wait_requests("alice", 5, Duration::from_secs(5)).await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.wakeup_stats().removed == 0 && Instant::now() < deadline {
-        quiet(10).await;
-    }
-    ensure!(
-        server.wakeup_stats().removed == 1 && server.wakeup_stats().devices == 0,
-        "{:?}",
-        server.wakeup_stats()
-    );
+    let stats = wait_stats(&server, |s| s.removed == 1).await;
+    ensure!(stats.removed == 1 && stats.devices == 0, "{stats:?}");
     quiet(INTERVAL_MS as u64).await;
     bob_writes(&server, 1).await?;
     quiet(800).await;
@@ -273,11 +279,8 @@ async fn the_webhook_gets_signed_pokes_with_the_device_token() -> Result<()> {
     let id = tablet.send_action(json!({"type": "post", "channel": "users/alice", "text": "3"})).await?;
     tablet.wait_processed(&id).await?;
     tablet.close().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.wakeup_stats().removed == 0 && Instant::now() < deadline {
-        quiet(10).await;
-    }
-    ensure!(server.wakeup_stats().devices == 0, "{:?}", server.wakeup_stats());
+    let stats = wait_stats(&server, |s| s.removed == 1).await;
+    ensure!(stats.devices == 0, "{stats:?}");
     server.stop().await;
     Ok(())
 }
