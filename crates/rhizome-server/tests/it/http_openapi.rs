@@ -118,9 +118,10 @@ async fn a_re_subscription_s_requests_and_answers_match_the_openapi_document() -
         .collect();
     let push = json!({"node": "alice:a1:t1", "actions": pushes});
     let (status, _) =
-        request(server.addr, "/v1/push", Some(&format!("Bearer {}", token("alice"))), &push.to_string()).await?;
+        request(server.addr, "/v1/push", Some(&format!("Bearer {}", token("alice"))), &push.to_string())
+            .await?;
     assert_eq!(status, 200);
-    let mut exchange = |body: Value| {
+    let exchange = |body: Value| {
         let (doc, bob, addr) = (&doc, &bob, server.addr);
         async move {
             check(doc, &request_schema(doc, "/v1/pull"), &body, "pull request")?;
@@ -161,15 +162,13 @@ fn the_schemas_refuse_what_the_server_refuses() -> Result<()> {
         assert!(check(&doc, &push, &bad, "push").is_err(), "{bad} passed");
     }
     let pull = request_schema(&doc, "/v1/pull");
-    for bad in
-        [
-            json!({"channels": []}),
-            json!({"node": "a:b", "wait": -1}),
-            json!({"node": "a:b", "cursor": 5}),
-            json!({"node": "a:b", "since": {"counter/1": 5}}),
-            json!({"node": "a:b", "since": {"counter/1": {"time": 5}}}),
-        ]
-    {
+    for bad in [
+        json!({"channels": []}),
+        json!({"node": "a:b", "wait": -1}),
+        json!({"node": "a:b", "cursor": 5}),
+        json!({"node": "a:b", "since": {"counter/1": 5}}),
+        json!({"node": "a:b", "since": {"counter/1": {"time": 5}}}),
+    ] {
         assert!(check(&doc, &pull, &bad, "pull").is_err(), "{bad} passed");
     }
     Ok(())

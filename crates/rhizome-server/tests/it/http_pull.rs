@@ -384,14 +384,20 @@ async fn a_since_on_an_object_brings_the_join_of_the_deltas_after_it() -> Result
     let id_c = carol.send_action(json!({"type": "crdt/set/add", "key": "s", "elem": "c"})).await?;
     carol.wait_processed(&id_c).await?;
     let since = json!({"crdt/s": {"id": id, "time": now_ms()}});
-    let (status, back) = pull(&server, "bob:b1:t2", "bob", json!({"channels": ["crdt/s"], "since": since})).await?;
+    let (status, back) =
+        pull(&server, "bob:b1:t2", "bob", json!({"channels": ["crdt/s"], "since": since})).await?;
     assert_eq!(status, 200, "{back}");
     let deltas = back["actions"].as_array().context("actions")?;
     assert_eq!(deltas.len(), 1, "{back}");
-    assert_eq!(deltas[0]["action"]["delta"]["elems"], json!([["c", "carol:c1:t1", 1]]), "only what came after: {back}");
+    assert_eq!(
+        deltas[0]["action"]["delta"]["elems"],
+        json!([["c", "carol:c1:t1", 1]]),
+        "only what came after: {back}"
+    );
     // An id the log does not know: the whole object.
     let since = json!({"crdt/s": {"id": "1764970000000 server:gone 0", "time": now_ms()}});
-    let (_, whole) = pull(&server, "bob:b1:t3", "bob", json!({"channels": ["crdt/s"], "since": since})).await?;
+    let (_, whole) =
+        pull(&server, "bob:b1:t3", "bob", json!({"channels": ["crdt/s"], "since": since})).await?;
     let elems = &whole["actions"][0]["action"]["delta"]["elems"];
     assert_eq!(elems.as_array().map(Vec::len), Some(3), "{whole}");
     server.stop().await;
@@ -407,7 +413,8 @@ async fn a_re_subscription_behind_the_cursor_pages_on_its_own_without_repeating_
     send_incs(&mut alice, "b", 0..5).await?;
     send_incs(&mut alice, "a", 100..102).await?;
     let (_, live) =
-        pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/a"], "cursor": first["cursor"]})).await?;
+        pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/a"], "cursor": first["cursor"]}))
+            .await?;
     assert_eq!(incs(&live), [100, 101], "{live}");
     send_incs(&mut alice, "a", 102..103).await?;
     // Now he subscribes to counter/b again, from before all of them, with pages of 2.
@@ -416,7 +423,8 @@ async fn a_re_subscription_behind_the_cursor_pages_on_its_own_without_repeating_
     let mut got = Vec::new();
     let mut pages = 0;
     loop {
-        let body = json!({"channels": ["counter/a", "counter/b"], "cursor": cursor, "since": since, "limit": 2});
+        let body =
+            json!({"channels": ["counter/a", "counter/b"], "cursor": cursor, "since": since, "limit": 2});
         let (status, page) = pull(&server, "bob:b1:t1", "bob", body).await?;
         assert_eq!(status, 200, "{page}");
         let next: u64 = page["cursor"].as_str().context("cursor")?.parse()?;
