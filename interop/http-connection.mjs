@@ -8,10 +8,19 @@
 //   is the moment of connecting; the token of `connect` is sent with every request.
 // * `sync` → `POST /v1/push` of its actions (ids and times made whole again from `baseTime`);
 //   then `synced` and one `logux/processed` or `logux/undo` per action, from the results.
-//   `logux/subscribe` and `logux/unsubscribe` change the channels that pulls follow and are
-//   answered at once.
+//   `logux/subscribe` and `logux/unsubscribe` change the channels that pulls follow.
 // * a loop of long-polling `POST /v1/pull` (`wait` 25 s) delivers what arrives as `sync`
 //   messages, ids compressed from `baseTime` as a server compresses them.
+// * a `logux/subscribe` to a channel the pulls do not follow yet asks the server for the
+//   channel's subscription id (`ids: {channel: null}`), with the subscription's `since` if it
+//   has one, and is answered with a `logux/processed` whose meta id is that subscription id:
+//   the id the client keeps and sends back as `since`, which the server maps to what this
+//   client received (every pull raises it to where the channel starts). So a new Client, on
+//   a new page, resumes a channel with that `since`. A channel still catching up on its own
+//   (`since` of an answer) is pulled from its own cursor until it meets the main one. A
+//   re-subscription to a channel the pulls still follow (the same connection, back from a
+//   disconnect) is answered at once: the cursor already holds its place. A subscription the
+//   server refuses (`denied`, `wrongChannel`) is answered with `logux/undo`.
 // * `ping` → `pong`.
 import { createNanoEvents } from 'nanoevents'
 
@@ -24,6 +33,12 @@ export class HttpConnection {
     this.connected = false
     this.emitter = createNanoEvents()
     this.channels = new Set()
+    // Per channel: its subscription id, from the server.
+    this.ids = new Map()
+    // Per channel whose id is asked for: the subscriptions waiting for it, and its `since`.
+    this.pending = new Map()
+    // Per channel pulled from a cursor of its own (a re-subscription catching up).
+    this.channelSince = {}
     this.cursor = undefined
     this.added = 0
     this.serverSeq = 0
@@ -108,10 +123,29 @@ export class HttpConnection {
       let action = rest[i]
       let meta = { ...rest[i + 1] }
       let id = this.wholeId(meta.id)
-      if (action.type === 'logux/subscribe' || action.type === 'logux/unsubscribe') {
-        if (action.type === 'logux/subscribe') this.channels.add(action.channel)
-        else this.channels.delete(action.channel)
-        // The poll waiting now follows the old channels: start a new one.
+      if (action.type === 'logux/subscribe') {
+        let channel = action.channel
+        let waiting = this.pending.get(channel)
+        if (waiting) {
+          waiting.ids.push(id)
+        } else if (this.channels.has(channel)) {
+          answers.push({ id, result: { status: 'processed' } })
+        } else {
+          this.channels.add(channel)
+          this.pending.set(channel, { ids: [id], since: action.since })
+          // The poll waiting now follows the old channels: start a new one.
+          this.poll?.abort()
+        }
+        continue
+      }
+      if (action.type === 'logux/unsubscribe') {
+        this.channels.delete(action.channel)
+        this.ids.delete(action.channel)
+        delete this.channelSince[action.channel]
+        for (let waiting of this.pending.get(action.channel)?.ids ?? []) {
+          this.receive(['sync', ++this.added, { type: 'logux/processed', id: waiting }, this.serverMeta()])
+        }
+        this.pending.delete(action.channel)
         this.poll?.abort()
         answers.push({ id, result: { status: 'processed' } })
         continue
@@ -154,6 +188,30 @@ export class HttpConnection {
     if (reply.length > 2) this.receive(reply)
   }
 
+  // A server id, `"<ms> <node> <seq>"`, and its time, as the client decodes them.
+  clientMeta(id, time) {
+    let [ms, node, seq] = id.split(' ')
+    return { id: [Number(ms) - this.baseTime, node, Number(seq)], time: time - this.baseTime }
+  }
+
+  // A pull refused for the channels it was subscribing to (`denied`, `wrongChannel`): those
+  // subscriptions are undone and the channels dropped. False when no subscription was asked.
+  refuse(asked, answer) {
+    if (asked.size === 0) return false
+    let message = []
+    for (let [channel, waiting] of asked) {
+      if (this.pending.get(channel) !== waiting) continue
+      this.pending.delete(channel)
+      this.channels.delete(channel)
+      for (let id of waiting.ids) {
+        let action = { type: 'logux/subscribe', channel }
+        message.push({ type: 'logux/undo', id, reason: answer.error, action }, this.serverMeta())
+      }
+    }
+    if (message.length > 0) this.receive(['sync', ++this.added, ...message])
+    return true
+  }
+
   async pullLoop(signal) {
     let pause = 100
     while (this.connected && !signal.aborted) {
@@ -166,6 +224,15 @@ export class HttpConnection {
         if (this.cursor !== undefined) body.cursor = this.cursor
         // The first pull only takes the cursor; then polls wait.
         if (this.cursor !== undefined) body.wait = WAIT_SECONDS
+        let since = { ...this.channelSince }
+        let ids = Object.fromEntries(this.ids)
+        let asked = new Map(this.pending)
+        for (let [channel, { since: resume }] of asked) {
+          ids[channel] = null
+          if (resume) since[channel] = resume
+        }
+        if (Object.keys(since).length > 0) body.since = since
+        if (Object.keys(ids).length > 0) body.ids = ids
         let response = await fetch(`${this.url}/v1/pull`, {
           method: 'POST',
           headers: this.headers(),
@@ -173,16 +240,25 @@ export class HttpConnection {
           signal: poll
         })
         let answer = await response.json()
-        if (!response.ok) throw new Error(`pull answered ${response.status}: ${answer.error} ${answer.message}`)
-        if (answer.actions.length > 0) {
-          let message = ['sync', ++this.added]
-          for (let { action, meta } of answer.actions) {
-            let [ms, node, seq] = meta.id.split(' ')
-            message.push(action, { id: [Number(ms) - this.baseTime, node, Number(seq)], time: meta.time - this.baseTime })
-          }
-          this.receive(message)
+        if (!response.ok) {
+          if (response.status < 500 && this.refuse(asked, answer)) continue
+          throw new Error(`pull answered ${response.status}: ${answer.error} ${answer.message}`)
         }
+        let message = []
+        for (let { action, meta } of answer.actions) message.push(action, this.clientMeta(meta.id, meta.time))
+        // A subscription is answered after what its channel brought, as a server answers
+        // one after its catch-up.
+        for (let [channel, id] of Object.entries(answer.ids ?? {})) {
+          let waiting = asked.get(channel)
+          if (!waiting || this.pending.get(channel) !== waiting) continue
+          this.pending.delete(channel)
+          this.ids.set(channel, id)
+          let ms = Number(id.split(' ')[0])
+          for (let subscribe of waiting.ids) message.push({ type: 'logux/processed', id: subscribe }, this.clientMeta(id, ms))
+        }
+        if (message.length > 0) this.receive(['sync', ++this.added, ...message])
         this.cursor = answer.cursor
+        this.channelSince = answer.since ?? {}
         pause = 100
       } catch (e) {
         if (signal.aborted || !this.connected) return

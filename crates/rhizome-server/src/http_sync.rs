@@ -485,6 +485,42 @@ struct PullBody {
     /// `long_poll`); 0 or absent answers at once.
     #[serde(default)]
     wait: Option<f64>,
+    /// Per channel, where it resumes instead of the cursor: a re-subscription's Logux
+    /// `since`, or the channel's own cursor from an answer's `since`.
+    #[serde(default)]
+    since: HashMap<String, ChannelSince>,
+    /// Per channel, its subscription id: `null` asks for one (the answer's `ids`), an id an
+    /// answer gave is raised to where this pull starts the channel.
+    #[serde(default)]
+    ids: HashMap<String, Option<String>>,
+}
+
+/// Where a channel of a pull resumes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ChannelSince {
+    /// The channel's own cursor, from an answer's `since`.
+    Cursor(String),
+    /// A re-subscription's Logux `since`: the id of what answered the subscription.
+    Logux { id: String, time: Option<i64> },
+}
+
+/// The node part of the subscription ids a pull gives, followed by a random part: an id a
+/// pull raises has it, so no other subscription's acknowledgement can be touched and a
+/// guessed id names nothing.
+const PULL_ID_NODE: &str = "server:pull:";
+
+/// A new subscription id for a pull: a Logux id (`<ms> server:pull:<random> 0`) that the
+/// real client keeps as its `since`.
+fn new_subscription_id() -> String {
+    use rand::Rng;
+    let random: u128 = rand::thread_rng().gen();
+    format!("{} {PULL_ID_NODE}{random:032x} 0", now_ms())
+}
+
+/// Whether `id` is a subscription id a pull gave.
+fn is_subscription_id(id: &str) -> bool {
+    id.split(' ').nth(1).is_some_and(|node| node.starts_with(PULL_ID_NODE))
 }
 
 /// `POST /v1/pull`: what the client has not seen yet on its channels and addressed to it, in
@@ -509,6 +545,10 @@ struct PreparedPull {
     ctx: Context,
     channels: Vec<rhizome_protocol::Channel>,
     after: Option<Position>,
+    /// Channels that resume from a position of their own instead of `after`.
+    own: HashMap<String, Position>,
+    /// The subscription ids given by this pull, by channel.
+    issued: Map<String, Value>,
     page: usize,
     deadline: tokio::time::Instant,
     /// What the channels' `load` hooks gave on a first pull, sent first.
@@ -546,34 +586,111 @@ async fn prepare_pull(
         let message = format!("a pull follows at most {most} channels (pull_channels_max)");
         return Err(refuse(StatusCode::BAD_REQUEST, "too-many-channels", message));
     }
+    if let Some(stray) = body.since.keys().chain(body.ids.keys()).find(|c| names.binary_search(c).is_err()) {
+        let message = format!("`since` and `ids` name channels of `channels`, not {stray}");
+        return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", message));
+    }
     let first = body.cursor.is_none();
     let mut channels = Vec::with_capacity(names.len());
     let mut loaded = Vec::new();
     for name in names {
-        loaded.extend(may_follow(&shared, &ctx, &name, first).await?);
+        // A re-subscription runs the `load` hook, as a `logux/subscribe` with `since` does.
+        let since = match body.since.get(&name) {
+            Some(ChannelSince::Logux { id, time }) => Some(json!({"id": id, "time": time})),
+            _ => None,
+        };
+        loaded.extend(may_follow(&shared, &ctx, &name, first || since.is_some(), since).await?);
         channels.push(rhizome_protocol::Channel::from(name));
     }
     let last = read(&shared, |store| store.last_position()).await?;
+    let bad_cursor = || {
+        let message = format!("a cursor must be one this server gave (at most {last})");
+        refuse(StatusCode::BAD_REQUEST, "bad-cursor", message)
+    };
     // No cursor: from now on, as a subscription without `since` (objects come whole).
     let after = match body.cursor.as_deref().map(str::parse::<Position>) {
         None => None,
         Some(Ok(cursor)) if cursor <= last => Some(cursor),
-        Some(_) => {
-            let message = format!("the cursor must be one this server gave (at most {last})");
-            return Err(refuse(StatusCode::BAD_REQUEST, "bad-cursor", message));
-        }
+        Some(_) => return Err(bad_cursor()),
     };
+    let own = resume_positions(&shared, body.since, last).await?.ok_or_else(bad_cursor)?;
+    // Each subscription id stands for where this pull starts its channel: the client holds
+    // the channel through there (what a later `since` with the id resumes after).
+    let start = |channel: &str| own.get(channel).copied().unwrap_or(after.unwrap_or(last));
+    let mut acks = Vec::new();
+    let mut issued = Map::new();
+    for (channel, id) in body.ids {
+        match id {
+            Some(id) if is_subscription_id(&id) => acks.push((id, start(&channel))),
+            Some(_) => {}
+            None => {
+                let id = new_subscription_id();
+                acks.push((id.clone(), start(&channel)));
+                issued.insert(channel, Value::String(id));
+            }
+        }
+    }
+    if !acks.is_empty() {
+        let batch = rhizome_store::WriteBatch { acks, ..rhizome_store::WriteBatch::default() };
+        // Not waited for: a dropped or late write makes a later `since` with the id resume
+        // from further back (duplicates), never skip anything.
+        if !shared.writer.try_write_unordered(batch) {
+            tracing::debug!("writer busy; a pull's subscription acknowledgements were not recorded");
+        }
+    }
     let deadline = tokio::time::Instant::now() + wait;
-    Ok(PreparedPull { shared, ctx, channels, after, page, deadline, loaded })
+    Ok(PreparedPull { shared, ctx, channels, after, own, issued, page, deadline, loaded })
+}
+
+/// The log position each channel of a pull's `since` resumes after; `None` for a channel
+/// cursor this server did not give.
+///
+/// A Logux `since` resumes after the position its id stands for (a subscription id a pull
+/// gave, a WebSocket subscription's `logux/processed`, or an action of the log). An id the
+/// log does not know loses nothing: a CRDT object comes whole; a channel's actions come from
+/// a safe margin before `since.time`, as over a WebSocket, or from the start of the log
+/// without a time.
+async fn resume_positions(
+    shared: &Shared,
+    since: HashMap<String, ChannelSince>,
+    last: Position,
+) -> Result<Option<HashMap<String, Position>>, Response> {
+    if since.is_empty() {
+        return Ok(Some(HashMap::new()));
+    }
+    read(shared, move |store| {
+        let mut own = HashMap::with_capacity(since.len());
+        for (channel, since) in since {
+            let position = match since {
+                ChannelSince::Cursor(cursor) => match cursor.parse::<Position>() {
+                    Ok(cursor) if cursor <= last => cursor,
+                    _ => return Ok(None),
+                },
+                ChannelSince::Logux { id, time } => match store.position_of_id(&id)? {
+                    Some(position) => position.min(last),
+                    None if channel.starts_with(crate::pipeline::CRDT_CHANNEL_PREFIX) => 0,
+                    None => match time {
+                        Some(time) => store.position_before_time(
+                            time.saturating_sub(crate::pipeline::SINCE_TIME_MARGIN_MS),
+                        )?,
+                        None => 0,
+                    },
+                },
+            };
+            own.insert(channel, position);
+        }
+        Ok(Some(own))
+    })
+    .await
 }
 
 /// Answers a checked pull: a page at once, or after waiting for a commit until its deadline.
 async fn answer_pull(pull: PreparedPull) -> Response {
-    let PreparedPull { shared, ctx, channels, after, page, deadline, mut loaded } = pull;
+    let PreparedPull { shared, ctx, channels, after, mut own, issued, page, deadline, mut loaded } = pull;
     let mut committed = shared.committed.subscribe();
     let mut from = after;
     loop {
-        let mut answer = match read_page(&shared, &ctx, &channels, from, page).await {
+        let mut answer = match read_page(&shared, &ctx, &channels, from, &own, page).await {
             Ok(answer) => answer,
             Err(refusal) => return refusal,
         };
@@ -585,15 +702,18 @@ async fn answer_pull(pull: PreparedPull) -> Response {
             .map(|json| server_action(&shared, json))
             .collect();
         answer.actions.splice(0..0, server);
-        if !answer.actions.is_empty() || tokio::time::Instant::now() >= deadline {
-            return page_response(answer.cursor, answer.actions, answer.more);
+        let has_news = !answer.actions.is_empty() || !answer.since.is_empty() || !issued.is_empty();
+        if has_news || tokio::time::Instant::now() >= deadline {
+            return page_response(answer, &issued);
         }
-        // Nothing yet: wait for a commit that concerns this client (its channels or its
-        // targets), moving the cursor past those that do not, then read again.
+        // Nothing yet (every channel is read through the cursor, `own` ones included): wait
+        // for a commit that concerns this client (its channels or its targets), moving the
+        // cursor past those that do not, then read again.
+        own.clear();
         let mut through = answer.cursor;
         if shared.recent.waiting() >= shared.limits.connections_max {
             // As many polls wait as connections may be open: this one answers now.
-            return page_response(through, Vec::new(), false);
+            return page_response(answer, &issued);
         }
         let _waiting = shared.recent.wait();
         // A device that is waiting here gets what concerns it without a push wake-up.
@@ -605,7 +725,8 @@ async fn answer_pull(pull: PreparedPull) -> Response {
                 _ = shared.stopping() => return page_response(through, Vec::new(), false),
             };
             if !matches!(woke, Ok(Ok(_))) {
-                return page_response(through, Vec::new(), false);
+                answer.cursor = through;
+                return page_response(answer, &issued);
             }
             match shared.recent.since(through, &channels, &ctx.node_id) {
                 Since::Nothing(upto) if upto > through => through = upto,
@@ -616,9 +737,19 @@ async fn answer_pull(pull: PreparedPull) -> Response {
     }
 }
 
-/// A pull's answer.
-fn page_response(cursor: Position, actions: Vec<Value>, more: bool) -> Response {
-    ok_json(&json!({"cursor": cursor.to_string(), "actions": actions, "more": more}))
+/// A pull's answer: `since` and `ids` only when there are some, so an answer without them
+/// is as it always was.
+fn page_response(page: Page, issued: &Map<String, Value>) -> Response {
+    let mut body = json!({"cursor": page.cursor.to_string(), "actions": page.actions, "more": page.more});
+    if !page.since.is_empty() {
+        let since: Map<String, Value> =
+            page.since.into_iter().map(|(c, p)| (c, Value::String(p.to_string()))).collect();
+        body["since"] = Value::Object(since);
+    }
+    if !issued.is_empty() {
+        body["ids"] = Value::Object(issued.clone());
+    }
+    ok_json(&body)
 }
 
 /// Whether the client of `ctx` may follow `name`: the channel's subscribe rules, as for a
@@ -631,12 +762,17 @@ pub(crate) async fn may_follow(
     ctx: &Context,
     name: &str,
     first: bool,
+    since: Option<Value>,
 ) -> Result<Vec<String>, Response> {
     let Some((rules, params)) = shared.app.find_channel(name) else {
         return Err(refuse(StatusCode::BAD_REQUEST, "wrongChannel", format!("no channel {name}")));
     };
     let rules = rules.clone();
-    let subscribe = json!({"type": "logux/subscribe", "channel": name}).to_string();
+    let mut subscribe = json!({"type": "logux/subscribe", "channel": name});
+    if let Some(since) = since {
+        subscribe["since"] = since;
+    }
+    let subscribe = subscribe.to_string();
     let Some(action) = rhizome_protocol::Action::from_json(&subscribe) else {
         return Err(refuse(StatusCode::BAD_REQUEST, "wrongChannel", format!("no channel {name}")));
     };
@@ -685,39 +821,48 @@ struct Page {
     /// The log's entries.
     actions: Vec<Value>,
     cursor: Position,
+    /// The channels read through a position other than `cursor` (a re-subscription still
+    /// catching up, or one ahead of the cursor), with that position.
+    since: Vec<(String, Position)>,
     more: bool,
 }
 
 /// The actions after `after` (none given: from now on) that the client follows or that are
-/// addressed to it, oldest first, at most `page`; the cursor the next pull goes on from.
+/// addressed to it, oldest first, at most `page`; the channels in `own` are read after their
+/// own position instead. Returns the cursor the next pull goes on from, and the channels
+/// whose position is still not the cursor's.
 async fn read_page(
     shared: &Shared,
     ctx: &Context,
     channels: &[rhizome_protocol::Channel],
     after: Option<Position>,
+    own: &HashMap<String, Position>,
     page: usize,
 ) -> Result<Page, Response> {
     let channels = channels.to_vec();
+    let own = own.clone();
     let node = ctx.node_id.clone();
     let client = ctx.client_id.clone();
     read(shared, move |store| {
         let upto = store.last_position()?;
         let mut entries: Vec<StoredEntry> = Vec::new();
-        // The lowest position up to which every source was read whole.
+        // The lowest position up to which every source was read whole from its start.
         let mut complete = upto;
         let mut objects = Vec::new();
         let start = after.unwrap_or(upto);
         for channel in &channels {
+            let from = own.get(channel.as_str()).copied();
             if let Some(key) = channel.as_str().strip_prefix(crate::pipeline::CRDT_CHANNEL_PREFIX) {
-                // An object: one delta, the join of what was logged after the cursor (the whole
-                // state without one), whatever snapshots cleaned meanwhile.
-                let (object, _) = store.catch_up_object(key, after.unwrap_or(0))?;
+                // An object: one delta, the join of what was logged after the cursor or its
+                // own position (the whole state without either), whatever snapshots cleaned
+                // meanwhile.
+                let (object, _) = store.catch_up_object(key, from.or(after).unwrap_or(0))?;
                 if let Some(object) = object.filter(|o| !o.is_bottom()) {
                     objects.push(rhizome_crdt::delta_action(key, &object));
                 }
                 continue;
             }
-            let read = store.read_channel(channel, start, upto, page)?;
+            let read = store.read_channel(channel, from.unwrap_or(start), upto, page)?;
             if read.len() == page {
                 complete = complete.min(read.last().map_or(upto, |e| e.added));
             }
@@ -732,15 +877,32 @@ async fn read_page(
         entries.sort_by_key(|e| e.added);
         entries.dedup_by_key(|e| e.added);
         entries.retain(|e| e.added <= complete);
-        // Every entry up to `complete` is in `entries`: the cursor goes there, or to the last
-        // entry of a full page.
-        let cursor = if entries.len() > page {
+        // Every source holds all its entries up to `cut` in `entries`: `cut` is `complete`,
+        // or the last entry of a full page.
+        let cut = if entries.len() > page {
             entries.truncate(page);
             entries.last().map_or(complete, |e| e.added)
         } else {
             complete
         };
-        let more = cursor < upto;
+        // A source is read through `cut`, or through its start when that is further: the
+        // cursor never goes back, and a channel resuming from elsewhere keeps its own place.
+        let cursor = cut.max(start);
+        let mut since = Vec::new();
+        for channel in &channels {
+            let name = channel.as_str();
+            if name.starts_with(crate::pipeline::CRDT_CHANNEL_PREFIX) {
+                continue;
+            }
+            if let Some(from) = own.get(name) {
+                let through = cut.max(*from);
+                if through != cursor {
+                    since.push((name.to_owned(), through));
+                }
+            }
+        }
+        let lowest = since.iter().map(|(_, p)| *p).fold(cursor, Position::min);
+        let more = lowest < upto;
         let mut actions = Vec::with_capacity(entries.len());
         for e in entries {
             let action: Value = serde_json::from_str(&e.action_json).unwrap_or(Value::Null);
@@ -748,7 +910,7 @@ async fn read_page(
                 json!({"action": action, "meta": {"id": e.id.to_string(), "time": e.time, "added": e.added}}),
             );
         }
-        Ok(Page { objects, actions, cursor, more })
+        Ok(Page { objects, actions, cursor, since, more })
     })
     .await
 }

@@ -38,7 +38,7 @@ const SINCE_DELTA_CHECK_BYTES: usize = 4096;
 
 /// How far before a `since.time` catch-up starts when `since.id` is unknown to the log.
 /// Clock offsets between client and server are far smaller; duplicates beat losses.
-const SINCE_TIME_MARGIN_MS: i64 = 5 * 60 * 1000;
+pub(crate) const SINCE_TIME_MARGIN_MS: i64 = 5 * 60 * 1000;
 
 /// `{"type":"logux/processed","id":"<id>"}`
 pub fn processed_json(id: &ActionId) -> String {

@@ -107,6 +107,48 @@ async fn every_request_and_answer_matches_the_openapi_document() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_re_subscription_s_requests_and_answers_match_the_openapi_document() -> Result<()> {
+    let doc = document()?;
+    let server = TestServer::default().await?;
+    let bob = format!("Bearer {}", token("bob"));
+    let t = now_ms();
+    let pushes: Vec<Value> = (0..3)
+        .map(|i| json!({"action": {"type": "inc", "id": "q"}, "meta": meta("alice:a1:t1", t + i)}))
+        .collect();
+    let push = json!({"node": "alice:a1:t1", "actions": pushes});
+    let (status, _) =
+        request(server.addr, "/v1/push", Some(&format!("Bearer {}", token("alice"))), &push.to_string())
+            .await?;
+    assert_eq!(status, 200);
+    let exchange = |body: Value| {
+        let (doc, bob, addr) = (&doc, &bob, server.addr);
+        async move {
+            check(doc, &request_schema(doc, "/v1/pull"), &body, "pull request")?;
+            let (status, answer) = request(addr, "/v1/pull", Some(bob), &body.to_string()).await?;
+            check(doc, &answer_schema(doc, "/v1/pull", status)?, &answer, &format!("/v1/pull {status}"))?;
+            anyhow::ensure!(status == 200, "{answer}");
+            Ok::<Value, anyhow::Error>(answer)
+        }
+    };
+    // A subscription id asked for, then a re-subscription behind the cursor, paged by 1.
+    let first = exchange(json!({"node": "bob:b1:t1", "channels": ["counter/q", "crdt/q"],
+        "ids": {"counter/q": null, "crdt/q": null}}))
+    .await?;
+    let id = first["ids"]["counter/q"].clone();
+    anyhow::ensure!(id.is_string(), "{first}");
+    let behind = exchange(json!({"node": "bob:b1:t1", "channels": ["counter/q"], "cursor": first["cursor"],
+        "limit": 1, "ids": {"counter/q": id}, "since": {"counter/q": {"id": "1 server:gone 0", "time": t}}}))
+    .await?;
+    let own = behind["since"]["counter/q"].clone();
+    anyhow::ensure!(own.is_string(), "a channel cursor: {behind}");
+    exchange(json!({"node": "bob:b1:t1", "channels": ["counter/q"], "cursor": behind["cursor"],
+        "since": {"counter/q": own}}))
+    .await?;
+    server.stop().await;
+    Ok(())
+}
+
 #[test]
 fn the_schemas_refuse_what_the_server_refuses() -> Result<()> {
     let doc = document()?;
@@ -120,9 +162,13 @@ fn the_schemas_refuse_what_the_server_refuses() -> Result<()> {
         assert!(check(&doc, &push, &bad, "push").is_err(), "{bad} passed");
     }
     let pull = request_schema(&doc, "/v1/pull");
-    for bad in
-        [json!({"channels": []}), json!({"node": "a:b", "wait": -1}), json!({"node": "a:b", "cursor": 5})]
-    {
+    for bad in [
+        json!({"channels": []}),
+        json!({"node": "a:b", "wait": -1}),
+        json!({"node": "a:b", "cursor": 5}),
+        json!({"node": "a:b", "since": {"counter/1": 5}}),
+        json!({"node": "a:b", "since": {"counter/1": {"time": 5}}}),
+    ] {
         assert!(check(&doc, &pull, &bad, "pull").is_err(), "{bad} passed");
     }
     Ok(())

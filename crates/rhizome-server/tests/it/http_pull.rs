@@ -289,3 +289,160 @@ async fn a_long_poll_lets_other_channels_pass_and_answers_for_its_own() -> Resul
     server.stop().await;
     Ok(())
 }
+
+/// Sends `inc` actions with these `n` on `counter/<id>` from a WebSocket client and waits
+/// until each is processed.
+async fn send_incs(client: &mut crate::support::Client, id: &str, ns: std::ops::Range<i64>) -> Result<()> {
+    for n in ns {
+        let sent = client.send_action(json!({"type": "inc", "id": id, "n": n})).await?;
+        client.wait_processed(&sent).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_since_with_a_pull_s_subscription_id_resumes_where_that_client_stopped() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:a1:t1").await?;
+    let channels = json!(["counter/r"]);
+    // Bob's first page follows the channel and asks for its subscription id.
+    let body = json!({"channels": channels, "ids": {"counter/r": null}});
+    let (status, first) = pull(&server, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(status, 200, "{first}");
+    let id = first["ids"]["counter/r"].as_str().context("a subscription id")?.to_owned();
+    assert_eq!(id.split(' ').count(), 3, "a Logux id: {id}");
+    send_incs(&mut alice, "r", 0..3).await?;
+    let body = json!({"channels": channels, "cursor": first["cursor"], "ids": {"counter/r": id}});
+    let (_, live) = pull(&server, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(incs(&live), [0, 1, 2], "{live}");
+    assert!(live.get("ids").is_none() && live.get("since").is_none(), "{live}");
+    // This pull confirms the page above: the id now stands for its cursor.
+    let body = json!({"channels": channels, "cursor": live["cursor"], "ids": {"counter/r": id}});
+    let (_, quiet) = pull(&server, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(quiet["actions"], json!([]), "{quiet}");
+    // Written after that acknowledgement, in the same lane of the writer: once processed,
+    // the acknowledgement is committed too.
+    send_incs(&mut alice, "r", 3..8).await?;
+    // A new page of bob's, with nothing but the id its client kept.
+    let since = json!({"counter/r": {"id": id, "time": now_ms()}});
+    let body = json!({"channels": channels, "since": since, "ids": {"counter/r": null}});
+    let (status, back) = pull(&server, "bob:b1:t2", "bob", body).await?;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(incs(&back), [3, 4, 5, 6, 7], "what bob missed, none he had: {back}");
+    assert_eq!(back["more"], json!(false), "{back}");
+    assert!(back.get("since").is_none(), "caught up with the cursor: {back}");
+    let renewed = back["ids"]["counter/r"].as_str().context("a new subscription id")?;
+    assert_ne!(renewed, id);
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_since_with_an_unknown_id_loses_nothing() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:a1:t1").await?;
+    send_incs(&mut alice, "u", 0..3).await?;
+    let unknown = "1764970000000 server:gone 0";
+    let cases = [
+        // From a safe margin before `since.time`, as over a WebSocket.
+        (json!({"id": unknown, "time": now_ms()}), vec![0, 1, 2]),
+        // Without a time, from the start of the log.
+        (json!({"id": unknown}), vec![0, 1, 2]),
+        // The time counts: an hour ahead, the margin still starts after these.
+        (json!({"id": unknown, "time": now_ms() + 3_600_000}), vec![]),
+    ];
+    for (since, expected) in cases {
+        let body = json!({"channels": ["counter/u"], "since": {"counter/u": since}});
+        let (status, answer) = pull(&server, "bob:b1:t1", "bob", body).await?;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(incs(&answer), expected, "{since}: {answer}");
+    }
+    let bad = json!({"channels": ["counter/u"], "since": {"counter/u": "999999"}});
+    let (status, answer) = pull(&server, "bob:b1:t1", "bob", bad).await?;
+    assert_eq!((status, answer["error"].clone()), (400, json!("bad-cursor")), "{answer}");
+    let stray = json!({"channels": ["counter/u"], "since": {"counter/v": "0"}});
+    let (status, answer) = pull(&server, "bob:b1:t1", "bob", stray).await?;
+    assert_eq!((status, answer["error"].clone()), (400, json!("wrong-format")), "{answer}");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_since_on_an_object_brings_the_join_of_the_deltas_after_it() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:a1:t1").await?;
+    let mut carol = server.login("carol:c1:t1").await?;
+    for elem in ["a", "b"] {
+        let id = alice.send_action(json!({"type": "crdt/set/add", "key": "s", "elem": elem})).await?;
+        alice.wait_processed(&id).await?;
+    }
+    let body = json!({"channels": ["crdt/s"], "ids": {"crdt/s": null}});
+    let (_, first) = pull(&server, "bob:b1:t1", "bob", body).await?;
+    let whole = &first["actions"][0]["action"]["delta"]["elems"];
+    assert_eq!(whole.as_array().map(Vec::len), Some(2), "the whole object first: {first}");
+    let id = first["ids"]["crdt/s"].as_str().context("a subscription id")?.to_owned();
+    let id_c = carol.send_action(json!({"type": "crdt/set/add", "key": "s", "elem": "c"})).await?;
+    carol.wait_processed(&id_c).await?;
+    let since = json!({"crdt/s": {"id": id, "time": now_ms()}});
+    let (status, back) =
+        pull(&server, "bob:b1:t2", "bob", json!({"channels": ["crdt/s"], "since": since})).await?;
+    assert_eq!(status, 200, "{back}");
+    let deltas = back["actions"].as_array().context("actions")?;
+    assert_eq!(deltas.len(), 1, "{back}");
+    assert_eq!(
+        deltas[0]["action"]["delta"]["elems"],
+        json!([["c", "carol:c1:t1", 1]]),
+        "only what came after: {back}"
+    );
+    // An id the log does not know: the whole object.
+    let since = json!({"crdt/s": {"id": "1764970000000 server:gone 0", "time": now_ms()}});
+    let (_, whole) =
+        pull(&server, "bob:b1:t3", "bob", json!({"channels": ["crdt/s"], "since": since})).await?;
+    let elems = &whole["actions"][0]["action"]["delta"]["elems"];
+    assert_eq!(elems.as_array().map(Vec::len), Some(3), "{whole}");
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_re_subscription_behind_the_cursor_pages_on_its_own_without_repeating_the_others() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:a1:t1").await?;
+    // Bob follows counter/a; counter/b gets 5 actions he has not seen.
+    let (_, first) = pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/a"]})).await?;
+    send_incs(&mut alice, "b", 0..5).await?;
+    send_incs(&mut alice, "a", 100..102).await?;
+    let (_, live) =
+        pull(&server, "bob:b1:t1", "bob", json!({"channels": ["counter/a"], "cursor": first["cursor"]}))
+            .await?;
+    assert_eq!(incs(&live), [100, 101], "{live}");
+    send_incs(&mut alice, "a", 102..103).await?;
+    // Now he subscribes to counter/b again, from before all of them, with pages of 2.
+    let mut since = json!({"counter/b": {"id": "1764970000000 server:gone 0"}});
+    let mut cursor = live["cursor"].clone();
+    let mut got = Vec::new();
+    let mut pages = 0;
+    loop {
+        let body =
+            json!({"channels": ["counter/a", "counter/b"], "cursor": cursor, "since": since, "limit": 2});
+        let (status, page) = pull(&server, "bob:b1:t1", "bob", body).await?;
+        assert_eq!(status, 200, "{page}");
+        let next: u64 = page["cursor"].as_str().context("cursor")?.parse()?;
+        let before: u64 = cursor.as_str().context("cursor")?.parse()?;
+        assert!(next >= before, "the cursor never goes back: {before} then {page}");
+        got.extend(incs(&page));
+        cursor = page["cursor"].clone();
+        since = page.get("since").cloned().unwrap_or(json!({}));
+        pages += 1;
+        if page["more"] == false {
+            break;
+        }
+        assert!(pages < 10, "no end after {pages} pages");
+    }
+    assert!(since.as_object().is_some_and(|s| s.is_empty()), "caught up: {since}");
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2, 3, 4, 102], "each once, none of counter/a's again");
+    assert!(pages >= 3, "{pages} pages of at most 2");
+    server.stop().await;
+    Ok(())
+}

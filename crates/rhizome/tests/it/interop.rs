@@ -59,3 +59,8 @@ fn real_client_crdt_concurrent_offline_writers_converge() {
 fn real_client_syncs_over_http_without_a_websocket() {
     run_script("http");
 }
+
+#[test]
+fn real_client_over_http_resubscribes_with_since_and_a_new_client_resumes_from_it() {
+    run_script("http-since");
+}
