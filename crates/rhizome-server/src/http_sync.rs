@@ -721,10 +721,12 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         loop {
             // At shutdown, a waiting poll answers at once: the client polls again elsewhere.
             let woke = tokio::select! {
-                woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)) => woke,
-                _ = shared.stopping() => return page_response(through, Vec::new(), false),
+                woke = tokio::time::timeout_at(deadline, committed.wait_for(|p| *p > through)) => {
+                    matches!(woke, Ok(Ok(_)))
+                }
+                _ = shared.stopping() => false,
             };
-            if !matches!(woke, Ok(Ok(_))) {
+            if !woke {
                 answer.cursor = through;
                 return page_response(answer, &issued);
             }

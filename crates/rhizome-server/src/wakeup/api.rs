@@ -90,7 +90,7 @@ pub async fn register(
         return refuse(StatusCode::BAD_REQUEST, "too-many-channels", message);
     }
     for name in &names {
-        if let Err(refusal) = may_follow(&shared, &ctx, name, false).await {
+        if let Err(refusal) = may_follow(&shared, &ctx, name, false, None).await {
             return refusal;
         }
     }
