@@ -533,7 +533,9 @@ pub async fn pull(
 ) -> Response {
     // What a waiting long-poll holds is only what `answer_pull` needs: the request's body,
     // its session and connection state are dropped before it waits.
-    match prepare_pull(shared, peer, request).await {
+    // Boxed: its state (authentication, the access hooks) is large and lives only until the
+    // poll starts waiting, while the waiting state is what thousands of idle polls hold.
+    match Box::pin(prepare_pull(shared, peer, request)).await {
         Ok(pull) => answer_pull(pull).await,
         Err(refusal) => refusal,
     }
