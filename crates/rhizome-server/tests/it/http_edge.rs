@@ -145,3 +145,84 @@ async fn a_waiting_long_poll_answers_at_once_when_the_server_shuts_down() -> Res
     anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     Ok(())
 }
+
+/// Reads one HTTP/1.1 answer with a `Content-Length` body off `stream`: status, head, body.
+async fn read_answer(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Result<(u16, String, String)> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffer[..end].to_vec())?;
+            let length = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
+                .map_or(Ok(0), |(_, v)| v.trim().parse::<usize>())?;
+            if buffer.len() >= end + 4 + length {
+                let body = String::from_utf8(buffer[end + 4..end + 4 + length].to_vec())?;
+                buffer.drain(..end + 4 + length);
+                let status = head.split(' ').nth(1).context("status")?.parse()?;
+                return Ok((status, head, body));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await??;
+        anyhow::ensure!(n > 0, "the server closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn pulls_kept_alive_on_one_connection_then_any_other_request_are_all_answered() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await?;
+    let mut buffer = Vec::new();
+    let token = token("bob");
+    let pull = |cursor: &str| {
+        let body = json!({"node": "bob:b1:t1", "channels": ["counter/k"], "cursor": cursor}).to_string();
+        format!(
+            "POST /v1/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Three pulls on one connection, the second written in two parts and the third pipelined
+    // with a health check behind it (served by the general HTTP stack).
+    stream.write_all(pull("0").as_bytes()).await?;
+    let (status, _, body) = read_answer(&mut stream, &mut buffer).await?;
+    anyhow::ensure!(status == 200, "{body}");
+    let cursor = serde_json::from_str::<Value>(&body)?["cursor"].as_str().unwrap_or_default().to_owned();
+    let second = pull(&cursor);
+    let (head, rest) = second.split_at(second.find("\r\n\r\n").context("head")? + 4);
+    stream.write_all(head.as_bytes()).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(rest.as_bytes()).await?;
+    let (status, _, body) = read_answer(&mut stream, &mut buffer).await?;
+    anyhow::ensure!(
+        status == 200 && serde_json::from_str::<Value>(&body)?["cursor"] == cursor.as_str(),
+        "{body}"
+    );
+    let pipelined = format!("{}GET /health HTTP/1.1\r\nHost: x\r\n\r\n", pull(&cursor));
+    stream.write_all(pipelined.as_bytes()).await?;
+    let (status, _, _) = read_answer(&mut stream, &mut buffer).await?;
+    anyhow::ensure!(status == 200);
+    let (status, _, body) = read_answer(&mut stream, &mut buffer).await?;
+    anyhow::ensure!(status == 200 && body.contains("OK"), "health: {status} {body}");
+    // Refusals come the same way: a bad cursor, then a chunked pull (the general stack).
+    stream.write_all(pull("nope").as_bytes()).await?;
+    let (status, _, body) = read_answer(&mut stream, &mut buffer).await?;
+    anyhow::ensure!(status == 400 && body.contains("bad-cursor"), "{status} {body}");
+    let body = json!({"node": "bob:b1:t1", "channels": ["counter/k"]}).to_string();
+    let chunked = format!(
+        "POST /v1/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let mut fresh = tokio::net::TcpStream::connect(server.addr).await?;
+    fresh.write_all(chunked.as_bytes()).await?;
+    let mut fresh_buffer = Vec::new();
+    let (status, _, body) = read_answer(&mut fresh, &mut fresh_buffer).await?;
+    anyhow::ensure!(status == 200 && body.contains("cursor"), "{status} {body}");
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
