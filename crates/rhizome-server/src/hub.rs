@@ -88,6 +88,9 @@ pub enum HubMessage {
         filter: Option<Map<String, Value>>,
         /// Catch up from this position when given.
         since: Option<Position>,
+        /// The id of the `since`, when the log knew it: raised on close with the subscription's
+        /// own answer, because a client re-subscribes with the same `since` every time.
+        resumed: Option<Box<str>>,
         /// The `logux/subscribe` action id, answered with `logux/processed` once live.
         ack: ActionId,
     },
@@ -130,6 +133,8 @@ struct Sub {
     id: ActionId,
     /// The hub position at which it went live; `None` while catching up.
     live_at: Option<Position>,
+    /// The known `since` id it resumed from, raised with `id` on close.
+    resumed: Option<Box<str>>,
 }
 
 impl Sub {
@@ -207,8 +212,8 @@ impl Hub {
                 self.record_received(conn, client_synced);
                 self.unregister(conn)
             }
-            HubMessage::Subscribe { conn, channel, filter, since, ack } => {
-                self.subscribe(conn, channel, filter, since, ack)
+            HubMessage::Subscribe { conn, channel, filter, since, resumed, ack } => {
+                self.subscribe(conn, channel, filter, since, resumed, ack)
             }
             HubMessage::Unsubscribe { conn, channel } => self.unsubscribe(conn, &channel),
             HubMessage::CatchUpDone { conn, what, through } => self.catch_up_done(conn, what, through),
@@ -292,6 +297,7 @@ impl Hub {
         channel: Channel,
         filter: Option<Map<String, Value>>,
         since: Option<Position>,
+        resumed: Option<Box<str>>,
         ack: ActionId,
     ) {
         let Some(conn) = self.conns.get_mut(&id) else {
@@ -304,7 +310,7 @@ impl Hub {
             conn.channels.push(channel.clone());
         }
         // Several filters per channel are not kept: the newest subscription replaces the older.
-        subs.insert(id, Sub { filter: filter.map(Box::new), id: ack, live_at: None });
+        subs.insert(id, Sub { filter: filter.map(Box::new), id: ack, live_at: None, resumed });
         match catch_up_from {
             Some(from) => self.spawn_catch_up(id, CatchUp::Channel(channel), from),
             None => self.went_live(id, &channel),
@@ -347,10 +353,10 @@ impl Hub {
             Some(self.shared.config.subprotocol),
         );
         push_stamped(conn, b, self.position);
-        let ack = (processed_id.to_string(), self.position);
+        let ack = (processed_id.to_string(), self.position, conn.identity.client_id.as_str().to_owned());
         sub.id = processed_id;
         sub.live_at = Some(self.position);
-        self.write_acks(vec![ack]);
+        self.write_acks(WriteBatch { owned_acks: vec![ack], ..WriteBatch::default() });
     }
 
     /// Raises the acknowledgement of each live subscription of a closing connection to
@@ -378,23 +384,32 @@ impl Hub {
         // Not a CRDT object's: its author is not sent its own deltas, which its copy still
         // lacks, so the acknowledgement stays where the subscriber held everything (a `since`
         // then brings the join of every delta after it, the author's own included).
-        let acks: Vec<(String, Position)> = conn
+        let client = conn.identity.client_id.as_str();
+        let mut batch = WriteBatch::default();
+        let live = conn
             .channels
             .iter()
             .filter(|c| !c.as_str().starts_with(CRDT_CHANNEL_PREFIX))
             .filter_map(|c| self.channels.get(c)?.get(&id))
-            .filter(|sub| sub.live_at.is_some_and(|live_at| live_at < through))
-            .map(|sub| (sub.id.text(), through))
-            .collect();
-        if !acks.is_empty() {
-            self.write_acks(acks);
+            .filter(|sub| sub.live_at.is_some_and(|live_at| live_at < through));
+        for sub in live {
+            batch.owned_acks.push((sub.id.text(), through, client.to_owned()));
+            // The `since` it resumed from stands for no later position than where its catch-up
+            // began, so the client holds the channel through `through` for that id too. The
+            // client re-subscribes with that same id each time; it rises only if it is one of
+            // this client's own acknowledgements.
+            if let Some(resumed) = &sub.resumed {
+                batch.resumed_acks.push((resumed.to_string(), through, client.to_owned()));
+            }
+        }
+        if !batch.is_empty() {
+            self.write_acks(batch);
         }
     }
 
     /// Queues subscription acknowledgements to the writer without waiting: the hub never
     /// blocks on the writer. A dropped write only makes a later `since` replay more.
-    fn write_acks(&self, acks: Vec<(String, Position)>) {
-        let batch = WriteBatch { acks, ..WriteBatch::default() };
+    fn write_acks(&self, batch: WriteBatch) {
         if !self.shared.writer.try_write_unordered(batch) {
             tracing::debug!("writer busy; a subscription acknowledgement was not recorded");
         }

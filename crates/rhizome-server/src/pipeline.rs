@@ -550,6 +550,8 @@ impl Pipeline {
             Ok(_) => {}
             Err(e) => return hook_undo(&meta.id, action, e),
         }
+        // The id of a `since` the log knows: a channel subscription raises it on close too.
+        let mut resumed = None;
         let since = if let Some(key) = name.strip_prefix(CRDT_CHANNEL_PREFIX) {
             // A CRDT object: one delta, then what is committed after it. The delta is what a
             // client with `seen` lacks; else, with a `since` whose id the log knows, the join of
@@ -566,7 +568,13 @@ impl Pipeline {
             }
         } else {
             match action.fields().get("since") {
-                Some(Value::Object(since)) => self.resolve_since(since).await,
+                Some(Value::Object(since)) => match self.position_of_since_id(since).await {
+                    Some(position) => {
+                        resumed = since.get("id").and_then(Value::as_str).map(Box::from);
+                        Some(position)
+                    }
+                    None => self.position_before_since_time(since).await,
+                },
                 _ => None,
             }
         };
@@ -579,6 +587,7 @@ impl Pipeline {
             channel: Channel::from(name),
             filter,
             since,
+            resumed,
             ack: meta.id,
         };
         let _ = self.shared.hub.send(message).await;
@@ -652,13 +661,8 @@ impl Pipeline {
         found.ok()?.ok()?
     }
 
-    /// The log position a `since` refers to: the position answered by the `logux/processed`
-    /// whose id the client remembers, or (when the log does not know that id) a position
-    /// safely before `since.time`.
-    async fn resolve_since(&self, since: &Map<String, Value>) -> Option<u64> {
-        if let Some(position) = self.position_of_since_id(since).await {
-            return Some(position);
-        }
+    /// A position safely before `since.time`, for a `since` whose id the log does not know.
+    async fn position_before_since_time(&self, since: &Map<String, Value>) -> Option<u64> {
         let time = since.get("time").and_then(Value::as_i64)?;
         let store = self.shared.store.clone();
         let found =

@@ -37,6 +37,12 @@ pub struct WriteBatch {
     /// and the log position the subscriber had received everything up to. A position already
     /// recorded for the id is only ever raised, never lowered.
     pub acks: Vec<(String, Position)>,
+    /// Acknowledgements as `acks`, of subscriptions answered to a client: `(id, position,
+    /// client id)`, the client recorded as the acknowledgement's owner when it is created.
+    pub owned_acks: Vec<(String, Position, String)>,
+    /// Raises of acknowledgements a client re-subscribed from with `since`: `(id, position,
+    /// client id)`; only an acknowledgement owned by that client rises, none is created.
+    pub resumed_acks: Vec<(String, Position, String)>,
     /// Push wake-up registrations to store or remove.
     pub push_targets: Vec<PushTargetChange>,
 }
@@ -47,6 +53,8 @@ impl WriteBatch {
         self.appends.is_empty()
             && self.statuses.is_empty()
             && self.acks.is_empty()
+            && self.owned_acks.is_empty()
+            && self.resumed_acks.is_empty()
             && self.push_targets.is_empty()
     }
 }

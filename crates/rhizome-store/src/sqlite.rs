@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS log_targets(
     target TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(target, added)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subscription_acks(
-    id TEXT PRIMARY KEY, position INTEGER NOT NULL
+    id TEXT PRIMARY KEY, position INTEGER NOT NULL, client TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS push_targets(
     client TEXT PRIMARY KEY, node TEXT NOT NULL, channels TEXT NOT NULL, target TEXT NOT NULL,
@@ -165,7 +165,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 1;
+const FORMAT_VERSION: i64 = 2;
 
 /// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
 ///
@@ -174,13 +174,26 @@ const FORMAT_VERSION: i64 = 1;
 /// which an author is not sent live. A `since` naming such an acknowledgement would now skip
 /// them, and the rows cannot be told apart from other subscriptions', so all are dropped: a
 /// later `since` with one of those ids then gets more than it needs (duplicates), never less.
+///
+/// Version 2: an acknowledgement records the client it was sent to (`client`), so a client's
+/// `since` raises only its own. Rows from before have none, and are never raised by a `since`.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
         return Ok(());
     }
     let tx = conn.unchecked_transaction()?;
-    tx.execute("DELETE FROM subscription_acks", [])?;
+    if version < 1 {
+        tx.execute("DELETE FROM subscription_acks", [])?;
+    }
+    let has_client: bool = tx.query_row(
+        "SELECT count(*) FROM pragma_table_info('subscription_acks') WHERE name = 'client'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_client {
+        tx.execute("ALTER TABLE subscription_acks ADD COLUMN client TEXT", [])?;
+    }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -713,8 +726,13 @@ impl LogWriter for SqliteWriter {
             // An acknowledgement only rises: the hub raises it to what the subscriber confirmed
             // receiving, and a late or repeated write must not move a re-subscription back.
             let mut ack = tx.prepare_cached(
-                "INSERT INTO subscription_acks(id, position) VALUES (?1, ?2)
+                "INSERT INTO subscription_acks(id, position, client) VALUES (?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET position = max(position, excluded.position)",
+            )?;
+            // A `since` raises only an acknowledgement sent to the same client, and creates none:
+            // another client's (a guessed id) would otherwise skip what that client lacks.
+            let mut resumed = tx.prepare_cached(
+                "UPDATE subscription_acks SET position = max(position, ?2) WHERE id = ?1 AND client = ?3",
             )?;
             for batch in batches.iter_mut() {
                 let mut committed = Committed {
@@ -832,7 +850,13 @@ impl LogWriter for SqliteWriter {
                     status.execute(params![id, s.code(), s.reason()])?;
                 }
                 for (id, position) in batch.acks.drain(..) {
-                    ack.execute(params![id, position as i64])?;
+                    ack.execute(params![id, position as i64, None::<String>])?;
+                }
+                for (id, position, client) in batch.owned_acks.drain(..) {
+                    ack.execute(params![id, position as i64, client])?;
+                }
+                for (id, position, client) in batch.resumed_acks.drain(..) {
+                    resumed.execute(params![id, position as i64, client])?;
                 }
                 for change in batch.push_targets.drain(..) {
                     write_push_target(&tx, change)?;

@@ -166,3 +166,64 @@ async fn resubscribing_after_a_replaced_connection_loses_nothing() -> Result<()>
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_resubscription_with_the_first_since_resumes_after_the_second_absence() -> Result<()> {
+    // The real client keeps the `since` of its first subscription for every re-subscription:
+    // each close must raise what that id stands for, not only the latest answer's id.
+    let server = TestServer::default().await?;
+    let mut alice = server.login(ALICE).await?;
+    let mut bob = server.login(BOB).await?;
+    let since = subscribe_for_since(&mut bob).await?;
+    send_incs(&mut alice, 1..=3).await?;
+    assert_eq!(receive_live(&mut bob, 3, 3).await?, [1, 2, 3]);
+    bob.close().await;
+    server.wait_connections(1).await?;
+    send_incs(&mut alice, 4..=5).await?;
+
+    let mut bob = server.login(BOB).await?;
+    let action = json!({"type": "logux/subscribe", "channel": CHANNEL, "since": since});
+    bob.send_action(action).await?;
+    assert_eq!(receive_live(&mut bob, 5, 5).await?, [4, 5], "the first absence");
+    send_incs(&mut alice, 6..=7).await?;
+    assert_eq!(receive_live(&mut bob, 7, 7).await?, [6, 7]);
+    bob.close().await;
+    server.wait_connections(1).await?;
+    send_incs(&mut alice, 8..=9).await?;
+
+    let got = resubscribe(&server, &mut alice, &since, 100).await?;
+    assert_eq!(got, [8, 9], "only the second absence, nothing received live before it");
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_clients_since_does_not_move_what_an_acknowledgement_stands_for() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login(ALICE).await?;
+    let mut bob = server.login(BOB).await?;
+    let since = subscribe_for_since(&mut bob).await?;
+    send_incs(&mut alice, 1..=2).await?;
+    assert_eq!(receive_live(&mut bob, 2, 2).await?, [1, 2]);
+    bob.close().await;
+    server.wait_connections(1).await?;
+    send_incs(&mut alice, 3..=4).await?;
+
+    // Mallory re-subscribes with Bob's `since` (an id she guessed), receives and confirms
+    // more, and goes away: Bob's acknowledgement must not rise with hers.
+    let mut mallory = server.login("mallory:m1:t1").await?;
+    let action = json!({"type": "logux/subscribe", "channel": CHANNEL, "since": since});
+    mallory.send_action(action).await?;
+    assert_eq!(receive_live(&mut mallory, 4, 4).await?, [3, 4]);
+    send_incs(&mut alice, 5..=6).await?;
+    assert_eq!(receive_live(&mut mallory, 6, 6).await?, [5, 6]);
+    mallory.close().await;
+    server.wait_connections(1).await?;
+
+    let got = resubscribe(&server, &mut alice, &since, 100).await?;
+    assert_eq!(got, [3, 4, 5, 6], "everything Bob missed");
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}

@@ -643,3 +643,57 @@ fn push_targets_are_replaced_per_client_removed_and_survive_reopening() {
         ]
     );
 }
+
+#[test]
+fn a_since_raises_only_an_acknowledgement_of_the_same_client_and_creates_none() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let owned = |id: &str, position, client: &str| WriteBatch {
+        owned_acks: vec![(id.into(), position, client.into())],
+        ..WriteBatch::default()
+    };
+    let resumed = |id: &str, position, client: &str| WriteBatch {
+        resumed_acks: vec![(id.into(), position, client.into())],
+        ..WriteBatch::default()
+    };
+    w.commit(&mut [owned("1 server:x 0", 3, "bob:b1")], 1).expect("commit");
+    w.commit(&mut [resumed("1 server:x 0", 9, "mallory:m1")], 2).expect("commit");
+    assert_eq!(store.position_of_id("1 server:x 0").expect("read"), Some(3), "another client's since");
+    w.commit(&mut [resumed("1 server:x 0", 7, "bob:b1")], 3).expect("commit");
+    assert_eq!(store.position_of_id("1 server:x 0").expect("read"), Some(7), "its own");
+    w.commit(&mut [resumed("1 server:x 0", 5, "bob:b1")], 4).expect("commit");
+    assert_eq!(store.position_of_id("1 server:x 0").expect("read"), Some(7), "never lowered");
+    w.commit(&mut [resumed("2 server:x 0", 5, "bob:b1")], 5).expect("commit");
+    assert_eq!(store.position_of_id("2 server:x 0").expect("read"), None, "an unknown id is not created");
+}
+
+#[test]
+fn a_log_of_format_one_gains_acknowledgement_owners_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        // As format 1 left it: acknowledgements without an owner.
+        let raw = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+        raw.execute_batch(
+            "CREATE TABLE subscription_acks(id TEXT PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO subscription_acks VALUES ('1 server:x 0', 4);
+             PRAGMA user_version = 1;",
+        )
+        .expect("format 1");
+    }
+    let store = SqliteStore::open(dir.path()).expect("open");
+    assert_eq!(store.position_of_id("1 server:x 0").expect("read"), Some(4), "kept");
+    let mut w = store.writer().expect("writer");
+    let batch = WriteBatch {
+        resumed_acks: vec![("1 server:x 0".into(), 9, "bob:b1".into())],
+        ..WriteBatch::default()
+    };
+    w.commit(&mut [batch], 1).expect("commit");
+    assert_eq!(store.position_of_id("1 server:x 0").expect("read"), Some(4), "no owner: no since raises it");
+    let batch = WriteBatch { acks: vec![("1 server:x 0".into(), 6)], ..WriteBatch::default() };
+    w.commit(&mut [batch], 2).expect("commit");
+    assert_eq!(
+        store.position_of_id("1 server:x 0").expect("read"),
+        Some(6),
+        "its own subscription still does"
+    );
+}
