@@ -226,3 +226,22 @@ async fn pulls_kept_alive_on_one_connection_then_any_other_request_are_all_answe
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_oversized_pull_body_is_refused_whichever_way_it_is_served() -> Result<()> {
+    // A small frame limit: a 2 KiB body is read by the direct path and refused by the same
+    // check as any other request; a body over 64 KiB goes to the general HTTP stack.
+    let limits =
+        format!("{DEFAULT_LIMITS}\nframe_bytes_max = 1024\n").replace("frame_bytes_max = 65536\n", "");
+    let server = TestServer::start(&limits).await?;
+    let auth = format!("Bearer {}", token("bob"));
+    for padding in [2_000, 70_000] {
+        let body =
+            json!({"node": "bob:b1:t1", "channels": ["counter/x"], "headers": {"pad": "x".repeat(padding)}});
+        let (status, answer) = request(server.addr, "/v1/pull", Some(&auth), &body.to_string()).await?;
+        anyhow::ensure!(status == 413 && answer["error"] == "too-large", "{padding}: {status} {answer}");
+    }
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
