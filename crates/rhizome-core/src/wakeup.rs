@@ -90,59 +90,72 @@ impl Registry {
     /// The devices that `entries` concern, each once.
     ///
     /// A channel concerns every device following it, except the devices that every entry of
-    /// this commit on the channel leaves out (its author, its `excludeClients`): the work is
-    /// one pass over the entries plus one over each touched channel's devices, not their
-    /// product.
+    /// these on the channel leaves out (its author, its `excludeClients`): the work is one pass
+    /// over the entries (no allocation per entry) plus one over each touched channel's
+    /// devices, not their product.
     pub fn concerned<'a>(&self, entries: impl IntoIterator<Item = &'a StoredEntry>) -> HashSet<ClientId> {
         let mut out = HashSet::new();
         if self.devices.is_empty() {
             return out;
         }
-        // Per followed channel: the clients left out by all of the commit's entries on it.
-        let mut left_out: HashMap<&Channel, Vec<ClientId>> = HashMap::new();
+        // Per followed channel: the clients left out by all of the entries on it.
+        let mut left_out: HashMap<&Channel, Vec<&'a str>> = HashMap::new();
         for entry in entries {
-            let author = entry.id.client_id();
             let routing = &entry.routing;
+            let author = client_of(entry.id.node.as_str());
             for channel in &routing.channels {
                 let Some((channel, _)) = self.by_channel.get_key_value(channel) else { continue };
-                let excluded = |c: &ClientId| *c == author || routing.exclude_clients.contains(c);
+                let excluded =
+                    |c: &&str| *c == author || routing.exclude_clients.iter().any(|e| e.as_str() == *c);
                 match left_out.get_mut(channel) {
                     Some(common) => common.retain(excluded),
                     None => {
-                        let mut mine = routing.exclude_clients.clone();
-                        mine.push(author.clone());
+                        let mut mine: Vec<&'a str> =
+                            routing.exclude_clients.iter().map(ClientId::as_str).collect();
+                        mine.push(author);
                         left_out.insert(channel, mine);
                     }
                 }
             }
             if routing.is_targeted() {
-                self.targeted(routing, &author, &mut out);
+                self.targeted(routing, &ClientId::from(author), &mut out);
             }
         }
         for (channel, excluded) in left_out {
             let Some(devices) = self.by_channel.get(channel) else { continue };
-            out.extend(devices.iter().filter(|c| !excluded.contains(c)).cloned());
+            out.extend(devices.iter().filter(|c| !excluded.contains(&c.as_str())).cloned());
         }
         out
     }
 
     /// The devices `routing` addresses by `users`, `clients` or `nodes`.
     fn targeted(&self, routing: &Routing, author: &ClientId, out: &mut HashSet<ClientId>) {
-        let mut candidates: Vec<&ClientId> = Vec::new();
-        candidates.extend(routing.clients.iter());
-        let node_clients: Vec<ClientId> = routing.nodes.iter().map(NodeId::client_id).collect();
-        candidates.extend(node_clients.iter());
+        let mut check = |client: &str| {
+            if let Some((client, device)) = self.devices.get_key_value(client) {
+                if routing.targets(Some(author), &device.node) {
+                    out.insert(client.clone());
+                }
+            }
+        };
+        for client in &routing.clients {
+            check(client.as_str());
+        }
+        for node in &routing.nodes {
+            check(client_of(node.as_str()));
+        }
         for user in &routing.users {
-            if let Some(set) = self.by_user.get(user) {
-                candidates.extend(set.iter());
+            for client in self.by_user.get(user).into_iter().flatten() {
+                check(client.as_str());
             }
         }
-        for client in candidates {
-            let Some((client, device)) = self.devices.get_key_value(client) else { continue };
-            if routing.targets(Some(author), &device.node) {
-                out.insert(client.clone());
-            }
-        }
+    }
+}
+
+/// The client part of a node id (`user:client` of `user:client:tab`), without allocating.
+fn client_of(node: &str) -> &str {
+    match node.match_indices(':').nth(1) {
+        Some((at, _)) => &node[..at],
+        None => node,
     }
 }
 

@@ -195,15 +195,15 @@ impl Hub {
         match message {
             HubMessage::Committed(entries) => {
                 self.route(entries.iter().flatten());
-                // Devices registered for push wake-ups that these concern and that have no
-                // connection get a poke.
-                self.shared.wakeups.committed(entries.iter().flatten());
                 // HTTP long-polls wait for this: their reads see everything up to it. What the
                 // commit touched is recorded first, so a woken poll finds it.
                 let recent = &self.shared.recent;
                 let touched = recent.wanted().then(|| crate::recent::Touched::of(entries.iter().flatten()));
                 recent.record(self.position, touched);
                 self.shared.committed.send_replace(self.position);
+                // Devices registered for push wake-ups that these concern get a poke: the
+                // entries go to the wake-up task, which works out which, off the hub.
+                self.shared.wakeups.committed(entries);
             }
             HubMessage::Register { conn, identity, outbox, synced } => {
                 self.register(conn, identity, outbox, synced)

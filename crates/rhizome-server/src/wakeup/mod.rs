@@ -132,10 +132,39 @@ struct Inner {
     registry: Registry,
     schedule: Schedule,
     devices: HashMap<ClientId, Device>,
-    /// Connections and waiting long-polls per client.
-    live: HashMap<ClientId, u32>,
     generation: u64,
 }
+
+/// A client's connections and waiting long-polls, and when the last one ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct Presence {
+    count: u32,
+    /// When `count` last fell to 0 (ms).
+    left_at: i64,
+}
+
+/// How long a client that went away is remembered (see [`Wakeups::look`]).
+const PRESENCE_KEPT_MS: i64 = 10_000;
+
+/// Committed entries the wake-up task has not looked at yet.
+#[derive(Debug, Default)]
+struct Queue {
+    commits: Vec<Vec<Vec<StoredEntry>>>,
+    entries: usize,
+    /// When the last of them was handed over (ms).
+    last_at: i64,
+    /// More than [`QUEUED_ENTRIES_MAX`] came before the task could look: every device is
+    /// treated as concerned (a poke too many, never one missing).
+    overflow: bool,
+}
+
+/// Entries queued for the wake-up task at most; beyond, see [`Queue::overflow`].
+const QUEUED_ENTRIES_MAX: usize = 200_000;
+
+/// Least time between two looks at the queued entries: commits in between are looked at
+/// together, so a channel followed by many devices costs one pass over them per look, not
+/// one per commit.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// Counters of the wake-ups, for tests and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,6 +184,10 @@ pub struct Wakeups {
     options: WakeupOptions,
     vapid: Vapid,
     inner: Mutex<Inner>,
+    /// Connections and waiting long-polls per client (taken after `inner` when both are).
+    live: Mutex<HashMap<ClientId, Presence>>,
+    /// Committed entries to look at.
+    queue: Mutex<Queue>,
     /// Some device is registered: commits are looked at.
     active: AtomicBool,
     /// Something became due.
@@ -178,7 +211,6 @@ impl Wakeups {
             registry: Registry::default(),
             schedule: Schedule::new(options.schedule.clone()),
             devices: HashMap::new(),
-            live: HashMap::new(),
             generation: 0,
         };
         for row in stored {
@@ -207,6 +239,8 @@ impl Wakeups {
             options,
             vapid,
             inner: Mutex::new(inner),
+            live: Mutex::default(),
+            queue: Mutex::default(),
             active,
             wake: Notify::new(),
             changes: tokio::sync::Mutex::new(()),
@@ -216,6 +250,10 @@ impl Wakeups {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Presence>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The options.
@@ -234,47 +272,81 @@ impl Wakeups {
         WakeupStats { devices, ..self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone() }
     }
 
-    /// Looks at committed entries: each registered device they concern that is not connected
-    /// gets a poke, now or when its interval ends.
-    pub fn committed<'a>(&self, entries: impl IntoIterator<Item = &'a StoredEntry>) {
+    /// Hands committed entries to the wake-up task, which pokes each registered device they
+    /// concern that is not connected, now or when its interval ends. Costs the hub a lock and
+    /// a push, and nothing while no device is registered.
+    pub fn committed(&self, entries: Vec<Vec<StoredEntry>>) {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
+        let count: usize = entries.iter().map(Vec::len).sum();
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.overflow || queue.entries + count > QUEUED_ENTRIES_MAX {
+            queue.overflow = true;
+            queue.commits.clear();
+            queue.entries = 0;
+        } else {
+            queue.commits.push(entries);
+            queue.entries += count;
+        }
+        queue.last_at = now_ms();
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Looks at the queued entries: touches the devices they concern that are not connected.
+    /// Whether there were any.
+    fn look(&self) -> bool {
+        let queue = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        if queue.commits.is_empty() && !queue.overflow {
+            return false;
+        }
         let now = now_ms();
         let mut inner = self.lock();
-        let concerned = inner.registry.concerned(entries);
-        let mut touched = false;
-        for client in concerned {
-            if inner.live.get(&client).copied().unwrap_or(0) == 0 {
-                inner.schedule.touch(&client, now);
-                touched = true;
-            }
+        let concerned: Vec<ClientId> = if queue.overflow {
+            tracing::warn!("push wake-ups fell behind the commits: every registered device is poked");
+            inner.devices.keys().cloned().collect()
+        } else {
+            inner.registry.concerned(queue.commits.iter().flatten().flatten()).into_iter().collect()
+        };
+        // A device connected when the last of these commits was routed, or connected since,
+        // has them from its connection: what it missed before connecting, it read on connecting.
+        let mut live = self.lock_live();
+        let offline: Vec<ClientId> = concerned
+            .into_iter()
+            .filter(|c| live.get(c).is_none_or(|p| p.count == 0 && p.left_at < queue.last_at))
+            .collect();
+        live.retain(|_, p| p.count > 0 || p.left_at >= now - PRESENCE_KEPT_MS);
+        drop(live);
+        for client in &offline {
+            inner.schedule.touch(client, now);
         }
         drop(inner);
-        if touched {
-            self.wake.notify_one();
-        }
+        // The entries are dropped here, off every lock.
+        drop(queue);
+        true
     }
 
     /// `client` has a connection (or a waiting long-poll) until the guard is dropped.
     pub fn live(self: &Arc<Self>, client: &ClientId) -> LiveGuard {
-        *self.lock().live.entry(client.clone()).or_default() += 1;
+        self.connected(client);
         LiveGuard { wakeups: self.clone(), client: client.clone() }
     }
 
     /// Counts a connection of `client` (the hub's connections are counted from their
     /// registration to their unregistration).
     pub fn connected(&self, client: &ClientId) {
-        *self.lock().live.entry(client.clone()).or_default() += 1;
+        self.lock_live().entry(client.clone()).or_default().count += 1;
     }
 
-    /// A connection of `client` ended.
+    /// A connection of `client` ended. It is remembered a while: a device that was connected
+    /// when a commit was routed got it, even if it went away before the task looked.
     pub fn disconnected(&self, client: &ClientId) {
-        let mut inner = self.lock();
-        if let Some(count) = inner.live.get_mut(client) {
-            *count -= 1;
-            if *count == 0 {
-                inner.live.remove(client);
+        let mut live = self.lock_live();
+        if let Some(presence) = live.get_mut(client) {
+            presence.count = presence.count.saturating_sub(1);
+            if presence.count == 0 {
+                presence.left_at = now_ms();
             }
         }
     }
@@ -356,6 +428,12 @@ impl Wakeups {
         Ok(true)
     }
 
+    /// Whether committed entries wait to be looked at.
+    fn has_queued(&self) -> bool {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        !queue.commits.is_empty() || queue.overflow
+    }
+
     fn count(&self, f: impl FnOnce(&mut WakeupStats)) {
         f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
     }
@@ -406,14 +484,18 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let sends = Arc::new(Semaphore::new(options.sends_max.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ClientId, u64, Delivery)>();
     let mut pruned_at = tokio::time::Instant::now();
+    let mut looked_at = tokio::time::Instant::now() - LOOK_EVERY;
     loop {
         let next = wakeups.lock().schedule.next_due();
-        let sleep = match next {
+        let mut sleep = match next {
             // Every send busy: the next one to finish wakes the loop.
             _ if sends.available_permits() == 0 => PRUNE_EVERY,
             Some(at) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
             None => PRUNE_EVERY,
         };
+        if wakeups.has_queued() {
+            sleep = sleep.min(LOOK_EVERY.saturating_sub(looked_at.elapsed()));
+        }
         tokio::select! {
             _ = wakeups.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
@@ -421,6 +503,12 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 finished(&shared, &client, generation, delivery).await;
             }
             _ = stopped(&mut stop) => break,
+        }
+        if looked_at.elapsed() >= LOOK_EVERY && wakeups.has_queued() {
+            // A large look runs off the async threads' budget of short steps.
+            let looking = wakeups.clone();
+            let _ = tokio::task::spawn_blocking(move || looking.look()).await;
+            looked_at = tokio::time::Instant::now();
         }
         if pruned_at.elapsed() >= PRUNE_EVERY {
             wakeups.lock().schedule.prune(now_ms());
@@ -450,7 +538,7 @@ fn start_due(
         let now = now_ms();
         let mut inner = wakeups.lock();
         for client in inner.schedule.take_due(now, permits) {
-            let connected = inner.live.get(&client).copied().unwrap_or(0) > 0;
+            let connected = wakeups.lock_live().get(&client).is_some_and(|p| p.count > 0);
             let Some(device) = inner.devices.get(&client).filter(|_| !connected) else {
                 inner.schedule.skipped(&client, now);
                 continue;
@@ -507,5 +595,76 @@ async fn finished(shared: &Shared, client: &ClientId, generation: u64, delivery:
             Ok(false) => {}
             Err(_) => tracing::warn!(%client, "a gone push target could not be removed from the log"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rhizome_core::Routing;
+    use rhizome_protocol::ActionId;
+
+    fn stored(client: &str, channels: &[&str]) -> PushTarget {
+        PushTarget {
+            client: client.to_owned(),
+            node: format!("{client}:1"),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            target: r#"{"type":"webhook","token":"t"}"#.to_owned(),
+            registered_ms: 1,
+        }
+    }
+
+    fn wakeups() -> Wakeups {
+        let rows =
+            vec![stored("alice:a", &["news"]), stored("bob:b", &["news"]), stored("carol:c", &["other"])];
+        Wakeups::new(WakeupOptions::default(), Vapid::generate(), rows)
+    }
+
+    fn commit(n: usize, channel: &str) -> Vec<Vec<StoredEntry>> {
+        let entries = (0..n)
+            .map(|i| StoredEntry {
+                added: i as u64 + 1,
+                id: ActionId::parse(&format!("{} dave:d:1 0", i + 1)).expect("id"),
+                time: 1,
+                action_json: std::sync::Arc::from("{}"),
+                subprotocol: 1,
+                routing: Routing::channel(channel),
+                crdt: None,
+            })
+            .collect();
+        vec![entries]
+    }
+
+    #[test]
+    fn a_device_connected_when_a_commit_was_routed_is_not_poked_even_if_gone_before_the_look() {
+        let w = wakeups();
+        let alice = ClientId::from("alice:a");
+        let bob = ClientId::from("bob:b");
+        w.connected(&alice);
+        w.connected(&bob);
+        // Bob leaves before the commit, Alice after it (her long-poll answered with it).
+        w.disconnected(&bob);
+        std::thread::sleep(Duration::from_millis(2));
+        w.committed(commit(1, "news"));
+        w.disconnected(&alice);
+        assert!(w.look());
+        let due = w.lock().schedule.take_due(i64::MAX, usize::MAX);
+        assert_eq!(due, vec![bob], "only the device that was gone when the commit came");
+        assert!(!w.look(), "nothing queued");
+    }
+
+    #[test]
+    fn when_the_task_falls_behind_every_device_is_poked_rather_than_one_missed() {
+        let w = wakeups();
+        w.committed(commit(QUEUED_ENTRIES_MAX, "nothing-followed"));
+        w.committed(commit(10, "nothing-followed"));
+        assert!(w.look());
+        let mut due = w.lock().schedule.take_due(i64::MAX, usize::MAX);
+        due.sort();
+        assert_eq!(due, ["alice:a", "bob:b", "carol:c"].map(ClientId::from));
+        // Back to normal afterwards.
+        w.committed(commit(3, "other"));
+        assert!(w.look());
+        assert_eq!(w.queue.lock().expect("lock").entries, 0);
     }
 }
