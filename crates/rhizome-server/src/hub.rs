@@ -109,6 +109,9 @@ pub enum HubMessage {
         what: CatchUp,
         /// Everything up to this position was read.
         through: Position,
+        /// For a channel: the `logux/subscribe` id of the subscription the job caught up. A
+        /// job of a subscription replaced since reports nothing for its replacement.
+        sub: Option<ActionId>,
     },
     /// Reports counters, for tests and metrics.
     Stats(oneshot::Sender<HubStats>),
@@ -216,7 +219,9 @@ impl Hub {
                 self.subscribe(conn, channel, filter, since, resumed, ack)
             }
             HubMessage::Unsubscribe { conn, channel } => self.unsubscribe(conn, &channel),
-            HubMessage::CatchUpDone { conn, what, through } => self.catch_up_done(conn, what, through),
+            HubMessage::CatchUpDone { conn, what, through, sub } => {
+                self.catch_up_done(conn, what, through, sub)
+            }
             HubMessage::Stats(reply) => {
                 let _ = reply.send(HubStats {
                     connections: self.conns.len(),
@@ -415,9 +420,17 @@ impl Hub {
         }
     }
 
-    fn catch_up_done(&mut self, id: ConnId, what: CatchUp, through: Position) {
+    fn catch_up_done(&mut self, id: ConnId, what: CatchUp, through: Position, sub: Option<ActionId>) {
         if !self.conns.contains_key(&id) {
             return;
+        }
+        if let CatchUp::Channel(channel) = &what {
+            // The subscription this job caught up may have been replaced (a re-subscription to
+            // the channel while catching up) or ended: its report would make the replacement
+            // live, and answer it, before the replacement's own catch-up sent everything.
+            if self.catching_up(id, channel) != sub.as_ref() {
+                return;
+            }
         }
         if through < self.position {
             return self.spawn_catch_up(id, what, through);
@@ -433,9 +446,19 @@ impl Hub {
         }
     }
 
+    /// The `logux/subscribe` id of `conn`'s subscription to `channel` while it catches up.
+    fn catching_up(&self, conn: ConnId, channel: &Channel) -> Option<&ActionId> {
+        let sub = self.channels.get(channel)?.get(&conn)?;
+        (!sub.live()).then_some(&sub.id)
+    }
+
     fn spawn_catch_up(&self, id: ConnId, what: CatchUp, from: Position) {
         let Some(conn) = self.conns.get(&id) else {
             return;
+        };
+        let sub = match &what {
+            CatchUp::Channel(channel) => self.catching_up(id, channel).cloned(),
+            CatchUp::Targeted => None,
         };
         let job = CatchUpJob {
             shared: self.shared.clone(),
@@ -450,6 +473,7 @@ impl Hub {
                 CatchUp::Targeted => None,
             },
             what,
+            sub,
             from,
             upto: self.position,
         };
@@ -596,6 +620,8 @@ struct CatchUpJob {
     outbox: Arc<Outbox>,
     filter: Option<Map<String, Value>>,
     what: CatchUp,
+    /// The subscription caught up, for a channel.
+    sub: Option<ActionId>,
     from: Position,
     upto: Position,
 }
@@ -676,7 +702,12 @@ impl CatchUpJob {
         }
         let _ = self
             .hub
-            .send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through: self.upto })
+            .send(HubMessage::CatchUpDone {
+                conn: self.conn,
+                what: self.what,
+                through: self.upto,
+                sub: self.sub,
+            })
             .await;
     }
 
@@ -701,6 +732,9 @@ impl CatchUpJob {
         // The read may have seen commits the hub has not routed yet: they are complete in the
         // delta, and a live copy of one later joins as a no-op.
         let through = through.max(self.upto);
-        let _ = self.hub.send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through }).await;
+        let _ = self
+            .hub
+            .send(HubMessage::CatchUpDone { conn: self.conn, what: self.what, through, sub: self.sub })
+            .await;
     }
 }

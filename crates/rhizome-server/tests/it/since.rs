@@ -1,7 +1,7 @@
 //! Re-subscription with `since`: a subscriber gets exactly the channel actions it did not
 //! confirm with `synced`, nothing it already received live and nothing less.
 
-use crate::support::{has_answer, sync_pairs, Client, TestServer};
+use crate::support::{has_answer, sync_pairs, Client, TestServer, DEFAULT_LIMITS};
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 
@@ -224,6 +224,67 @@ async fn another_clients_since_does_not_move_what_an_acknowledgement_stands_for(
     let got = resubscribe(&server, &mut alice, &since, 100).await?;
     assert_eq!(got, [3, 4, 5, 6], "everything Bob missed");
     server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_resubscription_while_catching_up_goes_live_only_after_its_own_catch_up() -> Result<()> {
+    // A subscription replaced while its catch-up job runs: that job's report must not make the
+    // replacement live (and answer it) while the replacement's own, longer catch-up is still
+    // sending. Otherwise the answer's acknowledgement is raised on close past entries the
+    // client never received, and a `since` with it skips them.
+    let server = TestServer::start(&format!("{DEFAULT_LIMITS}\ncatch_up_chunk_actions = 1")).await?;
+    let mut alice = server.login(ALICE).await?;
+    const K: i64 = 1500;
+    let mut ids = Vec::new();
+    for n in 1..=K {
+        ids.push(alice.send_action(json!({"type": "inc", "id": "s", "n": n})).await?);
+    }
+    alice.wait_processed(ids.last().expect("ids")).await?;
+    let since_of = |id: &str| -> Value {
+        let ms: i64 = id.split(' ').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+        json!({"id": id, "time": ms})
+    };
+
+    let mut bob = server.login(BOB).await?;
+    // The first catch-up is short (the last 20), the second long (everything after inc 1).
+    let first =
+        json!({"type": "logux/subscribe", "channel": CHANNEL, "since": since_of(&ids[K as usize - 21])});
+    bob.send_action(first).await?;
+    let second = json!({"type": "logux/subscribe", "channel": CHANNEL, "since": since_of(&ids[0])});
+    let second_id = bob.send_action(second).await?;
+    let mut received = Vec::new();
+    let answer = loop {
+        let frame = bob.next_json().await?;
+        acknowledge(&mut bob, &frame).await?;
+        received.extend(incs(std::slice::from_ref(&frame)));
+        if has_answer(&frame, "logux/processed", &second_id) {
+            break frame;
+        }
+    };
+    let (_, meta) = sync_pairs(&answer)
+        .into_iter()
+        .find(|(a, _)| a["type"] == "logux/processed" && a["id"] == second_id)
+        .ok_or_else(|| anyhow!("no processed in {answer}"))?;
+    let time = meta["time"].as_i64().ok_or_else(|| anyhow!("no time in {meta}"))? + bob.base_time;
+    let since = json!({"id": bob.decode_id(&meta["id"])?, "time": time});
+    // One live action, confirmed, then bob goes away.
+    send_incs(&mut alice, [K + 1]).await?;
+    received.extend(receive_live(&mut bob, K + 1, K + 1).await?);
+    bob.close().await;
+    server.wait_connections(1).await?;
+
+    received.extend(resubscribe(&server, &mut alice, &since, 10_000).await?);
+    received.sort_unstable();
+    received.dedup();
+    let missing: Vec<i64> = (2..=K + 1).filter(|n| received.binary_search(n).is_err()).collect();
+    assert!(
+        missing.is_empty(),
+        "{} actions never reached bob: {:?}…",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     server.stop().await;
     Ok(())
 }
