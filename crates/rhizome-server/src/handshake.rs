@@ -106,7 +106,14 @@ pub fn parse_pull(bytes: &[u8]) -> Option<Pull> {
             if body.is_some() {
                 return None;
             }
-            body = Some(value.trim().parse::<usize>().ok()?);
+            // Only what hyper takes as a length (1*DIGIT between optional spaces or tabs):
+            // `usize::from_str` also takes a `+`, and `trim` non-ASCII spaces, which would frame
+            // the body differently from the general stack.
+            let digits = value.trim_matches([' ', '\t']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            body = Some(digits.parse::<usize>().ok()?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") || h.name.eq_ignore_ascii_case("expect") {
             return None;
         } else if h.name.eq_ignore_ascii_case("authorization") {
@@ -148,6 +155,15 @@ mod tests {
             request.replace("Host: x", "Expect: 100-continue"),
             request.replace("Host: x", &format!("Content-Length: {}", body.len())),
             request.replace(&format!("Content-Length: {}", body.len()), "Content-Length: x"),
+            request.replace(
+                &format!("Content-Length: {}", body.len()),
+                &format!("Content-Length: +{}", body.len()),
+            ),
+            request.replace(
+                &format!("Content-Length: {}", body.len()),
+                &format!("Content-Length: {}\u{a0}", body.len()),
+            ),
+            request.replace(&format!("Content-Length: {}", body.len()), "Content-Length: "),
         ] {
             assert!(parse_pull(other.as_bytes()).is_none(), "{other}");
         }

@@ -245,3 +245,26 @@ async fn an_oversized_pull_body_is_refused_whichever_way_it_is_served() -> Resul
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pull_whose_length_the_general_stack_refuses_is_not_framed_otherwise() -> Result<()> {
+    // `Content-Length: +N` (or a length followed by a non-ASCII space) is no length to hyper,
+    // which refuses it and closes. Served directly, it framed the body as N bytes and kept the
+    // connection: the two parsers would read the bytes behind it differently (behind a proxy
+    // that passes such a header, a request smuggled after it).
+    let server = TestServer::default().await?;
+    let body = json!({"node": "bob:b1:t1", "channels": ["counter/k"], "cursor": "0"}).to_string();
+    for length in [format!("+{}", body.len()), format!("{}\u{a0}", body.len())] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await?;
+        let request = format!(
+            "POST /v1/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {length}\r\n\r\n{body}GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            token("bob")
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buffer = Vec::new();
+        let (status, _, answer) = read_answer(&mut stream, &mut buffer).await?;
+        anyhow::ensure!(status == 400, "Content-Length: {length:?} was served: {status} {answer}");
+    }
+    server.stop().await;
+    Ok(())
+}
