@@ -163,7 +163,14 @@ async fn serve_pull(
     let Ok(request) = request.body(axum::body::Body::from(body)) else {
         return false;
     };
-    let response = crate::http_sync::pull(State(shared.clone()), ConnectInfo(peer), request).await;
+    // A client that hangs up while its long-poll waits ends the poll, as hyper drops the
+    // handler of a closed connection: the poll would otherwise hold its place among the
+    // waiting ones and keep its device counted as connected (no push wake-up) until `wait`.
+    let answer = crate::http_sync::pull(State(shared.clone()), ConnectInfo(peer), request);
+    let response = tokio::select! {
+        response = answer => response,
+        () = hung_up(stream) => return false,
+    };
     let (parts, body) = response.into_parts();
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return false;
@@ -184,6 +191,16 @@ async fn serve_pull(
     answer.extend_from_slice(&body);
     let written = tokio::time::timeout(shared.limits.write_timeout, stream.write_all(&answer)).await;
     matches!(written, Ok(Ok(()))) && !pull.close
+}
+
+/// Returns once the peer closed the connection (or it failed). Bytes already sent after the
+/// request (a pipelined one) say nothing more: then it never returns.
+async fn hung_up(stream: &TcpStream) {
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Answers a WebSocket handshake of `length` bytes, peeked off the socket, and starts its

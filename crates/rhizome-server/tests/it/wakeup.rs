@@ -476,3 +476,30 @@ async fn an_action_addressed_to_a_user_wakes_their_devices_but_not_the_authors()
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_long_poll_whose_client_hung_up_does_not_keep_the_device_from_its_poke() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (server, service) = setup(None).await?;
+    let (status, _) =
+        register(&server, "alice:phone:1", &["counter/7"], webpush(service.subscribe("alice"))).await?;
+    ensure!(status == 200);
+    // The device's long-poll waits, then its socket goes away (the phone slept, the tab closed).
+    let body =
+        json!({"node": "alice:phone:1", "channels": ["counter/7"], "cursor": "0", "wait": 25}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await?;
+    let request = format!(
+        "POST /v1/pull HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+        token("alice"),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    quiet(300).await;
+    drop(stream);
+    quiet(300).await;
+    // Nobody waits for the device any more: a write that concerns it pokes it, not 25 s later.
+    bob_writes(&server, 1).await?;
+    service.wait_requests("alice", 1, Duration::from_secs(5)).await?;
+    server.stop().await;
+    Ok(())
+}
