@@ -54,8 +54,12 @@ impl Target {
                     "http" if insecure => {}
                     _ => return Err(("bad-target", "the endpoint must be an https URL".to_owned())),
                 }
-                if endpoint.host_str().is_none() {
+                let Some(host) = endpoint.host_str() else {
                     return Err(("bad-target", "the endpoint has no host".to_owned()));
+                };
+                if !insecure && is_internal_host(host) {
+                    let message = "the endpoint is on a loopback, private or link-local address";
+                    return Err(("bad-target", message.to_owned()));
                 }
                 let key = URL_SAFE_NO_PAD
                     .decode(subscription.keys.p256dh.trim_end_matches('='))
@@ -81,6 +85,45 @@ impl Target {
                 }
                 Ok(Target::Webhook { token, platform })
             }
+        }
+    }
+}
+
+/// Whether `host` (a URL's host: a name, an IPv4 address or a bracketed IPv6 one) names the
+/// server's own machine or network rather than a push service on the internet. A name that
+/// resolves to such an address is not caught here.
+fn is_internal_host(host: &str) -> bool {
+    use std::net::IpAddr;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+        return false;
+    };
+    let v4_internal = |ip: std::net::Ipv4Addr| {
+        let [a, b, ..] = ip.octets();
+        ip.is_loopback()
+            || ip.is_private()
+            || ip.is_link_local()
+            || ip.is_unspecified()
+            || ip.is_broadcast()
+            || ip.is_multicast()
+            || a == 0
+            // Shared address space (RFC 6598), carrier-grade NAT.
+            || (a == 100 && (64..128).contains(&b))
+    };
+    match ip {
+        IpAddr::V4(v4) => v4_internal(v4),
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                // Unique local (fc00::/7) and link-local (fe80::/10).
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(v4_internal)
         }
     }
 }
@@ -295,6 +338,31 @@ fn delivery_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_hosts_are_told_from_public_ones() {
+        for host in [
+            "localhost",
+            "a.localhost",
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "[::1]",
+            "[::]",
+            "[fd00::1]",
+            "[fe80::1]",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_internal_host(host), "{host}");
+        }
+        for host in ["fcm.googleapis.com", "8.8.8.8", "100.128.0.1", "[2001:4860::8888]"] {
+            assert!(!is_internal_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn the_webhook_signature_is_the_hmac_of_time_and_body() {

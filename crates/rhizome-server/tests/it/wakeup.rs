@@ -503,3 +503,35 @@ async fn a_long_poll_whose_client_hung_up_does_not_keep_the_device_from_its_poke
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_web_push_endpoint_on_a_private_or_loopback_address_is_refused() -> Result<()> {
+    // The server POSTs to whatever endpoint a device registers: one on the server's own
+    // network (loopback, private ranges, the cloud metadata address) would let any user make
+    // the server send requests inside it. Tests and private networks opt in with
+    // `allow_insecure_endpoints`.
+    let server =
+        TestServer::with_wakeups(WakeupOptions { allow_insecure_endpoints: false, ..options(None) }).await?;
+    let service = PushService::start().await?;
+    let keys = service.subscribe("alice")["keys"].clone();
+    for endpoint in [
+        "https://127.0.0.1/push",
+        "https://localhost:8443/push",
+        "https://10.1.2.3/push",
+        "https://192.168.0.1/push",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/push",
+        "https://[fd00::1]/push",
+        "https://0.0.0.0/push",
+    ] {
+        let subscription = json!({"endpoint": endpoint, "keys": keys});
+        let (status, answer) =
+            register(&server, "alice:phone:1", &["counter/7"], webpush(subscription)).await?;
+        ensure!(status == 400 && answer["error"] == "bad-target", "{endpoint}: {status} {answer}");
+    }
+    let subscription = json!({"endpoint": "https://push.example.com/send/abc", "keys": keys});
+    let (status, answer) = register(&server, "alice:phone:1", &["counter/7"], webpush(subscription)).await?;
+    ensure!(status == 200, "a public endpoint: {status} {answer}");
+    server.stop().await;
+    Ok(())
+}
