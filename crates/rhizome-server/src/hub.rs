@@ -213,7 +213,18 @@ impl Hub {
             }
             HubMessage::Unregister { conn, client_synced } => {
                 self.record_received(conn, client_synced);
-                self.unregister(conn)
+                // Entries queued for it that its client never confirmed (the app was killed,
+                // the network dropped): a device registered for wake-ups gets a poke, as if
+                // they had come while it was away.
+                let unconfirmed = self
+                    .conns
+                    .get(&conn)
+                    .filter(|c| c.outbox.routed() > client_synced)
+                    .map(|c| c.identity.client_id.clone());
+                self.unregister(conn);
+                if let Some(client) = unconfirmed {
+                    self.shared.wakeups.went_away_unconfirmed(&client);
+                }
             }
             HubMessage::Subscribe { conn, channel, filter, since, resumed, ack } => {
                 self.subscribe(conn, channel, filter, since, resumed, ack)
@@ -607,6 +618,7 @@ fn push_stamped(conn: &Conn, frame: SyncBuilder, position: Position) {
     let stamp =
         if conn.targeted_live { position.max(conn.outbox.safe_added()) } else { conn.outbox.safe_added() };
     conn.outbox.push(frame.finish(stamp));
+    conn.outbox.note_routed(position);
     if conn.targeted_live {
         conn.outbox.raise_safe_added(position);
     }
@@ -691,8 +703,11 @@ impl CatchUpJob {
             let targeted = matches!(self.what, CatchUp::Targeted);
             let stamp =
                 if targeted { examined.max(self.outbox.safe_added()) } else { self.outbox.safe_added() };
-            if !b.is_empty() && !self.outbox.push(b.finish(stamp)) {
-                return;
+            if !b.is_empty() {
+                if !self.outbox.push(b.finish(stamp)) {
+                    return;
+                }
+                self.outbox.note_routed(examined);
             }
             // Raised only once the chunk is queued, so no other frame can report it earlier.
             if targeted {

@@ -43,6 +43,9 @@ pub struct Outbox {
     /// Highest `added` such that every entry addressed to this client by users/clients/nodes up
     /// to it has been queued here: what `ping`/`pong` and `sync` frames may report.
     safe_added: AtomicU64,
+    /// Highest `added` of the log entries queued here: a client that confirmed less with
+    /// `synced` before it went away has news it may not have read.
+    routed: AtomicU64,
     /// When the connection's protocol state next needs it (ping, timeout), in ms since the epoch.
     deadline_ms: AtomicI64,
 }
@@ -55,6 +58,7 @@ impl Outbox {
             waker: AtomicWaker::new(),
             bytes_max,
             safe_added: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
             deadline_ms: AtomicI64::new(i64::MAX),
         }
     }
@@ -146,6 +150,16 @@ impl Outbox {
     /// Records the connection's next deadline, for [`Outboxes::wake_due`].
     pub fn set_deadline_ms(&self, ms: i64) {
         self.deadline_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records that log entries up to `added` were queued here.
+    pub fn note_routed(&self, added: u64) {
+        self.routed.fetch_max(added, Ordering::AcqRel);
+    }
+
+    /// The highest `added` of the log entries queued here.
+    pub fn routed(&self) -> u64 {
+        self.routed.load(Ordering::Acquire)
     }
 
     /// See [`Outbox::safe_added`]'s field doc.

@@ -69,7 +69,7 @@ pub async fn register(
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad-target", format!("target: {e}")),
     };
     let options = shared.wakeups.options();
-    let target = match Target::parse(spec.clone(), options.allow_insecure_endpoints) {
+    let target = match Target::parse(spec.clone(), options.allow_insecure_endpoints, true) {
         Ok(target) => target,
         Err((error, message)) => return refuse(StatusCode::BAD_REQUEST, error, message),
     };

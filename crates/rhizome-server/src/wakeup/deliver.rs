@@ -42,9 +42,14 @@ pub enum Target {
 }
 
 impl Target {
-    /// Checks a target as a client registers it: `Err((error, message))` for a bad one.
-    /// `http:` endpoints are refused unless `insecure`.
-    pub fn parse(spec: TargetSpec, insecure: bool) -> Result<Target, (&'static str, String)> {
+    /// Checks a target: `Err((error, message))` for a bad one. `http:` endpoints and internal
+    /// hosts are refused unless `insecure`; an expired subscription only when `registering`
+    /// (a stored one that expired since is removed when its poke falls due).
+    pub fn parse(
+        spec: TargetSpec,
+        insecure: bool,
+        registering: bool,
+    ) -> Result<Target, (&'static str, String)> {
         match spec {
             TargetSpec::Webpush { subscription } => {
                 let endpoint = reqwest::Url::parse(&subscription.endpoint)
@@ -73,7 +78,7 @@ impl Target {
                     return Err(("bad-target", "keys.auth must be 16 bytes".to_owned()));
                 }
                 let expires_ms = subscription.expiration_time.filter(|t| t.is_finite()).map(|t| t as i64);
-                if expires_ms.is_some_and(|t| t <= now_ms()) {
+                if registering && expires_ms.is_some_and(|t| t <= now_ms()) {
                     return Err(("bad-target", "the subscription has expired".to_owned()));
                 }
                 let auth = web_push_native::Auth::clone_from_slice(&auth);

@@ -196,6 +196,8 @@ pub struct Wakeups {
     /// happen together.
     changes: tokio::sync::Mutex<()>,
     stats: Mutex<WakeupStats>,
+    /// Stored registrations refused at start, to remove from the log.
+    stale: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Wakeups {
@@ -213,18 +215,23 @@ impl Wakeups {
             devices: HashMap::new(),
             generation: 0,
         };
+        let mut stale = Vec::new();
         for row in stored {
-            let parsed = serde_json::from_str::<TargetSpec>(&row.target)
-                .map_err(|e| e.to_string())
-                .and_then(|spec| deliver::Target::parse(spec, true).map_err(|(_, m)| m));
+            let parsed =
+                serde_json::from_str::<TargetSpec>(&row.target).map_err(|e| e.to_string()).and_then(|spec| {
+                    deliver::Target::parse(spec, options.allow_insecure_endpoints, false).map_err(|(_, m)| m)
+                });
             let target = match parsed {
                 Ok(target) => target,
                 Err(e) => {
+                    // Unreadable, or refused by this server's settings (an internal endpoint
+                    // stored before they changed): removed from the log when the task starts.
                     tracing::warn!(
                         client = row.client,
                         error = e,
-                        "a stored push target is unreadable; skipped"
+                        "a stored push target is refused; removing it"
                     );
+                    stale.push(row.client);
                     continue;
                 }
             };
@@ -245,6 +252,7 @@ impl Wakeups {
             wake: Notify::new(),
             changes: tokio::sync::Mutex::new(()),
             stats: Mutex::default(),
+            stale: Mutex::new(stale),
         }
     }
 
@@ -325,6 +333,25 @@ impl Wakeups {
         // The entries are dropped here, off every lock.
         drop(queue);
         true
+    }
+
+    /// The last connection of `client` ended with log entries queued for it that it did not
+    /// confirm: if it is a registered device and no other connection of it is open, it is
+    /// poked (its interval permitting).
+    pub fn went_away_unconfirmed(&self, client: &ClientId) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let mut inner = self.lock();
+        if !inner.devices.contains_key(client) {
+            return;
+        }
+        if self.lock_live().get(client).is_some_and(|p| p.count > 0) {
+            return;
+        }
+        inner.schedule.touch(client, now_ms());
+        drop(inner);
+        self.wake.notify_one();
     }
 
     /// `client` has a connection (or a waiting long-poll) until the guard is dropped.
@@ -481,6 +508,14 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
+    let stale = std::mem::take(&mut *wakeups.stale.lock().unwrap_or_else(|p| p.into_inner()));
+    if !stale.is_empty() {
+        let changes = stale.into_iter().map(PushTargetChange::Remove).collect();
+        let batch = WriteBatch { push_targets: changes, ..WriteBatch::default() };
+        if !matches!(shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
+            tracing::warn!("refused push targets could not be removed from the log");
+        }
+    }
     let sends = Arc::new(Semaphore::new(options.sends_max.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(ClientId, u64, Delivery)>();
     let mut pruned_at = tokio::time::Instant::now();
