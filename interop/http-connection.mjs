@@ -225,7 +225,12 @@ export class HttpConnection {
         // The first pull only takes the cursor; then polls wait.
         if (this.cursor !== undefined) body.wait = WAIT_SECONDS
         let since = { ...this.channelSince }
-        let ids = Object.fromEntries(this.ids)
+        // Known subscription ids are sent back (the server raises each to where this pull
+        // starts its channel) only when that moved since they were last raised: an idle
+        // long-poll renewed on a quiet log costs the server no write.
+        let place = JSON.stringify([this.cursor, this.channelSince])
+        let raise = place !== this.raisedAt
+        let ids = raise ? Object.fromEntries(this.ids) : {}
         let asked = new Map(this.pending)
         for (let [channel, { since: resume }] of asked) {
           ids[channel] = null
@@ -257,6 +262,7 @@ export class HttpConnection {
           for (let subscribe of waiting.ids) message.push({ type: 'logux/processed', id: subscribe }, this.clientMeta(id, ms))
         }
         if (message.length > 0) this.receive(['sync', ++this.added, ...message])
+        if (raise) this.raisedAt = place
         this.cursor = answer.cursor
         this.channelSince = answer.since ?? {}
         pause = 100
