@@ -619,21 +619,34 @@ async fn prepare_pull(
     // Each subscription id stands for where this pull starts its channel: the client holds
     // the channel through there (what a later `since` with the id resumes after).
     let start = |channel: &str| own.get(channel).copied().unwrap_or(after.unwrap_or(last));
-    let mut acks = Vec::new();
+    // An id is recorded with its client when it is given, and raised only by that client:
+    // another's (a guessed id) is never moved, and no request creates rows of its choosing.
+    let client = ctx.client_id.as_str();
+    let mut new = Vec::new();
+    let mut raised = Vec::new();
     let mut issued = Map::new();
     for (channel, id) in body.ids {
         match id {
-            Some(id) if is_subscription_id(&id) => acks.push((id, start(&channel))),
+            Some(id) if is_subscription_id(&id) => raised.push((id, start(&channel), client.to_owned())),
             Some(_) => {}
             None => {
                 let id = new_subscription_id();
-                acks.push((id.clone(), start(&channel)));
+                new.push((id.clone(), start(&channel), client.to_owned()));
                 issued.insert(channel, Value::String(id));
             }
         }
     }
-    if !acks.is_empty() {
-        let batch = rhizome_store::WriteBatch { acks, ..rhizome_store::WriteBatch::default() };
+    if !new.is_empty() {
+        // Stored before the ids are given: a raise finds them.
+        let batch = rhizome_store::WriteBatch { owned_acks: new, ..rhizome_store::WriteBatch::default() };
+        if !matches!(shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
+            let message = "the subscription could not be recorded; pull again";
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "storage", message));
+        }
+    }
+    if !raised.is_empty() {
+        let batch =
+            rhizome_store::WriteBatch { resumed_acks: raised, ..rhizome_store::WriteBatch::default() };
         // Not waited for: a dropped or late write makes a later `since` with the id resume
         // from further back (duplicates), never skip anything.
         if !shared.writer.try_write_unordered(batch) {

@@ -446,3 +446,35 @@ async fn a_re_subscription_behind_the_cursor_pages_on_its_own_without_repeating_
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn another_client_cannot_raise_a_pull_subscription_id_nor_make_up_one() -> Result<()> {
+    let server = TestServer::default().await?;
+    let mut alice = server.login("alice:a1:t1").await?;
+    let channels = json!(["counter/m"]);
+    let body = json!({"channels": channels, "ids": {"counter/m": null}});
+    let (_, first) = pull(&server, "bob:b1:t1", "bob", body).await?;
+    let id = first["ids"]["counter/m"].as_str().context("a subscription id")?.to_owned();
+    send_incs(&mut alice, "m", 0..3).await?;
+    // Mallory learned Bob's id: her pulls, past everything, send it back, and one made up.
+    let made_up = format!("{} server:pull:{} 0", now_ms(), "f".repeat(32));
+    let ids = json!({"counter/m": id});
+    let (_, hers) =
+        pull(&server, "mallory:m1:t1", "mallory", json!({"channels": channels, "cursor": "0"})).await?;
+    for _ in 0..2 {
+        let body = json!({"channels": channels, "cursor": hers["cursor"], "ids": ids});
+        pull(&server, "mallory:m1:t1", "mallory", body).await?;
+    }
+    let body = json!({"channels": ["counter/n"], "cursor": hers["cursor"], "ids": {"counter/n": made_up}});
+    pull(&server, "mallory:m1:t1", "mallory", body).await?;
+    send_incs(&mut alice, "m", 3..4).await?;
+    let since = json!({"counter/m": {"id": id, "time": now_ms()}});
+    let (_, back) = pull(&server, "bob:b1:t2", "bob", json!({"channels": channels, "since": since})).await?;
+    assert_eq!(incs(&back), [0, 1, 2, 3], "everything after where Bob's id was given: {back}");
+    let db = rusqlite::Connection::open(server.db_path())?;
+    let rows: i64 =
+        db.query_row("SELECT count(*) FROM subscription_acks WHERE id = ?1", [&made_up], |r| r.get(0))?;
+    assert_eq!(rows, 0, "a made-up id created a row");
+    server.stop().await;
+    Ok(())
+}
