@@ -546,6 +546,13 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     };
     let stale = std::mem::take(&mut *wakeups.stale.lock().unwrap_or_else(|p| p.into_inner()));
     if !stale.is_empty() {
+        // As a registration change: a device that registered again since the server started
+        // (the listener is open already) keeps its new registration.
+        let _change = wakeups.changes.lock().await;
+        let stale: Vec<String> = {
+            let inner = wakeups.lock();
+            stale.into_iter().filter(|c| !inner.devices.contains_key(c.as_str())).collect()
+        };
         let changes = stale.into_iter().map(PushTargetChange::Remove).collect();
         let batch = WriteBatch { push_targets: changes, ..WriteBatch::default() };
         if !matches!(shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
