@@ -21,8 +21,8 @@ use rhizome_core::StoredEntry;
 use rhizome_protocol::{Channel, ClientId, NodeId};
 use rhizome_store::{PushTarget, PushTargetChange, WriteBatch};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -139,23 +139,35 @@ struct Inner {
 #[derive(Debug, Default, Clone, Copy)]
 struct Presence {
     count: u32,
-    /// When `count` last fell to 0 (ms).
-    left_at: i64,
+    /// How many commits had been handed over when `count` last fell to 0 (see
+    /// [`Wakeups::handed`]): an order, not a time, so a device that left the same millisecond
+    /// as a commit came is told from one that left just after, whatever the clock does.
+    left_after: u64,
 }
 
-/// How long a client that went away is remembered (see [`Wakeups::look`]).
-const PRESENCE_KEPT_MS: i64 = 10_000;
+/// Who is connected: what [`Wakeups::look`] needs to tell whether a device was there when a
+/// commit was handed over.
+#[derive(Debug, Default)]
+struct Live {
+    clients: HashMap<ClientId, Presence>,
+    /// Every commit up to this one (in hand-over order) has been looked at: a client that left
+    /// after it matters to no look to come, and is forgotten.
+    looked: u64,
+}
 
 /// Committed entries the wake-up task has not looked at yet.
 #[derive(Debug, Default)]
 struct Queue {
     commits: Vec<Vec<Vec<StoredEntry>>>,
     entries: usize,
-    /// When the last of them was handed over (ms).
-    last_at: i64,
-    /// More than [`QUEUED_ENTRIES_MAX`] came before the task could look: every device is
-    /// treated as concerned (a poke too many, never one missing).
+    /// The hand-over number of the last of them (see [`Wakeups::handed`]).
+    last: u64,
+    /// More than [`QUEUED_ENTRIES_MAX`] came before the task could look: every device that is
+    /// not connected is treated as concerned (a poke too many, never one missing).
     overflow: bool,
+    /// Devices whose last connection ended with entries queued for them that they did not
+    /// confirm (see [`Wakeups::went_away_unconfirmed`]).
+    unconfirmed: HashSet<ClientId>,
 }
 
 /// Entries queued for the wake-up task at most; beyond, see [`Queue::overflow`].
@@ -185,9 +197,11 @@ pub struct Wakeups {
     vapid: Vapid,
     inner: Mutex<Inner>,
     /// Connections and waiting long-polls per client (taken after `inner` when both are).
-    live: Mutex<HashMap<ClientId, Presence>>,
+    live: Mutex<Live>,
     /// Committed entries to look at.
     queue: Mutex<Queue>,
+    /// Commits handed over so far (taken under `queue`'s lock).
+    handed: AtomicU64,
     /// Some device is registered: commits are looked at.
     active: AtomicBool,
     /// Something became due.
@@ -248,6 +262,7 @@ impl Wakeups {
             inner: Mutex::new(inner),
             live: Mutex::default(),
             queue: Mutex::default(),
+            handed: AtomicU64::new(0),
             active,
             wake: Notify::new(),
             changes: tokio::sync::Mutex::new(()),
@@ -260,7 +275,7 @@ impl Wakeups {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Presence>> {
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -297,7 +312,7 @@ impl Wakeups {
             queue.commits.push(entries);
             queue.entries += count;
         }
-        queue.last_at = now_ms();
+        queue.last = self.handed.fetch_add(1, Ordering::SeqCst) + 1;
         drop(queue);
         self.wake.notify_one();
     }
@@ -306,7 +321,7 @@ impl Wakeups {
     /// Whether there were any.
     fn look(&self) -> bool {
         let queue = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        if queue.commits.is_empty() && !queue.overflow {
+        if queue.commits.is_empty() && !queue.overflow && queue.unconfirmed.is_empty() {
             return false;
         }
         let now = now_ms();
@@ -319,12 +334,25 @@ impl Wakeups {
         };
         // A device connected when the last of these commits was routed, or connected since,
         // has them from its connection: what it missed before connecting, it read on connecting.
+        // After an overflow, only whether it is connected now counts (which commits it was
+        // there for is not known).
         let mut live = self.lock_live();
-        let offline: Vec<ClientId> = concerned
+        let gone = |live: &Live, c: &ClientId| live.clients.get(c).is_none_or(|p| p.count == 0);
+        let mut offline: Vec<ClientId> = concerned
             .into_iter()
-            .filter(|c| live.get(c).is_none_or(|p| p.count == 0 && p.left_at < queue.last_at))
+            .filter(|c| {
+                live.clients
+                    .get(c)
+                    .is_none_or(|p| p.count == 0 && (queue.overflow || p.left_after < queue.last))
+            })
             .collect();
-        live.retain(|_, p| p.count > 0 || p.left_at >= now - PRESENCE_KEPT_MS);
+        // Left with news it never confirmed, and not back.
+        offline.extend(
+            queue.unconfirmed.iter().filter(|c| inner.devices.contains_key(*c) && gone(&live, c)).cloned(),
+        );
+        live.looked = live.looked.max(queue.last);
+        let looked = live.looked;
+        live.clients.retain(|_, p| p.count > 0 || p.left_after > looked);
         drop(live);
         for client in &offline {
             inner.schedule.touch(client, now);
@@ -336,21 +364,21 @@ impl Wakeups {
     }
 
     /// The last connection of `client` ended with log entries queued for it that it did not
-    /// confirm: if it is a registered device and no other connection of it is open, it is
-    /// poked (its interval permitting).
+    /// confirm: if it is a registered device and no connection of it is open when the task
+    /// next looks, it is poked (its interval permitting). Costs the hub a lock and a push, as
+    /// [`Wakeups::committed`]: the registry may be held by a look for tens of milliseconds.
     pub fn went_away_unconfirmed(&self, client: &ClientId) {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
-        let mut inner = self.lock();
-        if !inner.devices.contains_key(client) {
-            return;
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.unconfirmed.len() >= QUEUED_ENTRIES_MAX {
+            // Every device not connected at the look is poked.
+            queue.overflow = true;
+        } else {
+            queue.unconfirmed.insert(client.clone());
         }
-        if self.lock_live().get(client).is_some_and(|p| p.count > 0) {
-            return;
-        }
-        inner.schedule.touch(client, now_ms());
-        drop(inner);
+        drop(queue);
         self.wake.notify_one();
     }
 
@@ -363,17 +391,25 @@ impl Wakeups {
     /// Counts a connection of `client` (the hub's connections are counted from their
     /// registration to their unregistration).
     pub fn connected(&self, client: &ClientId) {
-        self.lock_live().entry(client.clone()).or_default().count += 1;
+        self.lock_live().clients.entry(client.clone()).or_default().count += 1;
     }
 
-    /// A connection of `client` ended. It is remembered a while: a device that was connected
-    /// when a commit was routed got it, even if it went away before the task looked.
+    /// A connection of `client` ended. It is remembered until the commits handed over before
+    /// now are looked at: a device that was connected when a commit was routed got it, even
+    /// if it went away before the task looked. With none waiting (always, while no device is
+    /// registered) it is forgotten at once.
     pub fn disconnected(&self, client: &ClientId) {
         let mut live = self.lock_live();
-        if let Some(presence) = live.get_mut(client) {
+        let handed = self.handed.load(Ordering::SeqCst);
+        let looked = live.looked;
+        if let Some(presence) = live.clients.get_mut(client) {
             presence.count = presence.count.saturating_sub(1);
             if presence.count == 0 {
-                presence.left_at = now_ms();
+                if handed <= looked {
+                    live.clients.remove(client);
+                } else {
+                    presence.left_after = handed;
+                }
             }
         }
     }
@@ -458,7 +494,7 @@ impl Wakeups {
     /// Whether committed entries wait to be looked at.
     fn has_queued(&self) -> bool {
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        !queue.commits.is_empty() || queue.overflow
+        !queue.commits.is_empty() || queue.overflow || !queue.unconfirmed.is_empty()
     }
 
     fn count(&self, f: impl FnOnce(&mut WakeupStats)) {
@@ -510,6 +546,13 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     };
     let stale = std::mem::take(&mut *wakeups.stale.lock().unwrap_or_else(|p| p.into_inner()));
     if !stale.is_empty() {
+        // As a registration change: a device that registered again since the server started
+        // (the listener is open already) keeps its new registration.
+        let _change = wakeups.changes.lock().await;
+        let stale: Vec<String> = {
+            let inner = wakeups.lock();
+            stale.into_iter().filter(|c| !inner.devices.contains_key(c.as_str())).collect()
+        };
         let changes = stale.into_iter().map(PushTargetChange::Remove).collect();
         let batch = WriteBatch { push_targets: changes, ..WriteBatch::default() };
         if !matches!(shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
@@ -573,7 +616,7 @@ fn start_due(
         let now = now_ms();
         let mut inner = wakeups.lock();
         for client in inner.schedule.take_due(now, permits) {
-            let connected = wakeups.lock_live().get(&client).is_some_and(|p| p.count > 0);
+            let connected = wakeups.lock_live().clients.get(&client).is_some_and(|p| p.count > 0);
             let Some(device) = inner.devices.get(&client).filter(|_| !connected) else {
                 inner.schedule.skipped(&client, now);
                 continue;
@@ -679,13 +722,81 @@ mod tests {
         w.connected(&bob);
         // Bob leaves before the commit, Alice after it (her long-poll answered with it).
         w.disconnected(&bob);
-        std::thread::sleep(Duration::from_millis(2));
         w.committed(commit(1, "news"));
         w.disconnected(&alice);
         assert!(w.look());
         let due = w.lock().schedule.take_due(i64::MAX, usize::MAX);
         assert_eq!(due, vec![bob], "only the device that was gone when the commit came");
         assert!(!w.look(), "nothing queued");
+    }
+
+    #[test]
+    fn a_device_that_left_just_before_a_commit_is_poked_even_within_the_same_millisecond() {
+        // The hub unregisters a connection and routes the next commit microseconds apart:
+        // whether the device was there is an order, not a time.
+        let alice = ClientId::from("alice:a");
+        let mut same_ms = 0;
+        for _ in 0..1_000 {
+            let w = wakeups();
+            w.connected(&alice);
+            let before = now_ms();
+            w.disconnected(&alice);
+            w.committed(commit(1, "news"));
+            if now_ms() != before {
+                continue;
+            }
+            same_ms += 1;
+            assert!(w.look());
+            let due = w.lock().schedule.take_due(i64::MAX, usize::MAX);
+            assert!(due.contains(&alice), "gone before the commit, yet not poked: {due:?}");
+        }
+        assert!(same_ms > 0, "never within one millisecond");
+    }
+
+    #[test]
+    fn no_client_is_remembered_while_no_device_is_registered() {
+        // No registration: no commit is handed over, so nothing ever looks, and nothing may
+        // keep every client that ever connected.
+        let w = Wakeups::new(WakeupOptions::default(), Vapid::generate(), Vec::new());
+        for i in 0..1_000 {
+            let client = ClientId::from(format!("u{i}:c").as_str());
+            w.connected(&client);
+            w.disconnected(&client);
+        }
+        assert_eq!(w.lock_live().clients.len(), 0);
+        // With devices registered, those that left are forgotten once a look has covered them.
+        let w = wakeups();
+        let alice = ClientId::from("alice:a");
+        w.connected(&alice);
+        w.committed(commit(1, "news"));
+        w.disconnected(&alice);
+        assert!(w.look());
+        w.committed(commit(1, "news"));
+        assert!(w.look());
+        assert_eq!(w.lock_live().clients.len(), 0);
+    }
+
+    #[test]
+    fn the_hub_noting_an_unconfirmed_departure_does_not_wait_for_a_look() {
+        // A look holds the registry while it works out who a batch concerns (tens of ms for a
+        // large one); the hub, an async task routing every commit, must not wait for it.
+        let w = wakeups();
+        let alice = ClientId::from("alice:a");
+        std::thread::scope(|scope| {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let looking = w.lock();
+            let (w, alice) = (&w, &alice);
+            scope.spawn(move || {
+                w.went_away_unconfirmed(alice);
+                let _ = done_tx.send(());
+            });
+            let returned = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+            drop(looking);
+            assert!(returned, "went_away_unconfirmed waited for the registry lock");
+        });
+        assert!(w.look());
+        let due = w.lock().schedule.take_due(i64::MAX, usize::MAX);
+        assert_eq!(due, vec![alice]);
     }
 
     #[test]
