@@ -389,8 +389,14 @@ impl Wakeups {
     }
 
     /// Counts a connection of `client` (the hub's connections are counted from their
-    /// registration to their unregistration).
+    /// registration to their unregistration). Not while no device is registered: a server
+    /// without wake-ups keeps no presence. A connection opened before the first registration
+    /// is then not counted, and its device may get a poke it did not need; never the reverse,
+    /// as [`Wakeups::disconnected`] always runs and never counts below zero.
     pub fn connected(&self, client: &ClientId) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
         self.lock_live().clients.entry(client.clone()).or_default().count += 1;
     }
 
