@@ -169,7 +169,9 @@ async fn serve_pull(
     let answer = crate::http_sync::pull(State(shared.clone()), ConnectInfo(peer), request);
     let response = tokio::select! {
         response = answer => response,
-        () = hung_up(stream) => return false,
+        // Boxed: kept inline, it would take this future, which every waiting poll holds, past
+        // the allocator's 2 KiB size class.
+        () = Box::pin(hung_up(stream)) => return false,
     };
     let (parts, body) = response.into_parts();
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
