@@ -125,6 +125,20 @@ pub(crate) async fn read_request<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The distinct channel names of a request, sorted; refused beyond `pull_channels_max`.
+// The error is the answer the handler returns at once, as for the async checks beside it.
+#[allow(clippy::result_large_err)]
+pub(crate) fn channel_names(shared: &Shared, mut names: Vec<String>) -> Result<Vec<String>, Response> {
+    names.sort_unstable();
+    names.dedup();
+    let most = shared.limits.pull_channels_max;
+    if names.len() > most {
+        let message = format!("at most {most} distinct channels per request (pull_channels_max)");
+        return Err(refuse(StatusCode::BAD_REQUEST, "too-many-channels", message));
+    }
+    Ok(names)
+}
+
 /// Authenticates a request as the `connect` of `node` with `token`, `subprotocol` and
 /// `headers` would be: who the client is, or the refusal.
 pub(crate) async fn authenticate(
@@ -574,20 +588,8 @@ async fn prepare_pull(
             return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", "`wait` must be seconds, 0 or more"));
         }
     };
-    let connect = connect_frame(&shared, body.node, token, body.subprotocol, body.headers);
-    let mut session = Session::new(shared.clone(), peer);
-    session.authenticate(&connect).await?;
-    let Some(ctx) = session.context.take() else {
-        return Err(session.refusal());
-    };
-    let mut names = body.channels;
-    names.sort_unstable();
-    names.dedup();
-    let most = shared.limits.pull_channels_max;
-    if names.len() > most {
-        let message = format!("a pull follows at most {most} channels (pull_channels_max)");
-        return Err(refuse(StatusCode::BAD_REQUEST, "too-many-channels", message));
-    }
+    let ctx = authenticate(&shared, peer, body.node, token, body.subprotocol, body.headers).await?;
+    let names = channel_names(&shared, body.channels)?;
     if let Some(stray) = body.since.keys().chain(body.ids.keys()).find(|c| names.binary_search(c).is_err()) {
         let message = format!("`since` and `ids` name channels of `channels`, not {stray}");
         return Err(refuse(StatusCode::BAD_REQUEST, "wrong-format", message));

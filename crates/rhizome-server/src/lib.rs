@@ -147,7 +147,7 @@ impl Server {
             listener.local_addr().map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let stop_rx = shared.stop.subscribe();
         tokio::spawn(tick(shared.clone()));
-        tokio::spawn(wakeup::run(shared.clone(), stop_rx.clone()));
+        tokio::spawn(wakeup::run(shared.clone()));
         let router = Router::new()
             .route("/health", get(health))
             .route("/v1/push", post(http_sync::push))

@@ -33,12 +33,11 @@ pub struct WriteBatch {
     pub appends: Vec<Append>,
     /// Status changes of existing entries, by action id.
     pub statuses: Vec<(String, Status)>,
-    /// Subscription acknowledgements: the id of a `logux/processed` answering a subscription,
-    /// and the log position the subscriber had received everything up to. A position already
-    /// recorded for the id is only ever raised, never lowered.
-    pub acks: Vec<(String, Position)>,
-    /// Acknowledgements as `acks`, of subscriptions answered to a client: `(id, position,
-    /// client id)`, the client recorded as the acknowledgement's owner when it is created.
+    /// Subscription acknowledgements: `(id, position, client id)`, the id of a
+    /// `logux/processed` (or a pull's subscription id) answering a subscription of that client,
+    /// and the log position the subscriber had received everything up to. The client is
+    /// recorded as the acknowledgement's owner when it is created; a position already recorded
+    /// for the id is only ever raised, never lowered.
     pub owned_acks: Vec<(String, Position, String)>,
     /// Raises of acknowledgements a client re-subscribed from with `since`: `(id, position,
     /// client id)`; only an acknowledgement owned by that client rises, none is created.
@@ -52,7 +51,6 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.appends.is_empty()
             && self.statuses.is_empty()
-            && self.acks.is_empty()
             && self.owned_acks.is_empty()
             && self.resumed_acks.is_empty()
             && self.push_targets.is_empty()

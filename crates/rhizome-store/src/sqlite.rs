@@ -849,9 +849,6 @@ impl LogWriter for SqliteWriter {
                 for (id, s) in batch.statuses.drain(..) {
                     status.execute(params![id, s.code(), s.reason()])?;
                 }
-                for (id, position) in batch.acks.drain(..) {
-                    ack.execute(params![id, position as i64, None::<String>])?;
-                }
                 for (id, position, client) in batch.owned_acks.drain(..) {
                     ack.execute(params![id, position as i64, client])?;
                 }

@@ -3,7 +3,7 @@
 
 use super::deliver::Target;
 use super::{RegisterError, TargetSpec};
-use crate::http_sync::{authenticate, may_follow, ok_json, read_request, refuse};
+use crate::http_sync::{authenticate, channel_names, may_follow, ok_json, read_request, refuse};
 use crate::shared::Shared;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
@@ -81,14 +81,10 @@ pub async fn register(
         Ok(ctx) => ctx,
         Err(refusal) => return refusal,
     };
-    let mut names = body.channels;
-    names.sort_unstable();
-    names.dedup();
-    let most = shared.limits.pull_channels_max;
-    if names.len() > most {
-        let message = format!("a device follows at most {most} channels (pull_channels_max)");
-        return refuse(StatusCode::BAD_REQUEST, "too-many-channels", message);
-    }
+    let names = match channel_names(&shared, body.channels) {
+        Ok(names) => names,
+        Err(refusal) => return refusal,
+    };
     for name in &names {
         if let Err(refusal) = may_follow(&shared, &ctx, name, false, None).await {
             return refusal;

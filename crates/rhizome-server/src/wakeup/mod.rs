@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 /// How the server pokes devices.
 #[derive(Debug, Clone)]
@@ -533,9 +533,9 @@ impl Drop for LiveGuard {
 /// How often idle devices are forgotten by the schedule.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Delivers due pokes until `stop`: at most `sends_max` at once, each device's outcome fed
+/// Delivers due pokes until shutdown: at most `sends_max` at once, each device's outcome fed
 /// back to the schedule (a gone registration is removed).
-pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Shared>) {
     let wakeups = shared.wakeups.clone();
     let options = wakeups.options.clone();
     let http = match reqwest::Client::builder()
@@ -586,7 +586,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             Some((client, generation, delivery)) = done_rx.recv() => {
                 finished(&shared, &client, generation, delivery).await;
             }
-            _ = stopped(&mut stop) => break,
+            _ = shared.stopping() => break,
         }
         if looked_at.elapsed() >= LOOK_EVERY && wakeups.has_queued() {
             // A large look runs off the async threads' budget of short steps.
@@ -600,11 +600,6 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         start_due(&wakeups, &http, &sends, &done_tx);
     }
-}
-
-/// Returns once `stop` is true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Starts delivering the pokes due now, as many as may be sent at once; the others stay due.

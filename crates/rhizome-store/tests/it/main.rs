@@ -156,7 +156,10 @@ fn since_positions_come_from_ids_acks_or_time() {
     w.commit(&mut b, 1_000).expect("commit");
     let mut b = vec![batch(vec![entry("2 a:b:c 0", Routing::default(), Status::Processed)])];
     w.commit(&mut b, 2_000).expect("commit");
-    let mut b = vec![WriteBatch { acks: vec![("5 server:x 0".into(), 1)], ..WriteBatch::default() }];
+    let mut b = vec![WriteBatch {
+        owned_acks: vec![("5 server:x 0".into(), 1, "c:1".into())],
+        ..WriteBatch::default()
+    }];
     w.commit(&mut b, 3_000).expect("commit");
     assert_eq!(store.position_of_id("2 a:b:c 0").expect("id"), Some(2));
     assert_eq!(store.position_of_id("5 server:x 0").expect("ack"), Some(1));
@@ -170,8 +173,10 @@ fn since_positions_come_from_ids_acks_or_time() {
 fn subscription_acks_are_raised_and_never_lowered() {
     let (_dir, store) = open();
     let mut w = store.writer().expect("writer");
-    let ack =
-        |position| WriteBatch { acks: vec![("7 server:x 0".into(), position)], ..WriteBatch::default() };
+    let ack = |position| WriteBatch {
+        owned_acks: vec![("7 server:x 0".into(), position, "c:1".into())],
+        ..WriteBatch::default()
+    };
     let mut b = vec![ack(3)];
     w.commit(&mut b, 1).expect("commit");
     assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(3));
@@ -187,7 +192,10 @@ fn subscription_acks_are_raised_and_never_lowered() {
     w.commit(&mut b, 4).expect("commit");
     assert_eq!(store.position_of_id("7 server:x 0").expect("ack"), Some(12));
     // A raise for an id never recorded (its first write was dropped) records it.
-    let mut b = vec![WriteBatch { acks: vec![("8 server:x 0".into(), 6)], ..WriteBatch::default() }];
+    let mut b = vec![WriteBatch {
+        owned_acks: vec![("8 server:x 0".into(), 6, "c:1".into())],
+        ..WriteBatch::default()
+    }];
     w.commit(&mut b, 5).expect("commit");
     assert_eq!(store.position_of_id("8 server:x 0").expect("ack"), Some(6));
 }
@@ -583,8 +591,10 @@ fn deltas_between_snapshots_stay_bounded_by_the_object_size() {
 #[test]
 fn opening_an_older_log_drops_its_subscription_acknowledgements_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ack =
-        |position| WriteBatch { acks: vec![("7 server:x 0".into(), position)], ..WriteBatch::default() };
+    let ack = |position| WriteBatch {
+        owned_acks: vec![("7 server:x 0".into(), position, "c:1".into())],
+        ..WriteBatch::default()
+    };
     {
         let store = SqliteStore::open(dir.path()).expect("open");
         store.writer().expect("writer").commit(&mut [ack(5)], 1).expect("commit");
@@ -689,7 +699,8 @@ fn a_log_of_format_one_gains_acknowledgement_owners_and_keeps_its_rows() {
     };
     w.commit(&mut [batch], 1).expect("commit");
     assert_eq!(store.position_of_id("1 server:x 0").expect("read"), Some(4), "no owner: no since raises it");
-    let batch = WriteBatch { acks: vec![("1 server:x 0".into(), 6)], ..WriteBatch::default() };
+    let batch =
+        WriteBatch { owned_acks: vec![("1 server:x 0".into(), 6, "c:1".into())], ..WriteBatch::default() };
     w.commit(&mut [batch], 2).expect("commit");
     assert_eq!(
         store.position_of_id("1 server:x 0").expect("read"),
