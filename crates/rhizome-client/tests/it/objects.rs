@@ -133,10 +133,17 @@ async fn a_redelivered_delta_changes_nothing() -> Result<()> {
     let (alice, _a) = open(options(&server.url(), &dir.path().join("alice.sqlite"), "alice")).await?;
     let (bob, _b) = open(options(&server.url(), &dir.path().join("bob.sqlite"), "bob")).await?;
     bob.subscribe("crdt/likes").await?;
+    // Live before Alice writes: her delta comes after the position Bob's `since` stands for,
+    // so his re-subscription below brings it again. (A subscription answered after her write
+    // holds it already, and its `since` rightly brings nothing.)
+    wait_until("bob's subscription to be answered", || async {
+        Ok(bob.subscriptions().await?.iter().any(|s| s.since.is_some()))
+    })
+    .await?;
     alice.add_many(vec![json!({"type": "crdt/counter/inc", "key": "likes", "by": 5})]).await?;
     wait_drained(&alice).await?;
     wait_until("bob to count 5", || async { Ok(counter(&bob).await? == 5) }).await?;
-    // Reopened, Bob subscribes again and the server sends the whole counter again.
+    // Reopened, Bob subscribes again and the server sends the counter's delta again.
     bob.close().await;
     let (bob, _b) = open(options(&server.url(), &dir.path().join("bob.sqlite"), "bob")).await?;
     wait_until("the counter to arrive again", || async { Ok(bob.session_stats().actions_received >= 1) })
