@@ -10,7 +10,7 @@ use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::writer::{ConnWrites, WriteFailed};
 use rhizome_core::{
-    ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Routing, Status,
+    ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Position, Routing, Status,
 };
 use rhizome_crdt::VersionVector;
 use rhizome_protocol::message::{encode_synced, push_json_str};
@@ -332,8 +332,8 @@ impl Pipeline {
                         processed(&mut frame, &meta.id);
                         continue;
                     }
-                    Some(AppendOutcome::Added(_)) => {
-                        match self.process(&*rules, action, meta, &mut outcomes).await {
+                    Some(&AppendOutcome::Added(position)) => {
+                        match self.process(&*rules, action, meta, position, &mut outcomes).await {
                             Some(json) => json,
                             None => continue,
                         }
@@ -479,11 +479,12 @@ impl Pipeline {
         rules: &dyn ActionType,
         action: Action,
         meta: Meta,
+        position: Position,
         outcomes: &mut WriteBatch,
     ) -> Option<String> {
         match rules.process(&self.context(), &action, &meta).await {
             Ok(()) => {
-                outcomes.statuses.push((meta.id.text(), Status::Processed));
+                outcomes.statuses.push((position, Status::Processed));
                 Some(processed_json(&meta.id))
             }
             Err(error) => {
@@ -509,7 +510,7 @@ impl Pipeline {
                     status: Status::Processed,
                 };
                 outcomes.appends.push(Append::new(entry));
-                outcomes.statuses.push((meta.id.text(), Status::Undone(reason)));
+                outcomes.statuses.push((position, Status::Undone(reason)));
                 None
             }
         }

@@ -117,6 +117,8 @@ pub struct ServerLogCheck {
     pub undone: u64,
     /// Ids in the log still waiting.
     pub waiting: u64,
+    /// Ids logged more than once: processed twice.
+    pub duplicated: u64,
 }
 
 /// The server process's figures.
@@ -203,7 +205,10 @@ impl Report {
             opt(server.peak_rss_kib),
             self.scenario.return_mode.name(),
             match &self.server_log {
-                Some(c) => format!("server_log_missing={} server_log_waiting={}", c.missing, c.waiting),
+                Some(c) => format!(
+                    "server_log_missing={} server_log_waiting={} server_log_duplicated={}",
+                    c.missing, c.waiting, c.duplicated
+                ),
                 None => "server_log=not_checked".to_owned(),
             },
         )
@@ -231,6 +236,9 @@ impl Report {
             }
             if log.waiting > 0 {
                 failures.push(format!("{} queued ids still waiting in the server's log", log.waiting));
+            }
+            if log.duplicated > 0 {
+                failures.push(format!("{} queued ids logged more than once", log.duplicated));
             }
         }
         if let Some(c) = &self.convergence {
@@ -740,27 +748,40 @@ fn probe_report(samples: Vec<Sample>, unanswered: usize) -> ProbeReport {
     }
 }
 
-/// Looks every queued id up in the server's log (read-only).
+/// Looks every queued id up in the server's log (read-only), read whole once: the log has no
+/// index on id texts.
 fn check_server_log(path: &Path, queues: &[Vec<ActionId>]) -> Result<ServerLogCheck, SimError> {
     let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt = db.prepare("SELECT status FROM log WHERE id = ?1")?;
-    let mut check = ServerLogCheck::default();
-    let mut text = String::new();
-    for id in queues.iter().flatten() {
-        text.clear();
-        id.push_to(&mut text);
-        check.checked += 1;
-        let status: Option<i64> = match stmt.query_row([&text], |r| r.get(0)) {
-            Ok(s) => Some(s),
-            Err(rusqlite::Error::QueryReturnedNoRows) => None,
-            Err(e) => return Err(e.into()),
-        };
+    let mut wanted: std::collections::HashMap<String, (u64, i64)> = queues
+        .iter()
+        .flatten()
+        .map(|id| {
+            let mut text = String::new();
+            id.push_to(&mut text);
+            (text, (0, -1))
+        })
+        .collect();
+    let mut stmt = db.prepare("SELECT id, status FROM log")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        if let Some((count, status)) = wanted.get_mut(&id) {
+            *count += 1;
+            *status = row.get(1)?;
+        }
+    }
+    let mut check =
+        ServerLogCheck { checked: queues.iter().map(|q| q.len() as u64).sum(), ..Default::default() };
+    for (count, status) in wanted.into_values() {
+        if count > 1 {
+            check.duplicated += 1;
+        }
         // The store's status codes: 0 waiting, 1 processed, 2 undone.
-        match status {
-            None => check.missing += 1,
-            Some(1) => check.processed += 1,
-            Some(2) => check.undone += 1,
-            Some(_) => check.waiting += 1,
+        match (count, status) {
+            (0, _) => check.missing += 1,
+            (_, 1) => check.processed += 1,
+            (_, 2) => check.undone += 1,
+            _ => check.waiting += 1,
         }
     }
     Ok(check)

@@ -4,6 +4,8 @@
 //! second entry with the same action id, and reads by channel or by target from a position.
 //! [`SqliteStore`] is the embedded implementation (WAL, `synchronous=FULL`).
 
+mod channels;
+mod ids;
 mod sqlite;
 
 pub use sqlite::{SqliteStore, SqliteWriter};
@@ -31,8 +33,8 @@ pub enum StoreError {
 pub struct WriteBatch {
     /// Entries to append, in order.
     pub appends: Vec<Append>,
-    /// Status changes of existing entries, by action id.
-    pub statuses: Vec<(String, Status)>,
+    /// Status changes of existing entries, by position.
+    pub statuses: Vec<(Position, Status)>,
     /// Subscription acknowledgements: `(id, position, client id)`, the id of a
     /// `logux/processed` (or a pull's subscription id) answering a subscription of that client,
     /// and the log position the subscriber had received everything up to. The client is

@@ -1,5 +1,7 @@
 //! The SQLite log: one writer connection, a small pool of reader connections, WAL mode.
 
+use crate::channels::ChannelRuns;
+use crate::ids::{self, RunIndex};
 use crate::{Append, Committed, LogWriter, PushTarget, PushTargetChange, Store, StoreError, WriteBatch};
 use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEntry};
 use rhizome_crdt::ops::{self, Op};
@@ -13,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SCHEMA: &str = "
+/// The log itself; `added` is an action's position.
+const LOG_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS log(
     added INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     time INTEGER NOT NULL,
     received INTEGER NOT NULL,
     action TEXT NOT NULL,
@@ -25,8 +28,15 @@ CREATE TABLE IF NOT EXISTS log(
     status INTEGER NOT NULL,
     reason TEXT
 );
-CREATE TABLE IF NOT EXISTS log_channels(
-    channel TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(channel, added)
+";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log_runs(
+    node TEXT NOT NULL, last_key BLOB NOT NULL, first_key BLOB NOT NULL,
+    first INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY(node, last_key, first)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_channel_runs(
+    channel TEXT NOT NULL, last INTEGER NOT NULL, first INTEGER NOT NULL, PRIMARY KEY(channel, last)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_targets(
     target TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(target, added)
@@ -66,6 +76,10 @@ pub struct SqliteWriter {
     /// Decoded CRDT objects, as committed: an operation on a cached object neither decodes
     /// nor (but every [`snapshot_interval`] operations) encodes the object's document.
     objects: HashMap<String, CachedObject>,
+    /// Finds appended ids again (see [`crate::ids`]).
+    ids: RunIndex,
+    /// The channel index's runs open in a transaction (see [`crate::channels`]).
+    channel_runs: ChannelRuns,
 }
 
 /// A decoded object and how many of its logged deltas its stored snapshot lacks.
@@ -165,7 +179,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 2;
+const FORMAT_VERSION: i64 = 3;
 
 /// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
 ///
@@ -177,6 +191,10 @@ const FORMAT_VERSION: i64 = 2;
 ///
 /// Version 2: an acknowledgement records the client it was sent to (`client`), so a client's
 /// `since` raises only its own. Rows from before have none, and are never raised by a `since`.
+///
+/// Version 3: ids are found through `log_runs` (see [`crate::ids`]) instead of a `UNIQUE`
+/// index on `log.id`. The table is copied into one without that index, and its rows indexed by
+/// runs. The channel index becomes `log_channel_runs` (see [`crate::channels`]).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
@@ -194,6 +212,23 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if !has_client {
         tx.execute("ALTER TABLE subscription_acks ADD COLUMN client TEXT", [])?;
     }
+    if version < 3 {
+        let log_sql: String =
+            tx.query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'log'", [], |r| {
+                r.get(0)
+            })?;
+        if log_sql.contains("UNIQUE") {
+            tx.execute_batch(&format!(
+                "ALTER TABLE log RENAME TO log_before_3;
+                 {LOG_TABLE}
+                 INSERT INTO log SELECT added, id, time, received, action, subprotocol, routing, status, reason
+                     FROM log_before_3 ORDER BY added;
+                 DROP TABLE log_before_3;"
+            ))?;
+        }
+        crate::ids::index_all(&tx)?;
+        crate::channels::index_from_rows(&tx)?;
+    }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -205,6 +240,7 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("rhizome.db");
         let conn = open(&path, OpenFlags::default())?;
+        conn.execute_batch(LOG_TABLE)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         drop(conn);
@@ -343,6 +379,8 @@ impl SqliteStore {
             checkpointer: Some(tx),
             checkpoint_thread: Some(thread),
             objects: HashMap::new(),
+            ids: RunIndex::default(),
+            channel_runs: ChannelRuns::default(),
         })
     }
 }
@@ -363,11 +401,12 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<StoredEntry>, StoreError> {
         self.with_reader(|c| {
+            // Runs in order, each one's rows in order: the log's order (see `crate::channels`).
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM log WHERE added IN (
-                    SELECT added FROM log_channels WHERE channel = ?1 AND added > ?2 AND added <= ?3
-                    ORDER BY added LIMIT ?4)
-                 ORDER BY added"
+                "SELECT {ENTRY_COLUMNS} FROM log_channel_runs AS r
+                 JOIN log ON added BETWEEN max(r.first, ?2 + 1) AND min(r.last, ?3)
+                 WHERE r.channel = ?1 AND r.last > ?2 AND r.first <= ?3 AND action <> '{{}}'
+                 ORDER BY r.last, added LIMIT ?4"
             ))?;
             let rows = stmt
                 .query_map(params![channel.as_str(), after as i64, upto as i64, limit as i64], row_entry)?;
@@ -414,10 +453,10 @@ impl Store for SqliteStore {
 
     fn position_of_id(&self, id: &str) -> Result<Option<Position>, StoreError> {
         self.with_reader(|c| {
-            let own: Option<i64> =
-                c.query_row("SELECT added FROM log WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-            if let Some(p) = own {
-                return Ok(Some(p as Position));
+            if let Some(parsed) = ActionId::parse(id) {
+                if let Some(found) = ids::find(c, &parsed, &parsed.text())? {
+                    return Ok(Some(found.added as Position));
+                }
             }
             let ack: Option<i64> = c
                 .query_row("SELECT position FROM subscription_acks WHERE id = ?1", [id], |r| r.get(0))
@@ -456,12 +495,11 @@ impl Store for SqliteStore {
 
     fn status_of(&self, id: &str) -> Result<Option<Status>, StoreError> {
         self.with_reader(|c| {
-            let row: Option<(i64, Option<String>)> = c
-                .query_row("SELECT status, reason FROM log WHERE id = ?1", [id], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            Ok(row.map(|(code, reason)| Status::from_parts(code, reason)))
+            let Some(parsed) = ActionId::parse(id) else {
+                return Ok(None);
+            };
+            let found = ids::find(c, &parsed, &parsed.text())?;
+            Ok(found.map(|f| Status::from_parts(f.status, f.reason)))
         })
     }
 
@@ -536,8 +574,9 @@ impl Store for SqliteStore {
 /// The `delta` documents of the object at `key` logged after `after`, oldest first.
 fn deltas_after(conn: &Connection, key: &str, after: Position) -> Result<Vec<(Position, Value)>, StoreError> {
     let mut later = conn.prepare_cached(
-        "SELECT l.added, l.action FROM log_channels c JOIN log l ON l.added = c.added
-         WHERE c.channel = ?1 AND c.added > ?2 ORDER BY c.added",
+        "SELECT l.added, l.action FROM log_channel_runs AS r
+         JOIN log AS l ON l.added BETWEEN max(r.first, ?2 + 1) AND r.last
+         WHERE r.channel = ?1 AND r.last > ?2 ORDER BY r.last, l.added",
     )?;
     let channel = format!("crdt/{key}");
     let rows = later
@@ -634,35 +673,6 @@ fn apply_crdt(
     }
 }
 
-/// Channel index rows written by one statement: one statement per row cost as much as the
-/// row's B-tree insert.
-const CHANNEL_ROWS_PER_INSERT: usize = 64;
-
-/// `INSERT OR IGNORE INTO log_channels … VALUES (?, ?), …` for `rows` rows.
-fn channel_rows_insert(rows: usize) -> String {
-    let mut sql = String::from("INSERT OR IGNORE INTO log_channels(channel, added) VALUES ");
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2));
-    }
-    sql
-}
-
-/// Writes `rows` with `statement` (made by `channel_rows_insert(rows.len())`).
-fn insert_channel_rows(
-    statement: &mut rusqlite::CachedStatement<'_>,
-    rows: &[(Channel, i64)],
-) -> rusqlite::Result<()> {
-    for (i, (c, added)) in rows.iter().enumerate() {
-        statement.raw_bind_parameter(2 * i + 1, c.as_str())?;
-        statement.raw_bind_parameter(2 * i + 2, *added)?;
-    }
-    statement.raw_execute()?;
-    Ok(())
-}
-
 /// Stores or removes one push wake-up registration.
 fn write_push_target(tx: &rusqlite::Transaction<'_>, change: PushTargetChange) -> Result<(), StoreError> {
     match change {
@@ -686,43 +696,46 @@ fn write_push_target(tx: &rusqlite::Transaction<'_>, change: PushTargetChange) -
 impl LogWriter for SqliteWriter {
     fn commit(&mut self, batches: &mut [WriteBatch], now_ms: i64) -> Result<Vec<Committed>, StoreError> {
         let cache = &mut self.objects;
+        let ids = &mut self.ids;
+        ids.begin();
+        let channel_runs = &mut self.channel_runs;
+        channel_runs.begin();
         // Objects changed by this transaction; they reach the cache only if it commits.
         let mut staged: HashMap<String, CachedObject> = HashMap::new();
-        let tx = self.conn.transaction()?;
+        // The write lock from the start: a transaction that reads first (an id's high-water
+        // mark) and then writes could not wait for a lock held elsewhere when it upgrades.
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batches.len());
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO log(id, time, received, action, subprotocol, routing, status, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            let mut existing = tx.prepare_cached("SELECT status, reason FROM log WHERE id = ?1")?;
             // Only the object's own deltas that go nowhere but its channel: another action routed
             // to the channel, or a delta the rules also send to users, clients, nodes or other
             // channels, stays whole for their catch-up.
             let mut clean_body = tx.prepare_cached(
                 "UPDATE log SET action = '{}', routing = NULL WHERE added IN
-                 (SELECT added FROM log_channels WHERE channel = ?1 AND added <= ?2)
+                 (SELECT l.added FROM log_channel_runs AS r
+                  JOIN log AS l ON l.added BETWEEN r.first AND min(r.last, ?2)
+                  WHERE r.channel = ?1 AND r.first <= ?2)
                  AND routing = ?3 AND json_extract(action, '$.type') = 'crdt/delta'
                  AND json_extract(action, '$.key') = ?4",
             )?;
+            // Runs made only of emptied rows go; readers skip emptied rows of the others.
             let mut clean_index = tx.prepare_cached(
-                "DELETE FROM log_channels WHERE channel = ?1 AND added <= ?2
-                 AND (SELECT action FROM log WHERE log.added = log_channels.added) = '{}'",
+                "DELETE FROM log_channel_runs WHERE channel = ?1 AND last <= ?2
+                 AND NOT EXISTS (SELECT 1 FROM log WHERE added BETWEEN log_channel_runs.first
+                     AND log_channel_runs.last AND action <> '{}')",
             )?;
             let mut object = tx.prepare_cached(
                 "INSERT INTO crdt_objects(key, kind, state, position) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state,
                  position = excluded.position",
             )?;
-            let mut single_channel =
-                tx.prepare_cached("INSERT OR IGNORE INTO log_channels(channel, added) VALUES (?1, ?2)")?;
-            // Channel index rows are written in groups (see `CHANNEL_ROWS_PER_INSERT`), before
-            // anything in the transaction reads the index and before the commit.
-            let mut channels_many = tx.prepare_cached(&channel_rows_insert(CHANNEL_ROWS_PER_INSERT))?;
-            let mut pending_channels: Vec<(Channel, i64)> = Vec::with_capacity(CHANNEL_ROWS_PER_INSERT);
             let mut target =
                 tx.prepare_cached("INSERT OR IGNORE INTO log_targets(target, added) VALUES (?1, ?2)")?;
-            let mut status = tx.prepare_cached("UPDATE log SET status = ?2, reason = ?3 WHERE id = ?1")?;
+            let mut status = tx.prepare_cached("UPDATE log SET status = ?2, reason = ?3 WHERE added = ?1")?;
             // An acknowledgement only rises: the hub raises it to what the subscriber confirmed
             // receiving, and a late or repeated write must not move a re-subscription back.
             let mut ack = tx.prepare_cached(
@@ -740,12 +753,10 @@ impl LogWriter for SqliteWriter {
                     entries: Vec::with_capacity(batch.appends.len()),
                 };
                 for Append { mut entry, id_text: id, mut routing_text, crdt } in batch.appends.drain(..) {
-                    // A CRDT operation must not be applied twice: look before applying. Other
-                    // entries rely on the insert's conflict check alone.
-                    if crdt.is_some() && existing.exists([&id])? {
-                        let (code, reason): (i64, Option<String>) =
-                            existing.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                        committed.outcomes.push(AppendOutcome::Duplicate(Status::from_parts(code, reason)));
+                    // An id is appended once, ever; a CRDT operation is not applied twice either.
+                    if let Some(found) = ids.find(&tx, &entry.id, &id)? {
+                        let status = Status::from_parts(found.status, found.reason);
+                        committed.outcomes.push(AppendOutcome::Duplicate(status));
                         continue;
                     }
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
@@ -764,7 +775,7 @@ impl LogWriter for SqliteWriter {
                             }
                         }
                     }
-                    let n = insert.execute(params![
+                    insert.execute(params![
                         id,
                         entry.time,
                         now_ms,
@@ -774,13 +785,8 @@ impl LogWriter for SqliteWriter {
                         entry.status.code(),
                         entry.status.reason(),
                     ])?;
-                    if n == 0 {
-                        let (code, reason): (i64, Option<String>) =
-                            existing.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                        committed.outcomes.push(AppendOutcome::Duplicate(Status::from_parts(code, reason)));
-                        continue;
-                    }
                     let added = tx.last_insert_rowid();
+                    ids.appended(&tx, &entry.id, added)?;
                     let delta_bytes = entry.action_json.len();
                     let mut shipped = None;
                     if let Some((key, mut cached, delta)) = object_update {
@@ -798,10 +804,8 @@ impl LogWriter for SqliteWriter {
                                 let channel = format!("crdt/{key}");
                                 let only_there = routing_json(&Routing::channel(channel.as_str()));
                                 let upto = cached.snapshot_at as i64;
-                                // The index rows of this transaction's earlier deltas first.
-                                for (c, added) in pending_channels.drain(..) {
-                                    single_channel.execute(params![c.as_str(), added])?;
-                                }
+                                // The index runs of this transaction's earlier deltas first.
+                                channel_runs.flush(&tx)?;
                                 clean_body.execute(params![channel, upto, only_there, key])?;
                                 clean_index.execute(params![channel, upto])?;
                             }
@@ -820,11 +824,7 @@ impl LogWriter for SqliteWriter {
                         }
                     }
                     for c in &entry.routing.channels {
-                        pending_channels.push((c.clone(), added));
-                        if pending_channels.len() == CHANNEL_ROWS_PER_INSERT {
-                            insert_channel_rows(&mut channels_many, &pending_channels)?;
-                            pending_channels.clear();
-                        }
+                        channel_runs.add(&tx, c, added)?;
                     }
                     for u in &entry.routing.users {
                         target.execute(params![format!("u:{u}"), added])?;
@@ -846,8 +846,8 @@ impl LogWriter for SqliteWriter {
                         crdt: shipped,
                     });
                 }
-                for (id, s) in batch.statuses.drain(..) {
-                    status.execute(params![id, s.code(), s.reason()])?;
+                for (position, s) in batch.statuses.drain(..) {
+                    status.execute(params![position as i64, s.code(), s.reason()])?;
                 }
                 for (id, position, client) in batch.owned_acks.drain(..) {
                     ack.execute(params![id, position as i64, client])?;
@@ -860,9 +860,8 @@ impl LogWriter for SqliteWriter {
                 }
                 results.push(committed);
             }
-            for (c, added) in pending_channels.drain(..) {
-                single_channel.execute(params![c.as_str(), added])?;
-            }
+            channel_runs.flush(&tx)?;
+            ids.flush(&tx)?;
         }
         tx.commit()?;
         if !staged.is_empty() {

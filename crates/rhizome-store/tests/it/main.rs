@@ -1,6 +1,9 @@
 //! Conformance tests of the log, run against the SQLite store. A new backend (PostgreSQL) must
 //! pass the same `conformance` functions.
 
+mod channels;
+mod ids;
+
 use rhizome_core::{AppendOutcome, NewEntry, Routing, Status};
 use rhizome_protocol::{ActionId, Channel, NodeId};
 use rhizome_store::{Append, LogWriter, SqliteStore, Store, WriteBatch};
@@ -64,9 +67,9 @@ fn status_changes_and_crash_recovery() {
         entry("1 a:b:c 0", Routing::default(), Status::Waiting),
         entry("1 a:b:c 1", Routing::default(), Status::Waiting),
     ])];
-    w.commit(&mut b, 1).expect("commit");
-    let mut s =
-        vec![WriteBatch { statuses: vec![("1 a:b:c 0".into(), Status::Processed)], ..WriteBatch::default() }];
+    let done = w.commit(&mut b, 1).expect("commit");
+    let AppendOutcome::Added(first) = done[0].outcomes[0] else { panic!("{:?}", done[0].outcomes) };
+    let mut s = vec![WriteBatch { statuses: vec![(first, Status::Processed)], ..WriteBatch::default() }];
     w.commit(&mut s, 2).expect("commit");
     assert_eq!(w.recover_interrupted().expect("recover"), 1);
     assert_eq!(store.status_of("1 a:b:c 0").expect("status"), Some(Status::Processed));
@@ -393,7 +396,12 @@ fn objects_read_back_whole_between_snapshots_and_after_a_restart() {
     // stay (a re-sent early operation is still a duplicate).
     let raw = rusqlite::Connection::open(store.path()).expect("open");
     let indexed: i64 = raw
-        .query_row("SELECT count(*) FROM log_channels WHERE channel = 'crdt/k'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM log_channel_runs AS r JOIN log ON added BETWEEN r.first AND r.last
+             WHERE r.channel = 'crdt/k'",
+            [],
+            |r| r.get(0),
+        )
         .expect("count");
     assert!(indexed > 0 && indexed <= 2 * 64 + 1, "{indexed} deltas still indexed");
     let first: String =

@@ -6,7 +6,7 @@
 use crate::support::{root, ServerProcess};
 use rhizome_client::{Client, ClientOptions, Clock, Event, State};
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -35,9 +35,16 @@ fn runtime() -> tokio::runtime::Runtime {
 fn server_log(db: &Path, ids: &[String]) -> Vec<(i64, i64)> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open the server's log");
-    let mut stmt =
-        conn.prepare("SELECT count(*), coalesce(max(status), -1) FROM log WHERE id = ?1").expect("prepare");
-    ids.iter().map(|id| stmt.query_row([id], |r| Ok((r.get(1)?, r.get(0)?))).expect("query")).collect()
+    // Read whole once: the log has no index on id texts.
+    let mut logged: HashMap<String, (i64, i64)> = HashMap::new();
+    let mut stmt = conn.prepare("SELECT id, status FROM log").expect("prepare");
+    let mut rows = stmt.query([]).expect("query");
+    while let Some(row) = rows.next().expect("row") {
+        let entry = logged.entry(row.get(0).expect("id")).or_insert((-1, 0));
+        entry.0 = entry.0.max(row.get(1).expect("status"));
+        entry.1 += 1;
+    }
+    ids.iter().map(|id| logged.get(id).copied().unwrap_or((-1, 0))).collect()
 }
 
 #[test]

@@ -134,8 +134,16 @@ async fn ingest(kind: Kind, url: String, node: String, ledger: Arc<Mutex<Ledger>
 fn count_ids(db: &std::path::Path, ids: &[String]) -> HashMap<String, i64> {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open db");
-    let mut stmt = conn.prepare("SELECT count(*) FROM log WHERE id = ?1").expect("prepare");
-    ids.iter().map(|id| (id.clone(), stmt.query_row([id], |r| r.get(0)).expect("count"))).collect()
+    // Read whole once: the log has no index on id texts.
+    let mut logged: HashMap<String, i64> = ids.iter().map(|id| (id.clone(), 0)).collect();
+    let mut stmt = conn.prepare("SELECT id FROM log").expect("prepare");
+    let mut rows = stmt.query([]).expect("query");
+    while let Some(row) = rows.next().expect("row") {
+        if let Some(count) = logged.get_mut(&row.get::<_, String>(0).expect("id")) {
+            *count += 1;
+        }
+    }
+    logged
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,218 @@
+//! Finding a logged action by its id, without an index row per action.
+//!
+//! Every action id must be found again: a re-sent id is answered from its first copy and never
+//! processed twice. A `UNIQUE` index on the id text cost an index insert per appended action,
+//! about a fifth of the writer's time. Instead, the log's ids are indexed by *runs*: a run is
+//! a stretch of consecutive positions holding actions of one author node, and `log_runs` keeps
+//! one row per run: the node, the least and greatest id key of its actions, and its first and
+//! last position. A client's ids grow, so the actions of one `sync` make one run and cost one
+//! index row.
+//!
+//! An id's *key* is its `(ms, seq)` as numbers, so it grows with the ids a node generates.
+//! Different texts may share a key (`"01 n 1"` and `"1 n 1"`); the key only narrows where an
+//! id may be, and rows are then compared by their text.
+//!
+//! Invariants (the writer keeps them in the transaction that appends the rows):
+//! - every logged action lies within a run of its node whose key range holds its key;
+//! - a run spans at most [`RUN_ROWS_MAX`] positions, so finding an id reads at most that many
+//!   rows per run whose key range holds it.
+//!
+//! Appending needs no lookup at all for an id whose key is above every key of its node logged
+//! so far (the node's *high-water mark*), which is every new action of a client whose clock
+//! does not go back: the writer keeps the marks of the nodes it has seen in memory.
+
+use rhizome_protocol::{ActionId, NodeId};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+
+/// Most positions one run spans.
+pub(crate) const RUN_ROWS_MAX: i64 = 256;
+
+/// High-water marks kept by the writer at most; beyond, the map starts over between two
+/// transactions (a forgotten mark costs one index read when its node appends again).
+const MARKS_MAX: usize = 1 << 16;
+
+/// An id's `(ms, seq)`, encoded so that byte order is numeric order.
+pub(crate) type Key = [u8; 16];
+
+pub(crate) fn key(id: &ActionId) -> Key {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&((id.ms as u64) ^ (1 << 63)).to_be_bytes());
+    out[8..].copy_from_slice(&id.seq.to_be_bytes());
+    out
+}
+
+/// The position and stored status of the action with this id, if it is logged.
+pub(crate) fn find(conn: &Connection, id: &ActionId, text: &str) -> rusqlite::Result<Option<Found>> {
+    let key = key(id);
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.added, l.status, l.reason FROM log_runs AS r
+         JOIN log AS l ON l.added BETWEEN r.first AND r.last
+         WHERE r.node = ?1 AND r.last_key >= ?2 AND r.first_key <= ?2 AND l.id = ?3
+         LIMIT 1",
+    )?;
+    stmt.query_row(params![id.node.as_str(), &key[..], text], |r| {
+        Ok(Found { added: r.get(0)?, status: r.get(1)?, reason: r.get(2)? })
+    })
+    .optional()
+}
+
+/// A logged action, as [`find`] finds it.
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub added: i64,
+    pub status: i64,
+    pub reason: Option<String>,
+}
+
+/// The greatest id key of `node` in the log (`None`: no action of it).
+fn high_water(conn: &Connection, node: &NodeId) -> rusqlite::Result<Option<Key>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT last_key FROM log_runs WHERE node = ?1 ORDER BY last_key DESC LIMIT 1")?;
+    let blob: Option<Vec<u8>> = stmt.query_row([node.as_str()], |r| r.get(0)).optional()?;
+    // A stored key is 16 bytes; anything else (a file changed by something else) marks nothing
+    // as new: every id of the node is then looked up.
+    Ok(blob.map(|b| Key::try_from(b.as_slice()).unwrap_or([u8::MAX; 16])))
+}
+
+/// The run being appended to, not yet written to `log_runs`.
+#[derive(Debug)]
+struct Run {
+    node: NodeId,
+    first_key: Key,
+    last_key: Key,
+    first: i64,
+    last: i64,
+}
+
+/// The writer's side: high-water marks and the open run.
+#[derive(Debug, Default)]
+pub(crate) struct RunIndex {
+    /// Per node, a key at or above its greatest logged key (`None`: nothing logged). A mark
+    /// that is too high (left by a transaction that failed) only sends ids to [`find`]; one
+    /// that is too low would let a duplicate in, so marks only ever rise.
+    marks: HashMap<NodeId, Option<Key>>,
+    open: Option<Run>,
+}
+
+impl RunIndex {
+    /// Starts a transaction: a run left open by a failed one is dropped with its rows.
+    pub fn begin(&mut self) {
+        self.open = None;
+        if self.marks.len() > MARKS_MAX {
+            self.marks.clear();
+        }
+    }
+
+    /// The logged action with this id, if any. Cheap for an id above its node's mark.
+    pub fn find(&mut self, conn: &Connection, id: &ActionId, text: &str) -> rusqlite::Result<Option<Found>> {
+        let mark = match self.marks.get(&id.node) {
+            Some(mark) => *mark,
+            None => {
+                // A node's rows are in `log_runs` but those of the open run, which is of a
+                // node with a mark.
+                let mark = high_water(conn, &id.node)?;
+                self.marks.insert(id.node.clone(), mark);
+                mark
+            }
+        };
+        if mark.is_none_or(|mark| key(id) > mark) {
+            return Ok(None);
+        }
+        self.flush(conn)?;
+        find(conn, id, text)
+    }
+
+    /// Records that the action `id` was appended at `added`. [`RunIndex::find`] must have been
+    /// asked about it first in this transaction (that loads its node's mark).
+    pub fn appended(&mut self, conn: &Connection, id: &ActionId, added: i64) -> rusqlite::Result<()> {
+        let k = key(id);
+        match self.marks.get_mut(&id.node) {
+            Some(mark) => {
+                if mark.is_none_or(|m| k > m) {
+                    *mark = Some(k);
+                }
+            }
+            None => {
+                // Not asked first: load the mark now, so it is never below what is logged.
+                let mark = high_water(conn, &id.node)?;
+                self.marks.insert(id.node.clone(), Some(mark.map_or(k, |m| m.max(k))));
+            }
+        }
+        self.extend(conn, &id.node, k, added)
+    }
+
+    /// Adds the action at `added` to the open run, or opens a new one.
+    fn extend(&mut self, conn: &Connection, node: &NodeId, k: Key, added: i64) -> rusqlite::Result<()> {
+        if let Some(run) = &mut self.open {
+            if run.node == *node && added == run.last + 1 && added - run.first < RUN_ROWS_MAX {
+                run.last = added;
+                run.first_key = run.first_key.min(k);
+                run.last_key = run.last_key.max(k);
+                return Ok(());
+            }
+        }
+        self.flush(conn)?;
+        self.open = Some(Run { node: node.clone(), first_key: k, last_key: k, first: added, last: added });
+        Ok(())
+    }
+
+    /// Writes the open run to `log_runs`; the transaction must do this before it commits.
+    pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if let Some(run) = self.open.take() {
+            write_run(conn, run.node.as_str(), &run.first_key, &run.last_key, run.first, run.last)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_run(
+    conn: &Connection,
+    node: &str,
+    first_key: &Key,
+    last_key: &Key,
+    first: i64,
+    last: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO log_runs(node, last_key, first_key, first, last) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![node, &last_key[..], &first_key[..], first, last])?;
+    Ok(())
+}
+
+/// Indexes every row of `log` by runs, as the writer would have (for a log written before
+/// the run index existed).
+pub(crate) fn index_all(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM log_runs", [])?;
+    let mut index = RunIndex::default();
+    let mut stmt = conn.prepare("SELECT added, id FROM log ORDER BY added")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let added: i64 = row.get(0)?;
+        let text: String = row.get(1)?;
+        // An id that does not parse cannot equal one that is looked up (those parse).
+        if let Some(id) = ActionId::parse(&text) {
+            index.extend(conn, &id.node, key(&id), added)?;
+        }
+    }
+    index.flush(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ActionId {
+        ActionId::parse(s).expect("id")
+    }
+
+    #[test]
+    fn keys_order_as_numbers() {
+        let ordered = ["-5 a 0", "0 a 0", "0 a 1", "0 a 10", "9 a 0", "10 a 0", "10 a 18446744073709551615"];
+        for pair in ordered.windows(2) {
+            assert!(key(&id(pair[0])) < key(&id(pair[1])), "{} < {}", pair[0], pair[1]);
+        }
+        assert_eq!(key(&id("01 a 1")), key(&id("1 a 1")), "texts may share a key");
+    }
+}

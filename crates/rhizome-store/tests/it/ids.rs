@@ -1,0 +1,190 @@
+//! Appending an id once, ever: the run index against a model, and a log of format 2 upgraded.
+
+use proptest::prelude::*;
+use rhizome_core::{AppendOutcome, NewEntry, Routing, Status};
+use rhizome_protocol::{ActionId, Channel};
+use rhizome_store::{Append, LogWriter, SqliteStore, Store, WriteBatch};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn entry(id: &str) -> NewEntry {
+    let id = ActionId::parse(id).expect("id");
+    NewEntry {
+        time: id.ms,
+        id,
+        action_json: Arc::from(r#"{"type":"inc","id":"1"}"#),
+        subprotocol: 1,
+        routing: Routing::channel("counter/1"),
+        status: Status::Processed,
+    }
+}
+
+fn runs(dir: &std::path::Path) -> i64 {
+    let raw = rusqlite::Connection::open(dir.join("rhizome.db")).expect("open");
+    raw.query_row("SELECT count(*) FROM log_runs", [], |r| r.get(0)).expect("runs")
+}
+
+/// What happens to the log between two commits.
+#[derive(Debug, Clone)]
+enum Step {
+    /// One transaction of `sync`s, each a list of ids.
+    Commit(Vec<Vec<String>>),
+    /// The server restarts: the writer's high-water marks are gone.
+    Reopen,
+}
+
+fn id_text() -> impl Strategy<Value = String> {
+    // Few nodes, few keys: ids repeat, and a node's clock goes back and forth.
+    (0i64..12, prop::sample::select(vec!["u:a:t", "u:a:s", "v:b"]), 0u64..3)
+        .prop_map(|(ms, node, seq)| format!("{ms} {node} {seq}"))
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        9 => prop::collection::vec(prop::collection::vec(id_text(), 0..12), 1..4).prop_map(Step::Commit),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Every id is added the first time it is appended and a duplicate ever after, whatever
+    /// the order of ids, `sync`s, transactions and restarts; each is found at its position.
+    #[test]
+    fn an_id_is_appended_once_whatever_the_order(steps in prop::collection::vec(step(), 1..24)) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = SqliteStore::open(dir.path()).expect("open");
+        let mut writer = store.writer().expect("writer");
+        let mut model: HashMap<String, u64> = HashMap::new();
+        for (n, step) in steps.into_iter().enumerate() {
+            match step {
+                Step::Reopen => {
+                    drop(writer);
+                    drop(store);
+                    store = SqliteStore::open(dir.path()).expect("reopen");
+                    writer = store.writer().expect("writer");
+                }
+                Step::Commit(syncs) => {
+                    let mut batches: Vec<WriteBatch> = syncs
+                        .iter()
+                        .map(|ids| WriteBatch {
+                            appends: ids.iter().map(|id| Append::new(entry(id))).collect(),
+                            ..WriteBatch::default()
+                        })
+                        .collect();
+                    let done = writer.commit(&mut batches, n as i64).expect("commit");
+                    for (ids, committed) in syncs.iter().zip(&done) {
+                        for (id, outcome) in ids.iter().zip(&committed.outcomes) {
+                            match (model.get(id), outcome) {
+                                (None, AppendOutcome::Added(p)) => {
+                                    model.insert(id.clone(), *p);
+                                }
+                                (Some(_), AppendOutcome::Duplicate(Status::Processed)) => {}
+                                (known, outcome) => {
+                                    prop_assert!(false, "{id}: logged at {known:?}, appended as {outcome:?}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(store.count().expect("count"), model.len() as u64);
+        for (id, position) in &model {
+            prop_assert_eq!(store.position_of_id(id).expect("find"), Some(*position), "{}", id);
+            prop_assert_eq!(store.status_of(id).expect("status"), Some(Status::Processed));
+        }
+        prop_assert_eq!(store.position_of_id("99 u:a:t 0").expect("find"), None);
+    }
+}
+
+/// A client's `sync` makes one index row per [`RUN_ROWS_MAX`] actions, not one per action;
+/// every one of them is still found.
+#[test]
+fn a_clients_sync_costs_one_index_row_per_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let mut w = store.writer().expect("writer");
+    let ids: Vec<String> = (0..1000).map(|i| format!("{} u:a:t {}", 1000 + i / 3, i % 3)).collect();
+    let sync = || WriteBatch {
+        appends: ids.iter().map(|id| Append::new(entry(id))).collect(),
+        ..WriteBatch::default()
+    };
+    let done = w.commit(&mut [sync()], 1).expect("commit");
+    assert!(done[0].outcomes.iter().all(|o| matches!(o, AppendOutcome::Added(_))));
+    assert_eq!(runs(dir.path()), 4, "1000 actions in runs of at most 256");
+    drop(w);
+    // After a restart (no high-water mark in memory), the same sync again: all duplicates.
+    let mut w = store.writer().expect("writer");
+    let done = w.commit(&mut [sync()], 2).expect("commit");
+    assert!(done[0].outcomes.iter().all(|o| *o == AppendOutcome::Duplicate(Status::Processed)));
+    assert_eq!(store.count().expect("count"), 1000);
+    // Two clients interleaving single actions: a run per action, as a per-action index would.
+    let mut interleaved: Vec<WriteBatch> = (0..10)
+        .map(|i| WriteBatch {
+            appends: vec![Append::new(entry(&format!("{} x:{} 0", 5000 + i, i % 2)))],
+            ..WriteBatch::default()
+        })
+        .collect();
+    w.commit(&mut interleaved, 3).expect("commit");
+    assert_eq!(runs(dir.path()), 14);
+    assert_eq!(store.position_of_id("5009 x:1 0").expect("find"), Some(1010));
+}
+
+/// A log written by format 2 (a `UNIQUE` index on ids, a channel index row per action) is
+/// rebuilt once: its ids are found, still appended only once, and its channels read back.
+#[test]
+fn a_log_of_format_two_is_indexed_by_runs_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let raw = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+        raw.execute_batch(
+            "CREATE TABLE log(
+                added INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, time INTEGER NOT NULL,
+                received INTEGER NOT NULL, action TEXT NOT NULL, subprotocol INTEGER NOT NULL,
+                routing TEXT, status INTEGER NOT NULL, reason TEXT
+             );
+             INSERT INTO log VALUES (1, '5 u:a:t 0', 5, 5, '{\"type\":\"a\"}', 1, NULL, 1, NULL);
+             INSERT INTO log VALUES (2, '6 u:a:t 0', 6, 6, '{\"type\":\"b\"}', 1, NULL, 2, 'denied');
+             INSERT INTO log VALUES (3, '2 u:a:t 0', 7, 7, '{\"type\":\"c\"}', 1, NULL, 1, NULL);
+             INSERT INTO log VALUES (4, '7 v:b 0', 7, 7, '{\"type\":\"d\"}', 1, NULL, 1, NULL);
+             CREATE TABLE log_channels(
+                 channel TEXT NOT NULL, added INTEGER NOT NULL, PRIMARY KEY(channel, added)
+             ) WITHOUT ROWID;
+             INSERT INTO log_channels VALUES ('c/1', 1), ('c/1', 2), ('c/1', 4), ('c/2', 2);
+             PRAGMA user_version = 2;",
+        )
+        .expect("format 2");
+    }
+    let store = SqliteStore::open(dir.path()).expect("open");
+    assert_eq!(runs(dir.path()), 2, "one run per node's stretch");
+    let raw = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+    let sql: String =
+        raw.query_row("SELECT sql FROM sqlite_master WHERE name = 'log'", [], |r| r.get(0)).expect("schema");
+    assert!(!sql.contains("UNIQUE"), "{sql}");
+    let read = |channel: &str| -> Vec<u64> {
+        let entries = store.read_channel(&Channel::from(channel), 0, 10, 10).expect("read");
+        entries.iter().map(|e| e.added).collect()
+    };
+    assert_eq!((read("c/1"), read("c/2")), (vec![1, 2, 4], vec![2]), "the channel index as runs");
+    let old_index: i64 = raw
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'log_channels'", [], |r| r.get(0))
+        .expect("schema");
+    assert_eq!(old_index, 0);
+    assert_eq!(store.position_of_id("2 u:a:t 0").expect("find"), Some(3));
+    assert_eq!(store.status_of("6 u:a:t 0").expect("status"), Some(Status::Undone("denied".into())));
+    let mut w = store.writer().expect("writer");
+    let appends = ["2 u:a:t 0", "7 v:b 0", "8 u:a:t 0"].map(|id| Append::new(entry(id)));
+    let done =
+        w.commit(&mut [WriteBatch { appends: appends.into(), ..WriteBatch::default() }], 9).expect("commit");
+    assert_eq!(
+        done[0].outcomes,
+        [
+            AppendOutcome::Duplicate(Status::Processed),
+            AppendOutcome::Duplicate(Status::Processed),
+            AppendOutcome::Added(5)
+        ]
+    );
+    assert_eq!(store.count().expect("count"), 5);
+}
