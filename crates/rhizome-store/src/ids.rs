@@ -104,6 +104,12 @@ impl RunIndex {
         }
     }
 
+    /// Forgets every mark: the log was written by another connection, so marks may be below
+    /// its ids. Each node's mark is read again from the index when it next appends.
+    pub fn forget(&mut self) {
+        self.marks.clear();
+    }
+
     /// The logged action with this id, if any. Cheap for an id above its node's mark.
     pub fn find(&mut self, conn: &Connection, id: &ActionId, text: &str) -> rusqlite::Result<Option<Found>> {
         let mark = match self.marks.get(&id.node) {

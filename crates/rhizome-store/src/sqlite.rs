@@ -80,6 +80,10 @@ pub struct SqliteWriter {
     ids: RunIndex,
     /// The channel index's runs open in a transaction (see [`crate::channels`]).
     channel_runs: ChannelRuns,
+    /// `PRAGMA data_version` at this writer's last transaction: it differs when another
+    /// connection (a second writer on the same file) committed since, and then the marks and
+    /// objects kept in memory may be behind the log.
+    data_version: Option<i64>,
 }
 
 /// A decoded object and how many of its logged deltas its stored snapshot lacks.
@@ -381,6 +385,7 @@ impl SqliteStore {
             objects: HashMap::new(),
             ids: RunIndex::default(),
             channel_runs: ChannelRuns::default(),
+            data_version: None,
         })
     }
 }
@@ -705,6 +710,14 @@ impl LogWriter for SqliteWriter {
         // The write lock from the start: a transaction that reads first (an id's high-water
         // mark) and then writes could not wait for a lock held elsewhere when it upgrades.
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // A high-water mark below an id another writer appended would let that id in twice; the
+        // write lock held, nobody else commits until this transaction ends.
+        let data_version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if self.data_version != Some(data_version) {
+            ids.forget();
+            cache.clear();
+            self.data_version = Some(data_version);
+        }
         let mut results = Vec::with_capacity(batches.len());
         {
             let mut insert = tx.prepare_cached(

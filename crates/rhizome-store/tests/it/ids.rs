@@ -188,3 +188,27 @@ fn a_log_of_format_two_is_indexed_by_runs_and_keeps_its_rows() {
     );
     assert_eq!(store.count().expect("count"), 5);
 }
+
+/// Two writers on one log (a second server started on the same data directory, or one
+/// restarted while the old process still drains): an id appended by one is a duplicate for
+/// the other, though the other's high-water mark of its node was read before.
+#[test]
+fn an_id_appended_by_another_writer_is_a_duplicate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let mut first = store.writer().expect("writer");
+    let mut second = store.writer().expect("writer");
+    let sync = |ids: &[&str]| WriteBatch {
+        appends: ids.iter().map(|id| Append::new(entry(id))).collect(),
+        ..WriteBatch::default()
+    };
+    // Both writers learn the node's mark.
+    first.commit(&mut [sync(&["1 u:a:t 0"])], 1).expect("commit");
+    let done = second.commit(&mut [sync(&["1 u:a:t 0"])], 2).expect("commit");
+    assert_eq!(done[0].outcomes, [AppendOutcome::Duplicate(Status::Processed)]);
+    // The first appends a newer id; the client re-sends it through the second.
+    first.commit(&mut [sync(&["2 u:a:t 0"])], 3).expect("commit");
+    let done = second.commit(&mut [sync(&["2 u:a:t 0"])], 4).expect("commit");
+    assert_eq!(done[0].outcomes, [AppendOutcome::Duplicate(Status::Processed)]);
+    assert_eq!(store.count().expect("count"), 2);
+}
