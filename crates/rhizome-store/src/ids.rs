@@ -12,14 +12,23 @@
 //! Different texts may share a key (`"01 n 1"` and `"1 n 1"`); the key only narrows where an
 //! id may be, and rows are then compared by their text.
 //!
-//! Invariants (the writer keeps them in the transaction that appends the rows):
-//! - every logged action lies within a run of its node whose key range holds its key;
-//! - a run spans at most [`RUN_ROWS_MAX`] positions, so finding an id reads at most that many
-//!   rows per run whose key range holds it.
-//!
 //! Appending needs no lookup at all for an id whose key is above every key of its node logged
 //! so far (the node's *high-water mark*), which is every new action of a client whose clock
-//! does not go back: the writer keeps the marks of the nodes it has seen in memory.
+//! does not go back: the writer keeps the marks of the nodes it has seen in memory. Only such
+//! ids go into runs. An id at or below its node's mark that is not logged yet (a clock gone
+//! back) is a *late* id: it gets a row of its own in `log_late_ids`, as every id did under the
+//! `UNIQUE` index. So a node's runs follow one another in key order, and an id can only be in
+//! the first run of its node ending at or above its key: a lookup reads one run, however many
+//! the node has and whatever its clock did, where overlapping runs made a lookup that finds
+//! nothing read every run of the node ending above the key.
+//!
+//! Invariants (the writer keeps them in the transaction that appends the rows):
+//! - every logged action lies within a run of its node whose key range holds its key, or has
+//!   a row in `log_late_ids`;
+//! - the runs of one node do not overlap in keys: each one's least key is above the greatest
+//!   of every run of the node written before it;
+//! - a run spans at most [`RUN_ROWS_MAX`] positions, so finding an id reads at most that many
+//!   rows.
 
 use rhizome_protocol::{ActionId, NodeId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -45,16 +54,24 @@ pub(crate) fn key(id: &ActionId) -> Key {
 /// The position and stored status of the action with this id, if it is logged.
 pub(crate) fn find(conn: &Connection, id: &ActionId, text: &str) -> rusqlite::Result<Option<Found>> {
     let key = key(id);
-    let mut stmt = conn.prepare_cached(
-        "SELECT l.added, l.status, l.reason FROM log_runs AS r
+    let found = |r: &rusqlite::Row<'_>| Ok(Found { added: r.get(0)?, status: r.get(1)?, reason: r.get(2)? });
+    // The node's runs do not overlap: only the first ending at or above the key may hold it.
+    let mut in_run = conn.prepare_cached(
+        "SELECT l.added, l.status, l.reason FROM (
+             SELECT first, last, first_key FROM log_runs WHERE node = ?1 AND last_key >= ?2
+             ORDER BY last_key LIMIT 1) AS r
          JOIN log AS l ON l.added BETWEEN r.first AND r.last
-         WHERE r.node = ?1 AND r.last_key >= ?2 AND r.first_key <= ?2 AND l.id = ?3
+         WHERE r.first_key <= ?2 AND l.id = ?3
          LIMIT 1",
     )?;
-    stmt.query_row(params![id.node.as_str(), &key[..], text], |r| {
-        Ok(Found { added: r.get(0)?, status: r.get(1)?, reason: r.get(2)? })
-    })
-    .optional()
+    if let Some(f) = in_run.query_row(params![id.node.as_str(), &key[..], text], found).optional()? {
+        return Ok(Some(f));
+    }
+    let mut late = conn.prepare_cached(
+        "SELECT l.added, l.status, l.reason FROM log_late_ids AS i JOIN log AS l ON l.added = i.added
+         WHERE i.id = ?1",
+    )?;
+    late.query_row([text], found).optional()
 }
 
 /// A logged action, as [`find`] finds it.
@@ -88,20 +105,31 @@ struct Run {
 /// The writer's side: high-water marks and the open run.
 #[derive(Debug, Default)]
 pub(crate) struct RunIndex {
-    /// Per node, a key at or above its greatest logged key (`None`: nothing logged). A mark
-    /// that is too high (left by a transaction that failed) only sends ids to [`find`]; one
-    /// that is too low would let a duplicate in, so marks only ever rise.
+    /// Per node, its greatest key in `log_runs` (`None`: nothing logged), counting this
+    /// transaction's. A mark too low would let a duplicate in. One too high (left by a
+    /// transaction that failed) would send an id to `log_late_ids` above every key of its
+    /// node's runs, where a mark read again from `log_runs` (after a restart) would not cover
+    /// it: marks are forgotten after a transaction that did not commit.
     marks: HashMap<NodeId, Option<Key>>,
     open: Option<Run>,
+    /// A transaction has begun and not committed.
+    in_transaction: bool,
 }
 
 impl RunIndex {
-    /// Starts a transaction: a run left open by a failed one is dropped with its rows.
+    /// Starts a transaction: a run left open by a failed one is dropped with its rows, and
+    /// the marks it raised are forgotten.
     pub fn begin(&mut self) {
         self.open = None;
-        if self.marks.len() > MARKS_MAX {
+        if self.in_transaction || self.marks.len() > MARKS_MAX {
             self.marks.clear();
         }
+        self.in_transaction = true;
+    }
+
+    /// The transaction begun last has committed: its marks are those of the log.
+    pub fn committed(&mut self) {
+        self.in_transaction = false;
     }
 
     /// Forgets every mark: the log was written by another connection, so marks may be below
@@ -129,22 +157,29 @@ impl RunIndex {
         find(conn, id, text)
     }
 
-    /// Records that the action `id` was appended at `added`. [`RunIndex::find`] must have been
-    /// asked about it first in this transaction (that loads its node's mark).
-    pub fn appended(&mut self, conn: &Connection, id: &ActionId, added: i64) -> rusqlite::Result<()> {
+    /// Records that the action `id` (`text`) was appended at `added`: in a run when its key is
+    /// above its node's mark, else as a late id. [`RunIndex::find`] must have been asked about
+    /// it first in this transaction (that loads its node's mark).
+    pub fn appended(
+        &mut self,
+        conn: &Connection,
+        id: &ActionId,
+        text: &str,
+        added: i64,
+    ) -> rusqlite::Result<()> {
         let k = key(id);
-        match self.marks.get_mut(&id.node) {
-            Some(mark) => {
-                if mark.is_none_or(|m| k > m) {
-                    *mark = Some(k);
-                }
-            }
+        let mark = match self.marks.get_mut(&id.node) {
+            Some(mark) => mark,
             None => {
                 // Not asked first: load the mark now, so it is never below what is logged.
-                let mark = high_water(conn, &id.node)?;
-                self.marks.insert(id.node.clone(), Some(mark.map_or(k, |m| m.max(k))));
+                let loaded = high_water(conn, &id.node)?;
+                self.marks.entry(id.node.clone()).or_insert(loaded)
             }
+        };
+        if mark.is_some_and(|m| k <= m) {
+            return write_late(conn, text, added);
         }
+        *mark = Some(k);
         self.extend(conn, &id.node, k, added)
     }
 
@@ -172,6 +207,15 @@ impl RunIndex {
     }
 }
 
+fn write_late(conn: &Connection, text: &str, added: i64) -> rusqlite::Result<()> {
+    // Ignored when the id has a row already: only a log of format 3 (two writers whose marks
+    // did not see each other's ids) may hold an id twice, and the first copy stays the one
+    // found.
+    conn.prepare_cached("INSERT OR IGNORE INTO log_late_ids(id, added) VALUES (?1, ?2)")?
+        .execute(params![text, added])?;
+    Ok(())
+}
+
 fn write_run(
     conn: &Connection,
     node: &str,
@@ -187,10 +231,12 @@ fn write_run(
     Ok(())
 }
 
-/// Indexes every row of `log` by runs, as the writer would have (for a log written before
-/// the run index existed).
+/// Indexes every row of `log` by runs and late ids, as the writer would have (for a log
+/// written before the index existed, or whose runs may overlap). The marks of every node
+/// of the log are held meanwhile.
 pub(crate) fn index_all(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM log_runs", [])?;
+    conn.execute("DELETE FROM log_late_ids", [])?;
     let mut index = RunIndex::default();
     let mut stmt = conn.prepare("SELECT added, id FROM log ORDER BY added")?;
     let mut rows = stmt.query([])?;
@@ -199,7 +245,8 @@ pub(crate) fn index_all(conn: &Connection) -> rusqlite::Result<()> {
         let text: String = row.get(1)?;
         // An id that does not parse cannot equal one that is looked up (those parse).
         if let Some(id) = ActionId::parse(&text) {
-            index.extend(conn, &id.node, key(&id), added)?;
+            index.marks.entry(id.node.clone()).or_insert(None);
+            index.appended(conn, &id, &text, added)?;
         }
     }
     index.flush(conn)

@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS log_runs(
     node TEXT NOT NULL, last_key BLOB NOT NULL, first_key BLOB NOT NULL,
     first INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY(node, last_key, first)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_late_ids(
+    id TEXT PRIMARY KEY, added INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS log_channel_runs(
     channel TEXT NOT NULL, last INTEGER NOT NULL, first INTEGER NOT NULL, PRIMARY KEY(channel, last)
 ) WITHOUT ROWID;
@@ -183,7 +186,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 3;
+const FORMAT_VERSION: i64 = 4;
 
 /// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
 ///
@@ -199,6 +202,10 @@ const FORMAT_VERSION: i64 = 3;
 /// Version 3: ids are found through `log_runs` (see [`crate::ids`]) instead of a `UNIQUE`
 /// index on `log.id`. The table is copied into one without that index, and its rows indexed by
 /// runs. The channel index becomes `log_channel_runs` (see [`crate::channels`]).
+///
+/// Version 4: an id at or below its node's high-water mark goes to `log_late_ids`, not into a
+/// run, so one node's runs never overlap (see [`crate::ids`]). The ids of a log of version 3,
+/// whose runs may overlap, are indexed again.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
@@ -230,8 +237,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                  DROP TABLE log_before_3;"
             ))?;
         }
-        crate::ids::index_all(&tx)?;
         crate::channels::index_from_rows(&tx)?;
+    }
+    if version < 4 {
+        crate::ids::index_all(&tx)?;
     }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;
@@ -799,7 +808,7 @@ impl LogWriter for SqliteWriter {
                         entry.status.reason(),
                     ])?;
                     let added = tx.last_insert_rowid();
-                    ids.appended(&tx, &entry.id, added)?;
+                    ids.appended(&tx, &entry.id, &id, added)?;
                     let delta_bytes = entry.action_json.len();
                     let mut shipped = None;
                     if let Some((key, mut cached, delta)) = object_update {
@@ -877,6 +886,7 @@ impl LogWriter for SqliteWriter {
             ids.flush(&tx)?;
         }
         tx.commit()?;
+        ids.committed();
         if !staged.is_empty() {
             let bytes = |objects: &HashMap<String, CachedObject>| -> usize {
                 objects.values().map(|o| o.snapshot_bytes).sum()

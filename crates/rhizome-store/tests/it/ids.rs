@@ -31,7 +31,12 @@ enum Step {
     Commit(Vec<Vec<String>>),
     /// The server restarts: the writer's high-water marks are gone.
     Reopen,
+    /// A transaction appends these ids, then fails: none of them is logged.
+    Fail(Vec<String>),
 }
+
+/// An id the log refuses (by a trigger), failing its transaction.
+const REFUSED: &str = "999 u:a:t 9";
 
 fn id_text() -> impl Strategy<Value = String> {
     // Few nodes, few keys: ids repeat, and a node's clock goes back and forth.
@@ -43,6 +48,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         9 => prop::collection::vec(prop::collection::vec(id_text(), 0..12), 1..4).prop_map(Step::Commit),
         1 => Just(Step::Reopen),
+        2 => prop::collection::vec(id_text(), 0..6).prop_map(Step::Fail),
     ]
 }
 
@@ -50,11 +56,19 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// Every id is added the first time it is appended and a duplicate ever after, whatever
-    /// the order of ids, `sync`s, transactions and restarts; each is found at its position.
+    /// the order of ids, `sync`s, transactions, failed transactions and restarts; each is
+    /// found at its position.
     #[test]
     fn an_id_is_appended_once_whatever_the_order(steps in prop::collection::vec(step(), 1..24)) {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = SqliteStore::open(dir.path()).expect("open");
+        rusqlite::Connection::open(dir.path().join("rhizome.db"))
+            .expect("open")
+            .execute_batch(&format!(
+                "CREATE TRIGGER refuse BEFORE INSERT ON log WHEN NEW.id = '{REFUSED}'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+            ))
+            .expect("trigger");
         let mut writer = store.writer().expect("writer");
         let mut model: HashMap<String, u64> = HashMap::new();
         for (n, step) in steps.into_iter().enumerate() {
@@ -64,6 +78,12 @@ proptest! {
                     drop(store);
                     store = SqliteStore::open(dir.path()).expect("reopen");
                     writer = store.writer().expect("writer");
+                }
+                Step::Fail(mut ids) => {
+                    ids.push(REFUSED.to_owned());
+                    let appends = ids.iter().map(|id| Append::new(entry(id))).collect();
+                    let mut batches = [WriteBatch { appends, ..WriteBatch::default() }];
+                    prop_assert!(writer.commit(&mut batches, n as i64).is_err());
                 }
                 Step::Commit(syncs) => {
                     let mut batches: Vec<WriteBatch> = syncs
@@ -211,4 +231,129 @@ fn an_id_appended_by_another_writer_is_a_duplicate() {
     let done = second.commit(&mut [sync(&["2 u:a:t 0"])], 4).expect("commit");
     assert_eq!(done[0].outcomes, [AppendOutcome::Duplicate(Status::Processed)]);
     assert_eq!(store.count().expect("count"), 2);
+}
+
+/// The runs of `node` by `last_key`, and whether each one's key range starts above the end of
+/// the one before (then an id's key is in at most one run, the first ending at or above it).
+fn runs_in_key_order(dir: &std::path::Path, node: &str) -> (usize, bool) {
+    let raw = rusqlite::Connection::open(dir.join("rhizome.db")).expect("open");
+    let mut stmt = raw
+        .prepare("SELECT first_key, last_key FROM log_runs WHERE node = ?1 ORDER BY last_key")
+        .expect("prepare");
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = stmt
+        .query_map([node], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    (ranges.len(), ranges.windows(2).all(|w| w[0].1 < w[1].0))
+}
+
+/// A client whose clock went back: its ids below what it logged before are looked up, and
+/// found in at most one run each; a lookup that finds nothing does not read every later run
+/// of the node (with 100,000 of them, each cost milliseconds of the one writer).
+#[test]
+fn a_clock_gone_back_leaves_one_run_to_look_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let mut w = store.writer().expect("writer");
+    let mut n = 0;
+    let mut commit = |ids: Vec<String>| {
+        n += 1;
+        let appends = ids.iter().map(|id| Append::new(entry(id))).collect();
+        let done = w.commit(&mut [WriteBatch { appends, ..WriteBatch::default() }], n).expect("commit");
+        assert!(
+            done[0].outcomes.iter().all(|o| matches!(o, AppendOutcome::Added(_))),
+            "{:?}",
+            done[0].outcomes
+        );
+    };
+    // The clock at 2000, then back at 1000 and going on from there, then a sync that goes
+    // back and forth between the two clocks.
+    commit((0..10).map(|i| format!("{} u:a:t 0", 2000 + i)).collect());
+    commit((0..10).map(|i| format!("{} u:a:t 0", 1000 + i)).collect());
+    commit(
+        (0..10).flat_map(|i| [format!("{} u:a:t 1", 1100 + i), format!("{} u:a:t 1", 3000 + i)]).collect(),
+    );
+    let (runs, ordered) = runs_in_key_order(dir.path(), "u:a:t");
+    assert!(ordered, "{runs} runs of one node overlap");
+    for id in ["2000 u:a:t 0", "1005 u:a:t 0", "1109 u:a:t 1", "3009 u:a:t 1"] {
+        assert!(store.position_of_id(id).expect("find").is_some(), "{id}");
+    }
+    assert_eq!(store.count().expect("count"), 40);
+}
+
+/// A log of format 3 may have runs of one node that overlap (an id below its node's mark went
+/// into a run): its ids are indexed again, and each is still found, so appended only once.
+#[test]
+fn a_log_of_format_three_is_indexed_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let key = |ms: u64| {
+            let mut k = ((ms) ^ (1 << 63)).to_be_bytes().to_vec();
+            k.extend(0u64.to_be_bytes());
+            k
+        };
+        let raw = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+        raw.execute_batch(
+            "CREATE TABLE log(
+                added INTEGER PRIMARY KEY, id TEXT NOT NULL, time INTEGER NOT NULL,
+                received INTEGER NOT NULL, action TEXT NOT NULL, subprotocol INTEGER NOT NULL,
+                routing TEXT, status INTEGER NOT NULL, reason TEXT
+             );
+             INSERT INTO log VALUES (1, '5 u:a:t 0', 5, 5, '{\"type\":\"a\"}', 1, NULL, 1, NULL);
+             INSERT INTO log VALUES (2, '1 u:a:t 0', 6, 6, '{\"type\":\"b\"}', 1, NULL, 1, NULL);
+             INSERT INTO log VALUES (3, '6 u:a:t 0', 7, 7, '{\"type\":\"c\"}', 1, NULL, 1, NULL);
+             CREATE TABLE log_runs(
+                node TEXT NOT NULL, last_key BLOB NOT NULL, first_key BLOB NOT NULL,
+                first INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY(node, last_key, first)
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 3;",
+        )
+        .expect("format 3");
+        // As format 3 wrote them: the look-up of the id below the mark closed the first run.
+        let mut run = raw.prepare("INSERT INTO log_runs VALUES ('u:a:t', ?1, ?2, ?3, ?4)").expect("prepare");
+        run.execute(rusqlite::params![key(5), key(5), 1, 1]).expect("run");
+        run.execute(rusqlite::params![key(6), key(1), 2, 3]).expect("run");
+    }
+    let store = SqliteStore::open(dir.path()).expect("open");
+    assert!(runs_in_key_order(dir.path(), "u:a:t").1, "runs overlap");
+    assert_eq!(store.position_of_id("1 u:a:t 0").expect("find"), Some(2));
+    let mut w = store.writer().expect("writer");
+    let appends = ["1 u:a:t 0", "5 u:a:t 0", "6 u:a:t 0"].map(|id| Append::new(entry(id)));
+    let done =
+        w.commit(&mut [WriteBatch { appends: appends.into(), ..WriteBatch::default() }], 9).expect("commit");
+    assert!(
+        done[0].outcomes.iter().all(|o| *o == AppendOutcome::Duplicate(Status::Processed)),
+        "{:?}",
+        done[0].outcomes
+    );
+    assert_eq!(store.count().expect("count"), 3);
+}
+
+/// A transaction that fails after appending an id leaves its node's mark raised in memory;
+/// an id below that mark appended next, then re-sent after a restart, is still a duplicate.
+#[test]
+fn an_id_after_a_failed_transaction_is_appended_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).expect("open");
+    // Refuses one id, so that its transaction fails after appending the one before.
+    let raw = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+    raw.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON log WHEN NEW.id = '11 u:a:t 0'
+         BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )
+    .expect("trigger");
+    let sync = |ids: &[&str]| WriteBatch {
+        appends: ids.iter().map(|id| Append::new(entry(id))).collect(),
+        ..WriteBatch::default()
+    };
+    let mut w = store.writer().expect("writer");
+    assert!(w.commit(&mut [sync(&["10 u:a:t 0", "11 u:a:t 0"])], 1).is_err());
+    let done = w.commit(&mut [sync(&["5 u:a:t 0"])], 2).expect("commit");
+    assert!(matches!(done[0].outcomes[..], [AppendOutcome::Added(_)]), "{:?}", done[0].outcomes);
+    drop(w);
+    let mut w = store.writer().expect("writer");
+    let done = w.commit(&mut [sync(&["5 u:a:t 0"])], 3).expect("commit");
+    assert_eq!(done[0].outcomes, [AppendOutcome::Duplicate(Status::Processed)]);
+    assert_eq!(store.count().expect("count"), 1);
 }
