@@ -186,7 +186,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 4;
+const FORMAT_VERSION: i64 = 3;
 
 /// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
 ///
@@ -199,13 +199,10 @@ const FORMAT_VERSION: i64 = 4;
 /// Version 2: an acknowledgement records the client it was sent to (`client`), so a client's
 /// `since` raises only its own. Rows from before have none, and are never raised by a `since`.
 ///
-/// Version 3: ids are found through `log_runs` (see [`crate::ids`]) instead of a `UNIQUE`
-/// index on `log.id`. The table is copied into one without that index, and its rows indexed by
-/// runs. The channel index becomes `log_channel_runs` (see [`crate::channels`]).
-///
-/// Version 4: an id at or below its node's high-water mark goes to `log_late_ids`, not into a
-/// run, so one node's runs never overlap (see [`crate::ids`]). The ids of a log of version 3,
-/// whose runs may overlap, are indexed again.
+/// Version 3: ids are found through `log_runs` and `log_late_ids` (see [`crate::ids`]) instead
+/// of a `UNIQUE` index on `log.id`. The table is copied into one without that index, and its
+/// rows indexed by runs. The channel index becomes `log_channel_runs` (see
+/// [`crate::channels`]).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
@@ -237,10 +234,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                  DROP TABLE log_before_3;"
             ))?;
         }
-        crate::channels::index_from_rows(&tx)?;
-    }
-    if version < 4 {
         crate::ids::index_all(&tx)?;
+        crate::channels::index_from_rows(&tx)?;
     }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;

@@ -282,54 +282,6 @@ fn a_clock_gone_back_leaves_one_run_to_look_in() {
     assert_eq!(store.count().expect("count"), 40);
 }
 
-/// A log of format 3 may have runs of one node that overlap (an id below its node's mark went
-/// into a run): its ids are indexed again, and each is still found, so appended only once.
-#[test]
-fn a_log_of_format_three_is_indexed_again() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    {
-        let key = |ms: u64| {
-            let mut k = ((ms) ^ (1 << 63)).to_be_bytes().to_vec();
-            k.extend(0u64.to_be_bytes());
-            k
-        };
-        let raw = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
-        raw.execute_batch(
-            "CREATE TABLE log(
-                added INTEGER PRIMARY KEY, id TEXT NOT NULL, time INTEGER NOT NULL,
-                received INTEGER NOT NULL, action TEXT NOT NULL, subprotocol INTEGER NOT NULL,
-                routing TEXT, status INTEGER NOT NULL, reason TEXT
-             );
-             INSERT INTO log VALUES (1, '5 u:a:t 0', 5, 5, '{\"type\":\"a\"}', 1, NULL, 1, NULL);
-             INSERT INTO log VALUES (2, '1 u:a:t 0', 6, 6, '{\"type\":\"b\"}', 1, NULL, 1, NULL);
-             INSERT INTO log VALUES (3, '6 u:a:t 0', 7, 7, '{\"type\":\"c\"}', 1, NULL, 1, NULL);
-             CREATE TABLE log_runs(
-                node TEXT NOT NULL, last_key BLOB NOT NULL, first_key BLOB NOT NULL,
-                first INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY(node, last_key, first)
-             ) WITHOUT ROWID;
-             PRAGMA user_version = 3;",
-        )
-        .expect("format 3");
-        // As format 3 wrote them: the look-up of the id below the mark closed the first run.
-        let mut run = raw.prepare("INSERT INTO log_runs VALUES ('u:a:t', ?1, ?2, ?3, ?4)").expect("prepare");
-        run.execute(rusqlite::params![key(5), key(5), 1, 1]).expect("run");
-        run.execute(rusqlite::params![key(6), key(1), 2, 3]).expect("run");
-    }
-    let store = SqliteStore::open(dir.path()).expect("open");
-    assert!(runs_in_key_order(dir.path(), "u:a:t").1, "runs overlap");
-    assert_eq!(store.position_of_id("1 u:a:t 0").expect("find"), Some(2));
-    let mut w = store.writer().expect("writer");
-    let appends = ["1 u:a:t 0", "5 u:a:t 0", "6 u:a:t 0"].map(|id| Append::new(entry(id)));
-    let done =
-        w.commit(&mut [WriteBatch { appends: appends.into(), ..WriteBatch::default() }], 9).expect("commit");
-    assert!(
-        done[0].outcomes.iter().all(|o| *o == AppendOutcome::Duplicate(Status::Processed)),
-        "{:?}",
-        done[0].outcomes
-    );
-    assert_eq!(store.count().expect("count"), 3);
-}
-
 /// A transaction that fails after appending an id leaves its node's mark raised in memory;
 /// an id below that mark appended next, then re-sent after a restart, is still a duplicate.
 #[test]
