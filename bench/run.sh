@@ -11,8 +11,11 @@
 #
 # Scenarios (same flags for both servers):
 #   a  1 connection, pipelined : --connections 1 --actions 100000 --batch 100 --window 5000 --channel own
-#   b  8 connections           : --connections 8 --actions 20000  --batch 100 --window 5000 --channel own
-#   c  fan-out to 7 subscribers: --connections 1 --actions 20000  --batch 100 --window 2000 --channel shared --subscribers 7
+#   b  8 connections           : --connections 8 --actions 50000  --batch 100 --window 5000 --channel own
+#   c  fan-out to 7 subscribers: --connections 1 --actions 100000 --batch 100 --window 2000 --channel shared --subscribers 7
+# Each scenario lasts at least about half a second on Rhizome: shorter runs (20,000 actions took
+# 0.1-0.2 s) measured mostly the start of a run (connections, the first round trips) and varied
+# by a third from run to run.
 #   d  idle connections        : --idle 2000 --pid <server pid>
 # After each scenario the script records the server's peak RSS (VmHWM, which only ever grows during
 # one server run) and the CPU seconds the server used during that scenario.
@@ -26,6 +29,8 @@
 #   ACTIONS_A=100000          actions in scenario a for rhizome
 #   REF_ACTIONS_A=100000      actions in scenario a for the reference. Set 20000 if 100000 takes
 #                             more than about 60 s there. The table notes it when it differs.
+#   ACTIONS_B=50000           actions per connection in scenario b (both servers)
+#   ACTIONS_C=100000          actions in scenario c (both servers)
 #   IDLE=2000                 connections in scenario d
 #   BENCH_TIMEOUT=300         seconds before one bench command is killed (it then counts as FAIL)
 #   PIN=1                     pin the server to CPU 0 and the generator to CPU 1 (taskset). Off by
@@ -47,6 +52,8 @@ RHIZOME_PORT=${RHIZOME_PORT:-31339}
 REFERENCE_PORT=${REFERENCE_PORT:-31338}
 ACTIONS_A=${ACTIONS_A:-100000}
 REF_ACTIONS_A=${REF_ACTIONS_A:-100000}
+ACTIONS_B=${ACTIONS_B:-50000}
+ACTIONS_C=${ACTIONS_C:-100000}
 IDLE=${IDLE:-2000}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
 PIN=${PIN:-0}
@@ -189,8 +196,8 @@ bench_side() {
   # would be reused by the idle connections and hide what a connection costs.
   run_scenario "$side" d --idle "$IDLE" --pid "$SERVER_PID"
   run_scenario "$side" a --connections 1 --actions "$actions_a" --batch 100 --window 5000 --channel own
-  run_scenario "$side" b --connections 8 --actions 20000 --batch 100 --window 5000 --channel own
-  run_scenario "$side" c --connections 1 --actions 20000 --batch 100 --window 2000 --channel shared --subscribers 7
+  run_scenario "$side" b --connections 8 --actions "$ACTIONS_B" --batch 100 --window 5000 --channel own
+  run_scenario "$side" c --connections 1 --actions "$ACTIONS_C" --batch 100 --window 2000 --channel shared --subscribers 7
   stop_server
 }
 
@@ -251,8 +258,8 @@ a_label="a: 1 conn pipelined, $ACTIONS_A actions"
 if [[ $ACTIONS_A != "$REF_ACTIONS_A" ]]; then
   a_label="a: 1 conn pipelined, $ACTIONS_A actions (reference: $REF_ACTIONS_A)"
 fi
-b_label='b: 8 conns, own counters, 8×20000 actions'
-c_label='c: fan-out, 1 producer → 7 subscribers, 20000 actions'
+b_label="b: 8 conns, own counters, 8×$ACTIONS_B actions"
+c_label="c: fan-out, 1 producer → 7 subscribers, $ACTIONS_C actions"
 d_label="d: $IDLE idle subscribed conns"
 
 {
