@@ -18,28 +18,44 @@ use std::collections::HashMap;
 /// The runs being appended to in the current transaction, not yet written.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelRuns {
-    open: HashMap<Channel, (i64, i64)>,
+    /// `(channel, first, last)` of each open run.
+    open: Vec<(Channel, i64, i64)>,
+    /// Where each channel's open run is in `open`.
+    index: HashMap<Channel, usize>,
+    /// The run used last: the actions of a `sync` mostly go to one channel, and then adding
+    /// one compares it with this run's channel and hashes nothing.
+    recent: usize,
 }
 
 impl ChannelRuns {
     /// Starts a transaction: runs left open by a failed one are dropped with their rows.
     pub fn begin(&mut self) {
         self.open.clear();
+        self.index.clear();
     }
 
     /// Records that the action at `added` goes to `channel`.
     pub fn add(&mut self, conn: &Connection, channel: &Channel, added: i64) -> rusqlite::Result<()> {
-        match self.open.get_mut(channel) {
-            Some(run) if run.1 + 1 == added => run.1 = added,
-            // The same channel twice in one action's routing.
-            Some(run) if run.1 == added => {}
-            Some(run) => {
-                let (first, last) = std::mem::replace(run, (added, added));
-                write_run(conn, channel, first, last)?;
-            }
-            None => {
-                self.open.insert(channel.clone(), (added, added));
-            }
+        let i = match self.open.get(self.recent) {
+            Some((c, _, _)) if c == channel => self.recent,
+            _ => match self.index.get(channel) {
+                Some(&i) => i,
+                None => {
+                    self.open.push((channel.clone(), added, added));
+                    self.recent = self.open.len() - 1;
+                    self.index.insert(channel.clone(), self.recent);
+                    return Ok(());
+                }
+            },
+        };
+        self.recent = i;
+        let (channel, first, last) = &mut self.open[i];
+        if *last + 1 == added {
+            *last = added;
+        } else if *last != added {
+            // (`last == added`: the same channel twice in one action's routing.)
+            write_run(conn, channel, *first, *last)?;
+            (*first, *last) = (added, added);
         }
         Ok(())
     }
@@ -47,9 +63,10 @@ impl ChannelRuns {
     /// Writes the open runs; the transaction must do this before it commits, and before it
     /// reads the channel index.
     pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        for (channel, (first, last)) in self.open.drain() {
+        for (channel, first, last) in self.open.drain(..) {
             write_run(conn, &channel, first, last)?;
         }
+        self.index.clear();
         Ok(())
     }
 }

@@ -110,6 +110,9 @@ pub(crate) struct RunIndex {
     /// transaction that failed) would send an id to `log_late_ids` above every key of its
     /// node's runs, where a mark read again from `log_runs` (after a restart) would not cover
     /// it: marks are forgotten after a transaction that did not commit.
+    ///
+    /// The mark of the open run's node is that run's `last_key`, and reaches this map when the
+    /// run is written: appending to the open run hashes nothing.
     marks: HashMap<NodeId, Option<Key>>,
     open: Option<Run>,
     /// A transaction has begun and not committed.
@@ -135,21 +138,30 @@ impl RunIndex {
     /// Forgets every mark: the log was written by another connection, so marks may be below
     /// its ids. Each node's mark is read again from the index when it next appends.
     pub fn forget(&mut self) {
+        debug_assert!(self.open.is_none(), "marks are forgotten between transactions");
         self.marks.clear();
+    }
+
+    /// The mark of `node`: the open run's, or the map's, or (a node not seen yet) its greatest
+    /// key in `log_runs`.
+    fn mark(&mut self, conn: &Connection, node: &NodeId) -> rusqlite::Result<Option<Key>> {
+        if let Some(run) = &self.open {
+            if run.node == *node {
+                return Ok(Some(run.last_key));
+            }
+        }
+        if let Some(mark) = self.marks.get(node) {
+            return Ok(*mark);
+        }
+        // A node's rows are in `log_runs` but those of the open run, which is another node's.
+        let mark = high_water(conn, node)?;
+        self.marks.insert(node.clone(), mark);
+        Ok(mark)
     }
 
     /// The logged action with this id, if any. Cheap for an id above its node's mark.
     pub fn find(&mut self, conn: &Connection, id: &ActionId, text: &str) -> rusqlite::Result<Option<Found>> {
-        let mark = match self.marks.get(&id.node) {
-            Some(mark) => *mark,
-            None => {
-                // A node's rows are in `log_runs` but those of the open run, which is of a
-                // node with a mark.
-                let mark = high_water(conn, &id.node)?;
-                self.marks.insert(id.node.clone(), mark);
-                mark
-            }
-        };
+        let mark = self.mark(conn, &id.node)?;
         if mark.is_none_or(|mark| key(id) > mark) {
             return Ok(None);
         }
@@ -158,8 +170,7 @@ impl RunIndex {
     }
 
     /// Records that the action `id` (`text`) was appended at `added`: in a run when its key is
-    /// above its node's mark, else as a late id. [`RunIndex::find`] must have been asked about
-    /// it first in this transaction (that loads its node's mark).
+    /// above its node's mark, else as a late id.
     pub fn appended(
         &mut self,
         conn: &Connection,
@@ -168,18 +179,10 @@ impl RunIndex {
         added: i64,
     ) -> rusqlite::Result<()> {
         let k = key(id);
-        let mark = match self.marks.get_mut(&id.node) {
-            Some(mark) => mark,
-            None => {
-                // Not asked first: load the mark now, so it is never below what is logged.
-                let loaded = high_water(conn, &id.node)?;
-                self.marks.entry(id.node.clone()).or_insert(loaded)
-            }
-        };
-        if mark.is_some_and(|m| k <= m) {
+        if self.mark(conn, &id.node)?.is_some_and(|m| k <= m) {
             return write_late(conn, text, added);
         }
-        *mark = Some(k);
+        // The open run of this node (extended, or opened) now holds its mark.
         self.extend(conn, &id.node, k, added)
     }
 
@@ -198,10 +201,12 @@ impl RunIndex {
         Ok(())
     }
 
-    /// Writes the open run to `log_runs`; the transaction must do this before it commits.
+    /// Writes the open run to `log_runs`, its node's mark to the map; the transaction must do
+    /// this before it commits.
     pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         if let Some(run) = self.open.take() {
             write_run(conn, run.node.as_str(), &run.first_key, &run.last_key, run.first, run.last)?;
+            self.marks.insert(run.node, Some(run.last_key));
         }
         Ok(())
     }
