@@ -19,7 +19,10 @@
 #   d  idle connections        : --idle 2000 --pid <server pid>
 # After each scenario the script records the server's peak RSS (VmHWM, which only ever grows during
 # one server run) and the CPU seconds the server used during that scenario.
-# Each server process is started once per side and runs the scenarios in the order d, a, b, c.
+# Each server process is started once per side and runs the scenarios in the order d, then
+# a, b, c repeated REPEAT times (3 by default): the table shows the median run of each scenario
+# (by actions/s; its latency and CPU with it) and every run's actions/s, since one run on a shared
+# 2-CPU machine can be a third off.
 #
 # Environment (all optional):
 #   ONLY=rhizome|reference    run one side only
@@ -31,6 +34,7 @@
 #                             more than about 60 s there. The table notes it when it differs.
 #   ACTIONS_B=50000           actions per connection in scenario b (both servers)
 #   ACTIONS_C=100000          actions in scenario c (both servers)
+#   REPEAT=3                  runs of each load scenario per server (the median is shown)
 #   IDLE=2000                 connections in scenario d
 #   BENCH_TIMEOUT=300         seconds before one bench command is killed (it then counts as FAIL)
 #   PIN=1                     pin the server to CPU 0 and the generator to CPU 1 (taskset). Off by
@@ -54,6 +58,7 @@ ACTIONS_A=${ACTIONS_A:-100000}
 REF_ACTIONS_A=${REF_ACTIONS_A:-100000}
 ACTIONS_B=${ACTIONS_B:-50000}
 ACTIONS_C=${ACTIONS_C:-100000}
+REPEAT=${REPEAT:-3}
 IDLE=${IDLE:-2000}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
 PIN=${PIN:-0}
@@ -195,10 +200,30 @@ bench_side() {
   # Idle connections first, on the fresh server: after the load scenarios, memory they freed
   # would be reused by the idle connections and hide what a connection costs.
   run_scenario "$side" d --idle "$IDLE" --pid "$SERVER_PID"
-  run_scenario "$side" a --connections 1 --actions "$actions_a" --batch 100 --window 5000 --channel own
-  run_scenario "$side" b --connections 8 --actions "$ACTIONS_B" --batch 100 --window 5000 --channel own
-  run_scenario "$side" c --connections 1 --actions "$ACTIONS_C" --batch 100 --window 2000 --channel shared --subscribers 7
+  local i
+  for ((i = 1; i <= REPEAT; i++)); do
+    run_scenario "$side" "a$i" --connections 1 --actions "$actions_a" --batch 100 --window 5000 --channel own
+    run_scenario "$side" "b$i" --connections 8 --actions "$ACTIONS_B" --batch 100 --window 5000 --channel own
+    run_scenario "$side" "c$i" --connections 1 --actions "$ACTIONS_C" --batch 100 --window 2000 --channel shared --subscribers 7
+  done
+  for sc in a b c; do median_run "$side" "$sc"; done
   stop_server
+}
+
+# R[side.sc.*] from the run of sc1..scREPEAT with the median actions/s; R[side.sc.runs] lists
+# every run's actions/s; a failed run's status marks the scenario.
+median_run() {
+  local side=$1 sc=$2 i runs=() picked metric
+  for ((i = 1; i <= REPEAT; i++)); do
+    if [[ -n ${R[$side.$sc$i.status]:-} ]]; then R[$side.$sc.status]=${R[$side.$sc$i.status]}; fi
+    if [[ -n ${R[$side.$sc$i.actions_s]:-} ]]; then runs+=("${R[$side.$sc$i.actions_s]} $i"); fi
+  done
+  ((${#runs[@]} > 0)) || return 0
+  picked=$(printf '%s\n' "${runs[@]}" | sort -n | awk -v n="${#runs[@]}" 'NR == int((n + 1) / 2) { print $2 }')
+  for metric in actions_s deliveries_s p50_ms p99_ms cpu_s rss_mib; do
+    R[$side.$sc.$metric]=${R[$side.$sc$picked.$metric]:-}
+  done
+  R[$side.$sc.runs]=$(printf '%s\n' "${runs[@]}" | awk '{ printf "%s%s", (NR > 1 ? " / " : ""), $1 }')
 }
 
 # ---------------------------------------------------------------- build and header
@@ -254,6 +279,10 @@ row() { # scenario label metric
   echo "| $label | $metric | $a | $b | $r |"
 }
 
+runs_row() { # scenario label
+  echo "| $2 | actions_s, each run | ${R[rhizome.$1.runs]:-—} | ${R[reference.$1.runs]:-—} | |"
+}
+
 a_label="a: 1 conn pipelined, $ACTIONS_A actions"
 if [[ $ACTIONS_A != "$REF_ACTIONS_A" ]]; then
   a_label="a: 1 conn pipelined, $ACTIONS_A actions (reference: $REF_ACTIONS_A)"
@@ -267,14 +296,18 @@ d_label="d: $IDLE idle subscribed conns"
   cat "$OUT_DIR/header.txt"
   echo "# For actions/s and deliveries/s a ratio above 1 means Rhizome is faster."
   echo "# For latency, RSS and CPU a ratio below 1 means Rhizome is better."
-  echo "# rss_mib is peak RSS (VmHWM) after the scenario; it only grows, since each server runs d, a, b, c in that order."
+  echo "# Load scenarios ran $REPEAT times each (a, b, c, a, b, c, ...); shown: the run with the median actions/s."
+  echo "# rss_mib is peak RSS (VmHWM) after the scenario; it only grows, since each server runs d first, then the load scenarios."
   echo "# cpu_s is the server's user+system CPU during the scenario."
   echo
   echo '| scenario | metric | rhizome | reference | rhizome/reference |'
   echo '|---|---|---:|---:|---:|'
   for m in actions_s p50_ms p99_ms cpu_s rss_mib; do row a "$a_label" $m; done
+  runs_row a "$a_label"
   for m in actions_s p50_ms p99_ms cpu_s rss_mib; do row b "$b_label" $m; done
+  runs_row b "$b_label"
   for m in actions_s deliveries_s p50_ms p99_ms cpu_s rss_mib; do row c "$c_label" $m; done
+  runs_row c "$c_label"
   for m in kib_per_conn rss_mib; do row d "$d_label" $m; done
 } | tee "$OUT_DIR/results.md"
 echo
