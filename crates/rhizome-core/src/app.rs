@@ -245,6 +245,8 @@ pub struct App {
     auth: Arc<dyn Authenticator>,
     types: Vec<(TypePattern, Arc<dyn ActionType>)>,
     channels: Vec<(ChannelPattern, Arc<dyn ChannelType>)>,
+    /// Users whose authenticated connections are peers (edge nodes' links; see docs/edge.md).
+    peers: Vec<UserId>,
 }
 
 impl std::fmt::Debug for App {
@@ -259,7 +261,24 @@ impl std::fmt::Debug for App {
 impl App {
     /// An application with this authenticator and no types or channels yet.
     pub fn new(auth: impl Authenticator + 'static) -> Self {
-        App { auth: Arc::new(auth), types: Vec::new(), channels: Vec::new() }
+        App { auth: Arc::new(auth), types: Vec::new(), channels: Vec::new(), peers: Vec::new() }
+    }
+
+    /// Makes the authenticated connections of `user` peers: they may relay actions of other
+    /// nodes (an edge node's link), each checked by these rules as its author's. Only trusted
+    /// users: a peer speaks for everyone its rules let it.
+    pub fn peer(mut self, user: UserId) -> Self {
+        self.peers.push(user);
+        self
+    }
+
+    /// The answer to `request`, given whether the authenticator accepted it.
+    pub fn grant(&self, request: &AuthRequest, accepted: bool) -> crate::Grant {
+        match &request.user_id {
+            _ if !accepted => crate::Grant::Refused,
+            Some(user) if self.peers.contains(user) => crate::Grant::Peer,
+            _ => crate::Grant::Client,
+        }
     }
 
     /// Adds rules for action types matching `pattern`.

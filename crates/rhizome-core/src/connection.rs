@@ -39,6 +39,27 @@ pub enum CloseReason {
     Flood,
 }
 
+/// The authenticator's answer to a `connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Wrong credentials: `wrong-credentials`, and the connection closes.
+    Refused,
+    /// A client: it sends only its own actions (ids of its own client id).
+    Client,
+    /// A peer (an edge node's link to this server): it relays actions of other nodes, each
+    /// checked by the rules as its author's (see docs/edge.md).
+    Peer,
+}
+
+/// What an authenticated connection may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Only its own actions.
+    Client,
+    /// Actions of any node, relayed.
+    Peer,
+}
+
 /// Identity of an authenticated connection.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -104,7 +125,7 @@ pub enum Output {
 enum Phase {
     AwaitingConnect,
     Authenticating { identity: Box<Identity>, received_ms: i64 },
-    Authenticated { codec: Codec, client_id: ClientId, subprotocol: u64 },
+    Authenticated { codec: Codec, client_id: ClientId, subprotocol: u64, role: Role },
     Closed,
 }
 
@@ -262,15 +283,19 @@ impl Connection {
 
     /// The authenticator's answer. On success sends `headers` (development) and `connected`,
     /// emits [`Output::Authenticated`], then replays the messages queued before authentication.
-    pub fn auth_finished(&mut self, accepted: bool, now_ms: i64, out: &mut Vec<Output>) {
+    pub fn auth_finished(&mut self, grant: Grant, now_ms: i64, out: &mut Vec<Output>) {
         let Phase::Authenticating { identity, received_ms } =
             std::mem::replace(&mut self.phase, Phase::Closed)
         else {
             return;
         };
-        if !accepted {
-            return self.fail(encode_error("wrong-credentials", None), CloseReason::Refused, out);
-        }
+        let role = match grant {
+            Grant::Refused => {
+                return self.fail(encode_error("wrong-credentials", None), CloseReason::Refused, out);
+            }
+            Grant::Client => Role::Client,
+            Grant::Peer => Role::Peer,
+        };
         let mut identity = identity;
         identity.codec.base_time = now_ms;
         if self.config.development {
@@ -288,6 +313,7 @@ impl Connection {
             codec: identity.codec.clone(),
             client_id: identity.client_id.clone(),
             subprotocol: identity.subprotocol,
+            role,
         };
         self.last_activity_ms = now_ms;
         out.push(Output::Authenticated(identity));
@@ -300,7 +326,7 @@ impl Connection {
     }
 
     fn on_authenticated_message(&mut self, message: Message, out: &mut Vec<Output>) {
-        let Phase::Authenticated { codec, client_id, subprotocol } = &self.phase else {
+        let Phase::Authenticated { codec, client_id, subprotocol, role } = &self.phase else {
             return;
         };
         match message {
@@ -330,7 +356,9 @@ impl Connection {
                             out,
                         );
                     };
-                    let refused = !entry.meta.extra_keys.is_empty() || id.client_id() != *client_id;
+                    // A client may send only its own actions; a peer relays others' too.
+                    let foreign = id.client_id() != *client_id && *role == Role::Client;
+                    let refused = !entry.meta.extra_keys.is_empty() || foreign;
                     actions.push(Incoming {
                         time: codec.decode_time(entry.meta.time),
                         subprotocol: entry.meta.subprotocol.unwrap_or(*subprotocol),
@@ -441,7 +469,7 @@ mod tests {
         let Some(Output::Authenticate(req)) = out.pop() else { panic!() };
         assert_eq!(req.token.as_deref(), Some("x"));
         assert_eq!(req.user_id.unwrap().as_str(), "u");
-        c.auth_finished(true, 1005, &mut out);
+        c.auth_finished(Grant::Client, 1005, &mut out);
         assert_eq!(sends(&out), [r#"["connected",5,"server:test",[1002,1005],{"subprotocol":1}]"#]);
         let Some(Output::Authenticated(identity)) = out.get(1) else { panic!("{out:?}") };
         assert_eq!(identity.synced, 7);
@@ -458,7 +486,7 @@ mod tests {
         let mut c = conn();
         let mut out = Vec::new();
         c.on_frame(r#"["connect",5,"u:c:t",0,{"subprotocol":1}]"#, 1001, &mut out);
-        c.auth_finished(true, 1001, &mut out);
+        c.auth_finished(Grant::Client, 1001, &mut out);
         out.clear();
         c.on_frame(
             r#"["sync",3,{"type":"a"},{"id":[1,"other:c:t",0],"time":1},{"type":"b"},{"id":2,"time":2,"reasons":[]},{"type":"c"},{"id":[3,"u:c:other",0],"time":3}]"#,
@@ -471,12 +499,37 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_relays_other_nodes_actions_but_no_extra_meta() {
+        let mut c = conn();
+        let mut out = Vec::new();
+        c.on_frame(r#"["connect",5,"edge:e1:link",0,{"subprotocol":1}]"#, 1001, &mut out);
+        // An action sent before authentication is replayed with the peer's role.
+        c.on_frame(r#"["sync",1,{"type":"a"},{"id":[1,"other:c:t",0],"time":1}]"#, 1001, &mut out);
+        out.clear();
+        c.auth_finished(Grant::Peer, 1001, &mut out);
+        c.on_frame(
+            r#"["sync",3,{"type":"a"},{"id":[2,"alice:c:t",0],"time":1},{"type":"b"},{"id":3,"time":2,"reasons":[]}]"#,
+            1002,
+            &mut out,
+        );
+        let refused: Vec<bool> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Sync { actions, .. } => Some(actions.iter().map(|a| a.refused)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(refused, [false, false, true]);
+    }
+
+    #[test]
     fn wrong_credentials_closes() {
         let mut c = conn();
         let mut out = Vec::new();
         c.on_frame(r#"["connect",5,"u:c:t",0,{"subprotocol":1}]"#, 1001, &mut out);
         out.clear();
-        c.auth_finished(false, 1002, &mut out);
+        c.auth_finished(Grant::Refused, 1002, &mut out);
         assert_eq!(sends(&out), [r#"["error","wrong-credentials"]"#]);
         assert!(matches!(out.last(), Some(Output::Close(CloseReason::Refused))));
     }
@@ -493,7 +546,7 @@ mod tests {
         let mut c = conn();
         let mut out = Vec::new();
         c.on_frame(r#"["connect",5,"u:c:t",0,{"subprotocol":1}]"#, 1000, &mut out);
-        c.auth_finished(true, 1000, &mut out);
+        c.auth_finished(Grant::Client, 1000, &mut out);
         out.clear();
         let ping = Limits::default().ping_interval.as_millis() as i64;
         c.on_tick(1000 + ping, &mut out);

@@ -15,7 +15,7 @@ pub use app::{
     ActionType, App, AuthRequest, Authenticator, ChannelPattern, ChannelType, Context, HookError, Meta,
     Params,
 };
-pub use connection::{CloseReason, Connection, HandshakeConfig, Identity, Incoming, Output};
+pub use connection::{CloseReason, Connection, Grant, HandshakeConfig, Identity, Incoming, Output, Role};
 pub use entry::{AppendOutcome, NewEntry, Position, Status, StoredEntry};
 pub use limits::Limits;
 pub use routing::Routing;

@@ -5,6 +5,7 @@ use crate::rules::{build_app, ActionRule, ChannelRule};
 use crate::wakeup::{WakeupOptions, WebhookOptions};
 use rhizome_core::wakeup::ScheduleOptions;
 use rhizome_core::{App, Limits};
+use rhizome_protocol::UserId;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,6 +97,11 @@ pub struct AuthSection {
     pub jwt_public_key_file: Option<PathBuf>,
     /// Clock leeway for `exp`, in seconds (5).
     pub leeway_secs: Option<u64>,
+    /// Users whose connections are peers: edge nodes' links, which relay their clients'
+    /// actions, each checked by the rules as its author's (docs/edge.md). Needs `mode = "jwt"`:
+    /// in open mode anyone could claim such a user id.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 /// `[limits]`: see [`Limits`] for each meaning.
@@ -318,13 +324,31 @@ impl FileConfig {
                 build_app(auth, &self.channels, &self.actions)
             }
         };
-        app.map_err(ConfigError::Invalid)
+        let mut app = app.map_err(ConfigError::Invalid)?;
+        if !self.auth.peers.is_empty() && self.auth.mode != AuthMode::Jwt {
+            return Err(ConfigError::Invalid("auth.peers needs auth.mode = \"jwt\"".into()));
+        }
+        for user in &self.auth.peers {
+            app = app.peer(UserId::from(user.as_str()));
+        }
+        Ok(app)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_need_jwt_authentication() {
+        let open: FileConfig = toml::from_str("[auth]\nmode = \"open\"\npeers = [\"edge\"]\n").unwrap();
+        let error = open.app().unwrap_err().to_string();
+        assert!(error.contains("auth.peers needs auth.mode"), "{error}");
+        let jwt: FileConfig =
+            toml::from_str("[auth]\nmode = \"jwt\"\njwt_secret = \"12345678\"\npeers = [\"edge\"]\n")
+                .unwrap();
+        assert!(jwt.app().is_ok());
+    }
 
     #[test]
     fn example_config_parses() {

@@ -317,7 +317,7 @@ impl Session {
                     };
                     let mut more = Vec::new();
                     let now = now_ms();
-                    connection.auth_finished(accepted, now, &mut more);
+                    connection.auth_finished(self.shared.app.grant(&request, accepted), now, &mut more);
                     if accepted {
                         // The session's `baseTime`: ids and times of its `sync` are sent
                         // relative to it, as a WebSocket client's are.

@@ -207,10 +207,22 @@ impl Pipeline {
         }
     }
 
+    /// What the hooks see for an action a peer relays: its author's identity, the peer's
+    /// headers (see docs/edge.md).
+    fn author_context(&self, id: &ActionId) -> Context {
+        Context {
+            user_id: id.node.user_id(),
+            client_id: id.client_id(),
+            node_id: id.node.clone(),
+            subprotocol: self.subprotocol,
+            headers: self.headers.clone(),
+        }
+    }
+
     /// Runs access and resend for the actions of one `sync` and hands the accepted ones to the
     /// writer. Does not wait for the commit.
     pub async fn accept(&self, added: u64, actions: Vec<Incoming>) -> Pending {
-        let ctx = self.context();
+        let own = self.context();
         let mut batch = WriteBatch { appends: Vec::with_capacity(actions.len()), ..WriteBatch::default() };
         let mut answers = Vec::with_capacity(actions.len());
         for incoming in actions {
@@ -221,9 +233,18 @@ impl Pipeline {
                 continue;
             }
             let meta = Meta { id, time, subprotocol };
+            // Another client's action reaches here only from a peer (the connection refuses it
+            // otherwise): the rules judge it as its author's.
+            let relayed;
+            let ctx = if meta.id.client_id() == self.identity.client_id {
+                &own
+            } else {
+                relayed = self.author_context(&meta.id);
+                &relayed
+            };
             let kind = action.kind();
             if kind == "logux/subscribe" {
-                answers.push(self.subscribe(&ctx, action, meta).await);
+                answers.push(self.subscribe(ctx, action, meta).await);
                 continue;
             }
             if kind == "logux/unsubscribe" {
@@ -242,7 +263,7 @@ impl Pipeline {
                     continue;
                 }
             };
-            match rules.access(&ctx, &action, &meta).await {
+            match rules.access(ctx, &action, &meta).await {
                 Ok(true) => {}
                 Ok(false) => {
                     self.debug(&format!("Action \"{}\" was denied", meta.id));
@@ -254,7 +275,7 @@ impl Pipeline {
                     continue;
                 }
             }
-            let mut routing = match rules.resend(&ctx, &action, &meta).await {
+            let mut routing = match rules.resend(ctx, &action, &meta).await {
                 Ok(r) => r,
                 Err(e) => {
                     answers.push(hook_undo(&meta.id, action, e));

@@ -629,7 +629,8 @@ impl Session {
                         ok
                     };
                     let mut more = Vec::new();
-                    self.state.auth_finished(accepted, now_ms(), &mut more);
+                    let grant = self.shared.app.grant(&request, accepted);
+                    self.state.auth_finished(grant, now_ms(), &mut more);
                     queue.extend(more);
                 }
                 Output::Authenticated(identity) => {

@@ -15,6 +15,7 @@ mod http_pull;
 mod http_push;
 mod load;
 mod park;
+mod peer;
 mod process;
 mod push_service;
 mod since;

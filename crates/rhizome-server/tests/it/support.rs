@@ -131,6 +131,17 @@ impl TestServer {
         Self::start_in(self._dir, app, limits, wakeups).await
     }
 
+    /// Starts a server with the test rules and [`DEFAULT_LIMITS`], where the connections of
+    /// `peers` (user ids) are peers (edge nodes' links).
+    pub async fn with_peers(peers: &[&str]) -> Result<TestServer> {
+        let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+        let rules =
+            RULES.replace("leeway_secs = 0\n", &format!("leeway_secs = 0\npeers = [{}]\n", list.join(", ")));
+        let text = format!("{rules}\n[limits]\n{DEFAULT_LIMITS}\n");
+        let file: FileConfig = toml::from_str(&text).context("test config")?;
+        Self::with_app(file.app()?, file.limits.to_limits()?).await
+    }
+
     fn default_rules() -> Result<(App, Limits)> {
         let text = format!("{RULES}\n[limits]\n{DEFAULT_LIMITS}\n");
         let file: FileConfig = toml::from_str(&text).context("test config")?;

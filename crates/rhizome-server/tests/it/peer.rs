@@ -1,0 +1,71 @@
+//! The peer role (an edge node's link, docs/edge.md): a peer relays other nodes' actions with
+//! their own ids, and each is judged by the rules as its author's and processed at most once,
+//! whoever sends it again.
+
+use crate::support::{has_answer, token, Client, TestServer};
+use anyhow::Result;
+use serde_json::{json, Value};
+
+/// Relays `action` with the id `"<ms> <node> 0"` in `sync` number `added`; returns the id.
+async fn relay(link: &mut Client, added: u64, ms: i64, node: &str, action: Value) -> Result<String> {
+    let shift = ms - link.base_time;
+    link.send_json(&json!(["sync", added, action, {"id": [shift, node, 0], "time": shift}])).await?;
+    Ok(format!("{ms} {node} 0"))
+}
+
+/// How many rows of the server's log hold `id`.
+fn logged(server: &TestServer, id: &str) -> Result<i64> {
+    let db = rusqlite::Connection::open(server.db_path())?;
+    Ok(db.query_row("SELECT count(*) FROM log WHERE id = ?1", [id], |r| r.get(0))?)
+}
+
+#[tokio::test]
+async fn a_peer_relays_its_clients_actions_judged_as_their_authors() -> Result<()> {
+    let server = TestServer::with_peers(&["edge"]).await?;
+    let mut link = Client::open(server.addr).await?;
+    link.connect("edge:e1:link", &token("edge")).await?;
+    let ms = link.base_time + 1;
+
+    // Alice may write her own channel: processed.
+    let own =
+        relay(&mut link, 1, ms, "alice:a1:t", json!({"type": "post", "channel": "users/alice"})).await?;
+    link.until(|m| has_answer(m, "logux/processed", &own)).await?;
+    // Not Bob's, whoever relays it: denied as Alice's action, though the peer's user is not Alice.
+    let other =
+        relay(&mut link, 2, ms + 1, "alice:a1:t", json!({"type": "post", "channel": "users/bob"})).await?;
+    link.until(|m| has_answer(m, "logux/undo", &other)).await?;
+
+    // Relayed again (the link dropped before `synced`), then sent by Alice herself: each answered
+    // as the first, and logged once.
+    relay(&mut link, 3, ms, "alice:a1:t", json!({"type": "post", "channel": "users/alice"})).await?;
+    link.until(|m| has_answer(m, "logux/processed", &own)).await?;
+    let mut alice = Client::open(server.addr).await?;
+    alice.connect("alice:a1:t", &token("alice")).await?;
+    alice.send_action_at(json!({"type": "post", "channel": "users/alice"}), ms).await?;
+    alice.until(|m| has_answer(m, "logux/processed", &own)).await?;
+    assert_eq!(logged(&server, &own)?, 1);
+    assert_eq!(logged(&server, &other)?, 0);
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_a_configured_peer_may_relay() -> Result<()> {
+    let server = TestServer::with_peers(&["edge"]).await?;
+    // Mallory, a client, cannot send Alice's actions, even to a channel Alice may write.
+    let mut mallory = Client::open(server.addr).await?;
+    mallory.connect("mallory:m1:t", &token("mallory")).await?;
+    let ms = mallory.base_time + 1;
+    let forged =
+        relay(&mut mallory, 1, ms, "alice:a1:t", json!({"type": "post", "channel": "users/alice"})).await?;
+    mallory.until(|m| has_answer(m, "logux/undo", &forged)).await?;
+    assert_eq!(logged(&server, &forged)?, 0);
+    // The peer's own actions are judged as its own user's.
+    let mut link = Client::open(server.addr).await?;
+    link.connect("edge:e1:link", &token("edge")).await?;
+    let own = link.send_action(json!({"type": "post", "channel": "users/alice"})).await?;
+    link.until(|m| has_answer(m, "logux/undo", &own)).await?;
+    server.stop().await;
+    Ok(())
+}
