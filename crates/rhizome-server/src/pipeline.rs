@@ -301,6 +301,13 @@ impl Pipeline {
                     routing.channels.push(channel);
                 }
             }
+            // A peer already has what it relays: it is not sent back to it, live or in a
+            // catch-up (the author's own client is skipped by the id, the peer's by this).
+            if meta.id.client_id() != self.identity.client_id
+                && !routing.exclude_clients.contains(&self.identity.client_id)
+            {
+                routing.exclude_clients.push(self.identity.client_id.clone());
+            }
             let status = if rules.processes() { Status::Waiting } else { Status::Processed };
             let entry = NewEntry {
                 id: meta.id.clone(),
