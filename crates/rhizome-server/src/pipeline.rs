@@ -207,6 +207,16 @@ impl Pipeline {
         }
     }
 
+    /// What the hooks see for the action `id`: the connection's identity for an action of its
+    /// own client, else (an action a peer relays) its author's.
+    fn context_of(&self, id: &ActionId) -> Context {
+        if id.client_id() == self.identity.client_id {
+            self.context()
+        } else {
+            self.author_context(id)
+        }
+    }
+
     /// What the hooks see for an action a peer relays: its author's identity, the peer's
     /// headers (see docs/edge.md).
     fn author_context(&self, id: &ActionId) -> Context {
@@ -510,7 +520,8 @@ impl Pipeline {
         position: Position,
         outcomes: &mut WriteBatch,
     ) -> Option<String> {
-        match rules.process(&self.context(), &action, &meta).await {
+        // A relayed action is processed as its author's, as its access and resend ran.
+        match rules.process(&self.context_of(&meta.id), &action, &meta).await {
             Ok(()) => {
                 outcomes.statuses.push((position, Status::Processed));
                 Some(processed_json(&meta.id))

@@ -2,9 +2,13 @@
 //! their own ids, and each is judged by the rules as its author's and processed at most once,
 //! whoever sends it again.
 
-use crate::support::{has_answer, token, Client, TestServer};
-use anyhow::Result;
-use serde_json::{json, Value};
+use crate::support::{has_answer, token, Client, Open, TestServer};
+use anyhow::{anyhow, Result};
+use async_trait::async_trait;
+use rhizome_core::{ActionType, App, Context, HookError, Limits, Meta};
+use rhizome_protocol::Action;
+use serde_json::{json, Map, Value};
+use std::sync::{Arc, Mutex};
 
 /// Relays `action` with the id `"<ms> <node> 0"` in `sync` number `added`; returns the id.
 async fn relay(link: &mut Client, added: u64, ms: i64, node: &str, action: Value) -> Result<String> {
@@ -111,6 +115,56 @@ async fn a_peer_is_not_sent_back_what_it_relayed() -> Result<()> {
     })
     .await?;
     assert_eq!(caught_up, [json!({"type": "post", "channel": "users/alice", "n": 2})]);
+    server.stop().await;
+    Ok(())
+}
+
+/// `noted`: anyone may send it; `process` records the client it runs as, by action id, and
+/// fails with undo `refusedHere` when the action has `"fail": true`.
+struct Noted {
+    ran_as: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+#[async_trait]
+impl ActionType for Noted {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(true)
+    }
+    fn processes(&self) -> bool {
+        true
+    }
+    async fn process(&self, ctx: &Context, action: &Action, meta: &Meta) -> Result<(), HookError> {
+        let entry = (meta.id.text(), ctx.client_id.as_str().to_owned());
+        self.ran_as.lock().map_err(|_| HookError::Failed("poisoned".into()))?.push(entry);
+        match action.field("fail") {
+            Some(Value::Bool(true)) => {
+                Err(HookError::Undo { reason: "refusedHere".into(), extra: Map::new() })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A server whose `edge` user is a peer (authentication open) and whose `noted` actions record
+/// who they were processed as.
+async fn noting() -> Result<(TestServer, Arc<Mutex<Vec<(String, String)>>>)> {
+    let ran_as = Arc::new(Mutex::new(Vec::new()));
+    let app = App::new(Open).peer("edge".into()).action_type("noted", Noted { ran_as: ran_as.clone() });
+    Ok((TestServer::with_app(app, Limits::default()).await?, ran_as))
+}
+
+#[tokio::test]
+async fn a_relayed_action_is_processed_as_its_authors() -> Result<()> {
+    let (server, ran_as) = noting().await?;
+    let mut link = Client::open(server.addr).await?;
+    link.connect("edge:e1:link", "t").await?;
+    let ms = link.base_time + 1;
+    let relayed = relay(&mut link, 1, ms, "alice:a1:t", json!({"type": "noted"})).await?;
+    link.until(|m| has_answer(m, "logux/processed", &relayed)).await?;
+    let own = link.send_action(json!({"type": "noted"})).await?;
+    link.until(|m| has_answer(m, "logux/processed", &own)).await?;
+    let ran_as = ran_as.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    assert_eq!(ran_as, [(relayed, "alice:a1".to_owned()), (own, "edge:e1".to_owned())]);
     server.stop().await;
     Ok(())
 }
