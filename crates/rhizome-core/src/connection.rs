@@ -39,6 +39,11 @@ pub enum CloseReason {
     Flood,
 }
 
+/// Whether `node` is the server's: `server` or of user `server`, which no client may be.
+fn is_server(node: &NodeId) -> bool {
+    node.as_str() == "server" || node.user_id().is_some_and(|u| u.as_str() == "server")
+}
+
 /// The authenticator's answer to a `connect`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
@@ -251,7 +256,7 @@ impl Connection {
             return self.fail(frame, CloseReason::Refused, out);
         }
         let user_id = node_id.user_id();
-        if node_id.as_str() == "server" || user_id.as_ref().is_some_and(|u| u.as_str() == "server") {
+        if is_server(&node_id) {
             return self.fail(encode_error("wrong-credentials", None), CloseReason::Refused, out);
         }
         let client_id = node_id.client_id();
@@ -356,8 +361,10 @@ impl Connection {
                             out,
                         );
                     };
-                    // A client may send only its own actions; a peer relays others' too.
-                    let foreign = id.client_id() != *client_id && *role == Role::Client;
+                    // A client may send only its own actions; a peer relays others' too, but
+                    // never the server's (no client connects as the server either).
+                    let foreign =
+                        id.client_id() != *client_id && (*role == Role::Client || is_server(&id.node));
                     let refused = !entry.meta.extra_keys.is_empty() || foreign;
                     actions.push(Incoming {
                         time: codec.decode_time(entry.meta.time),
