@@ -329,6 +329,15 @@ impl FileConfig {
             return Err(ConfigError::Invalid("auth.peers needs auth.mode = \"jwt\"".into()));
         }
         for user in &self.auth.peers {
+            // A user id is what a node id holds before its first `:`; `server` is no client's.
+            let malformed =
+                user.is_empty() || user.contains([':', ' ']) || user.chars().any(char::is_control);
+            if malformed || user == "server" {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.peers: {user:?} is not a user id (the part of a node id before its first \":\", \
+                     not \"server\")"
+                )));
+            }
             app = app.peer(UserId::from(user.as_str()));
         }
         Ok(app)
@@ -348,6 +357,16 @@ mod tests {
             toml::from_str("[auth]\nmode = \"jwt\"\njwt_secret = \"12345678\"\npeers = [\"edge\"]\n")
                 .unwrap();
         assert!(jwt.app().is_ok());
+    }
+
+    #[test]
+    fn peers_are_user_ids() {
+        for bad in ["", "edge:e1", "edge:e1:link", "ed ge", "server"] {
+            let text = format!("[auth]\nmode = \"jwt\"\njwt_secret = \"12345678\"\npeers = [{bad:?}]\n");
+            let config: FileConfig = toml::from_str(&text).unwrap();
+            let error = config.app().unwrap_err().to_string();
+            assert!(error.contains("is not a user id"), "{bad:?}: {error}");
+        }
     }
 
     #[test]
