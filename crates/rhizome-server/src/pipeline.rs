@@ -537,9 +537,13 @@ impl Pipeline {
                 let undo_id = self.shared.next_server_id();
                 let undo = undo_json(&meta.id, action.json(), &reason, &extra);
                 // The undo of a failed `process` is kept in the log and addressed to the
-                // author, so it arrives even if the author disconnects meanwhile.
-                let routing =
-                    Routing { clients: vec![self.identity.client_id.clone()], ..Routing::default() };
+                // author, so it arrives even if the author disconnects meanwhile; for an action
+                // a peer relays, to the peer as well, which answers for it below.
+                let mut clients = vec![meta.id.client_id()];
+                if clients[0] != self.identity.client_id {
+                    clients.push(self.identity.client_id.clone());
+                }
+                let routing = Routing { clients, ..Routing::default() };
                 let entry = NewEntry {
                     time: undo_id.ms,
                     id: undo_id,

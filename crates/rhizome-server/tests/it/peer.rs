@@ -144,3 +144,19 @@ async fn a_relayed_action_is_processed_as_its_authors() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_undo_of_a_relayed_actions_failed_process_reaches_its_author_and_the_peer() -> Result<()> {
+    let (server, _) = noting().await?;
+    let mut alice = Client::open(server.addr).await?;
+    alice.connect("alice:a1:t2", "t").await?;
+    let mut link = Client::open(server.addr).await?;
+    link.connect("edge:e1:link", "t").await?;
+    let ms = link.base_time + 1;
+    let failed = relay(&mut link, 1, ms, "alice:a1:t", json!({"type": "noted", "fail": true})).await?;
+    // The peer that sent it hears the undo, and so does its author, connected here directly.
+    link.until(|m| has_answer(m, "logux/undo", &failed)).await?;
+    alice.until(|m| has_answer(m, "logux/undo", &failed)).await?;
+    server.stop().await;
+    Ok(())
+}
