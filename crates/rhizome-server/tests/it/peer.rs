@@ -160,3 +160,48 @@ async fn the_undo_of_a_relayed_actions_failed_process_reaches_its_author_and_the
     server.stop().await;
     Ok(())
 }
+
+/// A peer subscribed to a channel for its clients is not sent back what it relayed there (the
+/// edge has it), live or when it subscribes again with `since`; it gets what others wrote.
+#[tokio::test]
+async fn a_peer_is_not_sent_back_what_it_relayed() -> Result<()> {
+    let server = TestServer::with_peers(&["edge"]).await?;
+    let mut link = Client::open(server.addr).await?;
+    link.connect("edge:e1:link", &token("edge")).await?;
+    let ms = link.base_time + 1;
+    // The subscription too is judged as its author's: Alice may read her channel.
+    let sub =
+        relay(&mut link, 1, ms, "alice:a1:t", json!({"type": "logux/subscribe", "channel": "users/alice"}))
+            .await?;
+    link.until(|m| has_answer(m, "logux/processed", &sub)).await?;
+    let relayed =
+        relay(&mut link, 2, ms + 1, "alice:a1:t", json!({"type": "post", "channel": "users/alice", "n": 1}))
+            .await?;
+    link.until(|m| has_answer(m, "logux/processed", &relayed)).await?;
+    // Alice's other device writes after it: the link gets that one, and only that one.
+    let mut phone = Client::open(server.addr).await?;
+    phone.connect("alice:a2:t", &token("alice")).await?;
+    phone.send_action(json!({"type": "post", "channel": "users/alice", "n": 2})).await?;
+    let message = link.until(|m| crate::support::sync_actions(m).iter().any(|a| a["type"] == "post")).await?;
+    let posts: Vec<Value> =
+        crate::support::sync_actions(&message).into_iter().filter(|a| a["type"] == "post").collect();
+    assert_eq!(posts, [json!({"type": "post", "channel": "users/alice", "n": 2})]);
+    // A catch-up from the start brings the other device's post, not the relayed one.
+    let again = relay(
+        &mut link,
+        3,
+        ms + 2,
+        "alice:a1:t",
+        json!({"type": "logux/subscribe", "channel": "users/alice", "since": {"id": "0 x:x 0", "time": 0}}),
+    )
+    .await?;
+    let mut caught_up = Vec::new();
+    link.until(|m| {
+        caught_up.extend(crate::support::sync_actions(m).into_iter().filter(|a| a["type"] == "post"));
+        has_answer(m, "logux/processed", &again)
+    })
+    .await?;
+    assert_eq!(caught_up, [json!({"type": "post", "channel": "users/alice", "n": 2})]);
+    server.stop().await;
+    Ok(())
+}
