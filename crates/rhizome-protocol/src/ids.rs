@@ -113,14 +113,24 @@ impl NodeId {
     pub fn client_id(&self) -> ClientId {
         client_part(&self.0)
     }
+
+    /// Whether this node is one of `client`'s (its [`NodeId::client_id`] is `client`), without
+    /// allocating one.
+    pub fn is_of(&self, client: &ClientId) -> bool {
+        client_str(&self.0) == &*client.0
+    }
 }
 
 /// The client id of a node id string (`user:client` of `user:client:tab`).
 pub fn client_part(node: &str) -> ClientId {
+    ClientId::from(client_str(node))
+}
+
+fn client_str(node: &str) -> &str {
     let mut parts = node.splitn(3, ':');
     match (parts.next(), parts.next()) {
-        (Some(user), Some(client)) => ClientId::from(&node[..user.len() + 1 + client.len()]),
-        _ => ClientId::from(node),
+        (Some(user), Some(client)) => &node[..user.len() + 1 + client.len()],
+        _ => node,
     }
 }
 
@@ -272,6 +282,24 @@ mod tests {
         assert!(n.user_id().is_none());
         assert!(NodeId::parse("a b").is_none());
         assert!(NodeId::parse("").is_none());
+    }
+
+    #[test]
+    fn a_node_is_of_exactly_its_client() {
+        let client = ClientId::from("10:abc");
+        for (node, of) in [
+            ("10:abc:tab", true),
+            ("10:abc", true),
+            ("10:abc:tab:x", true),
+            ("10:abcd:t", false),
+            ("10", false),
+            ("10:ab:c", false),
+        ] {
+            let node = NodeId::parse(node).unwrap();
+            assert_eq!(node.is_of(&client), of, "{node}");
+            assert_eq!(node.is_of(&client), node.client_id() == client, "{node}");
+        }
+        assert!(NodeId::parse("anon").unwrap().is_of(&ClientId::from("anon")));
     }
 
     #[test]

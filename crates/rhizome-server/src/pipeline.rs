@@ -210,7 +210,7 @@ impl Pipeline {
     /// What the hooks see for the action `id`: the connection's identity for an action of its
     /// own client, else (an action a peer relays) its author's.
     fn context_of(&self, id: &ActionId) -> Context {
-        if id.client_id() == self.identity.client_id {
+        if id.node.is_of(&self.identity.client_id) {
             self.context()
         } else {
             self.author_context(id)
@@ -246,7 +246,7 @@ impl Pipeline {
             // Another client's action reaches here only from a peer (the connection refuses it
             // otherwise): the rules judge it as its author's.
             let relayed;
-            let ctx = if meta.id.client_id() == self.identity.client_id {
+            let ctx = if meta.id.node.is_of(&self.identity.client_id) {
                 &own
             } else {
                 relayed = self.author_context(&meta.id);
@@ -313,7 +313,7 @@ impl Pipeline {
             }
             // A peer already has what it relays: it is not sent back to it, live or in a
             // catch-up (the author's own client is skipped by the id, the peer's by this).
-            if meta.id.client_id() != self.identity.client_id
+            if !meta.id.node.is_of(&self.identity.client_id)
                 && !routing.exclude_clients.contains(&self.identity.client_id)
             {
                 routing.exclude_clients.push(self.identity.client_id.clone());
