@@ -363,8 +363,7 @@ impl Connection {
                     };
                     // A client may send only its own actions; a peer relays others' too, but
                     // never the server's (no client connects as the server either).
-                    let foreign =
-                        id.client_id() != *client_id && (*role == Role::Client || is_server(&id.node));
+                    let foreign = !id.node.is_of(client_id) && (*role == Role::Client || is_server(&id.node));
                     let refused = !entry.meta.extra_keys.is_empty() || foreign;
                     actions.push(Incoming {
                         time: codec.decode_time(entry.meta.time),
