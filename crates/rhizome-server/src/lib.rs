@@ -80,6 +80,9 @@ pub enum StartError {
     /// The VAPID key could not be read or made.
     #[error("VAPID key: {0}")]
     Vapid(String),
+    /// Another server runs on the same data directory.
+    #[error("the data directory {0} is in use by another rhizome server")]
+    Locked(std::path::PathBuf),
 }
 
 /// A running server.
@@ -88,6 +91,26 @@ pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
     done: oneshot::Receiver<()>,
+    /// `<data dir>/rhizome.lock`, locked for as long as this server runs: a second server on
+    /// the same log would have a hub and a writer of its own.
+    _lock: std::fs::File,
+}
+
+/// Takes the data directory's lock (released when the file is closed, or by the kernel when
+/// the process dies).
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("rhizome.lock"))
+        .map_err(StoreError::Io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Io(e).into()),
+    }
 }
 
 fn random_id() -> String {
@@ -100,6 +123,7 @@ fn random_id() -> String {
 impl Server {
     /// Opens the log, starts the writer thread and the hub, and listens.
     pub async fn start(options: ServerOptions) -> Result<Server, StartError> {
+        let lock = lock_data_dir(&options.data_dir)?;
         let store = SqliteStore::open(&options.data_dir)?;
         let mut writer = store.writer()?;
         let interrupted = rhizome_store::LogWriter::recover_interrupted(&mut writer)?;
@@ -174,7 +198,7 @@ impl Server {
             let _ = done_tx.send(());
         });
         tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
-        Ok(Server { addr, shared, done })
+        Ok(Server { addr, shared, done, _lock: lock })
     }
 
     /// The address the server listens on.

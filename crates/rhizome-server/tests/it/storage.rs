@@ -59,3 +59,32 @@ async fn after_a_failed_commit_no_later_sync_is_confirmed_and_a_resend_loses_not
     server.stop().await;
     Ok(())
 }
+
+/// A second server on the same data directory is refused while the first runs (it would have a
+/// hub and a writer of its own on the same log), and starts once the first has stopped.
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let options = || -> Result<rhizome_server::ServerOptions> {
+        Ok(rhizome_server::ServerOptions {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: dir.path().into(),
+            subprotocol: 1,
+            min_subprotocol: 1,
+            development: false,
+            limits: rhizome_core::Limits::default(),
+            app: rhizome_core::App::new(crate::support::Open),
+            wakeups: rhizome_server::wakeup::WakeupOptions::default(),
+        })
+    };
+    let first = rhizome_server::Server::start(options()?).await?;
+    match rhizome_server::Server::start(options()?).await {
+        Err(rhizome_server::StartError::Locked(path)) => assert_eq!(path, dir.path()),
+        Err(other) => bail!("expected Locked, got {other}"),
+        Ok(_) => bail!("a second server started on the same data directory"),
+    }
+    first.shutdown().await;
+    let again = rhizome_server::Server::start(options()?).await?;
+    again.shutdown().await;
+    Ok(())
+}
