@@ -5,7 +5,7 @@ use crate::rules::{build_app, ActionRule, ChannelRule};
 use crate::wakeup::{WakeupOptions, WebhookOptions};
 use rhizome_core::wakeup::ScheduleOptions;
 use rhizome_core::{App, Limits};
-use rhizome_protocol::UserId;
+use rhizome_protocol::{NodeId, UserId};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -330,9 +330,8 @@ impl FileConfig {
         }
         for user in &self.auth.peers {
             // A user id is what a node id holds before its first `:`; `server` is no client's.
-            let malformed =
-                user.is_empty() || user.contains([':', ' ']) || user.chars().any(char::is_control);
-            if malformed || user == "server" {
+            let valid = NodeId::parse(user).is_some_and(|node| node.user_id().is_none());
+            if !valid || user == "server" {
                 return Err(ConfigError::Invalid(format!(
                     "auth.peers: {user:?} is not a user id (the part of a node id before its first \":\", \
                      not \"server\")"

@@ -190,9 +190,9 @@ impl RunIndex {
     fn extend(&mut self, conn: &Connection, node: &NodeId, k: Key, added: i64) -> rusqlite::Result<()> {
         if let Some(run) = &mut self.open {
             if run.node == *node && added == run.last + 1 && added - run.first < RUN_ROWS_MAX {
+                // `k` is above the node's mark, the run's `last_key`: it becomes the new one.
                 run.last = added;
-                run.first_key = run.first_key.min(k);
-                run.last_key = run.last_key.max(k);
+                run.last_key = k;
                 return Ok(());
             }
         }
@@ -213,10 +213,9 @@ impl RunIndex {
 }
 
 fn write_late(conn: &Connection, text: &str, added: i64) -> rusqlite::Result<()> {
-    // Ignored when the id has a row already: only a log of format 3 (two writers whose marks
-    // did not see each other's ids) may hold an id twice, and the first copy stays the one
-    // found.
-    conn.prepare_cached("INSERT OR IGNORE INTO log_late_ids(id, added) VALUES (?1, ?2)")?
+    // The id was looked up first and not found: a row already there would mean an id logged
+    // twice, and the transaction fails rather than log it.
+    conn.prepare_cached("INSERT INTO log_late_ids(id, added) VALUES (?1, ?2)")?
         .execute(params![text, added])?;
     Ok(())
 }
@@ -237,8 +236,7 @@ fn write_run(
 }
 
 /// Indexes every row of `log` by runs and late ids, as the writer would have (for a log
-/// written before the index existed, or whose runs may overlap). The marks of every node
-/// of the log are held meanwhile.
+/// written before the index existed). The marks of every node of the log are held meanwhile.
 pub(crate) fn index_all(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM log_runs", [])?;
     conn.execute("DELETE FROM log_late_ids", [])?;
@@ -250,7 +248,6 @@ pub(crate) fn index_all(conn: &Connection) -> rusqlite::Result<()> {
         let text: String = row.get(1)?;
         // An id that does not parse cannot equal one that is looked up (those parse).
         if let Some(id) = ActionId::parse(&text) {
-            index.marks.entry(id.node.clone()).or_insert(None);
             index.appended(conn, &id, &text, added)?;
         }
     }

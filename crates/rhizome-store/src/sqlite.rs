@@ -234,7 +234,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                  DROP TABLE log_before_3;"
             ))?;
         }
-        crate::ids::index_all(&tx)?;
+        ids::index_all(&tx)?;
         crate::channels::index_from_rows(&tx)?;
     }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;

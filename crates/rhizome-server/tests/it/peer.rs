@@ -2,7 +2,7 @@
 //! their own ids, and each is judged by the rules as its author's and processed at most once,
 //! whoever sends it again.
 
-use crate::support::{has_answer, token, Client, Open, TestServer};
+use crate::support::{has_answer, sync_actions, Client, Open, TestServer};
 use anyhow::{anyhow, Result};
 use async_trait::async_trait;
 use rhizome_core::{ActionType, App, Context, HookError, Limits, Meta};
@@ -26,8 +26,7 @@ fn logged(server: &TestServer, id: &str) -> Result<i64> {
 #[tokio::test]
 async fn a_peer_relays_its_clients_actions_judged_as_their_authors() -> Result<()> {
     let server = TestServer::with_peers(&["edge"]).await?;
-    let mut link = Client::open(server.addr).await?;
-    link.connect("edge:e1:link", &token("edge")).await?;
+    let mut link = server.login("edge:e1:link").await?;
     let ms = link.base_time + 1;
 
     // Alice may write her own channel: processed.
@@ -43,8 +42,7 @@ async fn a_peer_relays_its_clients_actions_judged_as_their_authors() -> Result<(
     // as the first, and logged once.
     relay(&mut link, 3, ms, "alice:a1:t", json!({"type": "post", "channel": "users/alice"})).await?;
     link.until(|m| has_answer(m, "logux/processed", &own)).await?;
-    let mut alice = Client::open(server.addr).await?;
-    alice.connect("alice:a1:t", &token("alice")).await?;
+    let mut alice = server.login("alice:a1:t").await?;
     alice.send_action_at(json!({"type": "post", "channel": "users/alice"}), ms).await?;
     alice.until(|m| has_answer(m, "logux/processed", &own)).await?;
     assert_eq!(logged(&server, &own)?, 1);
@@ -58,16 +56,14 @@ async fn a_peer_relays_its_clients_actions_judged_as_their_authors() -> Result<(
 async fn only_a_configured_peer_may_relay() -> Result<()> {
     let server = TestServer::with_peers(&["edge"]).await?;
     // Mallory, a client, cannot send Alice's actions, even to a channel Alice may write.
-    let mut mallory = Client::open(server.addr).await?;
-    mallory.connect("mallory:m1:t", &token("mallory")).await?;
+    let mut mallory = server.login("mallory:m1:t").await?;
     let ms = mallory.base_time + 1;
     let forged =
         relay(&mut mallory, 1, ms, "alice:a1:t", json!({"type": "post", "channel": "users/alice"})).await?;
     mallory.until(|m| has_answer(m, "logux/undo", &forged)).await?;
     assert_eq!(logged(&server, &forged)?, 0);
     // The peer's own actions are judged as its own user's.
-    let mut link = Client::open(server.addr).await?;
-    link.connect("edge:e1:link", &token("edge")).await?;
+    let mut link = server.login("edge:e1:link").await?;
     let own = link.send_action(json!({"type": "post", "channel": "users/alice"})).await?;
     link.until(|m| has_answer(m, "logux/undo", &own)).await?;
     server.stop().await;
@@ -77,8 +73,7 @@ async fn only_a_configured_peer_may_relay() -> Result<()> {
 #[tokio::test]
 async fn a_peer_cannot_relay_the_servers_actions() -> Result<()> {
     let server = TestServer::with_peers(&["edge"]).await?;
-    let mut link = Client::open(server.addr).await?;
-    link.connect("edge:e1:link", &token("edge")).await?;
+    let mut link = server.login("edge:e1:link").await?;
     let ms = link.base_time + 1;
     // No client may connect as the server: no peer speaks for it either, with its node id
     // (taking an id the server would give its own answers) or any other of user `server`.
@@ -132,8 +127,7 @@ async fn noting() -> Result<(TestServer, Arc<Mutex<Vec<(String, String)>>>)> {
 #[tokio::test]
 async fn a_relayed_action_is_processed_as_its_authors() -> Result<()> {
     let (server, ran_as) = noting().await?;
-    let mut link = Client::open(server.addr).await?;
-    link.connect("edge:e1:link", "t").await?;
+    let mut link = server.login("edge:e1:link").await?;
     let ms = link.base_time + 1;
     let relayed = relay(&mut link, 1, ms, "alice:a1:t", json!({"type": "noted"})).await?;
     link.until(|m| has_answer(m, "logux/processed", &relayed)).await?;
@@ -148,10 +142,8 @@ async fn a_relayed_action_is_processed_as_its_authors() -> Result<()> {
 #[tokio::test]
 async fn the_undo_of_a_relayed_actions_failed_process_reaches_its_author_and_the_peer() -> Result<()> {
     let (server, _) = noting().await?;
-    let mut alice = Client::open(server.addr).await?;
-    alice.connect("alice:a1:t2", "t").await?;
-    let mut link = Client::open(server.addr).await?;
-    link.connect("edge:e1:link", "t").await?;
+    let mut alice = server.login("alice:a1:t2").await?;
+    let mut link = server.login("edge:e1:link").await?;
     let ms = link.base_time + 1;
     let failed = relay(&mut link, 1, ms, "alice:a1:t", json!({"type": "noted", "fail": true})).await?;
     // The peer that sent it hears the undo, and so does its author, connected here directly.
@@ -166,8 +158,7 @@ async fn the_undo_of_a_relayed_actions_failed_process_reaches_its_author_and_the
 #[tokio::test]
 async fn a_peer_is_not_sent_back_what_it_relayed() -> Result<()> {
     let server = TestServer::with_peers(&["edge"]).await?;
-    let mut link = Client::open(server.addr).await?;
-    link.connect("edge:e1:link", &token("edge")).await?;
+    let mut link = server.login("edge:e1:link").await?;
     let ms = link.base_time + 1;
     // The subscription too is judged as its author's: Alice may read her channel.
     let sub =
@@ -179,12 +170,10 @@ async fn a_peer_is_not_sent_back_what_it_relayed() -> Result<()> {
             .await?;
     link.until(|m| has_answer(m, "logux/processed", &relayed)).await?;
     // Alice's other device writes after it: the link gets that one, and only that one.
-    let mut phone = Client::open(server.addr).await?;
-    phone.connect("alice:a2:t", &token("alice")).await?;
+    let mut phone = server.login("alice:a2:t").await?;
     phone.send_action(json!({"type": "post", "channel": "users/alice", "n": 2})).await?;
-    let message = link.until(|m| crate::support::sync_actions(m).iter().any(|a| a["type"] == "post")).await?;
-    let posts: Vec<Value> =
-        crate::support::sync_actions(&message).into_iter().filter(|a| a["type"] == "post").collect();
+    let message = link.until(|m| sync_actions(m).iter().any(|a| a["type"] == "post")).await?;
+    let posts: Vec<Value> = sync_actions(&message).into_iter().filter(|a| a["type"] == "post").collect();
     assert_eq!(posts, [json!({"type": "post", "channel": "users/alice", "n": 2})]);
     // A catch-up from the start brings the other device's post, not the relayed one.
     let again = relay(
@@ -197,7 +186,7 @@ async fn a_peer_is_not_sent_back_what_it_relayed() -> Result<()> {
     .await?;
     let mut caught_up = Vec::new();
     link.until(|m| {
-        caught_up.extend(crate::support::sync_actions(m).into_iter().filter(|a| a["type"] == "post"));
+        caught_up.extend(sync_actions(m).into_iter().filter(|a| a["type"] == "post"));
         has_answer(m, "logux/processed", &again)
     })
     .await?;

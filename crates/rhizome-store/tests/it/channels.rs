@@ -2,25 +2,16 @@
 
 use proptest::prelude::*;
 use rhizome_core::{AppendOutcome, NewEntry, Routing, Status};
-use rhizome_protocol::{ActionId, Channel};
+use rhizome_protocol::Channel;
 use rhizome_store::{Append, LogWriter, SqliteStore, Store, WriteBatch};
-use std::sync::Arc;
 
 fn entry(id: String, channels: &[u8]) -> NewEntry {
-    let id = ActionId::parse(&id).expect("id");
     let routing = Routing {
         // A channel may be named twice in one routing.
         channels: channels.iter().map(|c| Channel::from(format!("c/{c}").as_str())).collect(),
         ..Routing::default()
     };
-    NewEntry {
-        time: id.ms,
-        id,
-        action_json: Arc::from(r#"{"type":"x"}"#),
-        subprotocol: 1,
-        routing,
-        status: Status::Processed,
-    }
+    super::entry(&id, routing, Status::Processed)
 }
 
 proptest! {

@@ -2,21 +2,12 @@
 
 use proptest::prelude::*;
 use rhizome_core::{AppendOutcome, NewEntry, Routing, Status};
-use rhizome_protocol::{ActionId, Channel};
+use rhizome_protocol::Channel;
 use rhizome_store::{Append, LogWriter, SqliteStore, Store, WriteBatch};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 fn entry(id: &str) -> NewEntry {
-    let id = ActionId::parse(id).expect("id");
-    NewEntry {
-        time: id.ms,
-        id,
-        action_json: Arc::from(r#"{"type":"inc","id":"1"}"#),
-        subprotocol: 1,
-        routing: Routing::channel("counter/1"),
-        status: Status::Processed,
-    }
+    super::entry(id, Routing::channel("counter/1"), Status::Processed)
 }
 
 fn runs(dir: &std::path::Path) -> i64 {
