@@ -2,14 +2,14 @@
 //! backoff. It is the only owner of the socket; the log is shared with the handle through
 //! [`Shared`] (SQLite calls run in `spawn_blocking`).
 
-use crate::backoff::parse_retry_after;
 use crate::store::{Incoming, ReceivedDelta, Since, Subscription, Undone};
 use crate::{ClientOptions, Event, Shared, State};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rhizome_protocol::backoff::parse_retry_after;
 use rhizome_protocol::message::{encode_connect, encode_error, encode_ping, encode_pong, encode_synced};
-use rhizome_protocol::{parse, ActionId, Codec, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL};
+use rhizome_protocol::{parse, time_fix, ActionId, Codec, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -55,16 +55,6 @@ enum End {
 
 fn retry(reason: impl Into<String>) -> End {
     End::Retry { reason: reason.into(), hint: None, stable: false }
-}
-
-/// The clock offset of protocol 5 (`connect/index.js` of `@logux/core`): client clock minus
-/// server clock, from the time `connect` was sent (`sent_ms`), the time `connected` arrived
-/// (`now_ms`), both client clock, and the server's `[start, end]`.
-pub(crate) fn time_fix(sent_ms: i64, now_ms: i64, start: i64, end: i64) -> i64 {
-    let auth_time = end - start;
-    let round_trip = now_ms - sent_ms - auth_time;
-    // `Math.floor(sent - start + roundTrip / 2)` with a float division.
-    sent_ms - start + round_trip.div_euclid(2)
 }
 
 /// The `Retry-After` of a refused WebSocket upgrade (e.g. HTTP 503 or 429).
@@ -242,9 +232,11 @@ impl Batch {
                 kind => {
                     let n = incoming.actions.len();
                     if kind == rhizome_crdt::DELTA_TYPE {
-                        match decode_delta(action.fields()) {
-                            Some((key, delta)) => incoming.deltas.push(ReceivedDelta { key, delta }),
-                            None => {
+                        match rhizome_crdt::parse_delta(action.fields()) {
+                            Ok((key, delta)) => {
+                                incoming.deltas.push(ReceivedDelta { key: key.as_str().to_owned(), delta })
+                            }
+                            Err(_) => {
                                 tracing::debug!(id = %id, "a crdt/delta that does not decode; not joined")
                             }
                         }
@@ -255,14 +247,6 @@ impl Batch {
             }
         }
     }
-}
-
-/// The key and the delta of a `crdt/delta` action (`{"key", "kind", "delta"}`).
-fn decode_delta(fields: &serde_json::Map<String, Value>) -> Option<(String, rhizome_crdt::Object)> {
-    let key = fields.get("key")?.as_str()?;
-    let kind = rhizome_crdt::Kind::from_name(fields.get("kind")?.as_str()?)?;
-    let delta = rhizome_crdt::Object::from_json(kind, fields.get("delta")?).ok()?;
-    Some((key.to_owned(), delta))
 }
 
 /// `{"<node>": n, …}`, the `seen` of a CRDT subscription.
@@ -370,7 +354,7 @@ impl Driver {
                     }
                     let delay = self.options.backoff.delay(attempt, hint, &mut self.rng);
                     attempt = attempt.saturating_add(1);
-                    not_before = hint.map(|hint| Instant::now() + hint.min(crate::backoff::RETRY_HINT_MAX));
+                    not_before = hint.map(|hint| Instant::now() + hint.min(crate::RETRY_HINT_MAX));
                     tracing::debug!(%reason, ?delay, "disconnected");
                     self.state.send_replace(State::Disconnected { retry_in: delay });
                     self.emit(Event::Disconnected { reason, retry_in: Some(delay) }).await;
@@ -885,22 +869,5 @@ impl Driver {
             .with_store(move |s| s.apply(&incoming).map(|_| ()))
             .await
             .map_err(|e| retry(format!("local log: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_fix_follows_the_reference_formula() {
-        // The client's clock is 1000 ms ahead; 40 ms each way; the server spent 20 ms on auth.
-        // connect sent at client 11_000 = server 10_000; arrives at server 10_040 (start),
-        // auth until 10_060 (end), `connected` arrives at server 10_100 = client 11_100.
-        assert_eq!(time_fix(11_000, 11_100, 10_040, 10_060), 1000);
-        // The same clocks, no latency.
-        assert_eq!(time_fix(5_000, 5_000, 5_000, 5_000), 0);
-        // An odd round trip floors like `Math.floor`: roundTrip 3 → 1.5 → floor(−998.5) = −999.
-        assert_eq!(time_fix(0, 3, 1_000, 1_000), -999);
     }
 }

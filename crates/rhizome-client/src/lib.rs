@@ -78,15 +78,14 @@
 
 #![deny(missing_docs)]
 
-mod backoff;
 mod driver;
 mod error;
 mod fold;
 mod store;
 
-pub use backoff::{parse_retry_after, Backoff, RETRY_HINT_MAX};
 pub use error::ClientError;
 pub use rhizome_crdt::Object;
+pub use rhizome_protocol::backoff::{parse_retry_after, Backoff, RETRY_HINT_MAX};
 pub use rhizome_protocol::{ActionId, NodeId};
 pub use store::{Durability, LogStats, Since, Subscription, Undone};
 

@@ -1,5 +1,6 @@
 //! The `crdt/delta` action: how the server ships a delta (or a whole state) of one object.
 
+use crate::ops::{Key, OpError};
 use crate::{Kind, Object};
 use serde_json::{Map, Value};
 
@@ -22,6 +23,21 @@ pub(crate) fn action(key: &str, kind: Kind, doc: Value) -> String {
     Value::Object(action).to_string()
 }
 
+/// The key and the delta of a `crdt/delta` action's fields (`{"key", "kind", "delta"}`), the
+/// delta's document checked completely ([`Object::from_json`]).
+pub fn parse_delta(fields: &Map<String, Value>) -> Result<(Key, Object), OpError> {
+    let key =
+        fields.get("key").and_then(Value::as_str).ok_or(OpError::WrongShape("`key` must be a string"))?;
+    let key = Key::parse(key)?;
+    let kind = fields
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(Kind::from_name)
+        .ok_or(OpError::WrongShape("`kind` must be a kind's name"))?;
+    let doc = fields.get("delta").ok_or(OpError::WrongShape("`delta` is missing"))?;
+    Ok((key, Object::from_json(kind, doc)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +52,23 @@ mod tests {
         assert_eq!(v["key"], "posts/7/likes");
         assert_eq!(v["kind"], Kind::Counter.name());
         assert_eq!(v["delta"]["a:1:1"], serde_json::json!([3, 0]));
+    }
+
+    #[test]
+    fn a_delta_action_parses_back_and_bad_ones_are_refused() {
+        let delta = Object::Counter(PnCounter::bottom().inc(&"a:1:1".into(), 3));
+        let text = delta_action("posts/7/likes", &delta);
+        let Value::Object(fields) = serde_json::from_str(&text).expect("json") else { panic!("an object") };
+        let (key, parsed) = parse_delta(&fields).expect("parses");
+        assert_eq!(key.as_str(), "posts/7/likes");
+        assert_eq!(parsed, delta);
+        for (field, bad) in [("key", Value::from("")), ("kind", "sets".into()), ("delta", Value::from("x"))] {
+            let mut fields = fields.clone();
+            fields.insert(field.to_owned(), bad);
+            assert!(parse_delta(&fields).is_err(), "a bad {field} is refused");
+        }
+        let mut fields = fields.clone();
+        fields.remove("delta");
+        assert!(parse_delta(&fields).is_err(), "a missing delta is refused");
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! Nothing here knows about sockets or clocks; callers pass frames as text and times as numbers.
 
+pub mod backoff;
 pub mod ids;
 pub mod message;
 
 pub use ids::{client_part, ActionId, Channel, ClientId, IdGenerator, NodeId, UserId};
 pub use message::{
-    parse, Action, Codec, ConnectOptions, Message, ProtocolError, SyncBuilder, WireEntry, WireId, WireMeta,
-    PROTOCOL,
+    parse, time_fix, Action, Codec, ConnectOptions, Message, ProtocolError, SyncBuilder, WireEntry, WireId,
+    WireMeta, PROTOCOL,
 };

@@ -853,6 +853,16 @@ pub fn encode_error(kind: &str, options: Option<&Value>) -> String {
     Value::Array(arr).to_string()
 }
 
+/// The clock offset of protocol 5 (`connect/index.js` of `@logux/core`): client clock minus
+/// server clock, from the time `connect` was sent (`sent_ms`), the time `connected` arrived
+/// (`now_ms`), both client clock, and the server's `[start, end]`.
+pub fn time_fix(sent_ms: i64, now_ms: i64, start: i64, end: i64) -> i64 {
+    let auth_time = end - start;
+    let round_trip = now_ms - sent_ms - auth_time;
+    // `Math.floor(sent - start + roundTrip / 2)` with a float division.
+    sent_ms - start + round_trip.div_euclid(2)
+}
+
 /// `["connect", 5, nodeId, synced, options?]`
 pub fn encode_connect(node_id: &str, synced: u64, token: Option<&str>, subprotocol: u64) -> String {
     let mut out = String::from("[\"connect\",5,");
@@ -917,6 +927,19 @@ pub fn encode_duilian(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_fix_follows_the_reference_formula() {
+        // The client's clock is 1000 ms ahead; 40 ms each way; the server spent 20 ms on auth.
+        // connect sent at client 11_000 = server 10_000; arrives at server 10_040 (start),
+        // auth until 10_060 (end), `connected` arrives at server 10_100 = client 11_100.
+        assert_eq!(time_fix(11_000, 11_100, 10_040, 10_060), 1000);
+        // The same clocks, no latency.
+        assert_eq!(time_fix(5_000, 5_000, 5_000, 5_000), 0);
+        // An odd round trip floors like `Math.floor`: roundTrip 3 → 1.5 → floor(−998.5) = −999.
+        assert_eq!(time_fix(0, 3, 1_000, 1_000), -999);
+    }
+
     use proptest::prelude::*;
     use serde_json::json;
 

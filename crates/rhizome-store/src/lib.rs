@@ -46,7 +46,15 @@ pub struct WriteBatch {
     pub resumed_acks: Vec<(String, Position, String)>,
     /// Push wake-up registrations to store or remove.
     pub push_targets: Vec<PushTargetChange>,
+    /// Named log positions to raise (`(name, position)`), such as [`UPSTREAM_SENT`]: a cursor
+    /// is created at its first write and only ever rises.
+    pub cursors: Vec<(String, Position)>,
 }
+
+/// The cursor of an edge's link (see docs/edge.md): every entry to send upstream at or below
+/// it was committed by the upstream. While it exists, the store keeps the bodies of CRDT deltas
+/// above it (snapshot cleaning would otherwise empty deltas the upstream still lacks).
+pub const UPSTREAM_SENT: &str = "upstream_sent";
 
 impl WriteBatch {
     /// Whether the batch writes nothing.
@@ -56,6 +64,7 @@ impl WriteBatch {
             && self.owned_acks.is_empty()
             && self.resumed_acks.is_empty()
             && self.push_targets.is_empty()
+            && self.cursors.is_empty()
     }
 }
 
@@ -90,7 +99,17 @@ pub struct Append {
     entry: NewEntry,
     id_text: String,
     routing_text: Option<String>,
-    crdt: Option<rhizome_crdt::ops::Op>,
+    crdt: Option<CrdtWrite>,
+}
+
+/// What an entry does to a CRDT object in its append's transaction.
+#[derive(Debug)]
+pub(crate) enum CrdtWrite {
+    /// An operation, whose dots the store assigns.
+    Op(rhizome_crdt::ops::Op),
+    /// A delta with its dots assigned elsewhere (a peer relays what its own store applied),
+    /// joined as it is.
+    Join(rhizome_crdt::ops::Key, rhizome_crdt::Object),
 }
 
 impl Append {
@@ -107,7 +126,18 @@ impl Append {
     /// operation the object refuses (another kind) is stored undone with its reason.
     pub fn crdt(entry: NewEntry, op: rhizome_crdt::ops::Op) -> Append {
         let mut append = Append::new(entry);
-        append.crdt = Some(op);
+        append.crdt = Some(CrdtWrite::Op(op));
+        append
+    }
+
+    /// An entry that carries a `crdt/delta` of the object at `key`, relayed from another
+    /// Rhizome node that applied the operation (see docs/edge.md): in the same transaction, the
+    /// store joins `delta` into the object's state. Joining is idempotent, so the same delta
+    /// arriving twice under different ids changes nothing the second time. A delta of another
+    /// kind than the object is stored undone (`crdtTypeMismatch`).
+    pub fn crdt_delta(entry: NewEntry, key: rhizome_crdt::ops::Key, delta: rhizome_crdt::Object) -> Append {
+        let mut append = Append::new(entry);
+        append.crdt = Some(CrdtWrite::Join(key, delta));
         append
     }
 
@@ -120,6 +150,22 @@ impl Append {
 impl From<NewEntry> for Append {
     fn from(entry: NewEntry) -> Append {
         Append::new(entry)
+    }
+}
+
+impl CrdtWrite {
+    fn key(&self) -> &rhizome_crdt::ops::Key {
+        match self {
+            CrdtWrite::Op(op) => op.key(),
+            CrdtWrite::Join(key, _) => key,
+        }
+    }
+
+    fn kind(&self) -> rhizome_crdt::Kind {
+        match self {
+            CrdtWrite::Op(op) => op.kind(),
+            CrdtWrite::Join(_, delta) => delta.kind(),
+        }
     }
 }
 
@@ -182,6 +228,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of entries in the log.
     fn count(&self) -> Result<u64, StoreError>;
+
+    /// The position of the cursor `name` (see [`WriteBatch::cursors`]), if it was ever written.
+    fn cursor(&self, name: &str) -> Result<Option<Position>, StoreError>;
+
+    /// Entries with `after < added`, oldest first, at most `limit`, with their status: what an
+    /// edge's link sends upstream (it skips some, see docs/edge.md). CRDT deltas emptied by
+    /// snapshot cleaning are left out.
+    fn read_from(&self, after: Position, limit: usize) -> Result<Vec<(StoredEntry, Status)>, StoreError>;
 
     /// The state of the CRDT object at `key` and the log position of the last operation
     /// applied to it, if it exists.

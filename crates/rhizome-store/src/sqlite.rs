@@ -2,9 +2,12 @@
 
 use crate::channels::ChannelRuns;
 use crate::ids::{self, RunIndex};
-use crate::{Append, Committed, LogWriter, PushTarget, PushTargetChange, Store, StoreError, WriteBatch};
+use crate::{
+    Append, Committed, CrdtWrite, LogWriter, PushTarget, PushTargetChange, Store, StoreError, WriteBatch,
+    UPSTREAM_SENT,
+};
 use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEntry};
-use rhizome_crdt::ops::{self, Op};
+use rhizome_crdt::ops;
 use rhizome_crdt::{Kind, Object};
 use rhizome_protocol::message::push_json_str;
 use rhizome_protocol::{ActionId, Channel, NodeId};
@@ -53,6 +56,9 @@ CREATE TABLE IF NOT EXISTS push_targets(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS crdt_objects(
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors(
+    name TEXT PRIMARY KEY, position INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -542,6 +548,35 @@ impl Store for SqliteStore {
         })
     }
 
+    fn cursor(&self, name: &str) -> Result<Option<Position>, StoreError> {
+        self.with_reader(|c| {
+            let position: Option<i64> = c
+                .prepare_cached("SELECT position FROM cursors WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            Ok(position.map(|p| p as Position))
+        })
+    }
+
+    fn read_from(&self, after: Position, limit: usize) -> Result<Vec<(StoredEntry, Status)>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS}, status, reason FROM log WHERE added > ?1 AND action <> '{{}}'
+                 ORDER BY added LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
+                let entry = row_entry(row)?;
+                let status = Status::from_parts(row.get(6)?, row.get(7)?);
+                Ok(entry.map(|e| (e, status)))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+    }
+
     fn count(&self) -> Result<u64, StoreError> {
         self.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))? as u64))
     }
@@ -629,17 +664,18 @@ fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position,
     Ok(Some((object, snapshot_at, position)))
 }
 
-/// Applies `op` by `entry`'s author to the object's current state (from `staged`, this
-/// transaction's changes, else the writer's cache, else the database): the object with its new
-/// state and the delta to ship, or the undo reason when the object refuses it.
+/// Applies `write` (an operation by `entry`'s author, or a delta to join) to the object's
+/// current state (from `staged`, this transaction's changes, else the writer's cache, else the
+/// database): the object with its new state and the delta to ship, or the undo reason when the
+/// object refuses it.
 fn apply_crdt(
     tx: &rusqlite::Transaction<'_>,
     staged: &mut HashMap<String, CachedObject>,
     cache: &mut HashMap<String, CachedObject>,
-    op: &Op,
+    write: &CrdtWrite,
     entry: &NewEntry,
 ) -> Result<Result<(CachedObject, Object), String>, StoreError> {
-    let key = op.key().as_str();
+    let key = write.key().as_str();
     let found = match staged.remove(key).or_else(|| cache.remove(key)) {
         Some(cached) => Some(cached),
         None => match read_object(tx, key) {
@@ -663,7 +699,7 @@ fn apply_crdt(
     // A new object gets its snapshot (and so its row and kind) with its first operation.
     let exists = found.is_some();
     let mut object = found.unwrap_or(CachedObject {
-        state: Object::bottom(op.kind()),
+        state: Object::bottom(write.kind()),
         unsaved: SNAPSHOT_EVERY_MAX,
         unsaved_bytes: 0,
         snapshot_bytes: 0,
@@ -671,7 +707,11 @@ fn apply_crdt(
     });
     // A refused operation leaves the state as it was, so an existing object goes back
     // unchanged; a refused first operation creates nothing (its kind must not stick).
-    match ops::apply_in_place(&mut object.state, op, &entry.id.node, entry.time) {
+    let applied = match write {
+        CrdtWrite::Op(op) => ops::apply_in_place(&mut object.state, op, &entry.id.node, entry.time),
+        CrdtWrite::Join(_, delta) => object.state.join(delta).map(|()| delta.clone()),
+    };
+    match applied {
         Ok(delta) => Ok(Ok((object, delta))),
         Err(e) => {
             if exists {
@@ -734,7 +774,8 @@ impl LogWriter for SqliteWriter {
             let mut clean_body = tx.prepare_cached(
                 "UPDATE log SET action = '{}', routing = NULL WHERE added IN
                  (SELECT l.added FROM log_channel_runs AS r
-                  JOIN log AS l ON l.added BETWEEN r.first AND min(r.last, ?2)
+                  JOIN log AS l ON l.added BETWEEN r.first AND min(r.last, ?2,
+                      coalesce((SELECT position FROM cursors WHERE name = ?5), ?2))
                   WHERE r.channel = ?1 AND r.first <= ?2)
                  AND routing = ?3 AND json_extract(action, '$.type') = 'crdt/delta'
                  AND json_extract(action, '$.key') = ?4",
@@ -761,6 +802,10 @@ impl LogWriter for SqliteWriter {
             )?;
             // A `since` raises only an acknowledgement sent to the same client, and creates none:
             // another client's (a guessed id) would otherwise skip what that client lacks.
+            let mut cursor = tx.prepare_cached(
+                "INSERT INTO cursors(name, position) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET position = max(position, excluded.position)",
+            )?;
             let mut resumed = tx.prepare_cached(
                 "UPDATE subscription_acks SET position = max(position, ?2) WHERE id = ?1 AND client = ?3",
             )?;
@@ -778,12 +823,12 @@ impl LogWriter for SqliteWriter {
                     }
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
-                    if let Some(op) = &crdt {
-                        match apply_crdt(&tx, &mut staged, cache, op, &entry)? {
+                    if let Some(write) = &crdt {
+                        match apply_crdt(&tx, &mut staged, cache, write, &entry)? {
                             Ok((cached, delta)) => {
-                                entry.action_json =
-                                    Arc::from(rhizome_crdt::delta_action(op.key().as_str(), &delta));
-                                object_update = Some((op.key().as_str().to_owned(), cached, delta));
+                                let key = write.key().as_str();
+                                entry.action_json = Arc::from(rhizome_crdt::delta_action(key, &delta));
+                                object_update = Some((key.to_owned(), cached, delta));
                             }
                             Err(reason) => {
                                 entry.status = Status::Undone(reason);
@@ -823,7 +868,7 @@ impl LogWriter for SqliteWriter {
                                 let upto = cached.snapshot_at as i64;
                                 // The index runs of this transaction's earlier deltas first.
                                 channel_runs.flush(&tx)?;
-                                clean_body.execute(params![channel, upto, only_there, key])?;
+                                clean_body.execute(params![channel, upto, only_there, key, UPSTREAM_SENT])?;
                                 clean_index.execute(params![channel, upto])?;
                             }
                             cached.snapshot_at = added as Position;
@@ -874,6 +919,9 @@ impl LogWriter for SqliteWriter {
                 }
                 for change in batch.push_targets.drain(..) {
                     write_push_target(&tx, change)?;
+                }
+                for (name, position) in batch.cursors.drain(..) {
+                    cursor.execute(params![name, position as i64])?;
                 }
                 results.push(committed);
             }

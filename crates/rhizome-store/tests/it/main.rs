@@ -2,6 +2,7 @@
 //! pass the same `conformance` functions.
 
 mod channels;
+mod edge;
 mod ids;
 
 use rhizome_core::{AppendOutcome, NewEntry, Routing, Status};

@@ -1,0 +1,146 @@
+//! What an edge's link needs from the log: the upstream cursor, reads in log order with each
+//! entry's status, relayed CRDT deltas joined as they are, and unsent deltas kept whole.
+
+use crate::{crdt_append, entry, open};
+use rhizome_core::{AppendOutcome, Routing, Status};
+use rhizome_crdt::{Lattice, Object};
+use rhizome_store::{Append, LogWriter, SqliteStore, Store, WriteBatch, UPSTREAM_SENT};
+use std::sync::Arc;
+
+fn commit(w: &mut rhizome_store::SqliteWriter, batch: WriteBatch) -> Vec<AppendOutcome> {
+    let mut batches = [batch];
+    w.commit(&mut batches, 1).expect("commit").remove(0).outcomes
+}
+
+fn cursor_to(position: u64) -> WriteBatch {
+    WriteBatch { cursors: vec![(UPSTREAM_SENT.to_owned(), position)], ..WriteBatch::default() }
+}
+
+#[test]
+fn a_cursor_is_created_by_its_first_write_only_rises_and_survives_reopening() {
+    let (dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    assert_eq!(store.cursor(UPSTREAM_SENT).expect("read"), None);
+    commit(&mut w, cursor_to(0));
+    assert_eq!(store.cursor(UPSTREAM_SENT).expect("read"), Some(0));
+    commit(&mut w, cursor_to(7));
+    commit(&mut w, cursor_to(3));
+    assert_eq!(store.cursor(UPSTREAM_SENT).expect("read"), Some(7), "a late, lower write does not lower it");
+    assert_eq!(store.cursor("other").expect("read"), None, "cursors are separate by name");
+    drop(w);
+    drop(store);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.cursor(UPSTREAM_SENT).expect("read"), Some(7));
+}
+
+#[test]
+fn reads_from_a_position_give_entries_in_log_order_with_their_status() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let statuses = [Status::Processed, Status::Waiting, Status::Undone("denied".into()), Status::Processed];
+    let appends = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Append::new(entry(&format!("{} a:b:c 0", i + 1), Routing::default(), s.clone())))
+        .collect();
+    commit(&mut w, WriteBatch { appends, ..WriteBatch::default() });
+    let read = store.read_from(0, 10).expect("read");
+    let got: Vec<(u64, Status)> = read.iter().map(|(e, s)| (e.added, s.clone())).collect();
+    let want: Vec<(u64, Status)> =
+        statuses.iter().cloned().enumerate().map(|(i, s)| (i as u64 + 1, s)).collect();
+    assert_eq!(got, want);
+    assert_eq!(read[1].0.id.text(), "2 a:b:c 0");
+    let later: Vec<u64> = store.read_from(1, 2).expect("read").iter().map(|(e, _)| e.added).collect();
+    assert_eq!(later, [2, 3], "after the position, at most the limit");
+    assert!(store.read_from(4, 10).expect("read").is_empty());
+}
+
+fn delta_append(id: &str, key: &str, delta: &Object) -> Append {
+    let text = rhizome_crdt::delta_action(key, delta);
+    let serde_json::Value::Object(fields) = serde_json::from_str(&text).expect("json") else {
+        panic!("object")
+    };
+    let (key, delta) = rhizome_crdt::parse_delta(&fields).expect("delta");
+    let mut e = entry(id, Routing::channel(format!("crdt/{}", key.as_str()).as_str()), Status::Processed);
+    e.action_json = Arc::from(text);
+    Append::crdt_delta(e, key, delta)
+}
+
+#[test]
+fn a_relayed_delta_is_joined_as_it_is_and_joining_it_again_changes_nothing() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let author: rhizome_crdt::NodeId = "alice:phone:1".into();
+    let first = rhizome_crdt::PnCounter::bottom().inc(&author, 5);
+    let second = first.inc(&author, 2);
+    let delta_of_second = Object::Counter(second.clone());
+    let outcomes = commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![
+                delta_append("1 alice:phone:1 0", "k", &Object::Counter(first.clone())),
+                delta_append("2 alice:phone:1 0", "k", &delta_of_second),
+                // The same state again under another id (a second edge relaying it): no change.
+                delta_append("3 alice:phone:1 0", "k", &delta_of_second),
+            ],
+            ..WriteBatch::default()
+        },
+    );
+    assert!(outcomes.iter().all(|o| matches!(o, AppendOutcome::Added(_))), "{outcomes:?}");
+    let (object, _) = store.read_object("k").expect("read").expect("the object exists");
+    let Object::Counter(counter) = object else { panic!("a counter") };
+    assert_eq!(counter.value(), 7, "dots as assigned where applied: 5 then 7 in total, not 5 + 7 + 7");
+    // An operation here goes on from the joined state with the author's entry.
+    let outcome = commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![crdt_append(
+                "4 alice:phone:1 0",
+                serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1}),
+            )],
+            ..WriteBatch::default()
+        },
+    );
+    assert!(matches!(outcome[0], AppendOutcome::Added(_)));
+    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
+        panic!("a counter")
+    };
+    assert_eq!(counter.value(), 8);
+    // A delta of another kind is refused and stored undone.
+    let set = rhizome_crdt::Orswot::<rhizome_crdt::Scalar>::new();
+    let outcome = commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![delta_append("5 alice:phone:1 0", "k", &Object::Set(set))],
+            ..WriteBatch::default()
+        },
+    );
+    assert!(
+        matches!(&outcome[0], AppendOutcome::Undone(_, reason) if reason == "crdtTypeMismatch"),
+        "{outcome:?}"
+    );
+}
+
+/// Runs 200 counter operations on one object (several snapshot rewrites, each cleaning the
+/// deltas its predecessor holds) and returns how many of them still have their body.
+fn deltas_kept(with_cursor: Option<u64>) -> usize {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    if let Some(position) = with_cursor {
+        commit(&mut w, cursor_to(position));
+    }
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    for i in 1..=200u32 {
+        let appends = vec![crdt_append(&format!("{i} a:b:c 0"), inc.clone())];
+        commit(&mut w, WriteBatch { appends, ..WriteBatch::default() });
+    }
+    store.read_from(0, 1000).expect("read").len()
+}
+
+#[test]
+fn deltas_the_upstream_lacks_are_not_cleaned() {
+    assert!(deltas_kept(None) < 200, "without a link, cleaning empties old deltas");
+    assert_eq!(deltas_kept(Some(0)), 200, "nothing sent upstream yet: every delta is kept");
+    let kept = deltas_kept(Some(100));
+    assert!(kept >= 100 && kept < 200, "only deltas at or below the cursor may go: {kept}");
+}
