@@ -179,6 +179,26 @@ fn undo(id: &ActionId, action: Action, reason: &str) -> Answer {
     Answer::Undo { id: id.clone(), action, reason: reason.to_owned(), extra: Map::new() }
 }
 
+/// What an accepted action does to a CRDT object.
+enum CrdtIn {
+    /// Nothing: it is not a CRDT action.
+    None,
+    /// A client's operation (`crdt/counter/inc`, …).
+    Op(rhizome_crdt::ops::Op),
+    /// A `crdt/delta` a peer relays.
+    Delta(rhizome_crdt::ops::Key, rhizome_crdt::Object),
+}
+
+impl CrdtIn {
+    fn key(&self) -> Option<&str> {
+        match self {
+            CrdtIn::None => None,
+            CrdtIn::Op(op) => Some(op.key().as_str()),
+            CrdtIn::Delta(key, _) => Some(key.as_str()),
+        }
+    }
+}
+
 fn hook_undo(id: &ActionId, action: Action, error: HookError) -> Answer {
     if let HookError::Failed(text) = &error {
         tracing::warn!(action = %id, error = %text, "application hook failed");
@@ -245,12 +265,13 @@ impl Pipeline {
             let meta = Meta { id, time, subprotocol };
             // Another client's action reaches here only from a peer (the connection refuses it
             // otherwise): the rules judge it as its author's.
-            let relayed;
-            let ctx = if meta.id.node.is_of(&self.identity.client_id) {
-                &own
+            let relayed = !meta.id.node.is_of(&self.identity.client_id);
+            let author;
+            let ctx = if relayed {
+                author = self.author_context(&meta.id);
+                &author
             } else {
-                relayed = self.author_context(&meta.id);
-                &relayed
+                &own
             };
             let kind = action.kind();
             if kind == "logux/subscribe" {
@@ -292,30 +313,33 @@ impl Pipeline {
                     continue;
                 }
             };
-            let crdt = if kind.starts_with(CRDT_ACTION_PREFIX) {
-                match rhizome_crdt::ops::parse(action.fields()) {
-                    Ok(op) => Some(op),
-                    Err(e) => {
-                        self.debug(&format!("Action \"{}\" is not a CRDT operation: {e}", meta.id));
-                        answers.push(undo(&meta.id, action, e.reason()));
-                        continue;
-                    }
-                }
+            // A peer relays the deltas its own store made of its clients' operations (see
+            // docs/edge.md); a client sends operations, never deltas.
+            let crdt = if kind == rhizome_crdt::DELTA_TYPE && relayed {
+                rhizome_crdt::parse_delta(action.fields()).map(|(key, delta)| CrdtIn::Delta(key, delta))
+            } else if kind.starts_with(CRDT_ACTION_PREFIX) {
+                rhizome_crdt::ops::parse(action.fields()).map(CrdtIn::Op)
             } else {
-                None
+                Ok(CrdtIn::None)
             };
-            if let Some(op) = &crdt {
+            let crdt = match crdt {
+                Ok(crdt) => crdt,
+                Err(e) => {
+                    self.debug(&format!("Action \"{}\" is not a CRDT operation: {e}", meta.id));
+                    answers.push(undo(&meta.id, action, e.reason()));
+                    continue;
+                }
+            };
+            if let Some(key) = crdt.key() {
                 // An object's deltas always reach its channel, whatever else the rules add.
-                let channel = op.channel();
+                let channel = Channel::from(format!("{CRDT_CHANNEL_PREFIX}{key}"));
                 if !routing.channels.contains(&channel) {
                     routing.channels.push(channel);
                 }
             }
             // A peer already has what it relays: it is not sent back to it, live or in a
             // catch-up (the author's own client is skipped by the id, the peer's by this).
-            if !meta.id.node.is_of(&self.identity.client_id)
-                && !routing.exclude_clients.contains(&self.identity.client_id)
-            {
+            if relayed && !routing.exclude_clients.contains(&self.identity.client_id) {
                 routing.exclude_clients.push(self.identity.client_id.clone());
             }
             let status = if rules.processes() { Status::Waiting } else { Status::Processed };
@@ -329,8 +353,9 @@ impl Pipeline {
             };
             answers.push(Answer::Stored { index: batch.appends.len(), action, meta, rules });
             batch.appends.push(match crdt {
-                Some(op) => Append::crdt(entry, op),
-                None => Append::new(entry),
+                CrdtIn::Op(op) => Append::crdt(entry, op),
+                CrdtIn::Delta(key, delta) => Append::crdt_delta(entry, key, delta),
+                CrdtIn::None => Append::new(entry),
             });
         }
         let commit = if batch.appends.is_empty() { None } else { Some(self.write(batch).await) };

@@ -194,3 +194,60 @@ async fn a_peer_is_not_sent_back_what_it_relayed() -> Result<()> {
     server.stop().await;
     Ok(())
 }
+
+/// The `crdt/delta` a peer's store made of Alice's `by` increments to the counter at `key`
+/// (her entry reaching `total`).
+fn counter_delta(key: &str, total: u64) -> Value {
+    json!({"type": "crdt/delta", "key": key, "kind": "counter", "delta": {"alice:a1:t": [total, 0]}})
+}
+
+#[tokio::test]
+async fn a_peer_relays_crdt_deltas_joined_as_they_are() -> Result<()> {
+    let server = TestServer::with_peers(&["edge"]).await?;
+    let mut link = server.login("edge:e1:link").await?;
+    let ms = link.base_time + 1;
+    let first = relay(&mut link, 1, ms, "alice:a1:t", counter_delta("likes", 3)).await?;
+    link.until(|m| has_answer(m, "logux/processed", &first)).await?;
+    // The same delta again (under another id, as a second path would relay it) and a later one.
+    let again = relay(&mut link, 2, ms + 1, "alice:a1:t", counter_delta("likes", 3)).await?;
+    link.until(|m| has_answer(m, "logux/processed", &again)).await?;
+    let later = relay(&mut link, 3, ms + 2, "alice:a1:t", counter_delta("likes", 5)).await?;
+    link.until(|m| has_answer(m, "logux/processed", &later)).await?;
+    // A subscriber gets the join: Alice's entry at 5, not 3 + 3 + 5.
+    let mut bob = server.login("bob:b1:t").await?;
+    let id = bob.send_action(json!({"type": "logux/subscribe", "channel": "crdt/likes"})).await?;
+    let seen = bob.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
+    let deltas: Vec<Value> =
+        seen.iter().flat_map(sync_actions).filter(|a| a["type"] == "crdt/delta").collect();
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    assert_eq!(deltas[0]["delta"], json!({"alice:a1:t": [5, 0]}));
+    // Bob's own operation applies on top, under his own dot.
+    let inc = bob.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    bob.until(|m| has_answer(m, "logux/processed", &inc)).await?;
+    server.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_a_peer_relays_deltas_and_as_their_author() -> Result<()> {
+    let server = TestServer::with_peers(&["edge"]).await?;
+    // A client sends operations, never deltas (it could set any node's entry).
+    let mut bob = server.login("bob:b1:t").await?;
+    let own = bob.send_action(counter_delta("likes", 100)).await?;
+    let answer = bob.until(|m| has_answer(m, "logux/undo", &own)).await?;
+    assert_eq!(sync_actions(&answer)[0]["reason"], "crdtUnknownType", "{answer}");
+    // A relayed delta goes through the rules as its author's: Alice may not write Bob's objects.
+    let mut link = server.login("edge:e1:link").await?;
+    let ms = link.base_time + 1;
+    let denied = relay(&mut link, 1, ms, "alice:a1:t", counter_delta("private/bob/likes", 1)).await?;
+    let answer = link.until(|m| has_answer(m, "logux/undo", &denied)).await?;
+    assert_eq!(sync_actions(&answer)[0]["reason"], "denied", "{answer}");
+    // A delta that does not decode is refused with the CRDT reason.
+    let bad = json!({"type": "crdt/delta", "key": "likes", "kind": "counter", "delta": {"alice:a1:t": "x"}});
+    let broken = relay(&mut link, 2, ms + 1, "alice:a1:t", bad).await?;
+    let answer = link.until(|m| has_answer(m, "logux/undo", &broken)).await?;
+    assert_eq!(sync_actions(&answer)[0]["reason"], "crdtWrongShape", "{answer}");
+    assert_eq!(logged(&server, &own)? + logged(&server, &denied)? + logged(&server, &broken)?, 0);
+    server.stop().await;
+    Ok(())
+}
