@@ -40,7 +40,7 @@ pub enum CloseReason {
 }
 
 /// Whether `node` is the server's: `server` or of user `server`, which no client may be.
-fn is_server(node: &NodeId) -> bool {
+pub(crate) fn is_server(node: &NodeId) -> bool {
     node.as_str() == "server" || node.user_id().is_some_and(|u| u.as_str() == "server")
 }
 

@@ -9,6 +9,7 @@ pub mod connection;
 pub mod entry;
 pub mod limits;
 pub mod routing;
+pub mod uplink;
 pub mod wakeup;
 
 pub use app::{

@@ -10,6 +10,7 @@ mod http;
 mod http_sync;
 mod hub;
 pub mod jwt;
+pub mod link;
 mod outbox;
 mod park;
 mod pipeline;
@@ -31,7 +32,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use rhizome_core::{App, HandshakeConfig, Limits};
 use rhizome_protocol::NodeId;
-use rhizome_store::{SqliteStore, Store, StoreError};
+use rhizome_store::{SqliteStore, Store, StoreError, WriteBatch};
 use shared::Shared;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ pub struct ServerOptions {
     pub app: App,
     /// Push wake-ups.
     pub wakeups: wakeup::WakeupOptions,
+    /// The upstream this server is an edge of (docs/edge.md), if any.
+    pub upstream: Option<link::UpstreamOptions>,
 }
 
 /// Errors starting a server.
@@ -90,6 +93,8 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The upstream link's state, for an edge.
+    link: Option<Arc<std::sync::Mutex<link::LinkStatus>>>,
     done: oneshot::Receiver<()>,
     /// `<data dir>/rhizome.lock`, locked for as long as this server runs: a second server on
     /// the same log would have a hub and a writer of its own.
@@ -164,6 +169,25 @@ impl Server {
         shared.committed.send_replace(position);
         tokio::spawn(hub::run(shared.clone(), position, hub_tx, hub_rx));
 
+        // An edge's cursor exists before any client's action is committed: the store keeps the
+        // CRDT deltas above it (docs/edge.md), which snapshot cleaning would empty otherwise.
+        let link = match options.upstream {
+            Some(upstream) => {
+                let batch = WriteBatch {
+                    cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],
+                    ..WriteBatch::default()
+                };
+                if !matches!(shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
+                    return Err(StartError::Store(StoreError::Io(std::io::Error::other(
+                        "the upstream cursor could not be written",
+                    ))));
+                }
+                let status = Arc::new(std::sync::Mutex::new(link::LinkStatus::default()));
+                tokio::spawn(link::run(shared.clone(), upstream, status.clone()));
+                Some(status)
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| StartError::Bind { addr: options.listen, source })?;
@@ -198,7 +222,12 @@ impl Server {
             let _ = done_tx.send(());
         });
         tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
-        Ok(Server { addr, shared, done, _lock: lock })
+        Ok(Server { addr, shared, link, done, _lock: lock })
+    }
+
+    /// The state of the link to the upstream, for an edge.
+    pub fn link_status(&self) -> Option<link::LinkStatus> {
+        self.link.as_ref().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// The address the server listens on.

@@ -187,6 +187,7 @@ async fn serve(args: ServeArgs, file: FileConfig) -> anyhow::Result<()> {
         limits: file.limits.to_limits()?,
         app: file.app()?,
         wakeups: file.push.to_options()?,
+        upstream: None,
     };
     let data_dir = options.data_dir.clone();
     let server = Server::start(options).await?;

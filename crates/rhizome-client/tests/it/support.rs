@@ -10,16 +10,14 @@ use rhizome_core::{
 };
 use rhizome_protocol::Action;
 use rhizome_server::{Server, ServerOptions};
+pub use rhizome_testkit::Proxy;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// How long any wait may take.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -152,6 +150,7 @@ impl TestServer {
             limits,
             app,
             wakeups: Default::default(),
+            upstream: None,
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();
@@ -307,85 +306,4 @@ pub async fn wait_drained(client: &Client) -> Result<()> {
         Ok(s.queued == 0 && s.awaiting_outcome == 0)
     })
     .await
-}
-
-/// A TCP proxy in front of a server whose connections the test can cut, as a network drop
-/// would, or freeze (bytes are swallowed, sockets stay open), as a dead link would.
-pub struct Proxy {
-    /// Where clients connect.
-    pub addr: SocketAddr,
-    pipes: Arc<Mutex<tokio::task::JoinSet<()>>>,
-    frozen: Arc<AtomicBool>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-/// Copies `from` to `to`, swallowing what arrives while `frozen`.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, frozen: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if frozen.load(Ordering::Relaxed) {
-            continue;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl Proxy {
-    /// Starts forwarding to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> Result<Proxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let pipes: Arc<Mutex<tokio::task::JoinSet<()>>> = Arc::default();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let (set, flag) = (pipes.clone(), frozen.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let flag = flag.clone();
-                if let Ok(mut set) = set.lock() {
-                    set.spawn(async move {
-                        let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                        let (client_read, client_write) = client.into_split();
-                        let (server_read, server_write) = server.into_split();
-                        // Either direction ending ends both: the halves are dropped together.
-                        tokio::select! {
-                            _ = pump(client_read, server_write, flag.clone()) => {}
-                            _ = pump(server_read, client_write, flag) => {}
-                        }
-                    });
-                }
-            }
-        });
-        Ok(Proxy { addr, pipes, frozen, accept })
-    }
-
-    /// The WebSocket URL through the proxy.
-    pub fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-
-    /// Drops every open connection (both sides see the socket end abruptly).
-    pub fn cut(&self) {
-        if let Ok(mut set) = self.pipes.lock() {
-            set.abort_all();
-            *set = tokio::task::JoinSet::new();
-        }
-    }
-
-    /// Swallows (`true`) or forwards (`false`) bytes on every connection, open or new.
-    pub fn freeze(&self, frozen: bool) {
-        self.frozen.store(frozen, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
-    }
 }

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod crdt;
 mod delivery;
+mod edge;
 mod handshake;
 mod http_edge;
 mod http_openapi;

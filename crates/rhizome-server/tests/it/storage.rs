@@ -75,6 +75,7 @@ async fn a_second_server_on_the_same_data_directory_is_refused() -> Result<()> {
             limits: rhizome_core::Limits::default(),
             app: rhizome_core::App::new(crate::support::Open),
             wakeups: rhizome_server::wakeup::WakeupOptions::default(),
+            upstream: None,
         })
     };
     let first = rhizome_server::Server::start(options()?).await?;

@@ -6,8 +6,10 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use rhizome_core::{ActionType, AuthRequest, Authenticator, Context, HookError, Meta};
 use rhizome_core::{App, Limits};
+use rhizome_protocol::backoff::Backoff;
 use rhizome_protocol::Action;
 use rhizome_server::config::FileConfig;
+use rhizome_server::link::{LinkStatus, UpstreamOptions};
 use rhizome_server::wakeup::WakeupOptions;
 use rhizome_server::{Server, ServerOptions};
 use serde_json::{json, Value};
@@ -131,6 +133,36 @@ impl TestServer {
         Self::start_in(self._dir, app, limits, wakeups).await
     }
 
+    /// Starts an edge of the server at `upstream` (a WebSocket URL) with the test rules and
+    /// [`DEFAULT_LIMITS`]. Its link logs in as `edge:e1:link` (user `edge`, which the upstream
+    /// must make a peer), retries within a second, and drops a link silent for a second.
+    pub async fn edge_of(upstream: &str) -> Result<TestServer> {
+        let (app, limits) = Self::default_rules()?;
+        Self::start_edge_in(
+            tempfile::tempdir()?,
+            app,
+            limits,
+            WakeupOptions::default(),
+            Some(link_to(upstream)),
+        )
+        .await
+    }
+
+    /// Stops an edge and starts it again on the same data directory, linked to `upstream`.
+    pub async fn restart_edge(mut self, upstream: &str) -> Result<TestServer> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let (app, limits) = Self::default_rules()?;
+        Self::start_edge_in(self._dir, app, limits, WakeupOptions::default(), Some(link_to(upstream))).await
+    }
+
+    /// The state of an edge's link.
+    pub fn link_status(&self) -> Result<LinkStatus> {
+        let server = self.server.as_ref().ok_or_else(|| anyhow!("server stopped"))?;
+        server.link_status().ok_or_else(|| anyhow!("not an edge"))
+    }
+
     /// Starts a server with the test rules and [`DEFAULT_LIMITS`], where the connections of
     /// `peers` (user ids) are peers (edge nodes' links).
     pub async fn with_peers(peers: &[&str]) -> Result<TestServer> {
@@ -154,6 +186,16 @@ impl TestServer {
     }
 
     async fn start_in(dir: TempDir, app: App, limits: Limits, wakeups: WakeupOptions) -> Result<TestServer> {
+        Self::start_edge_in(dir, app, limits, wakeups, None).await
+    }
+
+    async fn start_edge_in(
+        dir: TempDir,
+        app: App,
+        limits: Limits,
+        wakeups: WakeupOptions,
+        upstream: Option<UpstreamOptions>,
+    ) -> Result<TestServer> {
         let options = ServerOptions {
             listen: "127.0.0.1:0".parse()?,
             data_dir: dir.path().into(),
@@ -163,6 +205,7 @@ impl TestServer {
             limits,
             app,
             wakeups,
+            upstream,
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();
@@ -232,6 +275,11 @@ impl TestServer {
         Ok(c)
     }
 
+    /// The server's WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
     /// The server's SQLite log.
     pub fn db_path(&self) -> std::path::PathBuf {
         self._dir.path().join("rhizome.db")
@@ -249,6 +297,16 @@ impl TestServer {
         c.close().await;
         Ok(())
     }
+}
+
+/// The link options of a test edge: node `edge:e1:link`, quick retries and a short timeout.
+fn link_to(upstream: &str) -> UpstreamOptions {
+    let node = rhizome_protocol::NodeId::from("edge:e1:link");
+    let mut options = UpstreamOptions::new(upstream, node, Some(token("edge")));
+    options.backoff = Backoff { base: Duration::from_millis(20), max: Duration::from_millis(500) };
+    options.ping_interval = Duration::from_millis(300);
+    options.timeout = Duration::from_secs(1);
+    options
 }
 
 /// The user part of a node id.

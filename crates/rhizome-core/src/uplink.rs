@@ -1,0 +1,229 @@
+//! The upward half of an edge's link (docs/edge.md), sans-IO: which log entries go upstream,
+//! how many `sync`s may be in flight, and how far the upstream has confirmed.
+//!
+//! The outbox is the edge's own log. The link reads it from a cursor, sends `sync`s whose
+//! `added` is the edge's position of their last entry, and the upstream answers each with
+//! `synced` in order. The cursor rises to what a `synced` confirms (and over entries that are
+//! not sent); after any drop, sending starts again from it, and the upstream answers what it
+//! already has as duplicates, so nothing is skipped and nothing is applied twice.
+
+use crate::entry::{Position, Status};
+use rhizome_protocol::NodeId;
+use std::collections::VecDeque;
+
+/// What the link does with one entry of the edge's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Send it upstream.
+    Send,
+    /// Not for the upstream: a server's own action (an answer, a notice), or one the edge
+    /// refused.
+    Skip,
+    /// Its `process` has not finished here: wait (its outcome decides whether it goes), and
+    /// send nothing after it meanwhile, so the upstream gets the edge's order.
+    Wait,
+}
+
+/// Whether the entry of `author` with `status` goes upstream.
+pub fn forward(author: &NodeId, status: &Status) -> Forward {
+    if crate::connection::is_server(author) {
+        return Forward::Skip;
+    }
+    match status {
+        Status::Processed => Forward::Send,
+        Status::Waiting => Forward::Wait,
+        Status::Undone(_) => Forward::Skip,
+    }
+}
+
+/// A `sync` in flight: its `added` and the position the cursor reaches once it is confirmed
+/// (past entries skipped after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    added: Position,
+    through: Position,
+}
+
+/// A `synced` that answers no `sync` in flight, or not the oldest: the upstream and the link
+/// disagree, and the connection should start again from the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("synced {got} does not answer the oldest sync in flight ({expected:?})")]
+pub struct UnexpectedSynced {
+    /// The `added` of the `synced`.
+    pub got: Position,
+    /// The `added` of the oldest `sync` in flight, if any.
+    pub expected: Option<Position>,
+}
+
+/// The upward state of one edge's link, across its connections.
+#[derive(Debug)]
+pub struct Uplink {
+    /// Every entry to send at or below it was confirmed by the upstream (or is not to be
+    /// sent): the durable cursor's value.
+    confirmed: Position,
+    /// The log has been read (and sent or skipped) up to here on this connection.
+    read: Position,
+    in_flight: VecDeque<InFlight>,
+    window: usize,
+}
+
+impl Uplink {
+    /// A link whose durable cursor stands at `confirmed`, with at most `window` `sync`s in
+    /// flight (at least one).
+    pub fn new(confirmed: Position, window: usize) -> Uplink {
+        Uplink { confirmed, read: confirmed, in_flight: VecDeque::new(), window: window.max(1) }
+    }
+
+    /// A new connection: whatever was in flight is sent again, from the cursor.
+    pub fn connected(&mut self) {
+        self.in_flight.clear();
+        self.read = self.confirmed;
+    }
+
+    /// Where to read the log from (entries after the returned position), when another `sync`
+    /// may be sent.
+    pub fn next_read(&self) -> Option<Position> {
+        (self.in_flight.len() < self.window).then_some(self.read)
+    }
+
+    /// A `sync` was sent whose last entry is at `added`; `through` (at least `added`) is where
+    /// reading stopped, the entries after `added` being skipped.
+    pub fn sent(&mut self, added: Position, through: Position) {
+        debug_assert!(added > self.read && through >= added);
+        self.in_flight.push_back(InFlight { added, through });
+        self.read = through;
+    }
+
+    /// The log was read up to `through` and nothing in it is to be sent. Returns the new
+    /// cursor when it rose (nothing in flight: the skipped entries are confirmed at once).
+    pub fn skipped(&mut self, through: Position) -> Option<Position> {
+        if through <= self.read {
+            return None;
+        }
+        self.read = through;
+        match self.in_flight.back_mut() {
+            Some(last) => {
+                last.through = through;
+                None
+            }
+            None => {
+                self.confirmed = through;
+                Some(through)
+            }
+        }
+    }
+
+    /// The upstream answered `synced` with `added`: it committed the oldest `sync` in flight.
+    /// Returns the new cursor.
+    pub fn synced(&mut self, added: Position) -> Result<Position, UnexpectedSynced> {
+        match self.in_flight.front() {
+            Some(oldest) if oldest.added == added => {
+                self.confirmed = oldest.through;
+                self.in_flight.pop_front();
+                Ok(self.confirmed)
+            }
+            other => Err(UnexpectedSynced { got: added, expected: other.map(|f| f.added) }),
+        }
+    }
+
+    /// The durable cursor's value: confirmed up to here.
+    pub fn confirmed(&self) -> Position {
+        self.confirmed
+    }
+
+    /// `sync`s sent and not yet confirmed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn only_settled_actions_of_clients_go_upstream() {
+        let alice = NodeId::from("alice:phone:1");
+        assert_eq!(forward(&alice, &Status::Processed), Forward::Send);
+        assert_eq!(forward(&alice, &Status::Waiting), Forward::Wait);
+        assert_eq!(forward(&alice, &Status::Undone("denied".into())), Forward::Skip);
+        for server in ["server:x1", "server", "server:x1:2"] {
+            assert_eq!(forward(&NodeId::from(server), &Status::Processed), Forward::Skip, "{server}");
+        }
+    }
+
+    #[test]
+    fn the_window_bounds_syncs_in_flight_and_synced_confirms_in_order() {
+        let mut up = Uplink::new(10, 2);
+        assert_eq!(up.next_read(), Some(10));
+        up.sent(12, 12);
+        assert_eq!(up.next_read(), Some(12));
+        up.sent(20, 25);
+        assert_eq!(up.next_read(), None, "two in flight fill the window");
+        assert_eq!(up.synced(20), Err(UnexpectedSynced { got: 20, expected: Some(12) }));
+        assert_eq!(up.synced(12), Ok(12));
+        assert_eq!(up.next_read(), Some(25));
+        assert_eq!(up.synced(20), Ok(25), "the skipped entries after 20 are confirmed with it");
+        assert_eq!(up.synced(30), Err(UnexpectedSynced { got: 30, expected: None }));
+    }
+
+    #[test]
+    fn skipped_entries_are_confirmed_at_once_only_with_nothing_in_flight() {
+        let mut up = Uplink::new(0, 4);
+        assert_eq!(up.skipped(5), Some(5));
+        up.sent(7, 7);
+        assert_eq!(up.skipped(9), None, "behind a sync in flight, they wait for its synced");
+        assert_eq!(up.confirmed(), 5);
+        assert_eq!(up.synced(7), Ok(9));
+        assert_eq!(up.skipped(9), None, "nothing new");
+    }
+
+    #[test]
+    fn a_new_connection_sends_again_from_the_cursor() {
+        let mut up = Uplink::new(3, 4);
+        up.sent(5, 5);
+        up.sent(8, 8);
+        assert_eq!(up.synced(5), Ok(5));
+        up.connected();
+        assert_eq!(up.in_flight(), 0);
+        assert_eq!(up.next_read(), Some(5), "8 was never confirmed: it is sent again");
+    }
+
+    proptest! {
+        /// Whatever the sends, skips, answers and drops, the cursor never passes an entry the
+        /// upstream did not confirm, and never goes back.
+        #[test]
+        fn the_cursor_never_passes_an_unconfirmed_entry(steps in prop::collection::vec(0u8..4, 1..200)) {
+            let mut up = Uplink::new(0, 3);
+            // Positions sent and not confirmed by a synced.
+            let mut unconfirmed: Vec<Position> = Vec::new();
+            let mut next: Position = 1;
+            let mut last_cursor = 0;
+            for step in steps {
+                match step {
+                    0 => if let Some(from) = up.next_read() {
+                        prop_assert!(from < next);
+                        up.sent(next, next);
+                        unconfirmed.push(next);
+                        next += 1;
+                    },
+                    1 => { up.skipped(next); next += 1; }
+                    2 => if let Some(&oldest) = up.in_flight.front().map(|f| &f.added) {
+                        up.synced(oldest).expect("the oldest");
+                        unconfirmed.retain(|&p| p != oldest);
+                    },
+                    _ => {
+                        up.connected();
+                        // What was in flight is sent again: take it as new sends.
+                        next = up.next_read().expect("room") + 1;
+                        unconfirmed.clear();
+                    }
+                }
+                prop_assert!(up.confirmed() >= last_cursor);
+                last_cursor = up.confirmed();
+                prop_assert!(unconfirmed.iter().all(|&p| p > up.confirmed()), "{unconfirmed:?} {}", up.confirmed());
+            }
+        }
+    }
+}

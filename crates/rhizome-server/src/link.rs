@@ -1,0 +1,492 @@
+//! An edge's link to its upstream (docs/edge.md): one protocol 5 connection to another Rhizome
+//! node, on which this server is a client with the *peer* role, reconnected with backoff for as
+//! long as the server runs.
+//!
+//! Up: the outbox is this server's own log. The link reads it from the durable cursor
+//! [`UPSTREAM_SENT`] in chunks, relays its clients' actions with their own ids (CRDT operations
+//! as the deltas this store made of them), a window of `sync`s in flight, and raises the cursor
+//! when the upstream answers `synced`. [`rhizome_core::uplink`] decides what goes and how far
+//! the cursor may rise; this module does the I/O.
+
+use crate::shared::Shared;
+use crate::writer::now_ms;
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rhizome_core::uplink::{forward, Forward, Uplink};
+use rhizome_core::{Position, Status, StoredEntry};
+use rhizome_protocol::backoff::{parse_retry_after, Backoff};
+use rhizome_protocol::message::{encode_connect, encode_ping, encode_pong, encode_synced};
+use rhizome_protocol::{parse, time_fix, Codec, Message, NodeId, SyncBuilder, PROTOCOL};
+use rhizome_store::{WriteBatch, UPSTREAM_SENT};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How to reach the upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Its WebSocket URL (`ws://…` or `wss://…`).
+    pub url: String,
+    /// The token the link authenticates with (a JWT whose user is a peer upstream).
+    pub token: Option<String>,
+    /// The link's node id, `<peer user>:<edge name>:link`.
+    pub node: NodeId,
+    /// Most `sync`s sent and not yet answered.
+    pub window: usize,
+    /// Most actions in one `sync`.
+    pub sync_actions_max: usize,
+    /// Most bytes of actions in one `sync` (one larger action goes alone).
+    pub sync_bytes_max: usize,
+    /// Delays between connection attempts.
+    pub backoff: Backoff,
+    /// How long the upstream may stay silent (handshake, or a `ping` unanswered) before the
+    /// link drops the connection and connects again.
+    pub timeout: Duration,
+    /// A quiet link sends `ping` after this long, so a dead connection is noticed.
+    pub ping_interval: Duration,
+}
+
+impl UpstreamOptions {
+    /// Options with the defaults for everything but where and who.
+    pub fn new(url: impl Into<String>, node: NodeId, token: Option<String>) -> UpstreamOptions {
+        UpstreamOptions {
+            url: url.into(),
+            token,
+            node,
+            window: 8,
+            sync_actions_max: 100,
+            sync_bytes_max: 256 << 10,
+            backoff: Backoff::default(),
+            timeout: Duration::from_secs(20),
+            ping_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the link is doing, for the status endpoint and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// Since when the current connection is up (server clock, ms); `None` while disconnected.
+    pub connected_since_ms: Option<i64>,
+    /// The upstream cursor: every entry to send at or below it is committed upstream.
+    pub confirmed: Position,
+    /// Connections that completed the handshake.
+    pub connections: u64,
+    /// Actions sent upstream (again after a drop counts again).
+    pub actions_sent: u64,
+    /// Why the last connection ended or failed.
+    pub last_error: Option<String>,
+}
+
+/// How long the link waits before reading again an action whose `process` has not finished.
+const WAITING_POLL: Duration = Duration::from_millis(20);
+
+/// Errors after which connecting again cannot help until the configuration changes; the link
+/// still tries, at the longest backoff, so an upstream fixed meanwhile is picked up.
+const FATAL_ERRORS: [&str; 3] = ["wrong-protocol", "wrong-subprotocol", "wrong-credentials"];
+
+/// Room for one action's meta and separators in a `sync` frame, in bytes.
+const META_BYTES_MAX: usize = 384;
+
+/// How a connection ended.
+#[derive(Debug)]
+struct End {
+    reason: String,
+    /// The upstream's retry hint (`Retry-After` of a refused upgrade).
+    hint: Option<Duration>,
+    /// The connection worked (the handshake completed): the backoff starts over.
+    stable: bool,
+    fatal: bool,
+}
+
+impl End {
+    fn retry(reason: impl Into<String>) -> End {
+        End { reason: reason.into(), hint: None, stable: false, fatal: false }
+    }
+}
+
+/// Runs the link until the server stops.
+pub(crate) async fn run(shared: Arc<Shared>, options: UpstreamOptions, status: Arc<Mutex<LinkStatus>>) {
+    let store = shared.store.clone();
+    let confirmed = match tokio::task::spawn_blocking(move || store.cursor(UPSTREAM_SENT)).await {
+        Ok(Ok(position)) => position.unwrap_or(0),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "the upstream cursor could not be read; the link does not start");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut link = Link {
+        shared: shared.clone(),
+        uplink: Uplink::new(confirmed, options.window),
+        options,
+        status,
+        received: 0,
+        cursor_write: None,
+        cursor_written: confirmed,
+    };
+    link.set_status(|s| s.confirmed = confirmed);
+    let mut rng = StdRng::from_entropy();
+    let mut attempt = 0u32;
+    loop {
+        let end = tokio::select! {
+            end = link.connection() => end,
+            () = shared.stopping() => break,
+        };
+        link.set_status(|s| {
+            s.connected_since_ms = None;
+            s.last_error = Some(end.reason.clone());
+        });
+        if end.stable {
+            attempt = 0;
+        }
+        let mut delay = link.options.backoff.delay(attempt, end.hint, &mut rng);
+        if end.fatal {
+            tracing::error!(reason = %end.reason, url = %link.options.url, "the upstream refused the link");
+            delay = delay.max(link.options.backoff.max);
+        } else {
+            tracing::info!(reason = %end.reason, retry_in_ms = delay.as_millis() as u64, "upstream link down");
+        }
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.stopping() => break,
+        }
+    }
+    // The last confirmation, if one is not written yet (a restart would only send it again).
+    link.write_cursor().await;
+}
+
+struct Link {
+    shared: Arc<Shared>,
+    options: UpstreamOptions,
+    status: Arc<Mutex<LinkStatus>>,
+    uplink: Uplink,
+    /// The highest `added` received from the upstream (the `synced` of our next `connect`).
+    received: u64,
+    /// The cursor write in flight, if any, and the position it writes.
+    cursor_write:
+        Option<(oneshot::Receiver<Result<rhizome_store::Committed, crate::writer::WriteFailed>>, Position)>,
+    /// The last cursor position written (or being written).
+    cursor_written: Position,
+}
+
+/// One open connection.
+struct Session {
+    ws: Ws,
+    codec: Codec,
+    time_fix: i64,
+    last_rx: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl Link {
+    fn set_status(&self, f: impl FnOnce(&mut LinkStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Connects, runs the session, and says how it ended.
+    async fn connection(&mut self) -> End {
+        let connecting = tokio_tungstenite::connect_async(self.options.url.as_str());
+        let ws = match tokio::time::timeout(self.options.timeout, connecting).await {
+            Err(_) => return End::retry("connecting timed out"),
+            Ok(Err(e)) => {
+                let hint = retry_hint(&e);
+                return End { reason: format!("connecting: {e}"), hint, stable: false, fatal: false };
+            }
+            Ok(Ok((ws, _))) => ws,
+        };
+        let mut session = match self.handshake(ws).await {
+            Ok(session) => session,
+            Err(end) => return end,
+        };
+        self.uplink.connected();
+        self.set_status(|s| {
+            s.connected_since_ms = Some(now_ms());
+            s.connections += 1;
+        });
+        tracing::info!(url = %self.options.url, from = self.uplink.confirmed(), "upstream link up");
+        let mut end = self.session(&mut session).await;
+        end.stable = true;
+        let _ = tokio::time::timeout(Duration::from_secs(1), session.ws.close(None)).await;
+        end
+    }
+
+    /// Sends `connect` and waits for `connected`.
+    async fn handshake(&mut self, mut ws: Ws) -> Result<Session, End> {
+        let sent_ms = now_ms();
+        let connect = encode_connect(
+            self.options.node.as_str(),
+            self.received,
+            self.options.token.as_deref(),
+            self.shared.config.subprotocol,
+        );
+        ws.send(WsMessage::text(connect)).await.map_err(|e| End::retry(format!("sending connect: {e}")))?;
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            let text = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return Err(End::retry("no answer to connect")),
+                Ok(None) => return Err(End::retry("closed during the handshake")),
+                Ok(Some(Err(e))) => return Err(End::retry(format!("handshake: {e}"))),
+                Ok(Some(Ok(WsMessage::Text(text)))) => text,
+                Ok(Some(Ok(_))) => continue,
+            };
+            match parse(text.as_str()) {
+                Ok(Message::Connected { protocol, node_id, time: [start, end], .. }) => {
+                    if protocol < PROTOCOL {
+                        return Err(End {
+                            fatal: true,
+                            ..End::retry(format!("upstream speaks protocol {protocol}"))
+                        });
+                    }
+                    let Some(remote) = NodeId::parse(&node_id) else {
+                        return Err(End::retry(format!("bad upstream node id {node_id:?}")));
+                    };
+                    let codec = Codec { base_time: end, local: self.options.node.clone(), remote };
+                    let fix = time_fix(sent_ms, now_ms(), start, end);
+                    return Ok(Session {
+                        ws,
+                        codec,
+                        time_fix: fix,
+                        last_rx: Instant::now(),
+                        ping_sent: None,
+                    });
+                }
+                Ok(Message::Error { kind, .. }) => {
+                    let fatal = FATAL_ERRORS.contains(&kind.as_str());
+                    return Err(End { fatal, ..End::retry(format!("upstream error {kind}")) });
+                }
+                Ok(_) => {}
+                Err(e) => return Err(End::retry(format!("bad frame from the upstream: {e}"))),
+            }
+        }
+    }
+
+    /// Runs an authenticated connection until it ends.
+    async fn session(&mut self, session: &mut Session) -> End {
+        let mut committed = self.shared.committed.subscribe();
+        loop {
+            let waiting = match self.fill(session).await {
+                Ok(waiting) => waiting,
+                Err(end) => return end,
+            };
+            let ping_at = match session.ping_sent {
+                Some(sent) => sent + self.options.timeout,
+                None => session.last_rx + self.options.ping_interval,
+            };
+            let cursor_written = async {
+                match &mut self.cursor_write {
+                    Some((rx, _)) => rx.await.is_ok_and(|r| r.is_ok()),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                frame = session.ws.next() => {
+                    session.last_rx = Instant::now();
+                    session.ping_sent = None;
+                    let text = match frame {
+                        None => return End::retry("the upstream closed the connection"),
+                        Some(Err(e)) => return End::retry(format!("reading: {e}")),
+                        Some(Ok(WsMessage::Text(text))) => text,
+                        Some(Ok(WsMessage::Close(frame))) => return End::retry(format!("closed by the upstream: {frame:?}")),
+                        Some(Ok(_)) => continue,
+                    };
+                    if let Err(end) = self.received(session, text.as_str()).await {
+                        return end;
+                    }
+                }
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        return End::retry("the server is stopping");
+                    }
+                }
+                () = tokio::time::sleep(WAITING_POLL), if waiting => {}
+                ok = cursor_written => {
+                    let written = self.cursor_write.take().map_or(0, |(_, p)| p);
+                    if !ok {
+                        // Tried again when the cursor rises next; a restart meanwhile sends
+                        // the confirmed entries again, which the upstream answers as duplicates.
+                        tracing::warn!(position = written, "the upstream cursor could not be written");
+                    }
+                    self.start_cursor_write().await;
+                }
+                () = tokio::time::sleep_until(ping_at) => {
+                    if session.ping_sent.is_some() {
+                        return End::retry("the upstream did not answer ping");
+                    }
+                    if let Err(e) = session.ws.send(WsMessage::text(encode_ping(self.received))).await {
+                        return End::retry(format!("sending ping: {e}"));
+                    }
+                    session.ping_sent = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Handles one frame from the upstream.
+    async fn received(&mut self, session: &mut Session, text: &str) -> Result<(), End> {
+        match parse(text) {
+            Ok(Message::Synced(added)) => match self.uplink.synced(added) {
+                Ok(confirmed) => {
+                    self.set_status(|s| s.confirmed = confirmed);
+                    self.start_cursor_write().await;
+                    Ok(())
+                }
+                Err(e) => Err(End::retry(e.to_string())),
+            },
+            Ok(Message::Sync { added, .. }) => {
+                // Answers to relayed actions and, later, the upstream's actions for this edge
+                // (docs/edge.md, steps 3 and 4); confirmed so the upstream does not resend them.
+                self.received = self.received.max(added);
+                let synced = encode_synced(added);
+                session
+                    .ws
+                    .send(WsMessage::text(synced))
+                    .await
+                    .map_err(|e| End::retry(format!("sending: {e}")))
+            }
+            Ok(Message::Ping(_)) => {
+                let pong = encode_pong(self.received);
+                session.ws.send(WsMessage::text(pong)).await.map_err(|e| End::retry(format!("sending: {e}")))
+            }
+            Ok(Message::Error { kind, options }) => {
+                let fatal = FATAL_ERRORS.contains(&kind.as_str());
+                Err(End { fatal, ..End::retry(format!("upstream error {kind} {options:?}")) })
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(End::retry(format!("bad frame from the upstream: {e}"))),
+        }
+    }
+
+    /// Sends `sync`s while the window has room and the log has entries to send. Returns
+    /// whether it stopped at an action still being processed.
+    async fn fill(&mut self, session: &mut Session) -> Result<bool, End> {
+        while let Some(after) = self.uplink.next_read() {
+            let committed = *self.shared.committed.borrow();
+            if after >= committed {
+                return Ok(false);
+            }
+            let store = self.shared.store.clone();
+            let limit = self.options.sync_actions_max;
+            let rows = match tokio::task::spawn_blocking(move || store.read_from(after, limit)).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
+                Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
+            };
+            let subprotocol = self.shared.config.subprotocol;
+            let chunk = Chunk::build(&rows, session, subprotocol, self.options.sync_bytes_max);
+            if let Some(frame) = chunk.frame {
+                session
+                    .ws
+                    .send(WsMessage::text(frame))
+                    .await
+                    .map_err(|e| End::retry(format!("sending: {e}")))?;
+                self.uplink.sent(chunk.last_sent, chunk.through);
+                self.set_status(|s| s.actions_sent += chunk.count as u64);
+            } else {
+                // Nothing to send up to `through`; with no rows at all, nothing up to what
+                // the hub has routed (a gap, or deltas cleaned below the cursor).
+                let through = if rows.is_empty() { committed } else { chunk.through };
+                if let Some(confirmed) = self.uplink.skipped(through) {
+                    self.set_status(|s| s.confirmed = confirmed);
+                    self.start_cursor_write().await;
+                }
+            }
+            if chunk.waiting {
+                return Ok(true);
+            }
+            if rows.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Starts writing the cursor if it rose and no write is in flight: one write at a time,
+    /// each with the latest confirmation, so a busy link costs at most one cursor row write per
+    /// commit of the writer.
+    async fn start_cursor_write(&mut self) {
+        let confirmed = self.uplink.confirmed();
+        if self.cursor_write.is_some() || confirmed <= self.cursor_written {
+            return;
+        }
+        let batch =
+            WriteBatch { cursors: vec![(UPSTREAM_SENT.to_owned(), confirmed)], ..WriteBatch::default() };
+        let rx = self.shared.writer.write_unordered(batch).await;
+        self.cursor_write = Some((rx, confirmed));
+        self.cursor_written = confirmed;
+    }
+
+    /// Writes the cursor and waits for it (at the end).
+    async fn write_cursor(&mut self) {
+        if let Some((rx, _)) = self.cursor_write.take() {
+            let _ = rx.await;
+        }
+        let confirmed = self.uplink.confirmed();
+        if confirmed > self.cursor_written {
+            let batch =
+                WriteBatch { cursors: vec![(UPSTREAM_SENT.to_owned(), confirmed)], ..WriteBatch::default() };
+            let _ = self.shared.writer.write_unordered(batch).await.await;
+        }
+    }
+}
+
+/// One `sync` built from rows of the log.
+struct Chunk {
+    frame: Option<String>,
+    count: usize,
+    /// The position of its last action.
+    last_sent: Position,
+    /// The last position handled (sent or skipped); rows after it are read again.
+    through: Position,
+    /// Reading stopped at an action still being processed.
+    waiting: bool,
+}
+
+impl Chunk {
+    fn build(rows: &[(StoredEntry, Status)], session: &Session, subprotocol: u64, bytes_max: usize) -> Chunk {
+        let mut frame = SyncBuilder::new();
+        let mut chunk = Chunk { frame: None, count: 0, last_sent: 0, through: 0, waiting: false };
+        for (entry, status) in rows {
+            match forward(&entry.id.node, status) {
+                Forward::Skip => {}
+                Forward::Wait => {
+                    chunk.waiting = true;
+                    break;
+                }
+                Forward::Send => {
+                    if !frame.is_empty()
+                        && frame.bytes() + entry.action_json.len() + META_BYTES_MAX > bytes_max
+                    {
+                        break;
+                    }
+                    let time = entry.time - session.time_fix;
+                    let own = (entry.subprotocol != subprotocol).then_some(entry.subprotocol);
+                    frame.push(&session.codec, &entry.action_json, &entry.id, time, own);
+                    chunk.last_sent = entry.added;
+                }
+            }
+            chunk.through = entry.added;
+        }
+        if !frame.is_empty() {
+            chunk.count = frame.len();
+            chunk.frame = Some(frame.finish(chunk.last_sent));
+        }
+        chunk
+    }
+}
+
+/// The `Retry-After` of a refused WebSocket upgrade (HTTP 503 or 429).
+fn retry_hint(error: &WsError) -> Option<Duration> {
+    match error {
+        WsError::Http(response) => {
+            response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after)
+        }
+        _ => None,
+    }
+}

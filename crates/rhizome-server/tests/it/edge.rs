@@ -1,0 +1,204 @@
+//! Edge nodes (docs/edge.md), up direction: an edge serves its clients whether or not its
+//! upstream is reachable, and its link relays what they sent, in order, resumably, each action
+//! once, through drops, dead links and restarts (a real TCP proxy between edge and cloud).
+
+use crate::support::{has_answer, Client, TestServer};
+use anyhow::{bail, Result};
+use rhizome_server::link::LinkStatus;
+use rhizome_testkit::Proxy;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long the link may take to deliver everything.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Rows per id in `server`'s log, for the ids of `node`.
+fn ids_of(server: &TestServer, node: &str) -> Result<HashMap<String, i64>> {
+    let db = rusqlite::Connection::open(server.db_path())?;
+    let mut stmt = db.prepare("SELECT id, count(*) FROM log WHERE id LIKE ?1 GROUP BY id")?;
+    let rows = stmt.query_map([format!("% {node} %")], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The last position of `server`'s log.
+fn last_position(server: &TestServer) -> Result<u64> {
+    let db = rusqlite::Connection::open(server.db_path())?;
+    Ok(db.query_row("SELECT coalesce(max(added), 0) FROM log", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// The edge's durable upstream cursor.
+fn durable_cursor(edge: &TestServer) -> Result<Option<u64>> {
+    let db = rusqlite::Connection::open(edge.db_path())?;
+    let mut stmt = db.prepare("SELECT position FROM cursors WHERE name = 'upstream_sent'")?;
+    let mut rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+    Ok(rows.next().transpose()?.map(|p| p as u64))
+}
+
+/// Waits until the edge's link confirmed its whole log; returns its status then.
+async fn wait_forwarded(edge: &TestServer) -> Result<LinkStatus> {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let status = edge.link_status()?;
+        if status.confirmed >= last_position(edge)? {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the link did not confirm the edge's log: {status:?}, last {}", last_position(edge)?);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `n` `inc` actions, each in its own `sync`, and waits for the edge's answer to the last.
+async fn send_incs(client: &mut Client, n: usize) -> Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(client.send_action(json!({"type": "inc", "id": format!("c{}", i % 7)})).await?);
+    }
+    let last = ids.last().cloned().unwrap_or_default();
+    client.wait_processed(&last).await?;
+    Ok(ids)
+}
+
+/// Every id in `sent` is in `ids` exactly once, and nothing else is.
+fn exactly_once(ids: &HashMap<String, i64>, sent: &[String]) -> Result<()> {
+    let twice: Vec<_> = ids.iter().filter(|(_, &n)| n != 1).collect();
+    let missing: Vec<_> = sent.iter().filter(|id| !ids.contains_key(*id)).collect();
+    if !twice.is_empty() || !missing.is_empty() || ids.len() != sent.len() {
+        bail!("{} logged, {} sent; more than once: {twice:?}; missing: {missing:?}", ids.len(), sent.len());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edge_relays_its_clients_actions_once_each_and_keeps_what_it_refused() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let edge = TestServer::edge_of(&cloud.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let mut sent = send_incs(&mut alice, 250).await?;
+    // A CRDT operation goes up as the delta the edge made of it.
+    for _ in 0..40 {
+        sent.push(alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?);
+    }
+    alice.wait_processed(sent.last().expect("sent")).await?;
+    // The edge refuses this one (Bob's channel): it stays here.
+    let refused = alice.send_action(json!({"type": "post", "channel": "users/bob"})).await?;
+    alice.until(|m| has_answer(m, "logux/undo", &refused)).await?;
+
+    let status = wait_forwarded(&edge).await?;
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    assert_eq!(durable_cursor(&edge)?, Some(status.confirmed), "the cursor is written as it rises");
+    assert!(status.connected_since_ms.is_some() && status.connections == 1, "{status:?}");
+    assert_eq!(status.actions_sent, sent.len() as u64, "each action was sent once on a steady link");
+
+    // The cloud's copy of the object is the edge's: a subscriber there gets 40.
+    let mut bob = cloud.login("bob:b1:t").await?;
+    let id = bob.send_action(json!({"type": "logux/subscribe", "channel": "crdt/likes"})).await?;
+    let seen = bob.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
+    let delta = seen.iter().flat_map(crate::support::sync_actions).find(|a| a["type"] == "crdt/delta");
+    assert_eq!(delta.map(|d| d["delta"].clone()), Some(json!({"alice:a1:t": [40, 0]})));
+    cloud.assert_healthy().await?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edge_serves_through_an_outage_and_relays_everything_when_it_ends() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    // The edge answers its clients as usual while its upstream is unreachable.
+    let mut alice = edge.login("alice:a1:t").await?;
+    let sent = send_incs(&mut alice, 300).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = edge.link_status()?;
+    assert_eq!(status.connected_since_ms, None, "{status:?}");
+    assert_eq!(status.confirmed, 0);
+    assert!(status.last_error.is_some(), "the failed attempts are reported: {status:?}");
+    assert!(ids_of(&cloud, "alice:a1:t")?.is_empty());
+
+    proxy.down(false);
+    wait_forwarded(&edge).await?;
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_link_cut_again_and_again_under_load_resumes_from_its_cursor() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let proxy = std::sync::Arc::new(proxy);
+    // Cuts every few milliseconds while Alice writes and the link relays.
+    let cutter = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                proxy.cut();
+            }
+        })
+    };
+    let sent = send_incs(&mut alice, 3000).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cutter.abort();
+    let status = wait_forwarded(&edge).await?;
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    assert!(status.connections >= 3, "the cuts were seen: {status:?}");
+    eprintln!("{} connections; {} actions sent for {}", status.connections, status.actions_sent, sent.len());
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_link_is_noticed_and_replaced() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let mut sent = send_incs(&mut alice, 10).await?;
+    wait_forwarded(&edge).await?;
+    // The link goes dead without a close (bytes vanish, sockets stay open).
+    proxy.freeze(true);
+    sent.extend(send_incs(&mut alice, 100).await?);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = edge.link_status()?;
+    assert_eq!(status.connected_since_ms, None, "a silent upstream is given up on: {status:?}");
+    proxy.freeze(false);
+    let status = wait_forwarded(&edge).await?;
+    assert!(status.connections >= 2, "{status:?}");
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_edge_resumes_from_its_durable_cursor() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let edge = TestServer::edge_of(&cloud.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let sent = send_incs(&mut alice, 200).await?;
+    let before = wait_forwarded(&edge).await?;
+    alice.close().await;
+    let edge = edge.restart_edge(&cloud.url()).await?;
+    // Another device of Alice's (the first one's ids ran ahead of the clock).
+    let mut alice = edge.login("alice:a2:t").await?;
+    let later = send_incs(&mut alice, 50).await?;
+    let after = wait_forwarded(&edge).await?;
+    assert!(after.confirmed > before.confirmed);
+    // Only what came after the restart was sent: what the cloud confirmed before is not again.
+    assert_eq!(after.actions_sent, 50, "{after:?}");
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    exactly_once(&ids_of(&cloud, "alice:a2:t")?, &later)?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
