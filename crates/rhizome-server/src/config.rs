@@ -1,6 +1,7 @@
 //! The config file (TOML) of the `rhizome` binary. Every section is optional.
 
 use crate::jwt::{JwtAuth, OpenAuth};
+use crate::link::UpstreamOptions;
 use crate::rules::{build_app, ActionRule, ChannelRule};
 use crate::wakeup::{WakeupOptions, WebhookOptions};
 use rhizome_core::wakeup::ScheduleOptions;
@@ -45,6 +46,9 @@ pub struct FileConfig {
     /// `[push]`
     #[serde(default)]
     pub push: PushSection,
+    /// `[upstream]`: makes this server an edge of another (docs/edge.md).
+    #[serde(default)]
+    pub upstream: UpstreamSection,
     /// `[[channel]]`
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelRule>,
@@ -169,6 +173,81 @@ impl LimitsSection {
             return Err(ConfigError::Invalid(format!("limits.{name} must be positive")));
         }
         Ok(limits)
+    }
+}
+
+/// `[upstream]`: the node this server is an edge of (see [`UpstreamOptions`]). Without `url`
+/// the server is not an edge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// The upstream's WebSocket URL, `ws://…` or `wss://…`.
+    pub url: Option<String>,
+    /// The link's node id, `<peer user>:<edge name>:link`.
+    pub node: Option<String>,
+    /// The link's token.
+    pub token: Option<String>,
+    /// Name of an environment variable holding the link's token.
+    pub token_env: Option<String>,
+    /// `sync`s in flight at most (8).
+    pub window: Option<usize>,
+    /// Actions in one `sync` at most (100); at most the upstream's `actions_per_sync_max`.
+    pub sync_actions_max: Option<usize>,
+    /// Bytes of actions in one `sync` at most (262144); below the upstream's `frame_bytes_max`.
+    pub sync_bytes_max: Option<usize>,
+}
+
+impl UpstreamSection {
+    /// The link's options, or `None` for a server that is not an edge. `url`, `node` and
+    /// `token` given here (from the command line) override the file's.
+    pub fn to_options(
+        &self,
+        url: Option<String>,
+        node: Option<String>,
+        token: Option<String>,
+    ) -> Result<Option<UpstreamOptions>, ConfigError> {
+        let Some(url) = url.or_else(|| self.url.clone()) else {
+            if node.is_some() || token.is_some() || self.node.is_some() {
+                return Err(ConfigError::Invalid(
+                    "the upstream's node or token is given without its url".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(ConfigError::Invalid(format!("upstream.url {url:?} must be ws:// or wss://")));
+        }
+        let node = node.or_else(|| self.node.clone()).ok_or_else(|| {
+            ConfigError::Invalid("an upstream needs the link's node id (upstream.node)".into())
+        })?;
+        let node = match NodeId::parse(&node) {
+            Some(id) if id.user_id().is_some() => id,
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "upstream.node {node:?} must be a node id of a user, such as \"edge:site1:link\""
+                )))
+            }
+        };
+        let token = match (token, &self.token, &self.token_env) {
+            (Some(t), _, _) => Some(t),
+            (None, Some(t), _) => Some(t.clone()),
+            (None, None, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| ConfigError::Invalid(format!("environment variable {var} is not set")))?,
+            ),
+            (None, None, None) => None,
+        };
+        let mut options = UpstreamOptions::new(url, node, token);
+        let positive = |name: &str, v: Option<usize>, default: usize| match v {
+            Some(0) => Err(ConfigError::Invalid(format!("upstream.{name} must be at least 1"))),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        options.window = positive("window", self.window, options.window)?;
+        options.sync_actions_max =
+            positive("sync_actions_max", self.sync_actions_max, options.sync_actions_max)?;
+        options.sync_bytes_max = positive("sync_bytes_max", self.sync_bytes_max, options.sync_bytes_max)?;
+        Ok(Some(options))
     }
 }
 
@@ -356,6 +435,51 @@ mod tests {
             toml::from_str("[auth]\nmode = \"jwt\"\njwt_secret = \"12345678\"\npeers = [\"edge\"]\n")
                 .unwrap();
         assert!(jwt.app().is_ok());
+    }
+
+    fn upstream(text: &str) -> Result<Option<UpstreamOptions>, String> {
+        let config: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.upstream.to_options(None, None, None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_upstream_needs_a_websocket_url_and_a_users_node_id() {
+        assert!(upstream("").unwrap().is_none(), "no [upstream]: not an edge");
+        let ok = upstream("[upstream]\nurl = \"wss://cloud.example/\"\nnode = \"edge:s1:link\"\ntoken = \"t\"\nwindow = 4\n")
+            .unwrap()
+            .expect("an edge");
+        assert_eq!(
+            (ok.url.as_str(), ok.node.as_str(), ok.token.as_deref(), ok.window),
+            ("wss://cloud.example/", "edge:s1:link", Some("t"), 4)
+        );
+        for (text, expected) in [
+            ("[upstream]\nnode = \"edge:s1:link\"\n", "without its url"),
+            ("[upstream]\nurl = \"http://c/\"\nnode = \"edge:s1:link\"\n", "must be ws:// or wss://"),
+            ("[upstream]\nurl = \"ws://c/\"\n", "needs the link's node id"),
+            ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge\"\n", "must be a node id of a user"),
+            ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\nwindow = 0\n", "at least 1"),
+            ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\ntoken_env = \"RHIZOME_TEST_UNSET_TOKEN\"\n", "is not set"),
+            ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\nwindoww = 2\n", "unknown field"),
+        ] {
+            let error = upstream(text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_files_upstream() {
+        let config: FileConfig =
+            toml::from_str("[upstream]\nurl = \"ws://file/\"\nnode = \"edge:s1:link\"\ntoken = \"file\"\n")
+                .unwrap();
+        let options = config
+            .upstream
+            .to_options(Some("ws://cli/".into()), Some("edge:s2:link".into()), Some("cli".into()))
+            .unwrap()
+            .expect("an edge");
+        assert_eq!(
+            (options.url.as_str(), options.node.as_str(), options.token.as_deref()),
+            ("ws://cli/", "edge:s2:link", Some("cli"))
+        );
     }
 
     #[test]

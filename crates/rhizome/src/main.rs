@@ -115,6 +115,15 @@ struct ServeArgs {
     /// Threads that run connections [default: one less than the CPUs, at least one].
     #[arg(long, env = "RHIZOME_WORKERS")]
     workers: Option<usize>,
+    /// Makes this server an edge of the Rhizome node at this WebSocket URL (docs/edge.md).
+    #[arg(long, env = "RHIZOME_UPSTREAM")]
+    upstream: Option<String>,
+    /// The edge link's node id, `<peer user>:<edge name>:link`.
+    #[arg(long, env = "RHIZOME_UPSTREAM_NODE")]
+    upstream_node: Option<String>,
+    /// The edge link's token (a JWT whose user is a peer upstream).
+    #[arg(long, env = "RHIZOME_UPSTREAM_TOKEN", hide_env_values = true)]
+    upstream_token: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -187,7 +196,7 @@ async fn serve(args: ServeArgs, file: FileConfig) -> anyhow::Result<()> {
         limits: file.limits.to_limits()?,
         app: file.app()?,
         wakeups: file.push.to_options()?,
-        upstream: None,
+        upstream: file.upstream.to_options(args.upstream, args.upstream_node, args.upstream_token)?,
     };
     let data_dir = options.data_dir.clone();
     let server = Server::start(options).await?;

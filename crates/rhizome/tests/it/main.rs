@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod client;
 mod crash;
+mod edge;
 mod interop;
 mod sim;
 mod support;

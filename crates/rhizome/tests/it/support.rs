@@ -18,11 +18,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary with `config` on a free port and waits for its `listening on` line.
     pub fn start(config: &Path, data_dir: &Path) -> ServerProcess {
+        Self::start_with(config, data_dir, &[])
+    }
+
+    /// Starts the binary with `config` and the further arguments `args` on a free port.
+    pub fn start_with(config: &Path, data_dir: &Path, args: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rhizome"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .env("RHIZOME_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -37,6 +43,12 @@ impl ServerProcess {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
         ServerProcess { child, url }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let host = self.url.trim_start_matches("ws://").trim_end_matches('/');
+        host.parse().unwrap_or_else(|_| panic!("an address in {:?}", self.url))
     }
 
     /// SIGKILL: no shutdown code runs.
