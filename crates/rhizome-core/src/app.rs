@@ -265,18 +265,24 @@ impl App {
     }
 
     /// Makes the authenticated connections of `user` peers: they may relay actions of other
-    /// nodes (an edge node's link), each checked by these rules as its author's. Only trusted
-    /// users: a peer speaks for everyone its rules let it.
+    /// nodes (an edge node's link), each checked by these rules as its author's, and may
+    /// subscribe to any channel (an edge is a replica; its own rules decide what its clients
+    /// see). Only trusted users: a peer speaks for everyone its rules let it.
     pub fn peer(mut self, user: UserId) -> Self {
         self.peers.push(user);
         self
+    }
+
+    /// Whether the connections of `user` are peers.
+    pub fn is_peer(&self, user: &UserId) -> bool {
+        self.peers.contains(user)
     }
 
     /// The answer to `request`, given whether the authenticator accepted it.
     pub fn grant(&self, request: &AuthRequest, accepted: bool) -> crate::Grant {
         match &request.user_id {
             _ if !accepted => crate::Grant::Refused,
-            Some(user) if self.peers.contains(user) => crate::Grant::Peer,
+            Some(user) if self.is_peer(user) => crate::Grant::Peer,
             _ => crate::Grant::Client,
         }
     }

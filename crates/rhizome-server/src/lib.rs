@@ -183,7 +183,9 @@ impl Server {
                     ))));
                 }
                 let status = Arc::new(std::sync::Mutex::new(link::LinkStatus::default()));
-                tokio::spawn(link::run(shared.clone(), upstream, status.clone()));
+                let (follow, followed) = link::Follow::new(shared.store.upstream_channels()?);
+                let _ = shared.upstream_follow.set(follow);
+                tokio::spawn(link::run(shared.clone(), upstream, status.clone(), followed));
                 Some(status)
             }
             None => None,

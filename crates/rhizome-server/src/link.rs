@@ -7,18 +7,28 @@
 //! as the deltas this store made of them), a window of `sync`s in flight, and raises the cursor
 //! when the upstream answers `synced`. [`rhizome_core::uplink`] decides what goes and how far
 //! the cursor may rise; this module does the I/O.
+//!
+//! Down: every channel a client subscribes to here is followed upstream for good (kept in
+//! `upstream_channels`, subscribed again on each connection with the `since` of its last
+//! answer). What the upstream sends is appended to this log with its ids, routed by this
+//! server's rules as its author's, marked as received (never sent back up), and only then
+//! confirmed with `synced`, so a drop or a crash loses nothing: the upstream sends it again.
+//! CRDT deltas are joined into this server's objects in the same transaction.
 
 use crate::shared::Shared;
 use crate::writer::now_ms;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt as _, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rhizome_core::uplink::{forward, Forward, Uplink};
-use rhizome_core::{Position, Status, StoredEntry};
+use rhizome_core::{Context, Meta, NewEntry, Position, Routing, Status, StoredEntry};
 use rhizome_protocol::backoff::{parse_retry_after, Backoff};
 use rhizome_protocol::message::{encode_connect, encode_ping, encode_pong, encode_synced};
-use rhizome_protocol::{parse, time_fix, Codec, Message, NodeId, SyncBuilder, PROTOCOL};
-use rhizome_store::{WriteBatch, UPSTREAM_SENT};
+use rhizome_protocol::{
+    parse, time_fix, Action, Channel, Codec, IdGenerator, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL,
+};
+use rhizome_store::{Append, UpstreamChannel, WriteBatch, UPSTREAM_RECEIVED, UPSTREAM_SENT};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -93,6 +103,12 @@ const FATAL_ERRORS: [&str; 3] = ["wrong-protocol", "wrong-subprotocol", "wrong-c
 /// Room for one action's meta and separators in a `sync` frame, in bytes.
 const META_BYTES_MAX: usize = 384;
 
+/// `sync`s received from the upstream stored in one write at most.
+const RECEIVED_SYNCS_PER_WRITE_MAX: usize = 64;
+
+/// `logux/subscribe` actions in one `sync` at most.
+const SUBSCRIBES_PER_SYNC_MAX: usize = 100;
+
 /// How a connection ended.
 #[derive(Debug)]
 struct End {
@@ -110,23 +126,84 @@ impl End {
     }
 }
 
-/// Runs the link until the server stops.
-pub(crate) async fn run(shared: Arc<Shared>, options: UpstreamOptions, status: Arc<Mutex<LinkStatus>>) {
+/// The channels an edge follows upstream, as the subscriptions of its clients add them: each
+/// is recorded in the log before the subscription is answered (so a crash cannot forget it),
+/// then handed to the link, which subscribes upstream.
+#[derive(Debug)]
+pub struct Follow {
+    known: Mutex<HashSet<String>>,
+    link: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Follow {
+    /// The channels followed so far (from the log), and the link's end.
+    pub(crate) fn new(
+        followed: Vec<UpstreamChannel>,
+    ) -> (Follow, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (link, rx) = tokio::sync::mpsc::unbounded_channel();
+        let known = followed.into_iter().map(|c| c.channel).collect();
+        (Follow { known: Mutex::new(known), link }, rx)
+    }
+
+    /// Follows `channel` from now on, if it is not followed yet.
+    pub(crate) async fn follow(&self, writer: &crate::writer::WriteQueue, channel: &str) -> Result<(), ()> {
+        if self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(channel) {
+            return Ok(());
+        }
+        let followed = UpstreamChannel { channel: channel.to_owned(), since_id: None, since_time: now_ms() };
+        let upstream_channels = vec![followed];
+        let batch = WriteBatch { upstream_channels, ..WriteBatch::default() };
+        if !matches!(writer.write_unordered(batch).await.await, Ok(Ok(_))) {
+            return Err(());
+        }
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(channel.to_owned());
+        let _ = self.link.send(channel.to_owned());
+        Ok(())
+    }
+}
+
+/// What the link keeps in the log between runs.
+struct Durable {
+    confirmed: Position,
+    received: u64,
+    channels: Vec<UpstreamChannel>,
+}
+
+fn read_durable(store: &dyn rhizome_store::Store) -> Result<Durable, rhizome_store::StoreError> {
+    Ok(Durable {
+        confirmed: store.cursor(UPSTREAM_SENT)?.unwrap_or(0),
+        received: store.cursor(UPSTREAM_RECEIVED)?.unwrap_or(0),
+        channels: store.upstream_channels()?,
+    })
+}
+
+/// Runs the link until the server stops. `follow` receives the channels the edge's clients
+/// subscribe to.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    options: UpstreamOptions,
+    status: Arc<Mutex<LinkStatus>>,
+    follow: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let store = shared.store.clone();
-    let confirmed = match tokio::task::spawn_blocking(move || store.cursor(UPSTREAM_SENT)).await {
-        Ok(Ok(position)) => position.unwrap_or(0),
+    let durable = match tokio::task::spawn_blocking(move || read_durable(&*store)).await {
+        Ok(Ok(durable)) => durable,
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "the upstream cursor could not be read; the link does not start");
+            tracing::error!(error = %e, "the upstream cursors could not be read; the link does not start");
             return;
         }
         Err(_) => return,
     };
+    let confirmed = durable.confirmed;
     let mut link = Link {
         shared: shared.clone(),
         uplink: Uplink::new(confirmed, options.window),
+        ids: IdGenerator::new(options.node.clone()),
         options,
         status,
-        received: 0,
+        received: durable.received,
+        channels: durable.channels.into_iter().map(|c| (c.channel, (c.since_id, c.since_time))).collect(),
+        follow,
         cursor_write: None,
         cursor_written: confirmed,
     };
@@ -167,8 +244,16 @@ struct Link {
     options: UpstreamOptions,
     status: Arc<Mutex<LinkStatus>>,
     uplink: Uplink,
-    /// The highest `added` received from the upstream (the `synced` of our next `connect`).
+    /// Ids of the link's own actions (its subscriptions).
+    ids: IdGenerator,
+    /// The highest `added` received from the upstream and stored (the `synced` of our next
+    /// `connect`).
     received: u64,
+    /// The channels followed upstream, with the `since` of their next subscription (see
+    /// [`UpstreamChannel`]).
+    channels: HashMap<String, (Option<String>, i64)>,
+    /// Channels the edge's clients subscribe to.
+    follow: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// The cursor write in flight, if any, and the position it writes.
     cursor_write:
         Option<(oneshot::Receiver<Result<rhizome_store::Committed, crate::writer::WriteFailed>>, Position)>,
@@ -183,6 +268,10 @@ struct Session {
     time_fix: i64,
     last_rx: Instant,
     ping_sent: Option<Instant>,
+    /// `logux/subscribe` ids sent and not answered, with their channel.
+    subscribing: HashMap<String, String>,
+    /// Channels subscribed on this connection (or being subscribed).
+    subscribed: HashSet<String>,
 }
 
 impl Link {
@@ -255,6 +344,8 @@ impl Link {
                         time_fix: fix,
                         last_rx: Instant::now(),
                         ping_sent: None,
+                        subscribing: HashMap::new(),
+                        subscribed: HashSet::new(),
                     });
                 }
                 Ok(Message::Error { kind, .. }) => {
@@ -270,6 +361,10 @@ impl Link {
     /// Runs an authenticated connection until it ends.
     async fn session(&mut self, session: &mut Session) -> End {
         let mut committed = self.shared.committed.subscribe();
+        let all: Vec<String> = self.channels.keys().cloned().collect();
+        if let Err(end) = self.subscribe(session, all).await {
+            return end;
+        }
         loop {
             let waiting = match self.fill(session).await {
                 Ok(waiting) => waiting,
@@ -297,6 +392,15 @@ impl Link {
                         Some(Ok(_)) => continue,
                     };
                     if let Err(end) = self.received(session, text.as_str()).await {
+                        return end;
+                    }
+                }
+                Some(channel) = self.follow.recv() => {
+                    let mut new = vec![channel];
+                    while let Ok(more) = self.follow.try_recv() {
+                        new.push(more);
+                    }
+                    if let Err(end) = self.follow_channels(session, new).await {
                         return end;
                     }
                 }
@@ -328,37 +432,217 @@ impl Link {
         }
     }
 
-    /// Handles one frame from the upstream.
+    /// Follows `channels` upstream from now on (the log has them already, see [`Follow`]).
+    async fn follow_channels(&mut self, session: &mut Session, channels: Vec<String>) -> Result<(), End> {
+        for channel in &channels {
+            self.channels.entry(channel.clone()).or_insert((None, now_ms()));
+        }
+        self.subscribe(session, channels).await
+    }
+
+    /// Sends `logux/subscribe` for those of `channels` not subscribed on this connection, with
+    /// their `since`, in `sync`s whose `added` is 0 (they carry none of our log's entries).
+    async fn subscribe(&mut self, session: &mut Session, channels: Vec<String>) -> Result<(), End> {
+        let channels: Vec<String> =
+            channels.into_iter().filter(|c| !session.subscribed.contains(c)).collect();
+        for chunk in channels.chunks(SUBSCRIBES_PER_SYNC_MAX) {
+            let mut frame = SyncBuilder::new();
+            for channel in chunk {
+                let mut action = serde_json::Map::new();
+                action.insert("type".into(), "logux/subscribe".into());
+                action.insert("channel".into(), channel.as_str().into());
+                // Without an answer's id yet, from the time the channel was first followed: the
+                // upstream does not know the id "" and goes by the time.
+                if let Some((id, time)) = self.channels.get(channel) {
+                    let id = id.as_deref().unwrap_or("");
+                    let since = serde_json::json!({"id": id, "time": time - session.time_fix});
+                    action.insert("since".into(), since);
+                }
+                let id = self.ids.next(now_ms());
+                let json = serde_json::Value::Object(action).to_string();
+                frame.push(&session.codec, &json, &id, id.ms - session.time_fix, None);
+                session.subscribing.insert(id.text(), channel.clone());
+                session.subscribed.insert(channel.clone());
+            }
+            let frame = frame.finish(0);
+            session.ws.send(WsMessage::text(frame)).await.map_err(|e| End::retry(format!("sending: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Handles one frame from the upstream, and the `sync`s already received after it.
     async fn received(&mut self, session: &mut Session, text: &str) -> Result<(), End> {
+        let mut syncs = Vec::new();
+        if let Some(sync) = self.frame(session, text).await? {
+            syncs.push(sync);
+            // More `sync`s already here (a catch-up): stored in the same write.
+            while syncs.len() < RECEIVED_SYNCS_PER_WRITE_MAX {
+                let Some(next) = session.ws.next().now_or_never() else { break };
+                let text = match next {
+                    None => return Err(End::retry("the upstream closed the connection")),
+                    Some(Err(e)) => return Err(End::retry(format!("reading: {e}"))),
+                    Some(Ok(WsMessage::Text(text))) => text,
+                    Some(Ok(_)) => continue,
+                };
+                if let Some(sync) = self.frame(session, text.as_str()).await? {
+                    syncs.push(sync);
+                }
+            }
+        }
+        if !syncs.is_empty() {
+            self.store_received(session, syncs).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores what `syncs` from the upstream carry, then confirms each with `synced`.
+    async fn store_received(
+        &mut self,
+        session: &mut Session,
+        syncs: Vec<(u64, Vec<WireEntry>)>,
+    ) -> Result<(), End> {
+        let mut batch = WriteBatch::default();
+        let mut highest = self.received;
+        for (added, entries) in &syncs {
+            highest = highest.max(*added);
+            for entry in entries {
+                self.received_entry(session, entry, &mut batch).await;
+            }
+        }
+        batch.cursors.push((UPSTREAM_RECEIVED.to_owned(), highest));
+        if !matches!(self.shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
+            return Err(End::retry("what the upstream sent could not be written"));
+        }
+        self.received = highest;
+        for (added, _) in syncs {
+            let synced = encode_synced(added);
+            session
+                .ws
+                .send(WsMessage::text(synced))
+                .await
+                .map_err(|e| End::retry(format!("sending: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Adds what one received action means to `batch`: an entry to append, or the `since` of
+    /// a subscription it answers.
+    async fn received_entry(&mut self, session: &mut Session, entry: &WireEntry, batch: &mut WriteBatch) {
+        let Some(id) = session.codec.decode_id(&entry.meta.id) else {
+            tracing::debug!(id = ?entry.meta.id, "an action with a bad id from the upstream; skipped");
+            return;
+        };
+        let time = session.codec.decode_time(entry.meta.time) + session.time_fix;
+        let action = &entry.action;
+        let kind = action.kind();
+        match kind {
+            "logux/processed" | "logux/undo" => {
+                let Some(target) = action.str_field("id") else { return };
+                let Some(channel) = session.subscribing.remove(target) else {
+                    // An answer to a relayed action (docs/edge.md, step 4).
+                    return;
+                };
+                if kind == "logux/undo" {
+                    let reason = action.str_field("reason").unwrap_or("?");
+                    tracing::warn!(%channel, reason, "the upstream refused a subscription");
+                    session.subscribed.remove(&channel);
+                    return;
+                }
+                self.channels.insert(channel.clone(), (Some(id.text()), time));
+                batch.upstream_channels.push(UpstreamChannel {
+                    channel,
+                    since_id: Some(id.text()),
+                    since_time: time,
+                });
+                return;
+            }
+            k if k.starts_with("logux/") => return,
+            _ => {}
+        }
+        let subprotocol = entry.meta.subprotocol.unwrap_or(self.shared.config.subprotocol);
+        let meta = Meta { id: id.clone(), time, subprotocol };
+        let mut routing = self.routing(action, &meta).await;
+        let delta = if kind == rhizome_crdt::DELTA_TYPE {
+            match rhizome_crdt::parse_delta(action.fields()) {
+                Ok((key, delta)) => {
+                    let channel = Channel::from(format!("crdt/{}", key.as_str()));
+                    if !routing.channels.contains(&channel) {
+                        routing.channels.push(channel);
+                    }
+                    Some((key, delta))
+                }
+                Err(e) => {
+                    tracing::warn!(id = %id, error = %e, "a crdt/delta from the upstream does not decode");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let new = NewEntry {
+            id,
+            time,
+            action_json: action.json().clone(),
+            subprotocol,
+            routing,
+            status: Status::Processed,
+        };
+        let append = match delta {
+            Some((key, delta)) => Append::crdt_delta(new, key, delta),
+            None => Append::new(new),
+        };
+        batch.appends.push(append.from_upstream());
+    }
+
+    /// Who receives an action from the upstream here: what this server's rules route it to,
+    /// judged as its author's.
+    async fn routing(&self, action: &Action, meta: &Meta) -> Routing {
+        let Some(rules) = self.shared.app.find_type(action.kind()) else {
+            return Routing::default();
+        };
+        let ctx = Context {
+            user_id: meta.id.node.user_id(),
+            client_id: meta.id.client_id(),
+            node_id: meta.id.node.clone(),
+            subprotocol: meta.subprotocol,
+            headers: Arc::default(),
+        };
+        match rules.resend(&ctx, action, meta).await {
+            Ok(routing) => routing,
+            Err(e) => {
+                tracing::warn!(id = %meta.id, error = ?e, "resend failed for an action from the upstream");
+                Routing::default()
+            }
+        }
+    }
+
+    /// Handles one frame from the upstream; a `sync` is returned, to be stored.
+    async fn frame(
+        &mut self,
+        session: &mut Session,
+        text: &str,
+    ) -> Result<Option<(u64, Vec<WireEntry>)>, End> {
         match parse(text) {
+            Ok(Message::Synced(0)) => Ok(None),
             Ok(Message::Synced(added)) => match self.uplink.synced(added) {
                 Ok(confirmed) => {
                     self.set_status(|s| s.confirmed = confirmed);
                     self.start_cursor_write().await;
-                    Ok(())
+                    Ok(None)
                 }
                 Err(e) => Err(End::retry(e.to_string())),
             },
-            Ok(Message::Sync { added, .. }) => {
-                // Answers to relayed actions and, later, the upstream's actions for this edge
-                // (docs/edge.md, steps 3 and 4); confirmed so the upstream does not resend them.
-                self.received = self.received.max(added);
-                let synced = encode_synced(added);
-                session
-                    .ws
-                    .send(WsMessage::text(synced))
-                    .await
-                    .map_err(|e| End::retry(format!("sending: {e}")))
-            }
+            Ok(Message::Sync { added, entries }) => Ok(Some((added, entries))),
             Ok(Message::Ping(_)) => {
                 let pong = encode_pong(self.received);
-                session.ws.send(WsMessage::text(pong)).await.map_err(|e| End::retry(format!("sending: {e}")))
+                let sent = session.ws.send(WsMessage::text(pong)).await;
+                sent.map(|()| None).map_err(|e| End::retry(format!("sending: {e}")))
             }
             Ok(Message::Error { kind, options }) => {
                 let fatal = FATAL_ERRORS.contains(&kind.as_str());
                 Err(End { fatal, ..End::retry(format!("upstream error {kind} {options:?}")) })
             }
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(None),
             Err(e) => Err(End::retry(format!("bad frame from the upstream: {e}"))),
         }
     }

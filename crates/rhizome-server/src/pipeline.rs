@@ -602,10 +602,15 @@ impl Pipeline {
             _ => None,
         };
         let rules = rules.clone();
-        match rules.access(ctx, &params, &action, &meta).await {
-            Ok(true) => {}
-            Ok(false) => return undo(&meta.id, action, "denied"),
-            Err(e) => return hook_undo(&meta.id, action, e),
+        // A peer (an edge's link) follows channels for its own clients, whose subscriptions
+        // its rules checked: it may subscribe to any (docs/edge.md).
+        let peer = self.identity.user_id.as_ref().is_some_and(|u| self.shared.app.is_peer(u));
+        if !peer {
+            match rules.access(ctx, &params, &action, &meta).await {
+                Ok(true) => {}
+                Ok(false) => return undo(&meta.id, action, "denied"),
+                Err(e) => return hook_undo(&meta.id, action, e),
+            }
         }
         match rules.load(ctx, &params, &action, &meta).await {
             Ok(loaded) if !loaded.is_empty() => {
@@ -651,6 +656,11 @@ impl Pipeline {
             Some(Value::Object(f)) => Some(f.clone()),
             _ => None,
         };
+        if let Some(follow) = self.shared.upstream_follow.get() {
+            if follow.follow(&self.shared.writer, &name).await.is_err() {
+                return undo(&meta.id, action, "error");
+            }
+        }
         let message = HubMessage::Subscribe {
             conn: self.conn,
             channel: Channel::from(name),

@@ -50,6 +50,9 @@ pub struct Shared {
     pub wakeups: Arc<crate::wakeup::Wakeups>,
     /// Turns true when the server shuts down.
     pub stop: tokio::sync::watch::Sender<bool>,
+    /// An edge's link (docs/edge.md): told each channel a client subscribes to, which the edge
+    /// then follows upstream. Unset on a server without an upstream.
+    pub upstream_follow: std::sync::OnceLock<crate::link::Follow>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -116,6 +119,7 @@ impl Shared {
             recent: crate::recent::RecentCommits::default(),
             wakeups: Arc::new(wakeups),
             stop: tokio::sync::watch::Sender::new(false),
+            upstream_follow: std::sync::OnceLock::new(),
         }
     }
 

@@ -49,7 +49,29 @@ pub struct WriteBatch {
     /// Named log positions to raise (`(name, position)`), such as [`UPSTREAM_SENT`]: a cursor
     /// is created at its first write and only ever rises.
     pub cursors: Vec<(String, Position)>,
+    /// Channels an edge follows upstream, each with its latest `since` (see
+    /// [`UpstreamChannel`]).
+    pub upstream_channels: Vec<UpstreamChannel>,
 }
+
+/// A channel an edge subscribes to upstream (docs/edge.md), with the `since` of its next
+/// subscription there. Written when it is first followed with the time it was (`since_id`
+/// `None`: the upstream catches up from that time, so nothing written upstream after the
+/// edge's client subscribed is missed), then with the id and time of each answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamChannel {
+    /// The channel.
+    pub channel: String,
+    /// The id of the upstream's `logux/processed` that answered the last subscription (protocol
+    /// 5's `since.id`), once one did. A row with an id is never replaced by one without.
+    pub since_id: Option<String>,
+    /// Its time, or when the channel was first followed (server clock, ms).
+    pub since_time: i64,
+}
+
+/// The cursor of what an edge received from its upstream: the highest `added` of the
+/// upstream's `sync`s it stored (sent as `synced` in its next `connect`).
+pub const UPSTREAM_RECEIVED: &str = "upstream_received";
 
 /// The cursor of an edge's link (see docs/edge.md): every entry to send upstream at or below
 /// it was committed by the upstream. While it exists, the store keeps the bodies of CRDT deltas
@@ -65,6 +87,7 @@ impl WriteBatch {
             && self.resumed_acks.is_empty()
             && self.push_targets.is_empty()
             && self.cursors.is_empty()
+            && self.upstream_channels.is_empty()
     }
 }
 
@@ -100,6 +123,7 @@ pub struct Append {
     id_text: String,
     routing_text: Option<String>,
     crdt: Option<CrdtWrite>,
+    from_upstream: bool,
 }
 
 /// What an entry does to a CRDT object in its append's transaction.
@@ -117,7 +141,14 @@ impl Append {
     pub fn new(entry: NewEntry) -> Append {
         let id_text = entry.id.text();
         let routing_text = sqlite::routing_json(&entry.routing);
-        Append { entry, id_text, routing_text, crdt: None }
+        Append { entry, id_text, routing_text, crdt: None, from_upstream: false }
+    }
+
+    /// Marks the entry as received from this server's upstream (an edge's link, see
+    /// docs/edge.md): it is never sent back up.
+    pub fn from_upstream(mut self) -> Append {
+        self.from_upstream = true;
+        self
     }
 
     /// An entry that carries a CRDT operation: in the same transaction as the append, the
@@ -232,9 +263,12 @@ pub trait Store: Send + Sync + 'static {
     /// The position of the cursor `name` (see [`WriteBatch::cursors`]), if it was ever written.
     fn cursor(&self, name: &str) -> Result<Option<Position>, StoreError>;
 
+    /// The channels an edge follows upstream.
+    fn upstream_channels(&self) -> Result<Vec<UpstreamChannel>, StoreError>;
+
     /// Entries with `after < added`, oldest first, at most `limit`, with their status: what an
-    /// edge's link sends upstream (it skips some, see docs/edge.md). CRDT deltas emptied by
-    /// snapshot cleaning are left out.
+    /// edge's link sends upstream (it skips some, see docs/edge.md). Entries received from the
+    /// upstream and CRDT deltas emptied by snapshot cleaning are left out.
     fn read_from(&self, after: Position, limit: usize) -> Result<Vec<(StoredEntry, Status)>, StoreError>;
 
     /// The state of the CRDT object at `key` and the log position of the last operation

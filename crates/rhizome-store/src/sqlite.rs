@@ -3,8 +3,8 @@
 use crate::channels::ChannelRuns;
 use crate::ids::{self, RunIndex};
 use crate::{
-    Append, Committed, CrdtWrite, LogWriter, PushTarget, PushTargetChange, Store, StoreError, WriteBatch,
-    UPSTREAM_SENT,
+    Append, Committed, CrdtWrite, LogWriter, PushTarget, PushTargetChange, Store, StoreError,
+    UpstreamChannel, WriteBatch, UPSTREAM_SENT,
 };
 use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEntry};
 use rhizome_crdt::ops;
@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS log(
     subprotocol INTEGER NOT NULL,
     routing TEXT,
     status INTEGER NOT NULL,
-    reason TEXT
+    reason TEXT,
+    upstream INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -59,6 +60,9 @@ CREATE TABLE IF NOT EXISTS crdt_objects(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors(
     name TEXT PRIMARY KEY, position INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upstream_channels(
+    channel TEXT PRIMARY KEY, since_id TEXT, since_time INTEGER
 ) WITHOUT ROWID;
 ";
 
@@ -192,7 +196,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 3;
+const FORMAT_VERSION: i64 = 4;
 
 /// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
 ///
@@ -235,13 +239,23 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             tx.execute_batch(&format!(
                 "ALTER TABLE log RENAME TO log_before_3;
                  {LOG_TABLE}
-                 INSERT INTO log SELECT added, id, time, received, action, subprotocol, routing, status, reason
+                 INSERT INTO log(added, id, time, received, action, subprotocol, routing, status, reason)
+                     SELECT added, id, time, received, action, subprotocol, routing, status, reason
                      FROM log_before_3 ORDER BY added;
                  DROP TABLE log_before_3;"
             ))?;
         }
         ids::index_all(&tx)?;
         crate::channels::index_from_rows(&tx)?;
+    }
+    if version < 4 {
+        let has_upstream: bool =
+            tx.query_row("SELECT count(*) FROM pragma_table_info('log') WHERE name = 'upstream'", [], |r| {
+                r.get::<_, i64>(0).map(|n| n > 0)
+            })?;
+        if !has_upstream {
+            tx.execute("ALTER TABLE log ADD COLUMN upstream INTEGER NOT NULL DEFAULT 0", [])?;
+        }
     }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;
@@ -558,11 +572,25 @@ impl Store for SqliteStore {
         })
     }
 
+    fn upstream_channels(&self) -> Result<Vec<UpstreamChannel>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT channel, since_id, since_time FROM upstream_channels")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(UpstreamChannel {
+                    channel: r.get(0)?,
+                    since_id: r.get(1)?,
+                    since_time: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     fn read_from(&self, after: Position, limit: usize) -> Result<Vec<(StoredEntry, Status)>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS}, status, reason FROM log WHERE added > ?1 AND action <> '{{}}'
-                 ORDER BY added LIMIT ?2"
+                "SELECT {ENTRY_COLUMNS}, status, reason FROM log
+                 WHERE added > ?1 AND action <> '{{}}' AND upstream = 0 ORDER BY added LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
                 let entry = row_entry(row)?;
@@ -765,8 +793,8 @@ impl LogWriter for SqliteWriter {
         let mut results = Vec::with_capacity(batches.len());
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO log(id, time, received, action, subprotocol, routing, status, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO log(id, time, received, action, subprotocol, routing, status, reason, upstream)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             // Only the object's own deltas that go nowhere but its channel: another action routed
             // to the channel, or a delta the rules also send to users, clients, nodes or other
@@ -806,6 +834,12 @@ impl LogWriter for SqliteWriter {
                 "INSERT INTO cursors(name, position) VALUES (?1, ?2)
                  ON CONFLICT(name) DO UPDATE SET position = max(position, excluded.position)",
             )?;
+            // A channel is kept once added; an answer's `since` replaces the one before it.
+            let mut upstream_channel = tx.prepare_cached(
+                "INSERT INTO upstream_channels(channel, since_id, since_time) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(channel) DO UPDATE SET since_id = excluded.since_id,
+                 since_time = excluded.since_time WHERE excluded.since_id IS NOT NULL",
+            )?;
             let mut resumed = tx.prepare_cached(
                 "UPDATE subscription_acks SET position = max(position, ?2) WHERE id = ?1 AND client = ?3",
             )?;
@@ -814,7 +848,9 @@ impl LogWriter for SqliteWriter {
                     outcomes: Vec::with_capacity(batch.appends.len()),
                     entries: Vec::with_capacity(batch.appends.len()),
                 };
-                for Append { mut entry, id_text: id, mut routing_text, crdt } in batch.appends.drain(..) {
+                for Append { mut entry, id_text: id, mut routing_text, crdt, from_upstream } in
+                    batch.appends.drain(..)
+                {
                     // An id is appended once, ever; a CRDT operation is not applied twice either.
                     if let Some(found) = ids.find(&tx, &entry.id, &id)? {
                         let status = Status::from_parts(found.status, found.reason);
@@ -846,6 +882,7 @@ impl LogWriter for SqliteWriter {
                         routing_text,
                         entry.status.code(),
                         entry.status.reason(),
+                        from_upstream,
                     ])?;
                     let added = tx.last_insert_rowid();
                     ids.appended(&tx, &entry.id, &id, added)?;
@@ -922,6 +959,9 @@ impl LogWriter for SqliteWriter {
                 }
                 for (name, position) in batch.cursors.drain(..) {
                     cursor.execute(params![name, position as i64])?;
+                }
+                for UpstreamChannel { channel, since_id, since_time } in batch.upstream_channels.drain(..) {
+                    upstream_channel.execute(params![channel, since_id, since_time])?;
                 }
                 results.push(committed);
             }

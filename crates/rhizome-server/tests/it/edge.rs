@@ -3,7 +3,7 @@
 //! once, through drops, dead links and restarts (a real TCP proxy between edge and cloud).
 
 use crate::support::{has_answer, Client, TestServer};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use rhizome_server::link::LinkStatus;
 use rhizome_testkit::Proxy;
 use serde_json::json;
@@ -199,6 +199,156 @@ async fn a_restarted_edge_resumes_from_its_durable_cursor() -> Result<()> {
     exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
     exactly_once(&ids_of(&cloud, "alice:a2:t")?, &later)?;
     edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+/// The ids of the `inc` actions `client` receives, until it has `n` of them.
+async fn received_incs(client: &mut Client, n: usize) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let m = client.next_json().await.with_context(|| format!("{} of {n} received", ids.len()))?;
+        for (action, meta) in crate::support::sync_pairs(&m) {
+            if action["type"] == "inc" {
+                ids.push(client.decode_id(&meta["id"])?);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Subscribes `client` to `channel` and waits for the answer.
+async fn subscribe(client: &mut Client, channel: &str) -> Result<Vec<serde_json::Value>> {
+    let id = client.send_action(json!({"type": "logux/subscribe", "channel": channel})).await?;
+    client.collect_until(|m| has_answer(m, "logux/processed", &id)).await
+}
+
+/// The counter `key` as a fresh subscriber of `server` receives it: `{node: [p, n]}`.
+async fn counter_document(server: &TestServer, node: &str, key: &str) -> Result<serde_json::Value> {
+    let mut reader = server.login(node).await?;
+    let seen = subscribe(&mut reader, &format!("crdt/{key}")).await?;
+    let delta = seen.iter().flat_map(crate::support::sync_actions).find(|a| a["type"] == "crdt/delta");
+    Ok(delta.map(|d| d["delta"].clone()).unwrap_or_default())
+}
+
+/// Waits until a fresh subscriber of each of `servers` gets the same counter `key`, with
+/// `value` in all; returns the document.
+async fn converged_counter(servers: &[&TestServer], key: &str, value: i64) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let mut documents = Vec::new();
+        for (n, server) in servers.iter().enumerate() {
+            documents.push(counter_document(server, &format!("reader:r{n}:t"), key).await?);
+        }
+        let total = |doc: &serde_json::Value| -> i64 {
+            doc.as_object()
+                .map(|o| o.values().map(|pn| pn[0].as_i64().unwrap_or(0) - pn[1].as_i64().unwrap_or(0)).sum())
+                .unwrap_or(0)
+        };
+        if documents.iter().all(|d| *d == documents[0]) && total(&documents[0]) == value {
+            return Ok(documents.swap_remove(0));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the counter did not converge to {value}: {documents:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_channel_followed_by_an_edge_gets_what_is_written_at_the_cloud_and_other_edges() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let edge_a = TestServer::edge_of(&cloud.url()).await?;
+    let edge_b = TestServer::edge_of(&cloud.url()).await?;
+    let mut bob = edge_b.login("bob:b1:t").await?;
+    subscribe(&mut bob, "counter/x").await?;
+    let mut alice = edge_a.login("alice:a1:t").await?;
+    let mut carol = cloud.login("carol:c1:t").await?;
+    let mut sent = Vec::new();
+    for _ in 0..20 {
+        sent.push(alice.send_action(json!({"type": "inc", "id": "x"})).await?);
+    }
+    for _ in 0..5 {
+        sent.push(carol.send_action(json!({"type": "inc", "id": "x"})).await?);
+    }
+    let mut got = tokio::time::timeout(CONVERGE, received_incs(&mut bob, sent.len())).await??;
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "bob gets each action once, with its author's id");
+    // Edge b keeps them in its log, received (never sent back up).
+    assert_eq!(ids_of(&edge_b, "alice:a1:t")?.len(), 20);
+    assert_eq!(edge_b.link_status()?.actions_sent, 0, "{:?}", edge_b.link_status()?);
+    edge_a.stop().await;
+    edge_b.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn crdt_objects_converge_across_the_cloud_and_its_edges() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let edge_a = TestServer::edge_of(&cloud.url()).await?;
+    let edge_b = TestServer::edge_of(&cloud.url()).await?;
+    // Each edge follows the object once one of its clients subscribes.
+    let mut alice = edge_a.login("alice:a1:t").await?;
+    subscribe(&mut alice, "crdt/likes").await?;
+    let mut bob = edge_b.login("bob:b1:t").await?;
+    subscribe(&mut bob, "crdt/likes").await?;
+    let mut carol = cloud.login("carol:c1:t").await?;
+    for (client, n) in [(&mut alice, 30), (&mut bob, 20), (&mut carol, 7)] {
+        let mut last = String::new();
+        for _ in 0..n {
+            last = client.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+        }
+        client.wait_processed(&last).await?;
+    }
+    let document = converged_counter(&[&cloud, &edge_a, &edge_b], "likes", 57).await?;
+    assert_eq!(document, json!({"alice:a1:t": [30, 0], "bob:b1:t": [20, 0], "carol:c1:t": [7, 0]}));
+    edge_a.stop().await;
+    edge_b.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edge_catches_up_on_its_channels_after_an_outage_and_a_restart() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let edge_a = TestServer::edge_of(&cloud.url()).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge_b = TestServer::edge_of(&proxy.url()).await?;
+    let mut bob = edge_b.login("bob:b1:t").await?;
+    let started_ms = bob.base_time;
+    subscribe(&mut bob, "counter/x").await?;
+    bob.close().await;
+    // Edge b is cut off and restarted while alice writes at edge a.
+    proxy.down(true);
+    let mut alice = edge_a.login("alice:a1:t").await?;
+    let mut sent = Vec::new();
+    for _ in 0..50 {
+        sent.push(alice.send_action(json!({"type": "inc", "id": "x"})).await?);
+    }
+    alice.wait_processed(sent.last().expect("sent")).await?;
+    wait_forwarded(&edge_a).await?;
+    let edge_b = edge_b.restart_edge(&proxy.url()).await?;
+    proxy.down(false);
+    // The channel is followed again with its `since`: a subscriber at edge b gets all 50.
+    let mut dave = edge_b.login("dave:d1:t").await?;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while ids_of(&edge_b, "alice:a1:t")?.len() < sent.len() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("edge b has {} of alice's actions", ids_of(&edge_b, "alice:a1:t")?.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    exactly_once(&ids_of(&edge_b, "alice:a1:t")?, &sent)?;
+    // Dave was away since before alice wrote: his `since` catches him up from edge b's log.
+    let since = json!({"id": "", "time": started_ms});
+    let id = dave.send_action(json!({"type": "logux/subscribe", "channel": "counter/x", "since": since})).await?;
+    let seen = dave.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
+    let incs = seen.iter().flat_map(crate::support::sync_actions).filter(|a| a["type"] == "inc").count();
+    assert_eq!(incs, sent.len());
+    edge_a.stop().await;
+    edge_b.stop().await;
     cloud.stop().await;
     Ok(())
 }

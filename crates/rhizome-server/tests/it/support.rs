@@ -90,6 +90,8 @@ auth_failure_window_ms = 1000
 #[derive(Debug)]
 pub struct TestServer {
     server: Option<Server>,
+    /// An edge's link node id.
+    link_node: Option<String>,
     _dir: TempDir,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -134,18 +136,15 @@ impl TestServer {
     }
 
     /// Starts an edge of the server at `upstream` (a WebSocket URL) with the test rules and
-    /// [`DEFAULT_LIMITS`]. Its link logs in as `edge:e1:link` (user `edge`, which the upstream
-    /// must make a peer), retries within a second, and drops a link silent for a second.
+    /// [`DEFAULT_LIMITS`]. Its link logs in as `edge:e<n>:link` (user `edge`, which the upstream
+    /// must make a peer; `n` differs for each edge), retries within a second, and drops a link
+    /// silent for a second.
     pub async fn edge_of(upstream: &str) -> Result<TestServer> {
+        static EDGES: AtomicU64 = AtomicU64::new(1);
+        let node = format!("edge:e{}:link", EDGES.fetch_add(1, Ordering::Relaxed));
         let (app, limits) = Self::default_rules()?;
-        Self::start_edge_in(
-            tempfile::tempdir()?,
-            app,
-            limits,
-            WakeupOptions::default(),
-            Some(link_to(upstream)),
-        )
-        .await
+        let link = Some(link_to(upstream, &node));
+        Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), link).await
     }
 
     /// Stops an edge and starts it again on the same data directory, linked to `upstream`.
@@ -154,7 +153,9 @@ impl TestServer {
             server.shutdown().await;
         }
         let (app, limits) = Self::default_rules()?;
-        Self::start_edge_in(self._dir, app, limits, WakeupOptions::default(), Some(link_to(upstream))).await
+        let node = self.link_node.take().ok_or_else(|| anyhow!("not an edge"))?;
+        let link = Some(link_to(upstream, &node));
+        Self::start_edge_in(self._dir, app, limits, WakeupOptions::default(), link).await
     }
 
     /// The state of an edge's link.
@@ -196,6 +197,7 @@ impl TestServer {
         wakeups: WakeupOptions,
         upstream: Option<UpstreamOptions>,
     ) -> Result<TestServer> {
+        let link_node = upstream.as_ref().map(|o| o.node.as_str().to_owned());
         let options = ServerOptions {
             listen: "127.0.0.1:0".parse()?,
             data_dir: dir.path().into(),
@@ -209,7 +211,7 @@ impl TestServer {
         };
         let server = Server::start(options).await?;
         let addr = server.local_addr();
-        Ok(TestServer { server: Some(server), _dir: dir, addr })
+        Ok(TestServer { server: Some(server), link_node, _dir: dir, addr })
     }
 
     /// Starts a server with [`DEFAULT_LIMITS`].
@@ -299,9 +301,9 @@ impl TestServer {
     }
 }
 
-/// The link options of a test edge: node `edge:e1:link`, quick retries and a short timeout.
-fn link_to(upstream: &str) -> UpstreamOptions {
-    let node = rhizome_protocol::NodeId::from("edge:e1:link");
+/// The link options of a test edge with the link's `node`: quick retries and a short timeout.
+fn link_to(upstream: &str, node: &str) -> UpstreamOptions {
+    let node = rhizome_protocol::NodeId::from(node);
     let mut options = UpstreamOptions::new(upstream, node, Some(token("edge")));
     options.backoff = Backoff { base: Duration::from_millis(20), max: Duration::from_millis(500) };
     options.ping_interval = Duration::from_millis(300);

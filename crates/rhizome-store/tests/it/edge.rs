@@ -4,7 +4,7 @@
 use crate::{crdt_append, entry, open};
 use rhizome_core::{AppendOutcome, Routing, Status};
 use rhizome_crdt::{Lattice, Object};
-use rhizome_store::{Append, LogWriter, SqliteStore, Store, WriteBatch, UPSTREAM_SENT};
+use rhizome_store::{Append, LogWriter, SqliteStore, Store, UpstreamChannel, WriteBatch, UPSTREAM_SENT};
 use std::sync::Arc;
 
 fn commit(w: &mut rhizome_store::SqliteWriter, batch: WriteBatch) -> Vec<AppendOutcome> {
@@ -143,4 +143,68 @@ fn deltas_the_upstream_lacks_are_not_cleaned() {
     assert_eq!(deltas_kept(Some(0)), 200, "nothing sent upstream yet: every delta is kept");
     let kept = deltas_kept(Some(100));
     assert!((100..200).contains(&kept), "only deltas at or below the cursor may go: {kept}");
+}
+
+#[test]
+fn entries_received_from_upstream_are_never_read_to_go_back_up() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let mine = Append::new(entry("1 a:b:c 0", Routing::default(), Status::Processed));
+    let theirs = Append::new(entry("2 z:y:x 0", Routing::default(), Status::Processed)).from_upstream();
+    let later = Append::new(entry("3 a:b:c 0", Routing::default(), Status::Processed));
+    commit(&mut w, WriteBatch { appends: vec![mine, theirs, later], ..WriteBatch::default() });
+    let read: Vec<u64> = store.read_from(0, 10).expect("read").iter().map(|(e, _)| e.added).collect();
+    assert_eq!(read, [1, 3]);
+    assert_eq!(store.count().expect("count"), 3, "it is in the log all the same");
+}
+
+#[test]
+fn upstream_channels_are_kept_with_their_latest_since() {
+    let (dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let follow = |channel: &str, id: Option<&str>, time: i64| UpstreamChannel {
+        channel: channel.to_owned(),
+        since_id: id.map(str::to_owned),
+        since_time: time,
+    };
+    let write = |w: &mut rhizome_store::SqliteWriter, channels: Vec<UpstreamChannel>| {
+        commit(w, WriteBatch { upstream_channels: channels, ..WriteBatch::default() });
+    };
+    write(&mut w, vec![follow("counter/a", None, 1), follow("crdt/k", None, 2)]);
+    write(&mut w, vec![follow("counter/a", Some("5 server:s 0"), 5)]);
+    // Followed again (a client subscribed again): the answer's `since` stays.
+    write(&mut w, vec![follow("counter/a", None, 6)]);
+    write(&mut w, vec![follow("crdt/k", Some("7 server:s 0"), 7), follow("crdt/k", Some("9 server:s 0"), 9)]);
+    write(&mut w, vec![follow("news", None, 10), follow("news", None, 11)]);
+    drop(w);
+    drop(store);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let mut channels = store.upstream_channels().expect("read");
+    channels.sort_by(|a, b| a.channel.cmp(&b.channel));
+    let expected = [
+        follow("counter/a", Some("5 server:s 0"), 5),
+        follow("crdt/k", Some("9 server:s 0"), 9),
+        follow("news", None, 10),
+    ];
+    assert_eq!(channels, expected, "a channel followed twice keeps the time it was first followed");
+}
+
+#[test]
+fn a_log_of_format_three_gains_the_upstream_column_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("create");
+        db.execute_batch(
+            "CREATE TABLE log(added INTEGER PRIMARY KEY, id TEXT NOT NULL, time INTEGER NOT NULL,
+                received INTEGER NOT NULL, action TEXT NOT NULL, subprotocol INTEGER NOT NULL,
+                routing TEXT, status INTEGER NOT NULL, reason TEXT);
+             INSERT INTO log VALUES (1, '1 a:b:c 0', 1, 1, '{\"type\":\"inc\"}', 1, '{}', 1, NULL);
+             PRAGMA user_version = 3;",
+        )
+        .expect("a format-3 log");
+    }
+    let store = SqliteStore::open(dir.path()).expect("open");
+    let read = store.read_from(0, 10).expect("read");
+    assert_eq!(read.len(), 1, "the old row is kept and counts as the edge's own");
+    assert_eq!(read[0].0.id.text(), "1 a:b:c 0");
 }
