@@ -343,7 +343,8 @@ async fn an_edge_catches_up_on_its_channels_after_an_outage_and_a_restart() -> R
     exactly_once(&ids_of(&edge_b, "alice:a1:t")?, &sent)?;
     // Dave was away since before alice wrote: his `since` catches him up from edge b's log.
     let since = json!({"id": "", "time": started_ms});
-    let id = dave.send_action(json!({"type": "logux/subscribe", "channel": "counter/x", "since": since})).await?;
+    let id =
+        dave.send_action(json!({"type": "logux/subscribe", "channel": "counter/x", "since": since})).await?;
     let seen = dave.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
     let incs = seen.iter().flat_map(crate::support::sync_actions).filter(|a| a["type"] == "inc").count();
     assert_eq!(incs, sent.len());

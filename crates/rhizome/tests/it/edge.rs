@@ -1,8 +1,8 @@
 //! Three `rhizome serve` processes: a cloud and two edges (`--upstream`), each edge behind a
 //! fault-injecting TCP proxy. Clients write to the edges while one link is down for seconds and
 //! the other is cut again and again; once the clients' queues drain at the edges and the links
-//! catch up, the cloud holds every action exactly once and the CRDT counter both edges' clients
-//! incremented counts every increment.
+//! catch up, the cloud holds every action exactly once, and the CRDT counter both edges' clients
+//! incremented counts every increment at the cloud, at both edges and in every client's copy.
 
 use crate::support::ServerProcess;
 use rhizome_client::{Client, ClientOptions, Object};
@@ -136,6 +136,7 @@ fn a_cloud_and_two_edges_converge_after_their_links_fail_under_load() {
                 options.sync_actions_max = 100;
                 let (client, events) = Client::open(options).await.expect("open");
                 drop(events);
+                client.subscribe("crdt/shared").await.expect("subscribe");
                 let actions = (0..ACTIONS)
                     .map(|n| match n % 4 {
                         0 => json!({"type": "crdt/counter/inc", "key": "shared", "by": 1}),
@@ -172,9 +173,19 @@ fn a_cloud_and_two_edges_converge_after_their_links_fail_under_load() {
             ids.iter().filter(|id| logged[*id] != (1, 1)).map(|id| (id, logged[id])).collect();
         assert!(wrong.is_empty(), "not logged once and processed: {wrong:?}");
         let increments = (2 * CLIENTS * ACTIONS / 4) as i128;
-        let seen =
-            counter_seen(&cloud.url, &dir.path().join("reader.sqlite"), "reader", "shared", increments).await;
-        assert_eq!(seen, increments, "the cloud's counter counts both edges' increments");
+        for (n, url) in [&cloud.url, &edges[0].url, &edges[1].url].into_iter().enumerate() {
+            let path = dir.path().join(format!("reader{n}.sqlite"));
+            let seen = counter_seen(url, &path, &format!("reader{n}"), "shared", increments).await;
+            assert_eq!(seen, increments, "the counter at {url} counts both edges' increments");
+        }
+        // Every client's copy too, joined from what its edge sent it.
+        for client in &clients {
+            wait_until("each client's copy of the counter to count everything", || async {
+                let copy = client.object("shared").await.expect("object");
+                matches!(copy, Some(Object::Counter(c)) if c.value() == increments)
+            })
+            .await;
+        }
         eprintln!(
             "{} actions; proxied bytes {} and {}; link connections {} and {}",
             ids.len(),
