@@ -195,6 +195,11 @@ pub struct UpstreamSection {
     pub sync_actions_max: Option<usize>,
     /// Bytes of actions in one `sync` at most (262144); below the upstream's `frame_bytes_max`.
     pub sync_bytes_max: Option<usize>,
+    /// Entries waiting to go upstream at most (1000000); past it client actions are refused
+    /// with `logux/undo` reason `outboxFull`.
+    pub outbox_max: Option<u64>,
+    /// Bytes of actions waiting to go upstream at most (1073741824), likewise.
+    pub outbox_bytes_max: Option<u64>,
 }
 
 impl UpstreamSection {
@@ -247,6 +252,8 @@ impl UpstreamSection {
         options.sync_actions_max =
             positive("sync_actions_max", self.sync_actions_max, options.sync_actions_max)?;
         options.sync_bytes_max = positive("sync_bytes_max", self.sync_bytes_max, options.sync_bytes_max)?;
+        options.outbox_max = self.outbox_max.unwrap_or(options.outbox_max);
+        options.outbox_bytes_max = self.outbox_bytes_max.unwrap_or(options.outbox_bytes_max);
         Ok(Some(options))
     }
 }

@@ -93,8 +93,6 @@ pub enum StartError {
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    /// The upstream link's state, for an edge.
-    link: Option<Arc<std::sync::Mutex<link::LinkStatus>>>,
     done: oneshot::Receiver<()>,
     /// `<data dir>/rhizome.lock`, locked for as long as this server runs: a second server on
     /// the same log would have a hub and a writer of its own.
@@ -171,7 +169,7 @@ impl Server {
 
         // An edge's cursor exists before any client's action is committed: the store keeps the
         // CRDT deltas above it (docs/edge.md), which snapshot cleaning would empty otherwise.
-        let link = match options.upstream {
+        match options.upstream {
             Some(upstream) => {
                 let batch = WriteBatch {
                     cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],
@@ -185,10 +183,11 @@ impl Server {
                 let status = Arc::new(std::sync::Mutex::new(link::LinkStatus::default()));
                 let (follow, followed) = link::Follow::new(shared.store.upstream_channels()?);
                 let _ = shared.upstream_follow.set(follow);
-                tokio::spawn(link::run(shared.clone(), upstream, status.clone(), followed));
-                Some(status)
+                let _ = shared.link_status.set(status.clone());
+                tokio::spawn(link::measure_outbox(shared.clone(), upstream.clone()));
+                tokio::spawn(link::run(shared.clone(), upstream, status, followed));
             }
-            None => None,
+            None => {}
         };
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
@@ -200,6 +199,7 @@ impl Server {
         tokio::spawn(wakeup::run(shared.clone()));
         let router = Router::new()
             .route("/health", get(health))
+            .route("/v1/edge/status", get(link::status_endpoint))
             .route("/v1/push", post(http_sync::push))
             .route("/v1/pull", post(http_sync::pull))
             .route("/v1/push-config", get(wakeup::config_endpoint))
@@ -224,12 +224,12 @@ impl Server {
             let _ = done_tx.send(());
         });
         tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
-        Ok(Server { addr, shared, link, done, _lock: lock })
+        Ok(Server { addr, shared, done, _lock: lock })
     }
 
     /// The state of the link to the upstream, for an edge.
     pub fn link_status(&self) -> Option<link::LinkStatus> {
-        self.link.as_ref().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        self.shared.link_status.get().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// The address the server listens on.

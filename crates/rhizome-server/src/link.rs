@@ -27,7 +27,7 @@ use rhizome_protocol::message::{encode_connect, encode_ping, encode_pong, encode
 use rhizome_protocol::{
     parse, time_fix, Action, Channel, Codec, IdGenerator, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL,
 };
-use rhizome_store::{Append, UpstreamChannel, WriteBatch, UPSTREAM_RECEIVED, UPSTREAM_SENT};
+use rhizome_store::{Append, OutboxSize, UpstreamChannel, WriteBatch, UPSTREAM_RECEIVED, UPSTREAM_SENT};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,6 +59,12 @@ pub struct UpstreamOptions {
     pub timeout: Duration,
     /// A quiet link sends `ping` after this long, so a dead connection is noticed.
     pub ping_interval: Duration,
+    /// Most entries waiting to go upstream: past it, client actions are refused with
+    /// `logux/undo` reason `outboxFull` until the link catches up (checked against a measure
+    /// at most [`OUTBOX_MEASURE_INTERVAL`] old).
+    pub outbox_max: u64,
+    /// Most bytes of actions waiting to go upstream, likewise.
+    pub outbox_bytes_max: u64,
 }
 
 impl UpstreamOptions {
@@ -74,6 +80,8 @@ impl UpstreamOptions {
             backoff: Backoff::default(),
             timeout: Duration::from_secs(20),
             ping_interval: Duration::from_secs(10),
+            outbox_max: 1_000_000,
+            outbox_bytes_max: 1 << 30,
         }
     }
 }
@@ -91,6 +99,79 @@ pub struct LinkStatus {
     pub actions_sent: u64,
     /// Why the last connection ended or failed.
     pub last_error: Option<String>,
+    /// What waits to go upstream, as last measured.
+    pub outbox: OutboxSize,
+    /// When it was measured (server clock, ms).
+    pub outbox_measured_ms: i64,
+    /// Whether the outbox is at its limit (client actions are refused).
+    pub outbox_full: bool,
+    /// The highest `added` of the upstream's stored here.
+    pub received: u64,
+    /// Channels followed upstream.
+    pub channels: usize,
+}
+
+/// How often the outbox is measured.
+pub const OUTBOX_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Measures the outbox every [`OUTBOX_MEASURE_INTERVAL`] until the server stops, and sets
+/// whether it is full.
+pub(crate) async fn measure_outbox(shared: Arc<Shared>, options: UpstreamOptions) {
+    let Some(status) = shared.link_status.get().cloned() else { return };
+    loop {
+        let confirmed = status.lock().unwrap_or_else(|p| p.into_inner()).confirmed;
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || store.outbox(confirmed)).await {
+            Ok(Ok(outbox)) => {
+                let full = outbox.entries >= options.outbox_max || outbox.bytes >= options.outbox_bytes_max;
+                let was = shared.outbox_full.swap(full, std::sync::atomic::Ordering::Relaxed);
+                if full != was {
+                    tracing::warn!(entries = outbox.entries, bytes = outbox.bytes, full, "edge outbox limit");
+                }
+                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                s.outbox = outbox;
+                s.outbox_measured_ms = now_ms();
+                s.outbox_full = full;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "measuring the edge outbox failed"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(OUTBOX_MEASURE_INTERVAL) => {}
+            () = shared.stopping() => return,
+        }
+    }
+}
+
+/// `GET /v1/edge/status`: the edge's link and outbox, as JSON (404 on a server that is not an
+/// edge). See docs/edge.md.
+pub(crate) async fn status_endpoint(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(status) = shared.link_status.get() else {
+        return (axum::http::StatusCode::NOT_FOUND, "not an edge\n").into_response();
+    };
+    let s = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let now = now_ms();
+    let body = serde_json::json!({
+        "connected": s.connected_since_ms.is_some(),
+        "connectedSince": s.connected_since_ms,
+        "connections": s.connections,
+        "lastError": s.last_error,
+        "upstreamSent": s.confirmed,
+        "upstreamReceived": s.received,
+        "channels": s.channels,
+        "actionsSent": s.actions_sent,
+        "outbox": {
+            "entries": s.outbox.entries,
+            "bytes": s.outbox.bytes,
+            "oldestAgeMs": s.outbox.oldest_ms.map(|t| (now - t).max(0)),
+            "full": s.outbox_full,
+            "measuredAgoMs": now - s.outbox_measured_ms,
+        },
+    });
+    axum::Json(body).into_response()
 }
 
 /// How long the link waits before reading again an action whose `process` has not finished.
@@ -207,7 +288,12 @@ pub(crate) async fn run(
         cursor_write: None,
         cursor_written: confirmed,
     };
-    link.set_status(|s| s.confirmed = confirmed);
+    let (received, channels) = (link.received, link.channels.len());
+    link.set_status(|s| {
+        s.confirmed = confirmed;
+        s.received = received;
+        s.channels = channels;
+    });
     let mut rng = StdRng::from_entropy();
     let mut attempt = 0u32;
     loop {
@@ -437,6 +523,8 @@ impl Link {
         for channel in &channels {
             self.channels.entry(channel.clone()).or_insert((None, now_ms()));
         }
+        let count = self.channels.len();
+        self.set_status(|s| s.channels = count);
         self.subscribe(session, channels).await
     }
 
@@ -514,6 +602,7 @@ impl Link {
             return Err(End::retry("what the upstream sent could not be written"));
         }
         self.received = highest;
+        self.set_status(|s| s.received = highest);
         for (added, _) in syncs {
             let synced = encode_synced(added);
             session

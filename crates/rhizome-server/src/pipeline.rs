@@ -286,6 +286,14 @@ impl Pipeline {
                 answers.push(Answer::Processed(meta.id));
                 continue;
             }
+            // An edge whose outbox is at its limit takes no more actions (docs/edge.md): the
+            // refusal is explicit, and nothing it refused was acknowledged.
+            if self.shared.outbox_full.load(std::sync::atomic::Ordering::Relaxed)
+                && !kind.starts_with("logux/")
+            {
+                answers.push(undo(&meta.id, action, "outboxFull"));
+                continue;
+            }
             let rules = match self.shared.app.find_type(kind) {
                 Some(rules) if !kind.starts_with("logux/") => rules.clone(),
                 _ => {

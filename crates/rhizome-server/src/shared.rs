@@ -53,6 +53,10 @@ pub struct Shared {
     /// An edge's link (docs/edge.md): told each channel a client subscribes to, which the edge
     /// then follows upstream. Unset on a server without an upstream.
     pub upstream_follow: std::sync::OnceLock<crate::link::Follow>,
+    /// An edge's link state, for the status endpoint.
+    pub link_status: std::sync::OnceLock<Arc<Mutex<crate::link::LinkStatus>>>,
+    /// An edge's outbox is at its limit: client actions are refused (`outboxFull`).
+    pub outbox_full: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -120,6 +124,8 @@ impl Shared {
             wakeups: Arc::new(wakeups),
             stop: tokio::sync::watch::Sender::new(false),
             upstream_follow: std::sync::OnceLock::new(),
+            link_status: std::sync::OnceLock::new(),
+            outbox_full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

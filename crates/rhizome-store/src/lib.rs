@@ -69,6 +69,17 @@ pub struct UpstreamChannel {
     pub since_time: i64,
 }
 
+/// The size of an edge's outbox (see [`Store::outbox`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxSize {
+    /// Entries.
+    pub entries: u64,
+    /// Bytes of their actions.
+    pub bytes: u64,
+    /// Creation time of the oldest (server clock, ms).
+    pub oldest_ms: Option<i64>,
+}
+
 /// The cursor of what an edge received from its upstream: the highest `added` of the
 /// upstream's `sync`s it stored (sent as `synced` in its next `connect`).
 pub const UPSTREAM_RECEIVED: &str = "upstream_received";
@@ -262,6 +273,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The position of the cursor `name` (see [`WriteBatch::cursors`]), if it was ever written.
     fn cursor(&self, name: &str) -> Result<Option<Position>, StoreError>;
+
+    /// What an edge still has to send upstream: its own entries after `after` (the upstream
+    /// cursor) that the link sends (not received from the upstream, not a server's, not undone).
+    fn outbox(&self, after: Position) -> Result<OutboxSize, StoreError>;
 
     /// The channels an edge follows upstream.
     fn upstream_channels(&self) -> Result<Vec<UpstreamChannel>, StoreError>;

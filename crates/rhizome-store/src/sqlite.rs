@@ -3,7 +3,7 @@
 use crate::channels::ChannelRuns;
 use crate::ids::{self, RunIndex};
 use crate::{
-    Append, Committed, CrdtWrite, LogWriter, PushTarget, PushTargetChange, Store, StoreError,
+    Append, Committed, CrdtWrite, LogWriter, OutboxSize, PushTarget, PushTargetChange, Store, StoreError,
     UpstreamChannel, WriteBatch, UPSTREAM_SENT,
 };
 use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEntry};
@@ -569,6 +569,24 @@ impl Store for SqliteStore {
                 .query_row([name], |r| r.get(0))
                 .optional()?;
             Ok(position.map(|p| p as Position))
+        })
+    }
+
+    fn outbox(&self, after: Position) -> Result<OutboxSize, StoreError> {
+        self.with_reader(|c| {
+            // The ids of a server (user `server`) are `<ms> server:<name> <seq>` or `<ms> server <seq>`.
+            let mut stmt = c.prepare_cached(
+                "SELECT count(*), coalesce(sum(length(action)), 0), min(time) FROM log
+                 WHERE added > ?1 AND upstream = 0 AND action <> '{}' AND status <> 2
+                 AND id NOT LIKE '% server:%' AND id NOT LIKE '% server %'",
+            )?;
+            Ok(stmt.query_row([after as i64], |r| {
+                Ok(OutboxSize {
+                    entries: r.get::<_, i64>(0)? as u64,
+                    bytes: r.get::<_, i64>(1)? as u64,
+                    oldest_ms: r.get(2)?,
+                })
+            })?)
         })
     }
 

@@ -353,3 +353,85 @@ async fn an_edge_catches_up_on_its_channels_after_an_outage_and_a_restart() -> R
     cloud.stop().await;
     Ok(())
 }
+
+/// `GET /v1/edge/status` of `server`: the status code and the body as JSON (null when not JSON).
+async fn edge_status(server: &TestServer) -> Result<(u16, serde_json::Value)> {
+    let response = reqwest::get(format!("http://{}/v1/edge/status", server.addr)).await?;
+    let code = response.status().as_u16();
+    let text = response.text().await?;
+    Ok((code, serde_json::from_str(&text).unwrap_or_default()))
+}
+
+/// Waits until the edge's status satisfies `pred`; returns it.
+async fn wait_status(
+    edge: &TestServer,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let (code, body) = edge_status(edge).await?;
+        if code == 200 && pred(&body) {
+            return Ok(body);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the edge's status stayed {code} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_status_endpoint_reports_the_link_and_the_outbox() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    assert_eq!(edge_status(&cloud).await?.0, 404, "the cloud is no edge");
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    send_incs(&mut alice, 30).await?;
+    // Down: 30 actions wait, the oldest for a while, and the link says why it is down.
+    let down = wait_status(&edge, |s| {
+        s["outbox"]["entries"] == 30 && s["outbox"]["oldestAgeMs"].as_i64() > Some(100)
+    })
+    .await?;
+    assert_eq!(down["connected"], false, "{down}");
+    assert!(down["lastError"].is_string(), "{down}");
+    assert!(down["outbox"]["bytes"].as_u64() > Some(30 * 10), "{down}");
+    assert_eq!(down["outbox"]["full"], false);
+    proxy.down(false);
+    let up = wait_status(&edge, |s| s["connected"] == true && s["outbox"]["entries"] == 0).await?;
+    assert_eq!(up["outbox"]["oldestAgeMs"], serde_json::Value::Null, "{up}");
+    assert!(up["upstreamSent"].as_u64() >= Some(30), "{up}");
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_outbox_refuses_client_actions_until_the_link_catches_up() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_with(&proxy.url(), |o| o.outbox_max = 20).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let accepted = send_incs(&mut alice, 25).await?;
+    wait_status(&edge, |s| s["outbox"]["full"] == true).await?;
+    // Refused explicitly, not stored: the author learns it was not taken.
+    let refused = alice.send_action(json!({"type": "inc", "id": "x"})).await?;
+    let answer = alice.until(|m| has_answer(m, "logux/undo", &refused)).await?;
+    assert_eq!(crate::support::sync_actions(&answer)[0]["reason"], "outboxFull", "{answer}");
+    assert!(!ids_of(&edge, "alice:a1:t")?.contains_key(&refused));
+    // Subscriptions still work while it is full.
+    subscribe(&mut alice, "counter/x").await?;
+    proxy.down(false);
+    wait_status(&edge, |s| s["outbox"]["full"] == false).await?;
+    let later = alice.send_action(json!({"type": "inc", "id": "x"})).await?;
+    alice.wait_processed(&later).await?;
+    wait_forwarded(&edge).await?;
+    let mut sent = accepted;
+    sent.push(later);
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}

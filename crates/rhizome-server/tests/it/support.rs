@@ -140,11 +140,17 @@ impl TestServer {
     /// must make a peer; `n` differs for each edge), retries within a second, and drops a link
     /// silent for a second.
     pub async fn edge_of(upstream: &str) -> Result<TestServer> {
+        Self::edge_with(upstream, |_| {}).await
+    }
+
+    /// [`TestServer::edge_of`] with link options changed by `tweak`.
+    pub async fn edge_with(upstream: &str, tweak: impl FnOnce(&mut UpstreamOptions)) -> Result<TestServer> {
         static EDGES: AtomicU64 = AtomicU64::new(1);
         let node = format!("edge:e{}:link", EDGES.fetch_add(1, Ordering::Relaxed));
         let (app, limits) = Self::default_rules()?;
-        let link = Some(link_to(upstream, &node));
-        Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), link).await
+        let mut link = link_to(upstream, &node);
+        tweak(&mut link);
+        Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
     }
 
     /// Stops an edge and starts it again on the same data directory, linked to `upstream`.
