@@ -169,26 +169,24 @@ impl Server {
 
         // An edge's cursor exists before any client's action is committed: the store keeps the
         // CRDT deltas above it (docs/edge.md), which snapshot cleaning would empty otherwise.
-        match options.upstream {
-            Some(upstream) => {
-                let batch = WriteBatch {
-                    cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],
-                    ..WriteBatch::default()
-                };
-                if !matches!(shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
-                    return Err(StartError::Store(StoreError::Io(std::io::Error::other(
-                        "the upstream cursor could not be written",
-                    ))));
-                }
-                let status = Arc::new(std::sync::Mutex::new(link::LinkStatus::default()));
-                let (follow, followed) = link::Follow::new(shared.store.upstream_channels()?);
-                let _ = shared.upstream_follow.set(follow);
-                let _ = shared.link_status.set(status.clone());
-                tokio::spawn(link::measure_outbox(shared.clone(), upstream.clone()));
-                tokio::spawn(link::run(shared.clone(), upstream, status, followed));
+        if let Some(upstream) = options.upstream {
+            let batch = WriteBatch {
+                cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],
+                ..WriteBatch::default()
+            };
+            if !matches!(shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
+                return Err(StartError::Store(StoreError::Io(std::io::Error::other(
+                    "the upstream cursor could not be written",
+                ))));
             }
-            None => {}
-        };
+            let status = Arc::new(std::sync::Mutex::new(link::LinkStatus::default()));
+            let (follow, followed) = link::Follow::new(shared.store.upstream_channels()?);
+            let _ = shared.upstream_follow.set(follow);
+            let _ = shared.link_status.set(status.clone());
+            tokio::spawn(link::measure_outbox(shared.clone(), upstream.clone()));
+            tokio::spawn(link::run(shared.clone(), upstream, status, followed));
+        }
+
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| StartError::Bind { addr: options.listen, source })?;
