@@ -25,7 +25,8 @@ use rhizome_core::{Context, Meta, NewEntry, Position, Routing, Status, StoredEnt
 use rhizome_protocol::backoff::{parse_retry_after, Backoff};
 use rhizome_protocol::message::{encode_connect, encode_ping, encode_pong, encode_synced};
 use rhizome_protocol::{
-    parse, time_fix, Action, Channel, Codec, IdGenerator, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL,
+    parse, time_fix, Action, ActionId, Channel, Codec, IdGenerator, Message, NodeId, SyncBuilder, WireEntry,
+    PROTOCOL,
 };
 use rhizome_store::{Append, OutboxSize, UpstreamChannel, WriteBatch, UPSTREAM_RECEIVED, UPSTREAM_SENT};
 use std::collections::{HashMap, HashSet};
@@ -183,6 +184,17 @@ const FATAL_ERRORS: [&str; 3] = ["wrong-protocol", "wrong-subprotocol", "wrong-c
 
 /// Room for one action's meta and separators in a `sync` frame, in bytes.
 const META_BYTES_MAX: usize = 384;
+
+/// The action telling an author's client that the upstream committed its actions `ids`
+/// (docs/edge.md): `{"type": "rhizome/committed", "ids": [...]}`.
+pub const COMMITTED_TYPE: &str = "rhizome/committed";
+
+/// The upstream's answer to an action this edge relayed.
+struct RelayAnswer {
+    target: ActionId,
+    /// The `logux/undo` action, or `None` for `logux/processed`.
+    undo: Option<Action>,
+}
 
 /// `sync`s received from the upstream stored in one write at most.
 const RECEIVED_SYNCS_PER_WRITE_MAX: usize = 64;
@@ -590,12 +602,16 @@ impl Link {
         syncs: Vec<(u64, Vec<WireEntry>)>,
     ) -> Result<(), End> {
         let mut batch = WriteBatch::default();
+        let mut answers = Vec::new();
         let mut highest = self.received;
         for (added, entries) in &syncs {
             highest = highest.max(*added);
             for entry in entries {
-                self.received_entry(session, entry, &mut batch).await;
+                self.received_entry(session, entry, &mut batch, &mut answers).await;
             }
+        }
+        if !answers.is_empty() {
+            self.relay_answers(answers, &mut batch).await?;
         }
         batch.cursors.push((UPSTREAM_RECEIVED.to_owned(), highest));
         if !matches!(self.shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
@@ -616,7 +632,13 @@ impl Link {
 
     /// Adds what one received action means to `batch`: an entry to append, or the `since` of
     /// a subscription it answers.
-    async fn received_entry(&mut self, session: &mut Session, entry: &WireEntry, batch: &mut WriteBatch) {
+    async fn received_entry(
+        &mut self,
+        session: &mut Session,
+        entry: &WireEntry,
+        batch: &mut WriteBatch,
+        answers: &mut Vec<RelayAnswer>,
+    ) {
         let Some(id) = session.codec.decode_id(&entry.meta.id) else {
             tracing::debug!(id = ?entry.meta.id, "an action with a bad id from the upstream; skipped");
             return;
@@ -628,7 +650,11 @@ impl Link {
             "logux/processed" | "logux/undo" => {
                 let Some(target) = action.str_field("id") else { return };
                 let Some(channel) = session.subscribing.remove(target) else {
-                    // An answer to a relayed action (docs/edge.md, step 4).
+                    // The upstream's answer to an action this edge relayed.
+                    if let Some(target) = rhizome_protocol::ActionId::parse(target) {
+                        let undo = (kind == "logux/undo").then(|| action.clone());
+                        answers.push(RelayAnswer { target, undo });
+                    }
                     return;
                 };
                 if kind == "logux/undo" {
@@ -681,6 +707,70 @@ impl Link {
             None => Append::new(new),
         };
         batch.appends.push(append.from_upstream());
+    }
+
+    /// What the upstream's answers to relayed actions mean here (docs/edge.md, two levels of
+    /// acknowledgement): a `logux/processed` becomes `rhizome/committed` for the author's
+    /// client; a `logux/undo` marks the entry undone here and goes to the author's client and
+    /// the entry's channels, as an undo of this server's own would. Both are kept in the log, so
+    /// an author that is away gets them when it connects.
+    async fn relay_answers(&self, answers: Vec<RelayAnswer>, batch: &mut WriteBatch) -> Result<(), End> {
+        let store = self.shared.store.clone();
+        let targets: Vec<ActionId> =
+            answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
+        // The undone entries as logged here: their positions and routing.
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = HashMap::new();
+            for target in targets {
+                let Some(position) = store.position_of_id(&target.text())? else { continue };
+                if let Some((entry, _)) = store.read_from(position - 1, 1)?.into_iter().next() {
+                    if entry.added == position {
+                        found.insert(target, entry);
+                    }
+                }
+            }
+            Ok::<_, rhizome_store::StoreError>(found)
+        })
+        .await;
+        let found = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
+            Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
+        };
+        let mut committed: HashMap<rhizome_protocol::ClientId, Vec<String>> = HashMap::new();
+        for answer in answers {
+            let author = answer.target.client_id();
+            let Some(undo) = answer.undo else {
+                committed.entry(author).or_default().push(answer.target.text());
+                continue;
+            };
+            let mut routing = Routing { clients: vec![author], ..Routing::default() };
+            if let Some(entry) = found.get(&answer.target) {
+                let reason = undo.str_field("reason").unwrap_or("error").to_owned();
+                batch.statuses.push((entry.added, Status::Undone(reason)));
+                routing.channels = entry.routing.channels.clone();
+            }
+            batch.appends.push(Append::new(self.server_entry(undo.json().clone(), routing)));
+        }
+        for (client, ids) in committed {
+            let action = serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string();
+            let routing = Routing { clients: vec![client], ..Routing::default() };
+            batch.appends.push(Append::new(self.server_entry(Arc::from(action), routing)));
+        }
+        Ok(())
+    }
+
+    /// An action of this server's own.
+    fn server_entry(&self, action_json: Arc<str>, routing: Routing) -> NewEntry {
+        let id = self.shared.next_server_id();
+        NewEntry {
+            time: id.ms,
+            id,
+            action_json,
+            subprotocol: self.shared.config.subprotocol,
+            routing,
+            status: Status::Processed,
+        }
     }
 
     /// Who receives an action from the upstream here: what this server's rules route it to,

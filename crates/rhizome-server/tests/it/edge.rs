@@ -435,3 +435,63 @@ async fn a_full_outbox_refuses_client_actions_until_the_link_catches_up() -> Res
     cloud.stop().await;
     Ok(())
 }
+
+/// `noted` actions, accepted by anyone, not processed: an edge takes whatever the cloud may
+/// later refuse.
+struct Accepted;
+
+#[async_trait::async_trait]
+impl rhizome_core::ActionType for Accepted {
+    async fn access(
+        &self,
+        _: &rhizome_core::Context,
+        _: &rhizome_protocol::Action,
+        _: &rhizome_core::Meta,
+    ) -> Result<bool, rhizome_core::HookError> {
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn the_author_learns_when_the_cloud_committed_or_refused_its_action() -> Result<()> {
+    // The cloud's `process` of `noted` fails for `"fail": true` (undo `refusedHere`).
+    let (cloud, _) = crate::peer::noting().await?;
+    let app = rhizome_core::App::new(crate::support::Open).action_type("noted", Accepted);
+    let edge = TestServer::edge_with_app(&cloud.url(), app).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let kept = alice.send_action(json!({"type": "noted"})).await?;
+    let refused = alice.send_action(json!({"type": "noted", "fail": true})).await?;
+    // First level: the edge took both.
+    alice.until(|m| has_answer(m, "logux/processed", &refused)).await?;
+    // Second level: the cloud committed one and refused the other.
+    let mut committed = false;
+    let mut undone = None;
+    while !committed || undone.is_none() {
+        let m = alice.next_json().await.context("waiting for the cloud's answers")?;
+        for a in crate::support::sync_actions(&m) {
+            if a["type"] == "rhizome/committed"
+                && a["ids"].as_array().is_some_and(|ids| ids.contains(&json!(kept)))
+            {
+                committed = true;
+            }
+            if a["type"] == "logux/undo" && a["id"] == refused {
+                undone = Some(a);
+            }
+        }
+    }
+    let undone = undone.expect("an undo");
+    assert_eq!(undone["reason"], "refusedHere", "{undone}");
+    assert_eq!(undone["action"]["type"], "noted", "the undo carries the action: {undone}");
+    // The edge's own record of it is corrected.
+    let db = rusqlite::Connection::open(edge.db_path())?;
+    let status: (i64, Option<String>) =
+        db.query_row("SELECT status, reason FROM log WHERE id = ?1", [&refused], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    assert_eq!(status, (2, Some("refusedHere".to_owned())));
+    let kept_status: i64 = db.query_row("SELECT status FROM log WHERE id = ?1", [&kept], |r| r.get(0))?;
+    assert_eq!(kept_status, 1);
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}

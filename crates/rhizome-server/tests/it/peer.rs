@@ -118,7 +118,7 @@ impl ActionType for Noted {
 
 /// A server whose `edge` user is a peer (authentication open) and whose `noted` actions record
 /// who they were processed as.
-async fn noting() -> Result<(TestServer, Arc<Mutex<Vec<(String, String)>>>)> {
+pub async fn noting() -> Result<(TestServer, Arc<Mutex<Vec<(String, String)>>>)> {
     let ran_as = Arc::new(Mutex::new(Vec::new()));
     let app = App::new(Open).peer("edge".into()).action_type("noted", Noted { ran_as: ran_as.clone() });
     Ok((TestServer::with_app(app, Limits::default()).await?, ran_as))

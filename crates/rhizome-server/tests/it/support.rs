@@ -143,6 +143,13 @@ impl TestServer {
         Self::edge_with(upstream, |_| {}).await
     }
 
+    /// An edge of the server at `upstream` with the application `app` and default limits.
+    pub async fn edge_with_app(upstream: &str, app: App) -> Result<TestServer> {
+        let link = Some(link_to(upstream, "edge:app:link"));
+        Self::start_edge_in(tempfile::tempdir()?, app, Limits::default(), WakeupOptions::default(), link)
+            .await
+    }
+
     /// [`TestServer::edge_of`] with link options changed by `tweak`.
     pub async fn edge_with(upstream: &str, tweak: impl FnOnce(&mut UpstreamOptions)) -> Result<TestServer> {
         static EDGES: AtomicU64 = AtomicU64::new(1);
