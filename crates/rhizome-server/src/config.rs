@@ -200,6 +200,8 @@ pub struct UpstreamSection {
     pub outbox_max: Option<u64>,
     /// Bytes of actions waiting to go upstream at most (1073741824), likewise.
     pub outbox_bytes_max: Option<u64>,
+    /// Sends each author's deltas of one CRDT object within a `sync` as one (true).
+    pub fold_crdt: Option<bool>,
 }
 
 impl UpstreamSection {
@@ -254,6 +256,7 @@ impl UpstreamSection {
         options.sync_bytes_max = positive("sync_bytes_max", self.sync_bytes_max, options.sync_bytes_max)?;
         options.outbox_max = self.outbox_max.unwrap_or(options.outbox_max);
         options.outbox_bytes_max = self.outbox_bytes_max.unwrap_or(options.outbox_bytes_max);
+        options.fold_crdt = self.fold_crdt.unwrap_or(options.fold_crdt);
         Ok(Some(options))
     }
 }

@@ -66,6 +66,10 @@ pub struct UpstreamOptions {
     pub outbox_max: u64,
     /// Most bytes of actions waiting to go upstream, likewise.
     pub outbox_bytes_max: u64,
+    /// Sends each author's deltas of one CRDT object within a `sync` as one delta (their ids
+    /// but the first are then not in the upstream's log; their authors still get
+    /// `rhizome/committed` or `logux/undo` from this edge).
+    pub fold_crdt: bool,
 }
 
 impl UpstreamOptions {
@@ -83,6 +87,7 @@ impl UpstreamOptions {
             ping_interval: Duration::from_secs(10),
             outbox_max: 1_000_000,
             outbox_bytes_max: 1 << 30,
+            fold_crdt: true,
         }
     }
 }
@@ -199,6 +204,9 @@ struct RelayAnswer {
 /// `sync`s received from the upstream stored in one write at most.
 const RECEIVED_SYNCS_PER_WRITE_MAX: usize = 64;
 
+/// Folded deltas whose answer is awaited, at most (see [`UpstreamOptions::fold_crdt`]).
+const FOLDED_KEPT_MAX: usize = 100_000;
+
 /// `logux/subscribe` actions in one `sync` at most.
 const SUBSCRIBES_PER_SYNC_MAX: usize = 100;
 
@@ -297,6 +305,7 @@ pub(crate) async fn run(
         received: durable.received,
         channels: durable.channels.into_iter().map(|c| (c.channel, (c.since_id, c.since_time))).collect(),
         follow,
+        folded: HashMap::new(),
         cursor_write: None,
         cursor_written: confirmed,
     };
@@ -352,6 +361,9 @@ struct Link {
     channels: HashMap<String, (Option<String>, i64)>,
     /// Channels the edge's clients subscribe to.
     follow: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Deltas sent folded: the id each went under, and the ids folded into it, whose authors
+    /// get the upstream's answer to it (see [`UpstreamOptions::fold_crdt`]).
+    folded: HashMap<ActionId, Vec<ActionId>>,
     /// The cursor write in flight, if any, and the position it writes.
     cursor_write:
         Option<(oneshot::Receiver<Result<rhizome_store::Committed, crate::writer::WriteFailed>>, Position)>,
@@ -653,6 +665,10 @@ impl Link {
                     // The upstream's answer to an action this edge relayed.
                     if let Some(target) = rhizome_protocol::ActionId::parse(target) {
                         let undo = (kind == "logux/undo").then(|| action.clone());
+                        // The ids folded into it share its answer.
+                        for other in self.folded.remove(&target).unwrap_or_default() {
+                            answers.push(RelayAnswer { target: other, undo: undo.clone() });
+                        }
                         answers.push(RelayAnswer { target, undo });
                     }
                     return;
@@ -745,12 +761,20 @@ impl Link {
                 continue;
             };
             let mut routing = Routing { clients: vec![author], ..Routing::default() };
+            let mut json = undo.json().clone();
             if let Some(entry) = found.get(&answer.target) {
                 let reason = undo.str_field("reason").unwrap_or("error").to_owned();
+                // In its own words: a folded delta's undo names the id it went under.
+                json = Arc::from(crate::pipeline::undo_json(
+                    &answer.target,
+                    &entry.action_json,
+                    &reason,
+                    &Default::default(),
+                ));
                 batch.statuses.push((entry.added, Status::Undone(reason)));
                 routing.channels = entry.routing.channels.clone();
             }
-            batch.appends.push(Append::new(self.server_entry(undo.json().clone(), routing)));
+            batch.appends.push(Append::new(self.server_entry(json, routing)));
         }
         for (client, ids) in committed {
             let action = serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string();
@@ -842,7 +866,16 @@ impl Link {
                 Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
             };
             let subprotocol = self.shared.config.subprotocol;
-            let chunk = Chunk::build(&rows, session, subprotocol, self.options.sync_bytes_max);
+            let fold = self.options.fold_crdt;
+            let chunk = Chunk::build(&rows, session, subprotocol, self.options.sync_bytes_max, fold);
+            if self.folded.len() > FOLDED_KEPT_MAX {
+                // Answers that never came (the link dropped): their authors still have the
+                // first level of acknowledgement.
+                self.folded.clear();
+            }
+            for (id, others) in &chunk.folded {
+                self.folded.insert(id.clone(), others.clone());
+            }
             if let Some(frame) = chunk.frame {
                 session
                     .ws
@@ -905,16 +938,42 @@ struct Chunk {
     count: usize,
     /// The position of its last action.
     last_sent: Position,
-    /// The last position handled (sent or skipped); rows after it are read again.
+    /// The last position handled (sent, folded or skipped); rows after it are read again.
     through: Position,
     /// Reading stopped at an action still being processed.
     waiting: bool,
+    /// With folding: the id each folded delta went under, and the ids folded into it.
+    folded: Vec<(ActionId, Vec<ActionId>)>,
+}
+
+/// What goes into a `sync`, in order.
+enum Part<'a> {
+    /// An entry as logged.
+    Entry(&'a StoredEntry),
+    /// The join of one author's deltas of one object: the first of them, with the others
+    /// joined into `delta`.
+    Folded { first: &'a StoredEntry, key: String, delta: rhizome_crdt::Object, others: Vec<ActionId> },
 }
 
 impl Chunk {
-    fn build(rows: &[(StoredEntry, Status)], session: &Session, subprotocol: u64, bytes_max: usize) -> Chunk {
-        let mut frame = SyncBuilder::new();
-        let mut chunk = Chunk { frame: None, count: 0, last_sent: 0, through: 0, waiting: false };
+    /// The next `sync` from `rows`: up to `bytes_max` of actions (at least one), stopping at an
+    /// action still being processed. With `fold`, each author's deltas of one object in the
+    /// chunk go as one delta under the first one's id (deltas join in any order, so sending the
+    /// later ones early changes nothing but their number); the upstream still judges it as
+    /// that author's.
+    fn build(
+        rows: &[(StoredEntry, Status)],
+        session: &Session,
+        subprotocol: u64,
+        bytes_max: usize,
+        fold: bool,
+    ) -> Chunk {
+        let mut chunk =
+            Chunk { frame: None, count: 0, last_sent: 0, through: 0, waiting: false, folded: Vec::new() };
+        let mut parts: Vec<Part<'_>> = Vec::new();
+        // Index in `parts` of the folded delta of each (author, key).
+        let mut groups: HashMap<(&NodeId, String), usize> = HashMap::new();
+        let mut bytes = 0;
         for (entry, status) in rows {
             match forward(&entry.id.node, status) {
                 Forward::Skip => {}
@@ -923,25 +982,79 @@ impl Chunk {
                     break;
                 }
                 Forward::Send => {
-                    if !frame.is_empty()
-                        && frame.bytes() + entry.action_json.len() + META_BYTES_MAX > bytes_max
-                    {
-                        break;
+                    let delta = if fold { folded_delta(entry) } else { None };
+                    match delta {
+                        Some((key, delta)) => match groups.get(&(&entry.id.node, key.clone())) {
+                            Some(&at) => {
+                                if let Part::Folded { delta: joined, others, .. } = &mut parts[at] {
+                                    if joined.join(&delta).is_ok() {
+                                        others.push(entry.id.clone());
+                                    } else {
+                                        parts.push(Part::Entry(entry));
+                                    }
+                                }
+                            }
+                            None => {
+                                if !parts.is_empty()
+                                    && bytes + entry.action_json.len() + META_BYTES_MAX > bytes_max
+                                {
+                                    break;
+                                }
+                                bytes += entry.action_json.len() + META_BYTES_MAX;
+                                groups.insert((&entry.id.node, key.clone()), parts.len());
+                                parts.push(Part::Folded { first: entry, key, delta, others: Vec::new() });
+                            }
+                        },
+                        None => {
+                            if !parts.is_empty()
+                                && bytes + entry.action_json.len() + META_BYTES_MAX > bytes_max
+                            {
+                                break;
+                            }
+                            bytes += entry.action_json.len() + META_BYTES_MAX;
+                            parts.push(Part::Entry(entry));
+                        }
                     }
-                    let time = entry.time - session.time_fix;
-                    let own = (entry.subprotocol != subprotocol).then_some(entry.subprotocol);
-                    frame.push(&session.codec, &entry.action_json, &entry.id, time, own);
                     chunk.last_sent = entry.added;
                 }
             }
             chunk.through = entry.added;
         }
-        if !frame.is_empty() {
-            chunk.count = frame.len();
-            chunk.frame = Some(frame.finish(chunk.last_sent));
+        if parts.is_empty() {
+            return chunk;
         }
+        let mut frame = SyncBuilder::new();
+        for part in parts {
+            let (entry, json) = match part {
+                Part::Entry(entry) => (entry, None),
+                Part::Folded { first, others, .. } if others.is_empty() => (first, None),
+                Part::Folded { first, key, delta, others } => {
+                    chunk.folded.push((first.id.clone(), others));
+                    (first, Some(rhizome_crdt::delta_action(&key, &delta)))
+                }
+            };
+            let time = entry.time - session.time_fix;
+            let own = (entry.subprotocol != subprotocol).then_some(entry.subprotocol);
+            let action = json.as_deref().unwrap_or(&entry.action_json);
+            frame.push(&session.codec, action, &entry.id, time, own);
+        }
+        chunk.count = frame.len();
+        chunk.frame = Some(frame.finish(chunk.last_sent));
         chunk
     }
+}
+
+/// The key and delta of a logged `crdt/delta`, if `entry` is one.
+fn folded_delta(entry: &StoredEntry) -> Option<(String, rhizome_crdt::Object)> {
+    if !entry.action_json.contains("\"crdt/delta\"") {
+        return None;
+    }
+    let action = Action::from_json(&entry.action_json)?;
+    if action.kind() != rhizome_crdt::DELTA_TYPE {
+        return None;
+    }
+    let (key, delta) = rhizome_crdt::parse_delta(action.fields()).ok()?;
+    Some((key.as_str().to_owned(), delta))
 }
 
 /// The `Retry-After` of a refused WebSocket upgrade (HTTP 503 or 429).

@@ -28,12 +28,14 @@ struct State {
     down: AtomicBool,
     /// Connections accepted and forwarded.
     connections: AtomicU64,
-    /// Bytes forwarded, both directions.
-    bytes: AtomicU64,
+    /// Bytes forwarded from clients to the server.
+    bytes_up: AtomicU64,
+    /// Bytes forwarded from the server to clients.
+    bytes_down: AtomicU64,
 }
 
 /// Copies `from` to `to`, swallowing what arrives while the proxy is frozen.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<State>) {
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<State>, up: bool) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
@@ -46,7 +48,8 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<State>
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let counter = if up { &state.bytes_up } else { &state.bytes_down };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -77,8 +80,8 @@ impl Proxy {
                     let (server_read, server_write) = server.into_split();
                     // Either direction ending ends both: the halves are dropped together.
                     tokio::select! {
-                        () = pump(client_read, server_write, state.clone()) => {}
-                        () = pump(server_read, client_write, state) => {}
+                        () = pump(client_read, server_write, state.clone(), true) => {}
+                        () = pump(server_read, client_write, state, false) => {}
                     }
                 });
             }
@@ -120,7 +123,17 @@ impl Proxy {
 
     /// Bytes forwarded so far, both directions.
     pub fn bytes(&self) -> u64 {
-        self.state.bytes.load(Ordering::Relaxed)
+        self.bytes_up() + self.bytes_down()
+    }
+
+    /// Bytes forwarded so far from clients to the server.
+    pub fn bytes_up(&self) -> u64 {
+        self.state.bytes_up.load(Ordering::Relaxed)
+    }
+
+    /// Bytes forwarded so far from the server to clients.
+    pub fn bytes_down(&self) -> u64 {
+        self.state.bytes_down.load(Ordering::Relaxed)
     }
 }
 

@@ -74,7 +74,8 @@ fn exactly_once(ids: &HashMap<String, i64>, sent: &[String]) -> Result<()> {
 #[tokio::test]
 async fn an_edge_relays_its_clients_actions_once_each_and_keeps_what_it_refused() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
-    let edge = TestServer::edge_of(&cloud.url()).await?;
+    // Each CRDT operation goes up on its own here (see the folding test below).
+    let edge = TestServer::edge_with(&cloud.url(), |o| o.fold_crdt = false).await?;
     let mut alice = edge.login("alice:a1:t").await?;
     let mut sent = send_incs(&mut alice, 250).await?;
     // A CRDT operation goes up as the delta the edge made of it.
@@ -491,6 +492,60 @@ async fn the_author_learns_when_the_cloud_committed_or_refused_its_action() -> R
     assert_eq!(status, (2, Some("refusedHere".to_owned())));
     let kept_status: i64 = db.query_row("SELECT status FROM log WHERE id = ?1", [&kept], |r| r.get(0))?;
     assert_eq!(kept_status, 1);
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_authors_deltas_of_one_object_go_up_folded_and_each_is_answered() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let mut bob = edge.login("bob:b1:t").await?;
+    // Queued at the edge while the link is down: 150 of Alice's, 50 of Bob's, interleaved with
+    // plain actions.
+    let mut incs = Vec::new();
+    for n in 0..200 {
+        let client = if n % 4 == 3 { &mut bob } else { &mut alice };
+        incs.push(client.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?);
+        if n % 10 == 0 {
+            alice.send_action(json!({"type": "inc", "id": "x"})).await?;
+        }
+    }
+    let last_of = |node: &str| incs.iter().rev().find(|id| id.contains(node)).cloned().unwrap_or_default();
+    alice.wait_processed(&last_of("alice:a1:t")).await?;
+    bob.wait_processed(&last_of("bob:b1:t")).await?;
+    proxy.down(false);
+    wait_forwarded(&edge).await?;
+    // Fewer actions went up than were written, and the object is whole at the cloud.
+    let status = edge.link_status()?;
+    assert!(status.actions_sent < 100, "folded: {status:?}");
+    let document = converged_counter(&[&cloud, &edge], "likes", 200).await?;
+    assert_eq!(document, json!({"alice:a1:t": [150, 0], "bob:b1:t": [50, 0]}));
+    // Every author hears that each of its operations was committed, folded or not.
+    let mut committed = std::collections::HashSet::new();
+    let wanted: std::collections::HashSet<&String> = incs.iter().collect();
+    for client in [&mut alice, &mut bob] {
+        loop {
+            let mine = wanted.iter().filter(|id| id.contains(&client.node)).count();
+            let got = committed.iter().filter(|id: &&String| id.contains(&client.node)).count();
+            if got >= mine {
+                break;
+            }
+            let m = client.next_json().await.with_context(|| format!("{got} of {mine} committed"))?;
+            for a in crate::support::sync_actions(&m) {
+                if a["type"] == "rhizome/committed" {
+                    for id in a["ids"].as_array().into_iter().flatten() {
+                        committed.insert(id.as_str().unwrap_or_default().to_owned());
+                    }
+                }
+            }
+        }
+    }
+    assert!(wanted.iter().all(|id| committed.contains(*id)));
     edge.stop().await;
     cloud.stop().await;
     Ok(())
