@@ -550,3 +550,47 @@ async fn an_authors_deltas_of_one_object_go_up_folded_and_each_is_answered() -> 
     cloud.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let region = TestServer::region_of(&cloud.url()).await?;
+    let site_a = TestServer::edge_of(&region.url()).await?;
+    let site_b = TestServer::edge_of(&cloud.url()).await?;
+    // Bob at site b (an edge of the cloud) and Carol at the cloud follow the counter and the
+    // channel; Alice writes at site a, two hops away.
+    let mut bob = site_b.login("bob:b1:t").await?;
+    subscribe(&mut bob, "counter/x").await?;
+    subscribe(&mut bob, "crdt/likes").await?;
+    let mut alice = site_a.login("alice:a1:t").await?;
+    subscribe(&mut alice, "crdt/likes").await?;
+    let mut sent = Vec::new();
+    for _ in 0..30 {
+        sent.push(alice.send_action(json!({"type": "inc", "id": "x"})).await?);
+    }
+    let mut last = String::new();
+    for _ in 0..10 {
+        last = alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    }
+    alice.wait_processed(&last).await?;
+    let mut got = tokio::time::timeout(CONVERGE, received_incs(&mut bob, sent.len())).await??;
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "up two hops and down one, each once");
+    // Bob's increments go the other way, to site a through the cloud and the region.
+    let mut last = String::new();
+    for _ in 0..5 {
+        last = bob.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    }
+    bob.wait_processed(&last).await?;
+    let document = converged_counter(&[&cloud, &region, &site_a, &site_b], "likes", 15).await?;
+    assert_eq!(document, json!({"alice:a1:t": [10, 0], "bob:b1:t": [5, 0]}));
+    exactly_once(
+        &ids_of(&cloud, "alice:a1:t")?,
+        &ids_of(&region, "alice:a1:t")?.into_keys().collect::<Vec<_>>(),
+    )?;
+    for server in [site_a, site_b, region, cloud] {
+        server.stop().await;
+    }
+    Ok(())
+}

@@ -180,12 +180,26 @@ impl TestServer {
     /// Starts a server with the test rules and [`DEFAULT_LIMITS`], where the connections of
     /// `peers` (user ids) are peers (edge nodes' links).
     pub async fn with_peers(peers: &[&str]) -> Result<TestServer> {
+        let (app, limits) = Self::rules_with_peers(peers)?;
+        Self::with_app(app, limits).await
+    }
+
+    /// The test rules and [`DEFAULT_LIMITS`] with `peers`.
+    fn rules_with_peers(peers: &[&str]) -> Result<(App, Limits)> {
         let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
         let rules =
             RULES.replace("leeway_secs = 0\n", &format!("leeway_secs = 0\npeers = [{}]\n", list.join(", ")));
         let text = format!("{rules}\n[limits]\n{DEFAULT_LIMITS}\n");
         let file: FileConfig = toml::from_str(&text).context("test config")?;
-        Self::with_app(file.app()?, file.limits.to_limits()?).await
+        Ok((file.app()?, file.limits.to_limits()?))
+    }
+
+    /// An edge of the server at `upstream` that is itself the upstream of edges (a region
+    /// between the cloud and its sites): the links of user `edge` are peers here too.
+    pub async fn region_of(upstream: &str) -> Result<TestServer> {
+        let (app, limits) = Self::rules_with_peers(&["edge"])?;
+        let link = Some(link_to(upstream, "edge:region:link"));
+        Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), link).await
     }
 
     fn default_rules() -> Result<(App, Limits)> {
