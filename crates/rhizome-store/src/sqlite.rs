@@ -110,6 +110,10 @@ struct CachedObject {
     snapshot_bytes: usize,
     /// Position of the stored snapshot (0: none yet).
     snapshot_at: Position,
+    /// Snapshot cleaning has looked at the object's deltas up to here (0: none, or unknown
+    /// since the object was read from the database): a delta it left is never cleaned later
+    /// (its routing does not change), so the next cleaning starts after it.
+    cleaned_upto: Position,
 }
 
 /// An object's stored snapshot is rewritten after this many operations; in between, readers
@@ -732,6 +736,7 @@ fn apply_crdt(
                 unsaved_bytes: 0,
                 snapshot_bytes: 0,
                 snapshot_at,
+                cleaned_upto: 0,
             }),
             Ok(None) => None,
             // One unreadable object refuses its own operations, not the whole transaction.
@@ -750,6 +755,7 @@ fn apply_crdt(
         unsaved_bytes: 0,
         snapshot_bytes: 0,
         snapshot_at: 0,
+        cleaned_upto: 0,
     });
     // A refused operation leaves the state as it was, so an existing object goes back
     // unchanged; a refused first operation creates nothing (its kind must not stick).
@@ -817,21 +823,23 @@ impl LogWriter for SqliteWriter {
             // Only the object's own deltas that go nowhere but its channel: another action routed
             // to the channel, or a delta the rules also send to users, clients, nodes or other
             // channels, stays whole for their catch-up.
+            // Rows after `?5` (what an earlier cleaning looked at) up to `?2`. A delta relayed by
+            // a peer also excludes the peer's client (`"x"`, the last key): still only the channel.
             let mut clean_body = tx.prepare_cached(
                 "UPDATE log SET action = '{}', routing = NULL WHERE added IN
                  (SELECT l.added FROM log_channel_runs AS r
-                  JOIN log AS l ON l.added BETWEEN r.first AND min(r.last, ?2,
-                      coalesce((SELECT position FROM cursors WHERE name = ?5), ?2))
-                  WHERE r.channel = ?1 AND r.first <= ?2)
-                 AND routing = ?3 AND json_extract(action, '$.type') = 'crdt/delta'
-                 AND json_extract(action, '$.key') = ?4",
+                  JOIN log AS l ON l.added BETWEEN max(r.first, ?5 + 1) AND min(r.last, ?2)
+                  WHERE r.channel = ?1 AND r.last > ?5 AND r.first <= ?2)
+                 AND (routing = ?3 OR substr(routing, 1, length(?6)) = ?6)
+                 AND json_extract(action, '$.type') = 'crdt/delta' AND json_extract(action, '$.key') = ?4",
             )?;
             // Runs made only of emptied rows go; readers skip emptied rows of the others.
             let mut clean_index = tx.prepare_cached(
-                "DELETE FROM log_channel_runs WHERE channel = ?1 AND last <= ?2
+                "DELETE FROM log_channel_runs WHERE channel = ?1 AND last <= ?2 AND last > ?3
                  AND NOT EXISTS (SELECT 1 FROM log WHERE added BETWEEN log_channel_runs.first
                      AND log_channel_runs.last AND action <> '{}')",
             )?;
+            let mut upstream_sent = tx.prepare_cached("SELECT position FROM cursors WHERE name = ?1")?;
             let mut object = tx.prepare_cached(
                 "INSERT INTO crdt_objects(key, kind, state, position) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(key) DO UPDATE SET kind = excluded.kind, state = excluded.state,
@@ -919,12 +927,22 @@ impl LogWriter for SqliteWriter {
                             // their bodies and channel index go, their ids stay for at-most-once.
                             if cached.snapshot_at > 0 {
                                 let channel = format!("crdt/{key}");
-                                let only_there = routing_json(&Routing::channel(channel.as_str()));
-                                let upto = cached.snapshot_at as i64;
-                                // The index runs of this transaction's earlier deltas first.
-                                channel_runs.flush(&tx)?;
-                                clean_body.execute(params![channel, upto, only_there, key, UPSTREAM_SENT])?;
-                                clean_index.execute(params![channel, upto])?;
+                                let only_there =
+                                    routing_json(&Routing::channel(channel.as_str())).unwrap_or_default();
+                                let excluding = format!("{},\"x\":", &only_there[..only_there.len() - 1]);
+                                // An edge keeps what its upstream lacks: up to its cursor only.
+                                let sent: Option<i64> =
+                                    upstream_sent.query_row([UPSTREAM_SENT], |r| r.get(0)).optional()?;
+                                let upto = (cached.snapshot_at as i64).min(sent.unwrap_or(i64::MAX));
+                                let after = cached.cleaned_upto as i64;
+                                if upto > after {
+                                    // The index runs of this transaction's earlier deltas first.
+                                    channel_runs.flush(&tx)?;
+                                    clean_body
+                                        .execute(params![channel, upto, only_there, key, after, excluding])?;
+                                    clean_index.execute(params![channel, upto, after])?;
+                                    cached.cleaned_upto = upto as Position;
+                                }
                             }
                             cached.snapshot_at = added as Position;
                         } else {
