@@ -201,6 +201,10 @@ struct RelayAnswer {
     undo: Option<Action>,
 }
 
+/// The slowest an upstream may take a frame once the link's timeout passed, in bytes per
+/// millisecond (256 KB/s): a large action on a slow line is not taken for a hung upstream.
+const SEND_BYTES_PER_MS_MIN: u64 = 256;
+
 /// `sync`s received from the upstream stored in one write at most.
 const RECEIVED_SYNCS_PER_WRITE_MAX: usize = 64;
 
@@ -384,6 +388,20 @@ struct Session {
     subscribed: HashSet<String>,
 }
 
+impl Session {
+    /// Sends `text`, giving up after `timeout` (more for a large frame): an upstream that stops
+    /// reading (a hung process, a host whose kernel still acknowledges with a zero window)
+    /// would otherwise block the link in this write for good, its `ping` never sent.
+    async fn send(&mut self, text: String, timeout: Duration) -> Result<(), End> {
+        let timeout = timeout + Duration::from_millis(text.len() as u64 / SEND_BYTES_PER_MS_MIN);
+        match tokio::time::timeout(timeout, self.ws.send(WsMessage::text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::retry(format!("sending: {e}"))),
+            Err(_) => Err(End::retry("sending timed out: the upstream does not read")),
+        }
+    }
+}
+
 impl Link {
     fn set_status(&self, f: impl FnOnce(&mut LinkStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
@@ -425,8 +443,12 @@ impl Link {
             self.options.token.as_deref(),
             self.shared.config.subprotocol,
         );
-        ws.send(WsMessage::text(connect)).await.map_err(|e| End::retry(format!("sending connect: {e}")))?;
         let deadline = Instant::now() + self.options.timeout;
+        match tokio::time::timeout_at(deadline, ws.send(WsMessage::text(connect))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(End::retry(format!("sending connect: {e}"))),
+            Err(_) => return Err(End::retry("sending connect timed out")),
+        }
         loop {
             let text = match tokio::time::timeout_at(deadline, ws.next()).await {
                 Err(_) => return Err(End::retry("no answer to connect")),
@@ -533,8 +555,8 @@ impl Link {
                     if session.ping_sent.is_some() {
                         return End::retry("the upstream did not answer ping");
                     }
-                    if let Err(e) = session.ws.send(WsMessage::text(encode_ping(self.received))).await {
-                        return End::retry(format!("sending ping: {e}"));
+                    if let Err(end) = session.send(encode_ping(self.received), self.options.timeout).await {
+                        return end;
                     }
                     session.ping_sent = Some(Instant::now());
                 }
@@ -577,7 +599,7 @@ impl Link {
                 session.subscribed.insert(channel.clone());
             }
             let frame = frame.finish(0);
-            session.ws.send(WsMessage::text(frame)).await.map_err(|e| End::retry(format!("sending: {e}")))?;
+            session.send(frame, self.options.timeout).await?;
         }
         Ok(())
     }
@@ -633,11 +655,7 @@ impl Link {
         self.set_status(|s| s.received = highest);
         for (added, _) in syncs {
             let synced = encode_synced(added);
-            session
-                .ws
-                .send(WsMessage::text(synced))
-                .await
-                .map_err(|e| End::retry(format!("sending: {e}")))?;
+            session.send(synced, self.options.timeout).await?;
         }
         Ok(())
     }
@@ -838,8 +856,7 @@ impl Link {
             Ok(Message::Sync { added, entries }) => Ok(Some((added, entries))),
             Ok(Message::Ping(_)) => {
                 let pong = encode_pong(self.received);
-                let sent = session.ws.send(WsMessage::text(pong)).await;
-                sent.map(|()| None).map_err(|e| End::retry(format!("sending: {e}")))
+                session.send(pong, self.options.timeout).await.map(|()| None)
             }
             Ok(Message::Error { kind, options }) => {
                 let fatal = FATAL_ERRORS.contains(&kind.as_str());
@@ -877,11 +894,7 @@ impl Link {
                 self.folded.insert(id.clone(), others.clone());
             }
             if let Some(frame) = chunk.frame {
-                session
-                    .ws
-                    .send(WsMessage::text(frame))
-                    .await
-                    .map_err(|e| End::retry(format!("sending: {e}")))?;
+                session.send(frame, self.options.timeout).await?;
                 self.uplink.sent(chunk.last_sent, chunk.through);
                 self.set_status(|s| s.actions_sent += chunk.count as u64);
             } else {

@@ -1,8 +1,8 @@
 //! Test support shared by the integration suites of several crates.
 //!
 //! [`Proxy`] stands between a client (or an edge's link) and a server over real TCP, and does
-//! to the connections what a network does: drops them, swallows bytes on a dead link, or
-//! refuses connections for as long as an outage lasts.
+//! to the connections what a network does: drops them, swallows bytes on a dead link, stops
+//! reading (a far end that hangs), or refuses connections for as long as an outage lasts.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +25,7 @@ pub struct Proxy {
 struct State {
     pipes: Mutex<JoinSet<()>>,
     frozen: AtomicBool,
+    stalled: AtomicBool,
     down: AtomicBool,
     /// Connections accepted and forwarded.
     connections: AtomicU64,
@@ -38,6 +39,9 @@ struct State {
 async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<State>, up: bool) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        while state.stalled.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
@@ -105,6 +109,13 @@ impl Proxy {
     /// Swallows (`true`) or forwards (`false`) bytes on every connection, open or new.
     pub fn freeze(&self, frozen: bool) {
         self.state.frozen.store(frozen, Ordering::Relaxed);
+    }
+
+    /// Stops reading (`true`) or reads again (`false`) on every connection, open or new: what
+    /// is sent piles up in the sockets' buffers until the sender blocks, as when the far end
+    /// hangs (a process stopped, a host whose kernel still acknowledges with a zero window).
+    pub fn stall(&self, stalled: bool) {
+        self.state.stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// An outage (`true`): open connections are cut and new ones closed as soon as they are

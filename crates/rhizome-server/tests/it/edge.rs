@@ -89,7 +89,18 @@ async fn an_edge_relays_its_clients_actions_once_each_and_keeps_what_it_refused(
 
     let status = wait_forwarded(&edge).await?;
     exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
-    assert_eq!(durable_cursor(&edge)?, Some(status.confirmed), "the cursor is written as it rises");
+    // The cursor is written as it rises (one write at a time, the latest position each).
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while durable_cursor(&edge)? != Some(edge.link_status()?.confirmed) {
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the durable cursor stays at {:?}, confirmed {:?}",
+                durable_cursor(&edge)?,
+                edge.link_status()?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(status.connected_since_ms.is_some() && status.connections == 1, "{status:?}");
     assert_eq!(status.actions_sent, sent.len() as u64, "each action was sent once on a steady link");
 
@@ -526,12 +537,12 @@ async fn an_authors_deltas_of_one_object_go_up_folded_and_each_is_answered() -> 
     let document = converged_counter(&[&cloud, &edge], "likes", 200).await?;
     assert_eq!(document, json!({"alice:a1:t": [150, 0], "bob:b1:t": [50, 0]}));
     // Every author hears that each of its operations was committed, folded or not.
-    let mut committed = std::collections::HashSet::new();
+    let mut committed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let wanted: std::collections::HashSet<&String> = incs.iter().collect();
     for client in [&mut alice, &mut bob] {
         loop {
             let mine = wanted.iter().filter(|id| id.contains(&client.node)).count();
-            let got = committed.iter().filter(|id: &&String| id.contains(&client.node)).count();
+            let got = committed.iter().filter(|id| id.contains(&client.node) && wanted.contains(id)).count();
             if got >= mine {
                 break;
             }
@@ -592,5 +603,39 @@ async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
     for server in [site_a, site_b, region, cloud] {
         server.stop().await;
     }
+    Ok(())
+}
+
+/// Limits with room for large actions (the default frame of the tests is 64 KiB).
+const LARGE_FRAMES: &str = r#"
+frame_bytes_max = 16777216
+actions_per_sync_max = 100
+"#;
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_is_given_up_on_while_the_link_sends() -> Result<()> {
+    let cloud = TestServer::with_peers_and_limits(&["edge"], LARGE_FRAMES).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge = TestServer::edge_with_limits(&proxy.url(), LARGE_FRAMES, |o| o.window = 64).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let mut sent = send_incs(&mut alice, 1).await?;
+    wait_forwarded(&edge).await?;
+    // The upstream hangs: it stops reading, so the link's writes fill the sockets' buffers (far
+    // more than they hold fits in the window: 15 MB) and then block.
+    proxy.stall(true);
+    let body = "x".repeat(60_000);
+    for _ in 0..256 {
+        sent.push(alice.send_action(json!({"type": "post", "channel": "counter/x", "body": body})).await?);
+    }
+    alice.wait_processed(sent.last().expect("sent")).await?;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let status = edge.link_status()?;
+    assert_eq!(status.connected_since_ms, None, "a link that cannot send is given up on: {status:?}");
+    proxy.stall(false);
+    let status = wait_forwarded(&edge).await?;
+    assert!(status.connections >= 2, "{status:?}");
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    edge.stop().await;
+    cloud.stop().await;
     Ok(())
 }

@@ -160,6 +160,23 @@ impl TestServer {
         Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
     }
 
+    /// Starts an edge of the server at `upstream` as [`TestServer::edge_of`] does, with `limits`
+    /// (the body of a `[limits]` section) and link options changed by `options`.
+    pub async fn edge_with_limits(
+        upstream: &str,
+        limits: &str,
+        options: impl FnOnce(&mut UpstreamOptions),
+    ) -> Result<TestServer> {
+        static EDGES: AtomicU64 = AtomicU64::new(1);
+        let node = format!("edge:w{}:link", EDGES.fetch_add(1, Ordering::Relaxed));
+        let text = format!("{RULES}\n[limits]\n{limits}\n");
+        let file: FileConfig = toml::from_str(&text).context("test config")?;
+        let mut link = link_to(upstream, &node);
+        options(&mut link);
+        let (app, limits) = (file.app()?, file.limits.to_limits()?);
+        Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
+    }
+
     /// Stops an edge and starts it again on the same data directory, linked to `upstream`.
     pub async fn restart_edge(mut self, upstream: &str) -> Result<TestServer> {
         if let Some(server) = self.server.take() {
@@ -180,16 +197,22 @@ impl TestServer {
     /// Starts a server with the test rules and [`DEFAULT_LIMITS`], where the connections of
     /// `peers` (user ids) are peers (edge nodes' links).
     pub async fn with_peers(peers: &[&str]) -> Result<TestServer> {
-        let (app, limits) = Self::rules_with_peers(peers)?;
+        Self::with_peers_and_limits(peers, DEFAULT_LIMITS).await
+    }
+
+    /// Starts a server with the test rules and `limits` (the body of a `[limits]` section),
+    /// where the connections of `peers` (user ids) are peers.
+    pub async fn with_peers_and_limits(peers: &[&str], limits: &str) -> Result<TestServer> {
+        let (app, limits) = Self::rules_with_peers(peers, limits)?;
         Self::with_app(app, limits).await
     }
 
-    /// The test rules and [`DEFAULT_LIMITS`] with `peers`.
-    fn rules_with_peers(peers: &[&str]) -> Result<(App, Limits)> {
+    /// The test rules with `peers` and `limits`.
+    fn rules_with_peers(peers: &[&str], limits: &str) -> Result<(App, Limits)> {
         let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
         let rules =
             RULES.replace("leeway_secs = 0\n", &format!("leeway_secs = 0\npeers = [{}]\n", list.join(", ")));
-        let text = format!("{rules}\n[limits]\n{DEFAULT_LIMITS}\n");
+        let text = format!("{rules}\n[limits]\n{limits}\n");
         let file: FileConfig = toml::from_str(&text).context("test config")?;
         Ok((file.app()?, file.limits.to_limits()?))
     }
@@ -197,7 +220,7 @@ impl TestServer {
     /// An edge of the server at `upstream` that is itself the upstream of edges (a region
     /// between the cloud and its sites): the links of user `edge` are peers here too.
     pub async fn region_of(upstream: &str) -> Result<TestServer> {
-        let (app, limits) = Self::rules_with_peers(&["edge"])?;
+        let (app, limits) = Self::rules_with_peers(&["edge"], DEFAULT_LIMITS)?;
         let link = Some(link_to(upstream, "edge:region:link"));
         Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), link).await
     }
