@@ -237,14 +237,14 @@ impl End {
 #[derive(Debug)]
 pub struct Follow {
     known: Mutex<HashSet<String>>,
-    link: tokio::sync::mpsc::UnboundedSender<String>,
+    link: tokio::sync::mpsc::UnboundedSender<UpstreamChannel>,
 }
 
 impl Follow {
     /// The channels followed so far (from the log), and the link's end.
     pub(crate) fn new(
         followed: Vec<UpstreamChannel>,
-    ) -> (Follow, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    ) -> (Follow, tokio::sync::mpsc::UnboundedReceiver<UpstreamChannel>) {
         let (link, rx) = tokio::sync::mpsc::unbounded_channel();
         let known = followed.into_iter().map(|c| c.channel).collect();
         (Follow { known: Mutex::new(known), link }, rx)
@@ -256,13 +256,15 @@ impl Follow {
             return Ok(());
         }
         let followed = UpstreamChannel { channel: channel.to_owned(), since_id: None, since_time: now_ms() };
-        let upstream_channels = vec![followed];
+        let upstream_channels = vec![followed.clone()];
         let batch = WriteBatch { upstream_channels, ..WriteBatch::default() };
         if !matches!(writer.write_unordered(batch).await.await, Ok(Ok(_))) {
             return Err(());
         }
         self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(channel.to_owned());
-        let _ = self.link.send(channel.to_owned());
+        // With the time it was recorded with: the link may be down for a while, and a `since`
+        // from when it is handed the channel would skip what the upstream got meanwhile.
+        let _ = self.link.send(followed);
         Ok(())
     }
 }
@@ -288,7 +290,7 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     options: UpstreamOptions,
     status: Arc<Mutex<LinkStatus>>,
-    follow: tokio::sync::mpsc::UnboundedReceiver<String>,
+    follow: tokio::sync::mpsc::UnboundedReceiver<UpstreamChannel>,
 ) {
     let store = shared.store.clone();
     let durable = match tokio::task::spawn_blocking(move || read_durable(&*store)).await {
@@ -364,7 +366,7 @@ struct Link {
     /// [`UpstreamChannel`]).
     channels: HashMap<String, (Option<String>, i64)>,
     /// Channels the edge's clients subscribe to.
-    follow: tokio::sync::mpsc::UnboundedReceiver<String>,
+    follow: tokio::sync::mpsc::UnboundedReceiver<UpstreamChannel>,
     /// Deltas sent folded: the id each went under, and the ids folded into it, whose authors
     /// get the upstream's answer to it (see [`UpstreamOptions::fold_crdt`]).
     folded: HashMap<ActionId, Vec<ActionId>>,
@@ -564,14 +566,21 @@ impl Link {
         }
     }
 
-    /// Follows `channels` upstream from now on (the log has them already, see [`Follow`]).
-    async fn follow_channels(&mut self, session: &mut Session, channels: Vec<String>) -> Result<(), End> {
-        for channel in &channels {
-            self.channels.entry(channel.clone()).or_insert((None, now_ms()));
+    /// Follows `channels` upstream from now on (the log has them already, see [`Follow`]), from
+    /// when each was first followed.
+    async fn follow_channels(
+        &mut self,
+        session: &mut Session,
+        channels: Vec<UpstreamChannel>,
+    ) -> Result<(), End> {
+        let mut names = Vec::with_capacity(channels.len());
+        for UpstreamChannel { channel, since_id, since_time } in channels {
+            self.channels.entry(channel.clone()).or_insert((since_id, since_time));
+            names.push(channel);
         }
         let count = self.channels.len();
         self.set_status(|s| s.channels = count);
-        self.subscribe(session, channels).await
+        self.subscribe(session, names).await
     }
 
     /// Sends `logux/subscribe` for those of `channels` not subscribed on this connection, with

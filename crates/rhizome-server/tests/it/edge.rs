@@ -639,3 +639,59 @@ async fn an_upstream_that_stops_reading_is_given_up_on_while_the_link_sends() ->
     cloud.stop().await;
     Ok(())
 }
+
+/// A stand-in upstream on `listener`: accepts one link, answers its `connect`, and returns the
+/// first `logux/subscribe` the link sends.
+async fn first_subscribe_at(listener: tokio::net::TcpListener) -> Result<serde_json::Value> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let (stream, _) = listener.accept().await?;
+    let mut ws = tokio_tungstenite::accept_async(stream).await?;
+    while let Some(frame) = ws.next().await {
+        let Message::Text(text) = frame? else { continue };
+        let message: serde_json::Value = serde_json::from_str(text.as_str())?;
+        match message[0].as_str() {
+            Some("connect") => {
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+                let connected = json!(["connected", 5, "server:fake", [now, now]]);
+                ws.send(Message::text(connected.to_string())).await?;
+            }
+            Some("sync") => {
+                let subscribe = crate::support::sync_actions(&message)
+                    .into_iter()
+                    .find(|a| a["type"] == "logux/subscribe");
+                if let Some(subscribe) = subscribe {
+                    return Ok(subscribe);
+                }
+            }
+            _ => {}
+        }
+    }
+    bail!("the link went away without subscribing")
+}
+
+#[tokio::test]
+async fn a_channel_followed_while_the_upstream_is_away_is_caught_up_from_when_it_was() -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy = Proxy::start(listener.local_addr()?).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut bob = edge.login("bob:b1:t").await?;
+    subscribe(&mut bob, "counter/x").await?;
+    let followed_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    // The upstream comes back a while later (minutes, in life: entries written upstream meanwhile
+    // are older than the `since` margin of its catch-up).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    proxy.down(false);
+    let subscribe = tokio::time::timeout(CONVERGE, first_subscribe_at(listener)).await??;
+    assert_eq!(subscribe["channel"], "counter/x");
+    let since_ms = subscribe["since"]["time"].as_i64().context("a since")?;
+    // The stand-in's clock is the edge's.
+    assert!(
+        since_ms <= followed_ms + 500,
+        "the catch-up starts when bob subscribed ({followed_ms}), not when the link came back: {subscribe}"
+    );
+    edge.stop().await;
+    Ok(())
+}
