@@ -220,7 +220,8 @@ struct End {
     reason: String,
     /// The upstream's retry hint (`Retry-After` of a refused upgrade).
     hint: Option<Duration>,
-    /// The connection worked (the handshake completed): the backoff starts over.
+    /// The connection worked (it confirmed something, or lasted as long as the longest
+    /// backoff): the backoff starts over.
     stable: bool,
     fatal: bool,
 }
@@ -430,8 +431,12 @@ impl Link {
             s.connections += 1;
         });
         tracing::info!(url = %self.options.url, from = self.uplink.confirmed(), "upstream link up");
+        let (started, confirmed) = (Instant::now(), self.uplink.confirmed());
         let mut end = self.session(&mut session).await;
-        end.stable = true;
+        // Not merely the handshake: an upstream that ends every connection at once (an error
+        // for the first `sync`, a limit lower than ours) would be reconnected to without
+        // delay, for good.
+        end.stable = self.uplink.confirmed() > confirmed || started.elapsed() >= self.options.backoff.max;
         let _ = tokio::time::timeout(Duration::from_secs(1), session.ws.close(None)).await;
         end
     }

@@ -695,3 +695,24 @@ async fn a_channel_followed_while_the_upstream_is_away_is_caught_up_from_when_it
     edge.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_upstream_that_ends_each_connection_at_once_is_retried_with_backoff() -> Result<()> {
+    // The cloud takes at most 10 actions per `sync`; the edge sends up to 100: the cloud
+    // answers the first `sync` with an error and closes, on every connection.
+    let cloud =
+        TestServer::with_peers_and_limits(&["edge"], "frame_bytes_max = 65536\nactions_per_sync_max = 10\n")
+            .await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    send_incs(&mut alice, 50).await?;
+    let start = proxy.connections();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let connections = proxy.connections() - start;
+    // Backoff from 20 ms doubling to 500 ms: about 15 attempts in 3 s; without it, hundreds.
+    assert!(connections <= 30, "{connections} connections in 3 s: {:?}", edge.link_status()?);
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
