@@ -716,3 +716,37 @@ async fn an_upstream_that_ends_each_connection_at_once_is_retried_with_backoff()
     cloud.stop().await;
     Ok(())
 }
+
+// Each server gives an operation the author's dot from its own copy of the object, so two that
+// have not met give the same device's operations the same dot (`{"alice:a1:t": [1, 0]}` on
+// both) and the join keeps one: an increment lost, and for add-wins sets, both adds removed.
+// The dots need an actor per (device, server that applied), a change of the CRDT format.
+#[ignore = "known: operations of one device applied by two servers apart share dots (review of edge mode)"]
+#[tokio::test]
+async fn a_client_that_moves_between_an_edge_and_the_cloud_keeps_all_its_operations() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    // Alice likes at the edge while it is cut off from the cloud…
+    let mut alice = edge.login("alice:a1:t").await?;
+    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    alice.wait_processed(&id).await?;
+    alice.close().await;
+    // …then, from the same device, at the cloud directly (another room, another network).
+    let mut alice = cloud.login("alice:a1:t").await?;
+    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    alice.wait_processed(&id).await?;
+    proxy.down(false);
+    wait_forwarded(&edge).await?;
+    // Two operations, each applied once: the counter counts both.
+    let document = counter_document(&cloud, "reader:r1:t", "likes").await?;
+    let total: i64 = document
+        .as_object()
+        .map(|o| o.values().map(|pn| pn[0].as_i64().unwrap_or(0) - pn[1].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    assert_eq!(total, 2, "{document}");
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
