@@ -202,6 +202,8 @@ pub struct UpstreamSection {
     pub outbox_bytes_max: Option<u64>,
     /// Sends each author's deltas of one CRDT object within a `sync` as one (true).
     pub fold_crdt: Option<bool>,
+    /// Channels followed upstream at most (100000).
+    pub channels_max: Option<usize>,
 }
 
 impl UpstreamSection {
@@ -257,6 +259,7 @@ impl UpstreamSection {
         options.outbox_max = self.outbox_max.unwrap_or(options.outbox_max);
         options.outbox_bytes_max = self.outbox_bytes_max.unwrap_or(options.outbox_bytes_max);
         options.fold_crdt = self.fold_crdt.unwrap_or(options.fold_crdt);
+        options.channels_max = self.channels_max.unwrap_or(options.channels_max);
         Ok(Some(options))
     }
 }

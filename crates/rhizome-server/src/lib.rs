@@ -94,6 +94,8 @@ pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
     done: oneshot::Receiver<()>,
+    /// An edge's link: it writes its last cursor when it stops, before the lock is released.
+    link_task: Option<tokio::task::JoinHandle<()>>,
     /// `<data dir>/rhizome.lock`, locked for as long as this server runs: a second server on
     /// the same log would have a hub and a writer of its own.
     _lock: std::fs::File,
@@ -169,6 +171,7 @@ impl Server {
 
         // An edge's cursor exists before any client's action is committed: the store keeps the
         // CRDT deltas above it (docs/edge.md), which snapshot cleaning would empty otherwise.
+        let mut link_task = None;
         if let Some(upstream) = options.upstream {
             let batch = WriteBatch {
                 cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],
@@ -180,11 +183,15 @@ impl Server {
                 ))));
             }
             let status = Arc::new(std::sync::Mutex::new(link::LinkStatus::default()));
-            let (follow, followed) = link::Follow::new(shared.store.upstream_channels()?);
+            let store = shared.store.clone();
+            let channels = tokio::task::spawn_blocking(move || store.upstream_channels())
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+            let (follow, followed) = link::Follow::new(channels, upstream.channels_max);
             let _ = shared.upstream_follow.set(follow);
             let _ = shared.link_status.set(status.clone());
             tokio::spawn(link::measure_outbox(shared.clone(), upstream.clone()));
-            tokio::spawn(link::run(shared.clone(), upstream, status, followed));
+            link_task = Some(tokio::spawn(link::run(shared.clone(), upstream, status, followed)));
         }
 
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -222,7 +229,7 @@ impl Server {
             let _ = done_tx.send(());
         });
         tracing::info!(%addr, node = %shared.config.server_node, position, "rhizome listening");
-        Ok(Server { addr, shared, done, _lock: lock })
+        Ok(Server { addr, shared, done, link_task, _lock: lock })
     }
 
     /// The state of the link to the upstream, for an edge.
@@ -262,6 +269,11 @@ impl Server {
     pub async fn shutdown(self) {
         self.shared.stop.send_replace(true);
         let _ = self.done.await;
+        if let Some(link) = self.link_task {
+            if tokio::time::timeout(Duration::from_secs(10), link).await.is_err() {
+                tracing::warn!("the upstream link did not stop in time");
+            }
+        }
     }
 }
 

@@ -66,6 +66,9 @@ pub struct UpstreamOptions {
     pub outbox_max: u64,
     /// Most bytes of actions waiting to go upstream, likewise.
     pub outbox_bytes_max: u64,
+    /// Most channels followed upstream: a channel first subscribed to past it is served from
+    /// the edge's log alone.
+    pub channels_max: usize,
     /// Sends each author's deltas of one CRDT object within a `sync` as one delta (their ids
     /// but the first are then not in the upstream's log; their authors still get
     /// `rhizome/committed` or `logux/undo` from this edge).
@@ -87,6 +90,7 @@ impl UpstreamOptions {
             ping_interval: Duration::from_secs(10),
             outbox_max: 1_000_000,
             outbox_bytes_max: 1 << 30,
+            channels_max: 100_000,
             fold_crdt: true,
         }
     }
@@ -238,6 +242,8 @@ impl End {
 #[derive(Debug)]
 pub struct Follow {
     known: Mutex<HashSet<String>>,
+    /// Channels followed at most ([`UpstreamOptions::channels_max`]).
+    max: usize,
     link: tokio::sync::mpsc::UnboundedSender<UpstreamChannel>,
 }
 
@@ -245,16 +251,30 @@ impl Follow {
     /// The channels followed so far (from the log), and the link's end.
     pub(crate) fn new(
         followed: Vec<UpstreamChannel>,
+        max: usize,
     ) -> (Follow, tokio::sync::mpsc::UnboundedReceiver<UpstreamChannel>) {
         let (link, rx) = tokio::sync::mpsc::unbounded_channel();
         let known = followed.into_iter().map(|c| c.channel).collect();
-        (Follow { known: Mutex::new(known), link }, rx)
+        (Follow { known: Mutex::new(known), max, link }, rx)
     }
 
     /// Follows `channel` from now on, if it is not followed yet.
     pub(crate) async fn follow(&self, writer: &crate::writer::WriteQueue, channel: &str) -> Result<(), ()> {
-        if self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(channel) {
-            return Ok(());
+        {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.contains(channel) {
+                return Ok(());
+            }
+            if known.len() >= self.max {
+                // Served from the edge's log alone; what the upstream gets on it does not come
+                // down. Bounded so that subscriptions cannot grow the upstream's work without end.
+                tracing::warn!(
+                    channel,
+                    max = self.max,
+                    "the edge follows its most channels upstream already"
+                );
+                return Ok(());
+            }
         }
         let followed = UpstreamChannel { channel: channel.to_owned(), since_id: None, since_time: now_ms() };
         let upstream_channels = vec![followed.clone()];
@@ -735,8 +755,9 @@ impl Link {
                     Some((key, delta))
                 }
                 Err(e) => {
-                    tracing::warn!(id = %id, error = %e, "a crdt/delta from the upstream does not decode");
-                    None
+                    // Not stored: this edge's clients would be sent a delta none can join.
+                    tracing::warn!(id = %id, error = %e, "a crdt/delta from the upstream does not decode; skipped");
+                    return;
                 }
             }
         } else {
@@ -786,12 +807,18 @@ impl Link {
             Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
         };
         let mut committed: HashMap<rhizome_protocol::ClientId, Vec<String>> = HashMap::new();
+        let mut denied_logged = false;
         for answer in answers {
             let author = answer.target.client_id();
             let Some(undo) = answer.undo else {
                 committed.entry(author).or_default().push(answer.target.text());
                 continue;
             };
+            if undo.str_field("reason") == Some("denied") && !denied_logged {
+                // Also what an upstream that does not make the link's user a peer answers.
+                tracing::error!(id = %answer.target, "the upstream denied an action this edge took (is the link's user a peer there?)");
+                denied_logged = true;
+            }
             let mut routing = Routing { clients: vec![author], ..Routing::default() };
             let mut json = undo.json().clone();
             if let Some(entry) = found.get(&answer.target) {
