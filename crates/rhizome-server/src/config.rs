@@ -191,7 +191,7 @@ pub struct UpstreamSection {
     pub token_env: Option<String>,
     /// `sync`s in flight at most (8).
     pub window: Option<usize>,
-    /// Actions in one `sync` at most (100); at most the upstream's `actions_per_sync_max`.
+    /// Actions in one `sync` at most (1000); at most the upstream's `actions_per_sync_max`.
     pub sync_actions_max: Option<usize>,
     /// Bytes of actions in one `sync` at most (262144); below the upstream's `frame_bytes_max`.
     pub sync_bytes_max: Option<usize>,

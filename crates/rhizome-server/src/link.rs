@@ -29,7 +29,7 @@ use rhizome_protocol::{
     PROTOCOL,
 };
 use rhizome_store::{Append, OutboxSize, UpstreamChannel, WriteBatch, UPSTREAM_RECEIVED, UPSTREAM_SENT};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -83,7 +83,7 @@ impl UpstreamOptions {
             token,
             node,
             window: 8,
-            sync_actions_max: 100,
+            sync_actions_max: 1000,
             sync_bytes_max: 256 << 10,
             backoff: Backoff::default(),
             timeout: Duration::from_secs(20),
@@ -409,7 +409,24 @@ struct Session {
     subscribing: HashMap<String, String>,
     /// Channels subscribed on this connection (or being subscribed).
     subscribed: HashSet<String>,
+    /// Writes of what the upstream sent, in the order sent: each one's `sync`s are confirmed
+    /// when it commits, so the link goes on relaying meanwhile.
+    storing: VecDeque<Stored>,
 }
+
+/// A write of received `sync`s in flight.
+struct Stored {
+    commit: oneshot::Receiver<Result<rhizome_store::Committed, crate::writer::WriteFailed>>,
+    /// The `added` of each `sync` it holds, to confirm.
+    added: Vec<u64>,
+    /// The highest of them (or of earlier ones).
+    highest: u64,
+    /// Subscriptions it answered: their `since`, taken once it commits.
+    since: Vec<UpstreamChannel>,
+}
+
+/// Writes of received `sync`s in flight at most: past it the link waits for the oldest.
+const STORING_MAX: usize = 8;
 
 impl Session {
     /// Sends `text`, giving up after `timeout` (more for a large frame): an upstream that stops
@@ -505,6 +522,7 @@ impl Link {
                         ping_sent: None,
                         subscribing: HashMap::new(),
                         subscribed: HashSet::new(),
+                        storing: VecDeque::new(),
                     });
                 }
                 Ok(Message::Error { kind, .. }) => {
@@ -569,6 +587,14 @@ impl Link {
                     }
                 }
                 () = tokio::time::sleep(WAITING_POLL), if waiting => {}
+                result = async { (&mut session.storing.front_mut().expect("one in flight").commit).await },
+                    if !session.storing.is_empty() =>
+                {
+                    let Some(oldest) = session.storing.pop_front() else { continue };
+                    if let Err(end) = self.stored(session, oldest, result).await {
+                        return end;
+                    }
+                }
                 ok = cursor_written => {
                     let written = self.cursor_write.take().map_or(0, |(_, p)| p);
                     if !ok {
@@ -682,14 +708,42 @@ impl Link {
             self.relay_answers(answers, &mut batch).await?;
         }
         batch.cursors.push((UPSTREAM_RECEIVED.to_owned(), highest));
-        if !matches!(self.shared.writer.write_unordered(batch).await.await, Ok(Ok(_))) {
+        let since = batch.upstream_channels.clone();
+        let commit = self.shared.writer.write_unordered(batch).await;
+        let added = syncs.iter().map(|(added, _)| *added).collect();
+        session.storing.push_back(Stored { commit, added, highest, since });
+        while session.storing.len() > STORING_MAX {
+            let Some(mut oldest) = session.storing.pop_front() else { break };
+            let result = (&mut oldest.commit).await;
+            self.stored(session, oldest, result).await?;
+        }
+        Ok(())
+    }
+
+    /// A write of received `sync`s ended: once committed, its `sync`s are confirmed with
+    /// `synced` (in the order received, as the writes commit in order) and the subscriptions
+    /// it answered resume from their new `since`; a failed write ends the connection, and the
+    /// upstream sends it all again.
+    async fn stored(
+        &mut self,
+        session: &mut Session,
+        stored: Stored,
+        result: Result<
+            Result<rhizome_store::Committed, crate::writer::WriteFailed>,
+            oneshot::error::RecvError,
+        >,
+    ) -> Result<(), End> {
+        if !matches!(result, Ok(Ok(_))) {
             return Err(End::retry("what the upstream sent could not be written"));
         }
-        self.received = highest;
-        self.set_status(|s| s.received = highest);
-        for (added, _) in syncs {
-            let synced = encode_synced(added);
-            session.send(synced, self.options.timeout).await?;
+        for UpstreamChannel { channel, since_id, since_time } in stored.since {
+            self.channels.insert(channel, (since_id, since_time));
+        }
+        self.received = self.received.max(stored.highest);
+        let received = self.received;
+        self.set_status(|s| s.received = received);
+        for added in stored.added {
+            session.send(encode_synced(added), self.options.timeout).await?;
         }
         Ok(())
     }
@@ -731,7 +785,7 @@ impl Link {
                     session.subscribed.remove(&channel);
                     return;
                 }
-                self.channels.insert(channel.clone(), (Some(id.text()), time));
+                // Taken as the channel's `since` once this write commits (`Stored`).
                 batch.upstream_channels.push(UpstreamChannel {
                     channel,
                     since_id: Some(id.text()),

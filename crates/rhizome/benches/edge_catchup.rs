@@ -8,7 +8,8 @@
 //! - `ACTIONS` (default 1000000) on each side;
 //! - `MODE=plain` (`inc` actions on `counter/1`) or `MODE=crdt` (`crdt/counter/inc` on the
 //!   object `bench/1`);
-//! - `FOLD=1` folds each author's consecutive deltas of one object into one on the way up.
+//! - `FOLD=1` folds each author's consecutive deltas of one object into one on the way up;
+//! - `SIDES=edge` or `SIDES=cloud` writes on one side only (up or down alone).
 
 use rhizome_core::{App, Limits};
 use rhizome_server::config::FileConfig;
@@ -122,9 +123,16 @@ fn main() {
         let edge = start(&edge_dir, edge_app, limits, Some(link)).await;
         proxy.down(true);
 
+        let sides = env_or::<String>("SIDES", "both".into());
+        let (at_edge, at_cloud) = match sides.as_str() {
+            "edge" => (actions, 0),
+            "cloud" => (0, actions),
+            _ => (actions, actions),
+        };
         let loading = Instant::now();
-        produce(format!("ws://{}/", edge.local_addr()), actions, crdt).await;
-        produce(format!("ws://{}/", cloud.local_addr()), actions, crdt).await;
+        // A subscription at the edge makes it follow the channel, whichever side writes.
+        produce(format!("ws://{}/", edge.local_addr()), at_edge.max(1), crdt).await;
+        produce(format!("ws://{}/", cloud.local_addr()), at_cloud.max(1), crdt).await;
         let load = loading.elapsed();
 
         let started = Instant::now();
@@ -135,10 +143,11 @@ fn main() {
             let status = edge.link_status().expect("an edge");
             let stats = edge.stats().await.expect("stats");
             let up = status.confirmed >= stats.position;
+            let total = (at_edge.max(1) + at_cloud.max(1)) as i128;
             let down = if crdt {
-                counter(&edge_dir, "bench/1") == 2 * actions as i128 && counter(&cloud_dir, "bench/1") == 2 * actions as i128
+                counter(&edge_dir, "bench/1") == total && counter(&cloud_dir, "bench/1") == total
             } else {
-                received(&edge_log) >= actions as u64
+                received(&edge_log) >= at_cloud.max(1) as u64
             };
             if up && down {
                 break;
@@ -146,18 +155,18 @@ fn main() {
         }
         let took = started.elapsed();
         println!(
-            "edge catch-up: {} mode{}, {actions} actions on each side (loaded in {:.1} s): converged in {:.2} s \
-             ({:.0} actions/s); link bytes up {:.1} MiB, down {:.1} MiB ({:.0} / {:.0} bytes per action), \
-             {} connection(s)",
+            "edge catch-up: {} mode{}, {at_edge} actions at the edge and {at_cloud} at the cloud (loaded in {:.1} s): \
+             converged in {:.2} s ({:.0} actions/s); link bytes up {:.1} MiB, down {:.1} MiB \
+             ({:.0} / {:.0} bytes per action written at the edge / cloud), {} connection(s)",
             if crdt { "crdt" } else { "plain" },
             if fold { " with folding" } else { "" },
             load.as_secs_f64(),
             took.as_secs_f64(),
-            (2 * actions) as f64 / took.as_secs_f64(),
+            (at_edge + at_cloud) as f64 / took.as_secs_f64(),
             proxy.bytes_up() as f64 / 1048576.0,
             proxy.bytes_down() as f64 / 1048576.0,
-            proxy.bytes_up() as f64 / actions as f64,
-            proxy.bytes_down() as f64 / actions as f64,
+            proxy.bytes_up() as f64 / at_edge.max(1) as f64,
+            proxy.bytes_down() as f64 / at_cloud.max(1) as f64,
             proxy.connections(),
         );
         edge.shutdown().await;

@@ -358,6 +358,8 @@ fn link_to(upstream: &str, node: &str) -> UpstreamOptions {
     options.backoff = Backoff { base: Duration::from_millis(20), max: Duration::from_millis(500) };
     options.ping_interval = Duration::from_millis(300);
     options.timeout = Duration::from_secs(1);
+    // The tests' upstreams take at most 100 actions per `sync` (`DEFAULT_LIMITS`).
+    options.sync_actions_max = 100;
     options
 }
 
