@@ -139,7 +139,8 @@ fn main() {
         proxy.down(false);
         let edge_log = edge_dir.join("rhizome.db");
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Checking reads the logs (a count over the edge's): not too often.
+            tokio::time::sleep(Duration::from_millis(250)).await;
             let status = edge.link_status().expect("an edge");
             let stats = edge.stats().await.expect("stats");
             let up = status.confirmed >= stats.position;
