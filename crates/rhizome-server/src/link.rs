@@ -412,6 +412,8 @@ struct Session {
     /// Writes of what the upstream sent, in the order sent: each one's `sync`s are confirmed
     /// when it commits, so the link goes on relaying meanwhile.
     storing: VecDeque<Stored>,
+    /// The upstream's subprotocol (from `connected`): that of its actions that name none.
+    subprotocol: Option<u64>,
 }
 
 /// A write of received `sync`s in flight.
@@ -502,7 +504,7 @@ impl Link {
                 Ok(Some(Ok(_))) => continue,
             };
             match parse(text.as_str()) {
-                Ok(Message::Connected { protocol, node_id, time: [start, end], .. }) => {
+                Ok(Message::Connected { protocol, node_id, time: [start, end], options }) => {
                     if protocol < PROTOCOL {
                         return Err(End {
                             fatal: true,
@@ -523,6 +525,7 @@ impl Link {
                         subscribing: HashMap::new(),
                         subscribed: HashSet::new(),
                         storing: VecDeque::new(),
+                        subprotocol: options.get("subprotocol").and_then(serde_json::Value::as_u64),
                     });
                 }
                 Ok(Message::Error { kind, .. }) => {
@@ -796,7 +799,8 @@ impl Link {
             k if k.starts_with("logux/") => return,
             _ => {}
         }
-        let subprotocol = entry.meta.subprotocol.unwrap_or(self.shared.config.subprotocol);
+        let subprotocol =
+            entry.meta.subprotocol.or(session.subprotocol).unwrap_or(self.shared.config.subprotocol);
         let meta = Meta { id: id.clone(), time, subprotocol };
         let mut routing = self.routing(action, &meta).await;
         let delta = if kind == rhizome_crdt::DELTA_TYPE {
