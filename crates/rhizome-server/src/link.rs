@@ -70,7 +70,7 @@ pub struct UpstreamOptions {
     /// the edge's log alone.
     pub channels_max: usize,
     /// Sends each author's deltas of one CRDT object within a `sync` as one delta (their ids
-    /// but the first are then not in the upstream's log; their authors still get
+    /// but the last are then not in the upstream's log; their authors still get
     /// `rhizome/committed` or `logux/undo` from this edge).
     pub fold_crdt: bool,
 }
@@ -1054,7 +1054,7 @@ struct Chunk {
     through: Position,
     /// Reading stopped at an action still being processed.
     waiting: bool,
-    /// With folding: the id each folded delta went under, and the ids folded into it.
+    /// With folding: the id each folded delta went under (its last), and the ids folded into it.
     folded: Vec<(ActionId, Vec<ActionId>)>,
 }
 
@@ -1062,17 +1062,21 @@ struct Chunk {
 enum Part<'a> {
     /// An entry as logged.
     Entry(&'a StoredEntry),
-    /// The join of one author's deltas of one object: the first of them, with the others
+    /// The join of one author's deltas of one object: the last of them, with the others
     /// joined into `delta`.
-    Folded { first: &'a StoredEntry, key: String, delta: rhizome_crdt::Object, others: Vec<ActionId> },
+    Folded { last: &'a StoredEntry, key: String, delta: rhizome_crdt::Object, others: Vec<ActionId> },
 }
 
 impl Chunk {
     /// The next `sync` from `rows`: up to `bytes_max` of actions (at least one), stopping at an
     /// action still being processed. With `fold`, each author's deltas of one object in the
-    /// chunk go as one delta under the first one's id (deltas join in any order, so sending the
-    /// later ones early changes nothing but their number); the upstream still judges it as
-    /// that author's.
+    /// chunk go as one delta under the last one's id, in its place (deltas join in any order,
+    /// so sending the earlier ones late changes nothing but their number); the upstream still
+    /// judges it as that author's. Not the first one's id: after a drop, a `sync` read again
+    /// from the cursor may fold more deltas than the one the upstream committed, under an id it
+    /// already has, which it would drop as a duplicate. An upstream that has the last one's id
+    /// has every delta folded under it: each was sent no later, from the cursor on, and the
+    /// upstream commits `sync`s in order.
     fn build(
         rows: &[(StoredEntry, Status)],
         session: &Session,
@@ -1098,9 +1102,10 @@ impl Chunk {
                     match delta {
                         Some((key, delta)) => match groups.get(&(&entry.id.node, key.clone())) {
                             Some(&at) => {
-                                if let Part::Folded { delta: joined, others, .. } = &mut parts[at] {
+                                if let Part::Folded { last, delta: joined, others, .. } = &mut parts[at] {
                                     if joined.join(&delta).is_ok() {
-                                        others.push(entry.id.clone());
+                                        others.push(last.id.clone());
+                                        *last = entry;
                                     } else {
                                         parts.push(Part::Entry(entry));
                                     }
@@ -1114,7 +1119,7 @@ impl Chunk {
                                 }
                                 bytes += entry.action_json.len() + META_BYTES_MAX;
                                 groups.insert((&entry.id.node, key.clone()), parts.len());
-                                parts.push(Part::Folded { first: entry, key, delta, others: Vec::new() });
+                                parts.push(Part::Folded { last: entry, key, delta, others: Vec::new() });
                             }
                         },
                         None => {
@@ -1135,14 +1140,18 @@ impl Chunk {
         if parts.is_empty() {
             return chunk;
         }
+        // In log order, a folded delta where its last one is.
+        parts.sort_by_key(|part| match part {
+            Part::Entry(entry) | Part::Folded { last: entry, .. } => entry.added,
+        });
         let mut frame = SyncBuilder::new();
         for part in parts {
             let (entry, json) = match part {
                 Part::Entry(entry) => (entry, None),
-                Part::Folded { first, others, .. } if others.is_empty() => (first, None),
-                Part::Folded { first, key, delta, others } => {
-                    chunk.folded.push((first.id.clone(), others));
-                    (first, Some(rhizome_crdt::delta_action(&key, &delta)))
+                Part::Folded { last, others, .. } if others.is_empty() => (last, None),
+                Part::Folded { last, key, delta, others } => {
+                    chunk.folded.push((last.id.clone(), others));
+                    (last, Some(rhizome_crdt::delta_action(&key, &delta)))
                 }
             };
             let time = entry.time - session.time_fix;

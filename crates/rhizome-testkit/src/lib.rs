@@ -25,6 +25,8 @@ pub struct Proxy {
 struct State {
     pipes: Mutex<JoinSet<()>>,
     frozen: AtomicBool,
+    /// Only what the server sends is swallowed.
+    frozen_down: AtomicBool,
     stalled: AtomicBool,
     down: AtomicBool,
     /// Connections accepted and forwarded.
@@ -46,7 +48,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<State>
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if state.frozen.load(Ordering::Relaxed) {
+        if state.frozen.load(Ordering::Relaxed) || (!up && state.frozen_down.load(Ordering::Relaxed)) {
             continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
@@ -109,6 +111,12 @@ impl Proxy {
     /// Swallows (`true`) or forwards (`false`) bytes on every connection, open or new.
     pub fn freeze(&self, frozen: bool) {
         self.state.frozen.store(frozen, Ordering::Relaxed);
+    }
+
+    /// Swallows (`true`) or forwards (`false`) what the server sends on every connection, open
+    /// or new, while what clients send still reaches it: the server's answers are lost.
+    pub fn freeze_down(&self, frozen: bool) {
+        self.state.frozen_down.store(frozen, Ordering::Relaxed);
     }
 
     /// Stops reading (`true`) or reads again (`false`) on every connection, open or new: what

@@ -573,6 +573,39 @@ async fn an_authors_deltas_of_one_object_go_up_folded_and_each_is_answered() -> 
 }
 
 #[tokio::test]
+async fn a_fold_sent_again_after_a_drop_loses_none_of_its_deltas() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    // One `sync` in flight: the second operation waits for the first one's `synced`.
+    let edge = TestServer::edge_with(&proxy.url(), |o| o.window = 1).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    wait_status(&edge, |s| s["connected"] == true).await?;
+    // The cloud's answers are lost: it commits the first operation, the edge never hears so.
+    proxy.freeze_down(true);
+    let inc = json!({"type": "crdt/counter/inc", "key": "likes", "by": 1});
+    let first = alice.send_action(inc.clone()).await?;
+    alice.wait_processed(&first).await?;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while !ids_of(&cloud, "alice:a1:t")?.contains_key(&first) {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the cloud never got the first operation");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = alice.send_action(inc).await?;
+    alice.wait_processed(&second).await?;
+    // The link starts again from its cursor: both operations go up again, folded into one.
+    proxy.freeze_down(false);
+    proxy.cut();
+    wait_forwarded(&edge).await?;
+    let document = converged_counter(&[&cloud, &edge], "likes", 2).await?;
+    assert_eq!(document, json!({"alice:a1:t": [2, 0]}));
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
     let region = TestServer::region_of(&cloud.url()).await?;
