@@ -291,6 +291,15 @@ impl Pipeline {
             if self.shared.outbox_full.load(std::sync::atomic::Ordering::Relaxed)
                 && !kind.starts_with("logux/")
             {
+                if relayed {
+                    // A peer relays what its own edge acknowledged already, and takes an undo
+                    // as final (it marks its entry undone). So nothing of its `sync` is taken
+                    // or confirmed, as when a write fails: the connection ends, and the peer
+                    // sends it all again from its cursor once it has connected again.
+                    let (failed, commit) = tokio::sync::oneshot::channel();
+                    let _ = failed.send(Err(WriteFailed));
+                    return Pending { added, answers: Vec::new(), commit: Some(commit) };
+                }
                 answers.push(undo(&meta.id, action, "outboxFull"));
                 continue;
             }

@@ -649,6 +649,41 @@ async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_full_outbox_in_the_middle_of_a_chain_holds_back_what_a_site_relays() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let region = TestServer::region_with(&proxy.url(), |o| o.outbox_max = 5).await?;
+    let site = TestServer::edge_of(&region.url()).await?;
+    // The region's own client fills its outbox while the cloud is away.
+    let mut bob = region.login("bob:b1:t").await?;
+    send_incs(&mut bob, 5).await?;
+    wait_status(&region, |s| s["outbox"]["full"] == true).await?;
+    // Alice's actions are taken at the site (its first level of acknowledgement), which relays
+    // them to the full region meanwhile.
+    let mut alice = site.login("alice:a1:t").await?;
+    let sent = send_incs(&mut alice, 3).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.down(false);
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while ids_of(&cloud, "alice:a1:t")?.len() < sent.len() {
+        if tokio::time::Instant::now() >= deadline {
+            let db = rusqlite::Connection::open(site.db_path())?;
+            let mut stmt = db.prepare("SELECT id, status, reason FROM log WHERE id LIKE '% alice:a1:t %'")?;
+            let rows: Vec<(String, i64, Option<String>)> =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+            bail!("alice's actions never reached the cloud; at the site: {rows:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    exactly_once(&ids_of(&cloud, "alice:a1:t")?, &sent)?;
+    for server in [site, region, cloud] {
+        server.stop().await;
+    }
+    Ok(())
+}
+
 /// Limits with room for large actions (the default frame of the tests is 64 KiB).
 const LARGE_FRAMES: &str = r#"
 frame_bytes_max = 16777216

@@ -220,9 +220,15 @@ impl TestServer {
     /// An edge of the server at `upstream` that is itself the upstream of edges (a region
     /// between the cloud and its sites): the links of user `edge` are peers here too.
     pub async fn region_of(upstream: &str) -> Result<TestServer> {
+        Self::region_with(upstream, |_| {}).await
+    }
+
+    /// [`TestServer::region_of`] with link options changed by `tweak`.
+    pub async fn region_with(upstream: &str, tweak: impl FnOnce(&mut UpstreamOptions)) -> Result<TestServer> {
         let (app, limits) = Self::rules_with_peers(&["edge"], DEFAULT_LIMITS)?;
-        let link = Some(link_to(upstream, "edge:region:link"));
-        Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), link).await
+        let mut link = link_to(upstream, "edge:region:link");
+        tweak(&mut link);
+        Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
     }
 
     fn default_rules() -> Result<(App, Limits)> {
