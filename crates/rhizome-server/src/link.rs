@@ -1102,11 +1102,18 @@ impl Chunk {
                     match delta {
                         Some((key, delta)) => match groups.get(&(&entry.id.node, key.clone())) {
                             Some(&at) => {
+                                // The join grows by up to this delta (a set's elements, a list's
+                                // values): counted, so the `sync` keeps to its limit.
+                                if bytes + entry.action_json.len() > bytes_max {
+                                    break;
+                                }
+                                bytes += entry.action_json.len();
                                 if let Part::Folded { last, delta: joined, others, .. } = &mut parts[at] {
                                     if joined.join(&delta).is_ok() {
                                         others.push(last.id.clone());
                                         *last = entry;
                                     } else {
+                                        bytes += META_BYTES_MAX;
                                         parts.push(Part::Entry(entry));
                                     }
                                 }

@@ -606,6 +606,29 @@ async fn a_fold_sent_again_after_a_drop_loses_none_of_its_deltas() -> Result<()>
 }
 
 #[tokio::test]
+async fn a_folded_delta_keeps_to_the_sync_byte_limit() -> Result<()> {
+    // The cloud takes frames of at most 64 KiB; the link's `sync`s are well below that.
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_with(&proxy.url(), |o| o.sync_bytes_max = 16 << 10).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    // 100 elements of about 1 KB added to one set: their join is as large as they all are.
+    let mut last = String::new();
+    for n in 0..100 {
+        let elem = format!("{n:03}{}", "x".repeat(900));
+        last = alice.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
+    }
+    alice.wait_processed(&last).await?;
+    proxy.down(false);
+    wait_forwarded(&edge).await?;
+    assert!(!ids_of(&cloud, "alice:a1:t")?.is_empty());
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
     let region = TestServer::region_of(&cloud.url()).await?;
