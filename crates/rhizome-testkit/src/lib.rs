@@ -108,15 +108,25 @@ impl Proxy {
         }
     }
 
-    /// Swallows (`true`) or forwards (`false`) bytes on every connection, open or new.
+    /// Swallows (`true`) or forwards (`false`) bytes on every connection, open or new: a dead
+    /// link. When it comes back, the connections that lived through it are cut: TCP never
+    /// delivers a stream with bytes missing in the middle, so a connection whose bytes were
+    /// swallowed cannot go on (it would hand the far end later frames without earlier ones).
     pub fn freeze(&self, frozen: bool) {
         self.state.frozen.store(frozen, Ordering::Relaxed);
+        if !frozen {
+            self.cut();
+        }
     }
 
     /// Swallows (`true`) or forwards (`false`) what the server sends on every connection, open
-    /// or new, while what clients send still reaches it: the server's answers are lost.
+    /// or new, while what clients send still reaches it: the server's answers are lost. As with
+    /// [`Proxy::freeze`], the connections that lived through it are cut when it ends.
     pub fn freeze_down(&self, frozen: bool) {
         self.state.frozen_down.store(frozen, Ordering::Relaxed);
+        if !frozen {
+            self.cut();
+        }
     }
 
     /// Stops reading (`true`) or reads again (`false`) on every connection, open or new: what

@@ -983,22 +983,21 @@ async fn chaos(seed: u64) -> Result<()> {
         }
     }
     let edges: Vec<TestServer> = edges.into_iter().flatten().collect();
-    for server in [&cloud, &edges[0], &edges[1]] {
+    for (name, server) in [("cloud", &cloud), ("edge 1", &edges[0]), ("edge 2", &edges[1])] {
         let deadline = tokio::time::Instant::now() + CONVERGE;
         for (node, ids) in &sent {
             while incs_of(server, node)?.len() < ids.len() {
                 if tokio::time::Instant::now() >= deadline {
                     bail!(
-                        "{} of {node}'s {} actions at {}",
+                        "{} of {node}'s {} actions at {name} ({:?})",
                         incs_of(server, node)?.len(),
                         ids.len(),
-                        server.url()
+                        server.link_status().ok()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            exactly_once(&incs_of(server, node)?, ids)
-                .with_context(|| format!("{node} at {}", server.url()))?;
+            exactly_once(&incs_of(server, node)?, ids).with_context(|| format!("{node} at {name}"))?;
         }
     }
     if increments > 0 {
