@@ -1010,15 +1010,17 @@ async fn chaos(seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Seeds run by default; `EDGE_CHAOS_SEEDS=<n>` runs seeds 0 to n−1 instead,
-/// `EDGE_CHAOS_SEED=<s>` one seed (to replay a failure's schedule).
+/// Seeds run by default; `EDGE_CHAOS_SEEDS=<n>` runs seeds 0 to n−1 instead (`<a>..<b>`: a
+/// to b−1), `EDGE_CHAOS_SEED=<s>` one seed (to replay a failure's schedule).
 fn chaos_seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("EDGE_CHAOS_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
     }
-    match std::env::var("EDGE_CHAOS_SEEDS").ok().and_then(|s| s.parse::<u64>().ok()) {
-        Some(n) => (0..n).collect(),
-        None => vec![1, 2, 3],
+    let Ok(seeds) = std::env::var("EDGE_CHAOS_SEEDS") else { return vec![1, 2, 3] };
+    let (from, to) = seeds.split_once("..").unwrap_or(("0", &seeds));
+    match (from.parse::<u64>(), to.parse::<u64>()) {
+        (Ok(from), Ok(to)) => (from..to).collect(),
+        _ => panic!("EDGE_CHAOS_SEEDS={seeds}: expected <n> or <a>..<b>"),
     }
 }
 
