@@ -1,6 +1,6 @@
 //! The background task: connects, runs one protocol 5 session at a time, and reconnects with
 //! backoff. It is the only owner of the socket; the log is shared with the handle through
-//! [`Shared`] (SQLite calls run in `spawn_blocking`).
+//! [`Shared`] (SQLite calls run off the runtime, through `rhizome_io::blocking`).
 
 use crate::store::{Incoming, ReceivedDelta, Since, Subscription, Undone};
 use crate::{ClientOptions, Event, Shared, State};
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn rhizome_io::Io>>;
 
 /// Most frames already received that are handled (and stored) together.
 const FRAMES_PER_BATCH_MAX: usize = 256;
@@ -299,6 +299,18 @@ async fn leave(control: &mut watch::Receiver<Want>) -> End {
     }
 }
 
+/// Opens a WebSocket to `url` (`ws://` only), over [`rhizome_io::connect`].
+async fn open(url: &str) -> Result<Ws, WsError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = rhizome_io::connect(&host, port).await.map_err(WsError::Io)?;
+    let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    Ok(ws)
+}
+
 impl Driver {
     pub(crate) fn new(
         options: ClientOptions,
@@ -310,7 +322,7 @@ impl Driver {
     ) -> Driver {
         let rng = match options.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_entropy(),
+            None => rhizome_io::rng(),
         };
         Driver { options, shared, node, events, state, control, rng }
     }
@@ -414,15 +426,12 @@ impl Driver {
 
     /// One connection, from opening the socket to its end.
     async fn connection(&mut self) -> End {
-        let open = tokio::time::timeout(
-            self.options.timeout,
-            tokio_tungstenite::connect_async(self.options.url.as_str()),
-        );
+        let open = tokio::time::timeout(self.options.timeout, open(&self.options.url));
         let mut ws = tokio::select! {
             opened = open => match opened {
                 Err(_) => return End::Retry { reason: "opening the socket timed out".into(), hint: None, stable: false },
                 Ok(Err(e)) => return End::Retry { reason: e.to_string(), hint: retry_hint(&e), stable: false },
-                Ok(Ok((ws, _))) => ws,
+                Ok(Ok(ws)) => ws,
             },
             end = leave(&mut self.control) => return end,
         };

@@ -92,7 +92,7 @@ pub use store::{Durability, LogStats, Since, Subscription, Undone};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use store::Store;
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -109,13 +109,13 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_ms(&self) -> i64;
 }
 
-/// The system clock.
+/// The system clock (the simulation's on a thread that runs one, see `rhizome_io::simulate`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+        rhizome_io::now_ms()
     }
 }
 
@@ -313,7 +313,7 @@ impl Shared {
         f: impl FnOnce(&mut Store) -> Result<T, ClientError> + Send + 'static,
     ) -> Result<T, ClientError> {
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || {
+        rhizome_io::blocking(move || {
             let mut store = shared.store.lock().map_err(|_| ClientError::Poisoned)?;
             f(&mut store)
         })
@@ -359,7 +359,7 @@ impl Client {
             options.received_keep_max,
             options.durability,
         );
-        let store = tokio::task::spawn_blocking(move || {
+        let store = rhizome_io::blocking(move || {
             let open = store::OpenOptions { user: &user, node: node.as_ref(), received_keep_max, durability };
             Store::open(&path, &open)
         })

@@ -363,7 +363,7 @@ impl Store {
                 given.clone()
             }
             (None, None) => {
-                let mut rng = rand::thread_rng();
+                let mut rng = rhizome_io::rng();
                 let text = format!("{user}:{}:{}", random_part(&mut rng), random_part(&mut rng));
                 NodeId::parse(&text).ok_or_else(|| ClientError::Invalid(format!("user id {user:?}")))?
             }

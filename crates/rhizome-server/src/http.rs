@@ -7,6 +7,7 @@
 //! still works that way).
 
 use crate::shared::Shared;
+use crate::socket::Stream;
 use crate::{handshake, ws};
 use axum::extract::{ConnectInfo, State};
 use axum::Router;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_service::Service;
 
@@ -31,7 +31,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Serves `router` on `listener` until `stop` turns true, then asks every HTTP connection to
 /// finish gracefully. Upgraded sockets watch `stop` themselves.
 pub async fn accept(
-    listener: TcpListener,
+    listener: rhizome_io::Listener,
     router: Router,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -39,7 +39,7 @@ pub async fn accept(
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => (Stream::from(stream), peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_RETRY).await;
@@ -50,7 +50,7 @@ pub async fn accept(
         };
         // Answers are small frames written one after another; Nagle's algorithm would hold each
         // second one until the client's delayed ACK (~40 ms per round trip).
-        if let Err(e) = stream.set_nodelay(true) {
+        if let Err(e) = stream.set_nodelay() {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         let router = router.clone();
@@ -67,7 +67,7 @@ pub async fn accept(
 }
 
 /// Serves the connection with hyper until it ends, finishing gracefully once `stop` turns true.
-async fn serve_hyper(stream: TcpStream, peer: SocketAddr, router: Router, stop: &mut watch::Receiver<bool>) {
+async fn serve_hyper(stream: Stream, peer: SocketAddr, router: Router, stop: &mut watch::Receiver<bool>) {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().call(request.map(axum::body::Body::new))
@@ -109,7 +109,7 @@ const DIRECT_PULL_BYTES_MAX: usize = 64 * 1024;
 /// Serves the requests that can be answered without hyper, one after another: a WebSocket
 /// handshake (the session then owns the socket) and simple pulls. Gives the stream back at the
 /// first request that is anything else.
-async fn direct(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Option<TcpStream> {
+async fn direct(mut stream: Stream, peer: SocketAddr, shared: &Arc<Shared>) -> Option<Stream> {
     loop {
         let peeked = tokio::select! {
             peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, poll_fn(|cx| peek_request(cx, &stream))) => peeked,
@@ -144,7 +144,7 @@ async fn direct(mut stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -
 /// Reads a pull's head and body off `stream`, answers it and writes the answer. Whether the
 /// connection stays open for another request.
 async fn serve_pull(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     pull: handshake::Pull,
@@ -197,7 +197,7 @@ async fn serve_pull(
 
 /// Returns once the peer closed the connection (or it failed). Bytes already sent after the
 /// request (a pipelined one) say nothing more: then it never returns.
-async fn hung_up(stream: &TcpStream) {
+async fn hung_up(stream: &Stream) {
     let mut byte = [0u8; 1];
     match stream.peek(&mut byte).await {
         Ok(0) | Err(_) => {}
@@ -208,12 +208,12 @@ async fn hung_up(stream: &TcpStream) {
 /// Answers a WebSocket handshake of `length` bytes, peeked off the socket, and starts its
 /// session. Gives the stream back when the connection limit is reached (hyper answers 503).
 async fn direct_websocket(
-    mut stream: TcpStream,
+    mut stream: Stream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     length: usize,
     accepted: handshake::Accepted,
-) -> Option<TcpStream> {
+) -> Option<Stream> {
     if !shared.try_open_connection() {
         // hyper answers with 503.
         return Some(stream);
@@ -235,7 +235,7 @@ async fn direct_websocket(
 /// Bytes of a request head looked at directly; a longer head goes to hyper.
 const PEEK_BYTES: usize = 4096;
 
-fn peek_request(cx: &mut Context<'_>, stream: &TcpStream) -> Poll<std::io::Result<Peeked>> {
+fn peek_request(cx: &mut Context<'_>, stream: &Stream) -> Poll<std::io::Result<Peeked>> {
     // On the stack, and only for this poll: the task keeps no buffer.
     let mut buf = [0u8; PEEK_BYTES];
     let mut read = ReadBuf::new(&mut buf);

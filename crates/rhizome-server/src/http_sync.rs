@@ -414,7 +414,7 @@ impl Session {
             }
             // One read for all of them, off the runtime.
             let store = self.shared.store.clone();
-            let found = tokio::task::spawn_blocking(move || {
+            let found = rhizome_io::blocking(move || {
                 missing.into_iter().map(|id| (store.status_of(&id).ok().flatten(), id)).collect::<Vec<_>>()
             })
             .await
@@ -823,7 +823,7 @@ async fn read<T: Send + 'static>(
     f: impl FnOnce(&dyn rhizome_store::Store) -> Result<T, rhizome_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || f(&*store)).await {
+    match rhizome_io::blocking(move || f(&*store)).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "an HTTP pull could not read the log");

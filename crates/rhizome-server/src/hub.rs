@@ -646,7 +646,7 @@ impl CatchUpJob {
         read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Option<T> {
         let store = self.shared.store.clone();
-        match tokio::task::spawn_blocking(move || read(&*store)).await {
+        match rhizome_io::blocking(move || read(&*store)).await {
             Ok(Ok(r)) => Some(r),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, conn = self.conn, "catch-up read failed; closing the connection");

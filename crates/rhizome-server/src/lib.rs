@@ -17,6 +17,7 @@ mod pipeline;
 mod recent;
 pub mod rules;
 mod shared;
+mod socket;
 mod subscribers;
 pub mod wakeup;
 mod writer;
@@ -119,10 +120,15 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
 }
 
 fn random_id() -> String {
-    use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-";
-    let mut rng = rand::thread_rng();
-    (0..8).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    let mut random = rhizome_io::random_u64();
+    (0..8)
+        .map(|_| {
+            let c = ALPHABET[(random % ALPHABET.len() as u64) as usize] as char;
+            random /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
 }
 
 impl Server {
@@ -162,10 +168,14 @@ impl Server {
             wakeups,
         ));
         let hub_for_writer = hub_tx.clone();
-        std::thread::Builder::new()
-            .name("rhizome-writer".into())
-            .spawn(move || writer::run(writer, writer_rx, hub_for_writer))
-            .map_err(StartError::Thread)?;
+        if rhizome_io::is_simulated() {
+            tokio::spawn(writer::run_task(writer, writer_rx, hub_for_writer));
+        } else {
+            std::thread::Builder::new()
+                .name("rhizome-writer".into())
+                .spawn(move || writer::run(writer, writer_rx, hub_for_writer))
+                .map_err(StartError::Thread)?;
+        }
         shared.committed.send_replace(position);
         tokio::spawn(hub::run(shared.clone(), position, hub_tx, hub_rx));
 
@@ -184,7 +194,7 @@ impl Server {
             }
             let status = Arc::new(std::sync::Mutex::new(link::LinkStatus::default()));
             let store = shared.store.clone();
-            let channels = tokio::task::spawn_blocking(move || store.upstream_channels())
+            let channels = rhizome_io::blocking(move || store.upstream_channels())
                 .await
                 .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
             let (follow, followed) = link::Follow::new(channels, upstream.channels_max);
@@ -194,7 +204,7 @@ impl Server {
             link_task = Some(tokio::spawn(link::run(shared.clone(), upstream, status, followed)));
         }
 
-        let listener = tokio::net::TcpListener::bind(options.listen)
+        let listener = rhizome_io::Listener::bind(options.listen)
             .await
             .map_err(|source| StartError::Bind { addr: options.listen, source })?;
         let addr =
@@ -247,6 +257,15 @@ impl Server {
         &self.shared.config.server_node
     }
 
+    /// The CRDT object `key` as this server holds it (docs/crdt.md), if it has one.
+    pub async fn object(&self, key: &str) -> Result<Option<rhizome_crdt::Object>, StoreError> {
+        let (store, key) = (self.shared.store.clone(), key.to_owned());
+        match rhizome_io::blocking(move || store.read_object(&key)).await {
+            Ok(read) => Ok(read?.map(|(object, _)| object)),
+            Err(e) => Err(StoreError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+
     /// Connections parked off the runtime because they are quiet.
     pub fn parked_connections(&self) -> usize {
         self.shared.parking.len()
@@ -277,17 +296,27 @@ impl Server {
     }
 }
 
-/// How often connection deadlines (pings, timeouts) are checked.
-const TICK: Duration = Duration::from_millis(100);
+/// Connection deadlines (pings, timeouts, parking) are checked when the earliest is due, and at
+/// least this often: a server whose connections are all quiet wakes once a second, not ten
+/// times.
+const TICK_MAX: Duration = Duration::from_secs(1);
 
-/// Wakes the connections whose protocol deadline passed, until shutdown.
+/// ... and at most this often: deadlines due within it are met together.
+const TICK_MIN: Duration = Duration::from_millis(100);
+
+/// Wakes the connections whose protocol deadline passed, until shutdown. A deadline set before
+/// the next round rings the alarm, which brings the round forward.
 async fn tick(shared: Arc<Shared>) {
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let alarm = shared.outboxes.alarm().clone();
     loop {
-        interval.tick().await;
-        if !shared.outboxes.wake_due(writer::now_ms()) {
-            break;
+        let now = writer::now_ms();
+        let Some(next) = shared.outboxes.wake_due(now) else { break };
+        let wait_ms =
+            next.saturating_sub(now).clamp(TICK_MIN.as_millis() as i64, TICK_MAX.as_millis() as i64);
+        alarm.set(now + wait_ms);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            () = alarm.rung() => tokio::time::sleep(TICK_MIN).await,
         }
     }
 }

@@ -18,8 +18,6 @@
 use crate::shared::Shared;
 use crate::writer::now_ms;
 use futures_util::{FutureExt as _, SinkExt, StreamExt};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use rhizome_core::uplink::{forward, Forward, Uplink};
 use rhizome_core::{Context, Meta, NewEntry, Position, Routing, Status, StoredEntry};
 use rhizome_protocol::backoff::{parse_retry_after, Backoff};
@@ -36,7 +34,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<Box<dyn rhizome_io::Io>>>;
 
 /// How to reach the upstream.
 #[derive(Debug, Clone)]
@@ -125,26 +123,41 @@ pub struct LinkStatus {
 pub const OUTBOX_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Measures the outbox every [`OUTBOX_MEASURE_INTERVAL`] until the server stops, and sets
-/// whether it is full.
+/// whether it is full. The measure is a scan of the outbox, so it is taken again only once the
+/// log or the upstream cursor moved: an idle edge, or one cut off for weeks with nothing new,
+/// scans nothing.
 pub(crate) async fn measure_outbox(shared: Arc<Shared>, options: UpstreamOptions) {
     let Some(status) = shared.link_status.get().cloned() else { return };
+    let mut measured: Option<(Position, Position)> = None;
     loop {
         let confirmed = status.lock().unwrap_or_else(|p| p.into_inner()).confirmed;
-        let store = shared.store.clone();
-        match tokio::task::spawn_blocking(move || store.outbox(confirmed)).await {
-            Ok(Ok(outbox)) => {
-                let full = outbox.entries >= options.outbox_max || outbox.bytes >= options.outbox_bytes_max;
-                let was = shared.outbox_full.swap(full, std::sync::atomic::Ordering::Relaxed);
-                if full != was {
-                    tracing::warn!(entries = outbox.entries, bytes = outbox.bytes, full, "edge outbox limit");
+        let last = *shared.committed.borrow();
+        if measured == Some((confirmed, last)) {
+            status.lock().unwrap_or_else(|p| p.into_inner()).outbox_measured_ms = now_ms();
+        } else {
+            let store = shared.store.clone();
+            match rhizome_io::blocking(move || store.outbox(confirmed)).await {
+                Ok(Ok(outbox)) => {
+                    measured = Some((confirmed, last));
+                    let full =
+                        outbox.entries >= options.outbox_max || outbox.bytes >= options.outbox_bytes_max;
+                    let was = shared.outbox_full.swap(full, std::sync::atomic::Ordering::Relaxed);
+                    if full != was {
+                        tracing::warn!(
+                            entries = outbox.entries,
+                            bytes = outbox.bytes,
+                            full,
+                            "edge outbox limit"
+                        );
+                    }
+                    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                    s.outbox = outbox;
+                    s.outbox_measured_ms = now_ms();
+                    s.outbox_full = full;
                 }
-                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
-                s.outbox = outbox;
-                s.outbox_measured_ms = now_ms();
-                s.outbox_full = full;
+                Ok(Err(e)) => tracing::warn!(error = %e, "measuring the edge outbox failed"),
+                Err(_) => return,
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "measuring the edge outbox failed"),
-            Err(_) => return,
         }
         tokio::select! {
             () = tokio::time::sleep(OUTBOX_MEASURE_INTERVAL) => {}
@@ -314,7 +327,7 @@ pub(crate) async fn run(
     follow: tokio::sync::mpsc::UnboundedReceiver<UpstreamChannel>,
 ) {
     let store = shared.store.clone();
-    let durable = match tokio::task::spawn_blocking(move || read_durable(&*store)).await {
+    let durable = match rhizome_io::blocking(move || read_durable(&*store)).await {
         Ok(Ok(durable)) => durable,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "the upstream cursors could not be read; the link does not start");
@@ -342,7 +355,7 @@ pub(crate) async fn run(
         s.received = received;
         s.channels = channels;
     });
-    let mut rng = StdRng::from_entropy();
+    let mut rng = rhizome_io::rng();
     let mut attempt = 0u32;
     loop {
         let end = tokio::select! {
@@ -444,6 +457,18 @@ impl Session {
     }
 }
 
+/// Opens a WebSocket to `url` (TLS for `wss://`), over [`rhizome_io::connect`].
+async fn open(url: &str) -> Result<Ws, WsError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let stream = rhizome_io::connect(&host, port).await.map_err(WsError::Io)?;
+    let (ws, _) = tokio_tungstenite::client_async_tls(request, stream).await?;
+    Ok(ws)
+}
+
 impl Link {
     fn set_status(&self, f: impl FnOnce(&mut LinkStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
@@ -451,14 +476,14 @@ impl Link {
 
     /// Connects, runs the session, and says how it ended.
     async fn connection(&mut self) -> End {
-        let connecting = tokio_tungstenite::connect_async(self.options.url.as_str());
+        let connecting = open(&self.options.url);
         let ws = match tokio::time::timeout(self.options.timeout, connecting).await {
             Err(_) => return End::retry("connecting timed out"),
             Ok(Err(e)) => {
                 let hint = retry_hint(&e);
                 return End { reason: format!("connecting: {e}"), hint, stable: false, fatal: false };
             }
-            Ok(Ok((ws, _))) => ws,
+            Ok(Ok(ws)) => ws,
         };
         let mut session = match self.handshake(ws).await {
             Ok(session) => session,
@@ -846,7 +871,7 @@ impl Link {
         let targets: Vec<ActionId> =
             answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
         // The undone entries as logged here: their positions and routing.
-        let found = tokio::task::spawn_blocking(move || {
+        let found = rhizome_io::blocking(move || {
             let mut found = HashMap::new();
             for target in targets {
                 let Some(position) = store.position_of_id(&target.text())? else { continue };
@@ -976,7 +1001,7 @@ impl Link {
             }
             let store = self.shared.store.clone();
             let limit = self.options.sync_actions_max;
-            let rows = match tokio::task::spawn_blocking(move || store.read_from(after, limit)).await {
+            let rows = match rhizome_io::blocking(move || store.read_from(after, limit)).await {
                 Ok(Ok(rows)) => rows,
                 Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
                 Err(e) => return Err(End::retry(format!("reading the log: {e}"))),

@@ -10,8 +10,9 @@ use crate::conn_map::ConnMap;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct State {
@@ -48,6 +49,31 @@ pub struct Outbox {
     routed: AtomicU64,
     /// When the connection's protocol state next needs it (ping, timeout), in ms since the epoch.
     deadline_ms: AtomicI64,
+    /// The ticker's alarm, rung when a deadline comes before the ticker's next round (set when
+    /// the outbox is registered with [`Outboxes::insert`]).
+    alarm: OnceLock<Arc<Alarm>>,
+}
+
+/// When the ticker ([`Outboxes::wake_due`]) looks at the deadlines next, and how to make it
+/// look earlier.
+#[derive(Debug)]
+pub struct Alarm {
+    /// Its next round, in ms since the epoch; `i64::MAX` while it looks.
+    at_ms: AtomicI64,
+    ring: Notify,
+}
+
+impl Alarm {
+    /// Records the ticker's next round.
+    pub fn set(&self, at_ms: i64) {
+        self.at_ms.store(at_ms, Ordering::SeqCst);
+    }
+
+    /// Waits until a deadline before the next round is set (at once if one was set since the
+    /// last wait).
+    pub async fn rung(&self) {
+        self.ring.notified().await;
+    }
 }
 
 impl Outbox {
@@ -60,6 +86,7 @@ impl Outbox {
             safe_added: AtomicU64::new(0),
             routed: AtomicU64::new(0),
             deadline_ms: AtomicI64::new(i64::MAX),
+            alarm: OnceLock::new(),
         }
     }
 
@@ -149,7 +176,14 @@ impl Outbox {
 
     /// Records the connection's next deadline, for [`Outboxes::wake_due`].
     pub fn set_deadline_ms(&self, ms: i64) {
-        self.deadline_ms.store(ms, Ordering::Relaxed);
+        let was = self.deadline_ms.swap(ms, Ordering::SeqCst);
+        if ms < was {
+            if let Some(alarm) = self.alarm.get() {
+                if ms < alarm.at_ms.load(Ordering::SeqCst) {
+                    alarm.ring.notify_one();
+                }
+            }
+        }
     }
 
     /// Records that log entries up to `added` were queued here.
@@ -175,9 +209,17 @@ impl Outbox {
 
 /// The outboxes of every open connection, so that shutdown reaches each of them and one ticker
 /// serves the timers of all (an idle connection owns no timer).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Outboxes {
     inner: Mutex<OutboxesInner>,
+    alarm: Arc<Alarm>,
+}
+
+impl Default for Outboxes {
+    fn default() -> Self {
+        let alarm = Arc::new(Alarm { at_ms: AtomicI64::new(i64::MAX), ring: Notify::new() });
+        Outboxes { inner: Mutex::default(), alarm }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -193,6 +235,7 @@ impl Outboxes {
 
     /// Adds the outbox of connection `conn`; after [`Outboxes::close_all`] it is closed at once.
     pub fn insert(&self, conn: u64, outbox: &Arc<Outbox>) {
+        let _ = outbox.alarm.set(self.alarm.clone());
         let mut inner = self.lock();
         if inner.shut {
             outbox.close(Closed::Shutdown);
@@ -219,16 +262,27 @@ impl Outboxes {
         }
     }
 
-    /// Wakes every connection whose deadline is at or before `now_ms`. Returns `false` once
-    /// the server is shutting down.
-    pub fn wake_due(&self, now_ms: i64) -> bool {
+    /// Wakes every connection whose deadline is at or before `now_ms`. Returns the earliest
+    /// deadline still ahead (`i64::MAX`: none), or `None` once the server is shutting down.
+    /// While it looks, any deadline set rings [`Outboxes::alarm`].
+    pub fn wake_due(&self, now_ms: i64) -> Option<i64> {
+        self.alarm.set(i64::MAX);
         let inner = self.lock();
+        let mut next = i64::MAX;
         for outbox in inner.open.values() {
-            if outbox.deadline_ms.load(Ordering::Relaxed) <= now_ms {
+            let deadline = outbox.deadline_ms.load(Ordering::SeqCst);
+            if deadline <= now_ms {
                 outbox.waker.wake();
+            } else {
+                next = next.min(deadline);
             }
         }
-        !inner.shut
+        (!inner.shut).then_some(next)
+    }
+
+    /// The ticker's alarm.
+    pub fn alarm(&self) -> &Arc<Alarm> {
+        &self.alarm
     }
 }
 

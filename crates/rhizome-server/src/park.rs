@@ -9,6 +9,7 @@
 //! and the outbox is checked once more after its waker was replaced.
 
 use crate::conn_map::ConnMap;
+use crate::socket::Stream;
 use crate::writer::now_ms;
 use crate::ws::Session;
 use mio::{Events, Interest, Poll, Token};
@@ -55,7 +56,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Parking {
-    /// Starts the poller thread; resumed connections run on `runtime`.
+    /// Starts the poller thread; resumed connections run on `runtime`. Under a simulation
+    /// ([`rhizome_io::simulate`]) no thread is started and nothing is parked: a simulated host's
+    /// work must all run on its runtime.
     pub fn start(runtime: tokio::runtime::Handle) -> io::Result<Parking> {
         let mut poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
@@ -67,8 +70,11 @@ impl Parking {
             parked: Mutex::new(ConnMap::default()),
             runtime,
             stopping: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+            closed: AtomicBool::new(rhizome_io::is_simulated()),
         });
+        if rhizome_io::is_simulated() {
+            return Ok(Parking { inner, thread: Mutex::new(None) });
+        }
         let poller = inner.clone();
         let thread =
             std::thread::Builder::new().name("rhizome-park".into()).spawn(move || poller.run(&mut poll))?;
@@ -76,12 +82,20 @@ impl Parking {
     }
 
     /// Parks `session` with its socket; hands it back at once when something is already due.
-    pub fn park(&self, session: Box<Session>, stream: tokio::net::TcpStream) {
+    pub fn park(&self, session: Box<Session>, stream: Stream) {
         let conn = session.conn_id();
         let outbox = session.outbox().clone();
+        let stream = match stream {
+            Stream::Tcp(stream) => stream,
+            // Only a TCP socket is parked (`Stream::parkable`); another one goes on running.
+            stream => {
+                self.inner.runtime.spawn(Session::resume(session, stream));
+                return;
+            }
+        };
         if self.inner.closed.load(Ordering::Acquire) {
             // No poller (stopping, or it failed): the connection stays in the runtime.
-            self.inner.runtime.spawn(Session::resume(session, stream));
+            self.inner.runtime.spawn(Session::resume(session, Stream::Tcp(stream)));
             return;
         }
         let std = match stream.into_std() {
@@ -179,7 +193,7 @@ impl Inner {
         let conn = session.conn_id();
         self.runtime.spawn(async move {
             match tokio::net::TcpStream::from_std(std) {
-                Ok(stream) => Session::resume(session, stream).await,
+                Ok(stream) => Session::resume(session, Stream::Tcp(stream)).await,
                 Err(e) => {
                     tracing::debug!(conn, error = %e, "a parked socket could not be resumed; closing it")
                 }

@@ -495,10 +495,9 @@ impl Pipeline {
             tokio::time::sleep(IN_PROCESS_POLL).await;
             let store = self.shared.store.clone();
             let ids: Vec<String> = waiting.iter().map(|(id, _)| id.text()).collect();
-            let statuses = tokio::task::spawn_blocking(move || {
-                ids.iter().map(|id| store.status_of(id)).collect::<Vec<_>>()
-            })
-            .await;
+            let statuses =
+                rhizome_io::blocking(move || ids.iter().map(|id| store.status_of(id)).collect::<Vec<_>>())
+                    .await;
             let Ok(statuses) = statuses else { return };
             let mut frame = SyncBuilder::new();
             let mut still = Vec::new();
@@ -699,7 +698,7 @@ impl Pipeline {
     async fn object_snapshot(&self, key: &str, seen: Option<VersionVector>, after: u64) -> Result<u64, ()> {
         let store = self.shared.store.clone();
         let owned = key.to_owned();
-        let read = tokio::task::spawn_blocking(move || {
+        let read = rhizome_io::blocking(move || {
             // The object and the log position it is complete through, from one read: the live
             // deltas go on from there. The delta walks the whole state, so it is built here,
             // off the async runtime.
@@ -753,7 +752,7 @@ impl Pipeline {
     async fn position_of_since_id(&self, since: &Map<String, Value>) -> Option<u64> {
         let id = since.get("id").and_then(Value::as_str)?.to_owned();
         let store = self.shared.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.position_of_id(&id)).await;
+        let found = rhizome_io::blocking(move || store.position_of_id(&id)).await;
         found.ok()?.ok()?
     }
 
@@ -761,8 +760,7 @@ impl Pipeline {
     async fn position_before_since_time(&self, since: &Map<String, Value>) -> Option<u64> {
         let time = since.get("time").and_then(Value::as_i64)?;
         let store = self.shared.store.clone();
-        let found =
-            tokio::task::spawn_blocking(move || store.position_before_time(time - SINCE_TIME_MARGIN_MS));
+        let found = rhizome_io::blocking(move || store.position_before_time(time - SINCE_TIME_MARGIN_MS));
         found.await.ok()?.ok()
     }
 

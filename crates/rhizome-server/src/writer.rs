@@ -1,12 +1,12 @@
 //! Group commit: one thread owns the log writer, takes every write request queued while the
-//! previous transaction was committing, and commits them together.
+//! previous transaction was committing, and commits them together. Under a simulation
+//! ([`rhizome_io::simulate`]) the same loop runs as a task of the host instead ([`run_task`]).
 //!
 //! Committed entries are handed to the hub in commit order, so delivery order equals log order.
 
 use crate::hub::HubMessage;
 use rhizome_store::{Committed, LogWriter, WriteBatch};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Appends per transaction at most; more wait for the next one. A quick write waits for the
@@ -39,12 +39,14 @@ pub struct WriteRequest {
     /// Held until the write is committed (or dropped): it tells the connection that wrote it
     /// which lane its uncommitted writes are in.
     ticket: Option<Ticket>,
+    /// The outcome, between the commit and the answer.
+    outcome: Option<Result<Committed, WriteFailed>>,
 }
 
 impl WriteRequest {
     /// A write that belongs to no connection's order (subscription acknowledgements).
     pub fn unordered(batch: WriteBatch, reply: oneshot::Sender<Result<Committed, WriteFailed>>) -> Self {
-        WriteRequest { batch, reply, ticket: None }
+        WriteRequest { batch, reply, ticket: None, outcome: None }
     }
 }
 
@@ -164,7 +166,7 @@ impl WriteQueue {
             }
         };
         let (reply, rx) = oneshot::channel();
-        let request = WriteRequest { batch, reply, ticket: Some(ticket) };
+        let request = WriteRequest { batch, reply, ticket: Some(ticket), outcome: None };
         let sender = match lane {
             Lane::Quick => &self.quick,
             Lane::Bulk => &self.bulk,
@@ -201,14 +203,13 @@ impl WriteQueue {
 #[error("the log could not be written")]
 pub struct WriteFailed;
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch (the simulation's, under one).
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    rhizome_io::now_ms()
 }
 
 /// Runs the commit loop until every sender is dropped. Blocking: run it on its own thread.
-pub fn run(mut writer: impl LogWriter, lanes: WriteLanes, hub: mpsc::Sender<HubMessage>) {
-    let WriteLanes { mut quick, mut bulk } = lanes;
+pub fn run(mut writer: impl LogWriter, mut lanes: WriteLanes, hub: mpsc::Sender<HubMessage>) {
     let waiter = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -217,21 +218,47 @@ pub fn run(mut writer: impl LogWriter, lanes: WriteLanes, hub: mpsc::Sender<HubM
         }
     };
     let mut pending: Vec<WriteRequest> = Vec::new();
-    loop {
-        // Wait for the first write of the next transaction, from either lane.
-        let first = waiter.block_on(async {
-            tokio::select! {
-                biased;
-                Some(r) = quick.recv() => Some(r),
-                Some(r) = bulk.recv() => Some(r),
-                else => None,
+    while waiter.block_on(lanes.gather(&mut pending)) {
+        if let Some(entries) = commit(&mut writer, &mut pending) {
+            // Hub first: by the time a client hears `synced`, the entries are being routed.
+            if hub.blocking_send(HubMessage::Committed(entries)).is_err() {
+                tracing::debug!("hub is gone; committed entries are not routed");
             }
-        });
-        let Some(first) = first else { break };
+        }
+        answer(&mut pending);
+    }
+    tracing::debug!("writer stopped");
+}
+
+/// [`run`] as a task, for a simulated host: each commit blocks the host's runtime, which is
+/// what a simulation wants (nothing runs beside it).
+pub async fn run_task(mut writer: impl LogWriter, mut lanes: WriteLanes, hub: mpsc::Sender<HubMessage>) {
+    let mut pending: Vec<WriteRequest> = Vec::new();
+    while lanes.gather(&mut pending).await {
+        if let Some(entries) = commit(&mut writer, &mut pending) {
+            if hub.send(HubMessage::Committed(entries)).await.is_err() {
+                tracing::debug!("hub is gone; committed entries are not routed");
+            }
+        }
+        answer(&mut pending);
+    }
+}
+
+impl WriteLanes {
+    /// Waits for the first write of the next transaction, from either lane, then takes what
+    /// else is queued: the quick lane first, all of it, then backlogs up to the transaction's
+    /// size. `false` once every sender is gone.
+    async fn gather(&mut self, pending: &mut Vec<WriteRequest>) -> bool {
+        let WriteLanes { quick, bulk } = self;
+        let first = tokio::select! {
+            biased;
+            Some(r) = quick.recv() => r,
+            Some(r) = bulk.recv() => r,
+            else => return false,
+        };
         let mut appends = first.batch.appends.len();
         pending.push(first);
-        // The quick lane first, all of it; then backlogs up to the transaction's size.
-        for lane in [&mut quick, &mut bulk] {
+        for lane in [quick, bulk] {
             while appends < APPENDS_PER_COMMIT_MAX {
                 match lane.try_recv() {
                     Ok(r) => {
@@ -242,13 +269,16 @@ pub fn run(mut writer: impl LogWriter, lanes: WriteLanes, hub: mpsc::Sender<HubM
                 }
             }
         }
-        commit(&mut writer, &mut pending, &hub);
+        true
     }
-    tracing::debug!("writer stopped");
 }
 
-/// Commits `pending` in one transaction and answers each request.
-fn commit(writer: &mut impl LogWriter, pending: &mut Vec<WriteRequest>, hub: &mpsc::Sender<HubMessage>) {
+/// Commits `pending` in one transaction. Returns the committed entries to route (`None` when
+/// there are none); each request's result waits in it for [`answer`].
+fn commit(
+    writer: &mut impl LogWriter,
+    pending: &mut [WriteRequest],
+) -> Option<Vec<Vec<rhizome_core::StoredEntry>>> {
     let mut batches: Vec<WriteBatch> = pending.iter_mut().map(|r| std::mem::take(&mut r.batch)).collect();
     match writer.commit(&mut batches, now_ms()) {
         Ok(mut results) => {
@@ -258,23 +288,28 @@ fn commit(writer: &mut impl LogWriter, pending: &mut Vec<WriteRequest>, hub: &mp
                 .filter(|c| !c.entries.is_empty())
                 .map(|c| std::mem::take(&mut c.entries))
                 .collect();
-            // Hub first: by the time a client hears `synced`, the entries are being routed.
-            if !entries.is_empty() && hub.blocking_send(HubMessage::Committed(entries)).is_err() {
-                tracing::debug!("hub is gone; committed entries are not routed");
+            for (request, result) in pending.iter_mut().zip(results) {
+                request.outcome = Some(Ok(result));
             }
-            for (request, result) in pending.drain(..).zip(results) {
-                let WriteRequest { reply, ticket, .. } = request;
-                // Committed: the connection's next write may take another lane.
-                drop(ticket);
-                let _ = reply.send(Ok(result));
-            }
+            (!entries.is_empty()).then_some(entries)
         }
         Err(e) => {
             tracing::error!(error = %e, "log commit failed; the writes were refused");
-            for request in pending.drain(..) {
-                let _ = request.reply.send(Err(WriteFailed));
+            for request in pending.iter_mut() {
+                request.outcome = Some(Err(WriteFailed));
             }
+            None
         }
+    }
+}
+
+/// Answers each committed (or refused) request.
+fn answer(pending: &mut Vec<WriteRequest>) {
+    for request in pending.drain(..) {
+        let WriteRequest { reply, ticket, outcome, .. } = request;
+        // Committed: the connection's next write may take another lane.
+        drop(ticket);
+        let _ = reply.send(outcome.unwrap_or(Err(WriteFailed)));
     }
 }
 

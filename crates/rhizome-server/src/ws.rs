@@ -1,7 +1,7 @@
 //! One WebSocket connection: a single task that reads frames, feeds the protocol state machine
 //! and the pipeline, and writes the outbox, with the connection's timers.
 //!
-//! The task owns the bare `TcpStream` and keeps no buffer while the connection is idle: bytes are
+//! The task owns the bare socket and keeps no buffer while the connection is idle: bytes are
 //! read into a stack buffer and decoded in place ([`rhizome_websocket::Decoder`] copies only a
 //! frame cut in half by the network), and the write buffer is freed once written. An idle
 //! subscribed connection costs its task, its socket registration, its protocol state and its
@@ -11,6 +11,7 @@ use crate::hub::{ConnIdentity, HubMessage};
 use crate::outbox::{Closed, Outbox};
 use crate::pipeline::{Pending, Pipeline, PipelineParts};
 use crate::shared::Shared;
+use crate::socket::Stream;
 use crate::writer::now_ms;
 use hyper_util::rt::TokioIo;
 use rhizome_core::{CloseReason, Connection, Output};
@@ -24,7 +25,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 
 /// Rhizome's own close codes.
@@ -185,7 +185,7 @@ impl Session {
                 return;
             }
         };
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<Stream>>() else {
             tracing::error!("an upgraded connection is not a TCP stream");
             return;
         };
@@ -202,12 +202,12 @@ impl Session {
     }
 
     /// Serves a socket whose handshake was answered directly (without hyper).
-    pub async fn serve_socket(self: Box<Self>, stream: TcpStream) {
+    pub async fn serve_socket(self: Box<Self>, stream: Stream) {
         Session::live(self, stream, None).await;
     }
 
     /// Serves a connection coming back from the parking lot.
-    pub async fn resume(mut session: Box<Self>, stream: TcpStream) {
+    pub async fn resume(mut session: Box<Self>, stream: Stream) {
         // Whatever woke it may not have reached the new registration yet (the runtime learns
         // of input on its next poll of the socket): stay awake at least `park_after`.
         session.quiet_since_ms = now_ms();
@@ -215,7 +215,7 @@ impl Session {
     }
 
     /// Runs the connection until it closes (then tells the hub) or parks.
-    async fn live(mut session: Box<Self>, stream: TcpStream, first: Option<Read>) {
+    async fn live(mut session: Box<Self>, stream: Stream, first: Option<Read>) {
         match session.run(&stream, first).await {
             Ran::Park => {
                 let shared = session.shared.clone();
@@ -243,7 +243,7 @@ impl Session {
 
     /// The connection's loop. While idle it waits in `poll_event`, holding nothing but the
     /// session; each event is handled in a boxed future that lives only while it runs.
-    async fn run(&mut self, stream: &TcpStream, first: Option<Read>) -> Ran {
+    async fn run(&mut self, stream: &Stream, first: Option<Read>) -> Ran {
         let mut end = match first {
             Some(read) => Box::pin(self.after_read(stream, read)).await,
             None => None,
@@ -269,7 +269,7 @@ impl Session {
     }
 
     /// Handles one event, then writes what is queued. `Some` ends the connection.
-    async fn on_event(&mut self, event: Event, stream: &TcpStream) -> Option<End> {
+    async fn on_event(&mut self, event: Event, stream: &Stream) -> Option<End> {
         let next = match event {
             Event::Outbox => Next::Continue,
             Event::Committed(pending, result) => self.finish(pending, result).await,
@@ -290,7 +290,7 @@ impl Session {
     }
 
     /// Handles what a read decoded, then writes what is queued.
-    async fn after_read(&mut self, stream: &TcpStream, read: Read) -> Option<End> {
+    async fn after_read(&mut self, stream: &Stream, read: Read) -> Option<End> {
         let next = match (self.handle(read.outputs).await, read.end) {
             (Next::Continue, Some(end)) => Next::End(end),
             (next, _) => next,
@@ -302,7 +302,7 @@ impl Session {
     }
 
     /// Writes whatever is queued, whatever happened, and decides whether to go on.
-    async fn flush(&mut self, stream: &TcpStream, next: Next) -> Option<End> {
+    async fn flush(&mut self, stream: &Stream, next: Next) -> Option<End> {
         let closed = self.take_outbox();
         if !self.unsent.is_empty() {
             if let Err(e) = self.write(stream).await {
@@ -331,7 +331,7 @@ impl Session {
     /// The next thing to do. Commits are answered first, then input is read (while fewer than
     /// `inflight_syncs_max` syncs wait for the writer), then timers; queued frames are written
     /// after every event anyway, so the outbox only needs to wake an otherwise idle task.
-    fn poll_event(&mut self, cx: &mut TaskContext<'_>, stream: &TcpStream) -> Poll<Event> {
+    fn poll_event(&mut self, cx: &mut TaskContext<'_>, stream: &Stream) -> Poll<Event> {
         // A turn granted while it waited (it queued because input was there): read at once,
         // rather than keep the others waiting while commits are answered.
         if matches!(self.turn, Turn::Waiting(_)) && self.poll_turn(cx).is_ready() {
@@ -374,6 +374,7 @@ impl Session {
             return Poll::Ready(Event::Outbox);
         }
         let quiet = self.inflight.is_empty()
+            && stream.parkable()
             && self.unsent.is_empty()
             && self.decoder.buffered_bytes() == 0
             && !self.decoder.is_closed();
@@ -432,7 +433,7 @@ impl Session {
 
     /// Finishes in-flight writes, so their clients get `synced` for what was made durable, then
     /// runs the closing handshake.
-    async fn close(&mut self, stream: &TcpStream, end: End) {
+    async fn close(&mut self, stream: &Stream, end: End) {
         if let End::ByClient { .. } = end {
             // The client is gone or going: it reads no more answers.
             self.abandon_inflight();
@@ -487,7 +488,7 @@ impl Session {
     }
 
     /// Reads what the socket has and decodes it.
-    fn read(&mut self, stream: &TcpStream) -> Read {
+    fn read(&mut self, stream: &Stream) -> Read {
         let mut buf = [0u8; READ_CHUNK_BYTES];
         let mut read = Read::default();
         match stream.try_read(&mut buf) {
@@ -549,7 +550,7 @@ impl Session {
     }
 
     /// Writes the buffer out within the write timeout, then frees it.
-    async fn write(&mut self, stream: &TcpStream) -> io::Result<()> {
+    async fn write(&mut self, stream: &Stream) -> io::Result<()> {
         // Most writes fit in the socket buffer at once; only a full buffer needs the timer.
         let written = self.write_now(stream, 0)?;
         let result = if written < self.unsent.len() {
@@ -568,7 +569,7 @@ impl Session {
     }
 
     /// Writes what the socket takes without waiting; returns the bytes written so far.
-    fn write_now(&mut self, stream: &TcpStream, mut written: usize) -> io::Result<usize> {
+    fn write_now(&mut self, stream: &Stream, mut written: usize) -> io::Result<usize> {
         while written < self.unsent.len() {
             match stream.try_write(&self.unsent[written..]) {
                 Ok(n) => written += n,
@@ -579,10 +580,9 @@ impl Session {
         Ok(written)
     }
 
-    async fn write_rest(&mut self, stream: &TcpStream, mut written: usize) -> io::Result<()> {
+    async fn write_rest(&mut self, stream: &Stream, mut written: usize) -> io::Result<()> {
         while written < self.unsent.len() {
-            stream.writable().await?;
-            written = self.write_now(stream, written)?;
+            written += stream.write_some(&self.unsent[written..]).await?;
         }
         Ok(())
     }

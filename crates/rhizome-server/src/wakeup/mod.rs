@@ -591,7 +591,7 @@ pub async fn run(shared: Arc<Shared>) {
         if looked_at.elapsed() >= LOOK_EVERY && wakeups.has_queued() {
             // A large look runs off the async threads' budget of short steps.
             let looking = wakeups.clone();
-            let _ = tokio::task::spawn_blocking(move || looking.look()).await;
+            let _ = rhizome_io::blocking(move || looking.look()).await;
             looked_at = tokio::time::Instant::now();
         }
         if pruned_at.elapsed() >= PRUNE_EVERY {

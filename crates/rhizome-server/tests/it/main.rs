@@ -19,6 +19,7 @@ mod park;
 mod peer;
 mod process;
 mod push_service;
+mod simulation;
 mod since;
 mod storage;
 mod support;

@@ -208,7 +208,7 @@ impl TestServer {
     }
 
     /// The test rules with `peers` and `limits`.
-    fn rules_with_peers(peers: &[&str], limits: &str) -> Result<(App, Limits)> {
+    pub fn rules_with_peers(peers: &[&str], limits: &str) -> Result<(App, Limits)> {
         let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
         let rules =
             RULES.replace("leeway_secs = 0\n", &format!("leeway_secs = 0\npeers = [{}]\n", list.join(", ")));
@@ -379,7 +379,7 @@ pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn sign(secret: &str, sub: &str, exp: u64) -> String {
+pub fn sign(secret: &str, sub: &str, exp: u64) -> String {
     let claims = json!({"sub": sub, "exp": exp});
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()

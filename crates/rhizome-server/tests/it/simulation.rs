@@ -1,0 +1,649 @@
+//! Deterministic simulation of a cloud, two edges and their clients (turmoil): the real server
+//! and the real client run as simulated hosts, over a simulated network, clock and randomness
+//! (`rhizome_io::simulate`), each on real SQLite files of its own. A seed draws a schedule of
+//! writes and faults: partitions lasting from minutes to weeks (edge from cloud, client from
+//! edge), crashes and restarts of every node, held (delayed, then delivered at once) traffic and
+//! varying latency. When the schedule is over the network heals, and the seed must end with:
+//! - every plain action a client added (durably, on its device) in the log of the cloud and of
+//!   both edges exactly once: nothing lost, nothing processed twice;
+//! - the same CRDT objects (a counter, a set) at the cloud, both edges and every client, the
+//!   counter counting every increment added once.
+//!
+//! Copies reach the servers as they do in the field: a crash or a cut between a commit and its
+//! `synced` makes the sender send again what was already committed, so every seed that cuts or
+//! crashes a node sends duplicates.
+//!
+//! `SIM_SEEDS=<n>` runs seeds 0 to n−1 (`<a>..<b>`: a to b−1); `SIM_SEED=<s>` replays one seed,
+//! exactly: the same seed runs the same schedule and the same interleaving.
+
+use crate::support::{sign, TestServer, SECRET};
+use anyhow::{anyhow, bail, Context as _, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rhizome_client::{Client, ClientOptions, Event};
+use rhizome_io::{BoxFuture, Io, Listen, Network, Simulation};
+use rhizome_protocol::backoff::Backoff;
+use rhizome_protocol::NodeId;
+use rhizome_server::link::UpstreamOptions;
+use rhizome_server::wakeup::WakeupOptions;
+use rhizome_server::{Server, ServerOptions};
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The port every server listens on.
+const PORT: u16 = 31337;
+
+/// The simulated wall clock starts here (2026-09-21), whatever the real date.
+const EPOCH_MS: i64 = 1_790_000_000_000;
+
+/// One simulation step. Messages between hosts move at step boundaries; within a host, timers
+/// fire in order. Coarse steps make simulated weeks cheap.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How long the network may take to converge once healed.
+const CONVERGE: Duration = Duration::from_secs(4 * 3600);
+
+/// How edges and clients retry: soon at first, every five minutes at most through a long
+/// partition.
+const RETRY: Backoff = Backoff { base: Duration::from_secs(1), max: Duration::from_secs(300) };
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// The simulated network: turmoil's TCP.
+struct Turmoil;
+
+struct TurmoilListener(turmoil::net::TcpListener);
+
+impl Network for Turmoil {
+    fn connect(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
+        Box::pin(async move {
+            let stream = turmoil::net::TcpStream::connect((host.as_str(), port)).await?;
+            Ok(Box::new(stream) as Box<dyn Io>)
+        })
+    }
+
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listen>>> {
+        Box::pin(async move {
+            let listener = turmoil::net::TcpListener::bind(addr).await?;
+            Ok(Box::new(TurmoilListener(listener)) as Box<dyn Listen>)
+        })
+    }
+}
+
+impl Listen for TurmoilListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<(Box<dyn Io>, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, peer) = self.0.accept().await?;
+            Ok((Box::new(stream) as Box<dyn Io>, peer))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// The servers: the cloud and its two edges.
+const SERVERS: [&str; 3] = ["cloud", "edge1", "edge2"];
+
+/// The clients, and the server each one uses.
+const CLIENTS: [(&str, &str); 5] =
+    [("alice", "edge1"), ("bob", "edge1"), ("carol", "edge2"), ("dave", "edge2"), ("erin", "cloud")];
+
+/// What a client is asked to add.
+#[derive(Debug, Clone, Copy)]
+struct Write {
+    plain: usize,
+    increments: usize,
+    elements: usize,
+}
+
+/// What a client host shares with the test: its to-do list, what it added, what it holds.
+#[derive(Debug, Default)]
+struct Device {
+    todo: VecDeque<Write>,
+    /// Notified when there is something to do (or the test starts watching).
+    wake: Rc<Notify>,
+    /// Ids of the plain actions it added (each committed to its log when recorded).
+    plain: Vec<String>,
+    increments: i64,
+    elements: Vec<String>,
+    /// Published by the host while the test watches.
+    queued: Option<u64>,
+    objects: HashMap<String, Value>,
+    undone: u64,
+}
+
+/// What a server host publishes while the test watches.
+#[derive(Debug, Default)]
+struct Node {
+    objects: HashMap<String, Value>,
+    /// For an edge: what waits to go upstream.
+    outbox: Option<u64>,
+    connected: bool,
+    starts: u64,
+}
+
+/// The objects every replica must agree on.
+const OBJECTS: [&str; 2] = ["likes", "tags"];
+
+fn token(user: &str) -> String {
+    // Far in the future: the simulated weeks must not expire it.
+    sign(SECRET, user, crate::support::now_secs() + 5 * 365 * 86_400)
+}
+
+/// Limits of the simulated servers: the tests' (`DEFAULT_LIMITS`), with time for a handshake
+/// to take several steps.
+const LIMITS: &str = r#"
+frame_bytes_max = 65536
+actions_per_sync_max = 100
+unauthenticated_timeout_ms = 30000
+"#;
+
+fn server_options(name: &str, dir: &Path) -> Result<ServerOptions> {
+    let (app, limits) = TestServer::rules_with_peers(&["edge"], LIMITS)?;
+    let upstream = (name != "cloud").then(|| {
+        let node = NodeId::from(format!("edge:{name}:link"));
+        let mut link = UpstreamOptions::new(format!("ws://cloud:{PORT}/"), node, Some(token("edge")));
+        link.backoff = RETRY;
+        link.sync_actions_max = 100;
+        link.timeout = Duration::from_secs(60);
+        link.ping_interval = Duration::from_secs(30);
+        link
+    });
+    Ok(ServerOptions {
+        listen: SocketAddr::from(([0, 0, 0, 0], PORT)),
+        data_dir: dir.to_owned(),
+        subprotocol: 1,
+        min_subprotocol: 1,
+        development: false,
+        limits,
+        app,
+        wakeups: WakeupOptions::default(),
+        upstream,
+    })
+}
+
+/// How often hosts publish what they hold once the test watches (after healing); before, they
+/// publish nothing, which keeps the steps of long partitions cheap.
+const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+
+/// A server host: starts on its data directory (again after each crash) and publishes what it
+/// holds while the test watches.
+async fn server_host(
+    name: &'static str,
+    dir: PathBuf,
+    node: Rc<RefCell<Node>>,
+    watching: Rc<Cell<bool>>,
+) -> turmoil::Result {
+    let server = Server::start(server_options(name, &dir)?).await?;
+    node.borrow_mut().starts += 1;
+    loop {
+        tokio::time::sleep(PUBLISH_EVERY).await;
+        if !watching.get() {
+            continue;
+        }
+        let mut objects = HashMap::new();
+        for key in OBJECTS {
+            if let Some(object) = server.object(key).await? {
+                objects.insert(key.to_owned(), object.to_json());
+            }
+        }
+        let status = server.link_status();
+        let mut node = node.borrow_mut();
+        node.objects = objects;
+        node.outbox = status.as_ref().map(|s| s.outbox.entries);
+        node.connected = status.is_some_and(|s| s.connected_since_ms.is_some());
+    }
+}
+
+/// A client host: opens its log (again after each crash), subscribes, carries out its to-do
+/// list and publishes what it holds while the test watches.
+async fn client_host(
+    user: &'static str,
+    server: &'static str,
+    path: PathBuf,
+    seed: u64,
+    device: Rc<RefCell<Device>>,
+    watching: Rc<Cell<bool>>,
+) -> turmoil::Result {
+    let mut options = ClientOptions::new(format!("ws://{server}:{PORT}/"), path, user).token(token(user));
+    options.node = Some(NodeId::from(format!("{user}:phone:app")));
+    options.seed = Some(seed);
+    options.fold_crdt = true;
+    options.backoff = RETRY;
+    let (client, mut events) = Client::open(options).await?;
+    for channel in ["counter/x", "crdt/likes", "crdt/tags"] {
+        client.subscribe(channel).await?;
+    }
+    let wake = device.borrow().wake.clone();
+    let mut next_publish = tokio::time::Instant::now();
+    loop {
+        // What the app was asked to do, each action recorded as soon as `add` returns: it is
+        // then in the device's log (and no await comes between, so no crash either).
+        let write = device.borrow_mut().todo.pop_front();
+        if let Some(write) = write {
+            let mut actions = Vec::new();
+            for _ in 0..write.plain {
+                actions.push(json!({"type": "inc", "id": "x"}));
+            }
+            let plain = actions.len();
+            for _ in 0..write.increments {
+                actions.push(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1}));
+            }
+            let first_element = device.borrow().elements.len();
+            let elements: Vec<String> =
+                (0..write.elements).map(|i| format!("{user}-{}", first_element + i)).collect();
+            for element in &elements {
+                actions.push(json!({"type": "crdt/set/add", "key": "tags", "elem": element}));
+            }
+            let ids = client.add_many(actions).await?;
+            let mut device = device.borrow_mut();
+            device.plain.extend(ids[..plain].iter().map(|id| id.text()));
+            device.increments += write.increments as i64;
+            device.elements.extend(elements);
+            continue;
+        }
+        if watching.get() && tokio::time::Instant::now() >= next_publish {
+            let queued = client.log_stats().await?.queued;
+            let mut objects = HashMap::new();
+            for key in OBJECTS {
+                if let Some(object) = client.object(key).await? {
+                    objects.insert(key.to_owned(), object.to_json());
+                }
+            }
+            let mut device = device.borrow_mut();
+            device.queued = Some(queued);
+            device.objects = objects;
+            next_publish = tokio::time::Instant::now() + PUBLISH_EVERY;
+        }
+        // Events are read, or a full channel would pause the connection.
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Event::Undone { .. }) => device.borrow_mut().undone += 1,
+                Some(_) => {}
+                None => return Err("the client stopped".into()),
+            },
+            () = wake.notified() => {}
+            () = tokio::time::sleep_until(next_publish), if watching.get() => {}
+        }
+    }
+}
+
+/// One step of a seed's schedule.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Clients add actions: (client, write).
+    Writes(Vec<(usize, Write)>),
+    /// An edge is cut off from the cloud for this many seconds, its clients writing meanwhile
+    /// (at the edge, and at the cloud's client).
+    EdgePartition { edge: usize, secs: u64, writes: usize },
+    /// A client is offline for this many seconds, writing meanwhile.
+    ClientOffline { client: usize, secs: u64, writes: usize },
+    /// A server or client crashes, stays down this many seconds, and restarts.
+    Crash { host: &'static str, secs: u64 },
+    /// Traffic between an edge and the cloud is held for this many seconds, then delivered.
+    Hold { edge: usize, secs: u64 },
+    /// Time passes.
+    Wait(u64),
+}
+
+fn write(rng: &mut StdRng) -> Write {
+    Write { plain: rng.gen_range(0..6), increments: rng.gen_range(0..4), elements: rng.gen_range(0..2) }
+}
+
+/// The schedule of `seed`: 12 steps. Partitions last minutes, hours, days or weeks.
+fn schedule(seed: u64) -> Vec<Fault> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..12)
+        .map(|_| match rng.gen_range(0..12) {
+            0..=2 => {
+                let writes = (0..rng.gen_range(1..4))
+                    .map(|_| (rng.gen_range(0..CLIENTS.len()), write(&mut rng)))
+                    .collect();
+                Fault::Writes(writes)
+            }
+            3..=4 => {
+                let secs = match rng.gen_range(0..4) {
+                    0 => rng.gen_range(MINUTE..30 * MINUTE),
+                    1 => rng.gen_range(HOUR..12 * HOUR),
+                    2 => rng.gen_range(DAY..5 * DAY),
+                    _ => rng.gen_range(7 * DAY..21 * DAY),
+                };
+                Fault::EdgePartition { edge: rng.gen_range(1..=2), secs, writes: rng.gen_range(1..6) }
+            }
+            5 => Fault::ClientOffline {
+                client: rng.gen_range(0..CLIENTS.len()),
+                secs: rng.gen_range(MINUTE..2 * DAY),
+                writes: rng.gen_range(1..4),
+            },
+            6..=8 => {
+                let host = match rng.gen_range(0..4) {
+                    0 => SERVERS[0],
+                    1 | 2 => SERVERS[rng.gen_range(1..3)],
+                    _ => CLIENTS[rng.gen_range(0..CLIENTS.len())].0,
+                };
+                Fault::Crash { host, secs: rng.gen_range(0..10 * MINUTE) }
+            }
+            9 => Fault::Hold { edge: rng.gen_range(1..=2), secs: rng.gen_range(1..120) },
+            _ => Fault::Wait(rng.gen_range(1..600)),
+        })
+        .collect()
+}
+
+/// A running simulation and what its hosts share with the test.
+struct Run<'a> {
+    sim: turmoil::Sim<'a>,
+    rng: StdRng,
+    devices: Vec<Rc<RefCell<Device>>>,
+    nodes: Vec<Rc<RefCell<Node>>>,
+}
+
+impl Run<'_> {
+    fn step_for(&mut self, secs: u64) -> Result<()> {
+        let until = self.sim.elapsed() + Duration::from_secs(secs);
+        while self.sim.elapsed() < until {
+            self.sim.step().map_err(|e| anyhow!("simulation failed: {e}"))?;
+            if PANICKED.load(Ordering::SeqCst) {
+                bail!("a task of a simulated host panicked (see above)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks client `client` to add actions.
+    fn ask(&mut self, client: usize, write: Write) {
+        let device = self.devices[client].borrow_mut();
+        let mut device = device;
+        device.todo.push_back(write);
+        device.wake.notify_one();
+    }
+
+    /// Spreads `writes` random writes of random clients over `secs` seconds.
+    fn writes_over(&mut self, secs: u64, writes: usize, clients: &[usize]) -> Result<()> {
+        let mut left = secs;
+        for _ in 0..writes {
+            let wait = self.rng.gen_range(0..=left / writes.max(1) as u64);
+            self.step_for(wait)?;
+            left -= wait;
+            let client = clients[self.rng.gen_range(0..clients.len())];
+            let write = write(&mut self.rng);
+            self.ask(client, write);
+        }
+        self.step_for(left)
+    }
+
+    fn apply(&mut self, fault: &Fault) -> Result<()> {
+        let all: Vec<usize> = (0..CLIENTS.len()).collect();
+        match *fault {
+            Fault::Writes(ref writes) => {
+                for &(client, write) in writes {
+                    self.ask(client, write);
+                }
+                self.step_for(5)
+            }
+            Fault::EdgePartition { edge, secs, writes } => {
+                self.sim.partition(SERVERS[edge], "cloud");
+                self.writes_over(secs, writes, &all)?;
+                self.sim.repair(SERVERS[edge], "cloud");
+                Ok(())
+            }
+            Fault::ClientOffline { client, secs, writes } => {
+                let (name, server) = CLIENTS[client];
+                self.sim.partition(name, server);
+                self.writes_over(secs, writes, &[client])?;
+                self.sim.repair(name, server);
+                Ok(())
+            }
+            Fault::Crash { host, secs } => {
+                self.sim.crash(host);
+                self.step_for(secs)?;
+                self.sim.bounce(host);
+                Ok(())
+            }
+            Fault::Hold { edge, secs } => {
+                self.sim.hold(SERVERS[edge], "cloud");
+                self.step_for(secs)?;
+                self.sim.release(SERVERS[edge], "cloud");
+                Ok(())
+            }
+            Fault::Wait(secs) => self.step_for(secs),
+        }
+    }
+
+    /// Whether every replica holds the same objects, nothing is queued anywhere, and the
+    /// counter counts every increment added.
+    fn converged(&self) -> bool {
+        let increments: i64 = self.devices.iter().map(|d| d.borrow().increments).sum();
+        let reference = self.nodes[0].borrow().objects.clone();
+        let counted = reference.get("likes").map(counter_total).unwrap_or(0);
+        counted == increments
+            && self.nodes.iter().all(|n| {
+                let n = n.borrow();
+                n.objects == reference && n.outbox.unwrap_or(0) == 0
+            })
+            && self.devices.iter().all(|d| {
+                let d = d.borrow();
+                d.todo.is_empty() && d.queued == Some(0) && d.objects == reference
+            })
+    }
+
+    fn describe(&self) -> String {
+        let nodes: Vec<String> =
+            self.nodes.iter().zip(SERVERS).map(|(n, name)| format!("{name}: {:?}", n.borrow())).collect();
+        let devices: Vec<String> = self
+            .devices
+            .iter()
+            .zip(CLIENTS)
+            .map(|(d, (name, _))| {
+                let d = d.borrow();
+                format!(
+                    "{name}: queued {:?}, {} plain, {} increments, objects {:?}",
+                    d.queued,
+                    d.plain.len(),
+                    d.increments,
+                    d.objects
+                )
+            })
+            .collect();
+        format!("{}\n{}", nodes.join("\n"), devices.join("\n"))
+    }
+}
+
+/// The total of a PN-counter document `{node: [p, n]}`.
+fn counter_total(document: &Value) -> i64 {
+    document
+        .get("state")
+        .unwrap_or(document)
+        .as_object()
+        .map(|o| o.values().map(|pn| pn[0].as_i64().unwrap_or(0) - pn[1].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+/// Rows per id of `node`'s `inc` actions in the log at `dir`.
+fn incs_in(dir: &Path, node: &str) -> Result<HashMap<String, i64>> {
+    let db = rusqlite::Connection::open(dir.join("rhizome.db"))?;
+    let mut stmt = db.prepare(
+        "SELECT id, count(*) FROM log WHERE id LIKE ?1 AND json_extract(action, '$.type') = 'inc' GROUP BY id",
+    )?;
+    let rows = stmt.query_map([format!("% {node} %")], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What one seed did, for the report.
+#[derive(Debug)]
+struct Outcome {
+    simulated: Duration,
+    plain: usize,
+    increments: i64,
+    restarts: u64,
+}
+
+/// Set when any thread panics: a panic in a spawned task ends that task only (tokio catches
+/// it), which would leave a host running without, say, its link.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+fn watch_for_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
+/// Runs `seed`: the schedule, then healing until everything converged, then the checks.
+fn run_seed(seed: u64) -> Result<Outcome> {
+    watch_for_panics();
+    let dir = tempfile::tempdir()?;
+    let network: Arc<dyn Network> = Arc::new(Turmoil);
+    rhizome_io::simulate(Simulation {
+        clock: Box::new(|| EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as i64),
+        seed,
+        network,
+    });
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .tick_duration(TICK)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(400))
+        .simulation_duration(Duration::from_secs(400 * DAY))
+        // turmoil keeps the port of a connection refused by a partition: weeks of retries need
+        // more than the usual range.
+        .ephemeral_ports(1024..=65535)
+        .build();
+    let watching = Rc::new(Cell::new(false));
+    let nodes: Vec<Rc<RefCell<Node>>> = SERVERS.iter().map(|_| Rc::default()).collect();
+    for (name, node) in SERVERS.into_iter().zip(&nodes) {
+        let (data, node, watching) = (dir.path().join(name), node.clone(), watching.clone());
+        sim.host(name, move || server_host(name, data.clone(), node.clone(), watching.clone()));
+    }
+    let devices: Vec<Rc<RefCell<Device>>> = CLIENTS.iter().map(|_| Rc::default()).collect();
+    for (i, ((user, server), device)) in CLIENTS.into_iter().zip(&devices).enumerate() {
+        let (path, device) = (dir.path().join(format!("{user}.sqlite")), device.clone());
+        let client_seed = seed.wrapping_mul(31).wrapping_add(i as u64);
+        let watching = watching.clone();
+        sim.host(user, move || {
+            client_host(user, server, path.clone(), client_seed, device.clone(), watching.clone())
+        });
+    }
+    let mut run = Run { sim, rng: StdRng::seed_from_u64(seed ^ 0x5eed), devices, nodes };
+    // Everyone comes up and subscribes before the schedule starts.
+    run.step_for(30)?;
+    let verbose = std::env::var_os("SIM_VERBOSE").is_some();
+    let started = std::time::Instant::now();
+    for fault in schedule(seed) {
+        if verbose {
+            eprintln!(
+                "[{:.1} s, simulated {:?}] {fault:?}",
+                started.elapsed().as_secs_f64(),
+                run.sim.elapsed()
+            );
+        }
+        run.apply(&fault).with_context(|| format!("{fault:?}"))?;
+    }
+    if verbose {
+        eprintln!(
+            "[{:.1} s, simulated {:?}] healed\n{}",
+            started.elapsed().as_secs_f64(),
+            run.sim.elapsed(),
+            run.describe()
+        );
+    }
+    // Healed: no more faults; everything must converge.
+    watching.set(true);
+    for device in &run.devices {
+        device.borrow().wake.notify_one();
+    }
+    let healed = run.sim.elapsed();
+    while !run.converged() {
+        if run.sim.elapsed() - healed > CONVERGE {
+            bail!("not converged {CONVERGE:?} after healing:\n{}", run.describe());
+        }
+        run.step_for(5)?;
+    }
+    // Plain actions are in every server's log exactly once. A server's log is read once the
+    // objects agree; its last plain actions may still be on their way, so wait for them.
+    let devices = run.devices.clone();
+    for name in SERVERS {
+        for ((user, _), device) in CLIENTS.iter().zip(&devices) {
+            let node = format!("{user}:phone:app");
+            let sent = device.borrow().plain.clone();
+            loop {
+                let logged = incs_in(&dir.path().join(name), &node)?;
+                let twice: Vec<_> = logged.iter().filter(|(_, &n)| n != 1).collect();
+                if !twice.is_empty() {
+                    bail!("{name} logged {user}'s actions more than once: {twice:?}");
+                }
+                let missing: Vec<_> = sent.iter().filter(|id| !logged.contains_key(*id)).collect();
+                if logged.len() > sent.len() {
+                    bail!("{name} logged {} of {user}'s actions, {} added", logged.len(), sent.len());
+                }
+                if missing.is_empty() {
+                    break;
+                }
+                if run.sim.elapsed() - healed > CONVERGE {
+                    bail!("{name} misses {user}'s {missing:?}\n{}", run.describe());
+                }
+                run.step_for(5)?;
+            }
+        }
+    }
+    let outcome = Outcome {
+        simulated: run.sim.elapsed(),
+        plain: run.devices.iter().map(|d| d.borrow().plain.len()).sum(),
+        increments: run.devices.iter().map(|d| d.borrow().increments).sum(),
+        restarts: run.nodes.iter().map(|n| n.borrow().starts.saturating_sub(1)).sum(),
+    };
+    drop(run);
+    rhizome_io::end_simulation();
+    Ok(outcome)
+}
+
+/// Seeds run by default; `SIM_SEEDS=<n>` runs seeds 0 to n−1 instead (`<a>..<b>`: a to b−1),
+/// `SIM_SEED=<s>` one seed (to replay a failure).
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let Ok(seeds) = std::env::var("SIM_SEEDS") else { return (1..=4).collect() };
+    let (from, to) = seeds.split_once("..").unwrap_or(("0", &seeds));
+    match (from.parse::<u64>(), to.parse::<u64>()) {
+        (Ok(from), Ok(to)) => (from..to).collect(),
+        _ => panic!("SIM_SEEDS={seeds}: expected <n> or <a>..<b>"),
+    }
+}
+
+#[test]
+fn a_cloud_two_edges_and_their_clients_converge_in_every_seed() -> Result<()> {
+    for seed in seeds() {
+        let started = std::time::Instant::now();
+        let outcome = run_seed(seed).with_context(|| {
+            format!("seed {seed} failed (replay: SIM_SEED={seed}); schedule {:?}", schedule(seed))
+        });
+        rhizome_io::end_simulation();
+        let outcome = outcome?;
+        eprintln!(
+            "seed {seed}: converged after {:.1} simulated days ({} plain actions, {} increments, {} server restarts) in {:.1} s",
+            outcome.simulated.as_secs_f64() / DAY as f64,
+            outcome.plain,
+            outcome.increments,
+            outcome.restarts,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
