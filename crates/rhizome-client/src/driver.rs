@@ -11,7 +11,7 @@ use rhizome_protocol::backoff::parse_retry_after;
 use rhizome_protocol::message::{encode_connect, encode_error, encode_ping, encode_pong, encode_synced};
 use rhizome_protocol::{parse, time_fix, ActionId, Codec, Message, NodeId, SyncBuilder, WireEntry, PROTOCOL};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -100,13 +100,17 @@ struct Conn {
     /// `logux/subscribe` and `logux/unsubscribe` ids sent and not answered.
     controls: HashMap<String, Control>,
     /// Channels subscribed on this connection.
-    subscribed: HashSet<String>,
+    subscribed: BTreeSet<String>,
     /// CRDT object channels to subscribe to again once their subscription in flight is
     /// answered: one of our operations on the object was processed after it was sent.
-    stale: HashSet<String>,
+    stale: BTreeSet<String>,
     /// The highest `added` of ours the server confirmed (sent in `ping`/`pong`).
     acked_added: i64,
     ping_sent: bool,
+    /// The highest `added` of the server's recorded in the log as received: a `ping` or
+    /// `pong` that reports no more is not written (an idle device would commit, and fsync,
+    /// at every ping otherwise).
+    received: u64,
     last_rx: Instant,
     last_tx: Instant,
 }
@@ -503,10 +507,11 @@ impl Driver {
                         more_backlog: true,
                         check_subscriptions: true,
                         controls: HashMap::new(),
-                        subscribed: HashSet::new(),
-                        stale: HashSet::new(),
+                        subscribed: BTreeSet::new(),
+                        stale: BTreeSet::new(),
                         acked_added: 0,
                         ping_sent: false,
+                        received: last_received,
                         last_rx: now,
                         last_tx: now,
                     });
@@ -803,6 +808,7 @@ impl Driver {
             return Ok(());
         }
         let Batch { incoming, pending, answers, acked_hi, acked_count } = batch;
+        let last_received = incoming.last_received;
         let received = incoming.actions.len() as u64;
         self.shared.count(|s| s.actions_received += received);
         let answered: Vec<String> = incoming.since.iter().map(|(channel, _)| channel.clone()).collect();
@@ -811,6 +817,7 @@ impl Driver {
             .with_store(move |s| s.apply(&incoming))
             .await
             .map_err(|e| retry(format!("local log: {e}")))?;
+        conn.received = conn.received.max(last_received);
         conn.acked_added = conn.acked_added.max(acked_hi);
         if acked_count > 0 {
             self.shared.count(|s| s.actions_acked += acked_count);
@@ -855,13 +862,13 @@ impl Driver {
     async fn on_message(&mut self, ws: &mut Ws, conn: &mut Conn, message: Message) -> Result<(), End> {
         match message {
             Message::Ping(added) => {
-                self.record_received(added).await?;
+                self.record_received(conn, added).await?;
                 self.send(ws, encode_pong(conn.acked_added.max(0) as u64)).await?;
                 conn.last_tx = Instant::now();
             }
             Message::Pong(added) => {
                 conn.ping_sent = false;
-                self.record_received(added).await?;
+                self.record_received(conn, added).await?;
             }
             Message::Error { kind, options } => return Err(self.server_error(kind, options).await),
             Message::Debug(text) => tracing::warn!(%text, "debug error from the server"),
@@ -872,11 +879,16 @@ impl Driver {
 
     /// Records the `added` of a server `ping`/`pong`: the server has sent us everything
     /// addressed to us up to it.
-    async fn record_received(&self, added: u64) -> Result<(), End> {
+    async fn record_received(&self, conn: &mut Conn, added: u64) -> Result<(), End> {
+        if added <= conn.received {
+            return Ok(());
+        }
         let incoming = Incoming { last_received: added, ..Incoming::default() };
         self.shared
             .with_store(move |s| s.apply(&incoming).map(|_| ()))
             .await
-            .map_err(|e| retry(format!("local log: {e}")))
+            .map_err(|e| retry(format!("local log: {e}")))?;
+        conn.received = added;
+        Ok(())
     }
 }

@@ -527,8 +527,8 @@ const PULL_ID_NODE: &str = "server:pull:";
 /// A new subscription id for a pull: a Logux id (`<ms> server:pull:<random> 0`) that the
 /// real client keeps as its `since`.
 fn new_subscription_id() -> String {
-    use rand::Rng;
-    let random: u128 = rand::thread_rng().gen();
+    // The OS-seeded generator in production: unguessable.
+    let random = u128::from(rhizome_io::random_u64()) << 64 | u128::from(rhizome_io::random_u64());
     format!("{} {PULL_ID_NODE}{random:032x} 0", now_ms())
 }
 

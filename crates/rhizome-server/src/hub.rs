@@ -22,7 +22,7 @@ use rhizome_core::{Position, StoredEntry};
 use rhizome_protocol::{Action, ActionId, Channel, ClientId, Codec, NodeId, SyncBuilder, UserId};
 use rhizome_store::{Store, StoreError, WriteBatch};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -495,7 +495,7 @@ impl Hub {
         let mut frames: ConnMap<SyncBuilder> = ConnMap::default();
         // Deltas of one CRDT object for one connection in this pass join into one delta, sent
         // with the id of the last of them: a burst of operations costs a subscriber one delta.
-        let mut folded: HashMap<(ConnId, String), Folded> = HashMap::new();
+        let mut folded: BTreeMap<(ConnId, String), Folded> = BTreeMap::new();
         let mut recipients: Vec<ConnId> = Vec::new();
         for entry in entries {
             recipients.clear();
@@ -558,7 +558,7 @@ impl Hub {
                 if let Some(crdt) = &entry.crdt {
                     let (key, delta) = &**crdt;
                     match folded.entry((*c, key.clone())) {
-                        std::collections::hash_map::Entry::Vacant(slot) => {
+                        std::collections::btree_map::Entry::Vacant(slot) => {
                             slot.insert(Folded {
                                 delta: delta.clone(),
                                 id: entry.id.clone(),
@@ -567,7 +567,7 @@ impl Hub {
                             });
                             continue;
                         }
-                        std::collections::hash_map::Entry::Occupied(mut slot) => {
+                        std::collections::btree_map::Entry::Occupied(mut slot) => {
                             let f = slot.get_mut();
                             if f.delta.join(delta).is_ok() {
                                 f.id = entry.id.clone();

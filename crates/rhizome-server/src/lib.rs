@@ -297,9 +297,9 @@ impl Server {
 }
 
 /// Connection deadlines (pings, timeouts, parking) are checked when the earliest is due, and at
-/// least this often: a server whose connections are all quiet wakes once a second, not ten
-/// times.
-const TICK_MAX: Duration = Duration::from_secs(1);
+/// least this often (a deadline set meanwhile rings the ticker's alarm): a server whose
+/// connections are all quiet wakes once in a while, not ten times a second.
+const TICK_MAX: Duration = Duration::from_secs(5);
 
 /// ... and at most this often: deadlines due within it are met together.
 const TICK_MIN: Duration = Duration::from_millis(100);

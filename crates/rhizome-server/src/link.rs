@@ -27,7 +27,7 @@ use rhizome_protocol::{
     PROTOCOL,
 };
 use rhizome_store::{Append, OutboxSize, UpstreamChannel, WriteBatch, UPSTREAM_RECEIVED, UPSTREAM_SENT};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -109,7 +109,8 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
     /// What waits to go upstream, as last measured.
     pub outbox: OutboxSize,
-    /// When it was measured (server clock, ms).
+    /// When it was measured (server clock, ms); it is measured again within a second of a
+    /// change, so an old measure means nothing changed since.
     pub outbox_measured_ms: i64,
     /// Whether the outbox is at its limit (client actions are refused).
     pub outbox_full: bool,
@@ -119,22 +120,21 @@ pub struct LinkStatus {
     pub channels: usize,
 }
 
-/// How often the outbox is measured.
+/// How often the outbox is measured at most (it is measured after a change only).
 pub const OUTBOX_MEASURE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Measures the outbox every [`OUTBOX_MEASURE_INTERVAL`] until the server stops, and sets
-/// whether it is full. The measure is a scan of the outbox, so it is taken again only once the
-/// log or the upstream cursor moved: an idle edge, or one cut off for weeks with nothing new,
-/// scans nothing.
+/// Measures the outbox until the server stops, and sets whether it is full: at start, then
+/// within [`OUTBOX_MEASURE_INTERVAL`] of each change (a commit, the upstream cursor moving). The
+/// measure is a scan of the outbox, so an idle edge, or one cut off for weeks with nothing new,
+/// neither scans nor wakes.
 pub(crate) async fn measure_outbox(shared: Arc<Shared>, options: UpstreamOptions) {
     let Some(status) = shared.link_status.get().cloned() else { return };
+    let mut committed = shared.committed.subscribe();
     let mut measured: Option<(Position, Position)> = None;
     loop {
         let confirmed = status.lock().unwrap_or_else(|p| p.into_inner()).confirmed;
-        let last = *shared.committed.borrow();
-        if measured == Some((confirmed, last)) {
-            status.lock().unwrap_or_else(|p| p.into_inner()).outbox_measured_ms = now_ms();
-        } else {
+        let last = *committed.borrow_and_update();
+        if measured != Some((confirmed, last)) {
             let store = shared.store.clone();
             match rhizome_io::blocking(move || store.outbox(confirmed)).await {
                 Ok(Ok(outbox)) => {
@@ -155,12 +155,25 @@ pub(crate) async fn measure_outbox(shared: Arc<Shared>, options: UpstreamOptions
                     s.outbox_measured_ms = now_ms();
                     s.outbox_full = full;
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "measuring the edge outbox failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "measuring the edge outbox failed");
+                    measured = None;
+                }
                 Err(_) => return,
+            }
+            // At most one scan per interval, however busy the log.
+            tokio::select! {
+                () = tokio::time::sleep(OUTBOX_MEASURE_INTERVAL) => {}
+                () = shared.stopping() => return,
+            }
+            if measured.is_none() {
+                // It failed: try again after the pause, change or not.
+                continue;
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(OUTBOX_MEASURE_INTERVAL) => {}
+            changed = committed.changed() => if changed.is_err() { return },
+            () = shared.outbox_moved.notified() => {}
             () = shared.stopping() => return,
         }
     }
@@ -398,7 +411,7 @@ struct Link {
     received: u64,
     /// The channels followed upstream, with the `since` of their next subscription (see
     /// [`UpstreamChannel`]).
-    channels: HashMap<String, (Option<String>, i64)>,
+    channels: BTreeMap<String, (Option<String>, i64)>,
     /// Channels the edge's clients subscribe to.
     follow: tokio::sync::mpsc::UnboundedReceiver<UpstreamChannel>,
     /// Deltas sent folded: the id each went under, and the ids folded into it, whose authors
@@ -889,12 +902,19 @@ impl Link {
             Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
             Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
         };
-        let mut committed: HashMap<rhizome_protocol::ClientId, Vec<String>> = HashMap::new();
+        // Per author, in the order of the answers (a map's order would change the log's from
+        // one run to the next).
+        let mut committed: Vec<(rhizome_protocol::ClientId, Vec<String>)> = Vec::new();
+        let mut author_index: HashMap<rhizome_protocol::ClientId, usize> = HashMap::new();
         let mut denied_logged = false;
         for answer in answers {
             let author = answer.target.client_id();
             let Some(undo) = answer.undo else {
-                committed.entry(author).or_default().push(answer.target.text());
+                let i = *author_index.entry(author.clone()).or_insert_with(|| {
+                    committed.push((author, Vec::new()));
+                    committed.len() - 1
+                });
+                committed[i].1.push(answer.target.text());
                 continue;
             };
             if undo.str_field("reason") == Some("denied") && !denied_logged {
@@ -972,6 +992,7 @@ impl Link {
             Ok(Message::Synced(added)) => match self.uplink.synced(added) {
                 Ok(confirmed) => {
                     self.set_status(|s| s.confirmed = confirmed);
+                    self.shared.outbox_moved.notify_one();
                     self.start_cursor_write().await;
                     Ok(None)
                 }
@@ -1027,6 +1048,7 @@ impl Link {
                 let through = if rows.is_empty() { committed } else { chunk.through };
                 if let Some(confirmed) = self.uplink.skipped(through) {
                     self.set_status(|s| s.confirmed = confirmed);
+                    self.shared.outbox_moved.notify_one();
                     self.start_cursor_write().await;
                 }
             }

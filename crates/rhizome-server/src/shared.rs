@@ -57,6 +57,8 @@ pub struct Shared {
     pub link_status: std::sync::OnceLock<Arc<Mutex<crate::link::LinkStatus>>>,
     /// An edge's outbox is at its limit: client actions are refused (`outboxFull`).
     pub outbox_full: std::sync::atomic::AtomicBool,
+    /// An edge's upstream cursor moved: its outbox is measured again.
+    pub outbox_moved: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -126,6 +128,7 @@ impl Shared {
             upstream_follow: std::sync::OnceLock::new(),
             link_status: std::sync::OnceLock::new(),
             outbox_full: std::sync::atomic::AtomicBool::new(false),
+            outbox_moved: tokio::sync::Notify::new(),
         }
     }
 

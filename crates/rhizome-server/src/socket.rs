@@ -31,7 +31,10 @@ pub struct Simulated {
 
 struct SimulatedInner {
     io: Box<dyn Io>,
-    ahead: Vec<u8>,
+    /// Bytes read ahead: `buf[start..end]` (allocated once: a simulation does not count bytes).
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
     ended: bool,
 }
 
@@ -50,18 +53,15 @@ impl Simulated {
 impl SimulatedInner {
     /// Reads more ahead unless bytes (or the end) are already there.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.ahead.is_empty() || self.ended {
+        if self.start < self.end || self.ended {
             return Poll::Ready(Ok(()));
         }
-        let mut chunk = [0u8; READ_AHEAD_BYTES];
-        let mut buf = ReadBuf::new(&mut chunk);
+        let mut buf = ReadBuf::new(&mut self.buf);
         match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().is_empty() {
-                    self.ended = true;
-                } else {
-                    self.ahead.extend_from_slice(buf.filled());
-                }
+                let filled = buf.filled().len();
+                (self.start, self.end) = (0, filled);
+                self.ended = filled == 0;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -69,13 +69,14 @@ impl SimulatedInner {
         }
     }
 
+    fn ahead(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
     fn take(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.ahead.len());
-        out[..n].copy_from_slice(&self.ahead[..n]);
-        self.ahead.drain(..n);
-        if self.ahead.is_empty() {
-            self.ahead = Vec::new();
-        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
         n
     }
 }
@@ -85,7 +86,13 @@ impl From<Accepted> for Stream {
         match accepted {
             Accepted::Tcp(stream) => Stream::Tcp(stream),
             Accepted::Simulated(io) => Stream::Simulated(Simulated {
-                inner: Mutex::new(SimulatedInner { io, ahead: Vec::new(), ended: false }),
+                inner: Mutex::new(SimulatedInner {
+                    io,
+                    buf: vec![0; READ_AHEAD_BYTES].into_boxed_slice(),
+                    start: 0,
+                    end: 0,
+                    ended: false,
+                }),
             }),
         }
     }
@@ -124,7 +131,7 @@ impl Stream {
             Stream::Tcp(stream) => stream.try_read(out),
             Stream::Simulated(simulated) => {
                 let mut inner = simulated.lock();
-                if inner.ahead.is_empty() {
+                if inner.ahead().is_empty() {
                     let mut cx = Context::from_waker(Waker::noop());
                     match inner.poll_fill(&mut cx) {
                         Poll::Ready(Ok(())) => {}
@@ -175,8 +182,9 @@ impl Stream {
                 let mut inner = simulated.lock();
                 match inner.poll_fill(cx) {
                     Poll::Ready(Ok(())) => {
-                        let n = buf.remaining().min(inner.ahead.len());
-                        buf.put_slice(&inner.ahead[..n]);
+                        let ahead = inner.ahead();
+                        let n = buf.remaining().min(ahead.len());
+                        buf.put_slice(&ahead[..n]);
                         Poll::Ready(Ok(n))
                     }
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
