@@ -368,6 +368,8 @@ pub(crate) async fn run(
         s.received = received;
         s.channels = channels;
     });
+    // The outbox may have been measured from cursor 0 before the durable cursor was read.
+    shared.outbox_moved.notify_one();
     let mut rng = rhizome_io::rng();
     let mut attempt = 0u32;
     loop {

@@ -430,6 +430,27 @@ async fn the_status_endpoint_reports_the_link_and_the_outbox() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_restarted_edge_reports_an_empty_outbox_when_everything_was_relayed() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    send_incs(&mut alice, 30).await?;
+    wait_forwarded(&edge).await?;
+    alice.close().await;
+    // Restarted with the cloud away: nothing moves, and the outbox is measured from the
+    // durable cursor, not from the start of the log.
+    proxy.down(true);
+    let edge = edge.restart_edge(&proxy.url()).await?;
+    let status =
+        wait_status(&edge, |s| s["outbox"]["entries"] == 0 && s["upstreamSent"].as_u64() >= Some(30)).await?;
+    assert_eq!(status["connected"], false, "{status}");
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_full_outbox_refuses_client_actions_until_the_link_catches_up() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
     let proxy = Proxy::start(cloud.addr).await?;
