@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-type Ws = tokio_tungstenite::WebSocketStream<Box<dyn rhizome_io::Io>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<Box<dyn rhizome_io::Io>>>;
 
 /// Most frames already received that are handled (and stored) together.
 const FRAMES_PER_BATCH_MAX: usize = 256;
@@ -303,15 +303,15 @@ async fn leave(control: &mut watch::Receiver<Want>) -> End {
     }
 }
 
-/// Opens a WebSocket to `url` (`ws://` only), over [`rhizome_io::connect`].
+/// Opens a WebSocket to `url` (TLS for `wss://`), over [`rhizome_io::connect`].
 async fn open(url: &str) -> Result<Ws, WsError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let request = url.into_client_request()?;
     let uri = request.uri();
     let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
     let stream = rhizome_io::connect(&host, port).await.map_err(WsError::Io)?;
-    let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+    let (ws, _) = tokio_tungstenite::client_async_tls(request, stream).await?;
     Ok(ws)
 }
 

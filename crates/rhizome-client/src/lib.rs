@@ -50,7 +50,7 @@
 //!   [`ClientOptions::sync_bytes_max`] bytes per `sync`, [`ClientOptions::inflight_syncs_max`]
 //!   unanswered; the event channel holds [`ClientOptions::events_capacity`] events and a full
 //!   one pauses the connection. The recorded undos are kept until the log is deleted.
-//! - Only `ws://` URLs (no TLS in this crate; terminate TLS in front or add a connector).
+//! - `ws://` and `wss://` URLs (TLS by rustls, with the webpki roots).
 //! - With [`ClientOptions::fold_crdt`], runs of queued CRDT operations on one object are
 //!   folded with `rhizome_crdt::ops::fold_queue` when they are first read for sending, and only
 //!   operations never sent are folded (a `sent` mark is committed before the `sync` goes out).

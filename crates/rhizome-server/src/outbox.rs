@@ -260,6 +260,8 @@ impl Outboxes {
         for (_, outbox) in inner.open.drain() {
             outbox.close(why);
         }
+        // The ticker looks once more, and stops.
+        self.alarm.ring.notify_one();
     }
 
     /// Wakes every connection whose deadline is at or before `now_ms`. Returns the earliest
@@ -272,6 +274,15 @@ impl Outboxes {
         for outbox in inner.open.values() {
             let deadline = outbox.deadline_ms.load(Ordering::SeqCst);
             if deadline <= now_ms {
+                // Cleared, so that the connection's next deadline, whatever it is, counts as
+                // earlier and rings the alarm when it comes before the next round (unless the
+                // connection set one meanwhile).
+                let _ = outbox.deadline_ms.compare_exchange(
+                    deadline,
+                    i64::MAX,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
                 outbox.waker.wake();
             } else {
                 next = next.min(deadline);

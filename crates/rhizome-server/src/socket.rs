@@ -20,8 +20,8 @@ const READ_AHEAD_BYTES: usize = 16 * 1024;
 pub enum Stream {
     /// A TCP socket.
     Tcp(TcpStream),
-    /// A simulated stream.
-    Simulated(Simulated),
+    /// A simulated stream (boxed: a real connection's task does not carry its size).
+    Simulated(Box<Simulated>),
 }
 
 /// A simulated stream with the bytes read ahead of the reader (for readiness and peeking).
@@ -85,7 +85,7 @@ impl From<Accepted> for Stream {
     fn from(accepted: Accepted) -> Self {
         match accepted {
             Accepted::Tcp(stream) => Stream::Tcp(stream),
-            Accepted::Simulated(io) => Stream::Simulated(Simulated {
+            Accepted::Simulated(io) => Stream::Simulated(Box::new(Simulated {
                 inner: Mutex::new(SimulatedInner {
                     io,
                     buf: vec![0; READ_AHEAD_BYTES].into_boxed_slice(),
@@ -93,7 +93,7 @@ impl From<Accepted> for Stream {
                     end: 0,
                     ended: false,
                 }),
-            }),
+            })),
         }
     }
 }
@@ -226,6 +226,25 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(stream) => Pin::new(stream).poll_write(cx, bytes),
             Stream::Simulated(simulated) => Pin::new(&mut simulated.lock().io).poll_write(cx, bytes),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Stream::Simulated(simulated) => Pin::new(&mut simulated.lock().io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            // hyper queues buffers instead of copying them into one when writes are vectored.
+            Stream::Tcp(stream) => stream.is_write_vectored(),
+            Stream::Simulated(_) => false,
         }
     }
 

@@ -124,9 +124,9 @@ struct Device {
     /// Published by the host while the test watches.
     queued: Option<u64>,
     objects: HashMap<String, Value>,
-    /// Its actions the server undid (a server crash in the middle of processing undoes them
-    /// with `error`).
-    undone: Vec<Value>,
+    /// Its actions the server undid, with the reason (a server crash in the middle of
+    /// processing undoes them with `error`; nothing else may).
+    undone: Vec<(Value, String)>,
 }
 
 /// What a server host publishes while the test watches.
@@ -275,7 +275,7 @@ async fn client_host(
         // Events are read, or a full channel would pause the connection.
         tokio::select! {
             event = events.recv() => match event {
-                Some(Event::Undone { action, .. }) => device.borrow_mut().undone.push(action),
+                Some(Event::Undone { action, reason, .. }) => device.borrow_mut().undone.push((action, reason)),
                 Some(_) => {}
                 None => return Err("the client stopped".into()),
             },
@@ -453,7 +453,7 @@ impl Run<'_> {
             let device = device.borrow();
             increments += device.increments;
             elements.extend(device.elements.iter().cloned());
-            for action in &device.undone {
+            for (action, _) in &device.undone {
                 match action["type"].as_str() {
                     Some("crdt/counter/inc") => increments -= action["by"].as_i64().unwrap_or(1),
                     Some("crdt/set/add") => {
@@ -547,15 +547,23 @@ struct Outcome {
 /// it), which would leave a host running without, say, its link.
 static PANICKED: AtomicBool = AtomicBool::new(false);
 
+/// The thread that runs the simulation: panics elsewhere (another test) are not its own.
+static SIMULATING: std::sync::Mutex<Option<std::thread::ThreadId>> = std::sync::Mutex::new(None);
+
 fn watch_for_panics() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICKED.store(true, Ordering::SeqCst);
+            let simulating = *SIMULATING.lock().unwrap_or_else(|p| p.into_inner());
+            if simulating == Some(std::thread::current().id()) {
+                PANICKED.store(true, Ordering::SeqCst);
+            }
             default(info);
         }));
     });
+    *SIMULATING.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::thread::current().id());
+    PANICKED.store(false, Ordering::SeqCst);
 }
 
 /// Runs `seed`: the schedule, then healing until everything converged, then the checks.
@@ -627,6 +635,15 @@ fn run_seed(seed: u64) -> Result<Outcome> {
             bail!("not converged {CONVERGE:?} after healing:\n{}", run.describe());
         }
         run.step_for(5)?;
+    }
+    // An undo is a server's answer to a crash in the middle of processing, nothing else.
+    let restarts: u64 = run.nodes.iter().map(|n| n.borrow().starts.saturating_sub(1)).sum();
+    for ((user, _), device) in CLIENTS.iter().zip(&run.devices) {
+        for (action, reason) in &device.borrow().undone {
+            if reason != "error" || restarts == 0 {
+                bail!("{user}'s {action} was undone ({reason}) with {restarts} server restarts");
+            }
+        }
     }
     // Plain actions are in every server's log exactly once. A server's log is read once the
     // objects agree; its last plain actions may still be on their way, so wait for them.
@@ -731,6 +748,10 @@ const REPLAYED_SEED: u64 = 3;
 
 #[test]
 fn a_seed_runs_the_same_way_twice() -> Result<()> {
+    assert!(
+        cfg!(tokio_unstable),
+        "built without `--cfg tokio_unstable` (.cargo/config.toml): tokio's select! order is not seeded"
+    );
     let seed = std::env::var("SIM_REPLAY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(REPLAYED_SEED);
     let first = run_seed(seed);
     rhizome_io::end_simulation();
