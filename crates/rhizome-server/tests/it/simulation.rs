@@ -748,10 +748,11 @@ const REPLAYED_SEED: u64 = 3;
 
 #[test]
 fn a_seed_runs_the_same_way_twice() -> Result<()> {
-    assert!(
-        cfg!(tokio_unstable),
-        "built without `--cfg tokio_unstable` (.cargo/config.toml): tokio's select! order is not seeded"
-    );
+    if !cfg!(tokio_unstable) {
+        bail!(
+            "built without `--cfg tokio_unstable` (.cargo/config.toml): tokio's select! order is not seeded"
+        );
+    }
     let seed = std::env::var("SIM_REPLAY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(REPLAYED_SEED);
     let first = run_seed(seed);
     rhizome_io::end_simulation();
