@@ -151,13 +151,13 @@ where
     tokio::task::spawn_blocking(f).await.map_err(|e| BlockingFailed(e.to_string()))
 }
 
-/// Opens a stream to `host:port`, with Nagle's algorithm off (frames are written whole).
+/// Opens a stream to `host:port` (TCP options left at the system's defaults, as
+/// `tokio_tungstenite::connect_async` leaves them).
 pub async fn connect(host: &str, port: u16) -> io::Result<Box<dyn Io>> {
     if let Some(network) = simulated_network() {
         return network.connect(host.to_owned(), port).await;
     }
     let stream = tokio::net::TcpStream::connect((host, port)).await?;
-    stream.set_nodelay(true)?;
     Ok(Box::new(stream))
 }
 
