@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<Box<dyn rhizome_io::Io>>>;
+type Ws = rhizome_io::WebSocket;
 
 /// Most frames already received that are handled (and stored) together.
 const FRAMES_PER_BATCH_MAX: usize = 256;
@@ -303,18 +303,6 @@ async fn leave(control: &mut watch::Receiver<Want>) -> End {
     }
 }
 
-/// Opens a WebSocket to `url` (TLS for `wss://`), over [`rhizome_io::connect`].
-async fn open(url: &str) -> Result<Ws, WsError> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let request = url.into_client_request()?;
-    let uri = request.uri();
-    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
-    let stream = rhizome_io::connect(&host, port).await.map_err(WsError::Io)?;
-    let (ws, _) = tokio_tungstenite::client_async_tls(request, stream).await?;
-    Ok(ws)
-}
-
 impl Driver {
     pub(crate) fn new(
         options: ClientOptions,
@@ -430,7 +418,7 @@ impl Driver {
 
     /// One connection, from opening the socket to its end.
     async fn connection(&mut self) -> End {
-        let open = tokio::time::timeout(self.options.timeout, open(&self.options.url));
+        let open = tokio::time::timeout(self.options.timeout, rhizome_io::websocket(&self.options.url));
         let mut ws = tokio::select! {
             opened = open => match opened {
                 Err(_) => return End::Retry { reason: "opening the socket timed out".into(), hint: None, stable: false },

@@ -161,6 +161,22 @@ pub async fn connect(host: &str, port: u16) -> io::Result<Box<dyn Io>> {
     Ok(Box::new(stream))
 }
 
+/// A client WebSocket opened by [`websocket`].
+pub type WebSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<Box<dyn Io>>>;
+
+/// Opens a WebSocket to `url` (TLS for `wss://`) over [`connect`]: what the edge's link and
+/// the client use.
+pub async fn websocket(url: &str) -> Result<WebSocket, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let stream = connect(&host, port).await?;
+    let (ws, _) = tokio_tungstenite::client_async_tls(request, stream).await?;
+    Ok(ws)
+}
+
 /// A listening socket.
 pub enum Listener {
     /// A real one.

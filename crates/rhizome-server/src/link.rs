@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<Box<dyn rhizome_io::Io>>>;
+type Ws = rhizome_io::WebSocket;
 
 /// How to reach the upstream.
 #[derive(Debug, Clone)]
@@ -472,18 +472,6 @@ impl Session {
     }
 }
 
-/// Opens a WebSocket to `url` (TLS for `wss://`), over [`rhizome_io::connect`].
-async fn open(url: &str) -> Result<Ws, WsError> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let request = url.into_client_request()?;
-    let uri = request.uri();
-    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
-    let stream = rhizome_io::connect(&host, port).await.map_err(WsError::Io)?;
-    let (ws, _) = tokio_tungstenite::client_async_tls(request, stream).await?;
-    Ok(ws)
-}
-
 impl Link {
     fn set_status(&self, f: impl FnOnce(&mut LinkStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
@@ -491,7 +479,7 @@ impl Link {
 
     /// Connects, runs the session, and says how it ended.
     async fn connection(&mut self) -> End {
-        let connecting = open(&self.options.url);
+        let connecting = rhizome_io::websocket(&self.options.url);
         let ws = match tokio::time::timeout(self.options.timeout, connecting).await {
             Err(_) => return End::retry("connecting timed out"),
             Ok(Err(e)) => {

@@ -1034,15 +1034,7 @@ async fn chaos(seed: u64) -> Result<()> {
 /// Seeds run by default; `EDGE_CHAOS_SEEDS=<n>` runs seeds 0 to n−1 instead (`<a>..<b>`: a
 /// to b−1), `EDGE_CHAOS_SEED=<s>` one seed (to replay a failure's schedule).
 fn chaos_seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("EDGE_CHAOS_SEED").ok().and_then(|s| s.parse().ok()) {
-        return vec![seed];
-    }
-    let Ok(seeds) = std::env::var("EDGE_CHAOS_SEEDS") else { return vec![1, 2, 3] };
-    let (from, to) = seeds.split_once("..").unwrap_or(("0", &seeds));
-    match (from.parse::<u64>(), to.parse::<u64>()) {
-        (Ok(from), Ok(to)) => (from..to).collect(),
-        _ => panic!("EDGE_CHAOS_SEEDS={seeds}: expected <n> or <a>..<b>"),
-    }
+    crate::support::seeds_from_env("EDGE_CHAOS_SEED", "EDGE_CHAOS_SEEDS", &[1, 2, 3])
 }
 
 #[tokio::test]

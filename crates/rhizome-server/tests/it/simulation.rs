@@ -369,8 +369,7 @@ impl Run<'_> {
 
     /// Asks client `client` to add actions.
     fn ask(&mut self, client: usize, write: Write) {
-        let device = self.devices[client].borrow_mut();
-        let mut device = device;
+        let mut device = self.devices[client].borrow_mut();
         device.todo.push_back(write);
         device.wake.notify_one();
     }
@@ -688,15 +687,7 @@ fn run_seed(seed: u64) -> Result<Outcome> {
 /// Seeds run by default; `SIM_SEEDS=<n>` runs seeds 0 to n−1 instead (`<a>..<b>`: a to b−1),
 /// `SIM_SEED=<s>` one seed (to replay a failure).
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        return vec![seed];
-    }
-    let Ok(seeds) = std::env::var("SIM_SEEDS") else { return vec![1, 2, 3] };
-    let (from, to) = seeds.split_once("..").unwrap_or(("0", &seeds));
-    match (from.parse::<u64>(), to.parse::<u64>()) {
-        (Ok(from), Ok(to)) => (from..to).collect(),
-        _ => panic!("SIM_SEEDS={seeds}: expected <n> or <a>..<b>"),
-    }
+    crate::support::seeds_from_env("SIM_SEED", "SIM_SEEDS", &[1, 2, 3])
 }
 
 #[test]

@@ -723,3 +723,17 @@ impl ActionType for Slow {
         Ok(())
     }
 }
+
+/// The seeds a seeded test runs: the one in `$one` (to replay it), else the range in `$range`
+/// (`<n>`: 0 to n−1, `<a>..<b>`: a to b−1), else `default`.
+pub fn seeds_from_env(one: &str, range: &str, default: &[u64]) -> Vec<u64> {
+    if let Some(seed) = std::env::var(one).ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let Ok(seeds) = std::env::var(range) else { return default.to_vec() };
+    let (from, to) = seeds.split_once("..").unwrap_or(("0", &seeds));
+    match (from.parse::<u64>(), to.parse::<u64>()) {
+        (Ok(from), Ok(to)) => (from..to).collect(),
+        _ => panic!("{range}={seeds}: expected <n> or <a>..<b>"),
+    }
+}
