@@ -82,6 +82,8 @@ pub struct Identity {
     pub headers: Arc<Map<String, Value>>,
     /// Compression state of this connection.
     pub codec: Codec,
+    /// What the connection may do (set when it is authenticated).
+    pub role: Role,
 }
 
 /// An action received in a `sync`, decompressed and checked against the meta rules.
@@ -274,6 +276,7 @@ impl Connection {
             synced,
             headers: headers.clone(),
             codec,
+            role: Role::Client,
         };
         out.push(Output::Authenticate(AuthRequest {
             user_id,
@@ -303,6 +306,7 @@ impl Connection {
         };
         let mut identity = identity;
         identity.codec.base_time = now_ms;
+        identity.role = role;
         if self.config.development {
             let mut h = Map::new();
             h.insert("env".into(), Value::from("development"));

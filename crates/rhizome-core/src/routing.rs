@@ -1,6 +1,12 @@
 //! Who an action is delivered to: the `channels`/`users`/`clients`/`nodes`/`excludeClients` meta.
 
-use rhizome_protocol::{Channel, ClientId, NodeId, UserId};
+use rhizome_protocol::message::push_json_str;
+use rhizome_protocol::{Channel, ClientId, NodeId, UserId, WireTargets};
+
+/// The prefix of the channel a peer (an edge's link) subscribes to for what is addressed to a
+/// user (docs/edge.md): `rhizome/user/<user id>` follows every entry whose `users`, `clients`
+/// or `nodes` name that user or one of its clients or nodes. Only a peer may subscribe to it.
+pub const USER_CHANNEL_PREFIX: &str = "rhizome/user/";
 
 /// Delivery targets of an action, as the reference server's resend meta.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +46,81 @@ impl Routing {
         self.clients.extend(other.clients);
         self.nodes.extend(other.nodes);
         self.exclude_clients.extend(other.exclude_clients);
+    }
+
+    /// Whether the action is addressed to `user` or to one of its clients or nodes.
+    pub fn addresses_user(&self, user: &UserId) -> bool {
+        self.users.contains(user)
+            || self.clients.iter().any(|c| c.user_id().as_ref() == Some(user))
+            || self.nodes.iter().any(|n| n.user_id().as_ref() == Some(user))
+    }
+
+    /// The users addressed by `users`, `clients` or `nodes`, each once, in order.
+    pub fn addressed_users(&self) -> Vec<UserId> {
+        let mut users: Vec<UserId> = Vec::new();
+        let all = self
+            .users
+            .iter()
+            .cloned()
+            .chain(self.clients.iter().filter_map(ClientId::user_id))
+            .chain(self.nodes.iter().filter_map(NodeId::user_id));
+        for user in all {
+            if !users.contains(&user) {
+                users.push(user);
+            }
+        }
+        users
+    }
+
+    /// The addressing part as meta pairs (`"users":[…],"clients":[…],…`, the non-empty ones),
+    /// for a peer ([`WireTargets`]); empty when the action is addressed to no user, client or
+    /// node.
+    pub fn targets_meta(&self) -> String {
+        let mut out = String::new();
+        if !self.is_targeted() {
+            return out;
+        }
+        let mut list = |name: &str, items: &mut dyn Iterator<Item = &str>| {
+            let mut first = true;
+            for item in items {
+                if first {
+                    if !out.is_empty() {
+                        out.push(',');
+                    }
+                    out.push('"');
+                    out.push_str(name);
+                    out.push_str("\":[");
+                    first = false;
+                } else {
+                    out.push(',');
+                }
+                push_json_str(&mut out, item);
+            }
+            if !first {
+                out.push(']');
+            }
+        };
+        list("users", &mut self.users.iter().map(|u| u.as_str()));
+        list("clients", &mut self.clients.iter().map(|c| c.as_str()));
+        list("nodes", &mut self.nodes.iter().map(|n| n.as_str()));
+        list("excludeClients", &mut self.exclude_clients.iter().map(|c| c.as_str()));
+        out
+    }
+
+    /// Adds the targets a peer's upstream sent (see [`WireTargets`]); node ids that do not
+    /// parse are left out.
+    pub fn add_wire_targets(&mut self, targets: &WireTargets) {
+        fn add<T: PartialEq>(to: &mut Vec<T>, items: impl Iterator<Item = T>) {
+            for item in items {
+                if !to.contains(&item) {
+                    to.push(item);
+                }
+            }
+        }
+        add(&mut self.users, targets.users.iter().map(|u| UserId::from(u.as_str())));
+        add(&mut self.clients, targets.clients.iter().map(|c| ClientId::from(c.as_str())));
+        add(&mut self.nodes, targets.nodes.iter().filter_map(|n| NodeId::parse(n)));
+        add(&mut self.exclude_clients, targets.exclude_clients.iter().map(|c| ClientId::from(c.as_str())));
     }
 
     /// Whether the client of `node` is a recipient by `users`/`clients`/`nodes`, given the author.
@@ -84,5 +165,50 @@ mod tests {
         assert!(r.targets(Some(&alice), &"alice:1:t".into()), "explicit clients reach the author");
         assert!(r.is_targeted());
         assert!(!Routing::channel("a").is_targeted());
+    }
+
+    #[test]
+    fn addressed_users_come_from_users_clients_and_nodes() {
+        let r = Routing {
+            users: vec!["alice".into()],
+            clients: vec!["bob:1".into(), "alice:2".into()],
+            nodes: vec![NodeId::from("carol:1:t")],
+            ..Routing::default()
+        };
+        assert_eq!(r.addressed_users(), vec![UserId::from("alice"), "bob".into(), "carol".into()]);
+        assert!(r.addresses_user(&"carol".into()));
+        assert!(!r.addresses_user(&"dave".into()));
+        assert!(Routing::channel("a").addressed_users().is_empty());
+    }
+
+    #[test]
+    fn targets_go_to_a_peer_as_meta_and_come_back_the_same() {
+        let r = Routing {
+            channels: vec!["c".into()],
+            users: vec!["al\"ice".into()],
+            nodes: vec![NodeId::from("carol:1:t")],
+            exclude_clients: vec!["bob:2".into()],
+            ..Routing::default()
+        };
+        let meta = r.targets_meta();
+        assert_eq!(meta, r#""users":["al\"ice"],"nodes":["carol:1:t"],"excludeClients":["bob:2"]"#);
+        let parsed: serde_json::Value = serde_json::from_str(&format!("{{{meta}}}")).expect("JSON");
+        let list = |k: &str| -> Vec<String> {
+            parsed
+                .get(k)
+                .and_then(|v| v.as_array())
+                .map_or_else(Vec::new, |a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        };
+        let wire = WireTargets {
+            users: list("users"),
+            clients: list("clients"),
+            nodes: list("nodes"),
+            exclude_clients: list("excludeClients"),
+        };
+        let mut back = Routing::channel("c");
+        back.add_wire_targets(&wire);
+        back.add_wire_targets(&wire);
+        assert_eq!(back, r, "added once, whatever the repeats");
+        assert_eq!(Routing::channel("c").targets_meta(), "", "nothing for a channel-only action");
     }
 }

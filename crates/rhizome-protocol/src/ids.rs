@@ -92,6 +92,13 @@ string_id!(ClientId);
 string_id!(UserId);
 string_id!(Channel);
 
+impl ClientId {
+    /// The user part, when the client id has a `:`.
+    pub fn user_id(&self) -> Option<UserId> {
+        self.0.split_once(':').map(|(user, _)| UserId::from(user))
+    }
+}
+
 impl NodeId {
     /// Checks the node id the way the Logux `Log` does (no spaces) plus a size limit.
     pub fn parse(s: &str) -> Option<NodeId> {

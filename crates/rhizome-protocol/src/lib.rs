@@ -9,5 +9,5 @@ pub mod message;
 pub use ids::{client_part, ActionId, Channel, ClientId, IdGenerator, NodeId, UserId};
 pub use message::{
     parse, time_fix, Action, Codec, ConnectOptions, Message, ProtocolError, SyncBuilder, WireEntry, WireId,
-    WireMeta, PROTOCOL,
+    WireMeta, WireTargets, PROTOCOL,
 };

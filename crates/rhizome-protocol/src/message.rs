@@ -235,6 +235,44 @@ pub struct WireMeta {
     pub subprotocol: Option<u64>,
     /// Meta keys other than `id`, `time` and `subprotocol` (refused by the server).
     pub extra_keys: Vec<String>,
+    /// Whom the sender addressed the action to, when it said (`users`, `clients`, `nodes`,
+    /// `excludeClients`, each a list of strings): a Rhizome server tells a peer (an edge's
+    /// link) so, since the peer cannot work it out from its own rules for every action.
+    pub targets: Option<Box<WireTargets>>,
+}
+
+/// The addressing meta of an action (see [`WireMeta::targets`]), as sent: lists of ids, not
+/// yet checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WireTargets {
+    /// `users`.
+    pub users: Vec<String>,
+    /// `clients`.
+    pub clients: Vec<String>,
+    /// `nodes`.
+    pub nodes: Vec<String>,
+    /// `excludeClients`.
+    pub exclude_clients: Vec<String>,
+}
+
+impl WireTargets {
+    /// The list kept for the meta key `key`, if it is one of the addressing keys.
+    fn slot(&mut self, key: &str) -> Option<&mut Vec<String>> {
+        match key {
+            "users" => Some(&mut self.users),
+            "clients" => Some(&mut self.clients),
+            "nodes" => Some(&mut self.nodes),
+            "excludeClients" => Some(&mut self.exclude_clients),
+            _ => None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty()
+            && self.clients.is_empty()
+            && self.nodes.is_empty()
+            && self.exclude_clients.is_empty()
+    }
 }
 
 /// One `[action, meta]` pair of a `sync`.
@@ -526,6 +564,7 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
         let mut time = None;
         let mut subprotocol = None;
         let mut extra_keys: Vec<String> = Vec::new();
+        let mut targets = WireTargets::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
                 "id" => id = map.next_value::<IdValue>()?.0,
@@ -535,7 +574,13 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
                         Some(map.next_value::<MetaValue>()?.int().and_then(|n| u64::try_from(n).ok()))
                 }
                 _ => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
+                    match targets.slot(&key) {
+                        // A list of strings, else nothing (the last of repeated keys counts).
+                        Some(slot) => *slot = map.next_value::<StringList>()?.0.unwrap_or_default(),
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
                     if !extra_keys.iter().any(|k| *k == *key) {
                         extra_keys.push(key.into_owned());
                     }
@@ -543,13 +588,34 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
             }
         }
         extra_keys.sort_unstable();
+        let targets = (!targets.is_empty()).then(|| Box::new(targets));
         Ok(match (id, time, subprotocol) {
-            (Some(id), Some(time), None) => Some(WireMeta { id, time, subprotocol: None, extra_keys }),
+            (Some(id), Some(time), None) => {
+                Some(WireMeta { id, time, subprotocol: None, extra_keys, targets })
+            }
             (Some(id), Some(time), Some(Some(n))) => {
-                Some(WireMeta { id, time, subprotocol: Some(n), extra_keys })
+                Some(WireMeta { id, time, subprotocol: Some(n), extra_keys, targets })
             }
             _ => None,
         })
+    }
+}
+
+/// A JSON list of strings; `None` for any other value.
+struct StringList(Option<Vec<String>>);
+
+impl<'de> serde::Deserialize<'de> for StringList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let Value::Array(items) = value else { return Ok(StringList(None)) };
+        let strings: Option<Vec<String>> = items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        Ok(StringList(strings))
     }
 }
 
@@ -742,6 +808,25 @@ impl Codec {
         }
         out.push('}');
     }
+
+    /// As [`Codec::encode_meta`], with `extra` (`"key":value` pairs, comma-separated, or empty)
+    /// added to the meta object.
+    pub fn encode_meta_with(
+        &self,
+        out: &mut String,
+        id: &ActionId,
+        time: i64,
+        subprotocol: Option<u64>,
+        extra: &str,
+    ) {
+        self.encode_meta(out, id, time, subprotocol);
+        if !extra.is_empty() {
+            out.pop();
+            out.push(',');
+            out.push_str(extra);
+            out.push('}');
+        }
+    }
 }
 
 /// Appends `s` as a JSON string literal.
@@ -798,6 +883,24 @@ impl SyncBuilder {
         subprotocol: Option<u64>,
     ) {
         self.push_with(codec, id, time, subprotocol, |out| out.push_str(action_json));
+    }
+
+    /// Adds one action whose meta carries `extra` besides its id, time and subprotocol (see
+    /// [`Codec::encode_meta_with`]).
+    pub fn push_with_meta(
+        &mut self,
+        codec: &Codec,
+        action_json: &str,
+        id: &ActionId,
+        time: i64,
+        subprotocol: Option<u64>,
+        extra: &str,
+    ) {
+        self.out.push(',');
+        self.out.push_str(action_json);
+        self.out.push(',');
+        codec.encode_meta_with(&mut self.out, id, time, subprotocol, extra);
+        self.count += 1;
     }
 
     /// Adds one action that `write` encodes straight into the frame, with meta encoded for
@@ -962,7 +1065,20 @@ mod tests {
         };
         let extra_keys =
             map.keys().filter(|k| !matches!(k.as_str(), "id" | "time" | "subprotocol")).cloned().collect();
-        Some(WireMeta { id, time, subprotocol, extra_keys })
+        let list = |key: &str| -> Vec<String> {
+            let strings = map.get(key).and_then(Value::as_array).and_then(|items| {
+                items.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<String>>>()
+            });
+            strings.unwrap_or_default()
+        };
+        let targets = WireTargets {
+            users: list("users"),
+            clients: list("clients"),
+            nodes: list("nodes"),
+            exclude_clients: list("excludeClients"),
+        };
+        let targets = (targets != WireTargets::default()).then(|| Box::new(targets));
+        Some(WireMeta { id, time, subprotocol, extra_keys, targets })
     }
 
     fn json_scalar() -> impl Strategy<Value = String> {
@@ -978,6 +1094,7 @@ mod tests {
             Just("null".to_owned()),
             Just("true".to_owned()),
             Just("\"10:a\"".to_owned()),
+            Just("\"bob\"".to_owned()),
             Just("{\"a\":[1]}".to_owned()),
         ]
     }
@@ -1059,7 +1176,7 @@ mod tests {
             ],
             time in -5i64..5,
             pairs in prop::collection::vec(
-                (prop::sample::select(vec!["id", "time", "subprotocol", "reasons", "x"]), json_value()),
+                (prop::sample::select(vec!["id", "time", "subprotocol", "reasons", "x", "users", "excludeClients"]), json_value()),
                 0..4,
             ),
             at in 0usize..5,

@@ -326,6 +326,9 @@ impl Session {
                     queue.extend(more);
                 }
                 Output::Authenticated(identity) => {
+                    if let Some(follow) = self.shared.upstream_follow.get() {
+                        follow.follow_user(&self.shared, identity.user_id.as_ref()).await;
+                    }
                     self.context = Some(Context {
                         user_id: identity.user_id.clone(),
                         client_id: identity.client_id.clone(),
@@ -338,6 +341,7 @@ impl Session {
                         client_id: identity.client_id,
                         user_id: identity.user_id,
                         codec: identity.codec,
+                        peer: identity.role == rhizome_core::Role::Peer,
                     });
                     let parts = PipelineParts {
                         conn: self.shared.next_conn_id(),

@@ -18,6 +18,7 @@ use crate::pipeline::CRDT_CHANNEL_PREFIX;
 use crate::shared::Shared;
 use crate::subscribers::Subscribers;
 use rhizome_core::app::filter_accepts;
+use rhizome_core::routing::USER_CHANNEL_PREFIX;
 use rhizome_core::{Position, StoredEntry};
 use rhizome_protocol::{Action, ActionId, Channel, ClientId, Codec, NodeId, SyncBuilder, UserId};
 use rhizome_store::{Store, StoreError, WriteBatch};
@@ -43,6 +44,9 @@ pub struct ConnIdentity {
     pub user_id: Option<UserId>,
     /// Compression state.
     pub codec: Codec,
+    /// Whether the connection is a peer's (an edge's link): what is sent to it carries the
+    /// addressing meta of targeted entries (docs/edge.md).
+    pub peer: bool,
 }
 
 /// What catch-up a job did.
@@ -523,6 +527,17 @@ impl Hub {
                         recipients.push(c);
                     }
                 }
+                // Peers following the addressed users (docs/edge.md).
+                for user in routing.addressed_users() {
+                    let channel = Channel::from(format!("{USER_CHANNEL_PREFIX}{user}"));
+                    let Some(subs) = self.channels.get(&channel) else { continue };
+                    for (c, sub) in subs.iter() {
+                        let Some(conn) = self.conns.get(c) else { continue };
+                        if sub.live() && !recipients.contains(c) && follows_user(&conn.identity, entry) {
+                            recipients.push(*c);
+                        }
+                    }
+                }
             }
             let mut fields: Option<Option<Action>> = None;
             // A recipient can only repeat when it was targeted or is on two of the channels;
@@ -579,13 +594,7 @@ impl Hub {
                     }
                 }
                 let builder = frames.entry(*c).or_default();
-                builder.push(
-                    &conn.identity.codec,
-                    &entry.action_json,
-                    &entry.id,
-                    entry.time,
-                    Some(entry.subprotocol),
-                );
+                push_entry(builder, &conn.identity, entry);
                 if builder.len() >= LIVE_FRAME_ACTIONS_MAX {
                     let full = std::mem::take(builder);
                     push_stamped(conn, full, entry.added);
@@ -608,6 +617,28 @@ impl Hub {
             }
         }
     }
+}
+
+/// Adds `entry` to a frame for the connection of `identity`; to a peer's with the entry's
+/// addressing (an edge routes what it is sent to its own clients, docs/edge.md).
+fn push_entry(builder: &mut SyncBuilder, identity: &ConnIdentity, entry: &StoredEntry) {
+    let (codec, id, time, subprotocol) = (&identity.codec, &entry.id, entry.time, Some(entry.subprotocol));
+    if identity.peer && entry.routing.is_targeted() {
+        let extra = entry.routing.targets_meta();
+        builder.push_with_meta(codec, &entry.action_json, id, time, subprotocol, &extra);
+    } else {
+        builder.push(codec, &entry.action_json, id, time, subprotocol);
+    }
+}
+
+/// Whether a peer following a user addressed by `entry` is sent it that way: not when the
+/// entry excludes the peer or it relayed it (its routing then excludes the peer's client),
+/// and not when it reaches the peer as addressed to it (a process's undo of what it relayed).
+fn follows_user(peer: &ConnIdentity, entry: &StoredEntry) -> bool {
+    let routing = &entry.routing;
+    !routing.exclude_clients.contains(&peer.client_id)
+        && !entry.id.node.is_of(&peer.client_id)
+        && !routing.targets(Some(&entry.id.client_id()), &peer.node_id)
 }
 
 /// Queues a frame for `conn` stamped with the `added` it may carry: the client remembers it and
@@ -676,6 +707,10 @@ impl CatchUpJob {
             let (what, node, upto) = (self.what.clone(), self.identity.node_id.clone(), self.upto);
             let read = self.read(move |store| match &what {
                 CatchUp::Targeted => store.read_targeted(&node, after, upto, chunk),
+                CatchUp::Channel(channel) if channel.as_str().starts_with(USER_CHANNEL_PREFIX) => {
+                    let user = UserId::from(&channel.as_str()[USER_CHANNEL_PREFIX.len()..]);
+                    store.read_addressed_to_user(&user, after, upto, chunk)
+                }
                 CatchUp::Channel(channel) => store.read_channel(channel, after, upto, chunk).map(|entries| {
                     let examined =
                         if entries.len() < chunk { upto } else { entries.last().map_or(upto, |e| e.added) };
@@ -685,7 +720,13 @@ impl CatchUpJob {
             let Some((entries, examined)) = read.await else { return };
             let mut b = SyncBuilder::new();
             for e in &entries {
-                if let CatchUp::Channel(_) = self.what {
+                if let CatchUp::Channel(channel) = &self.what {
+                    if channel.as_str().starts_with(USER_CHANNEL_PREFIX) {
+                        if follows_user(&self.identity, e) {
+                            push_entry(&mut b, &self.identity, e);
+                        }
+                        continue;
+                    }
                     let author = e.id.client_id();
                     if author == self.identity.client_id
                         || e.routing.exclude_clients.contains(&self.identity.client_id)
@@ -698,7 +739,7 @@ impl CatchUpJob {
                         }
                     }
                 }
-                b.push(&self.identity.codec, &e.action_json, &e.id, e.time, Some(e.subprotocol));
+                push_entry(&mut b, &self.identity, e);
             }
             let targeted = matches!(self.what, CatchUp::Targeted);
             let stamp =

@@ -18,6 +18,7 @@
 use crate::shared::Shared;
 use crate::writer::now_ms;
 use futures_util::{FutureExt as _, SinkExt, StreamExt};
+use rhizome_core::routing::USER_CHANNEL_PREFIX;
 use rhizome_core::uplink::{forward, Forward, Uplink};
 use rhizome_core::{Context, Meta, NewEntry, Position, Routing, Status, StoredEntry};
 use rhizome_protocol::backoff::{parse_retry_after, Backoff};
@@ -302,7 +303,10 @@ impl Follow {
                 return Ok(());
             }
         }
-        let followed = UpstreamChannel { channel: channel.to_owned(), since_id: None, since_time: now_ms() };
+        // What is addressed to a user comes from the start of the upstream's log, as it does
+        // to a new device connecting there (docs/edge.md).
+        let since_time = if channel.starts_with(USER_CHANNEL_PREFIX) { 0 } else { now_ms() };
+        let followed = UpstreamChannel { channel: channel.to_owned(), since_id: None, since_time };
         let upstream_channels = vec![followed.clone()];
         let batch = WriteBatch { upstream_channels, ..WriteBatch::default() };
         if !matches!(writer.write_unordered(batch).await.await, Ok(Ok(_))) {
@@ -313,6 +317,24 @@ impl Follow {
         // from when it is handed the channel would skip what the upstream got meanwhile.
         let _ = self.link.send(followed);
         Ok(())
+    }
+}
+
+impl Follow {
+    /// Follows upstream what is addressed to the user of a client that connected here, if it
+    /// is not followed yet (docs/edge.md). A peer's user (a site's link, in a chain) is not
+    /// followed: its link follows its own clients' users.
+    pub(crate) async fn follow_user(&self, shared: &Shared, user: Option<&rhizome_protocol::UserId>) {
+        let Some(user) = user else { return };
+        if shared.app.is_peer(user) {
+            return;
+        }
+        let channel = format!("{USER_CHANNEL_PREFIX}{user}");
+        if self.follow(&shared.writer, &channel).await.is_err() {
+            // Recorded at the user's next connection; meanwhile its entries at the upstream
+            // wait there.
+            tracing::warn!(%user, "following a user upstream could not be recorded");
+        }
     }
 }
 
@@ -831,6 +853,11 @@ impl Link {
             entry.meta.subprotocol.or(session.subprotocol).unwrap_or(self.shared.config.subprotocol);
         let meta = Meta { id: id.clone(), time, subprotocol };
         let mut routing = self.routing(action, &meta).await;
+        // Whom the upstream addressed it to (entries for users, clients or nodes, which this
+        // server's rules cannot always work out, such as a server's own).
+        if let Some(targets) = &entry.meta.targets {
+            routing.add_wire_targets(targets);
+        }
         let delta = if kind == rhizome_crdt::DELTA_TYPE {
             match rhizome_crdt::parse_delta(action.fields()) {
                 Ok((key, delta)) => {

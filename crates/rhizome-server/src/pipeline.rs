@@ -9,6 +9,7 @@ use crate::hub::{ConnId, ConnIdentity, HubMessage};
 use crate::outbox::Outbox;
 use crate::shared::Shared;
 use crate::writer::{ConnWrites, WriteFailed};
+use rhizome_core::routing::USER_CHANNEL_PREFIX;
 use rhizome_core::{
     ActionType, AppendOutcome, Context, HookError, Incoming, Meta, NewEntry, Position, Routing, Status,
 };
@@ -604,6 +605,9 @@ impl Pipeline {
         let Some(name) = action.str_field("channel").map(str::to_owned) else {
             return undo(&meta.id, action, "wrongChannel");
         };
+        if name.starts_with(USER_CHANNEL_PREFIX) {
+            return self.follow_user(action, meta, name).await;
+        }
         let Some((rules, params)) = self.shared.app.find_channel(&name) else {
             self.debug(&format!("Wrong channel name {name}"));
             return undo(&meta.id, action, "wrongChannel");
@@ -681,6 +685,44 @@ impl Pipeline {
             conn: self.conn,
             channel: Channel::from(name),
             filter,
+            since,
+            resumed,
+            ack: meta.id,
+        };
+        let _ = self.shared.hub.send(message).await;
+        Answer::Nothing
+    }
+
+    /// A peer's subscription to `rhizome/user/<user>` (docs/edge.md): what is addressed to
+    /// the user, one of its clients or its nodes, from the position its `since` stands for (as
+    /// a channel's; without one, from now), then live. Anyone else is refused as for an
+    /// unknown channel. An edge follows the user from its own upstream too.
+    async fn follow_user(&self, action: Action, meta: Meta, name: String) -> Answer {
+        let peer = self.identity.user_id.as_ref().is_some_and(|u| self.shared.app.is_peer(u));
+        if !peer || name.len() == USER_CHANNEL_PREFIX.len() {
+            self.debug(&format!("Wrong channel name {name}"));
+            return undo(&meta.id, action, "wrongChannel");
+        }
+        let mut resumed = None;
+        let since = match action.fields().get("since") {
+            Some(Value::Object(since)) => match self.position_of_since_id(since).await {
+                Some(position) => {
+                    resumed = since.get("id").and_then(Value::as_str).map(Box::from);
+                    Some(position)
+                }
+                None => self.position_before_since_time(since).await,
+            },
+            _ => None,
+        };
+        if let Some(follow) = self.shared.upstream_follow.get() {
+            if follow.follow(&self.shared.writer, &name).await.is_err() {
+                return undo(&meta.id, action, "error");
+            }
+        }
+        let message = HubMessage::Subscribe {
+            conn: self.conn,
+            channel: Channel::from(name),
+            filter: None,
             since,
             resumed,
             ack: meta.id,

@@ -90,9 +90,14 @@ pub struct ActionRule {
     /// `counter/{id}` or `{channel}`. Sending requires `write` on that channel.
     #[serde(default)]
     pub channel: Option<String>,
-    /// Who may send it, when it has no channel (it is then only kept in the log).
+    /// Who may send it, when it has no channel (it is then only kept in the log, or sent to
+    /// `user`).
     #[serde(default)]
     pub access: Option<Who>,
+    /// The user it is also sent to, a template like `channel` (e.g. `{to}`): every client of
+    /// that user receives it, those offline when they connect (Logux's `users` meta).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Fills `{field}` placeholders from the action's string or number fields.
@@ -173,10 +178,20 @@ impl ActionType for ConfiguredAction {
     }
 
     async fn resend(&self, _: &Context, action: &Action, _: &Meta) -> Result<Routing, HookError> {
-        Ok(match self.target(action)? {
+        let mut routing = match self.target(action)? {
             Some(name) => Routing::channel(name),
             None => Routing::default(),
-        })
+        };
+        if let Some(template) = &self.rule.user {
+            // A user id is the first part of a node id: no `:`, no space.
+            match expand(template, action) {
+                Some(user) if !user.is_empty() && !user.contains([':', ' ']) => {
+                    routing.users.push(user.into());
+                }
+                _ => return Err(HookError::Undo { reason: "wrongUser".into(), extra: Default::default() }),
+            }
+        }
+        Ok(routing)
     }
 }
 

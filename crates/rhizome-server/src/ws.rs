@@ -635,11 +635,15 @@ impl Session {
                 }
                 Output::Authenticated(identity) => {
                     tracing::debug!(conn = self.conn, node = %identity.node_id, "authenticated");
+                    if let Some(follow) = self.shared.upstream_follow.get() {
+                        follow.follow_user(&self.shared, identity.user_id.as_ref()).await;
+                    }
                     let shared_identity = Arc::new(ConnIdentity {
                         node_id: identity.node_id,
                         client_id: identity.client_id,
                         user_id: identity.user_id,
                         codec: identity.codec,
+                        peer: identity.role == rhizome_core::Role::Peer,
                     });
                     let message = HubMessage::Register {
                         conn: self.conn,

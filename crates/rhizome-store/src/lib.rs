@@ -11,7 +11,7 @@ mod sqlite;
 pub use sqlite::{SqliteStore, SqliteWriter};
 
 use rhizome_core::{AppendOutcome, NewEntry, Position, Status, StoredEntry};
-use rhizome_protocol::{Channel, NodeId};
+use rhizome_protocol::{Channel, NodeId, UserId};
 
 /// Errors of the store. The server logs them and refuses the affected writes; a store error
 /// never acknowledges an action.
@@ -250,6 +250,18 @@ pub trait Store: Send + Sync + 'static {
     fn read_targeted(
         &self,
         node: &NodeId,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<(Vec<StoredEntry>, Position), StoreError>;
+
+    /// Entries addressed to `user` or to one of its clients or nodes (what a peer following
+    /// the user receives, see [`rhizome_core::routing::USER_CHANNEL_PREFIX`]) with
+    /// `after < added <= upto`, oldest first, at most `limit` rows examined. Returns them and
+    /// the last position examined.
+    fn read_addressed_to_user(
+        &self,
+        user: &UserId,
         after: Position,
         upto: Position,
         limit: usize,

@@ -10,7 +10,7 @@ use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEnt
 use rhizome_crdt::ops;
 use rhizome_crdt::{Kind, Object};
 use rhizome_protocol::message::push_json_str;
-use rhizome_protocol::{ActionId, Channel, NodeId};
+use rhizome_protocol::{ActionId, Channel, NodeId, UserId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -480,6 +480,44 @@ impl Store for SqliteStore {
             let examined = if rows.len() < limit { upto } else { rows.last().map_or(upto, |e| e.added) };
             let entries =
                 rows.into_iter().filter(|e| e.routing.targets(Some(&e.id.client_id()), node)).collect();
+            Ok((entries, examined))
+        })
+    }
+
+    fn read_addressed_to_user(
+        &self,
+        user: &UserId,
+        after: Position,
+        upto: Position,
+        limit: usize,
+    ) -> Result<(Vec<StoredEntry>, Position), StoreError> {
+        // `c:<user>:…` and `n:<user>:…` are the ranges from `<prefix><user>:` up to, not
+        // including, `<prefix><user>;` (`;` follows `:`).
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM log WHERE added IN (
+                    SELECT DISTINCT added FROM log_targets
+                    WHERE (target = ?1 OR (target >= ?2 AND target < ?3) OR (target >= ?4 AND target < ?5))
+                    AND added > ?6 AND added <= ?7
+                    ORDER BY added LIMIT ?8)
+                 ORDER BY added"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    format!("u:{user}"),
+                    format!("c:{user}:"),
+                    format!("c:{user};"),
+                    format!("n:{user}:"),
+                    format!("n:{user};"),
+                    after as i64,
+                    upto as i64,
+                    limit as i64
+                ],
+                row_entry,
+            )?;
+            let rows = collect(rows)?;
+            let examined = if rows.len() < limit { upto } else { rows.last().map_or(upto, |e| e.added) };
+            let entries = rows.into_iter().filter(|e| e.routing.addresses_user(user)).collect();
             Ok((entries, examined))
         })
     }

@@ -306,6 +306,94 @@ async fn a_channel_followed_by_an_edge_gets_what_is_written_at_the_cloud_and_oth
     Ok(())
 }
 
+/// The `dm` actions among `messages`, as `(id, text)`.
+fn dms_in(messages: &[serde_json::Value]) -> Vec<String> {
+    let pairs = messages.iter().flat_map(crate::support::sync_pairs);
+    pairs
+        .filter(|(a, _)| a["type"] == "dm")
+        .map(|(a, _)| a["text"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Reads until the `dm`s received make `want`; fails on a timeout (a missing one) and on one
+/// more or another than wanted.
+async fn receive_dms(client: &mut Client, want: &[&str]) -> Result<()> {
+    let mut got: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while got.len() < want.len() {
+        let Ok(message) = tokio::time::timeout_at(deadline, client.next_json()).await else {
+            bail!("received {got:?} of {want:?}");
+        };
+        got.extend(dms_in(&[message?]));
+    }
+    // Anything more (a copy) would be here by now.
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(300), client.next_json()).await {
+        got.extend(dms_in(&[message]));
+    }
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut wanted: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    wanted.sort();
+    if sorted != wanted {
+        bail!("received {got:?}, wanted {want:?} once each");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn what_is_addressed_to_a_user_at_the_cloud_reaches_them_at_an_edge() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let mut erin = cloud.login("erin:e1:t").await?;
+    // Sent before Bob ever connected to the edge: it comes down when he first does, as it
+    // would to a new device at the cloud.
+    let early = erin.send_action(json!({"type": "dm", "to": "bob", "text": "early"})).await?;
+    erin.wait_processed(&early).await?;
+    let edge = TestServer::edge_of(&cloud.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let mut bob = edge.login("bob:b1:t").await?;
+    receive_dms(&mut bob, &["early"]).await?;
+    // Live, once each, to every client of the user connected there.
+    let mut alice2 = edge.login("alice:a2:t").await?;
+    for text in ["one", "two"] {
+        let id = erin.send_action(json!({"type": "dm", "to": "alice", "text": text})).await?;
+        erin.wait_processed(&id).await?;
+    }
+    receive_dms(&mut alice, &["one", "two"]).await?;
+    receive_dms(&mut alice2, &["one", "two"]).await?;
+    // Offline at the edge: kept there, and delivered when she connects again.
+    alice.close().await;
+    let id = erin.send_action(json!({"type": "dm", "to": "alice", "text": "while away"})).await?;
+    erin.wait_processed(&id).await?;
+    receive_dms(&mut alice2, &["while away"]).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    receive_dms(&mut alice, &["one", "two", "while away"]).await?;
+    // Addressed at the edge: delivered there, relayed up once, and not sent back down.
+    let id = bob.send_action(json!({"type": "dm", "to": "alice", "text": "from bob"})).await?;
+    bob.wait_processed(&id).await?;
+    receive_dms(&mut alice, &["from bob"]).await?;
+    receive_dms(&mut alice2, &["from bob"]).await?;
+    let mut alice3 = cloud.login("alice:a3:t").await?;
+    receive_dms(&mut alice3, &["one", "two", "while away", "from bob"]).await?;
+    wait_forwarded(&edge).await?;
+    let rows = |server: &TestServer| -> Result<i64> {
+        let db = rusqlite::Connection::open(server.db_path())?;
+        Ok(db.query_row("SELECT count(*) FROM log WHERE json_extract(action, '$.type') = 'dm'", [], |r| {
+            r.get(0)
+        })?)
+    };
+    assert_eq!((rows(&cloud)?, rows(&edge)?), (5, 5), "each dm once in each log");
+    // The edge follows both users upstream, for good.
+    assert_eq!(edge.link_status()?.channels, 2, "{:?}", edge.link_status()?);
+    // Nobody but a peer may follow a user.
+    let id = erin.send_action(json!({"type": "logux/subscribe", "channel": "rhizome/user/alice"})).await?;
+    let undo = erin.wait_undo(&id).await?;
+    assert!(undo.to_string().contains("wrongChannel"), "{undo}");
+    cloud.assert_healthy().await?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn crdt_objects_converge_across_the_cloud_and_its_edges() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
@@ -687,6 +775,15 @@ async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
         &ids_of(&cloud, "alice:a1:t")?,
         &ids_of(&region, "alice:a1:t")?.into_keys().collect::<Vec<_>>(),
     )?;
+    // What is addressed to a user comes down the chain to where the user is: site a follows
+    // Alice at the region, which follows her at the cloud.
+    let id = bob.send_action(json!({"type": "dm", "to": "alice", "text": "across"})).await?;
+    bob.wait_processed(&id).await?;
+    receive_dms(&mut alice, &["across"]).await?;
+    let mut erin = cloud.login("erin:e1:t").await?;
+    let id = erin.send_action(json!({"type": "dm", "to": "alice", "text": "down"})).await?;
+    erin.wait_processed(&id).await?;
+    receive_dms(&mut alice, &["down"]).await?;
     for server in [site_a, site_b, region, cloud] {
         server.stop().await;
     }
@@ -764,7 +861,7 @@ async fn an_upstream_that_stops_reading_is_given_up_on_while_the_link_sends() ->
 
 /// A stand-in upstream on `listener`: accepts one link, answers its `connect`, and returns the
 /// first `logux/subscribe` the link sends.
-async fn first_subscribe_at(listener: tokio::net::TcpListener) -> Result<serde_json::Value> {
+async fn first_subscribes_at(listener: tokio::net::TcpListener) -> Result<Vec<serde_json::Value>> {
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     let (stream, _) = listener.accept().await?;
@@ -780,11 +877,12 @@ async fn first_subscribe_at(listener: tokio::net::TcpListener) -> Result<serde_j
                 ws.send(Message::text(connected.to_string())).await?;
             }
             Some("sync") => {
-                let subscribe = crate::support::sync_actions(&message)
+                let subscribes: Vec<_> = crate::support::sync_actions(&message)
                     .into_iter()
-                    .find(|a| a["type"] == "logux/subscribe");
-                if let Some(subscribe) = subscribe {
-                    return Ok(subscribe);
+                    .filter(|a| a["type"] == "logux/subscribe")
+                    .collect();
+                if !subscribes.is_empty() {
+                    return Ok(subscribes);
                 }
             }
             _ => {}
@@ -806,9 +904,15 @@ async fn a_channel_followed_while_the_upstream_is_away_is_caught_up_from_when_it
     // are older than the `since` margin of its catch-up).
     tokio::time::sleep(Duration::from_millis(2000)).await;
     proxy.down(false);
-    let subscribe = tokio::time::timeout(CONVERGE, first_subscribe_at(listener)).await??;
-    assert_eq!(subscribe["channel"], "counter/x");
+    let subscribes = tokio::time::timeout(CONVERGE, first_subscribes_at(listener)).await??;
+    let of = |channel: &str| subscribes.iter().find(|s| s["channel"] == channel);
+    let (Some(subscribe), Some(user), 2) = (of("counter/x"), of("rhizome/user/bob"), subscribes.len()) else {
+        bail!("{subscribes:?}");
+    };
     let since_ms = subscribe["since"]["time"].as_i64().context("a since")?;
+    // What is addressed to Bob comes from the start of the upstream's log.
+    let user_since = user["since"]["time"].as_i64().context("a since")?;
+    assert!(user_since <= 1000, "{subscribes:?}");
     // The stand-in's clock is the edge's.
     assert!(
         since_ms <= followed_ms + 500,

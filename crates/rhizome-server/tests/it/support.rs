@@ -63,6 +63,10 @@ channel = "counter/{id}"
 type = "post"
 channel = "{channel}"
 
+[[action]]
+type = "dm"
+user = "{to}"
+
 [[channel]]
 pattern = "crdt/private/:user/*"
 subscribe = ":user"

@@ -117,6 +117,37 @@ fn reads_by_channel_and_target_respect_ranges_limits_and_exclusions() {
 }
 
 #[test]
+fn reads_for_a_user_find_its_users_clients_and_nodes_entries_only() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let to = |users: &[&str], clients: &[&str], nodes: &[&str]| Routing {
+        users: users.iter().map(|&u| u.into()).collect(),
+        clients: clients.iter().map(|&c| c.into()).collect(),
+        nodes: nodes.iter().map(|&n| NodeId::from(n)).collect(),
+        ..Routing::default()
+    };
+    let mut b = vec![batch(vec![
+        entry("1 x:1:t 0", to(&["bob"], &[], &[]), Status::Processed),
+        entry("1 x:1:t 1", to(&[], &["bob:b1"], &[]), Status::Processed),
+        entry("1 x:1:t 2", to(&[], &[], &["bob:b2:t"]), Status::Processed),
+        // Other users whose ids start like bob's, and a channel.
+        entry("1 x:1:t 3", to(&["bobby"], &["bob2:b1"], &["bo:b:t"]), Status::Processed),
+        entry("1 x:1:t 4", Routing::channel("bob"), Status::Processed),
+        entry("1 x:1:t 5", to(&["alice"], &["bob:b3"], &[]), Status::Processed),
+    ])];
+    w.commit(&mut b, 1).expect("commit");
+    let bob = rhizome_protocol::UserId::from("bob");
+    let (entries, examined) = store.read_addressed_to_user(&bob, 0, 6, 100).expect("read");
+    let got: Vec<u64> = entries.iter().map(|e| e.added).collect();
+    assert_eq!((got, examined), (vec![1, 2, 3, 6], 6));
+    let (entries, examined) = store.read_addressed_to_user(&bob, 1, 5, 2).expect("read");
+    let got: Vec<u64> = entries.iter().map(|e| e.added).collect();
+    assert_eq!((got, examined), (vec![2, 3], 3), "a range and a chunk");
+    let (entries, _) = store.read_addressed_to_user(&"bo".into(), 0, 6, 100).expect("read");
+    assert_eq!(entries.iter().map(|e| e.added).collect::<Vec<_>>(), [4]);
+}
+
+#[test]
 fn a_large_commit_indexes_every_channel_of_every_entry() {
     // More entries than the channel index is written in at once, on interleaved channels, some
     // on two channels, over two batches of one commit, with a duplicate among them.
