@@ -87,7 +87,7 @@ pub use error::ClientError;
 pub use rhizome_crdt::Object;
 pub use rhizome_protocol::backoff::{parse_retry_after, Backoff, RETRY_HINT_MAX};
 pub use rhizome_protocol::{ActionId, NodeId};
-pub use store::{Durability, LogStats, Since, Subscription, Undone};
+pub use store::{Durability, LogStats, Received, Since, Subscription, Undone};
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -473,6 +473,12 @@ impl Client {
     /// The undos recorded in the log.
     pub async fn undone(&self) -> Result<Vec<Undone>, ClientError> {
         self.shared.with_store(|s| s.undone()).await
+    }
+
+    /// The actions received from the server and kept in the log, after `after` (a
+    /// [`Received::seq`], 0 for the oldest kept), oldest first, at most `limit`.
+    pub async fn received(&self, after: u64, limit: usize) -> Result<Vec<Received>, ClientError> {
+        self.shared.with_store(move |s| s.received(after, limit)).await
     }
 
     /// Counts of the local log.

@@ -138,6 +138,20 @@ pub struct Undone {
     pub action: serde_json::Value,
 }
 
+/// An action received from the server, as kept in the log (see
+/// [`crate::ClientOptions::received_keep_max`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// Its place among the received actions: later ones have higher numbers.
+    pub seq: u64,
+    /// Its id.
+    pub id: String,
+    /// Its time, in the client's clock.
+    pub time: i64,
+    /// The action.
+    pub action: serde_json::Value,
+}
+
 /// Counts of the local log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -730,6 +744,24 @@ impl Store {
             let (id, reason, action) = row?;
             let action = serde_json::from_str(&action).unwrap_or(serde_json::Value::Null);
             out.push(Undone { id, reason, action });
+        }
+        Ok(out)
+    }
+
+    /// The received actions kept, after `after` (a [`Received::seq`]), oldest first, at most
+    /// `limit`.
+    pub fn received(&self, after: u64, limit: usize) -> Result<Vec<Received>, ClientError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, id, time, action FROM received WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, id, time, action) = row?;
+            let action = serde_json::from_str(&action).unwrap_or(serde_json::Value::Null);
+            out.push(Received { seq: seq as u64, id, time, action });
         }
         Ok(out)
     }

@@ -109,6 +109,8 @@ struct Write {
     plain: usize,
     increments: usize,
     elements: usize,
+    /// A message (`dm`) to the user of this client (the next one when it is the writer's own).
+    message_to: Option<usize>,
 }
 
 /// What a client host shares with the test: its to-do list, what it added, what it holds.
@@ -121,8 +123,12 @@ struct Device {
     plain: Vec<String>,
     increments: i64,
     elements: Vec<String>,
+    /// The messages it sent: (id, recipient user, text).
+    messages: Vec<(String, &'static str, String)>,
     /// Published by the host while the test watches.
     queued: Option<u64>,
+    /// The messages (`dm`) in its log of received actions, as `(id, text)`; published too.
+    received_messages: BTreeSet<(String, String)>,
     objects: HashMap<String, Value>,
     /// Its actions the server undid, with the reason (a server crash in the middle of
     /// processing undoes them with `error`; nothing else may).
@@ -252,11 +258,21 @@ async fn client_host(
             for element in &elements {
                 actions.push(json!({"type": "crdt/set/add", "key": "tags", "elem": element}));
             }
+            let message = write.message_to.map(|to| {
+                let to = if CLIENTS[to].0 == user { (to + 1) % CLIENTS.len() } else { to };
+                (CLIENTS[to].0, format!("{user}-{}", device.borrow().messages.len()))
+            });
+            if let Some((to, text)) = &message {
+                actions.push(json!({"type": "dm", "to": to, "text": text}));
+            }
             let ids = client.add_many(actions).await?;
             let mut device = device.borrow_mut();
             device.plain.extend(ids[..plain].iter().map(|id| id.text()));
             device.increments += write.increments as i64;
             device.elements.extend(elements);
+            if let (Some((to, text)), Some(id)) = (message, ids.last()) {
+                device.messages.push((id.text(), to, text));
+            }
             continue;
         }
         if watching.get() && tokio::time::Instant::now() >= next_publish {
@@ -267,9 +283,17 @@ async fn client_host(
                     objects.insert(key.to_owned(), object.to_json());
                 }
             }
+            let received_messages: BTreeSet<(String, String)> = client
+                .received(0, usize::MAX >> 1)
+                .await?
+                .into_iter()
+                .filter(|r| r.action["type"] == "dm")
+                .map(|r| (r.id, r.action["text"].as_str().unwrap_or_default().to_owned()))
+                .collect();
             let mut device = device.borrow_mut();
             device.queued = Some(queued);
             device.objects = objects;
+            device.received_messages = received_messages;
             next_publish = tokio::time::Instant::now() + PUBLISH_EVERY;
         }
         // Events are read, or a full channel would pause the connection.
@@ -304,7 +328,12 @@ enum Fault {
 }
 
 fn write(rng: &mut StdRng) -> Write {
-    Write { plain: rng.gen_range(0..6), increments: rng.gen_range(0..4), elements: rng.gen_range(0..2) }
+    Write {
+        plain: rng.gen_range(0..6),
+        increments: rng.gen_range(0..4),
+        elements: rng.gen_range(0..2),
+        message_to: rng.gen_bool(0.4).then(|| rng.gen_range(0..CLIENTS.len())),
+    }
 }
 
 /// The schedule of `seed`: 12 steps. Edge partitions last minutes (30%), hours (35%), days
@@ -426,9 +455,42 @@ impl Run<'_> {
         }
     }
 
-    /// Whether every replica holds the same objects, nothing is queued anywhere, and the
-    /// counter counts every increment added.
+    /// The messages sent to `user` (less any undone), as `(id, text)`.
+    fn messages_to(&self, user: &str) -> BTreeSet<(String, String)> {
+        let mut messages = BTreeSet::new();
+        for device in &self.devices {
+            let device = device.borrow();
+            let undone: Vec<&str> = device
+                .undone
+                .iter()
+                .filter(|(a, _)| a["type"] == "dm")
+                .filter_map(|(a, _)| a["text"].as_str())
+                .collect();
+            for (id, to, text) in &device.messages {
+                if *to == user && !undone.contains(&text.as_str()) {
+                    messages.insert((id.clone(), text.clone()));
+                }
+            }
+        }
+        messages
+    }
+
+    /// Whether each client holds every message sent to its user, and nothing else (in its log
+    /// of received actions).
+    fn messages_delivered(&self) -> bool {
+        CLIENTS
+            .iter()
+            .zip(&self.devices)
+            .all(|((user, _), device)| device.borrow().received_messages == self.messages_to(user))
+    }
+
+    /// Whether every replica holds the same objects, nothing is queued anywhere, the counter
+    /// counts every increment added, and every message reached its user.
     fn converged(&self) -> bool {
+        self.objects_converged() && self.messages_delivered()
+    }
+
+    fn objects_converged(&self) -> bool {
         let (increments, elements) = self.expected();
         let reference = self.nodes[0].borrow().objects.clone();
         let counted = reference.get("likes").map(counter_total).unwrap_or(0);
@@ -475,11 +537,13 @@ impl Run<'_> {
             .map(|(d, (name, _))| {
                 let d = d.borrow();
                 format!(
-                    "{name}: queued {:?}, {} plain, {} increments, objects {:?}",
+                    "{name}: queued {:?}, {} plain, {} increments, objects {:?}, messages received {:?}, sent to it {:?}",
                     d.queued,
                     d.plain.len(),
                     d.increments,
-                    d.objects
+                    d.objects,
+                    d.received_messages,
+                    self.messages_to(name),
                 )
             })
             .collect();
@@ -520,6 +584,15 @@ fn log_lines(dir: &Path) -> Result<Vec<String>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Rows per id of the messages (`dm`) in the log at `dir`.
+fn messages_in(dir: &Path) -> Result<HashMap<String, i64>> {
+    let db = rusqlite::Connection::open(dir.join("rhizome.db"))?;
+    let mut stmt =
+        db.prepare("SELECT id, count(*) FROM log WHERE json_extract(action, '$.type') = 'dm' GROUP BY id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Rows per id of `node`'s `inc` actions in the log at `dir`.
 fn incs_in(dir: &Path, node: &str) -> Result<HashMap<String, i64>> {
     let db = rusqlite::Connection::open(dir.join("rhizome.db"))?;
@@ -536,6 +609,7 @@ struct Outcome {
     simulated: Duration,
     plain: usize,
     increments: i64,
+    messages: usize,
     undone: usize,
     restarts: u64,
     /// The logs of the cloud and the edges.
@@ -671,7 +745,27 @@ fn run_seed(seed: u64) -> Result<Outcome> {
             }
         }
     }
+    // A message is in the logs of the cloud and of its writer's and its recipient's servers,
+    // once each, and nowhere else.
+    let server_of = |user: &str| CLIENTS.iter().find(|(u, _)| *u == user).map_or("cloud", |(_, s)| *s);
+    let logged: Vec<HashMap<String, i64>> =
+        SERVERS.iter().map(|name| messages_in(&dir.path().join(name))).collect::<Result<_>>()?;
+    let mut messages = 0;
+    for ((writer, _), device) in CLIENTS.iter().zip(&run.devices) {
+        for (id, to, _) in &device.borrow().messages {
+            messages += 1;
+            for (name, logged) in SERVERS.iter().zip(&logged) {
+                let want = [*name == "cloud", *name == server_of(writer), *name == server_of(to)];
+                let want = i64::from(want.contains(&true));
+                let got = logged.get(id).copied().unwrap_or(0);
+                if got != want {
+                    bail!("{name} logged {writer}'s message {id} to {to} {got} times, not {want}");
+                }
+            }
+        }
+    }
     let outcome = Outcome {
+        messages,
         simulated: run.sim.elapsed(),
         plain: run.devices.iter().map(|d| d.borrow().plain.len()).sum(),
         increments: run.devices.iter().map(|d| d.borrow().increments).sum(),
@@ -703,10 +797,11 @@ fn a_cloud_two_edges_and_their_clients_converge_in_every_seed() -> Result<()> {
             Ok(outcome) => {
                 days += outcome.simulated.as_secs_f64() / DAY as f64;
                 eprintln!(
-                    "seed {seed}: converged after {:.1} simulated days ({} plain actions, {} increments, {} undone, {} server restarts) in {:.1} s",
+                    "seed {seed}: converged after {:.1} simulated days ({} plain actions, {} increments, {} messages, {} undone, {} server restarts) in {:.1} s",
                     outcome.simulated.as_secs_f64() / DAY as f64,
                     outcome.plain,
                     outcome.increments,
+                    outcome.messages,
                     outcome.undone,
                     outcome.restarts,
                     began.elapsed().as_secs_f64()
