@@ -99,6 +99,7 @@ pub enum AppendOutcome {
     /// Stored at this position, but undone with this reason by the store itself (a CRDT
     /// operation that its object refused); nobody receives it.
     Undone(Position, String),
-    /// The id was already in the log, with this status: nothing was written.
+    /// The id was already in the log, with this status: nothing was written. Also a CRDT
+    /// delta from the upstream that its object held already (nothing to keep or send).
     Duplicate(Status),
 }

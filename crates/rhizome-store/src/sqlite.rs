@@ -752,17 +752,29 @@ fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position,
     Ok(Some((object, snapshot_at, position)))
 }
 
+/// What [`apply_crdt`] did.
+enum Applied {
+    /// The object with its new state, and the delta to ship.
+    Changed(CachedObject, Object),
+    /// A delta from the upstream that the object held already (put back in `staged`).
+    Held,
+    /// The object refused it, for this reason.
+    Refused(String),
+}
+
 /// Applies `write` (an operation by `entry`'s author, or a delta to join) to the object's
 /// current state (from `staged`, this transaction's changes, else the writer's cache, else the
-/// database): the object with its new state and the delta to ship, or the undo reason when the
-/// object refuses it.
+/// database). A delta from the upstream (`from_upstream`) is checked against the state first:
+/// one the object holds already changes nothing here, and is not kept (an edge is sent back
+/// its own operations, joined with others', when it catches up).
 fn apply_crdt(
     tx: &rusqlite::Transaction<'_>,
     staged: &mut HashMap<String, CachedObject>,
     cache: &mut HashMap<String, CachedObject>,
     write: &CrdtWrite,
     entry: &NewEntry,
-) -> Result<Result<(CachedObject, Object), String>, StoreError> {
+    from_upstream: bool,
+) -> Result<Applied, StoreError> {
     let key = write.key().as_str();
     let found = match staged.remove(key).or_else(|| cache.remove(key)) {
         Some(cached) => Some(cached),
@@ -780,7 +792,7 @@ fn apply_crdt(
             // One unreadable object refuses its own operations, not the whole transaction.
             Err(StoreError::Corrupt(position)) => {
                 tracing::error!(key, position, "a CRDT object's stored state does not decode");
-                return Ok(Err("error".to_owned()));
+                return Ok(Applied::Refused("error".to_owned()));
             }
             Err(e) => return Err(e),
         },
@@ -799,15 +811,29 @@ fn apply_crdt(
     // unchanged; a refused first operation creates nothing (its kind must not stick).
     let applied = match write {
         CrdtWrite::Op(op) => ops::apply_in_place(&mut object.state, op, &entry.id.node, entry.time),
+        CrdtWrite::Join(_, delta) if from_upstream && exists && delta.kind() == object.state.kind() => {
+            let mut joined = object.state.clone();
+            match joined.join(delta) {
+                Ok(()) if joined == object.state => {
+                    staged.insert(key.to_owned(), object);
+                    return Ok(Applied::Held);
+                }
+                Ok(()) => {
+                    object.state = joined;
+                    Ok(delta.clone())
+                }
+                Err(e) => Err(e),
+            }
+        }
         CrdtWrite::Join(_, delta) => object.state.join(delta).map(|()| delta.clone()),
     };
     match applied {
-        Ok(delta) => Ok(Ok((object, delta))),
+        Ok(delta) => Ok(Applied::Changed(object, delta)),
         Err(e) => {
             if exists {
                 staged.insert(key.to_owned(), object);
             }
-            Ok(Err(e.reason().to_owned()))
+            Ok(Applied::Refused(e.reason().to_owned()))
         }
     }
 }
@@ -924,13 +950,17 @@ impl LogWriter for SqliteWriter {
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
                     if let Some(write) = &crdt {
-                        match apply_crdt(&tx, &mut staged, cache, write, &entry)? {
-                            Ok((cached, delta)) => {
+                        match apply_crdt(&tx, &mut staged, cache, write, &entry, from_upstream)? {
+                            Applied::Changed(cached, delta) => {
                                 let key = write.key().as_str();
                                 entry.action_json = Arc::from(rhizome_crdt::delta_action(key, &delta));
                                 object_update = Some((key.to_owned(), cached, delta));
                             }
-                            Err(reason) => {
+                            Applied::Held => {
+                                committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
+                                continue;
+                            }
+                            Applied::Refused(reason) => {
                                 entry.status = Status::Undone(reason);
                                 entry.routing = Routing::default();
                                 routing_text = None;

@@ -420,6 +420,62 @@ async fn crdt_objects_converge_across_the_cloud_and_its_edges() -> Result<()> {
     Ok(())
 }
 
+/// The `crdt/delta` rows of `server`'s log received from its upstream.
+fn deltas_from_upstream(server: &TestServer) -> Result<i64> {
+    let db = rusqlite::Connection::open(server.db_path())?;
+    Ok(db.query_row(
+        "SELECT count(*) FROM log WHERE upstream = 1 AND json_extract(action, '$.type') = 'crdt/delta'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+#[tokio::test]
+async fn an_edge_keeps_no_delta_from_its_upstream_that_it_holds_already() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    subscribe(&mut alice, "crdt/likes").await?;
+    let mut last = String::new();
+    for _ in 0..10 {
+        last = alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    }
+    alice.wait_processed(&last).await?;
+    wait_forwarded(&edge).await?;
+    // Each new connection subscribes again with `since`: the cloud's catch-up is the join of
+    // what it logged after it, the edge's own operations included.
+    for _ in 0..3 {
+        let connections = edge.link_status()?.connections;
+        proxy.cut();
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        while edge.link_status()?.connections == connections
+            || edge.link_status()?.connected_since_ms.is_none()
+        {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the link did not come back: {:?}", edge.link_status()?);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(deltas_from_upstream(&edge)?, 0, "the edge's own operations, sent back, are not kept");
+    let delta =
+        |m: &serde_json::Value| crate::support::sync_actions(m).iter().any(|a| a["type"] == "crdt/delta");
+    let more = tokio::time::timeout(Duration::from_millis(500), alice.until(delta)).await;
+    assert!(!matches!(more, Ok(Ok(_))), "alice is sent no delta: {more:?}");
+    // What the edge lacks is kept, and reaches its clients.
+    let mut carol = cloud.login("carol:c1:t").await?;
+    let id = carol.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    carol.wait_processed(&id).await?;
+    let document = converged_counter(&[&cloud, &edge], "likes", 11).await?;
+    assert_eq!(document, json!({"alice:a1:t": [10, 0], "carol:c1:t": [1, 0]}));
+    assert_eq!(deltas_from_upstream(&edge)?, 1);
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_edge_catches_up_on_its_channels_after_an_outage_and_a_restart() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;

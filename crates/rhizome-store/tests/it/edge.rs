@@ -121,6 +121,55 @@ fn a_relayed_delta_is_joined_as_it_is_and_joining_it_again_changes_nothing() {
     );
 }
 
+#[test]
+fn a_delta_from_the_upstream_that_the_object_holds_already_is_not_kept() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let alice: rhizome_crdt::NodeId = "alice:phone:1".into();
+    let bob: rhizome_crdt::NodeId = "bob:phone:1".into();
+    let mine = rhizome_crdt::PnCounter::bottom().inc(&alice, 5);
+    let from_upstream = |id: &str, delta: &Object| delta_append(id, "k", delta).from_upstream();
+    let outcomes = commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![
+                delta_append("1 alice:phone:1 0", "k", &Object::Counter(mine.clone())),
+                // Sent back by the upstream (an echo), then with someone else's operation.
+                from_upstream("2 server:cloud 0", &Object::Counter(mine.clone())),
+                from_upstream("3 server:cloud 0", &Object::Counter(mine.inc(&bob, 2))),
+                // A first delta of another object is kept, whatever it holds.
+                delta_append(
+                    "4 server:cloud 0",
+                    "other",
+                    &Object::Counter(rhizome_crdt::PnCounter::bottom()),
+                )
+                .from_upstream(),
+            ],
+            ..WriteBatch::default()
+        },
+    );
+    assert!(matches!(outcomes[0], AppendOutcome::Added(1)), "{outcomes:?}");
+    assert_eq!(outcomes[1], AppendOutcome::Duplicate(Status::Processed), "the echo is not kept");
+    assert!(matches!(outcomes[2], AppendOutcome::Added(2)), "{outcomes:?}");
+    assert!(matches!(outcomes[3], AppendOutcome::Added(3)), "{outcomes:?}");
+    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
+        panic!("a counter")
+    };
+    assert_eq!(counter.value(), 7);
+    assert_eq!(store.status_of("2 server:cloud 0").expect("read"), None, "no row");
+    // The same echo in a later transaction (the object from the writer's cache) and after a
+    // reopening (from the database).
+    let echo = || WriteBatch {
+        appends: vec![from_upstream("5 server:cloud 0", &Object::Counter(mine.inc(&bob, 2)))],
+        ..WriteBatch::default()
+    };
+    assert_eq!(commit(&mut w, echo()), [AppendOutcome::Duplicate(Status::Processed)]);
+    drop(w);
+    let mut w = store.writer().expect("writer");
+    assert_eq!(commit(&mut w, echo()), [AppendOutcome::Duplicate(Status::Processed)]);
+    assert_eq!(store.count().expect("count"), 3);
+}
+
 /// Runs 200 counter operations on one object (several snapshot rewrites, each cleaning the
 /// deltas its predecessor holds) and returns how many of them still have their body.
 fn deltas_kept(with_cursor: Option<u64>) -> usize {
