@@ -238,7 +238,12 @@ impl Batch {
                     if kind == rhizome_crdt::DELTA_TYPE {
                         match rhizome_crdt::parse_delta(action.fields()) {
                             Ok((key, delta)) => {
-                                incoming.deltas.push(ReceivedDelta { key: key.as_str().to_owned(), delta })
+                                let replace = rhizome_crdt::replaces(action.fields());
+                                incoming.deltas.push(ReceivedDelta {
+                                    key: key.as_str().to_owned(),
+                                    delta,
+                                    replace,
+                                })
                             }
                             Err(_) => {
                                 tracing::debug!(id = %id, "a crdt/delta that does not decode; not joined")

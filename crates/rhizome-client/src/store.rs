@@ -179,11 +179,13 @@ pub(crate) struct NewAction {
     pub object: Option<String>,
 }
 
-/// A `crdt/delta` received, joined into the object at `key`.
+/// A `crdt/delta` received, joined into the object at `key`, or put in its place when it is
+/// the whole state (`replace`, see `rhizome_crdt::state_action`).
 #[derive(Debug)]
 pub(crate) struct ReceivedDelta {
     pub key: String,
     pub delta: Object,
+    pub replace: bool,
 }
 
 /// What [`Store::apply`] did.
@@ -627,7 +629,10 @@ impl Store {
                         e.insert(state)
                     }
                 };
-                if let Err(e) = object.join(&d.delta) {
+                if d.replace {
+                    // The server's whole state: what it corrected is gone from it.
+                    *object = d.delta.clone();
+                } else if let Err(e) = object.join(&d.delta) {
                     tracing::warn!(key = %d.key, error = %e, "a received delta does not join its object; skipped");
                 }
             }
@@ -964,7 +969,7 @@ mod tests {
         };
         let incoming = |id: &str, d: Object| Incoming {
             actions: vec![(id.to_owned(), 1, "{\"type\":\"crdt/delta\"}".to_owned())],
-            deltas: vec![ReceivedDelta { key: "likes".into(), delta: d }],
+            deltas: vec![ReceivedDelta { key: "likes".into(), delta: d, replace: false }],
             ..Incoming::default()
         };
         s.apply(&incoming("1 a:1:1 0", delta("a:1:1", 2))).unwrap();
@@ -985,6 +990,17 @@ mod tests {
         let mut s = open(&dir);
         assert_eq!(value(s.object("likes").unwrap()), 10, "read back from the file");
         assert_eq!(s.object_keys().unwrap(), ["likes"]);
+        // The whole state from the server (after it corrected the object) replaces the copy.
+        let whole = Incoming {
+            actions: vec![("3 server:x 0".to_owned(), 1, "{\"type\":\"crdt/delta\"}".to_owned())],
+            deltas: vec![ReceivedDelta { key: "likes".into(), delta: delta("b:1:1", 3), replace: true }],
+            ..Incoming::default()
+        };
+        s.apply(&whole).unwrap();
+        assert_eq!(value(s.object("likes").unwrap()), 3, "a's 7 is gone");
+        drop(s);
+        let mut s = open(&dir);
+        assert_eq!(value(s.object("likes").unwrap()), 3, "and stays gone");
     }
 
     #[test]

@@ -13,14 +13,40 @@ pub fn delta_action(key: &str, delta: &Object) -> String {
     action(key, delta.kind(), delta.to_json())
 }
 
+/// `{"type": "crdt/delta", …, "replace": true}`: the whole state of the object at `key`, which
+/// a client puts in place of its copy. A server sends it for every whole state (a join of it
+/// into a copy that came from that server is the same), and after it corrected the object (an
+/// edge whose upstream refused one of its operations): then a join would keep the refused
+/// operation.
+pub fn state_action(key: &str, state: &Object) -> String {
+    replacing(key, state.kind(), state.to_json())
+}
+
 /// The `crdt/delta` action of the document `doc` of an object of `kind`.
 pub(crate) fn action(key: &str, kind: Kind, doc: Value) -> String {
+    fields(key, kind, doc).to_string()
+}
+
+/// The `crdt/delta` action of the whole state `doc` of an object of `kind`, `replace: true`.
+pub(crate) fn replacing(key: &str, kind: Kind, doc: Value) -> String {
+    let mut action = fields(key, kind, doc);
+    action["replace"] = Value::Bool(true);
+    action.to_string()
+}
+
+fn fields(key: &str, kind: Kind, doc: Value) -> Value {
     let mut action = Map::new();
     action.insert("type".to_owned(), DELTA_TYPE.into());
     action.insert("key".to_owned(), key.into());
     action.insert("kind".to_owned(), kind.name().into());
     action.insert("delta".to_owned(), doc);
-    Value::Object(action).to_string()
+    Value::Object(action)
+}
+
+/// Whether a `crdt/delta` action's fields say it is the whole state, to put in place of a copy
+/// (see [`state_action`]).
+pub fn replaces(fields: &Map<String, Value>) -> bool {
+    fields.get("replace") == Some(&Value::Bool(true))
 }
 
 /// The key and the delta of a `crdt/delta` action's fields (`{"key", "kind", "delta"}`), the

@@ -27,7 +27,7 @@ mod since;
 
 pub use causal::{CausalContext, Dot, VersionVector};
 pub use counter::{PnCounter, PnDelta, PnEntry};
-pub use delta::{delta_action, parse_delta, DELTA_TYPE};
+pub use delta::{delta_action, parse_delta, replaces, state_action, DELTA_TYPE};
 pub use list::{ListElem, PartsError as ListPartsError, Rga};
 pub use map::{
     join_causal, DotChanges, DotFun, DotList, DotMap, DotSet, DotStore, Kind as ValueKind, LwwEntry,

@@ -24,7 +24,7 @@
 //! LWW registers (one stamp) and causal-length sets (a length per element, no dots) have no
 //! vector to compare with: their delta is the whole state.
 
-use crate::delta::action;
+use crate::delta::{action, replacing};
 use crate::map::{DotFun, DotList, DotMap, DotSet, DotStore, Scalar, Value};
 use crate::object::vv_from_json;
 use crate::ops::OpError;
@@ -81,7 +81,7 @@ pub fn catch_up_action(key: &str, state: &Object, seen: &VersionVector) -> Strin
             return action(key, state.kind(), delta_doc);
         }
     }
-    action(key, state.kind(), state_doc)
+    replacing(key, state.kind(), state_doc)
 }
 
 /// Reads the `seen` of a subscription (a version vector `{"<node>": n}`, as the `seen` of a
@@ -356,10 +356,15 @@ mod tests {
         assert_eq!(action["delta"]["elems"], json!([["new", "b", 1]]));
         assert_eq!(action["delta"]["context"], json!({"vv": {"b": 1}, "cloud": [["a", 50]]}));
         assert!(text.len() * 10 < crate::delta_action("k", &state).len());
-        // With nothing seen the delta is the state, and the state is sent.
-        assert_eq!(catch_up_action("k", &state, &VersionVector::new()), crate::delta_action("k", &state));
+        assert!(!crate::replaces(action.as_object().expect("fields")), "a delta is joined");
+        // With nothing seen the delta is the state, and the state is sent, to replace the copy.
+        assert_eq!(catch_up_action("k", &state, &VersionVector::new()), crate::state_action("k", &state));
         let counter = Object::Counter(crate::PnCounter::new().inc(&NodeId::from("a"), 2));
-        assert_eq!(catch_up_action("k", &counter, &vv(&[("a", 5)])), crate::delta_action("k", &counter));
+        assert_eq!(catch_up_action("k", &counter, &vv(&[("a", 5)])), crate::state_action("k", &counter));
+        let whole: serde_json::Value =
+            serde_json::from_str(&crate::state_action("k", &counter)).expect("json");
+        assert!(crate::replaces(whole.as_object().expect("fields")));
+        assert_eq!(crate::parse_delta(whole.as_object().expect("fields")).map(|(_, o)| o), Ok(counter));
     }
 
     #[test]

@@ -879,9 +879,13 @@ async fn read_page(
                 // An object: one delta, the join of what was logged after the cursor or its
                 // own position (the whole state without either), whatever snapshots cleaned
                 // meanwhile.
-                let (object, _) = store.catch_up_object(key, from.or(after).unwrap_or(0))?;
-                if let Some(object) = object.filter(|o| !o.is_bottom()) {
-                    objects.push(rhizome_crdt::delta_action(key, &object));
+                let read = store.catch_up_object(key, from.or(after).unwrap_or(0))?;
+                if let Some(object) = read.object.filter(|o| !o.is_bottom()) {
+                    objects.push(if read.whole {
+                        rhizome_crdt::state_action(key, &object)
+                    } else {
+                        rhizome_crdt::delta_action(key, &object)
+                    });
                 }
                 continue;
             }

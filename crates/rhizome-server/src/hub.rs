@@ -773,8 +773,15 @@ impl CatchUpJob {
     async fn run_object(self, key: String) {
         let from = self.from;
         let read = self.read(move |store| {
-            let (object, through) = store.catch_up_object(&key, from)?;
-            Ok((object.map(|o| rhizome_crdt::delta_action(&key, &o)), through))
+            let read = store.catch_up_object(&key, from)?;
+            let action = |o: &rhizome_crdt::Object| {
+                if read.whole {
+                    rhizome_crdt::state_action(&key, o)
+                } else {
+                    rhizome_crdt::delta_action(&key, o)
+                }
+            };
+            Ok((read.object.as_ref().map(action), read.through))
         });
         let Some((json, through)) = read.await else { return };
         if let Some(json) = json {

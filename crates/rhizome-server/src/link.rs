@@ -225,6 +225,10 @@ const META_BYTES_MAX: usize = 384;
 /// (docs/edge.md): `{"type": "rhizome/committed", "ids": [...]}`.
 pub const COMMITTED_TYPE: &str = "rhizome/committed";
 
+/// The action with which the link asks its upstream for the state of a CRDT object, and with
+/// which the upstream answers (docs/edge.md, correcting an object).
+pub const STATE_TYPE: &str = "rhizome/state";
+
 /// The upstream's answer to an action this edge relayed.
 struct RelayAnswer {
     target: ActionId,
@@ -343,6 +347,7 @@ struct Durable {
     confirmed: Position,
     received: u64,
     channels: Vec<UpstreamChannel>,
+    resets: Vec<String>,
 }
 
 fn read_durable(store: &dyn rhizome_store::Store) -> Result<Durable, rhizome_store::StoreError> {
@@ -350,6 +355,7 @@ fn read_durable(store: &dyn rhizome_store::Store) -> Result<Durable, rhizome_sto
         confirmed: store.cursor(UPSTREAM_SENT)?.unwrap_or(0),
         received: store.cursor(UPSTREAM_RECEIVED)?.unwrap_or(0),
         channels: store.upstream_channels()?,
+        resets: store.objects_to_reset()?,
     })
 }
 
@@ -381,6 +387,7 @@ pub(crate) async fn run(
         channels: durable.channels.into_iter().map(|c| (c.channel, (c.since_id, c.since_time))).collect(),
         follow,
         folded: HashMap::new(),
+        resets: durable.resets.into_iter().collect(),
         cursor_write: None,
         cursor_written: confirmed,
     };
@@ -441,6 +448,9 @@ struct Link {
     /// Deltas sent folded: the id each went under, and the ids folded into it, whose authors
     /// get the upstream's answer to it (see [`UpstreamOptions::fold_crdt`]).
     folded: HashMap<ActionId, Vec<ActionId>>,
+    /// CRDT objects to correct: the upstream refused one of their deltas (see
+    /// [`rhizome_store::ObjectReset`]); each is asked for on every connection until done.
+    resets: std::collections::BTreeSet<String>,
     /// The cursor write in flight, if any, and the position it writes.
     cursor_write:
         Option<(oneshot::Receiver<Result<rhizome_store::Committed, crate::writer::WriteFailed>>, Position)>,
@@ -464,6 +474,11 @@ struct Session {
     storing: VecDeque<Stored>,
     /// The upstream's subprotocol (from `connected`): that of its actions that name none.
     subprotocol: Option<u64>,
+    /// Objects whose state was asked for on this connection, with the `own_after` and
+    /// `upstream_after` of their correction.
+    state_requests: HashMap<String, (Position, Position)>,
+    /// Ids of those requests, whose answers are not relayed actions'.
+    requests: HashSet<String>,
 }
 
 /// A write of received `sync`s in flight.
@@ -475,6 +490,8 @@ struct Stored {
     highest: u64,
     /// Subscriptions it answered: their `since`, taken once it commits.
     since: Vec<UpstreamChannel>,
+    /// Corrections of objects it does.
+    resets: Vec<String>,
 }
 
 /// Writes of received `sync`s in flight at most: past it the link waits for the oldest.
@@ -575,6 +592,8 @@ impl Link {
                         subscribing: HashMap::new(),
                         subscribed: HashSet::new(),
                         storing: VecDeque::new(),
+                        state_requests: HashMap::new(),
+                        requests: HashSet::new(),
                         subprotocol: options.get("subprotocol").and_then(serde_json::Value::as_u64),
                     });
                 }
@@ -593,6 +612,9 @@ impl Link {
         let mut committed = self.shared.committed.subscribe();
         let all: Vec<String> = self.channels.keys().cloned().collect();
         if let Err(end) = self.subscribe(session, all).await {
+            return end;
+        }
+        if let Err(end) = self.request_states(session).await {
             return end;
         }
         loop {
@@ -762,9 +784,17 @@ impl Link {
         }
         batch.cursors.push((UPSTREAM_RECEIVED.to_owned(), highest));
         let since = batch.upstream_channels.clone();
+        let resets = batch.object_resets.iter().map(|r| r.key.clone()).collect();
+        let newly_refused = !batch.objects_to_reset.is_empty();
+        self.resets.extend(batch.objects_to_reset.iter().cloned());
         let commit = self.shared.writer.write_unordered(batch).await;
         let added = syncs.iter().map(|(added, _)| *added).collect();
-        session.storing.push_back(Stored { commit, added, highest, since });
+        session.storing.push_back(Stored { commit, added, highest, since, resets });
+        if newly_refused {
+            // Asked after the write that marks the refused deltas undone: the correction's
+            // write comes after it.
+            self.request_states(session).await?;
+        }
         while session.storing.len() > STORING_MAX {
             let Some(mut oldest) = session.storing.pop_front() else { break };
             let result = (&mut oldest.commit).await;
@@ -786,8 +816,17 @@ impl Link {
             oneshot::error::RecvError,
         >,
     ) -> Result<(), End> {
-        if !matches!(result, Ok(Ok(_))) {
+        let Ok(Ok(committed)) = result else {
             return Err(End::retry("what the upstream sent could not be written"));
+        };
+        if !stored.resets.is_empty() {
+            for key in stored.resets {
+                if !committed.resets_incomplete.contains(&key) {
+                    self.resets.remove(&key);
+                }
+            }
+            // Those not done are asked for again.
+            self.request_states(session).await?;
         }
         for UpstreamChannel { channel, since_id, since_time } in stored.since {
             self.channels.insert(channel, (since_id, since_time));
@@ -799,6 +838,61 @@ impl Link {
             session.send(encode_synced(added), self.options.timeout).await?;
         }
         Ok(())
+    }
+
+    /// Asks the upstream for the state of each object to correct not asked for on this
+    /// connection yet, taking the positions its correction starts from now (see
+    /// [`rhizome_store::ObjectReset`]): every delta the upstream confirmed by now is in the state
+    /// it reads once it gets the request, and every delta it sent before too.
+    async fn request_states(&mut self, session: &mut Session) -> Result<(), End> {
+        let keys: Vec<String> =
+            self.resets.iter().filter(|k| !session.state_requests.contains_key(*k)).cloned().collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let own_after = self.uplink.confirmed();
+        let upstream_after = *self.shared.committed.borrow();
+        for chunk in keys.chunks(SUBSCRIBES_PER_SYNC_MAX) {
+            let mut frame = SyncBuilder::new();
+            for key in chunk {
+                let json = serde_json::json!({"type": STATE_TYPE, "key": key}).to_string();
+                let id = self.ids.next(now_ms());
+                frame.push(&session.codec, &json, &id, id.ms - session.time_fix, None);
+                session.requests.insert(id.text());
+                session.state_requests.insert(key.clone(), (own_after, upstream_after));
+            }
+            session.send(frame.finish(0), self.options.timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// The correction of the object at `key` with the upstream's state `action` (a
+    /// [`STATE_TYPE`] answer), added to `batch`; nothing when it was not asked for on this
+    /// connection.
+    fn state_received(&mut self, session: &mut Session, action: &Action, batch: &mut WriteBatch) {
+        let Some(key) = action.str_field("key") else { return };
+        let Some((own_after, upstream_after)) = session.state_requests.remove(key) else { return };
+        let upstream = if action.fields().contains_key("delta") {
+            match rhizome_crdt::parse_delta(action.fields()) {
+                Ok((_, state)) => Some(state),
+                Err(e) => {
+                    // Asked again on the next connection.
+                    tracing::warn!(key, error = %e, "the upstream's state of an object does not decode");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let channel = Channel::from(format!("crdt/{key}"));
+        let entry = self.server_entry(Arc::from("{}"), Routing::channel(channel));
+        batch.object_resets.push(rhizome_store::ObjectReset {
+            key: key.to_owned(),
+            upstream,
+            own_after,
+            upstream_after,
+            entry,
+        });
     }
 
     /// Adds what one received action means to `batch`: an entry to append, or the `since` of
@@ -820,6 +914,13 @@ impl Link {
         match kind {
             "logux/processed" | "logux/undo" => {
                 let Some(target) = action.str_field("id") else { return };
+                if session.requests.remove(target) {
+                    if kind == "logux/undo" {
+                        // Asked again on the next connection.
+                        tracing::warn!(reason = ?action.str_field("reason"), "the upstream refused a state request");
+                    }
+                    return;
+                }
                 let Some(channel) = session.subscribing.remove(target) else {
                     // The upstream's answer to an action this edge relayed.
                     if let Some(target) = rhizome_protocol::ActionId::parse(target) {
@@ -847,6 +948,7 @@ impl Link {
                 return;
             }
             k if k.starts_with("logux/") => return,
+            STATE_TYPE => return self.state_received(session, action, batch),
             _ => {}
         }
         let subprotocol =
@@ -952,6 +1054,17 @@ impl Link {
                 ));
                 batch.statuses.push((entry.added, Status::Undone(reason)));
                 routing.channels = entry.routing.channels.clone();
+                // A refused CRDT delta is in this edge's object: it is corrected from the
+                // upstream's state (docs/edge.md).
+                if let Some(action) = Action::from_json(&entry.action_json) {
+                    if action.kind() == rhizome_crdt::DELTA_TYPE {
+                        if let Some(key) = action.str_field("key") {
+                            if !batch.objects_to_reset.iter().any(|k| k == key) {
+                                batch.objects_to_reset.push(key.to_owned());
+                            }
+                        }
+                    }
+                }
             }
             batch.appends.push(Append::new(self.server_entry(json, routing)));
         }

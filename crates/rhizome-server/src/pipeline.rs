@@ -279,6 +279,10 @@ impl Pipeline {
                 answers.push(self.subscribe(ctx, action, meta).await);
                 continue;
             }
+            if kind == crate::link::STATE_TYPE && self.is_peer() {
+                answers.push(self.object_state(action, meta).await);
+                continue;
+            }
             if kind == "logux/unsubscribe" {
                 if let Some(channel) = action.str_field("channel") {
                     let channel = Channel::from(channel);
@@ -693,13 +697,56 @@ impl Pipeline {
         Answer::Nothing
     }
 
+    /// Whether the connection is a peer's (an edge's link).
+    fn is_peer(&self) -> bool {
+        self.identity.user_id.as_ref().is_some_and(|u| self.shared.app.is_peer(u))
+    }
+
+    /// A peer's request for the state of a CRDT object (`{"type": "rhizome/state", "key"}`,
+    /// docs/edge.md): an edge corrects its copy with it after this server refused one of its
+    /// operations. Sent at once, on this connection only, as
+    /// `{"type": "rhizome/state", "key", "kind", "delta"}` (no `kind` and `delta` when there is
+    /// no such object), then answered.
+    async fn object_state(&self, action: Action, meta: Meta) -> Answer {
+        let Some(key) = action.str_field("key").map(str::to_owned) else {
+            return undo(&meta.id, action, "wrongFormat");
+        };
+        let store = self.shared.store.clone();
+        let read_key = key.clone();
+        // The document walks the whole state: built off the runtime too.
+        let read = move || {
+            let object = store.read_object(&read_key)?;
+            Ok::<_, rhizome_store::StoreError>(object.map(|(o, _)| (o.kind().name(), o.to_json())))
+        };
+        let object = match rhizome_io::blocking(read).await {
+            Ok(Ok(object)) => object,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, key, "reading a CRDT object failed");
+                return undo(&meta.id, action, "error");
+            }
+            Err(_) => return undo(&meta.id, action, "error"),
+        };
+        let mut fields = Map::new();
+        fields.insert("type".into(), crate::link::STATE_TYPE.into());
+        fields.insert("key".into(), key.into());
+        if let Some((kind, document)) = object {
+            fields.insert("kind".into(), kind.into());
+            fields.insert("delta".into(), document);
+        }
+        let json = Value::Object(fields).to_string();
+        let id = self.shared.next_server_id();
+        let mut b = SyncBuilder::new();
+        b.push(&self.identity.codec, &json, &id, id.ms, Some(self.shared.config.subprotocol));
+        self.outbox.push(b.finish(self.outbox.safe_added()));
+        Answer::Processed(meta.id)
+    }
+
     /// A peer's subscription to `rhizome/user/<user>` (docs/edge.md): what is addressed to
     /// the user, one of its clients or its nodes, from the position its `since` stands for (as
     /// a channel's; without one, from now), then live. Anyone else is refused as for an
     /// unknown channel. An edge follows the user from its own upstream too.
     async fn follow_user(&self, action: Action, meta: Meta, name: String) -> Answer {
-        let peer = self.identity.user_id.as_ref().is_some_and(|u| self.shared.app.is_peer(u));
-        if !peer || name.len() == USER_CHANNEL_PREFIX.len() {
+        if !self.is_peer() || name.len() == USER_CHANNEL_PREFIX.len() {
             self.debug(&format!("Wrong channel name {name}"));
             return undo(&meta.id, action, "wrongChannel");
         }
@@ -744,10 +791,12 @@ impl Pipeline {
             // The object and the log position it is complete through, from one read: the live
             // deltas go on from there. The delta walks the whole state, so it is built here,
             // off the async runtime.
-            let (object, position) = store.catch_up_object(&owned, after)?;
-            let json = match (object, &seen) {
+            let read = store.catch_up_object(&owned, after)?;
+            let position = read.through;
+            let json = match (read.object, &seen) {
                 (None, _) => None,
                 (Some(state), Some(seen)) => Some(rhizome_crdt::catch_up_action(&owned, &state, seen)),
+                (Some(state), None) if read.whole => Some(rhizome_crdt::state_action(&owned, &state)),
                 (Some(missed), None) if after > 0 => {
                     if missed.is_bottom() {
                         None
@@ -758,15 +807,15 @@ impl Pipeline {
                         // the delta, so it holds at least as much, and the subscription goes
                         // on from the first read's position (duplicates join idempotently).
                         let state = if delta.len() > SINCE_DELTA_CHECK_BYTES {
-                            store.catch_up_object(&owned, 0)?.0
+                            store.catch_up_object(&owned, 0)?.object
                         } else {
                             None
                         };
-                        let whole = state.map(|state| rhizome_crdt::delta_action(&owned, &state));
+                        let whole = state.map(|state| rhizome_crdt::state_action(&owned, &state));
                         Some(whole.filter(|whole| whole.len() < delta.len()).unwrap_or(delta))
                     }
                 }
-                (Some(state), None) => Some(rhizome_crdt::delta_action(&owned, &state)),
+                (Some(state), None) => Some(rhizome_crdt::state_action(&owned, &state)),
             };
             Ok::<_, rhizome_store::StoreError>((position, json))
         })

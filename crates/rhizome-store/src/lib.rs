@@ -52,6 +52,34 @@ pub struct WriteBatch {
     /// Channels an edge follows upstream, each with its latest `since` (see
     /// [`UpstreamChannel`]).
     pub upstream_channels: Vec<UpstreamChannel>,
+    /// Keys of CRDT objects to correct (an edge's upstream refused one of their operations):
+    /// kept until an [`ObjectReset`] of the object is done ([`Store::objects_to_reset`]).
+    pub objects_to_reset: Vec<String>,
+    /// Corrections of CRDT objects after the upstream refused some of their operations, done
+    /// after the rest of the batch (its status changes included).
+    pub object_resets: Vec<ObjectReset>,
+}
+
+/// The correction of an edge's CRDT object after its upstream refused one of the operations
+/// the edge relayed (docs/edge.md): the object becomes `upstream` (the upstream's state, read
+/// after it got the edge's request) joined with what that state may lack: the edge's own
+/// deltas after `own_after` (the upstream cursor when the edge asked, so every delta the
+/// upstream had confirmed by then is in its state) that are not undone, and the deltas
+/// received from the upstream after `upstream_after` (the edge's last position when it asked).
+/// When that differs from the object, it is stored as a new snapshot and `entry` is appended
+/// with the whole state (`rhizome_crdt::state_action`), so subscribers replace their copies.
+#[derive(Debug)]
+pub struct ObjectReset {
+    /// The object's key.
+    pub key: String,
+    /// The upstream's state of it (`None`: the upstream has none).
+    pub upstream: Option<rhizome_crdt::Object>,
+    /// See above.
+    pub own_after: Position,
+    /// See above.
+    pub upstream_after: Position,
+    /// The entry to append (a server's, routed to the object's channel); its action is set here.
+    pub entry: NewEntry,
 }
 
 /// A channel an edge subscribes to upstream (docs/edge.md), with the `since` of its next
@@ -67,6 +95,18 @@ pub struct UpstreamChannel {
     pub since_id: Option<String>,
     /// Its time, or when the channel was first followed (server clock, ms).
     pub since_time: i64,
+}
+
+/// What [`Store::catch_up_object`] read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectCatchUp {
+    /// What the subscriber lacks; `None` when the object does not exist.
+    pub object: Option<rhizome_crdt::Object>,
+    /// The last log position of the read.
+    pub through: Position,
+    /// Whether `object` is the whole state, which the subscriber puts in place of its copy
+    /// (`rhizome_crdt::state_action`).
+    pub whole: bool,
 }
 
 /// The size of an edge's outbox (see [`Store::outbox`]).
@@ -99,6 +139,8 @@ impl WriteBatch {
             && self.push_targets.is_empty()
             && self.cursors.is_empty()
             && self.upstream_channels.is_empty()
+            && self.objects_to_reset.is_empty()
+            && self.object_resets.is_empty()
     }
 }
 
@@ -218,6 +260,9 @@ pub struct Committed {
     pub outcomes: Vec<AppendOutcome>,
     /// The entries actually written, in position order.
     pub entries: Vec<StoredEntry>,
+    /// Keys of the [`ObjectReset`]s not done because a delta they needed was emptied by
+    /// snapshot cleaning meanwhile: ask the upstream again.
+    pub resets_incomplete: Vec<String>,
 }
 
 /// The writing side of a log. One writer exists per log; it is not shared between threads.
@@ -293,6 +338,9 @@ pub trait Store: Send + Sync + 'static {
     /// The channels an edge follows upstream.
     fn upstream_channels(&self) -> Result<Vec<UpstreamChannel>, StoreError>;
 
+    /// The CRDT objects an edge must still correct (see [`WriteBatch::objects_to_reset`]).
+    fn objects_to_reset(&self) -> Result<Vec<String>, StoreError>;
+
     /// Entries with `after < added`, oldest first, at most `limit`, with their status: what an
     /// edge's link sends upstream (it skips some, see docs/edge.md). Entries received from the
     /// upstream and CRDT deltas emptied by snapshot cleaning are left out.
@@ -305,11 +353,8 @@ pub trait Store: Send + Sync + 'static {
     /// What a subscriber to the CRDT object at `key` that holds every operation up to log
     /// position `after` lacks, as one object: the join of the deltas logged after `after`, or
     /// the whole state when some of those deltas may have been cleaned (`after` is before the
-    /// object's stored snapshot). Also returns the last log position of the same read: the
-    /// object is complete through it. `None` when the object does not exist.
-    fn catch_up_object(
-        &self,
-        key: &str,
-        after: Position,
-    ) -> Result<(Option<rhizome_crdt::Object>, Position), StoreError>;
+    /// object's stored snapshot, which an edge's correction of the object also moves, see
+    /// [`ObjectReset`]). Also returns the last log position of the same read: the object is
+    /// complete through it.
+    fn catch_up_object(&self, key: &str, after: Position) -> Result<ObjectCatchUp, StoreError>;
 }

@@ -3,8 +3,8 @@
 use crate::channels::ChannelRuns;
 use crate::ids::{self, RunIndex};
 use crate::{
-    Append, Committed, CrdtWrite, LogWriter, OutboxSize, PushTarget, PushTargetChange, Store, StoreError,
-    UpstreamChannel, WriteBatch, UPSTREAM_SENT,
+    Append, Committed, CrdtWrite, LogWriter, ObjectCatchUp, ObjectReset, OutboxSize, PushTarget,
+    PushTargetChange, Store, StoreError, UpstreamChannel, WriteBatch, UPSTREAM_SENT,
 };
 use rhizome_core::{AppendOutcome, NewEntry, Position, Routing, Status, StoredEntry};
 use rhizome_crdt::ops;
@@ -64,6 +64,8 @@ CREATE TABLE IF NOT EXISTS cursors(
 CREATE TABLE IF NOT EXISTS upstream_channels(
     channel TEXT PRIMARY KEY, since_id TEXT, since_time INTEGER
 ) WITHOUT ROWID;
+-- CRDT objects an edge must correct (see `ObjectReset`), until it has.
+CREATE TABLE IF NOT EXISTS object_resets(key TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
 
 const READERS: usize = 4;
@@ -646,6 +648,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn objects_to_reset(&self) -> Result<Vec<String>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT key FROM object_resets ORDER BY key")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     fn read_from(&self, after: Position, limit: usize) -> Result<Vec<(StoredEntry, Status)>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -669,7 +679,7 @@ impl Store for SqliteStore {
         self.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))? as u64))
     }
 
-    fn catch_up_object(&self, key: &str, after: Position) -> Result<(Option<Object>, Position), StoreError> {
+    fn catch_up_object(&self, key: &str, after: Position) -> Result<ObjectCatchUp, StoreError> {
         self.with_reader(|c| {
             // One read transaction: the snapshot, the deltas and the last position agree,
             // whatever the writer snapshots or cleans meanwhile.
@@ -679,6 +689,7 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT kind, position FROM crdt_objects WHERE key = ?1")?
                 .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
+            let whole = snapshot.as_ref().is_some_and(|(_, at)| after < *at as Position);
             let object = match snapshot {
                 None => None,
                 // The writer cleans only deltas its previous snapshot holds, all before the
@@ -698,7 +709,7 @@ impl Store for SqliteStore {
                 Some(_) => read_object(&tx, key)?.map(|(object, _, _)| object),
             };
             tx.commit()?;
-            Ok((object, last as Position))
+            Ok(ObjectCatchUp { object, through: last as Position, whole })
         })
     }
 }
@@ -755,7 +766,7 @@ fn read_object(conn: &Connection, key: &str) -> Result<Option<(Object, Position,
 /// What [`apply_crdt`] did.
 enum Applied {
     /// The object with its new state, and the delta to ship.
-    Changed(CachedObject, Object),
+    Changed(Box<(CachedObject, Object)>),
     /// A delta from the upstream that the object held already (put back in `staged`).
     Held,
     /// The object refused it, for this reason.
@@ -828,7 +839,7 @@ fn apply_crdt(
         CrdtWrite::Join(_, delta) => object.state.join(delta).map(|()| delta.clone()),
     };
     match applied {
-        Ok(delta) => Ok(Applied::Changed(object, delta)),
+        Ok(delta) => Ok(Applied::Changed(Box::new((object, delta)))),
         Err(e) => {
             if exists {
                 staged.insert(key.to_owned(), object);
@@ -836,6 +847,93 @@ fn apply_crdt(
             Ok(Applied::Refused(e.reason().to_owned()))
         }
     }
+}
+
+/// What [`rebuild_object`] found.
+enum Rebuilt {
+    /// The object and its corrected state.
+    State(Box<(CachedObject, Object)>),
+    /// Nothing to correct: no such object, or the correction changes nothing.
+    Same,
+    /// A delta it needs was emptied by cleaning (see [`Committed::resets_incomplete`]).
+    Incomplete,
+}
+
+/// The corrected state of the object of `reset` (see [`ObjectReset`]). The object is taken
+/// out of `staged`/`cache` as in [`apply_crdt`]; put back unless `State` is returned.
+fn rebuild_object(
+    tx: &rusqlite::Transaction<'_>,
+    staged: &mut HashMap<String, CachedObject>,
+    cache: &mut HashMap<String, CachedObject>,
+    reset: &ObjectReset,
+) -> Result<Rebuilt, StoreError> {
+    let key = reset.key.as_str();
+    let current = match staged.remove(key).or_else(|| cache.remove(key)) {
+        Some(cached) => cached,
+        None => match read_object(tx, key)? {
+            Some((state, snapshot_at, _)) => CachedObject {
+                state,
+                unsaved: SNAPSHOT_EVERY_MAX,
+                unsaved_bytes: 0,
+                snapshot_bytes: 0,
+                snapshot_at,
+                cleaned_upto: 0,
+            },
+            None => return Ok(Rebuilt::Same),
+        },
+    };
+    let kind = current.state.kind();
+    let mut state = match &reset.upstream {
+        Some(upstream) if upstream.kind() == kind => upstream.clone(),
+        _ => Object::bottom(kind),
+    };
+    let from = reset.own_after.min(reset.upstream_after);
+    let mut rows = tx.prepare_cached(
+        "SELECT l.added, l.action, l.status, l.upstream FROM log_channel_runs AS r
+         JOIN log AS l ON l.added BETWEEN max(r.first, ?2 + 1) AND r.last
+         WHERE r.channel = ?1 AND r.last > ?2 ORDER BY r.last, l.added",
+    )?;
+    let rows = rows.query_map(params![format!("crdt/{key}"), from as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as Position,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, bool>(3)?,
+        ))
+    })?;
+    let mut incomplete = false;
+    for row in rows {
+        let (added, action, status, upstream) = row?;
+        let needed = if upstream {
+            added > reset.upstream_after
+        } else {
+            added > reset.own_after && status != Status::Undone(String::new()).code()
+        };
+        if !needed {
+            continue;
+        }
+        if action == "{}" {
+            incomplete = true;
+            break;
+        }
+        let action: Value = serde_json::from_str(&action).map_err(|_| StoreError::Corrupt(added))?;
+        // Other actions resent to the object's channel are not its deltas; an earlier
+        // correction is built from what this one joins too.
+        let Value::Object(fields) = &action else { continue };
+        if action["type"] != rhizome_crdt::DELTA_TYPE
+            || action["key"] != key
+            || rhizome_crdt::replaces(fields)
+        {
+            continue;
+        }
+        let delta = Object::from_json(kind, &action["delta"]).map_err(|_| StoreError::Corrupt(added))?;
+        state.join(&delta).map_err(|_| StoreError::Corrupt(added))?;
+    }
+    if incomplete || state == current.state {
+        staged.insert(key.to_owned(), current);
+        return Ok(if incomplete { Rebuilt::Incomplete } else { Rebuilt::Same });
+    }
+    Ok(Rebuilt::State(Box::new((current, state))))
 }
 
 /// Stores or removes one push wake-up registration.
@@ -930,6 +1028,8 @@ impl LogWriter for SqliteWriter {
                  ON CONFLICT(channel) DO UPDATE SET since_id = excluded.since_id,
                  since_time = excluded.since_time WHERE excluded.since_id IS NOT NULL",
             )?;
+            let mut to_reset = tx.prepare_cached("INSERT OR IGNORE INTO object_resets(key) VALUES (?1)")?;
+            let mut reset_done = tx.prepare_cached("DELETE FROM object_resets WHERE key = ?1")?;
             let mut resumed = tx.prepare_cached(
                 "UPDATE subscription_acks SET position = max(position, ?2) WHERE id = ?1 AND client = ?3",
             )?;
@@ -937,6 +1037,7 @@ impl LogWriter for SqliteWriter {
                 let mut committed = Committed {
                     outcomes: Vec::with_capacity(batch.appends.len()),
                     entries: Vec::with_capacity(batch.appends.len()),
+                    resets_incomplete: Vec::new(),
                 };
                 for Append { mut entry, id_text: id, mut routing_text, crdt, from_upstream } in
                     batch.appends.drain(..)
@@ -951,7 +1052,8 @@ impl LogWriter for SqliteWriter {
                     let mut object_update = None;
                     if let Some(write) = &crdt {
                         match apply_crdt(&tx, &mut staged, cache, write, &entry, from_upstream)? {
-                            Applied::Changed(cached, delta) => {
+                            Applied::Changed(changed) => {
+                                let (cached, delta) = *changed;
                                 let key = write.key().as_str();
                                 entry.action_json = Arc::from(rhizome_crdt::delta_action(key, &delta));
                                 object_update = Some((key.to_owned(), cached, delta));
@@ -1066,6 +1168,63 @@ impl LogWriter for SqliteWriter {
                 }
                 for UpstreamChannel { channel, since_id, since_time } in batch.upstream_channels.drain(..) {
                     upstream_channel.execute(params![channel, since_id, since_time])?;
+                }
+                for key in batch.objects_to_reset.drain(..) {
+                    to_reset.execute([key])?;
+                }
+                for reset in batch.object_resets.drain(..) {
+                    // The index runs of this transaction's appends are read.
+                    channel_runs.flush(&tx)?;
+                    let rebuilt = rebuild_object(&tx, &mut staged, cache, &reset)?;
+                    if matches!(rebuilt, Rebuilt::Incomplete) {
+                        committed.resets_incomplete.push(reset.key);
+                        continue;
+                    }
+                    reset_done.execute([&reset.key])?;
+                    let Rebuilt::State(rebuilt) = rebuilt else { continue };
+                    let (mut cached, state) = *rebuilt;
+                    let ObjectReset { key, mut entry, .. } = reset;
+                    let id = entry.id.text();
+                    if ids.find(&tx, &entry.id, &id)?.is_some() {
+                        staged.insert(key, cached);
+                        continue;
+                    }
+                    entry.action_json = Arc::from(rhizome_crdt::state_action(&key, &state));
+                    insert.execute(params![
+                        id,
+                        entry.time,
+                        now_ms,
+                        &*entry.action_json,
+                        entry.subprotocol as i64,
+                        routing_json(&entry.routing),
+                        entry.status.code(),
+                        entry.status.reason(),
+                        false,
+                    ])?;
+                    let added = tx.last_insert_rowid();
+                    ids.appended(&tx, &entry.id, &id, added)?;
+                    for c in &entry.routing.channels {
+                        channel_runs.add(&tx, c, added)?;
+                    }
+                    // The snapshot is the corrected state, at the correction: nothing before it
+                    // is joined on top again, and a subscriber behind it gets the whole state.
+                    let document = state.to_json().to_string();
+                    object.execute(params![key, state.kind().name(), document, added])?;
+                    cached.state = state;
+                    cached.unsaved = 0;
+                    cached.unsaved_bytes = 0;
+                    cached.snapshot_bytes = document.len();
+                    cached.snapshot_at = added as Position;
+                    staged.insert(key, cached);
+                    committed.entries.push(StoredEntry {
+                        added: added as Position,
+                        time: entry.time,
+                        action_json: entry.action_json,
+                        subprotocol: entry.subprotocol,
+                        routing: entry.routing,
+                        id: entry.id,
+                        crdt: None,
+                    });
                 }
                 results.push(committed);
             }

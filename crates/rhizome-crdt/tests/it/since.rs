@@ -133,7 +133,7 @@ proptest! {
 
                     // What the server sends: never larger than the state, and it works too.
                     let action = catch_up_action("k", state, &seen);
-                    prop_assert!(action.len() <= delta_action("k", state).len());
+                    prop_assert!(action.len() <= rhizome_crdt::state_action("k", state).len());
                     let action: Value = serde_json::from_str(&action).expect("json");
                     let sent = Object::from_json(kind, &action["delta"]).expect("a document");
                     let mut joined = replica.clone();

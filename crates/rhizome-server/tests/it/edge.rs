@@ -476,6 +476,89 @@ async fn an_edge_keeps_no_delta_from_its_upstream_that_it_holds_already() -> Res
     Ok(())
 }
 
+/// Reads `client`'s messages until its copy of the counter `key` (the join of the deltas it is
+/// sent, a whole state replacing it) is `want`; returns the number of whole states received.
+async fn copy_becomes(client: &mut Client, key: &str, want: &serde_json::Value) -> Result<usize> {
+    let mut copy = serde_json::Map::new();
+    let mut replaced = 0;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while serde_json::Value::Object(copy.clone()) != *want {
+        let Ok(message) = tokio::time::timeout_at(deadline, client.next_json()).await else {
+            bail!("the copy stays {copy:?}, not {want}");
+        };
+        for a in crate::support::sync_actions(&message?) {
+            if a["type"] != "crdt/delta" || a["key"] != key {
+                continue;
+            }
+            if a["replace"] == true {
+                copy.clear();
+                replaced += 1;
+            }
+            for (node, pn) in a["delta"].as_object().into_iter().flatten() {
+                let old = copy.get(node).cloned().unwrap_or(json!([0, 0]));
+                let max = |i: usize| old[i].as_u64().unwrap_or(0).max(pn[i].as_u64().unwrap_or(0));
+                copy.insert(node.clone(), json!([max(0), max(1)]));
+            }
+        }
+    }
+    Ok(replaced)
+}
+
+#[tokio::test]
+async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation() -> Result<()> {
+    // At the cloud only Bob may change the objects (Alice's access was revoked there); the
+    // edge, not told yet, lets everyone.
+    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
+    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
+    let cloud = TestServer::with_peers_and_rules(&["edge"], |rules| {
+        assert!(rules.contains(everyone));
+        rules.replace(everyone, only_bob)
+    })
+    .await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let mut bob = edge.login("bob:b1:t").await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    subscribe(&mut alice, "crdt/likes").await?;
+    // Carol follows the object (a writer is not sent its own operations).
+    let mut carol = edge.login("carol:c1:t").await?;
+    subscribe(&mut carol, "crdt/likes").await?;
+    // While the cloud is away both write; the edge takes everything.
+    proxy.down(true);
+    let mut ids = Vec::new();
+    for (client, n) in [(&mut bob, 3), (&mut alice, 2)] {
+        for _ in 0..n {
+            ids.push(client.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?);
+        }
+    }
+    copy_becomes(&mut carol, "likes", &json!({"alice:a1:t": [2, 0], "bob:b1:t": [3, 0]})).await?;
+    proxy.down(false);
+    // The cloud refuses Alice's: she is told, and the edge's object and every copy of it lose
+    // them, Alice's included.
+    let undo = alice.until(|m| has_answer(m, "logux/undo", &ids[4])).await?;
+    let refused = crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == ids[4]);
+    assert_eq!(refused.map(|a| a["reason"].clone()), Some(json!("denied")), "{undo}");
+    let want = json!({"bob:b1:t": [3, 0]});
+    assert_eq!(copy_becomes(&mut carol, "likes", &want).await?, 1, "one whole state replaces the copy");
+    copy_becomes(&mut alice, "likes", &want).await?;
+    assert_eq!(converged_counter(&[&cloud, &edge], "likes", 3).await?, want);
+    // What comes after joins as usual.
+    let id = bob.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
+    bob.wait_processed(&id).await?;
+    let want = json!({"bob:b1:t": [4, 0]});
+    copy_becomes(&mut carol, "likes", &want).await?;
+    assert_eq!(converged_counter(&[&cloud, &edge], "likes", 4).await?, want);
+    // The correction is the object's snapshot: a restart keeps it, and nothing is left to do.
+    let edge = edge.restart_edge(&proxy.url()).await?;
+    assert_eq!(counter_document(&edge, "reader:r9:t", "likes").await?, want);
+    let db = rusqlite::Connection::open(edge.db_path())?;
+    let left: i64 = db.query_row("SELECT count(*) FROM object_resets", [], |r| r.get(0))?;
+    assert_eq!(left, 0);
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_edge_catches_up_on_its_channels_after_an_outage_and_a_restart() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;

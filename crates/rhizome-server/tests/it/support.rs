@@ -211,11 +211,30 @@ impl TestServer {
         Self::with_app(app, limits).await
     }
 
+    /// Starts a server with the test rules as `edit` changes them and [`DEFAULT_LIMITS`],
+    /// where the connections of `peers` (user ids) are peers.
+    pub async fn with_peers_and_rules(
+        peers: &[&str],
+        edit: impl FnOnce(&str) -> String,
+    ) -> Result<TestServer> {
+        let (app, limits) = Self::edited_rules_with_peers(peers, DEFAULT_LIMITS, edit)?;
+        Self::with_app(app, limits).await
+    }
+
     /// The test rules with `peers` and `limits`.
     pub fn rules_with_peers(peers: &[&str], limits: &str) -> Result<(App, Limits)> {
+        Self::edited_rules_with_peers(peers, limits, str::to_owned)
+    }
+
+    /// The test rules as `edit` changes them, with `peers` and `limits`.
+    fn edited_rules_with_peers(
+        peers: &[&str],
+        limits: &str,
+        edit: impl FnOnce(&str) -> String,
+    ) -> Result<(App, Limits)> {
         let list: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
-        let rules =
-            RULES.replace("leeway_secs = 0\n", &format!("leeway_secs = 0\npeers = [{}]\n", list.join(", ")));
+        let rules = edit(RULES)
+            .replace("leeway_secs = 0\n", &format!("leeway_secs = 0\npeers = [{}]\n", list.join(", ")));
         let text = format!("{rules}\n[limits]\n{limits}\n");
         let file: FileConfig = toml::from_str(&text).context("test config")?;
         Ok((file.app()?, file.limits.to_limits()?))

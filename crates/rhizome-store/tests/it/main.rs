@@ -480,11 +480,13 @@ fn an_object_catch_up_is_the_join_of_later_deltas_or_the_whole_state_once_they_m
     for n in 1..=10 {
         add(&mut w, n);
     }
-    assert_eq!(store.catch_up_object("missing", 0).expect("read"), (None, 10));
+    let missing = store.catch_up_object("missing", 0).expect("read");
+    assert_eq!((missing.object, missing.through), (None, 10));
     // The first operation stored the snapshot: a subscriber that has position 6 lacks 7 to 10.
-    let (object, through) = store.catch_up_object("s", 6).expect("read");
-    assert_eq!((elems(&object.expect("object")), through), ((7..=10).collect(), 10));
-    let (object, _) = store.catch_up_object("s", 10).expect("read");
+    let read = store.catch_up_object("s", 6).expect("read");
+    assert!(!read.whole);
+    assert_eq!((elems(&read.object.expect("object")), read.through), ((7..=10).collect(), 10));
+    let object = store.catch_up_object("s", 10).expect("read").object;
     assert_eq!(elems(&object.expect("object")), Vec::<u64>::new(), "nothing lacking");
 
     // Past two snapshot rewrites the early deltas are cleaned: a subscriber far behind gets
@@ -492,13 +494,14 @@ fn an_object_catch_up_is_the_join_of_later_deltas_or_the_whole_state_once_they_m
     for n in 11..=200 {
         add(&mut w, n);
     }
-    let (object, through) = store.catch_up_object("s", 6).expect("read");
-    assert_eq!((elems(&object.expect("object")), through), ((1..=200).collect(), 200));
+    let read = store.catch_up_object("s", 6).expect("read");
+    assert!(read.whole, "the state, to replace a copy with");
+    assert_eq!((elems(&read.object.expect("object")), read.through), ((1..=200).collect(), 200));
     // Snapshots are stored at operations 1, 66, 131 and 196 (each after 64 more): after the
     // last one, the join of the later deltas again.
-    let (object, _) = store.catch_up_object("s", 197).expect("read");
+    let object = store.catch_up_object("s", 197).expect("read").object;
     assert_eq!(elems(&object.expect("object")), (198..=200).collect::<Vec<_>>());
-    let (object, _) = store.catch_up_object("s", 195).expect("read");
+    let object = store.catch_up_object("s", 195).expect("read").object;
     assert_eq!(elems(&object.expect("object")).len(), 200, "before the last snapshot: all of it");
 }
 
