@@ -41,7 +41,7 @@ pub enum CloseReason {
 
 /// Whether `node` is the server's: `server` or of user `server`, which no client may be.
 pub(crate) fn is_server(node: &NodeId) -> bool {
-    node.as_str() == "server" || node.user_id().is_some_and(|u| u.as_str() == "server")
+    node.is_server()
 }
 
 /// The authenticator's answer to a `connect`.

@@ -57,19 +57,14 @@ impl Routing {
 
     /// The users addressed by `users`, `clients` or `nodes`, each once, in order.
     pub fn addressed_users(&self) -> Vec<UserId> {
-        let mut users: Vec<UserId> = Vec::new();
         let all = self
             .users
             .iter()
             .cloned()
             .chain(self.clients.iter().filter_map(ClientId::user_id))
             .chain(self.nodes.iter().filter_map(NodeId::user_id));
-        for user in all {
-            if !users.contains(&user) {
-                users.push(user);
-            }
-        }
-        users
+        let mut seen = std::collections::HashSet::new();
+        all.filter(|user| seen.insert(user.clone())).collect()
     }
 
     /// The addressing part as meta pairs (`"users":[…],"clients":[…],…`, the non-empty ones),
@@ -110,12 +105,9 @@ impl Routing {
     /// Adds the targets a peer's upstream sent (see [`WireTargets`]); node ids that do not
     /// parse are left out.
     pub fn add_wire_targets(&mut self, targets: &WireTargets) {
-        fn add<T: PartialEq>(to: &mut Vec<T>, items: impl Iterator<Item = T>) {
-            for item in items {
-                if !to.contains(&item) {
-                    to.push(item);
-                }
-            }
+        fn add<T: Eq + std::hash::Hash + Clone>(to: &mut Vec<T>, items: impl Iterator<Item = T>) {
+            let mut seen: std::collections::HashSet<T> = to.iter().cloned().collect();
+            to.extend(items.filter(|item| seen.insert(item.clone())));
         }
         add(&mut self.users, targets.users.iter().map(|u| UserId::from(u.as_str())));
         add(&mut self.clients, targets.clients.iter().map(|c| ClientId::from(c.as_str())));

@@ -121,6 +121,11 @@ impl NodeId {
         client_part(&self.0)
     }
 
+    /// Whether this is a server's node id: `server` or of user `server`, which no client may be.
+    pub fn is_server(&self) -> bool {
+        &*self.0 == "server" || self.0.starts_with("server:")
+    }
+
     /// Whether this node is one of `client`'s (its [`NodeId::client_id`] is `client`), without
     /// allocating one.
     pub fn is_of(&self, client: &ClientId) -> bool {

@@ -173,6 +173,9 @@ struct Hub {
     by_client: HashMap<ClientId, ConnId>,
     by_user: HashMap<UserId, Vec<ConnId>>,
     channels: HashMap<Channel, Subscribers<ConnId, Sub>>,
+    /// How many of `channels` are users followed by peers (`rhizome/user/…`): without any,
+    /// routing does not look for them.
+    followed_users: usize,
     position: Position,
 }
 
@@ -190,6 +193,7 @@ pub async fn run(
         by_client: HashMap::new(),
         by_user: HashMap::new(),
         channels: HashMap::new(),
+        followed_users: 0,
         position,
     };
     while let Some(message) = rx.recv().await {
@@ -306,6 +310,9 @@ impl Hub {
                 subs.remove(&id);
                 if subs.is_empty() {
                     self.channels.remove(channel);
+                    if channel.as_str().starts_with(USER_CHANNEL_PREFIX) {
+                        self.followed_users -= 1;
+                    }
                 }
             }
         }
@@ -324,6 +331,9 @@ impl Hub {
             return;
         };
         let catch_up_from = since.filter(|s| *s < self.position);
+        if channel.as_str().starts_with(USER_CHANNEL_PREFIX) && !self.channels.contains_key(&channel) {
+            self.followed_users += 1;
+        }
         let subs = self.channels.entry(channel.clone()).or_default();
         if !conn.channels.contains(&channel) {
             conn.channels.reserve_exact(1);
@@ -345,6 +355,9 @@ impl Hub {
             subs.remove(&id);
             if subs.is_empty() {
                 self.channels.remove(channel);
+                if channel.as_str().starts_with(USER_CHANNEL_PREFIX) {
+                    self.followed_users -= 1;
+                }
             }
         }
     }
@@ -528,7 +541,8 @@ impl Hub {
                     }
                 }
                 // Peers following the addressed users (docs/edge.md).
-                for user in routing.addressed_users() {
+                let users = if self.followed_users > 0 { routing.addressed_users() } else { Vec::new() };
+                for user in users {
                     let channel = Channel::from(format!("{USER_CHANNEL_PREFIX}{user}"));
                     let Some(subs) = self.channels.get(&channel) else { continue };
                     for (c, sub) in subs.iter() {
@@ -570,7 +584,10 @@ impl Hub {
             }
             for c in &recipients {
                 let Some(conn) = self.conns.get(c) else { continue };
-                if let Some(crdt) = &entry.crdt {
+                // A peer is sent an addressed delta as it is, with its addressing.
+                let crdt =
+                    entry.crdt.as_ref().filter(|_| !(conn.identity.peer && entry.routing.is_targeted()));
+                if let Some(crdt) = crdt {
                     let (key, delta) = &**crdt;
                     match folded.entry((*c, key.clone())) {
                         std::collections::btree_map::Entry::Vacant(slot) => {
@@ -639,6 +656,16 @@ fn follows_user(peer: &ConnIdentity, entry: &StoredEntry) -> bool {
     !routing.exclude_clients.contains(&peer.client_id)
         && !entry.id.node.is_of(&peer.client_id)
         && !routing.targets(Some(&entry.id.client_id()), &peer.node_id)
+        && !is_committed_notice(entry)
+}
+
+/// Whether `entry` is an edge's `rhizome/committed` for one of its clients: in a chain, a
+/// site tells its own clients what its upstream committed, and a region's would say the same
+/// of another level.
+fn is_committed_notice(entry: &StoredEntry) -> bool {
+    entry.id.node.is_server()
+        && entry.action_json.contains(crate::link::COMMITTED_TYPE)
+        && Action::from_json(&entry.action_json).is_some_and(|a| a.kind() == crate::link::COMMITTED_TYPE)
 }
 
 /// Queues a frame for `conn` stamped with the `added` it may carry: the client remembers it and

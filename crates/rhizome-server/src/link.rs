@@ -1002,14 +1002,15 @@ impl Link {
         let store = self.shared.store.clone();
         let targets: Vec<ActionId> =
             answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
-        // The undone entries as logged here: their positions and routing.
+        // The undone entries as logged here, if this edge relayed them (`read_from` leaves out
+        // what came from the upstream): their positions, routing and status.
         let found = rhizome_io::blocking(move || {
             let mut found = HashMap::new();
             for target in targets {
                 let Some(position) = store.position_of_id(&target.text())? else { continue };
-                if let Some((entry, _)) = store.read_from(position - 1, 1)?.into_iter().next() {
+                if let Some((entry, status)) = store.read_from(position - 1, 1)?.into_iter().next() {
                     if entry.added == position {
-                        found.insert(target, entry);
+                        found.insert(target, (entry, status));
                     }
                 }
             }
@@ -1026,6 +1027,7 @@ impl Link {
         let mut committed: Vec<(rhizome_protocol::ClientId, Vec<String>)> = Vec::new();
         let mut author_index: HashMap<rhizome_protocol::ClientId, usize> = HashMap::new();
         let mut denied_logged = false;
+        let mut undone = HashSet::new();
         for answer in answers {
             let author = answer.target.client_id();
             let Some(undo) = answer.undo else {
@@ -1036,32 +1038,42 @@ impl Link {
                 committed[i].1.push(answer.target.text());
                 continue;
             };
+            // Only an undo of what this edge relayed, once: the upstream also sends it undos
+            // of others' actions addressed to a user it follows (they are its own answers to
+            // those clients), and the same undo may come by two ways.
+            let Some((entry, status)) = found.get(&answer.target) else {
+                tracing::debug!(id = %answer.target, "an undo of an action this edge did not relay; skipped");
+                continue;
+            };
+            if matches!(status, Status::Undone(_)) || !undone.insert(answer.target.clone()) {
+                continue;
+            }
             if undo.str_field("reason") == Some("denied") && !denied_logged {
                 // Also what an upstream that does not make the link's user a peer answers.
                 tracing::error!(id = %answer.target, "the upstream denied an action this edge took (is the link's user a peer there?)");
                 denied_logged = true;
             }
-            let mut routing = Routing { clients: vec![author], ..Routing::default() };
-            let mut json = undo.json().clone();
-            if let Some(entry) = found.get(&answer.target) {
-                let reason = undo.str_field("reason").unwrap_or("error").to_owned();
-                // In its own words: a folded delta's undo names the id it went under.
-                json = Arc::from(crate::pipeline::undo_json(
-                    &answer.target,
-                    &entry.action_json,
-                    &reason,
-                    &Default::default(),
-                ));
-                batch.statuses.push((entry.added, Status::Undone(reason)));
-                routing.channels = entry.routing.channels.clone();
-                // A refused CRDT delta is in this edge's object: it is corrected from the
-                // upstream's state (docs/edge.md).
-                if let Some(action) = Action::from_json(&entry.action_json) {
-                    if action.kind() == rhizome_crdt::DELTA_TYPE {
-                        if let Some(key) = action.str_field("key") {
-                            if !batch.objects_to_reset.iter().any(|k| k == key) {
-                                batch.objects_to_reset.push(key.to_owned());
-                            }
+            let reason = undo.str_field("reason").unwrap_or("error").to_owned();
+            // In its own words: a folded delta's undo names the id it went under.
+            let json = Arc::from(crate::pipeline::undo_json(
+                &answer.target,
+                &entry.action_json,
+                &reason,
+                &Default::default(),
+            ));
+            batch.statuses.push((entry.added, Status::Undone(reason)));
+            let routing = Routing {
+                clients: vec![author],
+                channels: entry.routing.channels.clone(),
+                ..Routing::default()
+            };
+            // A refused CRDT delta is in this edge's object: it is corrected from the upstream's
+            // state (docs/edge.md).
+            if let Some(action) = Action::from_json(&entry.action_json) {
+                if action.kind() == rhizome_crdt::DELTA_TYPE {
+                    if let Some(key) = action.str_field("key") {
+                        if !batch.objects_to_reset.iter().any(|k| k == key) {
+                            batch.objects_to_reset.push(key.to_owned());
                         }
                     }
                 }

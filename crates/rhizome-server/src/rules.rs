@@ -183,9 +183,10 @@ impl ActionType for ConfiguredAction {
             None => Routing::default(),
         };
         if let Some(template) = &self.rule.user {
-            // A user id is the first part of a node id: no `:`, no space.
+            // A user id is the first part of a node id: no `:`, no space; `server` is no
+            // client's.
             match expand(template, action) {
-                Some(user) if !user.is_empty() && !user.contains([':', ' ']) => {
+                Some(user) if !user.is_empty() && !user.contains([':', ' ']) && user != "server" => {
                     routing.users.push(user.into());
                 }
                 _ => return Err(HookError::Undo { reason: "wrongUser".into(), extra: Default::default() }),

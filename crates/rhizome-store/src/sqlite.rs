@@ -202,7 +202,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 4;
+const FORMAT_VERSION: i64 = 5;
 
 /// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
 ///
@@ -219,6 +219,11 @@ const FORMAT_VERSION: i64 = 4;
 /// of a `UNIQUE` index on `log.id`. The table is copied into one without that index, and its
 /// rows indexed by runs. The channel index becomes `log_channel_runs` (see
 /// [`crate::channels`]).
+///
+/// Version 4: `log.upstream`, entries an edge received from its upstream.
+///
+/// Version 5: `log_targets` also has `a:<user>` for each user an entry addresses by `users`,
+/// `clients` or `nodes` (what a peer following the user is sent); added for the rows before.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
@@ -262,6 +267,18 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         if !has_upstream {
             tx.execute("ALTER TABLE log ADD COLUMN upstream INTEGER NOT NULL DEFAULT 0", [])?;
         }
+    }
+    if version < 5 {
+        // `u:<user>`, `c:<user>:<client>` and `n:<user>:<client>…`: the user is what follows
+        // the prefix up to the next `:` (a `clients`/`nodes` id without one names no user).
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO log_targets(target, added)
+                 SELECT 'a:' || substr(target, 3), added FROM log_targets WHERE target LIKE 'u:%';
+             INSERT OR IGNORE INTO log_targets(target, added)
+                 SELECT 'a:' || substr(target, 3, instr(substr(target, 3), ':') - 1), added
+                 FROM log_targets
+                 WHERE (target LIKE 'c:%' OR target LIKE 'n:%') AND instr(substr(target, 3), ':') > 1;",
+        )?;
     }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;
@@ -493,28 +510,16 @@ impl Store for SqliteStore {
         upto: Position,
         limit: usize,
     ) -> Result<(Vec<StoredEntry>, Position), StoreError> {
-        // `c:<user>:…` and `n:<user>:…` are the ranges from `<prefix><user>:` up to, not
-        // including, `<prefix><user>;` (`;` follows `:`).
+        // `a:<user>`, written for every user an entry addresses (see `commit`).
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM log WHERE added IN (
-                    SELECT DISTINCT added FROM log_targets
-                    WHERE (target = ?1 OR (target >= ?2 AND target < ?3) OR (target >= ?4 AND target < ?5))
-                    AND added > ?6 AND added <= ?7
-                    ORDER BY added LIMIT ?8)
+                    SELECT added FROM log_targets WHERE target = ?1 AND added > ?2 AND added <= ?3
+                    ORDER BY added LIMIT ?4)
                  ORDER BY added"
             ))?;
             let rows = stmt.query_map(
-                params![
-                    format!("u:{user}"),
-                    format!("c:{user}:"),
-                    format!("c:{user};"),
-                    format!("n:{user}:"),
-                    format!("n:{user};"),
-                    after as i64,
-                    upto as i64,
-                    limit as i64
-                ],
+                params![format!("a:{user}"), after as i64, upto as i64, limit as i64],
                 row_entry,
             )?;
             let rows = collect(rows)?;
@@ -775,9 +780,9 @@ enum Applied {
 
 /// Applies `write` (an operation by `entry`'s author, or a delta to join) to the object's
 /// current state (from `staged`, this transaction's changes, else the writer's cache, else the
-/// database). A delta from the upstream (`from_upstream`) is checked against the state first:
-/// one the object holds already changes nothing here, and is not kept (an edge is sent back
-/// its own operations, joined with others', when it catches up).
+/// database). A server's delta from the upstream (`from_upstream`) is checked against the
+/// state first: one the object holds already changes nothing here, and is not kept (an edge is
+/// sent back its own operations, joined with others', when it catches up).
 fn apply_crdt(
     tx: &rusqlite::Transaction<'_>,
     staged: &mut HashMap<String, CachedObject>,
@@ -822,7 +827,15 @@ fn apply_crdt(
     // unchanged; a refused first operation creates nothing (its kind must not stick).
     let applied = match write {
         CrdtWrite::Op(op) => ops::apply_in_place(&mut object.state, op, &entry.id.node, entry.time),
-        CrdtWrite::Join(_, delta) if from_upstream && exists && delta.kind() == object.state.kind() => {
+        // Only a server's delta from the upstream (a catch-up, a join of what it logged) can
+        // hold what this edge relayed; a client's is one the edge has not seen yet. So the
+        // copy of the state the check costs is paid once per catch-up of an object.
+        CrdtWrite::Join(_, delta)
+            if from_upstream
+                && exists
+                && entry.id.node.is_server()
+                && delta.kind() == object.state.kind() =>
+        {
             let mut joined = object.state.clone();
             match joined.join(delta) {
                 Ok(()) if joined == object.state => {
@@ -1139,6 +1152,11 @@ impl LogWriter for SqliteWriter {
                     }
                     for n in &entry.routing.nodes {
                         target.execute(params![format!("n:{n}"), added])?;
+                    }
+                    if entry.routing.is_targeted() {
+                        for user in entry.routing.addressed_users() {
+                            target.execute(params![format!("a:{user}"), added])?;
+                        }
                     }
                     committed.outcomes.push(AppendOutcome::Added(added as Position));
                     committed.entries.push(StoredEntry {

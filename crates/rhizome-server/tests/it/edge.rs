@@ -367,7 +367,8 @@ async fn what_is_addressed_to_a_user_at_the_cloud_reaches_them_at_an_edge() -> R
     receive_dms(&mut alice2, &["while away"]).await?;
     let mut alice = edge.login("alice:a1:t").await?;
     receive_dms(&mut alice, &["one", "two", "while away"]).await?;
-    // Addressed at the edge: delivered there, relayed up once, and not sent back down.
+    // Addressed at the edge: delivered there (once each, whatever comes back down) and
+    // relayed up.
     let id = bob.send_action(json!({"type": "dm", "to": "alice", "text": "from bob"})).await?;
     bob.wait_processed(&id).await?;
     receive_dms(&mut alice, &["from bob"]).await?;

@@ -168,6 +168,12 @@ fn a_delta_from_the_upstream_that_the_object_holds_already_is_not_kept() {
     let mut w = store.writer().expect("writer");
     assert_eq!(commit(&mut w, echo()), [AppendOutcome::Duplicate(Status::Processed)]);
     assert_eq!(store.count().expect("count"), 3);
+    // A client's delta is not checked (only a server's catch-up can hold the edge's own).
+    let relayed = WriteBatch {
+        appends: vec![from_upstream("6 bob:phone:1 0", &Object::Counter(mine.inc(&bob, 2)))],
+        ..WriteBatch::default()
+    };
+    assert!(matches!(commit(&mut w, relayed)[..], [AppendOutcome::Added(_)]));
 }
 
 /// Runs 200 counter operations on one object (several snapshot rewrites, each cleaning the

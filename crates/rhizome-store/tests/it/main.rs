@@ -148,6 +148,37 @@ fn reads_for_a_user_find_its_users_clients_and_nodes_entries_only() {
 }
 
 #[test]
+fn a_log_of_format_four_gains_the_user_index_of_its_addressed_entries() {
+    let (dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let to = |users: &[&str], clients: &[&str], nodes: &[&str]| Routing {
+        users: users.iter().map(|&u| u.into()).collect(),
+        clients: clients.iter().map(|&c| c.into()).collect(),
+        nodes: nodes.iter().map(|&n| NodeId::from(n)).collect(),
+        ..Routing::default()
+    };
+    let mut b = vec![batch(vec![
+        entry("1 x:1:t 0", to(&["bob"], &[], &[]), Status::Processed),
+        entry("1 x:1:t 1", to(&[], &["bob:b1"], &["carol:c1:t"]), Status::Processed),
+        entry("1 x:1:t 2", to(&[], &["nouser"], &[]), Status::Processed),
+    ])];
+    w.commit(&mut b, 1).expect("commit");
+    drop(w);
+    drop(store);
+    // As a build before the index left it.
+    let db = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+    db.execute_batch("DELETE FROM log_targets WHERE target LIKE 'a:%'; PRAGMA user_version = 4;")
+        .expect("undo");
+    drop(db);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let found = |user: &str| -> Vec<u64> {
+        let (entries, _) = store.read_addressed_to_user(&user.into(), 0, 10, 100).expect("read");
+        entries.iter().map(|e| e.added).collect()
+    };
+    assert_eq!((found("bob"), found("carol"), found("nouser")), (vec![1, 2], vec![2], vec![]));
+}
+
+#[test]
 fn a_large_commit_indexes_every_channel_of_every_entry() {
     // More entries than the channel index is written in at once, on interleaved channels, some
     // on two channels, over two batches of one commit, with a duplicate among them.
