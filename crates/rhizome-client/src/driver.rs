@@ -805,11 +805,11 @@ impl Driver {
         let received = incoming.actions.len() as u64;
         self.shared.count(|s| s.actions_received += received);
         let answered: Vec<String> = incoming.since.iter().map(|(channel, _)| channel.clone()).collect();
-        let crate::store::Applied { fresh, processed_settled, undone_settled, processed_objects } = self
-            .shared
-            .with_store(move |s| s.apply(&incoming))
-            .await
-            .map_err(|e| retry(format!("local log: {e}")))?;
+        let crate::store::Applied { fresh, processed_settled, undone_settled, undone_new, processed_objects } =
+            self.shared
+                .with_store(move |s| s.apply(&incoming))
+                .await
+                .map_err(|e| retry(format!("local log: {e}")))?;
         conn.received = conn.received.max(last_received);
         conn.acked_added = conn.acked_added.max(acked_hi);
         if acked_count > 0 {
@@ -836,13 +836,20 @@ impl Driver {
                         self.emit(Event::Action { action, id, time }).await;
                     }
                 }
-                // An answer is reported once: when it settles a queued action.
+                // An answer is reported once: when it settles a queued action, or, for an undo,
+                // when it is the first for its id (an edge's upstream may refuse an action the
+                // edge processed already).
                 Pending::Answer(event, answer) => {
                     let settles = match answer {
-                        Answer::Processed(n) => processed_settled.get(n),
-                        Answer::Undone(n) => undone_settled.get(n),
+                        Answer::Processed(n) => processed_settled.get(n).copied(),
+                        Answer::Undone(n) => {
+                            let ours =
+                                matches!(&event, Event::Undone { id, .. } if id.node == conn.codec.local);
+                            let new = ours && undone_new.get(n).copied().unwrap_or(false);
+                            Some(undone_settled.get(n).copied().unwrap_or(false) || new)
+                        }
                     };
-                    if settles.copied().unwrap_or(false) {
+                    if settles.unwrap_or(false) {
                         self.emit(event).await;
                     }
                 }

@@ -255,7 +255,9 @@ pub enum Event {
         /// Its id.
         id: ActionId,
     },
-    /// The server undid one of our actions (recorded in the log, see [`Client::undone`]).
+    /// The server undid one of our actions (recorded in the log, see [`Client::undone`]),
+    /// possibly after it processed it: an edge whose upstream refused the action. Reported
+    /// once per action.
     Undone {
         /// Its id.
         id: ActionId,

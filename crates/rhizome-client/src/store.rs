@@ -197,6 +197,9 @@ pub(crate) struct Applied {
     pub processed_settled: Vec<bool>,
     /// Per `logux/undo` of [`Incoming::undone`], whether it settled a queued action.
     pub undone_settled: Vec<bool>,
+    /// Per undo, whether it is the first recorded for its id (an undo after the action was
+    /// processed, as an edge sends when its upstream refuses it, settles nothing but is new).
+    pub undone_new: Vec<bool>,
     /// The objects of the queued CRDT operations the server processed, each once.
     pub processed_objects: Vec<String>,
 }
@@ -604,7 +607,7 @@ impl Store {
                     None => false,
                 };
                 applied.undone_settled.push(settled);
-                undo.execute(params![u.id, u.reason, u.action.to_string()])?;
+                applied.undone_new.push(undo.execute(params![u.id, u.reason, u.action.to_string()])? == 1);
             }
             let mut insert = tx.prepare_cached(
                 "INSERT INTO received (id, time, action) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING",
@@ -1089,6 +1092,16 @@ mod tests {
             "answered before; another node's"
         );
         assert_eq!(applied.undone_settled, [true, false]);
+        assert_eq!(applied.undone_new, [true, true], "an undo after a processed is news");
+        let again = Incoming {
+            undone: vec![Undone {
+                id: ids[0].text(),
+                reason: "denied".into(),
+                action: serde_json::json!({}),
+            }],
+            ..Incoming::default()
+        };
+        assert_eq!(s.apply(&again).unwrap().undone_new, [false], "a repeated undo is not");
         let left: Vec<ActionId> = s.unacked_after(0, 100).unwrap().into_iter().map(|q| q.id).collect();
         let expected: Vec<ActionId> = ids
             .iter()

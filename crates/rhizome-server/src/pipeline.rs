@@ -656,11 +656,12 @@ impl Pipeline {
             // the deltas after the position it stands for; else the whole state. Not from
             // `since.time`: it is the client's clock, and a position found from it could be
             // past operations the client never received (its own are not sent to it live).
-            let after = match (&seen, action.fields().get("since")) {
-                (None, Some(Value::Object(since))) => self.position_of_since_id(since).await.unwrap_or(0),
+            let since = match action.fields().get("since") {
+                Some(Value::Object(since)) => self.position_of_since_id(since).await.unwrap_or(0),
                 _ => 0,
             };
-            match self.object_snapshot(key, seen, after).await {
+            let after = if seen.is_some() { 0 } else { since };
+            match self.object_snapshot(key, seen.map(|seen| (seen, since)), after).await {
                 Ok(position) => Some(position),
                 Err(()) => return undo(&meta.id, action, "error"),
             }
@@ -778,13 +779,19 @@ impl Pipeline {
         Answer::Nothing
     }
 
-    /// Queues one `crdt/delta` for a subscriber of the CRDT object at `key`: with `seen`, the
-    /// delta since it when smaller than the state; else, when the subscriber holds every
+    /// Queues one `crdt/delta` for a subscriber of the CRDT object at `key`: with `seen` (and
+    /// the position its `since` stands for, 0 without), the delta since it when smaller than
+    /// the state, or the whole state when the object was corrected after that position; else, when the subscriber holds every
     /// operation up to log position `after` (> 0, from its `since`), the join of the deltas
     /// logged after it (nothing when there are none) or the state when that is smaller;
     /// else the whole state. Nothing when the object does not exist yet. Returns the log
     /// position the subscription goes on from.
-    async fn object_snapshot(&self, key: &str, seen: Option<VersionVector>, after: u64) -> Result<u64, ()> {
+    async fn object_snapshot(
+        &self,
+        key: &str,
+        seen: Option<(VersionVector, Position)>,
+        after: u64,
+    ) -> Result<u64, ()> {
         let store = self.shared.store.clone();
         let owned = key.to_owned();
         let read = rhizome_io::blocking(move || {
@@ -795,7 +802,12 @@ impl Pipeline {
             let position = read.through;
             let json = match (read.object, &seen) {
                 (None, _) => None,
-                (Some(state), Some(seen)) => Some(rhizome_crdt::catch_up_action(&owned, &state, seen)),
+                // A copy that may be from before the object's last correction is replaced:
+                // what it has seen may be an operation the correction took out.
+                (Some(state), Some((_, since))) if read.reset_at > *since => {
+                    Some(rhizome_crdt::state_action(&owned, &state))
+                }
+                (Some(state), Some((seen, _))) => Some(rhizome_crdt::catch_up_action(&owned, &state, seen)),
                 (Some(state), None) if read.whole => Some(rhizome_crdt::state_action(&owned, &state)),
                 (Some(missed), None) if after > 0 => {
                     if missed.is_bottom() {

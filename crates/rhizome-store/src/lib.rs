@@ -107,6 +107,9 @@ pub struct ObjectCatchUp {
     /// Whether `object` is the whole state, which the subscriber puts in place of its copy
     /// (`rhizome_crdt::state_action`).
     pub whole: bool,
+    /// The position of the object's last correction ([`ObjectReset`]), 0 if none: a
+    /// subscriber whose copy may be older than it gets the whole state, whatever it has seen.
+    pub reset_at: Position,
 }
 
 /// The size of an edge's outbox (see [`Store::outbox`]).

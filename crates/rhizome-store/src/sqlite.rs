@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS push_targets(
     registered INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS crdt_objects(
-    key TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, position INTEGER NOT NULL,
+    reset_at INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors(
     name TEXT PRIMARY KEY, position INTEGER NOT NULL
@@ -224,6 +225,7 @@ const FORMAT_VERSION: i64 = 5;
 ///
 /// Version 5: `log_targets` also has `a:<user>` for each user an entry addresses by `users`,
 /// `clients` or `nodes` (what a peer following the user is sent); added for the rows before.
+/// `crdt_objects.reset_at`: where an edge last corrected the object (see `ObjectReset`).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
@@ -269,6 +271,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     if version < 5 {
+        let has_reset: bool = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('crdt_objects') WHERE name = 'reset_at'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_reset {
+            tx.execute("ALTER TABLE crdt_objects ADD COLUMN reset_at INTEGER NOT NULL DEFAULT 0", [])?;
+        }
         // `u:<user>`, `c:<user>:<client>` and `n:<user>:<client>…`: the user is what follows
         // the prefix up to the next `:` (a `clients`/`nodes` id without one names no user).
         tx.execute_batch(
@@ -690,11 +700,13 @@ impl Store for SqliteStore {
             // whatever the writer snapshots or cleans meanwhile.
             let tx = c.unchecked_transaction()?;
             let last: i64 = tx.query_row("SELECT coalesce(max(added), 0) FROM log", [], |r| r.get(0))?;
-            let snapshot: Option<(String, i64)> = tx
-                .prepare_cached("SELECT kind, position FROM crdt_objects WHERE key = ?1")?
-                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            let snapshot: Option<(String, i64, i64)> = tx
+                .prepare_cached("SELECT kind, position, reset_at FROM crdt_objects WHERE key = ?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let whole = snapshot.as_ref().is_some_and(|(_, at)| after < *at as Position);
+            let whole = snapshot.as_ref().is_some_and(|(_, at, _)| after < *at as Position);
+            let reset_at = snapshot.as_ref().map_or(0, |(_, _, reset)| *reset as Position);
+            let snapshot = snapshot.map(|(kind, at, _)| (kind, at));
             let object = match snapshot {
                 None => None,
                 // The writer cleans only deltas its previous snapshot holds, all before the
@@ -714,7 +726,7 @@ impl Store for SqliteStore {
                 Some(_) => read_object(&tx, key)?.map(|(object, _, _)| object),
             };
             tx.commit()?;
-            Ok(ObjectCatchUp { object, through: last as Position, whole })
+            Ok(ObjectCatchUp { object, through: last as Position, whole, reset_at })
         })
     }
 }
@@ -1041,6 +1053,7 @@ impl LogWriter for SqliteWriter {
                  ON CONFLICT(channel) DO UPDATE SET since_id = excluded.since_id,
                  since_time = excluded.since_time WHERE excluded.since_id IS NOT NULL",
             )?;
+            let mut reset_at = tx.prepare_cached("UPDATE crdt_objects SET reset_at = ?2 WHERE key = ?1")?;
             let mut to_reset = tx.prepare_cached("INSERT OR IGNORE INTO object_resets(key) VALUES (?1)")?;
             let mut reset_done = tx.prepare_cached("DELETE FROM object_resets WHERE key = ?1")?;
             let mut resumed = tx.prepare_cached(
@@ -1228,6 +1241,7 @@ impl LogWriter for SqliteWriter {
                     // is joined on top again, and a subscriber behind it gets the whole state.
                     let document = state.to_json().to_string();
                     object.execute(params![key, state.kind().name(), document, added])?;
+                    reset_at.execute(params![key, added])?;
                     cached.state = state;
                     cached.unsaved = 0;
                     cached.unsaved_bytes = 0;

@@ -20,7 +20,7 @@ use crate::support::{sign, TestServer, SECRET};
 use anyhow::{anyhow, bail, Context as _, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rhizome_client::{Client, ClientOptions, Event};
+use rhizome_client::{ActionId, Client, ClientOptions, Event};
 use rhizome_io::{BoxFuture, Io, Listen, Network, Simulation};
 use rhizome_protocol::backoff::Backoff;
 use rhizome_protocol::NodeId;
@@ -132,7 +132,11 @@ struct Device {
     objects: HashMap<String, Value>,
     /// Its actions the server undid, with the reason (a server crash in the middle of
     /// processing undoes them with `error`; nothing else may).
+    /// (An edge's undo of a relayed CRDT operation carries the delta it made of it: the
+    /// action is the one added, found by its id.)
     undone: Vec<(Value, String)>,
+    /// Every action it added, by id.
+    added: HashMap<String, Value>,
 }
 
 /// What a server host publishes while the test watches.
@@ -161,8 +165,29 @@ actions_per_sync_max = 100
 unauthenticated_timeout_ms = 30000
 "#;
 
+/// The user whose access to the set the cloud has revoked (its edge, not told, still lets it
+/// add): the cloud refuses each element it adds, and its edge must correct its copy of the set
+/// and its clients' (docs/edge.md).
+const REVOKED: &str = "dave";
+
 fn server_options(name: &str, dir: &Path) -> Result<ServerOptions> {
-    let (app, limits) = TestServer::rules_with_peers(&["edge"], LIMITS)?;
+    let (app, limits) = TestServer::edited_rules_with_peers(&["edge"], LIMITS, |rules| {
+        if name != "cloud" {
+            return rules.to_owned();
+        }
+        let allowed: Vec<String> = CLIENTS
+            .iter()
+            .map(|(user, _)| *user)
+            .filter(|u| *u != REVOKED)
+            .map(|u| format!("{u:?}"))
+            .collect();
+        let revoked = format!(
+            "[[channel]]\npattern = \"crdt/tags\"\nsubscribe = \"everyone\"\nwrite = [{}]\n\n[[channel]]\npattern = \"crdt/*\"",
+            allowed.join(", ")
+        );
+        assert!(rules.contains("[[channel]]\npattern = \"crdt/*\""));
+        rules.replacen("[[channel]]\npattern = \"crdt/*\"", &revoked, 1)
+    })?;
     let upstream = (name != "cloud").then(|| {
         let node = NodeId::from(format!("edge:{name}:link"));
         let mut link = UpstreamOptions::new(format!("ws://cloud:{PORT}/"), node, Some(token("edge")));
@@ -265,8 +290,9 @@ async fn client_host(
             if let Some((to, text)) = &message {
                 actions.push(json!({"type": "dm", "to": to, "text": text}));
             }
-            let ids = client.add_many(actions).await?;
+            let ids = client.add_many(actions.clone()).await?;
             let mut device = device.borrow_mut();
+            device.added.extend(ids.iter().map(ActionId::text).zip(actions));
             device.plain.extend(ids[..plain].iter().map(|id| id.text()));
             device.increments += write.increments as i64;
             device.elements.extend(elements);
@@ -299,7 +325,11 @@ async fn client_host(
         // Events are read, or a full channel would pause the connection.
         tokio::select! {
             event = events.recv() => match event {
-                Some(Event::Undone { action, reason, .. }) => device.borrow_mut().undone.push((action, reason)),
+                Some(Event::Undone { id, reason, action }) => {
+                    let mut device = device.borrow_mut();
+                    let action = device.added.get(&id.text()).cloned().unwrap_or(action);
+                    device.undone.push((action, reason));
+                }
                 Some(_) => {}
                 None => return Err("the client stopped".into()),
             },
@@ -547,7 +577,19 @@ impl Run<'_> {
                 )
             })
             .collect();
-        format!("{}\n{}", nodes.join("\n"), devices.join("\n"))
+        let undone: Vec<String> = self
+            .devices
+            .iter()
+            .zip(CLIENTS)
+            .map(|(d, (name, _))| format!("{name} undone {:?}", d.borrow().undone))
+            .collect();
+        format!(
+            "{}\n{}\nexpected {:?}\n{}",
+            nodes.join("\n"),
+            devices.join("\n"),
+            self.expected(),
+            undone.join("\n")
+        )
     }
 }
 
@@ -611,6 +653,8 @@ struct Outcome {
     increments: i64,
     messages: usize,
     undone: usize,
+    /// Of them, the revoked user's elements the cloud refused.
+    refused: usize,
     restarts: u64,
     /// The logs of the cloud and the edges.
     logs: Vec<Vec<String>>,
@@ -709,12 +753,22 @@ fn run_seed(seed: u64) -> Result<Outcome> {
         }
         run.step_for(5)?;
     }
-    // An undo is a server's answer to a crash in the middle of processing, nothing else.
+    // An undo is the cloud's refusal of an element the revoked user added, or a server's
+    // answer to a crash in the middle of processing, nothing else; and each element the
+    // revoked user added is refused.
     let restarts: u64 = run.nodes.iter().map(|n| n.borrow().starts.saturating_sub(1)).sum();
     for ((user, _), device) in CLIENTS.iter().zip(&run.devices) {
-        for (action, reason) in &device.borrow().undone {
-            if reason != "error" || restarts == 0 {
+        let device = device.borrow();
+        for (action, reason) in &device.undone {
+            let revoked = *user == REVOKED && action["type"] == "crdt/set/add" && reason == "denied";
+            if !revoked && (reason != "error" || restarts == 0) {
                 bail!("{user}'s {action} was undone ({reason}) with {restarts} server restarts");
+            }
+        }
+        if *user == REVOKED {
+            let refused = device.undone.iter().filter(|(a, _)| a["type"] == "crdt/set/add").count();
+            if refused != device.elements.len() {
+                bail!("{user} added {} elements, {refused} were refused", device.elements.len());
             }
         }
     }
@@ -792,6 +846,11 @@ fn run_seed(seed: u64) -> Result<Outcome> {
         plain: run.devices.iter().map(|d| d.borrow().plain.len()).sum(),
         increments: run.devices.iter().map(|d| d.borrow().increments).sum(),
         undone: run.devices.iter().map(|d| d.borrow().undone.len()).sum(),
+        refused: run
+            .devices
+            .iter()
+            .map(|d| d.borrow().undone.iter().filter(|(_, reason)| reason == "denied").count())
+            .sum(),
         logs: SERVERS.iter().map(|name| log_lines(&dir.path().join(name))).collect::<Result<_>>()?,
         restarts: run.nodes.iter().map(|n| n.borrow().starts.saturating_sub(1)).sum(),
     };
@@ -819,12 +878,13 @@ fn a_cloud_two_edges_and_their_clients_converge_in_every_seed() -> Result<()> {
             Ok(outcome) => {
                 days += outcome.simulated.as_secs_f64() / DAY as f64;
                 eprintln!(
-                    "seed {seed}: converged after {:.1} simulated days ({} plain actions, {} increments, {} messages, {} undone, {} server restarts) in {:.1} s",
+                    "seed {seed}: converged after {:.1} simulated days ({} plain actions, {} increments, {} messages, {} undone of which {} refused by the cloud, {} server restarts) in {:.1} s",
                     outcome.simulated.as_secs_f64() / DAY as f64,
                     outcome.plain,
                     outcome.increments,
                     outcome.messages,
                     outcome.undone,
+                    outcome.refused,
                     outcome.restarts,
                     began.elapsed().as_secs_f64()
                 );

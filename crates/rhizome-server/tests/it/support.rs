@@ -227,7 +227,7 @@ impl TestServer {
     }
 
     /// The test rules as `edit` changes them, with `peers` and `limits`.
-    fn edited_rules_with_peers(
+    pub fn edited_rules_with_peers(
         peers: &[&str],
         limits: &str,
         edit: impl FnOnce(&str) -> String,
