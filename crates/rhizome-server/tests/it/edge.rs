@@ -533,6 +533,12 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
         }
     }
     copy_becomes(&mut carol, "likes", &json!({"alice:a1:t": [2, 0], "bob:b1:t": [3, 0]})).await?;
+    // And each adds an element to a set.
+    let mut last = String::new();
+    for (client, elem) in [(&mut alice, "from alice"), (&mut bob, "from bob")] {
+        last = client.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
+        client.wait_processed(&last).await?;
+    }
     proxy.down(false);
     // The cloud refuses Alice's: she is told, and the edge's object and every copy of it lose
     // them, Alice's included.
@@ -549,6 +555,20 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
     let want = json!({"bob:b1:t": [4, 0]});
     copy_becomes(&mut carol, "likes", &want).await?;
     assert_eq!(converged_counter(&[&cloud, &edge], "likes", 4).await?, want);
+    // A copy of the set that has seen Alice's element (a device that was away during the
+    // correction) gets the whole corrected state, to replace its copy with, although what it
+    // has seen covers everything the set holds.
+    let mut dave = edge.login("dave:d1:t").await?;
+    let seen = json!({"alice:a1:t": 1, "bob:b1:t": 1});
+    let id =
+        dave.send_action(json!({"type": "logux/subscribe", "channel": "crdt/tags", "seen": seen})).await?;
+    let answer = dave.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
+    let state = answer.iter().flat_map(crate::support::sync_actions).find(|a| a["type"] == "crdt/delta");
+    let state = state.context("a delta")?;
+    assert_eq!(state["replace"], true, "{state}");
+    let elems: Vec<&str> =
+        state["delta"]["elems"].as_array().into_iter().flatten().filter_map(|e| e[0].as_str()).collect();
+    assert_eq!(elems, ["from bob"], "{state}");
     // The correction is the object's snapshot: a restart keeps it, and nothing is left to do.
     let edge = edge.restart_edge(&proxy.url()).await?;
     assert_eq!(counter_document(&edge, "reader:r9:t", "likes").await?, want);
