@@ -4,7 +4,9 @@
 use crate::{crdt_append, entry, open};
 use rhizome_core::{AppendOutcome, Routing, Status};
 use rhizome_crdt::{Lattice, Object};
-use rhizome_store::{Append, LogWriter, SqliteStore, Store, UpstreamChannel, WriteBatch, UPSTREAM_SENT};
+use rhizome_store::{
+    Append, LogWriter, ObjectReset, SqliteStore, Store, UpstreamChannel, WriteBatch, UPSTREAM_SENT,
+};
 use std::sync::Arc;
 
 fn commit(w: &mut rhizome_store::SqliteWriter, batch: WriteBatch) -> Vec<AppendOutcome> {
@@ -174,6 +176,84 @@ fn a_delta_from_the_upstream_that_the_object_holds_already_is_not_kept() {
         ..WriteBatch::default()
     };
     assert!(matches!(commit(&mut w, relayed)[..], [AppendOutcome::Added(_)]));
+}
+
+#[test]
+fn a_correction_keeps_the_upstreams_state_and_what_it_may_lack_but_not_what_it_refused() {
+    let (dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let set = |elems: &[(&str, &str, u64)]| {
+        let mut s = rhizome_crdt::Orswot::<rhizome_crdt::Scalar>::new();
+        for (elem, author, n) in elems {
+            s.join(&s.add(rhizome_crdt::Dot::new(*author, *n), rhizome_crdt::Scalar::from(*elem)));
+        }
+        Object::Set(s)
+    };
+    // 1, 2: the edge's own (2 is refused upstream); 3: from the upstream before the request;
+    // 4: the edge's own, not confirmed yet; 5: from the upstream after the request.
+    let outcomes = commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![
+                delta_append("1 a:1:t 0", "s", &set(&[("a", "a:1:t", 1)])),
+                delta_append("2 b:1:t 0", "s", &set(&[("refused", "b:1:t", 1)])),
+                delta_append("3 c:1:t 0", "s", &set(&[("c", "c:1:t", 1)])).from_upstream(),
+                delta_append("4 a:1:t 0", "s", &set(&[("a2", "a:1:t", 2)])),
+                delta_append("5 d:1:t 0", "s", &set(&[("d", "d:1:t", 1)])).from_upstream(),
+            ],
+            objects_to_reset: vec!["s".to_owned()],
+            ..WriteBatch::default()
+        },
+    );
+    assert!(outcomes.iter().all(|o| matches!(o, AppendOutcome::Added(_))), "{outcomes:?}");
+    assert_eq!(store.objects_to_reset().expect("read"), ["s"], "kept until done");
+    // The upstream had confirmed 1 when asked (its cursor), refused 2 since, and had 1 and 3.
+    let reset = |upstream: Object| WriteBatch {
+        statuses: vec![(2, Status::Undone("denied".into()))],
+        object_resets: vec![ObjectReset {
+            key: "s".into(),
+            upstream: Some(upstream),
+            own_after: 1,
+            upstream_after: 4,
+            entry: entry("9 server:edge 0", Routing::channel("crdt/s"), Status::Processed),
+        }],
+        ..WriteBatch::default()
+    };
+    let mut batches = [reset(set(&[("a", "a:1:t", 1), ("c", "c:1:t", 1)]))];
+    let committed = w.commit(&mut batches, 2).expect("commit").remove(0);
+    let elems = |o: &Object| -> Vec<String> {
+        let doc = o.to_json();
+        let mut e: Vec<String> = doc["elems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e[0].as_str().map(str::to_owned))
+            .collect();
+        e.sort();
+        e
+    };
+    let (object, _) = store.read_object("s").expect("read").expect("object");
+    assert_eq!(elems(&object), ["a", "a2", "c", "d"]);
+    assert!(committed.resets_incomplete.is_empty());
+    let [corrected] = &committed.entries[..] else { panic!("{:?}", committed.entries) };
+    assert!(corrected.action_json.contains("\"replace\":true"), "{}", corrected.action_json);
+    assert!(store.objects_to_reset().expect("read").is_empty(), "done");
+    // A subscriber behind the correction gets the whole state, and the correction is where
+    // the object now starts: a reopened store reads the same.
+    let read = store.catch_up_object("s", 5).expect("read");
+    assert!(read.whole && read.reset_at == corrected.added, "{read:?}");
+    drop(w);
+    drop(store);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let (object, _) = store.read_object("s").expect("read").expect("object");
+    assert_eq!(elems(&object), ["a", "a2", "c", "d"]);
+    // The same correction again changes nothing and appends nothing.
+    let mut w = store.writer().expect("writer");
+    let mut batches = [reset(set(&[("a", "a:1:t", 1), ("c", "c:1:t", 1)]))];
+    batches[0].object_resets[0].entry =
+        entry("10 server:edge 0", Routing::channel("crdt/s"), Status::Processed);
+    let committed = w.commit(&mut batches, 3).expect("commit").remove(0);
+    assert!(committed.entries.is_empty());
 }
 
 /// Runs 200 counter operations on one object (several snapshot rewrites, each cleaning the
