@@ -534,10 +534,9 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
     }
     copy_becomes(&mut carol, "likes", &json!({"alice:a1:t": [2, 0], "bob:b1:t": [3, 0]})).await?;
     // And each adds an element to a set.
-    let mut last = String::new();
     for (client, elem) in [(&mut alice, "from alice"), (&mut bob, "from bob")] {
-        last = client.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
-        client.wait_processed(&last).await?;
+        let id = client.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
+        client.wait_processed(&id).await?;
     }
     proxy.down(false);
     // The cloud refuses Alice's: she is told, and the edge's object and every copy of it lose
