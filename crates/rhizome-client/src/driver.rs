@@ -772,7 +772,23 @@ impl Driver {
                 }
             }
         }
-        let new = again.into_iter().map(|channel| Subscription { channel, since: None }).collect();
+        if again.is_empty() {
+            return Ok(());
+        }
+        // With their `since`: with it the server knows the copy is newer than any correction
+        // of the object before it, and sends only what `seen` lacks (docs/crdt.md).
+        let kept = self
+            .shared
+            .with_store(|s| s.subscriptions())
+            .await
+            .map_err(|e| retry(format!("local log: {e}")))?;
+        let new = again
+            .into_iter()
+            .map(|channel| {
+                let since = kept.iter().find(|s| s.channel == channel).and_then(|s| s.since.clone());
+                Subscription { channel, since }
+            })
+            .collect();
         self.send_subscriptions(ws, conn, Vec::new(), new).await
     }
 

@@ -387,7 +387,7 @@ pub(crate) async fn run(
         channels: durable.channels.into_iter().map(|c| (c.channel, (c.since_id, c.since_time))).collect(),
         follow,
         folded: HashMap::new(),
-        resets: durable.resets.into_iter().collect(),
+        resets: durable.resets.into_iter().map(|key| (key, 0)).collect(),
         cursor_write: None,
         cursor_written: confirmed,
     };
@@ -450,7 +450,9 @@ struct Link {
     folded: HashMap<ActionId, Vec<ActionId>>,
     /// CRDT objects to correct: the upstream refused one of their deltas (see
     /// [`rhizome_store::ObjectReset`]); each is asked for on every connection until done.
-    resets: std::collections::BTreeSet<String>,
+    /// With the number of undos of the object's deltas so far: a correction written before
+    /// the last of them may have kept what it refused, and is not the end of it.
+    resets: BTreeMap<String, u64>,
     /// The cursor write in flight, if any, and the position it writes.
     cursor_write:
         Option<(oneshot::Receiver<Result<rhizome_store::Committed, crate::writer::WriteFailed>>, Position)>,
@@ -490,8 +492,8 @@ struct Stored {
     highest: u64,
     /// Subscriptions it answered: their `since`, taken once it commits.
     since: Vec<UpstreamChannel>,
-    /// Corrections of objects it does.
-    resets: Vec<String>,
+    /// Corrections of objects it does, each with the undos of the object it counts.
+    resets: Vec<(String, u64)>,
 }
 
 /// Writes of received `sync`s in flight at most: past it the link waits for the oldest.
@@ -784,9 +786,16 @@ impl Link {
         }
         batch.cursors.push((UPSTREAM_RECEIVED.to_owned(), highest));
         let since = batch.upstream_channels.clone();
-        let resets = batch.object_resets.iter().map(|r| r.key.clone()).collect();
         let newly_refused = !batch.objects_to_reset.is_empty();
-        self.resets.extend(batch.objects_to_reset.iter().cloned());
+        for key in &batch.objects_to_reset {
+            *self.resets.entry(key.clone()).or_default() += 1;
+        }
+        // A correction sees the undos of its own write (status changes go first).
+        let resets = batch
+            .object_resets
+            .iter()
+            .map(|r| (r.key.clone(), self.resets.get(&r.key).copied().unwrap_or(0)))
+            .collect();
         let commit = self.shared.writer.write_unordered(batch).await;
         let added = syncs.iter().map(|(added, _)| *added).collect();
         session.storing.push_back(Stored { commit, added, highest, since, resets });
@@ -820,8 +829,8 @@ impl Link {
             return Err(End::retry("what the upstream sent could not be written"));
         };
         if !stored.resets.is_empty() {
-            for key in stored.resets {
-                if !committed.resets_incomplete.contains(&key) {
+            for (key, undos) in stored.resets {
+                if !committed.resets_incomplete.contains(&key) && self.resets.get(&key) == Some(&undos) {
                     self.resets.remove(&key);
                 }
             }
@@ -846,7 +855,7 @@ impl Link {
     /// it reads once it gets the request, and every delta it sent before too.
     async fn request_states(&mut self, session: &mut Session) -> Result<(), End> {
         let keys: Vec<String> =
-            self.resets.iter().filter(|k| !session.state_requests.contains_key(*k)).cloned().collect();
+            self.resets.keys().filter(|k| !session.state_requests.contains_key(*k)).cloned().collect();
         if keys.is_empty() {
             return Ok(());
         }
@@ -948,7 +957,11 @@ impl Link {
                 return;
             }
             k if k.starts_with("logux/") => return,
-            STATE_TYPE => return self.state_received(session, action, batch),
+            // The upstream's own answer only (anyone's action could have this type there).
+            STATE_TYPE if id.node == session.codec.remote => {
+                return self.state_received(session, action, batch)
+            }
+            STATE_TYPE => return,
             _ => {}
         }
         let subprotocol =
@@ -1002,16 +1015,16 @@ impl Link {
         let store = self.shared.store.clone();
         let targets: Vec<ActionId> =
             answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
-        // The undone entries as logged here, if this edge relayed them (`read_from` leaves out
-        // what came from the upstream): their positions, routing and status.
+        // The undone entries as logged here, if this edge relayed them (not received from the
+        // upstream): their positions, routing and status. A delta may have been emptied by
+        // snapshot cleaning since (the upstream confirms a `sync` before it answers each
+        // action, so the cursor can pass it first).
         let found = rhizome_io::blocking(move || {
             let mut found = HashMap::new();
             for target in targets {
                 let Some(position) = store.position_of_id(&target.text())? else { continue };
-                if let Some((entry, status)) = store.read_from(position - 1, 1)?.into_iter().next() {
-                    if entry.added == position {
-                        found.insert(target, (entry, status));
-                    }
+                if let Some(own) = store.own_entry(position)? {
+                    found.insert(target, own);
                 }
             }
             Ok::<_, rhizome_store::StoreError>(found)
@@ -1054,23 +1067,28 @@ impl Link {
                 denied_logged = true;
             }
             let reason = undo.str_field("reason").unwrap_or("error").to_owned();
+            // The action as relayed: this edge's entry, or, emptied since, the undo's copy.
+            let emptied = &*entry.action_json == "{}";
+            let relayed: Arc<str> = match undo.fields().get("action") {
+                Some(action) if emptied => Arc::from(action.to_string()),
+                _ => entry.action_json.clone(),
+            };
             // In its own words: a folded delta's undo names the id it went under.
-            let json = Arc::from(crate::pipeline::undo_json(
-                &answer.target,
-                &entry.action_json,
-                &reason,
-                &Default::default(),
-            ));
+            let json =
+                Arc::from(crate::pipeline::undo_json(&answer.target, &relayed, &reason, &Default::default()));
             batch.statuses.push((entry.added, Status::Undone(reason)));
-            let routing = Routing {
+            let mut routing = Routing {
                 clients: vec![author],
                 channels: entry.routing.channels.clone(),
                 ..Routing::default()
             };
             // A refused CRDT delta is in this edge's object: it is corrected from the upstream's
             // state (docs/edge.md).
-            if let Some(action) = Action::from_json(&entry.action_json) {
+            if let Some(action) = Action::from_json(&relayed) {
                 if action.kind() == rhizome_crdt::DELTA_TYPE {
+                    if let Some(key) = action.str_field("key").filter(|_| emptied) {
+                        routing.channels.push(Channel::from(format!("crdt/{key}")));
+                    }
                     if let Some(key) = action.str_field("key") {
                         if !batch.objects_to_reset.iter().any(|k| k == key) {
                             batch.objects_to_reset.push(key.to_owned());

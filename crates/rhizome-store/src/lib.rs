@@ -341,6 +341,10 @@ pub trait Store: Send + Sync + 'static {
     /// The channels an edge follows upstream.
     fn upstream_channels(&self) -> Result<Vec<UpstreamChannel>, StoreError>;
 
+    /// The entry at `position` with its status, unless it was received from the upstream; its
+    /// action may be `{}` (a delta emptied by snapshot cleaning).
+    fn own_entry(&self, position: Position) -> Result<Option<(StoredEntry, Status)>, StoreError>;
+
     /// The CRDT objects an edge must still correct (see [`WriteBatch::objects_to_reset`]).
     fn objects_to_reset(&self) -> Result<Vec<String>, StoreError>;
 

@@ -690,6 +690,22 @@ impl Store for SqliteStore {
         })
     }
 
+    fn own_entry(&self, position: Position) -> Result<Option<(StoredEntry, Status)>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS}, status, reason FROM log WHERE added = ?1 AND upstream = 0"
+            ))?;
+            let row = stmt
+                .query_row([position as i64], |row| {
+                    let entry = row_entry(row)?;
+                    let status = Status::from_parts(row.get(6)?, row.get(7)?);
+                    Ok(entry.map(|e| (e, status)))
+                })
+                .optional()?;
+            row.transpose()
+        })
+    }
+
     fn count(&self) -> Result<u64, StoreError> {
         self.with_reader(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0))? as u64))
     }
@@ -1053,6 +1069,7 @@ impl LogWriter for SqliteWriter {
                  ON CONFLICT(channel) DO UPDATE SET since_id = excluded.since_id,
                  since_time = excluded.since_time WHERE excluded.since_id IS NOT NULL",
             )?;
+            let mut resetting = tx.prepare_cached("SELECT 1 FROM object_resets WHERE key = ?1")?;
             let mut reset_at = tx.prepare_cached("UPDATE crdt_objects SET reset_at = ?2 WHERE key = ?1")?;
             let mut to_reset = tx.prepare_cached("INSERT OR IGNORE INTO object_resets(key) VALUES (?1)")?;
             let mut reset_done = tx.prepare_cached("DELETE FROM object_resets WHERE key = ?1")?;
@@ -1121,7 +1138,10 @@ impl LogWriter for SqliteWriter {
                             // The deltas the previous snapshot already holds are needed no more
                             // (readers start from the snapshot, the new one or the previous):
                             // their bodies and channel index go, their ids stay for at-most-once.
-                            if cached.snapshot_at > 0 {
+                            // A correction to come reads the deltas after its positions: none is
+                            // emptied while one is pending.
+                            let correcting = resetting.query_row([&key], |_| Ok(())).optional()?.is_some();
+                            if cached.snapshot_at > 0 && !correcting {
                                 let channel = format!("crdt/{key}");
                                 let only_there =
                                     routing_json(&Routing::channel(channel.as_str())).unwrap_or_default();
