@@ -137,6 +137,9 @@ struct Device {
     undone: Vec<(Value, String)>,
     /// Every action it added, by id.
     added: HashMap<String, Value>,
+    /// Operations its client folded into a later one before sending them: their answer is
+    /// that one's.
+    folded_into: HashMap<String, String>,
 }
 
 /// What a server host publishes while the test watches.
@@ -317,7 +320,10 @@ async fn client_host(
                 .filter(|r| r.action["type"] == "dm")
                 .map(|r| (r.id, r.action["text"].as_str().unwrap_or_default().to_owned()))
                 .collect();
+            // The undos its log records (an event may be lost in a crash; the log is not).
+            let undone = client.undone().await?;
             let mut device = device.borrow_mut();
+            device.undone = undone_actions(&device, undone);
             device.queued = Some(queued);
             device.objects = objects;
             device.received_messages = received_messages;
@@ -326,10 +332,8 @@ async fn client_host(
         // Events are read, or a full channel would pause the connection.
         tokio::select! {
             event = events.recv() => match event {
-                Some(Event::Undone { id, reason, action }) => {
-                    let mut device = device.borrow_mut();
-                    let action = device.added.get(&id.text()).cloned().unwrap_or(action);
-                    device.undone.push((action, reason));
+                Some(Event::Folded { id, into }) => {
+                    device.borrow_mut().folded_into.insert(id.text(), into.text());
                 }
                 Some(_) => {}
                 None => return Err("the client stopped".into()),
@@ -338,6 +342,27 @@ async fn client_host(
             () = tokio::time::sleep_until(next_publish), if watching.get() => {}
         }
     }
+}
+
+/// The actions `undone` undid, as `device` added them (an edge's undo of a CRDT operation
+/// carries the delta it made of it), with the operations folded into each.
+fn undone_actions(device: &Device, undone: Vec<rhizome_client::Undone>) -> Vec<(Value, String)> {
+    let mut out = Vec::new();
+    // Its own (the log also records undos of others' actions sent to its channels).
+    for u in undone.into_iter().filter(|u| device.added.contains_key(&u.id)) {
+        let mut ids = vec![u.id.clone()];
+        let mut i = 0;
+        while i < ids.len() {
+            let into = ids[i].clone();
+            ids.extend(device.folded_into.iter().filter(|(_, t)| **t == into).map(|(f, _)| f.clone()));
+            i += 1;
+        }
+        for id in &ids {
+            let Some(action) = device.added.get(id).cloned() else { continue };
+            out.push((action, u.reason.clone()));
+        }
+    }
+    out
 }
 
 /// One step of a seed's schedule.
@@ -687,7 +712,12 @@ fn watch_for_panics() {
 /// Runs `seed`: the schedule, then healing until everything converged, then the checks.
 fn run_seed(seed: u64) -> Result<Outcome> {
     watch_for_panics();
-    let dir = tempfile::tempdir()?;
+    // `SIM_KEEP=1` keeps the hosts' files, to read after a failure.
+    let keep = std::env::var_os("SIM_KEEP").is_some();
+    let dir = tempfile::Builder::new().keep(keep).tempdir()?;
+    if keep {
+        eprintln!("seed {seed}: files in {}", dir.path().display());
+    }
     let network: Arc<dyn Network> = Arc::new(Turmoil);
     rhizome_io::simulate(Simulation {
         clock: Box::new(|| EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as i64),
