@@ -714,7 +714,7 @@ fn run_seed(seed: u64) -> Result<Outcome> {
     watch_for_panics();
     // `SIM_KEEP=1` keeps the hosts' files, to read after a failure.
     let keep = std::env::var_os("SIM_KEEP").is_some();
-    let dir = tempfile::Builder::new().keep(keep).tempdir()?;
+    let dir = tempfile::Builder::new().disable_cleanup(keep).tempdir()?;
     if keep {
         eprintln!("seed {seed}: files in {}", dir.path().display());
     }
