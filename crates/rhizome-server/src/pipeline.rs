@@ -609,44 +609,57 @@ impl Pipeline {
         let Some(name) = action.str_field("channel").map(str::to_owned) else {
             return undo(&meta.id, action, "wrongChannel");
         };
+        // A peer's subscription to `rhizome/user/<user>` (docs/edge.md) follows what is
+        // addressed to the user, one of its clients or its nodes: no channel rules apply, and
+        // anyone else is refused as for an unknown channel. From there on it is a channel's.
+        let mut seen = None;
         if name.starts_with(USER_CHANNEL_PREFIX) {
-            return self.follow_user(action, meta, name).await;
-        }
-        let Some((rules, params)) = self.shared.app.find_channel(&name) else {
-            self.debug(&format!("Wrong channel name {name}"));
-            return undo(&meta.id, action, "wrongChannel");
-        };
-        // A CRDT subscriber may say what it holds (`seen`, a version vector): it then gets
-        // only what it lacks. Refused before any hook runs, like a malformed operation.
-        let seen = match (name.starts_with(CRDT_CHANNEL_PREFIX), action.fields().get("seen")) {
-            (true, Some(doc)) => match rhizome_crdt::parse_seen(doc) {
-                Ok(seen) => Some(seen),
-                Err(e) => return undo(&meta.id, action, e.reason()),
-            },
-            _ => None,
-        };
-        let rules = rules.clone();
-        // A peer (an edge's link) follows channels for its own clients, whose subscriptions
-        // its rules checked: it may subscribe to any (docs/edge.md).
-        let peer = self.identity.user_id.as_ref().is_some_and(|u| self.shared.app.is_peer(u));
-        if !peer {
-            match rules.access(ctx, &params, &action, &meta).await {
-                Ok(true) => {}
-                Ok(false) => return undo(&meta.id, action, "denied"),
+            if !self.is_peer() || name.len() == USER_CHANNEL_PREFIX.len() {
+                self.debug(&format!("Wrong channel name {name}"));
+                return undo(&meta.id, action, "wrongChannel");
+            }
+        } else {
+            let Some((rules, params)) = self.shared.app.find_channel(&name) else {
+                self.debug(&format!("Wrong channel name {name}"));
+                return undo(&meta.id, action, "wrongChannel");
+            };
+            // A CRDT subscriber may say what it holds (`seen`, a version vector): it then gets
+            // only what it lacks. Refused before any hook runs, like a malformed operation.
+            seen = match (name.starts_with(CRDT_CHANNEL_PREFIX), action.fields().get("seen")) {
+                (true, Some(doc)) => match rhizome_crdt::parse_seen(doc) {
+                    Ok(seen) => Some(seen),
+                    Err(e) => return undo(&meta.id, action, e.reason()),
+                },
+                _ => None,
+            };
+            let rules = rules.clone();
+            // A peer (an edge's link) follows channels for its own clients, whose subscriptions
+            // its rules checked: it may subscribe to any (docs/edge.md).
+            if !self.is_peer() {
+                match rules.access(ctx, &params, &action, &meta).await {
+                    Ok(true) => {}
+                    Ok(false) => return undo(&meta.id, action, "denied"),
+                    Err(e) => return hook_undo(&meta.id, action, e),
+                }
+            }
+            match rules.load(ctx, &params, &action, &meta).await {
+                Ok(loaded) if !loaded.is_empty() => {
+                    let mut b = SyncBuilder::new();
+                    for a in &loaded {
+                        let id = self.shared.next_server_id();
+                        b.push(
+                            &self.identity.codec,
+                            a.json(),
+                            &id,
+                            id.ms,
+                            Some(self.shared.config.subprotocol),
+                        );
+                    }
+                    self.outbox.push(b.finish(self.outbox.safe_added()));
+                }
+                Ok(_) => {}
                 Err(e) => return hook_undo(&meta.id, action, e),
             }
-        }
-        match rules.load(ctx, &params, &action, &meta).await {
-            Ok(loaded) if !loaded.is_empty() => {
-                let mut b = SyncBuilder::new();
-                for a in &loaded {
-                    let id = self.shared.next_server_id();
-                    b.push(&self.identity.codec, a.json(), &id, id.ms, Some(self.shared.config.subprotocol));
-                }
-                self.outbox.push(b.finish(self.outbox.safe_added()));
-            }
-            Ok(_) => {}
-            Err(e) => return hook_undo(&meta.id, action, e),
         }
         // The id of a `since` the log knows: a channel subscription raises it on close too.
         let mut resumed = None;
@@ -740,43 +753,6 @@ impl Pipeline {
         b.push(&self.identity.codec, &json, &id, id.ms, Some(self.shared.config.subprotocol));
         self.outbox.push(b.finish(self.outbox.safe_added()));
         Answer::Processed(meta.id)
-    }
-
-    /// A peer's subscription to `rhizome/user/<user>` (docs/edge.md): what is addressed to
-    /// the user, one of its clients or its nodes, from the position its `since` stands for (as
-    /// a channel's; without one, from now), then live. Anyone else is refused as for an
-    /// unknown channel. An edge follows the user from its own upstream too.
-    async fn follow_user(&self, action: Action, meta: Meta, name: String) -> Answer {
-        if !self.is_peer() || name.len() == USER_CHANNEL_PREFIX.len() {
-            self.debug(&format!("Wrong channel name {name}"));
-            return undo(&meta.id, action, "wrongChannel");
-        }
-        let mut resumed = None;
-        let since = match action.fields().get("since") {
-            Some(Value::Object(since)) => match self.position_of_since_id(since).await {
-                Some(position) => {
-                    resumed = since.get("id").and_then(Value::as_str).map(Box::from);
-                    Some(position)
-                }
-                None => self.position_before_since_time(since).await,
-            },
-            _ => None,
-        };
-        if let Some(follow) = self.shared.upstream_follow.get() {
-            if follow.follow(&self.shared.writer, &name).await.is_err() {
-                return undo(&meta.id, action, "error");
-            }
-        }
-        let message = HubMessage::Subscribe {
-            conn: self.conn,
-            channel: Channel::from(name),
-            filter: None,
-            since,
-            resumed,
-            ack: meta.id,
-        };
-        let _ = self.shared.hub.send(message).await;
-        Answer::Nothing
     }
 
     /// Queues one `crdt/delta` for a subscriber of the CRDT object at `key`: with `seen` (and

@@ -235,12 +235,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if version < 1 {
         tx.execute("DELETE FROM subscription_acks", [])?;
     }
-    let has_client: bool = tx.query_row(
-        "SELECT count(*) FROM pragma_table_info('subscription_acks') WHERE name = 'client'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_client {
+    if !has_column(&tx, "subscription_acks", "client")? {
         tx.execute("ALTER TABLE subscription_acks ADD COLUMN client TEXT", [])?;
     }
     if version < 3 {
@@ -261,22 +256,11 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         ids::index_all(&tx)?;
         crate::channels::index_from_rows(&tx)?;
     }
-    if version < 4 {
-        let has_upstream: bool =
-            tx.query_row("SELECT count(*) FROM pragma_table_info('log') WHERE name = 'upstream'", [], |r| {
-                r.get::<_, i64>(0).map(|n| n > 0)
-            })?;
-        if !has_upstream {
-            tx.execute("ALTER TABLE log ADD COLUMN upstream INTEGER NOT NULL DEFAULT 0", [])?;
-        }
+    if version < 4 && !has_column(&tx, "log", "upstream")? {
+        tx.execute("ALTER TABLE log ADD COLUMN upstream INTEGER NOT NULL DEFAULT 0", [])?;
     }
     if version < 5 {
-        let has_reset: bool = tx.query_row(
-            "SELECT count(*) FROM pragma_table_info('crdt_objects') WHERE name = 'reset_at'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_reset {
+        if !has_column(&tx, "crdt_objects", "reset_at")? {
             tx.execute("ALTER TABLE crdt_objects ADD COLUMN reset_at INTEGER NOT NULL DEFAULT 0", [])?;
         }
         // `u:<user>`, `c:<user>:<client>` and `n:<user>:<client>…`: the user is what follows
@@ -293,6 +277,16 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// Whether `table` has the column `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    let found: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get(0),
+    )?;
+    Ok(found > 0)
 }
 
 impl SqliteStore {

@@ -116,16 +116,20 @@ fn reads_by_channel_and_target_respect_ranges_limits_and_exclusions() {
     assert_eq!(entries[0].routing.users, ["bob".into()] as [rhizome_protocol::UserId; 1]);
 }
 
-#[test]
-fn reads_for_a_user_find_its_users_clients_and_nodes_entries_only() {
-    let (_dir, store) = open();
-    let mut w = store.writer().expect("writer");
-    let to = |users: &[&str], clients: &[&str], nodes: &[&str]| Routing {
+/// Routing to these users, clients and nodes.
+fn to(users: &[&str], clients: &[&str], nodes: &[&str]) -> Routing {
+    Routing {
         users: users.iter().map(|&u| u.into()).collect(),
         clients: clients.iter().map(|&c| c.into()).collect(),
         nodes: nodes.iter().map(|&n| NodeId::from(n)).collect(),
         ..Routing::default()
-    };
+    }
+}
+
+#[test]
+fn reads_for_a_user_find_its_users_clients_and_nodes_entries_only() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
     let mut b = vec![batch(vec![
         entry("1 x:1:t 0", to(&["bob"], &[], &[]), Status::Processed),
         entry("1 x:1:t 1", to(&[], &["bob:b1"], &[]), Status::Processed),
@@ -151,12 +155,6 @@ fn reads_for_a_user_find_its_users_clients_and_nodes_entries_only() {
 fn a_log_of_format_four_gains_the_user_index_of_its_addressed_entries() {
     let (dir, store) = open();
     let mut w = store.writer().expect("writer");
-    let to = |users: &[&str], clients: &[&str], nodes: &[&str]| Routing {
-        users: users.iter().map(|&u| u.into()).collect(),
-        clients: clients.iter().map(|&c| c.into()).collect(),
-        nodes: nodes.iter().map(|&n| NodeId::from(n)).collect(),
-        ..Routing::default()
-    };
     let mut b = vec![batch(vec![
         entry("1 x:1:t 0", to(&["bob"], &[], &[]), Status::Processed),
         entry("1 x:1:t 1", to(&[], &["bob:b1"], &["carol:c1:t"]), Status::Processed),
