@@ -281,6 +281,34 @@ mod tests {
         assert_eq!(expand("c/{s}/x", &c), None, "an escaped slash is a slash too");
     }
 
+    #[tokio::test]
+    async fn a_user_template_addresses_a_user_or_refuses_the_action() {
+        let rule = ActionRule { kind: "dm".into(), channel: None, access: None, user: Some("{to}".into()) };
+        let t = ConfiguredAction { rule, channels: Arc::new(Channels(Vec::new())) };
+        let node = rhizome_protocol::NodeId::from("alice:1:t");
+        let ctx = Context {
+            user_id: node.user_id(),
+            client_id: node.client_id(),
+            node_id: node.clone(),
+            subprotocol: 1,
+            headers: Arc::default(),
+        };
+        let meta = Meta { id: rhizome_protocol::ActionId { ms: 1, node, seq: 0 }, time: 1, subprotocol: 1 };
+        let resend = |to: &str| {
+            let action = Action::from_json(&serde_json::json!({"type": "dm", "to": to}).to_string()).unwrap();
+            let (t, ctx, meta) = (&t, &ctx, &meta);
+            async move { t.resend(ctx, &action, meta).await }
+        };
+        assert_eq!(resend("bob").await.map(|r| r.users), Ok(vec!["bob".into()]));
+        for bad in ["", "server", "bob:1", "b b"] {
+            let refused = resend(bad).await;
+            assert!(
+                matches!(&refused, Err(HookError::Undo { reason, .. }) if reason == "wrongUser"),
+                "{bad:?}: {refused:?}"
+            );
+        }
+    }
+
     #[test]
     fn who_parses() {
         #[derive(Deserialize)]
