@@ -4,6 +4,7 @@
 //! No sockets, no SQL, no clocks: time is passed in as milliseconds and every hook is a trait
 //! the embedding application implements.
 
+pub mod actor;
 pub mod app;
 pub mod connection;
 pub mod entry;

@@ -36,6 +36,18 @@ pub fn forward(author: &NodeId, status: &Status) -> Forward {
     }
 }
 
+/// The bit set in the sequence number of [`rejoined_id`]: far above any sequence a Logux node
+/// makes (a count of ids within one millisecond), and exact in a JavaScript number.
+const REJOINED_SEQ: u64 = 1 << 52;
+
+/// The id under which an upstream stores a peer's relayed delta that it logged already under
+/// `id` but does not hold (see `rhizome_store::Append::rejoin`): the same author and time, so
+/// it is judged and ordered as the author's, with a sequence number no node makes. `None` for
+/// an id whose sequence is that high already.
+pub fn rejoined_id(id: &rhizome_protocol::ActionId) -> Option<rhizome_protocol::ActionId> {
+    (id.seq < REJOINED_SEQ).then(|| rhizome_protocol::ActionId { seq: id.seq | REJOINED_SEQ, ..id.clone() })
+}
+
 /// A `sync` in flight: its `added` and the position the cursor reaches once it is confirmed
 /// (past entries skipped after it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +152,14 @@ impl Uplink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejoined_id_is_the_authors_with_a_sequence_no_node_makes() {
+        let id = rhizome_protocol::ActionId::parse("1700000000000 alice:a1:t 3").expect("id");
+        let rejoined = rejoined_id(&id).expect("rejoined");
+        assert_eq!(rejoined.text(), "1700000000000 alice:a1:t 4503599627370499");
+        assert_eq!(rejoined_id(&rejoined), None, "not twice");
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -87,6 +87,9 @@ pub enum StartError {
     /// Another server runs on the same data directory.
     #[error("the data directory {0} is in use by another rhizome server")]
     Locked(std::path::PathBuf),
+    /// The upstream link's node id cannot name this edge.
+    #[error("upstream node: {0}")]
+    Site(#[from] rhizome_core::actor::SiteError),
 }
 
 /// A running server.
@@ -134,6 +137,11 @@ fn random_id() -> String {
 impl Server {
     /// Opens the log, starts the writer thread and the hub, and listens.
     pub async fn start(options: ServerOptions) -> Result<Server, StartError> {
+        // An edge's CRDT dots name it by its link's client id (docs/edge.md).
+        let site = match &options.upstream {
+            Some(upstream) => Some(rhizome_core::actor::site(&upstream.node.client_id())?),
+            None => None,
+        };
         let lock = lock_data_dir(&options.data_dir)?;
         let store = SqliteStore::open(&options.data_dir)?;
         let mut writer = store.writer()?;
@@ -182,6 +190,9 @@ impl Server {
         // An edge's cursor exists before any client's action is committed: the store keeps the
         // CRDT deltas above it (docs/edge.md), which snapshot cleaning would empty otherwise.
         let mut link_task = None;
+        if let Some(site) = site {
+            let _ = shared.site.set(site);
+        }
         if let Some(upstream) = options.upstream {
             let batch = WriteBatch {
                 cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],

@@ -375,8 +375,12 @@ impl Pipeline {
             };
             answers.push(Answer::Stored { index: batch.appends.len(), action, meta, rules });
             batch.appends.push(match crdt {
-                CrdtIn::Op(op) => Append::crdt(entry, op),
-                CrdtIn::Delta(key, delta) => Append::crdt_delta(entry, key, delta),
+                CrdtIn::Op(op) => {
+                    let actor = rhizome_core::actor::actor(&entry.id.node, self.shared.site.get());
+                    Append::crdt(entry, op, actor)
+                }
+                // Joined even under an id logged here, when it holds what this server lacks.
+                CrdtIn::Delta(key, delta) => Append::crdt_delta(entry, key, delta).rejoin(),
                 CrdtIn::None => Append::new(entry),
             });
         }

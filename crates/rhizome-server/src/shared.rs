@@ -53,6 +53,9 @@ pub struct Shared {
     /// An edge's link (docs/edge.md): told each channel a client subscribes to, which the edge
     /// then follows upstream. Unset on a server without an upstream.
     pub upstream_follow: std::sync::OnceLock<crate::link::Follow>,
+    /// An edge's site, the client id of its link: the dots of the operations it applies are
+    /// its own actors (`rhizome_core::actor`). Unset on a server without an upstream.
+    pub site: std::sync::OnceLock<rhizome_protocol::ClientId>,
     /// An edge's link state, for the status endpoint.
     pub link_status: std::sync::OnceLock<Arc<Mutex<crate::link::LinkStatus>>>,
     /// An edge's outbox is at its limit: client actions are refused (`outboxFull`).
@@ -126,6 +129,7 @@ impl Shared {
             wakeups: Arc::new(wakeups),
             stop: tokio::sync::watch::Sender::new(false),
             upstream_follow: std::sync::OnceLock::new(),
+            site: std::sync::OnceLock::new(),
             link_status: std::sync::OnceLock::new(),
             outbox_full: std::sync::atomic::AtomicBool::new(false),
             outbox_moved: tokio::sync::Notify::new(),

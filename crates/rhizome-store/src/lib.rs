@@ -180,13 +180,14 @@ pub struct Append {
     routing_text: Option<String>,
     crdt: Option<CrdtWrite>,
     from_upstream: bool,
+    rejoin: bool,
 }
 
 /// What an entry does to a CRDT object in its append's transaction.
 #[derive(Debug)]
 pub(crate) enum CrdtWrite {
-    /// An operation, whose dots the store assigns.
-    Op(rhizome_crdt::ops::Op),
+    /// An operation, whose dots the store assigns to the actor (see `rhizome_core::actor`).
+    Op(rhizome_crdt::ops::Op, NodeId),
     /// A delta with its dots assigned elsewhere (a peer relays what its own store applied),
     /// joined as it is.
     Join(rhizome_crdt::ops::Key, rhizome_crdt::Object),
@@ -197,7 +198,7 @@ impl Append {
     pub fn new(entry: NewEntry) -> Append {
         let id_text = entry.id.text();
         let routing_text = sqlite::routing_json(&entry.routing);
-        Append { entry, id_text, routing_text, crdt: None, from_upstream: false }
+        Append { entry, id_text, routing_text, crdt: None, from_upstream: false, rejoin: false }
     }
 
     /// Marks the entry as received from this server's upstream (an edge's link, see
@@ -209,11 +210,13 @@ impl Append {
 
     /// An entry that carries a CRDT operation: in the same transaction as the append, the
     /// store applies it to the object's state (assigning its dots) and stores, in place of the
-    /// operation, the `crdt/delta` action it produced, which is what subscribers receive. An
-    /// operation the object refuses (another kind) is stored undone with its reason.
-    pub fn crdt(entry: NewEntry, op: rhizome_crdt::ops::Op) -> Append {
+    /// operation, the `crdt/delta` action it produced, which is what subscribers receive. The
+    /// dots are `actor`'s: the author's node id on a server without an upstream, its name at
+    /// this edge on an edge (`rhizome_core::actor::actor`). An operation the object refuses
+    /// (another kind) is stored undone with its reason.
+    pub fn crdt(entry: NewEntry, op: rhizome_crdt::ops::Op, actor: NodeId) -> Append {
         let mut append = Append::new(entry);
-        append.crdt = Some(CrdtWrite::Op(op));
+        append.crdt = Some(CrdtWrite::Op(op, actor));
         append
     }
 
@@ -226,6 +229,19 @@ impl Append {
         let mut append = Append::new(entry);
         append.crdt = Some(CrdtWrite::Join(key, delta));
         append
+    }
+
+    /// A peer's relayed delta whose id is logged here already, processed, is still joined when
+    /// the object does not hold it: the id's author sent its operation here directly too, and
+    /// this server applied it itself, before the peer relayed its own application (a device
+    /// that moved with the operation in flight, docs/edge.md). The delta, which may hold the
+    /// author's other operations folded with it, is stored under
+    /// [`rhizome_core::uplink::rejoined_id`] of the id. The operation then counts twice, the
+    /// same on every replica, and nothing the peer took is lost. The append's outcome stays
+    /// `Duplicate`.
+    pub fn rejoin(mut self) -> Append {
+        self.rejoin = true;
+        self
     }
 
     /// The entry.
@@ -243,14 +259,14 @@ impl From<NewEntry> for Append {
 impl CrdtWrite {
     fn key(&self) -> &rhizome_crdt::ops::Key {
         match self {
-            CrdtWrite::Op(op) => op.key(),
+            CrdtWrite::Op(op, _) => op.key(),
             CrdtWrite::Join(key, _) => key,
         }
     }
 
     fn kind(&self) -> rhizome_crdt::Kind {
         match self {
-            CrdtWrite::Op(op) => op.kind(),
+            CrdtWrite::Op(op, _) => op.kind(),
             CrdtWrite::Join(_, delta) => delta.kind(),
         }
     }

@@ -800,18 +800,19 @@ enum Applied {
     Refused(String),
 }
 
-/// Applies `write` (an operation by `entry`'s author, or a delta to join) to the object's
-/// current state (from `staged`, this transaction's changes, else the writer's cache, else the
-/// database). A server's delta from the upstream (`from_upstream`) is checked against the
-/// state first: one the object holds already changes nothing here, and is not kept (an edge is
-/// sent back its own operations, joined with others', when it catches up).
+/// Applies `write` (an operation by `entry`'s author under its actor, or a delta to join) to
+/// the object's current state (from `staged`, this transaction's changes, else the writer's
+/// cache, else the database). With `check_held` (a server's delta from the upstream, or a
+/// peer's delta rejoined, see `Append::rejoin`) a delta is checked against the state first:
+/// one the object holds already changes nothing here, and is not kept (an edge is sent back
+/// its own operations, joined with others', when it catches up).
 fn apply_crdt(
     tx: &rusqlite::Transaction<'_>,
     staged: &mut HashMap<String, CachedObject>,
     cache: &mut HashMap<String, CachedObject>,
     write: &CrdtWrite,
     entry: &NewEntry,
-    from_upstream: bool,
+    check_held: bool,
 ) -> Result<Applied, StoreError> {
     let key = write.key().as_str();
     let found = match staged.remove(key).or_else(|| cache.remove(key)) {
@@ -848,16 +849,12 @@ fn apply_crdt(
     // A refused operation leaves the state as it was, so an existing object goes back
     // unchanged; a refused first operation creates nothing (its kind must not stick).
     let applied = match write {
-        CrdtWrite::Op(op) => ops::apply_in_place(&mut object.state, op, &entry.id.node, entry.time),
+        CrdtWrite::Op(op, actor) => ops::apply_in_place(&mut object.state, op, actor, entry.time),
         // Only a server's delta from the upstream (a catch-up, a join of what it logged) can
         // hold what this edge relayed; a client's is one the edge has not seen yet. So the
-        // copy of the state the check costs is paid once per catch-up of an object.
-        CrdtWrite::Join(_, delta)
-            if from_upstream
-                && exists
-                && entry.id.node.is_server()
-                && delta.kind() == object.state.kind() =>
-        {
+        // copy of the state the check costs is paid once per catch-up of an object (and once
+        // per delta a peer sends again after a drop).
+        CrdtWrite::Join(_, delta) if check_held && exists && delta.kind() == object.state.kind() => {
             let mut joined = object.state.clone();
             match joined.join(delta) {
                 Ok(()) if joined == object.state => {
@@ -1076,19 +1073,36 @@ impl LogWriter for SqliteWriter {
                     entries: Vec::with_capacity(batch.appends.len()),
                     resets_incomplete: Vec::new(),
                 };
-                for Append { mut entry, id_text: id, mut routing_text, crdt, from_upstream } in
+                for Append { mut entry, id_text: mut id, mut routing_text, crdt, from_upstream, rejoin } in
                     batch.appends.drain(..)
                 {
                     // An id is appended once, ever; a CRDT operation is not applied twice either.
+                    // A peer's delta under an id logged here may still be joined (`rejoin`).
+                    let mut rejoined = false;
                     if let Some(found) = ids.find(&tx, &entry.id, &id)? {
                         let status = Status::from_parts(found.status, found.reason);
-                        committed.outcomes.push(AppendOutcome::Duplicate(status));
-                        continue;
+                        let again = match (&crdt, &status) {
+                            (Some(CrdtWrite::Join(..)), Status::Processed) if rejoin => {
+                                rhizome_core::uplink::rejoined_id(&entry.id)
+                            }
+                            _ => None,
+                        };
+                        let again = match again {
+                            Some(again) if ids.find(&tx, &again, &again.text())?.is_none() => again,
+                            _ => {
+                                committed.outcomes.push(AppendOutcome::Duplicate(status));
+                                continue;
+                            }
+                        };
+                        id = again.text();
+                        entry.id = again;
+                        rejoined = true;
                     }
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
                     if let Some(write) = &crdt {
-                        match apply_crdt(&tx, &mut staged, cache, write, &entry, from_upstream)? {
+                        let check_held = (from_upstream && entry.id.node.is_server()) || rejoined;
+                        match apply_crdt(&tx, &mut staged, cache, write, &entry, check_held)? {
                             Applied::Changed(changed) => {
                                 let (cached, delta) = *changed;
                                 let key = write.key().as_str();
@@ -1096,6 +1110,10 @@ impl LogWriter for SqliteWriter {
                                 object_update = Some((key.to_owned(), cached, delta));
                             }
                             Applied::Held => {
+                                committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
+                                continue;
+                            }
+                            Applied::Refused(_) if rejoined => {
                                 committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
                                 continue;
                             }
@@ -1185,7 +1203,15 @@ impl LogWriter for SqliteWriter {
                             target.execute(params![format!("a:{user}"), added])?;
                         }
                     }
-                    committed.outcomes.push(AppendOutcome::Added(added as Position));
+                    if rejoined {
+                        tracing::warn!(
+                            id = %entry.id,
+                            "a peer relayed an operation this server had applied from its author already; both are kept (docs/edge.md)"
+                        );
+                        committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
+                    } else {
+                        committed.outcomes.push(AppendOutcome::Added(added as Position));
+                    }
                     committed.entries.push(StoredEntry {
                         added: added as Position,
                         time: entry.time,

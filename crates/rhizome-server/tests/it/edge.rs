@@ -119,7 +119,7 @@ async fn an_edge_relays_its_clients_actions_once_each_and_keeps_what_it_refused(
     let id = bob.send_action(json!({"type": "logux/subscribe", "channel": "crdt/likes"})).await?;
     let seen = bob.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
     let delta = seen.iter().flat_map(crate::support::sync_actions).find(|a| a["type"] == "crdt/delta");
-    assert_eq!(delta.map(|d| d["delta"].clone()), Some(json!({"alice:a1:t": [40, 0]})));
+    assert_eq!(delta.map(|d| d["delta"].clone()), Some(json!({edge.actor("alice:a1:t"): [40, 0]})));
     cloud.assert_healthy().await?;
     edge.stop().await;
     cloud.stop().await;
@@ -414,7 +414,12 @@ async fn crdt_objects_converge_across_the_cloud_and_its_edges() -> Result<()> {
         client.wait_processed(&last).await?;
     }
     let document = converged_counter(&[&cloud, &edge_a, &edge_b], "likes", 57).await?;
-    assert_eq!(document, json!({"alice:a1:t": [30, 0], "bob:b1:t": [20, 0], "carol:c1:t": [7, 0]}));
+    let want = json!({
+        edge_a.actor("alice:a1:t"): [30, 0],
+        edge_b.actor("bob:b1:t"): [20, 0],
+        cloud.actor("carol:c1:t"): [7, 0],
+    });
+    assert_eq!(document, want);
     edge_a.stop().await;
     edge_b.stop().await;
     cloud.stop().await;
@@ -470,7 +475,7 @@ async fn an_edge_keeps_no_delta_from_its_upstream_that_it_holds_already() -> Res
     let id = carol.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
     carol.wait_processed(&id).await?;
     let document = converged_counter(&[&cloud, &edge], "likes", 11).await?;
-    assert_eq!(document, json!({"alice:a1:t": [10, 0], "carol:c1:t": [1, 0]}));
+    assert_eq!(document, json!({edge.actor("alice:a1:t"): [10, 0], "carol:c1:t": [1, 0]}));
     assert_eq!(deltas_from_upstream(&edge)?, 1);
     edge.stop().await;
     cloud.stop().await;
@@ -532,7 +537,8 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
             ids.push(client.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?);
         }
     }
-    copy_becomes(&mut carol, "likes", &json!({"alice:a1:t": [2, 0], "bob:b1:t": [3, 0]})).await?;
+    let (a, b) = (edge.actor("alice:a1:t"), edge.actor("bob:b1:t"));
+    copy_becomes(&mut carol, "likes", &json!({&a: [2, 0], &b: [3, 0]})).await?;
     // And each adds an element to a set.
     for (client, elem) in [(&mut alice, "from alice"), (&mut bob, "from bob")] {
         let id = client.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
@@ -544,21 +550,21 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
     let undo = alice.until(|m| has_answer(m, "logux/undo", &ids[4])).await?;
     let refused = crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == ids[4]);
     assert_eq!(refused.map(|a| a["reason"].clone()), Some(json!("denied")), "{undo}");
-    let want = json!({"bob:b1:t": [3, 0]});
+    let want = json!({&b: [3, 0]});
     assert_eq!(copy_becomes(&mut carol, "likes", &want).await?, 1, "one whole state replaces the copy");
     copy_becomes(&mut alice, "likes", &want).await?;
     assert_eq!(converged_counter(&[&cloud, &edge], "likes", 3).await?, want);
     // What comes after joins as usual.
     let id = bob.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
     bob.wait_processed(&id).await?;
-    let want = json!({"bob:b1:t": [4, 0]});
+    let want = json!({&b: [4, 0]});
     copy_becomes(&mut carol, "likes", &want).await?;
     assert_eq!(converged_counter(&[&cloud, &edge], "likes", 4).await?, want);
     // A copy of the set that has seen Alice's element (a device that was away during the
     // correction) gets the whole corrected state, to replace its copy with, although what it
     // has seen covers everything the set holds.
     let mut dave = edge.login("dave:d1:t").await?;
-    let seen = json!({"alice:a1:t": 1, "bob:b1:t": 1});
+    let seen = json!({&a: 1, &b: 1});
     let id =
         dave.send_action(json!({"type": "logux/subscribe", "channel": "crdt/tags", "seen": seen})).await?;
     let answer = dave.collect_until(|m| has_answer(m, "logux/processed", &id)).await?;
@@ -813,7 +819,7 @@ async fn an_authors_deltas_of_one_object_go_up_folded_and_each_is_answered() -> 
     let status = edge.link_status()?;
     assert!(status.actions_sent < 100, "folded: {status:?}");
     let document = converged_counter(&[&cloud, &edge], "likes", 200).await?;
-    assert_eq!(document, json!({"alice:a1:t": [150, 0], "bob:b1:t": [50, 0]}));
+    assert_eq!(document, json!({edge.actor("alice:a1:t"): [150, 0], edge.actor("bob:b1:t"): [50, 0]}));
     // Every author hears that each of its operations was committed, folded or not.
     let mut committed: std::collections::HashSet<String> = std::collections::HashSet::new();
     let wanted: std::collections::HashSet<&String> = incs.iter().collect();
@@ -867,7 +873,7 @@ async fn a_fold_sent_again_after_a_drop_loses_none_of_its_deltas() -> Result<()>
     proxy.cut();
     wait_forwarded(&edge).await?;
     let document = converged_counter(&[&cloud, &edge], "likes", 2).await?;
-    assert_eq!(document, json!({"alice:a1:t": [2, 0]}));
+    assert_eq!(document, json!({edge.actor("alice:a1:t"): [2, 0]}));
     edge.stop().await;
     cloud.stop().await;
     Ok(())
@@ -929,7 +935,7 @@ async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
     }
     bob.wait_processed(&last).await?;
     let document = converged_counter(&[&cloud, &region, &site_a, &site_b], "likes", 15).await?;
-    assert_eq!(document, json!({"alice:a1:t": [10, 0], "bob:b1:t": [5, 0]}));
+    assert_eq!(document, json!({site_a.actor("alice:a1:t"): [10, 0], site_b.actor("bob:b1:t"): [5, 0]}));
     exactly_once(
         &ids_of(&cloud, "alice:a1:t")?,
         &ids_of(&region, "alice:a1:t")?.into_keys().collect::<Vec<_>>(),
@@ -1102,35 +1108,140 @@ async fn an_upstream_that_ends_each_connection_at_once_is_retried_with_backoff()
     Ok(())
 }
 
-// Each server gives an operation the author's dot from its own copy of the object, so two that
-// have not met give the same device's operations the same dot (`{"alice:a1:t": [1, 0]}` on
-// both) and the join keeps one: an increment lost, and for add-wins sets, both adds removed.
-// The dots need an actor per (device, server that applied), a change of the CRDT format.
-#[ignore = "known: operations of one device applied by two servers apart share dots (review of edge mode)"]
+/// Waits until a fresh subscriber of each of `servers` gets the same document of object `key`
+/// and `done` holds for it; returns the document.
+async fn converged_object(
+    servers: &[&TestServer],
+    key: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let mut documents = Vec::new();
+        for (n, server) in servers.iter().enumerate() {
+            documents.push(counter_document(server, &format!("reader:o{n}:t"), key).await?);
+        }
+        if documents.iter().all(|d| *d == documents[0]) && done(&documents[0]) {
+            return Ok(documents.swap_remove(0));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("object {key} did not converge: {documents:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The values of a list document (`{"elems": [[node, n, origin, seq, value]], "deleted"}`), in
+/// order, deleted ones left out.
+fn list_values(document: &serde_json::Value) -> Vec<serde_json::Value> {
+    let deleted = document["deleted"].as_array().cloned().unwrap_or_default();
+    let elems = document["elems"].as_array().cloned().unwrap_or_default();
+    elems.iter().filter(|e| !deleted.contains(&json!([e[0], e[1]]))).map(|e| e[4].clone()).collect()
+}
+
+/// The value of the counter at `key` of a map document (`[[node, n, p, m]]` per writer).
+fn map_counter(document: &serde_json::Value, key: &str) -> i64 {
+    let entries = document["entries"][key]["counter"].as_array().cloned().unwrap_or_default();
+    entries.iter().map(|e| e[2].as_i64().unwrap_or(0) - e[3].as_i64().unwrap_or(0)).sum()
+}
+
+/// Alice's device adds one operation to a counter, a set, a list and a map's counter at
+/// `server`, each to be applied there.
+async fn send(server: &TestServer, place: &str) -> Result<()> {
+    let actions = [
+        json!({"type": "crdt/counter/inc", "key": "likes", "by": 1}),
+        json!({"type": "crdt/set/add", "key": "tags", "elem": place}),
+        json!({"type": "crdt/list/insert", "key": "notes", "index": 0, "value": place}),
+        json!({"type": "crdt/map/inc", "key": "stock", "path": ["apples"], "by": 1}),
+    ];
+    let mut alice = server.login("alice:a1:t").await?;
+    let mut last = String::new();
+    for action in actions {
+        last = alice.send_action(action).await?;
+    }
+    alice.wait_processed(&last).await?;
+    alice.close().await;
+    Ok(())
+}
+
+/// A device that writes at an edge cut off from the cloud, then at the cloud directly, then at
+/// the edge again: each server names the device's dots after itself (docs/edge.md, "One
+/// device, several servers"), so none of its operations takes another's dot.
 #[tokio::test]
 async fn a_client_that_moves_between_an_edge_and_the_cloud_keeps_all_its_operations() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
     let proxy = Proxy::start(cloud.addr).await?;
     proxy.down(true);
     let edge = TestServer::edge_of(&proxy.url()).await?;
-    // Alice likes at the edge while it is cut off from the cloud…
-    let mut alice = edge.login("alice:a1:t").await?;
-    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
-    alice.wait_processed(&id).await?;
-    alice.close().await;
+    // Alice writes at the edge while it is cut off from the cloud…
+    send(&edge, "edge").await?;
     // …then, from the same device, at the cloud directly (another room, another network).
-    let mut alice = cloud.login("alice:a1:t").await?;
-    let id = alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
-    alice.wait_processed(&id).await?;
+    send(&cloud, "cloud").await?;
     proxy.down(false);
     wait_forwarded(&edge).await?;
-    // Two operations, each applied once: the counter counts both.
-    let document = counter_document(&cloud, "reader:r1:t", "likes").await?;
-    let total: i64 = document
-        .as_object()
-        .map(|o| o.values().map(|pn| pn[0].as_i64().unwrap_or(0) - pn[1].as_i64().unwrap_or(0)).sum())
-        .unwrap_or(0);
-    assert_eq!(total, 2, "{document}");
+    // Each operation counts once everywhere.
+    let servers = [&cloud, &edge];
+    let likes = converged_counter(&servers, "likes", 2).await?;
+    assert_eq!(likes, json!({edge.actor("alice:a1:t"): [1, 0], "alice:a1:t": [1, 0]}));
+    let tags =
+        converged_object(&servers, "tags", |d| d["elems"].as_array().is_some_and(|e| e.len() == 2)).await?;
+    let elems: Vec<&str> =
+        tags["elems"].as_array().into_iter().flatten().filter_map(|e| e[0].as_str()).collect();
+    assert_eq!(elems, ["cloud", "edge"], "{tags}");
+    let notes = converged_object(&servers, "notes", |d| list_values(d).len() == 2).await?;
+    let mut values = list_values(&notes);
+    values.sort_by_key(|v| v.to_string());
+    assert_eq!(values, [json!("cloud"), json!("edge")], "{notes}");
+    converged_object(&servers, "stock", |d| map_counter(d, "apples") == 2).await?;
+    // Back at the edge, its next operations follow its earlier ones there.
+    send(&edge, "edge again").await?;
+    wait_forwarded(&edge).await?;
+    converged_counter(&servers, "likes", 3).await?;
+    converged_object(&servers, "tags", |d| d["elems"].as_array().is_some_and(|e| e.len() == 3)).await?;
+    converged_object(&servers, "notes", |d| list_values(d).len() == 3).await?;
+    converged_object(&servers, "stock", |d| map_counter(d, "apples") == 3).await?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+/// A device's operation in flight when it moves (committed by its edge, the answer lost, sent
+/// again to the cloud before the edge relays it) is applied by both servers. The cloud still
+/// joins what the edge relays under that id, which also holds the device's earlier operation
+/// folded with it: that one is not lost, and every replica counts the same (the operation in
+/// flight twice, the documented limit).
+#[tokio::test]
+async fn an_operation_applied_by_an_edge_and_again_by_the_cloud_loses_nothing_and_converges() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let inc = json!({"type": "crdt/counter/inc", "key": "likes", "by": 1});
+    let mut alice = edge.login("alice:a1:t").await?;
+    let earlier = alice.send_action(inc.clone()).await?;
+    let in_flight = alice.send_action(inc.clone()).await?;
+    alice.wait_processed(&in_flight).await?;
+    alice.close().await;
+    // The same action again, at the cloud.
+    let ms: i64 = in_flight.split(' ').next().context("id")?.parse()?;
+    let mut alice = cloud.login("alice:a1:t").await?;
+    assert_eq!(alice.send_action_at(inc, ms).await?, in_flight);
+    alice.wait_processed(&in_flight).await?;
+    proxy.down(false);
+    wait_forwarded(&edge).await?;
+    let document = converged_counter(&[&cloud, &edge], "likes", 3).await?;
+    assert_eq!(document, json!({edge.actor("alice:a1:t"): [2, 0], "alice:a1:t": [1, 0]}));
+    // The edge's relay, folded under the id the cloud had, is logged under the rejoined id.
+    let ids = ids_of(&cloud, "alice:a1:t")?;
+    let rejoined = format!("{ms} alice:a1:t {}", (1u64 << 52));
+    assert_eq!(ids.get(&rejoined), Some(&1), "{ids:?}");
+    assert_eq!(ids.get(&in_flight), Some(&1), "{ids:?}");
+    assert!(!ids.contains_key(&earlier), "folded: {ids:?}");
+    // Sent again after a drop, the relay changes nothing more.
+    proxy.cut();
+    wait_status(&edge, |s| s["connected"] == true).await?;
+    wait_forwarded(&edge).await?;
+    assert_eq!(converged_counter(&[&cloud, &edge], "likes", 3).await?, document);
     edge.stop().await;
     cloud.stop().await;
     Ok(())

@@ -361,6 +361,13 @@ impl TestServer {
         format!("ws://{}/", self.addr)
     }
 
+    /// The name the dots of `node`'s CRDT operations carry when this server applies them: the
+    /// node id on a server without an upstream, the edge's name for it on an edge.
+    pub fn actor(&self, node: &str) -> String {
+        let site = self.link_node.as_deref().map(|link| rhizome_protocol::NodeId::from(link).client_id());
+        rhizome_core::actor::actor(&node.into(), site.as_ref()).to_string()
+    }
+
     /// The server's SQLite log.
     pub fn db_path(&self) -> std::path::PathBuf {
         self._dir.path().join("rhizome.db")

@@ -69,6 +69,59 @@ fn delta_append(id: &str, key: &str, delta: &Object) -> Append {
 }
 
 #[test]
+fn a_relayed_delta_under_a_logged_id_is_rejoined_once_when_the_object_lacks_it() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let direct: rhizome_crdt::NodeId = "alice:phone:1".into();
+    let at_edge: rhizome_crdt::NodeId = "server:edge:s1~alice:phone:1".into();
+    // The author's operation, applied here from the author.
+    let outcomes = commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![crdt_append(
+                "5 alice:phone:1 0",
+                serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1}),
+            )],
+            ..WriteBatch::default()
+        },
+    );
+    assert!(matches!(outcomes[0], AppendOutcome::Added(1)), "{outcomes:?}");
+    let held = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&direct, 1));
+    let relayed = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&at_edge, 2));
+    let rejoin = |delta: &Object| WriteBatch {
+        appends: vec![delta_append("5 alice:phone:1 0", "k", delta).rejoin()],
+        ..WriteBatch::default()
+    };
+    // What the object holds already: a plain duplicate, nothing written.
+    assert_eq!(commit(&mut w, rejoin(&held)), [AppendOutcome::Duplicate(Status::Processed)]);
+    assert_eq!(store.last_position().expect("read"), 1);
+    // The edge's own application: joined, under the rejoined id, the answer still a duplicate.
+    let mut batches = [rejoin(&relayed)];
+    let committed = w.commit(&mut batches, 1).expect("commit").remove(0);
+    assert_eq!(committed.outcomes, [AppendOutcome::Duplicate(Status::Processed)]);
+    let ids: Vec<String> = committed.entries.iter().map(|e| e.id.text()).collect();
+    assert_eq!(ids, [format!("5 alice:phone:1 {}", 1u64 << 52)]);
+    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
+        panic!("a counter")
+    };
+    assert_eq!(counter.value(), 3);
+    // Sent again: nothing more.
+    assert_eq!(commit(&mut w, rejoin(&relayed)), [AppendOutcome::Duplicate(Status::Processed)]);
+    assert_eq!(store.last_position().expect("read"), 2);
+    // Without `rejoin` (a client's re-sent action), a logged id is only a duplicate.
+    let plain = WriteBatch {
+        appends: vec![delta_append(
+            "5 alice:phone:1 0",
+            "k",
+            &Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&at_edge, 9)),
+        )],
+        ..WriteBatch::default()
+    };
+    assert_eq!(commit(&mut w, plain), [AppendOutcome::Duplicate(Status::Processed)]);
+    assert_eq!(store.last_position().expect("read"), 2);
+}
+
+#[test]
 fn a_relayed_delta_is_joined_as_it_is_and_joining_it_again_changes_nothing() {
     let (_dir, store) = open();
     let mut w = store.writer().expect("writer");

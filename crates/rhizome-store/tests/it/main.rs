@@ -286,7 +286,8 @@ fn crdt_append(id: &str, action: serde_json::Value) -> Append {
     let op = rhizome_crdt::ops::parse(&fields).expect("op");
     let mut e = entry(id, Routing::channel(op.channel().as_str()), Status::Processed);
     e.action_json = Arc::from(action.to_string());
-    Append::crdt(e, op)
+    let actor = e.id.node.clone();
+    Append::crdt(e, op, actor)
 }
 
 #[test]
@@ -547,7 +548,8 @@ fn snapshot_cleaning_keeps_what_goes_anywhere_but_the_objects_channel() {
     let mut to_bob = entry("1 a:b:c 0", Routing::channel("crdt/k"), Status::Processed);
     to_bob.routing.users.push(rhizome_protocol::UserId::from("bob"));
     to_bob.action_json = Arc::from(inc.to_string());
-    commit(&mut w, Append::crdt(to_bob, op), 1);
+    let actor = to_bob.id.node.clone();
+    commit(&mut w, Append::crdt(to_bob, op, actor), 1);
     commit(&mut w, Append::new(entry("2 a:b:c 0", Routing::channel("crdt/k"), Status::Processed)), 2);
     // Two hundred more operations: several snapshot rewrites clean the deltas before them.
     for i in 3..=200u32 {
