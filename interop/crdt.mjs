@@ -92,6 +92,18 @@ await run('crdt', async url => {
   let ok = await settle(Promise.all(online), 10000, 'online operations')
   check(ok.ok, `alice's ${ONLINE + 14} online operations are processed`, ok.error?.message)
   await waitUntil(() => (fold(), counterValue(likes) === ONLINE), 5000)
+  // The id of alice's first element, as bob's copy names it: the server that applied her
+  // insert chose its dot (her node id, or her name at that edge: docs/edge.md), so an app
+  // reads element ids from the document instead of predicting them.
+  let milkOf = () =>
+    deltas()
+      .filter(({ action }) => action.key === TODO)
+      .flatMap(({ action }) => action.delta.elems ?? [])
+      .find(e => e[4] === 'milk')
+  await waitUntil(() => milkOf() !== undefined, 5000)
+  let milk = milkOf()
+  check(milk !== undefined, "bob's copy of the list names alice's first element", JSON.stringify(deltas().length))
+  let aliceActor = milk?.[0]
   check(counterValue(likes) === ONLINE, `bob's counter reaches ${ONLINE} from the deltas`, counterValue(likes))
 
   // 2. both lose their connections; alice keeps working offline
@@ -110,7 +122,7 @@ await run('crdt', async url => {
   offline.push(alice.sync({ type: 'crdt/list/insert', key: TODO, index: 0, value: 'bread' }))
   offline.push(alice.sync({ type: 'crdt/list/delete', key: TODO, index: 2 }))
   // By element id: right after milk (alice's first element), wherever it is by then.
-  offline.push(alice.sync({ type: 'crdt/list/insert', key: TODO, after: [alice.nodeId, 1], value: 'jam' }))
+  offline.push(alice.sync({ type: 'crdt/list/insert', key: TODO, after: [milk?.[0], milk?.[1]], value: 'jam' }))
   offline.push(alice.sync({ type: 'crdt/map/set', key: META, path: ['stats', 'words'], value: 120 }))
   for (let i = 0; i < 4; i++) offline.push(alice.sync({ type: 'crdt/map/inc', key: META, path: ['stats', 'views'] }))
   offline.push(alice.sync({ type: 'crdt/map/dec', key: META, path: ['stats', 'views'], by: 3 }))
@@ -166,7 +178,7 @@ await run('crdt', async url => {
   // offline put superseded the online one.
   let style = meta?.style?.lww ?? []
   check(style.length === 1 && JSON.stringify(style[0][3]) === JSON.stringify({ font: 'sans', marks: [1, { b: null }] }) &&
-    style[0][0] === alice.nodeId,
+    style[0][0] === aliceActor,
     "bob's map register holds alice's last put, and only it", JSON.stringify(meta?.style))
   // The causal-length set inside the map: [element, node, n, length] per bump held; odd
   // lengths are present. draft was added and removed (2), hidden and pinned added once (1).
