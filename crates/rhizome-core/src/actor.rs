@@ -13,9 +13,11 @@
 //!   (`edge:site1` for the link node `edge:site1:link`); a server's own actions keep its
 //!   node id, which no other server applies.
 //!
-//! The decorated form can never be a client's node id (no client is of user `server`), and two
-//! sites give two names because a site has no `~`. When the whole would be longer than a node
-//! id may be, the author part is replaced by `#` and the first 128 bits of its SHA-256 in hex.
+//! The decorated form can never be a client's node id (no client is of user `server`). A site
+//! is ASCII letters, digits, `:`, `_`, `.` and `-`, so the first `~` or `#` after the prefix
+//! ends it, and two sites give two names. When the whole would be longer than a node id may
+//! be, the form is `server:<site>#<hex>` instead, the first 128 bits of the author's SHA-256:
+//! apart from every `~` form, whatever the author's node id.
 
 use rhizome_protocol::ids::NODE_ID_BYTES_MAX;
 use rhizome_protocol::{ClientId, NodeId};
@@ -27,12 +29,17 @@ pub const SITE_BYTES_MAX: usize = 64;
 /// What separates the site from the author in a decorated actor.
 const SEPARATOR: char = '~';
 
+/// What separates the site from the author's digest.
+const DIGEST_SEPARATOR: char = '#';
+
 /// Why a link's client id cannot name a site.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SiteError {
-    /// It holds the separator.
-    #[error("an edge's link client id must not contain '~' (it names the edge in CRDT dots)")]
-    Separator,
+    /// It holds another character than a site may.
+    #[error(
+        "an edge's link client id may hold only ASCII letters, digits, ':', '_', '.' and '-' (it names the edge in CRDT dots)"
+    )]
+    Character,
     /// It is too long.
     #[error("an edge's link client id must be at most {SITE_BYTES_MAX} bytes")]
     TooLong,
@@ -40,8 +47,9 @@ pub enum SiteError {
 
 /// The site of an edge whose link has `client` as its client id, checked.
 pub fn site(client: &ClientId) -> Result<ClientId, SiteError> {
-    if client.as_str().contains(SEPARATOR) {
-        return Err(SiteError::Separator);
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-');
+    if !client.as_str().chars().all(allowed) {
+        return Err(SiteError::Character);
     }
     if client.as_str().len() > SITE_BYTES_MAX {
         return Err(SiteError::TooLong);
@@ -56,13 +64,13 @@ pub fn actor(author: &NodeId, site: Option<&ClientId>) -> NodeId {
     if author.is_server() {
         return author.clone();
     }
-    let prefix = format!("server:{site}{SEPARATOR}");
-    if prefix.len() + author.as_str().len() <= NODE_ID_BYTES_MAX {
-        return NodeId::from(prefix + author.as_str());
+    let whole = format!("server:{site}{SEPARATOR}{author}");
+    if whole.len() <= NODE_ID_BYTES_MAX {
+        return NodeId::from(whole);
     }
     let digest = Sha256::digest(author.as_str().as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    NodeId::from(format!("{prefix}#{hex}"))
+    NodeId::from(format!("server:{site}{DIGEST_SEPARATOR}{hex}"))
 }
 
 #[cfg(test)]
@@ -101,15 +109,20 @@ mod tests {
         let (a, b) = (actor(&long('x'), Some(&site)), actor(&long('y'), Some(&site)));
         assert_ne!(a, b);
         assert!(
-            a.as_str().starts_with("server:edge:s~#") && a.as_str().len() == "server:edge:s~#".len() + 32,
+            a.as_str().starts_with("server:edge:s#") && a.as_str().len() == "server:edge:s#".len() + 32,
             "{a}"
         );
+        // Never the name of an author whose node id looks like a digest.
+        let lookalike = NodeId::from(a.as_str().trim_start_matches("server:edge:s"));
+        assert_ne!(actor(&lookalike, Some(&site)), a);
         assert_eq!(a, actor(&long('x'), Some(&site)), "the same author, the same actor");
     }
 
     #[test]
     fn a_site_has_no_separator_and_a_bounded_length() {
-        assert_eq!(site(&"edge:a~b".into()), Err(SiteError::Separator));
+        for bad in ["edge:a~b", "edge:a#b", "edge:a b", "edge:é"] {
+            assert_eq!(site(&bad.into()), Err(SiteError::Character), "{bad}");
+        }
         assert_eq!(site(&ClientId::from("e".repeat(SITE_BYTES_MAX + 1))), Err(SiteError::TooLong));
         assert!(site(&"edge:site1".into()).is_ok());
     }

@@ -473,7 +473,7 @@ mod tests {
             ("[upstream]\nurl = \"http://c/\"\nnode = \"edge:s1:link\"\n", "must be ws:// or wss://"),
             ("[upstream]\nurl = \"ws://c/\"\n", "needs the link's node id"),
             ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge\"\n", "must be a node id of a user"),
-            ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s~1:link\"\n", "must not contain '~'"),
+            ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s~1:link\"\n", "may hold only ASCII letters"),
             ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\nwindow = 0\n", "at least 1"),
             ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\ntoken_env = \"RHIZOME_TEST_UNSET_TOKEN\"\n", "is not set"),
             ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\nwindoww = 2\n", "unknown field"),

@@ -1000,7 +1000,9 @@ impl Link {
             status: Status::Processed,
         };
         let append = match delta {
-            Some((key, delta)) => Append::crdt_delta(new, key, delta),
+            // Joined even under an id logged here (its author sent it here too, and the
+            // upstream applied its own copy), when it holds what this edge lacks.
+            Some((key, delta)) => Append::crdt_delta(new, key, delta).rejoin(),
             None => Append::new(new),
         };
         batch.appends.push(append.from_upstream());

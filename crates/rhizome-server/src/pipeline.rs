@@ -284,7 +284,9 @@ impl Pipeline {
                 continue;
             }
             if kind == "logux/unsubscribe" {
-                if let Some(channel) = action.str_field("channel") {
+                // A peer's subscription serves all of its clients: one of them leaving a
+                // channel (relayed with its id) does not end it; the link's own does.
+                if let Some(channel) = action.str_field("channel").filter(|_| !relayed) {
                     let channel = Channel::from(channel);
                     let _ = self.shared.hub.send(HubMessage::Unsubscribe { conn: self.conn, channel }).await;
                 }

@@ -231,13 +231,14 @@ impl Append {
         append
     }
 
-    /// A peer's relayed delta whose id is logged here already, processed, is still joined when
-    /// the object does not hold it: the id's author sent its operation here directly too, and
-    /// this server applied it itself, before the peer relayed its own application (a device
-    /// that moved with the operation in flight, docs/edge.md). The delta, which may hold the
-    /// author's other operations folded with it, is stored under
-    /// [`rhizome_core::uplink::rejoined_id`] of the id. The operation then counts twice, the
-    /// same on every replica, and nothing the peer took is lost. The append's outcome stays
+    /// A delta whose id is logged here already is still joined when the object does not hold
+    /// it: the id's author sent its operation to two servers (a device that moved with the
+    /// operation in flight, docs/edge.md), and each applied it. For a peer's relayed delta, the
+    /// id must not be undone here (the peer is then refused with it); one from the upstream is
+    /// joined whatever became of the id here. The delta, which may hold other operations folded
+    /// with it, is stored processed under [`rhizome_core::uplink::rejoined_id`] of the id, and
+    /// sent to its author's devices too. The operation then counts twice, the same on every
+    /// replica, and nothing either server took is lost. The append's outcome stays
     /// `Duplicate`.
     pub fn rejoin(mut self) -> Append {
         self.rejoin = true;

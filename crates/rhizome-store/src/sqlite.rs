@@ -1078,11 +1078,15 @@ impl LogWriter for SqliteWriter {
                 {
                     // An id is appended once, ever; a CRDT operation is not applied twice either.
                     // A peer's delta under an id logged here may still be joined (`rejoin`).
-                    let mut rejoined = false;
+                    // The status of the id when this is its delta rejoined: the append's outcome.
+                    let mut rejoined: Option<Status> = None;
                     if let Some(found) = ids.find(&tx, &entry.id, &id)? {
                         let status = Status::from_parts(found.status, found.reason);
+                        // The upstream's state is the truth, whatever became of the id here; a
+                        // peer's delta under an id refused here is refused with it.
                         let again = match (&crdt, &status) {
-                            (Some(CrdtWrite::Join(..)), Status::Processed) if rejoin => {
+                            (Some(CrdtWrite::Join(..)), Status::Undone(_)) if !from_upstream => None,
+                            (Some(CrdtWrite::Join(..)), _) if rejoin => {
                                 rhizome_core::uplink::rejoined_id(&entry.id)
                             }
                             _ => None,
@@ -1096,12 +1100,21 @@ impl LogWriter for SqliteWriter {
                         };
                         id = again.text();
                         entry.id = again;
-                        rejoined = true;
+                        rejoined = Some(status);
+                        // Done with: its author's `process` ran (or runs) for the id itself.
+                        entry.status = Status::Processed;
+                        // The author's own devices too (an author is not sent its own actions):
+                        // this is another server's application, which their copies lack.
+                        let author = entry.id.node.client_id();
+                        if !entry.routing.clients.contains(&author) {
+                            entry.routing.clients.push(author);
+                            routing_text = routing_json(&entry.routing);
+                        }
                     }
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
                     if let Some(write) = &crdt {
-                        let check_held = (from_upstream && entry.id.node.is_server()) || rejoined;
+                        let check_held = (from_upstream && entry.id.node.is_server()) || rejoined.is_some();
                         match apply_crdt(&tx, &mut staged, cache, write, &entry, check_held)? {
                             Applied::Changed(changed) => {
                                 let (cached, delta) = *changed;
@@ -1110,11 +1123,14 @@ impl LogWriter for SqliteWriter {
                                 object_update = Some((key.to_owned(), cached, delta));
                             }
                             Applied::Held => {
-                                committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
+                                let status = rejoined.unwrap_or(Status::Processed);
+                                committed.outcomes.push(AppendOutcome::Duplicate(status));
                                 continue;
                             }
-                            Applied::Refused(_) if rejoined => {
-                                committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
+                            Applied::Refused(_) if rejoined.is_some() => {
+                                committed
+                                    .outcomes
+                                    .push(AppendOutcome::Duplicate(rejoined.unwrap_or(Status::Processed)));
                                 continue;
                             }
                             Applied::Refused(reason) => {
@@ -1203,12 +1219,12 @@ impl LogWriter for SqliteWriter {
                             target.execute(params![format!("a:{user}"), added])?;
                         }
                     }
-                    if rejoined {
+                    if let Some(status) = rejoined {
                         tracing::warn!(
                             id = %entry.id,
-                            "a peer relayed an operation this server had applied from its author already; both are kept (docs/edge.md)"
+                            "an operation applied by two servers (its author sent it to both); both are kept (docs/edge.md)"
                         );
-                        committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
+                        committed.outcomes.push(AppendOutcome::Duplicate(status));
                     } else {
                         committed.outcomes.push(AppendOutcome::Added(added as Position));
                     }

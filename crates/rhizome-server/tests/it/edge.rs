@@ -8,6 +8,7 @@ use rhizome_server::link::LinkStatus;
 use rhizome_testkit::Proxy;
 use serde_json::json;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the link may take to deliver everything.
@@ -1242,6 +1243,83 @@ async fn an_operation_applied_by_an_edge_and_again_by_the_cloud_loses_nothing_an
     wait_status(&edge, |s| s["connected"] == true).await?;
     wait_forwarded(&edge).await?;
     assert_eq!(converged_counter(&[&cloud, &edge], "likes", 3).await?, document);
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+/// Processes an action once the test lets it (a permit of its semaphore).
+struct Gated(Arc<tokio::sync::Semaphore>);
+
+#[async_trait::async_trait]
+impl rhizome_core::ActionType for Gated {
+    async fn access(
+        &self,
+        _: &rhizome_core::Context,
+        _: &rhizome_protocol::Action,
+        _: &rhizome_core::Meta,
+    ) -> Result<bool, rhizome_core::HookError> {
+        Ok(true)
+    }
+
+    fn processes(&self) -> bool {
+        true
+    }
+
+    async fn process(
+        &self,
+        _: &rhizome_core::Context,
+        _: &rhizome_protocol::Action,
+        _: &rhizome_core::Meta,
+    ) -> Result<(), rhizome_core::HookError> {
+        if let Ok(permit) = self.0.acquire().await {
+            permit.forget();
+        }
+        Ok(())
+    }
+}
+
+/// The other way round: the cloud's application of an operation the edge applied too (and has
+/// not relayed yet) comes down live under the same id; the edge joins it rather than dropping
+/// it as a duplicate, and the two converge once the edge's own goes up.
+#[tokio::test]
+async fn an_edge_joins_the_clouds_application_of_an_operation_it_applied_too() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (app, _) = TestServer::default_rules()?;
+    let edge = TestServer::edge_with_app(&cloud.url(), app.action_type("slow", Gated(gate.clone()))).await?;
+    let mut reader = edge.login("reader:r1:t").await?;
+    subscribe(&mut reader, "crdt/likes").await?;
+    // Bob's action is being processed at the edge: nothing after it goes up meanwhile.
+    let mut bob = edge.login("bob:b1:t").await?;
+    let slow = bob.send_action(json!({"type": "slow"})).await?;
+    let inc = json!({"type": "crdt/counter/inc", "key": "likes", "by": 1});
+    let mut alice = edge.login("alice:a1:t").await?;
+    let in_flight = alice.send_action(inc.clone()).await?;
+    alice.wait_processed(&in_flight).await?;
+    alice.close().await;
+    // Its answer lost, Alice's device sends it again at the cloud, which sends its delta down.
+    let ms: i64 = in_flight.split(' ').next().context("id")?.parse()?;
+    let mut alice = cloud.login("alice:a1:t").await?;
+    alice.send_action_at(inc, ms).await?;
+    alice.wait_processed(&in_flight).await?;
+    let both = json!({edge.actor("alice:a1:t"): [1, 0], "alice:a1:t": [1, 0]});
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while counter_document(&edge, "reader:r2:t", "likes").await? != both {
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the edge dropped the cloud's delta: {}",
+                counter_document(&edge, "reader:r3:t", "likes").await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(deltas_from_upstream(&edge)?, 1, "the cloud's delta, under the rejoined id");
+    // The edge's own application goes up, and the cloud joins it too.
+    gate.add_permits(1);
+    bob.wait_processed(&slow).await?;
+    wait_forwarded(&edge).await?;
+    assert_eq!(converged_counter(&[&cloud, &edge], "likes", 2).await?, both);
     edge.stop().await;
     cloud.stop().await;
     Ok(())

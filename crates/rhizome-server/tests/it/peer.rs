@@ -9,6 +9,7 @@ use rhizome_core::{ActionType, App, Context, HookError, Limits, Meta};
 use rhizome_protocol::Action;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Relays `action` with the id `"<ms> <node> 0"` in `sync` number `added`; returns the id.
 async fn relay(link: &mut Client, added: u64, ms: i64, node: &str, action: Value) -> Result<String> {
@@ -191,6 +192,28 @@ async fn a_peer_is_not_sent_back_what_it_relayed() -> Result<()> {
     })
     .await?;
     assert_eq!(caught_up, [json!({"type": "post", "channel": "users/alice", "n": 2})]);
+    // One of the peer's clients leaving the channel does not end the peer's subscription,
+    // which its other clients still need.
+    let left = relay(
+        &mut link,
+        4,
+        ms + 3,
+        "alice:a1:t",
+        json!({"type": "logux/unsubscribe", "channel": "users/alice"}),
+    )
+    .await?;
+    link.until(|m| has_answer(m, "logux/processed", &left)).await?;
+    phone.send_action(json!({"type": "post", "channel": "users/alice", "n": 3})).await?;
+    let message = link.until(|m| sync_actions(m).iter().any(|a| a["type"] == "post")).await?;
+    let posts: Vec<Value> = sync_actions(&message).into_iter().filter(|a| a["type"] == "post").collect();
+    assert_eq!(posts, [json!({"type": "post", "channel": "users/alice", "n": 3})]);
+    // The link's own unsubscription ends it.
+    let own = link.send_action(json!({"type": "logux/unsubscribe", "channel": "users/alice"})).await?;
+    link.until(|m| has_answer(m, "logux/processed", &own)).await?;
+    phone.send_action(json!({"type": "post", "channel": "users/alice", "n": 4})).await?;
+    let quiet = Duration::from_millis(500);
+    let more = link.until_within(quiet, |m| sync_actions(m).iter().any(|a| a["type"] == "post")).await;
+    assert!(more.is_err(), "{more:?}");
     server.stop().await;
     Ok(())
 }

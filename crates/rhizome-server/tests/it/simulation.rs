@@ -268,14 +268,8 @@ async fn client_host(
     watching: Rc<Cell<bool>>,
 ) -> turmoil::Result {
     loop {
-        let server = {
-            let mut device = device.borrow_mut();
-            if let Some(to) = device.move_to.take() {
-                device.moves += u64::from(device.at != to);
-                device.at = to;
-            }
-            device.at
-        };
+        // After a crash, where it was: a move waits until nothing it added waits for an answer.
+        let server = device.borrow().at;
         let options = ClientOptions::new(format!("ws://{server}:{PORT}/"), path.clone(), user);
         let mut options = options.token(token(user));
         options.node = Some(NodeId::from(format!("{user}:phone:app")));
@@ -285,6 +279,11 @@ async fn client_host(
         let (client, events) = Client::open(options).await?;
         use_client(user, server, &client, events, &device, &watching).await?;
         client.close().await;
+        let mut device = device.borrow_mut();
+        if let Some(to) = device.move_to.take() {
+            device.moves += 1;
+            device.at = to;
+        }
     }
 }
 
@@ -307,6 +306,10 @@ async fn use_client(
         let moving = device.borrow().move_to.is_some_and(|to| to != server);
         if moving && device.borrow().todo.is_empty() && client.log_stats().await?.queued == 0 {
             return Ok(());
+        }
+        if !moving {
+            // Asked to stay, or to go back before it left.
+            device.borrow_mut().move_to = None;
         }
         // What the app was asked to do, each action recorded as soon as `add` returns: it is
         // then in the device's log (and no await comes between, so no crash either).

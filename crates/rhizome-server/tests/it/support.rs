@@ -254,7 +254,8 @@ impl TestServer {
         Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
     }
 
-    fn default_rules() -> Result<(App, Limits)> {
+    /// The tests' rules (`RULES`) and [`DEFAULT_LIMITS`].
+    pub fn default_rules() -> Result<(App, Limits)> {
         let text = format!("{RULES}\n[limits]\n{DEFAULT_LIMITS}\n");
         let file: FileConfig = toml::from_str(&text).context("test config")?;
         Ok((file.app()?, file.limits.to_limits()?))

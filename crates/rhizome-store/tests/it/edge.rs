@@ -101,6 +101,8 @@ fn a_relayed_delta_under_a_logged_id_is_rejoined_once_when_the_object_lacks_it()
     assert_eq!(committed.outcomes, [AppendOutcome::Duplicate(Status::Processed)]);
     let ids: Vec<String> = committed.entries.iter().map(|e| e.id.text()).collect();
     assert_eq!(ids, [format!("5 alice:phone:1 {}", 1u64 << 52)]);
+    let to_author: Vec<String> = committed.entries[0].routing.clients.iter().map(|c| c.to_string()).collect();
+    assert_eq!(to_author, ["alice:phone"], "the author's devices lack the other server's application");
     let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
         panic!("a counter")
     };
@@ -119,6 +121,24 @@ fn a_relayed_delta_under_a_logged_id_is_rejoined_once_when_the_object_lacks_it()
     };
     assert_eq!(commit(&mut w, plain), [AppendOutcome::Duplicate(Status::Processed)]);
     assert_eq!(store.last_position().expect("read"), 2);
+    // A peer's delta under an id refused here is refused with it; the upstream's is joined.
+    let refused = entry("6 bob:phone:1 0", Routing::default(), Status::Undone("denied".into()));
+    commit(&mut w, WriteBatch { appends: vec![Append::new(refused)], ..WriteBatch::default() });
+    let bobs = || Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&"bob:phone:1".into(), 4));
+    let relayed = WriteBatch {
+        appends: vec![delta_append("6 bob:phone:1 0", "k", &bobs()).rejoin()],
+        ..WriteBatch::default()
+    };
+    assert_eq!(commit(&mut w, relayed), [AppendOutcome::Duplicate(Status::Undone("denied".into()))]);
+    let from_upstream = WriteBatch {
+        appends: vec![delta_append("6 bob:phone:1 0", "k", &bobs()).rejoin().from_upstream()],
+        ..WriteBatch::default()
+    };
+    assert_eq!(commit(&mut w, from_upstream), [AppendOutcome::Duplicate(Status::Undone("denied".into()))]);
+    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
+        panic!("a counter")
+    };
+    assert_eq!(counter.value(), 7, "the upstream's application is the truth");
 }
 
 #[test]
