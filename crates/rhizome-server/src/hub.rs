@@ -394,7 +394,8 @@ impl Hub {
 
     /// Raises the acknowledgement of each live subscription of a closing connection to
     /// `client_synced`, so that a re-subscription with its `since` does not replay what the
-    /// client already received.
+    /// client already received, and records it as what the client confirmed here (what its
+    /// next `connect`'s `synced` is trusted up to, see `Store::confirmed_by`).
     ///
     /// Why that is safe: a frame stamped `n` is queued only after the hub has routed every
     /// entry up to `n`, so after every live frame carrying such an entry to this connection.
@@ -425,6 +426,11 @@ impl Hub {
             .filter(|c| !c.as_str().starts_with(CRDT_CHANNEL_PREFIX))
             .filter_map(|c| self.channels.get(c)?.get(&id))
             .filter(|sub| sub.live_at.is_some_and(|live_at| live_at < through));
+        // What a later connection's claim is trusted up to (a device that moved between servers
+        // claims another's position).
+        if through > 0 {
+            batch.client_positions.push((client.to_owned(), through));
+        }
         for sub in live {
             batch.owned_acks.push((sub.id.text(), through, client.to_owned()));
             // The `since` it resumed from stands for no later position than where its catch-up

@@ -66,6 +66,9 @@ pub struct Session {
     unsent: Vec<u8>,
     /// Highest `added` the client confirmed with `synced`, reported to the hub at the end.
     client_synced: u64,
+    /// The client, once authenticated, with the last `client_synced` recorded in the log and
+    /// when (see [`Session::record_synced`]).
+    recorded: Option<(rhizome_protocol::ClientId, u64, i64)>,
     /// When the last event was handled; quiet for `park_after` parks the connection.
     quiet_since_ms: i64,
     /// Its turn to read while it has `sync`s in flight (see `Limits::backlog_readers_max`).
@@ -157,9 +160,50 @@ pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Box
         decoder,
         unsent: Vec::new(),
         client_synced: 0,
+        recorded: None,
         turn: Turn::None,
         write_failed: false,
     })
+}
+
+/// How often a connection records what its client confirmed, besides when it closes: a crash
+/// then replays at most this much of what is addressed to the client.
+const RECORD_SYNCED_EVERY_MS: i64 = 60_000;
+
+/// The `synced` a client claims in its `connect`, trusted up to what it confirmed at this
+/// server ([`rhizome_store::Store::confirmed_by`]): the claim may be another server's position.
+/// Lower means duplicates, which clients drop by id; higher would skip what it never got.
+async fn trusted_synced(shared: &Shared, client: &rhizome_protocol::ClientId, claimed: u64) -> u64 {
+    if claimed == 0 {
+        return 0;
+    }
+    let store = shared.store.clone();
+    let client = client.to_string();
+    match rhizome_io::blocking(move || store.confirmed_by(&client)).await {
+        Ok(Ok(confirmed)) => claimed.min(confirmed),
+        _ => 0,
+    }
+}
+
+impl Session {
+    /// Records what the client confirmed, at most every [`RECORD_SYNCED_EVERY_MS`] (the hub
+    /// records it when the connection closes). Not waited for.
+    async fn record_synced(&mut self) {
+        let Some((client, recorded, at)) = &mut self.recorded else { return };
+        let now = now_ms();
+        // Never beyond what the hub has routed: a client cannot have been sent more.
+        let confirmed = self.client_synced.min(*self.shared.committed.borrow());
+        if confirmed <= *recorded || now - *at < RECORD_SYNCED_EVERY_MS {
+            return;
+        }
+        *recorded = confirmed;
+        *at = now;
+        let batch = rhizome_store::WriteBatch {
+            client_positions: vec![(client.to_string(), confirmed)],
+            ..rhizome_store::WriteBatch::default()
+        };
+        drop(self.shared.writer.write_unordered(batch).await);
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -645,11 +689,16 @@ impl Session {
                         codec: identity.codec,
                         peer: identity.role == rhizome_core::Role::Peer,
                     });
+                    // A device that moved here from another server (an edge, the cloud) brings
+                    // that server's position: it is trusted up to what it confirmed here.
+                    let synced =
+                        trusted_synced(&self.shared, &shared_identity.client_id, identity.synced).await;
+                    self.recorded = Some((shared_identity.client_id.clone(), synced, now_ms()));
                     let message = HubMessage::Register {
                         conn: self.conn,
                         identity: shared_identity.clone(),
                         outbox: self.outbox.clone(),
-                        synced: identity.synced,
+                        synced,
                     };
                     if self.shared.hub.send(message).await.is_err() {
                         return Next::Close(code::GOING_AWAY, "server shutting down");
@@ -669,7 +718,10 @@ impl Session {
                     let pending = pipeline.accept(added, actions).await;
                     self.inflight.push_back(pending);
                 }
-                Output::Synced(added) => self.client_synced = self.client_synced.max(added),
+                Output::Synced(added) => {
+                    self.client_synced = self.client_synced.max(added);
+                    self.record_synced().await;
+                }
                 Output::Pong => {
                     self.outbox.push(encode_pong(self.outbox.safe_added()));
                 }

@@ -58,6 +58,9 @@ pub struct WriteBatch {
     /// Corrections of CRDT objects after the upstream refused some of their operations, done
     /// after the rest of the batch (its status changes included).
     pub object_resets: Vec<ObjectReset>,
+    /// The highest positions clients confirmed (`synced`) at this server: `(client id,
+    /// position)`, only ever raised (see [`Store::confirmed_by`]).
+    pub client_positions: Vec<(String, Position)>,
 }
 
 /// The correction of an edge's CRDT object after its upstream refused one of the operations
@@ -144,6 +147,7 @@ impl WriteBatch {
             && self.upstream_channels.is_empty()
             && self.objects_to_reset.is_empty()
             && self.object_resets.is_empty()
+            && self.client_positions.is_empty()
     }
 }
 
@@ -350,6 +354,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The position of the cursor `name` (see [`WriteBatch::cursors`]), if it was ever written.
     fn cursor(&self, name: &str) -> Result<Option<Position>, StoreError>;
+
+    /// The highest position `client` confirmed receiving at this server, as last recorded
+    /// ([`WriteBatch::client_positions`]); for a client without a record, the end of the log
+    /// when recording began (0 for a log that always recorded). A client's own claim (the
+    /// `synced` of its `connect`) may be another server's position: a device that moved
+    /// between an edge and the cloud (docs/edge.md).
+    fn confirmed_by(&self, client: &str) -> Result<Position, StoreError>;
 
     /// What an edge still has to send upstream: its own entries after `after` (the upstream
     /// cursor) that the link sends (not received from the upstream, not a server's, not undone).

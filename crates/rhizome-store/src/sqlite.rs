@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS upstream_channels(
 ) WITHOUT ROWID;
 -- CRDT objects an edge must correct (see `ObjectReset`), until it has.
 CREATE TABLE IF NOT EXISTS object_resets(key TEXT PRIMARY KEY) WITHOUT ROWID;
+-- The highest position each client confirmed here (see `Store::confirmed_by`).
+CREATE TABLE IF NOT EXISTS client_positions(
+    client TEXT PRIMARY KEY, position INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 const READERS: usize = 4;
@@ -203,7 +207,10 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 5;
+const FORMAT_VERSION: i64 = 6;
+
+/// The cursor holding where [`Store::confirmed_by`]'s records began.
+const CLIENTS_FROM: &str = "clients_from";
 
 /// Brings a log written by an earlier build to [`FORMAT_VERSION`], in one transaction.
 ///
@@ -226,6 +233,9 @@ const FORMAT_VERSION: i64 = 5;
 /// Version 5: `log_targets` also has `a:<user>` for each user an entry addresses by `users`,
 /// `clients` or `nodes` (what a peer following the user is sent); added for the rows before.
 /// `crdt_objects.reset_at`: where an edge last corrected the object (see `ObjectReset`).
+///
+/// Version 6: `client_positions`, what each client confirmed here; a client without a row is
+/// trusted up to the end of the log as it was then (cursor `clients_from`).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
@@ -272,6 +282,12 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
                  SELECT 'a:' || substr(target, 3, instr(substr(target, 3), ':') - 1), added
                  FROM log_targets
                  WHERE (target LIKE 'c:%' OR target LIKE 'n:%') AND instr(substr(target, 3), ':') > 1;",
+        )?;
+    }
+    if version < 6 {
+        tx.execute(
+            "INSERT OR IGNORE INTO cursors(name, position) SELECT ?1, coalesce(max(added), 0) FROM log",
+            [CLIENTS_FROM],
         )?;
     }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;
@@ -622,6 +638,24 @@ impl Store for SqliteStore {
                 .query_row([name], |r| r.get(0))
                 .optional()?;
             Ok(position.map(|p| p as Position))
+        })
+    }
+
+    fn confirmed_by(&self, client: &str) -> Result<Position, StoreError> {
+        self.with_reader(|c| {
+            let recorded: Option<i64> = c
+                .prepare_cached("SELECT position FROM client_positions WHERE client = ?1")?
+                .query_row([client], |r| r.get(0))
+                .optional()?;
+            let position = match recorded {
+                Some(position) => position,
+                None => c
+                    .prepare_cached("SELECT position FROM cursors WHERE name = ?1")?
+                    .query_row([CLIENTS_FROM], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+            };
+            Ok(position as Position)
         })
     }
 
@@ -1064,6 +1098,10 @@ impl LogWriter for SqliteWriter {
             let mut reset_at = tx.prepare_cached("UPDATE crdt_objects SET reset_at = ?2 WHERE key = ?1")?;
             let mut to_reset = tx.prepare_cached("INSERT OR IGNORE INTO object_resets(key) VALUES (?1)")?;
             let mut reset_done = tx.prepare_cached("DELETE FROM object_resets WHERE key = ?1")?;
+            let mut client_position = tx.prepare_cached(
+                "INSERT INTO client_positions(client, position) VALUES (?1, ?2)
+                 ON CONFLICT(client) DO UPDATE SET position = max(position, excluded.position)",
+            )?;
             let mut resumed = tx.prepare_cached(
                 "UPDATE subscription_acks SET position = max(position, ?2) WHERE id = ?1 AND client = ?3",
             )?;
@@ -1246,6 +1284,9 @@ impl LogWriter for SqliteWriter {
                 }
                 for (id, position, client) in batch.resumed_acks.drain(..) {
                     resumed.execute(params![id, position as i64, client])?;
+                }
+                for (client, position) in batch.client_positions.drain(..) {
+                    client_position.execute(params![client, position as i64])?;
                 }
                 for change in batch.push_targets.drain(..) {
                     write_push_target(&tx, change)?;

@@ -1325,6 +1325,58 @@ async fn an_edge_joins_the_clouds_application_of_an_operation_it_applied_too() -
     Ok(())
 }
 
+/// Connects `node` with the `synced` of its `connect` set to `synced` (what a device that was
+/// at another server claims: that server's position).
+async fn login_claiming(server: &TestServer, node: &str, synced: u64) -> Result<Client> {
+    let mut client = server.open().await?;
+    let token = crate::support::token(crate::support::user_of(node));
+    client.send_json(&json!(["connect", 5, node, synced, {"token": token, "subprotocol": 1}])).await?;
+    let answer = client.next_json().await?;
+    client.on_connected(&answer)?;
+    Ok(client)
+}
+
+/// Reads until `sync`s carrying a `dm` with each of `texts` came, answering each `sync` with
+/// `synced` (what a client confirms).
+async fn dms_arrive(client: &mut Client, texts: &[&str]) -> Result<()> {
+    let mut missing: Vec<&str> = texts.to_vec();
+    while !missing.is_empty() {
+        let message = client.next_json().await.with_context(|| format!("waiting for {missing:?}"))?;
+        if message[0] == "sync" {
+            client.send_json(&json!(["synced", message[1]])).await?;
+        }
+        for action in crate::support::sync_actions(&message) {
+            missing.retain(|text| !(action["type"] == "dm" && action["text"] == *text));
+        }
+    }
+    Ok(())
+}
+
+/// A device that comes from another server claims that server's position in its `connect`:
+/// the server trusts it only up to what the client confirmed here, so what was addressed to
+/// the device while it was away is not skipped.
+#[tokio::test]
+async fn a_device_from_another_server_gets_what_was_addressed_to_it_here() -> Result<()> {
+    let server = TestServer::with_peers(&["edge"]).await?;
+    let mut alice = server.login("alice:a1:t").await?;
+    // Bob's device receives one message here and confirms it, then goes elsewhere.
+    let mut bob = server.login("bob:b1:t").await?;
+    alice.send_action(json!({"type": "dm", "to": "bob", "text": "first"})).await?;
+    dms_arrive(&mut bob, &["first"]).await?;
+    bob.close().await;
+    let id = alice.send_action(json!({"type": "dm", "to": "bob", "text": "while away"})).await?;
+    alice.wait_processed(&id).await?;
+    // It comes back with the position it reached at a busier server.
+    let far = last_position(&server)? + 100_000;
+    let mut bob = login_claiming(&server, "bob:b1:t", far).await?;
+    dms_arrive(&mut bob, &["while away"]).await?;
+    // A device never seen here gets everything addressed to it, whatever it claims.
+    let mut phone = login_claiming(&server, "bob:b2:t", far).await?;
+    dms_arrive(&mut phone, &["first", "while away"]).await?;
+    server.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_edge_follows_at_most_its_limit_of_channels_and_serves_the_rest_itself() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;

@@ -177,6 +177,35 @@ fn a_log_of_format_four_gains_the_user_index_of_its_addressed_entries() {
 }
 
 #[test]
+fn what_a_client_confirmed_only_rises_and_an_older_logs_clients_are_trusted_up_to_its_end() {
+    let (dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let positions = |list: &[(&str, u64)]| WriteBatch {
+        client_positions: list.iter().map(|(c, p)| (c.to_string(), *p)).collect(),
+        ..WriteBatch::default()
+    };
+    assert_eq!(store.confirmed_by("bob:b1").expect("read"), 0, "a new log: nothing for anyone");
+    w.commit(&mut [positions(&[("bob:b1", 7), ("carol:c1", 3)])], 1).expect("commit");
+    w.commit(&mut [positions(&[("bob:b1", 5)])], 1).expect("commit");
+    assert_eq!(store.confirmed_by("bob:b1").expect("read"), 7, "a late, lower record does not lower it");
+    assert_eq!(store.confirmed_by("carol:c1").expect("read"), 3);
+    let mut b = vec![batch(
+        (0..4).map(|n| entry(&format!("1 x:1:t {n}"), Routing::default(), Status::Processed)).collect(),
+    )];
+    w.commit(&mut b, 1).expect("commit");
+    drop(w);
+    drop(store);
+    // As a build before the records left it: its clients' claims are trusted up to its end.
+    let db = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
+    db.execute_batch("DROP TABLE client_positions; DELETE FROM cursors; PRAGMA user_version = 5;")
+        .expect("undo");
+    drop(db);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.confirmed_by("bob:b1").expect("read"), 4);
+    assert_eq!(store.confirmed_by("dave:d1").expect("read"), 4);
+}
+
+#[test]
 fn a_large_commit_indexes_every_channel_of_every_entry() {
     // More entries than the channel index is written in at once, on interleaved channels, some
     // on two channels, over two batches of one commit, with a duplicate among them.
