@@ -73,6 +73,10 @@ pub enum HubMessage {
         outbox: Arc<Outbox>,
         /// The `synced` of its `connect`.
         synced: Position,
+        /// What its client confirmed at this server, as the log records it
+        /// (`Store::confirmed_by`): `synced` is trusted up to it, or up to what the hub
+        /// recorded since.
+        confirmed: Position,
     },
     /// A connection closed.
     Unregister {
@@ -177,7 +181,15 @@ struct Hub {
     /// routing does not look for them.
     followed_users: usize,
     position: Position,
+    /// What clients confirmed at their last connection's close, as also written to the log
+    /// (`client_positions`), for a connection of theirs that registers before that write is
+    /// readable. Cleared when it reaches [`CONFIRMED_KEPT_MAX`]; a forgotten one costs a
+    /// reconnecting client duplicates.
+    confirmed: HashMap<ClientId, Position>,
 }
+
+/// Most entries of `Hub::confirmed`.
+const CONFIRMED_KEPT_MAX: usize = 1 << 16;
 
 /// Runs the hub until every sender is gone.
 pub async fn run(
@@ -195,6 +207,7 @@ pub async fn run(
         channels: HashMap::new(),
         followed_users: 0,
         position,
+        confirmed: HashMap::new(),
     };
     while let Some(message) = rx.recv().await {
         hub.handle(message);
@@ -216,8 +229,10 @@ impl Hub {
                 // entries go to the wake-up task, which works out which, off the hub.
                 self.shared.wakeups.committed(entries);
             }
-            HubMessage::Register { conn, identity, outbox, synced } => {
-                self.register(conn, identity, outbox, synced)
+            HubMessage::Register { conn, identity, outbox, synced, confirmed } => {
+                // The claim may be another server's position (a device that moved here).
+                let recent = self.confirmed.get(&identity.client_id).copied().unwrap_or(0);
+                self.register(conn, identity, outbox, synced.min(confirmed.max(recent)))
             }
             HubMessage::Unregister { conn, client_synced } => {
                 self.record_received(conn, client_synced);
@@ -407,7 +422,7 @@ impl Hub {
     /// subscription live since position `l < n` had its channel's entries in `(l, n]` routed
     /// to it live (filter, author and `excludeClients` applied), hence received; the entries
     /// up to `l` are what its acknowledgement already stands for.
-    fn record_received(&self, id: ConnId, client_synced: Position) {
+    fn record_received(&mut self, id: ConnId, client_synced: Position) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -430,6 +445,11 @@ impl Hub {
         // claims another's position).
         if through > 0 {
             batch.client_positions.push((client.to_owned(), through));
+            if self.confirmed.len() >= CONFIRMED_KEPT_MAX {
+                self.confirmed.clear();
+            }
+            let recent = self.confirmed.entry(conn.identity.client_id.clone()).or_default();
+            *recent = (*recent).max(through);
         }
         for sub in live {
             batch.owned_acks.push((sub.id.text(), through, client.to_owned()));

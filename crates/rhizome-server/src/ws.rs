@@ -170,17 +170,18 @@ pub fn session(shared: Arc<Shared>, peer: IpAddr, cookie: Option<String>) -> Box
 /// then replays at most this much of what is addressed to the client.
 const RECORD_SYNCED_EVERY_MS: i64 = 60_000;
 
-/// The `synced` a client claims in its `connect`, trusted up to what it confirmed at this
-/// server ([`rhizome_store::Store::confirmed_by`]): the claim may be another server's position.
-/// Lower means duplicates, which clients drop by id; higher would skip what it never got.
-async fn trusted_synced(shared: &Shared, client: &rhizome_protocol::ClientId, claimed: u64) -> u64 {
+/// What `client` confirmed at this server as the log records it
+/// ([`rhizome_store::Store::confirmed_by`]), which the `synced` it claims in its `connect` is
+/// trusted up to (the claim may be another server's position): lower means duplicates, which
+/// clients drop by id; higher would skip what it never got. Not read for a claim of 0.
+async fn confirmed_here(shared: &Shared, client: &rhizome_protocol::ClientId, claimed: u64) -> u64 {
     if claimed == 0 {
         return 0;
     }
     let store = shared.store.clone();
     let client = client.to_string();
     match rhizome_io::blocking(move || store.confirmed_by(&client)).await {
-        Ok(Ok(confirmed)) => claimed.min(confirmed),
+        Ok(Ok(confirmed)) => confirmed,
         _ => 0,
     }
 }
@@ -690,15 +691,16 @@ impl Session {
                         peer: identity.role == rhizome_core::Role::Peer,
                     });
                     // A device that moved here from another server (an edge, the cloud) brings
-                    // that server's position: it is trusted up to what it confirmed here.
-                    let synced =
-                        trusted_synced(&self.shared, &shared_identity.client_id, identity.synced).await;
-                    self.recorded = Some((shared_identity.client_id.clone(), synced, now_ms()));
+                    // that server's position: the hub trusts it up to what it confirmed here.
+                    let confirmed =
+                        confirmed_here(&self.shared, &shared_identity.client_id, identity.synced).await;
+                    self.recorded = Some((shared_identity.client_id.clone(), confirmed, now_ms()));
                     let message = HubMessage::Register {
                         conn: self.conn,
                         identity: shared_identity.clone(),
                         outbox: self.outbox.clone(),
-                        synced,
+                        synced: identity.synced,
+                        confirmed,
                     };
                     if self.shared.hub.send(message).await.is_err() {
                         return Next::Close(code::GOING_AWAY, "server shutting down");
