@@ -204,6 +204,10 @@ pub struct UpstreamSection {
     pub fold_crdt: Option<bool>,
     /// Channels followed upstream at most (100000).
     pub channels_max: Option<usize>,
+    /// A token that `GET /v1/edge/status` then requires (`Authorization: Bearer <token>`).
+    pub status_token: Option<String>,
+    /// Name of an environment variable holding it.
+    pub status_token_env: Option<String>,
 }
 
 impl UpstreamSection {
@@ -263,6 +267,17 @@ impl UpstreamSection {
         options.outbox_bytes_max = self.outbox_bytes_max.unwrap_or(options.outbox_bytes_max);
         options.fold_crdt = self.fold_crdt.unwrap_or(options.fold_crdt);
         options.channels_max = self.channels_max.unwrap_or(options.channels_max);
+        options.status_token = match (&self.status_token, &self.status_token_env) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .map_err(|_| ConfigError::Invalid(format!("environment variable {var} is not set")))?,
+            ),
+            (None, None) => None,
+        };
+        if options.status_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid("upstream.status_token must be at least 16 bytes".into()));
+        }
         Ok(Some(options))
     }
 }
@@ -477,6 +492,7 @@ mod tests {
             ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\nwindow = 0\n", "at least 1"),
             ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\ntoken_env = \"RHIZOME_TEST_UNSET_TOKEN\"\n", "is not set"),
             ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\nwindoww = 2\n", "unknown field"),
+            ("[upstream]\nurl = \"ws://c/\"\nnode = \"edge:s1:link\"\nstatus_token = \"short\"\n", "at least 16 bytes"),
         ] {
             let error = upstream(text).unwrap_err();
             assert!(error.contains(expected), "{text}: {error}");

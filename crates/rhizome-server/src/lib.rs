@@ -194,6 +194,9 @@ impl Server {
             let _ = shared.site.set(site);
         }
         if let Some(upstream) = options.upstream {
+            if let Some(token) = &upstream.status_token {
+                let _ = shared.status_token.set(token.clone());
+            }
             let batch = WriteBatch {
                 cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],
                 ..WriteBatch::default()

@@ -72,6 +72,9 @@ pub struct UpstreamOptions {
     /// but the last are then not in the upstream's log; their authors still get
     /// `rhizome/committed` or `logux/undo` from this edge).
     pub fold_crdt: bool,
+    /// When set, `GET /v1/edge/status` answers only a request with `Authorization: Bearer
+    /// <it>` (401 otherwise).
+    pub status_token: Option<String>,
 }
 
 impl UpstreamOptions {
@@ -91,6 +94,7 @@ impl UpstreamOptions {
             outbox_bytes_max: 1 << 30,
             channels_max: 100_000,
             fold_crdt: true,
+            status_token: None,
         }
     }
 }
@@ -184,11 +188,23 @@ pub(crate) async fn measure_outbox(shared: Arc<Shared>, options: UpstreamOptions
 /// edge). See docs/edge.md.
 pub(crate) async fn status_endpoint(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let Some(status) = shared.link_status.get() else {
         return (axum::http::StatusCode::NOT_FOUND, "not an edge\n").into_response();
     };
+    if let Some(token) = shared.status_token.get() {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
+            let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
+            return (axum::http::StatusCode::UNAUTHORIZED, challenge, "the status needs its token\n")
+                .into_response();
+        }
+    }
     let s = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let now = now_ms();
     let body = serde_json::json!({
@@ -209,6 +225,11 @@ pub(crate) async fn status_endpoint(
         },
     });
     axum::Json(body).into_response()
+}
+
+/// Whether `given` is `secret`, in a time that depends on their lengths only.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len() && given.iter().zip(secret).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// How long the link waits before reading again an action whose `process` has not finished.

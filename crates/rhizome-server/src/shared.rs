@@ -56,6 +56,8 @@ pub struct Shared {
     /// An edge's site, the client id of its link: the dots of the operations it applies are
     /// its own actors (`rhizome_core::actor`). Unset on a server without an upstream.
     pub site: std::sync::OnceLock<rhizome_protocol::ClientId>,
+    /// The token an edge's status endpoint requires, if any.
+    pub status_token: std::sync::OnceLock<String>,
     /// An edge's link state, for the status endpoint.
     pub link_status: std::sync::OnceLock<Arc<Mutex<crate::link::LinkStatus>>>,
     /// An edge's outbox is at its limit: client actions are refused (`outboxFull`).
@@ -130,6 +132,7 @@ impl Shared {
             stop: tokio::sync::watch::Sender::new(false),
             upstream_follow: std::sync::OnceLock::new(),
             site: std::sync::OnceLock::new(),
+            status_token: std::sync::OnceLock::new(),
             link_status: std::sync::OnceLock::new(),
             outbox_full: std::sync::atomic::AtomicBool::new(false),
             outbox_moved: tokio::sync::Notify::new(),

@@ -638,6 +638,33 @@ async fn edge_status(server: &TestServer) -> Result<(u16, serde_json::Value)> {
     Ok((code, serde_json::from_str(&text).unwrap_or_default()))
 }
 
+#[tokio::test]
+async fn an_edges_status_with_a_token_answers_only_with_it() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let secret = "a-status-token-of-some-length";
+    let edge = TestServer::edge_with(&cloud.url(), |o| o.status_token = Some(secret.into())).await?;
+    let url = format!("http://{}/v1/edge/status", edge.addr);
+    let http = reqwest::Client::new();
+    let without = http.get(&url).send().await?;
+    assert_eq!(without.status().as_u16(), 401);
+    assert_eq!(without.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    for wrong in
+        ["Bearer a-status-token-of-some-lengtH", "Bearer a-status-token", "a-status-token-of-some-length"]
+    {
+        let response = http.get(&url).header("authorization", wrong).send().await?;
+        assert_eq!(response.status().as_u16(), 401, "{wrong}");
+    }
+    let right = http.get(&url).bearer_auth(secret).send().await?;
+    assert_eq!(right.status().as_u16(), 200);
+    let body: serde_json::Value = serde_json::from_str(&right.text().await?)?;
+    assert!(body["outbox"]["entries"].is_u64(), "{body}");
+    // The rest of the server is unaffected.
+    edge.assert_healthy().await?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
 /// Waits until the edge's status satisfies `pred`; returns it.
 async fn wait_status(
     edge: &TestServer,
