@@ -85,6 +85,9 @@ pub enum HubMessage {
         /// The highest `added` its client confirmed with `synced`: it received every frame
         /// queued for it up to the one stamped with that value.
         client_synced: Position,
+        /// Its client, recorded as having confirmed `client_synced` even when a newer
+        /// connection of the client replaced this one (the hub no longer knows it then).
+        client: ClientId,
     },
     /// A subscription passed access.
     Subscribe {
@@ -234,7 +237,8 @@ impl Hub {
                 let recent = self.confirmed.get(&identity.client_id).copied().unwrap_or(0);
                 self.register(conn, identity, outbox, synced.min(confirmed.max(recent)))
             }
-            HubMessage::Unregister { conn, client_synced } => {
+            HubMessage::Unregister { conn, client_synced, client } => {
+                self.record_confirmed(client, client_synced);
                 self.record_received(conn, client_synced);
                 // Entries queued for it that its client never confirmed (the app was killed,
                 // the network dropped): a device registered for wake-ups gets a poke, as if
@@ -407,10 +411,27 @@ impl Hub {
         self.write_acks(WriteBatch { owned_acks: vec![ack], ..WriteBatch::default() });
     }
 
+    /// Records that `client` confirmed `client_synced` here, what its next `connect`'s `synced`
+    /// is trusted up to (a device that moved between servers claims another's position, see
+    /// `Store::confirmed_by`): in memory at once, in the log unless it is there already.
+    fn record_confirmed(&mut self, client: ClientId, client_synced: Position) {
+        let through = client_synced.min(self.position);
+        let recent = self.confirmed.get(&client).copied().unwrap_or(0);
+        if through <= recent {
+            return;
+        }
+        if self.confirmed.len() >= CONFIRMED_KEPT_MAX {
+            self.confirmed.clear();
+        }
+        let batch =
+            WriteBatch { client_positions: vec![(client.to_string(), through)], ..WriteBatch::default() };
+        self.confirmed.insert(client, through);
+        self.write_acks(batch);
+    }
+
     /// Raises the acknowledgement of each live subscription of a closing connection to
     /// `client_synced`, so that a re-subscription with its `since` does not replay what the
-    /// client already received, and records it as what the client confirmed here (what its
-    /// next `connect`'s `synced` is trusted up to, see `Store::confirmed_by`).
+    /// client already received.
     ///
     /// Why that is safe: a frame stamped `n` is queued only after the hub has routed every
     /// entry up to `n`, so after every live frame carrying such an entry to this connection.
@@ -422,7 +443,7 @@ impl Hub {
     /// subscription live since position `l < n` had its channel's entries in `(l, n]` routed
     /// to it live (filter, author and `excludeClients` applied), hence received; the entries
     /// up to `l` are what its acknowledgement already stands for.
-    fn record_received(&mut self, id: ConnId, client_synced: Position) {
+    fn record_received(&self, id: ConnId, client_synced: Position) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -441,16 +462,6 @@ impl Hub {
             .filter(|c| !c.as_str().starts_with(CRDT_CHANNEL_PREFIX))
             .filter_map(|c| self.channels.get(c)?.get(&id))
             .filter(|sub| sub.live_at.is_some_and(|live_at| live_at < through));
-        // What a later connection's claim is trusted up to (a device that moved between servers
-        // claims another's position).
-        if through > 0 {
-            batch.client_positions.push((client.to_owned(), through));
-            if self.confirmed.len() >= CONFIRMED_KEPT_MAX {
-                self.confirmed.clear();
-            }
-            let recent = self.confirmed.entry(conn.identity.client_id.clone()).or_default();
-            *recent = (*recent).max(through);
-        }
         for sub in live {
             batch.owned_acks.push((sub.id.text(), through, client.to_owned()));
             // The `since` it resumed from stands for no later position than where its catch-up

@@ -198,7 +198,8 @@ pub(crate) async fn status_endpoint(
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
         if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
             let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
             return (axum::http::StatusCode::UNAUTHORIZED, challenge, "the status needs its token\n")

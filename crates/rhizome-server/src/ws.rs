@@ -67,8 +67,8 @@ pub struct Session {
     /// Highest `added` the client confirmed with `synced`, reported to the hub at the end.
     client_synced: u64,
     /// The client, once authenticated, with the last `client_synced` recorded in the log and
-    /// when (see [`Session::record_synced`]).
-    recorded: Option<(rhizome_protocol::ClientId, u64, i64)>,
+    /// when, if it was (see [`Session::record_synced`]).
+    recorded: Option<(rhizome_protocol::ClientId, u64, Option<i64>)>,
     /// When the last event was handled; quiet for `park_after` parks the connection.
     quiet_since_ms: i64,
     /// Its turn to read while it has `sync`s in flight (see `Limits::backlog_readers_max`).
@@ -187,23 +187,25 @@ async fn confirmed_here(shared: &Shared, client: &rhizome_protocol::ClientId, cl
 }
 
 impl Session {
-    /// Records what the client confirmed, at most every [`RECORD_SYNCED_EVERY_MS`] (the hub
-    /// records it when the connection closes). Not waited for.
-    async fn record_synced(&mut self) {
+    /// Records what the client confirmed: its first confirmation at once, then at most every
+    /// [`RECORD_SYNCED_EVERY_MS`] (the hub records it when the connection closes). Not waited
+    /// for, and skipped when the writer is busy (a later record or the close makes up for it).
+    fn record_synced(&mut self) {
         let Some((client, recorded, at)) = &mut self.recorded else { return };
         let now = now_ms();
         // Never beyond what the hub has routed: a client cannot have been sent more.
         let confirmed = self.client_synced.min(*self.shared.committed.borrow());
-        if confirmed <= *recorded || now - *at < RECORD_SYNCED_EVERY_MS {
+        if confirmed <= *recorded || at.is_some_and(|at| now - at < RECORD_SYNCED_EVERY_MS) {
             return;
         }
-        *recorded = confirmed;
-        *at = now;
         let batch = rhizome_store::WriteBatch {
             client_positions: vec![(client.to_string(), confirmed)],
             ..rhizome_store::WriteBatch::default()
         };
-        drop(self.shared.writer.write_unordered(batch).await);
+        if self.shared.writer.try_write_unordered(batch) {
+            *recorded = confirmed;
+            *at = Some(now);
+        }
     }
 }
 
@@ -267,9 +269,12 @@ impl Session {
                 shared.parking.park(session, stream);
             }
             Ran::Closed => {
-                if session.registered {
-                    let unregister =
-                        HubMessage::Unregister { conn: session.conn, client_synced: session.client_synced };
+                if let (true, Some((client, _, _))) = (session.registered, session.recorded.take()) {
+                    let unregister = HubMessage::Unregister {
+                        conn: session.conn,
+                        client_synced: session.client_synced,
+                        client,
+                    };
                     let _ = Box::pin(session.shared.hub.send(unregister)).await;
                 }
             }
@@ -694,7 +699,7 @@ impl Session {
                     // that server's position: the hub trusts it up to what it confirmed here.
                     let confirmed =
                         confirmed_here(&self.shared, &shared_identity.client_id, identity.synced).await;
-                    self.recorded = Some((shared_identity.client_id.clone(), confirmed, now_ms()));
+                    self.recorded = Some((shared_identity.client_id.clone(), confirmed, None));
                     let message = HubMessage::Register {
                         conn: self.conn,
                         identity: shared_identity.clone(),
@@ -722,7 +727,7 @@ impl Session {
                 }
                 Output::Synced(added) => {
                     self.client_synced = self.client_synced.max(added);
-                    self.record_synced().await;
+                    self.record_synced();
                 }
                 Output::Pong => {
                     self.outbox.push(encode_pong(self.outbox.safe_added()));

@@ -1364,19 +1364,21 @@ async fn login_claiming(server: &TestServer, node: &str, synced: u64) -> Result<
 }
 
 /// Reads until `sync`s carrying a `dm` with each of `texts` came, answering each `sync` with
-/// `synced` (what a client confirms).
-async fn dms_arrive(client: &mut Client, texts: &[&str]) -> Result<()> {
+/// `synced` (what a client confirms); returns the texts of every `dm` received meanwhile.
+async fn dms_arrive(client: &mut Client, texts: &[&str]) -> Result<Vec<String>> {
     let mut missing: Vec<&str> = texts.to_vec();
+    let mut received = Vec::new();
     while !missing.is_empty() {
         let message = client.next_json().await.with_context(|| format!("waiting for {missing:?}"))?;
         if message[0] == "sync" {
             client.send_json(&json!(["synced", message[1]])).await?;
         }
-        for action in crate::support::sync_actions(&message) {
-            missing.retain(|text| !(action["type"] == "dm" && action["text"] == *text));
+        for action in crate::support::sync_actions(&message).into_iter().filter(|a| a["type"] == "dm") {
+            missing.retain(|text| action["text"] != *text);
+            received.push(action["text"].as_str().unwrap_or_default().to_owned());
         }
     }
-    Ok(())
+    Ok(received)
 }
 
 /// A device that comes from another server claims that server's position in its `connect`:
@@ -1391,12 +1393,15 @@ async fn a_device_from_another_server_gets_what_was_addressed_to_it_here() -> Re
     alice.send_action(json!({"type": "dm", "to": "bob", "text": "first"})).await?;
     dms_arrive(&mut bob, &["first"]).await?;
     bob.close().await;
+    // Its close handled (the hub recorded what it confirmed).
+    server.wait_connections(1).await?;
     let id = alice.send_action(json!({"type": "dm", "to": "bob", "text": "while away"})).await?;
     alice.wait_processed(&id).await?;
     // It comes back with the position it reached at a busier server.
     let far = last_position(&server)? + 100_000;
     let mut bob = login_claiming(&server, "bob:b1:t", far).await?;
-    dms_arrive(&mut bob, &["while away"]).await?;
+    let received = dms_arrive(&mut bob, &["while away"]).await?;
+    assert_eq!(received, ["while away"], "from where it left off here, not from the start");
     // A device never seen here gets everything addressed to it, whatever it claims.
     let mut phone = login_claiming(&server, "bob:b2:t", far).await?;
     dms_arrive(&mut phone, &["first", "while away"]).await?;
