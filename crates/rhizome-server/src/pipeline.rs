@@ -397,13 +397,9 @@ impl Pipeline {
     /// Sends the answers of a committed `sync`: `synced`, then processed/undo, running
     /// `process` for the actions that have one.
     pub async fn finish(&self, pending: Pending, committed: Committed) -> Result<(), WriteFailed> {
-        // The answers known now go out before `synced`, so a client (an edge, whose cursor
-        // moves on with it) that has `synced` has them too: one lost after it would never be
-        // sent again (a refusal not stored, as a denied action's). The answers of actions
-        // with a `process` come after it, when their `process` ends (stored first).
+        self.outbox.push(encode_synced(pending.added));
         // An answer with its meta is about 100 bytes.
         let mut frame = SyncBuilder::with_capacity(pending.answers.len() * 112);
-        let mut to_process = Vec::new();
         // Re-sent ids whose first copy is still being processed: answered when it ends.
         let mut in_process: Vec<(ActionId, Action)> = Vec::new();
         // What `process` decided for this `sync`'s actions, recorded in one commit before any
@@ -428,8 +424,10 @@ impl Pipeline {
                         continue;
                     }
                     Some(&AppendOutcome::Added(position)) => {
-                        to_process.push((rules, action, meta, position));
-                        continue;
+                        match self.process(&*rules, action, meta, position, &mut outcomes).await {
+                            Some(json) => json,
+                            None => continue,
+                        }
                     }
                     Some(AppendOutcome::Undone(_, reason)) => {
                         undo_json(&meta.id, action.json(), reason, &Map::new())
@@ -452,28 +450,9 @@ impl Pipeline {
             let id = self.shared.next_server_id();
             frame.push(&self.identity.codec, &json, &id, id.ms, sub);
         }
-        self.send_answers(frame).await?;
-        self.outbox.push(encode_synced(pending.added));
-        let mut frame = SyncBuilder::with_capacity(to_process.len() * 112);
-        for (rules, action, meta, position) in to_process {
-            if let Some(json) = self.process(&*rules, action, meta, position, &mut outcomes).await {
-                let id = self.shared.next_server_id();
-                frame.push(&self.identity.codec, &json, &id, id.ms, sub);
-            }
-        }
         if !outcomes.statuses.is_empty() {
             self.write(outcomes).await.await.unwrap_or(Err(WriteFailed))?;
         }
-        self.send_answers(frame).await?;
-        if !in_process.is_empty() {
-            tokio::spawn(self.clone().answer_when_processed(in_process));
-        }
-        Ok(())
-    }
-
-    /// Sends a frame of answers, or keeps them in the log for the client's next connection
-    /// when this one has ended.
-    async fn send_answers(&self, frame: SyncBuilder) -> Result<(), WriteFailed> {
         if !frame.is_empty() {
             if let Err(frame) = self.outbox.try_push(frame.finish(self.outbox.safe_added())) {
                 // The connection ended before its answers could go out (they were being
@@ -482,6 +461,9 @@ impl Pipeline {
                 // it was away.
                 self.keep_answers(&frame).await?;
             }
+        }
+        if !in_process.is_empty() {
+            tokio::spawn(self.clone().answer_when_processed(in_process));
         }
         Ok(())
     }
