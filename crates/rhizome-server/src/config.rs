@@ -244,14 +244,9 @@ impl UpstreamSection {
         if let Err(e) = rhizome_core::actor::site(&node.client_id()) {
             return Err(ConfigError::Invalid(format!("upstream.node {node}: {e}")));
         }
-        let token = match (token, &self.token, &self.token_env) {
-            (Some(t), _, _) => Some(t),
-            (None, Some(t), _) => Some(t.clone()),
-            (None, None, Some(var)) => Some(
-                std::env::var(var)
-                    .map_err(|_| ConfigError::Invalid(format!("environment variable {var} is not set")))?,
-            ),
-            (None, None, None) => None,
+        let token = match token {
+            Some(t) => Some(t),
+            None => secret(&self.token, &self.token_env)?,
         };
         let mut options = UpstreamOptions::new(url, node, token);
         let positive = |name: &str, v: Option<usize>, default: usize| match v {
@@ -267,18 +262,22 @@ impl UpstreamSection {
         options.outbox_bytes_max = self.outbox_bytes_max.unwrap_or(options.outbox_bytes_max);
         options.fold_crdt = self.fold_crdt.unwrap_or(options.fold_crdt);
         options.channels_max = self.channels_max.unwrap_or(options.channels_max);
-        options.status_token = match (&self.status_token, &self.status_token_env) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(var)) => Some(
-                std::env::var(var)
-                    .map_err(|_| ConfigError::Invalid(format!("environment variable {var} is not set")))?,
-            ),
-            (None, None) => None,
-        };
+        options.status_token = secret(&self.status_token, &self.status_token_env)?;
         if options.status_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::Invalid("upstream.status_token must be at least 16 bytes".into()));
         }
         Ok(Some(options))
+    }
+}
+
+/// A secret given in the file (`value`), else in the environment variable named `var`.
+fn secret(value: &Option<String>, var: &Option<String>) -> Result<Option<String>, ConfigError> {
+    match (value, var) {
+        (Some(value), _) => Ok(Some(value.clone())),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid(format!("environment variable {var} is not set"))),
+        (None, None) => Ok(None),
     }
 }
 

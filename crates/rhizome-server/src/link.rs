@@ -1024,7 +1024,7 @@ impl Link {
         let append = match delta {
             // Joined even under an id logged here (its author sent it here too, and the
             // upstream applied its own copy), when it holds what this edge lacks.
-            Some((key, delta)) => Append::crdt_delta(new, key, delta).rejoin(),
+            Some((key, delta)) => Append::crdt_delta(new, key, delta),
             None => Append::new(new),
         };
         batch.appends.push(append.from_upstream());

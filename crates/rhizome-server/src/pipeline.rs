@@ -382,7 +382,7 @@ impl Pipeline {
                     Append::crdt(entry, op, actor)
                 }
                 // Joined even under an id logged here, when it holds what this server lacks.
-                CrdtIn::Delta(key, delta) => Append::crdt_delta(entry, key, delta).rejoin(),
+                CrdtIn::Delta(key, delta) => Append::crdt_delta(entry, key, delta),
                 CrdtIn::None => Append::new(entry),
             });
         }

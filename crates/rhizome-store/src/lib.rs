@@ -184,7 +184,6 @@ pub struct Append {
     routing_text: Option<String>,
     crdt: Option<CrdtWrite>,
     from_upstream: bool,
-    rejoin: bool,
 }
 
 /// What an entry does to a CRDT object in its append's transaction.
@@ -202,7 +201,7 @@ impl Append {
     pub fn new(entry: NewEntry) -> Append {
         let id_text = entry.id.text();
         let routing_text = sqlite::routing_json(&entry.routing);
-        Append { entry, id_text, routing_text, crdt: None, from_upstream: false, rejoin: false }
+        Append { entry, id_text, routing_text, crdt: None, from_upstream: false }
     }
 
     /// Marks the entry as received from this server's upstream (an edge's link, see
@@ -229,24 +228,20 @@ impl Append {
     /// store joins `delta` into the object's state. Joining is idempotent, so the same delta
     /// arriving twice under different ids changes nothing the second time. A delta of another
     /// kind than the object is stored undone (`crdtTypeMismatch`).
+    ///
+    /// A delta whose id is logged here already is still joined when the object does not hold
+    /// it: the id's author sent its operation to two servers (a device that moved with the
+    /// operation in flight, docs/edge.md), and each applied it. For a peer's relayed delta, the
+    /// id must not be undone here (the peer is then refused with it); one from the upstream
+    /// ([`Append::from_upstream`]) is joined whatever became of the id here. The delta, which
+    /// may hold other operations folded with it, is stored processed under
+    /// [`rhizome_core::uplink::rejoined_id`] of the id, and sent to its author's devices too.
+    /// The operation then counts twice, the same on every replica, and nothing either server
+    /// took is lost. The append's outcome stays `Duplicate`.
     pub fn crdt_delta(entry: NewEntry, key: rhizome_crdt::ops::Key, delta: rhizome_crdt::Object) -> Append {
         let mut append = Append::new(entry);
         append.crdt = Some(CrdtWrite::Join(key, delta));
         append
-    }
-
-    /// A delta whose id is logged here already is still joined when the object does not hold
-    /// it: the id's author sent its operation to two servers (a device that moved with the
-    /// operation in flight, docs/edge.md), and each applied it. For a peer's relayed delta, the
-    /// id must not be undone here (the peer is then refused with it); one from the upstream is
-    /// joined whatever became of the id here. The delta, which may hold other operations folded
-    /// with it, is stored processed under [`rhizome_core::uplink::rejoined_id`] of the id, and
-    /// sent to its author's devices too. The operation then counts twice, the same on every
-    /// replica, and nothing either server took is lost. The append's outcome stays
-    /// `Duplicate`.
-    pub fn rejoin(mut self) -> Append {
-        self.rejoin = true;
-        self
     }
 
     /// The entry.

@@ -1111,11 +1111,11 @@ impl LogWriter for SqliteWriter {
                     entries: Vec::with_capacity(batch.appends.len()),
                     resets_incomplete: Vec::new(),
                 };
-                for Append { mut entry, id_text: mut id, mut routing_text, crdt, from_upstream, rejoin } in
+                for Append { mut entry, id_text: mut id, mut routing_text, crdt, from_upstream } in
                     batch.appends.drain(..)
                 {
                     // An id is appended once, ever; a CRDT operation is not applied twice either.
-                    // A peer's delta under an id logged here may still be joined (`rejoin`).
+                    // A delta under an id logged here may still be joined (`Append::crdt_delta`).
                     // The status of the id when this is its delta rejoined: the append's outcome.
                     let mut rejoined: Option<Status> = None;
                     if let Some(found) = ids.find(&tx, &entry.id, &id)? {
@@ -1124,9 +1124,7 @@ impl LogWriter for SqliteWriter {
                         // peer's delta under an id refused here is refused with it.
                         let again = match (&crdt, &status) {
                             (Some(CrdtWrite::Join(..)), Status::Undone(_)) if !from_upstream => None,
-                            (Some(CrdtWrite::Join(..)), _) if rejoin => {
-                                rhizome_core::uplink::rejoined_id(&entry.id)
-                            }
+                            (Some(CrdtWrite::Join(..)), _) => rhizome_core::uplink::rejoined_id(&entry.id),
                             _ => None,
                         };
                         let again = match again {

@@ -246,36 +246,46 @@ async fn subscribe(client: &mut Client, channel: &str) -> Result<Vec<serde_json:
     client.collect_until(|m| has_answer(m, "logux/processed", &id)).await
 }
 
-/// The counter `key` as a fresh subscriber of `server` receives it: `{node: [p, n]}`.
-async fn counter_document(server: &TestServer, node: &str, key: &str) -> Result<serde_json::Value> {
+/// The document of object `key` as a fresh subscriber `node` of `server` receives it.
+async fn object_document(server: &TestServer, node: &str, key: &str) -> Result<serde_json::Value> {
     let mut reader = server.login(node).await?;
     let seen = subscribe(&mut reader, &format!("crdt/{key}")).await?;
     let delta = seen.iter().flat_map(crate::support::sync_actions).find(|a| a["type"] == "crdt/delta");
     Ok(delta.map(|d| d["delta"].clone()).unwrap_or_default())
 }
 
-/// Waits until a fresh subscriber of each of `servers` gets the same counter `key`, with
-/// `value` in all; returns the document.
-async fn converged_counter(servers: &[&TestServer], key: &str, value: i64) -> Result<serde_json::Value> {
+/// Waits until a fresh subscriber of each of `servers` gets the same document of object `key`
+/// and `done` holds for it; returns the document.
+async fn converged_object(
+    servers: &[&TestServer],
+    key: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + CONVERGE;
     loop {
         let mut documents = Vec::new();
         for (n, server) in servers.iter().enumerate() {
-            documents.push(counter_document(server, &format!("reader:r{n}:t"), key).await?);
+            documents.push(object_document(server, &format!("reader:r{n}:t"), key).await?);
         }
-        let total = |doc: &serde_json::Value| -> i64 {
-            doc.as_object()
-                .map(|o| o.values().map(|pn| pn[0].as_i64().unwrap_or(0) - pn[1].as_i64().unwrap_or(0)).sum())
-                .unwrap_or(0)
-        };
-        if documents.iter().all(|d| *d == documents[0]) && total(&documents[0]) == value {
+        if documents.iter().all(|d| *d == documents[0]) && done(&documents[0]) {
             return Ok(documents.swap_remove(0));
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("the counter did not converge to {value}: {documents:?}");
+            bail!("object {key} did not converge: {documents:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until a fresh subscriber of each of `servers` gets the same counter `key`, with
+/// `value` in all; returns the document.
+async fn converged_counter(servers: &[&TestServer], key: &str, value: i64) -> Result<serde_json::Value> {
+    let total = |doc: &serde_json::Value| -> i64 {
+        doc.as_object()
+            .map(|o| o.values().map(|pn| pn[0].as_i64().unwrap_or(0) - pn[1].as_i64().unwrap_or(0)).sum())
+            .unwrap_or(0)
+    };
+    converged_object(servers, key, |doc| total(doc) == value).await
 }
 
 #[tokio::test]
@@ -577,7 +587,7 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
     assert_eq!(elems, ["from bob"], "{state}");
     // The correction is the object's snapshot: a restart keeps it, and nothing is left to do.
     let edge = edge.restart_edge(&proxy.url()).await?;
-    assert_eq!(counter_document(&edge, "reader:r9:t", "likes").await?, want);
+    assert_eq!(object_document(&edge, "reader:r9:t", "likes").await?, want);
     let db = rusqlite::Connection::open(edge.db_path())?;
     let left: i64 = db.query_row("SELECT count(*) FROM object_resets", [], |r| r.get(0))?;
     assert_eq!(left, 0);
@@ -1136,29 +1146,6 @@ async fn an_upstream_that_ends_each_connection_at_once_is_retried_with_backoff()
     Ok(())
 }
 
-/// Waits until a fresh subscriber of each of `servers` gets the same document of object `key`
-/// and `done` holds for it; returns the document.
-async fn converged_object(
-    servers: &[&TestServer],
-    key: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> Result<serde_json::Value> {
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    loop {
-        let mut documents = Vec::new();
-        for (n, server) in servers.iter().enumerate() {
-            documents.push(counter_document(server, &format!("reader:o{n}:t"), key).await?);
-        }
-        if documents.iter().all(|d| *d == documents[0]) && done(&documents[0]) {
-            return Ok(documents.swap_remove(0));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("object {key} did not converge: {documents:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The values of a list document (`{"elems": [[node, n, origin, seq, value]], "deleted"}`), in
 /// order, deleted ones left out.
 fn list_values(document: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -1332,11 +1319,11 @@ async fn an_edge_joins_the_clouds_application_of_an_operation_it_applied_too() -
     alice.wait_processed(&in_flight).await?;
     let both = json!({edge.actor("alice:a1:t"): [1, 0], "alice:a1:t": [1, 0]});
     let deadline = tokio::time::Instant::now() + CONVERGE;
-    while counter_document(&edge, "reader:r2:t", "likes").await? != both {
+    while object_document(&edge, "reader:r2:t", "likes").await? != both {
         if tokio::time::Instant::now() >= deadline {
             bail!(
                 "the edge dropped the cloud's delta: {}",
-                counter_document(&edge, "reader:r3:t", "likes").await?
+                object_document(&edge, "reader:r3:t", "likes").await?
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

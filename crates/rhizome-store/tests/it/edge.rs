@@ -57,6 +57,14 @@ fn reads_from_a_position_give_entries_in_log_order_with_their_status() {
     assert!(store.read_from(4, 10).expect("read").is_empty());
 }
 
+/// The value of the counter at `key`.
+fn counter_value(store: &SqliteStore, key: &str) -> i128 {
+    match store.read_object(key).expect("read").expect("the object exists") {
+        (Object::Counter(counter), _) => counter.value(),
+        (other, _) => panic!("not a counter: {other:?}"),
+    }
+}
+
 fn delta_append(id: &str, key: &str, delta: &Object) -> Append {
     let text = rhizome_crdt::delta_action(key, delta);
     let serde_json::Value::Object(fields) = serde_json::from_str(&text).expect("json") else {
@@ -89,7 +97,7 @@ fn a_relayed_delta_under_a_logged_id_is_rejoined_once_when_the_object_lacks_it()
     let held = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&direct, 1));
     let relayed = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&at_edge, 2));
     let rejoin = |delta: &Object| WriteBatch {
-        appends: vec![delta_append("5 alice:phone:1 0", "k", delta).rejoin()],
+        appends: vec![delta_append("5 alice:phone:1 0", "k", delta)],
         ..WriteBatch::default()
     };
     // What the object holds already: a plain duplicate, nothing written.
@@ -103,14 +111,11 @@ fn a_relayed_delta_under_a_logged_id_is_rejoined_once_when_the_object_lacks_it()
     assert_eq!(ids, [format!("5 alice:phone:1 {}", 1u64 << 52)]);
     let to_author: Vec<String> = committed.entries[0].routing.clients.iter().map(|c| c.to_string()).collect();
     assert_eq!(to_author, ["alice:phone"], "the author's devices lack the other server's application");
-    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
-        panic!("a counter")
-    };
-    assert_eq!(counter.value(), 3);
+    assert_eq!(counter_value(&store, "k"), 3);
     // Sent again: nothing more.
     assert_eq!(commit(&mut w, rejoin(&relayed)), [AppendOutcome::Duplicate(Status::Processed)]);
     assert_eq!(store.last_position().expect("read"), 2);
-    // Without `rejoin` (a client's re-sent action), a logged id is only a duplicate.
+    // Another delta under the id: its rejoined id is taken, so it is only a duplicate.
     let plain = WriteBatch {
         appends: vec![delta_append(
             "5 alice:phone:1 0",
@@ -125,20 +130,15 @@ fn a_relayed_delta_under_a_logged_id_is_rejoined_once_when_the_object_lacks_it()
     let refused = entry("6 bob:phone:1 0", Routing::default(), Status::Undone("denied".into()));
     commit(&mut w, WriteBatch { appends: vec![Append::new(refused)], ..WriteBatch::default() });
     let bobs = || Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&"bob:phone:1".into(), 4));
-    let relayed = WriteBatch {
-        appends: vec![delta_append("6 bob:phone:1 0", "k", &bobs()).rejoin()],
-        ..WriteBatch::default()
-    };
+    let relayed =
+        WriteBatch { appends: vec![delta_append("6 bob:phone:1 0", "k", &bobs())], ..WriteBatch::default() };
     assert_eq!(commit(&mut w, relayed), [AppendOutcome::Duplicate(Status::Undone("denied".into()))]);
     let from_upstream = WriteBatch {
-        appends: vec![delta_append("6 bob:phone:1 0", "k", &bobs()).rejoin().from_upstream()],
+        appends: vec![delta_append("6 bob:phone:1 0", "k", &bobs()).from_upstream()],
         ..WriteBatch::default()
     };
     assert_eq!(commit(&mut w, from_upstream), [AppendOutcome::Duplicate(Status::Undone("denied".into()))]);
-    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
-        panic!("a counter")
-    };
-    assert_eq!(counter.value(), 7, "the upstream's application is the truth");
+    assert_eq!(counter_value(&store, "k"), 7, "the upstream's application is the truth");
 }
 
 #[test]
@@ -177,10 +177,7 @@ fn a_relayed_delta_is_joined_as_it_is_and_joining_it_again_changes_nothing() {
         },
     );
     assert!(matches!(outcome[0], AppendOutcome::Added(_)));
-    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
-        panic!("a counter")
-    };
-    assert_eq!(counter.value(), 8);
+    assert_eq!(counter_value(&store, "k"), 8);
     // A delta of another kind is refused and stored undone.
     let set = rhizome_crdt::Orswot::<rhizome_crdt::Scalar>::new();
     let outcome = commit(
@@ -227,10 +224,7 @@ fn a_delta_from_the_upstream_that_the_object_holds_already_is_not_kept() {
     assert_eq!(outcomes[1], AppendOutcome::Duplicate(Status::Processed), "the echo is not kept");
     assert!(matches!(outcomes[2], AppendOutcome::Added(2)), "{outcomes:?}");
     assert!(matches!(outcomes[3], AppendOutcome::Added(3)), "{outcomes:?}");
-    let (Object::Counter(counter), _) = store.read_object("k").expect("read").expect("object") else {
-        panic!("a counter")
-    };
-    assert_eq!(counter.value(), 7);
+    assert_eq!(counter_value(&store, "k"), 7);
     assert_eq!(store.status_of("2 server:cloud 0").expect("read"), None, "no row");
     // The same echo in a later transaction (the object from the writer's cache) and after a
     // reopening (from the database).
