@@ -3,13 +3,17 @@
 //!
 //! The outbox is the edge's own log. The link reads it from a cursor, sends `sync`s whose
 //! `added` is the edge's position of their last entry, and the upstream answers each with
-//! `synced` in order. The cursor rises to what a `synced` confirms (and over entries that are
-//! not sent); after any drop, sending starts again from it, and the upstream answers what it
-//! already has as duplicates, so nothing is skipped and nothing is applied twice.
+//! `synced` in order, then each of its actions with `logux/processed` or `logux/undo`. The
+//! cursor rises over an entry once both came (and over entries that are not sent): a `synced`
+//! alone does not carry the answers, which the upstream may never send (it crashed in
+//! between) or which may never be stored here (this edge crashed in between). After any drop,
+//! sending starts again from the cursor, and the upstream answers what it already has as
+//! duplicates, so nothing is skipped, nothing is applied twice, and every action is answered.
+//! What was answered above the cursor is not sent again (the upstream would judge it again).
 
 use crate::entry::{Position, Status};
 use rhizome_protocol::NodeId;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What the link does with one entry of the edge's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +74,20 @@ pub struct UnexpectedSynced {
 /// The upward state of one edge's link, across its connections.
 #[derive(Debug)]
 pub struct Uplink {
-    /// Every entry to send at or below it was confirmed by the upstream (or is not to be
-    /// sent): the durable cursor's value.
+    /// Every entry to send at or below it was confirmed and answered by the upstream (or is
+    /// not to be sent): the durable cursor's value.
     confirmed: Position,
+    /// Every entry to send at or below it was confirmed by a `synced` on this connection (or
+    /// is not to be sent); [`Uplink::confirmed`] waits for the answers too.
+    synced: Position,
     /// The log has been read (and sent or skipped) up to here on this connection.
     read: Position,
     in_flight: VecDeque<InFlight>,
+    /// The actions sent on this connection whose answer has not been stored yet, by the
+    /// lowest position each carries, with all it carries (a folded delta carries several).
+    unanswered: BTreeMap<Position, Vec<Position>>,
+    /// Positions above the cursor whose answer is stored (on any connection): not sent again.
+    answered: BTreeSet<Position>,
     window: usize,
 }
 
@@ -83,12 +95,23 @@ impl Uplink {
     /// A link whose durable cursor stands at `confirmed`, with at most `window` `sync`s in
     /// flight (at least one).
     pub fn new(confirmed: Position, window: usize) -> Uplink {
-        Uplink { confirmed, read: confirmed, in_flight: VecDeque::new(), window: window.max(1) }
+        Uplink {
+            confirmed,
+            synced: confirmed,
+            read: confirmed,
+            in_flight: VecDeque::new(),
+            unanswered: BTreeMap::new(),
+            answered: BTreeSet::new(),
+            window: window.max(1),
+        }
     }
 
-    /// A new connection: whatever was in flight is sent again, from the cursor.
+    /// A new connection: whatever was in flight or unanswered is sent again, from the cursor
+    /// (what was answered above it excepted).
     pub fn connected(&mut self) {
         self.in_flight.clear();
+        self.unanswered.clear();
+        self.synced = self.confirmed;
         self.read = self.confirmed;
     }
 
@@ -99,10 +122,22 @@ impl Uplink {
     }
 
     /// A `sync` was sent whose last entry is at `added`; `through` (at least `added`) is where
-    /// reading stopped, the entries after `added` being skipped.
-    pub fn sent(&mut self, added: Position, through: Position) {
+    /// reading stopped, the entries after `added` being skipped. `actions` are its actions,
+    /// each as the positions it carries (its own, or those of the deltas folded into it), in
+    /// ascending order; [`Uplink::answered`] takes one back by the first.
+    pub fn sent(
+        &mut self,
+        added: Position,
+        through: Position,
+        actions: impl IntoIterator<Item = Vec<Position>>,
+    ) {
         debug_assert!(added > self.read && through >= added);
         self.in_flight.push_back(InFlight { added, through });
+        for carried in actions {
+            if let Some(&lowest) = carried.first() {
+                self.unanswered.insert(lowest, carried);
+            }
+        }
         self.read = through;
     }
 
@@ -119,26 +154,54 @@ impl Uplink {
                 None
             }
             None => {
-                self.confirmed = through;
-                Some(through)
+                self.synced = through;
+                self.settle()
             }
         }
     }
 
     /// The upstream answered `synced` with `added`: it committed the oldest `sync` in flight.
-    /// Returns the new cursor.
+    /// Returns the cursor, which rose only if the answers of that `sync` are in.
     pub fn synced(&mut self, added: Position) -> Result<Position, UnexpectedSynced> {
         match self.in_flight.front() {
             Some(oldest) if oldest.added == added => {
-                self.confirmed = oldest.through;
+                self.synced = oldest.through;
                 self.in_flight.pop_front();
+                self.settle();
                 Ok(self.confirmed)
             }
             other => Err(UnexpectedSynced { got: added, expected: other.map(|f| f.added) }),
         }
     }
 
-    /// The durable cursor's value: confirmed up to here.
+    /// The upstream's answer to the action sent at `position` (as given to [`Uplink::sent`])
+    /// is stored here. Returns the new cursor when it rose.
+    pub fn answered(&mut self, position: Position) -> Option<Position> {
+        let carried = self.unanswered.remove(&position)?;
+        self.answered.extend(carried);
+        self.settle()
+    }
+
+    /// Whether the upstream's answer to the entry at `position` is stored already: the entry
+    /// is not sent again.
+    pub fn is_answered(&self, position: Position) -> bool {
+        self.answered.contains(&position)
+    }
+
+    /// Raises the cursor to what is both confirmed and answered; the new cursor if it rose.
+    fn settle(&mut self) -> Option<Position> {
+        let cursor = match self.unanswered.first_key_value() {
+            Some((&lowest, _)) => self.synced.min(lowest.saturating_sub(1)),
+            None => self.synced,
+        };
+        (cursor > self.confirmed).then(|| {
+            self.confirmed = cursor;
+            self.answered = self.answered.split_off(&(cursor + 1));
+            cursor
+        })
+    }
+
+    /// The durable cursor's value: confirmed and answered up to here.
     pub fn confirmed(&self) -> Position {
         self.confirmed
     }
@@ -147,11 +210,27 @@ impl Uplink {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
+
+    /// Actions sent on this connection and not answered yet.
+    pub fn unanswered(&self) -> usize {
+        self.unanswered.len()
+    }
+
+    /// Whether an action the upstream confirmed is still waiting for its answer (which an
+    /// upstream that is alive sends at once, or when its `process` of it ends).
+    pub fn awaits_answer(&self) -> bool {
+        self.unanswered.first_key_value().is_some_and(|(&lowest, _)| lowest <= self.synced)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Actions of one position each.
+    fn each(positions: &[Position]) -> Vec<Vec<Position>> {
+        positions.iter().map(|&p| vec![p]).collect()
+    }
 
     #[test]
     fn a_rejoined_id_is_the_authors_with_a_sequence_no_node_makes() {
@@ -177,9 +256,9 @@ mod tests {
     fn the_window_bounds_syncs_in_flight_and_synced_confirms_in_order() {
         let mut up = Uplink::new(10, 2);
         assert_eq!(up.next_read(), Some(10));
-        up.sent(12, 12);
+        up.sent(12, 12, []);
         assert_eq!(up.next_read(), Some(12));
-        up.sent(20, 25);
+        up.sent(20, 25, []);
         assert_eq!(up.next_read(), None, "two in flight fill the window");
         assert_eq!(up.synced(20), Err(UnexpectedSynced { got: 20, expected: Some(12) }));
         assert_eq!(up.synced(12), Ok(12));
@@ -189,21 +268,76 @@ mod tests {
     }
 
     #[test]
+    fn the_cursor_waits_for_the_answers_of_a_confirmed_sync() {
+        let mut up = Uplink::new(0, 4);
+        up.sent(3, 3, each(&[1, 2, 3]));
+        up.sent(6, 6, each(&[4, 6]));
+        assert_eq!(up.answered(2), None, "not confirmed yet");
+        assert_eq!(up.synced(3), Ok(0), "1 and 3 are not answered");
+        assert_eq!(up.next_read(), Some(6), "the window is free again all the same");
+        assert_eq!(up.answered(1), Some(2), "up to the oldest unanswered");
+        assert_eq!(up.answered(1), None, "an answer that came twice");
+        assert_eq!(up.answered(3), Some(3), "not past what synced confirmed");
+        assert_eq!(up.answered(4), None);
+        assert_eq!(up.answered(6), None);
+        assert_eq!(up.synced(6), Ok(6));
+        assert_eq!(up.unanswered(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_action_is_sent_again_on_the_next_connection() {
+        let mut up = Uplink::new(0, 4);
+        up.sent(5, 5, each(&[2, 5]));
+        assert_eq!(up.synced(5), Ok(1), "up to the unanswered 2");
+        assert_eq!(up.answered(5), None);
+        up.connected();
+        assert_eq!(up.unanswered(), 0);
+        assert_eq!(up.next_read(), Some(1), "2 was never answered: it goes again");
+        assert!(up.is_answered(5), "5 was: it does not");
+        up.sent(2, 5, each(&[2]));
+        assert_eq!(up.synced(2), Ok(1));
+        assert_eq!(up.answered(2), Some(5));
+    }
+
+    #[test]
+    fn a_folded_action_holds_every_position_it_carries_and_what_was_answered_is_not_sent_again() {
+        let mut up = Uplink::new(0, 4);
+        // 1 and 3 folded under 3's id; 2 alone; 4 alone.
+        up.sent(4, 4, vec![vec![1, 3], vec![2], vec![4]]);
+        assert_eq!(up.synced(4), Ok(0));
+        assert_eq!(up.answered(3), None, "3 went under the fold, answered by its first");
+        assert_eq!(up.answered(2), None, "1 is not answered");
+        assert_eq!(up.answered(4), None);
+        assert!(up.awaits_answer());
+        up.connected();
+        assert!(!up.awaits_answer());
+        assert_eq!(up.next_read(), Some(0));
+        assert!(!up.is_answered(1) && !up.is_answered(3), "the fold goes again");
+        assert!(up.is_answered(2) && up.is_answered(4), "answered on the last connection: not again");
+        up.sent(3, 4, vec![vec![1, 3]]);
+        assert_eq!(up.synced(3), Ok(0));
+        assert_eq!(up.answered(1), Some(4));
+        assert!(!up.is_answered(4), "forgotten below the cursor");
+    }
+
+    #[test]
     fn skipped_entries_are_confirmed_at_once_only_with_nothing_in_flight() {
         let mut up = Uplink::new(0, 4);
         assert_eq!(up.skipped(5), Some(5));
-        up.sent(7, 7);
+        up.sent(7, 7, each(&[7]));
         assert_eq!(up.skipped(9), None, "behind a sync in flight, they wait for its synced");
         assert_eq!(up.confirmed(), 5);
-        assert_eq!(up.synced(7), Ok(9));
+        assert_eq!(up.synced(7), Ok(6), "7 is not answered");
+        assert_eq!(up.skipped(12), None, "nor are they past an unanswered action");
+        assert_eq!(up.answered(7), Some(12));
         assert_eq!(up.skipped(9), None, "nothing new");
     }
 
     #[test]
     fn a_new_connection_sends_again_from_the_cursor() {
         let mut up = Uplink::new(3, 4);
-        up.sent(5, 5);
-        up.sent(8, 8);
+        up.sent(5, 5, []);
+        up.sent(8, 8, []);
         assert_eq!(up.synced(5), Ok(5));
         up.connected();
         assert_eq!(up.in_flight(), 0);
@@ -211,21 +345,28 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the sends, skips, answers and drops, the cursor never passes an entry the
-        /// upstream did not confirm, and never goes back.
+        /// Whatever the sends, skips, confirmations, answers and drops, the cursor never passes
+        /// an entry the upstream did not both confirm and answer, never goes back, and reaches
+        /// everything read once all is confirmed and answered.
         #[test]
-        fn the_cursor_never_passes_an_unconfirmed_entry(steps in prop::collection::vec(0u8..4, 1..200)) {
+        fn the_cursor_never_passes_an_unsettled_entry(steps in prop::collection::vec((0u8..5, 0usize..8), 1..200)) {
             let mut up = Uplink::new(0, 3);
-            // Positions sent and not confirmed by a synced.
+            // Positions sent and not confirmed by a synced, and not answered.
             let mut unconfirmed: Vec<Position> = Vec::new();
+            let mut unanswered: Vec<Position> = Vec::new();
             let mut next: Position = 1;
             let mut last_cursor = 0;
-            for step in steps {
+            for (step, pick) in steps {
                 match step {
-                    0 => if let Some(from) = up.next_read() {
+                    0 => if up.is_answered(next) {
+                        // As the link does with what was answered on an earlier connection.
+                        up.skipped(next);
+                        next += 1;
+                    } else if let Some(from) = up.next_read() {
                         prop_assert!(from < next);
-                        up.sent(next, next);
+                        up.sent(next, next, each(&[next]));
                         unconfirmed.push(next);
+                        unanswered.push(next);
                         next += 1;
                     },
                     1 => { up.skipped(next); next += 1; }
@@ -233,17 +374,30 @@ mod tests {
                         up.synced(oldest).expect("the oldest");
                         unconfirmed.retain(|&p| p != oldest);
                     },
+                    3 => if !unanswered.is_empty() {
+                        let position = unanswered.remove(pick % unanswered.len());
+                        up.answered(position);
+                    },
                     _ => {
                         up.connected();
                         // What was in flight is sent again: take it as new sends.
                         next = up.next_read().expect("room") + 1;
                         unconfirmed.clear();
+                        unanswered.clear();
                     }
                 }
                 prop_assert!(up.confirmed() >= last_cursor);
                 last_cursor = up.confirmed();
-                prop_assert!(unconfirmed.iter().all(|&p| p > up.confirmed()), "{unconfirmed:?} {}", up.confirmed());
+                let confirmed = up.confirmed();
+                prop_assert!(unconfirmed.iter().chain(&unanswered).all(|&p| p > confirmed), "{unconfirmed:?} {unanswered:?} {confirmed}");
             }
+            while let Some(&oldest) = up.in_flight.front().map(|f| &f.added) {
+                up.synced(oldest).expect("the oldest");
+            }
+            for position in unanswered {
+                up.answered(position);
+            }
+            prop_assert_eq!(up.confirmed(), up.read);
         }
     }
 }

@@ -104,7 +104,8 @@ impl UpstreamOptions {
 pub struct LinkStatus {
     /// Since when the current connection is up (server clock, ms); `None` while disconnected.
     pub connected_since_ms: Option<i64>,
-    /// The upstream cursor: every entry to send at or below it is committed upstream.
+    /// The upstream cursor: every entry to send at or below it is committed upstream, and its
+    /// answer is stored here.
     pub confirmed: Position,
     /// Connections that completed the handshake.
     pub connections: u64,
@@ -409,6 +410,7 @@ pub(crate) async fn run(
         channels: durable.channels.into_iter().map(|c| (c.channel, (c.since_id, c.since_time))).collect(),
         follow,
         folded: HashMap::new(),
+        awaiting: HashMap::new(),
         resets: durable.resets.into_iter().map(|key| (key, 0)).collect(),
         cursor_write: None,
         cursor_written: confirmed,
@@ -470,6 +472,9 @@ struct Link {
     /// Deltas sent folded: the id each went under, and the ids folded into it, whose authors
     /// get the upstream's answer to it (see [`UpstreamOptions::fold_crdt`]).
     folded: HashMap<ActionId, Vec<ActionId>>,
+    /// The actions sent on this connection and not answered yet: the id each went under, and
+    /// the lowest position it carries (see [`Uplink::answered`]).
+    awaiting: HashMap<ActionId, Position>,
     /// CRDT objects to correct: the upstream refused one of their deltas (see
     /// [`rhizome_store::ObjectReset`]); each is asked for on every connection until done.
     /// With the number of undos of the object's deltas so far: a correction written before
@@ -503,6 +508,12 @@ struct Session {
     state_requests: HashMap<String, (Position, Position)>,
     /// Ids of those requests, whose answers are not relayed actions'.
     requests: HashSet<String>,
+    /// The cursor when an action the upstream confirmed was first seen waiting for its answer,
+    /// and when (see [`Link::answers_overdue`]).
+    answer_wait: Option<(Position, Instant)>,
+    /// A write of what the upstream sent failed: what later writes took does not count (the
+    /// upstream sends it all again from the failed one).
+    write_failed: bool,
 }
 
 /// A write of received `sync`s in flight.
@@ -516,7 +527,14 @@ struct Stored {
     since: Vec<UpstreamChannel>,
     /// Corrections of objects it does, each with the undos of the object it counts.
     resets: Vec<(String, u64)>,
+    /// The actions this edge sent whose answers it holds, by the position each was sent at
+    /// ([`Uplink::answered`] once it commits).
+    answered: Vec<Position>,
 }
+
+/// How many link timeouts an action the upstream confirmed may wait for its answer, the
+/// cursor not rising, before the connection starts again (see [`Link::answers_overdue`]).
+const ANSWER_WAIT_TIMEOUTS: u32 = 3;
 
 /// Writes of received `sync`s in flight at most: past it the link waits for the oldest.
 const STORING_MAX: usize = 8;
@@ -556,6 +574,9 @@ impl Link {
             Err(end) => return end,
         };
         self.uplink.connected();
+        // What was not answered is sent again, and answered under the ids it goes under then.
+        self.awaiting.clear();
+        self.folded.clear();
         self.set_status(|s| {
             s.connected_since_ms = Some(now_ms());
             s.connections += 1;
@@ -563,6 +584,7 @@ impl Link {
         tracing::info!(url = %self.options.url, from = self.uplink.confirmed(), "upstream link up");
         let (started, confirmed) = (Instant::now(), self.uplink.confirmed());
         let mut end = self.session(&mut session).await;
+        self.took_after_end(&mut session).await;
         // Not merely the handshake: an upstream that ends every connection at once (an error
         // for the first `sync`, a limit lower than ours) would be reconnected to without
         // delay, for good.
@@ -618,6 +640,8 @@ impl Link {
                         storing: VecDeque::new(),
                         state_requests: HashMap::new(),
                         requests: HashSet::new(),
+                        answer_wait: None,
+                        write_failed: false,
                         subprotocol: options.get("subprotocol").and_then(serde_json::Value::as_u64),
                     });
                 }
@@ -707,6 +731,11 @@ impl Link {
                     if session.ping_sent.is_some() {
                         return End::retry("the upstream did not answer ping");
                     }
+                    if self.answers_overdue(session) {
+                        // Sent again on the next connection, where the upstream answers it
+                        // with what it recorded.
+                        return End::retry("the upstream did not answer an action it confirmed");
+                    }
                     if let Err(end) = session.send(encode_ping(self.received), self.options.timeout).await {
                         return end;
                     }
@@ -766,26 +795,43 @@ impl Link {
     /// Handles one frame from the upstream, and the `sync`s already received after it.
     async fn received(&mut self, session: &mut Session, text: &str) -> Result<(), End> {
         let mut syncs = Vec::new();
+        let mut ended = None;
         if let Some(sync) = self.frame(session, text).await? {
             syncs.push(sync);
             // More `sync`s already here (a catch-up): stored in the same write.
             while syncs.len() < RECEIVED_SYNCS_PER_WRITE_MAX {
                 let Some(next) = session.ws.next().now_or_never() else { break };
                 let text = match next {
-                    None => return Err(End::retry("the upstream closed the connection")),
-                    Some(Err(e)) => return Err(End::retry(format!("reading: {e}"))),
+                    // What came before the end is stored all the same (an upstream that
+                    // answered, then went: its answers may not come again).
+                    None => {
+                        ended = Some(End::retry("the upstream closed the connection"));
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        ended = Some(End::retry(format!("reading: {e}")));
+                        break;
+                    }
                     Some(Ok(WsMessage::Text(text))) => text,
                     Some(Ok(_)) => continue,
                 };
-                if let Some(sync) = self.frame(session, text.as_str()).await? {
-                    syncs.push(sync);
+                match self.frame(session, text.as_str()).await {
+                    Ok(Some(sync)) => syncs.push(sync),
+                    Ok(None) => {}
+                    Err(end) => {
+                        ended = Some(end);
+                        break;
+                    }
                 }
             }
         }
         if !syncs.is_empty() {
-            self.store_received(session, syncs).await?;
+            if let Err(end) = self.store_received(session, syncs).await {
+                // Why the connection ended first (a fatal error from the upstream stays fatal).
+                return Err(ended.unwrap_or(end));
+            }
         }
-        Ok(())
+        ended.map_or(Ok(()), Err)
     }
 
     /// Stores what `syncs` from the upstream carry, then confirms each with `synced`.
@@ -803,6 +849,7 @@ impl Link {
                 self.received_entry(session, entry, &mut batch, &mut answers).await;
             }
         }
+        let answered = answers.iter().filter_map(|a| self.awaiting.remove(&a.target)).collect();
         if !answers.is_empty() {
             self.relay_answers(answers, &mut batch).await?;
         }
@@ -820,7 +867,7 @@ impl Link {
             .collect();
         let commit = self.shared.writer.write_unordered(batch).await;
         let added = syncs.iter().map(|(added, _)| *added).collect();
-        session.storing.push_back(Stored { commit, added, highest, since, resets });
+        session.storing.push_back(Stored { commit, added, highest, since, resets, answered });
         if newly_refused {
             // Asked after the write that marks the refused deltas undone: the correction's
             // write comes after it.
@@ -848,16 +895,30 @@ impl Link {
         >,
     ) -> Result<(), End> {
         let Ok(Ok(committed)) = result else {
+            session.write_failed = true;
             return Err(End::retry("what the upstream sent could not be written"));
         };
-        if !stored.resets.is_empty() {
-            for (key, undos) in stored.resets {
-                if !committed.resets_incomplete.contains(&key) && self.resets.get(&key) == Some(&undos) {
-                    self.resets.remove(&key);
-                }
-            }
+        let (added, corrected) = self.took(stored, &committed).await;
+        if corrected {
             // Those not done are asked for again.
             self.request_states(session).await?;
+        }
+        for added in added {
+            session.send(encode_synced(added), self.options.timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// What a committed write of received `sync`s changes here, whether or not the connection
+    /// is still open: the subscriptions' `since`, what was received, the corrections done, and
+    /// the cursor, for the answers it holds. Returns the `added` of its `sync`s, to confirm, and
+    /// whether it held corrections.
+    async fn took(&mut self, stored: Stored, committed: &rhizome_store::Committed) -> (Vec<u64>, bool) {
+        let corrected = !stored.resets.is_empty();
+        for (key, undos) in stored.resets {
+            if !committed.resets_incomplete.contains(&key) && self.resets.get(&key) == Some(&undos) {
+                self.resets.remove(&key);
+            }
         }
         for UpstreamChannel { channel, since_id, since_time } in stored.since {
             self.channels.insert(channel, (since_id, since_time));
@@ -865,10 +926,52 @@ impl Link {
         self.received = self.received.max(stored.highest);
         let received = self.received;
         self.set_status(|s| s.received = received);
-        for added in stored.added {
-            session.send(encode_synced(added), self.options.timeout).await?;
+        let rose = stored.answered.into_iter().filter_map(|p| self.uplink.answered(p)).last();
+        if let Some(confirmed) = rose {
+            self.set_status(|s| s.confirmed = confirmed);
+            self.shared.outbox_moved.notify_one();
+            self.start_cursor_write().await;
         }
-        Ok(())
+        (stored.added, corrected)
+    }
+
+    /// After a connection ended: the writes of what it received still in flight are waited for
+    /// (each for at most the link's timeout), and what each committed counts (see
+    /// [`Link::took`]); an upstream that answered and went at once may not send those answers
+    /// again.
+    async fn took_after_end(&mut self, session: &mut Session) {
+        if session.write_failed {
+            return;
+        }
+        while let Some(mut stored) = session.storing.pop_front() {
+            match tokio::time::timeout(self.options.timeout, &mut stored.commit).await {
+                Ok(Ok(Ok(committed))) => {
+                    self.took(stored, &committed).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Whether an action the upstream confirmed has waited for its answer, with the cursor
+    /// not rising, for [`ANSWER_WAIT_TIMEOUTS`] timeouts: an upstream that is alive answers at
+    /// once, or when its `process` ends; one that lost the answer (it could not read its log)
+    /// would hold the cursor, and the outbox, for good.
+    fn answers_overdue(&self, session: &mut Session) -> bool {
+        if !self.uplink.awaits_answer() {
+            session.answer_wait = None;
+            return false;
+        }
+        let cursor = self.uplink.confirmed();
+        match session.answer_wait {
+            Some((at, since)) if at == cursor => {
+                since.elapsed() >= self.options.timeout * ANSWER_WAIT_TIMEOUTS
+            }
+            _ => {
+                session.answer_wait = Some((cursor, Instant::now()));
+                false
+            }
+        }
     }
 
     /// Asks the upstream for the state of each object to correct not asked for on this
@@ -1041,8 +1144,8 @@ impl Link {
             answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
         // The undone entries as logged here, if this edge relayed them (not received from the
         // upstream): their positions, routing and status. A delta may have been emptied by
-        // snapshot cleaning since (the upstream confirms a `sync` before it answers each
-        // action, so the cursor can pass it first).
+        // snapshot cleaning since (an answer that came again, from the upstream's log, after
+        // the cursor passed it).
         let found = rhizome_io::blocking(move || {
             let mut found = HashMap::new();
             for target in targets {
@@ -1213,10 +1316,11 @@ impl Link {
             };
             let subprotocol = self.shared.config.subprotocol;
             let fold = self.options.fold_crdt;
-            let chunk = Chunk::build(&rows, session, subprotocol, self.options.sync_bytes_max, fold);
+            let chunk =
+                Chunk::build(&rows, session, subprotocol, self.options.sync_bytes_max, fold, &self.uplink);
             if self.folded.len() > FOLDED_KEPT_MAX {
-                // Answers that never came (the link dropped): their authors still have the
-                // first level of acknowledgement.
+                // Answers that never came (the connection ends when they are overdue): their
+                // deltas are sent again, folded anew, on the next one.
                 self.folded.clear();
             }
             for (id, others) in &chunk.folded {
@@ -1224,7 +1328,11 @@ impl Link {
             }
             if let Some(frame) = chunk.frame {
                 session.send(frame, self.options.timeout).await?;
-                self.uplink.sent(chunk.last_sent, chunk.through);
+                for (id, positions) in &chunk.actions {
+                    self.awaiting.insert(id.clone(), positions[0]);
+                }
+                let actions = chunk.actions.into_iter().map(|(_, positions)| positions);
+                self.uplink.sent(chunk.last_sent, chunk.through, actions);
                 self.set_status(|s| s.actions_sent += chunk.count as u64);
             } else {
                 // Nothing to send up to `through`; with no rows at all, nothing up to what
@@ -1287,6 +1395,9 @@ struct Chunk {
     waiting: bool,
     /// With folding: the id each folded delta went under (its last), and the ids folded into it.
     folded: Vec<(ActionId, Vec<ActionId>)>,
+    /// Each action sent: its id, and the positions it carries (its own, or those of the
+    /// deltas folded into it), in log order.
+    actions: Vec<(ActionId, Vec<Position>)>,
 }
 
 /// What goes into a `sync`, in order.
@@ -1295,7 +1406,14 @@ enum Part<'a> {
     Entry(&'a StoredEntry),
     /// The join of one author's deltas of one object: the last of them, with the others
     /// joined into `delta`.
-    Folded { last: &'a StoredEntry, key: String, delta: rhizome_crdt::Object, others: Vec<ActionId> },
+    Folded {
+        last: &'a StoredEntry,
+        key: String,
+        delta: Box<rhizome_crdt::Object>,
+        others: Vec<ActionId>,
+        /// The positions of all of them, in log order.
+        positions: Vec<Position>,
+    },
 }
 
 impl Chunk {
@@ -1314,15 +1432,27 @@ impl Chunk {
         subprotocol: u64,
         bytes_max: usize,
         fold: bool,
+        uplink: &Uplink,
     ) -> Chunk {
-        let mut chunk =
-            Chunk { frame: None, count: 0, last_sent: 0, through: 0, waiting: false, folded: Vec::new() };
+        let mut chunk = Chunk {
+            frame: None,
+            count: 0,
+            last_sent: 0,
+            through: 0,
+            waiting: false,
+            folded: Vec::new(),
+            actions: Vec::new(),
+        };
         let mut parts: Vec<Part<'_>> = Vec::new();
         // Index in `parts` of the folded delta of each (author, key).
         let mut groups: HashMap<(&NodeId, String), usize> = HashMap::new();
         let mut bytes = 0;
         for (entry, status) in rows {
-            match forward(&entry.id.node, status) {
+            // Answered on an earlier connection: the upstream has its outcome (sent again, it
+            // would be judged again).
+            let forward =
+                if uplink.is_answered(entry.added) { Forward::Skip } else { forward(&entry.id.node, status) };
+            match forward {
                 Forward::Skip => {}
                 Forward::Wait => {
                     chunk.waiting = true;
@@ -1339,9 +1469,12 @@ impl Chunk {
                                     break;
                                 }
                                 bytes += entry.action_json.len();
-                                if let Part::Folded { last, delta: joined, others, .. } = &mut parts[at] {
+                                if let Part::Folded { last, delta: joined, others, positions, .. } =
+                                    &mut parts[at]
+                                {
                                     if joined.join(&delta).is_ok() {
                                         others.push(last.id.clone());
+                                        positions.push(entry.added);
                                         *last = entry;
                                     } else {
                                         bytes += META_BYTES_MAX;
@@ -1357,7 +1490,13 @@ impl Chunk {
                                 }
                                 bytes += entry.action_json.len() + META_BYTES_MAX;
                                 groups.insert((&entry.id.node, key.clone()), parts.len());
-                                parts.push(Part::Folded { last: entry, key, delta, others: Vec::new() });
+                                parts.push(Part::Folded {
+                                    last: entry,
+                                    key,
+                                    delta: Box::new(delta),
+                                    others: Vec::new(),
+                                    positions: vec![entry.added],
+                                });
                             }
                         },
                         None => {
@@ -1384,14 +1523,15 @@ impl Chunk {
         });
         let mut frame = SyncBuilder::new();
         for part in parts {
-            let (entry, json) = match part {
-                Part::Entry(entry) => (entry, None),
-                Part::Folded { last, others, .. } if others.is_empty() => (last, None),
-                Part::Folded { last, key, delta, others } => {
+            let (entry, json, positions) = match part {
+                Part::Entry(entry) => (entry, None, vec![entry.added]),
+                Part::Folded { last, others, positions, .. } if others.is_empty() => (last, None, positions),
+                Part::Folded { last, key, delta, others, positions } => {
                     chunk.folded.push((last.id.clone(), others));
-                    (last, Some(rhizome_crdt::delta_action(&key, &delta)))
+                    (last, Some(rhizome_crdt::delta_action(&key, &delta)), positions)
                 }
             };
+            chunk.actions.push((entry.id.clone(), positions));
             let time = entry.time - session.time_fix;
             let own = (entry.subprotocol != subprotocol).then_some(entry.subprotocol);
             let action = json.as_deref().unwrap_or(&entry.action_json);

@@ -1125,6 +1125,166 @@ async fn a_channel_followed_while_the_upstream_is_away_is_caught_up_from_when_it
     Ok(())
 }
 
+/// A stand-in upstream's side of one link connection on `listener`: answers `connect` and
+/// `ping`, and gives each `sync` holding an action of type `kind` to `answer` (its `added`, and
+/// its actions with their meta) until `answer` returns `false`, then drops the connection.
+/// Also returns when the link ends the connection after such a `sync`.
+async fn stand_in_upstream(
+    listener: &tokio::net::TcpListener,
+    kind: &str,
+    mut answer: impl FnMut(u64, Vec<(serde_json::Value, serde_json::Value)>) -> (Vec<serde_json::Value>, bool),
+) -> Result<()> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let (stream, _) = listener.accept().await?;
+    let mut ws = tokio_tungstenite::accept_async(stream).await?;
+    let mut answered = false;
+    while let Some(frame) = ws.next().await {
+        let text = match frame {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(_)) | Err(_) if answered => return Ok(()),
+            Ok(_) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let message: serde_json::Value = serde_json::from_str(text.as_str())?;
+        match message[0].as_str() {
+            Some("ping") => ws.send(Message::text(json!(["pong", 0]).to_string())).await?,
+            Some("connect") => {
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+                let connected = json!(["connected", 5, "server:fake", [now, now]]);
+                ws.send(Message::text(connected.to_string())).await?;
+            }
+            Some("sync") => {
+                let pairs = crate::support::sync_pairs(&message);
+                if !pairs.iter().any(|(action, _)| action["type"] == kind) {
+                    continue;
+                }
+                let added = message[1].as_u64().context("added")?;
+                let (frames, more) = answer(added, pairs);
+                answered = true;
+                for frame in frames {
+                    ws.send(Message::text(frame.to_string())).await?;
+                }
+                if !more {
+                    // As a crashed upstream: no close frame, the socket just goes.
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+    }
+    if answered {
+        return Ok(());
+    }
+    bail!("the link went away")
+}
+
+#[tokio::test]
+async fn a_connection_whose_upstream_never_answers_a_confirmed_action_starts_again() -> Result<()> {
+    // An upstream that confirms a `sync` and then never answers its action, while answering
+    // pings: the edge's cursor would wait for good, its outbox filling. The link gives it up
+    // after three timeouts (one second each in the tests) and sends the action again.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let edge = TestServer::edge_of(&format!("ws://{}/", listener.local_addr()?)).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let sent = send_incs(&mut alice, 1).await?;
+    let started = std::time::Instant::now();
+    let silent = stand_in_upstream(&listener, "inc", |added, _| (vec![json!(["synced", added])], true));
+    tokio::time::timeout(Duration::from_secs(15), silent).await.context("the link stayed")??;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(3), "given up after {waited:?}, before three timeouts");
+    let mut again = 0;
+    let upstream = stand_in_upstream(&listener, "inc", |added, pairs| {
+        again = pairs.len();
+        (vec![json!(["synced", added]), answers_of(&[(&sent[0], None, json!(null))])], false)
+    });
+    tokio::time::timeout(CONVERGE, upstream).await??;
+    assert_eq!(again, 1);
+    edge.stop().await;
+    Ok(())
+}
+
+/// A `sync` of a stand-in upstream answering `ids`: each `(id, undo reason)`, with the action
+/// for an undo.
+fn answers_of(ids: &[(&str, Option<&str>, serde_json::Value)]) -> serde_json::Value {
+    let mut sync = vec![json!("sync"), json!(1)];
+    for (i, (id, reason, action)) in ids.iter().enumerate() {
+        sync.push(match reason {
+            Some(reason) => json!({"type": "logux/undo", "id": id, "reason": reason, "action": action}),
+            None => json!({"type": "logux/processed", "id": id}),
+        });
+        // `[shift, seq]`: the stand-in's own id.
+        sync.push(json!({"id": [0, i + 1], "time": 0}));
+    }
+    serde_json::Value::Array(sync)
+}
+
+#[tokio::test]
+async fn an_action_whose_answer_was_lost_with_the_upstream_is_sent_again_until_answered() -> Result<()> {
+    // The upstream commits a `sync` and confirms it, answers two of its three actions, and
+    // crashes before the answer to the first goes out (its `process` was slow, say). The edge
+    // must not take the `synced` as the end of it: the upstream's refusal of that action would
+    // never reach its author, nor would the edge correct its own record.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let edge = TestServer::edge_of(&format!("ws://{}/", listener.local_addr()?)).await?;
+    let mut alice = edge.login("alice:a1:t").await?;
+    let sent = send_incs(&mut alice, 3).await?;
+    let position = |id: &str| -> Result<u64> {
+        let db = rusqlite::Connection::open(edge.db_path())?;
+        Ok(db.query_row("SELECT added FROM log WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? as u64)
+    };
+    let (first, last) = (position(&sent[0])?, position(&sent[2])?);
+    let mut sent_first = Vec::new();
+    let upstream = stand_in_upstream(&listener, "inc", |added, pairs| {
+        sent_first = pairs.into_iter().map(|(_, meta)| meta["id"].clone()).collect();
+        let answers = answers_of(&[(&sent[1], None, json!(null)), (&sent[2], None, json!(null))]);
+        (vec![json!(["synced", added]), answers], false)
+    });
+    tokio::time::timeout(CONVERGE, upstream).await??;
+    assert_eq!(sent_first.len(), 3, "{sent_first:?}");
+    // The two answers reach alice; the cursor stays below the unanswered action.
+    let committed = |m: &serde_json::Value| {
+        crate::support::sync_actions(m).iter().any(|a| {
+            a["type"] == "rhizome/committed"
+                && a["ids"].as_array().is_some_and(|ids| ids.contains(&json!(sent[2])))
+        })
+    };
+    alice.until(committed).await?;
+    assert!(durable_cursor(&edge)?.unwrap_or(0) < first, "{:?} passed {first}", durable_cursor(&edge)?);
+    // On the next connection the edge sends the unanswered action again, and only it: the
+    // upstream has the outcome of the other two. This time it is answered: refused.
+    let mut resent = Vec::new();
+    let upstream = stand_in_upstream(&listener, "inc", |added, pairs| {
+        resent = pairs.iter().map(|(action, meta)| (action["id"].clone(), meta["id"].clone())).collect();
+        let action = pairs.first().map(|(action, _)| action.clone()).unwrap_or_default();
+        let answers = answers_of(&[(&sent[0], Some("denied"), action)]);
+        (vec![json!(["synced", added]), answers], false)
+    });
+    tokio::time::timeout(CONVERGE, upstream).await??;
+    // The first action (`c0`) under alice's id (`[shift, node, seq]`).
+    assert_eq!(resent.len(), 1, "only the unanswered action goes again: {resent:?}");
+    let (action, id) = &resent[0];
+    assert_eq!((action, &id[1], &id[2]), (&json!("c0"), &json!("alice:a1:t"), &json!(0)), "{resent:?}");
+    let undo = alice.until(|m| has_answer(m, "logux/undo", &sent[0])).await?;
+    let undo =
+        crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == sent[0]).context("undo")?;
+    assert_eq!(undo["reason"], "denied", "{undo}");
+    let db = rusqlite::Connection::open(edge.db_path())?;
+    let status: i64 = db.query_row("SELECT status FROM log WHERE id = ?1", [&sent[0]], |r| r.get(0))?;
+    assert_eq!(status, 2, "the edge marks its entry undone");
+    // Answered at last: the durable cursor passes all three.
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while durable_cursor(&edge)?.unwrap_or(0) < last {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the cursor stayed at {:?}", durable_cursor(&edge)?);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    edge.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_upstream_that_ends_each_connection_at_once_is_retried_with_backoff() -> Result<()> {
     // The cloud takes at most 10 actions per `sync`; the edge sends up to 100: the cloud
