@@ -90,6 +90,13 @@ pub enum StartError {
     /// The upstream link's node id cannot name this edge.
     #[error("upstream node: {0}")]
     Site(#[from] rhizome_core::actor::SiteError),
+    /// The data directory ran without an upstream and its snapshot cleaning emptied CRDT
+    /// deltas: made an edge, it would never send those operations upstream.
+    #[error(
+        "this data directory ran without an upstream, and snapshot cleaning dropped CRDT deltas \
+         an upstream never got: start an edge with an empty data directory (docs/edge.md)"
+    )]
+    RanAlone,
 }
 
 /// A running server.
@@ -196,6 +203,19 @@ impl Server {
         if let Some(upstream) = options.upstream {
             if let Some(token) = &upstream.status_token {
                 let _ = shared.status_token.set(token.clone());
+            }
+            // A log that ran alone is relayed from its start, but what cleaning emptied is
+            // gone: refused rather than half sent.
+            let store = shared.store.clone();
+            let ran_alone = rhizome_io::blocking(move || {
+                Ok::<_, StoreError>(
+                    store.cursor(rhizome_store::UPSTREAM_SENT)?.is_none() && store.cleaned_any()?,
+                )
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+            if ran_alone {
+                return Err(StartError::RanAlone);
             }
             let batch = WriteBatch {
                 cursors: vec![(rhizome_store::UPSTREAM_SENT.to_owned(), 0)],

@@ -350,6 +350,10 @@ pub trait Store: Send + Sync + 'static {
     /// The position of the cursor `name` (see [`WriteBatch::cursors`]), if it was ever written.
     fn cursor(&self, name: &str) -> Result<Option<Position>, StoreError>;
 
+    /// Whether snapshot cleaning emptied any entry of the log (a CRDT delta an object's snapshot
+    /// holds). Reads the whole log: for a check at start.
+    fn cleaned_any(&self) -> Result<bool, StoreError>;
+
     /// The highest position `client` confirmed receiving at this server, as last recorded
     /// ([`WriteBatch::client_positions`]); for a client without a record, the end of the log
     /// when recording began (0 for a log that always recorded). A client's own claim (the

@@ -641,6 +641,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn cleaned_any(&self) -> Result<bool, StoreError> {
+        self.with_reader(|c| {
+            // Cleaning empties a row's action to `{}`; nothing else logs an empty action
+            // outside an edge (whose corrections do, with the cursor then written).
+            let any: bool = c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM log WHERE action = '{}' AND upstream = 0)",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(any)
+        })
+    }
+
     fn confirmed_by(&self, client: &str) -> Result<Position, StoreError> {
         self.with_reader(|c| {
             let recorded: Option<i64> = c

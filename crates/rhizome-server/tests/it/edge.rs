@@ -289,6 +289,36 @@ async fn converged_counter(servers: &[&TestServer], key: &str, value: i64) -> Re
 }
 
 #[tokio::test]
+async fn a_server_that_ran_alone_becomes_an_edge_only_if_it_dropped_no_crdt_delta() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    // A few operations: every delta is still in the log, and goes up once the server is an edge.
+    let few = TestServer::start("").await?;
+    let mut alice = few.login("alice:a1:t").await?;
+    let mut last = String::new();
+    for _ in 0..10 {
+        last = alice.send_action(json!({"type": "crdt/counter/inc", "key": "few", "by": 1})).await?;
+    }
+    alice.wait_processed(&last).await?;
+    drop(alice);
+    let edge = few.restart_as_edge_of(&cloud.url()).await?;
+    converged_counter(&[&cloud, &edge], "few", 10).await?;
+    edge.stop().await;
+    // Enough for two snapshots: cleaning empties the deltas the first one holds.
+    let many = TestServer::start("").await?;
+    let mut bob = many.login("bob:b1:t").await?;
+    for _ in 0..200 {
+        last = bob.send_action(json!({"type": "crdt/counter/inc", "key": "many", "by": 1})).await?;
+    }
+    bob.wait_processed(&last).await?;
+    drop(bob);
+    let refused = many.restart_as_edge_of(&cloud.url()).await;
+    let error = format!("{:#}", refused.err().context("an edge that would lose deltas started")?);
+    assert!(error.contains("ran without an upstream"), "{error}");
+    cloud.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_channel_followed_by_an_edge_gets_what_is_written_at_the_cloud_and_other_edges() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
     let edge_a = TestServer::edge_of(&cloud.url()).await?;

@@ -181,6 +181,17 @@ impl TestServer {
         Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
     }
 
+    /// Stops a server and starts it again on the same data directory as an edge of `upstream`
+    /// (its link `edge:moved:link`).
+    pub async fn restart_as_edge_of(mut self, upstream: &str) -> Result<TestServer> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let (app, limits) = Self::default_rules()?;
+        let link = Some(link_to(upstream, "edge:moved:link"));
+        Self::start_edge_in(self._dir, app, limits, WakeupOptions::default(), link).await
+    }
+
     /// Stops an edge and starts it again on the same data directory, linked to `upstream`.
     pub async fn restart_edge(mut self, upstream: &str) -> Result<TestServer> {
         if let Some(server) = self.server.take() {
