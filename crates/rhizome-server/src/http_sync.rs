@@ -523,6 +523,16 @@ enum ChannelSince {
     Logux { id: String, time: Option<i64> },
 }
 
+impl ChannelSince {
+    /// The position of a channel's own cursor.
+    fn cursor(&self) -> Option<Position> {
+        match self {
+            ChannelSince::Cursor(cursor) => cursor.parse().ok(),
+            ChannelSince::Logux { .. } => None,
+        }
+    }
+}
+
 /// The node part of the subscription ids a pull gives, followed by a random part: an id a
 /// pull raises has it, so no other subscription's acknowledgement can be touched and a
 /// guessed id names nothing.
@@ -611,17 +621,19 @@ async fn prepare_pull(
         channels.push(rhizome_protocol::Channel::from(name));
     }
     let last = read(&shared, |store| store.last_position()).await?;
-    let bad_cursor = || {
-        let message = format!("a cursor must be one this server gave (at most {last})");
-        refuse(StatusCode::BAD_REQUEST, "bad-cursor", message)
-    };
+    let bad_cursor =
+        || refuse(StatusCode::BAD_REQUEST, "bad-cursor", "a cursor is a string this server gave");
     // No cursor: from now on, as a subscription without `since` (objects come whole).
     let after = match body.cursor.as_deref().map(str::parse::<Position>) {
         None => None,
-        Some(Ok(cursor)) if cursor <= last => Some(cursor),
-        Some(_) => return Err(bad_cursor()),
+        Some(Ok(cursor)) => Some(cursor),
+        Some(Err(_)) => return Err(bad_cursor()),
     };
-    let own = resume_positions(&shared, body.since, last).await?.ok_or_else(bad_cursor)?;
+    let claimed =
+        body.since.values().filter_map(ChannelSince::cursor).fold(after.unwrap_or(0), Position::max);
+    let trusted = trusted_up_to(&shared, &ctx.client_id, claimed, last).await?;
+    let after = after.map(|cursor| cursor.min(trusted));
+    let own = resume_positions(&shared, body.since, trusted).await?.ok_or_else(bad_cursor)?;
     // Each subscription id stands for where this pull starts its channel: the client holds
     // the channel through there (what a later `since` with the id resumes after).
     let start = |channel: &str| own.get(channel).copied().unwrap_or(after.unwrap_or(last));
@@ -663,8 +675,42 @@ async fn prepare_pull(
     Ok(PreparedPull { shared, ctx, channels, after, own, issued, page, deadline, loaded })
 }
 
-/// The log position each channel of a pull's `since` resumes after; `None` for a channel
-/// cursor this server did not give.
+/// How far a pull's cursors (`claimed` the highest, in a log ending at `last`) are trusted:
+/// up to the highest this server gave the client, or what the log records it confirmed here
+/// (see [`crate::pull_cursors`]), never past `last`. A trusted claim is recorded as confirmed
+/// when one is due (not waited for; a busy writer skips it).
+async fn trusted_up_to(
+    shared: &Shared,
+    client: &rhizome_protocol::ClientId,
+    claimed: Position,
+    last: Position,
+) -> Result<Position, Response> {
+    if claimed == 0 {
+        return Ok(0);
+    }
+    let given = shared.pull_cursors.given(client);
+    let trusted = if claimed <= given.min(last) {
+        claimed
+    } else {
+        let of = client.to_string();
+        let confirmed = read(shared, move |store| store.confirmed_by(&of)).await?;
+        claimed.min(given.max(confirmed)).min(last)
+    };
+    let now = now_ms();
+    if let Some(position) = shared.pull_cursors.due(client, trusted, now) {
+        let batch = rhizome_store::WriteBatch {
+            client_positions: vec![(client.to_string(), position)],
+            ..rhizome_store::WriteBatch::default()
+        };
+        if shared.writer.try_write_unordered(batch) {
+            shared.pull_cursors.recorded(client, position, now);
+        }
+    }
+    Ok(trusted)
+}
+
+/// The log position each channel of a pull's `since` resumes after, a channel's cursor
+/// trusted up to `trusted`; `None` for a channel cursor that is not a position.
 ///
 /// A Logux `since` resumes after the position its id stands for (a subscription id a pull
 /// gave, a WebSocket subscription's `logux/processed`, or an action of the log). An id the
@@ -674,7 +720,7 @@ async fn prepare_pull(
 async fn resume_positions(
     shared: &Shared,
     since: HashMap<String, ChannelSince>,
-    last: Position,
+    trusted: Position,
 ) -> Result<Option<HashMap<String, Position>>, Response> {
     if since.is_empty() {
         return Ok(Some(HashMap::new()));
@@ -684,11 +730,11 @@ async fn resume_positions(
         for (channel, since) in since {
             let position = match since {
                 ChannelSince::Cursor(cursor) => match cursor.parse::<Position>() {
-                    Ok(cursor) if cursor <= last => cursor,
-                    _ => return Ok(None),
+                    Ok(cursor) => cursor.min(trusted),
+                    Err(_) => return Ok(None),
                 },
                 ChannelSince::Logux { id, time } => match store.position_of_id(&id)? {
-                    Some(position) => position.min(last),
+                    Some(position) => position,
                     None if channel.starts_with(crate::pipeline::CRDT_CHANNEL_PREFIX) => 0,
                     None => match time {
                         Some(time) => store.position_before_time(
@@ -725,7 +771,7 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         answer.actions.splice(0..0, server);
         let has_news = !answer.actions.is_empty() || !answer.since.is_empty() || !issued.is_empty();
         if has_news || tokio::time::Instant::now() >= deadline {
-            return page_response(answer, &issued);
+            return page_response(&shared, &ctx.client_id, answer, &issued);
         }
         // Nothing yet (every channel is read through the cursor, `own` ones included): wait
         // for a commit that concerns this client (its channels or its targets), moving the
@@ -734,7 +780,7 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         let mut through = answer.cursor;
         if shared.recent.waiting() >= shared.limits.connections_max {
             // As many polls wait as connections may be open: this one answers now.
-            return page_response(answer, &issued);
+            return page_response(&shared, &ctx.client_id, answer, &issued);
         }
         let _waiting = shared.recent.wait();
         // A device that is waiting here gets what concerns it without a push wake-up.
@@ -749,7 +795,7 @@ async fn answer_pull(pull: PreparedPull) -> Response {
             };
             if !woke {
                 answer.cursor = through;
-                return page_response(answer, &issued);
+                return page_response(&shared, &ctx.client_id, answer, &issued);
             }
             match shared.recent.since(through, &channels, &ctx.node_id) {
                 Since::Nothing(upto) if upto > through => through = upto,
@@ -760,9 +806,16 @@ async fn answer_pull(pull: PreparedPull) -> Response {
     }
 }
 
-/// A pull's answer: `since` and `ids` only when there are some, so an answer without them
-/// is as it always was.
-fn page_response(page: Page, issued: &Map<String, Value>) -> Response {
+/// A pull's answer to `client`: `since` and `ids` only when there are some, so an answer
+/// without them is as it always was. The cursors it gives are remembered as given.
+fn page_response(
+    shared: &Shared,
+    client: &rhizome_protocol::ClientId,
+    page: Page,
+    issued: &Map<String, Value>,
+) -> Response {
+    let highest = page.since.iter().map(|(_, p)| *p).fold(page.cursor, Position::max);
+    shared.pull_cursors.gave(client, highest);
     let mut body = json!({"cursor": page.cursor.to_string(), "actions": page.actions, "more": page.more});
     if !page.since.is_empty() {
         let since: Map<String, Value> =

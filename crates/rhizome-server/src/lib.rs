@@ -14,6 +14,7 @@ pub mod link;
 mod outbox;
 mod park;
 mod pipeline;
+mod pull_cursors;
 mod recent;
 pub mod rules;
 mod shared;

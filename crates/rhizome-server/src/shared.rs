@@ -64,6 +64,8 @@ pub struct Shared {
     pub outbox_full: std::sync::atomic::AtomicBool,
     /// An edge's upstream cursor moved: its outbox is measured again.
     pub outbox_moved: tokio::sync::Notify,
+    /// How far HTTP clients' cursors are trusted.
+    pub pull_cursors: crate::pull_cursors::PullCursors,
 }
 
 impl std::fmt::Debug for Shared {
@@ -136,6 +138,7 @@ impl Shared {
             link_status: std::sync::OnceLock::new(),
             outbox_full: std::sync::atomic::AtomicBool::new(false),
             outbox_moved: tokio::sync::Notify::new(),
+            pull_cursors: crate::pull_cursors::PullCursors::default(),
         }
     }
 

@@ -197,7 +197,7 @@ async fn bad_pulls_get_a_clear_4xx_and_another_users_data_stays_closed() -> Resu
         (json!({"channels": ["users/bob"]}), 403, "denied"),
         (json!({"channels": ["nope/1"]}), 400, "wrongChannel"),
         (json!({"channels": ["counter/1"], "cursor": "abc"}), 400, "bad-cursor"),
-        (json!({"channels": ["counter/1"], "cursor": "999999"}), 400, "bad-cursor"),
+        (json!({"channels": ["counter/1"], "cursor": "-1"}), 400, "bad-cursor"),
         (json!({"channels": ["counter/1"], "wait": -1}), 400, "wrong-format"),
         (json!({"channels": "counter/1"}), 400, "wrong-format"),
     ];
@@ -301,6 +301,43 @@ async fn send_incs(client: &mut crate::support::Client, id: &str, ns: std::ops::
 }
 
 #[tokio::test]
+async fn a_cursor_from_another_server_resumes_from_what_this_one_gave_the_device() -> Result<()> {
+    // Two servers, each with positions of its own (an edge and the cloud, say).
+    let here = TestServer::default().await?;
+    let there = TestServer::default().await?;
+    let channels = json!(["counter/m"]);
+    // Bob follows the channel here first, then goes elsewhere.
+    let (status, first) = pull(&here, "bob:b1:t1", "bob", json!({"channels": channels})).await?;
+    assert_eq!(status, 200, "{first}");
+    // Meanwhile here: three actions on his channel, then a longer log of another.
+    let mut alice = here.login("alice:a1:t1").await?;
+    send_incs(&mut alice, "m", 0..3).await?;
+    send_incs(&mut alice, "z", 0..60).await?;
+    // There, he pulls a log of 40 actions: his cursor is past the three actions here.
+    let mut carol = there.login("carol:c1:t1").await?;
+    send_incs(&mut carol, "m", 100..140).await?;
+    let (_, away) = pull(&there, "bob:b1:t1", "bob", json!({"channels": channels, "cursor": "0"})).await?;
+    assert_eq!(incs(&away).len(), 40, "{away}");
+    let elsewhere: u64 = away["cursor"].as_str().context("a cursor")?.parse()?;
+    assert!(elsewhere > 3, "{away}");
+    // Back here with that cursor: he gets what he missed here, from where this server left him.
+    let body = json!({"channels": channels, "cursor": away["cursor"]});
+    let (status, back) = pull(&here, "bob:b1:t1", "bob", body).await?;
+    assert_eq!((status, incs(&back)), (200, vec![0, 1, 2]), "{back}");
+    // A cursor this server gave is trusted as it is: nothing twice, also after a restart
+    // (what he confirmed is recorded in the log).
+    let body = json!({"channels": channels, "cursor": back["cursor"]});
+    let (_, again) = pull(&here, "bob:b1:t1", "bob", body.clone()).await?;
+    assert_eq!(incs(&again), Vec::<i64>::new(), "{again}");
+    let here = here.restart(rhizome_server::wakeup::WakeupOptions::default()).await?;
+    let (_, restarted) = pull(&here, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(incs(&restarted), Vec::<i64>::new(), "{restarted}");
+    here.stop().await;
+    there.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_since_with_a_pull_s_subscription_id_resumes_where_that_client_stopped() -> Result<()> {
     let server = TestServer::default().await?;
     let mut alice = server.login("alice:a1:t1").await?;
@@ -357,7 +394,12 @@ async fn a_since_with_an_unknown_id_loses_nothing() -> Result<()> {
         assert_eq!(status, 200, "{answer}");
         assert_eq!(incs(&answer), expected, "{since}: {answer}");
     }
-    let bad = json!({"channels": ["counter/u"], "since": {"counter/u": "999999"}});
+    // A cursor past what this server gave bob (another server's, say) resumes from what it
+    // gave him: here the end of the log, which he has.
+    let ahead = json!({"channels": ["counter/u"], "since": {"counter/u": "999999"}});
+    let (status, answer) = pull(&server, "bob:b1:t1", "bob", ahead).await?;
+    assert_eq!((status, incs(&answer)), (200, vec![]), "{answer}");
+    let bad = json!({"channels": ["counter/u"], "since": {"counter/u": "soon"}});
     let (status, answer) = pull(&server, "bob:b1:t1", "bob", bad).await?;
     assert_eq!((status, answer["error"].clone()), (400, json!("bad-cursor")), "{answer}");
     let stray = json!({"channels": ["counter/u"], "since": {"counter/v": "0"}});
