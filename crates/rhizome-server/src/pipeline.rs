@@ -318,14 +318,28 @@ impl Pipeline {
                     continue;
                 }
             };
-            match rules.access(ctx, &action, &meta).await {
-                Ok(true) => {}
-                Ok(false) => {
+            let refusal = match rules.access(ctx, &action, &meta).await {
+                Ok(true) => None,
+                Ok(false) => Some(Err("denied")),
+                Err(e) => Some(Ok(e)),
+            };
+            // A peer sends again what it got no answer to: an action this server took already
+            // is answered with its outcome (the append finds the duplicate), not judged again
+            // by rules that may have changed since. Not a delta, which the peer may have folded
+            // with others this server never judged.
+            let taken = refusal.is_some()
+                && relayed
+                && kind != rhizome_crdt::DELTA_TYPE
+                && self.logged(&meta.id).await;
+            match refusal {
+                Some(_) if taken => {}
+                None => {}
+                Some(Err(reason)) => {
                     self.debug(&format!("Action \"{}\" was denied", meta.id));
-                    answers.push(undo(&meta.id, action, "denied"));
+                    answers.push(undo(&meta.id, action, reason));
                     continue;
                 }
-                Err(e) => {
+                Some(Ok(e)) => {
                     answers.push(hook_undo(&meta.id, action, e));
                     continue;
                 }
@@ -388,6 +402,13 @@ impl Pipeline {
         }
         let commit = if batch.appends.is_empty() { None } else { Some(self.write(batch).await) };
         Pending { added, answers, commit }
+    }
+
+    /// Whether the log holds `id` (a read; a failed one says no).
+    async fn logged(&self, id: &ActionId) -> bool {
+        let store = self.shared.store.clone();
+        let id = id.text();
+        matches!(rhizome_io::blocking(move || store.status_of(&id)).await, Ok(Ok(Some(_))))
     }
 
     async fn write(&self, batch: WriteBatch) -> oneshot::Receiver<Result<Committed, WriteFailed>> {

@@ -154,6 +154,45 @@ async fn the_undo_of_a_relayed_actions_failed_process_reaches_its_author_and_the
     Ok(())
 }
 
+/// `gated` actions, allowed while `open` is.
+struct Gated {
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl ActionType for Gated {
+    async fn access(&self, _: &Context, _: &Action, _: &Meta) -> Result<bool, HookError> {
+        Ok(self.open.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+#[tokio::test]
+async fn an_action_a_peer_sends_again_is_answered_with_its_outcome_not_judged_again() -> Result<()> {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let app = App::new(Open).peer("edge".into()).action_type("gated", Gated { open: open.clone() });
+    let server = TestServer::with_app(app, Limits::default()).await?;
+    let mut link = server.login("edge:e1:link").await?;
+    let ms = link.base_time + 1;
+    let taken = relay(&mut link, 1, ms, "alice:a1:t", json!({"type": "gated"})).await?;
+    link.until(|m| has_answer(m, "logux/processed", &taken)).await?;
+    // Alice's right is revoked; the peer, which lost the answer (this server crashed before
+    // it went out, say), sends the action again: it was taken, and stays taken.
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    relay(&mut link, 2, ms, "alice:a1:t", json!({"type": "gated"})).await?;
+    let again = link
+        .until(|m| has_answer(m, "logux/processed", &taken) || has_answer(m, "logux/undo", &taken))
+        .await?;
+    assert!(has_answer(&again, "logux/processed", &taken), "{again}");
+    // A new action of hers is judged, and denied.
+    let new = relay(&mut link, 3, ms + 1, "alice:a1:t", json!({"type": "gated"})).await?;
+    let answer =
+        link.until(|m| has_answer(m, "logux/processed", &new) || has_answer(m, "logux/undo", &new)).await?;
+    assert!(has_answer(&answer, "logux/undo", &new), "{answer}");
+    assert_eq!((logged(&server, &taken)?, logged(&server, &new)?), (1, 0));
+    server.stop().await;
+    Ok(())
+}
+
 /// A peer subscribed to a channel for its clients is not sent back what it relayed there (the
 /// edge has it), live or when it subscribes again with `since`; it gets what others wrote.
 #[tokio::test]
