@@ -323,16 +323,29 @@ impl Pipeline {
                 Ok(false) => Some(Err("denied")),
                 Err(e) => Some(Ok(e)),
             };
-            // A peer sends again what it got no answer to: an action this server took already
-            // is answered with its outcome (the append finds the duplicate), not judged again
-            // by rules that may have changed since. Not a delta, which the peer may have folded
-            // with others this server never judged.
+            // A peer sends again what it got no answer to: an action this server took already,
+            // the same under the same id, is answered with its outcome (the append finds the
+            // duplicate), not judged again by rules that may have changed since. Not a CRDT
+            // action: a peer's delta may be folded anew with others this server never judged.
             let taken = refusal.is_some()
                 && relayed
-                && kind != rhizome_crdt::DELTA_TYPE
-                && self.logged(&meta.id).await;
+                && !kind.starts_with(CRDT_ACTION_PREFIX)
+                && self.logged_as(&meta.id, &action).await;
+            if taken {
+                // Its routing is the logged entry's: the append only finds the duplicate.
+                let entry = NewEntry {
+                    id: meta.id.clone(),
+                    time: meta.time,
+                    action_json: action.json().clone(),
+                    subprotocol: meta.subprotocol,
+                    routing: Routing::default(),
+                    status: Status::Processed,
+                };
+                answers.push(Answer::Stored { index: batch.appends.len(), action, meta, rules });
+                batch.appends.push(Append::new(entry));
+                continue;
+            }
             match refusal {
-                Some(_) if taken => {}
                 None => {}
                 Some(Err(reason)) => {
                     self.debug(&format!("Action \"{}\" was denied", meta.id));
@@ -404,11 +417,19 @@ impl Pipeline {
         Pending { added, answers, commit }
     }
 
-    /// Whether the log holds `id` (a read; a failed one says no).
-    async fn logged(&self, id: &ActionId) -> bool {
+    /// Whether the log holds `action` under `id`, as this server's own entry (reads; a failed
+    /// one says no).
+    async fn logged_as(&self, id: &ActionId, action: &Action) -> bool {
         let store = self.shared.store.clone();
         let id = id.text();
-        matches!(rhizome_io::blocking(move || store.status_of(&id)).await, Ok(Ok(Some(_))))
+        let logged = rhizome_io::blocking(move || match store.position_of_id(&id)? {
+            Some(position) => store.own_entry(position),
+            None => Ok(None),
+        })
+        .await;
+        let Ok(Ok(Some((entry, _)))) = logged else { return false };
+        let parse = |json: &str| serde_json::from_str::<Value>(json).ok();
+        parse(&entry.action_json).is_some_and(|logged| Some(logged) == parse(action.json()))
     }
 
     async fn write(&self, batch: WriteBatch) -> oneshot::Receiver<Result<Committed, WriteFailed>> {

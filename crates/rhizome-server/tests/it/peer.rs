@@ -179,14 +179,19 @@ async fn an_action_a_peer_sends_again_is_answered_with_its_outcome_not_judged_ag
     // it went out, say), sends the action again: it was taken, and stays taken.
     open.store(false, std::sync::atomic::Ordering::SeqCst);
     relay(&mut link, 2, ms, "alice:a1:t", json!({"type": "gated"})).await?;
-    let again = link
-        .until(|m| has_answer(m, "logux/processed", &taken) || has_answer(m, "logux/undo", &taken))
-        .await?;
+    let either = |id: &str| {
+        let id = id.to_owned();
+        move |m: &Value| has_answer(m, "logux/processed", &id) || has_answer(m, "logux/undo", &id)
+    };
+    let again = link.until(either(&taken)).await?;
     assert!(has_answer(&again, "logux/processed", &taken), "{again}");
+    // Another action under that id is no copy of it: judged, and denied.
+    relay(&mut link, 3, ms, "alice:a1:t", json!({"type": "gated", "other": true})).await?;
+    let forged = link.until(either(&taken)).await?;
+    assert!(has_answer(&forged, "logux/undo", &taken), "{forged}");
     // A new action of hers is judged, and denied.
-    let new = relay(&mut link, 3, ms + 1, "alice:a1:t", json!({"type": "gated"})).await?;
-    let answer =
-        link.until(|m| has_answer(m, "logux/processed", &new) || has_answer(m, "logux/undo", &new)).await?;
+    let new = relay(&mut link, 4, ms + 1, "alice:a1:t", json!({"type": "gated"})).await?;
+    let answer = link.until(either(&new)).await?;
     assert!(has_answer(&answer, "logux/undo", &new), "{answer}");
     assert_eq!((logged(&server, &taken)?, logged(&server, &new)?), (1, 0));
     server.stop().await;
