@@ -11,6 +11,7 @@
 use crate::hub::ConnIdentity;
 use crate::outbox::Outbox;
 use crate::pipeline::{Pipeline, PipelineParts};
+use crate::pull_cursors::{Cursor, LogMark};
 use crate::recent::Since;
 use crate::shared::Shared;
 use crate::writer::now_ms;
@@ -523,16 +524,6 @@ enum ChannelSince {
     Logux { id: String, time: Option<i64> },
 }
 
-impl ChannelSince {
-    /// The position of a channel's own cursor.
-    fn cursor(&self) -> Option<Position> {
-        match self {
-            ChannelSince::Cursor(cursor) => cursor.parse().ok(),
-            ChannelSince::Logux { .. } => None,
-        }
-    }
-}
-
 /// The node part of the subscription ids a pull gives, followed by a random part: an id a
 /// pull raises has it, so no other subscription's acknowledgement can be touched and a
 /// guessed id names nothing.
@@ -621,19 +612,19 @@ async fn prepare_pull(
         channels.push(rhizome_protocol::Channel::from(name));
     }
     let last = read(&shared, |store| store.last_position()).await?;
-    let bad_cursor =
-        || refuse(StatusCode::BAD_REQUEST, "bad-cursor", "a cursor is a string this server gave");
+    let bad_cursor = || refuse(StatusCode::BAD_REQUEST, "bad-cursor", "a cursor is one a pull's answer gave");
+    let mark = shared.pull_cursors.mark();
     // No cursor: from now on, as a subscription without `since` (objects come whole).
-    let after = match body.cursor.as_deref().map(str::parse::<Position>) {
+    let cursor = match body.cursor.as_deref() {
         None => None,
-        Some(Ok(cursor)) => Some(cursor),
-        Some(Err(_)) => return Err(bad_cursor()),
+        Some(text) => Some(mark.parse(text).ok_or_else(bad_cursor)?),
     };
-    let claimed =
-        body.since.values().filter_map(ChannelSince::cursor).fold(after.unwrap_or(0), Position::max);
-    let trusted = trusted_up_to(&shared, &ctx.client_id, claimed, last).await?;
-    let after = after.map(|cursor| cursor.min(trusted));
-    let own = resume_positions(&shared, body.since, trusted).await?.ok_or_else(bad_cursor)?;
+    let trust = CursorTrust::new(&shared, &ctx.client_id, mark, cursor, &body.since, last).await?;
+    let after = cursor.map(|cursor| trust.position(cursor));
+    if let Some(Cursor::Ours(position)) = cursor {
+        record_confirmed(&shared, &ctx.client_id, position.min(last));
+    }
+    let own = resume_positions(&shared, body.since, trust).await?.ok_or_else(bad_cursor)?;
     // Each subscription id stands for where this pull starts its channel: the client holds
     // the channel through there (what a later `since` with the id resumes after).
     let start = |channel: &str| own.get(channel).copied().unwrap_or(after.unwrap_or(last));
@@ -675,42 +666,66 @@ async fn prepare_pull(
     Ok(PreparedPull { shared, ctx, channels, after, own, issued, page, deadline, loaded })
 }
 
-/// How far a pull's cursors (`claimed` the highest, in a log ending at `last`) are trusted:
-/// up to the highest this server gave the client, or what the log records it confirmed here
-/// (see [`crate::pull_cursors`]), never past `last`. A trusted claim is recorded as confirmed
-/// when one is due (not waited for; a busy writer skips it).
-async fn trusted_up_to(
-    shared: &Shared,
-    client: &rhizome_protocol::ClientId,
-    claimed: Position,
+/// Where a pull's cursors resume (see [`crate::pull_cursors`]): one of this log where it says,
+/// one of another log up to what the client confirmed here; never past the log's end.
+#[derive(Debug, Clone, Copy)]
+struct CursorTrust {
+    mark: LogMark,
+    /// What the client confirmed here, when a cursor of another log needs it.
+    confirmed: Position,
     last: Position,
-) -> Result<Position, Response> {
-    if claimed == 0 {
-        return Ok(0);
-    }
-    let given = shared.pull_cursors.given(client);
-    let trusted = if claimed <= given.min(last) {
-        claimed
-    } else {
-        let of = client.to_string();
-        let confirmed = read(shared, move |store| store.confirmed_by(&of)).await?;
-        claimed.min(given.max(confirmed)).min(last)
-    };
-    let now = now_ms();
-    if let Some(position) = shared.pull_cursors.due(client, trusted, now) {
-        let batch = rhizome_store::WriteBatch {
-            client_positions: vec![(client.to_string(), position)],
-            ..rhizome_store::WriteBatch::default()
-        };
-        if shared.writer.try_write_unordered(batch) {
-            shared.pull_cursors.recorded(client, position, now);
-        }
-    }
-    Ok(trusted)
 }
 
-/// The log position each channel of a pull's `since` resumes after, a channel's cursor
-/// trusted up to `trusted`; `None` for a channel cursor that is not a position.
+impl CursorTrust {
+    /// Reads what `client` confirmed here if a cursor it brings (`cursor`, or a channel's in
+    /// `since`) is another log's.
+    async fn new(
+        shared: &Shared,
+        client: &rhizome_protocol::ClientId,
+        mark: LogMark,
+        cursor: Option<Cursor>,
+        since: &HashMap<String, ChannelSince>,
+        last: Position,
+    ) -> Result<CursorTrust, Response> {
+        let foreign = |c: Option<Cursor>| matches!(c, Some(Cursor::Foreign(p)) if p > 0);
+        let channel_cursors = since.values().filter_map(|s| match s {
+            ChannelSince::Cursor(text) => mark.parse(text),
+            ChannelSince::Logux { .. } => None,
+        });
+        let confirmed = if foreign(cursor) || channel_cursors.map(Some).any(foreign) {
+            let of = client.to_string();
+            read(shared, move |store| store.confirmed_by(&of)).await?
+        } else {
+            0
+        };
+        Ok(CursorTrust { mark, confirmed, last })
+    }
+
+    /// The position `cursor` resumes after.
+    fn position(&self, cursor: Cursor) -> Position {
+        match cursor {
+            Cursor::Ours(position) => position.min(self.last),
+            Cursor::Foreign(position) => position.min(self.confirmed).min(self.last),
+        }
+    }
+}
+
+/// Records that `client` confirmed `position` here, when a record is due (not waited for; a
+/// busy writer skips it, and a later pull makes up for it).
+fn record_confirmed(shared: &Shared, client: &rhizome_protocol::ClientId, position: Position) {
+    let now = now_ms();
+    let Some(position) = shared.pull_cursors.due(client, position, now) else { return };
+    let batch = rhizome_store::WriteBatch {
+        client_positions: vec![(client.to_string(), position)],
+        ..rhizome_store::WriteBatch::default()
+    };
+    if shared.writer.try_write_unordered(batch) {
+        shared.pull_cursors.recorded(client, position, now);
+    }
+}
+
+/// The log position each channel of a pull's `since` resumes after, a channel's cursor as
+/// `trust` has it; `None` for a channel cursor that is not one.
 ///
 /// A Logux `since` resumes after the position its id stands for (a subscription id a pull
 /// gave, a WebSocket subscription's `logux/processed`, or an action of the log). An id the
@@ -720,7 +735,7 @@ async fn trusted_up_to(
 async fn resume_positions(
     shared: &Shared,
     since: HashMap<String, ChannelSince>,
-    trusted: Position,
+    trust: CursorTrust,
 ) -> Result<Option<HashMap<String, Position>>, Response> {
     if since.is_empty() {
         return Ok(Some(HashMap::new()));
@@ -729,9 +744,9 @@ async fn resume_positions(
         let mut own = HashMap::with_capacity(since.len());
         for (channel, since) in since {
             let position = match since {
-                ChannelSince::Cursor(cursor) => match cursor.parse::<Position>() {
-                    Ok(cursor) => cursor.min(trusted),
-                    Err(_) => return Ok(None),
+                ChannelSince::Cursor(cursor) => match trust.mark.parse(&cursor) {
+                    Some(cursor) => trust.position(cursor),
+                    None => return Ok(None),
                 },
                 ChannelSince::Logux { id, time } => match store.position_of_id(&id)? {
                     Some(position) => position,
@@ -771,7 +786,7 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         answer.actions.splice(0..0, server);
         let has_news = !answer.actions.is_empty() || !answer.since.is_empty() || !issued.is_empty();
         if has_news || tokio::time::Instant::now() >= deadline {
-            return page_response(&shared, &ctx.client_id, answer, &issued);
+            return page_response(&shared, answer, &issued);
         }
         // Nothing yet (every channel is read through the cursor, `own` ones included): wait
         // for a commit that concerns this client (its channels or its targets), moving the
@@ -780,7 +795,7 @@ async fn answer_pull(pull: PreparedPull) -> Response {
         let mut through = answer.cursor;
         if shared.recent.waiting() >= shared.limits.connections_max {
             // As many polls wait as connections may be open: this one answers now.
-            return page_response(&shared, &ctx.client_id, answer, &issued);
+            return page_response(&shared, answer, &issued);
         }
         let _waiting = shared.recent.wait();
         // A device that is waiting here gets what concerns it without a push wake-up.
@@ -795,7 +810,7 @@ async fn answer_pull(pull: PreparedPull) -> Response {
             };
             if !woke {
                 answer.cursor = through;
-                return page_response(&shared, &ctx.client_id, answer, &issued);
+                return page_response(&shared, answer, &issued);
             }
             match shared.recent.since(through, &channels, &ctx.node_id) {
                 Since::Nothing(upto) if upto > through => through = upto,
@@ -806,20 +821,14 @@ async fn answer_pull(pull: PreparedPull) -> Response {
     }
 }
 
-/// A pull's answer to `client`: `since` and `ids` only when there are some, so an answer
-/// without them is as it always was. The cursors it gives are remembered as given.
-fn page_response(
-    shared: &Shared,
-    client: &rhizome_protocol::ClientId,
-    page: Page,
-    issued: &Map<String, Value>,
-) -> Response {
-    let highest = page.since.iter().map(|(_, p)| *p).fold(page.cursor, Position::max);
-    shared.pull_cursors.gave(client, highest);
-    let mut body = json!({"cursor": page.cursor.to_string(), "actions": page.actions, "more": page.more});
+/// A pull's answer: `since` and `ids` only when there are some, so an answer without them is
+/// as it always was. Its cursors carry this log's tag (see [`crate::pull_cursors`]).
+fn page_response(shared: &Shared, page: Page, issued: &Map<String, Value>) -> Response {
+    let mark = shared.pull_cursors.mark();
+    let mut body = json!({"cursor": mark.format(page.cursor), "actions": page.actions, "more": page.more});
     if !page.since.is_empty() {
         let since: Map<String, Value> =
-            page.since.into_iter().map(|(c, p)| (c, Value::String(p.to_string()))).collect();
+            page.since.into_iter().map(|(c, p)| (c, Value::String(mark.format(p)))).collect();
         body["since"] = Value::Object(since);
     }
     if !issued.is_empty() {

@@ -161,6 +161,10 @@ impl Server {
             );
         }
         let position = store.last_position()?;
+        let mark = pull_cursors::LogMark {
+            tag: store.cursor(rhizome_store::LOG_TAG)?.unwrap_or(0),
+            untagged_until: store.cursor(rhizome_store::UNTAGGED_UNTIL)?.unwrap_or(0),
+        };
         let vapid = wakeup::Vapid::load(&options.wakeups, &options.data_dir).map_err(StartError::Vapid)?;
         let wakeups = wakeup::Wakeups::new(options.wakeups, vapid, store.push_targets()?);
         let store: Arc<dyn Store> = Arc::new(store);
@@ -183,6 +187,7 @@ impl Server {
             parking,
             wakeups,
         ));
+        shared.pull_cursors.set_mark(mark);
         let hub_for_writer = hub_tx.clone();
         if rhizome_io::is_simulated() {
             tokio::spawn(writer::run_task(writer, writer_rx, hub_for_writer));

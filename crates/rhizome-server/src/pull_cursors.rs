@@ -2,81 +2,108 @@
 //!
 //! A pull's cursor, and a channel's `since` cursor, are log positions of the server that gave
 //! them. A device that moved from another server (its edge, the cloud) brings that server's
-//! positions, which here could skip what was addressed to it meanwhile, as a WebSocket
-//! `synced` could (docs/edge.md, "Where the device left off"). So a cursor is trusted up to the
-//! highest this server gave the client since it started, or, beyond that, up to what the log
-//! records the client confirmed here ([`rhizome_store::Store::confirmed_by`]): a cursor a pull
+//! positions, which here could skip what was written meanwhile, as a WebSocket `synced`
+//! could (docs/edge.md, "Where the device left off"). So each cursor carries the tag of the
+//! log that gave it (`<position>.<tag in hex>`, [`rhizome_store::LOG_TAG`]): one of this log is
+//! taken as it is; one of another log, or without a tag past where untagged cursors ended
+//! ([`rhizome_store::UNTAGGED_UNTIL`]), is trusted only up to what the log records the client
+//! confirmed here ([`rhizome_store::Store::confirmed_by`]). A cursor of this log that a pull
 //! brings is one the client received, so it is recorded as confirmed, the first at once and
-//! then at most every [`RECORD_EVERY_MS`] per client. Trusting less only costs duplicates,
-//! which clients drop by id.
+//! then at most every [`RECORD_EVERY_MS`] per client (the memory of when is only for that:
+//! forgetting it costs a write). Trusting less only costs duplicates, which clients drop by id.
 
 use rhizome_core::Position;
 use rhizome_protocol::ClientId;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-/// Clients remembered at most; beyond, the memory starts over (a forgotten client's cursor
-/// is trusted up to the log's record of it).
+/// Clients whose last record is remembered at most.
 const KEPT_MAX: usize = 65_536;
 
-/// How often a client's confirmed cursor is recorded in the log, besides its first: a restart
-/// then sends again at most about this much of what concerns the client.
+/// How often a client's confirmed cursor is recorded in the log, besides its first.
 pub(crate) const RECORD_EVERY_MS: i64 = 60_000;
 
-/// What this server knows of each HTTP client's cursors since it started.
-#[derive(Debug, Default)]
-pub struct PullCursors {
-    clients: Mutex<HashMap<ClientId, Known>>,
+/// What tells this log's cursors from others'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogMark {
+    /// [`rhizome_store::LOG_TAG`].
+    pub tag: u64,
+    /// [`rhizome_store::UNTAGGED_UNTIL`].
+    pub untagged_until: Position,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Known {
-    /// The highest position given to the client as a cursor.
-    given: Position,
-    /// The highest position recorded in the log as confirmed by it, and when.
-    recorded: Position,
-    recorded_at_ms: Option<i64>,
+/// A cursor a pull brings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    /// Given by this log.
+    Ours(Position),
+    /// Given by another log (another server), or not known to be this one's.
+    Foreign(Position),
+}
+
+impl LogMark {
+    /// A cursor to give for `position`.
+    pub fn format(&self, position: Position) -> String {
+        format!("{position}.{:x}", self.tag)
+    }
+
+    /// A cursor brought back; `None` when it is not one.
+    pub fn parse(&self, text: &str) -> Option<Cursor> {
+        let (position, tag) = match text.split_once('.') {
+            Some((position, tag)) => (position, Some(u64::from_str_radix(tag, 16).ok()?)),
+            None => (text, None),
+        };
+        let position: Position = position.parse().ok()?;
+        Some(match tag {
+            Some(tag) if tag == self.tag => Cursor::Ours(position),
+            None if position <= self.untagged_until => Cursor::Ours(position),
+            _ => Cursor::Foreign(position),
+        })
+    }
+}
+
+/// This server's log mark and when each HTTP client's confirmed cursor was last recorded.
+#[derive(Debug, Default)]
+pub struct PullCursors {
+    mark: OnceLock<LogMark>,
+    recorded: Mutex<HashMap<ClientId, (Position, i64)>>,
 }
 
 impl PullCursors {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Known>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    /// Set once, when the server starts.
+    pub(crate) fn set_mark(&self, mark: LogMark) {
+        let _ = self.mark.set(mark);
     }
 
-    /// The highest position this server gave `client` since it started (0 if none).
-    pub(crate) fn given(&self, client: &ClientId) -> Position {
-        self.lock().get(client).map_or(0, |k| k.given)
+    /// The log's mark (tag 0, nothing untagged, before it is set).
+    pub(crate) fn mark(&self) -> LogMark {
+        self.mark.get().copied().unwrap_or(LogMark { tag: 0, untagged_until: 0 })
     }
 
-    /// `client` was given `position` as a cursor.
-    pub(crate) fn gave(&self, client: &ClientId, position: Position) {
-        let mut clients = self.lock();
-        if clients.len() >= KEPT_MAX && !clients.contains_key(client) {
-            clients.clear();
-        }
-        let known = clients.entry(client.clone()).or_default();
-        known.given = known.given.max(position);
-    }
-
-    /// `client` brought `position`, trusted: the position to record as what it confirmed, if
-    /// one is due now (`now_ms`); the caller records it and then calls
+    /// `client` brought `position`, a cursor of this log: the position to record as what it
+    /// confirmed, if one is due now (`now_ms`); the caller records it, then calls
     /// [`PullCursors::recorded`].
     pub(crate) fn due(&self, client: &ClientId, position: Position, now_ms: i64) -> Option<Position> {
-        let clients = self.lock();
-        let known = clients.get(client).copied().unwrap_or_default();
-        let due = known.recorded_at_ms.is_none_or(|at| now_ms - at >= RECORD_EVERY_MS);
-        (position > known.recorded && due).then_some(position)
+        let recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        let due = match recorded.get(client) {
+            None => true,
+            Some(&(last, at)) => position > last && now_ms - at >= RECORD_EVERY_MS,
+        };
+        (due && position > 0).then_some(position)
     }
 
-    /// `position` was handed to the writer as what `client` confirmed.
+    /// `position` was handed to the writer as what `client` confirmed, at `now_ms`.
     pub(crate) fn recorded(&self, client: &ClientId, position: Position, now_ms: i64) {
-        let mut clients = self.lock();
-        if clients.len() >= KEPT_MAX && !clients.contains_key(client) {
-            clients.clear();
+        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        if recorded.len() >= KEPT_MAX && !recorded.contains_key(client) {
+            // Those due anyway go first; if none is, all (each costs one write more).
+            recorded.retain(|_, &mut (_, at)| now_ms - at < RECORD_EVERY_MS);
+            if recorded.len() >= KEPT_MAX {
+                recorded.clear();
+            }
         }
-        let known = clients.entry(client.clone()).or_default();
-        known.recorded = known.recorded.max(position);
-        known.recorded_at_ms = Some(now_ms);
+        let entry = recorded.entry(client.clone()).or_insert((0, now_ms));
+        *entry = (entry.0.max(position), now_ms);
     }
 }
 
@@ -85,13 +112,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cursor_of_this_log_is_told_from_another_logs() {
+        let mark = LogMark { tag: 0xbeef, untagged_until: 40 };
+        assert_eq!(mark.format(12), "12.beef");
+        assert_eq!(mark.parse("12.beef"), Some(Cursor::Ours(12)));
+        assert_eq!(mark.parse("12.bee"), Some(Cursor::Foreign(12)), "another log's");
+        assert_eq!(mark.parse("40"), Some(Cursor::Ours(40)), "given before cursors had a tag");
+        assert_eq!(mark.parse("41"), Some(Cursor::Foreign(41)), "not given here untagged");
+        for bad in ["", "x", "-1", "12.", "12.zz", ".beef", "1.2.3"] {
+            assert_eq!(mark.parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn the_first_confirmation_is_recorded_at_once_and_later_ones_at_most_every_minute() {
         let cursors = PullCursors::default();
         let client = ClientId::from("alice:a1");
-        assert_eq!(cursors.given(&client), 0);
-        cursors.gave(&client, 40);
-        cursors.gave(&client, 30);
-        assert_eq!(cursors.given(&client), 40, "the highest given");
+        assert_eq!(cursors.due(&client, 0, 1_000), None, "nothing to record");
         assert_eq!(cursors.due(&client, 40, 1_000), Some(40));
         cursors.recorded(&client, 40, 1_000);
         assert_eq!(cursors.due(&client, 40, 2_000), None, "nothing new");

@@ -139,7 +139,9 @@ async fn a_waiting_long_poll_answers_at_once_when_the_server_shuts_down() -> Res
     let (status, page) =
         tokio::time::timeout(Duration::from_secs(5), poll).await.context("the poll held on")???;
     anyhow::ensure!(
-        status == 200 && page["actions"] == json!([]) && page["cursor"] == "0",
+        status == 200
+            && page["actions"] == json!([])
+            && page["cursor"].as_str().is_some_and(|c| c.starts_with("0.")),
         "{status} {page}"
     );
     anyhow::ensure!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());

@@ -15,6 +15,12 @@ async fn pull(server: &TestServer, node: &str, user: &str, body: Value) -> Resul
     request(server.addr, "/v1/pull", Some(&format!("Bearer {}", token(user))), &body.to_string()).await
 }
 
+/// The log position of a cursor a pull's answer gave (`<position>.<log tag>`).
+fn position(cursor: &Value) -> Result<u64> {
+    let text = cursor.as_str().context("a cursor")?;
+    Ok(text.split('.').next().unwrap_or_default().parse()?)
+}
+
 /// The `n` of every `inc` in a pull's answer.
 fn incs(answer: &Value) -> Vec<i64> {
     answer["actions"]
@@ -301,37 +307,55 @@ async fn send_incs(client: &mut crate::support::Client, id: &str, ns: std::ops::
 }
 
 #[tokio::test]
-async fn a_cursor_from_another_server_resumes_from_what_this_one_gave_the_device() -> Result<()> {
+async fn a_cursor_from_another_server_resumes_from_what_the_device_confirmed_here() -> Result<()> {
     // Two servers, each with positions of its own (an edge and the cloud, say).
     let here = TestServer::default().await?;
     let there = TestServer::default().await?;
     let channels = json!(["counter/m"]);
-    // Bob follows the channel here first, then goes elsewhere.
+    // Bob follows the channel here first.
     let (status, first) = pull(&here, "bob:b1:t1", "bob", json!({"channels": channels})).await?;
     assert_eq!(status, 200, "{first}");
-    // Meanwhile here: three actions on his channel, then a longer log of another.
+    // Three actions on his channel, then a longer log of another. He pulls once more, but the
+    // answer is lost on the way (he goes elsewhere before it arrives).
     let mut alice = here.login("alice:a1:t1").await?;
     send_incs(&mut alice, "m", 0..3).await?;
     send_incs(&mut alice, "z", 0..60).await?;
-    // There, he pulls a log of 40 actions: his cursor is past the three actions here.
+    let body = json!({"channels": channels, "cursor": first["cursor"]});
+    let (_, lost) = pull(&here, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(incs(&lost), [0, 1, 2], "{lost}");
+    // There, he pulls a log of 40 actions: his cursor is past the three actions here, and
+    // below what here gave him in the lost answer.
     let mut carol = there.login("carol:c1:t1").await?;
     send_incs(&mut carol, "m", 100..140).await?;
     let (_, away) = pull(&there, "bob:b1:t1", "bob", json!({"channels": channels, "cursor": "0"})).await?;
     assert_eq!(incs(&away).len(), 40, "{away}");
-    let elsewhere: u64 = away["cursor"].as_str().context("a cursor")?.parse()?;
-    assert!(elsewhere > 3, "{away}");
-    // Back here with that cursor: he gets what he missed here, from where this server left him.
+    let elsewhere = position(&away["cursor"])?;
+    assert!(elsewhere > 3 && elsewhere < position(&lost["cursor"])?, "{away} {lost}");
+    // Back here with that cursor: he gets what he never confirmed here.
     let body = json!({"channels": channels, "cursor": away["cursor"]});
     let (status, back) = pull(&here, "bob:b1:t1", "bob", body).await?;
     assert_eq!((status, incs(&back)), (200, vec![0, 1, 2]), "{back}");
-    // A cursor this server gave is trusted as it is: nothing twice, also after a restart
-    // (what he confirmed is recorded in the log).
+    // So does a channel's own cursor from there.
+    let body = json!({"channels": channels, "since": {"counter/m": away["cursor"]}});
+    let (_, channel) = pull(&here, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(incs(&channel), [0, 1, 2], "{channel}");
+    // A cursor this server gave is taken as it is: nothing twice, also after a restart.
     let body = json!({"channels": channels, "cursor": back["cursor"]});
     let (_, again) = pull(&here, "bob:b1:t1", "bob", body.clone()).await?;
     assert_eq!(incs(&again), Vec::<i64>::new(), "{again}");
     let here = here.restart(rhizome_server::wakeup::WakeupOptions::default()).await?;
     let (_, restarted) = pull(&here, "bob:b1:t1", "bob", body).await?;
     assert_eq!(incs(&restarted), Vec::<i64>::new(), "{restarted}");
+    // What he brought back here is recorded as confirmed: a cursor from there is now trusted up
+    // to it (only what was written after comes).
+    send_incs(&mut carol, "m", 140..141).await?;
+    let mut alice = here.login("alice:a1:t1").await?;
+    send_incs(&mut alice, "m", 3..4).await?;
+    let (_, away) =
+        pull(&there, "bob:b1:t1", "bob", json!({"channels": channels, "cursor": away["cursor"]})).await?;
+    let body = json!({"channels": channels, "cursor": away["cursor"]});
+    let (_, back) = pull(&here, "bob:b1:t1", "bob", body).await?;
+    assert_eq!(incs(&back), [3], "{back}");
     here.stop().await;
     there.stop().await;
     Ok(())
@@ -394,11 +418,11 @@ async fn a_since_with_an_unknown_id_loses_nothing() -> Result<()> {
         assert_eq!(status, 200, "{answer}");
         assert_eq!(incs(&answer), expected, "{since}: {answer}");
     }
-    // A cursor past what this server gave bob (another server's, say) resumes from what it
-    // gave him: here the end of the log, which he has.
+    // A cursor this server did not give (another server's, say) resumes from what bob
+    // confirmed here: nothing yet, so from the start.
     let ahead = json!({"channels": ["counter/u"], "since": {"counter/u": "999999"}});
     let (status, answer) = pull(&server, "bob:b1:t1", "bob", ahead).await?;
-    assert_eq!((status, incs(&answer)), (200, vec![]), "{answer}");
+    assert_eq!((status, incs(&answer)), (200, vec![0, 1, 2]), "{answer}");
     let bad = json!({"channels": ["counter/u"], "since": {"counter/u": "soon"}});
     let (status, answer) = pull(&server, "bob:b1:t1", "bob", bad).await?;
     assert_eq!((status, answer["error"].clone()), (400, json!("bad-cursor")), "{answer}");
@@ -469,8 +493,7 @@ async fn a_re_subscription_behind_the_cursor_pages_on_its_own_without_repeating_
             json!({"channels": ["counter/a", "counter/b"], "cursor": cursor, "since": since, "limit": 2});
         let (status, page) = pull(&server, "bob:b1:t1", "bob", body).await?;
         assert_eq!(status, 200, "{page}");
-        let next: u64 = page["cursor"].as_str().context("cursor")?.parse()?;
-        let before: u64 = cursor.as_str().context("cursor")?.parse()?;
+        let (next, before) = (position(&page["cursor"])?, position(&cursor)?);
         assert!(next >= before, "the cursor never goes back: {before} then {page}");
         got.extend(incs(&page));
         cursor = page["cursor"].clone();
