@@ -111,6 +111,9 @@ pub struct LinkStatus {
     pub connections: u64,
     /// Actions sent upstream (again after a drop counts again).
     pub actions_sent: u64,
+    /// Actions sent on this connection whose answer is not stored yet (the cursor waits for
+    /// the oldest).
+    pub awaiting_answers: usize,
     /// Why the last connection ended or failed.
     pub last_error: Option<String>,
     /// What waits to go upstream, as last measured.
@@ -218,6 +221,7 @@ pub(crate) async fn status_endpoint(
         "upstreamReceived": s.received,
         "channels": s.channels,
         "actionsSent": s.actions_sent,
+        "awaitingAnswers": s.awaiting_answers,
         "outbox": {
             "entries": s.outbox.entries,
             "bytes": s.outbox.bytes,
@@ -580,6 +584,7 @@ impl Link {
         self.set_status(|s| {
             s.connected_since_ms = Some(now_ms());
             s.connections += 1;
+            s.awaiting_answers = 0;
         });
         tracing::info!(url = %self.options.url, from = self.uplink.confirmed(), "upstream link up");
         let (started, confirmed) = (Instant::now(), self.uplink.confirmed());
@@ -927,6 +932,8 @@ impl Link {
         let received = self.received;
         self.set_status(|s| s.received = received);
         let rose = stored.answered.into_iter().filter_map(|p| self.uplink.answered(p)).last();
+        let awaiting = self.uplink.unanswered();
+        self.set_status(|s| s.awaiting_answers = awaiting);
         if let Some(confirmed) = rose {
             self.set_status(|s| s.confirmed = confirmed);
             self.shared.outbox_moved.notify_one();
@@ -1333,6 +1340,8 @@ impl Link {
                 }
                 let actions = chunk.actions.into_iter().map(|(_, positions)| positions);
                 self.uplink.sent(chunk.last_sent, chunk.through, actions);
+                let awaiting = self.uplink.unanswered();
+                self.set_status(|s| s.awaiting_answers = awaiting);
                 self.set_status(|s| s.actions_sent += chunk.count as u64);
             } else {
                 // Nothing to send up to `through`; with no rows at all, nothing up to what

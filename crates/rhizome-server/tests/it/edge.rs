@@ -1281,6 +1281,11 @@ async fn an_action_whose_answer_was_lost_with_the_upstream_is_sent_again_until_a
         })
     };
     alice.until(committed).await?;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while edge.link_status()?.awaiting_answers != 1 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{:?}", edge.link_status()?);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(durable_cursor(&edge)?.unwrap_or(0) < first, "{:?} passed {first}", durable_cursor(&edge)?);
     // On the next connection the edge sends the unanswered action again, and only it: the
     // upstream has the outcome of the other two. This time it is answered: refused.
