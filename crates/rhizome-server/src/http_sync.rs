@@ -619,10 +619,10 @@ async fn prepare_pull(
         None => None,
         Some(text) => Some(mark.parse(text).ok_or_else(bad_cursor)?),
     };
-    let trust = CursorTrust::new(&shared, &ctx.client_id, mark, cursor, &body.since, last).await?;
+    let trust = CursorTrust::new(&shared, &ctx.node_id, mark, cursor, &body.since, last).await?;
     let after = cursor.map(|cursor| trust.position(cursor));
     if let Some(Cursor::Ours(position)) = cursor {
-        record_confirmed(&shared, &ctx.client_id, position.min(last));
+        record_confirmed(&shared, &ctx.node_id, position.min(last));
     }
     let own = resume_positions(&shared, body.since, trust).await?.ok_or_else(bad_cursor)?;
     // Each subscription id stands for where this pull starts its channel: the client holds
@@ -666,22 +666,23 @@ async fn prepare_pull(
     Ok(PreparedPull { shared, ctx, channels, after, own, issued, page, deadline, loaded })
 }
 
-/// Where a pull's cursors resume (see [`crate::pull_cursors`]): one of this log where it says,
-/// one of another log up to what the client confirmed here; never past the log's end.
+/// Where a pull's cursors resume (see [`crate::pull_cursors`]): one this server gave since it
+/// started where it says, any other up to what the node confirmed here; never past the log's
+/// end.
 #[derive(Debug, Clone, Copy)]
 struct CursorTrust {
     mark: LogMark,
-    /// What the client confirmed here, when a cursor of another log needs it.
+    /// What the node confirmed here, when a cursor from elsewhere needs it.
     confirmed: Position,
     last: Position,
 }
 
 impl CursorTrust {
-    /// Reads what `client` confirmed here if a cursor it brings (`cursor`, or a channel's in
-    /// `since`) is another log's.
+    /// Reads what `node` confirmed here if a cursor it brings (`cursor`, or a channel's in
+    /// `since`) is from elsewhere.
     async fn new(
         shared: &Shared,
-        client: &rhizome_protocol::ClientId,
+        node: &rhizome_protocol::NodeId,
         mark: LogMark,
         cursor: Option<Cursor>,
         since: &HashMap<String, ChannelSince>,
@@ -693,7 +694,7 @@ impl CursorTrust {
             ChannelSince::Logux { .. } => None,
         });
         let confirmed = if foreign(cursor) || channel_cursors.map(Some).any(foreign) {
-            let of = client.to_string();
+            let of = node.to_string();
             read(shared, move |store| store.confirmed_by(&of)).await?
         } else {
             0
@@ -710,17 +711,18 @@ impl CursorTrust {
     }
 }
 
-/// Records that `client` confirmed `position` here, when a record is due (not waited for; a
-/// busy writer skips it, and a later pull makes up for it).
-fn record_confirmed(shared: &Shared, client: &rhizome_protocol::ClientId, position: Position) {
+/// Records that `node` confirmed `position` here (in `client_positions`, under the node id:
+/// each tab pulls for itself), when a record is due (not waited for; a busy writer skips it,
+/// and a later pull makes up for it).
+fn record_confirmed(shared: &Shared, node: &rhizome_protocol::NodeId, position: Position) {
     let now = now_ms();
-    let Some(position) = shared.pull_cursors.due(client, position, now) else { return };
+    let Some(position) = shared.pull_cursors.due(node, position, now) else { return };
     let batch = rhizome_store::WriteBatch {
-        client_positions: vec![(client.to_string(), position)],
+        client_positions: vec![(node.to_string(), position)],
         ..rhizome_store::WriteBatch::default()
     };
     if shared.writer.try_write_unordered(batch) {
-        shared.pull_cursors.recorded(client, position, now);
+        shared.pull_cursors.recorded(node, position, now);
     }
 }
 
@@ -822,7 +824,7 @@ async fn answer_pull(pull: PreparedPull) -> Response {
 }
 
 /// A pull's answer: `since` and `ids` only when there are some, so an answer without them is
-/// as it always was. Its cursors carry this log's tag (see [`crate::pull_cursors`]).
+/// as it always was. Its cursors carry this server's tag (see [`crate::pull_cursors`]).
 fn page_response(shared: &Shared, page: Page, issued: &Map<String, Value>) -> Response {
     let mark = shared.pull_cursors.mark();
     let mut body = json!({"cursor": mark.format(page.cursor), "actions": page.actions, "more": page.more});

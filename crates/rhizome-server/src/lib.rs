@@ -161,10 +161,7 @@ impl Server {
             );
         }
         let position = store.last_position()?;
-        let mark = pull_cursors::LogMark {
-            tag: store.cursor(rhizome_store::LOG_TAG)?.unwrap_or(0),
-            untagged_until: store.cursor(rhizome_store::UNTAGGED_UNTIL)?.unwrap_or(0),
-        };
+        let mark = pull_cursors::LogMark { tag: rhizome_io::random_u64() };
         let vapid = wakeup::Vapid::load(&options.wakeups, &options.data_dir).map_err(StartError::Vapid)?;
         let wakeups = wakeup::Wakeups::new(options.wakeups, vapid, store.push_targets()?);
         let store: Arc<dyn Store> = Arc::new(store);

@@ -135,15 +135,6 @@ pub const UPSTREAM_RECEIVED: &str = "upstream_received";
 /// above it (snapshot cleaning would otherwise empty deltas the upstream still lacks).
 pub const UPSTREAM_SENT: &str = "upstream_sent";
 
-/// A random number naming this log (set when the log is made, or when an older one is
-/// upgraded), which the cursors an HTTP pull gives carry: a cursor of another log (another
-/// server's) is then told apart from one of this log.
-pub const LOG_TAG: &str = "log_tag";
-
-/// The last position when [`LOG_TAG`] was set: a cursor without a tag at or below it was given
-/// by this server before cursors carried the tag.
-pub const UNTAGGED_UNTIL: &str = "untagged_until";
-
 impl WriteBatch {
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {

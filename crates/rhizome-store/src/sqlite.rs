@@ -207,7 +207,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
 }
 
 /// The version of the log's format this build writes (`PRAGMA user_version`).
-const FORMAT_VERSION: i64 = 7;
+const FORMAT_VERSION: i64 = 6;
 
 /// The cursor holding where [`Store::confirmed_by`]'s records began.
 const CLIENTS_FROM: &str = "clients_from";
@@ -236,9 +236,6 @@ const CLIENTS_FROM: &str = "clients_from";
 ///
 /// Version 6: `client_positions`, what each client confirmed here; a client without a row is
 /// trusted up to the end of the log as it was then (cursor `clients_from`).
-///
-/// Version 7: the log's tag (cursor [`crate::LOG_TAG`], random, below 2^48) and the end of the
-/// log as it was then ([`crate::UNTAGGED_UNTIL`]).
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= FORMAT_VERSION {
@@ -291,16 +288,6 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         tx.execute(
             "INSERT OR IGNORE INTO cursors(name, position) SELECT ?1, coalesce(max(added), 0) FROM log",
             [CLIENTS_FROM],
-        )?;
-    }
-    if version < 7 {
-        tx.execute(
-            "INSERT OR IGNORE INTO cursors(name, position) VALUES (?1, abs(random() % 281474976710656))",
-            [crate::LOG_TAG],
-        )?;
-        tx.execute(
-            "INSERT OR IGNORE INTO cursors(name, position) SELECT ?1, coalesce(max(added), 0) FROM log",
-            [crate::UNTAGGED_UNTIL],
         )?;
     }
     tx.pragma_update(None, "user_version", FORMAT_VERSION)?;

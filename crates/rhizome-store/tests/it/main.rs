@@ -206,34 +206,6 @@ fn what_a_client_confirmed_only_rises_and_an_older_logs_clients_are_trusted_up_t
 }
 
 #[test]
-fn a_log_has_a_tag_of_its_own_and_knows_where_untagged_cursors_end() {
-    use rhizome_store::{LOG_TAG, UNTAGGED_UNTIL};
-    let (dir, store) = open();
-    let tag = store.cursor(LOG_TAG).expect("read").expect("a new log has a tag");
-    assert!(tag < 1 << 48, "{tag}");
-    assert_eq!(store.cursor(UNTAGGED_UNTIL).expect("read"), Some(0), "a new log gave no untagged cursor");
-    let (_other_dir, other) = open();
-    assert_ne!(other.cursor(LOG_TAG).expect("read"), Some(tag), "each log its own");
-    let mut w = store.writer().expect("writer");
-    let mut b = vec![batch(
-        (0..4).map(|n| entry(&format!("1 x:1:t {n}"), Routing::default(), Status::Processed)).collect(),
-    )];
-    w.commit(&mut b, 1).expect("commit");
-    drop(w);
-    drop(store);
-    let store = SqliteStore::open(dir.path()).expect("reopen");
-    assert_eq!(store.cursor(LOG_TAG).expect("read"), Some(tag), "kept");
-    drop(store);
-    // A log from before the tag: tagged when upgraded, its earlier cursors up to its end.
-    let db = rusqlite::Connection::open(dir.path().join("rhizome.db")).expect("open");
-    db.execute_batch("DELETE FROM cursors; PRAGMA user_version = 6;").expect("undo");
-    drop(db);
-    let store = SqliteStore::open(dir.path()).expect("reopen");
-    assert!(store.cursor(LOG_TAG).expect("read").is_some());
-    assert_eq!(store.cursor(UNTAGGED_UNTIL).expect("read"), Some(4));
-}
-
-#[test]
 fn a_large_commit_indexes_every_channel_of_every_entry() {
     // More entries than the channel index is written in at once, on interleaved channels, some
     // on two channels, over two batches of one commit, with a duplicate among them.
