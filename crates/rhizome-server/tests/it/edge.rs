@@ -1093,35 +1093,15 @@ async fn an_upstream_that_stops_reading_is_given_up_on_while_the_link_sends() ->
 }
 
 /// A stand-in upstream on `listener`: accepts one link, answers its `connect`, and returns the
-/// first `logux/subscribe` the link sends.
+/// first `logux/subscribe`s the link sends (see [`stand_in_upstream`]).
 async fn first_subscribes_at(listener: tokio::net::TcpListener) -> Result<Vec<serde_json::Value>> {
-    use futures_util::{SinkExt as _, StreamExt as _};
-    use tokio_tungstenite::tungstenite::Message;
-    let (stream, _) = listener.accept().await?;
-    let mut ws = tokio_tungstenite::accept_async(stream).await?;
-    while let Some(frame) = ws.next().await {
-        let Message::Text(text) = frame? else { continue };
-        let message: serde_json::Value = serde_json::from_str(text.as_str())?;
-        match message[0].as_str() {
-            Some("connect") => {
-                let now =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-                let connected = json!(["connected", 5, "server:fake", [now, now]]);
-                ws.send(Message::text(connected.to_string())).await?;
-            }
-            Some("sync") => {
-                let subscribes: Vec<_> = crate::support::sync_actions(&message)
-                    .into_iter()
-                    .filter(|a| a["type"] == "logux/subscribe")
-                    .collect();
-                if !subscribes.is_empty() {
-                    return Ok(subscribes);
-                }
-            }
-            _ => {}
-        }
-    }
-    bail!("the link went away without subscribing")
+    let mut subscribes = Vec::new();
+    stand_in_upstream(&listener, "logux/subscribe", |_, pairs| {
+        subscribes = pairs.into_iter().map(|(a, _)| a).filter(|a| a["type"] == "logux/subscribe").collect();
+        (Vec::new(), false)
+    })
+    .await?;
+    Ok(subscribes)
 }
 
 #[tokio::test]
@@ -1210,14 +1190,21 @@ async fn stand_in_upstream(
     bail!("the link went away")
 }
 
+/// An edge whose upstream is a stand-in listening on a port of its own (see
+/// [`stand_in_upstream`]), with alice logged in at the edge.
+async fn edge_of_stand_in() -> Result<(tokio::net::TcpListener, TestServer, Client)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let edge = TestServer::edge_of(&format!("ws://{}/", listener.local_addr()?)).await?;
+    let alice = edge.login("alice:a1:t").await?;
+    Ok((listener, edge, alice))
+}
+
 #[tokio::test]
 async fn a_connection_whose_upstream_never_answers_a_confirmed_action_starts_again() -> Result<()> {
     // An upstream that confirms a `sync` and then never answers its action, while answering
     // pings: the edge's cursor would wait for good, its outbox filling. The link gives it up
     // after three timeouts (one second each in the tests) and sends the action again.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let edge = TestServer::edge_of(&format!("ws://{}/", listener.local_addr()?)).await?;
-    let mut alice = edge.login("alice:a1:t").await?;
+    let (listener, edge, mut alice) = edge_of_stand_in().await?;
     let sent = send_incs(&mut alice, 1).await?;
     let started = std::time::Instant::now();
     let silent = stand_in_upstream(&listener, "inc", |added, _| (vec![json!(["synced", added])], true));
@@ -1256,9 +1243,7 @@ async fn an_action_whose_answer_was_lost_with_the_upstream_is_sent_again_until_a
     // crashes before the answer to the first goes out (its `process` was slow, say). The edge
     // must not take the `synced` as the end of it: the upstream's refusal of that action would
     // never reach its author, nor would the edge correct its own record.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let edge = TestServer::edge_of(&format!("ws://{}/", listener.local_addr()?)).await?;
-    let mut alice = edge.login("alice:a1:t").await?;
+    let (listener, edge, mut alice) = edge_of_stand_in().await?;
     let sent = send_incs(&mut alice, 3).await?;
     let position = |id: &str| -> Result<u64> {
         let db = rusqlite::Connection::open(edge.db_path())?;
