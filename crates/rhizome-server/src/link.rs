@@ -256,6 +256,10 @@ pub const COMMITTED_TYPE: &str = "rhizome/committed";
 /// which the upstream answers (docs/edge.md, correcting an object).
 pub const STATE_TYPE: &str = "rhizome/state";
 
+/// The reason of the `logux/undo` an edge answers a [`STATE_TYPE`] request with while it
+/// must correct that object itself (its state may hold an operation its upstream refused).
+pub const UPSTREAM_CORRECTING: &str = "correcting";
+
 /// The upstream's answer to an action this edge relayed.
 struct RelayAnswer {
     target: ActionId,
@@ -474,8 +478,10 @@ struct Link {
     /// Channels the edge's clients subscribe to.
     follow: tokio::sync::mpsc::UnboundedReceiver<UpstreamChannel>,
     /// Deltas sent folded: the id each went under, and the ids folded into it, whose authors
-    /// get the upstream's answer to it (see [`UpstreamOptions::fold_crdt`]).
-    folded: HashMap<ActionId, Vec<ActionId>>,
+    /// get the upstream's answer to it (see [`UpstreamOptions::fold_crdt`]), with the
+    /// positions of all, recorded once the upstream accepts it (an undo may follow, in a
+    /// chain, see [`rhizome_store::Store::fold_of`]).
+    folded: HashMap<ActionId, (Vec<ActionId>, Vec<Position>)>,
     /// The actions sent on this connection and not answered yet: the id each went under, and
     /// the lowest position it carries (see [`Uplink::answered`]).
     awaiting: HashMap<ActionId, Position>,
@@ -510,8 +516,12 @@ struct Session {
     /// Objects whose state was asked for on this connection, with the `own_after` and
     /// `upstream_after` of their correction.
     state_requests: HashMap<String, (Position, Position)>,
-    /// Ids of those requests, whose answers are not relayed actions'.
-    requests: HashSet<String>,
+    /// Ids of those requests, whose answers are not relayed actions', with their object's key.
+    requests: HashMap<String, String>,
+    /// Objects the upstream is correcting itself (it answered their request with
+    /// [`UPSTREAM_CORRECTING`]): asked again at the next ping, or once the upstream sends a
+    /// whole state of one.
+    upstream_correcting: HashSet<String>,
     /// The cursor when an action the upstream confirmed was first seen waiting for its answer,
     /// and when (see [`Link::answers_overdue`]).
     answer_wait: Option<(Position, Instant)>,
@@ -644,7 +654,8 @@ impl Link {
                         subscribed: HashSet::new(),
                         storing: VecDeque::new(),
                         state_requests: HashMap::new(),
-                        requests: HashSet::new(),
+                        requests: HashMap::new(),
+                        upstream_correcting: HashSet::new(),
                         answer_wait: None,
                         write_failed: false,
                         subprotocol: options.get("subprotocol").and_then(serde_json::Value::as_u64),
@@ -740,6 +751,12 @@ impl Link {
                         // Sent again on the next connection, where the upstream answers it
                         // with what it recorded.
                         return End::retry("the upstream did not answer an action it confirmed");
+                    }
+                    if !session.upstream_correcting.is_empty() {
+                        session.upstream_correcting.clear();
+                        if let Err(end) = self.request_states(session).await {
+                            return end;
+                        }
                     }
                     if let Err(end) = session.send(encode_ping(self.received), self.options.timeout).await {
                         return end;
@@ -919,7 +936,15 @@ impl Link {
     /// the cursor, for the answers it holds. Returns the `added` of its `sync`s, to confirm, and
     /// whether it held corrections.
     async fn took(&mut self, stored: Stored, committed: &rhizome_store::Committed) -> (Vec<u64>, bool) {
-        let corrected = !stored.resets.is_empty();
+        let mut corrected = !stored.resets.is_empty();
+        for key in &committed.resets_incomplete {
+            // A whole state from the upstream that could not replace the object (marked to
+            // correct in the same write).
+            if !stored.resets.iter().any(|(k, _)| k == key) {
+                *self.resets.entry(key.clone()).or_default() += 1;
+                corrected = true;
+            }
+        }
         for (key, undos) in stored.resets {
             if !committed.resets_incomplete.contains(&key) && self.resets.get(&key) == Some(&undos) {
                 self.resets.remove(&key);
@@ -986,8 +1011,12 @@ impl Link {
     /// [`rhizome_store::ObjectReset`]): every delta the upstream confirmed by now is in the state
     /// it reads once it gets the request, and every delta it sent before too.
     async fn request_states(&mut self, session: &mut Session) -> Result<(), End> {
-        let keys: Vec<String> =
-            self.resets.keys().filter(|k| !session.state_requests.contains_key(*k)).cloned().collect();
+        let keys: Vec<String> = self
+            .resets
+            .keys()
+            .filter(|k| !session.state_requests.contains_key(*k) && !session.upstream_correcting.contains(*k))
+            .cloned()
+            .collect();
         if keys.is_empty() {
             return Ok(());
         }
@@ -999,7 +1028,7 @@ impl Link {
                 let json = serde_json::json!({"type": STATE_TYPE, "key": key}).to_string();
                 let id = self.ids.next(now_ms());
                 frame.push(&session.codec, &json, &id, id.ms - session.time_fix, None);
-                session.requests.insert(id.text());
+                session.requests.insert(id.text(), key.clone());
                 session.state_requests.insert(key.clone(), (own_after, upstream_after));
             }
             session.send(frame.finish(0), self.options.timeout).await?;
@@ -1055,10 +1084,16 @@ impl Link {
         match kind {
             "logux/processed" | "logux/undo" => {
                 let Some(target) = action.str_field("id") else { return };
-                if session.requests.remove(target) {
-                    if kind == "logux/undo" {
+                if let Some(key) = session.requests.remove(target) {
+                    let reason = action.str_field("reason");
+                    if kind == "logux/undo" && reason == Some(UPSTREAM_CORRECTING) {
+                        // Its state may hold what its own upstream refused: asked again later.
+                        tracing::debug!(key, "the upstream is correcting an object too");
+                        session.state_requests.remove(&key);
+                        session.upstream_correcting.insert(key);
+                    } else if kind == "logux/undo" {
                         // Asked again on the next connection.
-                        tracing::warn!(reason = ?action.str_field("reason"), "the upstream refused a state request");
+                        tracing::warn!(?reason, key, "the upstream refused a state request");
                     }
                     return;
                 }
@@ -1067,8 +1102,13 @@ impl Link {
                     if let Some(target) = rhizome_protocol::ActionId::parse(target) {
                         let undo = (kind == "logux/undo").then(|| action.clone());
                         // The ids folded into it share its answer.
-                        for other in self.folded.remove(&target).unwrap_or_default() {
-                            answers.push(RelayAnswer { target: other, undo: undo.clone() });
+                        if let Some((others, positions)) = self.folded.remove(&target) {
+                            for other in others {
+                                answers.push(RelayAnswer { target: other, undo: undo.clone() });
+                            }
+                            if undo.is_none() {
+                                batch.relay_folds.push((target.text(), positions));
+                            }
                         }
                         answers.push(RelayAnswer { target, undo });
                     }
@@ -1132,6 +1172,17 @@ impl Link {
             status: Status::Processed,
         };
         let append = match delta {
+            // The upstream's whole state (it corrected its object, or caught this edge up with
+            // it) replaces the object here, as it replaced the upstream's (docs/edge.md).
+            Some((key, state)) if rhizome_crdt::replaces(action.fields()) => {
+                // The upstream is done correcting it, if it was.
+                if session.upstream_correcting.remove(key.as_str())
+                    && !batch.objects_to_reset.iter().any(|k| k == key.as_str())
+                {
+                    batch.objects_to_reset.push(key.as_str().to_owned());
+                }
+                Append::crdt_state(new, key, state)
+            }
             // Joined even under an id logged here (its author sent it here too, and the
             // upstream applied its own copy), when it holds what this edge lacks.
             Some((key, delta)) => Append::crdt_delta(new, key, delta),
@@ -1145,30 +1196,44 @@ impl Link {
     /// client; a `logux/undo` marks the entry undone here and goes to the author's client and
     /// the entry's channels, as an undo of this server's own would. Both are kept in the log, so
     /// an author that is away gets them when it connects.
-    async fn relay_answers(&self, answers: Vec<RelayAnswer>, batch: &mut WriteBatch) -> Result<(), End> {
+    async fn relay_answers(&self, mut answers: Vec<RelayAnswer>, batch: &mut WriteBatch) -> Result<(), End> {
         let store = self.shared.store.clone();
         let targets: Vec<ActionId> =
             answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
         // The undone entries as logged here, if this edge relayed them (not received from the
         // upstream): their positions, routing and status. A delta may have been emptied by
         // snapshot cleaning since (an answer that came again, from the upstream's log, after
-        // the cursor passed it).
+        // the cursor passed it). An undo of a fold the upstream accepted before (its own
+        // upstream refused it since) undoes every delta in it: `folded_too`.
         let found = rhizome_io::blocking(move || {
             let mut found = HashMap::new();
+            let mut folded_too = Vec::new();
             for target in targets {
                 let Some(position) = store.position_of_id(&target.text())? else { continue };
                 if let Some(own) = store.own_entry(position)? {
-                    found.insert(target, own);
+                    found.insert(target.clone(), own);
+                }
+                for position in store.fold_of(&target.text())?.unwrap_or_default() {
+                    if let Some(own) = store.own_entry(position)? {
+                        if own.0.id != target {
+                            folded_too.push((own.0.id.clone(), target.clone()));
+                            found.insert(own.0.id.clone(), own);
+                        }
+                    }
                 }
             }
-            Ok::<_, rhizome_store::StoreError>(found)
+            Ok::<_, rhizome_store::StoreError>((found, folded_too))
         })
         .await;
-        let found = match found {
+        let (found, folded_too) = match found {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
             Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
         };
+        for (id, fold) in folded_too {
+            let undo = answers.iter().find(|a| a.target == fold).and_then(|a| a.undo.clone());
+            answers.push(RelayAnswer { target: id, undo });
+        }
         // Per author, in the order of the answers (a map's order would change the log's from
         // one run to the next).
         let mut committed: Vec<(rhizome_protocol::ClientId, Vec<String>)> = Vec::new();
@@ -1331,7 +1396,8 @@ impl Link {
                 self.folded.clear();
             }
             for (id, others) in &chunk.folded {
-                self.folded.insert(id.clone(), others.clone());
+                let positions = chunk.actions.iter().find(|(a, _)| a == id).map(|(_, p)| p.clone());
+                self.folded.insert(id.clone(), (others.clone(), positions.unwrap_or_default()));
             }
             if let Some(frame) = chunk.frame {
                 session.send(frame, self.options.timeout).await?;

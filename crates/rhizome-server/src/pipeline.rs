@@ -768,20 +768,27 @@ impl Pipeline {
     /// docs/edge.md): an edge corrects its copy with it after this server refused one of its
     /// operations. Sent at once, on this connection only, as
     /// `{"type": "rhizome/state", "key", "kind", "delta"}` (no `kind` and `delta` when there is
-    /// no such object), then answered.
+    /// no such object), then answered. An edge that must correct the object itself answers
+    /// with an undo, [`crate::link::UPSTREAM_CORRECTING`], instead: its state may hold an
+    /// operation its own upstream refused.
     async fn object_state(&self, action: Action, meta: Meta) -> Answer {
         let Some(key) = action.str_field("key").map(str::to_owned) else {
             return undo(&meta.id, action, "wrongFormat");
         };
         let store = self.shared.store.clone();
         let read_key = key.clone();
-        // The document walks the whole state: built off the runtime too.
+        // The document walks the whole state: built off the runtime too. An object this edge
+        // must correct itself may hold what its own upstream refused: the peer asks again.
         let read = move || {
+            if store.correcting(&read_key)? {
+                return Ok(Err(()));
+            }
             let object = store.read_object(&read_key)?;
-            Ok::<_, rhizome_store::StoreError>(object.map(|(o, _)| (o.kind().name(), o.to_json())))
+            Ok::<_, rhizome_store::StoreError>(Ok(object.map(|(o, _)| (o.kind().name(), o.to_json()))))
         };
         let object = match rhizome_io::blocking(read).await {
-            Ok(Ok(object)) => object,
+            Ok(Ok(Ok(object))) => object,
+            Ok(Ok(Err(()))) => return undo(&meta.id, action, crate::link::UPSTREAM_CORRECTING),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, key, "reading a CRDT object failed");
                 return undo(&meta.id, action, "error");

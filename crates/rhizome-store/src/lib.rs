@@ -61,6 +61,9 @@ pub struct WriteBatch {
     /// The highest positions clients confirmed (`synced`) at this server: `(client id,
     /// position)`, only ever raised (see [`Store::confirmed_by`]).
     pub client_positions: Vec<(String, Position)>,
+    /// Deltas an edge relayed folded into one that its upstream accepted: the id the fold went
+    /// under, and the positions of every delta in it (see [`Store::fold_of`]).
+    pub relay_folds: Vec<(String, Vec<Position>)>,
 }
 
 /// The correction of an edge's CRDT object after its upstream refused one of the operations
@@ -148,6 +151,7 @@ impl WriteBatch {
             && self.objects_to_reset.is_empty()
             && self.object_resets.is_empty()
             && self.client_positions.is_empty()
+            && self.relay_folds.is_empty()
     }
 }
 
@@ -194,6 +198,9 @@ pub(crate) enum CrdtWrite {
     /// A delta with its dots assigned elsewhere (a peer relays what its own store applied),
     /// joined as it is.
     Join(rhizome_crdt::ops::Key, rhizome_crdt::Object),
+    /// The upstream's whole state of the object, which replaces it (see
+    /// [`Append::crdt_state`]).
+    Replace(rhizome_crdt::ops::Key, rhizome_crdt::Object),
 }
 
 impl Append {
@@ -244,6 +251,28 @@ impl Append {
         append
     }
 
+    /// An entry from the upstream ([`Append::from_upstream`]) that carries its whole state of
+    /// the object at `key` (a `crdt/delta` with `replace: true`: the upstream corrected its
+    /// object after its own upstream refused an operation, or caught this edge up with the
+    /// whole state). Joining it would keep what the upstream took out, so in the same
+    /// transaction the object becomes `state` joined with this edge's own deltas of the object
+    /// that are not undone (those the upstream lacks, relayed or not yet; the others it holds
+    /// already, and a join is idempotent), and with nothing received from the upstream before
+    /// it (the upstream's state holds all of that it kept). The entry is stored with that state,
+    /// `replace: true`, as the object's snapshot, so this edge's subscribers and its own edges
+    /// replace their copies in turn. One that changes nothing is not stored; for an object not
+    /// here, or one a needed delta of is gone, the state is joined instead (the second is also
+    /// marked to correct, see [`Committed::resets_incomplete`]).
+    ///
+    /// The own deltas are those the object's channel still indexes: snapshot cleaning takes
+    /// out only deltas the upstream confirmed and answered at least one snapshot earlier, and
+    /// the upstream's state holds those.
+    pub fn crdt_state(entry: NewEntry, key: rhizome_crdt::ops::Key, state: rhizome_crdt::Object) -> Append {
+        let mut append = Append::new(entry);
+        append.crdt = Some(CrdtWrite::Replace(key, state));
+        append
+    }
+
     /// The entry.
     pub fn entry(&self) -> &NewEntry {
         &self.entry
@@ -260,14 +289,14 @@ impl CrdtWrite {
     fn key(&self) -> &rhizome_crdt::ops::Key {
         match self {
             CrdtWrite::Op(op, _) => op.key(),
-            CrdtWrite::Join(key, _) => key,
+            CrdtWrite::Join(key, _) | CrdtWrite::Replace(key, _) => key,
         }
     }
 
     fn kind(&self) -> rhizome_crdt::Kind {
         match self {
             CrdtWrite::Op(op, _) => op.kind(),
-            CrdtWrite::Join(_, delta) => delta.kind(),
+            CrdtWrite::Join(_, delta) | CrdtWrite::Replace(_, delta) => delta.kind(),
         }
     }
 }
@@ -280,7 +309,8 @@ pub struct Committed {
     /// The entries actually written, in position order.
     pub entries: Vec<StoredEntry>,
     /// Keys of the [`ObjectReset`]s not done because a delta they needed was emptied by
-    /// snapshot cleaning meanwhile: ask the upstream again.
+    /// snapshot cleaning meanwhile, and of the objects a whole state from the upstream could
+    /// not replace for that reason ([`Append::crdt_state`]): ask the upstream again.
     pub resets_incomplete: Vec<String>,
 }
 
@@ -374,6 +404,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The CRDT objects an edge must still correct (see [`WriteBatch::objects_to_reset`]).
     fn objects_to_reset(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The positions of the deltas this edge relayed folded under the id `id`, if its upstream
+    /// accepted that fold ([`WriteBatch::relay_folds`]): in a chain, the upstream's own
+    /// upstream may refuse it later, and the undo names only `id`.
+    fn fold_of(&self, id: &str) -> Result<Option<Vec<Position>>, StoreError>;
+
+    /// Whether this edge must still correct the object at `key` (its state may hold an
+    /// operation its upstream refused).
+    fn correcting(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Entries with `after < added`, oldest first, at most `limit`, with their status: what an
     /// edge's link sends upstream (it skips some, see docs/edge.md). Entries received from the

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS upstream_channels(
 ) WITHOUT ROWID;
 -- CRDT objects an edge must correct (see `ObjectReset`), until it has.
 CREATE TABLE IF NOT EXISTS object_resets(key TEXT PRIMARY KEY) WITHOUT ROWID;
+-- Folds of deltas an edge relayed that its upstream accepted: the id each went under, and the
+-- positions of its deltas, each as the difference from the one before, comma-separated (see
+-- `Store::fold_of`).
+CREATE TABLE IF NOT EXISTS relay_folds(id TEXT PRIMARY KEY, positions TEXT NOT NULL) WITHOUT ROWID;
 -- The highest position each client confirmed here (see `Store::confirmed_by`).
 CREATE TABLE IF NOT EXISTS client_positions(
     client TEXT PRIMARY KEY, position INTEGER NOT NULL
@@ -704,6 +708,30 @@ impl Store for SqliteStore {
         })
     }
 
+    fn fold_of(&self, id: &str) -> Result<Option<Vec<Position>>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT positions FROM relay_folds WHERE id = ?1")?;
+            let Some(text) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? else {
+                return Ok(None);
+            };
+            let mut position: Position = 0;
+            let mut positions = Vec::new();
+            for step in text.split(',') {
+                let step: Position = step.parse().map_err(|_| StoreError::Corrupt(0))?;
+                position += step;
+                positions.push(position);
+            }
+            Ok(Some(positions))
+        })
+    }
+
+    fn correcting(&self, key: &str) -> Result<bool, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM object_resets WHERE key = ?1")?;
+            Ok(stmt.query_row([key], |_| Ok(())).optional()?.is_some())
+        })
+    }
+
     fn objects_to_reset(&self) -> Result<Vec<String>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached("SELECT key FROM object_resets ORDER BY key")?;
@@ -901,7 +929,9 @@ fn apply_crdt(
         // hold what this edge relayed; a client's is one the edge has not seen yet. So the
         // copy of the state the check costs is paid once per catch-up of an object (and once
         // per delta a peer sends again after a drop).
-        CrdtWrite::Join(_, delta) if check_held && exists && delta.kind() == object.state.kind() => {
+        CrdtWrite::Join(_, delta) | CrdtWrite::Replace(_, delta)
+            if check_held && exists && delta.kind() == object.state.kind() =>
+        {
             let mut joined = object.state.clone();
             match joined.join(delta) {
                 Ok(()) if joined == object.state => {
@@ -915,7 +945,9 @@ fn apply_crdt(
                 Err(e) => Err(e),
             }
         }
-        CrdtWrite::Join(_, delta) => object.state.join(delta).map(|()| delta.clone()),
+        CrdtWrite::Join(_, delta) | CrdtWrite::Replace(_, delta) => {
+            object.state.join(delta).map(|()| delta.clone())
+        }
     };
     match applied {
         Ok(delta) => Ok(Applied::Changed(Box::new((object, delta)))),
@@ -932,21 +964,35 @@ fn apply_crdt(
 enum Rebuilt {
     /// The object and its corrected state.
     State(Box<(CachedObject, Object)>),
-    /// Nothing to correct: no such object, or the correction changes nothing.
+    /// Nothing to correct: the correction changes nothing.
     Same,
+    /// No such object.
+    Absent,
     /// A delta it needs was emptied by cleaning (see [`Committed::resets_incomplete`]).
     Incomplete,
 }
 
-/// The corrected state of the object of `reset` (see [`ObjectReset`]). The object is taken
-/// out of `staged`/`cache` as in [`apply_crdt`]; put back unless `State` is returned.
+/// Which deltas [`rebuild_object`] joins on top of the upstream's state.
+struct Rebuild<'a> {
+    key: &'a str,
+    /// The upstream's state of the object (`None`: it has none).
+    upstream: Option<&'a Object>,
+    /// This edge's own deltas after it that are not undone.
+    own_after: Position,
+    /// The deltas received from the upstream after it.
+    upstream_after: Position,
+}
+
+/// The corrected state of an object (see [`ObjectReset`] and [`Append::crdt_state`]). The
+/// object is taken out of `staged`/`cache` as in [`apply_crdt`]; put back unless `State` is
+/// returned.
 fn rebuild_object(
     tx: &rusqlite::Transaction<'_>,
     staged: &mut HashMap<String, CachedObject>,
     cache: &mut HashMap<String, CachedObject>,
-    reset: &ObjectReset,
+    reset: Rebuild<'_>,
 ) -> Result<Rebuilt, StoreError> {
-    let key = reset.key.as_str();
+    let key = reset.key;
     let current = match staged.remove(key).or_else(|| cache.remove(key)) {
         Some(cached) => cached,
         None => match read_object(tx, key)? {
@@ -958,11 +1004,11 @@ fn rebuild_object(
                 snapshot_at,
                 cleaned_upto: 0,
             },
-            None => return Ok(Rebuilt::Same),
+            None => return Ok(Rebuilt::Absent),
         },
     };
     let kind = current.state.kind();
-    let mut state = match &reset.upstream {
+    let mut state = match reset.upstream {
         Some(upstream) if upstream.kind() == kind => upstream.clone(),
         _ => Object::bottom(kind),
     };
@@ -1111,6 +1157,8 @@ impl LogWriter for SqliteWriter {
             let mut reset_at = tx.prepare_cached("UPDATE crdt_objects SET reset_at = ?2 WHERE key = ?1")?;
             let mut to_reset = tx.prepare_cached("INSERT OR IGNORE INTO object_resets(key) VALUES (?1)")?;
             let mut reset_done = tx.prepare_cached("DELETE FROM object_resets WHERE key = ?1")?;
+            let mut relay_fold =
+                tx.prepare_cached("INSERT OR REPLACE INTO relay_folds(id, positions) VALUES (?1, ?2)")?;
             let mut client_position = tx.prepare_cached(
                 "INSERT INTO client_positions(client, position) VALUES (?1, ?2)
                  ON CONFLICT(client) DO UPDATE SET position = max(position, excluded.position)",
@@ -1124,7 +1172,7 @@ impl LogWriter for SqliteWriter {
                     entries: Vec::with_capacity(batch.appends.len()),
                     resets_incomplete: Vec::new(),
                 };
-                for Append { mut entry, id_text: mut id, mut routing_text, crdt, from_upstream } in
+                for Append { mut entry, id_text: mut id, mut routing_text, mut crdt, from_upstream } in
                     batch.appends.drain(..)
                 {
                     // An id is appended once, ever; a CRDT operation is not applied twice either.
@@ -1159,6 +1207,42 @@ impl LogWriter for SqliteWriter {
                             entry.routing.clients.push(author);
                             routing_text = routing_json(&entry.routing);
                         }
+                    }
+                    // The upstream's whole state replaces the object, with what it lacks of this
+                    // edge's own (see `Append::crdt_state`); else it is joined.
+                    let mut replaced = None;
+                    if let Some(CrdtWrite::Replace(key, state)) = &crdt {
+                        // The index runs of this transaction's appends are read.
+                        channel_runs.flush(&tx)?;
+                        let rebuild = Rebuild {
+                            key: key.as_str(),
+                            upstream: Some(state),
+                            own_after: 0,
+                            upstream_after: Position::MAX,
+                        };
+                        match rebuild_object(&tx, &mut staged, cache, rebuild)? {
+                            Rebuilt::State(rebuilt) => {
+                                let (cached, state) = *rebuilt;
+                                entry.action_json =
+                                    Arc::from(rhizome_crdt::state_action(key.as_str(), &state));
+                                replaced = Some((key.as_str().to_owned(), cached, state));
+                            }
+                            Rebuilt::Same => {
+                                committed.outcomes.push(AppendOutcome::Duplicate(Status::Processed));
+                                continue;
+                            }
+                            Rebuilt::Absent => {}
+                            Rebuilt::Incomplete => {
+                                to_reset.execute([key.as_str()])?;
+                                committed.resets_incomplete.push(key.as_str().to_owned());
+                            }
+                        }
+                        crdt = match crdt {
+                            Some(CrdtWrite::Replace(key, state)) if replaced.is_none() => {
+                                Some(CrdtWrite::Join(key, state))
+                            }
+                            _ => None,
+                        };
                     }
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
@@ -1245,6 +1329,19 @@ impl LogWriter for SqliteWriter {
                         staged.insert(key.clone(), cached);
                         shipped = Some(Arc::new((key, delta)));
                     }
+                    if let Some((key, mut cached, state)) = replaced {
+                        // The snapshot is the new state, at its entry: nothing before it is
+                        // joined on top again, and a subscriber behind it gets the whole state.
+                        let document = state.to_json().to_string();
+                        object.execute(params![key, state.kind().name(), document, added])?;
+                        reset_at.execute(params![key, added])?;
+                        cached.state = state;
+                        cached.unsaved = 0;
+                        cached.unsaved_bytes = 0;
+                        cached.snapshot_bytes = document.len();
+                        cached.snapshot_at = added as Position;
+                        staged.insert(key, cached);
+                    }
                     if let Status::Undone(reason) = &entry.status {
                         if crdt.is_some() {
                             committed.outcomes.push(AppendOutcome::Undone(added as Position, reason.clone()));
@@ -1311,10 +1408,28 @@ impl LogWriter for SqliteWriter {
                 for key in batch.objects_to_reset.drain(..) {
                     to_reset.execute([key])?;
                 }
+                for (id, positions) in batch.relay_folds.drain(..) {
+                    let mut text = String::new();
+                    let mut before = 0;
+                    for position in positions {
+                        if !text.is_empty() {
+                            text.push(',');
+                        }
+                        text.push_str(&position.saturating_sub(before).to_string());
+                        before = position;
+                    }
+                    relay_fold.execute(params![id, text])?;
+                }
                 for reset in batch.object_resets.drain(..) {
                     // The index runs of this transaction's appends are read.
                     channel_runs.flush(&tx)?;
-                    let rebuilt = rebuild_object(&tx, &mut staged, cache, &reset)?;
+                    let rebuild = Rebuild {
+                        key: &reset.key,
+                        upstream: reset.upstream.as_ref(),
+                        own_after: reset.own_after,
+                        upstream_after: reset.upstream_after,
+                    };
+                    let rebuilt = rebuild_object(&tx, &mut staged, cache, rebuild)?;
                     if matches!(rebuilt, Rebuilt::Incomplete) {
                         committed.resets_incomplete.push(reset.key);
                         continue;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use rhizome_server::link::LinkStatus;
 use rhizome_testkit::Proxy;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1751,6 +1751,199 @@ async fn a_cloud_and_two_edges_converge_under_seeded_faults() -> Result<()> {
             )
         })?;
         eprintln!("chaos seed {seed}: converged ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// The elements of a set document, in its order.
+fn set_elems(document: &serde_json::Value) -> Vec<&str> {
+    document["elems"].as_array().into_iter().flatten().filter_map(|e| e[0].as_str()).collect()
+}
+
+/// Reads `client`'s messages until one holds a whole state of the set `key` (`replace`) with
+/// just the elements `want`.
+async fn copy_replaced_by(client: &mut Client, key: &str, want: &[&str]) -> Result<()> {
+    client
+        .until(|m| {
+            crate::support::sync_actions(m).iter().any(|a| {
+                a["type"] == "crdt/delta"
+                    && a["key"] == key
+                    && a["replace"] == true
+                    && set_elems(&a["delta"]) == want
+            })
+        })
+        .await
+        .map(drop)
+}
+
+/// In cloud ← region ← sites, the cloud refuses an operation the region took from one site and
+/// passed to the other: the author is told, and every tier's object and every copy of it lose
+/// the operation, the sibling site's too (it got the operation from its upstream, not from
+/// its own client).
+#[tokio::test]
+async fn an_operation_the_cloud_refuses_is_corrected_away_at_every_tier_of_a_chain() -> Result<()> {
+    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
+    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
+    let cloud = TestServer::with_peers_and_rules(&["edge"], |rules| {
+        assert!(rules.contains(everyone));
+        rules.replace(everyone, only_bob)
+    })
+    .await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    let region = TestServer::region_of(&proxy.url()).await?;
+    let site_a = TestServer::edge_of(&region.url()).await?;
+    let site_b = TestServer::edge_of(&region.url()).await?;
+    let mut alice = site_a.login("alice:a1:t").await?;
+    subscribe(&mut alice, "crdt/tags").await?;
+    let mut carol = site_b.login("carol:c1:t").await?;
+    subscribe(&mut carol, "crdt/tags").await?;
+    let mut bob = site_b.login("bob:b1:t").await?;
+    // While the cloud is away, the region takes both and passes each to the other site.
+    proxy.down(true);
+    let refused = alice.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": "alice"})).await?;
+    alice.wait_processed(&refused).await?;
+    let id = bob.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": "bob"})).await?;
+    bob.wait_processed(&id).await?;
+    let tiers = [&region, &site_a, &site_b];
+    converged_object(&tiers, "tags", |d| set_elems(d).len() == 2).await?;
+    proxy.down(false);
+    let undo = alice.until(|m| has_answer(m, "logux/undo", &refused)).await?;
+    let answer = crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == refused);
+    assert_eq!(answer.map(|a| a["reason"].clone()), Some(json!("denied")), "{undo}");
+    let all = [&cloud, &region, &site_a, &site_b];
+    converged_object(&all, "tags", |d| set_elems(d) == ["bob"]).await?;
+    copy_replaced_by(&mut carol, "tags", &["bob"]).await?;
+    copy_replaced_by(&mut alice, "tags", &["bob"]).await?;
+    // What comes after joins as usual, at every tier.
+    let id = bob.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": "later"})).await?;
+    bob.wait_processed(&id).await?;
+    converged_object(&all, "tags", |d| set_elems(d) == ["bob", "later"]).await?;
+    // Nothing is left to correct anywhere.
+    for server in [&region, &site_a, &site_b] {
+        let db = rusqlite::Connection::open(server.db_path())?;
+        let left: i64 = db.query_row("SELECT count(*) FROM object_resets", [], |r| r.get(0))?;
+        assert_eq!(left, 0);
+    }
+    for server in [site_a, site_b, region, cloud] {
+        server.stop().await;
+    }
+    Ok(())
+}
+
+/// Rows of `server`'s `object_resets` (the objects it must still correct).
+fn objects_to_correct(server: &TestServer) -> Result<Vec<String>> {
+    let db = rusqlite::Connection::open(server.db_path())?;
+    let mut stmt = db.prepare("SELECT key FROM object_resets ORDER BY key")?;
+    let keys = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(keys)
+}
+
+/// A site asks its region for an object's state while the region, refused by the cloud too,
+/// has not corrected its own yet: the region's state still holds the refused operation, so it
+/// answers that it is correcting, and the site asks again until the region is done. The site
+/// does not follow the object, so no whole state from the region would ever mend it.
+#[tokio::test]
+async fn a_site_waits_for_its_region_to_correct_an_object_before_taking_its_state() -> Result<()> {
+    let listener = Arc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+    let region = TestServer::region_of(&format!("ws://{}/", listener.local_addr()?)).await?;
+    let site = TestServer::edge_of(&region.url()).await?;
+    let mut alice = site.login("alice:a1:t").await?;
+    let refused = alice.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": "alice"})).await?;
+    alice.wait_processed(&refused).await?;
+    // The cloud (a stand-in) refuses it and never answers the region's request for its state.
+    let id = refused.clone();
+    let cloud = tokio::spawn({
+        let listener = listener.clone();
+        async move {
+            stand_in_upstream(&listener, "crdt/delta", |added, pairs| {
+                let action = pairs.first().map(|(action, _)| action.clone()).unwrap_or_default();
+                (vec![json!(["synced", added]), answers_of(&[(&id, Some("denied"), action)])], true)
+            })
+            .await
+        }
+    });
+    let undo = alice.until(|m| has_answer(m, "logux/undo", &refused)).await?;
+    let answer = crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == refused);
+    assert_eq!(answer.map(|a| a["reason"].clone()), Some(json!("denied")), "{undo}");
+    // The site has asked the region (and asked again) meanwhile: it is still to correct.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(objects_to_correct(&region)?, ["tags"]);
+    assert_eq!(
+        objects_to_correct(&site)?,
+        ["tags"],
+        "the site took the region's state before its correction"
+    );
+    // The cloud comes back and answers: it has no such object.
+    cloud.abort();
+    let state = json!(["sync", 1, {"type": "rhizome/state", "key": "tags"}, {"id": [0, 1], "time": 0}]);
+    let cloud = stand_in_upstream(&listener, "rhizome/state", |added, _| {
+        (vec![json!(["synced", added]), state.clone()], false)
+    });
+    tokio::time::timeout(CONVERGE, cloud).await??;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while !objects_to_correct(&region)?.is_empty() || !objects_to_correct(&site)?.is_empty() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the corrections are not done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for server in [&region, &site] {
+        let document = object_document(server, "reader:r1:t", "tags").await?;
+        assert!(set_elems(&document).is_empty(), "{document}");
+    }
+    site.stop().await;
+    region.stop().await;
+    Ok(())
+}
+
+/// A site folds an author's two operations into one delta, which the region accepts while the
+/// cloud is away; the site restarts (forgetting what it folded, in memory); then the cloud
+/// refuses the fold. Its undo names one id, the fold's: the site undoes both operations (what
+/// it folded, recorded with the region's answer) and tells their author of each.
+#[tokio::test]
+async fn a_fold_the_region_took_and_the_cloud_refused_later_is_undone_whole() -> Result<()> {
+    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
+    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
+    let cloud = TestServer::with_peers_and_rules(&["edge"], |rules| rules.replace(everyone, only_bob)).await?;
+    let to_cloud = Proxy::start(cloud.addr).await?;
+    to_cloud.down(true);
+    let region = TestServer::region_of(&to_cloud.url()).await?;
+    let to_region = Proxy::start(region.addr).await?;
+    to_region.down(true);
+    let site = TestServer::edge_of(&to_region.url()).await?;
+    let mut alice = site.login("alice:a1:t").await?;
+    let mut ids = Vec::new();
+    for elem in ["one", "two"] {
+        let id = alice.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
+        alice.wait_processed(&id).await?;
+        ids.push(id);
+    }
+    alice.close().await;
+    // One `sync` to the region, both operations folded under the last one's id.
+    to_region.down(false);
+    wait_forwarded(&site).await?;
+    converged_object(&[&region, &site], "tags", |d| set_elems(d).len() == 2).await?;
+    let region_ids = ids_of(&region, "alice:a1:t")?;
+    assert_eq!(region_ids.into_keys().collect::<Vec<_>>(), [ids[1].clone()], "folded under the last id");
+    let site = site.restart_edge(&to_region.url()).await?;
+    to_cloud.down(false);
+    // The cloud has no such object; the others end with it empty.
+    converged_object(&[&region, &site], "tags", |d| d["elems"] == json!([])).await?;
+    assert_eq!(object_document(&cloud, "reader:r9:t", "tags").await?, json!(null));
+    let db = rusqlite::Connection::open(site.db_path())?;
+    for id in &ids {
+        let status: i64 = db.query_row("SELECT status FROM log WHERE id = ?1", [id], |r| r.get(0))?;
+        assert_eq!(status, 2, "{id} is undone at the site");
+    }
+    // Alice is told of each.
+    let mut alice = site.login("alice:a1:t").await?;
+    let mut told = HashSet::new();
+    alice
+        .until(|m| {
+            told.extend(ids.iter().filter(|id| has_answer(m, "logux/undo", id)).cloned());
+            told.len() == ids.len()
+        })
+        .await?;
+    for server in [site, region, cloud] {
+        server.stop().await;
     }
     Ok(())
 }

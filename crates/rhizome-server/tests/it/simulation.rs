@@ -9,6 +9,10 @@
 //! - the same CRDT objects (a counter, a set) at the cloud, both edges and every client, the
 //!   counter counting every increment added once.
 //!
+//! Odd seeds make a chain instead: edge2 is an edge of edge1 (cloud ← edge1 ← edge2), so what
+//! edge2 relays and receives goes through edge1, and the cloud's refusals of dave's elements
+//! (taken by edge2, passed by edge1 to its own clients) must be corrected away at both tiers.
+//!
 //! A device of an edge sometimes moves to the cloud (its edge often cut off meanwhile) and
 //! back, writing at both: each server names the dots of the operations it applies after itself
 //! (docs/edge.md), so none is lost. It moves once nothing it added waits for an answer (one
@@ -104,6 +108,20 @@ impl Listen for TurmoilListener {
 /// The servers: the cloud and its two edges.
 const SERVERS: [&str; 3] = ["cloud", "edge1", "edge2"];
 
+/// Whether `seed` makes a chain (cloud ← edge1 ← edge2) rather than two edges of the cloud.
+fn chain(seed: u64) -> bool {
+    seed % 2 == 1
+}
+
+/// The server that `server`'s link goes to, if it is an edge.
+fn upstream_of(server: &str, chain: bool) -> Option<&'static str> {
+    match server {
+        "cloud" => None,
+        "edge2" if chain => Some("edge1"),
+        _ => Some("cloud"),
+    }
+}
+
 /// The clients, and the server each one uses.
 const CLIENTS: [(&str, &str); 5] =
     [("alice", "edge1"), ("bob", "edge1"), ("carol", "edge2"), ("dave", "edge2"), ("erin", "cloud")];
@@ -184,7 +202,7 @@ unauthenticated_timeout_ms = 30000
 /// and its clients' (docs/edge.md).
 const REVOKED: &str = "dave";
 
-fn server_options(name: &str, dir: &Path) -> Result<ServerOptions> {
+fn server_options(name: &str, upstream: Option<&str>, dir: &Path) -> Result<ServerOptions> {
     let (app, limits) = TestServer::edited_rules_with_peers(&["edge"], LIMITS, |rules| {
         if name != "cloud" {
             return rules.to_owned();
@@ -202,9 +220,9 @@ fn server_options(name: &str, dir: &Path) -> Result<ServerOptions> {
         assert!(rules.contains("[[channel]]\npattern = \"crdt/*\""));
         rules.replacen("[[channel]]\npattern = \"crdt/*\"", &revoked, 1)
     })?;
-    let upstream = (name != "cloud").then(|| {
+    let upstream = upstream.map(|upstream| {
         let node = NodeId::from(format!("edge:{name}:link"));
-        let mut link = UpstreamOptions::new(format!("ws://cloud:{PORT}/"), node, Some(token("edge")));
+        let mut link = UpstreamOptions::new(format!("ws://{upstream}:{PORT}/"), node, Some(token("edge")));
         link.backoff = RETRY;
         link.sync_actions_max = 100;
         link.timeout = Duration::from_secs(60);
@@ -232,11 +250,12 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 /// holds while the test watches.
 async fn server_host(
     name: &'static str,
+    upstream: Option<&'static str>,
     dir: PathBuf,
     node: Rc<RefCell<Node>>,
     watching: Rc<Cell<bool>>,
 ) -> turmoil::Result {
-    let server = Server::start(server_options(name, &dir)?).await?;
+    let server = Server::start(server_options(name, upstream, &dir)?).await?;
     node.borrow_mut().starts += 1;
     loop {
         tokio::time::sleep(PUBLISH_EVERY).await;
@@ -492,12 +511,19 @@ fn schedule(seed: u64) -> Vec<Fault> {
 /// A running simulation and what its hosts share with the test.
 struct Run<'a> {
     sim: turmoil::Sim<'a>,
+    /// A chain (see [`chain`]).
+    chain: bool,
     rng: StdRng,
     devices: Vec<Rc<RefCell<Device>>>,
     nodes: Vec<Rc<RefCell<Node>>>,
 }
 
 impl Run<'_> {
+    /// The server that `server`'s link goes to ("cloud" for the cloud itself).
+    fn upstream(&self, server: &str) -> &'static str {
+        upstream_of(server, self.chain).unwrap_or("cloud")
+    }
+
     fn step_for(&mut self, secs: u64) -> Result<()> {
         let until = self.sim.elapsed() + Duration::from_secs(secs);
         while self.sim.elapsed() < until {
@@ -547,9 +573,10 @@ impl Run<'_> {
                 self.step_for(5)
             }
             Fault::EdgePartition { edge, secs, writes } => {
-                self.sim.partition(SERVERS[edge], "cloud");
+                let upstream = self.upstream(SERVERS[edge]);
+                self.sim.partition(SERVERS[edge], upstream);
                 self.writes_over(secs, writes, &all)?;
-                self.sim.repair(SERVERS[edge], "cloud");
+                self.sim.repair(SERVERS[edge], upstream);
                 Ok(())
             }
             Fault::ClientOffline { client, secs, writes } => {
@@ -566,15 +593,16 @@ impl Run<'_> {
             }
             Fault::Move { client, cut, secs, writes } => {
                 let home = CLIENTS[client].1;
+                let upstream = self.upstream(home);
                 if cut {
-                    self.sim.partition(home, "cloud");
+                    self.sim.partition(home, upstream);
                 }
                 self.move_to(client, "cloud");
                 self.writes_over(secs / 2, writes, &[client])?;
                 self.move_to(client, home);
                 self.writes_over(secs / 2, writes, &[client])?;
                 if cut {
-                    self.sim.repair(home, "cloud");
+                    self.sim.repair(home, upstream);
                 }
                 Ok(())
             }
@@ -585,9 +613,10 @@ impl Run<'_> {
                 Ok(())
             }
             Fault::Hold { edge, secs } => {
-                self.sim.hold(SERVERS[edge], "cloud");
+                let upstream = self.upstream(SERVERS[edge]);
+                self.sim.hold(SERVERS[edge], upstream);
                 self.step_for(secs)?;
-                self.sim.release(SERVERS[edge], "cloud");
+                self.sim.release(SERVERS[edge], upstream);
                 Ok(())
             }
             Fault::Wait(secs) => self.step_for(secs),
@@ -821,9 +850,11 @@ fn run_seed(seed: u64) -> Result<Outcome> {
         .build();
     let watching = Rc::new(Cell::new(false));
     let nodes: Vec<Rc<RefCell<Node>>> = SERVERS.iter().map(|_| Rc::default()).collect();
+    let chain = chain(seed);
     for (name, node) in SERVERS.into_iter().zip(&nodes) {
         let (data, node, watching) = (dir.path().join(name), node.clone(), watching.clone());
-        sim.host(name, move || server_host(name, data.clone(), node.clone(), watching.clone()));
+        let upstream = upstream_of(name, chain);
+        sim.host(name, move || server_host(name, upstream, data.clone(), node.clone(), watching.clone()));
     }
     let devices: Vec<Rc<RefCell<Device>>> =
         CLIENTS.iter().map(|&(_, at)| Rc::new(RefCell::new(Device { at, ..Device::default() }))).collect();
@@ -835,7 +866,7 @@ fn run_seed(seed: u64) -> Result<Outcome> {
             client_host(user, path.clone(), client_seed, device.clone(), watching.clone())
         });
     }
-    let mut run = Run { sim, rng: StdRng::seed_from_u64(seed ^ 0x5eed), devices, nodes };
+    let mut run = Run { sim, chain, rng: StdRng::seed_from_u64(seed ^ 0x5eed), devices, nodes };
     // Everyone comes up and subscribes before the schedule starts.
     run.step_for(30)?;
     let verbose = std::env::var_os("SIM_VERBOSE").is_some();
@@ -917,7 +948,8 @@ fn run_seed(seed: u64) -> Result<Outcome> {
         }
     }
     // A message is in the logs of the cloud, of the server its writer was at and of its
-    // recipient's server, once each, and nowhere else (one undone after a crash is left out).
+    // recipient's server, and of the servers between those and the cloud (in a chain), once
+    // each, and nowhere else (one undone after a crash is left out).
     // Its recipient may have it before the cloud does (both at one edge): wait for the rest.
     let server_of = |user: &str| CLIENTS.iter().find(|(u, _)| *u == user).map_or("cloud", |(_, s)| *s);
     let (mut messages, mut moves) = (0, 0);
@@ -932,7 +964,13 @@ fn run_seed(seed: u64) -> Result<Outcome> {
                 continue;
             }
             for name in SERVERS {
-                let want = [name == "cloud", name == *at, name == server_of(to)];
+                let on_the_way = |server: &str| upstream_of(server, chain) == Some(name);
+                let want = [
+                    name == "cloud",
+                    name == *at,
+                    name == server_of(to),
+                    on_the_way(at) || on_the_way(server_of(to)),
+                ];
                 let what = format!("{writer}'s message {id} to {to}");
                 wanted.push((name, id.clone(), i64::from(want.contains(&true)), what));
             }
@@ -1001,7 +1039,8 @@ fn a_cloud_two_edges_and_their_clients_converge_in_every_seed() -> Result<()> {
                 messages += outcome.messages;
                 moves += outcome.moves;
                 eprintln!(
-                    "seed {seed}: converged after {:.1} simulated days ({} plain actions, {} increments, {} messages, {} undone of which {} refused by the cloud, {} server restarts, {} moves) in {:.1} s",
+                    "seed {seed}{}: converged after {:.1} simulated days ({} plain actions, {} increments, {} messages, {} undone of which {} refused by the cloud, {} server restarts, {} moves) in {:.1} s",
+                    if chain(seed) { " (chain)" } else { "" },
                     outcome.simulated.as_secs_f64() / DAY as f64,
                     outcome.plain,
                     outcome.increments,

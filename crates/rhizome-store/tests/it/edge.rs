@@ -249,13 +249,7 @@ fn a_delta_from_the_upstream_that_the_object_holds_already_is_not_kept() {
 fn a_correction_keeps_the_upstreams_state_and_what_it_may_lack_but_not_what_it_refused() {
     let (dir, store) = open();
     let mut w = store.writer().expect("writer");
-    let set = |elems: &[(&str, &str, u64)]| {
-        let mut s = rhizome_crdt::Orswot::<rhizome_crdt::Scalar>::new();
-        for (elem, author, n) in elems {
-            s.join(&s.add(rhizome_crdt::Dot::new(*author, *n), rhizome_crdt::Scalar::from(*elem)));
-        }
-        Object::Set(s)
-    };
+    let set = set_of;
     // 1, 2: the edge's own (2 is refused upstream); 3: from the upstream before the request;
     // 4: the edge's own, not confirmed yet; 5: from the upstream after the request.
     let outcomes = commit(
@@ -288,17 +282,7 @@ fn a_correction_keeps_the_upstreams_state_and_what_it_may_lack_but_not_what_it_r
     };
     let mut batches = [reset(set(&[("a", "a:1:t", 1), ("c", "c:1:t", 1)]))];
     let committed = w.commit(&mut batches, 2).expect("commit").remove(0);
-    let elems = |o: &Object| -> Vec<String> {
-        let doc = o.to_json();
-        let mut e: Vec<String> = doc["elems"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e[0].as_str().map(str::to_owned))
-            .collect();
-        e.sort();
-        e
-    };
+    let elems = set_elems;
     let (object, _) = store.read_object("s").expect("read").expect("object");
     assert_eq!(elems(&object), ["a", "a2", "c", "d"]);
     assert!(committed.resets_incomplete.is_empty());
@@ -321,6 +305,104 @@ fn a_correction_keeps_the_upstreams_state_and_what_it_may_lack_but_not_what_it_r
         entry("10 server:edge 0", Routing::channel("crdt/s"), Status::Processed);
     let committed = w.commit(&mut batches, 3).expect("commit").remove(0);
     assert!(committed.entries.is_empty());
+}
+
+/// The elements of a set object, sorted.
+fn set_elems(object: &Object) -> Vec<String> {
+    let doc = object.to_json();
+    let mut elems: Vec<String> = doc["elems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e[0].as_str().map(str::to_owned))
+        .collect();
+    elems.sort();
+    elems
+}
+
+/// A set of `(element, author, n)`, each element under the dot `(author, n)`.
+fn set_of(elems: &[(&str, &str, u64)]) -> Object {
+    let mut s = rhizome_crdt::Orswot::<rhizome_crdt::Scalar>::new();
+    for (elem, author, n) in elems {
+        s.join(&s.add(rhizome_crdt::Dot::new(*author, *n), rhizome_crdt::Scalar::from(*elem)));
+    }
+    Object::Set(s)
+}
+
+/// A whole state of set `s` from the upstream (`replace: true`), under `id`.
+fn state_append(id: &str, state: &Object) -> Append {
+    let text = rhizome_crdt::state_action("s", state);
+    let mut e = entry(id, Routing::channel("crdt/s"), Status::Processed);
+    e.action_json = Arc::from(text);
+    let key = rhizome_crdt::ops::Key::parse("s").expect("key");
+    Append::crdt_state(e, key, state.clone()).from_upstream()
+}
+
+#[test]
+fn a_whole_state_from_the_upstream_replaces_the_object_keeping_only_what_the_edge_adds() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    // 1: the edge's own, relayed; 2: its own, refused upstream; 3: from the upstream (which
+    // its own upstream refused since); 4: its own, not relayed yet.
+    commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![
+                delta_append("1 a:1:t 0", "s", &set_of(&[("a", "a:1:t", 1)])),
+                delta_append("2 b:1:t 0", "s", &set_of(&[("refused", "b:1:t", 1)])),
+                delta_append("3 c:1:t 0", "s", &set_of(&[("c", "c:1:t", 1)])).from_upstream(),
+                delta_append("4 a:1:t 0", "s", &set_of(&[("a2", "a:1:t", 2)])),
+            ],
+            ..WriteBatch::default()
+        },
+    );
+    commit(
+        &mut w,
+        WriteBatch { statuses: vec![(2, Status::Undone("denied".into()))], ..WriteBatch::default() },
+    );
+    // The upstream corrected its object: it holds 1 and someone else's `e`, not 3. A delta it
+    // logged after that comes in the same write.
+    let upstream = set_of(&[("a", "a:1:t", 1), ("e", "e:1:t", 1)]);
+    let mut batches = [WriteBatch {
+        appends: vec![
+            state_append("5 server:region 0", &upstream),
+            delta_append("6 f:1:t 0", "s", &set_of(&[("f", "f:1:t", 1)])).from_upstream(),
+        ],
+        ..WriteBatch::default()
+    }];
+    let committed = w.commit(&mut batches, 2).expect("commit").remove(0);
+    assert!(
+        matches!(committed.outcomes[..], [AppendOutcome::Added(5), AppendOutcome::Added(6)]),
+        "{committed:?}"
+    );
+    let (object, _) = store.read_object("s").expect("read").expect("object");
+    assert_eq!(set_elems(&object), ["a", "a2", "e", "f"]);
+    // The entry holds the state it became, to replace copies with; it is the object's snapshot.
+    let replaced = &committed.entries[0];
+    let action: serde_json::Value = serde_json::from_str(&replaced.action_json).expect("json");
+    assert_eq!(action["replace"], true, "{action}");
+    let state = Object::from_json(object.kind(), &action["delta"]).expect("state");
+    assert_eq!(set_elems(&state), ["a", "a2", "e"]);
+    let read = store.catch_up_object("s", 4).expect("read");
+    assert!(read.whole && read.reset_at == 5, "{read:?}");
+    assert!(committed.resets_incomplete.is_empty());
+    // The upstream's state again, later (a catch-up that sends it whole): it changes nothing,
+    // so it is not kept.
+    let later = set_of(&[("a", "a:1:t", 1), ("e", "e:1:t", 1), ("f", "f:1:t", 1)]);
+    let again =
+        WriteBatch { appends: vec![state_append("7 server:region 0", &later)], ..WriteBatch::default() };
+    assert_eq!(commit(&mut w, again), [AppendOutcome::Duplicate(Status::Processed)]);
+    assert_eq!(store.count().expect("count"), 6);
+    // An object not here yet is made from it.
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let outcomes = commit(
+        &mut w,
+        WriteBatch { appends: vec![state_append("1 server:region 0", &upstream)], ..WriteBatch::default() },
+    );
+    assert!(matches!(outcomes[..], [AppendOutcome::Added(1)]), "{outcomes:?}");
+    let (object, _) = store.read_object("s").expect("read").expect("object");
+    assert_eq!(set_elems(&object), ["a", "e"]);
 }
 
 /// Runs 200 counter operations on one object (several snapshot rewrites, each cleaning the
