@@ -619,8 +619,15 @@ impl Hub {
                     recipients.push(*c);
                 }
             }
+            // A whole state of an object (an edge's correction) holds what came before it:
+            // deltas of the object joined for a recipient so far in this pass are dropped, not
+            // sent after it (one could be what the correction took out).
+            let replaced = if entry.crdt.is_none() { replaced_key(entry) } else { None };
             for c in &recipients {
                 let Some(conn) = self.conns.get(c) else { continue };
+                if let Some(key) = &replaced {
+                    folded.remove(&(*c, key.clone()));
+                }
                 // A peer is sent an addressed delta as it is, with its addressing.
                 let crdt =
                     entry.crdt.as_ref().filter(|_| !(conn.identity.peer && entry.routing.is_targeted()));
@@ -694,6 +701,18 @@ fn follows_user(peer: &ConnIdentity, entry: &StoredEntry) -> bool {
         && !entry.id.node.is_of(&peer.client_id)
         && !routing.targets(Some(&entry.id.client_id()), &peer.node_id)
         && !is_committed_notice(entry)
+}
+
+/// The key of the object whose whole state `entry` is (a `crdt/delta` with `replace`).
+fn replaced_key(entry: &StoredEntry) -> Option<String> {
+    if !entry.action_json.contains("\"replace\":true") {
+        return None;
+    }
+    let action = Action::from_json(&entry.action_json)?;
+    if action.kind() != rhizome_crdt::DELTA_TYPE || !rhizome_crdt::replaces(action.fields()) {
+        return None;
+    }
+    action.str_field("key").map(str::to_owned)
 }
 
 /// Whether `entry` is an edge's `rhizome/committed` for one of its clients: in a chain, a

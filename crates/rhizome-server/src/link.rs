@@ -519,9 +519,12 @@ struct Session {
     /// Ids of those requests, whose answers are not relayed actions', with their object's key.
     requests: HashMap<String, String>,
     /// Objects the upstream is correcting itself (it answered their request with
-    /// [`UPSTREAM_CORRECTING`]): asked again at the next ping, or once the upstream sends a
+    /// [`UPSTREAM_CORRECTING`]): asked again at `ask_again_at`, or once the upstream sends a
     /// whole state of one.
     upstream_correcting: HashSet<String>,
+    /// When to ask again for the state of `upstream_correcting`'s objects: a ping interval
+    /// after the first such answer.
+    ask_again_at: Option<Instant>,
     /// The cursor when an action the upstream confirmed was first seen waiting for its answer,
     /// and when (see [`Link::answers_overdue`]).
     answer_wait: Option<(Position, Instant)>,
@@ -656,6 +659,7 @@ impl Link {
                         state_requests: HashMap::new(),
                         requests: HashMap::new(),
                         upstream_correcting: HashSet::new(),
+                        ask_again_at: None,
                         answer_wait: None,
                         write_failed: false,
                         subprotocol: options.get("subprotocol").and_then(serde_json::Value::as_u64),
@@ -690,6 +694,7 @@ impl Link {
                 Some(sent) => sent + self.options.timeout,
                 None => session.last_rx + self.options.ping_interval,
             };
+            let ask_again_at = session.ask_again_at;
             let cursor_written = async {
                 match &mut self.cursor_write {
                     Some((rx, _)) => rx.await.is_ok_and(|r| r.is_ok()),
@@ -743,6 +748,13 @@ impl Link {
                     }
                     self.start_cursor_write().await;
                 }
+                () = tokio::time::sleep_until(ask_again_at.unwrap_or(ping_at)), if ask_again_at.is_some() => {
+                    session.ask_again_at = None;
+                    session.upstream_correcting.clear();
+                    if let Err(end) = self.request_states(session).await {
+                        return end;
+                    }
+                }
                 () = tokio::time::sleep_until(ping_at) => {
                     if session.ping_sent.is_some() {
                         return End::retry("the upstream did not answer ping");
@@ -751,12 +763,6 @@ impl Link {
                         // Sent again on the next connection, where the upstream answers it
                         // with what it recorded.
                         return End::retry("the upstream did not answer an action it confirmed");
-                    }
-                    if !session.upstream_correcting.is_empty() {
-                        session.upstream_correcting.clear();
-                        if let Err(end) = self.request_states(session).await {
-                            return end;
-                        }
                     }
                     if let Err(end) = session.send(encode_ping(self.received), self.options.timeout).await {
                         return end;
@@ -1091,6 +1097,8 @@ impl Link {
                         tracing::debug!(key, "the upstream is correcting an object too");
                         session.state_requests.remove(&key);
                         session.upstream_correcting.insert(key);
+                        let later = Instant::now() + self.options.ping_interval;
+                        session.ask_again_at.get_or_insert(later);
                     } else if kind == "logux/undo" {
                         // Asked again on the next connection.
                         tracing::warn!(?reason, key, "the upstream refused a state request");

@@ -264,9 +264,11 @@ impl Append {
     /// here, or one a needed delta of is gone, the state is joined instead (the second is also
     /// marked to correct, see [`Committed::resets_incomplete`]).
     ///
-    /// The own deltas are those the object's channel still indexes: snapshot cleaning takes
-    /// out only deltas the upstream confirmed and answered at least one snapshot earlier, and
-    /// the upstream's state holds those.
+    /// An own delta that snapshot cleaning emptied is taken as held by the upstream's state:
+    /// cleaning takes out only deltas up to the upstream cursor (confirmed and answered) that
+    /// a later snapshot holds. (One the upstream committed after writing this state, and
+    /// answered, then emptied here before the state came down, would be lost here: that takes
+    /// two snapshots of the object in between. See docs/edge.md.)
     pub fn crdt_state(entry: NewEntry, key: rhizome_crdt::ops::Key, state: rhizome_crdt::Object) -> Append {
         let mut append = Append::new(entry);
         append.crdt = Some(CrdtWrite::Replace(key, state));

@@ -13,7 +13,7 @@ use rhizome_protocol::message::push_json_str;
 use rhizome_protocol::{ActionId, Channel, NodeId, UserId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -981,6 +981,12 @@ struct Rebuild<'a> {
     own_after: Position,
     /// The deltas received from the upstream after it.
     upstream_after: Position,
+    /// This edge's own deltas emptied by cleaning up to it are held by the upstream (its
+    /// cursor, for a whole state the upstream sent: see `Append::crdt_state`); 0 when every
+    /// delta needed must still be here.
+    held_through: Position,
+    /// Positions this write marks undone (its status changes come after its appends).
+    undone: &'a HashSet<Position>,
 }
 
 /// The corrected state of an object (see [`ObjectReset`] and [`Append::crdt_state`]). The
@@ -1032,9 +1038,11 @@ fn rebuild_object(
         let needed = if upstream {
             added > reset.upstream_after
         } else {
-            added > reset.own_after && status != Status::Undone(String::new()).code()
+            added > reset.own_after
+                && status != Status::Undone(String::new()).code()
+                && !reset.undone.contains(&added)
         };
-        if !needed {
+        if !needed || (action == "{}" && !upstream && added <= reset.held_through) {
             continue;
         }
         if action == "{}" {
@@ -1167,6 +1175,12 @@ impl LogWriter for SqliteWriter {
                 "UPDATE subscription_acks SET position = max(position, ?2) WHERE id = ?1 AND client = ?3",
             )?;
             for batch in batches.iter_mut() {
+                let undone_now: HashSet<Position> = batch
+                    .statuses
+                    .iter()
+                    .filter(|(_, s)| matches!(s, Status::Undone(_)))
+                    .map(|(p, _)| *p)
+                    .collect();
                 let mut committed = Committed {
                     outcomes: Vec::with_capacity(batch.appends.len()),
                     entries: Vec::with_capacity(batch.appends.len()),
@@ -1214,11 +1228,15 @@ impl LogWriter for SqliteWriter {
                     if let Some(CrdtWrite::Replace(key, state)) = &crdt {
                         // The index runs of this transaction's appends are read.
                         channel_runs.flush(&tx)?;
+                        let sent: Option<i64> =
+                            upstream_sent.query_row([UPSTREAM_SENT], |r| r.get(0)).optional()?;
                         let rebuild = Rebuild {
                             key: key.as_str(),
                             upstream: Some(state),
                             own_after: 0,
                             upstream_after: Position::MAX,
+                            held_through: sent.unwrap_or(0) as Position,
+                            undone: &undone_now,
                         };
                         match rebuild_object(&tx, &mut staged, cache, rebuild)? {
                             Rebuilt::State(rebuilt) => {
@@ -1428,6 +1446,8 @@ impl LogWriter for SqliteWriter {
                         upstream: reset.upstream.as_ref(),
                         own_after: reset.own_after,
                         upstream_after: reset.upstream_after,
+                        held_through: 0,
+                        undone: &undone_now,
                     };
                     let rebuilt = rebuild_object(&tx, &mut staged, cache, rebuild)?;
                     if matches!(rebuilt, Rebuilt::Incomplete) {

@@ -1866,7 +1866,10 @@ async fn a_site_waits_for_its_region_to_correct_an_object_before_taking_its_stat
     let answer = crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == refused);
     assert_eq!(answer.map(|a| a["reason"].clone()), Some(json!("denied")), "{undo}");
     // The site has asked the region (and asked again) meanwhile: it is still to correct.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..40 {
+        alice.send_action(json!({"type": "inc", "id": "busy"})).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(objects_to_correct(&region)?, ["tags"]);
     assert_eq!(
         objects_to_correct(&site)?,
@@ -1880,9 +1883,11 @@ async fn a_site_waits_for_its_region_to_correct_an_object_before_taking_its_stat
         (vec![json!(["synced", added]), state.clone()], false)
     });
     tokio::time::timeout(CONVERGE, cloud).await??;
+    // Alice keeps writing meanwhile: the site's link is never idle (it asks again all the same).
     let deadline = tokio::time::Instant::now() + CONVERGE;
     while !objects_to_correct(&region)?.is_empty() || !objects_to_correct(&site)?.is_empty() {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the corrections are not done");
+        alice.send_action(json!({"type": "inc", "id": "busy"})).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for server in [&region, &site] {
@@ -1902,7 +1907,8 @@ async fn a_site_waits_for_its_region_to_correct_an_object_before_taking_its_stat
 async fn a_fold_the_region_took_and_the_cloud_refused_later_is_undone_whole() -> Result<()> {
     let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
     let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
-    let cloud = TestServer::with_peers_and_rules(&["edge"], |rules| rules.replace(everyone, only_bob)).await?;
+    let cloud =
+        TestServer::with_peers_and_rules(&["edge"], |rules| rules.replace(everyone, only_bob)).await?;
     let to_cloud = Proxy::start(cloud.addr).await?;
     to_cloud.down(true);
     let region = TestServer::region_of(&to_cloud.url()).await?;
@@ -1945,5 +1951,39 @@ async fn a_fold_the_region_took_and_the_cloud_refused_later_is_undone_whole() ->
     for server in [site, region, cloud] {
         server.stop().await;
     }
+    Ok(())
+}
+
+/// The upstream sends, in one `sync`, a delta of an object and then its whole state without
+/// it (its correction took the operation out): the edge's subscribers get the whole state and
+/// nothing of the object after it, as the edge's own object has it.
+#[tokio::test]
+async fn a_whole_state_from_the_upstream_is_not_followed_by_the_deltas_it_replaced() -> Result<()> {
+    let (listener, edge, _alice) = edge_of_stand_in().await?;
+    let mut carol = edge.login("carol:c1:t").await?;
+    subscribe(&mut carol, "crdt/tags").await?;
+    let set = |elem: &str, actor: &str| json!({"context": {"vv": {actor: 1}}, "elems": [[elem, actor, 1]]});
+    let delta =
+        json!({"type": "crdt/delta", "key": "tags", "kind": "set", "delta": set("taken out", "x:1:t")});
+    let state = json!({"type": "crdt/delta", "key": "tags", "kind": "set", "replace": true, "delta": set("kept", "y:1:t")});
+    let sync = json!(["sync", 1, delta, {"id": [0, 1], "time": 0}, state, {"id": [0, 2], "time": 0}]);
+    let upstream = stand_in_upstream(&listener, "logux/subscribe", |added, _| {
+        (vec![json!(["synced", added]), sync.clone()], false)
+    });
+    tokio::time::timeout(CONVERGE, upstream).await??;
+    // What carol is sent of the object, in order, until the whole state and a while after.
+    let mut sent = Vec::new();
+    let replaced = |sent: &[serde_json::Value]| sent.iter().any(|a| a["replace"] == true);
+    while !replaced(&sent) {
+        let message = carol.next_json().await?;
+        sent.extend(crate::support::sync_actions(&message).into_iter().filter(|a| a["key"] == "tags"));
+    }
+    while let Ok(message) = tokio::time::timeout(Duration::from_millis(500), carol.next_json()).await {
+        sent.extend(crate::support::sync_actions(&message?).into_iter().filter(|a| a["key"] == "tags"));
+    }
+    let last = sent.last().context("a delta")?;
+    assert_eq!((last["replace"].clone(), set_elems(&last["delta"])), (json!(true), vec!["kept"]), "{sent:?}");
+    assert_eq!(set_elems(&object_document(&edge, "reader:r1:t", "tags").await?), ["kept"]);
+    edge.stop().await;
     Ok(())
 }

@@ -356,18 +356,16 @@ fn a_whole_state_from_the_upstream_replaces_the_object_keeping_only_what_the_edg
             ..WriteBatch::default()
         },
     );
-    commit(
-        &mut w,
-        WriteBatch { statuses: vec![(2, Status::Undone("denied".into()))], ..WriteBatch::default() },
-    );
     // The upstream corrected its object: it holds 1 and someone else's `e`, not 3. A delta it
-    // logged after that comes in the same write.
+    // logged after that comes in the same write, and so does its undo of 2 (marked after the
+    // appends).
     let upstream = set_of(&[("a", "a:1:t", 1), ("e", "e:1:t", 1)]);
     let mut batches = [WriteBatch {
         appends: vec![
             state_append("5 server:region 0", &upstream),
             delta_append("6 f:1:t 0", "s", &set_of(&[("f", "f:1:t", 1)])).from_upstream(),
         ],
+        statuses: vec![(2, Status::Undone("denied".into()))],
         ..WriteBatch::default()
     }];
     let committed = w.commit(&mut batches, 2).expect("commit").remove(0);
@@ -403,6 +401,39 @@ fn a_whole_state_from_the_upstream_replaces_the_object_keeping_only_what_the_edg
     assert!(matches!(outcomes[..], [AppendOutcome::Added(1)]), "{outcomes:?}");
     let (object, _) = store.read_object("s").expect("read").expect("object");
     assert_eq!(set_elems(&object), ["a", "e"]);
+}
+
+#[test]
+fn a_whole_state_takes_the_edges_deltas_emptied_by_cleaning_as_held_upstream() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    // 300 operations, ten to a write (one index run each, which a snapshot may cut in two),
+    // all relayed and answered.
+    commit(&mut w, cursor_to(1000));
+    let inc = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    for i in 0..30u32 {
+        let appends =
+            (0..10).map(|j| crdt_append(&format!("{} a:b:c 0", i * 10 + j + 1), inc.clone())).collect();
+        commit(&mut w, WriteBatch { appends, ..WriteBatch::default() });
+    }
+    assert!(store.read_from(0, 1000).expect("read").len() < 300, "cleaning emptied some");
+    // The upstream's state holds them, and someone else's.
+    let a: rhizome_crdt::NodeId = "a:b:c".into();
+    let x: rhizome_crdt::NodeId = "x:1:t".into();
+    let upstream = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&a, 300).inc(&x, 5));
+    let text = rhizome_crdt::state_action("k", &upstream);
+    let mut e = entry("1 server:region 0", Routing::channel("crdt/k"), Status::Processed);
+    e.action_json = Arc::from(text);
+    let key = rhizome_crdt::ops::Key::parse("k").expect("key");
+    let mut batches = [WriteBatch {
+        appends: vec![Append::crdt_state(e, key, upstream).from_upstream()],
+        ..WriteBatch::default()
+    }];
+    let committed = w.commit(&mut batches, 2).expect("commit").remove(0);
+    assert!(committed.resets_incomplete.is_empty(), "{:?}", committed.resets_incomplete);
+    assert!(matches!(committed.outcomes[..], [AppendOutcome::Added(_)]), "{:?}", committed.outcomes);
+    assert_eq!(counter_value(&store, "k"), 305);
+    assert!(store.objects_to_reset().expect("read").is_empty());
 }
 
 /// Runs 200 counter operations on one object (several snapshot rewrites, each cleaning the
