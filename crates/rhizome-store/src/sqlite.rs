@@ -1069,6 +1069,30 @@ fn rebuild_object(
     Ok(Rebuilt::State(Box::new((current, state))))
 }
 
+/// Makes `state` the snapshot of the object at `key` at `added`, the entry that corrected it
+/// (`reset_at`): nothing logged before it is joined on top again, and a subscriber behind it
+/// gets the whole state.
+fn snapshot_correction(
+    object: &mut rusqlite::CachedStatement<'_>,
+    reset_at: &mut rusqlite::CachedStatement<'_>,
+    staged: &mut HashMap<String, CachedObject>,
+    key: String,
+    mut cached: CachedObject,
+    state: Object,
+    added: i64,
+) -> Result<(), StoreError> {
+    let document = state.to_json().to_string();
+    object.execute(params![key, state.kind().name(), document, added])?;
+    reset_at.execute(params![key, added])?;
+    cached.state = state;
+    cached.unsaved = 0;
+    cached.unsaved_bytes = 0;
+    cached.snapshot_bytes = document.len();
+    cached.snapshot_at = added as Position;
+    staged.insert(key, cached);
+    Ok(())
+}
+
 /// Stores or removes one push wake-up registration.
 fn write_push_target(tx: &rusqlite::Transaction<'_>, change: PushTargetChange) -> Result<(), StoreError> {
     match change {
@@ -1347,18 +1371,16 @@ impl LogWriter for SqliteWriter {
                         staged.insert(key.clone(), cached);
                         shipped = Some(Arc::new((key, delta)));
                     }
-                    if let Some((key, mut cached, state)) = replaced {
-                        // The snapshot is the new state, at its entry: nothing before it is
-                        // joined on top again, and a subscriber behind it gets the whole state.
-                        let document = state.to_json().to_string();
-                        object.execute(params![key, state.kind().name(), document, added])?;
-                        reset_at.execute(params![key, added])?;
-                        cached.state = state;
-                        cached.unsaved = 0;
-                        cached.unsaved_bytes = 0;
-                        cached.snapshot_bytes = document.len();
-                        cached.snapshot_at = added as Position;
-                        staged.insert(key, cached);
+                    if let Some((key, cached, state)) = replaced {
+                        snapshot_correction(
+                            &mut object,
+                            &mut reset_at,
+                            &mut staged,
+                            key,
+                            cached,
+                            state,
+                            added,
+                        )?;
                     }
                     if let Status::Undone(reason) = &entry.status {
                         if crdt.is_some() {
@@ -1456,7 +1478,7 @@ impl LogWriter for SqliteWriter {
                     }
                     reset_done.execute([&reset.key])?;
                     let Rebuilt::State(rebuilt) = rebuilt else { continue };
-                    let (mut cached, state) = *rebuilt;
+                    let (cached, state) = *rebuilt;
                     let ObjectReset { key, mut entry, .. } = reset;
                     let id = entry.id.text();
                     if ids.find(&tx, &entry.id, &id)?.is_some() {
@@ -1480,17 +1502,7 @@ impl LogWriter for SqliteWriter {
                     for c in &entry.routing.channels {
                         channel_runs.add(&tx, c, added)?;
                     }
-                    // The snapshot is the corrected state, at the correction: nothing before it
-                    // is joined on top again, and a subscriber behind it gets the whole state.
-                    let document = state.to_json().to_string();
-                    object.execute(params![key, state.kind().name(), document, added])?;
-                    reset_at.execute(params![key, added])?;
-                    cached.state = state;
-                    cached.unsaved = 0;
-                    cached.unsaved_bytes = 0;
-                    cached.snapshot_bytes = document.len();
-                    cached.snapshot_at = added as Position;
-                    staged.insert(key, cached);
+                    snapshot_correction(&mut object, &mut reset_at, &mut staged, key, cached, state, added)?;
                     committed.entries.push(StoredEntry {
                         added: added as Position,
                         time: entry.time,

@@ -551,17 +551,23 @@ async fn copy_becomes(client: &mut Client, key: &str, want: &serde_json::Value) 
     Ok(replaced)
 }
 
+/// A cloud where only Bob may change CRDT objects (the others' access was revoked there; an
+/// edge with the test rules, not told, lets everyone), and edges' links are peers.
+async fn cloud_where_only_bob_writes_objects() -> Result<TestServer> {
+    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
+    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
+    TestServer::with_peers_and_rules(&["edge"], |rules| {
+        assert!(rules.contains(everyone));
+        rules.replace(everyone, only_bob)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation() -> Result<()> {
     // At the cloud only Bob may change the objects (Alice's access was revoked there); the
     // edge, not told yet, lets everyone.
-    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
-    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
-    let cloud = TestServer::with_peers_and_rules(&["edge"], |rules| {
-        assert!(rules.contains(everyone));
-        rules.replace(everyone, only_bob)
-    })
-    .await?;
+    let cloud = cloud_where_only_bob_writes_objects().await?;
     let proxy = Proxy::start(cloud.addr).await?;
     let edge = TestServer::edge_of(&proxy.url()).await?;
     let mut bob = edge.login("bob:b1:t").await?;
@@ -1782,13 +1788,7 @@ async fn copy_replaced_by(client: &mut Client, key: &str, want: &[&str]) -> Resu
 /// its own client).
 #[tokio::test]
 async fn an_operation_the_cloud_refuses_is_corrected_away_at_every_tier_of_a_chain() -> Result<()> {
-    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
-    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
-    let cloud = TestServer::with_peers_and_rules(&["edge"], |rules| {
-        assert!(rules.contains(everyone));
-        rules.replace(everyone, only_bob)
-    })
-    .await?;
+    let cloud = cloud_where_only_bob_writes_objects().await?;
     let proxy = Proxy::start(cloud.addr).await?;
     let region = TestServer::region_of(&proxy.url()).await?;
     let site_a = TestServer::edge_of(&region.url()).await?;
@@ -1905,10 +1905,7 @@ async fn a_site_waits_for_its_region_to_correct_an_object_before_taking_its_stat
 /// it folded, recorded with the region's answer) and tells their author of each.
 #[tokio::test]
 async fn a_fold_the_region_took_and_the_cloud_refused_later_is_undone_whole() -> Result<()> {
-    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
-    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
-    let cloud =
-        TestServer::with_peers_and_rules(&["edge"], |rules| rules.replace(everyone, only_bob)).await?;
+    let cloud = cloud_where_only_bob_writes_objects().await?;
     let to_cloud = Proxy::start(cloud.addr).await?;
     to_cloud.down(true);
     let region = TestServer::region_of(&to_cloud.url()).await?;
