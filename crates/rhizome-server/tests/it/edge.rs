@@ -1767,10 +1767,10 @@ fn set_elems(document: &serde_json::Value) -> Vec<&str> {
 }
 
 /// Reads `client`'s messages until one holds a whole state of the set `key` (`replace`) with
-/// just the elements `want`.
+/// just the elements `want` (each within [`CONVERGE`]: a correction crosses the links).
 async fn copy_replaced_by(client: &mut Client, key: &str, want: &[&str]) -> Result<()> {
     client
-        .until(|m| {
+        .until_within(CONVERGE, |m| {
             crate::support::sync_actions(m).iter().any(|a| {
                 a["type"] == "crdt/delta"
                     && a["key"] == key
@@ -1807,7 +1807,7 @@ async fn an_operation_the_cloud_refuses_is_corrected_away_at_every_tier_of_a_cha
     let tiers = [&region, &site_a, &site_b];
     converged_object(&tiers, "tags", |d| set_elems(d).len() == 2).await?;
     proxy.down(false);
-    let undo = alice.until(|m| has_answer(m, "logux/undo", &refused)).await?;
+    let undo = alice.until_within(CONVERGE, |m| has_answer(m, "logux/undo", &refused)).await?;
     let answer = crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == refused);
     assert_eq!(answer.map(|a| a["reason"].clone()), Some(json!("denied")), "{undo}");
     let all = [&cloud, &region, &site_a, &site_b];
