@@ -714,14 +714,7 @@ impl Store for SqliteStore {
             let Some(text) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? else {
                 return Ok(None);
             };
-            let mut position: Position = 0;
-            let mut positions = Vec::new();
-            for step in text.split(',') {
-                let step: Position = step.parse().map_err(|_| StoreError::Corrupt(0))?;
-                position += step;
-                positions.push(position);
-            }
-            Ok(Some(positions))
+            decode_positions(&text).map(Some).ok_or(StoreError::Corrupt(0))
         })
     }
 
@@ -1093,6 +1086,32 @@ fn snapshot_correction(
     Ok(())
 }
 
+/// Ascending log positions as `relay_folds` keeps them: each as the difference from the one
+/// before, comma-separated.
+fn encode_positions(positions: &[Position]) -> String {
+    let mut text = String::new();
+    let mut before = 0;
+    for &position in positions {
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(&position.saturating_sub(before).to_string());
+        before = position;
+    }
+    text
+}
+
+/// The positions [`encode_positions`] wrote; `None` if `text` is not such a list.
+fn decode_positions(text: &str) -> Option<Vec<Position>> {
+    let mut position: Position = 0;
+    text.split(',')
+        .map(|step| {
+            position += step.parse::<Position>().ok()?;
+            Some(position)
+        })
+        .collect()
+}
+
 /// Stores or removes one push wake-up registration.
 fn write_push_target(tx: &rusqlite::Transaction<'_>, change: PushTargetChange) -> Result<(), StoreError> {
     match change {
@@ -1279,12 +1298,9 @@ impl LogWriter for SqliteWriter {
                                 committed.resets_incomplete.push(key.as_str().to_owned());
                             }
                         }
-                        crdt = match crdt {
-                            Some(CrdtWrite::Replace(key, state)) if replaced.is_none() => {
-                                Some(CrdtWrite::Join(key, state))
-                            }
-                            _ => None,
-                        };
+                        if replaced.is_some() {
+                            crdt = None;
+                        }
                     }
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
@@ -1449,16 +1465,7 @@ impl LogWriter for SqliteWriter {
                     to_reset.execute([key])?;
                 }
                 for (id, positions) in batch.relay_folds.drain(..) {
-                    let mut text = String::new();
-                    let mut before = 0;
-                    for position in positions {
-                        if !text.is_empty() {
-                            text.push(',');
-                        }
-                        text.push_str(&position.saturating_sub(before).to_string());
-                        before = position;
-                    }
-                    relay_fold.execute(params![id, text])?;
+                    relay_fold.execute(params![id, encode_positions(&positions)])?;
                 }
                 for reset in batch.object_resets.drain(..) {
                     // The index runs of this transaction's appends are read.
@@ -1540,5 +1547,20 @@ impl LogWriter for SqliteWriter {
 
     fn recover_interrupted(&mut self) -> Result<usize, StoreError> {
         Ok(self.conn.execute("UPDATE log SET status = 2, reason = 'error' WHERE status = 0", [])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_positions, encode_positions};
+
+    #[test]
+    fn fold_positions_are_kept_as_differences_and_read_back() {
+        let positions = [3, 4, 9, 1_000_000];
+        let text = encode_positions(&positions);
+        assert_eq!(text, "3,1,5,999991");
+        assert_eq!(decode_positions(&text), Some(positions.to_vec()));
+        assert_eq!(decode_positions("3,x"), None);
+        assert_eq!(decode_positions(""), None);
     }
 }
