@@ -24,6 +24,9 @@ pub struct HandshakeConfig {
     pub min_subprotocol: u64,
     /// Development mode: send `headers {env: "development"}`.
     pub development: bool,
+    /// This server relays what it takes to an upstream of its own (it is an edge): its peers
+    /// are told so in `connected` (docs/edge.md, two levels of acknowledgement).
+    pub relays: bool,
 }
 
 /// Why the connection is closing.
@@ -317,6 +320,7 @@ impl Connection {
             received_ms,
             now_ms,
             self.config.subprotocol,
+            self.config.relays && role == Role::Peer,
         )));
         self.phase = Phase::Authenticated {
             codec: identity.codec.clone(),
@@ -440,6 +444,7 @@ mod tests {
             subprotocol: 1,
             min_subprotocol: 1,
             development: false,
+            relays: false,
         };
         Connection::new(Arc::new(config), Arc::new(Limits::default()), 1000)
     }
@@ -531,6 +536,27 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(refused, [false, false, true]);
+    }
+
+    #[test]
+    fn an_edge_tells_its_peers_but_not_its_clients_that_it_relays() {
+        let config = HandshakeConfig { relays: true, ..(*conn().config).clone() };
+        let connected = |grant| {
+            let mut c = Connection::new(Arc::new(config.clone()), Arc::new(Limits::default()), 1000);
+            let mut out = Vec::new();
+            c.on_frame(r#"["connect",5,"edge:e1:link",0,{"subprotocol":1}]"#, 1001, &mut out);
+            out.clear();
+            c.auth_finished(grant, 1002, &mut out);
+            sends(&out)
+        };
+        assert_eq!(
+            connected(Grant::Peer),
+            [r#"["connected",5,"server:test",[1001,1002],{"subprotocol":1,"relays":true}]"#]
+        );
+        assert_eq!(
+            connected(Grant::Client),
+            [r#"["connected",5,"server:test",[1001,1002],{"subprotocol":1}]"#]
+        );
     }
 
     #[test]

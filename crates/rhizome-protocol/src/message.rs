@@ -989,11 +989,17 @@ pub fn encode_connect(node_id: &str, synced: u64, token: Option<&str>, subprotoc
     out
 }
 
-/// `["connected", 5, nodeId, [start, end], {subprotocol}]`
-pub fn encode_connected(node_id: &str, start: i64, end: i64, subprotocol: u64) -> String {
+/// `["connected", 5, nodeId, [start, end], {subprotocol}]`, with `"relays": true` when
+/// `relays`: told to a peer by a server that relays what it takes to an upstream of its own,
+/// so that its `logux/processed` is not taken for the top of the chain's commit.
+pub fn encode_connected(node_id: &str, start: i64, end: i64, subprotocol: u64, relays: bool) -> String {
     let mut out = String::from("[\"connected\",5,");
     push_json_str(&mut out, node_id);
-    let _ = write!(out, ",[{start},{end}],{{\"subprotocol\":{subprotocol}}}]");
+    let _ = write!(out, ",[{start},{end}],{{\"subprotocol\":{subprotocol}");
+    if relays {
+        out.push_str(",\"relays\":true");
+    }
+    out.push_str("}]");
     out
 }
 
@@ -1313,8 +1319,12 @@ mod tests {
     #[test]
     fn encodes_handshake_frames() {
         assert_eq!(
-            encode_connected("server:V0jMeesT", 1, 2, 1),
+            encode_connected("server:V0jMeesT", 1, 2, 1, false),
             r#"["connected",5,"server:V0jMeesT",[1,2],{"subprotocol":1}]"#
+        );
+        assert_eq!(
+            encode_connected("server:V0jMeesT", 1, 2, 1, true),
+            r#"["connected",5,"server:V0jMeesT",[1,2],{"subprotocol":1,"relays":true}]"#
         );
         assert_eq!(
             encode_connect("u:c:t", 0, Some("tok"), 1),

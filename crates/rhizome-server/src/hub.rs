@@ -700,7 +700,6 @@ fn follows_user(peer: &ConnIdentity, entry: &StoredEntry) -> bool {
     !routing.exclude_clients.contains(&peer.client_id)
         && !entry.id.node.is_of(&peer.client_id)
         && !routing.targets(Some(&entry.id.client_id()), &peer.node_id)
-        && !is_committed_notice(entry)
 }
 
 /// The key of the object whose whole state `entry` is (a `crdt/delta` with `replace`).
@@ -713,15 +712,6 @@ fn replaced_key(entry: &StoredEntry) -> Option<String> {
         return None;
     }
     action.str_field("key").map(str::to_owned)
-}
-
-/// Whether `entry` is an edge's `rhizome/committed` for one of its clients: in a chain, a
-/// site tells its own clients what its upstream committed, and a region's would say the same
-/// of another level.
-fn is_committed_notice(entry: &StoredEntry) -> bool {
-    entry.id.node.is_server()
-        && entry.action_json.contains(crate::link::COMMITTED_TYPE)
-        && Action::from_json(&entry.action_json).is_some_and(|a| a.kind() == crate::link::COMMITTED_TYPE)
 }
 
 /// Queues a frame for `conn` stamped with the `added` it may carry: the client remembers it and

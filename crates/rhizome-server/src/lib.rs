@@ -172,6 +172,7 @@ impl Server {
             subprotocol: options.subprotocol,
             min_subprotocol: options.min_subprotocol,
             development: options.development,
+            relays: options.upstream.is_some(),
         };
         let parking = park::Parking::start(tokio::runtime::Handle::current()).map_err(StartError::Thread)?;
         let shared = Arc::new(Shared::new(

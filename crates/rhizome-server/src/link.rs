@@ -418,6 +418,7 @@ pub(crate) async fn run(
         channels: durable.channels.into_iter().map(|c| (c.channel, (c.since_id, c.since_time))).collect(),
         follow,
         folded: HashMap::new(),
+        folds_writing: HashMap::new(),
         awaiting: HashMap::new(),
         resets: durable.resets.into_iter().map(|key| (key, 0)).collect(),
         cursor_write: None,
@@ -482,6 +483,10 @@ struct Link {
     /// positions of all, recorded once the upstream accepts it (an undo may follow, in a
     /// chain, see [`rhizome_store::Store::fold_of`]).
     folded: HashMap<ActionId, (Vec<ActionId>, Vec<Position>)>,
+    /// Folds the upstream accepted whose record (`relay_folds`) is in a write not committed
+    /// yet: the ids in each, by the id it went under, for the upstream's `rhizome/committed`
+    /// that may come before the write commits (see [`Link::expand_folds`]).
+    folds_writing: HashMap<ActionId, Vec<ActionId>>,
     /// The actions sent on this connection and not answered yet: the id each went under, and
     /// the lowest position it carries (see [`Uplink::answered`]).
     awaiting: HashMap<ActionId, Position>,
@@ -513,6 +518,10 @@ struct Session {
     storing: VecDeque<Stored>,
     /// The upstream's subprotocol (from `connected`): that of its actions that name none.
     subprotocol: Option<u64>,
+    /// The upstream relays what it takes to an upstream of its own (`"relays": true` in
+    /// `connected`): its `logux/processed` is not the cloud's commit, and the authors here
+    /// learn of that from the `rhizome/committed` it passes down (docs/edge.md).
+    upstream_relays: bool,
     /// Objects whose state was asked for on this connection, with the `own_after` and
     /// `upstream_after` of their correction.
     state_requests: HashMap<String, (Position, Position)>,
@@ -544,6 +553,8 @@ struct Stored {
     since: Vec<UpstreamChannel>,
     /// Corrections of objects it does, each with the undos of the object it counts.
     resets: Vec<(String, u64)>,
+    /// The folds it records (`relay_folds`), by the id each went under.
+    folds: Vec<ActionId>,
     /// The actions this edge sent whose answers it holds, by the position each was sent at
     /// ([`Uplink::answered`] once it commits).
     answered: Vec<Position>,
@@ -594,6 +605,8 @@ impl Link {
         // What was not answered is sent again, and answered under the ids it goes under then.
         self.awaiting.clear();
         self.folded.clear();
+        // Those of writes that failed: sent again, and accepted again, on this connection.
+        self.folds_writing.clear();
         self.set_status(|s| {
             s.connected_since_ms = Some(now_ms());
             s.connections += 1;
@@ -663,6 +676,7 @@ impl Link {
                         answer_wait: None,
                         write_failed: false,
                         subprotocol: options.get("subprotocol").and_then(serde_json::Value::as_u64),
+                        upstream_relays: options.get("relays") == Some(&serde_json::Value::Bool(true)),
                     });
                 }
                 Ok(Message::Error { kind, .. }) => {
@@ -879,8 +893,9 @@ impl Link {
         }
         let answered = answers.iter().filter_map(|a| self.awaiting.remove(&a.target)).collect();
         if !answers.is_empty() {
-            self.relay_answers(answers, &mut batch).await?;
+            self.relay_answers(answers, &mut batch, session.upstream_relays).await?;
         }
+        let folds = batch.relay_folds.iter().filter_map(|(id, _)| ActionId::parse(id)).collect();
         batch.cursors.push((UPSTREAM_RECEIVED.to_owned(), highest));
         let since = batch.upstream_channels.clone();
         let newly_refused = !batch.objects_to_reset.is_empty();
@@ -895,7 +910,7 @@ impl Link {
             .collect();
         let commit = self.shared.writer.write_unordered(batch).await;
         let added = syncs.iter().map(|(added, _)| *added).collect();
-        session.storing.push_back(Stored { commit, added, highest, since, resets, answered });
+        session.storing.push_back(Stored { commit, added, highest, since, resets, answered, folds });
         if newly_refused {
             // Asked after the write that marks the refused deltas undone: the correction's
             // write comes after it.
@@ -955,6 +970,9 @@ impl Link {
             if !committed.resets_incomplete.contains(&key) && self.resets.get(&key) == Some(&undos) {
                 self.resets.remove(&key);
             }
+        }
+        for id in &stored.folds {
+            self.folds_writing.remove(id);
         }
         for UpstreamChannel { channel, since_id, since_time } in stored.since {
             self.channels.insert(channel, (since_id, since_time));
@@ -1111,11 +1129,14 @@ impl Link {
                         let undo = (kind == "logux/undo").then(|| action.clone());
                         // The ids folded into it share its answer.
                         if let Some((others, positions)) = self.folded.remove(&target) {
-                            for other in others {
-                                answers.push(RelayAnswer { target: other, undo: undo.clone() });
+                            for other in &others {
+                                answers.push(RelayAnswer { target: other.clone(), undo: undo.clone() });
                             }
                             if undo.is_none() {
                                 batch.relay_folds.push((target.text(), positions));
+                                let mut ids = others;
+                                ids.push(target.clone());
+                                self.folds_writing.insert(target.clone(), ids);
                             }
                         }
                         answers.push(RelayAnswer { target, undo });
@@ -1171,14 +1192,14 @@ impl Link {
         } else {
             None
         };
-        let new = NewEntry {
-            id,
-            time,
-            action_json: action.json().clone(),
-            subprotocol,
-            routing,
-            status: Status::Processed,
+        // The upstream's word that the cloud committed actions: those this edge sent up folded
+        // are named by the id of their fold there, and here by their own.
+        let action_json = if kind == COMMITTED_TYPE && id.node.is_server() {
+            self.expand_folds(action).await
+        } else {
+            action.json().clone()
         };
+        let new = NewEntry { id, time, action_json, subprotocol, routing, status: Status::Processed };
         let append = match delta {
             // The upstream's whole state (it corrected its object, or caught this edge up with
             // it) replaces the object here, as it replaced the upstream's (docs/edge.md).
@@ -1199,12 +1220,66 @@ impl Link {
         batch.appends.push(append.from_upstream());
     }
 
+    /// `notice`, a [`COMMITTED_TYPE`] from the upstream, naming each fold this edge sent up
+    /// by the ids in it (in log order) rather than by the id it went under. A fold is read
+    /// from the writes in flight or from the store; an id that is none is kept as it is, and so
+    /// is a notice that cannot be read.
+    async fn expand_folds(&self, notice: &Action) -> Arc<str> {
+        let Some(ids) = notice.fields().get("ids").and_then(serde_json::Value::as_array) else {
+            return notice.json().clone();
+        };
+        let ids: Vec<String> = ids.iter().filter_map(|id| id.as_str().map(str::to_owned)).collect();
+        let writing: Vec<Option<Vec<ActionId>>> = ids
+            .iter()
+            .map(|id| ActionId::parse(id).and_then(|id| self.folds_writing.get(&id).cloned()))
+            .collect();
+        let store = self.shared.store.clone();
+        let expanded = rhizome_io::blocking(move || {
+            let mut expanded: Vec<String> = Vec::with_capacity(ids.len());
+            for (id, writing) in ids.into_iter().zip(writing) {
+                if let Some(folded) = writing {
+                    expanded.extend(folded.iter().map(ActionId::text));
+                    continue;
+                }
+                match store.fold_of(&id)? {
+                    Some(positions) => {
+                        for position in positions {
+                            if let Some((entry, _)) = store.own_entry(position)? {
+                                expanded.push(entry.id.text());
+                            }
+                        }
+                    }
+                    None => expanded.push(id),
+                }
+            }
+            Ok::<_, rhizome_store::StoreError>(expanded)
+        })
+        .await;
+        match expanded {
+            Ok(Ok(mut ids)) => {
+                let mut seen = HashSet::new();
+                ids.retain(|id| seen.insert(id.clone()));
+                Arc::from(serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string())
+            }
+            _ => {
+                tracing::warn!("the folds a rhizome/committed from the upstream names could not be read");
+                notice.json().clone()
+            }
+        }
+    }
+
     /// What the upstream's answers to relayed actions mean here (docs/edge.md, two levels of
     /// acknowledgement): a `logux/processed` becomes `rhizome/committed` for the author's
-    /// client; a `logux/undo` marks the entry undone here and goes to the author's client and
-    /// the entry's channels, as an undo of this server's own would. Both are kept in the log, so
-    /// an author that is away gets them when it connects.
-    async fn relay_answers(&self, mut answers: Vec<RelayAnswer>, batch: &mut WriteBatch) -> Result<(), End> {
+    /// client, unless the upstream relays further (`upstream_relays`: its own notice comes
+    /// down once the cloud commits); a `logux/undo` marks the entry undone here and goes to
+    /// the author's client and the entry's channels, as an undo of this server's own would.
+    /// Both are kept in the log, so an author that is away gets them when it connects.
+    async fn relay_answers(
+        &self,
+        mut answers: Vec<RelayAnswer>,
+        batch: &mut WriteBatch,
+        upstream_relays: bool,
+    ) -> Result<(), End> {
         let store = self.shared.store.clone();
         let targets: Vec<ActionId> =
             answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
@@ -1251,6 +1326,9 @@ impl Link {
         for answer in answers {
             let author = answer.target.client_id();
             let Some(undo) = answer.undo else {
+                if upstream_relays {
+                    continue;
+                }
                 let i = *author_index.entry(author.clone()).or_insert_with(|| {
                     committed.push((author, Vec::new()));
                     committed.len() - 1

@@ -1029,6 +1029,86 @@ async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// The `rhizome/committed` notices in `server`'s log: the node of each one's id, and the ids
+/// it names.
+fn committed_notices(server: &TestServer) -> Result<Vec<(String, Vec<String>)>> {
+    let db = rusqlite::Connection::open(server.db_path())?;
+    let mut stmt = db.prepare(
+        "SELECT id, action FROM log WHERE json_extract(action, '$.type') = 'rhizome/committed' ORDER BY added",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut notices = Vec::new();
+    for row in rows {
+        let (id, action) = row?;
+        let action: serde_json::Value = serde_json::from_str(&action)?;
+        let node = id.split(' ').nth(1).unwrap_or_default().to_owned();
+        let ids = action["ids"].as_array().into_iter().flatten();
+        notices.push((node, ids.filter_map(|id| id.as_str().map(str::to_owned)).collect()));
+    }
+    Ok(notices)
+}
+
+#[tokio::test]
+async fn in_a_chain_the_author_hears_of_the_commit_when_the_cloud_commits() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let to_cloud = Proxy::start(cloud.addr).await?;
+    to_cloud.down(true);
+    let region = TestServer::region_of(&to_cloud.url()).await?;
+    let to_region = Proxy::start(region.addr).await?;
+    to_region.down(true);
+    let site = TestServer::edge_of(&to_region.url()).await?;
+    let mut alice = site.login("alice:a1:t").await?;
+    // A plain action and three increments, which go up folded into one under the last id.
+    let mut sent = vec![alice.send_action(json!({"type": "inc", "id": "x"})).await?];
+    for _ in 0..3 {
+        sent.push(alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?);
+    }
+    alice.wait_processed(&sent[3]).await?;
+    // The region takes them all and answers; the cloud is out of reach.
+    to_region.down(false);
+    wait_forwarded(&site).await?;
+    assert!(site.link_status()?.actions_sent < 4, "the increments went up folded");
+    assert!(ids_of(&region, "alice:a1:t")?.contains_key(&sent[3]));
+    // What the region answered is not the cloud's commit: the site tells Alice nothing yet
+    // (it would have written the notice in the write that took the region's answers).
+    assert_eq!(committed_notices(&site)?, Vec::new());
+    assert_eq!(committed_notices(&region)?, Vec::new());
+    // The cloud commits: Alice hears of each of her actions, the folded ones by their own ids.
+    to_cloud.down(false);
+    let mut heard: Vec<String> = Vec::new();
+    while sent.iter().any(|id| !heard.contains(id)) {
+        let m = tokio::time::timeout(CONVERGE, alice.next_json())
+            .await
+            .with_context(|| format!("waiting for the cloud's commit; heard of {heard:?}"))??;
+        for a in crate::support::sync_actions(&m) {
+            if a["type"] == "rhizome/committed" {
+                heard.extend(
+                    a["ids"].as_array().into_iter().flatten().filter_map(|id| id.as_str().map(str::to_owned)),
+                );
+            }
+        }
+    }
+    let mut once = heard.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), heard.len(), "each once: {heard:?}");
+    // The notices are the region's, passed down with the fold's ids spelled out; the site
+    // wrote none of its own.
+    let region_node =
+        committed_notices(&region)?.first().map(|(node, _)| node.clone()).context("no notice")?;
+    let at_site = committed_notices(&site)?;
+    assert!(at_site.iter().all(|(node, _)| *node == region_node), "{at_site:?}");
+    let mut named: Vec<String> = at_site.into_iter().flat_map(|(_, ids)| ids).collect();
+    named.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(named, want);
+    for server in [site, region, cloud] {
+        server.stop().await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_full_outbox_in_the_middle_of_a_chain_holds_back_what_a_site_relays() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
