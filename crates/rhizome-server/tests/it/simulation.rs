@@ -8,6 +8,8 @@
 //!   both edges exactly once: nothing lost, nothing processed twice;
 //! - the same CRDT objects (a counter, a set) at the cloud, both edges and every client, the
 //!   counter counting every increment added once.
+//! - every action a client added at an edge and that was not undone named by a
+//!   `rhizome/committed` the client received (the cloud committed it), and none other.
 //!
 //! Odd seeds make a chain instead: edge2 is an edge of edge1 (cloud ← edge1 ← edge2), so what
 //! edge2 relays and receives goes through edge1, and the cloud's refusals of dave's elements
@@ -166,6 +168,14 @@ struct Device {
     undone: Vec<(Value, String)>,
     /// Every action it added, by id.
     added: HashMap<String, Value>,
+    /// The server it was at when it added each action (it moves only once all are answered,
+    /// so that server took it).
+    added_at: HashMap<String, &'static str>,
+    /// The ids that the `rhizome/committed` notices in its log of received actions name: the
+    /// cloud committed them (published).
+    committed: BTreeSet<String>,
+    /// The ids of its own actions undone, as the undos name them (published).
+    undone_ids: BTreeSet<String>,
     /// Operations its client folded into a later one before sending them: their answer is
     /// that one's.
     folded_into: HashMap<String, String>,
@@ -358,6 +368,7 @@ async fn use_client(
             let ids = client.add_many(actions.clone()).await?;
             let mut device = device.borrow_mut();
             device.added.extend(ids.iter().map(ActionId::text).zip(actions));
+            device.added_at.extend(ids.iter().map(|id| (id.text(), server)));
             device.plain.extend(ids[..plain].iter().map(|id| id.text()));
             device.increments += write.increments as i64;
             device.elements.extend(elements);
@@ -374,16 +385,24 @@ async fn use_client(
                     objects.insert(key.to_owned(), object.to_json());
                 }
             }
-            let received_messages: BTreeSet<(String, String)> = client
-                .received(0, usize::MAX >> 1)
-                .await?
-                .into_iter()
+            let received = client.received(0, usize::MAX >> 1).await?;
+            let received_messages: BTreeSet<(String, String)> = received
+                .iter()
                 .filter(|r| r.action["type"] == "dm")
-                .map(|r| (r.id, r.action["text"].as_str().unwrap_or_default().to_owned()))
+                .map(|r| (r.id.clone(), r.action["text"].as_str().unwrap_or_default().to_owned()))
+                .collect();
+            let committed: BTreeSet<String> = received
+                .iter()
+                .filter(|r| r.action["type"] == "rhizome/committed")
+                .flat_map(|r| r.action["ids"].as_array().cloned().unwrap_or_default())
+                .filter_map(|id| id.as_str().map(str::to_owned))
                 .collect();
             // The undos its log records (an event may be lost in a crash; the log is not).
             let undone = client.undone().await?;
             let mut device = device.borrow_mut();
+            device.undone_ids =
+                undone.iter().filter(|u| device.added.contains_key(&u.id)).map(|u| u.id.clone()).collect();
+            device.committed = committed;
             device.undone = undone_actions(&device, undone);
             device.queued = Some(queued);
             device.objects = objects;
@@ -993,6 +1012,42 @@ fn run_seed(seed: u64) -> Result<Outcome> {
         // More than wanted never goes away.
         if wrong.iter().any(|w| !w.contains(" 0 times")) || run.sim.elapsed() - healed > CONVERGE {
             bail!("{}\n{}", wrong.join("\n"), run.describe());
+        }
+        run.step_for(5)?;
+    }
+    // The second level of acknowledgement: each action a device added at an edge and that was
+    // not undone is named by a `rhizome/committed` it received, once the cloud committed it
+    // (in a chain, at the cloud's level, not edge1's: so never one the cloud refused). None
+    // added at the cloud is (its `logux/processed` said so), nor any undone. A device names
+    // an operation its client folded into a later one by that one's id.
+    loop {
+        let mut missing = Vec::new();
+        for ((user, _), device) in CLIENTS.iter().zip(&run.devices) {
+            let device = device.borrow();
+            let sent_as = |id: &String| {
+                let mut id = id;
+                while let Some(into) = device.folded_into.get(id) {
+                    id = into;
+                }
+                id.clone()
+            };
+            for (id, at) in &device.added_at {
+                let sent = sent_as(id);
+                let undone = device.undone_ids.contains(&sent);
+                let named = device.committed.contains(&sent);
+                if named && (undone || *at == "cloud") {
+                    bail!("{user} was told that the cloud committed {sent} (added at {at}, undone: {undone})\n{}", run.describe());
+                }
+                if !named && !undone && *at != "cloud" {
+                    missing.push(format!("{user}'s {sent} (added at {at})"));
+                }
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if run.sim.elapsed() - healed > CONVERGE {
+            bail!("no rhizome/committed for {}\n{}", missing.join(", "), run.describe());
         }
         run.step_for(5)?;
     }
