@@ -40,7 +40,7 @@ use rhizome_server::wakeup::WakeupOptions;
 use rhizome_server::{Server, ServerOptions};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -171,9 +171,9 @@ struct Device {
     /// The server it was at when it added each action (it moves only once all are answered,
     /// so that server took it).
     added_at: HashMap<String, &'static str>,
-    /// The ids that the `rhizome/committed` notices in its log of received actions name: the
-    /// cloud committed them (published).
-    committed: BTreeSet<String>,
+    /// The ids that the `rhizome/committed` notices in its log of received actions name (the
+    /// cloud committed them), each with the id of the first notice naming it (published).
+    committed: BTreeMap<String, String>,
     /// The ids of its own actions undone, as the undos name them (published).
     undone_ids: BTreeSet<String>,
     /// Operations its client folded into a later one before sending them: their answer is
@@ -391,12 +391,12 @@ async fn use_client(
                 .filter(|r| r.action["type"] == "dm")
                 .map(|r| (r.id.clone(), r.action["text"].as_str().unwrap_or_default().to_owned()))
                 .collect();
-            let committed: BTreeSet<String> = received
-                .iter()
-                .filter(|r| r.action["type"] == "rhizome/committed")
-                .flat_map(|r| r.action["ids"].as_array().cloned().unwrap_or_default())
-                .filter_map(|id| id.as_str().map(str::to_owned))
-                .collect();
+            let mut committed = BTreeMap::new();
+            for notice in received.iter().filter(|r| r.action["type"] == "rhizome/committed") {
+                for id in notice.action["ids"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                    committed.entry(id.to_owned()).or_insert_with(|| notice.id.clone());
+                }
+            }
             // The undos its log records (an event may be lost in a crash; the log is not).
             let undone = client.undone().await?;
             let mut device = device.borrow_mut();
@@ -1034,10 +1034,14 @@ fn run_seed(seed: u64) -> Result<Outcome> {
             for (id, at) in &device.added_at {
                 let sent = sent_as(id);
                 let undone = device.undone_ids.contains(&sent);
-                let named = device.committed.contains(&sent);
-                if named && (undone || *at == "cloud") {
-                    bail!("{user} was told that the cloud committed {sent} (added at {at}, undone: {undone})\n{}", run.describe());
+                let named = device.committed.get(&sent);
+                if let Some(notice) = named.filter(|_| undone || *at == "cloud") {
+                    bail!(
+                        "{user} was told by {notice} that the cloud committed {sent} (added at {at}, undone: {undone})\n{}",
+                        run.describe()
+                    );
                 }
+                let named = named.is_some();
                 if !named && !undone && *at != "cloud" {
                     missing.push(format!("{user}'s {sent} (added at {at})"));
                 }
