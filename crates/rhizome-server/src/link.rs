@@ -1132,7 +1132,8 @@ impl Link {
                             for other in &others {
                                 answers.push(RelayAnswer { target: other.clone(), undo: undo.clone() });
                             }
-                            if undo.is_none() {
+                            // Kept while the upstream's own upstream may still refuse it.
+                            if undo.is_none() && session.upstream_relays {
                                 batch.relay_folds.push((target.text(), positions));
                                 let mut ids = others;
                                 ids.push(target.clone());
@@ -1195,7 +1196,15 @@ impl Link {
         // The upstream's word that the cloud committed actions: those this edge sent up folded
         // are named by the id of their fold there, and here by their own.
         let action_json = if kind == COMMITTED_TYPE && id.node.is_server() {
-            self.expand_folds(action).await
+            let (json, folds) = self.expand_folds(action).await;
+            // Committed by the cloud: never refused now, so no longer kept.
+            for fold in folds {
+                if let Some(id) = ActionId::parse(&fold) {
+                    self.folds_writing.remove(&id);
+                }
+                batch.relay_folds_done.push(fold);
+            }
+            json
         } else {
             action.json().clone()
         };
@@ -1223,10 +1232,10 @@ impl Link {
     /// `notice`, a [`COMMITTED_TYPE`] from the upstream, naming each fold this edge sent up
     /// by the ids in it (in log order) rather than by the id it went under. A fold is read
     /// from the writes in flight or from the store; an id that is none is kept as it is, and so
-    /// is a notice that cannot be read.
-    async fn expand_folds(&self, notice: &Action) -> Arc<str> {
+    /// is a notice that cannot be read. With the ids of the folds it names.
+    async fn expand_folds(&self, notice: &Action) -> (Arc<str>, Vec<String>) {
         let Some(ids) = notice.fields().get("ids").and_then(serde_json::Value::as_array) else {
-            return notice.json().clone();
+            return (notice.json().clone(), Vec::new());
         };
         let ids: Vec<String> = ids.iter().filter_map(|id| id.as_str().map(str::to_owned)).collect();
         let writing: Vec<Option<Vec<ActionId>>> = ids
@@ -1236,9 +1245,11 @@ impl Link {
         let store = self.shared.store.clone();
         let expanded = rhizome_io::blocking(move || {
             let mut expanded: Vec<String> = Vec::with_capacity(ids.len());
+            let mut folds = Vec::new();
             for (id, writing) in ids.into_iter().zip(writing) {
                 if let Some(folded) = writing {
                     expanded.extend(folded.iter().map(ActionId::text));
+                    folds.push(id);
                     continue;
                 }
                 match store.fold_of(&id)? {
@@ -1248,22 +1259,23 @@ impl Link {
                                 expanded.push(entry.id.text());
                             }
                         }
+                        folds.push(id);
                     }
                     None => expanded.push(id),
                 }
             }
-            Ok::<_, rhizome_store::StoreError>(expanded)
+            Ok::<_, rhizome_store::StoreError>((expanded, folds))
         })
         .await;
         match expanded {
-            Ok(Ok(mut ids)) => {
+            Ok(Ok((mut ids, folds))) => {
                 let mut seen = HashSet::new();
                 ids.retain(|id| seen.insert(id.clone()));
-                Arc::from(serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string())
+                (Arc::from(serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string()), folds)
             }
             _ => {
                 tracing::warn!("the folds a rhizome/committed from the upstream names could not be read");
-                notice.json().clone()
+                (notice.json().clone(), Vec::new())
             }
         }
     }
@@ -1287,16 +1299,35 @@ impl Link {
         // upstream): their positions, routing and status. A delta may have been emptied by
         // snapshot cleaning since (an answer that came again, from the upstream's log, after
         // the cursor passed it). An undo of a fold the upstream accepted before (its own
-        // upstream refused it since) undoes every delta in it: `folded_too`.
+        // upstream refused it since) undoes every delta in it: `folded_too` (the fold's record
+        // may still be in a write in flight).
+        let writing: HashMap<ActionId, Vec<ActionId>> = targets
+            .iter()
+            .filter_map(|target| self.folds_writing.get(target).map(|ids| (target.clone(), ids.clone())))
+            .collect();
         let found = rhizome_io::blocking(move || {
             let mut found = HashMap::new();
             let mut folded_too = Vec::new();
+            let mut folds = Vec::new();
             for target in targets {
                 let Some(position) = store.position_of_id(&target.text())? else { continue };
                 if let Some(own) = store.own_entry(position)? {
                     found.insert(target.clone(), own);
                 }
-                for position in store.fold_of(&target.text())?.unwrap_or_default() {
+                let fold = match writing.get(&target) {
+                    Some(ids) => {
+                        let mut positions = Vec::with_capacity(ids.len());
+                        for id in ids {
+                            positions.extend(store.position_of_id(&id.text())?);
+                        }
+                        Some(positions)
+                    }
+                    None => store.fold_of(&target.text())?,
+                };
+                if fold.is_some() {
+                    folds.push(target.text());
+                }
+                for position in fold.unwrap_or_default() {
                     if let Some(own) = store.own_entry(position)? {
                         if own.0.id != target {
                             folded_too.push((own.0.id.clone(), target.clone()));
@@ -1305,14 +1336,16 @@ impl Link {
                     }
                 }
             }
-            Ok::<_, rhizome_store::StoreError>((found, folded_too))
+            Ok::<_, rhizome_store::StoreError>((found, folded_too, folds))
         })
         .await;
-        let (found, folded_too) = match found {
+        let (found, folded_too, folds) = match found {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
             Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
         };
+        // Refused: no longer kept.
+        batch.relay_folds_done.extend(folds);
         for (id, fold) in folded_too {
             let undo = answers.iter().find(|a| a.target == fold).and_then(|a| a.undo.clone());
             answers.push(RelayAnswer { target: id, undo });

@@ -64,6 +64,9 @@ pub struct WriteBatch {
     /// Deltas an edge relayed folded into one that its upstream accepted: the id the fold went
     /// under, and the positions of every delta in it (see [`Store::fold_of`]).
     pub relay_folds: Vec<(String, Vec<Position>)>,
+    /// Folds whose record is no longer needed (the cloud committed or refused them), by the
+    /// id each went under: deleted after this batch's `relay_folds` are written.
+    pub relay_folds_done: Vec<String>,
 }
 
 /// The correction of an edge's CRDT object after its upstream refused one of the operations
@@ -152,6 +155,7 @@ impl WriteBatch {
             && self.object_resets.is_empty()
             && self.client_positions.is_empty()
             && self.relay_folds.is_empty()
+            && self.relay_folds_done.is_empty()
     }
 }
 

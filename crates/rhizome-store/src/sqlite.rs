@@ -1210,6 +1210,7 @@ impl LogWriter for SqliteWriter {
             let mut reset_done = tx.prepare_cached("DELETE FROM object_resets WHERE key = ?1")?;
             let mut relay_fold =
                 tx.prepare_cached("INSERT OR REPLACE INTO relay_folds(id, positions) VALUES (?1, ?2)")?;
+            let mut relay_fold_done = tx.prepare_cached("DELETE FROM relay_folds WHERE id = ?1")?;
             let mut client_position = tx.prepare_cached(
                 "INSERT INTO client_positions(client, position) VALUES (?1, ?2)
                  ON CONFLICT(client) DO UPDATE SET position = max(position, excluded.position)",
@@ -1466,6 +1467,9 @@ impl LogWriter for SqliteWriter {
                 }
                 for (id, positions) in batch.relay_folds.drain(..) {
                     relay_fold.execute(params![id, encode_positions(&positions)])?;
+                }
+                for id in batch.relay_folds_done.drain(..) {
+                    relay_fold_done.execute([id])?;
                 }
                 for reset in batch.object_resets.drain(..) {
                     // The index runs of this transaction's appends are read.

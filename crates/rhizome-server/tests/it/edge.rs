@@ -915,6 +915,8 @@ async fn an_authors_deltas_of_one_object_go_up_folded_and_each_is_answered() -> 
         }
     }
     assert!(wanted.iter().all(|id| committed.contains(*id)));
+    // The cloud's answer is final: no fold's record is kept.
+    assert_eq!(folds_kept(&edge)?, 0);
     edge.stop().await;
     cloud.stop().await;
     Ok(())
@@ -1029,6 +1031,13 @@ async fn a_chain_of_cloud_region_and_sites_relays_both_ways() -> Result<()> {
     Ok(())
 }
 
+/// How many folds `server` keeps a record of (`relay_folds`: its upstream accepted them, and
+/// the cloud has not committed or refused them yet).
+fn folds_kept(server: &TestServer) -> Result<i64> {
+    let db = rusqlite::Connection::open(server.db_path())?;
+    Ok(db.query_row("SELECT count(*) FROM relay_folds", [], |r| r.get(0))?)
+}
+
 /// The `rhizome/committed` notices in `server`'s log: the node of each one's id, and the ids
 /// it names.
 fn committed_notices(server: &TestServer) -> Result<Vec<(String, Vec<String>)>> {
@@ -1073,6 +1082,8 @@ async fn in_a_chain_the_author_hears_of_the_commit_when_the_cloud_commits() -> R
     // (it would have written the notice in the write that took the region's answers).
     assert_eq!(committed_notices(&site)?, Vec::new());
     assert_eq!(committed_notices(&region)?, Vec::new());
+    // The site keeps the fold's record: the cloud may still refuse it.
+    assert_eq!(folds_kept(&site)?, 1);
     // The cloud commits: Alice hears of each of her actions, the folded ones by their own ids.
     to_cloud.down(false);
     let mut heard: Vec<String> = Vec::new();
@@ -1103,6 +1114,8 @@ async fn in_a_chain_the_author_hears_of_the_commit_when_the_cloud_commits() -> R
     let mut want = sent.clone();
     want.sort();
     assert_eq!(named, want);
+    // Committed by the cloud, the fold is never refused now: its record goes.
+    assert_eq!(folds_kept(&site)?, 0);
     for server in [site, region, cloud] {
         server.stop().await;
     }
@@ -2025,6 +2038,7 @@ async fn a_fold_the_region_took_and_the_cloud_refused_later_is_undone_whole() ->
             told.len() == ids.len()
         })
         .await?;
+    assert_eq!(folds_kept(&site)?, 0, "refused, the fold's record goes");
     for server in [site, region, cloud] {
         server.stop().await;
     }
