@@ -69,8 +69,8 @@ pub struct UpstreamOptions {
     /// the edge's log alone.
     pub channels_max: usize,
     /// Sends each author's deltas of one CRDT object within a `sync` as one delta (their ids
-    /// but the last are then not in the upstream's log; their authors still get
-    /// `rhizome/committed` or `logux/undo` from this edge).
+    /// but the last are then not in the upstream's log; their authors are still told of each
+    /// by its own id, in `rhizome/committed` or `logux/undo`).
     pub fold_crdt: bool,
     /// When set, `GET /v1/edge/status` answers only a request with `Authorization: Bearer
     /// <it>` (401 otherwise).
@@ -265,7 +265,13 @@ struct RelayAnswer {
     target: ActionId,
     /// The `logux/undo` action, or `None` for `logux/processed`.
     undo: Option<Action>,
+    /// The cloud committed it already: the upstream's `rhizome/committed` named the fold it
+    /// went in before this answer came (see [`Link::named_early`]).
+    committed: bool,
 }
+
+/// Ids kept in [`Link::named_early`] at most: past it, the set starts over.
+const NAMED_EARLY_MAX: usize = 100_000;
 
 /// The slowest an upstream may take a frame once the link's timeout passed, in bytes per
 /// millisecond (256 KB/s): a large action on a slow line is not taken for a hung upstream.
@@ -419,6 +425,7 @@ pub(crate) async fn run(
         follow,
         folded: HashMap::new(),
         folds_writing: HashMap::new(),
+        named_early: HashSet::new(),
         awaiting: HashMap::new(),
         resets: durable.resets.into_iter().map(|key| (key, 0)).collect(),
         cursor_write: None,
@@ -487,6 +494,9 @@ struct Link {
     /// yet: the ids in each, by the id it went under, for the upstream's `rhizome/committed`
     /// that may come before the write commits (see [`Link::expand_folds`]).
     folds_writing: HashMap<ActionId, Vec<ActionId>>,
+    /// Ids that the upstream's `rhizome/committed` named and that were no fold known here: one
+    /// may be a fold whose `logux/processed` is still to come (see [`RelayAnswer::committed`]).
+    named_early: HashSet<ActionId>,
     /// The actions sent on this connection and not answered yet: the id each went under, and
     /// the lowest position it carries (see [`Uplink::answered`]).
     awaiting: HashMap<ActionId, Position>,
@@ -1127,20 +1137,28 @@ impl Link {
                     // The upstream's answer to an action this edge relayed.
                     if let Some(target) = rhizome_protocol::ActionId::parse(target) {
                         let undo = (kind == "logux/undo").then(|| action.clone());
-                        // The ids folded into it share its answer.
+                        // The ids folded into it share its answer. The cloud's commit may have
+                        // been passed down first, naming only the fold's id (the upstream's
+                        // answers to a `sync` wait for all of its actions; or this edge forgot
+                        // the fold after a drop): the others are told now, and no record kept.
+                        let committed = undo.is_none() && self.named_early.remove(&target);
                         if let Some((others, positions)) = self.folded.remove(&target) {
                             for other in &others {
-                                answers.push(RelayAnswer { target: other.clone(), undo: undo.clone() });
+                                answers.push(RelayAnswer {
+                                    target: other.clone(),
+                                    undo: undo.clone(),
+                                    committed,
+                                });
                             }
                             // Kept while the upstream's own upstream may still refuse it.
-                            if undo.is_none() && session.upstream_relays {
+                            if undo.is_none() && session.upstream_relays && !committed {
                                 batch.relay_folds.push((target.text(), positions));
                                 let mut ids = others;
                                 ids.push(target.clone());
                                 self.folds_writing.insert(target.clone(), ids);
                             }
                         }
-                        answers.push(RelayAnswer { target, undo });
+                        answers.push(RelayAnswer { target, undo, committed: false });
                     }
                     return;
                 };
@@ -1196,7 +1214,7 @@ impl Link {
         // The upstream's word that the cloud committed actions: those this edge sent up folded
         // are named by the id of their fold there, and here by their own.
         let action_json = if kind == COMMITTED_TYPE && id.node.is_server() {
-            let (json, folds) = self.expand_folds(action).await;
+            let (json, folds, others) = self.expand_folds(action).await;
             // Committed by the cloud: never refused now, so no longer kept.
             for fold in folds {
                 if let Some(id) = ActionId::parse(&fold) {
@@ -1204,6 +1222,10 @@ impl Link {
                 }
                 batch.relay_folds_done.push(fold);
             }
+            if self.named_early.len() + others.len() > NAMED_EARLY_MAX {
+                self.named_early.clear();
+            }
+            self.named_early.extend(others.iter().filter_map(|id| ActionId::parse(id)));
             json
         } else {
             action.json().clone()
@@ -1232,10 +1254,10 @@ impl Link {
     /// `notice`, a [`COMMITTED_TYPE`] from the upstream, naming each fold this edge sent up
     /// by the ids in it (in log order) rather than by the id it went under. A fold is read
     /// from the writes in flight or from the store; an id that is none is kept as it is, and so
-    /// is a notice that cannot be read. With the ids of the folds it names.
-    async fn expand_folds(&self, notice: &Action) -> (Arc<str>, Vec<String>) {
+    /// is a notice that cannot be read. With the ids of the folds it names, and the other ids.
+    async fn expand_folds(&self, notice: &Action) -> (Arc<str>, Vec<String>, Vec<String>) {
         let Some(ids) = notice.fields().get("ids").and_then(serde_json::Value::as_array) else {
-            return (notice.json().clone(), Vec::new());
+            return (notice.json().clone(), Vec::new(), Vec::new());
         };
         let ids: Vec<String> = ids.iter().filter_map(|id| id.as_str().map(str::to_owned)).collect();
         let writing: Vec<Option<Vec<ActionId>>> = ids
@@ -1246,6 +1268,7 @@ impl Link {
         let expanded = rhizome_io::blocking(move || {
             let mut expanded: Vec<String> = Vec::with_capacity(ids.len());
             let mut folds = Vec::new();
+            let mut others = Vec::new();
             for (id, writing) in ids.into_iter().zip(writing) {
                 if let Some(folded) = writing {
                     expanded.extend(folded.iter().map(ActionId::text));
@@ -1261,21 +1284,25 @@ impl Link {
                         }
                         folds.push(id);
                     }
-                    None => expanded.push(id),
+                    None => {
+                        others.push(id.clone());
+                        expanded.push(id);
+                    }
                 }
             }
-            Ok::<_, rhizome_store::StoreError>((expanded, folds))
+            Ok::<_, rhizome_store::StoreError>((expanded, folds, others))
         })
         .await;
         match expanded {
-            Ok(Ok((mut ids, folds))) => {
+            Ok(Ok((mut ids, folds, others))) => {
                 let mut seen = HashSet::new();
                 ids.retain(|id| seen.insert(id.clone()));
-                (Arc::from(serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string()), folds)
+                let json = Arc::from(serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string());
+                (json, folds, others)
             }
             _ => {
                 tracing::warn!("the folds a rhizome/committed from the upstream names could not be read");
-                (notice.json().clone(), Vec::new())
+                (notice.json().clone(), Vec::new(), Vec::new())
             }
         }
     }
@@ -1348,7 +1375,7 @@ impl Link {
         batch.relay_folds_done.extend(folds);
         for (id, fold) in folded_too {
             let undo = answers.iter().find(|a| a.target == fold).and_then(|a| a.undo.clone());
-            answers.push(RelayAnswer { target: id, undo });
+            answers.push(RelayAnswer { target: id, undo, committed: false });
         }
         // Per author, in the order of the answers (a map's order would change the log's from
         // one run to the next).
@@ -1359,7 +1386,15 @@ impl Link {
         for answer in answers {
             let author = answer.target.client_id();
             let Some(undo) = answer.undo else {
-                if upstream_relays {
+                // The upstream's notice comes down once the cloud commits, to the sites that
+                // follow the author's user; an author whose user this edge does not follow
+                // (no user part, or past `channels_max`) is told now, at its upstream's level.
+                let followed = || {
+                    answer.target.node.user_id().is_some_and(|user| {
+                        self.channels.contains_key(&format!("{USER_CHANNEL_PREFIX}{user}"))
+                    })
+                };
+                if upstream_relays && !answer.committed && followed() {
                     continue;
                 }
                 let i = *author_index.entry(author.clone()).or_insert_with(|| {

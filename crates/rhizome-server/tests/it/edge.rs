@@ -1122,6 +1122,81 @@ async fn in_a_chain_the_author_hears_of_the_commit_when_the_cloud_commits() -> R
     Ok(())
 }
 
+/// An action type whose `process` takes a while.
+struct Slow;
+
+#[async_trait::async_trait]
+impl rhizome_core::ActionType for Slow {
+    async fn access(
+        &self,
+        _: &rhizome_core::Context,
+        _: &rhizome_protocol::Action,
+        _: &rhizome_core::Meta,
+    ) -> Result<bool, rhizome_core::HookError> {
+        Ok(true)
+    }
+
+    fn processes(&self) -> bool {
+        true
+    }
+
+    async fn process(
+        &self,
+        _: &rhizome_core::Context,
+        _: &rhizome_protocol::Action,
+        _: &rhizome_core::Meta,
+    ) -> Result<(), rhizome_core::HookError> {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_site_that_hears_of_the_clouds_commit_of_a_fold_before_its_regions_answer_names_all_of_it(
+) -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    // The region answers a `sync` once every action in it is processed: the fold in it is
+    // committed at the cloud, and its notice on its way down, while `slow` is processed.
+    let region = TestServer::region_with_app(&cloud.url(), |app| app.action_type("slow", Slow)).await?;
+    let to_region = Proxy::start(region.addr).await?;
+    to_region.down(true);
+    let site = TestServer::edge_with_app_edited(&to_region.url(), |app| app.action_type("slow", Slow)).await?;
+    let mut alice = site.login("alice:a1:t").await?;
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        sent.push(alice.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?);
+    }
+    alice.wait_processed(&sent[1]).await?;
+    let slow = alice.send_action(json!({"type": "slow"})).await?;
+    alice.wait_processed(&slow).await?;
+    // One `sync`: the fold of both increments, then `slow`.
+    to_region.down(false);
+    let mut heard: Vec<String> = Vec::new();
+    while sent.iter().any(|id| !heard.contains(id)) {
+        let m = tokio::time::timeout(CONVERGE, alice.next_json())
+            .await
+            .with_context(|| format!("waiting for the cloud's commit; heard of {heard:?}"))??;
+        for a in crate::support::sync_actions(&m) {
+            if a["type"] == "rhizome/committed" {
+                heard.extend(
+                    a["ids"].as_array().into_iter().flatten().filter_map(|id| id.as_str().map(str::to_owned)),
+                );
+            }
+        }
+    }
+    // The region's notice came first, naming the fold's id alone; the site told the rest when
+    // the region answered, and keeps no record of a fold the cloud committed.
+    let notices = committed_notices(&site)?;
+    assert!(notices.len() >= 2, "{notices:?}");
+    assert_eq!(notices[0].1, [sent[1].clone()], "{notices:?}");
+    wait_forwarded(&site).await?;
+    assert_eq!(folds_kept(&site)?, 0);
+    for server in [site, region, cloud] {
+        server.stop().await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_full_outbox_in_the_middle_of_a_chain_holds_back_what_a_site_relays() -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;

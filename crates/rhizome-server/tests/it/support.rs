@@ -265,6 +265,21 @@ impl TestServer {
         Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
     }
 
+    /// [`TestServer::edge_of`] whose application `edit` changes (extra action types).
+    pub async fn edge_with_app_edited(upstream: &str, edit: impl FnOnce(App) -> App) -> Result<TestServer> {
+        let (app, limits) = Self::default_rules()?;
+        let link = link_to(upstream, "edge:edited:link");
+        Self::start_edge_in(tempfile::tempdir()?, edit(app), limits, WakeupOptions::default(), Some(link)).await
+    }
+
+    /// [`TestServer::region_of`] whose application `edit` changes (extra action types).
+    pub async fn region_with_app(upstream: &str, edit: impl FnOnce(App) -> App) -> Result<TestServer> {
+        let (app, limits) = Self::rules_with_peers(&["edge"], DEFAULT_LIMITS)?;
+        let link = link_to(upstream, "edge:region:link");
+        Self::start_edge_in(tempfile::tempdir()?, edit(app), limits, WakeupOptions::default(), Some(link))
+            .await
+    }
+
     /// The tests' rules (`RULES`) and [`DEFAULT_LIMITS`].
     pub fn default_rules() -> Result<(App, Limits)> {
         let text = format!("{RULES}\n[limits]\n{DEFAULT_LIMITS}\n");
