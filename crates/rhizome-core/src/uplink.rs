@@ -40,6 +40,25 @@ pub fn forward(author: &NodeId, status: &Status) -> Forward {
     }
 }
 
+/// The bit set in the sequence number of [`taken_back_id`]: below [`REJOINED_SEQ`], above any
+/// sequence a Logux node makes.
+const TAKEN_BACK_SEQ: u64 = 1 << 51;
+
+/// The id under which an edge takes back a counter operation `id` that its upstream refused
+/// (see `rhizome_store::Append::crdt_undo`): the same author and time, so that it is judged
+/// as the author's, with a sequence number no node makes. `None` for an id whose sequence is
+/// that high already (one taken back, or rejoined, is not taken back again).
+pub fn taken_back_id(id: &rhizome_protocol::ActionId) -> Option<rhizome_protocol::ActionId> {
+    (id.seq < TAKEN_BACK_SEQ)
+        .then(|| rhizome_protocol::ActionId { seq: id.seq | TAKEN_BACK_SEQ, ..id.clone() })
+}
+
+/// Whether `id` is one under which an edge took back a refused counter operation
+/// ([`taken_back_id`]).
+pub fn is_taken_back(id: &rhizome_protocol::ActionId) -> bool {
+    id.seq & TAKEN_BACK_SEQ != 0 && id.seq < REJOINED_SEQ
+}
+
 /// The bit set in the sequence number of [`rejoined_id`]: far above any sequence a Logux node
 /// makes (a count of ids within one millisecond), and exact in a JavaScript number.
 const REJOINED_SEQ: u64 = 1 << 52;
@@ -238,6 +257,17 @@ mod tests {
         let rejoined = rejoined_id(&id).expect("rejoined");
         assert_eq!(rejoined.text(), "1700000000000 alice:a1:t 4503599627370499");
         assert_eq!(rejoined_id(&rejoined), None, "not twice");
+    }
+
+    #[test]
+    fn a_taken_back_id_is_the_authors_with_a_sequence_no_node_makes() {
+        let id = rhizome_protocol::ActionId::parse("1700000000000 alice:a1:t 3").expect("id");
+        assert!(!is_taken_back(&id));
+        let back = taken_back_id(&id).expect("taken back");
+        assert_eq!(back.text(), "1700000000000 alice:a1:t 2251799813685251");
+        assert!(is_taken_back(&back));
+        assert_eq!(taken_back_id(&back), None, "not twice");
+        assert!(!is_taken_back(&rejoined_id(&id).expect("rejoined")));
     }
     use proptest::prelude::*;
 

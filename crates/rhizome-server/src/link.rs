@@ -270,6 +270,19 @@ struct RelayAnswer {
     committed: bool,
 }
 
+/// An upstream's `rhizome/committed` as this edge passes it on (see [`Link::expand_folds`]).
+#[derive(Default)]
+struct Expanded {
+    /// The notice, each fold named by the ids in it.
+    json: Arc<str>,
+    /// The folds it named, by the id each went under.
+    folds: Vec<String>,
+    /// The ids it named that are no fold known here.
+    others: Vec<String>,
+    /// The positions here of what it named that this edge logged.
+    positions: Vec<Position>,
+}
+
 /// Ids kept in [`Link::named_early`] at most: past it, the set starts over.
 const NAMED_EARLY_MAX: usize = 100_000;
 
@@ -426,6 +439,7 @@ pub(crate) async fn run(
         folded: HashMap::new(),
         folds_writing: HashMap::new(),
         named_early: HashSet::new(),
+        upstream_relays: false,
         awaiting: HashMap::new(),
         resets: durable.resets.into_iter().map(|key| (key, 0)).collect(),
         cursor_write: None,
@@ -497,6 +511,8 @@ struct Link {
     /// Ids that the upstream's `rhizome/committed` named and that were no fold known here: one
     /// may be a fold whose `logux/processed` is still to come (see [`RelayAnswer::committed`]).
     named_early: HashSet<ActionId>,
+    /// The upstream of the last connection relays further (see [`Session::upstream_relays`]).
+    upstream_relays: bool,
     /// The actions sent on this connection and not answered yet: the id each went under, and
     /// the lowest position it carries (see [`Uplink::answered`]).
     awaiting: HashMap<ActionId, Position>,
@@ -612,6 +628,7 @@ impl Link {
             Err(end) => return end,
         };
         self.uplink.connected();
+        self.upstream_relays = session.upstream_relays;
         // What was not answered is sent again, and answered under the ids it goes under then.
         self.awaiting.clear();
         self.folded.clear();
@@ -1214,7 +1231,8 @@ impl Link {
         // The upstream's word that the cloud committed actions: those this edge sent up folded
         // are named by the id of their fold there, and here by their own.
         let action_json = if kind == COMMITTED_TYPE && id.node.is_server() {
-            let (json, folds, others) = self.expand_folds(action).await;
+            let Expanded { json, folds, others, positions } = self.expand_folds(action).await;
+            batch.counter_ops_done.extend(positions);
             // Committed by the cloud: never refused now, so no longer kept.
             for fold in folds {
                 if let Some(id) = ActionId::parse(&fold) {
@@ -1254,10 +1272,10 @@ impl Link {
     /// `notice`, a [`COMMITTED_TYPE`] from the upstream, naming each fold this edge sent up
     /// by the ids in it (in log order) rather than by the id it went under. A fold is read
     /// from the writes in flight or from the store; an id that is none is kept as it is, and so
-    /// is a notice that cannot be read. With the ids of the folds it names, and the other ids.
-    async fn expand_folds(&self, notice: &Action) -> (Arc<str>, Vec<String>, Vec<String>) {
+    /// is a notice that cannot be read.
+    async fn expand_folds(&self, notice: &Action) -> Expanded {
         let Some(ids) = notice.fields().get("ids").and_then(serde_json::Value::as_array) else {
-            return (notice.json().clone(), Vec::new(), Vec::new());
+            return Expanded { json: notice.json().clone(), ..Expanded::default() };
         };
         let ids: Vec<String> = ids.iter().filter_map(|id| id.as_str().map(str::to_owned)).collect();
         let writing: Vec<Option<Vec<ActionId>>> = ids
@@ -1269,40 +1287,48 @@ impl Link {
             let mut expanded: Vec<String> = Vec::with_capacity(ids.len());
             let mut folds = Vec::new();
             let mut others = Vec::new();
+            // The positions of those this edge relayed: their counter operations can no longer
+            // be refused.
+            let mut positions = Vec::new();
             for (id, writing) in ids.into_iter().zip(writing) {
                 if let Some(folded) = writing {
+                    for id in &folded {
+                        positions.extend(store.position_of_id(&id.text())?);
+                    }
                     expanded.extend(folded.iter().map(ActionId::text));
                     folds.push(id);
                     continue;
                 }
                 match store.fold_of(&id)? {
-                    Some(positions) => {
-                        for position in positions {
+                    Some(fold) => {
+                        for position in fold {
                             if let Some((entry, _)) = store.own_entry(position)? {
                                 expanded.push(entry.id.text());
+                                positions.push(position);
                             }
                         }
                         folds.push(id);
                     }
                     None => {
+                        positions.extend(store.position_of_id(&id)?);
                         others.push(id.clone());
                         expanded.push(id);
                     }
                 }
             }
-            Ok::<_, rhizome_store::StoreError>((expanded, folds, others))
+            Ok::<_, rhizome_store::StoreError>((expanded, folds, others, positions))
         })
         .await;
         match expanded {
-            Ok(Ok((mut ids, folds, others))) => {
+            Ok(Ok((mut ids, folds, others, positions))) => {
                 let mut seen = HashSet::new();
                 ids.retain(|id| seen.insert(id.clone()));
                 let json = Arc::from(serde_json::json!({"type": COMMITTED_TYPE, "ids": ids}).to_string());
-                (json, folds, others)
+                Expanded { json, folds, others, positions }
             }
             _ => {
                 tracing::warn!("the folds a rhizome/committed from the upstream names could not be read");
-                (notice.json().clone(), Vec::new(), Vec::new())
+                Expanded { json: notice.json().clone(), ..Expanded::default() }
             }
         }
     }
@@ -1333,7 +1359,7 @@ impl Link {
             .filter_map(|target| self.folds_writing.get(target).map(|ids| (target.clone(), ids.clone())))
             .collect();
         let found = rhizome_io::blocking(move || {
-            let mut found = HashMap::new();
+            let mut found: HashMap<ActionId, (StoredEntry, Status)> = HashMap::new();
             let mut folded_too = Vec::new();
             let mut folds = Vec::new();
             for target in targets {
@@ -1363,10 +1389,18 @@ impl Link {
                     }
                 }
             }
-            Ok::<_, rhizome_store::StoreError>((found, folded_too, folds))
+            // The counter operations among them, to take back (their deltas are running totals
+            // that later ones carry).
+            let mut counter_ops = HashMap::new();
+            for (id, (entry, _)) in &found {
+                if let Some(op) = store.counter_op(entry.added)? {
+                    counter_ops.insert(id.clone(), op);
+                }
+            }
+            Ok::<_, rhizome_store::StoreError>((found, folded_too, folds, counter_ops))
         })
         .await;
-        let (found, folded_too, folds) = match found {
+        let (found, folded_too, folds, counter_ops) = match found {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
             Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
@@ -1377,6 +1411,7 @@ impl Link {
             let undo = answers.iter().find(|a| a.target == fold).and_then(|a| a.undo.clone());
             answers.push(RelayAnswer { target: id, undo, committed: false });
         }
+        let taken_back = rhizome_core::uplink::is_taken_back;
         // Per author, in the order of the answers (a map's order would change the log's from
         // one run to the next).
         let mut committed: Vec<(rhizome_protocol::ClientId, Vec<String>)> = Vec::new();
@@ -1394,7 +1429,8 @@ impl Link {
                         self.channels.contains_key(&format!("{USER_CHANNEL_PREFIX}{user}"))
                     })
                 };
-                if upstream_relays && !answer.committed && followed() {
+                // An operation taken back is no client's.
+                if taken_back(&answer.target) || (upstream_relays && !answer.committed && followed()) {
                     continue;
                 }
                 let i = *author_index.entry(author.clone()).or_insert_with(|| {
@@ -1430,8 +1466,18 @@ impl Link {
             let json =
                 Arc::from(crate::pipeline::undo_json(&answer.target, &relayed, &reason, &Default::default()));
             batch.statuses.push((entry.added, Status::Undone(reason)));
+            // A refused counter operation is taken back, under its author, by its inverse: the
+            // deltas of the author's later operations carry it in their running totals, so
+            // leaving it out of the object would not be enough (docs/edge.md).
+            if let Some(op) = counter_ops.get(&answer.target) {
+                let logged = Action::from_json(&relayed)
+                    .and_then(|action| rhizome_crdt::parse_delta(action.fields()).ok())
+                    .map(|(_, delta)| delta);
+                self.take_back(&answer.target, entry, op, logged, batch);
+            }
             let mut routing = Routing {
-                clients: vec![author],
+                // An operation taken back is no client's (its undo corrects the object).
+                clients: if taken_back(&answer.target) { Vec::new() } else { vec![author] },
                 channels: entry.routing.channels.clone(),
                 ..Routing::default()
             };
@@ -1457,6 +1503,42 @@ impl Link {
             batch.appends.push(Append::new(self.server_entry(Arc::from(action), routing)));
         }
         Ok(())
+    }
+
+    /// Appends to `batch` the taking back of `op`, the counter operation of `id` (logged as
+    /// `entry`, its delta `logged`) that the upstream refused: its inverse, applied under the
+    /// same actor to totals that hold it, under
+    /// [`rhizome_core::uplink::taken_back_id`]. It goes up like the author's operations, and to
+    /// the object's subscribers and the author's devices. Its record is then done with.
+    fn take_back(
+        &self,
+        id: &ActionId,
+        entry: &StoredEntry,
+        op: &rhizome_crdt::ops::Op,
+        logged: Option<rhizome_crdt::Object>,
+        batch: &mut WriteBatch,
+    ) {
+        batch.counter_ops_done.push(entry.added);
+        let (Some(back), Some(inverse)) =
+            (rhizome_core::uplink::taken_back_id(id), rhizome_crdt::ops::inverse(op))
+        else {
+            return;
+        };
+        let actor = rhizome_core::actor::actor(&id.node, self.shared.site.get());
+        let mut channels = entry.routing.channels.clone();
+        let channel = Channel::from(format!("crdt/{}", op.key()));
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+        let new = NewEntry {
+            time: now_ms(),
+            id: back,
+            action_json: Arc::from(serde_json::Value::Object(inverse.to_action()).to_string()),
+            subprotocol: self.shared.config.subprotocol,
+            routing: Routing { channels, clients: vec![id.client_id()], ..Routing::default() },
+            status: Status::Processed,
+        };
+        batch.appends.push(Append::crdt_undo(new, op.clone(), actor, logged));
     }
 
     /// An action of this server's own.
@@ -1591,9 +1673,7 @@ impl Link {
         if self.cursor_write.is_some() || confirmed <= self.cursor_written {
             return;
         }
-        let batch =
-            WriteBatch { cursors: vec![(UPSTREAM_SENT.to_owned(), confirmed)], ..WriteBatch::default() };
-        let rx = self.shared.writer.write_unordered(batch).await;
+        let rx = self.shared.writer.write_unordered(self.cursor_batch(confirmed)).await;
         self.cursor_write = Some((rx, confirmed));
         self.cursor_written = confirmed;
     }
@@ -1605,9 +1685,18 @@ impl Link {
         }
         let confirmed = self.uplink.confirmed();
         if confirmed > self.cursor_written {
-            let batch =
-                WriteBatch { cursors: vec![(UPSTREAM_SENT.to_owned(), confirmed)], ..WriteBatch::default() };
-            let _ = self.shared.writer.write_unordered(batch).await.await;
+            let _ = self.shared.writer.write_unordered(self.cursor_batch(confirmed)).await.await;
+        }
+    }
+
+    /// The write of the cursor at `confirmed`: every entry up to it was answered. An upstream
+    /// that does not relay further is the cloud, whose answers are final: the counter
+    /// operations up to there can no longer be refused.
+    fn cursor_batch(&self, confirmed: Position) -> WriteBatch {
+        WriteBatch {
+            cursors: vec![(UPSTREAM_SENT.to_owned(), confirmed)],
+            counter_ops_through: (!self.upstream_relays).then_some(confirmed),
+            ..WriteBatch::default()
         }
     }
 }
@@ -1774,7 +1863,9 @@ impl Chunk {
 
 /// The key and delta of a logged `crdt/delta`, if `entry` is one.
 fn folded_delta(entry: &StoredEntry) -> Option<(String, rhizome_crdt::Object)> {
-    if !entry.action_json.contains("\"crdt/delta\"") {
+    // A taking back goes up alone: the upstream takes it whatever the author may do now,
+    // which must not cover the author's operations.
+    if !entry.action_json.contains("\"crdt/delta\"") || rhizome_core::uplink::is_taken_back(&entry.id) {
         return None;
     }
     let action = Action::from_json(&entry.action_json)?;

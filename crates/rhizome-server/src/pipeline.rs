@@ -318,10 +318,19 @@ impl Pipeline {
                     continue;
                 }
             };
-            let refusal = match rules.access(ctx, &action, &meta).await {
-                Ok(true) => None,
-                Ok(false) => Some(Err("denied")),
-                Err(e) => Some(Ok(e)),
+            // A peer's taking back of a counter operation that was refused (docs/edge.md) is
+            // taken whatever its author may do now: the operation's later ones, taken while
+            // the author could, carry it in their running totals.
+            let taking_back =
+                relayed && kind == rhizome_crdt::DELTA_TYPE && rhizome_core::uplink::is_taken_back(&meta.id);
+            let refusal = if taking_back {
+                None
+            } else {
+                match rules.access(ctx, &action, &meta).await {
+                    Ok(true) => None,
+                    Ok(false) => Some(Err("denied")),
+                    Err(e) => Some(Ok(e)),
+                }
             };
             // A peer sends again what it got no answer to: an action this server took already,
             // the same under the same id, is answered with its outcome (the append finds the

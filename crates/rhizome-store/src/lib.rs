@@ -67,6 +67,11 @@ pub struct WriteBatch {
     /// Folds whose record is no longer needed (the cloud committed or refused them), by the
     /// id each went under: deleted after this batch's `relay_folds` are written.
     pub relay_folds_done: Vec<String>,
+    /// Counter operations an edge applied that can no longer be refused: those at or below
+    /// this position (the upstream answered them, and its answer is final) ...
+    pub counter_ops_through: Option<Position>,
+    /// ... and those at these positions (see [`Store::counter_op`]).
+    pub counter_ops_done: Vec<Position>,
 }
 
 /// The correction of an edge's CRDT object after its upstream refused one of the operations
@@ -156,6 +161,8 @@ impl WriteBatch {
             && self.client_positions.is_empty()
             && self.relay_folds.is_empty()
             && self.relay_folds_done.is_empty()
+            && self.counter_ops_through.is_none()
+            && self.counter_ops_done.is_empty()
     }
 }
 
@@ -199,6 +206,9 @@ pub struct Append {
 pub(crate) enum CrdtWrite {
     /// An operation, whose dots the store assigns to the actor (see `rhizome_core::actor`).
     Op(rhizome_crdt::ops::Op, NodeId),
+    /// The inverse of a counter operation the actor made before, and the delta it was
+    /// logged as (see [`Append::crdt_undo`]).
+    Undo(rhizome_crdt::ops::Op, NodeId, Option<rhizome_crdt::Object>),
     /// A delta with its dots assigned elsewhere (a peer relays what its own store applied),
     /// joined as it is.
     Join(rhizome_crdt::ops::Key, rhizome_crdt::Object),
@@ -220,6 +230,23 @@ impl Append {
     pub fn from_upstream(mut self) -> Append {
         self.from_upstream = true;
         self
+    }
+
+    /// An entry that takes back `op`, a counter operation that `actor` made here before and
+    /// that the upstream refused: in the same transaction as the append, the store applies
+    /// its inverse (`rhizome_crdt::ops::undo_in_place`) and stores the delta, as for
+    /// [`Append::crdt`] (docs/edge.md, "A refused counter operation"). `logged` is the delta
+    /// the operation was logged as: joined first, so that the inverse is applied to running
+    /// totals that hold the operation even if a correction took it out of the object.
+    pub fn crdt_undo(
+        entry: NewEntry,
+        op: rhizome_crdt::ops::Op,
+        actor: NodeId,
+        logged: Option<rhizome_crdt::Object>,
+    ) -> Append {
+        let mut append = Append::new(entry);
+        append.crdt = Some(CrdtWrite::Undo(op, actor, logged));
+        append
     }
 
     /// An entry that carries a CRDT operation: in the same transaction as the append, the
@@ -294,14 +321,14 @@ impl From<NewEntry> for Append {
 impl CrdtWrite {
     fn key(&self) -> &rhizome_crdt::ops::Key {
         match self {
-            CrdtWrite::Op(op, _) => op.key(),
+            CrdtWrite::Op(op, _) | CrdtWrite::Undo(op, ..) => op.key(),
             CrdtWrite::Join(key, _) | CrdtWrite::Replace(key, _) => key,
         }
     }
 
     fn kind(&self) -> rhizome_crdt::Kind {
         match self {
-            CrdtWrite::Op(op, _) => op.kind(),
+            CrdtWrite::Op(op, _) | CrdtWrite::Undo(op, ..) => op.kind(),
             CrdtWrite::Join(_, delta) | CrdtWrite::Replace(_, delta) => delta.kind(),
         }
     }
@@ -415,6 +442,12 @@ pub trait Store: Send + Sync + 'static {
     /// accepted that fold ([`WriteBatch::relay_folds`]): in a chain, the upstream's own
     /// upstream may refuse it later, and the undo names only `id`.
     fn fold_of(&self, id: &str) -> Result<Option<Vec<Position>>, StoreError>;
+
+    /// The counter operation this edge applied for its client at `position`, if it may still
+    /// be refused upstream: an edge keeps each one (its delta is a running total that later
+    /// operations carry, so taking it back needs the operation) until
+    /// [`WriteBatch::counter_ops_through`] or [`WriteBatch::counter_ops_done`] ends it.
+    fn counter_op(&self, position: Position) -> Result<Option<rhizome_crdt::ops::Op>, StoreError>;
 
     /// Whether this edge must still correct the object at `key` (its state may hold an
     /// operation its upstream refused).

@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS object_resets(key TEXT PRIMARY KEY) WITHOUT ROWID;
 -- positions of its deltas, each as the difference from the one before, comma-separated (see
 -- `Store::fold_of`).
 CREATE TABLE IF NOT EXISTS relay_folds(id TEXT PRIMARY KEY, positions TEXT NOT NULL) WITHOUT ROWID;
+-- Counter operations an edge applied for its clients that its upstream may still refuse, as
+-- actions, by position (see `Store::counter_op`).
+CREATE TABLE IF NOT EXISTS counter_ops(added INTEGER PRIMARY KEY, op TEXT NOT NULL);
 -- The highest position each client confirmed here (see `Store::confirmed_by`).
 CREATE TABLE IF NOT EXISTS client_positions(
     client TEXT PRIMARY KEY, position INTEGER NOT NULL
@@ -718,6 +721,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn counter_op(&self, position: Position) -> Result<Option<ops::Op>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT op FROM counter_ops WHERE added = ?1")?;
+            let Some(text) = stmt.query_row([position as i64], |r| r.get::<_, String>(0)).optional()? else {
+                return Ok(None);
+            };
+            let op = match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(action)) => ops::parse(&action).ok(),
+                _ => None,
+            };
+            op.map(Some).ok_or(StoreError::Corrupt(position))
+        })
+    }
+
     fn correcting(&self, key: &str) -> Result<bool, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached("SELECT 1 FROM object_resets WHERE key = ?1")?;
@@ -918,6 +935,18 @@ fn apply_crdt(
     // unchanged; a refused first operation creates nothing (its kind must not stick).
     let applied = match write {
         CrdtWrite::Op(op, actor) => ops::apply_in_place(&mut object.state, op, actor, entry.time),
+        CrdtWrite::Undo(op, actor, logged) => {
+            let mut state = object.state.clone();
+            let undone = match logged {
+                Some(logged) => state.join(logged),
+                None => Ok(()),
+            }
+            .and_then(|()| ops::undo_in_place(&mut state, op, actor, entry.time));
+            if undone.is_ok() {
+                object.state = state;
+            }
+            undone
+        }
         // Only a server's delta from the upstream (a catch-up, a join of what it logged) can
         // hold what this edge relayed; a client's is one the edge has not seen yet. So the
         // copy of the state the check costs is paid once per catch-up of an object (and once
@@ -1211,6 +1240,10 @@ impl LogWriter for SqliteWriter {
             let mut relay_fold =
                 tx.prepare_cached("INSERT OR REPLACE INTO relay_folds(id, positions) VALUES (?1, ?2)")?;
             let mut relay_fold_done = tx.prepare_cached("DELETE FROM relay_folds WHERE id = ?1")?;
+            let mut counter_op =
+                tx.prepare_cached("INSERT OR IGNORE INTO counter_ops(added, op) VALUES (?1, ?2)")?;
+            let mut counter_ops_through = tx.prepare_cached("DELETE FROM counter_ops WHERE added <= ?1")?;
+            let mut counter_op_done = tx.prepare_cached("DELETE FROM counter_ops WHERE added = ?1")?;
             let mut client_position = tx.prepare_cached(
                 "INSERT INTO client_positions(client, position) VALUES (?1, ?2)
                  ON CONFLICT(client) DO UPDATE SET position = max(position, excluded.position)",
@@ -1345,6 +1378,18 @@ impl LogWriter for SqliteWriter {
                     ])?;
                     let added = tx.last_insert_rowid();
                     ids.appended(&tx, &entry.id, &id, added)?;
+                    // An edge's counter operation for a client (its actor is not the author's
+                    // node): kept while its upstream may refuse it, to be taken back then.
+                    if let Some(CrdtWrite::Op(op, actor)) = &crdt {
+                        if *actor != entry.id.node
+                            && !from_upstream
+                            && !matches!(entry.status, Status::Undone(_))
+                            && ops::inverse(op).is_some()
+                        {
+                            let json = serde_json::Value::Object(op.to_action()).to_string();
+                            counter_op.execute(params![added, json])?;
+                        }
+                    }
                     let delta_bytes = entry.action_json.len();
                     let mut shipped = None;
                     if let Some((key, mut cached, delta)) = object_update {
@@ -1470,6 +1515,12 @@ impl LogWriter for SqliteWriter {
                 }
                 for id in batch.relay_folds_done.drain(..) {
                     relay_fold_done.execute([id])?;
+                }
+                if let Some(through) = batch.counter_ops_through.take() {
+                    counter_ops_through.execute([through as i64])?;
+                }
+                for position in batch.counter_ops_done.drain(..) {
+                    counter_op_done.execute([position as i64])?;
                 }
                 for reset in batch.object_resets.drain(..) {
                     // The index runs of this transaction's appends are read.

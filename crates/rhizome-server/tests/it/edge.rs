@@ -526,29 +526,50 @@ async fn an_edge_keeps_no_delta_from_its_upstream_that_it_holds_already() -> Res
 /// Reads `client`'s messages until its copy of the counter `key` (the join of the deltas it is
 /// sent, a whole state replacing it) is `want`; returns the number of whole states received.
 async fn copy_becomes(client: &mut Client, key: &str, want: &serde_json::Value) -> Result<usize> {
-    let mut copy = serde_json::Map::new();
+    copy_goes_on_to(client, key, &mut serde_json::Map::new(), want).await
+}
+
+/// [`copy_becomes`] for a copy that holds `copy` already.
+async fn copy_goes_on_to(
+    client: &mut Client,
+    key: &str,
+    copy: &mut serde_json::Map<String, serde_json::Value>,
+    want: &serde_json::Value,
+) -> Result<usize> {
     let mut replaced = 0;
     let deadline = tokio::time::Instant::now() + CONVERGE;
     while serde_json::Value::Object(copy.clone()) != *want {
         let Ok(message) = tokio::time::timeout_at(deadline, client.next_json()).await else {
             bail!("the copy stays {copy:?}, not {want}");
         };
-        for a in crate::support::sync_actions(&message?) {
-            if a["type"] != "crdt/delta" || a["key"] != key {
-                continue;
-            }
-            if a["replace"] == true {
-                copy.clear();
-                replaced += 1;
-            }
-            for (node, pn) in a["delta"].as_object().into_iter().flatten() {
-                let old = copy.get(node).cloned().unwrap_or(json!([0, 0]));
-                let max = |i: usize| old[i].as_u64().unwrap_or(0).max(pn[i].as_u64().unwrap_or(0));
-                copy.insert(node.clone(), json!([max(0), max(1)]));
-            }
-        }
+        replaced += join_into(copy, key, &message?);
     }
     Ok(replaced)
+}
+
+/// Joins into `copy`, a client's copy of the counter `key`, the deltas `message` carries for
+/// it; returns how many whole states replaced the copy.
+fn join_into(
+    copy: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    message: &serde_json::Value,
+) -> usize {
+    let mut replaced = 0;
+    for a in crate::support::sync_actions(message) {
+        if a["type"] != "crdt/delta" || a["key"] != key {
+            continue;
+        }
+        if a["replace"] == true {
+            copy.clear();
+            replaced += 1;
+        }
+        for (node, pn) in a["delta"].as_object().into_iter().flatten() {
+            let old = copy.get(node).cloned().unwrap_or(json!([0, 0]));
+            let max = |i: usize| old[i].as_u64().unwrap_or(0).max(pn[i].as_u64().unwrap_or(0));
+            copy.insert(node.clone(), json!([max(0), max(1)]));
+        }
+    }
+    replaced
 }
 
 /// A cloud where only Bob may change CRDT objects (the others' access was revoked there; an
@@ -585,7 +606,8 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
         }
     }
     let (a, b) = (edge.actor("alice:a1:t"), edge.actor("bob:b1:t"));
-    copy_becomes(&mut carol, "likes", &json!({&a: [2, 0], &b: [3, 0]})).await?;
+    let (mut carols, mut alices) = (serde_json::Map::new(), serde_json::Map::new());
+    copy_goes_on_to(&mut carol, "likes", &mut carols, &json!({&a: [2, 0], &b: [3, 0]})).await?;
     // And each adds an element to a set.
     for (client, elem) in [(&mut alice, "from alice"), (&mut bob, "from bob")] {
         let id = client.send_action(json!({"type": "crdt/set/add", "key": "tags", "elem": elem})).await?;
@@ -594,18 +616,26 @@ async fn an_edge_corrects_a_crdt_object_when_its_upstream_refuses_an_operation()
     proxy.down(false);
     // The cloud refuses Alice's: she is told, and the edge's object and every copy of it lose
     // them, Alice's included.
-    let undo = alice.until(|m| has_answer(m, "logux/undo", &ids[4])).await?;
-    let refused = crate::support::sync_actions(&undo).into_iter().find(|a| a["id"] == ids[4]);
+    let seen = alice.collect_until(|m| has_answer(m, "logux/undo", &ids[4])).await?;
+    let undo = seen.last().context("the undo")?;
+    let refused = crate::support::sync_actions(undo).into_iter().find(|a| a["id"] == ids[4]);
     assert_eq!(refused.map(|a| a["reason"].clone()), Some(json!("denied")), "{undo}");
-    let want = json!({&b: [3, 0]});
-    assert_eq!(copy_becomes(&mut carol, "likes", &want).await?, 1, "one whole state replaces the copy");
-    copy_becomes(&mut alice, "likes", &want).await?;
+    // Each of Alice's increments is taken back under her actor (a refused counter operation
+    // could otherwise come back with her later ones, docs/edge.md): her totals stay, and
+    // count nothing.
+    let want = json!({&a: [2, 2], &b: [3, 0]});
+    copy_goes_on_to(&mut carol, "likes", &mut carols, &want).await?;
+    // Alice gets the taking back of her own operations (she is not sent them otherwise).
+    for message in &seen {
+        join_into(&mut alices, "likes", message);
+    }
+    copy_goes_on_to(&mut alice, "likes", &mut alices, &json!({&a: [2, 2]})).await?;
     assert_eq!(converged_counter(&[&cloud, &edge], "likes", 3).await?, want);
     // What comes after joins as usual.
     let id = bob.send_action(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1})).await?;
     bob.wait_processed(&id).await?;
-    let want = json!({&b: [4, 0]});
-    copy_becomes(&mut carol, "likes", &want).await?;
+    let want = json!({&a: [2, 2], &b: [4, 0]});
+    copy_goes_on_to(&mut carol, "likes", &mut carols, &want).await?;
     assert_eq!(converged_counter(&[&cloud, &edge], "likes", 4).await?, want);
     // A copy of the set that has seen Alice's element (a device that was away during the
     // correction) gets the whole corrected state, to replace its copy with, although what it
@@ -1122,8 +1152,8 @@ async fn in_a_chain_the_author_hears_of_the_commit_when_the_cloud_commits() -> R
     Ok(())
 }
 
-/// An action type whose `process` takes a while.
-struct Slow;
+/// An action type whose `process` takes this long.
+struct Slow(Duration);
 
 #[async_trait::async_trait]
 impl rhizome_core::ActionType for Slow {
@@ -1146,7 +1176,7 @@ impl rhizome_core::ActionType for Slow {
         _: &rhizome_protocol::Action,
         _: &rhizome_core::Meta,
     ) -> Result<(), rhizome_core::HookError> {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(self.0).await;
         Ok(())
     }
 }
@@ -1157,10 +1187,16 @@ async fn a_site_that_hears_of_the_clouds_commit_of_a_fold_before_its_regions_ans
     let cloud = TestServer::with_peers(&["edge"]).await?;
     // The region answers a `sync` once every action in it is processed: the fold in it is
     // committed at the cloud, and its notice on its way down, while `slow` is processed.
-    let region = TestServer::region_with_app(&cloud.url(), |app| app.action_type("slow", Slow)).await?;
+    let region = TestServer::region_with_app(&cloud.url(), |app| {
+        app.action_type("slow", Slow(Duration::from_millis(1500)))
+    })
+    .await?;
     let to_region = Proxy::start(region.addr).await?;
     to_region.down(true);
-    let site = TestServer::edge_with_app_edited(&to_region.url(), |app| app.action_type("slow", Slow)).await?;
+    let site = TestServer::edge_with_app_edited(&to_region.url(), |app| {
+        app.action_type("slow", Slow(Duration::from_millis(1500)))
+    })
+    .await?;
     let mut alice = site.login("alice:a1:t").await?;
     let mut sent = Vec::new();
     for _ in 0..2 {
@@ -1192,6 +1228,51 @@ async fn a_site_that_hears_of_the_clouds_commit_of_a_fold_before_its_regions_ans
     wait_forwarded(&site).await?;
     assert_eq!(folds_kept(&site)?, 0);
     for server in [site, region, cloud] {
+        server.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_counter_operation_does_not_come_back_with_the_authors_later_ones() -> Result<()> {
+    // Alice has lost the right to change objects at the cloud, for a while.
+    let cloud = cloud_where_only_bob_writes_objects().await?;
+    // A `slow` action holds back what the site relays after it until it is processed there.
+    let slow = Slow(Duration::from_secs(3));
+    let site = TestServer::edge_with_app_edited(&cloud.url(), |app| app.action_type("slow", slow)).await?;
+    let mut bob = site.login("bob:b1:t").await?;
+    subscribe(&mut bob, "crdt/likes").await?;
+    let mut alice = site.login("alice:a1:t").await?;
+    let inc = |by: u64| json!({"type": "crdt/counter/inc", "key": "likes", "by": by});
+    // The site takes her 5, then `slow`, then her 2, whose delta (her running total) counts
+    // the 5 too. The 5 goes up at once and is refused.
+    let refused = alice.send_action(inc(5)).await?;
+    alice.send_action(json!({"type": "slow"})).await?;
+    let later = alice.send_action(inc(2)).await?;
+    let (mut undone, mut taken) = (false, false);
+    alice
+        .until(|m| {
+            undone |= has_answer(m, "logux/undo", &refused);
+            taken |= has_answer(m, "logux/processed", &later);
+            undone && taken
+        })
+        .await?;
+    // She has the right back before the 2 goes up: the cloud takes it.
+    let cloud = cloud.restart_with_rules(&["edge"], |rules| rules.to_owned()).await?;
+    assert!(!ids_of(&cloud, "alice:a1:t")?.contains_key(&later), "the 2 went up before the right came back");
+    wait_forwarded(&site).await?;
+    assert!(ids_of(&cloud, "alice:a1:t")?.contains_key(&later));
+    // Everywhere the counter is 2: the refused 5 was taken back under Alice's actor, so the
+    // 2's running total does not bring it back.
+    let document = converged_counter(&[&cloud, &site], "likes", 2).await?;
+    assert_eq!(document, json!({site.actor("alice:a1:t"): [7, 5]}));
+    // So is the copy of a subscriber at the site.
+    copy_becomes(&mut bob, "likes", &document).await?;
+    // The record of Alice's operations is done with once the cloud answered them.
+    let db = rusqlite::Connection::open(site.db_path())?;
+    let kept: i64 = db.query_row("SELECT count(*) FROM counter_ops", [], |r| r.get(0))?;
+    assert_eq!(kept, 0);
+    for server in [site, cloud] {
         server.stop().await;
     }
     Ok(())

@@ -265,11 +265,27 @@ impl TestServer {
         Self::start_edge_in(tempfile::tempdir()?, app, limits, WakeupOptions::default(), Some(link)).await
     }
 
+    /// Restarts this server (not an edge) on its data directory and at its address, with the
+    /// test rules as `edit` changes them, where the connections of `peers` are peers: its
+    /// edges find it where it was.
+    pub async fn restart_with_rules(
+        mut self,
+        peers: &[&str],
+        edit: impl FnOnce(&str) -> String,
+    ) -> Result<TestServer> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let (app, limits) = Self::edited_rules_with_peers(peers, DEFAULT_LIMITS, edit)?;
+        Self::start_at(self.addr, self._dir, app, limits, WakeupOptions::default(), None).await
+    }
+
     /// [`TestServer::edge_of`] whose application `edit` changes (extra action types).
     pub async fn edge_with_app_edited(upstream: &str, edit: impl FnOnce(App) -> App) -> Result<TestServer> {
         let (app, limits) = Self::default_rules()?;
         let link = link_to(upstream, "edge:edited:link");
-        Self::start_edge_in(tempfile::tempdir()?, edit(app), limits, WakeupOptions::default(), Some(link)).await
+        Self::start_edge_in(tempfile::tempdir()?, edit(app), limits, WakeupOptions::default(), Some(link))
+            .await
     }
 
     /// [`TestServer::region_of`] whose application `edit` changes (extra action types).
@@ -303,9 +319,20 @@ impl TestServer {
         wakeups: WakeupOptions,
         upstream: Option<UpstreamOptions>,
     ) -> Result<TestServer> {
+        Self::start_at("127.0.0.1:0".parse()?, dir, app, limits, wakeups, upstream).await
+    }
+
+    async fn start_at(
+        listen: std::net::SocketAddr,
+        dir: TempDir,
+        app: App,
+        limits: Limits,
+        wakeups: WakeupOptions,
+        upstream: Option<UpstreamOptions>,
+    ) -> Result<TestServer> {
         let link_node = upstream.as_ref().map(|o| o.node.as_str().to_owned());
         let options = ServerOptions {
-            listen: "127.0.0.1:0".parse()?,
+            listen,
             data_dir: dir.path().into(),
             subprotocol: 1,
             min_subprotocol: 1,
