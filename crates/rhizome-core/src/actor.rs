@@ -73,9 +73,40 @@ pub fn actor(author: &NodeId, site: Option<&ClientId>) -> NodeId {
     NodeId::from(format!("server:{site}{DIGEST_SEPARATOR}{hex}"))
 }
 
+/// Whether `name` is the actor under which an edge (any edge) applies `author`'s operations
+/// ([`actor`] with a site): the name a taking back of the author's counter operation may
+/// carry, whichever edge of a chain took the operation.
+pub fn is_edge_actor_of(name: &NodeId, author: &NodeId) -> bool {
+    let Some(rest) = name.as_str().strip_prefix("server:") else { return false };
+    if let Some(site) = rest.strip_suffix(author.as_str()).and_then(|r| r.strip_suffix(SEPARATOR)) {
+        return !site.is_empty() && !site.contains(SEPARATOR);
+    }
+    let digest = Sha256::digest(author.as_str().as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    rest.strip_suffix(hex.as_str())
+        .and_then(|r| r.strip_suffix(DIGEST_SEPARATOR))
+        .is_some_and(|s| !s.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edge_actor_is_recognised_as_its_authors_at_any_edge() {
+        let alice = NodeId::from("alice:a1:t");
+        for site in ["edge:site1", "edge:region"] {
+            assert!(is_edge_actor_of(&actor(&alice, Some(&site.into())), &alice));
+        }
+        let long = NodeId::from(format!("bob:{}:t", "x".repeat(NODE_ID_BYTES_MAX - 8)).as_str());
+        assert!(is_edge_actor_of(&actor(&long, Some(&"edge:s".into())), &long));
+        for other in
+            ["alice:a1:t", "server:edge:s1~bob:b1:t", "server:~alice:a1:t", "server:edge:s1~x~alice:a1:t"]
+        {
+            assert!(!is_edge_actor_of(&NodeId::from(other), &alice), "{other}");
+        }
+        assert!(!is_edge_actor_of(&actor(&long, Some(&"edge:s".into())), &alice));
+    }
 
     #[test]
     fn a_server_without_an_upstream_keeps_the_authors_node_id() {

@@ -53,6 +53,13 @@ pub fn taken_back_id(id: &rhizome_protocol::ActionId) -> Option<rhizome_protocol
         .then(|| rhizome_protocol::ActionId { seq: id.seq | TAKEN_BACK_SEQ, ..id.clone() })
 }
 
+/// Whether `id`'s sequence number is one that only servers make ([`taken_back_id`],
+/// [`rejoined_id`]): a client's action under such an id is refused, so that none can pass for
+/// a taking back.
+pub fn is_servers_seq(id: &rhizome_protocol::ActionId) -> bool {
+    id.seq >= TAKEN_BACK_SEQ
+}
+
 /// Whether `id` is one under which an edge took back a refused counter operation
 /// ([`taken_back_id`]).
 pub fn is_taken_back(id: &rhizome_protocol::ActionId) -> bool {

@@ -1167,6 +1167,10 @@ impl Link {
                                     committed,
                                 });
                             }
+                            // The cloud committed all of it: its counter operations are final.
+                            if committed {
+                                batch.counter_ops_done.extend(positions.iter().copied());
+                            }
                             // Kept while the upstream's own upstream may still refuse it.
                             if undo.is_none() && session.upstream_relays && !committed {
                                 batch.relay_folds.push((target.text(), positions));
@@ -1348,6 +1352,20 @@ impl Link {
         let store = self.shared.store.clone();
         let targets: Vec<ActionId> =
             answers.iter().filter(|a| a.undo.is_some()).map(|a| a.target.clone()).collect();
+        // The upstream's notice comes down once the cloud commits, to the sites that follow the
+        // author's user; an author whose user this edge does not follow (no user part, or past
+        // `channels_max`) is told now, at its upstream's level, and its counter operations are
+        // no longer kept.
+        let told_now = |a: &RelayAnswer| {
+            a.undo.is_none()
+                && !rhizome_core::uplink::is_taken_back(&a.target)
+                && (!upstream_relays || a.committed || !self.follows_author(&a.target))
+        };
+        let fallback: Vec<ActionId> = if upstream_relays {
+            answers.iter().filter(|a| told_now(a) && !a.committed).map(|a| a.target.clone()).collect()
+        } else {
+            Vec::new()
+        };
         // The undone entries as logged here, if this edge relayed them (not received from the
         // upstream): their positions, routing and status. A delta may have been emptied by
         // snapshot cleaning since (an answer that came again, from the upstream's log, after
@@ -1397,16 +1415,21 @@ impl Link {
                     counter_ops.insert(id.clone(), op);
                 }
             }
-            Ok::<_, rhizome_store::StoreError>((found, folded_too, folds, counter_ops))
+            let mut told = Vec::new();
+            for id in fallback {
+                told.extend(store.position_of_id(&id.text())?);
+            }
+            Ok::<_, rhizome_store::StoreError>((found, folded_too, folds, counter_ops, told))
         })
         .await;
-        let (found, folded_too, folds, counter_ops) = match found {
+        let (found, folded_too, folds, counter_ops, told) = match found {
             Ok(Ok(found)) => found,
             Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
             Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
         };
         // Refused: no longer kept.
         batch.relay_folds_done.extend(folds);
+        batch.counter_ops_done.extend(told);
         for (id, fold) in folded_too {
             let undo = answers.iter().find(|a| a.target == fold).and_then(|a| a.undo.clone());
             answers.push(RelayAnswer { target: id, undo, committed: false });
@@ -1420,19 +1443,10 @@ impl Link {
         let mut undone = HashSet::new();
         for answer in answers {
             let author = answer.target.client_id();
+            if answer.undo.is_none() && !told_now(&answer) {
+                continue;
+            }
             let Some(undo) = answer.undo else {
-                // The upstream's notice comes down once the cloud commits, to the sites that
-                // follow the author's user; an author whose user this edge does not follow
-                // (no user part, or past `channels_max`) is told now, at its upstream's level.
-                let followed = || {
-                    answer.target.node.user_id().is_some_and(|user| {
-                        self.channels.contains_key(&format!("{USER_CHANNEL_PREFIX}{user}"))
-                    })
-                };
-                // An operation taken back is no client's.
-                if taken_back(&answer.target) || (upstream_relays && !answer.committed && followed()) {
-                    continue;
-                }
                 let i = *author_index.entry(author.clone()).or_insert_with(|| {
                     committed.push((author, Vec::new()));
                     committed.len() - 1
@@ -1503,6 +1517,14 @@ impl Link {
             batch.appends.push(Append::new(self.server_entry(Arc::from(action), routing)));
         }
         Ok(())
+    }
+
+    /// Whether this edge follows upstream the user of `id`'s author (what is addressed to it
+    /// comes down).
+    fn follows_author(&self, id: &ActionId) -> bool {
+        id.node
+            .user_id()
+            .is_some_and(|user| self.channels.contains_key(&format!("{USER_CHANNEL_PREFIX}{user}")))
     }
 
     /// Appends to `batch` the taking back of `op`, the counter operation of `id` (logged as

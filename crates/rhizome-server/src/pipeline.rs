@@ -180,6 +180,22 @@ fn undo(id: &ActionId, action: Action, reason: &str) -> Answer {
     Answer::Undo { id: id.clone(), action, reason: reason.to_owned(), extra: Map::new() }
 }
 
+/// Whether `action`, relayed by a peer under `id`, is the taking back of a counter operation
+/// the upstream refused (docs/edge.md, "A refused counter operation"): a `crdt/delta` of a
+/// counter under a taken-back id, holding only the author's totals under an edge's actor.
+fn is_taking_back(action: &Action, id: &ActionId) -> bool {
+    if action.kind() != rhizome_crdt::DELTA_TYPE || !rhizome_core::uplink::is_taken_back(id) {
+        return false;
+    }
+    match rhizome_crdt::parse_delta(action.fields()) {
+        Ok((_, rhizome_crdt::Object::Counter(counter))) => {
+            counter.node_count() > 0
+                && counter.entries().all(|(actor, _)| rhizome_core::actor::is_edge_actor_of(actor, &id.node))
+        }
+        _ => false,
+    }
+}
+
 /// What an accepted action does to a CRDT object.
 enum CrdtIn {
     /// Nothing: it is not a CRDT action.
@@ -275,6 +291,14 @@ impl Pipeline {
                 &own
             };
             let kind = action.kind();
+            // Only servers make sequence numbers this high (a taking back, a rejoined delta,
+            // see `rhizome_core::uplink`): a client's action under one is refused, so that none
+            // passes for a taking back.
+            if !relayed && rhizome_core::uplink::is_servers_seq(&meta.id) {
+                self.debug(&format!("Action \"{}\" has a sequence number only servers make", meta.id));
+                answers.push(undo(&meta.id, action, "denied"));
+                continue;
+            }
             if kind == "logux/subscribe" {
                 answers.push(self.subscribe(ctx, action, meta).await);
                 continue;
@@ -321,8 +345,7 @@ impl Pipeline {
             // A peer's taking back of a counter operation that was refused (docs/edge.md) is
             // taken whatever its author may do now: the operation's later ones, taken while
             // the author could, carry it in their running totals.
-            let taking_back =
-                relayed && kind == rhizome_crdt::DELTA_TYPE && rhizome_core::uplink::is_taken_back(&meta.id);
+            let taking_back = relayed && is_taking_back(&action, &meta.id);
             let refusal = if taking_back {
                 None
             } else {
@@ -366,7 +389,10 @@ impl Pipeline {
                     continue;
                 }
             }
-            let mut routing = match rules.resend(ctx, &action, &meta).await {
+            // A taking back goes where its object's deltas go, whatever the hooks say now.
+            let resent =
+                if taking_back { Ok(Routing::default()) } else { rules.resend(ctx, &action, &meta).await };
+            let mut routing = match resent {
                 Ok(r) => r,
                 Err(e) => {
                     answers.push(hook_undo(&meta.id, action, e));

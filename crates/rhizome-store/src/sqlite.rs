@@ -941,7 +941,7 @@ fn apply_crdt(
                 Some(logged) => state.join(logged),
                 None => Ok(()),
             }
-            .and_then(|()| ops::undo_in_place(&mut state, op, actor, entry.time));
+            .and_then(|()| ops::undo_in_place(&mut state, op, actor));
             if undone.is_ok() {
                 object.state = state;
             }

@@ -1238,7 +1238,7 @@ async fn a_refused_counter_operation_does_not_come_back_with_the_authors_later_o
     // Alice has lost the right to change objects at the cloud, for a while.
     let cloud = cloud_where_only_bob_writes_objects().await?;
     // A `slow` action holds back what the site relays after it until it is processed there.
-    let slow = Slow(Duration::from_secs(3));
+    let slow = Slow(Duration::from_secs(4));
     let site = TestServer::edge_with_app_edited(&cloud.url(), |app| app.action_type("slow", slow)).await?;
     let mut bob = site.login("bob:b1:t").await?;
     subscribe(&mut bob, "crdt/likes").await?;

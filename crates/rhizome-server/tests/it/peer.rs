@@ -53,6 +53,52 @@ async fn a_peer_relays_its_clients_actions_judged_as_their_authors() -> Result<(
     Ok(())
 }
 
+/// The sequence number of a taken-back id (`rhizome_core::uplink::taken_back_id`).
+const TAKEN_BACK_SEQ: u64 = 1 << 51;
+
+#[tokio::test]
+async fn only_a_peer_takes_back_and_only_its_authors_counter_totals() -> Result<()> {
+    // Only Bob may change objects here.
+    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
+    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
+    let server =
+        TestServer::with_peers_and_rules(&["edge"], |rules| rules.replace(everyone, only_bob)).await?;
+    let mut link = server.login("edge:e1:link").await?;
+    let ms = link.base_time + 1;
+    let taking_back = |added: u64, shift: i64, delta: Value| {
+        json!(["sync", added,
+            {"type": "crdt/delta", "key": "likes", "kind": "counter", "delta": delta},
+            {"id": [shift, "alice:a1:t", TAKEN_BACK_SEQ], "time": shift}])
+    };
+    // Alice's totals under an edge's actor, taken back: taken whatever she may do now.
+    link.send_json(&taking_back(1, 1, json!({"server:edge:e1~alice:a1:t": [5, 5]}))).await?;
+    let taken = format!("{ms} alice:a1:t {TAKEN_BACK_SEQ}");
+    link.until(|m| has_answer(m, "logux/processed", &taken)).await?;
+    // Not another author's totals, nor hers under her own node id: judged as hers, refused.
+    for (n, delta) in
+        [json!({"server:edge:e1~bob:b1:t": [0, 5]}), json!({"alice:a1:t": [0, 5]})].into_iter().enumerate()
+    {
+        let shift = 2 + n as i64;
+        link.send_json(&taking_back(2 + n as u64, shift, delta)).await?;
+        let id = format!("{} alice:a1:t {TAKEN_BACK_SEQ}", link.base_time + shift);
+        link.until(|m| has_answer(m, "logux/undo", &id)).await?;
+    }
+    // A client cannot make an id that passes for a taking back: refused, though Alice may
+    // write her own channel.
+    let mut alice = server.login("alice:a1:t").await?;
+    let shift = 10;
+    alice
+        .send_json(&json!(["sync", 1, {"type": "post", "channel": "users/alice"},
+            {"id": [shift, "alice:a1:t", TAKEN_BACK_SEQ], "time": shift}]))
+        .await?;
+    let id = format!("{} alice:a1:t {TAKEN_BACK_SEQ}", alice.base_time + shift);
+    let undo = alice.until(|m| has_answer(m, "logux/undo", &id)).await?;
+    assert!(sync_actions(&undo).iter().any(|a| a["id"] == id && a["reason"] == "denied"), "{undo}");
+    server.assert_healthy().await?;
+    server.stop().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn only_a_configured_peer_may_relay() -> Result<()> {
     let server = TestServer::with_peers(&["edge"]).await?;
