@@ -1152,51 +1152,20 @@ async fn in_a_chain_the_author_hears_of_the_commit_when_the_cloud_commits() -> R
     Ok(())
 }
 
-/// An action type whose `process` takes this long.
-struct Slow(Duration);
-
-#[async_trait::async_trait]
-impl rhizome_core::ActionType for Slow {
-    async fn access(
-        &self,
-        _: &rhizome_core::Context,
-        _: &rhizome_protocol::Action,
-        _: &rhizome_core::Meta,
-    ) -> Result<bool, rhizome_core::HookError> {
-        Ok(true)
-    }
-
-    fn processes(&self) -> bool {
-        true
-    }
-
-    async fn process(
-        &self,
-        _: &rhizome_core::Context,
-        _: &rhizome_protocol::Action,
-        _: &rhizome_core::Meta,
-    ) -> Result<(), rhizome_core::HookError> {
-        tokio::time::sleep(self.0).await;
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_site_that_hears_of_the_clouds_commit_of_a_fold_before_its_regions_answer_names_all_of_it(
 ) -> Result<()> {
     let cloud = TestServer::with_peers(&["edge"]).await?;
     // The region answers a `sync` once every action in it is processed: the fold in it is
-    // committed at the cloud, and its notice on its way down, while `slow` is processed.
-    let region = TestServer::region_with_app(&cloud.url(), |app| {
-        app.action_type("slow", Slow(Duration::from_millis(1500)))
-    })
-    .await?;
+    // committed at the cloud, and its notice on its way down, while `slow` waits for its gate.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let region =
+        TestServer::region_with_app(&cloud.url(), |app| app.action_type("slow", Gated(gate.clone()))).await?;
     let to_region = Proxy::start(region.addr).await?;
     to_region.down(true);
-    let site = TestServer::edge_with_app_edited(&to_region.url(), |app| {
-        app.action_type("slow", Slow(Duration::from_millis(1500)))
-    })
-    .await?;
+    let open = Arc::new(tokio::sync::Semaphore::new(1));
+    let site = TestServer::edge_with_app_edited(&to_region.url(), |app| app.action_type("slow", Gated(open)))
+        .await?;
     let mut alice = site.login("alice:a1:t").await?;
     let mut sent = Vec::new();
     for _ in 0..2 {
@@ -1205,8 +1174,17 @@ async fn a_site_that_hears_of_the_clouds_commit_of_a_fold_before_its_regions_ans
     alice.wait_processed(&sent[1]).await?;
     let slow = alice.send_action(json!({"type": "slow"})).await?;
     alice.wait_processed(&slow).await?;
-    // One `sync`: the fold of both increments, then `slow`.
+    // One `sync`: the fold of both increments, then `slow`. The cloud's commit of the fold
+    // comes down while `slow` waits; then the region may answer.
     to_region.down(false);
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while committed_notices(&site)?.is_empty() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the cloud's commit of the fold never came down");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.add_permits(1);
     let mut heard: Vec<String> = Vec::new();
     while sent.iter().any(|id| !heard.contains(id)) {
         let m = tokio::time::timeout(CONVERGE, alice.next_json())
@@ -1237,9 +1215,11 @@ async fn a_site_that_hears_of_the_clouds_commit_of_a_fold_before_its_regions_ans
 async fn a_refused_counter_operation_does_not_come_back_with_the_authors_later_ones() -> Result<()> {
     // Alice has lost the right to change objects at the cloud, for a while.
     let cloud = cloud_where_only_bob_writes_objects().await?;
-    // A `slow` action holds back what the site relays after it until it is processed there.
-    let slow = Slow(Duration::from_secs(4));
-    let site = TestServer::edge_with_app_edited(&cloud.url(), |app| app.action_type("slow", slow)).await?;
+    // A `slow` action holds back what the site relays after it until its gate opens.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let site =
+        TestServer::edge_with_app_edited(&cloud.url(), |app| app.action_type("slow", Gated(gate.clone())))
+            .await?;
     let mut bob = site.login("bob:b1:t").await?;
     subscribe(&mut bob, "crdt/likes").await?;
     let mut alice = site.login("alice:a1:t").await?;
@@ -1249,20 +1229,33 @@ async fn a_refused_counter_operation_does_not_come_back_with_the_authors_later_o
     let refused = alice.send_action(inc(5)).await?;
     alice.send_action(json!({"type": "slow"})).await?;
     let later = alice.send_action(inc(2)).await?;
-    // The refusal comes at once; the 2 waits at the site behind `slow` (whose answer, and the
-    // 2's, come once it is processed, when the 2 goes up).
-    let mut taken = false;
-    alice
-        .until(|m| {
-            taken |= has_answer(m, "logux/processed", &later);
-            has_answer(m, "logux/undo", &refused)
-        })
-        .await?;
-    assert!(!taken, "the 2 was answered before the refusal came");
+    // The refusal comes at once (the site marks the 5 undone); the 2 waits at the site behind
+    // `slow`, and so do the site's answers to Alice.
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let db = rusqlite::Connection::open(site.db_path())?;
+        // Not logged yet, or not refused yet.
+        let status = db.query_row("SELECT status FROM log WHERE id = ?1", [&refused], |r| r.get::<_, i64>(0));
+        if status.ok() == Some(2) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the 5 was never refused");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // She has the right back before the 2 goes up: the cloud takes it.
     let cloud = cloud.restart_with_rules(&["edge"], |rules| rules.to_owned()).await?;
     assert!(!ids_of(&cloud, "alice:a1:t")?.contains_key(&later), "the 2 went up before the right came back");
-    alice.wait_processed(&later).await?;
+    gate.add_permits(1);
+    let (mut undone, mut taken) = (false, false);
+    alice
+        .until(|m| {
+            undone |= has_answer(m, "logux/undo", &refused);
+            taken |= has_answer(m, "logux/processed", &later);
+            undone && taken
+        })
+        .await?;
     wait_forwarded(&site).await?;
     assert!(ids_of(&cloud, "alice:a1:t")?.contains_key(&later));
     // Everywhere the counter is 2: the refused 5 was taken back under Alice's actor, so the
