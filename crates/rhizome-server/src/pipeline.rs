@@ -357,12 +357,10 @@ impl Pipeline {
             };
             // A peer sends again what it got no answer to: an action this server took already,
             // the same under the same id, is answered with its outcome (the append finds the
-            // duplicate), not judged again by rules that may have changed since. Not a CRDT
-            // action: a peer's delta may be folded anew with others this server never judged.
-            let taken = refusal.is_some()
-                && relayed
-                && !kind.starts_with(CRDT_ACTION_PREFIX)
-                && self.logged_as(&meta.id, &action).await;
+            // duplicate), not judged again by rules that may have changed since. A CRDT delta
+            // too, only as it was logged: one folded anew with others under that id differs,
+            // and is judged (a delta equal to the logged one changes nothing here).
+            let taken = refusal.is_some() && relayed && self.logged_as(&meta.id, &action).await;
             if taken {
                 // Its routing is the logged entry's: the append only finds the duplicate.
                 let entry = NewEntry {

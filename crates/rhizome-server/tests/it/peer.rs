@@ -269,6 +269,47 @@ async fn an_action_a_peer_sends_again_is_answered_with_its_outcome_not_judged_ag
     Ok(())
 }
 
+/// A CRDT delta sent again under its id, as it was taken, is answered with its outcome after
+/// the author lost the right; another delta under that id is judged.
+#[tokio::test]
+async fn a_delta_a_peer_sends_again_is_answered_with_its_outcome_not_judged_again() -> Result<()> {
+    let everyone = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = \"everyone\"";
+    let only_bob = "pattern = \"crdt/*\"\nsubscribe = \"everyone\"\nwrite = [\"bob\"]";
+    let server = TestServer::with_peers(&["edge"]).await?;
+    let mut link = server.login("edge:e1:link").await?;
+    let ms = link.base_time + 1;
+    let delta = |totals: u64| {
+        json!({"type": "crdt/delta", "key": "likes", "kind": "counter",
+            "delta": {"server:edge:e1~alice:a1:t": [totals, 0]}})
+    };
+    let taken = relay(&mut link, 1, ms, "alice:a1:t", delta(5)).await?;
+    link.until(|m| has_answer(m, "logux/processed", &taken)).await?;
+    drop(link);
+    // Alice's right is revoked; the peer, which lost the answer, sends the delta again.
+    let server = server.restart_with_rules(&["edge"], |rules| rules.replace(everyone, only_bob)).await?;
+    let mut link = server.login("edge:e1:link").await?;
+    let either = |id: &str| {
+        let id = id.to_owned();
+        move |m: &Value| has_answer(m, "logux/processed", &id) || has_answer(m, "logux/undo", &id)
+    };
+    relay(&mut link, 1, ms, "alice:a1:t", delta(5)).await?;
+    let again = link.until(either(&taken)).await?;
+    assert!(has_answer(&again, "logux/processed", &taken), "{again}");
+    // A fold of more under that id is no copy of it: judged, and denied.
+    relay(&mut link, 2, ms, "alice:a1:t", delta(7)).await?;
+    let more = link.until(either(&taken)).await?;
+    assert!(has_answer(&more, "logux/undo", &taken), "{more}");
+    let mut reader = server.login("reader:r1:t").await?;
+    let sub = reader.send_action(json!({"type": "logux/subscribe", "channel": "crdt/likes"})).await?;
+    let seen = reader.collect_until(|m| has_answer(m, "logux/processed", &sub)).await?;
+    let document =
+        seen.iter().flat_map(sync_actions).find(|a| a["type"] == "crdt/delta").map(|a| a["delta"].clone());
+    assert_eq!(document, Some(json!({"server:edge:e1~alice:a1:t": [5, 0]})));
+    assert_eq!(logged(&server, &taken)?, 1);
+    server.stop().await;
+    Ok(())
+}
+
 /// A peer subscribed to a channel for its clients is not sent back what it relayed there (the
 /// edge has it), live or when it subscribes again with `since`; it gets what others wrote.
 #[tokio::test]
