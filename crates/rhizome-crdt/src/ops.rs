@@ -1454,52 +1454,31 @@ fn fold_counter_run(run: &[Op], folded: &mut Vec<Op>) {
     }
 }
 
-/// The operation that takes back `op`'s effect on a counter or on a map's counter (`None` for
-/// any other): a decrement for an increment and the other way round.
+/// The operation that takes back `op`'s effect on a counter, for a counter operation (`None`
+/// for any other): a decrement for an increment and the other way round. (Not a map
+/// counter's: a removal of the key may have retired the operation's dot meanwhile, and its
+/// inverse would then count against nothing.)
 pub fn inverse(op: &Op) -> Option<Op> {
     let change = match op.change() {
         Change::CounterInc { by } => Change::CounterDec { by: *by },
         Change::CounterDec { by } => Change::CounterInc { by: *by },
-        Change::MapInc { path, by } => Change::MapDec { path: path.clone(), by: *by },
-        Change::MapDec { path, by } => Change::MapInc { path: path.clone(), by: *by },
         _ => return None,
     };
     Some(Op { key: op.key.clone(), change })
 }
 
-/// Takes back, in place, the effect of `op` (a counter operation, or a map counter operation,
-/// that `author` made before, see [`inverse`]) and returns the delta, to ship: a refused
-/// counter operation whose author's later operations carry it in their running totals is so
-/// taken out of the value without going back on those totals (docs/edge.md).
+/// Takes back, in place, the effect of `op` (a counter operation that `author` made before,
+/// see [`inverse`]) and returns the delta, to ship: a refused counter operation whose
+/// author's later operations carry it in their running totals is so taken out of the value
+/// without going back on those totals (docs/edge.md).
 ///
-/// For a counter, the delta carries both of the author's totals, the one that holds `op` as
-/// well as the other: whoever joins it holds `op` and its inverse together, so it counts
-/// nothing whether or not they hold the operations that came after `op`.
-///
-/// A map's counter keeps each author's totals under the author's latest dot, and a removal of
-/// the key retires them: the author's next operation starts again from nothing. So `held`
-/// names the author's dot at the path whose totals hold `op` (see [`MapCounterChain`]); the
-/// inverse is written as the author's next operation there, on top of those totals, only while
-/// that dot is live. Refused (and `state` unchanged) for any other operation, and for a map
-/// counter whose author's live totals no longer hold `op`.
-pub fn undo_in_place(
-    state: &mut Object,
-    op: &Op,
-    author: &NodeId,
-    held: Option<&Dot>,
-) -> Result<Object, OpError> {
+/// The delta carries both of the author's totals, the one that holds `op` as well as the
+/// other: whoever joins it holds `op` and its inverse together, so it counts nothing whether
+/// or not they hold the operations that came after `op`. Refused (and `state` unchanged) for
+/// any other operation.
+pub fn undo_in_place(state: &mut Object, op: &Op, author: &NodeId) -> Result<Object, OpError> {
     let inverse = inverse(op).ok_or(OpError::WrongShape("only a counter operation is taken back"))?;
     check_applies(state, &inverse, author)?;
-    if let Change::MapInc { path, .. } | Change::MapDec { path, .. } = &op.change {
-        let Object::Map(map) = &*state else {
-            return Err(OpError::WrongShape("a map counter operation on a map"));
-        };
-        let live = held.is_some_and(|held| map_counter_dots(map, path, author).any(|dot| dot == held));
-        if !live {
-            return Err(OpError::WrongShape("the author's totals no longer hold the operation"));
-        }
-        return apply_in_place(state, &inverse, author, 0);
-    }
     let Object::Counter(counter) = state else {
         return Err(OpError::WrongShape("a counter operation on a counter"));
     };
@@ -1510,98 +1489,6 @@ pub fn undo_in_place(
         _ => return Err(OpError::WrongShape("a counter operation on a counter")),
     };
     Ok(Object::Counter(PnCounter::from_entries([(author.clone(), counter.entry(author))])))
-}
-
-/// Whether `delta` holds nothing but counter totals, a counter's or a map's counters', all
-/// under nodes that `own` accepts, and, for a map, retires no other node's dots: what
-/// [`undo_in_place`] makes (a taking back), which changes no one else's contribution.
-pub fn holds_only_counter_totals_of(delta: &Object, own: &dyn Fn(&NodeId) -> bool) -> bool {
-    fn value_ok(value: &crate::map::Value<String>, own: &dyn Fn(&NodeId) -> bool) -> bool {
-        value.set_entries().next().is_none()
-            && value.register_entries().next().is_none()
-            && value.list().element_count() == 0
-            && value.lww_entries().next().is_none()
-            && value.clset_entries().next().is_none()
-            && value.counter_entries().all(|(dot, _)| own(&dot.node))
-            && value.entries().all(|(_, inner)| value_ok(inner, own))
-    }
-    match delta {
-        Object::Counter(counter) => counter.node_count() > 0 && counter.entries().all(|(node, _)| own(node)),
-        Object::Map(map) => {
-            let context = map.context();
-            !map.is_empty()
-                && map.iter().all(|(_, value)| value_ok(value, own))
-                && context.vv().iter().all(|(node, _)| own(node))
-                && context.cloud().all(|(node, ..)| own(node))
-        }
-        _ => false,
-    }
-}
-
-/// The author's dots in the counter at `path` of `map`.
-fn map_counter_dots<'m>(
-    map: &'m OrMap<String>,
-    path: &[String],
-    author: &'m NodeId,
-) -> impl Iterator<Item = &'m Dot> + 'm {
-    let value = path
-        .split_first()
-        .and_then(|(first, rest)| rest.iter().try_fold(map.get(first)?, |value, key| value.get(key)));
-    value
-        .into_iter()
-        .flat_map(|value| value.counter_entries())
-        .map(|(dot, _)| dot)
-        .filter(move |dot| dot.node == *author)
-}
-
-/// Follows, through the deltas of a map logged after a map counter operation, the author's
-/// dot at the operation's path whose totals hold it: the author's next operation there writes
-/// its totals on top of those under the dot it held (and retires that one), unless a removal
-/// of the key retired them first, and then it starts again from nothing.
-///
-/// Made from the operation's own delta ([`MapCounterChain::start`]), fed each later delta of
-/// the object in log order ([`MapCounterChain::follow`]); [`MapCounterChain::held`] is then
-/// what [`undo_in_place`] takes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapCounterChain {
-    path: Vec<String>,
-    author: NodeId,
-    held: Option<Dot>,
-}
-
-impl MapCounterChain {
-    /// The chain of `op` (a `map/inc` or `map/dec` by `author`), logged as `delta`; `None`
-    /// for any other operation or a delta that does not hold it.
-    pub fn start(op: &Op, author: &NodeId, delta: &Object) -> Option<MapCounterChain> {
-        let (Change::MapInc { path, .. } | Change::MapDec { path, .. }) = &op.change else { return None };
-        let Object::Map(map) = delta else { return None };
-        let held = map_counter_dots(map, path, author).max_by_key(|dot| dot.counter)?.clone();
-        Some(MapCounterChain { path: path.clone(), author: author.clone(), held: Some(held) })
-    }
-
-    /// Takes in a later delta of the object (in log order).
-    pub fn follow(&mut self, delta: &Object) {
-        let (Some(held), Object::Map(map)) = (&self.held, delta) else { return };
-        // The author's dots are numbered in the order this server applied its operations:
-        // one numbered below the held one is an earlier operation sent back.
-        let newer = map_counter_dots(map, &self.path, &self.author)
-            .filter(|dot| dot.counter > held.counter)
-            .max_by_key(|dot| dot.counter)
-            .cloned();
-        let seen = map.context().contains(held);
-        self.held = match newer {
-            // A later operation on top of the held totals (it saw them), or on nothing.
-            Some(newer) => seen.then_some(newer),
-            // Retired by a removal, unless the delta carries it still.
-            None if seen && !map_counter_dots(map, &self.path, &self.author).any(|dot| dot == held) => None,
-            None => Some(held.clone()),
-        };
-    }
-
-    /// The author's dot whose totals hold the operation, if they still may.
-    pub fn held(&self) -> Option<&Dot> {
-        self.held.as_ref()
-    }
 }
 
 #[cfg(test)]
@@ -2613,14 +2500,14 @@ mod tests {
             let later = op(make(2));
             let later_delta = apply_in_place(&mut edge, &later, &node("a"), 0).unwrap();
             assert_eq!(counted(&edge), 8);
-            let undo = undo_in_place(&mut edge, &refused, &node("a"), None).unwrap();
+            let undo = undo_in_place(&mut edge, &refused, &node("a")).unwrap();
             assert_eq!(counted(&edge), 3, "{kind}: the edge without the refused 5");
             // The upstream took the first and the later one, which carries the 5, and the undo;
             // in any order, any number of times, the refused delta itself too.
             assert_eq!(joined(kind, &[&first, &later_delta, &undo]), 3, "{kind}");
             assert_eq!(joined(kind, &[&undo, &later_delta, &refused_delta, &first, &undo]), 3, "{kind}");
             // The later one refused as well: its undo takes it back too.
-            let undo_later = undo_in_place(&mut edge, &later, &node("a"), None).unwrap();
+            let undo_later = undo_in_place(&mut edge, &later, &node("a")).unwrap();
             assert_eq!(counted(&edge), 1, "{kind}");
             assert_eq!(joined(kind, &[&first, &undo, &undo_later]), 1, "{kind}");
 
@@ -2629,7 +2516,7 @@ mod tests {
             let mut edge = Object::bottom(kind);
             let first = step(&mut edge, make(1), "a", 0);
             let refused_delta = apply_in_place(&mut edge, &refused, &node("a"), 0).unwrap();
-            let undo = undo_in_place(&mut edge, &refused, &node("a"), None).unwrap();
+            let undo = undo_in_place(&mut edge, &refused, &node("a")).unwrap();
             let later_delta = apply_in_place(&mut edge, &later, &node("a"), 0).unwrap();
             assert_eq!(counted(&edge), 3, "{kind}");
             assert_eq!(joined(kind, &[&first, &undo]), 1, "{kind}");
@@ -2640,110 +2527,14 @@ mod tests {
         let mut edge = Object::bottom(Kind::Counter);
         let dec = op(json!({"type": "crdt/counter/dec", "key": "k", "by": 4}));
         apply_in_place(&mut edge, &dec, &node("a"), 0).unwrap();
-        let undo = undo_in_place(&mut edge, &dec, &node("a"), None).unwrap();
+        let undo = undo_in_place(&mut edge, &dec, &node("a")).unwrap();
         assert_eq!((counted(&edge), undo.to_json()), (0, json!({"a": [4, 4]})));
         let mut set = Object::bottom(Kind::Set);
         let add = op(json!({"type": "crdt/set/add", "key": "k", "elem": "x"}));
         assert!(inverse(&add).is_none());
-        assert_eq!(
-            undo_in_place(&mut set, &add, &node("a"), None).map_err(|e| e.reason()),
-            Err("crdtWrongShape")
-        );
-    }
-
-    #[test]
-    fn a_map_counter_operation_is_taken_back_while_the_authors_totals_hold_it() {
-        let likes = json!(["post", "likes"]);
-        let joined = |deltas: &[&Object]| {
-            let mut object = Object::bottom(Kind::Map);
-            for delta in deltas {
-                object.join(delta).unwrap();
-            }
-            counted(&object)
-        };
-        let chain = |refused: &Op, logged: &Object, later: &[&Object]| {
-            let mut chain =
-                MapCounterChain::start(refused, &node("a"), logged).expect("a map counter operation");
-            for delta in later {
-                chain.follow(delta);
-            }
-            chain.held().cloned()
-        };
-        // The edge: b's 3, a's 1, then 5 (refused upstream), then 2, each of a's a running
-        // total under a's next dot; the refusal comes after the 2.
-        let mut edge = Object::bottom(Kind::Map);
-        let others = step(&mut edge, map_count("inc", likes.clone(), 3), "b", 0);
-        let first = step(&mut edge, map_count("inc", likes.clone(), 1), "a", 0);
-        let refused = op(map_count("inc", likes.clone(), 5));
-        let refused_delta = apply_in_place(&mut edge, &refused, &node("a"), 0).unwrap();
-        let later = step(&mut edge, map_count("inc", likes.clone(), 2), "a", 0);
-        assert_eq!(counted(&edge), 11);
-        // The 2 was written on top of the 5's totals: they hold it.
-        let held = chain(&refused, &refused_delta, &[&later, &others, &first]);
-        assert_eq!(
-            held.as_ref().map(|dot| dot.counter),
-            Some(3),
-            "the 2's dot; earlier ones sent back change nothing"
-        );
-        let undo = undo_in_place(&mut edge, &refused, &node("a"), held.as_ref()).unwrap();
-        assert_eq!(counted(&edge), 6, "the edge without the refused 5");
-        assert!(holds_only_counter_totals_of(&undo, &|n| n.as_str() == "a"), "{}", undo.to_json());
-        assert!(!holds_only_counter_totals_of(&undo, &|n| n.as_str() == "b"));
-        // The upstream took b's, a's first and the later one, which carries the 5, then the
-        // undo: in any order, the refused delta itself too.
-        assert_eq!(joined(&[&others, &first, &later, &undo]), 6);
-        assert_eq!(joined(&[&undo, &later, &refused_delta, &others, &first]), 6);
-        // Taken back once only: the undo's dot replaced the held one.
-        let err = undo_in_place(&mut edge, &refused, &node("a"), held.as_ref()).map_err(|e| e.reason());
-        assert_eq!(err, Err("crdtWrongShape"));
-
-        // No later operation: the 5's own dot holds it; the undo alone counts nothing.
-        let mut edge = Object::bottom(Kind::Map);
-        let refused_delta = apply_in_place(&mut edge, &refused, &node("a"), 0).unwrap();
-        let held = chain(&refused, &refused_delta, &[]);
-        let undo = undo_in_place(&mut edge, &refused, &node("a"), held.as_ref()).unwrap();
-        assert_eq!((counted(&edge), joined(&[&undo])), (0, 0));
-
-        // The key removed after the 5, then a's 7 counted from nothing: the 7's totals do not
-        // hold the 5, and nothing is taken back (taking it back would count 2).
-        let mut edge = Object::bottom(Kind::Map);
-        let refused_delta = apply_in_place(&mut edge, &refused, &node("a"), 0).unwrap();
-        let removal = step(
-            &mut edge,
-            json!({"type": "crdt/map/remove", "key": "k", "path": ["post", "likes"]}),
-            "c",
-            0,
-        );
-        let fresh = step(&mut edge, map_count("inc", likes.clone(), 7), "a", 0);
-        assert_eq!(counted(&edge), 7);
-        assert_eq!(chain(&refused, &refused_delta, &[&removal, &fresh]), None);
-        assert_eq!(chain(&refused, &refused_delta, &[&removal]), None, "retired, nothing after");
-        let err = undo_in_place(&mut edge, &refused, &node("a"), None).map_err(|e| e.reason());
-        assert_eq!((err, counted(&edge)), (Err("crdtWrongShape"), 7));
-        // Removed and counted again before the removal arrived here: the 7 holds the 5.
-        let mut edge = Object::bottom(Kind::Map);
-        let refused_delta = apply_in_place(&mut edge, &refused, &node("a"), 0).unwrap();
-        let on_top = step(&mut edge, map_count("inc", likes.clone(), 7), "a", 0);
-        let mut remover = Object::bottom(Kind::Map);
-        remover.join(&refused_delta).unwrap();
-        let removal = step(
-            &mut remover,
-            json!({"type": "crdt/map/remove", "key": "k", "path": ["post", "likes"]}),
-            "c",
-            0,
-        );
-        edge.join(&removal).unwrap();
-        assert_eq!(counted(&edge), 12, "the 7's dot, unseen by the remover, carries the 5");
-        let held = chain(&refused, &refused_delta, &[&on_top, &removal]);
-        assert!(held.is_some());
-        undo_in_place(&mut edge, &refused, &node("a"), held.as_ref()).unwrap();
-        assert_eq!(counted(&edge), 7);
-
-        // What is not a taking back: a removal retires others' dots, a write is not a total.
-        assert!(!holds_only_counter_totals_of(&removal, &|n| n.as_str() == "c"));
-        let write = apply(&edge, &op(map_set(json!(["title"]), json!("hi"))), &node("a"), 0).unwrap();
-        assert!(!holds_only_counter_totals_of(&write, &|n| n.as_str() == "a"));
-        assert!(!holds_only_counter_totals_of(&Object::bottom(Kind::Map), &|_| true));
+        // Nor a map counter's (a removal of its key may have retired its dot).
+        assert!(inverse(&op(map_count("inc", json!(["post", "likes"]), 1))).is_none());
+        assert_eq!(undo_in_place(&mut set, &add, &node("a")).map_err(|e| e.reason()), Err("crdtWrongShape"));
     }
 
     #[test]

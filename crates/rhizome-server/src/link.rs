@@ -1560,7 +1560,7 @@ impl Link {
             routing: Routing { channels, clients: vec![id.client_id()], ..Routing::default() },
             status: Status::Processed,
         };
-        batch.appends.push(Append::crdt_undo(new, op.clone(), actor, logged, entry.added));
+        batch.appends.push(Append::crdt_undo(new, op.clone(), actor, logged));
     }
 
     /// An action of this server's own.

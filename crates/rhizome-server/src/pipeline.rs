@@ -181,18 +181,18 @@ fn undo(id: &ActionId, action: Action, reason: &str) -> Answer {
 }
 
 /// Whether `action`, relayed by a peer under `id`, is the taking back of a counter operation
-/// the upstream refused (docs/edge.md, "A refused counter operation"): a `crdt/delta` under a
-/// taken-back id, holding only the author's counter totals (a counter's or a map's counters')
-/// under an edge's actor, and retiring no one else's dots.
+/// the upstream refused (docs/edge.md, "A refused counter operation"): a `crdt/delta` of a
+/// counter under a taken-back id, holding only the author's totals under an edge's actor.
 fn is_taking_back(action: &Action, id: &ActionId) -> bool {
     if action.kind() != rhizome_crdt::DELTA_TYPE || !rhizome_core::uplink::is_taken_back(id) {
         return false;
     }
     match rhizome_crdt::parse_delta(action.fields()) {
-        Ok((_, delta)) => rhizome_crdt::ops::holds_only_counter_totals_of(&delta, &|actor| {
-            rhizome_core::actor::is_edge_actor_of(actor, &id.node)
-        }),
-        Err(_) => false,
+        Ok((_, rhizome_crdt::Object::Counter(counter))) => {
+            counter.node_count() > 0
+                && counter.entries().all(|(actor, _)| rhizome_core::actor::is_edge_actor_of(actor, &id.node))
+        }
+        _ => false,
     }
 }
 

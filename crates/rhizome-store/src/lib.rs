@@ -206,9 +206,9 @@ pub struct Append {
 pub(crate) enum CrdtWrite {
     /// An operation, whose dots the store assigns to the actor (see `rhizome_core::actor`).
     Op(rhizome_crdt::ops::Op, NodeId),
-    /// The inverse of a counter operation the actor made before, the delta it was logged
-    /// as, and where (see [`Append::crdt_undo`]).
-    Undo(rhizome_crdt::ops::Op, NodeId, Option<rhizome_crdt::Object>, Position),
+    /// The inverse of a counter operation the actor made before, and the delta it was
+    /// logged as (see [`Append::crdt_undo`]).
+    Undo(rhizome_crdt::ops::Op, NodeId, Option<rhizome_crdt::Object>),
     /// A delta with its dots assigned elsewhere (a peer relays what its own store applied),
     /// joined as it is.
     Join(rhizome_crdt::ops::Key, rhizome_crdt::Object),
@@ -236,22 +236,16 @@ impl Append {
     /// that the upstream refused: in the same transaction as the append, the store applies
     /// its inverse (`rhizome_crdt::ops::undo_in_place`) and stores the delta, as for
     /// [`Append::crdt`] (docs/edge.md, "A refused counter operation"). `logged` is the delta
-    /// the operation was logged as, at `position`: joined first, so that the inverse is applied
-    /// to running totals that hold the operation even if a correction took it out of the
-    /// object. A map's counter operation is taken back only while the actor's totals at its
-    /// path still hold it: the store follows them through the object's deltas logged after
-    /// `position` (`rhizome_crdt::ops::MapCounterChain`; a removal of the key in between
-    /// retired them, and an emptied delta leaves it unknown); otherwise the append is stored
-    /// undone, and the object is left as it is.
+    /// the operation was logged as: joined first, so that the inverse is applied to running
+    /// totals that hold the operation even if a correction took it out of the object.
     pub fn crdt_undo(
         entry: NewEntry,
         op: rhizome_crdt::ops::Op,
         actor: NodeId,
         logged: Option<rhizome_crdt::Object>,
-        position: Position,
     ) -> Append {
         let mut append = Append::new(entry);
-        append.crdt = Some(CrdtWrite::Undo(op, actor, logged, position));
+        append.crdt = Some(CrdtWrite::Undo(op, actor, logged));
         append
     }
 

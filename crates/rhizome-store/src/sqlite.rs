@@ -935,19 +935,13 @@ fn apply_crdt(
     // unchanged; a refused first operation creates nothing (its kind must not stick).
     let applied = match write {
         CrdtWrite::Op(op, actor) => ops::apply_in_place(&mut object.state, op, actor, entry.time),
-        CrdtWrite::Undo(op, actor, logged, position) => {
-            // A map's counter: the actor's dot at the path whose totals hold the operation now.
-            let chain = logged.as_ref().and_then(|logged| ops::MapCounterChain::start(op, actor, logged));
-            let held = match chain {
-                Some(chain) => follow_map_counter(tx, key, *position, chain)?,
-                None => None,
-            };
+        CrdtWrite::Undo(op, actor, logged) => {
             let mut state = object.state.clone();
             let undone = match logged {
                 Some(logged) => state.join(logged),
                 None => Ok(()),
             }
-            .and_then(|()| ops::undo_in_place(&mut state, op, actor, held.as_ref()));
+            .and_then(|()| ops::undo_in_place(&mut state, op, actor));
             if undone.is_ok() {
                 object.state = state;
             }
@@ -1095,41 +1089,6 @@ fn rebuild_object(
         return Ok(if incomplete { Rebuilt::Incomplete } else { Rebuilt::Same });
     }
     Ok(Rebuilt::State(Box::new((current, state))))
-}
-
-/// Follows `chain`, a map counter operation logged at `after`, through the deltas of the
-/// object at `key` logged since: the actor's dot whose totals hold it now, or `None` when they
-/// no longer do (or, a delta in between emptied by snapshot cleaning, may not).
-fn follow_map_counter(
-    tx: &rusqlite::Transaction<'_>,
-    key: &str,
-    after: Position,
-    mut chain: ops::MapCounterChain,
-) -> Result<Option<rhizome_crdt::Dot>, StoreError> {
-    let mut rows = tx.prepare_cached(
-        "SELECT l.added, l.action FROM log_channel_runs AS r
-         JOIN log AS l ON l.added BETWEEN max(r.first, ?2 + 1) AND r.last
-         WHERE r.channel = ?1 AND r.last > ?2 ORDER BY r.last, l.added",
-    )?;
-    let rows = rows.query_map(params![format!("crdt/{key}"), after as i64], |r| {
-        Ok((r.get::<_, i64>(0)? as Position, r.get::<_, String>(1)?))
-    })?;
-    for row in rows {
-        let (added, action) = row?;
-        if action == "{}" {
-            return Ok(None);
-        }
-        let action: Value = serde_json::from_str(&action).map_err(|_| StoreError::Corrupt(added))?;
-        if action["type"] != rhizome_crdt::DELTA_TYPE || action["key"] != key {
-            continue;
-        }
-        let Ok(delta) = Object::from_json(rhizome_crdt::Kind::Map, &action["delta"]) else { continue };
-        chain.follow(&delta);
-        if chain.held().is_none() {
-            return Ok(None);
-        }
-    }
-    Ok(chain.held().cloned())
 }
 
 /// Makes `state` the snapshot of the object at `key` at `added`, the entry that corrected it
@@ -1380,10 +1339,6 @@ impl LogWriter for SqliteWriter {
                     // A CRDT operation becomes its delta, or is refused, before it is stored.
                     let mut object_update = None;
                     if let Some(write) = &crdt {
-                        if matches!(write, CrdtWrite::Undo(..)) {
-                            // A map counter's taking back reads the object's deltas since.
-                            channel_runs.flush(&tx)?;
-                        }
                         let check_held = (from_upstream && entry.id.node.is_server()) || rejoined.is_some();
                         match apply_crdt(&tx, &mut staged, cache, write, &entry, check_held)? {
                             Applied::Changed(changed) => {

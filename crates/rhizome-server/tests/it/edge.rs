@@ -1213,24 +1213,6 @@ async fn a_site_that_hears_of_the_clouds_commit_of_a_fold_before_its_regions_ans
 
 #[tokio::test]
 async fn a_refused_counter_operation_does_not_come_back_with_the_authors_later_ones() -> Result<()> {
-    refused_counter_operation_stays_taken_back(false).await
-}
-
-#[tokio::test]
-async fn a_refused_map_counter_operation_does_not_come_back_with_the_authors_later_ones() -> Result<()> {
-    refused_counter_operation_stays_taken_back(true).await
-}
-
-/// The value of the counter at `likes` in a map's document (JSON), the sum of each author's
-/// totals.
-fn map_likes(document: &serde_json::Value) -> i64 {
-    let entries = document["entries"]["likes"]["counter"].as_array().cloned().unwrap_or_default();
-    entries.iter().map(|e| e[2].as_i64().unwrap_or(0) - e[3].as_i64().unwrap_or(0)).sum()
-}
-
-/// A counter operation the cloud refused is taken back: a counter's (`map` false), or the
-/// counter at `likes` in a map's.
-async fn refused_counter_operation_stays_taken_back(map: bool) -> Result<()> {
     // Alice has lost the right to change objects at the cloud, for a while.
     let cloud = cloud_where_only_bob_writes_objects().await?;
     // A `slow` action holds back what the site relays after it until its gate opens.
@@ -1241,10 +1223,7 @@ async fn refused_counter_operation_stays_taken_back(map: bool) -> Result<()> {
     let mut bob = site.login("bob:b1:t").await?;
     subscribe(&mut bob, "crdt/likes").await?;
     let mut alice = site.login("alice:a1:t").await?;
-    let inc = |by: u64| match map {
-        false => json!({"type": "crdt/counter/inc", "key": "likes", "by": by}),
-        true => json!({"type": "crdt/map/inc", "key": "likes", "path": ["likes"], "by": by}),
-    };
+    let inc = |by: u64| json!({"type": "crdt/counter/inc", "key": "likes", "by": by});
     // The site takes her 5, then `slow`, then her 2, whose delta (her running total) counts
     // the 5 too. The 5 goes up at once and is refused.
     let refused = alice.send_action(inc(5)).await?;
@@ -1281,55 +1260,16 @@ async fn refused_counter_operation_stays_taken_back(map: bool) -> Result<()> {
     assert!(ids_of(&cloud, "alice:a1:t")?.contains_key(&later));
     // Everywhere the counter is 2: the refused 5 was taken back under Alice's actor, so the
     // 2's running total does not bring it back.
-    if map {
-        let document = converged_object(&[&cloud, &site], "likes", |doc| map_likes(doc) == 2).await?;
-        // Her totals, under her latest dot: the 5 and the 2, and the 5 taken back.
-        let totals = &document["entries"]["likes"]["counter"];
-        assert_eq!(totals.as_array().map(Vec::len), Some(1), "{document}");
-        assert_eq!(
-            (&totals[0][0], &totals[0][2], &totals[0][3]),
-            (&json!(site.actor("alice:a1:t")), &json!(7), &json!(5))
-        );
-        // So is the copy of a subscriber at the site.
-        map_copy_becomes(&mut bob, "likes", &document).await?;
-    } else {
-        let document = converged_counter(&[&cloud, &site], "likes", 2).await?;
-        assert_eq!(document, json!({site.actor("alice:a1:t"): [7, 5]}));
-        copy_becomes(&mut bob, "likes", &document).await?;
-    }
+    let document = converged_counter(&[&cloud, &site], "likes", 2).await?;
+    assert_eq!(document, json!({site.actor("alice:a1:t"): [7, 5]}));
+    // So is the copy of a subscriber at the site.
+    copy_becomes(&mut bob, "likes", &document).await?;
     // The record of Alice's operations is done with once the cloud answered them.
     let db = rusqlite::Connection::open(site.db_path())?;
     let kept: i64 = db.query_row("SELECT count(*) FROM counter_ops", [], |r| r.get(0))?;
     assert_eq!(kept, 0);
     for server in [site, cloud] {
         server.stop().await;
-    }
-    Ok(())
-}
-
-/// Waits until `client`'s copy of the map `key`, the join of the deltas it receives (a whole
-/// state in place of the copy), is `want`.
-async fn map_copy_becomes(client: &mut Client, key: &str, want: &serde_json::Value) -> Result<()> {
-    let kind = rhizome_crdt::Kind::Map;
-    let want = rhizome_crdt::Object::from_json(kind, want).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut copy = rhizome_crdt::Object::bottom(kind);
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    while copy != want {
-        let Ok(message) = tokio::time::timeout_at(deadline, client.next_json()).await else {
-            bail!("the copy stays {}, not {}", copy.to_json(), want.to_json());
-        };
-        for a in crate::support::sync_actions(&message?) {
-            if a["type"] != "crdt/delta" || a["key"] != key {
-                continue;
-            }
-            let delta =
-                rhizome_crdt::Object::from_json(kind, &a["delta"]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if a["replace"] == true {
-                copy = delta;
-            } else {
-                copy.join(&delta).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            }
-        }
     }
     Ok(())
 }

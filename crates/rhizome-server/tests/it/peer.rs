@@ -83,31 +83,6 @@ async fn only_a_peer_takes_back_and_only_its_authors_counter_totals() -> Result<
         let id = format!("{} alice:a1:t {TAKEN_BACK_SEQ}", link.base_time + shift);
         link.until(|m| has_answer(m, "logux/undo", &id)).await?;
     }
-    // A map's counter totals too, but nothing more: not a write, nor a context that retires
-    // another's dots (a removal of Bob's contribution).
-    let map_taking_back = |added: u64, shift: i64, delta: Value| {
-        json!(["sync", added,
-            {"type": "crdt/delta", "key": "doc", "kind": "map", "delta": delta},
-            {"id": [shift, "alice:a1:t", TAKEN_BACK_SEQ], "time": shift}])
-    };
-    let hers = "server:edge:e1~alice:a1:t";
-    let totals = json!({"entries": {"likes": {"counter": [[hers, 2, 7, 5]]}}, "context": {"vv": {hers: 2}}});
-    link.send_json(&map_taking_back(4, 4, totals)).await?;
-    let taken = format!("{} alice:a1:t {TAKEN_BACK_SEQ}", link.base_time + 4);
-    link.until(|m| has_answer(m, "logux/processed", &taken)).await?;
-    for (n, delta) in [
-        json!({"entries": {"title": {"reg": [[hers, 3, "hi"]]}}, "context": {"vv": {hers: 3}}}),
-        json!({"entries": {"likes": {"counter": [[hers, 4, 7, 6]]}},
-            "context": {"vv": {hers: 4, "server:edge:e1~bob:b1:t": 1}}}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let shift = 5 + n as i64;
-        link.send_json(&map_taking_back(5 + n as u64, shift, delta)).await?;
-        let id = format!("{} alice:a1:t {TAKEN_BACK_SEQ}", link.base_time + shift);
-        link.until(|m| has_answer(m, "logux/undo", &id)).await?;
-    }
     // A client cannot make an id that passes for a taking back: refused, though Alice may
     // write her own channel.
     let mut alice = server.login("alice:a1:t").await?;
