@@ -6,14 +6,15 @@
 //! varying latency. When the schedule is over the network heals, and the seed must end with:
 //! - every plain action a client added (durably, on its device) in the log of the cloud and of
 //!   both edges exactly once: nothing lost, nothing processed twice;
-//! - the same CRDT objects (a counter, a set) at the cloud, both edges and every client, the
-//!   counter counting every increment added once.
+//! - the same CRDT objects (a counter, a set, a map with a counter) at the cloud, both edges
+//!   and every client, each counter counting every increment added once (less those undone).
 //! - every action a client added at an edge and that was not undone named by a
 //!   `rhizome/committed` the client received (the cloud committed it), and none other.
 //!
 //! Odd seeds make a chain instead: edge2 is an edge of edge1 (cloud ← edge1 ← edge2), so what
 //! edge2 relays and receives goes through edge1, and the cloud's refusals of dave's elements
-//! (taken by edge2, passed by edge1 to its own clients) must be corrected away at both tiers.
+//! and increments (taken by edge2, passed by edge1 to its own clients) must be corrected away,
+//! or taken back, at both tiers.
 //!
 //! A device of an edge sometimes moves to the cloud (its edge often cut off meanwhile) and
 //! back, writing at both: each server names the dots of the operations it applies after itself
@@ -192,7 +193,7 @@ struct Node {
 }
 
 /// The objects every replica must agree on.
-const OBJECTS: [&str; 2] = ["likes", "tags"];
+const OBJECTS: [&str; 3] = ["likes", "tags", "stats"];
 
 fn token(user: &str) -> String {
     // Far in the future: the simulated weeks must not expire it.
@@ -207,10 +208,14 @@ actions_per_sync_max = 100
 unauthenticated_timeout_ms = 30000
 "#;
 
-/// The user whose access to the set the cloud has revoked (its edge, not told, still lets it
-/// add): the cloud refuses each element it adds, and its edge must correct its copy of the set
-/// and its clients' (docs/edge.md).
+/// The user whose access to the objects the cloud has revoked (its edge, not told, still lets
+/// it write): the cloud refuses each element it adds to the set, and its edge must correct its
+/// copy of the set and its clients'; and each increment of the counter and of the map's
+/// counter, which its edge must take back (docs/edge.md).
 const REVOKED: &str = "dave";
+
+/// The objects whose writers the cloud's rules name (all but [`REVOKED`]).
+const REVOKED_OBJECTS: [&str; 3] = ["tags", "likes", "stats"];
 
 fn server_options(name: &str, upstream: Option<&str>, dir: &Path) -> Result<ServerOptions> {
     let (app, limits) = TestServer::edited_rules_with_peers(&["edge"], LIMITS, |rules| {
@@ -223,10 +228,14 @@ fn server_options(name: &str, upstream: Option<&str>, dir: &Path) -> Result<Serv
             .filter(|u| *u != REVOKED)
             .map(|u| format!("{u:?}"))
             .collect();
-        let revoked = format!(
-            "[[channel]]\npattern = \"crdt/tags\"\nsubscribe = \"everyone\"\nwrite = [{}]\n\n[[channel]]\npattern = \"crdt/*\"",
-            allowed.join(", ")
-        );
+        let mut revoked = String::new();
+        for key in REVOKED_OBJECTS {
+            revoked.push_str(&format!(
+                "[[channel]]\npattern = \"crdt/{key}\"\nsubscribe = \"everyone\"\nwrite = [{}]\n\n",
+                allowed.join(", ")
+            ));
+        }
+        revoked.push_str("[[channel]]\npattern = \"crdt/*\"");
         assert!(rules.contains("[[channel]]\npattern = \"crdt/*\""));
         rules.replacen("[[channel]]\npattern = \"crdt/*\"", &revoked, 1)
     })?;
@@ -326,7 +335,7 @@ async fn use_client(
     device: &Rc<RefCell<Device>>,
     watching: &Cell<bool>,
 ) -> turmoil::Result {
-    for channel in ["counter/x", "crdt/likes", "crdt/tags"] {
+    for channel in ["counter/x", "crdt/likes", "crdt/tags", "crdt/stats"] {
         client.subscribe(channel).await?;
     }
     let wake = device.borrow().wake.clone();
@@ -349,8 +358,10 @@ async fn use_client(
                 actions.push(json!({"type": "inc", "id": "x"}));
             }
             let plain = actions.len();
+            // Each increment of the counter goes to the map's counter as well.
             for _ in 0..write.increments {
                 actions.push(json!({"type": "crdt/counter/inc", "key": "likes", "by": 1}));
+                actions.push(json!({"type": "crdt/map/inc", "key": "stats", "path": ["n"], "by": 1}));
             }
             let first_element = device.borrow().elements.len();
             let elements: Vec<String> =
@@ -678,10 +689,12 @@ impl Run<'_> {
     }
 
     fn objects_converged(&self) -> bool {
-        let (increments, elements) = self.expected();
+        let (increments, elements, map_increments) = self.expected();
         let reference = self.nodes[0].borrow().objects.clone();
         let counted = reference.get("likes").map(counter_total).unwrap_or(0);
+        let map_counted = reference.get("stats").map(map_counter_total).unwrap_or(0);
         counted == increments
+            && map_counted == map_increments
             && reference.get("tags").map(set_elements).unwrap_or_default() == elements
             && self.nodes.iter().all(|n| {
                 let n = n.borrow();
@@ -693,17 +706,21 @@ impl Run<'_> {
             })
     }
 
-    /// What the counter must count and the set must hold: what was added, less what was undone.
-    fn expected(&self) -> (i64, BTreeSet<String>) {
+    /// What the counter must count, the set must hold and the map's counter must count: what
+    /// was added, less what was undone.
+    fn expected(&self) -> (i64, BTreeSet<String>, i64) {
         let mut increments = 0;
+        let mut map_increments = 0;
         let mut elements = BTreeSet::new();
         for device in &self.devices {
             let device = device.borrow();
             increments += device.increments;
+            map_increments += device.increments;
             elements.extend(device.elements.iter().cloned());
             for (action, _) in &device.undone {
                 match action["type"].as_str() {
                     Some("crdt/counter/inc") => increments -= action["by"].as_i64().unwrap_or(1),
+                    Some("crdt/map/inc") => map_increments -= action["by"].as_i64().unwrap_or(1),
                     Some("crdt/set/add") => {
                         elements.remove(action["elem"].as_str().unwrap_or_default());
                     }
@@ -711,7 +728,7 @@ impl Run<'_> {
                 }
             }
         }
-        (increments, elements)
+        (increments, elements, map_increments)
     }
 
     fn describe(&self) -> String {
@@ -758,6 +775,12 @@ fn counter_total(document: &Value) -> i64 {
         .as_object()
         .map(|o| o.values().map(|pn| pn[0].as_i64().unwrap_or(0) - pn[1].as_i64().unwrap_or(0)).sum())
         .unwrap_or(0)
+}
+
+/// The value of the counter at `n` in a map document.
+fn map_counter_total(document: &Value) -> i64 {
+    let counter = document["entries"]["n"]["counter"].as_array().cloned().unwrap_or_default();
+    counter.iter().map(|e| e[2].as_i64().unwrap_or(0) - e[3].as_i64().unwrap_or(0)).sum()
 }
 
 /// The elements of an add-wins set document.
@@ -920,22 +943,25 @@ fn run_seed(seed: u64) -> Result<Outcome> {
         }
         run.step_for(5)?;
     }
-    // An undo is the cloud's refusal of an element the revoked user added, or a server's
-    // answer to a crash in the middle of processing, nothing else; and each element the
-    // revoked user added is refused.
+    // An undo is the cloud's refusal of an object operation the revoked user made, or a
+    // server's answer to a crash in the middle of processing, nothing else; and each element
+    // and increment the revoked user added is refused.
     let restarts: u64 = run.nodes.iter().map(|n| n.borrow().starts.saturating_sub(1)).sum();
     for ((user, _), device) in CLIENTS.iter().zip(&run.devices) {
         let device = device.borrow();
         for (action, reason) in &device.undone {
-            let revoked = *user == REVOKED && action["type"] == "crdt/set/add" && reason == "denied";
+            let object = action["type"].as_str().is_some_and(|t| t.starts_with("crdt/"));
+            let revoked = *user == REVOKED && object && reason == "denied";
             if !revoked && (reason != "error" || restarts == 0) {
                 bail!("{user}'s {action} was undone ({reason}) with {restarts} server restarts");
             }
         }
         if *user == REVOKED {
-            let refused = device.undone.iter().filter(|(a, _)| a["type"] == "crdt/set/add").count();
-            if refused != device.elements.len() {
-                bail!("{user} added {} elements, {refused} were refused", device.elements.len());
+            let refused = |kind: &str| device.undone.iter().filter(|(a, _)| a["type"] == kind).count();
+            let (elements, increments) = (device.elements.len(), device.increments as usize);
+            let refused = (refused("crdt/set/add"), refused("crdt/counter/inc"), refused("crdt/map/inc"));
+            if refused != (elements, increments, increments) {
+                bail!("{user} added {elements} elements and {increments} increments of each counter; refused {refused:?}");
             }
         }
     }
