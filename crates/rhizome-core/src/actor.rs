@@ -68,9 +68,14 @@ pub fn actor(author: &NodeId, site: Option<&ClientId>) -> NodeId {
     if whole.len() <= NODE_ID_BYTES_MAX {
         return NodeId::from(whole);
     }
+    NodeId::from(format!("server:{site}{DIGEST_SEPARATOR}{}", digest_hex(author)))
+}
+
+/// 128 bits of the SHA-256 of `author`'s node id, in hex: the name of an author too long to
+/// be spelled out in an actor.
+fn digest_hex(author: &NodeId) -> String {
     let digest = Sha256::digest(author.as_str().as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    NodeId::from(format!("server:{site}{DIGEST_SEPARATOR}{hex}"))
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `name` is the actor under which an edge (any edge) applies `author`'s operations
@@ -81,9 +86,7 @@ pub fn is_edge_actor_of(name: &NodeId, author: &NodeId) -> bool {
     if let Some(site) = rest.strip_suffix(author.as_str()).and_then(|r| r.strip_suffix(SEPARATOR)) {
         return !site.is_empty() && !site.contains(SEPARATOR);
     }
-    let digest = Sha256::digest(author.as_str().as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    rest.strip_suffix(hex.as_str())
+    rest.strip_suffix(digest_hex(author).as_str())
         .and_then(|r| r.strip_suffix(DIGEST_SEPARATOR))
         .is_some_and(|s| !s.is_empty())
 }
