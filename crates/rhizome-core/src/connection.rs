@@ -103,6 +103,9 @@ pub struct Incoming {
     /// Set when the meta rules refuse it: a meta key outside `id`/`time`/`subprotocol`, or an
     /// id of another client. Such an action is answered with undo `denied` and never stored.
     pub refused: bool,
+    /// The ids of the deltas a peer folded into this one (its `folded` meta, see
+    /// docs/edge.md); a client's `folded` refuses the action.
+    pub folded: Vec<ActionId>,
 }
 
 /// What the driver must do.
@@ -372,13 +375,17 @@ impl Connection {
                     // A client may send only its own actions; a peer relays others' too, but
                     // never the server's (no client connects as the server either).
                     let foreign = !id.node.is_of(client_id) && (*role == Role::Client || is_server(&id.node));
-                    let refused = !entry.meta.extra_keys.is_empty() || foreign;
+                    let folded = entry.meta.folded_ids(&id);
+                    let refused = !entry.meta.extra_keys.is_empty()
+                        || foreign
+                        || (*role == Role::Client && entry.meta.folded.is_some());
                     actions.push(Incoming {
                         time: codec.decode_time(entry.meta.time),
                         subprotocol: entry.meta.subprotocol.unwrap_or(*subprotocol),
                         id,
                         action: entry.action,
                         refused,
+                        folded,
                     });
                 }
                 out.push(Output::Sync { added, actions });
@@ -504,13 +511,17 @@ mod tests {
         c.auth_finished(Grant::Client, 1001, &mut out);
         out.clear();
         c.on_frame(
-            r#"["sync",3,{"type":"a"},{"id":[1,"other:c:t",0],"time":1},{"type":"b"},{"id":2,"time":2,"reasons":[]},{"type":"c"},{"id":[3,"u:c:other",0],"time":3}]"#,
+            r#"["sync",4,{"type":"a"},{"id":[1,"other:c:t",0],"time":1},{"type":"b"},{"id":2,"time":2,"reasons":[]},{"type":"c"},{"id":[3,"u:c:other",0],"time":3},{"type":"d"},{"id":4,"time":4,"folded":[[1,0]]}]"#,
             1002,
             &mut out,
         );
         let Some(Output::Sync { actions, .. }) = out.first() else { panic!() };
         let refused: Vec<bool> = actions.iter().map(|a| a.refused).collect();
-        assert_eq!(refused, [true, true, false], "another tab of the same client is allowed");
+        assert_eq!(
+            refused,
+            [true, true, false, true],
+            "another tab of the same client is allowed; a fold is a peer's"
+        );
     }
 
     #[test]
@@ -523,19 +534,23 @@ mod tests {
         out.clear();
         c.auth_finished(Grant::Peer, 1001, &mut out);
         c.on_frame(
-            r#"["sync",3,{"type":"a"},{"id":[2,"alice:c:t",0],"time":1},{"type":"b"},{"id":3,"time":2,"reasons":[]}]"#,
+            r#"["sync",5,{"type":"a"},{"id":[2,"alice:c:t",0],"time":1},{"type":"b"},{"id":3,"time":2,"reasons":[]},{"type":"c"},{"id":[9,"alice:c:t",2],"time":9,"folded":[[5,0],[0,1]]},{"type":"d"},{"id":[10,"alice:c:t",0],"time":10,"folded":[[5]]}]"#,
             1002,
             &mut out,
         );
-        let refused: Vec<bool> = out
+        let actions: Vec<&Incoming> = out
             .iter()
             .filter_map(|o| match o {
-                Output::Sync { actions, .. } => Some(actions.iter().map(|a| a.refused)),
+                Output::Sync { actions, .. } => Some(actions.iter()),
                 _ => None,
             })
             .flatten()
             .collect();
-        assert_eq!(refused, [false, false, true]);
+        let refused: Vec<bool> = actions.iter().map(|a| a.refused).collect();
+        assert_eq!(refused, [false, false, true, false, true], "a malformed folded is extra meta");
+        let folded: Vec<String> = actions[3].folded.iter().map(ActionId::text).collect();
+        let base = actions[3].id.ms - 9;
+        assert_eq!(folded, [format!("{} alice:c:t 0", base + 4), format!("{} alice:c:t 1", base + 9)]);
     }
 
     #[test]

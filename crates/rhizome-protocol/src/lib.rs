@@ -8,6 +8,6 @@ pub mod message;
 
 pub use ids::{client_part, ActionId, Channel, ClientId, IdGenerator, NodeId, UserId};
 pub use message::{
-    parse, time_fix, Action, Codec, ConnectOptions, Message, ProtocolError, SyncBuilder, WireEntry, WireId,
-    WireMeta, WireTargets, PROTOCOL,
+    folded_meta, parse, time_fix, Action, Codec, ConnectOptions, Message, ProtocolError, SyncBuilder,
+    WireEntry, WireId, WireMeta, WireTargets, PROTOCOL,
 };

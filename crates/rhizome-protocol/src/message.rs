@@ -239,6 +239,40 @@ pub struct WireMeta {
     /// `excludeClients`, each a list of strings): a Rhizome server tells a peer (an edge's
     /// link) so, since the peer cannot work it out from its own rules for every action.
     pub targets: Option<Box<WireTargets>>,
+    /// The ids of the deltas a peer folded into this one, when it said (`folded`, see
+    /// [`WireMeta::folded_ids`]). A malformed `folded` is kept in `extra_keys` instead.
+    pub folded: Option<Box<Vec<(i64, u64)>>>,
+}
+
+impl WireMeta {
+    /// The ids of the deltas folded into the action `id` (an edge relays an author's deltas of
+    /// one object as one, docs/edge.md): `folded` is a list of `[ms, seq]` pairs, `ms` counted
+    /// back from `id`'s, of the same node as `id`. Empty without `folded`.
+    pub fn folded_ids(&self, id: &ActionId) -> Vec<ActionId> {
+        let Some(pairs) = &self.folded else { return Vec::new() };
+        pairs
+            .iter()
+            .map(|&(back, seq)| ActionId { ms: id.ms.saturating_sub(back), node: id.node.clone(), seq })
+            .collect()
+    }
+}
+
+/// The `folded` meta of a delta under `id` into which those of `members` were folded (see
+/// [`WireMeta::folded_ids`]): `"folded":[[ms,seq],…]`, empty for no member. Members of
+/// another node than `id`'s are left out.
+pub fn folded_meta<'a>(id: &ActionId, members: impl IntoIterator<Item = &'a ActionId>) -> String {
+    let mut out = String::new();
+    for member in members.into_iter().filter(|m| m.node == id.node && *m != id) {
+        out.push_str(if out.is_empty() { "\"folded\":[[" } else { ",[" });
+        push_int(&mut out, id.ms - member.ms);
+        out.push(',');
+        push_uint(&mut out, member.seq);
+        out.push(']');
+    }
+    if !out.is_empty() {
+        out.push(']');
+    }
+    out
 }
 
 /// The addressing meta of an action (see [`WireMeta::targets`]), as sent: lists of ids, not
@@ -565,6 +599,7 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
         let mut subprotocol = None;
         let mut extra_keys: Vec<String> = Vec::new();
         let mut targets = WireTargets::default();
+        let mut folded = None;
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
                 "id" => id = map.next_value::<IdValue>()?.0,
@@ -573,6 +608,8 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
                     subprotocol =
                         Some(map.next_value::<MetaValue>()?.int().and_then(|n| u64::try_from(n).ok()))
                 }
+                // The last of repeated keys counts: a malformed one is an extra key.
+                "folded" => folded = Some(map.next_value::<PairList>()?.0.map(Box::new)),
                 _ => {
                     match targets.slot(&key) {
                         // A list of strings, else nothing (the last of repeated keys counts).
@@ -587,14 +624,22 @@ impl<'de> serde::de::Visitor<'de> for MetaVisitor {
                 }
             }
         }
+        let folded = match folded {
+            Some(Some(pairs)) => Some(pairs),
+            Some(None) => {
+                extra_keys.push("folded".to_owned());
+                None
+            }
+            None => None,
+        };
         extra_keys.sort_unstable();
         let targets = (!targets.is_empty()).then(|| Box::new(targets));
         Ok(match (id, time, subprotocol) {
             (Some(id), Some(time), None) => {
-                Some(WireMeta { id, time, subprotocol: None, extra_keys, targets })
+                Some(WireMeta { id, time, subprotocol: None, extra_keys, targets, folded })
             }
             (Some(id), Some(time), Some(Some(n))) => {
-                Some(WireMeta { id, time, subprotocol: Some(n), extra_keys, targets })
+                Some(WireMeta { id, time, subprotocol: Some(n), extra_keys, targets, folded })
             }
             _ => None,
         })
@@ -616,6 +661,24 @@ impl<'de> serde::Deserialize<'de> for StringList {
             })
             .collect();
         Ok(StringList(strings))
+    }
+}
+
+/// A JSON list of `[int, uint]` pairs (`folded`); `None` for any other value.
+struct PairList(Option<Vec<(i64, u64)>>);
+
+impl<'de> serde::Deserialize<'de> for PairList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let Value::Array(items) = value else { return Ok(PairList(None)) };
+        let pairs = items
+            .iter()
+            .map(|v| match v.as_array().map(Vec::as_slice) {
+                Some([ms, seq]) => Some((int(ms)?, uint(seq)?)),
+                _ => None,
+            })
+            .collect();
+        Ok(PairList(pairs))
     }
 }
 
@@ -1069,8 +1132,22 @@ mod tests {
             None => None,
             Some(v) => Some(uint(v)?),
         };
-        let extra_keys =
-            map.keys().filter(|k| !matches!(k.as_str(), "id" | "time" | "subprotocol")).cloned().collect();
+        let pairs = |v: &Value| -> Option<Vec<(i64, u64)>> {
+            v.as_array()?
+                .iter()
+                .map(|p| match p.as_array().map(Vec::as_slice) {
+                    Some([ms, seq]) => Some((int(ms)?, uint(seq)?)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let folded = map.get("folded").and_then(pairs).map(Box::new);
+        let extra_keys = map
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "id" | "time" | "subprotocol"))
+            .filter(|k| *k != "folded" || folded.is_none())
+            .cloned()
+            .collect();
         let list = |key: &str| -> Vec<String> {
             let strings = map.get(key).and_then(Value::as_array).and_then(|items| {
                 items.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<Vec<String>>>()
@@ -1084,7 +1161,7 @@ mod tests {
             exclude_clients: list("excludeClients"),
         };
         let targets = (targets != WireTargets::default()).then(|| Box::new(targets));
-        Some(WireMeta { id, time, subprotocol, extra_keys, targets })
+        Some(WireMeta { id, time, subprotocol, extra_keys, targets, folded })
     }
 
     fn json_scalar() -> impl Strategy<Value = String> {
@@ -1109,6 +1186,8 @@ mod tests {
         prop_oneof![
             3 => json_scalar(),
             2 => prop::collection::vec(json_scalar(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+            1 => prop::collection::vec((json_scalar(), json_scalar()), 0..3)
+                .prop_map(|v| format!("[{}]", v.iter().map(|(a, b)| format!("[{a},{b}]")).collect::<Vec<_>>().join(","))),
         ]
     }
 
@@ -1182,7 +1261,7 @@ mod tests {
             ],
             time in -5i64..5,
             pairs in prop::collection::vec(
-                (prop::sample::select(vec!["id", "time", "subprotocol", "reasons", "x", "users", "excludeClients"]), json_value()),
+                (prop::sample::select(vec!["id", "time", "subprotocol", "reasons", "x", "users", "excludeClients", "folded"]), json_value()),
                 0..4,
             ),
             at in 0usize..5,
@@ -1204,6 +1283,43 @@ mod tests {
             base_time: 1_795_692_083_921,
             local: NodeId::from("server:abc"),
             remote: NodeId::from("10:QNzaL4cH:d8Kgi9Ai"),
+        }
+    }
+
+    #[test]
+    fn folded_ids_go_through_meta_and_back() {
+        let c = codec();
+        let id = ActionId { ms: 1_795_692_090_000, node: NodeId::from("10:a:b"), seq: 7 };
+        let members = [
+            ActionId { ms: 1_795_692_089_000, node: NodeId::from("10:a:b"), seq: 0 },
+            ActionId { ms: 1_795_692_090_000, node: NodeId::from("10:a:b"), seq: 6 },
+            // A clock gone back: a member may be later than the fold's id.
+            ActionId { ms: 1_795_692_090_500, node: NodeId::from("10:a:b"), seq: 2 },
+        ];
+        let other = ActionId { ms: 1_795_692_089_000, node: NodeId::from("10:a:c"), seq: 0 };
+        let extra = folded_meta(&id, members.iter().chain([&other, &id]));
+        assert_eq!(
+            extra, r#""folded":[[1000,0],[0,6],[-500,2]]"#,
+            "another node's id and the fold's own are left out"
+        );
+        let mut meta = String::new();
+        c.encode_meta_with(&mut meta, &id, id.ms, None, &extra);
+        let raw: Box<RawValue> = serde_json::from_str(&meta).unwrap();
+        let parsed = parse_meta(&raw).expect("meta");
+        assert!(parsed.extra_keys.is_empty(), "folded is not an extra key");
+        let decoded = c.decode_id(&parsed.id).expect("id");
+        assert_eq!(decoded, id);
+        assert_eq!(parsed.folded_ids(&decoded), members.to_vec());
+        assert_eq!(folded_meta(&id, []), "", "nothing when nothing was folded");
+        for bad in [
+            r#"{"id":1,"time":0,"folded":[[1]]}"#,
+            r#"{"id":1,"time":0,"folded":[[1,-2]]}"#,
+            r#"{"id":1,"time":0,"folded":5}"#,
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(bad).unwrap();
+            let parsed = parse_meta(&raw).expect("meta");
+            assert_eq!(parsed.extra_keys, vec!["folded".to_owned()], "{bad}");
+            assert!(parsed.folded.is_none());
         }
     }
 

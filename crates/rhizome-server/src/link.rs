@@ -245,6 +245,9 @@ const WAITING_POLL: Duration = Duration::from_millis(20);
 /// still tries, at the longest backoff, so an upstream fixed meanwhile is picked up.
 const FATAL_ERRORS: [&str; 3] = ["wrong-protocol", "wrong-subprotocol", "wrong-credentials"];
 
+/// Room for one id in a `folded` meta (`[ms,seq],`), in bytes.
+const FOLDED_ID_BYTES: usize = 24;
+
 /// Room for one action's meta and separators in a `sync` frame, in bytes.
 const META_BYTES_MAX: usize = 384;
 
@@ -1644,10 +1647,30 @@ impl Link {
                 Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
                 Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
             };
+            // The ids a site folded into the deltas it relayed here (in a chain): they go up
+            // with them.
+            let into = match (rows.first(), rows.last()) {
+                (Some((first, _)), Some((last, _))) => {
+                    let store = self.shared.store.clone();
+                    let (from, to) = (first.added, last.added);
+                    match rhizome_io::blocking(move || store.folded_into(from, to)).await {
+                        Ok(Ok(into)) => into,
+                        Ok(Err(e)) => return Err(End::retry(format!("reading the log: {e}"))),
+                        Err(e) => return Err(End::retry(format!("reading the log: {e}"))),
+                    }
+                }
+                _ => Vec::new(),
+            };
+            let mut folded_into: HashMap<Position, Vec<ActionId>> = HashMap::new();
+            for (position, id) in into {
+                if let Some(id) = ActionId::parse(&id) {
+                    folded_into.entry(position).or_default().push(id);
+                }
+            }
             let subprotocol = self.shared.config.subprotocol;
             let fold = self.options.fold_crdt;
-            let chunk =
-                Chunk::build(&rows, session, subprotocol, self.options.sync_bytes_max, fold, &self.uplink);
+            let limits = (self.options.sync_bytes_max, fold);
+            let chunk = Chunk::build(&rows, &folded_into, session, subprotocol, limits, &self.uplink);
             if self.folded.len() > FOLDED_KEPT_MAX {
                 // Answers that never came (the connection ends when they are overdue): their
                 // deltas are sent again, folded anew, on the next one.
@@ -1766,12 +1789,16 @@ impl Chunk {
     /// already has, which it would drop as a duplicate. An upstream that has the last one's id
     /// has every delta folded under it: each was sent no later, from the cursor on, and the
     /// upstream commits `sync`s in order.
+    ///
+    /// A delta goes with the ids of those folded into it (`folded` meta, docs/edge.md): those
+    /// folded here, and those a site folded into the ones it relayed here (`folded_into`, by
+    /// position), so that the upstream finds each by its own id.
     fn build(
         rows: &[(StoredEntry, Status)],
+        folded_into: &HashMap<Position, Vec<ActionId>>,
         session: &Session,
         subprotocol: u64,
-        bytes_max: usize,
-        fold: bool,
+        (bytes_max, fold): (usize, bool),
         uplink: &Uplink,
     ) -> Chunk {
         let mut chunk = Chunk {
@@ -1783,6 +1810,7 @@ impl Chunk {
             folded: Vec::new(),
             actions: Vec::new(),
         };
+        let aliases = |entry: &StoredEntry| folded_into.get(&entry.added).map_or(0, Vec::len);
         let mut parts: Vec<Part<'_>> = Vec::new();
         // Index in `parts` of the folded delta of each (author, key).
         let mut groups: HashMap<(&NodeId, String), usize> = HashMap::new();
@@ -1804,11 +1832,13 @@ impl Chunk {
                         Some((key, delta)) => match groups.get(&(&entry.id.node, key.clone())) {
                             Some(&at) => {
                                 // The join grows by up to this delta (a set's elements, a list's
-                                // values): counted, so the `sync` keeps to its limit.
-                                if bytes + entry.action_json.len() > bytes_max {
+                                // values) and its id in `folded`: counted, so the `sync` keeps to
+                                // its limit.
+                                let grows = entry.action_json.len() + FOLDED_ID_BYTES * (1 + aliases(entry));
+                                if bytes + grows > bytes_max {
                                     break;
                                 }
-                                bytes += entry.action_json.len();
+                                bytes += grows;
                                 if let Part::Folded { last, delta: joined, others, positions, .. } =
                                     &mut parts[at]
                                 {
@@ -1823,12 +1853,13 @@ impl Chunk {
                                 }
                             }
                             None => {
-                                if !parts.is_empty()
-                                    && bytes + entry.action_json.len() + META_BYTES_MAX > bytes_max
-                                {
+                                let takes = entry.action_json.len()
+                                    + META_BYTES_MAX
+                                    + FOLDED_ID_BYTES * aliases(entry);
+                                if !parts.is_empty() && bytes + takes > bytes_max {
                                     break;
                                 }
-                                bytes += entry.action_json.len() + META_BYTES_MAX;
+                                bytes += takes;
                                 groups.insert((&entry.id.node, key.clone()), parts.len());
                                 parts.push(Part::Folded {
                                     last: entry,
@@ -1840,12 +1871,12 @@ impl Chunk {
                             }
                         },
                         None => {
-                            if !parts.is_empty()
-                                && bytes + entry.action_json.len() + META_BYTES_MAX > bytes_max
-                            {
+                            let takes =
+                                entry.action_json.len() + META_BYTES_MAX + FOLDED_ID_BYTES * aliases(entry);
+                            if !parts.is_empty() && bytes + takes > bytes_max {
                                 break;
                             }
-                            bytes += entry.action_json.len() + META_BYTES_MAX;
+                            bytes += takes;
                             parts.push(Part::Entry(entry));
                         }
                     }
@@ -1863,19 +1894,23 @@ impl Chunk {
         });
         let mut frame = SyncBuilder::new();
         for part in parts {
-            let (entry, json, positions) = match part {
-                Part::Entry(entry) => (entry, None, vec![entry.added]),
-                Part::Folded { last, others, positions, .. } if others.is_empty() => (last, None, positions),
+            let (entry, json, positions, others) = match part {
+                Part::Entry(entry) => (entry, None, vec![entry.added], Vec::new()),
+                Part::Folded { last, others, positions, .. } if others.is_empty() => {
+                    (last, None, positions, others)
+                }
                 Part::Folded { last, key, delta, others, positions } => {
-                    chunk.folded.push((last.id.clone(), others));
-                    (last, Some(rhizome_crdt::delta_action(&key, &delta)), positions)
+                    chunk.folded.push((last.id.clone(), others.clone()));
+                    (last, Some(rhizome_crdt::delta_action(&key, &delta)), positions, others)
                 }
             };
+            let into = positions.iter().filter_map(|p| folded_into.get(p)).flatten();
+            let extra = rhizome_protocol::folded_meta(&entry.id, others.iter().chain(into));
             chunk.actions.push((entry.id.clone(), positions));
             let time = entry.time - session.time_fix;
             let own = (entry.subprotocol != subprotocol).then_some(entry.subprotocol);
             let action = json.as_deref().unwrap_or(&entry.action_json);
-            frame.push(&session.codec, action, &entry.id, time, own);
+            frame.push_with_meta(&session.codec, action, &entry.id, time, own, &extra);
         }
         chunk.count = frame.len();
         chunk.frame = Some(frame.finish(chunk.last_sent));
@@ -1886,8 +1921,9 @@ impl Chunk {
 /// The key and delta of a logged `crdt/delta`, if `entry` is one.
 fn folded_delta(entry: &StoredEntry) -> Option<(String, rhizome_crdt::Object)> {
     // A taking back goes up alone: the upstream takes it whatever the author may do now,
-    // which must not cover the author's operations.
-    if !entry.action_json.contains("\"crdt/delta\"") || rhizome_core::uplink::is_taken_back(&entry.id) {
+    // which must not cover the author's operations. So does a delta rejoined (under a
+    // sequence only servers make): the upstream finds it by that id alone.
+    if !entry.action_json.contains("\"crdt/delta\"") || rhizome_core::uplink::is_servers_seq(&entry.id) {
         return None;
     }
     let action = Action::from_json(&entry.action_json)?;

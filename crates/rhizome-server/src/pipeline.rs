@@ -273,7 +273,7 @@ impl Pipeline {
         let mut batch = WriteBatch { appends: Vec::with_capacity(actions.len()), ..WriteBatch::default() };
         let mut answers = Vec::with_capacity(actions.len());
         for incoming in actions {
-            let Incoming { id, time, action, subprotocol, refused } = incoming;
+            let Incoming { id, time, action, subprotocol, refused, folded } = incoming;
             if refused {
                 self.debug(&format!("Action \"{id}\" was denied"));
                 answers.push(undo(&id, action, "denied"));
@@ -406,6 +406,11 @@ impl Pipeline {
             } else {
                 Ok(CrdtIn::None)
             };
+            if !folded.is_empty() && !matches!(crdt, Ok(CrdtIn::Delta(..))) {
+                self.debug(&format!("Action \"{}\" has folded ids but is no CRDT delta", meta.id));
+                answers.push(undo(&meta.id, action, "denied"));
+                continue;
+            }
             let crdt = match crdt {
                 Ok(crdt) => crdt,
                 Err(e) => {
@@ -441,8 +446,13 @@ impl Pipeline {
                     let actor = rhizome_core::actor::actor(&entry.id.node, self.shared.site.get());
                     Append::crdt(entry, op, actor)
                 }
-                // Joined even under an id logged here, when it holds what this server lacks.
-                CrdtIn::Delta(key, delta) => Append::crdt_delta(entry, key, delta),
+                // Joined even under an id logged here, when it holds what this server lacks;
+                // the ids folded into it are logged as its own (docs/edge.md).
+                // (Ids of sequences only servers make go up alone, never folded.)
+                CrdtIn::Delta(key, delta) => {
+                    let folded = folded.into_iter().filter(|id| !rhizome_core::uplink::is_servers_seq(id));
+                    Append::crdt_delta(entry, key, delta).folded(folded.collect())
+                }
                 CrdtIn::None => Append::new(entry),
             });
         }

@@ -28,7 +28,10 @@
 //! - the runs of one node do not overlap in keys: each one's least key is above the greatest
 //!   of every run of the node written before it;
 //! - a run spans at most [`RUN_ROWS_MAX`] positions, so finding an id reads at most that many
-//!   rows.
+//!   rows;
+//! - an *alias*, the id of a delta a peer folded into a logged one (`Append::folded`), has a
+//!   row in `log_late_ids` at that one's position; one whose key was above its node's mark
+//!   also has a run of its own (its key alone, at that position), which raises the mark.
 
 use rhizome_protocol::{ActionId, NodeId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -184,6 +187,24 @@ impl RunIndex {
         }
         // The open run of this node (extended, or opened) now holds its mark.
         self.extend(conn, &id.node, k, added)
+    }
+
+    /// Records `id` as another id of the action at `added` (a delta folded into it, see
+    /// `Append::folded`), unless an action is logged under it already.
+    pub fn alias(&mut self, conn: &Connection, id: &ActionId, added: i64) -> rusqlite::Result<()> {
+        let text = id.text();
+        if self.find(conn, id, &text)?.is_some() {
+            return Ok(());
+        }
+        let k = key(id);
+        if self.mark(conn, &id.node)?.is_none_or(|m| k > m) {
+            // Above the node's mark: a run of its key alone (whose row has another id) raises
+            // the mark, so that `find` looks for it, in `log_late_ids`.
+            self.flush(conn)?;
+            write_run(conn, id.node.as_str(), &k, &k, added, added)?;
+            self.marks.insert(id.node.clone(), Some(k));
+        }
+        write_late(conn, &text, added)
     }
 
     /// Adds the action at `added` to the open run, or opens a new one.

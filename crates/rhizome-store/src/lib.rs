@@ -199,6 +199,7 @@ pub struct Append {
     routing_text: Option<String>,
     crdt: Option<CrdtWrite>,
     from_upstream: bool,
+    folded: Vec<rhizome_protocol::ActionId>,
 }
 
 /// What an entry does to a CRDT object in its append's transaction.
@@ -222,13 +223,23 @@ impl Append {
     pub fn new(entry: NewEntry) -> Append {
         let id_text = entry.id.text();
         let routing_text = sqlite::routing_json(&entry.routing);
-        Append { entry, id_text, routing_text, crdt: None, from_upstream: false }
+        Append { entry, id_text, routing_text, crdt: None, from_upstream: false, folded: Vec::new() }
     }
 
     /// Marks the entry as received from this server's upstream (an edge's link, see
     /// docs/edge.md): it is never sent back up.
     pub fn from_upstream(mut self) -> Append {
         self.from_upstream = true;
+        self
+    }
+
+    /// The ids of the deltas a peer folded into this one (its `folded` meta, docs/edge.md):
+    /// each is logged as another id of this entry (or of the entry logged under its id, when
+    /// this one is a duplicate), unless one is logged under it already. So a delta folded
+    /// into another is found by its own id, and its author's copy sent here directly later
+    /// (a device that moved) is a duplicate, not applied again.
+    pub fn folded(mut self, ids: Vec<rhizome_protocol::ActionId>) -> Append {
+        self.folded = ids;
         self
     }
 
@@ -442,6 +453,11 @@ pub trait Store: Send + Sync + 'static {
     /// accepted that fold ([`WriteBatch::relay_folds`]): in a chain, the upstream's own
     /// upstream may refuse it later, and the undo names only `id`.
     fn fold_of(&self, id: &str) -> Result<Option<Vec<Position>>, StoreError>;
+
+    /// The ids of the deltas a peer folded into the entries at positions `from..=to`
+    /// ([`Append::folded`]), by position: a region relays a site's fold with them, so that
+    /// its own upstream knows them too.
+    fn folded_into(&self, from: Position, to: Position) -> Result<Vec<(Position, String)>, StoreError>;
 
     /// The counter operation this edge applied for its client at `position`, if it may still
     /// be refused upstream: an edge keeps each one (its delta is a running total that later

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS log_runs(
 CREATE TABLE IF NOT EXISTS log_late_ids(
     id TEXT PRIMARY KEY, added INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- The ids of deltas folded into an entry, by its position (see `Store::folded_into`).
+CREATE INDEX IF NOT EXISTS log_late_ids_added ON log_late_ids(added);
 CREATE TABLE IF NOT EXISTS log_channel_runs(
     channel TEXT NOT NULL, last INTEGER NOT NULL, first INTEGER NOT NULL, PRIMARY KEY(channel, last)
 ) WITHOUT ROWID;
@@ -721,6 +723,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn folded_into(&self, from: Position, to: Position) -> Result<Vec<(Position, String)>, StoreError> {
+        self.with_reader(|c| {
+            // A late id of the entry itself (its author's clock went back) is there too, and
+            // left out: it is the log row's own id.
+            let mut stmt = c.prepare_cached(
+                "SELECT i.added, i.id FROM log_late_ids AS i JOIN log AS l ON l.added = i.added
+                 WHERE i.added BETWEEN ?1 AND ?2 AND i.id <> l.id ORDER BY i.added",
+            )?;
+            let rows = stmt.query_map(params![from as i64, to as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as Position, r.get::<_, String>(1)?))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     fn counter_op(&self, position: Position) -> Result<Option<ops::Op>, StoreError> {
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached("SELECT op FROM counter_ops WHERE added = ?1")?;
@@ -1263,14 +1280,25 @@ impl LogWriter for SqliteWriter {
                     entries: Vec::with_capacity(batch.appends.len()),
                     resets_incomplete: Vec::new(),
                 };
-                for Append { mut entry, id_text: mut id, mut routing_text, mut crdt, from_upstream } in
-                    batch.appends.drain(..)
+                for Append {
+                    mut entry,
+                    id_text: mut id,
+                    mut routing_text,
+                    mut crdt,
+                    from_upstream,
+                    folded,
+                } in batch.appends.drain(..)
                 {
                     // An id is appended once, ever; a CRDT operation is not applied twice either.
                     // A delta under an id logged here may still be joined (`Append::crdt_delta`).
                     // The status of the id when this is its delta rejoined: the append's outcome.
                     let mut rejoined: Option<Status> = None;
                     if let Some(found) = ids.find(&tx, &entry.id, &id)? {
+                        // The deltas folded into it are the logged entry's (a fold sent again
+                        // holds no more than the first: docs/edge.md), unless stored anew.
+                        for member in &folded {
+                            ids.alias(&tx, member, found.added)?;
+                        }
                         let status = Status::from_parts(found.status, found.reason);
                         // The upstream's state is the truth, whatever became of the id here; a
                         // peer's delta under an id refused here is refused with it.
@@ -1378,6 +1406,9 @@ impl LogWriter for SqliteWriter {
                     ])?;
                     let added = tx.last_insert_rowid();
                     ids.appended(&tx, &entry.id, &id, added)?;
+                    for member in &folded {
+                        ids.alias(&tx, member, added)?;
+                    }
                     // An edge's counter operation for a client (its actor is not the author's
                     // node): kept while its upstream may refuse it, to be taken back then.
                     if let Some(CrdtWrite::Op(op, actor)) = &crdt {

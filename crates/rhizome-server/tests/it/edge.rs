@@ -1693,6 +1693,91 @@ async fn an_operation_applied_by_an_edge_and_again_by_the_cloud_loses_nothing_an
     Ok(())
 }
 
+/// A device whose edge relayed its operations folded moves to the cloud with them in flight
+/// (their answers lost): the cloud knows each folded operation by its own id, so the copies the
+/// device sends it directly are duplicates, and each operation counts once.
+#[tokio::test]
+async fn operations_an_edge_relayed_folded_are_not_applied_again_when_their_device_sends_them_to_the_cloud(
+) -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let proxy = Proxy::start(cloud.addr).await?;
+    proxy.down(true);
+    let edge = TestServer::edge_of(&proxy.url()).await?;
+    let inc = json!({"type": "crdt/counter/inc", "key": "likes", "by": 1});
+    let mut alice = edge.login("alice:a1:t").await?;
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        sent.push(alice.send_action(inc.clone()).await?);
+    }
+    alice.wait_processed(&sent[2]).await?;
+    alice.close().await;
+    proxy.down(false);
+    wait_forwarded(&edge).await?;
+    assert!(edge.link_status()?.actions_sent < 3, "the increments went up folded");
+    let ids = ids_of(&cloud, "alice:a1:t")?;
+    assert!(!ids.contains_key(&sent[0]), "folded under the last id: {ids:?}");
+    // Each one again, at the cloud.
+    let mut alice = cloud.login("alice:a1:t").await?;
+    for id in &sent {
+        let ms: i64 = id.split(' ').next().context("id")?.parse()?;
+        assert_eq!(&alice.send_action_at(inc.clone(), ms).await?, id);
+        alice.wait_processed(id).await?;
+    }
+    let document = converged_counter(&[&cloud, &edge], "likes", 3).await?;
+    assert_eq!(document, json!({edge.actor("alice:a1:t"): [3, 0]}), "only the edge's application");
+    assert_eq!(ids_of(&cloud, "alice:a1:t")?, ids, "nothing more logged");
+    alice.close().await;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+/// In a chain, the ids a site folded reach the cloud through the region, which folds the site's
+/// fold with others of the author's.
+#[tokio::test]
+async fn in_a_chain_the_ids_a_site_folded_reach_the_cloud() -> Result<()> {
+    let cloud = TestServer::with_peers(&["edge"]).await?;
+    let to_cloud = Proxy::start(cloud.addr).await?;
+    to_cloud.down(true);
+    let region = TestServer::region_of(&to_cloud.url()).await?;
+    let to_region = Proxy::start(region.addr).await?;
+    to_region.down(true);
+    let site = TestServer::edge_of(&to_region.url()).await?;
+    let inc = json!({"type": "crdt/counter/inc", "key": "likes", "by": 1});
+    let mut alice = site.login("alice:a1:t").await?;
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        sent.push(alice.send_action(inc.clone()).await?);
+    }
+    alice.wait_processed(&sent[2]).await?;
+    alice.close().await;
+    to_region.down(false);
+    wait_forwarded(&site).await?;
+    // Alice, at the region too, while the cloud is out of reach.
+    let mut at_region = region.login("alice:a1:t").await?;
+    let there = at_region.send_action(inc.clone()).await?;
+    at_region.wait_processed(&there).await?;
+    at_region.close().await;
+    to_cloud.down(false);
+    wait_forwarded(&region).await?;
+    assert!(region.link_status()?.actions_sent < 2, "the region folded the site's fold with its own");
+    let mut alice = cloud.login("alice:a1:t").await?;
+    for id in &sent {
+        let ms: i64 = id.split(' ').next().context("id")?.parse()?;
+        assert_eq!(&alice.send_action_at(inc.clone(), ms).await?, id);
+        alice.wait_processed(id).await?;
+    }
+    converged_counter(&[&cloud, &region, &site], "likes", 4).await?;
+    for id in &sent {
+        assert!(!ids_of(&cloud, "alice:a1:t")?.contains_key(id), "not applied at the cloud: {id}");
+    }
+    alice.close().await;
+    for server in [site, region, cloud] {
+        server.stop().await;
+    }
+    Ok(())
+}
+
 /// Processes an action once the test lets it (a permit of its semaphore).
 struct Gated(Arc<tokio::sync::Semaphore>);
 

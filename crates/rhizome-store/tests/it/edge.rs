@@ -142,6 +142,67 @@ fn a_relayed_delta_under_a_logged_id_is_rejoined_once_when_the_object_lacks_it()
 }
 
 #[test]
+fn the_ids_folded_into_a_relayed_delta_are_found_and_not_applied_again() {
+    let (dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let at_edge: rhizome_crdt::NodeId = "server:edge:s1~alice:phone:1".into();
+    let id = |text: &str| rhizome_protocol::ActionId::parse(text).expect("id");
+    // The edge applied three increments of 1 and relays them as one delta under the last id;
+    // one member's id is later than the fold's (the author's clock went back).
+    let fold = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&at_edge, 3));
+    let members = vec![id("10 alice:phone:1 0"), id("11 alice:phone:1 0"), id("40 alice:phone:1 0")];
+    let relayed = || WriteBatch {
+        appends: vec![delta_append("12 alice:phone:1 0", "k", &fold).folded(members.clone())],
+        ..WriteBatch::default()
+    };
+    assert_eq!(commit(&mut w, relayed()), [AppendOutcome::Added(1)]);
+    assert_eq!(counter_value(&store, "k"), 3);
+    // The device moved with its operations in flight and sends them here directly: each one
+    // folded is a duplicate of the fold, the later one too, and nothing is applied again.
+    for member in ["10 alice:phone:1 0", "11 alice:phone:1 0", "40 alice:phone:1 0", "12 alice:phone:1 0"] {
+        let direct = WriteBatch {
+            appends: vec![crdt_append(
+                member,
+                serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1}),
+            )],
+            ..WriteBatch::default()
+        };
+        assert_eq!(commit(&mut w, direct), [AppendOutcome::Duplicate(Status::Processed)], "{member}");
+    }
+    assert_eq!(counter_value(&store, "k"), 3, "each operation counts once");
+    assert_eq!(store.position_of_id("11 alice:phone:1 0").expect("read"), Some(1));
+    // The author's next operations, between the fold and its latest member and after it.
+    for (n, member) in ["20 alice:phone:1 0", "41 alice:phone:1 0"].iter().enumerate() {
+        let next = WriteBatch {
+            appends: vec![crdt_append(
+                member,
+                serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1}),
+            )],
+            ..WriteBatch::default()
+        };
+        assert_eq!(commit(&mut w, next), [AppendOutcome::Added(n as u64 + 2)], "{member}");
+    }
+    assert_eq!(counter_value(&store, "k"), 5);
+    // The same fold sent again is a duplicate; a region reads what was folded into it.
+    assert_eq!(commit(&mut w, relayed()), [AppendOutcome::Duplicate(Status::Processed)]);
+    let into: Vec<(u64, String)> = store.folded_into(1, 3).expect("read");
+    let want: Vec<(u64, String)> = members.iter().map(|m| (1, m.text())).collect();
+    assert_eq!(into, want, "the late id of the entry at 2 is its own, not folded into it");
+    drop(w);
+    drop(store);
+    let store = SqliteStore::open(dir.path()).expect("reopen");
+    let mut w = store.writer().expect("writer");
+    let again = WriteBatch {
+        appends: vec![crdt_append(
+            "40 alice:phone:1 0",
+            serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1}),
+        )],
+        ..WriteBatch::default()
+    };
+    assert_eq!(commit(&mut w, again), [AppendOutcome::Duplicate(Status::Processed)], "after a restart too");
+}
+
+#[test]
 fn a_relayed_delta_is_joined_as_it_is_and_joining_it_again_changes_nothing() {
     let (_dir, store) = open();
     let mut w = store.writer().expect("writer");
