@@ -278,6 +278,12 @@ impl App {
         self.peers.contains(user)
     }
 
+    /// Whether any user's connections are peers: this server may then be relayed another
+    /// server's application of an operation it applied itself (docs/edge.md).
+    pub fn has_peers(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
     /// The answer to `request`, given whether the authenticator accepted it.
     pub fn grant(&self, request: &AuthRequest, accepted: bool) -> crate::Grant {
         match &request.user_id {

@@ -40,6 +40,10 @@ pub fn forward(author: &NodeId, status: &Status) -> Forward {
     }
 }
 
+/// The bit set in the sequence number of [`yielded_id`]: the lowest that only servers make,
+/// far above any sequence a Logux node makes (a count of ids within one millisecond).
+const YIELDED_SEQ: u64 = 1 << 50;
+
 /// The bit set in the sequence number of [`taken_back_id`]: below [`REJOINED_SEQ`], above any
 /// sequence a Logux node makes.
 const TAKEN_BACK_SEQ: u64 = 1 << 51;
@@ -47,17 +51,30 @@ const TAKEN_BACK_SEQ: u64 = 1 << 51;
 /// The id under which an edge takes back a counter operation `id` that its upstream refused
 /// (see `rhizome_store::Append::crdt_undo`): the same author and time, so that it is judged
 /// as the author's, with a sequence number no node makes. `None` for an id whose sequence is
-/// that high already (one taken back, or rejoined, is not taken back again).
+/// one only servers make (one taken back, yielded or rejoined is not taken back again).
 pub fn taken_back_id(id: &rhizome_protocol::ActionId) -> Option<rhizome_protocol::ActionId> {
-    (id.seq < TAKEN_BACK_SEQ)
-        .then(|| rhizome_protocol::ActionId { seq: id.seq | TAKEN_BACK_SEQ, ..id.clone() })
+    (id.seq < YIELDED_SEQ).then(|| rhizome_protocol::ActionId { seq: id.seq | TAKEN_BACK_SEQ, ..id.clone() })
+}
+
+/// The id under which a server takes back its own application of the CRDT operation `id`
+/// when a peer relays another server's application of it (its device sent it to both, see
+/// `rhizome_store::Append::may_yield`): the same author and time, with a sequence number no
+/// node makes. `None` for an id whose sequence is one only servers make.
+pub fn yielded_id(id: &rhizome_protocol::ActionId) -> Option<rhizome_protocol::ActionId> {
+    (id.seq < YIELDED_SEQ).then(|| rhizome_protocol::ActionId { seq: id.seq | YIELDED_SEQ, ..id.clone() })
+}
+
+/// Whether `id` is one under which a server took back its own application of an operation
+/// ([`yielded_id`]).
+pub fn is_yielded(id: &rhizome_protocol::ActionId) -> bool {
+    (YIELDED_SEQ..TAKEN_BACK_SEQ).contains(&id.seq)
 }
 
 /// Whether `id`'s sequence number is one that only servers make ([`taken_back_id`],
-/// [`rejoined_id`]): a client's action under such an id is refused, so that none can pass for
-/// a taking back.
+/// [`yielded_id`], [`rejoined_id`]): a client's action under such an id is refused, so that
+/// none can pass for a taking back.
 pub fn is_servers_seq(id: &rhizome_protocol::ActionId) -> bool {
-    id.seq >= TAKEN_BACK_SEQ
+    id.seq >= YIELDED_SEQ
 }
 
 /// Whether `id` is one under which an edge took back a refused counter operation
@@ -275,6 +292,19 @@ mod tests {
         assert!(is_taken_back(&back));
         assert_eq!(taken_back_id(&back), None, "not twice");
         assert!(!is_taken_back(&rejoined_id(&id).expect("rejoined")));
+    }
+
+    #[test]
+    fn a_yielded_id_is_the_authors_with_a_sequence_no_node_makes() {
+        let id = rhizome_protocol::ActionId::parse("1700000000000 alice:a1:t 3").expect("id");
+        let yielded = yielded_id(&id).expect("yielded");
+        assert_eq!(yielded.text(), "1700000000000 alice:a1:t 1125899906842627");
+        assert!(is_yielded(&yielded) && is_servers_seq(&yielded) && !is_taken_back(&yielded));
+        assert!(!is_yielded(&id) && !is_servers_seq(&id));
+        assert_eq!((yielded_id(&yielded), taken_back_id(&yielded)), (None, None), "neither after");
+        let back = taken_back_id(&id).expect("taken back");
+        assert!(!is_yielded(&back) && yielded_id(&back).is_none());
+        assert!(!is_yielded(&rejoined_id(&id).expect("rejoined")));
     }
     use proptest::prelude::*;
 

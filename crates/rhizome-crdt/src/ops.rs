@@ -1491,6 +1491,25 @@ pub fn undo_in_place(state: &mut Object, op: &Op, author: &NodeId) -> Result<Obj
     Ok(Object::Counter(PnCounter::from_entries([(author.clone(), counter.entry(author))])))
 }
 
+/// The delta that takes back what `delta`, a delta this server made of a set add, added: no
+/// element, and a context of the dots its elements hold. Joining it retires exactly those
+/// dots: an element someone else added too (another dot) stays. A server whose application
+/// of an operation yields to another's so takes its own back (docs/edge.md). `None` for a
+/// delta of another kind, or one that holds no element.
+pub fn retire_adds(delta: &Object) -> Option<Object> {
+    let Object::Set(set) = delta else { return None };
+    let mut context = CausalContext::new();
+    for elem in set.iter() {
+        for dot in set.dots(elem) {
+            context.insert(dot.clone());
+        }
+    }
+    if set.is_empty() {
+        return None;
+    }
+    Orswot::from_parts(std::collections::BTreeMap::new(), context).map(Object::Set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2476,6 +2495,44 @@ mod tests {
                 .and_then(|p| p.get(&"likes".to_owned()))
                 .map_or(0, |likes| likes.counter_value()),
             _ => panic!("not a counter"),
+        }
+    }
+
+    #[test]
+    fn retiring_a_set_add_takes_out_its_dot_and_nothing_else() {
+        let add = |elem: &str| json!({"type": "crdt/set/add", "key": "k", "elem": elem});
+        // The same add applied by two servers under two actors, and another element.
+        let mut state = Object::bottom(Kind::Set);
+        let own = step(&mut state, add("x"), "a", 0);
+        step(&mut state, add("x"), "server:e~a", 0);
+        let other = step(&mut state, add("y"), "a", 0);
+        let retire = retire_adds(&own).expect("a set add");
+        state.join(&retire).unwrap();
+        assert!(counted_set(&state).contains(&"x".to_owned()), "the other application keeps it");
+        // Alone, the element goes; another add of the same actor stays.
+        let mut alone = Object::bottom(Kind::Set);
+        alone.join(&own).unwrap();
+        alone.join(&other).unwrap();
+        alone.join(&retire).unwrap();
+        assert_eq!(counted_set(&alone), ["y"]);
+        // Joined before the add it retires, it still wins.
+        let mut early = Object::bottom(Kind::Set);
+        early.join(&retire).unwrap();
+        early.join(&own).unwrap();
+        assert!(counted_set(&early).is_empty());
+        assert!(retire_adds(&Object::bottom(Kind::Set)).is_none(), "nothing to retire");
+        let counter =
+            step(&mut Object::bottom(Kind::Counter), json!({"type": "crdt/counter/inc", "key": "k"}), "a", 0);
+        assert!(retire_adds(&counter).is_none(), "a counter is taken back by its inverse");
+    }
+
+    fn counted_set(object: &Object) -> Vec<String> {
+        match object {
+            Object::Set(set) => set
+                .iter()
+                .map(|e| if let Scalar::Str(s) = e { s.clone() } else { format!("{e:?}") })
+                .collect(),
+            other => panic!("not a set: {other:?}"),
         }
     }
 

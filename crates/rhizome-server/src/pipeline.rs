@@ -181,10 +181,12 @@ fn undo(id: &ActionId, action: Action, reason: &str) -> Answer {
 }
 
 /// Whether `action`, relayed by a peer under `id`, is the taking back of a counter operation
-/// the upstream refused (docs/edge.md, "A refused counter operation"): a `crdt/delta` of a
-/// counter under a taken-back id, holding only the author's totals under an edge's actor.
+/// the upstream refused (docs/edge.md, "A refused counter operation") or of the peer's own
+/// application of one that yielded to another's (under a yielded id): a `crdt/delta` of a
+/// counter, holding only the author's totals under an edge's actor.
 fn is_taking_back(action: &Action, id: &ActionId) -> bool {
-    if action.kind() != rhizome_crdt::DELTA_TYPE || !rhizome_core::uplink::is_taken_back(id) {
+    let back = rhizome_core::uplink::is_taken_back(id) || rhizome_core::uplink::is_yielded(id);
+    if action.kind() != rhizome_crdt::DELTA_TYPE || !back {
         return false;
     }
     match rhizome_crdt::parse_delta(action.fields()) {
@@ -444,7 +446,14 @@ impl Pipeline {
             batch.appends.push(match crdt {
                 CrdtIn::Op(op) => {
                     let actor = rhizome_core::actor::actor(&entry.id.node, self.shared.site.get());
-                    Append::crdt(entry, op, actor)
+                    let append = Append::crdt(entry, op, actor);
+                    // A peer may relay another server's application of it later: this
+                    // server's then yields (docs/edge.md).
+                    if self.shared.app.has_peers() {
+                        append.may_yield()
+                    } else {
+                        append
+                    }
                 }
                 // Joined even under an id logged here, when it holds what this server lacks;
                 // the ids folded into it are logged as its own (docs/edge.md).

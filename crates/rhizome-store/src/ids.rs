@@ -30,8 +30,9 @@
 //! - a run spans at most [`RUN_ROWS_MAX`] positions, so finding an id reads at most that many
 //!   rows;
 //! - an *alias*, the id of a delta a peer folded into a logged one (`Append::folded`), has a
-//!   row in `log_late_ids` at that one's position; one whose key was above its node's mark
-//!   also has a run of its own (its key alone, at that position), which raises the mark.
+//!   row in `log_late_ids` at that one's position unless it had one already (an id logged in
+//!   a run may have one too: the run is looked in first); one whose key was above its node's
+//!   mark also has a run of its own (its key alone, at that position), which raises the mark.
 
 use rhizome_protocol::{ActionId, NodeId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -190,12 +191,10 @@ impl RunIndex {
     }
 
     /// Records `id` as another id of the action at `added` (a delta folded into it, see
-    /// `Append::folded`), unless an action is logged under it already.
+    /// `Append::folded`). Nothing is looked up: an id logged in a run is found there first
+    /// whatever `log_late_ids` says, and one there already keeps its row.
     pub fn alias(&mut self, conn: &Connection, id: &ActionId, added: i64) -> rusqlite::Result<()> {
         let text = id.text();
-        if self.find(conn, id, &text)?.is_some() {
-            return Ok(());
-        }
         let k = key(id);
         if self.mark(conn, &id.node)?.is_none_or(|m| k > m) {
             // Above the node's mark: a run of its key alone (whose row has another id) raises
@@ -204,7 +203,9 @@ impl RunIndex {
             write_run(conn, id.node.as_str(), &k, &k, added, added)?;
             self.marks.insert(id.node.clone(), Some(k));
         }
-        write_late(conn, &text, added)
+        conn.prepare_cached("INSERT OR IGNORE INTO log_late_ids(id, added) VALUES (?1, ?2)")?
+            .execute(params![text, added])?;
+        Ok(())
     }
 
     /// Adds the action at `added` to the open run, or opens a new one.

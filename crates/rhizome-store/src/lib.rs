@@ -137,6 +137,11 @@ pub struct OutboxSize {
     pub oldest_ms: Option<i64>,
 }
 
+/// How long a server keeps a CRDT operation it applied for a client, to take it back should
+/// a peer relay another server's application of it ([`Append::may_yield`]): 90 days. An
+/// operation its device sends to two servers further apart than that counts twice.
+pub const APPLIED_KEPT_MS: i64 = 90 * 86_400_000;
+
 /// The cursor of what an edge received from its upstream: the highest `added` of the
 /// upstream's `sync`s it stored (sent as `synced` in its next `connect`).
 pub const UPSTREAM_RECEIVED: &str = "upstream_received";
@@ -200,6 +205,7 @@ pub struct Append {
     crdt: Option<CrdtWrite>,
     from_upstream: bool,
     folded: Vec<rhizome_protocol::ActionId>,
+    may_yield: bool,
 }
 
 /// What an entry does to a CRDT object in its append's transaction.
@@ -223,7 +229,15 @@ impl Append {
     pub fn new(entry: NewEntry) -> Append {
         let id_text = entry.id.text();
         let routing_text = sqlite::routing_json(&entry.routing);
-        Append { entry, id_text, routing_text, crdt: None, from_upstream: false, folded: Vec::new() }
+        Append {
+            entry,
+            id_text,
+            routing_text,
+            crdt: None,
+            from_upstream: false,
+            folded: Vec::new(),
+            may_yield: false,
+        }
     }
 
     /// Marks the entry as received from this server's upstream (an edge's link, see
@@ -240,6 +254,20 @@ impl Append {
     /// (a device that moved) is a duplicate, not applied again.
     pub fn folded(mut self, ids: Vec<rhizome_protocol::ActionId>) -> Append {
         self.folded = ids;
+        self
+    }
+
+    /// A CRDT operation ([`Append::crdt`]) that this server applies for a client and takes
+    /// back should a peer relay another server's application of it: its device sent it to
+    /// both, which each applied it (docs/edge.md, "An operation in flight when its device
+    /// moves"). The operation and its delta are kept (`applied_ops`, by id) for
+    /// [`APPLIED_KEPT_MS`]; a peer's relayed delta under its id, or with its id folded in, is
+    /// joined, and in the same transaction this server's own application is taken back, once:
+    /// a counter operation by its inverse ([`Append::crdt_undo`]), a set add by retiring its
+    /// dots (`rhizome_crdt::ops::retire_adds`), under
+    /// [`rhizome_core::uplink::yielded_id`]. Other operations are kept as both applied them.
+    pub fn may_yield(mut self) -> Append {
+        self.may_yield = true;
         self
     }
 

@@ -13,7 +13,7 @@ use rhizome_protocol::message::push_json_str;
 use rhizome_protocol::{ActionId, Channel, NodeId, UserId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +76,14 @@ CREATE TABLE IF NOT EXISTS relay_folds(id TEXT PRIMARY KEY, positions TEXT NOT N
 -- Counter operations an edge applied for its clients that its upstream may still refuse, as
 -- actions, by position (see `Store::counter_op`).
 CREATE TABLE IF NOT EXISTS counter_ops(added INTEGER PRIMARY KEY, op TEXT NOT NULL);
+-- CRDT operations this server applied for its clients, by id, while a peer may still relay
+-- another server's application of them (see `Append::may_yield`): the actor, the operation
+-- and the delta it was logged as, as actions.
+CREATE TABLE IF NOT EXISTS applied_ops(
+    id TEXT PRIMARY KEY, received INTEGER NOT NULL, actor TEXT NOT NULL, op TEXT NOT NULL,
+    delta TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS applied_ops_received ON applied_ops(received);
 -- The highest position each client confirmed here (see `Store::confirmed_by`).
 CREATE TABLE IF NOT EXISTS client_positions(
     client TEXT PRIMARY KEY, position INTEGER NOT NULL
@@ -113,6 +121,8 @@ pub struct SqliteWriter {
     /// connection (a second writer on the same file) committed since, and then the marks and
     /// objects kept in memory may be behind the log.
     data_version: Option<i64>,
+    /// When `applied_ops` past [`crate::APPLIED_KEPT_MS`] were last deleted (once a minute).
+    applied_pruned_ms: i64,
 }
 
 /// A decoded object and how many of its logged deltas its stored snapshot lacks.
@@ -357,6 +367,44 @@ fn thread_slot() -> usize {
     h.finish() as usize
 }
 
+/// The entry that takes back this server's own application of the operation `held`, as
+/// `applied_ops` kept it (its actor, the operation and the delta it was logged as), once a
+/// peer's application of it (in `relay`) is joined (see `Append::may_yield`): under its
+/// `yielded_id`, to the object's channel and the author's devices. `None` for an operation
+/// that is not taken back (both applications are kept) or a row that does not parse.
+fn yield_append(
+    held: &ActionId,
+    relay: &NewEntry,
+    (actor, op, delta): (String, String, String),
+) -> Option<Append> {
+    let id = rhizome_core::uplink::yielded_id(held)?;
+    let op = match serde_json::from_str::<Value>(&op) {
+        Ok(Value::Object(action)) => ops::parse(&action).ok()?,
+        _ => return None,
+    };
+    let logged = match serde_json::from_str::<Value>(&delta) {
+        Ok(Value::Object(action)) => rhizome_crdt::parse_delta(&action).ok()?.1,
+        _ => return None,
+    };
+    let mut routing = Routing::channel(op.channel().as_str());
+    routing.clients.push(held.node.client_id());
+    let entry = NewEntry {
+        id,
+        time: relay.time,
+        action_json: Arc::from("{}"),
+        subprotocol: relay.subprotocol,
+        routing,
+        status: Status::Processed,
+    };
+    tracing::info!(id = %held, "an operation applied here and by another server (its author sent it to both): this server's application is taken back (docs/edge.md)");
+    if ops::inverse(&op).is_some() {
+        Some(Append::crdt_undo(entry, op, NodeId::from(actor.as_str()), Some(logged)))
+    } else {
+        let retire = ops::retire_adds(&logged)?;
+        Some(Append::crdt_delta(entry, op.key().clone(), retire))
+    }
+}
+
 pub(crate) fn routing_json(r: &Routing) -> Option<String> {
     if r.is_empty() && r.exclude_clients.is_empty() {
         return None;
@@ -462,6 +510,7 @@ impl SqliteStore {
             ids: RunIndex::default(),
             channel_runs: ChannelRuns::default(),
             data_version: None,
+            applied_pruned_ms: 0,
         })
     }
 }
@@ -1261,6 +1310,11 @@ impl LogWriter for SqliteWriter {
                 tx.prepare_cached("INSERT OR IGNORE INTO counter_ops(added, op) VALUES (?1, ?2)")?;
             let mut counter_ops_through = tx.prepare_cached("DELETE FROM counter_ops WHERE added <= ?1")?;
             let mut counter_op_done = tx.prepare_cached("DELETE FROM counter_ops WHERE added = ?1")?;
+            let mut applied = tx.prepare_cached("SELECT actor, op, delta FROM applied_ops WHERE id = ?1")?;
+            let mut applied_keep = tx.prepare_cached(
+                "INSERT OR IGNORE INTO applied_ops(id, received, actor, op, delta) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut applied_done = tx.prepare_cached("DELETE FROM applied_ops WHERE id = ?1")?;
             let mut client_position = tx.prepare_cached(
                 "INSERT INTO client_positions(client, position) VALUES (?1, ?2)
                  ON CONFLICT(client) DO UPDATE SET position = max(position, excluded.position)",
@@ -1280,15 +1334,42 @@ impl LogWriter for SqliteWriter {
                     entries: Vec::with_capacity(batch.appends.len()),
                     resets_incomplete: Vec::new(),
                 };
-                for Append {
-                    mut entry,
-                    id_text: mut id,
-                    mut routing_text,
-                    mut crdt,
-                    from_upstream,
-                    folded,
-                } in batch.appends.drain(..)
-                {
+                let mut queue: VecDeque<(Append, bool)> =
+                    batch.appends.drain(..).map(|append| (append, false)).collect();
+                // The outcomes there were before an entry this store added itself (a taking
+                // back of its own application): the answers are indexed by the batch's appends.
+                let mut outcomes_before: Option<usize> = None;
+                while let Some((append, internal)) = queue.pop_front() {
+                    if let Some(n) = outcomes_before.take() {
+                        committed.outcomes.truncate(n);
+                    }
+                    if internal {
+                        outcomes_before = Some(committed.outcomes.len());
+                    }
+                    let Append {
+                        mut entry,
+                        id_text: mut id,
+                        mut routing_text,
+                        mut crdt,
+                        from_upstream,
+                        folded,
+                        may_yield,
+                    } = append;
+                    // A peer's relay of this server's own application of an operation (its
+                    // device sent it to both): found by each id the relay holds, taken back
+                    // below once the relay is joined.
+                    let mut yields = Vec::new();
+                    if let (Some(CrdtWrite::Join(..)), false) = (&crdt, from_upstream) {
+                        for held in std::iter::once(&entry.id).chain(&folded) {
+                            let text = held.text();
+                            let row = applied.query_row([&text], |r| {
+                                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                            });
+                            if let Some(row) = row.optional()? {
+                                yields.push((held.clone(), row));
+                            }
+                        }
+                    }
                     // An id is appended once, ever; a CRDT operation is not applied twice either.
                     // A delta under an id logged here may still be joined (`Append::crdt_delta`).
                     // The status of the id when this is its delta rejoined: the append's outcome.
@@ -1378,6 +1459,13 @@ impl LogWriter for SqliteWriter {
                             Applied::Held => {
                                 let status = rejoined.unwrap_or(Status::Processed);
                                 committed.outcomes.push(AppendOutcome::Duplicate(status));
+                                // The object holds the peer's application: this server's yields.
+                                for (held, row) in yields.drain(..) {
+                                    applied_done.execute([held.text()])?;
+                                    if let Some(append) = yield_append(&held, &entry, row) {
+                                        queue.push_front((append, true));
+                                    }
+                                }
                                 continue;
                             }
                             Applied::Refused(_) if rejoined.is_some() => {
@@ -1408,6 +1496,13 @@ impl LogWriter for SqliteWriter {
                     ids.appended(&tx, &entry.id, &id, added)?;
                     for member in &folded {
                         ids.alias(&tx, member, added)?;
+                    }
+                    if let (Some(CrdtWrite::Op(op, actor)), true) = (&crdt, may_yield) {
+                        if !from_upstream && !matches!(entry.status, Status::Undone(_)) {
+                            let json = serde_json::Value::Object(op.to_action()).to_string();
+                            let delta = &*entry.action_json;
+                            applied_keep.execute(params![id, now_ms, actor.as_str(), json, delta])?;
+                        }
                     }
                     // An edge's counter operation for a client (its actor is not the author's
                     // node): kept while its upstream may refuse it, to be taken back then.
@@ -1499,13 +1594,22 @@ impl LogWriter for SqliteWriter {
                         }
                     }
                     if let Some(status) = rejoined {
-                        tracing::warn!(
-                            id = %entry.id,
-                            "an operation applied by two servers (its author sent it to both); both are kept (docs/edge.md)"
-                        );
+                        if yields.is_empty() {
+                            tracing::warn!(
+                                id = %entry.id,
+                                "an operation applied by two servers (its author sent it to both); both are kept (docs/edge.md)"
+                            );
+                        }
                         committed.outcomes.push(AppendOutcome::Duplicate(status));
                     } else {
                         committed.outcomes.push(AppendOutcome::Added(added as Position));
+                    }
+                    // The peer's application is joined: this server takes its own back.
+                    for (held, row) in yields.drain(..) {
+                        applied_done.execute([held.text()])?;
+                        if let Some(append) = yield_append(&held, &entry, row) {
+                            queue.push_front((append, true));
+                        }
                     }
                     committed.entries.push(StoredEntry {
                         added: added as Position,
@@ -1516,6 +1620,9 @@ impl LogWriter for SqliteWriter {
                         id: entry.id,
                         crdt: shipped,
                     });
+                }
+                if let Some(n) = outcomes_before.take() {
+                    committed.outcomes.truncate(n);
                 }
                 for (position, s) in batch.statuses.drain(..) {
                     status.execute(params![position as i64, s.code(), s.reason()])?;
@@ -1611,7 +1718,15 @@ impl LogWriter for SqliteWriter {
             channel_runs.flush(&tx)?;
             ids.flush(&tx)?;
         }
+        let prune = now_ms - self.applied_pruned_ms >= 60_000;
+        if prune {
+            let mut old = tx.prepare_cached("DELETE FROM applied_ops WHERE received < ?1")?;
+            old.execute([now_ms - crate::APPLIED_KEPT_MS])?;
+        }
         tx.commit()?;
+        if prune {
+            self.applied_pruned_ms = now_ms;
+        }
         ids.committed();
         if !staged.is_empty() {
             let bytes = |objects: &HashMap<String, CachedObject>| -> usize {

@@ -285,6 +285,62 @@ async fn a_delta_a_peer_sends_again_is_answered_with_its_outcome_not_judged_agai
     Ok(())
 }
 
+/// A peer's `folded` meta: on a delta, each id in it becomes the delta's, so the author's own
+/// copy is a duplicate (its sequence-only-servers-make ids are ignored); on another action, or
+/// from a client, it is refused.
+#[tokio::test]
+async fn the_ids_a_peer_folded_into_a_delta_are_the_deltas_and_no_one_elses() -> Result<()> {
+    let server = TestServer::with_peers(&["edge"]).await?;
+    let mut link = server.login("edge:e1:link").await?;
+    let ms = link.base_time + 10;
+    let delta = json!({"type": "crdt/delta", "key": "likes", "kind": "counter",
+        "delta": {"server:edge:e1~alice:a1:t": [3, 0]}});
+    // Three increments: two folded into the last, and one more id of a sequence no node makes.
+    let servers_seq = 1u64 << 51;
+    let meta = json!({"id": [10, "alice:a1:t", 0], "time": 10,
+        "folded": [[2, 0], [1, 0], [0, servers_seq]]});
+    link.send_json(&json!(["sync", 1, delta, meta])).await?;
+    let fold = format!("{ms} alice:a1:t 0");
+    link.until(|m| has_answer(m, "logux/processed", &fold)).await?;
+    // Folded on a plain action: refused.
+    let plain = json!({"id": [11, "alice:a1:t", 0], "time": 11, "folded": [[1, 0]]});
+    link.send_json(&json!(["sync", 2, {"type": "inc", "id": "x"}, plain])).await?;
+    let refused = format!("{} alice:a1:t 0", ms + 1);
+    let answer = link.until(|m| has_answer(m, "logux/undo", &refused)).await?;
+    let undo =
+        sync_actions(&answer).into_iter().find(|a| a["type"] == "logux/undo").ok_or(anyhow!("undo"))?;
+    assert_eq!(undo["reason"], "denied");
+    assert_eq!(logged(&server, &refused)?, 0);
+    // Alice's device, which moved with them in flight: each folded one is a duplicate.
+    let mut alice = server.login("alice:a1:t").await?;
+    let inc = json!({"type": "crdt/counter/inc", "key": "likes", "by": 1});
+    for back in [2, 1] {
+        let id = alice.send_action_at(inc.clone(), ms - back).await?;
+        alice.wait_processed(&id).await?;
+        assert_eq!(logged(&server, &id)?, 0, "{id} is the fold's");
+    }
+    // The ignored id stays free (a client may not use it, but no server found it either).
+    let taken_back = format!("{ms} alice:a1:t {servers_seq}");
+    let db = rusqlite::Connection::open(server.db_path())?;
+    let aliases: i64 =
+        db.query_row("SELECT count(*) FROM log_late_ids WHERE id = ?1", [&taken_back], |r| r.get(0))?;
+    assert_eq!(aliases, 0);
+    // A client may not send `folded`.
+    let shift = ms + 5 - alice.base_time;
+    alice.send_json(&json!(["sync", 9, inc, {"id": [shift, 0], "time": shift, "folded": [[1, 0]]}])).await?;
+    let own = format!("{} alice:a1:t 0", ms + 5);
+    let answer = alice.until(|m| has_answer(m, "logux/undo", &own)).await?;
+    assert!(has_answer(&answer, "logux/undo", &own), "{answer}");
+    let mut reader = server.login("reader:r1:t").await?;
+    let sub = reader.send_action(json!({"type": "logux/subscribe", "channel": "crdt/likes"})).await?;
+    let seen = reader.collect_until(|m| has_answer(m, "logux/processed", &sub)).await?;
+    let document =
+        seen.iter().flat_map(sync_actions).find(|a| a["type"] == "crdt/delta").map(|a| a["delta"].clone());
+    assert_eq!(document, Some(json!({"server:edge:e1~alice:a1:t": [3, 0]})), "counted once");
+    server.stop().await;
+    Ok(())
+}
+
 /// A peer subscribed to a channel for its clients is not sent back what it relayed there (the
 /// edge has it), live or when it subscribes again with `since`; it gets what others wrote.
 #[tokio::test]
