@@ -264,7 +264,7 @@ pub fn folded_meta<'a>(id: &ActionId, members: impl IntoIterator<Item = &'a Acti
     let mut out = String::new();
     for member in members.into_iter().filter(|m| m.node == id.node && *m != id) {
         out.push_str(if out.is_empty() { "\"folded\":[[" } else { ",[" });
-        push_int(&mut out, id.ms - member.ms);
+        push_int(&mut out, id.ms.saturating_sub(member.ms));
         out.push(',');
         push_uint(&mut out, member.seq);
         out.push(']');

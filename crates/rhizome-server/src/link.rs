@@ -1544,6 +1544,8 @@ impl Link {
         batch: &mut WriteBatch,
     ) {
         batch.counter_ops_done.push(entry.added);
+        // Taken back here: it no longer yields to a site's application (docs/edge.md).
+        batch.applied_ops_done.push(entry.added);
         let (Some(back), Some(inverse)) =
             (rhizome_core::uplink::taken_back_id(id), rhizome_crdt::ops::inverse(op))
         else {

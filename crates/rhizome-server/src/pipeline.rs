@@ -459,7 +459,10 @@ impl Pipeline {
                 // the ids folded into it are logged as its own (docs/edge.md).
                 // (Ids of sequences only servers make go up alone, never folded.)
                 CrdtIn::Delta(key, delta) => {
-                    let folded = folded.into_iter().filter(|id| !rhizome_core::uplink::is_servers_seq(id));
+                    // (Nor do they carry others: a taking back holds nothing folded.)
+                    let carrier = rhizome_core::uplink::is_servers_seq(&entry.id);
+                    let folded =
+                        folded.into_iter().filter(|id| !carrier && !rhizome_core::uplink::is_servers_seq(id));
                     Append::crdt_delta(entry, key, delta).folded(folded.collect())
                 }
                 CrdtIn::None => Append::new(entry),

@@ -72,6 +72,9 @@ pub struct WriteBatch {
     pub counter_ops_through: Option<Position>,
     /// ... and those at these positions (see [`Store::counter_op`]).
     pub counter_ops_done: Vec<Position>,
+    /// This server's own applications at these positions, taken back (their upstream refused
+    /// them): they no longer yield to a peer's (see [`Append::may_yield`]).
+    pub applied_ops_done: Vec<Position>,
 }
 
 /// The correction of an edge's CRDT object after its upstream refused one of the operations
@@ -168,6 +171,7 @@ impl WriteBatch {
             && self.relay_folds_done.is_empty()
             && self.counter_ops_through.is_none()
             && self.counter_ops_done.is_empty()
+            && self.applied_ops_done.is_empty()
     }
 }
 

@@ -80,10 +80,11 @@ CREATE TABLE IF NOT EXISTS counter_ops(added INTEGER PRIMARY KEY, op TEXT NOT NU
 -- another server's application of them (see `Append::may_yield`): the actor, the operation
 -- and the delta it was logged as, as actions.
 CREATE TABLE IF NOT EXISTS applied_ops(
-    id TEXT PRIMARY KEY, received INTEGER NOT NULL, actor TEXT NOT NULL, op TEXT NOT NULL,
-    delta TEXT NOT NULL
+    id TEXT PRIMARY KEY, added INTEGER NOT NULL, received INTEGER NOT NULL, actor TEXT NOT NULL,
+    op TEXT NOT NULL, delta TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS applied_ops_received ON applied_ops(received);
+CREATE INDEX IF NOT EXISTS applied_ops_added ON applied_ops(added);
 -- The highest position each client confirmed here (see `Store::confirmed_by`).
 CREATE TABLE IF NOT EXISTS client_positions(
     client TEXT PRIMARY KEY, position INTEGER NOT NULL
@@ -371,10 +372,12 @@ fn thread_slot() -> usize {
 /// `applied_ops` kept it (its actor, the operation and the delta it was logged as), once a
 /// peer's application of it (in `relay`) is joined (see `Append::may_yield`): under its
 /// `yielded_id`, to the object's channel and the author's devices. `None` for an operation
-/// that is not taken back (both applications are kept) or a row that does not parse.
+/// that is not taken back (both applications are kept), one of another object than `key`
+/// (the relay's), or a row that does not parse.
 fn yield_append(
     held: &ActionId,
     relay: &NewEntry,
+    key: &ops::Key,
     (actor, op, delta): (String, String, String),
 ) -> Option<Append> {
     let id = rhizome_core::uplink::yielded_id(held)?;
@@ -382,6 +385,11 @@ fn yield_append(
         Ok(Value::Object(action)) => ops::parse(&action).ok()?,
         _ => return None,
     };
+    // The relay's object: a relay naming the operation with another object's delta is wrong.
+    if op.key() != key {
+        tracing::warn!(id = %held, "a peer relayed an operation applied here with another object's delta");
+        return None;
+    }
     let logged = match serde_json::from_str::<Value>(&delta) {
         Ok(Value::Object(action)) => rhizome_crdt::parse_delta(&action).ok()?.1,
         _ => return None,
@@ -1310,11 +1318,14 @@ impl LogWriter for SqliteWriter {
                 tx.prepare_cached("INSERT OR IGNORE INTO counter_ops(added, op) VALUES (?1, ?2)")?;
             let mut counter_ops_through = tx.prepare_cached("DELETE FROM counter_ops WHERE added <= ?1")?;
             let mut counter_op_done = tx.prepare_cached("DELETE FROM counter_ops WHERE added = ?1")?;
-            let mut applied = tx.prepare_cached("SELECT actor, op, delta FROM applied_ops WHERE id = ?1")?;
+            let mut applied =
+                tx.prepare_cached("SELECT added, actor, op, delta FROM applied_ops WHERE id = ?1")?;
             let mut applied_keep = tx.prepare_cached(
-                "INSERT OR IGNORE INTO applied_ops(id, received, actor, op, delta) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO applied_ops(id, added, received, actor, op, delta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut applied_done = tx.prepare_cached("DELETE FROM applied_ops WHERE id = ?1")?;
+            let mut applied_taken_back = tx.prepare_cached("DELETE FROM applied_ops WHERE added = ?1")?;
             let mut client_position = tx.prepare_cached(
                 "INSERT INTO client_positions(client, position) VALUES (?1, ?2)
                  ON CONFLICT(client) DO UPDATE SET position = max(position, excluded.position)",
@@ -1363,7 +1374,9 @@ impl LogWriter for SqliteWriter {
                         for held in std::iter::once(&entry.id).chain(&folded) {
                             let text = held.text();
                             let row = applied.query_row([&text], |r| {
-                                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                                let kept =
+                                    (r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?);
+                                Ok((r.get::<_, i64>(0)?, kept))
                             });
                             if let Some(row) = row.optional()? {
                                 yields.push((held.clone(), row));
@@ -1374,12 +1387,12 @@ impl LogWriter for SqliteWriter {
                     // A delta under an id logged here may still be joined (`Append::crdt_delta`).
                     // The status of the id when this is its delta rejoined: the append's outcome.
                     let mut rejoined: Option<Status> = None;
+                    // Where the id is logged, when it is: the deltas folded into a duplicate are
+                    // that entry's (a fold sent again holds no more than the first: docs/edge.md);
+                    // those of a delta stored anew (rejoined) are the new entry's.
+                    let mut found_at = None;
                     if let Some(found) = ids.find(&tx, &entry.id, &id)? {
-                        // The deltas folded into it are the logged entry's (a fold sent again
-                        // holds no more than the first: docs/edge.md), unless stored anew.
-                        for member in &folded {
-                            ids.alias(&tx, member, found.added)?;
-                        }
+                        found_at = Some(found.added);
                         let status = Status::from_parts(found.status, found.reason);
                         // The upstream's state is the truth, whatever became of the id here; a
                         // peer's delta under an id refused here is refused with it.
@@ -1391,6 +1404,9 @@ impl LogWriter for SqliteWriter {
                         let again = match again {
                             Some(again) if ids.find(&tx, &again, &again.text())?.is_none() => again,
                             _ => {
+                                for member in &folded {
+                                    ids.alias(&tx, member, found.added)?;
+                                }
                                 committed.outcomes.push(AppendOutcome::Duplicate(status));
                                 continue;
                             }
@@ -1459,12 +1475,20 @@ impl LogWriter for SqliteWriter {
                             Applied::Held => {
                                 let status = rejoined.unwrap_or(Status::Processed);
                                 committed.outcomes.push(AppendOutcome::Duplicate(status));
-                                // The object holds the peer's application: this server's yields.
-                                for (held, row) in yields.drain(..) {
-                                    applied_done.execute([held.text()])?;
-                                    if let Some(append) = yield_append(&held, &entry, row) {
-                                        queue.push_front((append, true));
+                                if let Some(at) = found_at {
+                                    for member in &folded {
+                                        ids.alias(&tx, member, at)?;
                                     }
+                                }
+                                // The object holds the peer's application: this server's yields.
+                                for (held, (at, row)) in yields.drain(..) {
+                                    let Some(append) = yield_append(&held, &entry, write.key(), row) else {
+                                        continue;
+                                    };
+                                    // Taken back once: neither again, nor on a refusal (`counter_ops`).
+                                    applied_done.execute([held.text()])?;
+                                    counter_op_done.execute([at])?;
+                                    queue.push_front((append, true));
                                 }
                                 continue;
                             }
@@ -1472,6 +1496,11 @@ impl LogWriter for SqliteWriter {
                                 committed
                                     .outcomes
                                     .push(AppendOutcome::Duplicate(rejoined.unwrap_or(Status::Processed)));
+                                if let Some(at) = found_at {
+                                    for member in &folded {
+                                        ids.alias(&tx, member, at)?;
+                                    }
+                                }
                                 continue;
                             }
                             Applied::Refused(reason) => {
@@ -1501,7 +1530,7 @@ impl LogWriter for SqliteWriter {
                         if !from_upstream && !matches!(entry.status, Status::Undone(_)) {
                             let json = serde_json::Value::Object(op.to_action()).to_string();
                             let delta = &*entry.action_json;
-                            applied_keep.execute(params![id, now_ms, actor.as_str(), json, delta])?;
+                            applied_keep.execute(params![id, added, now_ms, actor.as_str(), json, delta])?;
                         }
                     }
                     // An edge's counter operation for a client (its actor is not the author's
@@ -1605,11 +1634,15 @@ impl LogWriter for SqliteWriter {
                         committed.outcomes.push(AppendOutcome::Added(added as Position));
                     }
                     // The peer's application is joined: this server takes its own back.
-                    for (held, row) in yields.drain(..) {
+                    for (held, (at, row)) in yields.drain(..) {
+                        let key = crdt.as_ref().map(CrdtWrite::key);
+                        let Some(append) = key.and_then(|key| yield_append(&held, &entry, key, row)) else {
+                            continue;
+                        };
+                        // Taken back once: neither again, nor on a refusal (`counter_ops`).
                         applied_done.execute([held.text()])?;
-                        if let Some(append) = yield_append(&held, &entry, row) {
-                            queue.push_front((append, true));
-                        }
+                        counter_op_done.execute([at])?;
+                        queue.push_front((append, true));
                     }
                     committed.entries.push(StoredEntry {
                         added: added as Position,
@@ -1656,6 +1689,9 @@ impl LogWriter for SqliteWriter {
                 }
                 if let Some(through) = batch.counter_ops_through.take() {
                     counter_ops_through.execute([through as i64])?;
+                }
+                for position in batch.applied_ops_done.drain(..) {
+                    applied_taken_back.execute([position as i64])?;
                 }
                 for position in batch.counter_ops_done.drain(..) {
                     counter_op_done.execute([position as i64])?;

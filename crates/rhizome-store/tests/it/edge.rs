@@ -202,6 +202,91 @@ fn the_ids_folded_into_a_relayed_delta_are_found_and_not_applied_again() {
     assert_eq!(commit(&mut w, again), [AppendOutcome::Duplicate(Status::Processed)], "after a restart too");
 }
 
+/// A counter operation applied here for a client, under `actor`, kept to yield.
+fn own_inc(id: &str, actor: &str) -> Append {
+    let action = serde_json::json!({"type": "crdt/counter/inc", "key": "k", "by": 1});
+    let fields = action.as_object().expect("object").clone();
+    let op = rhizome_crdt::ops::parse(&fields).expect("op");
+    let mut e = entry(id, Routing::channel("crdt/k"), Status::Processed);
+    e.action_json = Arc::from(action.to_string());
+    Append::crdt(e, op, actor.into()).may_yield()
+}
+
+#[test]
+fn an_own_application_yields_once_to_a_peers_and_not_after_it_was_taken_back() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let id = |text: &str| rhizome_protocol::ActionId::parse(text).expect("id");
+    let region = "server:edge:r~alice:a1:t";
+    let site = "server:edge:s~alice:a1:t";
+    // Two operations applied here (a region, whose actor is not the author's node).
+    let outcomes = commit(
+        &mut w,
+        WriteBatch {
+            appends: vec![own_inc("5 alice:a1:t 0", region), own_inc("6 alice:a1:t 0", region)],
+            ..WriteBatch::default()
+        },
+    );
+    assert_eq!(outcomes, [AppendOutcome::Added(1), AppendOutcome::Added(2)]);
+    assert!(store.counter_op(1).expect("read").is_some(), "kept while the upstream may refuse it");
+    // The upstream refused the second: taken back here, it no longer yields.
+    commit(&mut w, WriteBatch { applied_ops_done: vec![2], ..WriteBatch::default() });
+    // A site's fold holds both (the device sent them there too), under a later id; and one
+    // of another object names the first.
+    let other = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&site.into(), 9));
+    let wrong = WriteBatch {
+        appends: vec![delta_append("7 alice:a1:t 0", "other", &other).folded(vec![id("5 alice:a1:t 0")])],
+        ..WriteBatch::default()
+    };
+    assert_eq!(commit(&mut w, wrong), [AppendOutcome::Added(3)]);
+    assert_eq!(counter_value(&store, "k"), 2, "another object's delta takes nothing back");
+    let fold = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&site.into(), 2));
+    let relay = |n: u64| WriteBatch {
+        appends: vec![delta_append(&format!("{n} alice:a1:t 0"), "k", &fold)
+            .folded(vec![id("5 alice:a1:t 0"), id("6 alice:a1:t 0")])],
+        ..WriteBatch::default()
+    };
+    let mut batches = [relay(8)];
+    let committed = w.commit(&mut batches, 1).expect("commit").remove(0);
+    assert_eq!(
+        committed.outcomes,
+        [AppendOutcome::Added(4)],
+        "one outcome per append: the taking back has none"
+    );
+    let ids: Vec<String> = committed.entries.iter().map(|e| e.id.text()).collect();
+    assert_eq!(ids, ["8 alice:a1:t 0".to_owned(), format!("5 alice:a1:t {}", 1u64 << 50)]);
+    // The site's two, the region's second, and not its first: it yielded.
+    assert_eq!(counter_value(&store, "k"), 3);
+    assert!(store.counter_op(1).expect("read").is_none(), "taken back once: no refusal takes it back again");
+    // The same ids in another fold (the site restarted): nothing more is taken back.
+    assert_eq!(commit(&mut w, relay(9)), [AppendOutcome::Added(6)]);
+    assert_eq!(counter_value(&store, "k"), 3);
+}
+
+#[test]
+fn the_ids_folded_into_a_rejoined_delta_are_the_new_entrys() {
+    let (_dir, store) = open();
+    let mut w = store.writer().expect("writer");
+    let id = |text: &str| rhizome_protocol::ActionId::parse(text).expect("id");
+    // The author's operation applied here, then a site's fold under its id, with another.
+    commit(
+        &mut w,
+        WriteBatch { appends: vec![own_inc("5 alice:a1:t 0", "alice:a1:t")], ..WriteBatch::default() },
+    );
+    let fold = Object::Counter(rhizome_crdt::PnCounter::bottom().inc(&"server:edge:s~alice:a1:t".into(), 2));
+    let relay = WriteBatch {
+        appends: vec![delta_append("5 alice:a1:t 0", "k", &fold).folded(vec![id("4 alice:a1:t 0")])],
+        ..WriteBatch::default()
+    };
+    let mut batches = [relay];
+    let committed = w.commit(&mut batches, 1).expect("commit").remove(0);
+    let rejoined = committed.entries.iter().find(|e| e.id.seq == 1 << 52).expect("rejoined").added;
+    // What goes up from here names the folded one with the rejoined entry, not the old one.
+    let into = store.folded_into(rejoined, rejoined).expect("read");
+    assert_eq!(into, [(rejoined, "4 alice:a1:t 0".to_owned())]);
+    assert_eq!(counter_value(&store, "k"), 2, "the site's two; this server's one taken back");
+}
+
 #[test]
 fn a_relayed_delta_is_joined_as_it_is_and_joining_it_again_changes_nothing() {
     let (_dir, store) = open();
