@@ -1698,6 +1698,14 @@ async fn an_operation_applied_by_an_edge_and_again_by_the_cloud_loses_nothing_an
     Ok(())
 }
 
+/// The device of `client` sends `action` again under `id` (its answer was lost elsewhere) and
+/// waits for the answer.
+async fn send_again(client: &mut Client, action: &serde_json::Value, id: &str) -> Result<()> {
+    let ms: i64 = id.split(' ').next().context("id")?.parse()?;
+    assert_eq!(client.send_action_at(action.clone(), ms).await?, id);
+    client.wait_processed(id).await
+}
+
 /// A device whose edge relayed its operations folded moves to the cloud with them in flight
 /// (their answers lost): the cloud knows each folded operation by its own id, so the copies the
 /// device sends it directly are duplicates, and each operation counts once.
@@ -1724,9 +1732,7 @@ async fn operations_an_edge_relayed_folded_are_not_applied_again_when_their_devi
     // Each one again, at the cloud.
     let mut alice = cloud.login("alice:a1:t").await?;
     for id in &sent {
-        let ms: i64 = id.split(' ').next().context("id")?.parse()?;
-        assert_eq!(&alice.send_action_at(inc.clone(), ms).await?, id);
-        alice.wait_processed(id).await?;
+        send_again(&mut alice, &inc, id).await?;
     }
     let document = converged_counter(&[&cloud, &edge], "likes", 3).await?;
     assert_eq!(document, json!({edge.actor("alice:a1:t"): [3, 0]}), "only the edge's application");
@@ -1768,9 +1774,7 @@ async fn in_a_chain_the_ids_a_site_folded_reach_the_cloud() -> Result<()> {
     assert!(region.link_status()?.actions_sent < 2, "the region folded the site's fold with its own");
     let mut alice = cloud.login("alice:a1:t").await?;
     for id in &sent {
-        let ms: i64 = id.split(' ').next().context("id")?.parse()?;
-        assert_eq!(&alice.send_action_at(inc.clone(), ms).await?, id);
-        alice.wait_processed(id).await?;
+        send_again(&mut alice, &inc, id).await?;
     }
     converged_counter(&[&cloud, &region, &site], "likes", 4).await?;
     for id in &sent {
@@ -1799,8 +1803,7 @@ async fn a_set_add_the_cloud_applied_too_yields_so_a_removal_that_saw_the_edges_
     alice.close().await;
     let ms: i64 = in_flight.split(' ').next().context("id")?.parse()?;
     let mut alice = cloud.login("alice:a1:t").await?;
-    assert_eq!(alice.send_action_at(add, ms).await?, in_flight);
-    alice.wait_processed(&in_flight).await?;
+    send_again(&mut alice, &add, &in_flight).await?;
     // Bob, at the edge, removes it: he saw the edge's application only.
     let mut bob = edge.login("bob:b1:t").await?;
     let removed = bob.send_action(json!({"type": "crdt/set/remove", "key": "tags", "elem": "x"})).await?;
@@ -1832,10 +1835,8 @@ async fn a_region_takes_back_its_application_of_an_operation_a_site_applied_too(
     let in_flight = alice.send_action(inc.clone()).await?;
     alice.wait_processed(&in_flight).await?;
     alice.close().await;
-    let ms: i64 = in_flight.split(' ').next().context("id")?.parse()?;
     let mut alice = region.login("alice:a1:t").await?;
-    assert_eq!(alice.send_action_at(inc, ms).await?, in_flight);
-    alice.wait_processed(&in_flight).await?;
+    send_again(&mut alice, &inc, &in_flight).await?;
     wait_forwarded(&region).await?;
     converged_counter(&[&cloud, &region], "likes", 1).await?;
     to_region.down(false);
